@@ -1,0 +1,246 @@
+"""Capture SDK cost on the app thread and end-to-end throughput, against a raw executemany baseline.
+
+    /work/main/.venv/bin/python benchmarks/bench_capture.py [--n 10000] [--app-n 20000] [--rounds 2] [--profile]
+
+Measures, in one run:
+
+* app thread: the time one ``with client.trajectory(...)`` block with a user and an assistant
+  message takes (the writer threads running meanwhile), median and p99 in microseconds;
+* throughput: trajectories per second from the first record until ``flush()`` returns, i.e. in
+  the database, for SQLite (fresh file) and PostgreSQL (own schema in database ``test``);
+* baseline: the same rows written by a plain DB-API ``executemany`` INSERT into the same table, in
+  batches of the same size, one transaction per batch, JSON columns serialized inside the timing;
+* store.ingest alone: the same records, validated beforehand, through ``learnloop.store.ingest``
+  (what the in-process transport calls): the ceiling the SDK can reach, which separates the
+  SDK's own cost (queue, serialize, validate, spool fsync) from the store's.
+
+The best of ``--rounds`` rounds is kept for each, and the table prints SDK / baseline ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from learnloop.capture import CaptureClient  # noqa: E402
+from learnloop.config import Settings  # noqa: E402
+from learnloop.store import Database  # noqa: E402
+from learnloop.store.trajectories import prompt_hash  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("LEARNLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SYSTEM = "You are a helpful assistant for an online shop."
+
+
+def messages(k: int) -> list[dict]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Where is my order {k}? I ordered it last week and it has not arrived."},
+        {"role": "assistant", "content": f"Order {k} shipped yesterday and should arrive within two days."},
+    ]
+
+
+def record(client: CaptureClient, k: int) -> None:
+    with client.trajectory(scenario="orders", tags=["bench"], metadata={"session": k // 7}) as t:
+        t.system(SYSTEM)
+        t.user(f"Where is my order {k}? I ordered it last week and it has not arrived.")
+        t.assistant(f"Order {k} shipped yesterday and should arrive within two days.")
+
+
+def make_client(url: str, spool: Path, settings: Settings) -> CaptureClient:
+    return CaptureClient(settings, database=Database(url), spool_dir=spool)
+
+
+def app_thread_cost(url: str, n: int, settings: Settings) -> tuple[float, float]:
+    client = make_client(url, Path(tempfile.mkdtemp()) / "spool", settings)
+    try:
+        for k in range(500):  # warm up (imports, first connection, migrations)
+            record(client, k)
+        client.flush(120)
+        clock = time.perf_counter_ns
+        times = []
+        for k in range(n):
+            t0 = clock()
+            record(client, k)
+            times.append(clock() - t0)
+        client.flush(600)
+    finally:
+        client.close(30)
+    times.sort()
+    return statistics.median(times) / 1000, times[int(len(times) * 0.99)] / 1000
+
+
+def sdk_throughput(url: str, n: int, settings: Settings) -> float:
+    client = make_client(url, Path(tempfile.mkdtemp()) / "spool", settings)
+    try:
+        record(client, 0)
+        client.flush(120)  # migrations and first connection happen outside the timing
+        start = time.perf_counter()
+        for k in range(n):
+            record(client, k)
+        assert client.flush(600), client.stats()
+        elapsed = time.perf_counter() - start
+    finally:
+        client.close(30)
+    return n / elapsed
+
+
+def direct_ingest(url: str, n: int, batch_size: int) -> float:
+    """The same records through ``store.ingest`` with validation done beforehand: what the store itself costs."""
+    from learnloop.capture.recorder import new_id
+    from learnloop.capture.writer import dumps
+    from learnloop.store import ingest
+    from learnloop.store.records import IngestBatch
+
+    recs = [{"id": new_id(), "scenario": "orders", "tags": ["bench"], "metadata": {"session": k // 7},
+             "messages": messages(k)} for k in range(n)]
+    batches = [IngestBatch.model_validate_json(dumps({"trajectories": recs[i:i + batch_size]}))
+               for i in range(0, n, batch_size)]
+    db = Database(url)
+    try:
+        start = time.perf_counter()
+        for b in batches:
+            with db.session() as s:
+                ingest(s, b)
+        elapsed = time.perf_counter() - start
+    finally:
+        db.dispose()
+    return n / elapsed
+
+
+COLUMNS = ("id", "idempotency_key", "project", "scenario", "source", "messages", "metadata", "tags", "prompt_hash",
+           "split", "created_at", "ingested_at")
+
+
+def raw_executemany(url: str, n: int, batch_size: int) -> float:
+    """The same rows through a bare DB-API cursor: the floor any SDK path pays for."""
+    db = Database(url)
+    rows = []
+    for k in range(n):
+        msgs = messages(k)
+        tid = uuid.uuid4().hex
+        rows.append((tid, tid, "default", "orders", "production", msgs, {"session": k // 7}, ["bench"],
+                     prompt_hash(msgs), "train"))
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        sqlite = db.dialect == "sqlite"
+        ph = "?" if sqlite else "%s"
+        sql = f"INSERT INTO trajectories ({', '.join(COLUMNS)}) VALUES ({', '.join([ph] * len(COLUMNS))})"
+        start = time.perf_counter()
+        for i in range(0, n, batch_size):
+            now = dt.datetime.now(dt.timezone.utc)
+            stamp = now.replace(tzinfo=None).isoformat(sep=" ") if sqlite else now
+            batch = [(*r[:5], json.dumps(r[5]), json.dumps(r[6]), json.dumps(r[7]), *r[8:], stamp, stamp)
+                     for r in rows[i:i + batch_size]]
+            if sqlite:
+                cur.execute("BEGIN IMMEDIATE")
+                cur.executemany(sql, batch)
+                cur.execute("COMMIT")
+            else:
+                cur.executemany(sql, batch)
+                raw.commit()
+        elapsed = time.perf_counter() - start
+    finally:
+        raw.close()
+        db.dispose()
+    return n / elapsed
+
+
+def pg_schema_url() -> tuple[str, str] | None:
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        schema = f"ll_bench_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        admin.dispose()
+    except Exception as exc:
+        print(f"PostgreSQL not reachable at {PG_ADMIN_URL} ({exc.__class__.__name__}); skipping it")
+        return None
+    sep = "&" if "?" in PG_ADMIN_URL else "?"
+    return f"{PG_ADMIN_URL}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(schema: str) -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000, help="trajectories per throughput round")
+    ap.add_argument("--app-n", type=int, default=20_000, help="trajectories timed on the app thread")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds per measurement; the best is kept")
+    ap.add_argument("--profile", action="store_true", help="cProfile one SQLite SDK round and print the top entries")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="ll-bench-capture-"))
+    settings = Settings(data_dir=tmp / "data")
+    batch_size = settings.capture.batch_size
+    sqlite_url = f"sqlite:///{tmp / 'bench.db'}"
+    Database(sqlite_url).upgrade()
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        sdk_throughput(sqlite_url, args.n, settings)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+
+    median, p99 = app_thread_cost(sqlite_url, args.app_n, settings)
+    results = []
+    targets = [("sqlite", sqlite_url, None)]
+    pg = pg_schema_url()
+    if pg:
+        Database(pg[0]).upgrade()
+        targets.append(("postgresql", pg[0], pg[1]))
+    try:
+        for name, url, _ in targets:
+            base = sdk = store = 0.0
+            for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all alike
+                base = max(base, raw_executemany(url, args.n, batch_size))
+                store = max(store, direct_ingest(url, args.n, batch_size))
+                sdk = max(sdk, sdk_throughput(url, args.n, settings))
+            results.append((name, sdk, base, store))
+    finally:
+        if pg:
+            drop_schema(pg[1])
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"learnloop capture ({args.n} trajectories/round, batch {batch_size}, best of {args.rounds})")
+    for col in ("measure", "value", "baseline", "ratio", "target"):
+        table.add_column(col)
+    table.add_row("app thread per trajectory, median", f"{median:.1f} µs", "", "", "< 20 µs")
+    table.add_row("app thread per trajectory, p99", f"{p99:.1f} µs", "", "", "")
+    for name, sdk, base, store in results:
+        table.add_row(f"SDK → {name}, trajectories/s", f"{sdk:,.0f}", f"{base:,.0f} raw executemany",
+                      f"{sdk / base:.2f}", ">= 0.8")
+        table.add_row(f"  store.ingest alone → {name}", f"{store:,.0f}", f"{base:,.0f} raw executemany",
+                      f"{store / base:.2f}", "(ceiling for the SDK)")
+        table.add_row(f"  SDK vs store.ingest alone → {name}", f"{sdk:,.0f}", f"{store:,.0f} store.ingest",
+                      f"{sdk / store:.2f}", "(SDK's own overhead)")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

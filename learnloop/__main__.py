@@ -1,0 +1,3 @@
+from learnloop.cli.main import main
+
+main()

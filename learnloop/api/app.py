@@ -1,0 +1,124 @@
+"""App factory: one process serves the API, OpenAI routes and dashboard."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from learnloop import __version__
+from learnloop.api.body_limit import BodyLimitMiddleware
+from learnloop.api.deps import IngestGate
+from learnloop.config import Settings, load_settings
+from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
+from learnloop.paths import data_dir
+from learnloop.store.db import Database, open_database
+
+log = logging.getLogger("learnloop.api")
+
+# Seconds a client is told to wait when the database is unreachable or busy.
+STORE_RETRY_AFTER = 5
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None) -> FastAPI:
+    """Build the app. ``db`` defaults to the configured database, migrated to head.
+
+    The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:
+    ``settings.server.watch_inbox``) is true; TestClient runs the lifespan only inside ``with``.
+    """
+    settings = settings or load_settings()
+    db = db or open_database(settings)
+    watch = settings.server.watch_inbox if watch_inbox is None else watch_inbox
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from learnloop.api.inbox import InboxWatcher
+
+        app.state.inbox = None
+        if watch:
+            data_dir(settings.data_dir).ensure()
+            app.state.inbox = InboxWatcher(db, settings)
+            app.state.inbox.start()
+            log.info("watching %s every %ss", app.state.inbox.dirs.inbox, app.state.inbox.poll_seconds)
+        try:
+            yield
+        finally:
+            if app.state.inbox is not None:
+                app.state.inbox.stop()
+
+    app = FastAPI(
+        title="learnloop",
+        version=__version__,
+        description="Continuous learning for LLM applications.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_request_bytes)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.inbox = None
+    app.state.ingest_gate = IngestGate(settings.server.ingest_queue_size)
+
+    from learnloop.api.routes import health, ingest
+
+    app.include_router(health.router)
+    app.include_router(ingest.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    # "detail" mirrors "error" so clients written against FastAPI's default shape keep working.
+    return JSONResponse({"error": message, "detail": message, **extra}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": ".".join(str(p) for p in e["loc"] if p != "body"), "msg": e["msg"]} for e in exc.errors()
+        ]
+        shown = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        return _error(422, f"Invalid request — {shown}{more}. Nothing was stored.", problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(LearnloopError)
+    async def _domain(_: Request, exc: LearnloopError) -> JSONResponse:
+        if isinstance(exc, ValidationFailed):
+            return _error(422, str(exc), problems=[{"loc": l, "msg": m} for l, m in exc.problems])
+        if isinstance(exc, NotFound):
+            return _error(404, str(exc))
+        if isinstance(exc, Conflict):
+            return _error(409, str(exc))
+        if isinstance(exc, Overloaded):
+            return _error(429, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        if isinstance(exc, StoreUnavailable):
+            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
+        return _error(400, str(exc))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
+        # The write transaction was rolled back before we got here: say so, and whose move it is.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if isinstance(exc, OperationalError):
+            return _error(
+                503,
+                f"The database is unavailable or busy ({reason}). Nothing was stored; retry later.",
+                headers={"Retry-After": str(STORE_RETRY_AFTER)},
+            )
+        if isinstance(exc, DataError):
+            return _error(422, f"The database rejected a value: {reason}. Nothing was stored.")
+        if isinstance(exc, IntegrityError):
+            return _error(409, f"The database refused the request: {reason}. Nothing was stored.")
+        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"Database error: {reason}. Nothing was stored.")

@@ -1,0 +1,155 @@
+"""Where the background writer delivers batches: the database in-process, or a learnloop server over HTTP.
+
+Both take the same prepared batch and answer the same way: return on success, raise
+``RetryLater`` when the store cannot take it now (the batch stays spooled and is resent), or
+``Refused`` when the store will never take it (the writer then isolates the bad records).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from learnloop.errors import LearnloopError, NotFound, StoreUnavailable, ValidationFailed
+
+if TYPE_CHECKING:
+    import httpx
+
+    from learnloop.store.db import Database
+    from learnloop.store.records import IngestBatch
+
+log = logging.getLogger("learnloop.capture")
+
+
+class RetryLater(Exception):
+    """The store is unreachable, busy or overloaded; resend the same batch after ``retry_after`` (or backoff)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Refused(Exception):
+    """The store refused the batch for good (invalid record, unknown trajectory id, too large)."""
+
+
+@dataclass
+class PreparedBatch:
+    """A validated batch: its JSON body (as spooled, and as sent over HTTP) and, when at hand, the models."""
+
+    body: bytes
+    batch: "IngestBatch | None" = None
+    count: int = 0
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, prepared: PreparedBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DatabaseTransport:
+    """Writes batches with ``learnloop.store.ingest``, one transaction per batch."""
+
+    name = "database"
+
+    def __init__(self, db: "Database", *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True) -> None:
+        self.db = db
+        self.project = project
+        self.holdout_fraction = holdout_fraction
+        # Migrations run on first contact rather than at configure(): an app must start (and
+        # spool) even while its database is down.
+        self._migrated = not migrate
+        self._lock = threading.Lock()
+
+    def send(self, prepared: PreparedBatch) -> None:
+        from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+
+        from learnloop.store.records import IngestBatch
+        from learnloop.store.trajectories import ingest
+
+        batch = prepared.batch if prepared.batch is not None else IngestBatch.model_validate_json(prepared.body)
+        try:
+            with self._lock:
+                if not self._migrated:
+                    self.db.upgrade()
+                    self._migrated = True
+                with self.db.session() as session:
+                    ingest(session, batch, project=self.project, holdout_fraction=self.holdout_fraction)
+        except (NotFound, ValidationFailed) as exc:
+            raise Refused(str(exc)) from exc
+        except (IntegrityError, DataError) as exc:
+            raise Refused(_first_line(exc)) from exc
+        except StoreUnavailable as exc:
+            raise RetryLater(str(exc)) from exc
+        except SQLAlchemyError as exc:  # locked, connection lost mid-transaction, server restarting
+            raise RetryLater(_first_line(exc)) from exc
+        except LearnloopError as exc:
+            raise Refused(str(exc)) from exc
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+class HttpTransport:
+    """POSTs batches to ``{server_url}/v1/ingest``; honours 429/503 Retry-After."""
+
+    name = "http"
+
+    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 30.0, client: "httpx.Client | None" = None) -> None:
+        import httpx
+
+        self.url = server_url.rstrip("/") + "/v1/ingest"
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
+        self._headers = headers
+
+    def send(self, prepared: PreparedBatch) -> None:
+        import httpx
+
+        try:
+            r = self._client.post(self.url, content=prepared.body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"cannot reach {self.url}: {exc}") from exc
+        if r.is_success:
+            return
+        message = _error_text(r)
+        if r.status_code in (429, 503):
+            raise RetryLater(f"{self.url} answered {r.status_code}: {message}", _retry_after(r.headers.get("Retry-After")))
+        if r.status_code in (401, 403):
+            # A token problem is fixed by a person, not by the records: keep them spooled.
+            log.error("learnloop capture: %s refused the token (%s); set LEARNLOOP_API_TOKEN. Records stay spooled.", self.url, message)
+            raise RetryLater(message)
+        if r.status_code in (404, 409, 413, 422):
+            raise Refused(f"{r.status_code}: {message}")
+        raise RetryLater(f"{self.url} answered {r.status_code}: {message}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _error_text(r: "httpx.Response") -> str:
+    try:
+        data = r.json()
+        return str(data.get("error") or data.get("detail") or data)
+    except Exception:
+        return r.text[:500]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -1,0 +1,64 @@
+"""`learnloop import`: JSONL files into the store, each file all-or-nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from learnloop.cli.main import settings
+
+
+@click.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
+    """Import JSONL files, or folders of *.jsonl files: one trajectory per line.
+
+    Each file is validated whole first and stored in one transaction: an invalid file stores
+    nothing and every bad line is reported. Re-importing a file is a no-op (lines without an
+    id get one derived from their content and line number). Exits non-zero if any file failed.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from learnloop.errors import LearnloopError
+    from learnloop.store import open_database
+    from learnloop.store.jsonl import failure_report, import_jsonl, jsonl_files
+
+    s = settings()
+    files = [f for p in paths for f in jsonl_files(p)]  # every path checked before any import
+    db = open_database(s)
+    failures: list[tuple[Path, str]] = []
+    totals = {"records": 0, "inserted": 0, "duplicates": 0, "feedback_inserted": 0, "scores_inserted": 0}
+    try:
+        for f in files:
+            try:
+                r = import_jsonl(db, f, project=s.project, holdout_fraction=s.datasets.holdout_fraction)
+            except (LearnloopError, SQLAlchemyError) as exc:
+                failures.append((f, failure_report(exc)))
+                if as_json:
+                    click.echo(json.dumps({"path": str(f), "error": str(exc)}))
+                continue
+            for k in totals:
+                totals[k] += getattr(r, k)
+            if as_json:
+                click.echo(json.dumps(r.as_dict()))
+            else:
+                click.echo(
+                    f"{f}: {r.records} records, {r.inserted} inserted, {r.duplicates} duplicates, "
+                    f"{r.feedback_inserted} feedback, {r.scores_inserted} scores"
+                )
+    finally:
+        db.dispose()
+    if not as_json and len(files) > 1:
+        click.echo(
+            f"total: {len(files) - len(failures)} of {len(files)} files imported, {totals['inserted']} inserted, "
+            f"{totals['duplicates']} duplicates"
+        )
+    if failures:
+        for f, message in failures:
+            click.echo(f"Error: {message}", err=True)
+        raise click.ClickException(
+            f"{len(failures)} of {len(files)} file(s) not imported (nothing from them was stored); see above."
+        )

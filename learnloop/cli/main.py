@@ -1,0 +1,144 @@
+"""The `learnloop` command. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from learnloop.errors import LearnloopError
+
+# Subcommands live in modules named for their stage and are imported only when used,
+# so `learnloop config` does not pay for torch.
+LAZY_COMMANDS: dict[str, str] = {
+    "config": "learnloop.cli.main:config_cmd",
+    "datasets": "learnloop.cli.datasets:datasets_group",
+    "db": "learnloop.cli.main:db_group",
+    "stats": "learnloop.cli.main:stats_cmd",
+    "serve": "learnloop.cli.serve:serve_cmd",
+    "import": "learnloop.cli.imports:import_cmd",
+    "capture": "learnloop.cli.capture:capture_group",
+    "rewards": "learnloop.cli.rewards:rewards_group",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LearnloopError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="learnloop")
+def cli() -> None:
+    """learnloop: capture LLM interactions, score them, fine-tune LoRA adapters, evaluate, promote and serve."""
+
+
+def settings():  # noqa: ANN201 - small indirection so tests can point at their own settings
+    from learnloop.config import load_settings
+
+    return load_settings()
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
+def config_cmd(as_json: bool) -> None:
+    """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
+    data = settings().public_dict()
+    if as_json:
+        echo_json(data)
+        return
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            click.echo(f"{key} = {json.dumps(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            click.echo(f"\n[{key}]")
+            for k, v in value.items():
+                click.echo(f"{k} = {json.dumps(v)}")
+
+
+@click.group("db")
+def db_group() -> None:
+    """Database schema management."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply migrations to the configured database."""
+    from learnloop.store.db import Database, current_revision
+
+    s = settings()
+    db = Database(s.resolved_database_url)
+    db.upgrade(revision)
+    click.echo(f"database at revision {current_revision(db.engine)} ({s.public_dict()['database_url']})")
+
+
+@db_group.command("current")
+def db_current() -> None:
+    """Print the database's current migration revision."""
+    from learnloop.store.db import Database, current_revision
+
+    db = Database(settings().resolved_database_url)
+    click.echo(current_revision(db.engine) or "(empty database: run `learnloop db upgrade`)")
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days.")
+def stats_cmd(as_json: bool, days: int | None) -> None:
+    """Trajectory counts by source, scenario, split and day."""
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from learnloop.store import open_database
+    from learnloop.store.trajectories import stats
+
+    db = open_database(settings())
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
+    with db.read_session() as s:
+        data = stats(s, since=since)
+    if as_json:
+        echo_json(data)
+        return
+    console = Console()
+    for section, rows in data.items():
+        if not rows:
+            continue
+        table = Table(title=section.replace("_", " "))
+        for col in rows[0]:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+    if not any(data.values()):
+        console.print("no trajectories stored yet")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="learnloop")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

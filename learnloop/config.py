@@ -1,0 +1,238 @@
+"""The one typed place for configuration.
+
+Precedence (lowest to highest): the defaults below < ``learnloop.toml`` (in the
+working directory, or the file named by ``LEARNLOOP_CONFIG``) < ``LEARNLOOP_*``
+environment variables. Nested sections use ``__`` in env var names, e.g.
+``LEARNLOOP_CAPTURE__SAMPLE_RATE=0.5``; a few top-level settings
+(``LEARNLOOP_DATABASE_URL``, ``LEARNLOOP_DATA_DIR``, ``LEARNLOOP_API_TOKEN``)
+are flat.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from learnloop.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "learnloop.toml"
+
+
+class _Section(BaseModel):
+    # A misspelt key in learnloop.toml must fail loudly, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Interface the server binds to.")
+    port: int = Field(8377, ge=1, le=65535, description="TCP port of the server.")
+    ingest_queue_size: int = Field(
+        64,
+        ge=1,
+        description="Ingest requests allowed in flight at once; beyond this the API answers 429 with Retry-After.",
+    )
+    max_batch_size: int = Field(5000, ge=1, description="Most records accepted in one ingest request.")
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger ones get 413."
+    )
+    inbox_poll_seconds: float = Field(2.0, gt=0, description="How often the server scans the inbox folder for JSONL files.")
+    watch_inbox: bool = Field(True, description="Whether `learnloop serve` imports files dropped into the inbox folder.")
+
+
+class CaptureSettings(_Section):
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Share of trajectories kept (always-keep rules override).")
+    batch_size: int = Field(256, ge=1, description="Records the background writer sends in one batch.")
+    flush_interval: float = Field(0.5, gt=0, description="Seconds the writer waits to fill a batch before sending it anyway.")
+    queue_size: int = Field(100_000, ge=1, description="Records held in memory before new ones go straight to the spool.")
+    shutdown_timeout: float = Field(5.0, ge=0, description="Seconds allowed at interpreter exit to flush pending records.")
+    server_url: str | None = Field(
+        None, description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database."
+    )
+
+
+class FeedbackWeights(_Section):
+    rating: float = Field(1.0, ge=0, description="Weight of the (normalised) rating in the feedback reward.")
+    thumbs: float = Field(1.0, ge=0, description="Weight of thumbs up/down.")
+    success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
+    correction: float = Field(
+        1.0, ge=0, description="Weight of the correction penalty: a corrected answer counts as the worst value."
+    )
+
+
+class ScoringSettings(_Section):
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Weight per score aspect in the combined reward (missing aspects weigh 1.0)."
+    )
+    # Heuristics
+    reward_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules (dotted names or .py paths) imported before `rewards apply` so their @reward functions register.",
+    )
+    json_schemas: dict[str, str | dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named JSON schemas (a path to a .json file, or the schema inline) that trajectories name "
+        "with metadata 'schema' or a tag 'schema:NAME'.",
+    )
+    length_target_chars: int = Field(
+        2000, ge=1, description="Final answers up to this many characters get length score 1.0; it falls to 0 at twice it."
+    )
+    # Feedback
+    rating_min: float = Field(1.0, description="Lowest value on the rating scale apps send.")
+    rating_max: float = Field(5.0, description="Highest value on the rating scale apps send.")
+    feedback_range: Literal["signed", "unit"] = Field(
+        "signed", description="Feedback reward range: 'signed' is [-1, 1], 'unit' is [0, 1]."
+    )
+    feedback_weights: FeedbackWeights = Field(default_factory=FeedbackWeights)
+    # LLM judge
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the LLM judge (e.g. http://host:8000/v1).")
+    judge_model: str | None = Field(None, description="Model name the judge requests.")
+    judge_api_key: SecretStr | None = Field(None, description="API key for the judge endpoint.")
+    judge_timeout: float = Field(60.0, gt=0, description="Seconds before a judge request is abandoned.")
+    judge_max_attempts: int = Field(3, ge=1, le=20, description="Tries per group (HTTP errors, timeouts, bad output) before it is marked failed.")
+    judge_retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles after each.")
+    judge_concurrency: int = Field(4, ge=1, le=64, description="Groups sent to the judge at the same time.")
+    judge_group_size: int = Field(8, ge=1, le=64, description="Most candidates judged together in one request.")
+    judge_min_group_size: int = Field(2, ge=1, description="Groups smaller than this are not judged (nothing to compare).")
+    judge_criteria: str | None = Field(
+        None, description="What the judge rates (replaces the default rubric; changing it re-judges everything)."
+    )
+    judge_max_candidate_chars: int = Field(6000, ge=200, description="Each candidate is cut to this many characters in the prompt.")
+    judge_temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge.")
+    judge_json_mode: bool = Field(
+        False, description="Send response_format={'type': 'json_object'} (only for endpoints that support it)."
+    )
+
+    @model_validator(mode="after")
+    def _rating_scale(self) -> "ScoringSettings":
+        if self.rating_max <= self.rating_min:
+            raise ValueError(f"rating_max ({self.rating_max}) must be greater than rating_min ({self.rating_min})")
+        return self
+
+
+class DatasetSettings(_Section):
+    holdout_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
+    )
+    max_length: int = Field(2048, ge=16, description="Token length training truncates to; datasets report against it.")
+    tokenizer: str | None = Field(
+        None,
+        description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
+    )
+    sft_min_reward: float | None = Field(None, description="Default least combined reward for SFT examples (unset: no reward bar).")
+    sft_top_fraction: float | None = Field(
+        None, gt=0.0, le=1.0, description="Default share of best-rewarded trajectories SFT keeps (unset: no ranking cut)."
+    )
+    dpo_min_margin: float = Field(0.1, ge=0.0, description="Least reward gap between the chosen and the rejected answer of a DPO pair.")
+    dpo_max_pairs_per_group: int = Field(4, ge=1, description="Most DPO pairs taken from one prompt or group (each trajectory used once).")
+    grpo_min_group_size: int = Field(2, ge=2, description="Least scored trajectories a GRPO group needs.")
+    dedup: bool = Field(True, description="Drop exact and near-duplicate examples.")
+    near_duplicate_threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity (word 3-grams) at which two examples count as near duplicates."
+    )
+    replay_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of each new training dataset drawn from earlier datasets' examples, against forgetting."
+    )
+    chunk_size: int = Field(1000, ge=10, description="Rows fetched from the database at a time while building.")
+
+
+class TrainingSettings(_Section):
+    base_model: str = Field("smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+class Settings(BaseSettings):
+    """All of learnloop's settings. `learnloop config` prints them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEARNLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".learnloop",
+        description="Where the SQLite database, adapters, checkpoints, datasets, spool and inbox live.",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default is a SQLite file in the data dir. PostgreSQL in production."
+    )
+    api_token: SecretStr | None = Field(None, description="When set, write requests must carry 'Authorization: Bearer <token>'.")
+    project: str = Field("default", description="Project name stamped on captured trajectories.")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    datasets: DatasetSettings = Field(default_factory=DatasetSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("LEARNLOOP_CONFIG", DEFAULT_CONFIG_FILE))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'learnloop.db'}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain data with secrets masked (for `learnloop config` and the API)."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = _mask_url(self.resolved_database_url)
+        return data
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported when the engine is built
+        return url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from defaults, the TOML file and the environment; report every problem at once."""
+    config_file = os.environ.get("LEARNLOOP_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"LEARNLOOP_CONFIG points at {config_file!r}, which is not a file.")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(
+            f"Invalid configuration ({problems}). Check learnloop.toml and LEARNLOOP_* environment variables."
+        ) from None
+    except Exception as exc:  # a malformed TOML file raises before validation
+        raise ConfigError(f"Could not read configuration: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once. Tests and embedders pass Settings explicitly instead."""
+    return load_settings()

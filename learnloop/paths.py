@@ -1,0 +1,76 @@
+"""The one module that owns learnloop's on-disk layout under the data dir."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "learnloop.db"
+
+    @property
+    def spool(self) -> Path:
+        """Capture records that could not be delivered yet (one JSONL file per writer process)."""
+        return self.root / "spool"
+
+    @property
+    def inbox(self) -> Path:
+        """JSONL files dropped here are imported by the server."""
+        return self.root / "inbox"
+
+    @property
+    def inbox_processed(self) -> Path:
+        return self.inbox / "processed"
+
+    @property
+    def inbox_failed(self) -> Path:
+        return self.inbox / "failed"
+
+    @property
+    def models(self) -> Path:
+        """Prepared base models (safetensors folders), one folder per name."""
+        return self.root / "models"
+
+    @property
+    def adapters(self) -> Path:
+        """Trained, immutable model versions, one folder per version id."""
+        return self.root / "adapters"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    def model(self, name: str) -> Path:
+        return self.models / name
+
+    def adapter(self, version_id: str) -> Path:
+        return self.adapters / version_id
+
+    def job_checkpoints(self, job_id: int | str) -> Path:
+        return self.checkpoints / f"job-{job_id}"
+
+    def dataset_file(self, dataset_id: int | str, kind: str) -> Path:
+        return self.datasets / f"{dataset_id}-{kind}.jsonl"
+
+    def ensure(self) -> "DataDir":
+        for p in (self.root, self.spool, self.inbox, self.inbox_processed, self.inbox_failed):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def data_dir(root: Path | str) -> DataDir:
+    return DataDir(Path(root).expanduser())

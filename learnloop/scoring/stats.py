@@ -1,0 +1,102 @@
+"""Reward statistics: distribution of combined rewards per scenario, source and day."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from learnloop.scoring.combine import combine
+from learnloop.store.models import Score, Trajectory
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of an already sorted, non-empty list."""
+    pos = (len(sorted_values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: Iterable[float]) -> dict[str, Any]:
+    """count, mean, p10, p50, p90 and the share of negative values."""
+    xs = sorted(values)
+    if not xs:
+        return {"count": 0, "mean": None, "p10": None, "p50": None, "p90": None, "share_negative": None}
+    return {
+        "count": len(xs),
+        "mean": sum(xs) / len(xs),
+        "p10": percentile(xs, 0.10),
+        "p50": percentile(xs, 0.50),
+        "p90": percentile(xs, 0.90),
+        "share_negative": sum(1 for x in xs if x < 0) / len(xs),
+    }
+
+
+def reward_stats(
+    session: Session,
+    *,
+    weights: Mapping[str, float] | None = None,
+    since: dt.datetime | None = None,
+    scenario: str | None = None,
+) -> dict[str, Any]:
+    """Distribution of rewards.
+
+    ``overall``, ``by_scenario``, ``by_source`` (trajectory source: production, served, ...)
+    and ``by_day`` (trajectory creation day, UTC) summarise the combined reward per
+    trajectory; ``by_score_source`` (heuristic, human, judge, env) and ``by_aspect`` summarise
+    the newest value of each score name on each trajectory.
+    """
+    q = (
+        select(
+            Score.trajectory_id, Score.name, Score.value, Score.source,
+            Trajectory.scenario, Trajectory.source, Trajectory.created_at,
+        )
+        .join(Trajectory, Trajectory.id == Score.trajectory_id)
+        .order_by(Score.created_at, Score.id)
+    )
+    if since is not None:
+        q = q.where(Trajectory.created_at >= since)
+    if scenario is not None:
+        q = q.where(Trajectory.scenario == scenario)
+    latest: dict[str, dict[str, tuple[float, str]]] = {}
+    info: dict[str, tuple[str | None, str, str]] = {}
+    for tid, name, value, score_source, scen, source, created in session.execute(q):
+        latest.setdefault(tid, {})[name] = (value, _val(score_source))  # newer rows overwrite older
+        info[tid] = (scen, _val(source), created.date().isoformat())
+
+    combined: dict[str, float] = {}
+    by_score_source: dict[str, list[float]] = {}
+    by_aspect: dict[str, list[float]] = {}
+    for tid, aspects in latest.items():
+        value = combine({k: v for k, (v, _) in aspects.items()}, weights)
+        if value is not None:
+            combined[tid] = value
+        for name, (v, src) in aspects.items():
+            by_score_source.setdefault(src, []).append(v)
+            by_aspect.setdefault(name, []).append(v)
+
+    def grouped(index: int) -> dict[Any, list[float]]:
+        out: dict[Any, list[float]] = {}
+        for tid, value in combined.items():
+            out.setdefault(info[tid][index], []).append(value)
+        return out
+
+    def rows(label: str, groups: Mapping[Any, list[float]]) -> list[dict[str, Any]]:
+        return [{label: k, **summarize(v)} for k, v in sorted(groups.items(), key=lambda kv: (kv[0] is None, str(kv[0])))]
+
+    return {
+        "overall": summarize(combined.values()),
+        "by_scenario": rows("scenario", grouped(0)),
+        "by_source": rows("source", grouped(1)),
+        "by_day": rows("day", grouped(2)),
+        "by_score_source": rows("score_source", by_score_source),
+        "by_aspect": rows("aspect", by_aspect),
+    }
+
+
+def _val(v: Any) -> Any:
+    return getattr(v, "value", v)

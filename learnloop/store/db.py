@@ -1,0 +1,157 @@
+"""Engines, sessions and migrations for SQLite (default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from learnloop.errors import ConfigError, StoreUnavailable
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _sqlite_setup(engine: Engine, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN is ours (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Writers take the write lock up front: a deferred transaction that later upgrades
+        # to a write can fail with SQLITE_BUSY without waiting for busy_timeout.
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_write", True) else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engine:
+    """Create an engine for ``url`` with learnloop's settings for that database.
+
+    ``synchronous`` is SQLite's durability level: NORMAL survives a process crash in WAL mode;
+    FULL also survives power loss, at a cost per commit.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"Database URL {url!r} is not valid ({exc}). Use e.g. sqlite:///path/learnloop.db "
+            "or postgresql+psycopg://user@host:5432/db."
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **kwargs)
+        _sqlite_setup(engine, synchronous)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **kwargs)
+    raise ConfigError(f"Unsupported database {parsed.get_backend_name()!r}: learnloop runs on SQLite or PostgreSQL.")
+
+
+class Database:
+    """An engine plus session factories. One per process and URL."""
+
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, synchronous=synchronous, **engine_kwargs)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_write=False), expire_on_commit=False
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any error."""
+        with _translate_connect_errors(self.url), self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        with _translate_connect_errors(self.url), self._read_sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self, revision: str = "head") -> None:
+        upgrade(self.engine, revision)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def _translate_connect_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        msg = str(exc.orig) if exc.orig is not None else str(exc)
+        if exc.connection_invalidated or "connect" in msg.lower() or "unable to open" in msg.lower():
+            safe = make_url(url).render_as_string(hide_password=True)
+            raise StoreUnavailable(f"Cannot reach the database at {safe}: {msg.strip()}") from exc
+        raise
+
+
+def alembic_config(engine: Engine | None = None, connection: Any = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (idempotent)."""
+    from alembic import command
+
+    with _translate_connect_errors(str(engine.url)), engine.connect() as conn:
+        command.upgrade(alembic_config(engine, conn), revision)
+        conn.commit()
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    with _translate_connect_errors(str(engine.url)), engine.connect() as conn:
+        command.downgrade(alembic_config(engine, conn), revision)
+        conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def open_database(settings: Any, *, migrate: bool = True) -> Database:
+    """Open the configured database and bring its schema up to date."""
+    db = Database(settings.resolved_database_url)
+    if migrate:
+        db.upgrade()
+    return db

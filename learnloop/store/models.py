@@ -1,0 +1,303 @@
+"""The SQL schema (SQLAlchemy 2). Every change to it is an Alembic migration in ``migrations/versions``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite drops tzinfo on its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.astimezone(dt.timezone.utc)
+        # SQLite compares datetimes as text: store them naive so every row has one format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Source(str, enum.Enum):
+    production = "production"
+    teacher = "teacher"
+    synthetic = "synthetic"
+    served = "served"
+
+
+class Split(str, enum.Enum):
+    train = "train"
+    holdout = "holdout"
+
+
+class ScoreSource(str, enum.Enum):
+    heuristic = "heuristic"
+    human = "human"
+    judge = "judge"
+    env = "env"
+
+
+class JobKind(str, enum.Enum):
+    train = "train"
+    evaluate = "evaluate"
+    export = "export"
+    score = "score"
+
+
+class JobState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    paused = "paused"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class DesiredState(str, enum.Enum):
+    run = "run"
+    pause = "pause"
+    stop = "stop"
+
+
+class VersionState(str, enum.Enum):
+    candidate = "candidate"
+    serving = "serving"
+    archived = "archived"
+    rejected = "rejected"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # native_enum=False: a VARCHAR on both databases, so adding a value needs no ALTER TYPE.
+    return Enum(cls, name=name, native_enum=False, length=32, validate_strings=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType, dt.datetime: UTCDateTime()}
+
+
+class Trajectory(Base):
+    __tablename__ = "trajectories"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    project: Mapped[str] = mapped_column(String(128), default="default")
+    scenario: Mapped[str | None] = mapped_column(String(256), index=True)
+    group_id: Mapped[str | None] = mapped_column(String(256), index=True)
+    window_id: Mapped[str | None] = mapped_column(String(128))
+    agent: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[Source] = mapped_column(_enum(Source, "source"), default=Source.production, index=True)
+    model: Mapped[str | None] = mapped_column(String(256))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    messages: Mapped[list[Any]] = mapped_column(JSONType)
+    tools: Mapped[list[Any] | None] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    tags: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # Hash of the prompt (messages before the first assistant turn): groups DPO pairs and fixes the split.
+    prompt_hash: Mapped[str] = mapped_column(String(64), index=True)
+    split: Mapped[Split] = mapped_column(_enum(Split, "split"), default=Split.train)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ingested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_trajectories_created_at", "created_at"),)
+
+
+class Score(Base):
+    __tablename__ = "scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trajectory_id: Mapped[str] = mapped_column(ForeignKey("trajectories.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[ScoreSource] = mapped_column(_enum(ScoreSource, "score_source"))
+    version: Mapped[str | None] = mapped_column(String(64), doc="Version of the reward function or judge prompt.")
+    author: Mapped[str | None] = mapped_column(String(128))
+    judge_model: Mapped[str | None] = mapped_column(String(256))
+    rationale: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_scores_name_source", "name", "source"),)
+
+
+class Feedback(Base):
+    """Raw feedback as the application sent it; the scoring stage turns it into `human` scores."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trajectory_id: Mapped[str] = mapped_column(ForeignKey("trajectories.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    rating: Mapped[float | None] = mapped_column(Float)
+    thumbs: Mapped[int | None] = mapped_column(Integer, doc="+1 up, -1 down.")
+    success: Mapped[bool | None] = mapped_column(Boolean)
+    correction: Mapped[Any | None] = mapped_column(JSONType, doc="Corrected answer: text or an assistant message.")
+    comment: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(String(128))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Judgment(Base):
+    """Cache of LLM-judge calls, keyed by a hash of (judge model, prompt version, group contents)."""
+
+    __tablename__ = "judgments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cache_key: Mapped[str] = mapped_column(String(64), unique=True)
+    judge_model: Mapped[str] = mapped_column(String(256))
+    scenario: Mapped[str | None] = mapped_column(String(256))
+    trajectory_ids: Mapped[list[Any]] = mapped_column(JSONType)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32), doc="sft, dpo or grpo.")
+    split: Mapped[Split] = mapped_column(_enum(Split, "split"), default=Split.train)
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    item_ids: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    priority: Mapped[int] = mapped_column(Integer, default=100, doc="Lower runs first.")
+    state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.queued)
+    desired_state: Mapped[DesiredState] = mapped_column(_enum(DesiredState, "desired_state"), default=DesiredState.run)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    checkpoint_path: Mapped[str | None] = mapped_column(String(1024))
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    run_after: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_jobs_claim", "state", "priority", "id"),)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(512))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    artifact_path: Mapped[str | None] = mapped_column(String(1024))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    state: Mapped[VersionState] = mapped_column(_enum(VersionState, "version_state"), default=VersionState.candidate)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    baseline_id: Mapped[str | None] = mapped_column(String(64), doc="A version id, or 'base'.")
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    verdict: Mapped[str] = mapped_column(String(32), doc="promote, reject or inconclusive.")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TrainingMetric(Base):
+    __tablename__ = "training_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float | None] = mapped_column(Float)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_training_metrics_job_step"),)
+
+
+class ScoreRun(Base):
+    """One application of a versioned scorer (heuristic) to a trajectory, whatever it gave.
+
+    A reward function may answer "not applicable" (None), which stores no score; this row
+    records that it ran, so `rewards apply` does not reload and re-run it on every pass.
+    A function that raised leaves no row, so it is retried (and reported) next time.
+    """
+
+    __tablename__ = "score_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trajectory_id: Mapped[str] = mapped_column(ForeignKey("trajectories.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16), doc="'scored' or 'not_applicable'.")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("trajectory_id", "name", "version", name="uq_score_runs_trajectory_name_version"),
+        Index("ix_score_runs_name_version", "name", "version"),
+    )

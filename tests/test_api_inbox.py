@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from api_support import free_port
+from helpers import chat
+from learnloop.api import create_app
+from learnloop.api.inbox import InboxWatcher
+from learnloop.config import Settings
+from learnloop.paths import data_dir
+from learnloop.store import Database
+from learnloop.store.models import Trajectory
+
+
+def _jsonl(n: int, start: int = 0) -> str:
+    return "".join(json.dumps({"messages": chat(f"q{i}", f"a{i}")}) + "\n" for i in range(start, start + n))
+
+
+def _count(db: Database) -> int:
+    with db.read_session() as s:
+        return s.scalar(select(func.count()).select_from(Trajectory)) or 0
+
+
+def test_file_is_imported_only_once_stable_then_moved(settings: Settings, db: Database) -> None:
+    watcher = InboxWatcher(db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    f = inbox / "batch.jsonl"
+    f.write_text(_jsonl(3))
+    assert watcher.poll_once() == []  # first sighting: maybe still being written
+    with f.open("a") as fh:  # the writer appends more before the next poll
+        fh.write(_jsonl(2, start=3))
+    assert watcher.poll_once() == []
+    assert _count(db) == 0 and f.exists()
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "processed" and outcome.result is not None and outcome.result.inserted == 5
+    assert not f.exists() and (inbox / "processed" / "batch.jsonl").exists()
+    assert _count(db) == 5
+    assert watcher.poll_once() == []
+
+
+def test_tmp_and_hidden_files_are_ignored_until_renamed(settings: Settings, sqlite_db: Database) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    tmp = inbox / "x.jsonl.tmp"
+    tmp.write_text(_jsonl(2))
+    (inbox / ".hidden.jsonl").write_text(_jsonl(1, start=9))
+    assert watcher.poll_once() == [] and watcher.poll_once() == []
+    os.replace(tmp, inbox / "x.jsonl")
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.name == "x.jsonl" and outcome.status == "processed"
+    assert _count(sqlite_db) == 2
+
+
+def test_invalid_file_goes_to_failed_with_error_beside_it(settings: Settings, db: Database) -> None:
+    watcher = InboxWatcher(db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    lines = _jsonl(3).splitlines()
+    lines[1] = '{"messages": [{"role": "robot", "content": "x"}]}'
+    (inbox / "bad.jsonl").write_text("\n".join(lines) + "\n")
+    (inbox / "good.jsonl").write_text(_jsonl(2))
+    watcher.poll_once()
+    outcomes = {o.name: o for o in watcher.poll_once()}
+    assert outcomes["bad.jsonl"].status == "failed" and outcomes["good.jsonl"].status == "processed"
+    failed = inbox / "failed" / "bad.jsonl"
+    error = (inbox / "failed" / "bad.jsonl.error.txt").read_text()
+    assert failed.exists() and "line 2: messages.0.role" in error and "nothing from it was stored" in error
+    assert _count(db) == 2
+    # The same name dropped again later does not overwrite the first failure.
+    (inbox / "bad.jsonl").write_text("not json\n")
+    watcher.poll_once()
+    [again] = watcher.poll_once()
+    assert again.status == "failed" and again.moved_to is not None and again.moved_to != failed
+    assert failed.read_text().count("\n") == 3 and "invalid JSON" in Path(str(again.moved_to) + ".error.txt").read_text()
+
+
+def test_unreachable_database_leaves_files_for_the_next_poll(settings: Settings, tmp_path: Path) -> None:
+    dead = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", connect_args={"connect_timeout": 3})
+    watcher = InboxWatcher(dead, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    (inbox / "a.jsonl").write_text(_jsonl(1))
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "retry" and (inbox / "a.jsonl").exists()
+    assert list((inbox / "failed").iterdir()) == []
+    # Still pending: the next poll tries again rather than waiting for another change.
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "retry"
+
+
+def test_app_lifespan_runs_and_stops_the_watcher(settings: Settings, db: Database) -> None:
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"inbox_poll_seconds": 0.05, "watch_inbox": True})}
+    )
+    app = create_app(settings, db)
+    inbox = data_dir(settings.data_dir).inbox
+    with TestClient(app) as client:
+        watcher = app.state.inbox
+        assert watcher is not None and watcher.running
+        assert client.get("/healthz").json()["inbox"] == {"watching": True, "path": str(inbox)}
+        (inbox / "drop.jsonl").write_text(_jsonl(4))
+        deadline = time.monotonic() + 20
+        while not (inbox / "processed" / "drop.jsonl").exists():
+            assert time.monotonic() < deadline, "inbox file was not imported"
+            time.sleep(0.05)
+        assert _count(db) == 4
+    assert not watcher.running
+    quiet = create_app(settings, db, watch_inbox=False)
+    with TestClient(quiet) as client:
+        assert quiet.state.inbox is None
+        assert client.get("/healthz").json()["inbox"]["watching"] is False
+
+
+def test_file_removed_between_scan_and_import_is_skipped(settings: Settings, sqlite_db: Database) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    f = inbox / "shared.jsonl"
+    f.write_text(_jsonl(2))
+    watcher.poll_once()
+    [ready] = watcher.candidates()
+    f.unlink()  # e.g. another server watching the same folder took it
+    outcome = watcher._import_one(ready)
+    assert outcome.status == "gone" and _count(sqlite_db) == 0
+    assert list((inbox / "failed").iterdir()) == []
