@@ -73,10 +73,9 @@ class IngestResult:
 def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
     """Insert the rows whose unique values are neither stored nor repeated earlier in ``rows``; return them.
 
-    Known keys are looked up first so the insert itself is a plain executemany: a multi-row
-    ``INSERT ... RETURNING`` is several times slower on PostgreSQL, where the driver re-parses
-    the whole statement for every batch. ``ON CONFLICT DO NOTHING`` stays as the guard
-    against a concurrent writer inserting the same key between the lookup and the insert.
+    Known keys are looked up first so most duplicates never reach the insert. ``ON CONFLICT
+    DO NOTHING`` guards against a concurrent writer inserting the same key between the lookup
+    and the insert.
     """
     seen: dict[str, set[Any]] = {}
     for col in unique:
@@ -94,10 +93,24 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], uniq
             if r.get(col) is not None:
                 seen[col].add(r[col])
         new.append(r)
-    if new:
-        module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        session.execute(module.insert(table).on_conflict_do_nothing(), new)
-    return new
+    if not new:
+        return new
+    if session.get_bind().dialect.name != "postgresql":
+        # BEGIN IMMEDIATE holds SQLite's write lock from before the lookup, so no other writer
+        # can have stored one of these keys since: the lookup is exact.
+        session.execute(sqlite.insert(table).on_conflict_do_nothing(), new)
+        return new
+    # PostgreSQL writers run concurrently: a key committed by another transaction after the
+    # lookup is skipped by ON CONFLICT, and RETURNING tells which rows really went in.
+    cols = [table.c[col] for col in unique]
+    stored = session.execute(postgresql.insert(table).on_conflict_do_nothing().returning(*cols), new).all()
+    returned = [{row[i] for row in stored} for i in range(len(unique))]
+    return [
+        r
+        for r in new
+        if all(r.get(col) is None for col in unique)
+        or any(r.get(col) is not None and r[col] in returned[i] for i, col in enumerate(unique))
+    ]
 
 
 def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
