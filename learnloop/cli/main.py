@@ -22,6 +22,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "import": "learnloop.cli.imports:import_cmd",
     "capture": "learnloop.cli.capture:capture_group",
     "rewards": "learnloop.cli.rewards:rewards_group",
+    "train": "learnloop.cli.training:train_group",
+    "models": "learnloop.cli.models:models_group",
 }
 
 
