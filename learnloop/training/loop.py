@@ -1,0 +1,326 @@
+"""The step loop: optimizer, scheduler, gradient accumulation and clipping, control, checkpoints,
+metrics and progress. Algorithms plug in as an ``Objective``; this module knows none of them.
+
+Single process by default. Under ``accelerate launch`` / ``torchrun`` (WORLD_SIZE > 1) each rank
+takes every world-th micro-batch and the LoRA gradients are averaged with an all-reduce before
+clipping (adapters are small, so this costs little and keeps the objective's model unwrapped:
+objectives call sub-modules and ``disable_adapter()``, which a DDP wrapper would not see).
+Rank 0 writes checkpoints, metrics and the final adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learnloop.errors import ConfigError, Conflict
+from learnloop.training import checkpoint as ckpt_mod
+from learnloop.training.config import TrainConfig
+from learnloop.training.control import Control, FileControl, State
+from learnloop.training.data import BatchStream, Position, load_examples
+from learnloop.training.models import load_training_model, pick_device, trainable_parameters
+from learnloop.training.objective import get_objective
+
+METRICS_FILE = "metrics.jsonl"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class ProgressEvent:
+    """What the loop reports. kind: start | step | checkpoint | paused | resumed | stopped | done."""
+
+    kind: str
+    step: int
+    total_steps: int
+    epoch: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    path: Path | None = None
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path | None  # None when the run stopped before finishing
+    step: int
+    total_steps: int
+    stopped: bool
+    resumed_from_step: int | None
+    last_metrics: dict[str, float]
+    metrics_path: Path
+    checkpoint: Path | None
+    examples: int
+    skipped: int
+
+
+class _Dist:
+    """Rank bookkeeping; a no-op in a single process."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=config.device == "cpu")
+            self.rank, self.device = self.state.process_index, self.state.device
+        else:
+            self.rank, self.device = 0, pick_device(config.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def average_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+
+    def agree(self, state: State) -> State:
+        """Every rank must pause/stop together: rank 0's reading of the control wins."""
+        if self.world == 1:
+            return state
+        box = [state]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+class _RunLock:
+    """One trainer per output_dir: a second one would interleave checkpoints."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.path = output_dir / ".lock"
+
+    def __enter__(self) -> _RunLock:
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise Conflict(f"Another training run is using {self.path.parent}.") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fh, fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+
+
+def _trim_metrics(path: Path, upto_step: int) -> None:
+    """Drop metric lines past the checkpoint we resume from (the killed run's steps are redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= upto_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a crash
+    path.write_text("".join(k + "\n" for k in kept))
+
+
+def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Path:
+    """Write the adapter (+ tokenizer, optimizer state, config) to a temp folder and swap it in, so
+    readers never see a half-written ``adapter``."""
+    final = output_dir / ADAPTER_DIR
+    tmp = output_dir / f".tmp-{ADAPTER_DIR}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # for init_adapter + keep_optimizer_state
+    (tmp / "train_config.json").write_text(config.model_dump_json(indent=2))
+    ckpt_mod._fsync_tree(tmp)
+    if final.exists():
+        old = output_dir / f".old-{ADAPTER_DIR}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    ckpt_mod._fsync_dir(output_dir)
+    return final
+
+
+def train_loop(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Only rank 0 takes the lock: the other ranks of the same run share the folder on purpose.
+    lock = _RunLock(output_dir) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(config, output_dir, control or FileControl(output_dir), progress or (lambda e: None))
+
+
+def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callable[[ProgressEvent], None]) -> TrainResult:
+    dist = _Dist(config)
+    device = dist.device
+    model, tokenizer = load_training_model(config, device)
+    objective = get_objective(config.algorithm, config, tokenizer)
+    dataset = load_examples(config.dataset, objective)
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    try:
+        import numpy as np
+
+        np.random.seed(config.seed)
+    except ImportError:
+        pass
+
+    stream = BatchStream(dataset, config.batch_size, seed=config.seed, group_by_length=config.length_grouping, rank=dist.rank, world=dist.world)
+    total = config.max_steps or max(1, math.ceil(config.epochs * stream.batches_per_epoch / config.grad_accum))
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    if dist.main:
+        ckpt_mod.clean_torn(output_dir)
+    dist.barrier()
+    resume = ckpt_mod.latest_checkpoint(output_dir)
+    if resume is None and config.init_adapter is not None and config.keep_optimizer_state:
+        opt_file = Path(config.init_adapter) / "optimizer.pt"
+        if not opt_file.exists():
+            raise ConfigError(f"keep_optimizer_state is set but {opt_file} does not exist.")
+        optimizer.load_state_dict(torch.load(opt_file, weights_only=False))
+        for group in optimizer.param_groups:  # the moments carry over; the hyper-parameters are this run's
+            group["lr"] = group["initial_lr"] = config.learning_rate
+            group["weight_decay"] = config.weight_decay
+    scheduler = _scheduler(config, optimizer, total)
+
+    step = 0
+    metrics_path = output_dir / METRICS_FILE
+    if resume is not None:
+        st = resume.state
+        if st.get("dataset_sha256") != dataset.sha256 or st.get("algorithm") != config.algorithm:
+            raise ConfigError(
+                f"{resume.path} was written for a different dataset or algorithm; resume needs the same ones "
+                f"(or use a new output_dir)."
+            )
+        ckpt_mod.load_training_state(resume, model, optimizer, scheduler)
+        step = resume.step
+        stream.position = Position(**st["position"])
+    if dist.main:
+        _trim_metrics(metrics_path, step) if resume else metrics_path.write_text("")
+        (output_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
+
+    model.train()
+    started = time.perf_counter()
+    session_steps = 0
+    last: dict[str, float] = {}
+    last_ckpt: Path | None = resume.path if resume else None
+
+    def event(kind: str, **kw: Any) -> None:
+        if dist.main:
+            emit(ProgressEvent(kind=kind, step=step, total_steps=total, epoch=stream.epoch_progress(),
+                               elapsed_s=time.perf_counter() - started, **kw))
+
+    def checkpoint() -> Path:
+        nonlocal last_ckpt
+        if dist.main:
+            state = {"position": asdict(stream.position), "dataset_sha256": dataset.sha256, "algorithm": config.algorithm, "metrics": last}
+            last_ckpt = ckpt_mod.save_checkpoint(output_dir, step, model, optimizer, scheduler, state)
+            ckpt_mod.prune(output_dir, config.keep_checkpoints)
+            event("checkpoint", path=last_ckpt)
+        dist.barrier()
+        return output_dir / f"checkpoint-{step}"
+
+    msg = f"resumed from {resume.path.name}" if resume else "fresh start"
+    event("start", message=f"{msg}; {len(dataset.examples)} examples ({dataset.skipped} skipped), device {device}")
+
+    while step < total:
+        state = dist.agree(control.state())
+        if state == "pause":
+            event("paused")
+            while (state := dist.agree(control.state())) == "pause":
+                control.wait(1.0)
+            if state != "stop":
+                event("resumed")
+        if state == "stop":
+            if step > 0:
+                checkpoint()
+            control.acknowledge_stop()
+            event("stopped", path=last_ckpt)
+            return TrainResult(output_dir, None, step, total, True, resume.step if resume else None, last, metrics_path, last_ckpt,
+                               len(dataset.examples), dataset.skipped)
+
+        t0 = time.perf_counter()
+        tokens, loss_sum, sums = 0, 0.0, {}
+        for _ in range(config.grad_accum):
+            batch = _to_device(objective.collate(stream.next()), device)
+            out = objective.compute(model, batch)
+            (out.loss / config.grad_accum).backward()
+            loss_sum += float(out.loss.detach())
+            tokens += out.tokens
+            for k, v in out.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+        dist.average_grads(params)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        lr = scheduler.get_last_lr()[0]
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        # else: a non-finite gradient would poison the adapter; skip this update, keep the schedule.
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        session_steps += 1
+
+        dt = time.perf_counter() - t0
+        per_step = (time.perf_counter() - started) / session_steps
+        last = {
+            "step": step,
+            "loss": loss_sum / config.grad_accum,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": tokens,
+            "tokens_per_s": tokens * dist.world / dt if dt > 0 else 0.0,
+            "eta_s": per_step * (total - step),
+            "epoch": stream.epoch_progress(),
+            **{k: v / config.grad_accum for k, v in sums.items()},
+        }
+        if dist.main:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(last) + "\n")
+        event("step", metrics=dict(last))
+        if step % config.checkpoint_every == 0 or step == total:
+            checkpoint()
+
+    if not (output_dir / f"checkpoint-{step}" / ckpt_mod.MARKER).exists():
+        checkpoint()  # resumed at the end, or total changed
+    adapter_dir = output_dir / ADAPTER_DIR
+    if dist.main:
+        adapter_dir = _save_final(output_dir, model, tokenizer, optimizer, config)
+    dist.barrier()
+    event("done", path=adapter_dir, metrics=dict(last))
+    return TrainResult(output_dir, adapter_dir, step, total, False, resume.step if resume else None, last, metrics_path, last_ckpt,
+                       len(dataset.examples), dataset.skipped)

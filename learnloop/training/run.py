@@ -1,0 +1,107 @@
+"""The training entry point, both a library function and a plain script.
+
+In-process::
+
+    from learnloop.training.run import train
+    result = train(config, control=Control(), progress=print)
+
+As a process (what the daemon supervises, and what ``accelerate launch`` runs on many GPUs)::
+
+    python -m learnloop.training.run --config cfg.json
+    accelerate launch --num_processes 4 -m learnloop.training.run --config cfg.json
+
+The script prints one JSON line per progress event on stdout (rank 0) and turns SIGTERM/SIGINT
+into a clean stop (checkpoint, then exit 0), so a supervisor can stop it and later resume it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from learnloop.errors import ConfigError, LearnloopError
+from learnloop.training.config import TrainConfig
+from learnloop.training.control import Control, FileControl
+from learnloop.training.loop import ProgressEvent, TrainResult, train_loop
+
+__all__ = ["ProgressEvent", "TrainResult", "load_config", "main", "train"]
+
+
+def train(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
+    """Run (or resume) one training run. ``control`` defaults to ``FileControl(config.output_dir)``.
+
+    Resumes from the newest committed checkpoint in ``output_dir`` when there is one.
+    """
+    return train_loop(config, control=control, progress=progress)
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TrainConfig from JSON, YAML or TOML; ``overrides`` (top-level keys) win."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"Training config {path} does not exist.") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parser error is a config error for the user
+        raise ConfigError(f"Cannot parse training config {path}: {exc}") from None
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_config(data, str(path))
+
+
+def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    from pydantic import ValidationError
+
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid training config ({where}): {problems}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m learnloop.training.run", description="Run or resume one learnloop training run.")
+    parser.add_argument("--config", required=True, help="TrainConfig as JSON, YAML or TOML.")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except LearnloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    control = FileControl(config.output_dir)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        control.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def progress(event: ProgressEvent) -> None:
+        print(json.dumps(event.as_dict()), flush=True)
+
+    try:
+        result = train(config, control=control, progress=progress)
+    except LearnloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if result.adapter_dir or result.stopped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
