@@ -44,7 +44,7 @@ def config_dict(tiny_model_dir: Path, tmp: Path, *, algorithm: str = "sft", rows
     data = write_jsonl(tmp / f"{algorithm}-{out}.jsonl", rows)
     cfg: dict[str, Any] = {
         "algorithm": algorithm, "base_model": str(tiny_model_dir), "dataset": str(data), "output_dir": str(tmp / out),
-        "lora": {"r": 8, "alpha": 16}, "batch_size": 4, "max_steps": 12, "learning_rate": 5e-3,
+        "lora": {"r": 8, "alpha": 16}, "batch_size": 4, "max_steps": 12, "learning_rate": 2e-2,
         "lr_scheduler": "constant", "checkpoint_every": 4, "keep_checkpoints": 2, "device": "cpu", "max_length": 64,
     }
     cfg.update(overrides)
@@ -66,3 +66,15 @@ def adapter_weights(adapter_dir: Path) -> dict[str, Any]:
 def first_last_loss(metrics_path: Path, n: int = 3) -> tuple[float, float]:
     losses = [json.loads(line)["loss"] for line in metrics_path.read_text().splitlines()]
     return sum(losses[:n]) / n, sum(losses[-n:]) / n
+
+
+def objective_for(tiny_model_dir: Path, algorithm: str = "sft", **overrides: Any):  # noqa: ANN201
+    """(objective, tokenizer) for unit tests that need no dataset file or training run."""
+    from learnloop.training.config import TrainConfig
+    from learnloop.training.models import load_tokenizer
+    from learnloop.training.objective import get_objective
+
+    cfg = TrainConfig.model_validate({"algorithm": algorithm, "base_model": str(tiny_model_dir), "dataset": "unused.jsonl",
+                                      "output_dir": "unused", "max_length": 64, **overrides})
+    tok = load_tokenizer(tiny_model_dir)
+    return get_objective(algorithm, cfg, tok), tok
