@@ -21,8 +21,9 @@ from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl, read_control, write_control
 from learnloop.training.run import ProgressEvent, train
 
-# Gradient accumulation, warmup + cosine and several epochs: every piece of state a resume must restore.
-RUN = {"max_steps": 16, "checkpoint_every": 3, "batch_size": 2, "grad_accum": 2, "lr_scheduler": "cosine", "warmup_steps": 2}
+# Gradient accumulation, warmup + cosine, several epochs and LoRA dropout (it draws from the torch
+# RNG): every piece of state a resume must restore.
+RUN = {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}, "max_steps": 16, "checkpoint_every": 3, "batch_size": 2, "grad_accum": 2, "lr_scheduler": "cosine", "warmup_steps": 2}
 
 
 def _config(tiny_model_dir: Path, tmp: Path, out: str, **kw: Any) -> TrainConfig:
