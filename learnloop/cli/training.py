@@ -64,7 +64,9 @@ def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
         result = _run_json(config, control, train)
     else:
         result = _run_rich(config, control, train)
-    if result.stopped:
+    if result.stopped and result.checkpoint is None:
+        click.echo(f"stopped at step {result.step}/{result.total_steps}, before any checkpoint. Run again to start.")
+    elif result.stopped:
         click.echo(f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}. Run again to resume.")
     else:
         click.echo(f"done: {result.step} steps; adapter {result.adapter_dir}; metrics {result.metrics_path}")
