@@ -163,23 +163,47 @@ def test_resume_refuses_a_changed_dataset(tiny_model_dir: Path, tmp_path: Path) 
         train(config, control=control)
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path, reference: Path) -> None:
-    config = _config(tiny_model_dir, tmp_path, "killed")
-    cfg_file = tmp_path / "cfg.json"
+def _spawn(config: TrainConfig, tmp: Path) -> subprocess.Popen:
+    cfg_file = tmp / "cfg.json"
     cfg_file.write_text(config.model_dump_json())
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "learnloop.training.run", "--config", str(cfg_file)],
+    return subprocess.Popen([sys.executable, "-m", "learnloop.training.run", "--config", str(cfg_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+
+def _signal_after_first_checkpoint(proc: subprocess.Popen, signum: int) -> list[dict[str, Any]]:
+    """Send ``signum`` right after the first committed checkpoint (mid-run); return every event seen."""
+    events: list[dict[str, Any]] = []
+    sent = False
     try:
-        for line in proc.stdout:  # one JSON event per line
-            event = json.loads(line)
-            if event["kind"] == "checkpoint":
-                os.kill(proc.pid, signal.SIGKILL)  # right after the first commit, mid-run
-                break
+        for line in proc.stdout:  # one JSON event per line, until the process exits
+            events.append(json.loads(line))
+            if events[-1]["kind"] == "checkpoint" and not sent:
+                os.kill(proc.pid, signum)
+                sent = True
         proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert sent, "the run finished before its first checkpoint was seen"
+    return events
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_model_dir, tmp_path, "term", max_steps=200, checkpoint_every=3)
+    proc = _spawn(config, tmp_path)
+    events = _signal_after_first_checkpoint(proc, signal.SIGTERM)
+    assert proc.returncode == 0 and events[-1]["kind"] == "stopped", [e["kind"] for e in events]
+    stopped_at = events[-1]["step"]
+    assert 3 <= stopped_at < 200
+    assert latest_checkpoint(config.output_dir).step == stopped_at  # the stop itself checkpointed
+    assert not (config.output_dir / "adapter").exists()
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path, reference: Path) -> None:
+    config = _config(tiny_model_dir, tmp_path, "killed")
+    proc = _spawn(config, tmp_path)
+    _signal_after_first_checkpoint(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     out = config.output_dir
     assert not (out / "adapter").exists()

@@ -231,7 +231,10 @@ def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callab
         step = resume.step
         stream.position = Position(**st["position"])
     if dist.main:
-        _trim_metrics(metrics_path, step) if resume else metrics_path.write_text("")
+        if resume:
+            _trim_metrics(metrics_path, step)
+        else:  # lines from a run killed before its first checkpoint describe steps that will be redone
+            metrics_path.write_text("")
         (output_dir / "train_config.json").write_text(config.model_dump_json(indent=2))
 
     model.train()
