@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import func, select
@@ -118,3 +119,106 @@ def test_stats_by_source_scenario_day(db: Database) -> None:
     assert {r["source"]: r["count"] for r in out["by_source"]} == {"production": 2, "teacher": 1}
     assert out["by_scenario"][0] == {"scenario": "math", "count": 2}
     assert out["by_day"][0] == {"day": "2026-01-01", "count": 2}
+
+
+# -- the fast trajectory insert stores exactly what the SQLAlchemy path stored -----------------
+
+
+def _varied_trajectories(prefix: str) -> list[dict]:
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 42}'}}
+    return [
+        {"id": f"{prefix}0", "messages": chat("plain", "answer")},
+        {"id": f"{prefix}1", "idempotency_key": f"{prefix}-key-1", "project": "p2", "scenario": "s", "group": "g",
+         "window": "w", "agent": "a", "source": "teacher", "model": "m", "model_version": "v1",
+         "messages": [{"role": "system", "content": "sys ünïcode \u2028 \"q\" \\ \x01"},
+                      {"role": "user", "content": [{"type": "text", "text": "parts", "n": 1.5}]},
+                      {"role": "assistant", "content": None, "tool_calls": [call], "extra_key": None},
+                      {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                      {"role": "assistant", "content": "done"}],
+         "tools": [{"type": "function", "function": {"name": "lookup"}}],
+         "metadata": {"none": None, "nested": {"x": [1, 2.25, True]}, "emoji": "🙂"}, "tags": ["a", "b"],
+         "created_at": "2024-02-03T04:05:06.000007+02:00"},
+        {"id": f"{prefix}2", "messages": chat("again", "x"), "created_at": "2024-02-03T04:05:06"},
+    ]
+
+
+def _stored(db: Database, ids: list[str]) -> list[dict]:
+    from sqlalchemy import text
+
+    cols = ("project", "scenario", "group_id", "window_id", "agent", "source", "model", "model_version", "messages",
+            "tools", "metadata", "tags", "prompt_hash", "split", "created_at", "ingested_at")
+    pg = db.dialect == "postgresql"
+    # Text as the database holds it (on PostgreSQL jsonb and timestamptz printed in a fixed zone).
+    shown = ", ".join((f'"{c}"::text' if pg else f'"{c}"') + f' AS "{c}"' for c in cols)
+    out = []
+    json_cols = {"messages", "tools", "metadata", "tags"}
+    with db.read_session() as s:
+        if pg:
+            s.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+        for tid in ids:
+            row = s.execute(text(f'SELECT {shown}, "id" IS NULL AS nid FROM trajectories WHERE id = :i'), {"i": tid}).mappings().one()
+            # SQLite keeps JSON as the text it was given: compare it parsed (spacing and \u-escapes differ).
+            out.append({c: json.loads(row[c]) if c in json_cols else row[c] for c in cols} | ({} if pg else {"types": s.execute(text(
+                'SELECT typeof(tools), typeof(messages), typeof(created_at) FROM trajectories WHERE id = :i'), {"i": tid}).one()}))
+    return out
+
+
+def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from learnloop.store import trajectories as tr
+
+    fixed = dt.datetime(2025, 6, 7, 8, 9, 10, 0, tzinfo=dt.timezone.utc)  # microsecond 0: a formatting edge
+    monkeypatch.setattr(tr, "utcnow", lambda: fixed)
+    with db.session() as s:
+        fast = ingest(s, parse_batch({"trajectories": _varied_trajectories("f")}))
+    assert sorted(fast.inserted) == ["f0", "f1", "f2"]
+
+    # The reference: the same batch through SQLAlchemy's own insert (the generic _insert_new).
+    def reference(session, rows):
+        return tr._insert_new(session, Trajectory.__table__, rows, ("id", "idempotency_key"))
+
+    monkeypatch.setattr(tr, "_insert_trajectories", reference)
+    slow_batch = _varied_trajectories("r")
+    slow_batch[1]["idempotency_key"] = "r-key-1"
+    with db.session() as s:
+        ref = ingest(s, parse_batch({"trajectories": slow_batch}))
+    assert sorted(ref.inserted) == ["r0", "r1", "r2"]
+    assert _stored(db, ["f0", "f1", "f2"]) == _stored(db, ["r0", "r1", "r2"])
+
+
+def test_fast_trajectory_insert_reports_only_new_rows(db: Database) -> None:
+    batch = {"trajectories": [{"id": "a", "messages": chat("q", "a")},
+                              {"id": "b", "idempotency_key": "k", "messages": chat("q", "a")},
+                              {"id": "a", "messages": chat("repeated in the batch", "a")}]}
+    with db.session() as s:
+        first = ingest(s, parse_batch(batch))
+    assert first.inserted == ["a", "b"] and first.duplicates == ["a"]
+    # Known id, known key under a new id, and one new row.
+    again = {"trajectories": [{"id": "a", "messages": chat("q", "a")},
+                              {"id": "c", "idempotency_key": "k", "messages": chat("q", "a")},
+                              {"id": "d", "messages": chat("q", "a")}]}
+    with db.session() as s:
+        second = ingest(s, parse_batch(again))
+    assert second.inserted == ["d"] and sorted(second.duplicates) == ["a", "c"]
+    with db.read_session() as s:
+        assert sorted(s.scalars(select(Trajectory.id)).all()) == ["a", "b", "d"]
+        assert s.scalar(select(Trajectory.messages).where(Trajectory.id == "a"))[0]["content"] == "q"
+
+
+def test_fast_prompt_hash_equals_the_reference_encoding() -> None:
+    from learnloop.store import trajectories as tr
+
+    # Every code point but the surrogates, in chunks, plus the escapes JSON treats specially.
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = ["".join(chars[i:i + 4096]) for i in range(0, len(chars), 4096)]
+    texts += ['"', "\\", "\n\r\t\b\f", "\x00\x1f\x7f", "\u2028\u2029", "", "plain"]
+    for t in texts:
+        msgs = [{"role": "system", "content": t}, {"role": "user", "content": t[::-1]}, {"role": "assistant", "content": "x"}]
+        prompt = [{"content": m["content"], "role": m["role"]} for m in msgs[:2]]
+        assert prompt_hash(msgs) == tr._prompt_hash_reference(prompt)
+    # Non-text content and odd roles take the reference encoder, and agree with it by construction.
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a", "z": 1e16, "b": None}]}]
+    assert prompt_hash(parts) == tr._prompt_hash_reference([{"content": parts[0]["content"], "role": "user"}])
+    assert prompt_hash([{"role": "user", "content": None}]) == tr._prompt_hash_reference([{"content": None, "role": "user"}])
+    # The value the split of existing rows was frozen with does not move.
+    # The value existing rows were frozen with (computed by the json.dumps-only version) does not move.
+    assert prompt_hash(chat("same question", "x", system='Be brief. ünï "q"\n')) == "45684eab2a95c59b5aae4be53ac4b63e"

@@ -69,10 +69,10 @@ class DatabaseTransport:
     def send(self, prepared: PreparedBatch) -> None:
         from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-        from learnloop.store.records import IngestBatch
+        from learnloop.store.records import batch_from_json
         from learnloop.store.trajectories import ingest
 
-        batch = prepared.batch if prepared.batch is not None else IngestBatch.model_validate_json(prepared.body)
+        batch = prepared.batch if prepared.batch is not None else batch_from_json(prepared.body)
         try:
             with self._lock:
                 if not self._migrated:

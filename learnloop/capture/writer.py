@@ -13,7 +13,6 @@ sent before an older one has been delivered.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import random
@@ -36,18 +35,11 @@ _KINDS = (TRAJECTORY, FEEDBACK, SCORE)
 
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_none=True)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return str(value)
-
-
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+    """Compact UTF-8 JSON, as spooled and sent (``learnloop.store.records.dumps``)."""
+    from learnloop.store.records import dumps as _dumps
+
+    return _dumps(data)
 
 
 class BackgroundWriter:
@@ -169,31 +161,33 @@ class BackgroundWriter:
 
     def prepare(self, items: list[tuple[str, dict[str, Any]]]) -> PreparedBatch | None:
         """Serialize once and validate once; records that can never be stored go to ``rejected/``."""
-        from learnloop.store.records import IngestBatch
+        from learnloop.store.records import batch_from_json
 
         grouped: dict[str, list[Any]] = {k: [] for k in _KINDS}
         for kind, record in items:
             grouped[kind].append(record)
         body = dumps(grouped)
         try:
-            batch = IngestBatch.model_validate_json(body)
+            # Validated from the JSON body, not from the dicts: what is checked is exactly what is
+            # spooled and stored (the encoder's conversions included).
+            batch = batch_from_json(body)
         except ValidationError:
             grouped = self._drop_invalid(grouped)
             if not any(grouped.values()):
                 return None
             body = dumps(grouped)
-            batch = IngestBatch.model_validate_json(body)
+            batch = batch_from_json(body)
         return PreparedBatch(body=body, batch=batch, count=len(items))
 
     def _drop_invalid(self, grouped: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        from learnloop.store.records import format_validation_error, IngestBatch
+        from learnloop.store.records import batch_from_json, format_validation_error
 
         kept: dict[str, list[Any]] = {k: [] for k in _KINDS}
         for kind in _KINDS:
             for record in grouped[kind]:
                 raw = dumps({kind: [record]})
                 try:
-                    IngestBatch.model_validate_json(raw)
+                    batch_from_json(raw)
                 except ValidationError as exc:
                     reason = "; ".join(f"{loc}: {msg}" for loc, msg in format_validation_error(exc))
                     self.counters["rejected"] += 1

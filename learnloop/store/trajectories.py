@@ -10,15 +10,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
 from learnloop.store.models import Feedback, Score, ScoreSource, Split, Trajectory, utcnow
-from learnloop.store.records import FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn
+from learnloop.store.records import FeedbackIn, IngestBatch, Message, ScoreIn, TrajectoryIn, dumps_str, orjson
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
+
+# All messages of a batch dumped in one call (the same output as ``model_dump(exclude_none=True)``
+# on each message, without a Python-level call per message).
+_MESSAGE_LISTS: TypeAdapter[list[list[Message]]] = TypeAdapter(list[list[Message]])
 
 
 def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,12 +37,23 @@ def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prompt_hash(messages: Sequence[dict[str, Any]]) -> str:
-    canonical = json.dumps(
-        [{"role": m.get("role"), "content": m.get("content")} for m in prompt_messages(messages)],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    prompt = [{"content": m.get("content"), "role": m.get("role")} for m in prompt_messages(messages)]
+    if orjson is not None and all(type(p["role"]) is str and (p["content"] is None or type(p["content"]) is str)
+                                  for p in prompt):
+        # Text-only prompts (the usual case): orjson writes byte for byte what json.dumps below
+        # writes for strings and null with the keys already in sorted order (tested over every
+        # code point), at a fraction of the cost. Anything else takes the reference encoder.
+        try:
+            canonical = orjson.dumps(prompt)
+        except TypeError:  # lone surrogates: let the reference encoder decide
+            pass
+        else:
+            return hashlib.sha256(canonical).hexdigest()[:32]
+    return _prompt_hash_reference(prompt)
+
+
+def _prompt_hash_reference(prompt: list[dict[str, Any]]) -> str:
+    canonical = json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -113,8 +129,115 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], uniq
     ]
 
 
-def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
-    messages = [m.model_dump(exclude_none=True) for m in t.messages]
+_TRAJECTORY_COLUMNS = ("id", "idempotency_key", "project", "scenario", "group_id", "window_id", "agent", "source",
+                       "model", "model_version", "messages", "tools", "metadata", "tags", "prompt_hash", "split",
+                       "created_at", "ingested_at")
+_JSON_COLUMNS = frozenset({"messages", "tools", "metadata", "tags"})
+_PG_ARRAY_TYPES = {"created_at": "timestamptz[]", "ingested_at": "timestamptz[]"}
+
+
+def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``_insert_new`` for trajectory rows, without SQLAlchemy's per-row, per-column work.
+
+    The rows go to the driver as plain tuples, converted here the way the column types would
+    convert them (JSON columns encoded once with the wire format's encoder, JSON ``null`` for
+    None as SQLAlchemy's ``JSON`` does; enums and datetimes through the columns' own bind
+    processors, once per distinct value). Returns the rows really stored, like ``_insert_new``:
+
+    * SQLite: the write lock is held since ``BEGIN IMMEDIATE``, so a lookup of the known keys is
+      exact; the new rows go in with one ``executemany``.
+    * PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``
+      (one statement, one round trip, no lookup): a key stored earlier, or by a concurrent
+      writer that commits first, is skipped, and ``RETURNING`` names exactly the rows stored.
+    """
+    new = _dedupe_in_batch(rows, ("id", "idempotency_key"))
+    if not new:
+        return new
+    conn = session.connection()
+    dialect = conn.dialect
+    table = Trajectory.__table__
+    postgres = dialect.name == "postgresql"
+    if not postgres:
+        seen_ids = _known(session, table.c.id, [r["id"] for r in new])
+        seen_keys = _known(session, table.c.idempotency_key, [r["idempotency_key"] for r in new])
+        if seen_ids or seen_keys:
+            new = [r for r in new if r["id"] not in seen_ids and r["idempotency_key"] not in seen_keys]
+            if not new:
+                return new
+
+    convert = _converters(table, dialect)
+    columns = [[convert[c](r[c]) for r in new] if c in convert else [r[c] for r in new] for c in _TRAJECTORY_COLUMNS]
+    names = ", ".join(f'"{c}"' for c in _TRAJECTORY_COLUMNS)
+    if not postgres:
+        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(_TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING'
+        conn.exec_driver_sql(sql, list(zip(*columns)))
+        return new
+    arrays = ", ".join(
+        f"%s::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
+    )
+    sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
+           f'ON CONFLICT DO NOTHING RETURNING "id"')
+    stored = set(conn.exec_driver_sql(sql, tuple(columns)).scalars())
+    return [r for r in new if r["id"] in stored]
+
+
+def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows whose unique values were not seen earlier in ``rows`` (the first one wins)."""
+    seen: list[set[Any]] = [set() for _ in unique]
+    out = []
+    for r in rows:
+        values = [r.get(col) for col in unique]
+        if any(v is not None and v in s for v, s in zip(values, seen)):
+            continue
+        for v, s in zip(values, seen):
+            if v is not None:
+                s.add(v)
+        out.append(r)
+    return out
+
+
+def _known(session: Session, column: Any, values: list[Any]) -> set[Any]:
+    found: set[Any] = set()
+    for i in range(0, len(values), 500):
+        found.update(session.execute(select(column).where(column.in_(values[i : i + 500]))).scalars())
+    return found
+
+
+def _converters(table: Table, dialect: Any) -> dict[str, Any]:
+    """Per column, what turns a Python value into the driver's: JSON columns by the wire encoder,
+    columns with a bind processor (enums, datetimes) by that processor, memoised per value (a
+    batch has few distinct enum values and one ``now``)."""
+    out: dict[str, Any] = {}
+    for name in _TRAJECTORY_COLUMNS:
+        if name in _JSON_COLUMNS:
+            out[name] = dumps_str
+            continue
+        proc = table.c[name].type._cached_bind_processor(dialect)
+        if proc is not None:
+            out[name] = _memoised(proc)
+    return out
+
+
+def _memoised(proc: Any) -> Any:
+    memo: dict[Any, Any] = {}
+
+    def convert(value: Any) -> Any:
+        try:
+            return memo[value]
+        except KeyError:
+            out = memo[value] = proc(value)
+            return out
+        except TypeError:  # unhashable: convert each time
+            return proc(value)
+
+    return convert
+
+
+def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime, *,
+                   messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The table row for ``t``; ``messages``, when given, is ``t.messages`` already dumped."""
+    if messages is None:
+        messages = [m.model_dump(exclude_none=True) for m in t.messages]
     tid = t.id or uuid.uuid4().hex
     phash = prompt_hash(messages)
     return {
@@ -190,15 +313,17 @@ def ingest(
     """
     now = utcnow()
     result = IngestResult()
-    rows = [trajectory_row(t, project, holdout_fraction, now) for t in batch.trajectories]
-    inserted = {r["id"] for r in _insert_new(session, Trajectory.__table__, rows, ("id", "idempotency_key"))}
+    dumped = _MESSAGE_LISTS.dump_python([t.messages for t in batch.trajectories], exclude_none=True)
+    rows = [trajectory_row(t, project, holdout_fraction, now, messages=m) for t, m in zip(batch.trajectories, dumped)]
+    # By row, not by id: a trajectory repeated within the batch is a duplicate of its first copy.
+    inserted = {id(r) for r in _insert_trajectories(session, rows)}
     for row in rows:
-        (result.inserted if row["id"] in inserted else result.duplicates).append(row["id"])
+        (result.inserted if id(row) in inserted else result.duplicates).append(row["id"])
 
     feedback_rows: list[dict[str, Any]] = []
     score_rows: list[dict[str, Any]] = []
     for t, row in zip(batch.trajectories, rows):
-        if row["id"] not in inserted:
+        if id(row) not in inserted:
             continue
         if t.feedback is not None:
             feedback_rows.append(_feedback_row(t.feedback, row["id"], now))
