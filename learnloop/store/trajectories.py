@@ -149,6 +149,8 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
     * PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``
       (one statement, one round trip, no lookup): a key stored earlier, or by a concurrent
       writer that commits first, is skipped, and ``RETURNING`` names exactly the rows stored.
+      The arrays go in binary (``%b``): psycopg's text-format array dumper escapes each element
+      with a regex in Python, three times slower (measured).
     """
     new = _dedupe_in_batch(rows, ("id", "idempotency_key"))
     if not new:
@@ -173,7 +175,7 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
         conn.exec_driver_sql(sql, list(zip(*columns)))
         return new
     arrays = ", ".join(
-        f"%s::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
+        f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
     )
     sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
            f'ON CONFLICT DO NOTHING RETURNING "id"')
