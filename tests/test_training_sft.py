@@ -36,6 +36,14 @@ def test_only_assistant_tokens_carry_loss(sft) -> None:  # noqa: ANN001
     assert labelled and all(ex.data["labels"][i] == ex.data["input_ids"][i] for i in labelled)
 
 
+def test_conversation_opening_with_the_assistant(sft) -> None:  # noqa: ANN001
+    objective, tok = sft
+    record = {"messages": [{"role": "assistant", "content": "hello!"}, {"role": "user", "content": "hi"},
+                           {"role": "assistant", "content": "yes."}]}
+    # The role header of the first turn is template text, not something the model should learn to say.
+    assert _labelled_text(tok, objective.prepare(record, 1)) == "hello!<|im_end|>\nyes.<|im_end|>\n"
+
+
 def test_prompt_completion_trains_only_the_completion(sft) -> None:  # noqa: ANN001
     objective, tok = sft
     record = {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},

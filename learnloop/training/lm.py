@@ -23,6 +23,19 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+_SENTINEL = "\u2063learnloop-turn-start\u2063"
+
+
+def _render_start(tokenizer: Any, prefix: list[dict[str, Any]], tools: list[dict[str, Any]] | None, turn: dict[str, Any]) -> str:
+    """The text before an assistant turn's content: the prefix plus the assistant header."""
+    if prefix:
+        return _render(tokenizer, prefix, tools, generation_prompt=True)
+    # transformers refuses to render an empty conversation; find the header (and any default system
+    # prompt the template adds) by rendering the turn with a sentinel for its content.
+    text = _render(tokenizer, [{**turn, "content": _SENTINEL}], tools, generation_prompt=False)
+    return text[: text.index(_SENTINEL)] if _SENTINEL in text else ""
+
+
 def tokenize_chat(
     tokenizer: Any,
     messages: list[dict[str, Any]],
@@ -45,7 +58,7 @@ def tokenize_chat(
     for i, msg in enumerate(messages):
         if msg.get("role") != "assistant" or i < train_from:
             continue
-        start_text = _render(tokenizer, messages[:i], tools, generation_prompt=True) if i else ""
+        start_text = _render_start(tokenizer, messages[:i], tools, msg)
         end_text = _render(tokenizer, messages[: i + 1], tools, generation_prompt=False)
         if not full.startswith(end_text) or not end_text.startswith(start_text):
             raise ValidationFailed(
