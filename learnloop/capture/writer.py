@@ -3,8 +3,9 @@
 * the **spooler** drains the queue into batches (``batch_size`` records, or whatever arrived
   within ``flush_interval``), validates each batch once, serializes it once, and writes it to the
   spool with one fsync (write-ahead);
-* the **sender** delivers spooled batches strictly in order through the transport and deletes
-  each file once the store acknowledged it. While the store is unreachable it backs off
+* the **sender** delivers spooled batches strictly in order through the transport; each file is
+  deleted once the store acknowledged it (by the spooler, off the sender's path, and at the
+  latest before ``flush()`` returns or ``close()`` ends). While the store is unreachable it backs off
   (exponential, or the server's Retry-After) and the spooler keeps moving records to disk.
 
 Order matters because late feedback must reach the store after its trajectory: a batch is never
@@ -66,6 +67,11 @@ class BackgroundWriter:
         self._wake = threading.Event()
         self._cond = threading.Condition()
         self._pending: deque[tuple[Path, PreparedBatch | None]] = deque()
+        # Files of batches the store has acknowledged, removed by the spooler rather than the
+        # sender: an unlink of a just-fsynced file costs milliseconds on ext4, and the sender's
+        # time is the pipeline's bottleneck. A file still here when the process dies is
+        # redelivered at the next start, a no-op for the store.
+        self._delivered: deque[Path] = deque()
         self._spooling = 0  # threads moving records from the queue to the spool right now
         self._spool_lock = threading.Lock()
         self._records_in_memory = 0
@@ -117,6 +123,7 @@ class BackgroundWriter:
             except Exception:  # a full disk, say: keep the records queued and try again
                 log.exception("learnloop capture: could not write to the spool %s", self.spool.root)
                 time.sleep(min(self.flush_interval, 1.0))
+            self._remove_delivered()
             if self._closing and not self._queue:
                 return
 
@@ -245,7 +252,7 @@ class BackgroundWriter:
             self.transport.send(prepared)
         except Refused as exc:
             self._isolate(prepared, str(exc))
-        self.spool.remove(path)
+        self._delivered.append(path)
         count = prepared.count or _count(prepared.body)
         self.counters["delivered"] += count
         if self._failures:
@@ -286,6 +293,15 @@ class BackgroundWriter:
 
     # -- control --------------------------------------------------------------------------
 
+    def _remove_delivered(self) -> None:
+        delivered = self._delivered
+        while delivered:
+            try:
+                path = delivered.popleft()
+            except IndexError:  # taken by another thread meanwhile
+                return
+            self.spool.remove(path)
+
     def _idle(self) -> bool:
         return not self._queue and not self._spooling and not self._pending
 
@@ -303,7 +319,8 @@ class BackgroundWriter:
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
-            return True
+        self._remove_delivered()  # so that a flushed spool holds no delivered batch
+        return True
 
     def close(self, timeout: float = 5.0) -> bool:
         """Stop: spool whatever is queued, try to deliver for up to ``timeout`` seconds, leave the rest spooled.
@@ -334,6 +351,7 @@ class BackgroundWriter:
                 "learnloop capture: %d batch(es) not delivered within %.1fs; they stay in %s for the next start",
                 left, timeout, self.spool.root,
             )
+        self._remove_delivered()
         if not self._sender.is_alive():
             self.transport.close()
         self.spool.close()

@@ -144,8 +144,9 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
     None as SQLAlchemy's ``JSON`` does; enums and datetimes through the columns' own bind
     processors, once per distinct value). Returns the rows really stored, like ``_insert_new``:
 
-    * SQLite: the write lock is held since ``BEGIN IMMEDIATE``, so a lookup of the known keys is
-      exact; the new rows go in with one ``executemany``.
+    * SQLite: the write lock is held since ``BEGIN IMMEDIATE``, so nobody else writes meanwhile;
+      the rows go in with one ``executemany``, whose rowcount tells whether all were new (see
+      below; a lookup of the known keys settles the rare batch where some were not).
     * PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``
       (one statement, one round trip, no lookup): a key stored earlier, or by a concurrent
       writer that commits first, is skipped, and ``RETURNING`` names exactly the rows stored.
@@ -158,29 +159,36 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
     conn = session.connection()
     dialect = conn.dialect
     table = Trajectory.__table__
-    postgres = dialect.name == "postgresql"
-    if not postgres:
-        seen_ids = _known(session, table.c.id, [r["id"] for r in new])
-        seen_keys = _known(session, table.c.idempotency_key, [r["idempotency_key"] for r in new])
-        if seen_ids or seen_keys:
-            new = [r for r in new if r["id"] not in seen_ids and r["idempotency_key"] not in seen_keys]
-            if not new:
-                return new
-
     convert = _converters(table, dialect)
     columns = [[convert[c](r[c]) for r in new] if c in convert else [r[c] for r in new] for c in _TRAJECTORY_COLUMNS]
     names = ", ".join(f'"{c}"' for c in _TRAJECTORY_COLUMNS)
-    if not postgres:
-        sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(_TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING'
-        conn.exec_driver_sql(sql, list(zip(*columns)))
+    if dialect.name == "postgresql":
+        arrays = ", ".join(
+            f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
+        )
+        sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
+               f'ON CONFLICT DO NOTHING RETURNING "id"')
+        stored = set(conn.exec_driver_sql(sql, tuple(columns)).scalars())
+        return [r for r in new if r["id"] in stored]
+
+    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(_TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING'
+    params = list(zip(*columns))
+    # Optimistic: insert everything in a savepoint. The rowcount of an executemany is the sum
+    # of sqlite3_changes() of its statements, 1 for a stored row and 0 for one ON CONFLICT
+    # skipped (triggers do not count), so equal to len(new) means all of them are stored. Only
+    # otherwise (a redelivery) are the known keys looked up and the insert redone without them.
+    conn.exec_driver_sql('SAVEPOINT "learnloop_ingest"')
+    if conn.exec_driver_sql(sql, params).rowcount == len(new):
+        conn.exec_driver_sql('RELEASE "learnloop_ingest"')
         return new
-    arrays = ", ".join(
-        f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
-    )
-    sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
-           f'ON CONFLICT DO NOTHING RETURNING "id"')
-    stored = set(conn.exec_driver_sql(sql, tuple(columns)).scalars())
-    return [r for r in new if r["id"] in stored]
+    conn.exec_driver_sql('ROLLBACK TO "learnloop_ingest"')
+    conn.exec_driver_sql('RELEASE "learnloop_ingest"')
+    seen_ids = _known(session, table.c.id, [r["id"] for r in new])
+    seen_keys = _known(session, table.c.idempotency_key, [r["idempotency_key"] for r in new])
+    keep = [i for i, r in enumerate(new) if r["id"] not in seen_ids and r["idempotency_key"] not in seen_keys]
+    if keep:
+        conn.exec_driver_sql(sql, [params[i] for i in keep])
+    return [new[i] for i in keep]
 
 
 def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
