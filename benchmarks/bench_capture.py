@@ -14,7 +14,9 @@ Measures, in one run:
   (what the in-process transport calls): the ceiling the SDK can reach, which separates the
   SDK's own cost (queue, serialize, validate, spool fsync) from the store's.
 
-The best of ``--rounds`` rounds is kept for each, and the table prints SDK / baseline ratios.
+Each round measures raw, store.ingest and SDK back to back (interleaved, so drift on a shared
+machine hits all alike); a ratio is computed within each round, and the table prints the median
+of the ``--rounds`` per-round ratios with their range (and the median rates).
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="trajectories per throughput round")
     ap.add_argument("--app-n", type=int, default=20_000, help="trajectories timed on the app thread")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds per measurement; the best is kept")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians and ranges are reported")
     ap.add_argument("--profile", action="store_true", help="cProfile one SQLite SDK round and print the top entries")
     args = ap.parse_args()
 
@@ -214,12 +216,13 @@ def main() -> None:
         targets.append(("postgresql", pg[0], pg[1]))
     try:
         for name, url, _ in targets:
-            base = sdk = store = 0.0
+            rounds = []
             for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all alike
-                base = max(base, raw_executemany(url, args.n, batch_size))
-                store = max(store, direct_ingest(url, args.n, batch_size))
-                sdk = max(sdk, sdk_throughput(url, args.n, settings))
-            results.append((name, sdk, base, store))
+                base = raw_executemany(url, args.n, batch_size)
+                store = direct_ingest(url, args.n, batch_size)
+                sdk = sdk_throughput(url, args.n, settings)
+                rounds.append((sdk, base, store))
+            results.append((name, rounds))
     finally:
         if pg:
             drop_schema(pg[1])
@@ -227,19 +230,29 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"learnloop capture ({args.n} trajectories/round, batch {batch_size}, best of {args.rounds})")
+    def ratio(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+    def rate(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f}"
+
+    table = Table(title=f"learnloop capture ({args.n} trajectories/round, batch {batch_size}, "
+                        f"{args.rounds} interleaved rounds: medians, ratio range in brackets)")
     for col in ("measure", "value", "baseline", "ratio", "target"):
         table.add_column(col)
     table.add_row("app thread per trajectory, median", f"{median:.1f} µs", "", "", "< 20 µs")
     table.add_row("app thread per trajectory, p99", f"{p99:.1f} µs", "", "", "")
-    for name, sdk, base, store in results:
-        table.add_row(f"SDK → {name}, trajectories/s", f"{sdk:,.0f}", f"{base:,.0f} raw executemany",
-                      f"{sdk / base:.2f}", ">= 0.8")
-        table.add_row(f"  store.ingest alone → {name}", f"{store:,.0f}", f"{base:,.0f} raw executemany",
-                      f"{store / base:.2f}", "(ceiling for the SDK)")
-        table.add_row(f"  SDK vs store.ingest alone → {name}", f"{sdk:,.0f}", f"{store:,.0f} store.ingest",
-                      f"{sdk / store:.2f}", "(SDK's own overhead)")
-    Console().print(table)
+    for name, rounds in results:
+        sdk = [r[0] for r in rounds]
+        base = [r[1] for r in rounds]
+        store = [r[2] for r in rounds]
+        table.add_row(f"SDK → {name}, trajectories/s", rate(sdk), f"{rate(base)} raw executemany",
+                      ratio([s / b for s, b, _ in rounds]), ">= 0.8")
+        table.add_row(f"  store.ingest alone → {name}", rate(store), f"{rate(base)} raw executemany",
+                      ratio([st / b for _, b, st in rounds]), "(ceiling for the SDK)")
+        table.add_row(f"  SDK vs store.ingest alone → {name}", rate(sdk), f"{rate(store)} store.ingest",
+                      ratio([s / st for s, _, st in rounds]), "(SDK's own overhead)")
+    Console(width=max(140, Console().width)).print(table)
 
 
 if __name__ == "__main__":
