@@ -308,3 +308,43 @@ def test_exit_with_the_server_down_is_bounded_and_spools(tmp_path: Path) -> None
     assert {r["id"] for r in spooled_records(spool_dir)} == set(ids)
     assert "stay in" in out.stderr  # the app's log says where the records wait
     assert took < 20, f"exit took {took:.1f}s with shutdown_timeout=1"
+
+
+def test_a_spooled_batch_with_invalid_records_delivers_the_rest(db: Database, settings: Settings, tmp_path: Path) -> None:
+    # Batches are validated when they are sent: a file left by a dead writer (or written by an
+    # older version) with a record that can never be stored delivers the others and sets it aside.
+    dead = Spool(tmp_path / "spool")
+    good = [{"id": f"ok-{i}", "messages": [{"role": "user", "content": str(i)}]} for i in range(3)]
+    bad = {"id": "bad", "scenario": "x" * 300, "messages": [{"role": "user", "content": "q"}]}
+    dead.write(dumps({"trajectories": [good[0], bad, *good[1:]]}))
+    dead.write(b"this is not JSON")  # complete (newline-terminated) but no batch: kept aside, not retried
+    os.close(dead._lock_fd)
+    dead._lock_fd = -1
+
+    client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05)
+    try:
+        assert client.flush(30)
+        assert client.stats()["delivered"] == 3 and client.stats()["rejected"] == 2
+        # flush() returns with the delivered files already removed, not merely sent.
+        assert not list((tmp_path / "spool").glob("*.json"))
+    finally:
+        client.close(5)
+    assert stored_ids(db) == {"ok-0", "ok-1", "ok-2"}
+    rejected = [json.loads(line) for p in (tmp_path / "spool" / "rejected").glob("*.jsonl")
+                for line in p.read_text().splitlines()]
+    assert sorted(r["kind"] for r in rejected) == ["batch", "trajectories"]
+    assert next(r for r in rejected if r["kind"] == "trajectories")["record"]["id"] == "bad"
+
+
+def test_flush_leaves_no_delivered_batch_in_the_spool(db: Database, settings: Settings, tmp_path: Path) -> None:
+    client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, batch_size=7)
+    try:
+        for i in range(50):
+            with client.trajectory(scenario="flush") as t:
+                t.user(f"q{i}")
+                t.assistant("a")
+        assert client.flush(30)
+        assert not list((tmp_path / "spool").glob("*.json"))
+        assert counts(db)["trajectories"] == 50
+    finally:
+        client.close(5)

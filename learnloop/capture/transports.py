@@ -35,13 +35,19 @@ class Refused(Exception):
     """The store refused the batch for good (invalid record, unknown trajectory id, too large)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class PreparedBatch:
-    """A validated batch: its JSON body (as spooled, and as sent over HTTP) and, when at hand, the models."""
+    """A batch: its JSON body (as spooled, and as sent over HTTP) and, once validated, the models.
+
+    ``checked``/``valid`` belong to the writer's sender: whether the batch was validated and
+    what is left of it to send (None: nothing).
+    """
 
     body: bytes
     batch: "IngestBatch | None" = None
     count: int = 0
+    checked: bool = False
+    valid: "PreparedBatch | None" = None
 
 
 class Transport(Protocol):

@@ -215,8 +215,6 @@ if orjson is not None:
 
     def loads(body: bytes | str) -> Any:
         return orjson.loads(body)
-
-    _JSONDecodeError: type[Exception] = orjson.JSONDecodeError
 else:  # pragma: no cover
     dumps = _json_dumps_stdlib
 
@@ -224,18 +222,12 @@ else:  # pragma: no cover
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
     loads = json.loads
-    _JSONDecodeError = ValueError
 
 
 def batch_from_json(body: bytes | str) -> IngestBatch:
     """Validate an ``IngestBatch`` JSON body (raises pydantic's ``ValidationError``).
 
-    Parsed by orjson and validated as Python data: the same rules as ``model_validate_json``
-    (JSON only yields JSON types), at about half the cost. A body that is not strict JSON (NaN
-    written by an older writer, say) goes to pydantic's own parser, which accepts or reports it.
+    pydantic parses the JSON itself, straight into the models: no intermediate dicts and lists
+    to allocate and collect (measured faster than ``orjson.loads`` + ``model_validate``).
     """
-    try:
-        data = loads(body)
-    except _JSONDecodeError:
-        return IngestBatch.model_validate_json(body)
-    return IngestBatch.model_validate(data)
+    return IngestBatch.model_validate_json(body)
