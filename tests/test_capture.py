@@ -293,3 +293,21 @@ def test_a_broken_keep_rule_keeps_the_record_and_never_breaks_the_app(db: Databa
     with client.trajectory() as t:
         t.user("q")
     assert client.flush(30) and stored_ids(db) == {t.id}
+
+
+def test_a_record_is_stored_as_it_was_when_recorded(db: Database, make_client) -> None:
+    # The record is serialized when it is handed over: changing its dicts afterwards (or a datetime
+    # in its metadata) changes nothing stored, and nothing waits in the queue as live dicts.
+    import datetime as dt
+
+    client = make_client(database=db, flush_interval=5)  # stays queued until flush
+    when = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    with client.trajectory(scenario="frozen", metadata={"n": 1, "at": when, "ids": {7}}) as t:
+        t.user("q")
+        t.assistant("a")
+    t.metadata["n"] = 2
+    t.messages[0]["content"] = "changed"
+    assert client.flush(30)
+    got = load(db, t.id)
+    assert got["metadata"] == {"n": 1, "at": "2025-01-02T03:04:05+00:00", "ids": [7]}
+    assert got["messages"][0]["content"] == "q"

@@ -1,0 +1,57 @@
+"""The wire format's JSON encoder and decoder: compact UTF-8, orjson when installed.
+
+Kept free of SQLAlchemy and pydantic so the app thread can serialize a record the moment it is
+recorded (``BackgroundWriter.submit``) without importing the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+try:  # a declared dependency; the fallback keeps a broken install working, only slower
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _json_dumps_stdlib(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+
+
+if orjson is not None:
+    _ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
+
+    def dumps(data: Any) -> bytes:
+        """Compact UTF-8 JSON. Objects JSON has no type for become strings (datetimes ISO 8601,
+        pydantic models their JSON dump, sets lists, anything else ``str()``); NaN and infinities
+        become null, as JSON has no spelling for them."""
+        try:
+            return orjson.dumps(data, default=_json_default, option=_ORJSON_OPTS)
+        except TypeError:  # integers beyond 64 bits, a default() result orjson cannot take: the slow way
+            return _json_dumps_stdlib(data)
+
+    def dumps_str(data: Any) -> str:
+        return dumps(data).decode()
+
+    def loads(body: bytes | str) -> Any:
+        return orjson.loads(body)
+
+else:  # pragma: no cover
+    dumps = _json_dumps_stdlib
+
+    def dumps_str(data: Any) -> str:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+    loads = json.loads
