@@ -1,0 +1,275 @@
+"""GRPO objective: advantages, the clipped surrogate, record validation, and that offline and online
+training move the policy towards higher reward (end to end through ``learnloop.training.run.train``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from training_support import adapter_weights, make_config, objective_for, write_jsonl
+
+from learnloop.errors import ConfigError, ValidationFailed
+from learnloop.training.grpo import clipped_surrogate, group_advantages, token_logprobs
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _asst(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+# Each group: a high-reward completion, a low-reward one and a middling one (the dataset builder's format).
+GROUPS = [
+    {"prompt": _user("what is two plus two?"), "completions": [_asst("four."), _asst("maybe."), _asst("yes.")], "rewards": [1.0, 0.0, 0.5]},
+    {"prompt": _user("is the fox quick?"), "completions": [_asst("yes."), _asst("no."), _asst("hello!")], "rewards": [1.0, 0.0, 0.2]},
+    {"prompt": _user("count"), "completions": [_asst("0 1 2 3"), _asst("9 8 7"), _asst("goodbye.")], "rewards": [2.0, -1.0, 0.0]},
+    {"prompt": _user("say hello"), "completions": [_asst("hello! how can i help you today?"), _asst("goodbye."), _asst("no.")],
+     "rewards": [1.0, 0.0, 0.0]},
+]
+TIED = {"prompt": _user("hello!"), "completions": [_asst("hi"), _asst("yo")], "rewards": [0.3, 0.3]}
+
+
+# ------------------------------------------------------------------------------------ maths
+
+
+def test_group_advantages_centre_scale_and_skip_ties() -> None:
+    assert group_advantages([1.0, 0.0, 0.0, 1.0]) == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-3)  # std 0.5, eps 1e-4
+    assert group_advantages([3.0, 1.0], scale=False) == pytest.approx([1.0, -1.0])
+    scaled = group_advantages([10.0, 0.0, 5.0])
+    std = math.sqrt(50 / 3)
+    assert scaled == pytest.approx([5 / (std + 1e-4), -5 / (std + 1e-4), 0.0])
+    # Scaling makes the advantages independent of the reward's units.
+    assert group_advantages([100.0, 0.0, 50.0]) == pytest.approx(scaled, rel=1e-4)
+    assert group_advantages([0.7, 0.7, 0.7]) is None
+    assert group_advantages([0.1 + 0.2, 0.3]) is None  # float noise is still a tie
+    assert group_advantages([5.0]) is None
+
+
+def test_clipped_surrogate_clips_in_the_advantage_direction_only() -> None:
+    eps = 0.2
+    old = torch.zeros(4)
+    # ratios 1.5, 0.5, 0.5, 1.5 against advantages +1, +1, -1, -1
+    logp = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5])).requires_grad_(True)
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    loss, clipped = clipped_surrogate(logp, old, adv, eps)
+    # r=1.5, A>0: capped at 1.2*A; r=0.5, A>0: unclipped 0.5*A; r=0.5, A<0: capped at 0.8*A; r=1.5, A<0: 1.5*A
+    assert loss.tolist() == pytest.approx([-1.2, -0.5, 0.8, 1.5])
+    assert clipped.tolist() == [True, False, True, False]
+    loss.sum().backward()
+    # Clipped tokens get no gradient; the others get d(-r*A)/dlogp = -r*A.
+    assert logp.grad.tolist() == pytest.approx([0.0, -0.5, 0.0, 1.5])
+
+
+def test_surrogate_at_ratio_one_is_the_policy_gradient() -> None:
+    logp = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    adv = torch.tensor([2.0, -1.0, 0.5])
+    loss, clipped = clipped_surrogate(logp, logp.detach(), adv, 0.2)
+    loss.mean().backward()
+    assert not clipped.any()
+    assert loss.tolist() == pytest.approx((-adv).tolist())
+    assert logp.grad.tolist() == pytest.approx((-adv / 3).tolist())
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def test_offline_prepare_trains_only_completion_tokens(tiny_model_dir: Path) -> None:
+    obj, tok = objective_for(tiny_model_dir, "grpo")
+    ex = obj.prepare(GROUPS[0], 1)
+    assert ex is not None
+    assert len(ex.data["rows"]) == 3
+    for (ids, labels), text in zip(ex.data["rows"], ["four.", "maybe.", "yes."], strict=True):
+        assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100]) == f"{text}<|im_end|>\n"
+        assert tok.decode(ids).startswith("<|im_start|>user\nwhat is two plus two?<|im_end|>\n<|im_start|>assistant\n")
+    assert ex.length == max(len(ids) for ids, _ in ex.data["rows"])
+    assert ex.data["advantages"] == pytest.approx(group_advantages([1.0, 0.0, 0.5]))
+    batch = obj.collate([ex, obj.prepare(GROUPS[1], 2)])
+    assert batch["input_ids"].shape[0] == 6 and batch["advantages"].shape == (6,)  # rows of all groups, flattened
+    # Plain strings are accepted as in TRL's standard format.
+    ex2 = obj.prepare({"prompt": "hi", "completions": ["a", "b"], "rewards": [0, 1]}, 3)
+    assert ex2 is not None and ex2.data["advantages"] == pytest.approx([-1.0, 1.0], abs=1e-3)
+
+
+def test_offline_tied_groups_are_skipped_and_counted(tiny_model_dir: Path) -> None:
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    assert obj.prepare(TIED, 1) is None
+    assert obj.prepare({**TIED, "completions": TIED["completions"][:1], "rewards": [1.0]}, 2) is None
+    assert obj.prepare(GROUPS[0], 3) is not None
+    assert obj.skipped_groups == 2
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"completions": [_asst("a"), _asst("b")], "rewards": [1, 0]}, "prompt"),
+        ({"prompt": _user("q"), "rewards": [1, 0]}, "completions"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _asst("b")]}, "rewards"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _asst("b")], "rewards": [1.0]}, "rewards"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _asst("b")], "rewards": [1.0, "high"]}, r"rewards\[1\]"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _asst("b")], "rewards": [1.0, None]}, r"rewards\[1\]"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _asst("b")], "rewards": [True, False]}, r"rewards\[0\]"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), [{"role": "assistant"}]], "rewards": [1, 0]}, r"completions\[1\]\[0\]\.content"),
+        ({"prompt": _user("q"), "completions": [_asst("a"), _user("b")], "rewards": [1, 0]}, r"completions\[1\]"),
+        ({"prompt": [], "completions": [_asst("a"), _asst("b")], "rewards": [1, 0]}, "prompt"),
+    ],
+)
+def test_invalid_offline_records_name_line_and_field(tiny_model_dir: Path, record: dict[str, Any], field: str) -> None:
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    with pytest.raises(ValidationFailed, match=rf"line 17: field '{field}'"):
+        obj.prepare(record, 17)
+
+
+def test_load_error_names_the_file_line_and_field(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from learnloop.training.data import load_examples
+
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    path = write_jsonl(tmp_path / "g.jsonl", [GROUPS[0], TIED, {**GROUPS[1], "rewards": [1.0, 0.0]}])
+    with pytest.raises(ValidationFailed, match=r"g\.jsonl: line 3: field 'rewards' has 2 values for 3 completions"):
+        load_examples(path, obj)
+
+
+# ------------------------------------------------------------------------------------ reward_fn
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("grpo_rewards", "must look like"),
+        ("no_such_module_xyz:f", "cannot import module"),
+        ("grpo_rewards:missing", "has no attribute"),
+        ("grpo_rewards:NOT_CALLABLE", "not callable"),
+    ],
+)
+def test_reward_fn_that_cannot_be_loaded_is_a_config_error(tiny_model_dir: Path, spec: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": spec})
+
+
+def _tiny_peft(tiny_model_dir: Path) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+@pytest.mark.parametrize(("fn", "why"), [("broken", "failed on a completion.*verifier crashed"), ("not_a_number", "returned 'high'")])
+def test_reward_fn_failing_at_call_time_is_a_config_error(tiny_model_dir: Path, fn: str, why: str) -> None:
+    obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": f"grpo_rewards:{fn}", "max_new_tokens": 2})
+    batch = obj.collate([obj.prepare({"prompt": _user("hi")}, 1)])
+    with pytest.raises(ConfigError, match=why):
+        obj.compute(_tiny_peft(tiny_model_dir), batch)
+
+
+def test_online_compute_samples_groups_and_passes_record_extras(tiny_model_dir: Path) -> None:
+    import grpo_rewards
+
+    obj, tok = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:recording", "num_generations": 3, "max_new_tokens": 5})
+    exs = [obj.prepare({"prompt": _user("what is two plus two?"), "answer": "four"}, 1),
+           obj.prepare({"prompt": "count", "answer": "0 1 2", "level": 2}, 2)]
+    assert exs[0].length == len(exs[0].data["prompt_ids"]) + 5
+    batch = obj.collate(exs)
+    # Left padding, so that generation continues every prompt at the right edge.
+    assert batch["prompt_mask"][1, 0] == 0 and batch["prompt_mask"][:, -1].tolist() == [1, 1]
+    model = _tiny_peft(tiny_model_dir)
+    model.train()
+    grpo_rewards.CALLS.clear()
+    torch.manual_seed(1)
+    out = obj.compute(model, batch)
+    assert model.training  # sampling switched to eval and back
+    assert len(grpo_rewards.CALLS) == 6
+    assert [c[2] for c in grpo_rewards.CALLS] == [{"answer": "four"}] * 3 + [{"answer": "0 1 2", "level": 2}] * 3
+    assert grpo_rewards.CALLS[3][0] == _user("count")
+    rewards = [float(len(c[1])) for c in grpo_rewards.CALLS]
+    assert out.metrics["reward_mean"] == pytest.approx(sum(rewards) / 6)
+    assert out.loss.requires_grad
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    # Same seed, same samples: sampling draws from torch's global RNG only.
+    first = [c[1] for c in grpo_rewards.CALLS]
+    grpo_rewards.CALLS.clear()
+    torch.manual_seed(1)
+    obj.compute(model, batch)
+    assert [c[1] for c in grpo_rewards.CALLS] == first
+
+
+def test_reward_fn_without_kwargs_gets_only_the_extras_it_names(tiny_model_dir: Path) -> None:
+    obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:wants_answer", "max_new_tokens": 3})
+    ex = obj.prepare({"prompt": _user("q"), "answer": "x", "source": "gsm8k"}, 1)
+    assert ex.data["extras"] == {"answer": "x"}
+    out = obj.compute(_tiny_peft(tiny_model_dir), obj.collate([ex]))  # would raise TypeError -> ConfigError on 'source'
+    assert "reward_mean" in out.metrics
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _completion_logps(obj: Any, model: Any, group: dict[str, Any]) -> list[float]:
+    ex = obj.prepare(group, 1)
+    batch = obj.collate([ex])
+    with torch.no_grad():
+        logp, rows = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return torch.zeros(batch["input_ids"].shape[0]).index_add(0, rows, logp).tolist()
+
+
+def test_offline_grpo_raises_high_reward_completions_over_low_ones(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from learnloop.training.run import train
+
+    rows = [*GROUPS, TIED]
+    result = train(make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=rows, batch_size=2, max_steps=16, checkpoint_every=16))
+    assert result.examples == 4 and result.skipped == 1  # the tied group carries no signal
+    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert len(metrics) == 16
+    assert all(m["clip_fraction"] == 0.0 for m in metrics)  # one pass per batch: ratio is exactly 1
+    assert all(abs(m["advantage_mean"]) < 1e-5 for m in metrics)  # advantages are centred per group
+
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(result.adapter_dir)).eval()
+    for group in GROUPS:
+        after = _completion_logps(obj, model, group)
+        with model.disable_adapter():
+            before = _completion_logps(obj, model, group)
+        best, worst = group["rewards"].index(max(group["rewards"])), group["rewards"].index(min(group["rewards"]))
+        gain_best, gain_worst = after[best] - before[best], after[worst] - before[worst]
+        assert gain_best - gain_worst > 1.0, (group["prompt"], gain_best, gain_worst)
+        assert after[worst] < before[worst]
+
+
+def test_online_grpo_raises_a_verifiable_reward(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from learnloop.training.run import train
+
+    prompts = [{"prompt": _user(t)} for t in ["hello", "count", "what is two plus two?", "the quick brown fox"]]
+    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=prompts, batch_size=4, max_steps=30, checkpoint_every=30,
+                      grpo={"reward_fn": "grpo_rewards:lowercase_fraction", "num_generations": 8, "max_new_tokens": 8})
+    result = train(cfg)
+    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    rewards = [m["reward_mean"] for m in metrics]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.7  # a random model writes about half lowercase letters
+    assert last > first + 0.15, rewards
+    assert all(m["completion_length"] > 0 for m in metrics)
+
+
+def test_online_ties_everywhere_train_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from learnloop.training.run import train
+
+    prompts = [{"prompt": _user(t)} for t in ["hello", "count"]]
+    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=prompts, batch_size=2, max_steps=3, checkpoint_every=3,
+                      grpo={"reward_fn": "grpo_rewards:constant", "num_generations": 2, "max_new_tokens": 3})
+    result = train(cfg)
+    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    assert [m["skipped_groups"] for m in metrics] == [2.0, 2.0, 2.0]
+    assert [m["loss"] for m in metrics] == [0.0, 0.0, 0.0]
+    # Zero gradients from step one: AdamW never moves, so LoRA's B stays at its zero init.
+    weights = adapter_weights(result.adapter_dir)
+    assert all(float(w.abs().max()) == 0.0 for k, w in weights.items() if "lora_B" in k)
