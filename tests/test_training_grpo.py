@@ -76,6 +76,20 @@ def test_surrogate_at_ratio_one_is_the_policy_gradient() -> None:
     assert logp.grad.tolist() == pytest.approx((-adv / 3).tolist())
 
 
+def test_token_logprobs_match_the_full_forward_at_a_temperature(tiny_model_dir: Path) -> None:
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    batch = obj.collate([obj.prepare(GROUPS[0], 1)])
+    model = _tiny_peft(tiny_model_dir).eval()
+    with torch.no_grad():
+        logp, rows = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"], temperature=0.7)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    full = torch.log_softmax(logits / 0.7, dim=-1)[keep].gather(-1, targets[keep][:, None])[:, 0]
+    assert torch.allclose(logp, full, atol=1e-5)
+    assert rows.tolist() == keep.nonzero()[:, 0].tolist()
+
+
 # ------------------------------------------------------------------------------------ records
 
 
@@ -102,6 +116,16 @@ def test_offline_tied_groups_are_skipped_and_counted(tiny_model_dir: Path) -> No
     assert obj.prepare({**TIED, "completions": TIED["completions"][:1], "rewards": [1.0]}, 2) is None
     assert obj.prepare(GROUPS[0], 3) is not None
     assert obj.skipped_groups == 2
+
+
+def test_prompts_that_fill_max_length_are_skipped(tiny_model_dir: Path) -> None:
+    long_prompt = _user("the quick brown fox jumps over the lazy dog " * 6)
+    obj, _ = objective_for(tiny_model_dir, "grpo", max_length=16)
+    assert obj.prepare({**GROUPS[0], "prompt": long_prompt}, 1) is None
+    assert obj.skipped_too_long == 1 and obj.skipped_groups == 0
+    online, _ = objective_for(tiny_model_dir, "grpo", max_length=16, grpo={"reward_fn": "grpo_rewards:constant"})
+    assert online.prepare({"prompt": long_prompt}, 1) is None
+    assert online.prepare({"prompt": "hi"}, 2).length == 16  # prompt + max_new_tokens, capped at max_length
 
 
 @pytest.mark.parametrize(
@@ -241,7 +265,7 @@ def test_offline_grpo_raises_high_reward_completions_over_low_ones(tiny_model_di
             before = _completion_logps(obj, model, group)
         best, worst = group["rewards"].index(max(group["rewards"])), group["rewards"].index(min(group["rewards"]))
         gain_best, gain_worst = after[best] - before[best], after[worst] - before[worst]
-        assert gain_best - gain_worst > 1.0, (group["prompt"], gain_best, gain_worst)
+        assert gain_best - gain_worst > 5.0, (group["prompt"], gain_best, gain_worst)
         assert after[worst] < before[worst]
 
 
@@ -249,14 +273,14 @@ def test_online_grpo_raises_a_verifiable_reward(tiny_model_dir: Path, tmp_path: 
     from learnloop.training.run import train
 
     prompts = [{"prompt": _user(t)} for t in ["hello", "count", "what is two plus two?", "the quick brown fox"]]
-    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=prompts, batch_size=4, max_steps=30, checkpoint_every=30,
+    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=prompts, batch_size=4, max_steps=40, checkpoint_every=40,
                       grpo={"reward_fn": "grpo_rewards:lowercase_fraction", "num_generations": 8, "max_new_tokens": 8})
     result = train(cfg)
     metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     rewards = [m["reward_mean"] for m in metrics]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert first < 0.7  # a random model writes about half lowercase letters
-    assert last > first + 0.15, rewards
+    assert last > first + 0.2, rewards
     assert all(m["completion_length"] > 0 for m in metrics)
 
 
