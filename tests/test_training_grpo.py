@@ -230,6 +230,8 @@ def test_reward_fn_without_kwargs_gets_only_the_extras_it_names(tiny_model_dir: 
     assert ex.data["extras"] == {"answer": "x"}
     out = obj.compute(_tiny_peft(tiny_model_dir), obj.collate([ex]))  # would raise TypeError -> ConfigError on 'source'
     assert "reward_mean" in out.metrics
+    with pytest.raises(ValidationFailed, match=r"line 4: field 'answer' is missing \(grpo.reward_fn 'grpo_rewards:wants_answer' requires it\)"):
+        obj.prepare({"prompt": _user("q"), "source": "gsm8k"}, 4)
 
 
 # ------------------------------------------------------------------------------------ training

@@ -149,17 +149,21 @@ def load_reward_fn(spec: str) -> RewardFn:
     return fn
 
 
-def _accepted_kwargs(fn: RewardFn) -> set[str] | None:
-    """The keyword names ``fn`` accepts beyond (prompt, completion); None = anything (**kwargs).
-    Lets a plain ``f(prompt, completion)`` ignore extra record keys instead of crashing on them."""
+def _reward_params(fn: RewardFn) -> tuple[set[str] | None, set[str]]:
+    """(keyword names ``fn`` accepts beyond (prompt, completion), None = anything via **kwargs;
+    the names it requires). Lets a plain ``f(prompt, completion)`` ignore extra record keys instead of
+    crashing on them, and a record missing a required key fail at load time, naming its line."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return None
+        return None, set()
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    extra = [p for p in positional[2:] if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    extra += [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    required = {p.name for p in extra if p.default is inspect.Parameter.empty}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    return {p.name for p in named[2:]} | {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return None, required
+    return {p.name for p in extra}, required
 
 
 # --------------------------------------------------------------------------------------- objective
@@ -180,7 +184,7 @@ class GRPOObjective:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.reward_spec = g.reward_fn
         self.reward_fn: RewardFn | None = load_reward_fn(g.reward_fn) if g.reward_fn else None
-        self._reward_kwargs = _accepted_kwargs(self.reward_fn) if self.reward_fn else None
+        self._reward_kwargs, self._reward_required = _reward_params(self.reward_fn) if self.reward_fn else (None, set())
         # Counted by prepare (offline) so a caller can report how much of the dataset carried no signal.
         self.skipped_groups = 0
         self.skipped_too_long = 0
@@ -246,6 +250,8 @@ class GRPOObjective:
             self.skipped_too_long += 1  # no room to generate even one token
             return None
         extras = {k: v for k, v in record.items() if k not in ("prompt", "tools")}
+        for name in sorted(self._reward_required - extras.keys()):
+            raise _fail(line, name, f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)")
         if self._reward_kwargs is not None:
             extras = {k: v for k, v in extras.items() if k in self._reward_kwargs}
         return Example(length=min(len(ids) + self.max_new_tokens, self.max_length),
