@@ -158,6 +158,27 @@ def test_load_error_names_the_file_line_and_field(tiny_model_dir: Path, tmp_path
         load_examples(path, obj)
 
 
+def test_dataset_builder_export_trains_with_the_builders_advantages(tiny_model_dir: Path, sqlite_db: Any, settings: Any) -> None:
+    """What ``build_dataset(kind='grpo')`` writes is what this objective reads, with the same advantages."""
+    from helpers import chat
+
+    from learnloop.datasets import build_dataset
+    from learnloop.store import ingest, parse_batch
+    from learnloop.training.data import load_examples
+
+    rows = [{"id": f"g{i}", "messages": chat("solve x+1=3", f"x={i}"), "scores": {"quality": r}, "group_id": "t1"}
+            for i, r in enumerate([1.0, 0.0, 0.5])]
+    rows += [{"id": f"s{i}", "messages": chat("pick", c), "scores": {"quality": 0.5}, "group_id": "t2"} for i, c in enumerate("ab")]
+    with sqlite_db.session() as s:
+        ingest(s, parse_batch({"trajectories": rows}), holdout_fraction=0.0)
+    info = build_dataset(sqlite_db, "grpo", {"min_group_size": 2}, settings=settings)
+    obj, _ = objective_for(tiny_model_dir, "grpo")
+    loaded = load_examples(info.path, obj)
+    assert len(loaded.examples) == 1 and loaded.skipped == 1 and obj.skipped_groups == 1
+    built = next(g for g in info.stats["groups"]["items"] if g["size"] == 3)["advantages"]
+    assert loaded.examples[0].data["advantages"] == pytest.approx(built, abs=1e-5)
+
+
 # ------------------------------------------------------------------------------------ reward_fn
 
 
