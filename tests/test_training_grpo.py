@@ -189,11 +189,18 @@ def test_dataset_builder_export_trains_with_the_builders_advantages(tiny_model_d
         ("no_such_module_xyz:f", "cannot import module"),
         ("grpo_rewards:missing", "has no attribute"),
         ("grpo_rewards:NOT_CALLABLE", "not callable"),
+        ("/nonexistent/verifier.py:score", "no such file"),
     ],
 )
 def test_reward_fn_that_cannot_be_loaded_is_a_config_error(tiny_model_dir: Path, spec: str, why: str) -> None:
     with pytest.raises(ConfigError, match=why):
         objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": spec})
+
+
+def test_reward_fn_from_a_python_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "verifier.py").write_text("def score(prompt, completion, answer):\n    return float(completion == answer)\n")
+    obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": f"{tmp_path / 'verifier.py'}:score"})
+    assert obj.reward_fn is not None and obj.reward_fn([], "4", answer="4") == 1.0 and obj.reward_fn([], "5", answer="4") == 0.0
 
 
 def _tiny_peft(tiny_model_dir: Path) -> Any:

@@ -27,8 +27,10 @@ A micro-batch of ``batch_size`` examples holds ``batch_size`` *groups*, i.e. up 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -131,12 +133,21 @@ def _reward(value: Any, line: int, field: str) -> float:
 
 
 def load_reward_fn(spec: str) -> RewardFn:
-    """Import ``'package.module:function'``; ConfigError naming what went wrong."""
-    module_name, sep, attr = spec.partition(":")
+    """Import ``'package.module:function'`` (or ``'path/to/file.py:function'``); ConfigError naming what went wrong."""
+    module_name, sep, attr = spec.rpartition(":")  # rpartition: a file path may hold a colon
     if not sep or not module_name or not attr:
         raise ConfigError(f"grpo.reward_fn {spec!r} must look like 'package.module:function'.")
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            # A plain file beside the config: no package or PYTHONPATH needed for a one-off verifier.
+            path = os.path.abspath(os.path.expanduser(module_name))
+            spec_obj = importlib.util.spec_from_file_location(f"learnloop_reward_{abs(hash(path))}", path)
+            if spec_obj is None or spec_obj.loader is None or not os.path.isfile(path):
+                raise ImportError(f"no such file {path}")
+            module = importlib.util.module_from_spec(spec_obj)
+            spec_obj.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or the module itself failing on import
         raise ConfigError(f"grpo.reward_fn {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}).") from exc
     fn = module
@@ -250,8 +261,9 @@ class GRPOObjective:
             self.skipped_too_long += 1  # no room to generate even one token
             return None
         extras = {k: v for k, v in record.items() if k not in ("prompt", "tools")}
-        for name in sorted(self._reward_required - extras.keys()):
-            raise _fail(line, name, f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)")
+        missing = sorted(self._reward_required - extras.keys())
+        if missing:
+            raise _fail(line, missing[0], f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)")
         if self._reward_kwargs is not None:
             extras = {k: v for k, v in extras.items() if k in self._reward_kwargs}
         return Example(length=min(len(ids) + self.max_new_tokens, self.max_length),
