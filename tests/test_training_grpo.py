@@ -16,6 +16,16 @@ from learnloop.errors import ConfigError, ValidationFailed
 from learnloop.training.grpo import clipped_surrogate, group_advantages, token_logprobs
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """Sampling is hundreds of tiny ops; on a shared 2-core machine a second intra-op thread spends them
+    waiting at barriers (the online run measured 3 s on one thread, 16-30 s on two under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
