@@ -262,6 +262,31 @@ def test_online_compute_samples_groups_and_passes_record_extras(tiny_model_dir: 
     assert [c[1] for c in grpo_rewards.CALLS] == first
 
 
+def test_online_completions_end_at_the_stop_token_which_is_trained(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpo_rewards
+
+    obj, tok = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:recording", "num_generations": 2, "max_new_tokens": 4})
+    batch = obj.collate([obj.prepare({"prompt": "hi"}, 1)])
+    eos, pad_id = tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
+    a, b = tok("abc", add_special_tokens=False)["input_ids"][0], tok("dog", add_special_tokens=False)["input_ids"][0]
+    model = _tiny_peft(tiny_model_dir)
+    seen: dict[str, Any] = {}
+
+    def fake_generate(**kw: Any) -> torch.Tensor:
+        seen.update(kw)
+        tail = torch.tensor([[a, eos, pad_id, pad_id], [b, b, a, b]])
+        return torch.cat([kw["input_ids"], tail], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    grpo_rewards.CALLS.clear()
+    out = obj.compute(model, batch)
+    assert seen["do_sample"] is True and seen["max_new_tokens"] == 4 and eos in seen["eos_token_id"]
+    assert seen["input_ids"].shape[0] == 2  # the prompt repeated num_generations times
+    assert [c[1] for c in grpo_rewards.CALLS] == [tok.decode([a]), tok.decode([b, b, a, b])]
+    assert out.metrics["completion_length"] == 3.0  # (2 + 4) / 2: the first stops after its stop token
+    assert out.metrics["completion_tokens"] == 6.0  # and that stop token is trained; the padding is not
+
+
 def test_reward_fn_without_kwargs_gets_only_the_extras_it_names(tiny_model_dir: Path) -> None:
     obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:wants_answer", "max_new_tokens": 3})
     ex = obj.prepare({"prompt": _user("q"), "answer": "x", "source": "gsm8k"}, 1)
