@@ -362,3 +362,35 @@ def test_online_ties_everywhere_train_nothing(tiny_model_dir: Path, tmp_path: Pa
     # Zero gradients from step one: AdamW never moves, so LoRA's B stays at its zero init.
     weights = adapter_weights(result.adapter_dir)
     assert all(float(w.abs().max()) == 0.0 for k, w in weights.items() if "lora_B" in k)
+
+
+def test_training_script_runs_online_grpo_with_a_reward_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The process the daemon supervises: the reward function is a plain .py file, not on sys.path."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "verifier.py").write_text(
+        "def score(prompt, completion, answer):\n    return sum(c in answer for c in completion) / max(1, len(completion))\n")
+    prompts = [{"prompt": _user("hello"), "answer": "abc"}, {"prompt": _user("count"), "answer": "0123"}]
+    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=prompts, batch_size=2, max_steps=2, checkpoint_every=2,
+                      grpo={"reward_fn": f"{tmp_path / 'verifier.py'}:score", "num_generations": 4, "max_new_tokens": 6})
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "learnloop.training.run", "--config", str(tmp_path / "cfg.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [e for e in map(json.loads, proc.stdout.splitlines()) if e["kind"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2]
+    assert all(0.0 <= e["metrics"]["reward_mean"] <= 1.0 and e["metrics"]["completion_length"] > 0 for e in steps)
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_unloadable_reward_fn_fails_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from learnloop.training.run import train
+
+    cfg = make_config(tiny_model_dir, tmp_path, algorithm="grpo", rows=[{"prompt": _user("hi")}],
+                      grpo={"reward_fn": "grpo_rewards:no_such_function"})
+    with pytest.raises(ConfigError, match="grpo_rewards:no_such_function"):
+        train(cfg)
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("checkpoint-*"))
