@@ -1,7 +1,7 @@
 """LoRA training throughput: learnloop vs TRL's SFTTrainer vs a plain PyTorch+peft loop (SFT), and
 learnloop vs TRL's DPOTrainer (DPO step time), on SmolLM2-135M-Instruct, fp32, CPU.
 
-    .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds 1] [--sft-steps 8] [--threads 1] [--dpo-steps 3]
+    .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds 1] [--sft-steps 8] [--threads 1] [--dpo-steps 4]
 
 Every arm trains the same model with the same seeded synthetic chat data (prompt/completion
 conversations of 30-300 tokens; DPO: prompt + chosen/rejected), the same LoRA (r=16, alpha=32,
@@ -105,29 +105,32 @@ class Meter:
     """Timestamps (wall, CPU) and cumulative real tokens at the end of each optimizer step."""
 
     def __init__(self) -> None:
-        self.marks: list[tuple[float, float, int]] = []
+        self.marks: list[tuple[float, float, int, int]] = []
         self.tokens = 0
+        self.padded = 0  # token slots the forward passes computed, padding included
         self.losses: list[float] = []
         self.rss_at_start = 0
+        self._t0 = 0.0
 
     def start(self) -> None:
         self.rss_at_start = _rss_now()
 
     def step(self, loss: float | None = None) -> None:
-        self.marks.append((time.perf_counter(), time.process_time(), self.tokens))
+        self.marks.append((time.perf_counter(), time.process_time(), self.tokens, self.padded))
         if loss is not None:
             self.losses.append(float(loss))
 
     def result(self, steps: int, batch_size: int) -> dict[str, Any]:
         if len(self.marks) != steps:
             raise RuntimeError(f"expected {steps} optimizer steps, saw {len(self.marks)}")
-        (w1, c1, t1), (wn, cn, tn) = self.marks[0], self.marks[-1]
+        (w1, c1, t1, p1), (wn, cn, tn, pn) = self.marks[0], self.marks[-1]
         timed = steps - 1
         return {
             "steps": steps,
             "timed_steps": timed,
             "tokens_total": tn,
             "tokens_timed": tn - t1,
+            "pad_fraction": 1 - (tn - t1) / (pn - p1) if pn > p1 else float("nan"),
             "wall_timed_s": wn - w1,
             "cpu_timed_s": cn - c1,
             "step_s": (wn - w1) / timed if timed else float("nan"),
@@ -139,8 +142,6 @@ class Meter:
             "loss_first": self.losses[0] if self.losses else None,
             "loss_last": self.losses[-1] if self.losses else None,
         }
-
-    _t0 = 0.0
 
     def mark_train_begin(self) -> None:
         self._t0 = time.perf_counter()
@@ -175,6 +176,18 @@ def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str,
         checkpoint_every=steps + 1000, seed=spec["seed"], device="cpu", dtype="float32",
     )
     meter = Meter()
+    # Only to count padded slots (the loop reports real tokens): wrap the collate function the
+    # objectives imported. Adds one numel() per micro-batch.
+    import learnloop.training.dpo as dpo_mod
+    import learnloop.training.sft as sft_mod
+
+    for mod in (sft_mod, dpo_mod):
+        def counted(rows: Any, pad_id: int, _orig: Any = mod.collate_ids) -> dict[str, Any]:
+            batch = _orig(rows, pad_id)
+            meter.padded += batch["attention_mask"].numel()
+            return batch
+
+        mod.collate_ids = counted
 
     def progress(event: Any) -> None:
         if event.kind == "start":
@@ -191,6 +204,7 @@ def _counting_collator(collator: Any, meter: Meter) -> Any:
     def collate(features: list[Any]) -> Any:
         batch = collator(features)
         meter.tokens += int(batch["attention_mask"].sum())
+        meter.padded += batch["attention_mask"].numel()
         return batch
 
     return collate
@@ -293,6 +307,7 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any
                 labels[r, : len(lab)] = torch.tensor(lab)
                 mask[r, : len(ids)] = 1
             meter.tokens += int(mask.sum())
+            meter.padded += mask.numel()
             loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             (loss / spec["grad_accum"]).backward()
             loss_sum += float(loss.detach())
@@ -360,7 +375,7 @@ def _median_ratio(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: 
 
 
 def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> None:
-    cols = ("arm", "tok/s", "tok/CPU-s", "s/step", "1st step s", "tokens timed", "RSS start MB", "peak RSS MB",
+    cols = ("arm", "tok/s", "tok/CPU-s", "s/step", "1st step s", "tokens timed", "pad %", "RSS start MB", "peak RSS MB",
             "process s", "loss first→last")
     print(f"\n{algorithm.upper()} (medians over {len(rounds)} round(s))")
     rows = []
@@ -375,7 +390,8 @@ def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str
 
         loss = f"{_fmt(res[-1]['loss_first'], '.3f')}→{_fmt(res[-1]['loss_last'], '.3f')}"
         rows.append((arm, _fmt(med("tok_per_s")), _fmt(med("tok_per_cpu_s")), _fmt(med("step_s"), ".2f"),
-                     _fmt(med("first_step_s"), ".2f"), _fmt(med("tokens_timed")), _fmt(med("rss_start_mb")),
+                     _fmt(med("first_step_s"), ".2f"), _fmt(med("tokens_timed")), _fmt(100 * med("pad_fraction"), ".0f"),
+                     _fmt(med("rss_start_mb")),
                      _fmt(med("peak_rss_mb")), _fmt(med("process_wall_s")), loss))
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
     print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
@@ -390,7 +406,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 steps per arm, short examples")
     ap.add_argument("--rounds", type=int, default=1, help="run every arm this many times in rotated order")
     ap.add_argument("--sft-steps", type=int, default=8, help="optimizer steps per SFT arm (the first is not timed)")
-    ap.add_argument("--dpo-steps", type=int, default=3, help="optimizer steps per DPO arm (the first is not timed)")
+    ap.add_argument("--dpo-steps", type=int, default=4, help="optimizer steps per DPO arm (the first is not timed)")
     ap.add_argument("--batch-size", type=int, default=2, help="micro-batch (DPO: pairs per micro-batch)")
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=320)
