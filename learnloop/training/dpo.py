@@ -15,17 +15,8 @@ import torch.nn.functional as F
 
 from learnloop.errors import ValidationFailed
 from learnloop.training.config import TrainConfig
-from learnloop.training.lm import IGNORE, collate_ids, sequence_logprobs, tokenize_chat
+from learnloop.training.lm import IGNORE, as_messages, collate_ids, sequence_logprobs, tokenize_chat
 from learnloop.training.objective import Example, StepOutput, register_objective
-from learnloop.training.sft import check_messages
-
-
-def _as_messages(value: Any, line: int, field: str, role: str) -> list[dict[str, Any]]:
-    if isinstance(value, str):
-        if not value:
-            raise ValidationFailed(f"line {line}: field {field!r} is empty", [(f"line {line}: {field}", "is empty")])
-        return [{"role": role, "content": value}]
-    return check_messages(value, line, field)
 
 
 class DPOObjective:
@@ -42,11 +33,11 @@ class DPOObjective:
             if field not in record:
                 raise ValidationFailed(f"line {line}: field {field!r} is missing (DPO records need prompt, chosen, rejected)",
                                        [(f"line {line}: {field}", "is missing")])
-        prompt = _as_messages(record["prompt"], line, "prompt", "user")
+        prompt = as_messages(record["prompt"], line, "prompt", "user")
         tools = record.get("tools")
         sides = []
         for field in ("chosen", "rejected"):
-            completion = _as_messages(record[field], line, field, "assistant")
+            completion = as_messages(record[field], line, field, "assistant")
             if not any(m["role"] == "assistant" for m in completion):
                 raise ValidationFailed(f"line {line}: field {field!r} has no assistant message", [(f"line {line}: {field}", "no assistant message")])
             ids, labels = tokenize_chat(self.tokenizer, prompt + completion, tools=tools, train_from=len(prompt), max_length=self.max_length)

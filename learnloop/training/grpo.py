@@ -37,9 +37,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from learnloop.errors import ConfigError, ValidationFailed
+from learnloop.errors import ConfigError
 from learnloop.training.config import TrainConfig
-from learnloop.training.lm import IGNORE, causal_lm, collate_ids, tokenize_chat
+from learnloop.training.lm import IGNORE, as_messages, causal_lm, collate_ids, record_error, tokenize_chat
 from learnloop.training.objective import Example, StepOutput, register_objective
 
 # Same epsilon as the dataset builder's advantage report, so exported and trained advantages agree.
@@ -101,34 +101,10 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
 # --------------------------------------------------------------------------------------- records
 
 
-def _fail(line: int, field: str, why: str) -> ValidationFailed:
-    return ValidationFailed(f"line {line}: field {field!r} {why}", [(f"line {line}: {field}", why)])
-
-
-def _messages(value: Any, line: int, field: str, role: str) -> list[dict[str, Any]]:
-    """A message list (or a plain string, wrapped as one ``role`` message), validated."""
-    if isinstance(value, str):
-        if not value:
-            raise _fail(line, field, "is empty")
-        return [{"role": role, "content": value}]
-    if not isinstance(value, list) or not value:
-        raise _fail(line, field, "must be a non-empty list of chat messages (or a string)")
-    for i, msg in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            raise _fail(line, where, "must be an object with a string 'role'")
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str):
-            raise _fail(line, f"{where}.content", "must be a string (or null with tool_calls)")
-        if content is None and not msg.get("tool_calls"):
-            raise _fail(line, f"{where}.content", "is missing")
-    return value
-
-
 def _reward(value: Any, line: int, field: str) -> float:
     # bool is an int subclass; a True/False "reward" is more likely a bug in the export than a score.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(line, field, f"must be a finite number, got {value!r}")
+        raise record_error(line, field, f"must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -208,31 +184,31 @@ class GRPOObjective:
 
     def prepare(self, record: dict[str, Any], line: int) -> Example | None:
         if "prompt" not in record:
-            raise _fail(line, "prompt", "is missing (GRPO records need 'prompt')")
-        prompt = _messages(record["prompt"], line, "prompt", "user")
+            raise record_error(line, "prompt", "is missing (GRPO records need 'prompt')")
+        prompt = as_messages(record["prompt"], line, "prompt", "user")
         tools = record.get("tools")
         if tools is not None and not isinstance(tools, list):
-            raise _fail(line, "tools", "must be a list of tool definitions")
+            raise record_error(line, "tools", "must be a list of tool definitions")
         return self._prepare_online(record, prompt, tools, line) if self.online else self._prepare_offline(record, prompt, tools, line)
 
     def _prepare_offline(self, record: dict[str, Any], prompt: list[dict[str, Any]], tools: list[Any] | None, line: int) -> Example | None:
         for field in ("completions", "rewards"):
             if field not in record:
-                raise _fail(line, field, "is missing (offline GRPO records need prompt, completions, rewards; "
+                raise record_error(line, field, "is missing (offline GRPO records need prompt, completions, rewards; "
                                          "set grpo.reward_fn for prompt-only online GRPO)")
         completions, rewards = record["completions"], record["rewards"]
         if not isinstance(completions, list) or not completions:
-            raise _fail(line, "completions", "must be a non-empty list of completions")
+            raise record_error(line, "completions", "must be a non-empty list of completions")
         if not isinstance(rewards, list):
-            raise _fail(line, "rewards", "must be a list of numbers")
+            raise record_error(line, "rewards", "must be a list of numbers")
         if len(rewards) != len(completions):
-            raise _fail(line, "rewards", f"has {len(rewards)} values for {len(completions)} completions")
+            raise record_error(line, "rewards", f"has {len(rewards)} values for {len(completions)} completions")
         values = [_reward(r, line, f"rewards[{i}]") for i, r in enumerate(rewards)]
         convs = []
         for i, c in enumerate(completions):
-            msgs = _messages(c, line, f"completions[{i}]", "assistant")
+            msgs = as_messages(c, line, f"completions[{i}]", "assistant")
             if not any(m["role"] == "assistant" for m in msgs):
-                raise _fail(line, f"completions[{i}]", "has no assistant message")
+                raise record_error(line, f"completions[{i}]", "has no assistant message")
             convs.append(msgs)
         advantages = group_advantages(values, scale=self.scale_rewards)
         if advantages is None:
@@ -263,7 +239,7 @@ class GRPOObjective:
         extras = {k: v for k, v in record.items() if k not in ("prompt", "tools")}
         missing = sorted(self._reward_required - extras.keys())
         if missing:
-            raise _fail(line, missing[0], f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)")
+            raise record_error(line, missing[0], f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)")
         if self._reward_kwargs is not None:
             extras = {k: v for k, v in extras.items() if k in self._reward_kwargs}
         return Example(length=min(len(ids) + self.max_new_tokens, self.max_length),

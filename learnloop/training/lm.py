@@ -124,3 +124,33 @@ def sequence_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
     token_logps, rows = label_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     out = torch.zeros(batch["input_ids"].shape[0], dtype=token_logps.dtype, device=token_logps.device)
     return out.index_add(0, rows, token_logps)
+
+
+def record_error(line: int, field: str, why: str) -> ValidationFailed:
+    """The error for a malformed JSONL record: names the line and the field."""
+    return ValidationFailed(f"line {line}: field {field!r} {why}", [(f"line {line}: {field}", why)])
+
+
+def check_messages(value: Any, line: int, field: str, *, also: str = "") -> list[dict[str, Any]]:
+    """Validate an OpenAI-format message list; raise ValidationFailed naming line and field."""
+    if not isinstance(value, list) or not value:
+        raise record_error(line, field, f"must be a non-empty list of chat messages{also}")
+    for i, msg in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise record_error(line, where, "must be an object with a string 'role'")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str):
+            raise record_error(line, f"{where}.content", "must be a string (or null with tool_calls)")
+        if content is None and not msg.get("tool_calls"):
+            raise record_error(line, f"{where}.content", "is missing")
+    return value
+
+
+def as_messages(value: Any, line: int, field: str, role: str) -> list[dict[str, Any]]:
+    """A message list, or a plain string wrapped as one ``role`` message; validated like check_messages."""
+    if isinstance(value, str):
+        if not value:
+            raise record_error(line, field, "is empty")
+        return [{"role": role, "content": value}]
+    return check_messages(value, line, field, also=" (or a string)")

@@ -11,30 +11,9 @@ from typing import Any
 
 import torch
 
-from learnloop.errors import ValidationFailed
 from learnloop.training.config import TrainConfig
-from learnloop.training.lm import IGNORE, collate_ids, label_logprobs, tokenize_chat
+from learnloop.training.lm import IGNORE, check_messages, collate_ids, label_logprobs, record_error, tokenize_chat
 from learnloop.training.objective import Example, StepOutput, register_objective
-
-
-def _fail(line: int, field: str, why: str) -> ValidationFailed:
-    return ValidationFailed(f"line {line}: field {field!r} {why}", [(f"line {line}: {field}", why)])
-
-
-def check_messages(value: Any, line: int, field: str) -> list[dict[str, Any]]:
-    """Validate an OpenAI-format message list; raise ValidationFailed naming line and field."""
-    if not isinstance(value, list) or not value:
-        raise _fail(line, field, "must be a non-empty list of chat messages")
-    for i, msg in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            raise _fail(line, where, "must be an object with a string 'role'")
-        content = msg.get("content")
-        if content is not None and not isinstance(content, str):
-            raise _fail(line, f"{where}.content", "must be a string (or null with tool_calls)")
-        if content is None and not msg.get("tool_calls"):
-            raise _fail(line, f"{where}.content", "is missing")
-    return value
 
 
 class SFTObjective:
@@ -48,7 +27,7 @@ class SFTObjective:
     def prepare(self, record: dict[str, Any], line: int) -> Example | None:
         tools = record.get("tools")
         if tools is not None and not isinstance(tools, list):
-            raise _fail(line, "tools", "must be a list of tool definitions")
+            raise record_error(line, "tools", "must be a list of tool definitions")
         if "messages" in record:
             messages = check_messages(record["messages"], line, "messages")
             train_from = 0
@@ -57,9 +36,9 @@ class SFTObjective:
             messages = prompt + check_messages(record["completion"], line, "completion")
             train_from = len(prompt)
         else:
-            raise _fail(line, "messages", "is missing (SFT records need 'messages', or 'prompt' and 'completion')")
+            raise record_error(line, "messages", "is missing (SFT records need 'messages', or 'prompt' and 'completion')")
         if not any(m["role"] == "assistant" for m in messages[train_from:]):
-            raise _fail(line, "messages", "has no assistant message to learn from")
+            raise record_error(line, "messages", "has no assistant message to learn from")
         ids, labels = tokenize_chat(self.tokenizer, messages, tools=tools, train_from=train_from, max_length=self.max_length)
         # Position 0 never carries loss (nothing predicts it), so at least one later label is needed.
         if all(label == IGNORE for label in labels[1:]):
