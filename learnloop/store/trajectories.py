@@ -93,22 +93,10 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], uniq
     DO NOTHING`` guards against a concurrent writer inserting the same key between the lookup
     and the insert.
     """
-    seen: dict[str, set[Any]] = {}
-    for col in unique:
-        values = list({r[col] for r in rows if r.get(col) is not None})
-        found: set[Any] = set()
-        column = table.c[col]
-        for i in range(0, len(values), 500):
-            found.update(session.execute(select(column).where(column.in_(values[i : i + 500]))).scalars())
-        seen[col] = found
-    new = []
-    for r in rows:
-        if any(r.get(col) is not None and r[col] in seen[col] for col in unique):
-            continue
-        for col in unique:
-            if r.get(col) is not None:
-                seen[col].add(r[col])
-        new.append(r)
+    stored = {col: _known(session, table.c[col], list({r[col] for r in rows if r.get(col) is not None})) for col in unique}
+    new = _dedupe_in_batch(
+        [r for r in rows if not any(r.get(col) is not None and r[col] in stored[col] for col in unique)], unique
+    )
     if not new:
         return new
     if session.get_bind().dialect.name != "postgresql":
@@ -119,8 +107,8 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], uniq
     # PostgreSQL writers run concurrently: a key committed by another transaction after the
     # lookup is skipped by ON CONFLICT, and RETURNING tells which rows really went in.
     cols = [table.c[col] for col in unique]
-    stored = session.execute(postgresql.insert(table).on_conflict_do_nothing().returning(*cols), new).all()
-    returned = [{row[i] for row in stored} for i in range(len(unique))]
+    inserted = session.execute(postgresql.insert(table).on_conflict_do_nothing().returning(*cols), new).all()
+    returned = [{row[i] for row in inserted} for i in range(len(unique))]
     return [
         r
         for r in new
