@@ -39,9 +39,6 @@ TRAJECTORY, FEEDBACK, SCORE = "trajectories", "feedback", "scores"
 _KINDS = (TRAJECTORY, FEEDBACK, SCORE)
 
 
-
-
-
 class BackgroundWriter:
     """Batches records in the background and delivers them through ``transport``, spooling first."""
 
