@@ -104,11 +104,11 @@ def direct_ingest(url: str, n: int, batch_size: int) -> float:
     from learnloop.capture.recorder import new_id
     from learnloop.capture.writer import dumps
     from learnloop.store import ingest
-    from learnloop.store.records import IngestBatch
+    from learnloop.store.records import batch_from_json
 
     recs = [{"id": new_id(), "scenario": "orders", "tags": ["bench"], "metadata": {"session": k // 7},
              "messages": messages(k)} for k in range(n)]
-    batches = [IngestBatch.model_validate_json(dumps({"trajectories": recs[i:i + batch_size]}))
+    batches = [batch_from_json(dumps({"trajectories": recs[i:i + batch_size]}))
                for i in range(0, n, batch_size)]
     db = Database(url)
     try:

@@ -306,7 +306,7 @@ def test_malformed_rows_are_reported_not_dropped(db: Database, settings: Setting
     with db.session() as s:
         for tid, messages in bad.items():
             # Rows written by older versions or other tools skip today's ingest validation.
-            row = trajectory_row(parse_batch({"trajectories": [{"id": tid, "messages": chat("x", "y")}]}).trajectories[0],
+            row = trajectory_row(parse_batch({"trajectories": [{"id": tid, "messages": chat("x", "y")}]})["trajectories"][0],
                                  "default", 0.0, NOW)
             s.add(Trajectory(**(row | {"messages": messages, "prompt_hash": tid})))
     info = build_dataset(db, "sft", settings=settings)

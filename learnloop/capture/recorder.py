@@ -149,11 +149,11 @@ class TrajectoryRecorder:
         """Append one message in OpenAI chat format (a dict, or an OpenAI SDK message object); checked now."""
         from pydantic import ValidationError
 
-        from learnloop.store.records import Message, format_validation_error
+        from learnloop.store.records import MESSAGE, format_validation_error
 
         msg = _plain(message)
         try:
-            Message.model_validate(msg)
+            MESSAGE.validate_python(msg)
         except ValidationError as exc:
             problems = format_validation_error(exc, f"messages.{len(self.messages)}")
             shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
@@ -256,15 +256,15 @@ def validate_feedback(signals: dict[str, Any]) -> dict[str, Any]:
     """Check feedback where it is given (it is rare, and a mistake should fail at its line)."""
     from pydantic import ValidationError
 
-    from learnloop.store.records import FeedbackIn, format_validation_error
+    from learnloop.store.records import FEEDBACK, format_validation_error
 
     try:
-        fb = FeedbackIn.model_validate(signals)
+        fb = FEEDBACK.validate_python(signals)
     except ValidationError as exc:
         problems = format_validation_error(exc, "feedback")
         shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
         raise ValidationFailed(f"Invalid feedback — {shown}.", problems) from None
-    return fb.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    return FEEDBACK.dump_python(fb, mode="json", exclude_none=True)
 
 
 def _describe_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

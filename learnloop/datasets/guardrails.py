@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from learnloop.errors import ConfigError
-from learnloop.store.records import Message
+from learnloop.store.records import MESSAGE
 
 Conversation = list[dict[str, Any]]
 
@@ -38,7 +38,7 @@ def check_messages(messages: Any, *, need_completion: bool = True) -> str | None
         if not isinstance(m, dict):
             return f"message {i} is not an object"
         try:
-            Message.model_validate(m)
+            MESSAGE.validate_python(m)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])

@@ -19,11 +19,11 @@ from learnloop.store.models import (
     Trajectory,
     VersionState,
 )
-from learnloop.store.records import FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, parse_batch, parse_trajectory
+from learnloop.store.records import CheckedBatch, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, parse_batch, parse_trajectory
 from learnloop.store.trajectories import IngestResult, ingest, stats
 
 __all__ = [
-    "Database", "Dataset", "DesiredState", "Evaluation", "Feedback", "FeedbackIn", "IngestBatch", "IngestResult",
+    "CheckedBatch", "Database", "Dataset", "DesiredState", "Evaluation", "Feedback", "FeedbackIn", "IngestBatch", "IngestResult",
     "Job", "JobKind", "JobState", "Judgment", "ModelVersion", "Score", "ScoreIn", "ScoreSource", "Source", "Split",
     "TrainingMetric", "Trajectory", "TrajectoryIn", "VersionState", "downgrade", "ingest", "make_engine",
     "open_database", "parse_batch", "parse_trajectory", "stats", "upgrade",

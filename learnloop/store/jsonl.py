@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.store.db import Database
-from learnloop.store.records import IngestBatch, TrajectoryIn
+from learnloop.store.records import TRAJECTORY, TrajectoryIn
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
 
 CHUNK_SIZE = 500
@@ -83,7 +83,7 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
     if data.get("id") is None:
         data = {**data, "id": derived_id(data, line_no)}
     try:
-        return TrajectoryIn.model_validate(data), []
+        return TRAJECTORY.validate_python(data), []
     except ValidationError as exc:
         return None, [
             (f"{where}: {'.'.join(str(p) for p in err['loc']) or '(record)'}", err["msg"]) for err in exc.errors()
@@ -152,7 +152,7 @@ def import_jsonl(
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
         for chunk in iter_chunks(path, chunk_size):
-            r = ingest(session, IngestBatch(trajectories=chunk), project=project, holdout_fraction=holdout_fraction)
+            r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
             result.inserted += len(r.inserted)
             result.duplicates += len(r.duplicates)
             result.feedback_inserted += r.feedback_inserted

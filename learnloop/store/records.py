@@ -9,136 +9,180 @@ A JSONL line, an API item and an SDK record all have this shape::
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict
 
 from learnloop.errors import ValidationFailed
 from learnloop.store.models import ScoreSource, Source
 
+# The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
+# which the store writes as they are. Building a model per trajectory and per message, then
+# dumping them back to dicts for the JSON columns, cost four times the validation itself
+# (measured: 15 µs against 4 µs for a three-message trajectory) on the capture hot path.
+
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class ToolCallFunction(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
-    arguments: str | dict[str, Any] = ""
+_KEEP_EXTRA = ConfigDict(extra="allow")  # providers add their own keys to messages and tool calls
+_STRICT = ConfigDict(extra="forbid")  # a misspelt field of ours is a mistake to report, not to drop
 
 
-class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str | None = None
-    type: str = "function"
+def _no_nones(d: dict[str, Any]) -> dict[str, Any]:
+    # OpenAI SDK dumps carry explicit nulls ("name": null, "content": null beside tool calls);
+    # they are stored as absent keys, one spelling for the same message.
+    return {k: v for k, v in d.items() if v is not None} if None in d.values() else d
+
+
+class ToolCallFunction(TypedDict):
+    __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
+    name: Annotated[str, Field(min_length=1)]
+    arguments: NotRequired[str | dict[str, Any]]
+
+
+class ToolCall(TypedDict):
+    __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
+    id: NotRequired[str | None]
+    type: NotRequired[str]
     function: ToolCallFunction
 
 
-class Message(BaseModel):
+class Message(TypedDict):
     """One OpenAI chat message. Unknown keys are kept (providers add their own)."""
 
-    model_config = ConfigDict(extra="allow")
+    __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> "Message":
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a 'tool' message needs 'tool_call_id' naming the call it answers")
-        if self.role != "assistant" and self.content is None:
-            raise ValueError(f"a '{self.role}' message needs 'content'")
-        if self.role == "assistant" and self.content is None and not self.tool_calls:
-            raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
-        return self
+    content: NotRequired[str | list[dict[str, Any]] | None]
+    name: NotRequired[str | None]
+    tool_calls: NotRequired[list[ToolCall] | None]
+    tool_call_id: NotRequired[str | None]
 
 
-class FeedbackIn(_Strict):
+def _check_message(m: Message) -> Message:
+    role = m["role"]
+    if role == "tool" and not m.get("tool_call_id"):
+        raise ValueError("a 'tool' message needs 'tool_call_id' naming the call it answers")
+    if role != "assistant" and m.get("content") is None:
+        raise ValueError(f"a '{role}' message needs 'content'")
+    if role == "assistant" and m.get("content") is None and not m.get("tool_calls"):
+        raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
+    calls = m.get("tool_calls")
+    if calls:
+        m["tool_calls"] = [_tool_call_defaults(_no_nones(c)) for c in calls]  # type: ignore[arg-type]
+    return _no_nones(m)  # type: ignore[return-value]
+
+
+def _tool_call_defaults(call: dict[str, Any]) -> dict[str, Any]:
+    # Stored complete, as the OpenAI format spells them: chat templates read both keys.
+    call.setdefault("type", "function")
+    call["function"].setdefault("arguments", "")
+    return call
+
+
+CheckedMessage = Annotated[Message, AfterValidator(_check_message)]
+
+
+def _thumbs(v: Any) -> Any:
+    if isinstance(v, bool):
+        return 1 if v else -1
+    if v in ("up", "down"):
+        return 1 if v == "up" else -1
+    return v
+
+
+FEEDBACK_SIGNALS = ("rating", "thumbs", "success", "correction", "comment")
+
+
+class FeedbackIn(TypedDict):
     """Feedback on one trajectory. At least one signal must be present."""
 
-    trajectory_id: str | None = Field(None, description="Set by the caller for late feedback; implied inside a trajectory.")
-    idempotency_key: str | None = None
-    rating: float | None = Field(None, description="Numeric rating, any scale; scoring normalises it.")
-    thumbs: Literal[-1, 1] | None = Field(None, description="+1 thumbs up, -1 thumbs down.")
-    success: bool | None = Field(None, description="Whether the task succeeded.")
-    correction: str | dict[str, Any] | None = Field(None, description="The corrected answer (text or assistant message).")
-    comment: str | None = None
-    author: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: dt.datetime | None = None
-
-    @field_validator("thumbs", mode="before")
-    @classmethod
-    def _thumbs(cls, v: Any) -> Any:
-        if isinstance(v, bool):
-            return 1 if v else -1
-        if v in ("up", "down"):
-            return 1 if v == "up" else -1
-        return v
-
-    @model_validator(mode="after")
-    def _some_signal(self) -> "FeedbackIn":
-        if all(getattr(self, f) is None for f in ("rating", "thumbs", "success", "correction", "comment")):
-            raise ValueError("feedback needs at least one of rating, thumbs, success, correction, comment")
-        return self
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    trajectory_id: NotRequired[Annotated[str | None, Field(description="Set by the caller for late feedback; implied inside a trajectory.")]]
+    idempotency_key: NotRequired[str | None]
+    rating: NotRequired[Annotated[float | None, Field(description="Numeric rating, any scale; scoring normalises it.")]]
+    thumbs: NotRequired[Annotated[Literal[-1, 1] | None, BeforeValidator(_thumbs), Field(description="+1 thumbs up, -1 thumbs down.")]]
+    success: NotRequired[Annotated[bool | None, Field(description="Whether the task succeeded.")]]
+    correction: NotRequired[Annotated[str | dict[str, Any] | None, Field(description="The corrected answer (text or assistant message).")]]
+    comment: NotRequired[str | None]
+    author: NotRequired[str | None]
+    metadata: NotRequired[dict[str, Any]]
+    created_at: NotRequired[dt.datetime | None]
 
 
-class ScoreIn(_Strict):
-    trajectory_id: str | None = None
-    name: str = Field(min_length=1, max_length=128)
+def _some_signal(f: FeedbackIn) -> FeedbackIn:
+    if all(f.get(k) is None for k in FEEDBACK_SIGNALS):
+        raise ValueError("feedback needs at least one of rating, thumbs, success, correction, comment")
+    return f
+
+
+CheckedFeedback = Annotated[FeedbackIn, AfterValidator(_some_signal)]
+
+
+class ScoreIn(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    trajectory_id: NotRequired[str | None]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
     value: float
-    source: ScoreSource = ScoreSource.env
-    version: str | None = None
-    author: str | None = None
-    judge_model: str | None = None
-    rationale: str | None = None
-    idempotency_key: str | None = None
+    source: NotRequired[ScoreSource]
+    version: NotRequired[str | None]
+    author: NotRequired[str | None]
+    judge_model: NotRequired[str | None]
+    rationale: NotRequired[str | None]
+    idempotency_key: NotRequired[str | None]
 
 
-class TrajectoryIn(_Strict):
-    id: str | None = Field(None, max_length=64, description="Client-chosen id; generated when absent.")
-    idempotency_key: str | None = Field(None, max_length=128, description="Defaults to the id: a retry with the same key is a no-op.")
-    project: str | None = None
-    scenario: str | None = Field(None, max_length=256)
-    group: str | None = Field(None, max_length=256, alias="group_id", description="Trajectories compared with each other.")
-    window: str | None = Field(None, max_length=128, alias="window_id")
-    agent: str | None = Field(None, max_length=128)
-    source: Source = Source.production
-    model: str | None = Field(None, max_length=256)
-    model_version: str | None = Field(None, max_length=64)
-    messages: list[Message] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    scores: dict[str, float] | None = None
-    feedback: FeedbackIn | None = None
-    created_at: dt.datetime | None = None
-
-    def with_id(self) -> "TrajectoryIn":
-        if self.id is None:
-            self.id = uuid.uuid4().hex
-        return self
+def _text(max_length: int, *aliases: str, description: str | None = None) -> Any:
+    alias = AliasChoices(*aliases) if aliases else None
+    return Annotated[str | None, Field(max_length=max_length, validation_alias=alias, description=description)]
 
 
-class IngestBatch(_Strict):
+class TrajectoryIn(TypedDict):
+    """One trajectory as sent: a JSONL line, an API item, an SDK record. Absent keys take their
+    defaults when stored (a generated id, source ``production``, empty metadata and tags)."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    id: NotRequired[_text(64, description="Client-chosen id; generated when absent.")]  # type: ignore[valid-type]
+    idempotency_key: NotRequired[_text(128, description="Defaults to the id: a retry with the same key is a no-op.")]  # type: ignore[valid-type]
+    project: NotRequired[str | None]
+    scenario: NotRequired[_text(256)]  # type: ignore[valid-type]
+    group: NotRequired[_text(256, "group", "group_id", description="Trajectories compared with each other.")]  # type: ignore[valid-type]
+    window: NotRequired[_text(128, "window", "window_id")]  # type: ignore[valid-type]
+    agent: NotRequired[_text(128)]  # type: ignore[valid-type]
+    source: NotRequired[Source]
+    model: NotRequired[_text(256)]  # type: ignore[valid-type]
+    model_version: NotRequired[_text(64)]  # type: ignore[valid-type]
+    messages: Annotated[list[CheckedMessage], Field(min_length=1)]
+    tools: NotRequired[list[dict[str, Any]] | None]
+    metadata: NotRequired[dict[str, Any]]
+    tags: NotRequired[list[str]]
+    scores: NotRequired[dict[str, float] | None]
+    feedback: NotRequired[CheckedFeedback | None]
+    created_at: NotRequired[dt.datetime | None]
+
+
+class IngestBatch(TypedDict, total=False):
     """One all-or-nothing batch: trajectories, late feedback and scores."""
 
-    trajectories: list[TrajectoryIn] = Field(default_factory=list)
-    feedback: list[FeedbackIn] = Field(default_factory=list)
-    scores: list[ScoreIn] = Field(default_factory=list)
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    trajectories: list[TrajectoryIn]
+    feedback: list[CheckedFeedback]
+    scores: list[ScoreIn]
 
-    @model_validator(mode="after")
-    def _late_items_name_a_trajectory(self) -> "IngestBatch":
-        for kind, items in (("feedback", self.feedback), ("scores", self.scores)):
-            for i, item in enumerate(items):
-                if not item.trajectory_id:
-                    raise ValueError(f"{kind}[{i}].trajectory_id is required for feedback or scores sent on their own")
-        return self
+
+def _late_items_name_a_trajectory(batch: IngestBatch) -> IngestBatch:
+    for kind in ("feedback", "scores"):
+        for i, item in enumerate(batch.get(kind) or ()):  # type: ignore[attr-defined]
+            if not item.get("trajectory_id"):
+                raise ValueError(f"{kind}[{i}].trajectory_id is required for feedback or scores sent on their own")
+    return batch
+
+
+CheckedBatch = Annotated[IngestBatch, AfterValidator(_late_items_name_a_trajectory)]
+
+BATCH: TypeAdapter[IngestBatch] = TypeAdapter(CheckedBatch)
+TRAJECTORY: TypeAdapter[TrajectoryIn] = TypeAdapter(TrajectoryIn)
+MESSAGE: TypeAdapter[Message] = TypeAdapter(CheckedMessage)
+FEEDBACK: TypeAdapter[FeedbackIn] = TypeAdapter(CheckedFeedback)
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
@@ -155,7 +199,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tupl
 def parse_batch(data: Any) -> IngestBatch:
     """Validate a raw batch, raising ValidationFailed that names every bad field."""
     try:
-        return IngestBatch.model_validate(data)
+        return BATCH.validate_python(data)
     except ValidationError as exc:
         problems = format_validation_error(exc)
         raise ValidationFailed(_summary(problems), problems) from None
@@ -163,7 +207,7 @@ def parse_batch(data: Any) -> IngestBatch:
 
 def parse_trajectory(data: Any, where: str = "") -> TrajectoryIn:
     try:
-        return TrajectoryIn.model_validate(data)
+        return TRAJECTORY.validate_python(data)
     except ValidationError as exc:
         problems = format_validation_error(exc, where)
         raise ValidationFailed(_summary(problems), problems) from None
@@ -183,7 +227,7 @@ from learnloop.capture.encoding import dumps, dumps_str, loads, orjson  # noqa: 
 def batch_from_json(body: bytes | str) -> IngestBatch:
     """Validate an ``IngestBatch`` JSON body (raises pydantic's ``ValidationError``).
 
-    pydantic parses the JSON itself, straight into the models: no intermediate dicts and lists
-    to allocate and collect (measured faster than ``orjson.loads`` + ``model_validate``).
+    pydantic parses the JSON itself, straight into the validated dicts (measured faster than
+    ``orjson.loads`` + ``validate_python``).
     """
-    return IngestBatch.model_validate_json(body)
+    return BATCH.validate_json(body)

@@ -10,20 +10,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import TypeAdapter
 from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
-from learnloop.store.models import Feedback, Score, ScoreSource, Split, Trajectory, utcnow
-from learnloop.store.records import FeedbackIn, IngestBatch, Message, ScoreIn, TrajectoryIn, dumps_str, orjson
+from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, utcnow
+from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_str, orjson
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
-
-# All messages of a batch dumped in one call (the same output as ``model_dump(exclude_none=True)``
-# on each message, without a Python-level call per message).
-_MESSAGE_LISTS: TypeAdapter[list[list[Message]]] = TypeAdapter(list[list[Message]])
 
 
 def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,62 +226,72 @@ def _memoised(proc: Any) -> Any:
     return convert
 
 
-def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime, *,
-                   messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The table row for ``t``; ``messages``, when given, is ``t.messages`` already dumped."""
-    if messages is None:
-        messages = [m.model_dump(exclude_none=True) for m in t.messages]
-    tid = t.id or uuid.uuid4().hex
+def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
+    """The table row for ``t`` (a validated record: its dicts are stored as they are)."""
+    get = t.get
+    tid = get("id") or uuid.uuid4().hex
+    messages = t["messages"]
     phash = prompt_hash(messages)
+    group = get("group")
     return {
         "id": tid,
-        "idempotency_key": t.idempotency_key or tid,
-        "project": t.project or project,
-        "scenario": t.scenario,
-        "group_id": t.group,
-        "window_id": t.window,
-        "agent": t.agent,
-        "source": t.source,
-        "model": t.model,
-        "model_version": t.model_version,
+        "idempotency_key": get("idempotency_key") or tid,
+        "project": get("project") or project,
+        "scenario": get("scenario"),
+        "group_id": group,
+        "window_id": get("window"),
+        "agent": get("agent"),
+        "source": get("source") or Source.production,
+        "model": get("model"),
+        "model_version": get("model_version"),
         "messages": messages,
-        "tools": t.tools,
-        "metadata": t.metadata,
-        "tags": t.tags,
+        "tools": get("tools"),
+        "metadata": get("metadata") or {},
+        "tags": get("tags") or [],
         "prompt_hash": phash,
-        "split": assign_split(t.group or phash, holdout_fraction),
-        "created_at": t.created_at or now,
+        "split": assign_split(group or phash, holdout_fraction),
+        "created_at": get("created_at") or now,
         "ingested_at": now,
     }
 
 
+# Every field of a feedback record, absent ones as their defaults: the content key hashes this
+# full shape, so that the same feedback always gets the same key however it was spelt.
+_FEEDBACK_SHAPE: dict[str, Any] = {k: None for k in FeedbackIn.__annotations__ if k != "idempotency_key"} | {"metadata": {}}
+
+
 def _feedback_row(f: FeedbackIn, trajectory_id: str, now: dt.datetime) -> dict[str, Any]:
-    key = f.idempotency_key or _content_key("fb", trajectory_id, f.model_dump(mode="json", exclude={"idempotency_key"}))
+    get = f.get
+    key = get("idempotency_key")
+    if not key:
+        content = _FEEDBACK_SHAPE | {k: v for k, v in FEEDBACK.dump_python(f, mode="json").items() if k != "idempotency_key"}
+        key = _content_key("fb", trajectory_id, content)
     return {
         "trajectory_id": trajectory_id,
         "idempotency_key": key,
-        "rating": f.rating,
-        "thumbs": f.thumbs,
-        "success": f.success,
-        "correction": f.correction,
-        "comment": f.comment,
-        "author": f.author,
-        "metadata": f.metadata,
-        "created_at": f.created_at or now,
+        "rating": get("rating"),
+        "thumbs": get("thumbs"),
+        "success": get("success"),
+        "correction": get("correction"),
+        "comment": get("comment"),
+        "author": get("author"),
+        "metadata": get("metadata") or {},
+        "created_at": get("created_at") or now,
     }
 
 
 def _score_row(s: ScoreIn, trajectory_id: str, now: dt.datetime) -> dict[str, Any]:
+    get = s.get
     return {
         "trajectory_id": trajectory_id,
-        "name": s.name,
-        "value": s.value,
-        "source": s.source,
-        "version": s.version,
-        "author": s.author,
-        "judge_model": s.judge_model,
-        "rationale": s.rationale,
-        "idempotency_key": s.idempotency_key,
+        "name": s["name"],
+        "value": s["value"],
+        "source": get("source") or ScoreSource.env,
+        "version": get("version"),
+        "author": get("author"),
+        "judge_model": get("judge_model"),
+        "rationale": get("rationale"),
+        "idempotency_key": get("idempotency_key"),
         "created_at": now,
     }
 
@@ -311,8 +316,10 @@ def ingest(
     """
     now = utcnow()
     result = IngestResult()
-    dumped = _MESSAGE_LISTS.dump_python([t.messages for t in batch.trajectories], exclude_none=True)
-    rows = [trajectory_row(t, project, holdout_fraction, now, messages=m) for t, m in zip(batch.trajectories, dumped)]
+    trajectories = batch.get("trajectories") or []
+    late_feedback = batch.get("feedback") or []
+    late_scores = batch.get("scores") or []
+    rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
     # By row, not by id: a trajectory repeated within the batch is a duplicate of its first copy.
     inserted = {id(r) for r in _insert_trajectories(session, rows)}
     for row in rows:
@@ -320,17 +327,15 @@ def ingest(
 
     feedback_rows: list[dict[str, Any]] = []
     score_rows: list[dict[str, Any]] = []
-    for t, row in zip(batch.trajectories, rows):
+    for t, row in zip(trajectories, rows):
         if id(row) not in inserted:
             continue
-        if t.feedback is not None:
-            feedback_rows.append(_feedback_row(t.feedback, row["id"], now))
-        for name, value in (t.scores or {}).items():
-            score_rows.append(
-                _score_row(ScoreIn(name=name, value=value, source=ScoreSource.env), row["id"], now)
-                | {"idempotency_key": f"env:{row['id']}:{name}"[:256]}
-            )
-    late_ids = {f.trajectory_id for f in batch.feedback} | {s.trajectory_id for s in batch.scores}
+        if t.get("feedback") is not None:
+            feedback_rows.append(_feedback_row(t["feedback"], row["id"], now))  # type: ignore[arg-type]
+        for name, value in (t.get("scores") or {}).items():
+            score = ScoreIn(name=name, value=value, source=ScoreSource.env, idempotency_key=f"env:{row['id']}:{name}"[:256])
+            score_rows.append(_score_row(score, row["id"], now))
+    late_ids = {f.get("trajectory_id") for f in late_feedback} | {s.get("trajectory_id") for s in late_scores}
     late_ids.discard(None)
     if late_ids:
         missing = late_ids - set(rows_ids := [r["id"] for r in rows]) - existing_ids(session, late_ids - set(rows_ids))
@@ -339,8 +344,8 @@ def ingest(
                 f"Feedback or scores name unknown trajectory id(s): {', '.join(sorted(missing)[:10])}. "
                 "Send the trajectory first (or in the same batch); nothing in this batch was stored."
             )
-    feedback_rows += [_feedback_row(f, f.trajectory_id, now) for f in batch.feedback]  # type: ignore[arg-type]
-    score_rows += [_score_row(s, s.trajectory_id, now) for s in batch.scores]  # type: ignore[arg-type]
+    feedback_rows += [_feedback_row(f, f["trajectory_id"], now) for f in late_feedback]  # type: ignore[typeddict-item]
+    score_rows += [_score_row(s, s["trajectory_id"], now) for s in late_scores]  # type: ignore[typeddict-item]
     result.feedback_inserted = len(_insert_new(session, Feedback.__table__, feedback_rows, ("idempotency_key",)))
     result.scores_inserted = len(_insert_new(session, Score.__table__, score_rows, ("idempotency_key",)))
     return result

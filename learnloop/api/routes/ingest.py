@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
-from learnloop.store.records import FeedbackIn, IngestBatch
+from learnloop.store.records import CheckedBatch, CheckedFeedback
 from learnloop.store.trajectories import get_trajectory, ingest
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -42,10 +42,10 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/ingest", response_model=IngestResponse, responses=WRITE_RESPONSES, dependencies=[WriteAuth, Depends(ingest_slot, scope="function")]
 )
-def ingest_batch(batch: IngestBatch, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Store a batch all-or-nothing, committed before the answer. Re-sending the same ids is a no-op
     (counted as duplicates). 422 names the bad field; 429/503 carry Retry-After."""
-    size = len(batch.trajectories) + len(batch.feedback) + len(batch.scores)
+    size = sum(len(batch.get(kind) or ()) for kind in ("trajectories", "feedback", "scores"))
     if size > settings.server.max_batch_size:
         raise HTTPException(
             status_code=413,
@@ -65,11 +65,11 @@ def ingest_batch(batch: IngestBatch, db: DbDep, settings: SettingsDep) -> dict[s
     responses=WRITE_RESPONSES,
     dependencies=[WriteAuth, Depends(ingest_slot, scope="function")],
 )
-def post_feedback(trajectory_id: str, feedback: FeedbackIn, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+def post_feedback(trajectory_id: str, feedback: CheckedFeedback, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Late feedback on one stored trajectory."""
-    feedback.trajectory_id = trajectory_id
+    feedback["trajectory_id"] = trajectory_id
     with db.session() as session:
-        result = ingest(session, IngestBatch(feedback=[feedback]), project=settings.project)
+        result = ingest(session, {"feedback": [feedback]}, project=settings.project)
     return result.as_dict()
 
 
