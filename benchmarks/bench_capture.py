@@ -39,6 +39,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from learnloop.capture import CaptureClient  # noqa: E402
 from learnloop.config import Settings  # noqa: E402
+from learnloop.ids import new_id  # noqa: E402
 from learnloop.store import Database  # noqa: E402
 from learnloop.store.trajectories import prompt_hash  # noqa: E402
 
@@ -101,7 +102,6 @@ def sdk_throughput(url: str, n: int, settings: Settings) -> float:
 
 def direct_ingest(url: str, n: int, batch_size: int) -> float:
     """The same records through ``store.ingest`` with validation done beforehand: what the store itself costs."""
-    from learnloop.capture.recorder import new_id
     from learnloop.capture.writer import dumps
     from learnloop.store import ingest
     from learnloop.store.records import batch_from_json
@@ -132,7 +132,7 @@ def raw_executemany(url: str, n: int, batch_size: int) -> float:
     rows = []
     for k in range(n):
         msgs = messages(k)
-        tid = uuid.uuid4().hex
+        tid = new_id()
         rows.append((tid, tid, "default", "orders", "production", msgs, {"session": k // 7}, ["bench"],
                      prompt_hash(msgs), "train"))
     raw = db.engine.raw_connection()
@@ -161,6 +161,26 @@ def raw_executemany(url: str, n: int, batch_size: int) -> float:
     return n / elapsed
 
 
+def reset_table(url: str, prefill: int, batch_size: int) -> None:
+    """Empty the trajectories table (and what hangs off it), then insert ``prefill`` rows, untimed."""
+    db = Database(url)
+    try:
+        with db.engine.begin() as conn:
+            if db.dialect == "sqlite":
+                for table in ("scores", "feedback", "trajectories"):
+                    conn.exec_driver_sql(f"DELETE FROM {table}")
+            else:
+                conn.exec_driver_sql("TRUNCATE trajectories CASCADE")
+        if db.dialect == "sqlite":
+            with db.engine.connect() as conn:  # give the freed pages back, so each run starts alike
+                conn.exec_driver_sql("COMMIT")
+                conn.exec_driver_sql("VACUUM")
+    finally:
+        db.dispose()
+    if prefill:
+        raw_executemany(url, prefill, max(batch_size, 5000))
+
+
 def pg_schema_url() -> tuple[str, str] | None:
     try:
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
@@ -187,6 +207,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="trajectories per throughput round")
     ap.add_argument("--app-n", type=int, default=20_000, help="trajectories timed on the app thread")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians and ranges are reported")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="rows in the table before each measurement (inserts slow down as a table grows)")
     ap.add_argument("--profile", action="store_true", help="cProfile one SQLite SDK round and print the top entries")
     args = ap.parse_args()
 
@@ -218,9 +240,15 @@ def main() -> None:
         for name, url, _ in targets:
             rounds = []
             for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all alike
-                base = raw_executemany(url, args.n, batch_size)
-                store = direct_ingest(url, args.n, batch_size)
-                sdk = sdk_throughput(url, args.n, settings)
+                measured = []
+                for measure in (lambda: raw_executemany(url, args.n, batch_size),
+                                lambda: direct_ingest(url, args.n, batch_size),
+                                lambda: sdk_throughput(url, args.n, settings)):
+                    # Each from the same table: inserts slow down as the table grows, which
+                    # would otherwise penalise whichever measure runs later in a round.
+                    reset_table(url, args.prefill, batch_size)
+                    measured.append(measure())
+                base, store, sdk = measured
                 rounds.append((sdk, base, store))
             results.append((name, rounds))
     finally:
@@ -236,8 +264,8 @@ def main() -> None:
     def rate(values: list[float]) -> str:
         return f"{statistics.median(values):,.0f}"
 
-    table = Table(title=f"learnloop capture ({args.n} trajectories/round, batch {batch_size}, "
-                        f"{args.rounds} interleaved rounds: medians, ratio range in brackets)")
+    table = Table(title=f"learnloop capture ({args.n} trajectories/round into a table of {args.prefill} rows, "
+                        f"batch {batch_size}, {args.rounds} interleaved rounds: medians, ratio range in brackets)")
     for col in ("measure", "value", "baseline", "ratio", "target"):
         table.add_column(col)
     table.add_row("app thread per trajectory, median", f"{median:.1f} µs", "", "", "< 20 µs")

@@ -13,11 +13,11 @@ import functools
 import inspect
 import json
 import time
-from random import getrandbits
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from learnloop.errors import ValidationFailed
+from learnloop.ids import new_id
 
 if TYPE_CHECKING:
     from learnloop.capture.client import CaptureClient
@@ -27,21 +27,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 SOURCES = ("production", "teacher", "synthetic", "served")
 
 _current: contextvars.ContextVar["TrajectoryRecorder | None"] = contextvars.ContextVar("learnloop_trajectory", default=None)
-
-
-_VERSION_MASK = ~((0xF << 76) | (0x3 << 62))
-_VERSION_BITS = (0x4 << 76) | (0x2 << 62)
-
-
-def new_id() -> str:
-    """A random (version 4) UUID as 32 hex digits.
-
-    Drawn from ``random`` rather than ``os.urandom``: a syscall releases the GIL, and the app
-    thread then waits for the busy writer threads to hand it back (measured: ~100 µs a call).
-    The module-level generator is seeded from urandom and reseeded after fork, and 122 random
-    bits make collisions negligible; the ids are keys, not secrets.
-    """
-    return f"{(getrandbits(128) & _VERSION_MASK) | _VERSION_BITS:032x}"
 
 
 def current_trajectory() -> "TrajectoryRecorder | None":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
+from learnloop.ids import new_id
 from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, utcnow
 from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_str, orjson
 
@@ -229,7 +229,7 @@ def _memoised(proc: Any) -> Any:
 def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
     """The table row for ``t`` (a validated record: its dicts are stored as they are)."""
     get = t.get
-    tid = get("id") or uuid.uuid4().hex
+    tid = get("id") or new_id()
     messages = t["messages"]
     phash = prompt_hash(messages)
     group = get("group")
