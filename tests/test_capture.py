@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from learnloop.capture import CaptureClient, current_trajectory, traced
 from learnloop.config import Settings
 from learnloop.errors import ValidationFailed
 from learnloop.store.db import Database
+from learnloop.store.models import Trajectory
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 42}'}}
 
@@ -311,3 +315,30 @@ def test_a_record_is_stored_as_it_was_when_recorded(db: Database, make_client) -
     got = load(db, t.id)
     assert got["metadata"] == {"n": 1, "at": "2025-01-02T03:04:05+00:00", "ids": [7]}
     assert got["messages"][0]["content"] == "q"
+
+
+def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
+    # The store is down while recording: the spool delivers later, but the time is the recording's.
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = CaptureClient(Settings(data_dir=tmp_path / "data"), server_url=down, spool_dir=tmp_path / "spool")
+    before = dt.datetime.now(dt.timezone.utc)
+    with client.trajectory(scenario="late") as t:
+        t.user("q")
+        t.assistant("a")
+    recorded = dt.datetime.now(dt.timezone.utc)
+    assert not client.flush(0.5)
+    client.close(0.1)
+    time.sleep(1.1)
+    later = CaptureClient(Settings(data_dir=tmp_path / "data"), database=url, spool_dir=tmp_path / "spool")
+    assert later.flush(30)
+    later.close(5)
+    db = Database(url)
+    with db.read_session() as s:
+        row = s.get(Trajectory, t.id)
+        created, ingested = (v.replace(tzinfo=v.tzinfo or dt.timezone.utc) for v in (row.created_at, row.ingested_at))
+    db.dispose()
+    assert before <= created <= recorded, (before, created, recorded)
+    assert ingested - created > dt.timedelta(seconds=1)

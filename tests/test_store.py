@@ -70,8 +70,10 @@ def test_validation_names_the_bad_field() -> None:
         parse_batch(bad)
     locs = [loc for loc, _ in err.value.problems]
     assert any(loc.startswith("trajectories.1.messages.0.role") for loc in locs), locs
-    with pytest.raises(ValidationFailed, match="tool_call_id"):
-        parse_batch({"trajectories": [{"messages": [{"role": "tool", "content": "42"}]}]})
+    with pytest.raises(ValidationFailed, match="tool_call_id") as err:
+        parse_batch({"trajectories": [{"messages": [{"role": "user", "content": "6 x 7?"}, {"role": "tool", "content": "42"}]}]})
+    [(loc, msg)] = err.value.problems
+    assert loc == "trajectories.0.messages" and msg.startswith("Value error, message 1: a 'tool' message"), (loc, msg)
 
 
 def test_tool_calls_round_trip(db: Database) -> None:
@@ -172,16 +174,14 @@ def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypa
         fast = ingest(s, parse_batch({"trajectories": _varied_trajectories("f")}))
     assert sorted(fast.inserted) == ["f0", "f1", "f2"]
 
-    # The reference: the same batch through SQLAlchemy's own insert (the generic _insert_new).
-    def reference(session, rows):
-        return tr._insert_new(session, Trajectory.__table__, rows, ("id", "idempotency_key"))
-
-    monkeypatch.setattr(tr, "_insert_trajectories", reference)
+    # The reference: the same rows through SQLAlchemy's own insert (the generic _insert_new).
     slow_batch = _varied_trajectories("r")
     slow_batch[1]["idempotency_key"] = "r-key-1"
+    rows = [tr.trajectory_row(t, "default", tr.DEFAULT_HOLDOUT_FRACTION, fixed)
+            for t in parse_batch({"trajectories": slow_batch})["trajectories"]]
     with db.session() as s:
-        ref = ingest(s, parse_batch({"trajectories": slow_batch}))
-    assert sorted(ref.inserted) == ["r0", "r1", "r2"]
+        ref = tr._insert_new(s, Trajectory.__table__, rows, ("id", "idempotency_key"))
+    assert sorted(r["id"] for r in ref) == ["r0", "r1", "r2"]
     assert _stored(db, ["f0", "f1", "f2"]) == _stored(db, ["r0", "r1", "r2"])
 
 

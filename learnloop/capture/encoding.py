@@ -45,6 +45,14 @@ if orjson is not None:
     def dumps_str(data: Any) -> str:
         return dumps(data).decode()
 
+    def dumps_each(values: list[Any]) -> list[str]:
+        """``dumps_str`` of each value, in one pass (the store encodes a column at a time)."""
+        encode = orjson.dumps
+        try:
+            return [encode(v, default=_json_default, option=_ORJSON_OPTS).decode() for v in values]
+        except TypeError:
+            return [dumps_str(v) for v in values]
+
     def loads(body: bytes | str) -> Any:
         return orjson.loads(body)
 
@@ -53,5 +61,8 @@ else:  # pragma: no cover
 
     def dumps_str(data: Any) -> str:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+    def dumps_each(values: list[Any]) -> list[str]:
+        return [dumps_str(v) for v in values]
 
     loads = json.loads

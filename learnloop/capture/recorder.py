@@ -9,6 +9,7 @@ the mistake surfaces at the line that made it).
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import functools
 import inspect
 import json
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from learnloop.capture.client import CaptureClient
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_now, _UTC = dt.datetime.now, dt.timezone.utc
 
 SOURCES = ("production", "teacher", "synthetic", "served")
 
@@ -173,7 +176,9 @@ class TrajectoryRecorder:
         self._discard = True
 
     def to_record(self) -> dict[str, Any]:
-        rec: dict[str, Any] = {"id": self.id, "messages": self.messages, "metadata": self.metadata}
+        # Stamped now, not when stored: after an outage the spool delivers records hours late.
+        rec: dict[str, Any] = {"id": self.id, "messages": self.messages, "metadata": self.metadata,
+                               "created_at": _now(tz=_UTC)}
         if self.scenario is not None:
             rec["scenario"] = self.scenario
         if self.group is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from learnloop.errors import LearnloopError, NotFound, StoreUnavailable, ValidationFailed
 
@@ -37,10 +37,11 @@ class Refused(Exception):
 
 @dataclass(eq=False)
 class PreparedBatch:
-    """A batch: its JSON body (as spooled, and as sent over HTTP) and, once validated, the models.
+    """A batch: its JSON body (as spooled, and as sent over HTTP) and, once validated, the records.
 
-    ``checked``/``valid`` belong to the writer's sender: whether the batch was validated and
-    what is left of it to send (None: nothing).
+    ``checked``/``valid``/``busy`` belong to the writer: whether the batch was validated, what
+    is left of it to send (None: nothing), and whether a writer thread is working on it now.
+    ``plan`` belongs to the transport: what its ``prepare`` made ready for ``send``.
     """
 
     body: bytes
@@ -48,10 +49,16 @@ class PreparedBatch:
     count: int = 0
     checked: bool = False
     valid: "PreparedBatch | None" = None
+    busy: bool = False
+    ahead_failed: bool = False
+    plan: Any = None
 
 
 class Transport(Protocol):
     name: str
+
+    def prepare(self, prepared: PreparedBatch) -> None:
+        """Work on a validated batch that needs no store (the writer does it ahead of ``send``)."""
 
     def send(self, prepared: PreparedBatch) -> None: ...
 
@@ -72,20 +79,31 @@ class DatabaseTransport:
         self._migrated = not migrate
         self._lock = threading.Lock()
 
+    def prepare(self, prepared: PreparedBatch) -> None:
+        """Plan the insert (rows, defaults, hashes, JSON encoding) while another batch is being written."""
+        from learnloop.store.trajectories import plan_ingest
+
+        if prepared.batch is not None and prepared.plan is None:
+            prepared.plan = plan_ingest(prepared.batch, self.db.engine.dialect, project=self.project,
+                                        holdout_fraction=self.holdout_fraction)
+
     def send(self, prepared: PreparedBatch) -> None:
         from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
         from learnloop.store.records import batch_from_json
-        from learnloop.store.trajectories import ingest
+        from learnloop.store.trajectories import apply_plan, plan_ingest
 
-        batch = prepared.batch if prepared.batch is not None else batch_from_json(prepared.body)
+        plan = prepared.plan
+        if plan is None:
+            batch = prepared.batch if prepared.batch is not None else batch_from_json(prepared.body)
+            plan = plan_ingest(batch, self.db.engine.dialect, project=self.project, holdout_fraction=self.holdout_fraction)
         try:
             with self._lock:
                 if not self._migrated:
                     self.db.upgrade()
                     self._migrated = True
-                with self.db.session() as session:
-                    ingest(session, batch, project=self.project, holdout_fraction=self.holdout_fraction)
+                with self.db.connection() as conn:
+                    apply_plan(conn, plan)
         except (NotFound, ValidationFailed) as exc:
             raise Refused(str(exc)) from exc
         except (IntegrityError, DataError) as exc:
@@ -115,6 +133,9 @@ class HttpTransport:
             headers["Authorization"] = f"Bearer {token}"
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
         self._headers = headers
+
+    def prepare(self, prepared: PreparedBatch) -> None:
+        pass  # the body goes as it is
 
     def send(self, prepared: PreparedBatch) -> None:
         import httpx

@@ -1,14 +1,17 @@
-"""The background writer: the app thread only appends to a queue; two threads do the rest.
+"""The background writer: the app thread only appends to a queue; three threads do the rest.
 
 * the **spooler** drains the queue into batches (``batch_size`` records, or whatever arrived
   within ``flush_interval``), serializes each batch once, and writes it to the spool with one
   fsync (write-ahead);
-* the **sender** validates each batch once, from its JSON body (records that can never be
-  stored go to ``rejected/``), and delivers the batches strictly in order through the
-  transport; each file is deleted once the store acknowledged it (by the spooler, off the
-  sender's path, and at the latest before ``flush()`` returns or ``close()`` ends). While the
-  store is unreachable the sender backs off (exponential, or the server's Retry-After) and the
-  spooler keeps moving records to disk.
+* the **preparer** works ahead of the sender on the next ``LOOKAHEAD`` batches: it validates
+  each from its JSON body (records that can never be stored go to ``rejected/``) and lets the
+  transport prepare it (the database transport plans the insert). This is Python work that
+  runs while the sender waits on the database, which releases the GIL;
+* the **sender** delivers the batches strictly in order through the transport (preparing
+  itself any batch the preparer has not reached); each file is deleted once the store
+  acknowledged it (by the spooler, off the sender's path, and at the latest before ``flush()``
+  returns or ``close()`` ends). While the store is unreachable the sender backs off
+  (exponential, or the server's Retry-After) and the spooler keeps moving records to disk.
 
 Order matters because late feedback must reach the store after its trajectory: a batch is never
 sent before an older one has been delivered.
@@ -32,6 +35,10 @@ from learnloop.capture.spool import Spool
 from learnloop.capture.transports import PreparedBatch, Refused, RetryLater, Transport
 
 log = logging.getLogger("learnloop.capture")
+
+# Batches prepared ahead of the one being sent. Two keep the sender fed (preparing a batch
+# takes less time than writing it) while few prepared records are held in memory.
+LOOKAHEAD = 2
 
 # Queue items are (kind, record) with kind one of these; the record is the wire-format dict,
 # already serialized to JSON by the thread that submitted it.
@@ -88,8 +95,10 @@ class BackgroundWriter:
 
         self._spooler = threading.Thread(target=self._spool_loop, name="learnloop-capture-spooler", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="learnloop-capture-sender", daemon=True)
+        self._preparer = threading.Thread(target=self._prepare_loop, name="learnloop-capture-preparer", daemon=True)
         self._spooler.start()
         self._sender.start()
+        self._preparer.start()
 
     # -- app thread -----------------------------------------------------------------------
 
@@ -155,7 +164,7 @@ class BackgroundWriter:
                 self._cond.notify_all()
 
     def _write_batches(self, items: list[tuple[str, bytes]]) -> None:
-        prepared = self.prepare(items)
+        prepared = self._join(items)
         path = self.spool.write(prepared.body)
         with self._cond:
             # Serialized batches stay in memory beside their file (so they are not read back)
@@ -168,13 +177,14 @@ class BackgroundWriter:
                 self._pending.append((path, None))
             self._cond.notify_all()
 
-    def prepare(self, items: list[tuple[str, bytes]]) -> PreparedBatch:
+    @staticmethod
+    def _join(items: list[tuple[str, bytes]]) -> PreparedBatch:
         """The batch's JSON body (as spooled and sent), joined from the records' own JSON.
 
-        Validation waits for delivery (``_validated``): the models then live for one batch, not
-        for every batch queued behind a busy store. Holding tens of thousands of model objects
-        made Python's cyclic garbage collector the writer's largest cost (measured: ~0.4 s of
-        each 10,000-record burst).
+        Validation waits until the batch is among the next ``LOOKAHEAD`` to send (``_prepare``):
+        the parsed records then live for a few batches, not for every batch queued behind a busy
+        store. Holding tens of thousands of parsed records made Python's cyclic garbage
+        collector the writer's largest cost (measured: ~0.4 s of each 10,000-record burst).
         """
         grouped: dict[str, list[bytes]] = {k: [] for k in _KINDS}
         for kind, raw in items:
@@ -278,10 +288,17 @@ class BackgroundWriter:
                 self.spool.remove(path)
                 return
             prepared = PreparedBatch(body=body)
+        else:
+            with self._cond:
+                while prepared.busy:  # the preparer is on it: waiting is quicker than doing it again
+                    self._cond.wait()
+                prepared.busy = True
+        try:
+            self._prepare(prepared)  # once: a batch retried after RetryLater keeps what was prepared
+        finally:
+            with self._cond:
+                prepared.busy = False
         count = 0
-        if not prepared.checked:  # once: a batch retried after RetryLater keeps its models
-            prepared.valid = self._validated(prepared)
-            prepared.checked = True
         validated = prepared.valid
         if validated is not None:
             try:
@@ -293,6 +310,49 @@ class BackgroundWriter:
         self.counters["delivered"] += count
         if self._failures:
             log.info("learnloop capture: %s reachable again; delivered a spooled batch", self.transport.name)
+
+    # -- preparer -------------------------------------------------------------------------
+
+    def _prepare(self, prepared: PreparedBatch) -> None:
+        if prepared.checked:
+            return
+        valid = self._validated(prepared)
+        if valid is not None:
+            try:
+                self.transport.prepare(valid)
+            except Exception:  # send() prepares what is missing and reports the error where it is handled
+                log.debug("learnloop capture: preparing a batch failed; the sender will retry it", exc_info=True)
+            # The parsed records are not kept: what the transport needs is in its plan or the
+            # body, and thousands of dicts waiting their turn made garbage collections costly.
+            valid.batch = None
+        prepared.valid = valid
+        prepared.checked = True
+
+    def _next_to_prepare(self) -> PreparedBatch | None:
+        for i, (_, prepared) in enumerate(self._pending):
+            if i > LOOKAHEAD:
+                return None
+            if prepared is not None and not prepared.checked and not prepared.busy and not prepared.ahead_failed:
+                return prepared
+        return None
+
+    def _prepare_loop(self) -> None:
+        while True:
+            with self._cond:
+                while (prepared := self._next_to_prepare()) is None:
+                    if self._stop_sender:
+                        return
+                    self._cond.wait()
+                prepared.busy = True
+            try:
+                self._prepare(prepared)
+            except Exception:  # the sender prepares it again and handles the error
+                log.debug("learnloop capture: preparing a batch failed", exc_info=True)
+                prepared.ahead_failed = True
+            finally:
+                with self._cond:
+                    prepared.busy = False
+                    self._cond.notify_all()
 
     def _isolate(self, prepared: PreparedBatch, reason: str) -> None:
         """The store refused a batch: send its records one by one and keep the refused ones aside.
@@ -380,6 +440,7 @@ class BackgroundWriter:
             self._stop_sender = True
             self._cond.notify_all()
         self._sender.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        self._preparer.join(max(0.0, min(1.0, deadline - time.monotonic())))
         if not delivered:
             with self._cond:
                 left = len(self._pending)

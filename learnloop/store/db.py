@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -84,6 +84,12 @@ class Database:
         """A write transaction: committed on success, rolled back on any error."""
         with _translate_connect_errors(self.url), self._sessions() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A write transaction on a plain connection (no ORM session): committed on success."""
+        with _translate_connect_errors(self.url), self.engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:

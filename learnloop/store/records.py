@@ -58,14 +58,18 @@ class Message(TypedDict):
     tool_call_id: NotRequired[str | None]
 
 
-def _check_message(m: Message) -> Message:
+def _message_problem(m: Message) -> str | None:
     role = m["role"]
     if role == "tool" and not m.get("tool_call_id"):
-        raise ValueError("a 'tool' message needs 'tool_call_id' naming the call it answers")
+        return "a 'tool' message needs 'tool_call_id' naming the call it answers"
     if role != "assistant" and m.get("content") is None:
-        raise ValueError(f"a '{role}' message needs 'content'")
+        return f"a '{role}' message needs 'content'"
     if role == "assistant" and m.get("content") is None and not m.get("tool_calls"):
-        raise ValueError("an 'assistant' message needs 'content' or 'tool_calls'")
+        return "an 'assistant' message needs 'content' or 'tool_calls'"
+    return None
+
+
+def _normalized(m: Message) -> Message:
     calls = m.get("tool_calls")
     if calls:
         m["tool_calls"] = [_tool_call_defaults(_no_nones(c)) for c in calls]  # type: ignore[arg-type]
@@ -77,6 +81,26 @@ def _tool_call_defaults(call: dict[str, Any]) -> dict[str, Any]:
     call.setdefault("type", "function")
     call["function"].setdefault("arguments", "")
     return call
+
+
+def _check_message(m: Message) -> Message:
+    problem = _message_problem(m)
+    if problem:
+        raise ValueError(problem)
+    return _normalized(m)
+
+
+def _check_messages(messages: list[Message]) -> list[Message]:
+    """The per-message rules pydantic's schema cannot express, for a whole list in one call
+    (a call from pydantic-core into Python per message cost more than validating the message)."""
+    for i, m in enumerate(messages):
+        # Most messages are plain text with no nulls: nothing to check or normalise.
+        if m.get("content") is None or m["role"] == "tool" or "tool_calls" in m or None in m.values():
+            problem = _message_problem(m)
+            if problem:
+                raise ValueError(f"message {i}: {problem}")
+            messages[i] = _normalized(m)
+    return messages
 
 
 CheckedMessage = Annotated[Message, AfterValidator(_check_message)]
@@ -151,7 +175,7 @@ class TrajectoryIn(TypedDict):
     source: NotRequired[Source]
     model: NotRequired[_text(256)]  # type: ignore[valid-type]
     model_version: NotRequired[_text(64)]  # type: ignore[valid-type]
-    messages: Annotated[list[CheckedMessage], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1), AfterValidator(_check_messages)]
     tools: NotRequired[list[dict[str, Any]] | None]
     metadata: NotRequired[dict[str, Any]]
     tags: NotRequired[list[str]]
@@ -221,7 +245,7 @@ def _summary(problems: list[tuple[str, str]]) -> str:
 
 # -- JSON: the wire format's one encoder and decoder (in a module light enough for the app thread)
 
-from learnloop.capture.encoding import dumps, dumps_str, loads, orjson  # noqa: E402,F401
+from learnloop.capture.encoding import dumps, dumps_each, dumps_str, loads, orjson  # noqa: E402,F401
 
 
 def batch_from_json(body: bytes | str) -> IngestBatch:

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
 from learnloop.ids import new_id
 from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, utcnow
-from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_str, orjson
+from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_each, orjson
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
+
+# Writes take an ORM session or, where no ORM object is involved (the capture writer), a plain
+# connection in a transaction: the session's bookkeeping cost as much per batch as planning it.
+Writer = Session | Connection
+
+
+def _connection(writer: Writer) -> Connection:
+    return writer.connection() if isinstance(writer, Session) else writer
 
 
 def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,9 +41,17 @@ def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prompt_hash(messages: Sequence[dict[str, Any]]) -> str:
-    prompt = [{"content": m.get("content"), "role": m.get("role")} for m in prompt_messages(messages)]
-    if orjson is not None and all(type(p["role"]) is str and (p["content"] is None or type(p["content"]) is str)
-                                  for p in prompt):
+    prompt = []
+    text_only = orjson is not None
+    for m in messages:  # prompt_messages() inlined: this runs for every trajectory stored
+        role = m.get("role")
+        if role == "assistant":
+            break
+        content = m.get("content")
+        if text_only and (type(role) is not str or (content is not None and type(content) is not str)):
+            text_only = False
+        prompt.append({"content": content, "role": role})
+    if text_only:
         # Text-only prompts (the usual case): orjson writes byte for byte what json.dumps below
         # writes for strings and null with the keys already in sorted order (tested over every
         # code point), at a fraction of the cost. Anything else takes the reference encoder.
@@ -81,7 +98,7 @@ class IngestResult:
         }
 
 
-def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
+def _insert_new(session: Writer, table: Table, rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
     """Insert the rows whose unique values are neither stored nor repeated earlier in ``rows``; return them.
 
     Known keys are looked up first so most duplicates never reach the insert. ``ON CONFLICT
@@ -94,7 +111,7 @@ def _insert_new(session: Session, table: Table, rows: list[dict[str, Any]], uniq
     )
     if not new:
         return new
-    if session.get_bind().dialect.name != "postgresql":
+    if _connection(session).dialect.name != "postgresql":
         # BEGIN IMMEDIATE holds SQLite's write lock from before the lookup, so no other writer
         # can have stored one of these keys since: the lookup is exact.
         session.execute(sqlite.insert(table).on_conflict_do_nothing(), new)
@@ -119,13 +136,11 @@ _JSON_COLUMNS = frozenset({"messages", "tools", "metadata", "tags"})
 _PG_ARRAY_TYPES = {"created_at": "timestamptz[]", "ingested_at": "timestamptz[]"}
 
 
-def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``_insert_new`` for trajectory rows, without SQLAlchemy's per-row, per-column work.
+def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
+    """``_insert_new`` for the plan's trajectory rows, without SQLAlchemy's per-row, per-column work.
 
-    The rows go to the driver as plain tuples, converted here the way the column types would
-    convert them (JSON columns encoded once with the wire format's encoder, JSON ``null`` for
-    None as SQLAlchemy's ``JSON`` does; enums and datetimes through the columns' own bind
-    processors, once per distinct value). Returns the rows really stored, like ``_insert_new``:
+    The rows go to the driver as the plan's converted columns (see ``plan_ingest``). Returns the
+    positions (in ``plan.ids``) of the rows really stored:
 
     * SQLite: the write lock is held since ``BEGIN IMMEDIATE``, so nobody else writes meanwhile;
       the rows go in with one ``executemany``, whose rowcount tells whether all were new (see
@@ -136,23 +151,23 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
       The arrays go in binary (``%b``): psycopg's text-format array dumper escapes each element
       with a regex in Python, three times slower (measured).
     """
-    new = _dedupe_in_batch(rows, ("id", "idempotency_key"))
+    new, columns = plan.new, plan.columns
     if not new:
         return new
-    conn = session.connection()
-    dialect = conn.dialect
+    conn = _connection(session)
+    if conn.dialect.name != plan.dialect:
+        raise ValueError(f"this ingest plan was made for {plan.dialect}, not {conn.dialect.name}")
     table = Trajectory.__table__
-    convert = _converters(table, dialect)
-    columns = [[convert[c](r[c]) for r in new] if c in convert else [r[c] for r in new] for c in _TRAJECTORY_COLUMNS]
+    ids, keys = columns[_ID], columns[_KEY]
     names = ", ".join(f'"{c}"' for c in _TRAJECTORY_COLUMNS)
-    if dialect.name == "postgresql":
+    if plan.dialect == "postgresql":
         arrays = ", ".join(
             f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
         )
         sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
                f'ON CONFLICT DO NOTHING RETURNING "id"')
         stored = set(conn.exec_driver_sql(sql, tuple(columns)).scalars())
-        return [r for r in new if r["id"] in stored]
+        return [pos for pos, tid in zip(new, ids) if tid in stored]
 
     sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(_TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING'
     params = list(zip(*columns))
@@ -166,12 +181,12 @@ def _insert_trajectories(session: Session, rows: list[dict[str, Any]]) -> list[d
         return new
     conn.exec_driver_sql('ROLLBACK TO "learnloop_ingest"')
     conn.exec_driver_sql('RELEASE "learnloop_ingest"')
-    seen_ids = _known(session, table.c.id, [r["id"] for r in new])
-    seen_keys = _known(session, table.c.idempotency_key, [r["idempotency_key"] for r in new])
-    keep = [i for i, r in enumerate(new) if r["id"] not in seen_ids and r["idempotency_key"] not in seen_keys]
+    seen_ids = _known(session, table.c.id, ids)
+    seen_keys = _known(session, table.c.idempotency_key, keys)
+    keep = [k for k in range(len(new)) if ids[k] not in seen_ids and keys[k] not in seen_keys]
     if keep:
-        conn.exec_driver_sql(sql, [params[i] for i in keep])
-    return [new[i] for i in keep]
+        conn.exec_driver_sql(sql, [params[k] for k in keep])
+    return [new[k] for k in keep]
 
 
 def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
@@ -189,41 +204,34 @@ def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[
     return out
 
 
-def _known(session: Session, column: Any, values: list[Any]) -> set[Any]:
+def _known(session: Writer, column: Any, values: list[Any]) -> set[Any]:
     found: set[Any] = set()
     for i in range(0, len(values), 500):
         found.update(session.execute(select(column).where(column.in_(values[i : i + 500]))).scalars())
     return found
 
 
-def _converters(table: Table, dialect: Any) -> dict[str, Any]:
-    """Per column, what turns a Python value into the driver's: JSON columns by the wire encoder,
-    columns with a bind processor (enums, datetimes) by that processor, memoised per value (a
-    batch has few distinct enum values and one ``now``)."""
-    out: dict[str, Any] = {}
+def _converters(table: Table, dialect: Any) -> dict[str, Callable[[list[Any]], list[Any]]]:
+    """Per column, what turns a column of Python values into the driver's: JSON columns by the
+    wire encoder, columns with a bind processor (enums, datetimes) by that processor, once per
+    distinct value (a batch has few distinct enum values and one ``now``)."""
+    out: dict[str, Callable[[list[Any]], list[Any]]] = {}
     for name in _TRAJECTORY_COLUMNS:
         if name in _JSON_COLUMNS:
-            out[name] = dumps_str
+            out[name] = dumps_each
             continue
         proc = table.c[name].type._cached_bind_processor(dialect)
         if proc is not None:
-            out[name] = _memoised(proc)
+            out[name] = functools.partial(_by_distinct_value, proc)
     return out
 
 
-def _memoised(proc: Any) -> Any:
-    memo: dict[Any, Any] = {}
-
-    def convert(value: Any) -> Any:
-        try:
-            return memo[value]
-        except KeyError:
-            out = memo[value] = proc(value)
-            return out
-        except TypeError:  # unhashable: convert each time
-            return proc(value)
-
-    return convert
+def _by_distinct_value(proc: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    try:
+        converted = {v: proc(v) for v in set(values)}
+    except TypeError:  # unhashable: convert each
+        return [proc(v) for v in values]
+    return list(map(converted.__getitem__, values))
 
 
 def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
@@ -302,8 +310,65 @@ def _content_key(prefix: str, trajectory_id: str, content: Any) -> str:
     return f"{prefix}:{trajectory_id}:{digest}"[:128]
 
 
+@dataclass(eq=False)
+class IngestPlan:
+    """A validated batch turned into what the database takes, built outside any transaction.
+
+    Everything per row that is pure Python (defaults, prompt hash and split, JSON encoding of
+    the JSON columns, the column types' conversions) happens here, so the capture writer can
+    plan the next batch while the database writes the current one. The plan keeps strings and
+    a few lists, not the records' dicts: a plan waiting its turn costs the garbage collector
+    nothing to traverse. ``ingested_at`` is set when the plan is applied.
+    """
+
+    dialect: str
+    ids: list[str]  # every trajectory's id, in batch order (a repeat keeps its place)
+    new: list[int]  # positions in ``ids`` of the first copy of each id and key: what is inserted
+    columns: list[list[Any]]  # the rows at ``new`` converted for the driver, one list per _TRAJECTORY_COLUMNS
+    attached: dict[int, tuple[FeedbackIn | None, dict[str, float]]]  # position: feedback and scores sent inside it
+    feedback: list[FeedbackIn]
+    scores: list[ScoreIn]
+    created: dt.datetime  # the time given to records without created_at
+    convert_ingested_at: Callable[[list[Any]], list[Any]]
+
+
+_ID, _KEY, _INGESTED_AT = (_TRAJECTORY_COLUMNS.index(c) for c in ("id", "idempotency_key", "ingested_at"))
+
+
+def plan_ingest(
+    batch: IngestBatch,
+    dialect: Any,
+    *,
+    project: str = "default",
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+) -> IngestPlan:
+    """Plan the insert of ``batch`` for ``dialect`` (a SQLAlchemy dialect); no database access."""
+    now = utcnow()
+    trajectories = batch.get("trajectories") or []
+    rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
+    first = _dedupe_in_batch(rows, ("id", "idempotency_key"))
+    if len(first) == len(rows):
+        new = list(range(len(rows)))
+    else:
+        position = {id(r): i for i, r in enumerate(rows)}
+        new = [position[id(r)] for r in first]
+    convert = _converters(Trajectory.__table__, dialect)
+    columns = [convert[c]([r[c] for r in first]) if c in convert else [r[c] for r in first] for c in _TRAJECTORY_COLUMNS]
+    attached = {
+        i: (t.get("feedback"), t.get("scores") or {})
+        for i, t in enumerate(trajectories)
+        if t.get("feedback") is not None or t.get("scores")
+    }
+    return IngestPlan(dialect.name, [r["id"] for r in rows], new, columns, attached, batch.get("feedback") or [],
+                      batch.get("scores") or [], now, convert.get("ingested_at", _as_is))
+
+
+def _as_is(values: list[Any]) -> list[Any]:
+    return values
+
+
 def ingest(
-    session: Session,
+    session: Writer,
     batch: IngestBatch,
     *,
     project: str = "default",
@@ -314,44 +379,50 @@ def ingest(
     Idempotent: a trajectory whose id or idempotency key is already stored is skipped, and so
     are the scores and feedback embedded in it (they were stored with it the first time).
     """
+    plan = plan_ingest(batch, _connection(session).dialect, project=project, holdout_fraction=holdout_fraction)
+    return apply_plan(session, plan)
+
+
+def apply_plan(session: Writer, plan: IngestPlan) -> IngestResult:
+    """Store a planned batch in the caller's transaction, as ``ingest`` does."""
     now = utcnow()
+    if plan.new:
+        plan.columns[_INGESTED_AT] = plan.convert_ingested_at([now]) * len(plan.new)
     result = IngestResult()
-    trajectories = batch.get("trajectories") or []
-    late_feedback = batch.get("feedback") or []
-    late_scores = batch.get("scores") or []
-    rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
-    # By row, not by id: a trajectory repeated within the batch is a duplicate of its first copy.
-    inserted = {id(r) for r in _insert_trajectories(session, rows)}
-    for row in rows:
-        (result.inserted if id(row) in inserted else result.duplicates).append(row["id"])
+    # By position, not by id: a trajectory repeated within the batch is a duplicate of its first copy.
+    inserted = set(_insert_trajectories(session, plan))
+    for i, tid in enumerate(plan.ids):
+        (result.inserted if i in inserted else result.duplicates).append(tid)
 
     feedback_rows: list[dict[str, Any]] = []
     score_rows: list[dict[str, Any]] = []
-    for t, row in zip(trajectories, rows):
-        if id(row) not in inserted:
+    for i, (feedback, scores) in plan.attached.items():
+        if i not in inserted:
             continue
-        if t.get("feedback") is not None:
-            feedback_rows.append(_feedback_row(t["feedback"], row["id"], now))  # type: ignore[arg-type]
-        for name, value in (t.get("scores") or {}).items():
-            score = ScoreIn(name=name, value=value, source=ScoreSource.env, idempotency_key=f"env:{row['id']}:{name}"[:256])
-            score_rows.append(_score_row(score, row["id"], now))
+        tid = plan.ids[i]
+        if feedback is not None:
+            feedback_rows.append(_feedback_row(feedback, tid, plan.created))
+        for name, value in scores.items():
+            score = ScoreIn(name=name, value=value, source=ScoreSource.env, idempotency_key=f"env:{tid}:{name}"[:256])
+            score_rows.append(_score_row(score, tid, now))
+    late_feedback, late_scores = plan.feedback, plan.scores
     late_ids = {f.get("trajectory_id") for f in late_feedback} | {s.get("trajectory_id") for s in late_scores}
     late_ids.discard(None)
     if late_ids:
-        missing = late_ids - set(rows_ids := [r["id"] for r in rows]) - existing_ids(session, late_ids - set(rows_ids))
+        missing = late_ids - set(plan.ids) - existing_ids(session, late_ids - set(plan.ids))
         if missing:
             raise NotFound(
                 f"Feedback or scores name unknown trajectory id(s): {', '.join(sorted(missing)[:10])}. "
                 "Send the trajectory first (or in the same batch); nothing in this batch was stored."
             )
-    feedback_rows += [_feedback_row(f, f["trajectory_id"], now) for f in late_feedback]  # type: ignore[typeddict-item]
+    feedback_rows += [_feedback_row(f, f["trajectory_id"], plan.created) for f in late_feedback]  # type: ignore[typeddict-item]
     score_rows += [_score_row(s, s["trajectory_id"], now) for s in late_scores]  # type: ignore[typeddict-item]
     result.feedback_inserted = len(_insert_new(session, Feedback.__table__, feedback_rows, ("idempotency_key",)))
     result.scores_inserted = len(_insert_new(session, Score.__table__, score_rows, ("idempotency_key",)))
     return result
 
 
-def existing_ids(session: Session, ids: Iterable[str]) -> set[str]:
+def existing_ids(session: Writer, ids: Iterable[str]) -> set[str]:
     ids = list(ids)
     found: set[str] = set()
     for i in range(0, len(ids), 500):
