@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from learnloop.errors import LearnloopError, NotFound, StoreUnavailable, ValidationFailed
@@ -54,13 +55,19 @@ class PreparedBatch:
     plan: Any = None
 
 
+def _nothing() -> None:
+    pass
+
+
 class Transport(Protocol):
     name: str
 
     def prepare(self, prepared: PreparedBatch) -> None:
         """Work on a validated batch that needs no store (the writer does it ahead of ``send``)."""
 
-    def send(self, prepared: PreparedBatch) -> None: ...
+    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = ...) -> None:
+        """Deliver a batch. ``while_blocked`` is called right before the call that waits longest
+        on the store (the insert, the HTTP request): the writer prepares the next batch then."""
 
     def close(self) -> None: ...
 
@@ -87,7 +94,7 @@ class DatabaseTransport:
             prepared.plan = plan_ingest(prepared.batch, self.db.engine.dialect, project=self.project,
                                         holdout_fraction=self.holdout_fraction)
 
-    def send(self, prepared: PreparedBatch) -> None:
+    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = _nothing) -> None:
         from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
         from learnloop.store.records import batch_from_json
@@ -97,6 +104,7 @@ class DatabaseTransport:
         if plan is None:
             batch = prepared.batch if prepared.batch is not None else batch_from_json(prepared.body)
             plan = plan_ingest(batch, self.db.engine.dialect, project=self.project, holdout_fraction=self.holdout_fraction)
+        plan.before_insert = while_blocked
         try:
             with self._lock:
                 if not self._migrated:
@@ -137,10 +145,11 @@ class HttpTransport:
     def prepare(self, prepared: PreparedBatch) -> None:
         pass  # the body goes as it is
 
-    def send(self, prepared: PreparedBatch) -> None:
+    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = _nothing) -> None:
         import httpx
 
         try:
+            while_blocked()
             r = self._client.post(self.url, content=prepared.body, headers=self._headers)
         except httpx.HTTPError as exc:
             raise RetryLater(f"cannot reach {self.url}: {exc}") from exc

@@ -5,8 +5,11 @@
   fsync (write-ahead);
 * the **preparer** works ahead of the sender on the next ``LOOKAHEAD`` batches: it validates
   each from its JSON body (records that can never be stored go to ``rejected/``) and lets the
-  transport prepare it (the database transport plans the insert). This is Python work that
-  runs while the sender waits on the database, which releases the GIL;
+  transport prepare it (the database transport plans the insert). It prepares one batch each
+  time the sender starts its longest wait on the store (the insert, the HTTP request), so its
+  Python work runs while the sender does not need the GIL. Run at any other time, it held the
+  GIL when the sender came back from a short call and the sender waited out the interpreter's
+  switch interval (5 ms) for it: the overlap gained nothing (measured);
 * the **sender** delivers the batches strictly in order through the transport (preparing
   itself any batch the preparer has not reached); each file is deleted once the store
   acknowledged it (by the spooler, off the sender's path, and at the latest before ``flush()``
@@ -95,6 +98,7 @@ class BackgroundWriter:
 
         self._spooler = threading.Thread(target=self._spool_loop, name="learnloop-capture-spooler", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="learnloop-capture-sender", daemon=True)
+        self._prepare_next = threading.Event()  # set by the sender when it starts waiting on the store
         self._preparer = threading.Thread(target=self._prepare_loop, name="learnloop-capture-preparer", daemon=True)
         self._spooler.start()
         self._sender.start()
@@ -302,7 +306,7 @@ class BackgroundWriter:
         validated = prepared.valid
         if validated is not None:
             try:
-                self.transport.send(validated)
+                self.transport.send(validated, while_blocked=self._prepare_next.set)
             except Refused as exc:
                 self._isolate(validated, str(exc))
             count = validated.count or _count(validated.body)
@@ -338,11 +342,14 @@ class BackgroundWriter:
 
     def _prepare_loop(self) -> None:
         while True:
+            self._prepare_next.wait()
+            self._prepare_next.clear()
             with self._cond:
-                while (prepared := self._next_to_prepare()) is None:
-                    if self._stop_sender:
-                        return
-                    self._cond.wait()
+                if self._stop_sender:
+                    return
+                prepared = self._next_to_prepare()
+                if prepared is None:
+                    continue
                 prepared.busy = True
             try:
                 self._prepare(prepared)
@@ -439,6 +446,7 @@ class BackgroundWriter:
         with self._cond:
             self._stop_sender = True
             self._cond.notify_all()
+        self._prepare_next.set()
         self._sender.join(max(0.0, min(1.0, deadline - time.monotonic())))
         self._preparer.join(max(0.0, min(1.0, deadline - time.monotonic())))
         if not delivered:

@@ -166,17 +166,20 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
         )
         sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
                f'ON CONFLICT DO NOTHING RETURNING "id"')
+        if plan.before_insert is not None:
+            plan.before_insert()
         stored = set(conn.exec_driver_sql(sql, tuple(columns)).scalars())
         return [pos for pos, tid in zip(new, ids) if tid in stored]
 
-    sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(_TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING'
     params = list(zip(*columns))
-    # Optimistic: insert everything in a savepoint. The rowcount of an executemany is the sum
-    # of sqlite3_changes() of its statements, 1 for a stored row and 0 for one ON CONFLICT
-    # skipped (triggers do not count), so equal to len(new) means all of them are stored. Only
-    # otherwise (a redelivery) are the known keys looked up and the insert redone without them.
+    # Optimistic: insert everything in a savepoint. The rowcount is sqlite3_changes(): 1 for a
+    # stored row and 0 for one ON CONFLICT skipped (triggers do not count), so equal to
+    # len(new) means all of them are stored. Only otherwise (a redelivery) are the known keys
+    # looked up and the insert redone without them.
     conn.exec_driver_sql('SAVEPOINT "learnloop_ingest"')
-    if conn.exec_driver_sql(sql, params).rowcount == len(new):
+    if plan.before_insert is not None:
+        plan.before_insert()
+    if _sqlite_insert(conn, names, params) == len(new):
         conn.exec_driver_sql('RELEASE "learnloop_ingest"')
         return new
     conn.exec_driver_sql('ROLLBACK TO "learnloop_ingest"')
@@ -185,8 +188,27 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
     seen_keys = _known(session, table.c.idempotency_key, keys)
     keep = [k for k in range(len(new)) if ids[k] not in seen_ids and keys[k] not in seen_keys]
     if keep:
-        conn.exec_driver_sql(sql, [params[k] for k in keep])
+        _sqlite_insert(conn, names, [params[k] for k in keep])
     return [new[k] for k in keep]
+
+
+_SQLITE_ROWS_PER_INSERT = 500  # 500 x 18 parameters, well under SQLite's limit of 32766
+
+
+def _sqlite_insert(conn: Connection, names: str, params: list[tuple[Any, ...]]) -> int:
+    """Insert rows with multi-row ``INSERT ... VALUES (...), (...)`` statements; return how many were stored.
+
+    Not ``executemany``: Python's sqlite3 releases the GIL around each row's step, and each
+    time an app or writer thread holding it makes this thread wait for the interpreter's
+    switch interval (5 ms). One statement per 500 rows waits once.
+    """
+    row = "(" + ", ".join("?" * len(_TRAJECTORY_COLUMNS)) + ")"
+    stored = 0
+    for start in range(0, len(params), _SQLITE_ROWS_PER_INSERT):
+        chunk = params[start : start + _SQLITE_ROWS_PER_INSERT]
+        sql = f'INSERT INTO "trajectories" ({names}) VALUES {", ".join([row] * len(chunk))} ON CONFLICT DO NOTHING'
+        stored += conn.exec_driver_sql(sql, tuple(v for r in chunk for v in r)).rowcount
+    return stored
 
 
 def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
@@ -330,6 +352,7 @@ class IngestPlan:
     scores: list[ScoreIn]
     created: dt.datetime  # the time given to records without created_at
     convert_ingested_at: Callable[[list[Any]], list[Any]]
+    before_insert: Callable[[], None] | None = None  # called right before the insert, the longest wait
 
 
 _ID, _KEY, _INGESTED_AT = (_TRAJECTORY_COLUMNS.index(c) for c in ("id", "idempotency_key", "ingested_at"))
