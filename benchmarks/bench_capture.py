@@ -63,7 +63,7 @@ def record(client: CaptureClient, k: int) -> None:
 
 
 def make_client(url: str, spool: Path, settings: Settings) -> CaptureClient:
-    return CaptureClient(settings, database=Database(url), spool_dir=spool)
+    return CaptureClient(settings, database=url, spool_dir=spool)
 
 
 def app_thread_cost(url: str, n: int, settings: Settings) -> tuple[float, float]:

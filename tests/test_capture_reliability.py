@@ -348,3 +348,43 @@ def test_flush_leaves_no_delivered_batch_in_the_spool(db: Database, settings: Se
         assert counts(db)["trajectories"] == 50
     finally:
         client.close(5)
+
+
+@pytest.mark.postgres
+def test_writer_recovers_when_the_database_drops_its_connections(pg_url: str, settings: Settings, tmp_path: Path) -> None:
+    # The writer's engine does not ping before each batch: a connection the server dropped
+    # (a restart, an idle timeout) must cost a retry, never a record.
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from conftest import PG_ADMIN_URL
+
+    app = f"ll_writer_{uuid.uuid4().hex[:8]}"
+    url = f"{pg_url}&application_name={app}"
+    Database(url).upgrade()
+    client = CaptureClient(settings, database=url, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3)
+    ids = []
+    try:
+        for phase in range(2):
+            for i in range(20):
+                with client.trajectory(scenario="dropped-connections") as t:
+                    t.user(f"q{phase}-{i}")
+                    t.assistant("a")
+                ids.append(t.id)
+            assert client.flush(30), client.stats()
+            if phase == 0:
+                admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                               "WHERE application_name = :app"), {"app": app}).scalar()
+                admin.dispose()
+                assert killed >= 1
+        assert client.stats()["retries"] >= 1  # the dropped connection was really used, and retried
+    finally:
+        client.close(5)
+    reader = Database(pg_url)
+    with reader.read_session() as s:
+        stored = set(s.execute(text("SELECT id FROM trajectories WHERE scenario = 'dropped-connections'")).scalars())
+    reader.dispose()
+    assert stored == set(ids)
