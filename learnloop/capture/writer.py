@@ -214,7 +214,7 @@ class BackgroundWriter:
         except ValueError:
             grouped = None
         if not isinstance(grouped, dict):  # not a batch at all (a corrupted file): keep it aside whole
-            self.counters["rejected"] += 1
+            self._rejected()
             self.spool.reject("batch", prepared.body.decode("utf-8", "replace"), "not a JSON ingest batch")
             return None
         kept = self._drop_invalid(grouped)
@@ -229,7 +229,7 @@ class BackgroundWriter:
         kept: dict[str, list[Any]] = {k: [] for k in _KINDS}
         unknown = set(grouped) - set(_KINDS)
         for kind in unknown:
-            self.counters["rejected"] += 1
+            self._rejected()
             self.spool.reject(str(kind), grouped[kind], f"unknown part {kind!r} of an ingest batch")
         for kind in _KINDS:
             records = grouped.get(kind) or []
@@ -241,7 +241,7 @@ class BackgroundWriter:
                     batch_from_json(raw)
                 except ValidationError as exc:
                     reason = "; ".join(f"{loc}: {msg}" for loc, msg in format_validation_error(exc))
-                    self.counters["rejected"] += 1
+                    self._rejected()
                     self.spool.reject(kind, record, reason)
                     continue
                 kept[kind].append(record)
@@ -315,6 +315,10 @@ class BackgroundWriter:
         if self._failures:
             log.info("learnloop capture: %s reachable again; delivered a spooled batch", self.transport.name)
 
+    def _rejected(self) -> None:
+        with self._cond:  # the preparer and the sender both reject records
+            self.counters["rejected"] += 1
+
     # -- preparer -------------------------------------------------------------------------
 
     def _prepare(self, prepared: PreparedBatch) -> None:
@@ -375,7 +379,7 @@ class BackgroundWriter:
                 try:
                     self.transport.send(PreparedBatch(body=single, count=1))
                 except Refused as exc:
-                    self.counters["rejected"] += 1
+                    self._rejected()
                     self.spool.reject(kind, record, str(exc))
 
     def _back_off(self, exc: RetryLater) -> None:
