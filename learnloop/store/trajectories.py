@@ -258,30 +258,39 @@ def _by_distinct_value(proc: Callable[[Any], Any], values: list[Any]) -> list[An
 
 def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
     """The table row for ``t`` (a validated record: its dicts are stored as they are)."""
-    get = t.get
-    tid = get("id") or new_id()
-    messages = t["messages"]
-    phash = prompt_hash(messages)
-    group = get("group")
+    return {name: values[0] for name, values in trajectory_columns([t], project, holdout_fraction, now).items()}
+
+
+def trajectory_columns(trajectories: Sequence[TrajectoryIn], project: str, holdout_fraction: float,
+                       now: dt.datetime) -> dict[str, list[Any]]:
+    """The table rows for ``trajectories``, a list per column (_TRAJECTORY_COLUMNS): absent fields
+    take their defaults, and the prompt hash and split are derived.
+
+    Built a column at a time because it runs for every trajectory stored: one comprehension per
+    column costs about half of building a dict per row (measured)."""
+    ids = [t.get("id") or new_id() for t in trajectories]
+    messages = [t["messages"] for t in trajectories]
+    hashes = [prompt_hash(m) for m in messages]
+    groups = [t.get("group") for t in trajectories]
     return {
-        "id": tid,
-        "idempotency_key": get("idempotency_key") or tid,
-        "project": get("project") or project,
-        "scenario": get("scenario"),
-        "group_id": group,
-        "window_id": get("window"),
-        "agent": get("agent"),
-        "source": get("source") or Source.production,
-        "model": get("model"),
-        "model_version": get("model_version"),
+        "id": ids,
+        "idempotency_key": [t.get("idempotency_key") or tid for t, tid in zip(trajectories, ids)],
+        "project": [t.get("project") or project for t in trajectories],
+        "scenario": [t.get("scenario") for t in trajectories],
+        "group_id": groups,
+        "window_id": [t.get("window") for t in trajectories],
+        "agent": [t.get("agent") for t in trajectories],
+        "source": [t.get("source") or Source.production for t in trajectories],
+        "model": [t.get("model") for t in trajectories],
+        "model_version": [t.get("model_version") for t in trajectories],
         "messages": messages,
-        "tools": get("tools"),
-        "metadata": get("metadata") or {},
-        "tags": get("tags") or [],
-        "prompt_hash": phash,
-        "split": assign_split(group or phash, holdout_fraction),
-        "created_at": get("created_at") or now,
-        "ingested_at": now,
+        "tools": [t.get("tools") for t in trajectories],
+        "metadata": [t.get("metadata") or {} for t in trajectories],
+        "tags": [t.get("tags") or [] for t in trajectories],
+        "prompt_hash": hashes,
+        "split": [assign_split(g or h, holdout_fraction) for g, h in zip(groups, hashes)],
+        "created_at": [t.get("created_at") or now for t in trajectories],
+        "ingested_at": [now] * len(trajectories),
     }
 
 
@@ -368,21 +377,22 @@ def plan_ingest(
     """Plan the insert of ``batch`` for ``dialect`` (a SQLAlchemy dialect); no database access."""
     now = utcnow()
     trajectories = batch.get("trajectories") or []
-    rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
-    first = _dedupe_in_batch(rows, ("id", "idempotency_key"))
-    if len(first) == len(rows):
-        new = list(range(len(rows)))
-    else:
-        position = {id(r): i for i, r in enumerate(rows)}
-        new = [position[id(r)] for r in first]
+    by_column = trajectory_columns(trajectories, project, holdout_fraction, now)
+    ids, keys = by_column["id"], by_column["idempotency_key"]
+    if len(set(ids)) == len(ids) and len(set(keys)) == len(keys):
+        new = list(range(len(ids)))
+    else:  # a trajectory repeated within the batch: only its first copy is inserted
+        pairs = [{"id": tid, "idempotency_key": key, "at": i} for i, (tid, key) in enumerate(zip(ids, keys))]
+        new = [p["at"] for p in _dedupe_in_batch(pairs, ("id", "idempotency_key"))]
+        by_column = {name: [values[i] for i in new] for name, values in by_column.items()}
     convert = _converters(Trajectory.__table__, dialect)
-    columns = [convert[c]([r[c] for r in first]) if c in convert else [r[c] for r in first] for c in _TRAJECTORY_COLUMNS]
+    columns = [convert[c](by_column[c]) if c in convert else by_column[c] for c in _TRAJECTORY_COLUMNS]
     attached = {
         i: (t.get("feedback"), t.get("scores") or {})
         for i, t in enumerate(trajectories)
         if t.get("feedback") is not None or t.get("scores")
     }
-    return IngestPlan(dialect.name, [r["id"] for r in rows], new, columns, attached, batch.get("feedback") or [],
+    return IngestPlan(dialect.name, ids, new, columns, attached, batch.get("feedback") or [],
                       batch.get("scores") or [], now, convert.get("ingested_at", _as_is))
 
 
