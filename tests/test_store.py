@@ -174,15 +174,67 @@ def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypa
         fast = ingest(s, parse_batch({"trajectories": _varied_trajectories("f")}))
     assert sorted(fast.inserted) == ["f0", "f1", "f2"]
 
-    # The reference: the same rows through SQLAlchemy's own insert (the generic _insert_new).
+    # The reference: the same rows through SQLAlchemy's own insert.
     slow_batch = _varied_trajectories("r")
     slow_batch[1]["idempotency_key"] = "r-key-1"
     rows = [tr.trajectory_row(t, "default", tr.DEFAULT_HOLDOUT_FRACTION, fixed)
             for t in parse_batch({"trajectories": slow_batch})["trajectories"]]
     with db.session() as s:
-        ref = tr._insert_new(s, Trajectory.__table__, rows, ("id", "idempotency_key"))
-    assert sorted(r["id"] for r in ref) == ["r0", "r1", "r2"]
+        s.execute(Trajectory.__table__.insert(), rows)
     assert _stored(db, ["f0", "f1", "f2"]) == _stored(db, ["r0", "r1", "r2"])
+
+
+def test_fast_feedback_and_score_insert_matches_sqlalchemy_insert(db: Database) -> None:
+    from sqlalchemy import text
+
+    from learnloop.store import trajectories as tr
+    from learnloop.store.models import ScoreSource
+
+    with db.session() as s:
+        ingest(s, parse_batch({"trajectories": [{"id": t, "messages": chat("q", "a")} for t in ("fast", "ref")]}))
+    when = dt.datetime(2024, 2, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+
+    def feedback(tid: str) -> list[dict]:
+        return [
+            {"trajectory_id": tid, "idempotency_key": f"{tid}1", "rating": 4.5, "thumbs": -1, "success": True,
+             "correction": {"role": "assistant", "content": "ünï \u2028 \"q\""}, "comment": "c", "author": "a",
+             "metadata": {"n": [1, 2.25, None]}, "created_at": when},
+            {"trajectory_id": tid, "idempotency_key": f"{tid}2", "rating": None, "thumbs": None, "success": False,
+             "correction": None, "comment": None, "author": None, "metadata": {}, "created_at": when},
+        ]
+
+    def scores(tid: str) -> list[dict]:
+        return [
+            {"trajectory_id": tid, "name": "len", "value": 0.25, "source": ScoreSource.heuristic, "version": "v1",
+             "author": None, "judge_model": "j", "rationale": "r", "idempotency_key": f"{tid}1", "created_at": when},
+            {"trajectory_id": tid, "name": "len", "value": -1e-7, "source": ScoreSource.env, "version": None,
+             "author": "x", "judge_model": None, "rationale": None, "idempotency_key": None, "created_at": when},
+        ]
+
+    with db.session() as s:
+        assert tr._insert_new(s, Feedback.__table__, feedback("fast"), ("idempotency_key",)) == 2
+        assert tr._insert_new(s, Score.__table__, scores("fast"), ("idempotency_key",)) == 2
+        s.execute(Feedback.__table__.insert(), feedback("ref"))  # the reference: SQLAlchemy's own insert
+        s.execute(Score.__table__.insert(), scores("ref"))
+
+    pg = db.dialect == "postgresql"
+    with db.read_session() as s:
+        if pg:
+            s.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+        for table in (Feedback.__table__, Score.__table__):
+            cols = [c.name for c in table.c if c.name not in ("id", "trajectory_id", "idempotency_key")]
+            shown = ", ".join((f'"{c}"::text' if pg else f'"{c}"') + f' AS "{c}"' for c in cols)
+            types = "" if pg else ", " + ", ".join(f'typeof("{c}") AS "t_{c}"' for c in cols)
+            # JSON as the database holds it, parsed: SQLite keeps the text it was given (spacing differs).
+            rows = {tid: [{k: json.loads(v) if k in ("correction", "metadata") and v is not None else v
+                           for k, v in r.items()} for r in s.execute(text(
+                f'SELECT {shown}{types} FROM "{table.name}" WHERE trajectory_id = :t ORDER BY id'), {"t": tid}).mappings()]
+                for tid in ("fast", "ref")}
+            assert len(rows["fast"]) == 2 and rows["fast"] == rows["ref"], table.name
+
+    with db.session() as s:  # known keys are skipped; a score without a key is always new
+        assert tr._insert_new(s, Feedback.__table__, feedback("fast"), ("idempotency_key",)) == 0
+        assert tr._insert_new(s, Score.__table__, scores("fast"), ("idempotency_key",)) == 1
 
 
 def test_fast_trajectory_insert_reports_only_new_rows(db: Database) -> None:

@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Connection, Table, func, select
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
@@ -98,35 +97,52 @@ class IngestResult:
         }
 
 
-def _insert_new(session: Writer, table: Table, rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
-    """Insert the rows whose unique values are neither stored nor repeated earlier in ``rows``; return them.
+def _insert_new(session: Writer, table: Table, rows: list[dict[str, Any]], unique: Sequence[str]) -> int:
+    """Insert the rows whose unique values are neither stored nor repeated earlier in ``rows``; return how many.
 
-    Known keys are looked up first so most duplicates never reach the insert. ``ON CONFLICT
-    DO NOTHING`` guards against a concurrent writer inserting the same key between the lookup
-    and the insert.
+    ``ON CONFLICT DO NOTHING`` skips a key already stored (by anyone, committed before ours on
+    PostgreSQL) and the driver's rowcount says how many rows went in. The rows (all with the
+    same keys) go to the driver as multi-row ``INSERT ... VALUES`` statements of values
+    converted as the column types would (see ``_converters``), without SQLAlchemy's per-row
+    work or a lookup of the known keys first (that lookup cost as much as the insert).
     """
-    stored = {col: _known(session, table.c[col], list({r[col] for r in rows if r.get(col) is not None})) for col in unique}
-    new = _dedupe_in_batch(
-        [r for r in rows if not any(r.get(col) is not None and r[col] in stored[col] for col in unique)], unique
-    )
+    new = _dedupe_in_batch(rows, unique)
     if not new:
-        return new
-    if _connection(session).dialect.name != "postgresql":
-        # BEGIN IMMEDIATE holds SQLite's write lock from before the lookup, so no other writer
-        # can have stored one of these keys since: the lookup is exact.
-        session.execute(sqlite.insert(table).on_conflict_do_nothing(), new)
-        return new
-    # PostgreSQL writers run concurrently: a key committed by another transaction after the
-    # lookup is skipped by ON CONFLICT, and RETURNING tells which rows really went in.
-    cols = [table.c[col] for col in unique]
-    inserted = session.execute(postgresql.insert(table).on_conflict_do_nothing().returning(*cols), new).all()
-    returned = [{row[i] for row in inserted} for i in range(len(unique))]
-    return [
-        r
-        for r in new
-        if all(r.get(col) is None for col in unique)
-        or any(r.get(col) is not None and r[col] in returned[i] for i, col in enumerate(unique))
-    ]
+        return 0
+    conn = _connection(session)
+    names = list(new[0])
+    convert = _converters(table, conn.dialect, names)
+    columns = [convert[c]([r[c] for r in new]) if c in convert else [r[c] for r in new] for c in names]
+    return _values_insert(conn, table, names, list(zip(*columns)))
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in names)
+
+
+_MAX_PARAMETERS = 30_000  # per statement: under SQLite's 32,766 and PostgreSQL's 65,535
+
+
+def _values_insert(conn: Connection, table: Table, names: Sequence[str], params: list[tuple[Any, ...]]) -> int:
+    """``INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING`` of ``params`` (rows of values for
+    ``names``), in as few statements as the parameter limits allow; returns how many rows were stored.
+
+    Not ``executemany``: Python's sqlite3 releases the GIL around each row's step, and each
+    time an app or writer thread holding it makes this thread wait for the interpreter's
+    switch interval (5 ms). One statement per batch waits once.
+    """
+    pg = conn.dialect.name == "postgresql"
+    mark = "%s" if pg else "?"
+    json_cols = {c for c in names if isinstance(table.c[c].type, JSON)}
+    one = "(" + ", ".join(f"{mark}::jsonb" if pg and c in json_cols else mark for c in names) + ")"
+    head = f'INSERT INTO "{table.name}" ({_quoted(names)}) VALUES '
+    per_statement = max(1, _MAX_PARAMETERS // max(1, len(names)))
+    stored = 0
+    for start in range(0, len(params), per_statement):
+        chunk = params[start : start + per_statement]
+        sql = head + ", ".join([one] * len(chunk)) + " ON CONFLICT DO NOTHING"
+        stored += conn.exec_driver_sql(sql, tuple(v for r in chunk for v in r)).rowcount
+    return stored
 
 
 _TRAJECTORY_COLUMNS = ("id", "idempotency_key", "project", "scenario", "group_id", "window_id", "agent", "source",
@@ -137,7 +153,7 @@ _PG_ARRAY_TYPES = {"created_at": "timestamptz[]", "ingested_at": "timestamptz[]"
 
 
 def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
-    """``_insert_new`` for the plan's trajectory rows, without SQLAlchemy's per-row, per-column work.
+    """The plan's trajectory rows into the database, without SQLAlchemy's per-row, per-column work.
 
     The rows go to the driver as the plan's converted columns (see ``plan_ingest``). Returns the
     positions (in ``plan.ids``) of the rows really stored:
@@ -159,7 +175,7 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
         raise ValueError(f"this ingest plan was made for {plan.dialect}, not {conn.dialect.name}")
     table = Trajectory.__table__
     ids, keys = columns[_ID], columns[_KEY]
-    names = ", ".join(f'"{c}"' for c in _TRAJECTORY_COLUMNS)
+    names = _quoted(_TRAJECTORY_COLUMNS)
     if plan.dialect == "postgresql":
         arrays = ", ".join(
             f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
@@ -179,7 +195,7 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
     conn.exec_driver_sql('SAVEPOINT "learnloop_ingest"')
     if plan.before_insert is not None:
         plan.before_insert()
-    if _sqlite_insert(conn, names, params) == len(new):
+    if _values_insert(conn, table, _TRAJECTORY_COLUMNS, params) == len(new):
         conn.exec_driver_sql('RELEASE "learnloop_ingest"')
         return new
     conn.exec_driver_sql('ROLLBACK TO "learnloop_ingest"')
@@ -188,27 +204,8 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
     seen_keys = _known(session, table.c.idempotency_key, keys)
     keep = [k for k in range(len(new)) if ids[k] not in seen_ids and keys[k] not in seen_keys]
     if keep:
-        _sqlite_insert(conn, names, [params[k] for k in keep])
+        _values_insert(conn, table, _TRAJECTORY_COLUMNS, [params[k] for k in keep])
     return [new[k] for k in keep]
-
-
-_SQLITE_ROWS_PER_INSERT = 500  # 500 x 18 parameters, well under SQLite's limit of 32766
-
-
-def _sqlite_insert(conn: Connection, names: str, params: list[tuple[Any, ...]]) -> int:
-    """Insert rows with multi-row ``INSERT ... VALUES (...), (...)`` statements; return how many were stored.
-
-    Not ``executemany``: Python's sqlite3 releases the GIL around each row's step, and each
-    time an app or writer thread holding it makes this thread wait for the interpreter's
-    switch interval (5 ms). One statement per 500 rows waits once.
-    """
-    row = "(" + ", ".join("?" * len(_TRAJECTORY_COLUMNS)) + ")"
-    stored = 0
-    for start in range(0, len(params), _SQLITE_ROWS_PER_INSERT):
-        chunk = params[start : start + _SQLITE_ROWS_PER_INSERT]
-        sql = f'INSERT INTO "trajectories" ({names}) VALUES {", ".join([row] * len(chunk))} ON CONFLICT DO NOTHING'
-        stored += conn.exec_driver_sql(sql, tuple(v for r in chunk for v in r)).rowcount
-    return stored
 
 
 def _dedupe_in_batch(rows: list[dict[str, Any]], unique: Sequence[str]) -> list[dict[str, Any]]:
@@ -233,13 +230,14 @@ def _known(session: Writer, column: Any, values: list[Any]) -> set[Any]:
     return found
 
 
-def _converters(table: Table, dialect: Any) -> dict[str, Callable[[list[Any]], list[Any]]]:
+def _converters(table: Table, dialect: Any, names: Sequence[str] = _TRAJECTORY_COLUMNS) -> dict[str, Callable[[list[Any]], list[Any]]]:
     """Per column, what turns a column of Python values into the driver's: JSON columns by the
-    wire encoder, columns with a bind processor (enums, datetimes) by that processor, once per
-    distinct value (a batch has few distinct enum values and one ``now``)."""
+    wire encoder (JSON ``null`` for None, as SQLAlchemy's ``JSON`` does), columns with a bind
+    processor (enums, datetimes, booleans) by that processor, once per distinct value (a batch
+    has few distinct enum values and one ``now``)."""
     out: dict[str, Callable[[list[Any]], list[Any]]] = {}
-    for name in _TRAJECTORY_COLUMNS:
-        if name in _JSON_COLUMNS:
+    for name in names:
+        if isinstance(table.c[name].type, JSON):
             out[name] = dumps_each
             continue
         proc = table.c[name].type._cached_bind_processor(dialect)
@@ -450,8 +448,8 @@ def apply_plan(session: Writer, plan: IngestPlan) -> IngestResult:
             )
     feedback_rows += [_feedback_row(f, f["trajectory_id"], plan.created) for f in late_feedback]  # type: ignore[typeddict-item]
     score_rows += [_score_row(s, s["trajectory_id"], now) for s in late_scores]  # type: ignore[typeddict-item]
-    result.feedback_inserted = len(_insert_new(session, Feedback.__table__, feedback_rows, ("idempotency_key",)))
-    result.scores_inserted = len(_insert_new(session, Score.__table__, score_rows, ("idempotency_key",)))
+    result.feedback_inserted = _insert_new(session, Feedback.__table__, feedback_rows, ("idempotency_key",))
+    result.scores_inserted = _insert_new(session, Score.__table__, score_rows, ("idempotency_key",))
     return result
 
 
