@@ -127,15 +127,20 @@ def _values_insert(conn: Connection, table: Table, names: Sequence[str], params:
     """``INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING`` of ``params`` (rows of values for
     ``names``), in as few statements as the parameter limits allow; returns how many rows were stored.
 
-    Not ``executemany``: Python's sqlite3 releases the GIL around each row's step, and each
-    time an app or writer thread holding it makes this thread wait for the interpreter's
-    switch interval (5 ms). One statement per batch waits once.
+    On SQLite not ``executemany``: Python's sqlite3 releases the GIL around each row's step, and
+    each time an app or writer thread holding it makes this thread wait for the interpreter's
+    switch interval (5 ms); one statement per batch waits once. On PostgreSQL ``executemany``:
+    psycopg sends the rows in one pipeline, and parses a query text only once, where a
+    statement of as many placeholders as values was parsed anew for every batch size (a
+    quarter of the ingest's time, measured).
     """
     pg = conn.dialect.name == "postgresql"
     mark = "%s" if pg else "?"
     json_cols = {c for c in names if isinstance(table.c[c].type, JSON)}
     one = "(" + ", ".join(f"{mark}::jsonb" if pg and c in json_cols else mark for c in names) + ")"
     head = f'INSERT INTO "{table.name}" ({_quoted(names)}) VALUES '
+    if pg:
+        return conn.exec_driver_sql(head + one + " ON CONFLICT DO NOTHING", params).rowcount
     per_statement = max(1, _MAX_PARAMETERS // max(1, len(names)))
     stored = 0
     for start in range(0, len(params), per_statement):
