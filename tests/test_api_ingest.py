@@ -54,6 +54,17 @@ def test_bad_field_is_named_and_nothing_stored(settings: Settings, db: Database)
     assert _counts(db) == (0, 0, 0)
 
 
+def test_lone_surrogate_is_422_and_nothing_stored(settings: Settings, db: Database) -> None:
+    # Valid JSON that decodes to text no database can hold: half of a UTF-16 surrogate pair.
+    c = _client(settings, db)
+    body = (b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "fine"}]},'
+            b' {"id": "cut", "messages": [{"role": "user", "content": "emoji \\ud83d cut"}]}]}')
+    r = c.post("/v1/ingest", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert "surrogate" in r.json()["error"] and "'\\ud83d'" in r.json()["error"]
+    assert _counts(db) == (0, 0, 0)
+
+
 def test_malformed_json_body_is_422(settings: Settings, db: Database) -> None:
     c = _client(settings, db)
     r = c.post("/v1/ingest", content=b'{"trajectories": [', headers={"Content-Type": "application/json"})

@@ -342,3 +342,21 @@ def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
     db.dispose()
     assert before <= created <= recorded, (before, created, recorded)
     assert ingested - created > dt.timedelta(seconds=1)
+
+
+def test_a_lone_surrogate_is_stored_as_a_replacement_character(tmp_path: Path) -> None:
+    # Half of an emoji (a lone UTF-16 surrogate) cannot be written as UTF-8: the record is kept
+    # with U+FFFD in its place instead of being lost whole.
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    client = CaptureClient(Settings(data_dir=tmp_path / "data"), database=url, spool_dir=tmp_path / "spool")
+    with client.trajectory(scenario="cut", metadata={"note": "tail \ud83d"}) as t:
+        t.user("smile \ud83d\ude42 and half \ud83d")
+        t.assistant("ok")
+    assert client.flush(30)
+    client.close(5)
+    db = Database(url)
+    with db.read_session() as s:
+        row = s.get(Trajectory, t.id)
+        assert row.messages[0]["content"] == "smile \U0001f642 and half \ufffd"
+        assert row.meta == {"note": "tail \ufffd"}
+    db.dispose()

@@ -336,6 +336,28 @@ def test_a_spooled_batch_with_invalid_records_delivers_the_rest(db: Database, se
     assert next(r for r in rejected if r["kind"] == "trajectories")["record"]["id"] == "bad"
 
 
+def test_a_spooled_lone_surrogate_is_stored_as_a_replacement_character(db: Database, settings: Settings,
+                                                                         tmp_path: Path) -> None:
+    # A batch file holding text no database can store (a JSON \\ud83d escape: half a character,
+    # from another tool or an older version) neither blocks the queue nor is set aside whole:
+    # the character becomes U+FFFD, as when such text is recorded.
+    dead = Spool(tmp_path / "spool")
+    dead.write(b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "q"}]},'
+               b' {"id": "cut", "messages": [{"role": "user", "content": "x \\ud83d y"}]}]}')
+    os.close(dead._lock_fd)
+    dead._lock_fd = -1
+    client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3)
+    try:
+        assert client.flush(30), client.stats()
+    finally:
+        client.close(5)
+    assert stored_ids(db) == {"ok", "cut"}
+    with db.read_session() as s:
+        assert s.execute(text("SELECT messages FROM trajectories WHERE id = 'cut'")).scalar() in (
+            [{"role": "user", "content": "x \ufffd y"}], '[{"role":"user","content":"x \ufffd y"}]')
+    assert not (tmp_path / "spool" / "rejected").exists()
+
+
 def test_flush_leaves_no_delivered_batch_in_the_spool(db: Database, settings: Settings, tmp_path: Path) -> None:
     client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, batch_size=7)
     try:

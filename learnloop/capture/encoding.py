@@ -27,7 +27,18 @@ def _json_default(value: Any) -> Any:
 
 
 def _json_dumps_stdlib(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return without_lone_surrogates(text).encode()
+
+
+def without_lone_surrogates(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (half of a character, e.g. an emoji cut in two)
+    replaced by U+FFFD. Such a string cannot be written as UTF-8, so neither spooled nor stored:
+    a record the app made keeps its other text rather than being lost whole."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 if orjson is not None:
@@ -36,7 +47,7 @@ if orjson is not None:
     def dumps(data: Any) -> bytes:
         """Compact UTF-8 JSON. Objects JSON has no type for become strings (datetimes ISO 8601,
         pydantic models their JSON dump, sets lists, anything else ``str()``); NaN and infinities
-        become null, as JSON has no spelling for them."""
+        become null, as JSON has no spelling for them; a lone surrogate becomes U+FFFD."""
         try:
             return orjson.dumps(data, default=_json_default, option=_ORJSON_OPTS)
         except TypeError:  # integers beyond 64 bits, a default() result orjson cannot take: the slow way

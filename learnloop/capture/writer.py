@@ -197,9 +197,10 @@ class BackgroundWriter:
         return PreparedBatch(body=body, count=len(items))
 
     def _validated(self, prepared: PreparedBatch) -> PreparedBatch | None:
-        """The batch with its models, validated once from its JSON body (exactly what is spooled
+        """The batch with its records, validated once from its JSON body (exactly what is spooled
         and stored). Records that can never be stored go to ``rejected/`` and the rest form the
-        batch; None when nothing is left."""
+        batch; None when nothing is left. A body is rebuilt from what is kept, with the encoder
+        of ``submit`` (so a lone surrogate escaped in the file becomes U+FFFD, as when recorded)."""
         from learnloop.store.records import batch_from_json
 
         if prepared.batch is not None:
@@ -212,7 +213,10 @@ class BackgroundWriter:
         try:
             grouped = loads(prepared.body)
         except ValueError:
-            grouped = None
+            try:  # the standard parser also takes what orjson refuses (a lone surrogate's escape)
+                grouped = json.loads(prepared.body)
+            except ValueError:
+                grouped = None
         if not isinstance(grouped, dict):  # not a batch at all (a corrupted file): keep it aside whole
             self._rejected()
             self.spool.reject("batch", prepared.body.decode("utf-8", "replace"), "not a JSON ingest batch")

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Table, func, select
 from sqlalchemy.orm import Session
 
-from learnloop.errors import NotFound
+from learnloop.errors import NotFound, ValidationFailed
 from learnloop.ids import new_id
 from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, utcnow
 from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_each, orjson
@@ -370,6 +370,26 @@ class IngestPlan:
 _ID, _KEY, _INGESTED_AT = (_TRAJECTORY_COLUMNS.index(c) for c in ("id", "idempotency_key", "ingested_at"))
 
 
+def _refuse_unencodable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Text that is not valid Unicode (a lone UTF-16 surrogate, as a JSON ``\\ud83d`` escape
+    can carry) cannot be stored: a clear refusal of the batch, not an internal error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else "?"
+            raise ValidationFailed(
+                f"Text in this batch is not valid Unicode: a string holds the lone UTF-16 surrogate {bad!r} "
+                "(half of a character, e.g. an emoji cut in two). Send the text as valid UTF-8 or replace "
+                "that character; nothing in this batch was stored."
+            ) from None
+
+    return wrapper
+
+
+@_refuse_unencodable
 def plan_ingest(
     batch: IngestBatch,
     dialect: Any,
@@ -419,6 +439,7 @@ def ingest(
     return apply_plan(session, plan)
 
 
+@_refuse_unencodable
 def apply_plan(session: Writer, plan: IngestPlan) -> IngestResult:
     """Store a planned batch in the caller's transaction, as ``ingest`` does."""
     now = utcnow()
