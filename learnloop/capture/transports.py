@@ -98,12 +98,13 @@ class DatabaseTransport:
         from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
         from learnloop.store.records import batch_from_json
-        from learnloop.store.trajectories import apply_plan, plan_ingest
+        from learnloop.store.trajectories import apply_plan
 
+        if prepared.plan is None:  # not prepared ahead (or that failed): here, and kept for a retry
+            if prepared.batch is None:
+                prepared.batch = batch_from_json(prepared.body)
+            self.prepare(prepared)
         plan = prepared.plan
-        if plan is None:
-            batch = prepared.batch if prepared.batch is not None else batch_from_json(prepared.body)
-            plan = plan_ingest(batch, self.db.engine.dialect, project=self.project, holdout_fraction=self.holdout_fraction)
         plan.before_insert = while_blocked
         try:
             with self._lock:

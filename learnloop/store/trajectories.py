@@ -29,20 +29,10 @@ def _connection(writer: Writer) -> Connection:
     return writer.connection() if isinstance(writer, Session) else writer
 
 
-def prompt_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages before the first assistant turn: what the model was asked."""
-    out = []
-    for m in messages:
-        if m.get("role") == "assistant":
-            break
-        out.append(m)
-    return out
-
-
 def prompt_hash(messages: Sequence[dict[str, Any]]) -> str:
     prompt = []
     text_only = orjson is not None
-    for m in messages:  # prompt_messages() inlined: this runs for every trajectory stored
+    for m in messages:  # the prompt: the messages before the first assistant turn
         role = m.get("role")
         if role == "assistant":
             break
@@ -153,7 +143,6 @@ def _values_insert(conn: Connection, table: Table, names: Sequence[str], params:
 _TRAJECTORY_COLUMNS = ("id", "idempotency_key", "project", "scenario", "group_id", "window_id", "agent", "source",
                        "model", "model_version", "messages", "tools", "metadata", "tags", "prompt_hash", "split",
                        "created_at", "ingested_at")
-_JSON_COLUMNS = frozenset({"messages", "tools", "metadata", "tags"})
 _PG_ARRAY_TYPES = {"created_at": "timestamptz[]", "ingested_at": "timestamptz[]"}
 
 
@@ -164,8 +153,9 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
     positions (in ``plan.ids``) of the rows really stored:
 
     * SQLite: the write lock is held since ``BEGIN IMMEDIATE``, so nobody else writes meanwhile;
-      the rows go in with one ``executemany``, whose rowcount tells whether all were new (see
-      below; a lookup of the known keys settles the rare batch where some were not).
+      the rows go in with multi-row ``INSERT ... VALUES`` (``_values_insert``), whose rowcount
+      tells whether all were new (see below; a lookup of the known keys settles the rare batch
+      where some were not).
     * PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``
       (one statement, one round trip, no lookup): a key stored earlier, or by a concurrent
       writer that commits first, is skipped, and ``RETURNING`` names exactly the rows stored.
@@ -183,7 +173,8 @@ def _insert_trajectories(session: Writer, plan: IngestPlan) -> list[int]:
     names = _quoted(_TRAJECTORY_COLUMNS)
     if plan.dialect == "postgresql":
         arrays = ", ".join(
-            f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if c in _JSON_COLUMNS else 'text[]')}" for c in _TRAJECTORY_COLUMNS
+            f"%b::{_PG_ARRAY_TYPES.get(c, 'text[]::jsonb[]' if isinstance(table.c[c].type, JSON) else 'text[]')}"
+            for c in _TRAJECTORY_COLUMNS
         )
         sql = (f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays}) '
                f'ON CONFLICT DO NOTHING RETURNING "id"')
