@@ -141,6 +141,7 @@ def _varied_trajectories(prefix: str) -> list[dict]:
          "metadata": {"none": None, "nested": {"x": [1, 2.25, True]}, "emoji": "🙂"}, "tags": ["a", "b"],
          "created_at": "2024-02-03T04:05:06.000007+02:00"},
         {"id": f"{prefix}2", "messages": chat("again", "x"), "created_at": "2024-02-03T04:05:06"},
+        {"id": f"{prefix}3", "messages": chat("utc", "x"), "created_at": "2024-02-03T04:05:06.5Z"},
     ]
 
 
@@ -172,7 +173,7 @@ def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypa
     monkeypatch.setattr(tr, "utcnow", lambda: fixed)
     with db.session() as s:
         fast = ingest(s, parse_batch({"trajectories": _varied_trajectories("f")}))
-    assert sorted(fast.inserted) == ["f0", "f1", "f2"]
+    assert sorted(fast.inserted) == ["f0", "f1", "f2", "f3"]
 
     # The reference: the same rows through SQLAlchemy's own insert.
     slow_batch = _varied_trajectories("r")
@@ -181,7 +182,7 @@ def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypa
             for t in parse_batch({"trajectories": slow_batch})["trajectories"]]
     with db.session() as s:
         s.execute(Trajectory.__table__.insert(), rows)
-    assert _stored(db, ["f0", "f1", "f2"]) == _stored(db, ["r0", "r1", "r2"])
+    assert _stored(db, ["f0", "f1", "f2", "f3"]) == _stored(db, ["r0", "r1", "r2", "r3"])
 
 
 def test_fast_feedback_and_score_insert_matches_sqlalchemy_insert(db: Database) -> None:
