@@ -42,14 +42,21 @@ def without_lone_surrogates(text: str) -> str:
 
 
 if orjson is not None:
-    _ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
+    # Keys that are not strings (ints, say) are written as strings. orjson takes them only with
+    # this option, which makes every call a third slower (measured), so it is the second try.
+    _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
     def dumps(data: Any) -> bytes:
         """Compact UTF-8 JSON. Objects JSON has no type for become strings (datetimes ISO 8601,
-        pydantic models their JSON dump, sets lists, anything else ``str()``); NaN and infinities
-        become null, as JSON has no spelling for them; a lone surrogate becomes U+FFFD."""
+        pydantic models their JSON dump, sets lists, anything else ``str()``), so do keys that
+        are not strings; NaN and infinities become null, as JSON has no spelling for them; a
+        lone surrogate becomes U+FFFD."""
         try:
-            return orjson.dumps(data, default=_json_default, option=_ORJSON_OPTS)
+            return orjson.dumps(data, default=_json_default)
+        except TypeError:
+            pass
+        try:
+            return orjson.dumps(data, default=_json_default, option=_NON_STR_KEYS)
         except TypeError:  # integers beyond 64 bits, a default() result orjson cannot take: the slow way
             return _json_dumps_stdlib(data)
 
@@ -60,7 +67,7 @@ if orjson is not None:
         """``dumps_str`` of each value, in one pass (the store encodes a column at a time)."""
         encode = orjson.dumps
         try:
-            return [encode(v, default=_json_default, option=_ORJSON_OPTS).decode() for v in values]
+            return [encode(v, default=_json_default).decode() for v in values]
         except TypeError:
             return [dumps_str(v) for v in values]
 

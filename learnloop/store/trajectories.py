@@ -422,7 +422,9 @@ def plan_ingest(
         new = [p["at"] for p in _dedupe_in_batch(pairs, ("id", "idempotency_key"))]
         by_column = {name: [values[i] for i in new] for name, values in by_column.items()}
     convert = _converters(Trajectory.__table__, dialect)
-    columns = [convert[c](by_column[c]) if c in convert else by_column[c] for c in _TRAJECTORY_COLUMNS]
+    # ingested_at is set (and converted) by apply_plan, when the rows really go in.
+    columns = [convert[c](by_column[c]) if c in convert and c != "ingested_at" else by_column[c]
+               for c in _TRAJECTORY_COLUMNS]
     attached = {
         i: (t.get("feedback"), t.get("scores") or {})
         for i, t in enumerate(trajectories)
