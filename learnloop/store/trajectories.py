@@ -256,8 +256,7 @@ def _utc_datetimes(sqlite: bool, proc: Callable[[Any], Any], values: list[Any]) 
     value when asked for microseconds; PostgreSQL takes a UTC datetime as it is."""
     out = []
     for v in values:
-        offset = v.utcoffset() if isinstance(v, dt.datetime) else None
-        if offset == _ZERO or (sqlite and offset is None and isinstance(v, dt.datetime)):
+        if isinstance(v, dt.datetime) and (v.utcoffset() == _ZERO or (sqlite and v.tzinfo is None)):
             out.append(v.isoformat(" ", "microseconds")[:26] if sqlite else v)
         else:  # another zone, naive on PostgreSQL, None
             out.append(proc(v))
