@@ -1,6 +1,6 @@
 """Capture SDK cost on the app thread and end-to-end throughput, against a raw executemany baseline.
 
-    /work/main/.venv/bin/python benchmarks/bench_capture.py [--n 10000] [--app-n 20000] [--rounds 2] [--profile]
+    /work/main/.venv/bin/python benchmarks/bench_capture.py [--n 10000] [--app-n 20000] [--rounds 5] [--prefill N] [--profile | --parts]
 
 Measures, in one run:
 
@@ -161,6 +161,66 @@ def raw_executemany(url: str, n: int, batch_size: int) -> float:
     return n / elapsed
 
 
+def parts(url: str, n: int, batch_size: int, rounds: int) -> dict[str, list[float]]:
+    """µs per trajectory of each piece of the SDK's path, run one after the other on one thread,
+    a batch at a time as the writer runs them; beside the raw baseline, from the same table state.
+
+    Recording goes to a sink that encodes each record as ``BackgroundWriter.submit`` does, so
+    it is the app thread's work without the queue; the batch body is joined as the spooler
+    joins it.
+    """
+    from learnloop.capture.recorder import TrajectoryRecorder
+    from learnloop.capture.writer import BackgroundWriter, dumps
+    from learnloop.store.records import batch_from_json
+    from learnloop.store.trajectories import apply_plan, plan_ingest
+
+    class Sink:  # stands in for the client: what submit_trajectory hands the writer
+        def __init__(self) -> None:
+            self.items: list[tuple[str, bytes]] = []
+
+        def submit_trajectory(self, record: dict, extra_feedback: list = (), *, force: bool = False) -> bool:
+            self.items.append(("trajectories", dumps(record)))
+            return True
+
+    db = Database(url)
+    clock = time.perf_counter
+    out: dict[str, list[float]] = {k: [] for k in ("record", "validate", "plan", "insert", "raw")}
+    try:
+        for _ in range(rounds):
+            sink = Sink()
+            start = clock()
+            for k in range(n):
+                with TrajectoryRecorder(sink, scenario="orders", tags=["bench"], metadata={"session": k // 7}) as t:
+                    t.system(SYSTEM)
+                    t.user(f"Where is my order {k}? I ordered it last week and it has not arrived.")
+                    t.assistant(f"Order {k} shipped yesterday and should arrive within two days.")
+            out["record"].append((clock() - start) / n * 1e6)
+            bodies = [BackgroundWriter._join(sink.items[i:i + batch_size]).body for i in range(0, n, batch_size)]
+            del sink
+            reset_table(url, 0, batch_size)
+            spent = {"validate": 0.0, "plan": 0.0, "insert": 0.0}
+            for body in bodies:
+                t0 = clock()
+                batch = batch_from_json(body)
+                t1 = clock()
+                plan = plan_ingest(batch, db.engine.dialect)
+                del batch
+                t2 = clock()
+                with db.connection() as conn:
+                    apply_plan(conn, plan)
+                t3 = clock()
+                spent["validate"] += t1 - t0
+                spent["plan"] += t2 - t1
+                spent["insert"] += t3 - t2
+            for k, v in spent.items():
+                out[k].append(v / n * 1e6)
+            reset_table(url, 0, batch_size)
+            out["raw"].append(1e6 / raw_executemany(url, n, batch_size))
+    finally:
+        db.dispose()
+    return out
+
+
 def reset_table(url: str, prefill: int, batch_size: int) -> None:
     """Empty the trajectories table (and what hangs off it), then insert ``prefill`` rows, untimed."""
     db = Database(url)
@@ -210,6 +270,8 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=0,
                     help="rows in the table before each measurement (inserts slow down as a table grows)")
     ap.add_argument("--profile", action="store_true", help="cProfile one SQLite SDK round and print the top entries")
+    ap.add_argument("--parts", action="store_true",
+                    help="µs per trajectory of recording, validation, planning and the insert (SQLite, one thread)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="ll-bench-capture-"))
@@ -227,6 +289,15 @@ def main() -> None:
         sdk_throughput(sqlite_url, args.n, settings)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+
+    if args.parts:
+        measured = parts(sqlite_url, args.n, batch_size, args.rounds)
+        print(f"SQLite, one thread, batches of {batch_size}: µs per trajectory, median (range) of {args.rounds} rounds")
+        for name, values in measured.items():
+            print(f"  {name:<9} {statistics.median(values):6.1f}  ({min(values):.1f}–{max(values):.1f})")
+        sdk_path = [sum(v) for v in zip(*(measured[k] for k in ("record", "validate", "plan", "insert")))]
+        print(f"  sum of the SDK's pieces ÷ raw: {statistics.median([r / s for r, s in zip(measured['raw'], sdk_path)]):.2f}")
         return
 
     median, p99 = app_thread_cost(sqlite_url, args.app_n, settings)
