@@ -344,33 +344,23 @@ def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
     assert ingested - created > dt.timedelta(seconds=1)
 
 
-def test_keys_that_are_not_strings_are_stored_as_strings(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'keys.db'}"
-    client = CaptureClient(Settings(data_dir=tmp_path / "data"), database=url, spool_dir=tmp_path / "spool")
+def test_keys_that_are_not_strings_are_stored_as_strings(db: Database, make_client) -> None:
+    client = make_client(database=db)
     with client.trajectory(scenario="keys", metadata={"by_step": {1: "plan", 2: "act"}, "ok": True}) as t:
         t.user("q")
         t.assistant("a")
     assert client.flush(30)
-    client.close(5)
-    db = Database(url)
-    with db.read_session() as s:
-        assert s.get(Trajectory, t.id).meta == {"by_step": {"1": "plan", "2": "act"}, "ok": True}
-    db.dispose()
+    assert load(db, t.id)["metadata"] == {"by_step": {"1": "plan", "2": "act"}, "ok": True}
 
 
-def test_a_lone_surrogate_is_stored_as_a_replacement_character(tmp_path: Path) -> None:
+def test_a_lone_surrogate_is_stored_as_a_replacement_character(db: Database, make_client) -> None:
     # Half of an emoji (a lone UTF-16 surrogate) cannot be written as UTF-8: the record is kept
     # with U+FFFD in its place instead of being lost whole.
-    url = f"sqlite:///{tmp_path / 'cut.db'}"
-    client = CaptureClient(Settings(data_dir=tmp_path / "data"), database=url, spool_dir=tmp_path / "spool")
+    client = make_client(database=db)
     with client.trajectory(scenario="cut", metadata={"note": "tail \ud83d"}) as t:
         t.user("smile \ud83d\ude42 and half \ud83d")
         t.assistant("ok")
     assert client.flush(30)
-    client.close(5)
-    db = Database(url)
-    with db.read_session() as s:
-        row = s.get(Trajectory, t.id)
-        assert row.messages[0]["content"] == "smile \U0001f642 and half \ufffd"
-        assert row.meta == {"note": "tail \ufffd"}
-    db.dispose()
+    got = load(db, t.id)
+    assert got["messages"][0]["content"] == "smile \U0001f642 and half \ufffd"
+    assert got["metadata"] == {"note": "tail \ufffd"}

@@ -430,11 +430,7 @@ def plan_ingest(
         if t.get("feedback") is not None or t.get("scores")
     }
     return IngestPlan(dialect.name, ids, new, columns, attached, batch.get("feedback") or [],
-                      batch.get("scores") or [], now, convert.get("ingested_at", _as_is))
-
-
-def _as_is(values: list[Any]) -> list[Any]:
-    return values
+                      batch.get("scores") or [], now, convert["ingested_at"])
 
 
 def ingest(
