@@ -425,7 +425,7 @@ def main() -> None:
     if args.quick:
         args.sft_steps, args.dpo_steps, args.max_tokens, args.max_length = 2, 2, 120, 128
 
-    from learnloop.training.gguf import KNOWN_MODELS, prepare_model, resolve_base_model
+    from learnloop.models.prepared import KNOWN_MODELS, prepare_model, resolve_base_model
 
     started = time.perf_counter()
     if args.model.lower() in KNOWN_MODELS:

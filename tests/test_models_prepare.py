@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from learnloop.cli.main import cli
 from learnloop.config import Settings
 from learnloop.errors import ConfigError
-from learnloop.training import gguf
-from learnloop.training.gguf import KnownModel, list_models, locate_gguf, prepare_model, resolve_base_model
+from learnloop.models import prepared as gguf
+from learnloop.models.prepared import KnownModel, list_models, locate_gguf, prepare_model, resolve_base_model
 
 
 def _dead_pid() -> int:

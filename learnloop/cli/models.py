@@ -22,7 +22,7 @@ def prepare_cmd(model: str, name: str | None, force: bool, as_json: bool) -> Non
 
     Runs once; later calls find the folder and return at once (unless --force).
     """
-    from learnloop.training.gguf import prepare_model
+    from learnloop.models.prepared import prepare_model
 
     info = prepare_model(model, settings().data_dir, force=force, name=name)
     if as_json:
@@ -39,7 +39,7 @@ def list_cmd(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from learnloop.training.gguf import KNOWN_MODELS, list_models
+    from learnloop.models.prepared import KNOWN_MODELS, list_models
 
     rows = list_models(settings().data_dir)
     if as_json:

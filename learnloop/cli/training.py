@@ -152,7 +152,7 @@ def status_cmd(output_dir: str, as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
 def merge_cmd(base_model: str, adapter_dir: str, out_dir: str, dtype: str) -> None:
     """Merge ADAPTER into BASE_MODEL's weights and save a standalone HF model folder."""
-    from learnloop.training.models import merge_adapter
+    from learnloop.models.loading import merge_adapter
 
     path = merge_adapter(base_model, adapter_dir, out_dir, dtype=dtype)
     click.echo(f"merged model written to {path}")

@@ -226,6 +226,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     checkpoint_path: Mapped[str | None] = mapped_column(String(1024))
+    loop: Mapped[str | None] = mapped_column(String(128), index=True, doc="The [[loops]] entry that queued it.")
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="What a finished job produced.")
+    output_tail: Mapped[str | None] = mapped_column(Text, doc="Last lines of a failed job's output.")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -241,7 +244,18 @@ class ModelVersion(Base):
     __tablename__ = "model_versions"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
     base_model: Mapped[str] = mapped_column(String(512))
+    base_model_hash: Mapped[str | None] = mapped_column(String(64))
+    loop: Mapped[str | None] = mapped_column(String(128), index=True)
+    algorithm: Mapped[str | None] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="The full training config.")
+    files: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Adapter file name -> sha256.")
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64), doc="Hash over the adapter's files.")
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    gate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="The gate's verdict and reasons.")
+    ever_served: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
@@ -259,7 +273,10 @@ class Evaluation(Base):
     candidate_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
     baseline_id: Mapped[str | None] = mapped_column(String(64), doc="A version id, or 'base'.")
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    scenario: Mapped[str | None] = mapped_column(String(256))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Per-example answers and scores.")
+    gate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Policy, verdict and reasons.")
     verdict: Mapped[str] = mapped_column(String(32), doc="promote, reject or inconclusive.")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -301,3 +318,92 @@ class ScoreRun(Base):
         UniqueConstraint("trajectory_id", "name", "version", name="uq_score_runs_trajectory_name_version"),
         Index("ix_score_runs_name_version", "name", "version"),
     )
+
+
+class Alias(Base):
+    """A served name (``learnloop``, one per loop) pointing at an immutable version; NULL means the base."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    candidate_id: Mapped[str | None] = mapped_column(String(64), doc="Gets `split` of traffic (A/B) or `shadow`.")
+    split: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AliasEvent(Base):
+    """Append-only history of what each alias served: never updated or deleted."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(32), doc="promote, rollback, force, restore, split.")
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    to_version: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    evaluation_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Event(Base):
+    """What happened, for people and alerts: job transitions, trigger decisions, failures, promotions."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True, doc="e.g. job.failed, trigger.fired, version.promoted.")
+    level: Mapped[str] = mapped_column(String(16), default="info", doc="info, warning or error.")
+    loop: Mapped[str | None] = mapped_column(String(128))
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    version_id: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class LoopState(Base):
+    """The daemon's memory of one [[loops]] entry: its head version, its checks, its locked settings."""
+
+    __tablename__ = "loops"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32), default="idle")
+    head_version_id: Mapped[str | None] = mapped_column(String(64))
+    locked: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Settings an adapter cannot survive.")
+    readiness: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    last_outcome: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    last_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_cycle_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Control(Base):
+    """Switches a person flips for every process at once (``daemon.paused``, ``daemon.frozen``)."""
+
+    __tablename__ = "control"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AlertDelivery(Base):
+    """One alert to one webhook: deduplicated by key, retried with backoff."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    dedup_key: Mapped[str] = mapped_column(String(256), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending", doc="pending, sent or failed.")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -17,7 +17,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_device_and_dtype_choice() -> None:
-    from learnloop.training.models import pick_device, pick_dtype
+    from learnloop.models.loading import pick_device, pick_dtype
 
     assert pick_device("cpu") == torch.device("cpu")
     auto = pick_device("auto")
@@ -29,7 +29,7 @@ def test_device_and_dtype_choice() -> None:
 def test_merged_model_equals_base_plus_adapter(tiny_model_dir: Path, trained: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from learnloop.training.models import load_for_inference, merge_adapter
+    from learnloop.models.loading import load_for_inference, merge_adapter
 
     out = merge_adapter(tiny_model_dir, trained, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -1,4 +1,4 @@
-"""Loading the base model and tokenizer, LoRA set-up, merging and inference loading."""
+"""Loading a base model and tokenizer, applying LoRA adapters, merging: what training, evaluation and serving share."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from learnloop.training.config import TrainConfig
-from learnloop.training.gguf import resolve_base_model
+from learnloop.models.prepared import resolve_base_model
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -45,34 +44,6 @@ def load_base(path: Path | str, device: torch.device, dtype: torch.dtype) -> Any
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device)
-
-
-def load_training_model(config: TrainConfig, device: torch.device) -> tuple[Any, Any]:
-    """The trainable PeftModel (fresh LoRA or ``config.init_adapter``) and its tokenizer."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    base_path = resolve_base_model(config.base_model)
-    tokenizer = load_tokenizer(base_path)
-    base = load_base(base_path, device, pick_dtype(config.dtype, device))
-    if config.init_adapter is not None:
-        model = PeftModel.from_pretrained(base, str(config.init_adapter), is_trainable=True)
-    else:
-        # Seeded so that a fresh adapter's random A matrices are the same on every (re)start.
-        torch.manual_seed(config.seed)
-        lora = LoraConfig(
-            r=config.lora.r,
-            lora_alpha=config.lora.alpha,
-            lora_dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(base, lora)
-    model.to(device)
-    return model, tokenizer
-
-
-def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def load_for_inference(base: str | Path, adapter_dir: str | Path | None, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
