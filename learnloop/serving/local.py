@@ -29,10 +29,11 @@ class LocalBackend:
         max_batch_size: int = 8,
         max_queued: int = 64,
         default_max_tokens: int = 512,
+        data_dir: Path | None = None,
     ) -> None:
         from learnloop.models import load_base, load_tokenizer, pick_device, pick_dtype, resolve_base_model
 
-        self.base_path = resolve_base_model(base_model)
+        self.base_path = resolve_base_model(base_model, data_dir)
         self.base_model = str(base_model)
         dev = pick_device(device)
         model = load_base(self.base_path, dev, pick_dtype(dtype, dev))
