@@ -194,7 +194,7 @@ class BatchEngine:
         if hasattr(self.model, "peft_config"):
             kwargs["adapter_names"] = [a or BASE_ADAPTER for a in adapters]
         out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
             use_cache=True, logits_to_keep=1, **kwargs,
         )
         return out.logits[:, -1, :]

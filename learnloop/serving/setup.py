@@ -31,7 +31,7 @@ def build_runtime(settings: Any, db: Database, *, backend: Any = None) -> Any:
         if s.backend == "vllm":
             from learnloop.serving.vllm import VllmBackend
 
-            backend = VllmBackend(s.vllm_url, base_name=s.base_model)
+            backend = VllmBackend(s.vllm_url)  # the base: the model the server lists first
         else:
             from learnloop.serving.local import LocalBackend
 
