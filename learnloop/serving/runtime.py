@@ -194,8 +194,11 @@ class ServedCapture:
                 t.assistant(answer or None, tool_calls=tool_calls)
             else:
                 t.assistant("")
-            t.keep()  # served traffic is the loop's data: not sampled away
-            t.record()
+            record = t.to_record()
+            if model != BASE:
+                record["model_version"] = model
+            # served traffic is the loop's own data: never sampled away
+            self.client.submit_trajectory(record, force=True)
         except Exception:  # capture must never break serving
             log.exception("could not capture served trajectory %s", trajectory_id)
 
