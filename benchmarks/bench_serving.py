@@ -66,6 +66,31 @@ def make_adapter(base: Path, out: Path, seed: int, rank: int = 16) -> Path:
     return out
 
 
+def memory_child(base: str, adapters: list[str]) -> None:
+    """In a fresh process: RSS with the base alone, with 1 adapter, with 5 (each used once, so touched)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from learnloop.serving.backend import ChatRequest
+    from learnloop.serving.local import LocalBackend
+
+    def use(model: str) -> None:
+        backend.chat(model, ChatRequest(messages=PROMPT, temperature=0, max_tokens=2))
+
+    out = {"before_base": rss_mb()}
+    backend = LocalBackend(base, device="cpu", dtype="float32")
+    use("base")
+    out["base"] = rss_mb()
+    backend.load_adapter("a0", adapters[0])
+    use("a0")
+    out["1_adapter"] = rss_mb()
+    for i, a in enumerate(adapters[1:5], start=1):
+        backend.load_adapter(f"a{i}", a)
+        use(f"a{i}")
+    out["5_adapters"] = rss_mb()
+    print(json.dumps({k: round(v) for k, v in out.items()}))
+
+
 def raw_generate(model: Any, ids: Any, n: int) -> tuple[int, float]:
     import torch
 
@@ -226,7 +251,11 @@ def main() -> None:
     ap.add_argument("--no-servers", action="store_true", help="Skip the HTTP server comparison.")
     ap.add_argument("--quick", action="store_true", help="Smoke run: fewer tokens and rounds.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
+    ap.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], args.memory_child[1:])
+        return
     if args.quick:
         args.tokens, args.rounds, args.http_requests = 16, 1, 1
 
@@ -245,10 +274,12 @@ def main() -> None:
                                "torch": torch.__version__}
     print(f"base {base}, {args.threads} thread(s), {args.tokens} tokens a request", flush=True)
     adapters = [make_adapter(base, tmp / f"a{i}", seed=i) for i in range(6)]
-    rss0 = rss_mb()
+    child = subprocess.run([sys.executable, __file__, "--memory-child", str(base), *map(str, adapters[:5])],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    results["rss_mb"] = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr[-500:]}
+    print(f"memory (RSS of a fresh process): {results['rss_mb']}", flush=True)
 
     backend = LocalBackend(base, device="cpu", dtype="float32", max_batch_size=8, max_queued=256)
-    results["rss_mb"] = {"before_base": round(rss0), "base_loaded": round(rss_mb())}
     raw = AutoModelForCausalLM.from_pretrained(base).eval()
     ids = torch.tensor([backend.prompt_ids(ChatRequest(messages=PROMPT))])
     n = args.tokens
@@ -265,7 +296,6 @@ def main() -> None:
     t = time.perf_counter()
     backend.load_adapter("v1", adapters[0])
     load_idle = time.perf_counter() - t
-    results["rss_mb"]["1_adapter"] = round(rss_mb())
     with cf.ThreadPoolExecutor(5) as pool:
         streams = [pool.submit(timed_stream, backend, "v1", n, PROMPTS[i]) for i in range(4)]
         time.sleep(0.5)
@@ -279,11 +309,9 @@ def main() -> None:
           f"streams' longest gap {max(gaps) * 1e3:.0f} ms (median {pct(gaps, .5) * 1e3:.0f})", flush=True)
     for i, a in enumerate(adapters[2:5], start=3):
         backend.load_adapter(f"v{i}", a)
-    results["rss_mb"]["5_adapters"] = round(rss_mb())
     lora_bytes = sum(p.numel() * p.element_size() for name, p in backend.engine.model.named_parameters() if "lora_" in name)
     results["adapter_mb_each"] = round(lora_bytes / 5 / 2**20, 1)
-    print(f"memory (RSS): base {results['rss_mb']['base_loaded']} MB, 1 adapter {results['rss_mb']['1_adapter']} MB, "
-          f"5 adapters {results['rss_mb']['5_adapters']} MB (one adapter's weights: {results['adapter_mb_each']} MB)", flush=True)
+    print(f"one adapter's weights: {results['adapter_mb_each']} MB", flush=True)
 
     # 3. LoRA vs base, single stream (adapters loaded): learnloop and generate
     from peft import PeftModel
