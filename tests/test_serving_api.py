@@ -243,3 +243,25 @@ def test_no_model_answers_503_with_the_reason(db: Database, settings: Settings) 
         resp = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": PROMPTS[0]})
         assert resp.status_code == 503 and "No base model" in resp.json()["error"]["message"]
         assert httpx.get(f"{url}/healthz").status_code == 200  # the rest of the server runs
+
+
+def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_model_dir: Path,
+                                     adapters: dict[str, Path]) -> None:
+    from pydantic import SecretStr
+
+    add_versions(db, tiny_model_dir, adapters)
+    s = settings.model_copy(update={"api_token": SecretStr("tok")})
+    auth = {"Authorization": "Bearer tok"}
+    with live_server(create_app(s, db, watch_inbox=False)) as url:
+        assert httpx.get(f"{url}/v1/aliases").json() == []
+        assert httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0001"}).status_code == 401
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0001", "reason": "ab"}, headers=auth)
+        assert r.status_code == 200 and r.json()["version"] == "v0001"
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0404"}, headers=auth)
+        assert r.status_code == 404 and "v0404" in r.json()["error"]
+        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 0.1}, headers=auth)
+        assert r.json() == {"name": "learnloop", "version": "v0001", "candidate": "v0002", "split": 0.1, "shadow": 0.0}
+        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 2}, headers=auth)
+        assert r.status_code == 422 and "split" in r.text
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
+        assert r.json()["version"] == "base"

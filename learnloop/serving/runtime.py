@@ -36,12 +36,17 @@ def set_alias(db: Database, alias: str, version_id: str | None, *, actor: str | 
         version_id = None
     with db.session() as session:
         if version_id is not None:
-            row = session.get(ModelVersion, version_id)
-            if row is None:
-                raise NotFound(f"No model version {version_id!r}.")
-            if not row.artifact_path:
-                raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
+            ensure_version(session, version_id)
         move_alias(session, alias, version_id, action=action, actor=actor, reason=reason)
+
+
+def ensure_version(session: Any, version_id: str) -> None:
+    """NotFound for an unknown version id, Conflict for one without adapter files."""
+    row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise NotFound(f"No model version {version_id!r}.")
+    if not row.artifact_path:
+        raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
 
 
 @dataclass(frozen=True)
