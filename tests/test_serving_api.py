@@ -265,3 +265,22 @@ def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_mode
         assert r.status_code == 422 and "split" in r.text
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
         assert r.json()["version"] == "base"
+
+
+def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(
+        db: Database, settings: Settings, backend: LocalBackend, adapters: dict[str, Path], tiny_model_dir: Path,
+        tmp_path: Path) -> None:
+    add_versions(db, tiny_model_dir, adapters)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    with db.session() as s:
+        s.add(ModelVersion(id="v0003", base_model=str(tiny_model_dir), artifact_path=str(broken)))
+    runtime = ServingRuntime(backend, db, capture=None, max_adapters=1)
+    with live_server(create_app(settings, db, watch_inbox=False, serving=runtime)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for vid in ("v0001", "v0002", "v0001"):
+            assert client.chat.completions.create(model=vid, messages=PROMPTS[0], max_tokens=2).model == vid
+            assert [n for n in backend.list() if n != "base"] == [vid]  # the other one was unloaded
+        with pytest.raises(openai.ConflictError, match="v0003 could not be loaded|'v0003' could not be loaded"):
+            client.chat.completions.create(model="v0003", messages=PROMPTS[0], max_tokens=2)

@@ -280,7 +280,9 @@ class _Call:
             if opts is not None and opts.include_usage:
                 yield self._chunk([], usage=self.usage())
             yield b"data: [DONE]\n\n"
-        except LearnloopError as exc:  # after the headers went out an error can only be an event
+        except Exception as exc:  # after the headers went out an error can only be an event
+            if not isinstance(exc, LearnloopError):
+                log.exception("generation failed mid-stream (%s)", self.id)
             yield b"data: " + orjson.dumps({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
         finally:
             await stream.aclose()  # on a disconnect: stops decoding and frees the slot
