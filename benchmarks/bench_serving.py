@@ -331,7 +331,7 @@ def main() -> None:
     # 4. concurrency on an adapter: aggregate tok/s, TTFT, inter-token latency
     conc = {}
     for c in (1, 4, 8):
-        conc[c] = concurrency(backend, "v1", c, max(1, 16 // c) if not args.quick else 1, n)
+        conc[c] = concurrency(backend, "v1", c, {1: 4, 4: 2, 8: 2}[c] if not args.quick else 1, n)
         print(f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 {conc[c]['ttft_p99_ms']} ms, "
               f"ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms", flush=True)
     results["concurrency"] = {str(c): v for c, v in conc.items()}
