@@ -203,7 +203,9 @@ class DemoRun:
         backfilled = self.backfill_inbox()
         self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
         self.start_server()
-        learnloop.configure(server_url=self.base_url, data_dir=self.data_dir)
+        # The app reads the same learnloop.toml (its sampling rules) and spools under the demo's data dir.
+        os.environ.update(LEARNLOOP_CONFIG=str(self.config_path), LEARNLOOP_DATA_DIR=str(self.data_dir))
+        learnloop.configure(server_url=self.base_url)
         app = DemoApp(self.base_url, token=None, concurrency=self.profile.batch, max_tokens=self.profile.max_tokens,
                       seed=self.profile.seed)
         fresh = iter(cases(self.profile.seed + 2, 100_000))
