@@ -211,7 +211,9 @@ class ServedCapture:
     def __init__(self, settings: Any, db: Database) -> None:
         from learnloop.capture.client import CaptureClient
 
-        self.client = CaptureClient(settings, database=db, source="served")
+        # A short flush interval: apps send feedback on the completion id right after the answer, and
+        # feedback naming a trajectory not stored yet is refused.
+        self.client = CaptureClient(settings, database=db, source="served", flush_interval=0.05)
 
     def record(self, trajectory_id: str, *, messages: list[dict[str, Any]], answer: str | None,
                tool_calls: list[dict[str, Any]] | None, model: str, scenario: str | None,
