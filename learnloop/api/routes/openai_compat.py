@@ -177,6 +177,7 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
     except LearnloopError as exc:
         return domain_error(exc)
     scenario = request.headers.get(SCENARIO_HEADER) or (body.metadata or {}).get("scenario")
+    scenario = str(scenario)[:256] if scenario else None
     call = _Call(runtime, route, chat, body, scenario)
     headers = {VERSION_HEADER: route.served}
     if route.alias:
