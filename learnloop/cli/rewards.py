@@ -91,7 +91,7 @@ def stats_cmd(days: int | None, scenario: str | None, as_json: bool) -> None:
     s = settings()
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
     with open_database(s).read_session() as session:
-        data = reward_stats(session, weights=s.scoring.weights, since=since, scenario=scenario)
+        data = reward_stats(session, weights=s.scoring, since=since, scenario=scenario)
     if as_json:
         echo_json(data)
         return
