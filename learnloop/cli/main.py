@@ -62,8 +62,14 @@ def echo_json(data: Any) -> None:
 
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
-def config_cmd(as_json: bool) -> None:
+@click.option("--example", is_flag=True, help="Print every setting with its default and a comment (learnloop.example.toml).")
+def config_cmd(as_json: bool, example: bool) -> None:
     """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
+    if example:
+        from learnloop.config_example import example_toml
+
+        click.echo(example_toml(), nl=False)
+        return
     data = settings().public_dict()
     if as_json:
         echo_json(data)
