@@ -44,6 +44,7 @@ def apply_cmd(names: tuple[str, ...], modules: tuple[str, ...], no_feedback: boo
         f"feedback: {f.scored} scores stored ({f.trajectories_with_feedback} trajectories with feedback, "
         f"{f.already_scored} already up to date, {f.no_signal} without a rating/thumbs/success/correction)"
     )
+    click.echo(f"refinement across groups: {report.group_refinements} answers asked again in the next trajectory")
     for e in h.errors[:20]:
         click.secho(f"error: {e.name} (v{e.version}) on trajectory {e.trajectory_id}: {e.error}", fg="red", err=True)
     if h.errors_total > 20:
