@@ -58,3 +58,24 @@ class WindowClock:
         wid = window_id(when, self.seconds)
         self._last = (bucket, wid)
         return wid
+
+
+def fill_windows(records: list[dict] | None, spec: str, now: dt.datetime | None = None) -> None:
+    """Give each trajectory record without a ``window`` the id of the window its ``created_at`` (else ``now``)
+    falls in, as the capture SDK does: records that arrive over HTTP or in JSONL files are grouped alike."""
+    if not records:
+        return
+    clock = WindowClock(spec)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    for rec in records:
+        if rec.get("window"):
+            continue
+        when = rec.get("created_at") or now
+        if isinstance(when, str):
+            try:
+                when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+            except ValueError:
+                when = now
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        rec["window"] = clock(when)

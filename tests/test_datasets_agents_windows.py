@@ -102,3 +102,22 @@ def test_cli_windows_and_stats(settings, monkeypatch) -> None:
     assert table.exit_code == 0 and "2026-12-02T1" in table.output
     st = runner.invoke(cli_main.cli, ["stats", "--json", "--agent", "planner"])
     assert st.exit_code == 0 and json.loads(st.output)["by_agent"] == [{"agent": "planner", "count": 4}]
+
+
+def test_imports_and_the_api_assign_windows_too(db: Database, tmp_path) -> None:
+    from learnloop.store.jsonl import import_jsonl
+    from learnloop.windows import fill_windows
+
+    path = tmp_path / "day.jsonl"
+    path.write_text(
+        json.dumps({"id": "j1", "messages": chat("q1", "a1"), "created_at": "2026-11-05T08:59:00Z"}) + "\n"
+        + json.dumps({"id": "j2", "messages": chat("q2", "a2"), "window": "mine"}) + "\n")
+    import_jsonl(db, path, window="1d")
+    with db.read_session() as s:
+        from learnloop.store.models import Trajectory
+
+        got = {r.id: r.window_id for r in s.query(Trajectory).all()}
+    assert got == {"j1": "2026-11-05", "j2": "mine"}
+    recs = [{"created_at": "2026-11-05T08:59:00+00:00"}, {"window": "keep"}, {}]
+    fill_windows(recs, "1h")
+    assert recs[0]["window"] == "2026-11-05T08" and recs[1]["window"] == "keep" and recs[2]["window"].startswith("20")
