@@ -92,7 +92,7 @@ class CombineSettings(_Section):
         "explicit_first",
         description="'explicit_first': explicit signals decide, generic heuristics refine, checks only lower; 'mean': plain weighted mean of all aspects.",
     )
-    explicit_sources: list[Literal["env", "human", "judge", "heuristic"]] = Field(
+    explicit_sources: list[Literal["env", "human", "judge"]] = Field(
         default_factory=lambda: ["env", "human", "judge"],
         description="Score sources that are the app's own signal (a registered verifier counts too: any heuristic not listed below).",
     )
