@@ -87,11 +87,10 @@ def test_stats_by_agent(db: Database) -> None:
     assert sum(r["count"] for r in only["by_source"]) == 2 and only["by_agent"] == [{"agent": "coder", "count": 2}]
 
 
-def test_cli_windows_and_stats(settings, monkeypatch) -> None:
-    monkeypatch.setattr(cli_main, "settings", lambda: settings)
-    from learnloop.store import open_database
-
-    db = open_database(settings)
+def test_cli_windows_and_stats(db: Database, settings, monkeypatch) -> None:
+    # Through the environment, as a user would (patching cli.main.settings would stick in modules importing it).
+    monkeypatch.setenv("LEARNLOOP_DATABASE_URL", db.url)
+    monkeypatch.setenv("LEARNLOOP_DATA_DIR", str(settings.data_dir))
     _fill(db)
     runner = CliRunner()
     out = runner.invoke(cli_main.cli, ["datasets", "windows", "--json", "--min-agents", "2"])

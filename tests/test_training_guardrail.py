@@ -48,6 +48,10 @@ def test_check_counts_with_the_model_tokenizer(tiny_model_dir: Path, tmp_path: P
     assert check.suggested_max_length >= exact
     assert guard_training_lengths(data, tokenizer=tok, max_length=64, allow_truncation=True).report["truncated"] == 4
     assert guard_training_lengths(data, tokenizer=str(tiny_model_dir), max_length=exact).ok
+    from learnloop.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="does not exist"):
+        check_training_lengths(tmp_path / "nope.jsonl", tokenizer=tok, max_length=64)
 
 
 def test_train_run_refuses_then_allow_truncation_runs(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -307,6 +307,10 @@ def check_training_lengths(
             ids.append(line_id)
         pending.clear()
 
+    if not Path(dataset).is_file():
+        from learnloop.errors import ValidationFailed
+
+        raise ValidationFailed(f"Dataset file {dataset} does not exist.")
     with open(dataset, encoding="utf-8", errors="replace") as fh:
         for lineno, text in enumerate(fh, start=1):
             if not text.strip():
