@@ -444,10 +444,12 @@ async def add_feedback(request: Request, trajectory_id: str, db: DbDep, settings
             fb[key] = str(form[key]).strip()
 
     def store() -> dict[str, Any]:
+        from learnloop.store.records import parse_batch
         from learnloop.store.trajectories import ingest
 
+        batch = parse_batch({"feedback": [fb]})  # the same validation as POST /v1/ingest (422 names the field)
         with db.session() as s:
-            return ingest(s, {"feedback": [fb]}, project=settings.project).as_dict()
+            return ingest(s, batch, project=settings.project).as_dict()
 
     return JSONResponse(await run_in_threadpool(store))
 
