@@ -33,7 +33,7 @@ log = logging.getLogger("learnloop.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-JOB_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+JOB_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
 INGEST_REQUESTS = Counter("learnloop_ingest_requests", "Ingest requests answered, by route and status.",
                           ["route", "status"], registry=REGISTRY)
