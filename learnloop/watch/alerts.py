@@ -145,8 +145,11 @@ def _last_losses(s: Any, job_id: int, n: int) -> list[tuple[int, float | None]]:
     return list(s.execute(q))
 
 
-def _bad(x: float | None) -> bool:
-    return x is not None and not math.isfinite(x)
+def _bad(x: Any) -> bool:
+    """A NaN or infinite loss: a float, or the string JSON-strict writers use (PostgreSQL's JSONB refuses NaN)."""
+    if isinstance(x, str):
+        return x.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity")
+    return isinstance(x, (int, float)) and not math.isfinite(x)
 
 
 def _loss_nan(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
@@ -155,7 +158,7 @@ def _loss_nan(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, set
         losses = _last_losses(s, job.id, 5)
         progress_loss = (job.progress or {}).get("loss")
         bad = next((step for step, loss in losses if _bad(loss)), None)
-        if bad is None and isinstance(progress_loss, float) and _bad(progress_loss):
+        if bad is None and _bad(progress_loss):
             bad = (job.progress or {}).get("step")
         if bad is not None:
             out.append(Firing(rule, f"job:{job.id}", f"job {job.id}: loss is NaN/inf", f"at step {bad}", "error",
@@ -239,8 +242,9 @@ def evaluate(db: Database, settings: Settings, now: dt.datetime | None = None) -
                 stmt = _insert_ignore(db).values(
                     rule=rule.name, dedup_key=f.dedup_key, state="pending", attempts=0, next_attempt_at=now,
                     payload=payload(f, now), created_at=now,
-                ).on_conflict_do_nothing(index_elements=["dedup_key"])
-                if s.execute(stmt).rowcount:
+                ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(AlertDelivery.id)
+                # RETURNING, not rowcount: psycopg reports -1 for an ORM-session insert.
+                if s.execute(stmt).first() is not None:
                     new.append(f.dedup_key)
     return new
 
