@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, case, cast, exists, func, select, text
+from sqlalchemy import Integer, String, case, cast, exists, func, select, text
 from sqlalchemy.orm import Session
 
 from learnloop.scoring.combine import combined_rewards
@@ -100,7 +100,7 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
         cond.append(Trajectory.id < f.before)
     q = (select(Trajectory.id, Trajectory.scenario, Trajectory.source, Trajectory.agent, Trajectory.model,
                 Trajectory.model_version, Trajectory.tags, Trajectory.created_at, Trajectory.messages)
-         .where(and_(*cond)).order_by(Trajectory.id.desc()).limit(limit + 1))
+         .where(*cond).order_by(Trajectory.id.desc()).limit(limit + 1))
     rows = list(session.execute(q))
     more = len(rows) > limit
     rows = rows[:limit]
