@@ -78,7 +78,7 @@ def seed_trajectories(db: Database, now: dt.datetime | None = None) -> dict[str,
     return {"inserted": result.inserted}
 
 
-def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None) -> dict[str, Any]:
+def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None, with_running: bool = True) -> dict[str, Any]:
     """Jobs in every state, a running job with progress and per-step metrics, versions, evaluations, aliases, events, a loop."""
     now = now or utcnow()
     with db.session() as s:
@@ -102,9 +102,9 @@ def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None) 
                       heartbeat_at=now, payload={"dataset_id": ds.id, "algorithm": "sft"},
                       progress={"step": steps, "total_steps": 200, "loss": 1.25, "tokens_per_s": 321.5, "eta_s": 1400.0})
         queued = [Job(kind=JobKind.evaluate, state=JobState.queued, priority=p, created_at=now) for p in (10, 100, 100)]
-        s.add_all([done, failed, running, *queued])
+        s.add_all([done, failed, *queued] + ([running] if with_running else []))
         s.flush()
-        for step in range(1, steps + 1):
+        for step in range(1, steps + 1 if with_running else 1):
             s.add(TrainingMetric(job_id=running.id, step=step, loss=3.0 * math.exp(-step / 25) + 1.0, learning_rate=2e-4 * min(1, step / 10),
                                  tokens_per_s=300 + step % 7, created_at=now - dt.timedelta(seconds=steps - step)))
         v1 = ModelVersion(id="v0001", base_model="smollm2", loop="main", algorithm="sft", dataset_id=ds.id, job_id=done.id,
@@ -128,14 +128,15 @@ def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None) 
                         next_check_at=now + dt.timedelta(seconds=270),
                         readiness={"ready": False, "reasons": ["12 new trajectories, 50 needed"]}))
         s.add(Control(key="daemon.frozen", value={"on": False}))
-        ids = {"running": running.id, "failed": failed.id, "done": done.id, "queued": [q.id for q in queued], "dataset": ds.id}
+        ids = {"running": running.id if with_running else None, "failed": failed.id, "done": done.id, "queued": [q.id for q in queued], "dataset": ds.id}
     with db.session() as s:
         move_alias(s, "learnloop", "v0001", action="promote", actor="daemon", reason="gate passed")
     with db.session() as s:
         move_alias(s, "learnloop", "v0002", action="promote", actor="daemon", reason="gate passed")
     with db.session() as s:
         set_split(s, "learnloop", "v0003", split=0.1, actor="tester")
-    record_event(db, "job.started", f"job {ids['running']} started", job_id=ids["running"], loop="main")
+    if with_running:
+        record_event(db, "job.started", f"job {ids['running']} started", job_id=ids["running"], loop="main")
     record_event(db, "job.failed", f"job {ids['failed']} failed: CUDA out of memory", level="error", job_id=ids["failed"], loop="main")
     record_event(db, "version.promoted", "v0002 promoted", version_id="v0002")
     return ids
