@@ -75,7 +75,7 @@ def _tag_condition(session: Session, tag: str) -> Any:
 
 
 def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE_SIZE) -> dict[str, Any]:
-    """Newest first, ``limit`` a page (keyset on id, which is time-ordered). Reward = mean of the trajectory's scores."""
+    """Newest first, ``limit`` a page (keyset on created_at, id). The reward filter uses the mean of the trajectory's scores."""
     reward = (select(func.avg(Score.value)).where(Score.trajectory_id == Trajectory.id).correlate(Trajectory)
               .scalar_subquery())
     cond = []
@@ -97,10 +97,18 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
         like = f"%{f.q}%"
         cond.append((Trajectory.id.like(f"{f.q}%")) | cast(Trajectory.messages, String).ilike(like))
     if f.before:
-        cond.append(Trajectory.id < f.before)
+        # Keyset "created_at|id" of the last row shown: ids derived from content (JSONL imports) are not
+        # time-ordered, so the page is ordered by time and the id only breaks ties.
+        at, _, last_id = f.before.partition("|")
+        try:
+            when = dt.datetime.fromisoformat(at)
+        except ValueError:
+            f.problems.append("before: not a page cursor")
+        else:
+            cond.append((Trajectory.created_at < when) | ((Trajectory.created_at == when) & (Trajectory.id < last_id)))
     q = (select(Trajectory.id, Trajectory.scenario, Trajectory.source, Trajectory.agent, Trajectory.model,
                 Trajectory.model_version, Trajectory.tags, Trajectory.created_at, Trajectory.messages)
-         .where(*cond).order_by(Trajectory.id.desc()).limit(limit + 1))
+         .where(*cond).order_by(Trajectory.created_at.desc(), Trajectory.id.desc()).limit(limit + 1))
     rows = list(session.execute(q))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -114,7 +122,8 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
             "reward": rewards.get(r.id), "turns": len(r.messages or []),
             "preview": _text(first_user)[:140] if first_user else "",
         })
-    return {"items": items, "next_before": rows[-1].id if more and rows else None}
+    cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}" if more and rows else None
+    return {"items": items, "next_before": cursor}
 
 
 def _text(message: dict[str, Any] | None) -> str:

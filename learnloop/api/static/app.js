@@ -84,7 +84,12 @@
     es.addEventListener("job", function (e) {
       var d = JSON.parse(e.data);
       Object.keys(d).forEach(function (k) {
-        document.querySelectorAll('[data-job-field="' + k + '"]').forEach(function (n) { n.textContent = d[k] === null ? "–" : d[k]; });
+        var v = d[k];
+        if (typeof v === "number" && !Number.isInteger(v)) v = Math.abs(v) >= 1000 ? Math.round(v).toLocaleString() : Number(v.toPrecision(3));
+        document.querySelectorAll('[data-job-field="' + k + '"]').forEach(function (n) {
+          n.textContent = v === null || v === undefined ? "–" : v;
+          if (n.classList.contains("pill")) n.className = "pill " + v;
+        });
       });
       box.setAttribute("data-state", d.state);
     });

@@ -55,7 +55,7 @@
       ys = cats.map(function (c) { return series.reduce(function (a, s) { var p = s.points.find(function (q) { return q[0] === c; }); return a + (p && p[1] ? p[1] : 0); }, 0); });
     }
     var ylo = spec.type === "bars" ? 0 : Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
-    if (ylo === yhi) { ylo -= 0.5; yhi += 0.5; }
+    if (ylo === yhi) { var half = Math.abs(ylo) * 0.1 || 0.5; ylo -= half; yhi += half; }
     var pad = (yhi - ylo) * 0.06; if (spec.type !== "bars") ylo -= pad; yhi += pad;
     var ticks = niceTicks(ylo, yhi, 4);
     var Y = function (v) { return m.t + ih - (v - ylo) / (yhi - ylo) * ih; };
@@ -110,11 +110,14 @@
         });
       });
     }
+    var stacks = {};
     (spec.markers || []).forEach(function (mk) {
       var x = X(mk.x); if (isNaN(x)) return;
+      var row = stacks[mk.x] = (stacks[mk.x] || 0) + 1;  // markers on one day: labels one under another
       var color = mk.kind === "rollback" ? "#dc2626" : "#059669";
       el("line", {x1: x, x2: x, y1: m.t, y2: m.t + ih, stroke: color, "stroke-dasharray": "3 3", "stroke-width": 1.5}, svg);
-      var t = el("text", {x: x + 4, y: m.t + 10, fill: color, "font-size": "11"}, svg); t.textContent = mk.label;
+      var t = el("text", {x: x + 4, y: m.t + 10 + 13 * (row - 1), fill: color, "font-size": "11"}, svg); t.textContent = mk.label;
+      if (x > W - m.r - 90) { t.setAttribute("x", x - 4); t.setAttribute("text-anchor", "end"); }
     });
     if (series.length > 1 || spec.legend) {
       var lg = document.createElement("div"); lg.className = "legend";
