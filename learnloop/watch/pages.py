@@ -177,6 +177,13 @@ def filter_options(session: Session) -> dict[str, list[str]]:
 
 # -- rewards ---------------------------------------------------------------------------------
 
+def scored_share(session: Session, since: dt.datetime) -> float | None:
+    """Share of the trajectories created since ``since`` that have at least one score."""
+    scored = exists(select(1).where(Score.trajectory_id == Trajectory.id))
+    total, n = session.execute(select(func.count(), func.sum(case((scored, 1), else_=0))).where(Trajectory.created_at >= since)).one()
+    return (int(n or 0) / total) if total else None
+
+
 def reward_overview(session: Session, since: dt.datetime, bins: int = 20) -> dict[str, Any]:
     """Histograms of score values per scenario, means per source and day, share negative, judged vs unjudged.
 

@@ -170,8 +170,7 @@ def overview_ctx(db: Database, settings: Settings) -> dict[str, Any]:
             extra["latest_version"] = versions[0] if versions else None
             ds = list_datasets(s, limit=1)
             extra["latest_dataset"] = {"id": ds[0].id, "kind": ds[0].kind, "count": ds[0].count} if ds else None
-            rw = pages.reward_overview(s, utcnow() - dt.timedelta(days=7), bins=1)["trajectories"]
-            extra["scored_share"] = rw["scored"] / rw["total"] if rw["total"] else None
+            extra["scored_share"] = pages.scored_share(s, utcnow() - dt.timedelta(days=7))
             events = queries.events_after(s, None, limit=12)
             events.reverse()
     loops = status.get("loops") or []
@@ -219,9 +218,11 @@ def versions_ctx(db: Database, settings: Settings) -> dict[str, Any]:
     ordered: list[dict[str, Any]] = []
 
     def walk(parent: str | None, depth: int) -> None:
-        for v in children.get(parent, []):
-            ordered.append({**v, "depth": depth})
-            walk(v["id"], depth + 1)
+        # A straight chain (one child each) stays at one indent: only branches indent further.
+        kids = children.get(parent, [])
+        for v in kids:
+            ordered.append({**v, "depth": min(depth, 6)})
+            walk(v["id"], depth + 1 if len(kids) > 1 or depth == 0 else depth)
 
     walk(None, 0)
     metric_keys = sorted({k for e in evaluations for k, val in e["metrics"].items() if isinstance(val, (int, float))})[:8]
