@@ -192,3 +192,18 @@ def test_job_stream_resumes_after_last_event_id(settings: Settings, db: Database
         with httpx.stream("GET", f"{url}/ui/stream/events?poll_s=0.2", headers={"Last-Event-ID": "1"}, timeout=10) as r:
             evs = _sse(r.iter_lines(), 2)
         assert [e["id"] for e in evs] == ["2", "3"]
+
+
+def test_trajectory_pages_walk_the_whole_list_in_time_order(db: Database, seeded: dict) -> None:
+    from learnloop.watch.pages import TrajectoryFilter, search_trajectories
+
+    seen, cursor = [], None
+    while True:
+        with db.read_session() as s:
+            page = search_trajectories(s, TrajectoryFilter(before=cursor), limit=7)
+        seen += [(t["created_at"], t["id"]) for t in page["items"]]
+        cursor = page["next_before"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 26
+    assert seen == sorted(seen, reverse=True)

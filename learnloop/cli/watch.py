@@ -109,18 +109,26 @@ def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
     s = settings()
     # No migration here: status must also work (and say so) when the database is down or behind.
     db = Database(s.resolved_database_url)
-    if as_json and not watch:
-        echo_json(build_status(db, s, self_role="cli"))
-        return
+    from rich.console import Console
+
+    console = Console()
     if not watch:
-        from rich.console import Console
-
-        Console().print(render_status(build_status(db, s, self_role="cli")))
+        status = build_status(db, s, self_role="cli")
+        echo_json(status) if as_json else console.print(render_status(status))
+        if not status["host"]["database"]["reachable"]:
+            raise SystemExit(1)
         return
-    from rich.live import Live
-
     try:
-        with Live(render_status(build_status(db, s, self_role="cli")), refresh_per_second=4, screen=False) as live:
+        if as_json or not console.is_terminal:
+            # Not a terminal (a log, a pipe): one full status per interval, one after another.
+            while True:
+                status = build_status(db, s, self_role="cli")
+                echo_json(status) if as_json else console.print(render_status(status))
+                console.file.flush()
+                time.sleep(interval)
+        from rich.live import Live
+
+        with Live(render_status(build_status(db, s, self_role="cli")), console=console, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
                 live.update(render_status(build_status(db, s, self_role="cli")))

@@ -101,7 +101,7 @@ def learnloop_processes(self_role: str | None = None) -> list[dict[str, Any]]:
         found.append({
             "pid": info["pid"], "role": role, "rss_bytes": info["memory_info"].rss,
             "self": info["pid"] == me, "started_at": info["create_time"],
-            "command": " ".join(info["cmdline"] or [])[:200],
+            # No command line: it can carry secrets (tokens, URLs with passwords) and reads are open.
         })
     found.sort(key=lambda p: (p["role"], p["pid"]))
     return found
