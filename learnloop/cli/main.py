@@ -26,6 +26,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "models": "learnloop.cli.models:models_group",
     "status": "learnloop.cli.watch:status_cmd",
     "alerts": "learnloop.cli.watch:alerts_group",
+    "demo": "learnloop.cli.demo:demo_cmd",
 }
 
 
