@@ -91,7 +91,11 @@
           if (n.classList.contains("pill")) n.className = "pill " + v;
         });
       });
+      var was = box.getAttribute("data-state") + "/" + box.getAttribute("data-desired");
       box.setAttribute("data-state", d.state);
+      box.setAttribute("data-desired", d.desired_state);
+      // The worker obeyed (or someone else pressed a button): redraw the buttons at once.
+      if (was !== "null/null" && was !== d.state + "/" + d.desired_state) refreshAll();
     });
     es.onerror = function () { box.setAttribute("data-stream", "reconnecting"); };
     es.onopen = function () { box.setAttribute("data-stream", "open"); };

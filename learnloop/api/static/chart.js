@@ -83,12 +83,13 @@
     el("line", {x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih, stroke: "#cbd5e1"}, svg);
     if (spec.type === "bars") {
       var base = cats.map(function () { return 0; });
-      var bw = stacked ? band * 0.7 : band * 0.8 / series.length;
+      var bw = Math.min(stacked ? band * 0.7 : band * 0.8 / series.length, 44);
+      var groupW = stacked ? bw : bw * series.length;
       series.forEach(function (s, si) {
         var color = COLORS[si % COLORS.length];
         s.points.forEach(function (p) {
           var ci = cats.indexOf(p[0]); if (ci < 0 || !p[1]) return;
-          var x = stacked ? m.l + band * ci + band * 0.15 : m.l + band * ci + band * 0.1 + bw * si;
+          var x = m.l + band * ci + (band - groupW) / 2 + (stacked ? 0 : bw * si);
           var y0 = stacked ? base[ci] : 0, y1 = y0 + p[1];
           var r = el("rect", {x: x, y: Y(y1), width: Math.max(1, bw - 1), height: Math.max(0.5, Y(y0) - Y(y1)), fill: color, rx: 2}, svg);
           el("title", {}, r).textContent = s.name + " · " + p[0] + ": " + fmt(p[1]);
