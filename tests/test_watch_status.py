@@ -206,3 +206,40 @@ def test_metric_series_is_downsampled_on_the_server(db: Database, n: int) -> Non
     # Buckets of 25 consecutive steps average the 0..9 saw-tooth to 4.5 (give or take one partial cycle).
     assert all(3.5 <= p["loss"] <= 5.5 for p in series["points"][:-1])
     assert [p["step"] for p in tail["points"]] == list(range(n - 4, n + 1))
+
+
+def test_status_command_table_json_and_watch(tmp_path: Path, db: Database) -> None:
+    import json
+    import signal
+
+    from api_support import LEARNLOOP, cli_env
+
+    seed_trajectories(db)
+    ids = seed_loop(db)
+    env = cli_env(tmp_path / "data", LEARNLOOP_DATABASE_URL=db.url, COLUMNS="160")
+    r = subprocess.run([*LEARNLOOP, "status", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    assert body["running_job"]["id"] == ids["running"] and body["serving"][0]["version"] == "v0002"
+    assert [p for p in body["host"]["processes"] if p["self"]][0]["role"] == "cli"
+
+    r = subprocess.run([*LEARNLOOP, "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for text in ("loops", "12 new trajectories, 50 needed", "60/200", "v0002", "v0003", "10%", "reject", "production", "reachable"):
+        assert text in r.stdout, text
+
+    # --watch on a pipe: one full status per interval.
+    proc = subprocess.Popen([*LEARNLOOP, "status", "--watch", "--interval", "0.5"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        seen, deadline = 0, time.monotonic() + 60
+        while seen < 2 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            seen += line.startswith("loops")
+        assert seen == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+    down = cli_env(tmp_path / "data", LEARNLOOP_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    r = subprocess.run([*LEARNLOOP, "status"], env=down, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "unreachable" in r.stdout and "Traceback" not in r.stderr

@@ -99,7 +99,7 @@ def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None, 
                      finished_at=now - dt.timedelta(minutes=10), output_tail="Traceback ...\nRuntimeError: CUDA out of memory")
         running = Job(kind=JobKind.train, state=JobState.running, desired_state=DesiredState.run, priority=50, loop="main",
                       attempts=1, created_at=now - dt.timedelta(minutes=20), started_at=now - dt.timedelta(minutes=20),
-                      heartbeat_at=now, payload={"dataset_id": ds.id, "algorithm": "sft"},
+                      heartbeat_at=now, lease_owner="worker-1", lease_expires_at=now + dt.timedelta(minutes=5), payload={"dataset_id": ds.id, "algorithm": "sft"},
                       progress={"step": steps, "total_steps": 200, "loss": 1.25, "tokens_per_s": 321.5, "eta_s": 1400.0})
         queued = [Job(kind=JobKind.evaluate, state=JobState.queued, priority=p, created_at=now) for p in (10, 100, 100)]
         s.add_all([done, failed, *queued] + ([running] if with_running else []))

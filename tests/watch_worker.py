@@ -21,6 +21,7 @@ class TrainingWorker:
         self.db, self.config = db, config
         with db.session() as s:
             job = Job(kind=JobKind.train, state=JobState.running, priority=50, loop="main", attempts=1, started_at=utcnow(),
+                      lease_owner="test-worker",
                       payload={"algorithm": config.algorithm, "base_model": "tiny test model", "max_steps": config.max_steps})
             s.add(job)
             s.flush()
@@ -81,11 +82,11 @@ class TrainingWorker:
         try:
             self.result = train(self.config, control=self.control, progress=self._progress)
             state = JobState.cancelled if self.result.stopped else JobState.succeeded
-            self._set(state=state, finished_at=utcnow())
+            self._set(state=state, finished_at=utcnow(), lease_owner=None)
             record_event(self.db, f"job.{'stopped' if self.result.stopped else 'succeeded'}", f"job {self.job_id} {state.value}",
                          job_id=self.job_id)
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             self.error = exc
-            self._set(state=JobState.failed, error=str(exc), finished_at=utcnow())
+            self._set(state=JobState.failed, error=str(exc), finished_at=utcnow(), lease_owner=None)
         finally:
             self._done.set()

@@ -25,9 +25,11 @@ _FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
 def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboard") -> dict[str, Any]:
     """Ask job ``job_id`` to pause, resume, stop, skip or cancel.
 
-    A job a worker holds (running, or paused mid-run) gets ``desired_state``; the worker obeys at
-    its next step and writes the new ``state``. A job no worker holds (queued, or paused before it
-    started) changes ``state`` here at once. ``stop`` checkpoints and ends a running job (it can be
+    A job a worker holds (running, or paused mid-run: it has a lease) gets ``desired_state``; the
+    worker obeys at its next step and writes the new ``state``. A job no worker holds (queued, or
+    paused without a lease) changes ``state`` here at once. The daemon branch has its own
+    ``learnloop.daemon.queue.control(db, job_id, action, actor=)`` with the same contract: when it
+    lands, this function should call it. ``stop`` checkpoints and ends a running job (it can be
     resumed later); ``skip`` and ``cancel`` end it for good (``skip`` is a cancel the daemon's loop
     does not count as a failure).
     """
@@ -39,7 +41,8 @@ def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboa
             raise NotFound(f"No job {job_id}.")
         if job.state in _FINISHED:
             raise Conflict(f"Job {job_id} already {job.state.value}; nothing to {action}.")
-        held = job.state == JobState.running or (job.state == JobState.paused and job.started_at is not None)
+        # Held: a worker has it (its lease), so only the worker may change its state.
+        held = job.lease_owner is not None or job.state == JobState.running
         before = (job.state.value, job.desired_state.value)
         if action == "pause":
             job.desired_state = DesiredState.pause
