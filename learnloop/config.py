@@ -47,6 +47,14 @@ class ServerSettings(_Section):
     )
     inbox_poll_seconds: float = Field(2.0, gt=0, description="How often the server scans the inbox folder for JSONL files.")
     watch_inbox: bool = Field(True, description="Whether `learnloop serve` imports files dropped into the inbox folder.")
+    max_inbox_file_bytes: int | None = Field(
+        None, ge=1, description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/."
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="When set, read routes (trajectories, stats) need 'Authorization: Bearer <token>' with this token "
+        "or the write token; /healthz stays open but says only what is up.",
+    )
 
 
 class CaptureSettings(_Section):

@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
+from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
-from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
+from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, Unparsable, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
+from learnloop.store.records import error_location
 
 log = logging.getLogger("learnloop.api")
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
     app.include_router(health.router)
     app.include_router(ingest.router)
     _install_error_handlers(app)
+    install_openapi(app, settings)
     return app
 
 
@@ -82,7 +85,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"loc": ".".join(str(p) for p in e["loc"] if p != "body"), "msg": e["msg"]} for e in exc.errors()
+            {"loc": error_location({**e, "loc": [p for p in e["loc"] if p != "body"]}), "msg": e["msg"]}
+            for e in exc.errors()
         ]
         shown = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:10])
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -93,7 +97,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LearnloopError)
-    async def _domain(_: Request, exc: LearnloopError) -> JSONResponse:
+    async def _domain(request: Request, exc: LearnloopError) -> JSONResponse:
         if isinstance(exc, ValidationFailed):
             return _error(422, str(exc), problems=[{"loc": l, "msg": m} for l, m in exc.problems])
         if isinstance(exc, NotFound):
@@ -103,7 +107,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Overloaded):
             return _error(429, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after)))})
         if isinstance(exc, StoreUnavailable):
-            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
+            # The message names the database's address and the driver's words: for the log, not
+            # for whoever is calling (healthz and reads may be open to anyone).
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return _error(503, "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds.",
+                          headers={"Retry-After": str(STORE_RETRY_AFTER)})
+        if isinstance(exc, Unparsable):
+            return _error(400, str(exc))
         return _error(400, str(exc))
 
     @app.exception_handler(SQLAlchemyError)
@@ -111,9 +121,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         # The write transaction was rolled back before we got here: say so, and whose move it is.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if isinstance(exc, OperationalError):
+            # Say which, not where: the driver's text names hosts and paths (it goes to the log).
+            log.warning("database unavailable or busy on %s %s: %s", request.method, request.url.path, reason)
+            what = "busy (locked by another writer)" if "locked" in reason or "busy" in reason else "unavailable"
             return _error(
                 503,
-                f"The database is unavailable or busy ({reason}). Nothing was stored; retry later.",
+                f"The database is {what}. Nothing was stored; retry after Retry-After seconds.",
                 headers={"Retry-After": str(STORE_RETRY_AFTER)},
             )
         if isinstance(exc, DataError):

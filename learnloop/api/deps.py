@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
+import hmac
 import threading
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from pydantic import SecretStr
 
 from learnloop.config import Settings
 from learnloop.store.db import Database
@@ -24,21 +25,51 @@ def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def require_write_token(
-    request: Request, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    """When LEARNLOOP_API_TOKEN is set, writes need `Authorization: Bearer <token>`."""
-    token = request.app.state.settings.api_token
-    if token is None:
-        return
-    expected = token.get_secret_value()
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), expected):
+def _bearer_bytes(request: Request) -> bytes | None:
+    """The bearer token as the client sent it, in bytes (None without one).
+
+    Starlette decodes header values as latin-1, so encoding back to latin-1 gives the exact bytes
+    on the wire: a token with non-ASCII bytes is then compared, not a crash (``compare_digest``
+    refuses non-ASCII ``str``).
+    """
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return given.strip().encode("latin-1")
+
+
+def _check_token(request: Request, accepted: list[SecretStr], what: str) -> None:
+    given = _bearer_bytes(request)
+    # Every accepted token is compared (no early exit), each in constant time.
+    ok = given is not None and sum(hmac.compare_digest(given, t.get_secret_value().encode()) for t in accepted) > 0
+    if not ok:
         raise HTTPException(
             status_code=401,
-            detail="Missing or wrong bearer token: send 'Authorization: Bearer <LEARNLOOP_API_TOKEN>'.",
+            detail=f"Missing or wrong bearer token: {what} need 'Authorization: Bearer <token>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def require_write_token(request: Request) -> None:
+    """When LEARNLOOP_API_TOKEN is set, writes need `Authorization: Bearer <token>`.
+
+    The header is read from the request, not declared as a parameter: the OpenAPI document
+    describes the token as a security scheme (see ``learnloop.api.openapi``). Routes that take a
+    body read it themselves after this check, so a client without the token gets 401 whatever
+    it sends, and its body is never parsed.
+    """
+    token = request.app.state.settings.api_token
+    if token is not None:
+        _check_token(request, [token], "writes (LEARNLOOP_API_TOKEN)")
+
+
+def require_read_token(request: Request) -> None:
+    """When ``server.read_token`` is set, reads need it (or the write token) as a bearer token."""
+    settings = request.app.state.settings
+    read = settings.server.read_token
+    if read is not None:
+        _check_token(request, [read] + ([settings.api_token] if settings.api_token else []),
+                     "reads (server.read_token)")
 
 
 class IngestGate:
@@ -89,3 +120,4 @@ async def ingest_slot(request: Request) -> AsyncIterator[None]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbDep = Annotated[Database, Depends(get_db)]
 WriteAuth = Depends(require_write_token)
+ReadAuth = Depends(require_read_token)
