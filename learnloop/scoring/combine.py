@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping
 
 from sqlalchemy import select
@@ -15,6 +17,8 @@ def combine(aspects: Mapping[str, float], weights: Mapping[str, float] | None = 
     weights = weights or {}
     total = norm = 0.0
     for name, value in aspects.items():
+        if not math.isfinite(value):  # NaN/inf stored before the ingest refused them: not a reward
+            continue
         w = weights.get(name, 1.0)
         total += w * value
         norm += abs(w)

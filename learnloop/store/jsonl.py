@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
-from learnloop.errors import NotFound, ValidationFailed
+from learnloop.errors import LearnloopError, NotFound, ValidationFailed
 from learnloop.store.db import Database
-from learnloop.store.records import TRAJECTORY, TrajectoryIn
+from learnloop.store.records import TRAJECTORY, TrajectoryIn, error_location, orjson
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
 
 CHUNK_SIZE = 500
@@ -86,7 +87,7 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
         return TRAJECTORY.validate_python(data), []
     except ValidationError as exc:
         return None, [
-            (f"{where}: {'.'.join(str(p) for p in err['loc']) or '(record)'}", err["msg"]) for err in exc.errors()
+            (f"{where}: {error_location(err) or '(record)'}", err["msg"]) for err in exc.errors()
         ]
 
 
@@ -102,15 +103,26 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def validate_jsonl(path: Path | str) -> int:
-    """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem."""
+    """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem.
+
+    An id on two lines with different content is a problem naming both lines (the same id with
+    the same content is a duplicate, stored once).
+    """
     path = Path(path)
     problems: list[Problem] = []
     total_problems = 0
     records = 0
+    seen: dict[str, tuple[int, bytes]] = {}  # id: (first line, digest of its content)
     for line_no, raw in _lines(path):
         record, line_problems = parse_line(raw, line_no)
         if record is not None:
             records += 1
+            tid = record["id"]
+            digest = _content_digest(record)
+            first = seen.setdefault(tid, (line_no, digest))  # type: ignore[arg-type]
+            if first[1] != digest:
+                line_problems = [(f"line {line_no}: id", f"repeats the id {tid!r} of line {first[0]} with different "
+                                  "content; one id is one record (an identical repeat is a harmless duplicate)")]
         total_problems += len(line_problems)
         problems.extend(line_problems[: max(0, MAX_PROBLEMS - len(problems))])
     if total_problems:
@@ -118,22 +130,40 @@ def validate_jsonl(path: Path | str) -> int:
     return records
 
 
+def _content_digest(record: TrajectoryIn) -> bytes:
+    if orjson is not None:
+        try:
+            return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        except TypeError:
+            pass
+    text = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def iter_chunks(path: Path | str, chunk_size: int = CHUNK_SIZE) -> Iterator[list[TrajectoryIn]]:
     """Validated records of ``path`` in chunks; raises ValidationFailed at the first bad line."""
-    path = Path(path)
+    for chunk, _, _ in _chunks_with_lines(Path(path), chunk_size):
+        yield chunk
+
+
+def _chunks_with_lines(path: Path, chunk_size: int) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
+    """As ``iter_chunks``, each chunk with the numbers of its first and last line."""
     chunk: list[TrajectoryIn] = []
+    first = 0
     for line_no, raw in _lines(path):
         record, problems = parse_line(raw, line_no)
         if problems:
             # The file passed validation, so it changed under us: refuse rather than store part of it.
             raise ValidationFailed(_summary(path, problems, len(problems), changed=True), problems)
         if record is not None:
+            if not chunk:
+                first = line_no
             chunk.append(record)
             if len(chunk) >= chunk_size:
-                yield chunk
+                yield chunk, first, line_no
                 chunk = []
     if chunk:
-        yield chunk
+        yield chunk, first, line_no
 
 
 def import_jsonl(
@@ -144,15 +174,31 @@ def import_jsonl(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     chunk_size: int = CHUNK_SIZE,
 ) -> ImportResult:
-    """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates)."""
+    """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates).
+
+    A row the database refuses makes the whole file fail with ValidationFailed naming the lines
+    of the chunk it was in (the driver does not say which row); an unreachable or busy database
+    raises as it is (StoreUnavailable, OperationalError): the file is fine, retry it later.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValidationFailed(f"{path} is a folder; import_jsonl takes one file (see jsonl_files).")
     records = validate_jsonl(path)
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
-        for chunk in iter_chunks(path, chunk_size):
-            r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
+        for chunk, first, last in _chunks_with_lines(path, chunk_size):
+            try:
+                r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
+            except (LearnloopError, OperationalError):
+                raise
+            except Exception as exc:  # the database (or a value it cannot take) refused a row of these lines
+                where = f"line {first}" if first == last else f"lines {first}-{last}"
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValidationFailed(
+                    f"{path.name}: the database refused a record on {where}: {reason}. "
+                    "Nothing from this file was stored; fix that record and import it again.",
+                    [(where, reason)],
+                ) from exc
             result.inserted += len(r.inserted)
             result.duplicates += len(r.duplicates)
             result.feedback_inserted += r.feedback_inserted

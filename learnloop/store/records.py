@@ -72,7 +72,7 @@ TEXT_RULE = (
 
 def _string_problem(s: str) -> str | None:
     if "\x00" in s:
-        return "holds a NUL character (\\u0000), which the database cannot store; remove it"
+        return "holds a NUL character (\\u0000), which PostgreSQL cannot store (refused on every database alike); remove it"
     if not s.isascii():
         try:
             s.encode("utf-8")
@@ -95,7 +95,7 @@ def _walk_text(value: Any, path: tuple[str, ...]) -> tuple[str, str] | None:
             if isinstance(k, str):
                 problem = _string_problem(k)
                 if problem:
-                    return (".".join((*path, "(key)")), f"a key {problem}")
+                    return (".".join((*path, repr(k))), f"this key {problem}")
             found = _walk_text(v, (*path, _printable(key)))
             if found:
                 return found
