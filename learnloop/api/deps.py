@@ -5,9 +5,10 @@ from __future__ import annotations
 import hmac
 import threading
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
 from learnloop.config import Settings
@@ -50,11 +51,17 @@ def _check_token(request: Request, accepted: list[SecretStr], what: str) -> None
         )
 
 
-def require_write_token(request: Request) -> None:
+# Declared as security schemes (not header parameters) so the OpenAPI document shows the token as
+# what it is; ``learnloop.api.openapi`` turns the two into one bearer scheme, required where the
+# settings make it so. They only mark the routes: the comparison is ours, on bytes.
+WRITE_SCHEME = HTTPBearer(scheme_name="learnloopWrite", auto_error=False)
+READ_SCHEME = HTTPBearer(scheme_name="learnloopRead", auto_error=False)
+
+
+def require_write_token(request: Request, _: Annotated[Any, Security(WRITE_SCHEME)] = None) -> None:
     """When LEARNLOOP_API_TOKEN is set, writes need `Authorization: Bearer <token>`.
 
-    The header is read from the request, not declared as a parameter: the OpenAPI document
-    describes the token as a security scheme (see ``learnloop.api.openapi``). Routes that take a
+    Routes that take a
     body read it themselves after this check, so a client without the token gets 401 whatever
     it sends, and its body is never parsed.
     """
@@ -63,7 +70,7 @@ def require_write_token(request: Request) -> None:
         _check_token(request, [token], "writes (LEARNLOOP_API_TOKEN)")
 
 
-def require_read_token(request: Request) -> None:
+def require_read_token(request: Request, _: Annotated[Any, Security(READ_SCHEME)] = None) -> None:
     """When ``server.read_token`` is set, reads need it (or the write token) as a bearer token."""
     settings = request.app.state.settings
     read = settings.server.read_token

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, TypeAdapter
 
 from learnloop.config import Settings
@@ -62,17 +61,8 @@ def request_body(name: str, adapter: TypeAdapter[Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}}}}
 
 
-def _calls(route: APIRoute) -> set[Any]:
-    found, todo = set(), list(route.dependant.dependencies)
-    while todo:
-        dep = todo.pop()
-        found.add(dep.call)
-        todo.extend(dep.dependencies)
-    return found
-
-
 def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    from learnloop.api.deps import require_read_token, require_write_token
+    from learnloop.api.deps import READ_SCHEME, WRITE_SCHEME
 
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -85,29 +75,27 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         schemas.setdefault(name, sub)
     error = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}
     any_token = settings.api_token is not None or settings.server.read_token is not None
+    schemes = doc["components"].pop("securitySchemes", {})
+    for name in (WRITE_SCHEME.scheme_name, READ_SCHEME.scheme_name):
+        schemes.pop(name, None)
     if any_token:
-        doc["components"]["securitySchemes"] = {
-            SCHEME: {"type": "http", "scheme": "bearer", "description": "LEARNLOOP_API_TOKEN for writes; "
-                     "server.read_token (or the write token) for reads when it is set."}
-        }
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        calls = _calls(route)
-        needs_token = (require_write_token in calls and settings.api_token is not None) or (
-            require_read_token in calls and settings.server.read_token is not None)
-        for method in route.methods:
-            op = doc["paths"].get(route.path_format, {}).get(method.lower())
-            if op is None:
-                continue
+        schemes[SCHEME] = {"type": "http", "scheme": "bearer", "description": "LEARNLOOP_API_TOKEN for writes; "
+                           "server.read_token (or the write token) for reads when it is set."}
+    if schemes:
+        doc["components"]["securitySchemes"] = schemes
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            marked = {name for alt in op.pop("security", []) for name in alt}
+            needs_token = (WRITE_SCHEME.scheme_name in marked and settings.api_token is not None) or (
+                READ_SCHEME.scheme_name in marked and settings.server.read_token is not None)
             responses = op.setdefault("responses", {})
             extra = {503}
             if needs_token:
                 op["security"] = [{SCHEME: []}]
                 extra.add(401)
-            if method in ("POST", "PUT", "PATCH"):
+            if method in ("post", "put", "patch"):
                 extra |= {400, 413, 422}
-            if route.dependant.path_params:
+            if "{" in path:
                 extra.add(422)
             for status in sorted(extra):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})

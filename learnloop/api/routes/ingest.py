@@ -74,7 +74,8 @@ async def post_feedback(trajectory_id: str, request: Request, db: DbDep, setting
     """Late feedback on one stored trajectory (at least one signal)."""
     problem = storable_id(trajectory_id)
     if problem:
-        raise ValidationFailed(f"Invalid trajectory id in the path: {problem}. Nothing was stored.", [("trajectory_id", problem)])
+        raise ValidationFailed(f"Invalid input — trajectory_id (in the path): {problem}. Nothing was stored.",
+                               [("trajectory_id", problem)])
     feedback = parse_json_body(FEEDBACK, await request.body())
     feedback["trajectory_id"] = trajectory_id
     return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]})
