@@ -11,8 +11,11 @@ same file twice stores it once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -91,18 +94,71 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
         ]
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+@dataclass(frozen=True)
+class FileRules:
+    """What a file must be before it is read (the inbox's rules; ``learnloop import`` has none).
+
+    ``regular_only``: refuse anything but a regular file, checked on the opened descriptor, and
+    never follow a symlink (so an entry swapped after the inbox's scan is still caught).
+    ``max_bytes``: refuse a larger file. ``expect``: the (device, inode) the caller checked.
+    """
+
+    regular_only: bool = False
+    max_bytes: int | None = None
+    expect: tuple[int, int] | None = None
+
+
+NO_RULES = FileRules()
+
+
+def _open(path: Path, rules: FileRules) -> Any:
+    if not rules.regular_only and rules.max_bytes is None:
+        return path.open("rb")
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a symlink is refused.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     try:
-        with path.open("rb") as fh:
+        st = os.fstat(fd)
+        if rules.regular_only and not stat.S_ISREG(st.st_mode):
+            raise ValidationFailed(f"{path.name} is not a regular file ({file_kind(st.st_mode)}); it was not read.")
+        if rules.expect is not None and (st.st_dev, st.st_ino) != rules.expect:
+            raise ValidationFailed(f"{path.name} was replaced by another file while being taken; it was not read.")
+        if rules.max_bytes is not None and st.st_size > rules.max_bytes:
+            raise ValidationFailed(
+                f"{path.name} is {st.st_size} bytes, over the limit of {rules.max_bytes} (server.max_inbox_file_bytes); "
+                "split it into smaller files (or raise the setting). Nothing from it was stored."
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _lines(path: Path, rules: FileRules = NO_RULES) -> Iterator[tuple[int, bytes]]:
+    try:
+        with _open(path, rules) as fh:
             for line_no, raw in enumerate(fh, start=1):
+                if rules.max_bytes is not None and fh.tell() > rules.max_bytes:  # grew past the limit while read
+                    raise ValidationFailed(f"{path.name} grew over {rules.max_bytes} bytes (server.max_inbox_file_bytes) "
+                                           "while being read. Nothing from it was stored.")
                 yield line_no, raw
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist (was it moved while being imported?).") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValidationFailed(f"{path.name} is a symbolic link; the inbox never follows links. It was not read.") from None
         raise ValidationFailed(f"Cannot read {path}: {exc.strerror or exc}. Check the path and its permissions.") from None
 
 
-def validate_jsonl(path: Path | str) -> int:
+def validate_jsonl(path: Path | str, rules: FileRules = NO_RULES) -> int:
     """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem.
 
     An id on two lines with different content is a problem naming both lines (the same id with
@@ -113,7 +169,7 @@ def validate_jsonl(path: Path | str) -> int:
     total_problems = 0
     records = 0
     seen: dict[str, tuple[int, bytes]] = {}  # id: (first line, digest of its content)
-    for line_no, raw in _lines(path):
+    for line_no, raw in _lines(path, rules):
         record, line_problems = parse_line(raw, line_no)
         if record is not None:
             records += 1
@@ -146,11 +202,11 @@ def iter_chunks(path: Path | str, chunk_size: int = CHUNK_SIZE) -> Iterator[list
         yield chunk
 
 
-def _chunks_with_lines(path: Path, chunk_size: int) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
+def _chunks_with_lines(path: Path, chunk_size: int, rules: FileRules = NO_RULES) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
     """As ``iter_chunks``, each chunk with the numbers of its first and last line."""
     chunk: list[TrajectoryIn] = []
     first = 0
-    for line_no, raw in _lines(path):
+    for line_no, raw in _lines(path, rules):
         record, problems = parse_line(raw, line_no)
         if problems:
             # The file passed validation, so it changed under us: refuse rather than store part of it.
@@ -173,6 +229,7 @@ def import_jsonl(
     project: str = "default",
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     chunk_size: int = CHUNK_SIZE,
+    rules: FileRules = NO_RULES,
 ) -> ImportResult:
     """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates).
 
@@ -183,10 +240,10 @@ def import_jsonl(
     path = Path(path)
     if path.is_dir():
         raise ValidationFailed(f"{path} is a folder; import_jsonl takes one file (see jsonl_files).")
-    records = validate_jsonl(path)
+    records = validate_jsonl(path, rules)
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
-        for chunk, first, last in _chunks_with_lines(path, chunk_size):
+        for chunk, first, last in _chunks_with_lines(path, chunk_size, rules):
             try:
                 r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
             except (LearnloopError, OperationalError):
