@@ -348,3 +348,26 @@ def test_import_cli_prints_one_line_with_the_line_number(settings: Settings, db:
     first = out.output.strip().splitlines()[0]
     assert "line 2: created_at" in first and "outside the range" in first
     assert _counts(db) == (0, 0, 0)
+
+
+def test_sdk_refuses_non_finite_rewards_and_ratings_at_the_call(settings: Settings, sqlite_db: Database,
+                                                                tmp_path: Path) -> None:
+    client = CaptureClient(settings, database=sqlite_db, spool_dir=tmp_path / "spool", flush_interval=0.05)
+    try:
+        with client.trajectory(scenario="s") as t:
+            t.user("q")
+            t.assistant("a")
+            for bad in (float("nan"), float("inf"), 1e999):
+                with pytest.raises(ValidationFailed, match="finite"):
+                    t.reward("r", bad)
+                with pytest.raises(ValidationFailed, match="rating"):
+                    t.feedback(rating=bad)
+            t.reward("r", 1.0)
+        with pytest.raises(ValidationFailed, match="finite"):
+            client.reward(t.id, "late", float("nan"))
+        with pytest.raises(ValidationFailed, match="rating"):
+            client.feedback(t.id, rating=float("-inf"))
+        assert client.flush(30)
+    finally:
+        client.close(5)
+    assert _counts(sqlite_db) == (1, 1, 0)  # the trajectory and its one finite reward
