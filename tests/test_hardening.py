@@ -22,7 +22,7 @@ from learnloop.config import Settings
 from learnloop.errors import ValidationFailed
 from learnloop.store import Database
 from learnloop.store.models import Feedback, Score, Trajectory
-from learnloop.store.records import BATCH, parse_json_body
+from learnloop.store.records import batch_from_json, parse_batch
 
 # The records of the issue: each made the store raise OverflowError (a 500, and a batch the SDK
 # retried forever) because converting them to UTC leaves the calendar.
@@ -83,8 +83,10 @@ def test_created_at_overflow_is_refused_in_process(when: str) -> None:
     body = {"trajectories": [{"messages": chat("q", "a"), "created_at": when}],
             "feedback": [{"trajectory_id": "t", "comment": "c", "created_at": when}]}
     with pytest.raises(ValidationFailed) as err:
-        parse_json_body(BATCH, json.dumps(body).encode())
+        parse_batch(body)
     assert [loc for loc, _ in err.value.problems] == ["trajectories.0.created_at", "feedback.0.created_at"]
+    with pytest.raises(ValueError, match="created_at"):  # the SDK writer's check of a spooled batch
+        batch_from_json(json.dumps(body))
 
 
 @pytest.mark.parametrize("when", OVERFLOWING)
@@ -135,7 +137,6 @@ def test_rewards_stats_json_is_strict_json_even_over_old_nan_rows(settings: Sett
     # output non-JSON, nor turn every mean into NaN.
     from learnloop.store.models import ScoreSource, utcnow
     from learnloop.store.trajectories import ingest
-    from learnloop.store.records import parse_batch
 
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": [{"id": f"t{i}", "messages": chat("q", "a")} for i in range(3)]}))
