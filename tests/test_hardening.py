@@ -372,3 +372,20 @@ def test_sdk_refuses_non_finite_rewards_and_ratings_at_the_call(settings: Settin
     finally:
         client.close(5)
     assert _counts(sqlite_db) == (1, 1, 0)  # the trajectory and its one finite reward
+
+
+@pytest.mark.parametrize("when", OVERFLOWING)
+def test_inbox_error_file_names_the_line(settings: Settings, db: Database, when: str) -> None:
+    from learnloop.api.inbox import InboxWatcher
+    from learnloop.paths import data_dir
+
+    watcher = InboxWatcher(db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    (inbox / "day.jsonl").write_text(json.dumps({"messages": chat("q", "a")}) + "\n"
+                                     + json.dumps({"messages": chat("q", "b"), "created_at": when}) + "\n")
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "failed"
+    error = (inbox / "failed" / "day.jsonl.error.txt").read_text()
+    assert "line 2: created_at" in error and "Traceback" not in error
+    assert _counts(db) == (0, 0, 0)
