@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -103,11 +104,13 @@ class IngestGate:
             self._in_flight -= 1
 
 
-async def ingest_slot(request: Request) -> AsyncIterator[None]:
-    """Hold one of the gate's slots for the request; past capacity answer 429 with Retry-After.
+@contextlib.contextmanager
+def ingest_slot(request: Request) -> Iterator[None]:
+    """Hold one of the gate's slots; past capacity answer 429 with Retry-After.
 
-    Async on purpose: it runs on the event loop, so a full gate answers at once instead of
-    waiting behind busy worker threads for its own turn.
+    Taken by the write routes once the body has been read: a slow client streaming its body
+    holds no slot meanwhile, and the slot is freed before the response goes out, so a client
+    that got its answer can send the next batch without meeting its own slot.
     """
     gate: IngestGate = request.app.state.ingest_gate
     if not gate.acquire():
@@ -116,8 +119,6 @@ async def ingest_slot(request: Request) -> AsyncIterator[None]:
             detail=f"Ingest queue is full ({gate.capacity} requests in flight); retry after the Retry-After seconds.",
             headers={"Retry-After": str(INGEST_RETRY_AFTER)},
         )
-    # Routes use this with scope="function": the slot is freed before the response goes out,
-    # so a client that got its answer can send the next batch without meeting its own slot.
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
@@ -46,7 +46,7 @@ def _store(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, An
     "/ingest",
     response_model=IngestResponse,
     responses=WRITE_RESPONSES,
-    dependencies=[WriteAuth, Depends(ingest_slot, scope="function")],
+    dependencies=[WriteAuth],
     openapi_extra=request_body("IngestBatch", BATCH),
 )
 async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
@@ -60,14 +60,15 @@ async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> di
             detail=f"Batch has {size} records; the most accepted in one request is {settings.server.max_batch_size} "
             "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
         )
-    return await run_in_threadpool(_store, db, settings, batch)
+    with ingest_slot(request):
+        return await run_in_threadpool(_store, db, settings, batch)
 
 
 @router.post(
     "/trajectories/{trajectory_id}/feedback",
     response_model=IngestResponse,
     responses=WRITE_RESPONSES,
-    dependencies=[WriteAuth, Depends(ingest_slot, scope="function")],
+    dependencies=[WriteAuth],
     openapi_extra=request_body("FeedbackIn", FEEDBACK),
 )
 async def post_feedback(trajectory_id: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
@@ -78,7 +79,8 @@ async def post_feedback(trajectory_id: str, request: Request, db: DbDep, setting
                                [("trajectory_id", problem)])
     feedback = parse_json_body(FEEDBACK, await request.body())
     feedback["trajectory_id"] = trajectory_id
-    return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]})
+    with ingest_slot(request):
+        return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]})
 
 
 @router.get("/trajectories/{trajectory_id}", dependencies=[ReadAuth], responses=error_responses(404, 503))
