@@ -18,7 +18,7 @@ from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
 from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
-from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, Unparsable, ValidationFailed
+from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
 from learnloop.store.records import error_location
@@ -112,9 +112,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
             return _error(503, "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds.",
                           headers={"Retry-After": str(STORE_RETRY_AFTER)})
-        if isinstance(exc, Unparsable):
-            return _error(400, str(exc))
-        return _error(400, str(exc))
+        return _error(400, str(exc))  # Unparsable (a body that is not JSON) and any other refusal
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
