@@ -263,7 +263,7 @@ def test_openapi_documents_auth_as_a_scheme_and_every_answer(settings: Settings,
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             assert not [p for p in op.get("parameters", []) if p["in"] == "header"], (path, method)
-            if path != "/healthz":
+            if path.startswith("/v1/"):  # /healthz, /readyz, /metrics stay open for probes and scrapers
                 assert op["security"] == [{"bearerToken": []}] and "401" in op["responses"], (path, method)
             for status, answer in op["responses"].items():
                 if status[0] in "45":
@@ -389,3 +389,32 @@ def test_inbox_error_file_names_the_line(settings: Settings, db: Database, when:
     error = (inbox / "failed" / "day.jsonl.error.txt").read_text()
     assert "line 2: created_at" in error and "Traceback" not in error
     assert _counts(db) == (0, 0, 0)
+
+
+def test_dashboard_auth_compares_bytes_too(settings: Settings, sqlite_db: Database) -> None:
+    settings = settings.model_copy(update={"api_token": SecretStr("s3cret")})
+    c = _client(settings, sqlite_db)
+    r = c.post("/ui/aliases/learnloop/rollback", headers={"Authorization": b"Bearer s3cr\xc3\xa9t", "X-Learnloop-Action": "1"})
+    assert r.status_code == 401, r.text
+    r = c.post("/ui/aliases/learnloop/rollback", headers={"Cookie": b"learnloop_token=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"})
+    assert r.status_code == 401, r.text
+    r = c.post("/login", content="token=s3cr%C3%A9t".encode(), headers={"Content-Type": "application/x-www-form-urlencoded"},
+               follow_redirects=False)
+    assert r.status_code == 303 and "wrong" in r.headers["location"]
+
+
+def test_readyz_and_status_say_what_not_where(settings: Settings) -> None:
+    from api_support import free_port
+
+    dead = Database(f"postgresql+psycopg://postgres:pw@127.0.0.1:{free_port()}/secretdb", connect_args={"connect_timeout": 2})
+    c = TestClient(create_app(settings, dead, watch_inbox=False))
+    r = c.get("/readyz")
+    assert r.status_code == 503 and "database unreachable" in r.json()["reasons"]
+    for leak in ("127.0.0.1", "secretdb", "psycopg", "port"):
+        assert leak not in r.text, (leak, r.text)
+
+
+def test_status_needs_the_read_token_when_set(settings: Settings, sqlite_db: Database) -> None:
+    c = _client(settings, sqlite_db, read_token=SecretStr("reader"))
+    assert c.get("/v1/status").status_code == 401
+    assert c.get("/v1/status", headers={"Authorization": "Bearer reader"}).status_code == 200

@@ -40,10 +40,25 @@ def _bearer_bytes(request: Request) -> bytes | None:
     return given.strip().encode("latin-1")
 
 
+def token_matches(given: bytes | str | None, expected: SecretStr) -> bool:
+    """Constant-time comparison of a token as bytes (text given as UTF-8): any input answers
+    True or False, never an error (``secrets.compare_digest`` raises on non-ASCII ``str``)."""
+    if given is None:
+        return False
+    if isinstance(given, str):
+        given = given.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, expected.get_secret_value().encode("utf-8", "surrogatepass"))
+
+
+def bearer_matches(request: Request, expected: SecretStr) -> bool:
+    """Whether the request's ``Authorization: Bearer`` token is ``expected`` (compared as bytes)."""
+    return token_matches(_bearer_bytes(request), expected)
+
+
 def _check_token(request: Request, accepted: list[SecretStr], what: str) -> None:
     given = _bearer_bytes(request)
     # Every accepted token is compared (no early exit), each in constant time.
-    ok = given is not None and sum(hmac.compare_digest(given, t.get_secret_value().encode()) for t in accepted) > 0
+    ok = given is not None and sum(token_matches(given, t) for t in accepted) > 0
     if not ok:
         raise HTTPException(
             status_code=401,

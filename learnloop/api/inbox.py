@@ -143,6 +143,7 @@ class InboxWatcher:
                 path,
                 project=self.settings.project,
                 holdout_fraction=self.settings.datasets.holdout_fraction,
+                window=self.settings.capture.window,
                 rules=rules,
             )
         except NotFound:

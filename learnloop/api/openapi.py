@@ -95,7 +95,7 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 extra.add(401)
             if method in ("post", "put", "patch"):
                 extra |= {400, 413, 422}
-            if "{" in path:
+            if "{" in path or op.get("parameters"):
                 extra.add(422)
             for status in sorted(extra):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})

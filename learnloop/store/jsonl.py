@@ -28,6 +28,7 @@ from learnloop.errors import LearnloopError, NotFound, ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.records import TRAJECTORY, TrajectoryIn, error_location, orjson
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
+from learnloop.windows import fill_windows
 
 CHUNK_SIZE = 500
 # Problems kept for the report; a file of a million bad lines must not exhaust memory.
@@ -229,6 +230,7 @@ def import_jsonl(
     project: str = "default",
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     chunk_size: int = CHUNK_SIZE,
+    window: str = "1h",
     rules: FileRules = NO_RULES,
 ) -> ImportResult:
     """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates).
@@ -244,6 +246,7 @@ def import_jsonl(
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
         for chunk, first, last in _chunks_with_lines(path, chunk_size, rules):
+            fill_windows(chunk, window)  # lines without a window: the capture.window their time falls in
             try:
                 r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
             except (LearnloopError, OperationalError):

@@ -10,7 +10,9 @@ from sqlalchemy import text
 from learnloop import __version__
 from learnloop.api.deps import DbDep, ReadAuth
 from learnloop.api.openapi import ErrorResponse, error_responses
+from learnloop.errors import ValidationFailed
 from learnloop.store.db import current_revision
+from learnloop.store.records import storable_id
 from learnloop.store.trajectories import stats
 
 log = logging.getLogger("learnloop.api")
@@ -50,7 +52,10 @@ def healthz(db: DbDep, request: Request) -> Any:
 
 
 @router.get("/v1/stats", dependencies=[ReadAuth], responses=error_responses(503))
-def get_stats(db: DbDep) -> dict[str, Any]:
-    """Trajectory counts by source, scenario, split and day."""
+def get_stats(db: DbDep, agent: str | None = None) -> dict[str, Any]:
+    """Trajectory counts by source, scenario, split and day (``agent``: one agent's only)."""
+    problem = storable_id(agent, 128) if agent is not None else None
+    if problem:  # PostgreSQL cannot even compare with such text: a clear 422, the same on SQLite
+        raise ValidationFailed(f"Invalid input — agent: {problem}.", [("agent", problem)])
     with db.read_session() as s:
-        return stats(s)
+        return stats(s, agent=agent)

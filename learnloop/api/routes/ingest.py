@@ -14,12 +14,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, ingest_slot
+from learnloop.api.metrics import count_ingested
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
+from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -39,7 +41,7 @@ WRITE_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)
 def _store(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, Any]:
     with db.session() as session:
         result = ingest(session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction)
-    return result.as_dict()
+    return count_ingested(result.as_dict())
 
 
 @router.post(
@@ -60,6 +62,7 @@ async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> di
             detail=f"Batch has {size} records; the most accepted in one request is {settings.server.max_batch_size} "
             "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
         )
+    fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
     with ingest_slot(request):
         return await run_in_threadpool(_store, db, settings, batch)
 
