@@ -55,7 +55,7 @@ class ServerSettings(_Section):
     )
     read_token: SecretStr | None = Field(
         None,
-        description="When set, read routes (trajectories, stats) need 'Authorization: Bearer <token>' with this token "
+        description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: Bearer <token>' with this token "
         "or the write token; /healthz stays open but says only what is up.",
     )
 
