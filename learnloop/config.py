@@ -150,6 +150,39 @@ class TrainingSettings(_Section):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
 
+class RegistrySettings(_Section):
+    keep_versions: int = Field(
+        20, ge=0, description="Versions whose adapter files are kept (newest first) besides every version that ever "
+        "served, the loop heads and the alias targets; older ones keep their record, their files are pruned. 0 keeps all.",
+    )
+
+
+class EvaluationSettings(_Section):
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per held-out answer.")
+    limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation uses (unset: all).")
+    judge: bool = Field(False, description="Also ask the LLM judge ([scoring] judge_*) which answer is better, in both orders.")
+    bootstrap_resamples: int = Field(9999, ge=100, description="Bootstrap resamples for the paired 95% intervals.")
+    seed: int = Field(0, description="Seed of generation and of the bootstrap.")
+    device: str = Field("auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'.")
+
+
+class GatePolicy(_Section):
+    """When a candidate may replace the baseline. The gate is a pure function of an evaluation and this."""
+
+    min_examples: int = Field(30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive).")
+    metric: Literal["reward", "judge_win_rate"] = Field(
+        "reward", description="What must improve: the paired reward difference, or the judge's win rate over 0.5."
+    )
+    margin: float = Field(0.0, description="The lower bound of the 95% interval of the improvement must exceed this.")
+    max_json_validity_drop: float = Field(0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed.")
+    max_refusal_increase: float = Field(0.02, ge=0, description="Largest rise in the refusal rate allowed.")
+    max_p95_latency_ratio: float = Field(1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's.")
+    max_scenario_regression: float = Field(
+        0.05, ge=0, description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples)."
+    )
+    min_scenario_examples: int = Field(10, ge=1, description="Scenarios with fewer examples are not checked for regression.")
+
+
 class Settings(BaseSettings):
     """All of learnloop's settings. `learnloop config` prints them."""
 
@@ -175,6 +208,9 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
 
     @classmethod
     def settings_customise_sources(
