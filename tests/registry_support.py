@@ -55,8 +55,12 @@ PROMPTS = ["what is two plus two?", "is the fox quick?", "hello!", "count", "the
 
 def add_holdout(db: Database, n: int = 12, *, scenario: str = "qa", source: str = "production", prefix: str = "h") -> list[str]:
     """``n`` held-out trajectories (split holdout) with a stored answer."""
+    import random
+
+    words = " ".join(PROMPTS).replace("?", "").replace("!", "").replace(".", "").split()
     rows = [{"id": f"{prefix}{i}", "scenario": scenario, "source": source,
-             "messages": [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} #{i}"},
+             # Distinct word mixes: the held-out build drops near-duplicate prompts.
+             "messages": [{"role": "user", "content": " ".join(random.Random(f"{prefix}{i}").sample(words, 8))},
                           {"role": "assistant", "content": "four." if i % 2 else "yes."}]} for i in range(n)]
     with db.session() as session:
         ingest(session, {"trajectories": rows}, holdout_fraction=1.0)
