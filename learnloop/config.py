@@ -177,6 +177,9 @@ class GatePolicy(_Section):
     max_json_validity_drop: float = Field(0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed.")
     max_refusal_increase: float = Field(0.02, ge=0, description="Largest rise in the refusal rate allowed.")
     max_p95_latency_ratio: float = Field(1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's.")
+    latency_slack_ms: float = Field(
+        20.0, ge=0, description="p95 latency rises smaller than this many ms never fail the gate (timer noise)."
+    )
     max_scenario_regression: float = Field(
         0.05, ge=0, description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples)."
     )

@@ -83,7 +83,7 @@ def test_better_candidate_passes_with_judge_both_orders(db: Database, s: Setting
     assert o["latency_p95_candidate_ms"] is not None and o["length_chars_candidate"] == len("Sure: four.")
     assert set(ev["metrics"]["scenarios"]) == {"qa", "chat"}
     assert o["judge"]["win_rate"] == 1.0 and o["judge"]["consistency"] == 1.0 and judge.calls == 40
-    assert ev["verdict"] == "promote" and ev["gate"]["passed"]
+    assert ev["verdict"] == "promote" and ev["gate"]["passed"], ev["gate"]["reasons"]
     assert all(req.temperature == 0.0 for _, req in backend.requests)  # greedy: reproducible
     assert len(ev["examples"]) == 20 and ev["examples"][0]["candidate"]["aspects"]["no_refusal"] == 1.0
     info = get_version(db, v1)

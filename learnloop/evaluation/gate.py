@@ -69,7 +69,7 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
             f"refusal rate {rc:.3f} vs {rb:.3f} (allowed rise {policy.max_refusal_increase})")
     lc, lb = overall.get("latency_p95_candidate_ms"), overall.get("latency_p95_baseline_ms")
     if lc is not None and lb:
-        (failures if lc > policy.max_p95_latency_ratio * lb else notes).append(
+        (failures if lc > policy.max_p95_latency_ratio * lb and lc - lb > policy.latency_slack_ms else notes).append(
             f"p95 latency {lc:.0f} ms vs {lb:.0f} ms (allowed ratio {policy.max_p95_latency_ratio})")
     for name, sc in sorted((metrics.get("scenarios") or {}).items()):
         if int(sc.get("n") or 0) < policy.min_scenario_examples or sc.get("reward_diff") is None:
