@@ -24,6 +24,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "rewards": "learnloop.cli.rewards:rewards_group",
     "train": "learnloop.cli.training:train_group",
     "models": "learnloop.cli.models:models_group",
+    "versions": "learnloop.cli.versions:versions_group",
+    "eval": "learnloop.cli.evaluation:eval_group",
+    "export": "learnloop.cli.versions:export_cmd",
 }
 
 
