@@ -186,6 +186,26 @@ class GatePolicy(_Section):
     min_scenario_examples: int = Field(10, ge=1, description="Scenarios with fewer examples are not checked for regression.")
 
 
+class ServingSettings(_Section):
+    base_model: str | None = Field(
+        None,
+        description="Base model `learnloop serve` answers with: a prepared name, an HF folder or a GGUF file "
+        "(unset: the prepared `smollm2` if there is one, else OpenAI routes are off).",
+    )
+    backend: Literal["local", "vllm"] = Field("local", description="'local' (transformers + peft in-process) or 'vllm'.")
+    vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM server (backend = 'vllm').")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (local backend).")
+    dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16' or 'float16' (local backend).")
+    max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one batch (local backend).")
+    max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
+    default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
+    alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")
+    capture: bool = Field(True, description="Record every served request and answer as a trajectory (source = served).")
+    api_key: SecretStr | None = Field(
+        None, description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set)."
+    )
+
+
 class Settings(BaseSettings):
     """All of learnloop's settings. `learnloop config` prints them."""
 
@@ -214,6 +234,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(

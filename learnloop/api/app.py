@@ -27,11 +27,14 @@ log = logging.getLogger("learnloop.api")
 STORE_RETRY_AFTER = 5
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None,
+               serving: Any = None, serving_off_reason: str | None = None) -> FastAPI:
     """Build the app. ``db`` defaults to the configured database, migrated to head.
 
     The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:
     ``settings.server.watch_inbox``) is true; TestClient runs the lifespan only inside ``with``.
+    ``serving`` (a ``learnloop.serving.ServingRuntime``) answers the OpenAI routes under ``/v1``;
+    without one they answer 503 with ``serving_off_reason``.
     """
     settings = settings or load_settings()
     db = db or open_database(settings)
@@ -47,9 +50,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
             app.state.inbox = InboxWatcher(db, settings)
             app.state.inbox.start()
             log.info("watching %s every %ss", app.state.inbox.dirs.inbox, app.state.inbox.poll_seconds)
+        if serving is not None:
+            serving.start()  # alias watcher
         try:
             yield
         finally:
+            if serving is not None:
+                serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()
 
@@ -72,6 +79,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
     from learnloop.api.routes import registry as registry_routes
 
     app.include_router(registry_routes.router)
+    from learnloop.api.routes import openai_compat
+
+    app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
+    app.include_router(openai_compat.router)
     _install_error_handlers(app)
     return app
 

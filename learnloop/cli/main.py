@@ -19,6 +19,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "db": "learnloop.cli.main:db_group",
     "stats": "learnloop.cli.main:stats_cmd",
     "serve": "learnloop.cli.serve:serve_cmd",
+    "chat": "learnloop.cli.serve:chat_cmd",
+    "alias": "learnloop.cli.serve:alias_group",
     "import": "learnloop.cli.imports:import_cmd",
     "capture": "learnloop.cli.capture:capture_group",
     "rewards": "learnloop.cli.rewards:rewards_group",

@@ -239,6 +239,11 @@ def evaluate(
         from learnloop.evaluation.backend import default_backend
 
         backend = default_backend(cand_row.base_model, device=settings.evaluation.device, data_dir=settings.data_dir)
+    elif getattr(backend, "base_path", None) is not None and cand_row.base_model_hash:
+        # A server's backend answers with its own base: measuring an adapter on another base means nothing.
+        if fs.model_folder_hash(Path(backend.base_path)) != cand_row.base_model_hash:
+            raise ValidationFailed(f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
+                                   f"({backend.base_path}).", [("candidate", "different base model")])
     backend.load_adapter(candidate, Path(cand_row.artifact_path))
     if base_row is not None:
         backend.load_adapter(base_row.id, Path(base_row.artifact_path))

@@ -207,7 +207,8 @@ def evaluate_route(body: EvaluateIn, db: DbDep, settings: SettingsDep, request: 
     """
     from learnloop.evaluation import evaluate, get_evaluation
 
-    backend = getattr(request.app.state, "backend", None)
+    serving = getattr(request.app.state, "serving", None)
+    backend = serving.backend if serving is not None else None
     ev_id = evaluate(db, settings, candidate=body.candidate, baseline=body.baseline, scenario=body.scenario,
                      limit=body.limit, judge=body.judge, backend=backend)
     return get_evaluation(db, ev_id, examples=False)
