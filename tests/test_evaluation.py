@@ -133,8 +133,12 @@ def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model
     from learnloop.evaluation.backend import default_backend
 
     backend = default_backend(tiny_model_dir, device="cpu")
-    e1 = evaluate(db, s, candidate=v1, baseline="base", backend=backend, limit=5)
-    e2 = evaluate(db, s, candidate=v2, baseline="base", backend=backend, limit=5)
+    try:
+        e1 = evaluate(db, s, candidate=v1, baseline="base", backend=backend, limit=5)
+        e2 = evaluate(db, s, candidate=v2, baseline="base", backend=backend, limit=5)
+        assert backend.list() == ["base"]  # a shared backend keeps only what it had
+    finally:
+        backend.close()
     a, b = get_evaluation(db, e1), get_evaluation(db, e2)
     assert a["metrics"]["overall"]["n"] == 5
     assert [x["id"] for x in a["examples"]] == [x["id"] for x in b["examples"]]  # the same frozen slice

@@ -235,6 +235,7 @@ def evaluate(
         else:
             client = judge
 
+    created = backend is None
     if backend is None:
         from learnloop.evaluation.backend import default_backend
 
@@ -244,10 +245,28 @@ def evaluate(
         if fs.model_folder_hash(Path(backend.base_path)) != cand_row.base_model_hash:
             raise ValidationFailed(f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
                                    f"({backend.base_path}).", [("candidate", "different base model")])
-    backend.load_adapter(candidate, Path(cand_row.artifact_path))
-    if base_row is not None:
-        backend.load_adapter(base_row.id, Path(base_row.artifact_path))
+    already = set(backend.list())
+    loaded = [candidate] + ([base_row.id] if base_row is not None else [])
+    try:
+        for name in loaded:
+            backend.load_adapter(name, Path(cand_row.artifact_path if name == candidate else base_row.artifact_path))
+        examples = _answer_all(backend, settings, items, candidate, side, client, progress)
+    finally:
+        # A shared (server's) backend keeps only what it had; one made here is closed.
+        if created and hasattr(backend, "close"):
+            backend.close()
+        else:
+            for name in set(loaded) - already:
+                if name in backend.list():
+                    backend.unload_adapter(name)
 
+    metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
+    verdict = gate(metrics, settings.gate)
+    return _store(db, settings, cand_row, side, dataset_id, scenario, metrics, examples, verdict)
+
+
+def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Item], candidate: str, side: Side,
+                client: JudgeClient | None, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
     examples: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         answers = {"candidate": _generate(backend, candidate, item, settings)}
@@ -268,10 +287,7 @@ def evaluate(
         examples.append(example)
         if progress is not None:
             progress(i + 1, len(items))
-
-    metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
-    verdict = gate(metrics, settings.gate)
-    return _store(db, settings, cand_row, side, dataset_id, scenario, metrics, examples, verdict)
+    return examples
 
 
 def _store(db: Database, settings: Settings, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,
