@@ -65,3 +65,14 @@ def test_five_point_win_rate_gain_is_caught(n: int, tie: float, at_least: float)
     win = (1 - tie) / 2 + 0.05  # win rate = win + tie / 2 = 0.55
     rate = _promote_rate(win_outcomes(rng, n, win=win, tie=tie), judge=True, seed=4)
     assert rate >= at_least, rate
+
+
+if __name__ == "__main__":  # the figures the README quotes: .venv/bin/python tests/test_gate_calibration.py
+    rng = np.random.default_rng(1)
+    values, probs = np.array([0.0, 0.5, 0.75, 1.0]), np.array([0.15, 0.15, 0.2, 0.5])
+    diffs = rng.choice(values, size=(RUNS, 200), p=probs) - rng.choice(values, size=(RUNS, 200), p=probs)
+    print(f"A/A reward, 200 items: promoted {_promote_rate(diffs, judge=False, seed=2):.1%}")
+    print(f"A/A judge, 200 items: promoted {_promote_rate(win_outcomes(rng, 200, win=0.35, tie=0.30), judge=True, seed=3):.1%}")
+    for n, tie in [(400, 0.0), (400, 0.4), (600, 0.4), (900, 0.0)]:
+        rate = _promote_rate(win_outcomes(rng, n, win=(1 - tie) / 2 + 0.05, tie=tie), judge=True, seed=4)
+        print(f"win rate 0.55, {n} items, {tie:.0%} ties: caught {rate:.1%}")
