@@ -164,6 +164,9 @@ class EvaluationSettings(_Section):
     bootstrap_resamples: int = Field(9999, ge=100, description="Bootstrap resamples for the paired 95% intervals.")
     seed: int = Field(0, description="Seed of generation and of the bootstrap.")
     device: str = Field("auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'.")
+    concurrency: int = Field(
+        1, ge=1, le=64, description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded."
+    )
 
 
 class GatePolicy(_Section):

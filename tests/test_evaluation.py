@@ -136,6 +136,8 @@ def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model
     try:
         e1 = evaluate(db, s, candidate=v1, baseline="base", backend=backend, limit=5)
         e2 = evaluate(db, s, candidate=v2, baseline="base", backend=backend, limit=5)
+        concurrent = settings_for(s, tiny_model_dir, evaluation={"concurrency": 3})
+        e3 = evaluate(db, concurrent, candidate=v1, baseline="base", backend=backend, limit=5)
         assert backend.list() == ["base"]  # a shared backend keeps only what it had
     finally:
         backend.close()
@@ -145,6 +147,10 @@ def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model
     assert a["examples"][0]["baseline"]["text"] == b["examples"][0]["baseline"]["text"]  # greedy base answers agree
     assert any(x["candidate"]["text"] != y["candidate"]["text"] for x, y in zip(a["examples"], b["examples"]))
     assert all(x["candidate"]["latency_ms"] > 0 for x in a["examples"])
+    # Answered several at a time (batched by the backend): the same greedy answers, in the same order.
+    c = get_evaluation(db, e3)
+    assert [(x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in c["examples"]] == \
+        [(x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in a["examples"]]
     cmp = compare_evaluations(db, "v0001", str(e2))
     assert cmp["shared_examples"] == 5 and cmp["a"]["candidate"] == v1 and cmp["b"]["candidate"] == v2
     assert len(cmp["differ_most"]) == 5

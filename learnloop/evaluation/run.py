@@ -226,12 +226,14 @@ def evaluate(
 
     load_modules(settings.scoring.reward_modules)
     client: JudgeClient | None = None
+    own_client = False
     use_judge = settings.evaluation.judge if judge is None else bool(judge)
     if use_judge:
         if isinstance(judge, bool) or judge is None:
             from learnloop.scoring.judge import OpenAICompatibleClient
 
             client = OpenAICompatibleClient.from_settings(settings.scoring)
+            own_client = True
         else:
             client = judge
 
@@ -252,6 +254,8 @@ def evaluate(
             backend.load_adapter(name, Path(cand_row.artifact_path if name == candidate else base_row.artifact_path))
         examples = _answer_all(backend, settings, items, candidate, side, client, progress)
     finally:
+        if own_client and hasattr(client, "close"):
+            client.close()
         # A shared (server's) backend keeps only what it had; one made here is closed.
         if created and hasattr(backend, "close"):
             backend.close()
@@ -265,29 +269,53 @@ def evaluate(
     return _store(db, settings, cand_row, side, dataset_id, scenario, metrics, examples, verdict)
 
 
+def _answer_one(backend: ServingBackend, settings: Settings, item: Item, candidate: str, side: Side,
+                client: JudgeClient | None) -> dict[str, Any]:
+    answers = {"candidate": _generate(backend, candidate, item, settings)}
+    if side.model is None:
+        answers["baseline"] = {"text": "".join(message_text(m) for m in item.reference[-1:]), "latency_ms": None,
+                               "tokens": None, "finish": "stored"}
+    else:
+        answers["baseline"] = _generate(backend, side.model, item, settings)
+    example: dict[str, Any] = {"id": item.id, "scenario": item.scenario,
+                               "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else ""}
+    for key, ans in answers.items():
+        reward, aspects = _score(settings, item, ans["text"])
+        example[key] = {**ans, "text": ans["text"][:_ANSWER_CHARS], "chars": len(ans["text"]), "reward": reward, "aspects": aspects}
+    example["diff"] = example["candidate"]["reward"] - example["baseline"]["reward"]
+    if client is not None:
+        example["judge"] = judge_pair(client, item.prompt, answers["candidate"]["text"], answers["baseline"]["text"],
+                                      max_chars=settings.scoring.judge_max_candidate_chars)
+    return example
+
+
 def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Item], candidate: str, side: Side,
                 client: JudgeClient | None, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
-    examples: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        answers = {"candidate": _generate(backend, candidate, item, settings)}
-        if side.model is None:
-            answers["baseline"] = {"text": "".join(message_text(m) for m in item.reference[-1:]), "latency_ms": None,
-                                   "tokens": None, "finish": "stored"}
-        else:
-            answers["baseline"] = _generate(backend, side.model, item, settings)
-        example: dict[str, Any] = {"id": item.id, "scenario": item.scenario,
-                                   "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else ""}
-        for key, ans in answers.items():
-            reward, aspects = _score(settings, item, ans["text"])
-            example[key] = {**ans, "text": ans["text"][:_ANSWER_CHARS], "chars": len(ans["text"]), "reward": reward, "aspects": aspects}
-        example["diff"] = example["candidate"]["reward"] - example["baseline"]["reward"]
-        if client is not None:
-            example["judge"] = judge_pair(client, item.prompt, answers["candidate"]["text"], answers["baseline"]["text"],
-                                          max_chars=settings.scoring.judge_max_candidate_chars)
-        examples.append(example)
-        if progress is not None:
-            progress(i + 1, len(items))
-    return examples
+    """Both sides' answers for every item, in item order.
+
+    With ``[evaluation] concurrency`` > 1 several items are in flight at once (the local backend
+    batches them): more throughput, and latencies measured under that load for both sides alike.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, settings.evaluation.concurrency)
+    if workers == 1:
+        examples = []
+        for i, item in enumerate(items):
+            examples.append(_answer_one(backend, settings, item, candidate, side, client))
+            if progress is not None:
+                progress(i + 1, len(items))
+        return examples
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnloop-eval") as pool:
+        futures = [pool.submit(_answer_one, backend, settings, item, candidate, side, client) for item in items]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            done += 1
+            if progress is not None:
+                progress(done, len(items))
+    return results
 
 
 def _store(db: Database, settings: Settings, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,

@@ -112,7 +112,7 @@ def promote(
     """
     with db.session() as session:
         if version_id == "base":
-            row, passed, evidence = None, False, "serving the base model"
+            row, passed, evidence = None, True, "serving the base model"  # the fallback needs no gate
         else:
             row = session.get(ModelVersion, version_id)
             if row is None:
