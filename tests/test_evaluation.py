@@ -121,9 +121,11 @@ def test_too_few_examples_is_inconclusive_and_teacher_baseline(db: Database, s: 
     assert all(model == v1 for model, _ in backend.requests)  # the teacher side is not generated
     assert ev["metrics"]["overall"]["latency_p95_baseline_ms"] is None
     assert get_version(db, v1).state == "candidate"
+    strict = evaluate(db, s, candidate=v1, baseline="teacher", backend=backend, policy=GatePolicy(min_examples=100))
+    assert get_evaluation(db, strict)["gate"]["policy"]["min_examples"] == 100
     with pytest.raises(ValidationFailed, match="baseline is the candidate"):
         evaluate(db, s, candidate=v1, baseline=v1, backend=backend)
-    assert [e["id"] for e in list_evaluations(db, candidate=v1)] == [ev["id"]]
+    assert [e["id"] for e in list_evaluations(db, candidate=v1)] == [strict, ev["id"]]
 
 
 def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -174,3 +176,13 @@ def test_gate_rules() -> None:
     judge = {"n": 100, "win_rate": 0.6, "win_rate_ci": [0.52, 0.68]}
     assert gate({"overall": {**base, "judge": judge}}, GatePolicy(metric="judge_win_rate")).passed
     assert gate({"overall": base}, GatePolicy(metric="judge_win_rate")).verdict == "inconclusive"
+
+
+def test_loop_policy_overrides_the_global_gate() -> None:
+    from types import SimpleNamespace
+
+    from learnloop.evaluation import policy_for
+
+    s = SimpleNamespace(gate=GatePolicy(margin=0.01), loops=[SimpleNamespace(name="orders", gate={"min_examples": 4})])
+    assert policy_for(s, "orders") == GatePolicy(margin=0.01, min_examples=4)  # [gate], then the loop's keys
+    assert policy_for(s, "other") == policy_for(s, None) == GatePolicy(margin=0.01)

@@ -8,11 +8,11 @@ Public surface::
 """
 
 from learnloop.config import GatePolicy
-from learnloop.evaluation.gate import INCONCLUSIVE, PROMOTE, REJECT, GateVerdict, gate
+from learnloop.evaluation.gate import INCONCLUSIVE, PROMOTE, REJECT, GateVerdict, gate, policy_for
 from learnloop.evaluation.reports import compare_evaluations, get_evaluation, list_evaluations, resolve_evaluation
 from learnloop.evaluation.run import build_metrics, evaluate
 
 __all__ = [
     "INCONCLUSIVE", "PROMOTE", "REJECT", "GatePolicy", "GateVerdict", "build_metrics", "compare_evaluations", "evaluate",
-    "gate", "get_evaluation", "list_evaluations", "resolve_evaluation",
+    "gate", "get_evaluation", "list_evaluations", "policy_for", "resolve_evaluation",
 ]

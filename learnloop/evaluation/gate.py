@@ -27,6 +27,15 @@ class GateVerdict:
         return asdict(self)
 
 
+def policy_for(settings: Any, loop: str | None = None) -> GatePolicy:
+    """The policy a version of ``loop`` is gated by: ``[gate]``, overridden by that loop's ``gate = {...}``."""
+    policy = settings.gate
+    for entry in getattr(settings, "loops", None) or []:
+        if getattr(entry, "name", None) == loop and getattr(entry, "gate", None):
+            return GatePolicy(**{**policy.model_dump(), **entry.gate})
+    return policy
+
+
 def _f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.4f}"
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from learnloop.config import Settings
+from learnloop.config import GatePolicy, Settings
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.evaluation import stats
-from learnloop.evaluation.gate import REJECT, GateVerdict, gate
+from learnloop.evaluation.gate import REJECT, GateVerdict, gate, policy_for
 from learnloop.evaluation.judge import JudgeClient, judge_pair, judge_summary
 from learnloop.registry import files as fs
 from learnloop.scoring.combine import combine
@@ -207,11 +207,13 @@ def evaluate(
     limit: int | None = None,
     judge: JudgeClient | bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    policy: GatePolicy | None = None,
 ) -> int:
     """Evaluate ``candidate`` against ``baseline`` (serving | base | a version id | teacher); return the evaluation id.
 
     ``judge``: a JudgeClient, True (the configured ``[scoring] judge_*`` endpoint), or None for
-    ``[evaluation] judge``. The gate verdict is stored with the evaluation and the candidate.
+    ``[evaluation] judge``. The gate verdict is stored with the evaluation and the candidate;
+    ``policy`` defaults to ``[gate]`` overridden by the candidate's loop's ``gate`` (``policy_for``).
     """
     cand_row = _checked_version(db, candidate)
     side = _resolve_side(db, baseline, candidate)
@@ -265,8 +267,9 @@ def evaluate(
                     backend.unload_adapter(name)
 
     metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
-    verdict = gate(metrics, settings.gate)
-    return _store(db, settings, cand_row, side, dataset_id, scenario, metrics, examples, verdict)
+    policy = policy or policy_for(settings, cand_row.loop)
+    verdict = gate(metrics, policy)
+    return _store(db, cand_row, side, dataset_id, scenario, metrics, examples, verdict, policy)
 
 
 def _answer_one(backend: ServingBackend, settings: Settings, item: Item, candidate: str, side: Side,
@@ -318,9 +321,9 @@ def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Ite
     return results
 
 
-def _store(db: Database, settings: Settings, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,
-           metrics: dict[str, Any], examples: list[dict[str, Any]], verdict: GateVerdict) -> int:
-    gate_record = {**verdict.as_dict(), "policy": settings.gate.model_dump(mode="json")}
+def _store(db: Database, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,
+           metrics: dict[str, Any], examples: list[dict[str, Any]], verdict: GateVerdict, policy: GatePolicy) -> int:
+    gate_record = {**verdict.as_dict(), "policy": policy.model_dump(mode="json")}
     with db.session() as session:
         ev = Evaluation(candidate_id=cand_row.id, baseline_id=side.name, dataset_id=dataset_id, scenario=scenario,
                         metrics=metrics, report={"examples": examples}, gate=gate_record, verdict=verdict.verdict)

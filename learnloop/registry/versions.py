@@ -253,7 +253,8 @@ def register_version(
 
     adapter, run = find_adapter(Path(adapter_dir))
     run_config = _read_config(adapter, run)
-    config = dict(config if config is not None else run_config)
+    # The run's own train_config.json is the full config; what the caller passes refines it.
+    config = {**run_config, **(config or {})}
     base_spec = str(base_model or config.get("base_model") or settings.training.base_model)
     base_path = resolve_base_model(base_spec, settings.data_dir)
     base_hash = fs.model_folder_hash(base_path)
