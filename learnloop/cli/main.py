@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "versions": "learnloop.cli.versions:versions_group",
     "eval": "learnloop.cli.evaluation:eval_group",
     "export": "learnloop.cli.versions:export_cmd",
+    "demo": "learnloop.cli.demo:demo_cmd",
 }
 
 
