@@ -193,3 +193,17 @@ def test_served_answer_traces_to_its_data(db: Database, s: Settings, tiny_model_
     assert traced["lineage"]["version"]["id"] == v1
     assert traced["lineage"]["dataset"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert traced["lineage"]["training"]["config"]["dataset"] == str(data)
+
+
+def test_moves_by_alias_set_count_for_rollback_and_retention(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from learnloop.registry import apply_retention
+    from learnloop.serving.runtime import set_alias
+
+    v1, v2, v3 = (register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i)) for i in range(3))
+    set_alias(db, "learnloop", v1, actor="cli")  # serving's own command, which does not go through promote
+    set_alias(db, "learnloop", v2, actor="cli")
+    assert rollback(db, s) == v1
+    kept = settings_for(s, tiny_model_dir, registry={"keep_versions": 1})
+    assert apply_retention(db, kept) == []  # v1 and v2 served (the log says so); v3 is the newest
+    with pytest.raises(Conflict, match="a version that served"):
+        delete_version(db, s, v2)

@@ -29,6 +29,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "versions": "learnloop.cli.versions:versions_group",
     "eval": "learnloop.cli.evaluation:eval_group",
     "export": "learnloop.cli.versions:export_cmd",
+    "promote": "learnloop.cli.versions:promote_cmd",  # shortcuts for `versions promote|rollback`
+    "rollback": "learnloop.cli.versions:rollback_cmd",
     "demo": "learnloop.cli.demo:demo_cmd",
 }
 

@@ -25,7 +25,8 @@ from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import Alias, AliasEvent, Control, Evaluation, LoopState, ModelVersion, VersionState, utcnow
 
-MOVES = ("promote", "force", "rollback", "restore")
+# Alias-log actions that change what serves ("set": serving's `learnloop alias set`; "split" does not).
+MOVES = ("promote", "force", "rollback", "restore", "set")
 
 
 def local_actor() -> str:

@@ -22,7 +22,7 @@ from learnloop.paths import data_dir
 from learnloop.registry import files as fs
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import Alias, Control, Dataset, LoopState, ModelVersion, VersionState
+from learnloop.store.models import Alias, AliasEvent, Control, Dataset, LoopState, ModelVersion, VersionState
 
 _ID = re.compile(r"^v(\d+)$")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -344,6 +344,9 @@ def _protected(session: Session) -> dict[str, str]:
     head = session.get(Control, HEAD_KEY)
     if head is not None and (head.value or {}).get("version_id"):
         out.setdefault(head.value["version_id"], "the restored head for the next training")
+    # The alias log is the record of what served, whoever moved the alias (`alias set` included).
+    for (vid,) in session.execute(select(AliasEvent.to_version).where(AliasEvent.to_version.is_not(None)).distinct()):
+        out.setdefault(vid, "a version that served")
     return out
 
 
