@@ -87,11 +87,19 @@ def holdout_items(db: Database, settings: Settings, *, scenario: str | None, tea
     return info.id, items
 
 
-def _resolve_side(db: Database, spec: str, candidate: str) -> Side:
+def serving_alias(settings: Settings, loop: str | None) -> str:
+    """The alias a version of ``loop`` would replace: that loop's ``alias`` in ``[[loops]]``, else ``learnloop``."""
+    for entry in getattr(settings, "loops", None) or []:
+        if getattr(entry, "name", None) == loop and getattr(entry, "alias", None):
+            return entry.alias
+    return DEFAULT_ALIAS
+
+
+def _resolve_side(db: Database, spec: str, candidate: str, alias_name: str = DEFAULT_ALIAS) -> Side:
     if spec == TEACHER:
         return Side(TEACHER, None)
     if spec == SERVING:
-        alias = get_alias(db, DEFAULT_ALIAS)
+        alias = get_alias(db, alias_name)
         spec = alias.version_id if alias is not None and alias.version_id else BASE
     if spec == candidate:
         raise ValidationFailed(f"The baseline is the candidate itself ({candidate}); choose --baseline base, teacher or another version.",
@@ -216,7 +224,7 @@ def evaluate(
     ``policy`` defaults to ``[gate]`` overridden by the candidate's loop's ``gate`` (``policy_for``).
     """
     cand_row = _checked_version(db, candidate)
-    side = _resolve_side(db, baseline, candidate)
+    side = _resolve_side(db, baseline, candidate, serving_alias(settings, cand_row.loop))
     base_row = _checked_version(db, side.model) if side.model not in (None, BASE) else None
     if base_row is not None and base_row.base_model_hash != cand_row.base_model_hash:
         raise ValidationFailed(f"{candidate} and {side.name} were trained on different base models; compare each with --baseline base.",
