@@ -281,13 +281,16 @@ def evaluate(
 
 
 def _answer_one(backend: ServingBackend, settings: Settings, item: Item, candidate: str, side: Side,
-                client: JudgeClient | None) -> dict[str, Any]:
-    answers = {"candidate": _generate(backend, candidate, item, settings)}
+                client: JudgeClient | None, index: int = 0) -> dict[str, Any]:
+    answers: dict[str, dict[str, Any]] = {}
     if side.model is None:
         answers["baseline"] = {"text": "".join(message_text(m) for m in item.reference[-1:]), "latency_ms": None,
                                "tokens": None, "finish": "stored"}
-    else:
-        answers["baseline"] = _generate(backend, side.model, item, settings)
+    # Alternate which side answers first, so neither always meets a warm (or cold) cache.
+    order = [("candidate", candidate), ("baseline", side.model)]
+    for key, model in (order if index % 2 == 0 else order[::-1]):
+        if model is not None:
+            answers[key] = _generate(backend, model, item, settings)
     example: dict[str, Any] = {"id": item.id, "scenario": item.scenario,
                                "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else ""}
     for key, ans in answers.items():
@@ -310,16 +313,19 @@ def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Ite
     from concurrent.futures import ThreadPoolExecutor
 
     workers = max(1, settings.evaluation.concurrency)
+    if items:  # one unmeasured answer per side first: the first call of a model pays its warm-up
+        for model in {candidate, side.model} - {None}:
+            _generate(backend, model, items[0], settings)
     if workers == 1:
         examples = []
         for i, item in enumerate(items):
-            examples.append(_answer_one(backend, settings, item, candidate, side, client))
+            examples.append(_answer_one(backend, settings, item, candidate, side, client, i))
             if progress is not None:
                 progress(i + 1, len(items))
         return examples
     done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnloop-eval") as pool:
-        futures = [pool.submit(_answer_one, backend, settings, item, candidate, side, client) for item in items]
+        futures = [pool.submit(_answer_one, backend, settings, item, candidate, side, client, i) for i, item in enumerate(items)]
         results = []
         for f in futures:
             results.append(f.result())
