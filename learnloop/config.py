@@ -200,6 +200,10 @@ class ServingSettings(_Section):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (local backend).")
     dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16' or 'float16' (local backend).")
     max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one batch (local backend).")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads torch may use (process-wide; unset: torch's default). 1 is often fastest "
+        "for small models on a busy CPU.",
+    )
     max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
     default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
     alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")

@@ -19,7 +19,7 @@ from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.store.aliases import set_split
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion, Trajectory
-from serving_support import PROMPTS, make_adapter
+from serving_support import PROMPTS, make_adapter, one_torch_thread
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,10 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> Iterator[LocalBackend]:
-    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=32)
-    yield b
-    b.close()
+    with one_torch_thread():
+        b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=32)
+        yield b
+        b.close()
 
 
 def add_versions(db: Database, base: Path, adapters: dict[str, Path]) -> None:

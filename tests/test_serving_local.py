@@ -14,7 +14,7 @@ from learnloop.errors import NotFound, Overloaded, ValidationFailed
 from learnloop.serving.backend import ChatRequest
 from learnloop.serving.chat_format import normalize_messages, parse_tool_calls, validate_tools
 from learnloop.serving.local import LocalBackend
-from serving_support import PROMPTS, make_adapter
+from serving_support import PROMPTS, make_adapter, one_torch_thread
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,12 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path, adapters: dict[str, Path]) -> LocalBackend:
-    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8)
-    for name, path in adapters.items():
-        b.load_adapter(name, path)
-    yield b
-    b.close()
+    with one_torch_thread():
+        b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8)
+        for name, path in adapters.items():
+            b.load_adapter(name, path)
+        yield b
+        b.close()
 
 
 def _generate(model, backend: LocalBackend, messages, n: int = 20) -> str:  # noqa: ANN001

@@ -30,7 +30,12 @@ class LocalBackend:
         max_queued: int = 64,
         default_max_tokens: int = 512,
         data_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None:  # process-wide: torch has one intra-op pool
+            import torch
+
+            torch.set_num_threads(threads)
         from learnloop.models import load_base, load_tokenizer, pick_device, pick_dtype, resolve_base_model
 
         self.base_path = resolve_base_model(base_model, data_dir)

@@ -78,7 +78,7 @@ class VllmBackend:
     def _body(self, model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.base_name if model == BASE else model,
-            "messages": request.messages, "temperature": request.temperature, "top_p": request.top_p,
+            "messages": [_openai_message(m) for m in request.messages], "temperature": request.temperature, "top_p": request.top_p,
             "n": request.n, "stream": stream,
         }
         for key in ("tools", "max_tokens", "seed"):
@@ -146,6 +146,16 @@ class VllmBackend:
             resp = await http.post("/v1/chat/completions", json=self._body(model, request, False))
         _raise_for(resp)
         return _results(resp.json())
+
+
+def _openai_message(m: dict[str, Any]) -> dict[str, Any]:
+    # normalize_messages keeps tool-call arguments as mappings for chat templates; the wire wants JSON text
+    if not m.get("tool_calls"):
+        return m
+    calls = [{**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
+                                if isinstance(c["function"]["arguments"], str) else orjson.dumps(c["function"]["arguments"]).decode()}}
+             for c in m["tool_calls"]]
+    return {**m, "tool_calls": calls}
 
 
 def _events(lines: Any) -> Iterator[dict[str, Any]]:
