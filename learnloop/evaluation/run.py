@@ -257,22 +257,18 @@ def evaluate(
         if fs.model_folder_hash(Path(backend.base_path)) != cand_row.base_model_hash:
             raise ValidationFailed(f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
                                    f"({backend.base_path}).", [("candidate", "different base model")])
-    already = set(backend.list())
-    loaded = [candidate] + ([base_row.id] if base_row is not None else [])
     try:
-        for name in loaded:
-            backend.load_adapter(name, Path(cand_row.artifact_path if name == candidate else base_row.artifact_path))
+        backend.load_adapter(candidate, Path(cand_row.artifact_path))
+        if base_row is not None:
+            backend.load_adapter(base_row.id, Path(base_row.artifact_path))
         examples = _answer_all(backend, settings, items, candidate, side, client, progress)
     finally:
         if own_client and hasattr(client, "close"):
             client.close()
-        # A shared (server's) backend keeps only what it had; one made here is closed.
+        # One made here is closed. A shared (server's) backend keeps the adapters: names never change
+        # meaning, and its alias watcher may have started serving one of them meanwhile.
         if created and hasattr(backend, "close"):
             backend.close()
-        else:
-            for name in set(loaded) - already:
-                if name in backend.list():
-                    backend.unload_adapter(name)
 
     metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
     policy = policy or policy_for(settings, cand_row.loop)
