@@ -100,3 +100,26 @@ def test_cli_versions_and_eval(db: Database, settings: Settings, tiny_model_dir:
     assert r.exit_code == 0
     with db.read_session() as session:
         assert session.get(ModelVersion, "v0001") is None
+
+
+def test_http_evaluation_and_export(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("the routes are thin; the HTTP test above covers PostgreSQL")
+    s = settings_for(settings, tiny_model_dir, gate={"min_examples": 3}, evaluation={"max_new_tokens": 4, "bootstrap_resamples": 500})
+    add_holdout(db, 4)
+    from learnloop.registry import register_version
+
+    v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
+    with live_server(create_app(s, db, watch_inbox=False)) as url:
+        r = httpx.post(f"{url}/v1/evaluations", json={"candidate": v1, "baseline": "base", "limit": 3}, timeout=300)
+        assert r.status_code == 201, r.text
+        ev = r.json()
+        assert ev["metrics"]["overall"]["n"] == 3 and "examples" not in ev
+        assert httpx.get(f"{url}/v1/evaluations/{ev['id']}").json()["examples"][0]["candidate"]["text"] is not None
+        assert httpx.get(f"{url}/v1/evaluations/compare", params={"a": ev["id"], "b": v1}).json()["shared_examples"] == 3
+        r = httpx.post(f"{url}/v1/evaluations", json={"candidate": "v0404"}, timeout=60)
+        assert r.status_code == 404
+        r = httpx.post(f"{url}/v1/versions/{v1}/export", json={"format": "tar"})
+        assert r.status_code == 422 and "format" in r.text
+        r = httpx.post(f"{url}/v1/versions/{v1}/export", json={"format": "gguf", "quant": "f16", "out": str(tmp_path / "g")}, timeout=300)
+        assert r.status_code == 200 and r.json()["files"] == [f"{v1}-f16.gguf"]
