@@ -188,10 +188,16 @@ def build_metrics(examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9
     by_scenario: dict[str, list[Mapping[str, Any]]] = {}
     for e in examples:
         by_scenario.setdefault(e.get("scenario") or "(none)", []).append(e)
+    overall = summarize(examples, n_resamples=n_resamples, seed=seed)
+    low, high = overall["reward_diff_ci"]
+    judge = overall.get("judge") or {}
     return {
-        "overall": summarize(examples, n_resamples=n_resamples, seed=seed),
+        # Headline numbers at the top level, for tables and charts that show flat metrics (the dashboard's).
+        "n": overall["n"], "reward_candidate": overall["reward_candidate"], "reward_baseline": overall["reward_baseline"],
+        "reward_diff": overall["reward_diff"], "reward_diff_low": low, "reward_diff_high": high,
+        **({"judge_win_rate": judge["win_rate"]} if judge.get("win_rate") is not None else {}),
+        "overall": {**overall, "confidence": stats.CONFIDENCE},
         "scenarios": {k: summarize(v, n_resamples=n_resamples, seed=seed) for k, v in sorted(by_scenario.items())},
-        "confidence": stats.CONFIDENCE,
     }
 
 
