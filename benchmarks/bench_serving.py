@@ -211,28 +211,48 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
             [str(Path(sys.executable).parent / "transformers"), "serve", str(base), "--port", str(port), "--device", "cpu",
              "--dtype", "float32", "--continuous-batching"], env, str(base)),
     }
-    for name, make in arms.items():
-        port = _free_port()
-        cmd, arm_env, model = make(port)
-        url = f"http://127.0.0.1:{port}"
-        log = tmp / f"{name.replace(' ', '_')}.log"
-        try:
-            proc = start_server(cmd, url, arm_env, log)
-        except Exception as exc:
-            out[name] = {"error": str(exc).splitlines()[0][:300]}
-            print(f"  {name}: did not start ({out[name]['error']})", flush=True)
-            continue
-        try:
-            http_load(url, model, 1, 1, 8)  # warm-up
-            res = {f"c{c}": http_load(url, model, c, args.http_requests, args.tokens) for c in (1, 8)}
+    procs: dict[str, tuple[subprocess.Popen, str, str]] = {}
+    try:
+        for name, make in arms.items():
+            port = _free_port()
+            cmd, arm_env, model = make(port)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                procs[name] = (start_server(cmd, url, arm_env, tmp / f"{name.replace(' ', '_')}.log"), url, model)
+                http_load(url, model, 1, 1, 8)  # warm-up
+            except Exception as exc:
+                out[name] = {"error": str(exc).splitlines()[0][:300]}
+                print(f"  {name}: did not start ({out[name]['error']})", flush=True)
+        # All servers run at once and the arms take turns, round by round, so a neighbour's burst
+        # on the shared machine lands on every arm alike.
+        totals = {name: {c: [0, 0.0] for c in (1, 8)} for name in procs}
+        for _ in range(args.http_rounds):
+            for c in (1, 8):
+                for name, (proc, url, model) in procs.items():
+                    if "error" in out.get(name, {}):
+                        continue
+                    try:
+                        r = http_load(url, model, c, args.http_requests, args.tokens)
+                        totals[name][c][0] += r["tokens"]
+                        totals[name][c][1] += r["wall_s"]
+                    except Exception as exc:
+                        out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        for name in procs:
+            if "error" in out.get(name, {}):
+                continue
+            res = {f"c{c}": {"tokens": t[0], "wall_s": round(t[1], 1), "tok_s": round(t[0] / t[1], 1)}
+                   for c, t in totals[name].items()}
             res["scaling_8_vs_1"] = round(res["c8"]["tok_s"] / res["c1"]["tok_s"], 2)
             out[name] = res
-            print(f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s "
-                  f"(x{res['scaling_8_vs_1']})", flush=True)
-        except Exception as exc:
-            out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            print(f"  {name}: failed ({out[name]['error']})", flush=True)
-        finally:
+            print(f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s (x{res['scaling_8_vs_1']})",
+                  flush=True)
+        ll = out.get("learnloop serve", {})
+        for name in procs:
+            if name != "learnloop serve" and "c8" in out.get(name, {}) and "c8" in ll:
+                ll[f"c8_vs_{name}"] = round(ll["c8"]["tok_s"] / out[name]["c8"]["tok_s"], 2)
+                ll[f"c1_vs_{name}"] = round(ll["c1"]["tok_s"] / out[name]["c1"]["tok_s"], 2)
+    finally:
+        for proc, _, _ in procs.values():
             proc.terminate()
             try:
                 proc.wait(30)
@@ -247,7 +267,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU). [1]")
     ap.add_argument("--tokens", type=int, default=64, help="Completion tokens per request. [64]")
     ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds for single-stream rates. [3]")
-    ap.add_argument("--http-requests", type=int, default=2, help="Requests per HTTP client per arm. [2]")
+    ap.add_argument("--http-requests", type=int, default=1, help="Requests per HTTP client per round. [1]")
+    ap.add_argument("--http-rounds", type=int, default=2, help="Rounds of the HTTP arms, taking turns. [2]")
     ap.add_argument("--no-servers", action="store_true", help="Skip the HTTP server comparison.")
     ap.add_argument("--quick", action="store_true", help="Smoke run: fewer tokens and rounds.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
@@ -257,7 +278,7 @@ def main() -> None:
         memory_child(args.memory_child[0], args.memory_child[1:])
         return
     if args.quick:
-        args.tokens, args.rounds, args.http_requests = 16, 1, 1
+        args.tokens, args.rounds, args.http_requests, args.http_rounds = 16, 1, 1, 1
 
     import torch
 
@@ -331,7 +352,7 @@ def main() -> None:
     # 4. concurrency on an adapter: aggregate tok/s, TTFT, inter-token latency
     conc = {}
     for c in (1, 4, 8):
-        conc[c] = concurrency(backend, "v1", c, max(1, 16 // c) if not args.quick else 1, n)
+        conc[c] = concurrency(backend, "v1", c, {1: 4, 4: 2, 8: 2}[c] if not args.quick else 1, n)
         print(f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 {conc[c]['ttft_p99_ms']} ms, "
               f"ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms", flush=True)
     results["concurrency"] = {str(c): v for c, v in conc.items()}

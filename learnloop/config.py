@@ -287,6 +287,7 @@ class ServingSettings(_Section):
     )
     max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
     default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
+    max_adapters: int = Field(16, ge=1, description="Versions kept loaded; past this the least recently used one no alias names is unloaded.")
     alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")
     capture: bool = Field(True, description="Record every served request and answer as a trajectory (source = served).")
     api_key: SecretStr | None = Field(

@@ -45,7 +45,7 @@ def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp
         r = httpx.post(f"{url}/v1/versions/{v1}/promote", json={"reason": "try", "force": True, "actor": "ops"}, headers=auth)
         assert r.status_code == 200 and r.json()["action"] == "force"
         assert httpx.post(f"{url}/v1/versions/{v2}/promote", json={"force": True}, headers=auth).status_code == 200
-        assert httpx.get(f"{url}/v1/aliases").json()[0]["version_id"] == v2
+        assert httpx.get(f"{url}/v1/aliases").json()[0]["version"] == v2  # serving's route
         assert httpx.post(f"{url}/v1/aliases/rollback", json={}, headers=auth).json() == {"alias": "learnloop", "version_id": v1}
         log = httpx.get(f"{url}/v1/aliases/history").json()
         assert [(e["action"], e["to"], e["actor"]) for e in log] == [

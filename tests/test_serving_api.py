@@ -243,3 +243,44 @@ def test_no_model_answers_503_with_the_reason(db: Database, settings: Settings) 
         resp = httpx.post(f"{url}/v1/chat/completions", json={"model": "base", "messages": PROMPTS[0]})
         assert resp.status_code == 503 and "No base model" in resp.json()["error"]["message"]
         assert httpx.get(f"{url}/healthz").status_code == 200  # the rest of the server runs
+
+
+def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_model_dir: Path,
+                                     adapters: dict[str, Path]) -> None:
+    from pydantic import SecretStr
+
+    add_versions(db, tiny_model_dir, adapters)
+    s = settings.model_copy(update={"api_token": SecretStr("tok")})
+    auth = {"Authorization": "Bearer tok"}
+    with live_server(create_app(s, db, watch_inbox=False)) as url:
+        assert httpx.get(f"{url}/v1/aliases").json() == []
+        assert httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0001"}).status_code == 401
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0001", "reason": "ab"}, headers=auth)
+        assert r.status_code == 200 and r.json()["version"] == "v0001"
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0404"}, headers=auth)
+        assert r.status_code == 404 and "v0404" in r.json()["error"]
+        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 0.1}, headers=auth)
+        assert r.json() == {"name": "learnloop", "version": "v0001", "candidate": "v0002", "split": 0.1, "shadow": 0.0}
+        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 2}, headers=auth)
+        assert r.status_code == 422 and "split" in r.text
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
+        assert r.json()["version"] == "base"
+
+
+def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(
+        db: Database, settings: Settings, backend: LocalBackend, adapters: dict[str, Path], tiny_model_dir: Path,
+        tmp_path: Path) -> None:
+    add_versions(db, tiny_model_dir, adapters)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    with db.session() as s:
+        s.add(ModelVersion(id="v0003", base_model=str(tiny_model_dir), artifact_path=str(broken)))
+    runtime = ServingRuntime(backend, db, capture=None, max_adapters=1)
+    with live_server(create_app(settings, db, watch_inbox=False, serving=runtime)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for vid in ("v0001", "v0002", "v0001"):
+            assert client.chat.completions.create(model=vid, messages=PROMPTS[0], max_tokens=2).model == vid
+            assert [n for n in backend.list() if n != "base"] == [vid]  # the other one was unloaded
+        with pytest.raises(openai.ConflictError, match="v0003 could not be loaded|'v0003' could not be loaded"):
+            client.chat.completions.create(model="v0003", messages=PROMPTS[0], max_tokens=2)

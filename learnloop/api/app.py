@@ -82,10 +82,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
     from learnloop.api.routes import registry as registry_routes
 
     app.include_router(registry_routes.router)
-    from learnloop.api.routes import openai_compat
+    from learnloop.api.routes import aliases, openai_compat
 
     app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
     app.include_router(openai_compat.router)
+    app.include_router(aliases.router)
     _install_watch(app)
     _install_error_handlers(app)
     return app

@@ -203,11 +203,14 @@ def alias_set(alias: str, version: str, reason: str | None) -> None:
 @click.option("--reason", default=None)
 def alias_split(alias: str, candidate: str, share: float, shadow: float, reason: str | None) -> None:
     """Send a share of ALIAS's traffic to CANDIDATE (`none` ends the split)."""
+    from learnloop.serving.runtime import ensure_version
     from learnloop.store import open_database
     from learnloop.store.aliases import set_split
 
     db = open_database(settings())
     with db.session() as session:
+        if candidate != "none":
+            ensure_version(session, candidate)
         set_split(session, alias, None if candidate == "none" else candidate, split=share, shadow=shadow,
                   actor="cli", reason=reason)
     click.echo(f"{alias}: candidate {candidate}, split {share}, shadow {shadow}")

@@ -36,12 +36,17 @@ def set_alias(db: Database, alias: str, version_id: str | None, *, actor: str | 
         version_id = None
     with db.session() as session:
         if version_id is not None:
-            row = session.get(ModelVersion, version_id)
-            if row is None:
-                raise NotFound(f"No model version {version_id!r}.")
-            if not row.artifact_path:
-                raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
+            ensure_version(session, version_id)
         move_alias(session, alias, version_id, action=action, actor=actor, reason=reason)
+
+
+def ensure_version(session: Any, version_id: str) -> None:
+    """NotFound for an unknown version id, Conflict for one without adapter files."""
+    row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise NotFound(f"No model version {version_id!r}.")
+    if not row.artifact_path:
+        raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,14 @@ class ServingRuntime:
     """Aliases, version loading and the served-traffic capture, around one backend."""
 
     def __init__(self, backend: ServingBackend, db: Database, *, poll_seconds: float = 0.25,
-                 capture: Any = None) -> None:
+                 capture: Any = None, max_adapters: int = 16) -> None:
         self.backend = backend
         self.db = db
         self.poll_seconds = poll_seconds
         self.capture = capture  # a ServedCapture, or None when capture is off
         self.aliases: dict[str, AliasView] = {}
+        self.max_adapters = max_adapters
+        self._last_used: dict[str, float] = {}
         self._load_lock = threading.Lock()
         self._failed: dict[str, str] = {}  # version id -> why it could not be loaded (not retried each poll)
         self._stop = threading.Event()
@@ -136,8 +143,31 @@ class ServingRuntime:
             if not path:
                 raise Conflict(f"Model version {version_id!r} has no adapter files to serve.")
             started = time.perf_counter()
-            self.backend.load_adapter(version_id, path)
+            try:
+                self.backend.load_adapter(version_id, path)
+            except LearnloopError:
+                raise
+            except Exception as exc:  # a corrupt or mismatched adapter is the version's problem, not a 500
+                raise Conflict(f"Model version {version_id!r} could not be loaded from {path}: {exc}") from exc
             log.info("loaded %s from %s in %.2fs", version_id, path, time.perf_counter() - started)
+            self._last_used[version_id] = time.monotonic()
+            self._evict()
+
+    def _evict(self) -> None:
+        """Unload the least recently used versions past ``max_adapters`` (never one an alias names or in use)."""
+        loaded = [n for n in self.backend.list() if n != BASE]
+        if len(loaded) <= self.max_adapters:
+            return
+        pinned = {v for a in self.aliases.values() for v in (a.version_id, a.candidate_id) if v}
+        for name in sorted((n for n in loaded if n not in pinned), key=lambda n: self._last_used.get(n, 0.0)):
+            if len(loaded) <= self.max_adapters:
+                return
+            try:
+                self.backend.unload_adapter(name)
+                loaded.remove(name)
+                log.info("unloaded %s (least recently used)", name)
+            except LearnloopError:  # answering right now: try the next one
+                continue
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -160,6 +190,7 @@ class ServingRuntime:
                     shadow = alias.candidate_id
             return Route(served, model, alias=model, shadow=shadow)
         self.ensure_loaded(model)
+        self._last_used[model] = time.monotonic()
         return Route(model, model)
 
     def model_names(self) -> list[str]:
@@ -180,7 +211,9 @@ class ServedCapture:
     def __init__(self, settings: Any, db: Database) -> None:
         from learnloop.capture.client import CaptureClient
 
-        self.client = CaptureClient(settings, database=db, source="served")
+        # A short flush interval: apps send feedback on the completion id right after the answer, and
+        # feedback naming a trajectory not stored yet is refused.
+        self.client = CaptureClient(settings, database=db, source="served", flush_interval=0.05)
 
     def record(self, trajectory_id: str, *, messages: list[dict[str, Any]], answer: str | None,
                tool_calls: list[dict[str, Any]] | None, model: str, scenario: str | None,

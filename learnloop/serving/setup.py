@@ -40,4 +40,4 @@ def build_runtime(settings: Any, db: Database, *, backend: Any = None) -> Any:
                                    default_max_tokens=s.default_max_tokens, data_dir=settings.data_dir,
                                    threads=s.threads)
     capture = ServedCapture(settings, db) if s.capture else None
-    return ServingRuntime(backend, db, poll_seconds=s.alias_poll_seconds, capture=capture)
+    return ServingRuntime(backend, db, poll_seconds=s.alias_poll_seconds, capture=capture, max_adapters=s.max_adapters)

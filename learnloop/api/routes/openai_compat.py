@@ -177,6 +177,7 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
     except LearnloopError as exc:
         return domain_error(exc)
     scenario = request.headers.get(SCENARIO_HEADER) or (body.metadata or {}).get("scenario")
+    scenario = str(scenario)[:256] if scenario else None
     call = _Call(runtime, route, chat, body, scenario)
     headers = {VERSION_HEADER: route.served}
     if route.alias:
@@ -280,7 +281,9 @@ class _Call:
             if opts is not None and opts.include_usage:
                 yield self._chunk([], usage=self.usage())
             yield b"data: [DONE]\n\n"
-        except LearnloopError as exc:  # after the headers went out an error can only be an event
+        except Exception as exc:  # after the headers went out an error can only be an event
+            if not isinstance(exc, LearnloopError):
+                log.exception("generation failed mid-stream (%s)", self.id)
             yield b"data: " + orjson.dumps({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
         finally:
             await stream.aclose()  # on a disconnect: stops decoding and frees the slot

@@ -161,13 +161,6 @@ def export_route(version_id: str, body: ExportIn, db: DbDep, settings: SettingsD
                           ollama_name=body.ollama_name).as_dict()
 
 
-@router.get("/aliases")
-def aliases_route(db: DbDep) -> list[dict[str, Any]]:
-    from learnloop.store.aliases import list_aliases
-
-    return [vars(a) for a in list_aliases(db)]
-
-
 @router.get("/aliases/history")
 def alias_history_route(db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)) -> list[dict[str, Any]]:
     """The append-only alias log, newest first."""
