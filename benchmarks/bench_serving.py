@@ -209,7 +209,8 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
              "--dtype", "float32"], env, str(base)),
         "transformers serve --continuous-batching": lambda port: (
             [str(Path(sys.executable).parent / "transformers"), "serve", str(base), "--port", str(port), "--device", "cpu",
-             "--dtype", "float32", "--continuous-batching"], env, str(base)),
+             "--dtype", "float32", "--continuous-batching", "--cb-num-blocks", "512", "--cb-block-size", "32"],
+            env, str(base)),  # left alone, its paged cache sized itself past this machine's memory (OOM-killed at 13 GB)
     }
     procs: dict[str, tuple[subprocess.Popen, str, str]] = {}
     try:
@@ -270,6 +271,7 @@ def main() -> None:
     ap.add_argument("--http-requests", type=int, default=1, help="Requests per HTTP client per round. [1]")
     ap.add_argument("--http-rounds", type=int, default=2, help="Rounds of the HTTP arms, taking turns. [2]")
     ap.add_argument("--no-servers", action="store_true", help="Skip the HTTP server comparison.")
+    ap.add_argument("--servers-only", action="store_true", help="Only the HTTP server comparison.")
     ap.add_argument("--quick", action="store_true", help="Smoke run: fewer tokens and rounds.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     ap.add_argument("--memory-child", nargs="+", help=argparse.SUPPRESS)
@@ -293,6 +295,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     results: dict[str, Any] = {"model": str(base), "threads": args.threads, "tokens": args.tokens,
                                "torch": torch.__version__}
+    if args.servers_only:
+        print("HTTP servers (same client, non-streaming, completion tokens from usage):", flush=True)
+        results["servers"] = measure_servers(base, args, tmp)
+        print(json.dumps(results, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return
     print(f"base {base}, {args.threads} thread(s), {args.tokens} tokens a request", flush=True)
     adapters = [make_adapter(base, tmp / f"a{i}", seed=i) for i in range(6)]
     child = subprocess.run([sys.executable, __file__, "--memory-child", str(base), *map(str, adapters[:5])],

@@ -191,6 +191,7 @@ class ServingRuntime:
             return Route(served, model, alias=model, shadow=shadow)
         self.ensure_loaded(model)
         self._last_used[model] = time.monotonic()
+        self._evict()
         return Route(model, model)
 
     def model_names(self) -> list[str]:
