@@ -29,11 +29,14 @@ log = logging.getLogger("learnloop.api")
 STORE_RETRY_AFTER = 5
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None,
+               serving: Any = None, serving_off_reason: str | None = None) -> FastAPI:
     """Build the app. ``db`` defaults to the configured database, migrated to head.
 
     The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:
     ``settings.server.watch_inbox``) is true; TestClient runs the lifespan only inside ``with``.
+    ``serving`` (a ``learnloop.serving.ServingRuntime``) answers the OpenAI routes under ``/v1``;
+    without one they answer 503 with ``serving_off_reason``.
     """
     settings = settings or load_settings()
     db = db or open_database(settings)
@@ -50,9 +53,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
             app.state.inbox = InboxWatcher(db, settings)
             app.state.inbox.start()
             log.info("watching %s every %ss", app.state.inbox.dirs.inbox, app.state.inbox.poll_seconds)
+        if serving is not None:
+            serving.start()  # alias watcher
         try:
             yield
         finally:
+            if serving is not None:
+                serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()
             if alerts is not None:
@@ -74,6 +81,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    from learnloop.api.routes import registry as registry_routes
+
+    app.include_router(registry_routes.router)
+    from learnloop.api.routes import aliases, openai_compat
+
+    app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
+    app.include_router(openai_compat.router)
+    app.include_router(aliases.router)
     _install_watch(app)
     _install_error_handlers(app)
     install_openapi(app, settings)
