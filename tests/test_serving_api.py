@@ -99,6 +99,9 @@ def test_sync_client_chat_models_capture_and_feedback(server) -> None:  # noqa: 
     assert r2.choices[0].message.content == r2.choices[1].message.content  # greedy: both choices agree
     row = _stored(db, runtime, r2.id)
     assert (row.model, row.model_version, row.scenario) == ("v0002", "v0002", "triage")
+    metrics = httpx.get(f"{url}/metrics").text  # the watch stage's counters see served traffic
+    assert 'learnloop_serving_requests_total{status="ok",version="v0002"}' in metrics or \
+        'learnloop_serving_requests_total{version="v0002",status="ok"}' in metrics
 
 
 def test_async_client_streaming(server) -> None:  # noqa: ANN001
