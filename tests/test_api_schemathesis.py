@@ -5,9 +5,14 @@ undocumented status, or an answer that does not match its documented schema fail
 
 Bounded: MAX_EXAMPLES per operation and generation mode, derandomized (the same cases each run).
 Driven through Hypothesis directly: Schemathesis' pytest plugin does not run under pytest 9.
+The OpenAI-compatible routes are served by a real ServingRuntime over a canned backend (no model:
+what is under test is the routes' parsing and answers, not generation).
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -27,12 +32,43 @@ from schemathesis.specs.openapi.checks import (
 from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
+from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk
+from learnloop.serving.runtime import ServingRuntime
 from learnloop.store import Database
 
 MAX_EXAMPLES = 10
 TOKEN = "fuzz-tøken"  # not ASCII: the comparison is on bytes
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
+
+
+class CannedBackend:
+    """A ServingBackend that answers "ok" for every choice; adapters are only names."""
+
+    def __init__(self) -> None:
+        self.loaded = {BASE}
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self.loaded.add(name)
+
+    def unload_adapter(self, name: str) -> None:
+        self.loaded.discard(name)
+
+    def list(self) -> list[str]:
+        return sorted(self.loaded)
+
+    def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
+        return [ChatResult("ok", "stop", 1, 1) for _ in range(request.n)]
+
+    def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
+        yield "ok"
+
+    async def achat(self, model: str, request: ChatRequest) -> list[ChatResult]:
+        return self.chat(model, request)
+
+    async def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
+        for i in range(request.n):
+            yield Chunk(index=i, text="ok", finish_reason="stop", prompt_tokens=1, completion_tokens=1)
 
 
 def _fuzz(url: str, headers: dict[str, str] | None) -> list[str]:
@@ -61,8 +97,11 @@ def _run(settings: Settings, db: Database, token: str) -> None:
         settings = settings.model_copy(update={"api_token": SecretStr(TOKEN), "server": settings.server.model_copy(
             update={"read_token": SecretStr("reader")})})
     headers = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")} if token == "sent" else None
-    with live_server(create_app(settings, db, watch_inbox=False)) as url:
+    serving = ServingRuntime(CannedBackend(), db)
+    with live_server(create_app(settings, db, watch_inbox=False, serving=serving)) as url:
         tested = _fuzz(url, headers)
+    assert {"GET /v1/models", "POST /v1/chat/completions", "PUT /v1/aliases/{name}", "GET /v1/versions/diff",
+            "POST /v1/versions/{version_id}/promote", "GET /v1/status"} <= set(tested)
     assert {"POST /v1/ingest", "POST /v1/trajectories/{trajectory_id}/feedback", "GET /v1/trajectories/{trajectory_id}",
             "GET /v1/stats", "GET /healthz"} <= set(tested)
 

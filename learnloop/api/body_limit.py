@@ -19,6 +19,10 @@ def too_large_message(limit: int) -> str:
     )
 
 
+# Routes that answer errors in OpenAI's shape (learnloop.api.routes.openai_compat).
+OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over ``limit`` bytes: at once from Content-Length, or while a chunked body streams in."""
 
@@ -32,7 +36,13 @@ class BodyLimitMiddleware:
             return
         length = _content_length(scope)
         if length is not None and length > self.limit:
-            body = json.dumps({"error": too_large_message(self.limit), "detail": too_large_message(self.limit)}).encode()
+            message = too_large_message(self.limit)
+            if scope.get("path") in OPENAI_PATHS:  # OpenAI's clients read OpenAI's error shape
+                answer: dict = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                          "code": "request_too_large"}}
+            else:
+                answer = {"error": message, "detail": message}
+            body = json.dumps(answer).encode()
             await send({
                 "type": "http.response.start",
                 "status": 413,

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
@@ -72,6 +72,9 @@ def _check_token(request: Request, accepted: list[SecretStr], what: str) -> None
 # settings make it so. They only mark the routes: the comparison is ours, on bytes.
 WRITE_SCHEME = HTTPBearer(scheme_name="learnloopWrite", auto_error=False)
 READ_SCHEME = HTTPBearer(scheme_name="learnloopRead", auto_error=False)
+# The OpenAI-compatible routes check serving.api_key (else the write token) themselves, to answer in
+# OpenAI's error shape; this only marks them for the document.
+SERVING_SCHEME = HTTPBearer(scheme_name="learnloopServing", auto_error=False)
 
 
 def require_write_token(request: Request, _: Annotated[Any, Security(WRITE_SCHEME)] = None) -> None:
@@ -140,7 +143,18 @@ def ingest_slot(request: Request) -> Iterator[None]:
         gate.release()
 
 
+def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
+    """Marks a route as protected by serving.api_key (the route checks the key itself)."""
+
+
+# Row ids (jobs, evaluations, datasets) fit PostgreSQL's integer; a larger one is a 422 naming the
+# parameter, not a driver overflow (SQLite raised OverflowError past 2**63: a 500).
+ROW_ID_MAX = 2**31 - 1
+RowIdPath = Annotated[int, Path(ge=0, le=ROW_ID_MAX)]
+RowIdQuery = Annotated[int | None, Query(ge=0, le=ROW_ID_MAX)]
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DbDep = Annotated[Database, Depends(get_db)]
 WriteAuth = Depends(require_write_token)
 ReadAuth = Depends(require_read_token)
+ServingKey = Depends(mark_serving_key)

@@ -32,6 +32,19 @@ class ErrorResponse(BaseModel):
     problems: list[Problem] | None = Field(None, description="With 422: each bad field.")
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Errors of the OpenAI-compatible routes, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
 _DESCRIPTIONS = {
     400: "The body is not JSON. Nothing was stored.",
     401: "A bearer token is required and was missing or wrong.",
@@ -50,9 +63,19 @@ _REF = "#/components/schemas/{model}"
 _BODIES: dict[str, TypeAdapter[Any]] = {}
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each status with the error schema."""
-    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status with the error schema. ``described`` overrides the
+    generic description of a status for this route (``_404="No such version."``)."""
+    return {s: {"model": ErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])} for s in statuses}
+
+
+# Marks an operation whose errors come in OpenAI's shape (``openapi_extra=``); removed from the document.
+OPENAI_SHAPE = "x-learnloop-openai-errors"
+
+
+def openai_error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for an OpenAI-compatible route: each status with OpenAI's error schema."""
+    return {s: {"model": OpenAIErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])} for s in statuses}
 
 
 def request_body(name: str, adapter: TypeAdapter[Any]) -> dict[str, Any]:
@@ -62,7 +85,7 @@ def request_body(name: str, adapter: TypeAdapter[Any]) -> dict[str, Any]:
 
 
 def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
-    from learnloop.api.deps import READ_SCHEME, WRITE_SCHEME
+    from learnloop.api.deps import READ_SCHEME, SERVING_SCHEME, WRITE_SCHEME
 
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -73,10 +96,15 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template=_REF))
     for name, sub in ErrorResponse.model_json_schema(ref_template=_REF).get("$defs", {}).items():
         schemas.setdefault(name, sub)
+    for model in (OpenAIErrorResponse, OpenAIErrorBody):
+        schemas.setdefault(model.__name__, model.model_json_schema(ref_template=_REF))
+        schemas[model.__name__].pop("$defs", None)
     error = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}
-    any_token = settings.api_token is not None or settings.server.read_token is not None
+    openai_error = {"application/json": {"schema": {"$ref": _REF.format(model="OpenAIErrorResponse")}}}
+    serving_key = settings.serving.api_key or settings.api_token
+    any_token = settings.api_token is not None or settings.server.read_token is not None or serving_key is not None
     schemes = doc["components"].pop("securitySchemes", {})
-    for name in (WRITE_SCHEME.scheme_name, READ_SCHEME.scheme_name):
+    for name in (WRITE_SCHEME.scheme_name, READ_SCHEME.scheme_name, SERVING_SCHEME.scheme_name):
         schemes.pop(name, None)
     if any_token:
         schemes[SCHEME] = {"type": "http", "scheme": "bearer", "description": "LEARNLOOP_API_TOKEN for writes; "
@@ -87,22 +115,27 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         for method, op in methods.items():
             marked = {name for alt in op.pop("security", []) for name in alt}
             needs_token = (WRITE_SCHEME.scheme_name in marked and settings.api_token is not None) or (
-                READ_SCHEME.scheme_name in marked and settings.server.read_token is not None)
+                READ_SCHEME.scheme_name in marked and settings.server.read_token is not None) or (
+                SERVING_SCHEME.scheme_name in marked and serving_key is not None)
+            openai_shape = bool(op.pop(OPENAI_SHAPE, False))
             responses = op.setdefault("responses", {})
             extra = {503}
             if needs_token:
                 op["security"] = [{SCHEME: []}]
                 extra.add(401)
             if method in ("post", "put", "patch"):
-                extra |= {400, 413, 422}
-            if "{" in path or op.get("parameters"):
+                extra |= {400, 413} if openai_shape else {400, 413, 422}
+            if ("{" in path or op.get("parameters")) and not openai_shape:  # OpenAI's routes answer 400, never 422
                 extra.add(422)
             for status in sorted(extra):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
             for status, answer in responses.items():
                 if status.startswith(("4", "5")):
-                    # FastAPI's own 422 shape (HTTPValidationError) is never sent: ours is.
-                    answer["content"] = error
+                    # FastAPI's own 422 shape (HTTPValidationError) is never sent: ours is. A route
+                    # that declared its own model for a status (/readyz's 503) keeps it.
+                    declared = str(answer.get("content"))
+                    if "content" not in answer or "HTTPValidationError" in declared or "ErrorResponse" in declared:
+                        answer["content"] = openai_error if openai_shape else error
                     if status in ("429", "503"):
                         answer["headers"] = _RETRY_AFTER
     for unused in ("HTTPValidationError", "ValidationError"):

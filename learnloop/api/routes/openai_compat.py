@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from learnloop.api.deps import ServingKey, bearer_matches
+from learnloop.api.openapi import OPENAI_SHAPE, openai_error_responses, request_body
 from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, ValidationFailed
 from learnloop.ids import new_id
 from learnloop.serving.backend import ChatRequest, Chunk
@@ -89,8 +90,7 @@ def _gate(request: Request) -> tuple[Any, JSONResponse | None]:
     settings = state.settings
     key = settings.serving.api_key or settings.api_token
     if key is not None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), key.get_secret_value()):
+        if not bearer_matches(request, key):  # compared as bytes: any header is a 401 or a pass, never a 500
             return None, openai_error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' "
                                            "(serving.api_key, else LEARNLOOP_API_TOKEN).", code="invalid_api_key")
     runtime = getattr(state, "serving", None)
@@ -100,7 +100,13 @@ def _gate(request: Request) -> tuple[Any, JSONResponse | None]:
     return runtime, None
 
 
-@router.get("/models")
+# Every route answers 503 while serving is off; 401 (when a key is set) and 400/413 (bodies) are
+# added by learnloop.api.openapi, all in OpenAI's error shape.
+_CHAT_BODY = request_body("ChatCompletionRequest", TypeAdapter(ChatCompletionBody))
+_MARK = {"dependencies": [ServingKey], "openapi_extra": {OPENAI_SHAPE: True}}
+
+
+@router.get("/models", **_MARK, responses=openai_error_responses(503, _503="Serving is off in this server."))
 async def list_models(request: Request) -> Response:
     """The names a chat completion can use: `learnloop` (the alias), `base`, and every version id."""
     runtime, error = _gate(request)
@@ -110,7 +116,8 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [_model_card(n) for n in names]})
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", **_MARK, responses=openai_error_responses(
+    404, 503, _404="No model by that name.", _503="Serving is off in this server."))
 async def get_model(request: Request, model_id: str) -> Response:
     runtime, error = _gate(request)
     if error is not None:
@@ -121,14 +128,22 @@ async def get_model(request: Request, model_id: str) -> Response:
     return JSONResponse(_model_card(model_id))
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", dependencies=[ServingKey], responses=openai_error_responses(
+    400, 404, 409, 413, 429, 503, _400="Invalid request; `param` names the field.", _404="No model by that name.",
+    _409="The named version cannot be served now.", _429="Generation slots are full; retry after Retry-After seconds.",
+    _503="Serving is off in this server."),
+    openapi_extra={OPENAI_SHAPE: True, **_CHAT_BODY})
 async def chat_completions(request: Request) -> Response:
     """OpenAI's chat completion (tools, sampling, n, stop, seed, streaming); answered by the version the model names."""
     runtime, error = _gate(request)
     if error is not None:
         return error
     try:
-        raw = orjson.loads(await request.body())
+        data = await request.body()
+    except HTTPException as exc:  # the body limit, met while the body streamed in
+        return openai_error(exc.status_code, str(exc.detail), code="request_too_large")
+    try:
+        raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         return openai_error(400, f"The body is not valid JSON ({exc}).")
     if not isinstance(raw, dict):

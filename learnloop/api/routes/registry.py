@@ -2,6 +2,8 @@
 
 Each route parses its input and calls the registry's or evaluation's public functions; domain
 errors become 404 (unknown id), 409 (refused: gate, serving version, hash mismatch) or 422.
+The write routes read their body themselves after the token check, as the ingest routes do (a
+client without the token gets 401 whatever it sends), and run the registry off the event loop.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field, TypeAdapter
 
-from learnloop.api.deps import DbDep, SettingsDep, WriteAuth
+from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
+from learnloop.api.openapi import error_responses, request_body
+from learnloop.store.records import parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -25,8 +30,8 @@ class RegisterIn(BaseModel):
     adapter_dir: str = Field(description="A training run folder or LoRA adapter folder on the server's disk.")
     base_model: str | None = None
     parent_id: str | None = None
-    dataset_id: int | None = None
-    job_id: int | None = None
+    dataset_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
+    job_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
     loop: str | None = None
     name: str | None = None
     note: str | None = None
@@ -36,7 +41,7 @@ class RegisterIn(BaseModel):
 class MoveIn(BaseModel):
     alias: str = "learnloop"
     reason: str | None = None
-    evaluation_id: int | None = None
+    evaluation_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
     force: bool = False
     actor: str | None = None
 
@@ -59,7 +64,7 @@ class EvaluateIn(BaseModel):
     candidate: str
     baseline: str = Field("serving", description="serving, base, a version id, or teacher.")
     scenario: str | None = None
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=ROW_ID_MAX)
     judge: bool | None = None
 
 
@@ -70,7 +75,30 @@ class ExportIn(BaseModel):
     ollama_name: str | None = None
 
 
-@router.get("/versions")
+def _body(model: type[BaseModel]) -> tuple[TypeAdapter[Any], dict[str, Any]]:
+    adapter = TypeAdapter(model)
+    return adapter, request_body(model.__name__, adapter)
+
+
+_REGISTER, _REGISTER_DOC = _body(RegisterIn)
+_MOVE, _MOVE_DOC = _body(MoveIn)
+_ROLLBACK, _ROLLBACK_DOC = _body(RollbackIn)
+_RESTORE, _RESTORE_DOC = _body(RestoreIn)
+_EVALUATE, _EVALUATE_DOC = _body(EvaluateIn)
+_EXPORT, _EXPORT_DOC = _body(ExportIn)
+
+_NO_VERSION = "No model version by that id."
+_READ = {"dependencies": [ReadAuth]}
+_WRITE = {"dependencies": [WriteAuth]}
+
+
+async def _read(request: Request, adapter: TypeAdapter[Any]) -> Any:
+    """The JSON body validated by ``adapter``: 400 when it is not JSON, 422 naming each bad field."""
+    return parse_json_body(adapter, await request.body())
+
+
+
+@router.get("/versions", **_READ)
 def list_versions_route(db: DbDep, loop: str | None = None,
                         state: Literal["candidate", "serving", "archived", "rejected"] | None = None) -> list[dict[str, Any]]:
     """Every version, newest first."""
@@ -79,28 +107,28 @@ def list_versions_route(db: DbDep, loop: str | None = None,
     return [v.as_dict() for v in list_versions(db, loop=loop, state=state)]
 
 
-@router.get("/versions/diff")
+@router.get("/versions/diff", **_READ, responses=error_responses(404, _404=_NO_VERSION))
 def diff_route(db: DbDep, a: str = Query(...), b: str = Query(...)) -> dict[str, Any]:
     from learnloop.registry import diff_versions
 
     return diff_versions(db, a, b)
 
 
-@router.get("/versions/{version_id}")
+@router.get("/versions/{version_id}", **_READ, responses=error_responses(404, _404=_NO_VERSION))
 def get_version_route(version_id: str, db: DbDep) -> dict[str, Any]:
     from learnloop.registry import get_version
 
     return get_version(db, version_id).as_dict()
 
 
-@router.get("/versions/{version_id}/lineage")
+@router.get("/versions/{version_id}/lineage", **_READ, responses=error_responses(404, _404=_NO_VERSION))
 def lineage_route(version_id: str, db: DbDep) -> dict[str, Any]:
     from learnloop.registry import lineage
 
     return lineage(db, version_id)
 
 
-@router.get("/trajectories/{trajectory_id}/lineage")
+@router.get("/trajectories/{trajectory_id}/lineage", **_READ, responses=error_responses(404, _404="No trajectory by that id."))
 def trajectory_lineage_route(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     """From a served answer back to the data that trained its model."""
     from learnloop.registry import trace_trajectory
@@ -108,43 +136,61 @@ def trajectory_lineage_route(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     return trace_trajectory(db, trajectory_id)
 
 
-@router.post("/versions", status_code=201, dependencies=[WriteAuth])
-def register_route(body: RegisterIn, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post("/versions", status_code=201, **_WRITE, openapi_extra=_REGISTER_DOC, responses=error_responses(
+    404, 409, _404="The parent version or the dataset does not exist.",
+    _409="The adapter folder cannot be placed in the registry."))
+async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Register an adapter folder on the server's disk as a new version (422 when its base does not match)."""
     from learnloop.registry import get_version, register_version
 
-    vid = register_version(db, settings, adapter_dir=body.adapter_dir, base_model=body.base_model, parent_id=body.parent_id,
-                           dataset_id=body.dataset_id, job_id=body.job_id, loop=body.loop, name=body.name, note=body.note,
-                           actor=_actor(request, body.actor))
-    return get_version(db, vid).as_dict()
+    body: RegisterIn = await _read(request, _REGISTER)
+
+    def run() -> dict[str, Any]:
+        vid = register_version(db, settings, adapter_dir=body.adapter_dir, base_model=body.base_model,
+                               parent_id=body.parent_id, dataset_id=body.dataset_id, job_id=body.job_id, loop=body.loop,
+                               name=body.name, note=body.note, actor=_actor(request, body.actor))
+        return get_version(db, vid).as_dict()
+
+    return await run_in_threadpool(run)
 
 
-@router.post("/versions/{version_id}/promote", dependencies=[WriteAuth])
-def promote_route(version_id: str, body: MoveIn, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post("/versions/{version_id}/promote", **_WRITE, openapi_extra=_MOVE_DOC, responses=error_responses(
+    404, 409, _404="No such version or evaluation.",
+    _409="Refused: no passing gate verdict (send force to override), or the version's files are gone."))
+async def promote_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Serve the version under the alias (409 without a passing gate verdict unless force)."""
     from learnloop.registry import promote
 
-    return promote(db, settings, version_id, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason,
-                   evaluation_id=body.evaluation_id, force=body.force)
+    body: MoveIn = await _read(request, _MOVE)
+    return await run_in_threadpool(promote, db, settings, version_id, alias=body.alias, actor=_actor(request, body.actor),
+                                   reason=body.reason, evaluation_id=body.evaluation_id, force=body.force)
 
 
-@router.post("/aliases/rollback", dependencies=[WriteAuth])
-def rollback_route(body: RollbackIn, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post("/aliases/rollback", **_WRITE, openapi_extra=_ROLLBACK_DOC, responses=error_responses(
+    409, _409="Nothing earlier to roll back to, or that version is gone."))
+async def rollback_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+    """Serve what the alias served before (repeated: v3 -> v2 -> v1 -> base)."""
     from learnloop.registry import rollback
 
-    target = rollback(db, settings, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason)
+    body: RollbackIn = await _read(request, _ROLLBACK)
+    target = await run_in_threadpool(rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor),
+                                     reason=body.reason)
     return {"alias": body.alias, "version_id": target}
 
 
-@router.post("/versions/{version_id}/restore", dependencies=[WriteAuth])
-def restore_route(version_id: str, body: RestoreIn, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post("/versions/{version_id}/restore", **_WRITE, openapi_extra=_RESTORE_DOC, responses=error_responses(
+    404, 409, _404=_NO_VERSION, _409="Refused: the version's files are gone, or serving it lacks a passing gate verdict."))
+async def restore_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     from learnloop.registry import restore
 
-    return restore(db, settings, version_id, loop=body.loop, serve=body.serve, force=body.force, reason=body.reason,
-                   actor=_actor(request, body.actor)).as_dict()
+    body: RestoreIn = await _read(request, _RESTORE)
+    restored = await run_in_threadpool(restore, db, settings, version_id, loop=body.loop, serve=body.serve,
+                                       force=body.force, reason=body.reason, actor=_actor(request, body.actor))
+    return restored.as_dict()
 
 
-@router.delete("/versions/{version_id}", dependencies=[WriteAuth])
+@router.delete("/versions/{version_id}", **_WRITE, responses=error_responses(
+    404, 409, _404=_NO_VERSION, _409="Refused: the version serves, another one's lineage needs it, or its files changed."))
 def delete_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request, force: bool = False) -> dict[str, Any]:
     from learnloop.registry import delete_version
 
@@ -152,16 +198,21 @@ def delete_route(version_id: str, db: DbDep, settings: SettingsDep, request: Req
     return {"deleted": version_id}
 
 
-@router.post("/versions/{version_id}/export", dependencies=[WriteAuth])
-def export_route(version_id: str, body: ExportIn, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
-    """Write merged weights, a GGUF file or an Ollama Modelfile on the server's disk (blocks until done)."""
+@router.post("/versions/{version_id}/export", **_WRITE, openapi_extra=_EXPORT_DOC, responses=error_responses(
+    404, 409, _404=_NO_VERSION, _409="The version's files are gone or do not match their hashes."))
+async def export_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+    """Write merged weights, a GGUF file or an Ollama Modelfile on the server's disk (blocks until done).
+
+    400 names what cannot be exported (an unsupported architecture, an unknown chat format)."""
     from learnloop.registry import export_version
 
-    return export_version(db, settings, version_id, fmt=body.format, quant=body.quant, out=body.out,
-                          ollama_name=body.ollama_name).as_dict()
+    body: ExportIn = await _read(request, _EXPORT)
+    result = await run_in_threadpool(export_version, db, settings, version_id, fmt=body.format, quant=body.quant,
+                                     out=body.out, ollama_name=body.ollama_name)
+    return result.as_dict()
 
 
-@router.get("/aliases/history")
+@router.get("/aliases/history", **_READ)
 def alias_history_route(db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)) -> list[dict[str, Any]]:
     """The append-only alias log, newest first."""
     from learnloop.store.aliases import alias_history
@@ -171,37 +222,44 @@ def alias_history_route(db: DbDep, alias: str | None = None, limit: int = Query(
             for e in alias_history(db, alias, limit)]
 
 
-@router.get("/evaluations")
+@router.get("/evaluations", **_READ)
 def list_evaluations_route(db: DbDep, candidate: str | None = None, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
     from learnloop.evaluation import list_evaluations
 
     return list_evaluations(db, candidate=candidate, limit=limit)
 
 
-@router.get("/evaluations/compare")
+@router.get("/evaluations/compare", **_READ, responses=error_responses(
+    404, _404="Neither an evaluation id nor a version id with an evaluation."))
 def compare_route(db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
     return compare_evaluations(db, a, b, top=top)
 
 
-@router.get("/evaluations/{evaluation_id}")
-def get_evaluation_route(evaluation_id: int, db: DbDep, examples: bool = True) -> dict[str, Any]:
+@router.get("/evaluations/{evaluation_id}", **_READ, responses=error_responses(404, _404="No evaluation by that id."))
+def get_evaluation_route(evaluation_id: RowIdPath, db: DbDep, examples: bool = True) -> dict[str, Any]:
     from learnloop.evaluation import get_evaluation
 
     return get_evaluation(db, evaluation_id, examples=examples)
 
 
-@router.post("/evaluations", status_code=201, dependencies=[WriteAuth])
-def evaluate_route(body: EvaluateIn, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post("/evaluations", status_code=201, **_WRITE, openapi_extra=_EVALUATE_DOC, responses=error_responses(
+    404, 409, _404="The candidate or baseline version does not exist.", _409="A version's files are gone."))
+async def evaluate_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Run an evaluation now (blocks while the answers are generated) and return it with its gate verdict.
 
     Uses the server's serving backend when it has one, so no second copy of the model is loaded.
     """
     from learnloop.evaluation import evaluate, get_evaluation
 
+    body: EvaluateIn = await _read(request, _EVALUATE)
     serving = getattr(request.app.state, "serving", None)
     backend = serving.backend if serving is not None else None
-    ev_id = evaluate(db, settings, candidate=body.candidate, baseline=body.baseline, scenario=body.scenario,
-                     limit=body.limit, judge=body.judge, backend=backend)
-    return get_evaluation(db, ev_id, examples=False)
+
+    def run() -> dict[str, Any]:
+        ev_id = evaluate(db, settings, candidate=body.candidate, baseline=body.baseline, scenario=body.scenario,
+                         limit=body.limit, judge=body.judge, backend=backend)
+        return get_evaluation(db, ev_id, examples=False)
+
+    return await run_in_threadpool(run)

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from learnloop.api import metrics
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep
@@ -25,7 +26,15 @@ def get_status(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     return build_status(db, settings, self_role="server")
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; `reasons` says why."}})
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str]
+    database: dict[str, Any]
+    disk: dict[str, Any]
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why."}})
 def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers, its schema is at head and the data dir's disk is above the floor; else 503 with reasons."""
     ok, reasons, checks = readiness(db, settings.data_dir, disk_floor_gb=settings.watch.disk_floor_gb)
