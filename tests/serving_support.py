@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from learnloop.store.models import ModelVersion
 
 
 @contextlib.contextmanager
@@ -46,3 +50,15 @@ PROMPTS = [
     [{"role": "user", "content": "hello"}],
     [{"role": "user", "content": "0 1 2 3 4 5 6 7 8 9 10 11 12 abc def ghi jkl"}],
 ]
+
+
+def version_row(vid: str, base: Path | str, path: Path, *, gate: str | None = "promote") -> ModelVersion:
+    """A version row as the registry leaves one: its files' hashes, and a gate verdict (``promote``
+    passes; ``reject`` fails; None: never evaluated). Alias moves check both, as promote does."""
+    from learnloop.registry.files import hash_folder
+    from learnloop.store.models import ModelVersion, VersionState
+
+    verdict = None if gate is None else {"passed": gate == "promote", "verdict": gate,
+                                         "reasons": [] if gate == "promote" else ["win rate 0.41 < 0.5"]}
+    return ModelVersion(id=vid, base_model=str(base), artifact_path=str(path), files=hash_folder(path), gate=verdict,
+                        state=VersionState.rejected if gate == "reject" else VersionState.candidate)

@@ -200,8 +200,12 @@ def test_moves_by_alias_set_count_for_rollback_and_retention(db: Database, s: Se
     from learnloop.serving.runtime import set_alias
 
     v1, v2, v3 = (register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i)) for i in range(3))
-    set_alias(db, "learnloop", v1, actor="cli")  # serving's own command, which does not go through promote
-    set_alias(db, "learnloop", v2, actor="cli")
+    # Serving's own command applies the registry's gate: never evaluated means refused, unless forced.
+    with pytest.raises(Conflict, match=rf"{v1} has no gate verdict.*--force"):
+        set_alias(db, "learnloop", v1, actor="cli")
+    set_alias(db, "learnloop", v1, actor="cli", force=True)
+    set_alias(db, "learnloop", v2, actor="cli", force=True)
+    assert [e.action for e in alias_history(db, "learnloop", 10)] == ["force", "force"]
     assert rollback(db, s) == v1
     kept = settings_for(s, tiny_model_dir, registry={"keep_versions": 1})
     assert apply_retention(db, kept) == []  # v1 and v2 served (the log says so); v3 is the newest

@@ -16,10 +16,10 @@ from learnloop.api import create_app
 from learnloop.config import Settings
 from learnloop.serving.local import LocalBackend
 from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
-from learnloop.store.aliases import set_split
+from learnloop.store.aliases import alias_history, set_split
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion, Trajectory
-from serving_support import PROMPTS, make_adapter, one_torch_thread
+from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def backend(tiny_model_dir: Path) -> Iterator[LocalBackend]:
 def add_versions(db: Database, base: Path, adapters: dict[str, Path]) -> None:
     with db.session() as s:
         for vid, path in adapters.items():
-            s.add(ModelVersion(id=vid, base_model=str(base), artifact_path=str(path)))
+            s.add(version_row(vid, base, path))
 
 
 @pytest.fixture
@@ -264,6 +264,8 @@ def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_mode
     from pydantic import SecretStr
 
     add_versions(db, tiny_model_dir, adapters)
+    with db.session() as session:
+        session.add(version_row("v0009", tiny_model_dir, adapters["v0001"], gate=None))
     s = settings.model_copy(update={"api_token": SecretStr("tok")})
     auth = {"Authorization": "Bearer tok"}
     with live_server(create_app(s, db, watch_inbox=False)) as url:
@@ -279,6 +281,12 @@ def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_mode
         assert r.status_code == 422 and "split" in r.text
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
         assert r.json()["version"] == "base"
+        # The registry's gate holds here too: a version never evaluated needs force=true, and the error says so.
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0009"}, headers=auth)
+        assert r.status_code == 409 and "v0009 has no gate verdict" in r.json()["error"] and "force=true" in r.json()["error"]
+        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0009", "force": True, "actor": "ops"}, headers=auth)
+        assert r.status_code == 200 and r.json()["version"] == "v0009"
+        assert alias_history(db, "learnloop", 1)[0].action == "force"
 
 
 def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(

@@ -12,8 +12,7 @@ import openai
 
 from api_support import LEARNLOOP, cli_env, free_port
 from learnloop.store import Database
-from learnloop.store.models import ModelVersion
-from serving_support import make_adapter
+from serving_support import make_adapter, version_row
 
 
 def _start(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
@@ -46,7 +45,8 @@ def _stop(proc: subprocess.Popen) -> str:
 def test_serve_chat_and_alias_commands(tmp_path: Path, sqlite_db: Database, tiny_model_dir: Path) -> None:
     adapter = make_adapter(tiny_model_dir, tmp_path / "v0001", seed=1)
     with sqlite_db.session() as s:
-        s.add(ModelVersion(id="v0001", base_model=str(tiny_model_dir), artifact_path=str(adapter)))
+        s.add(version_row("v0001", tiny_model_dir, adapter))
+        s.add(version_row("v0002", tiny_model_dir, make_adapter(tiny_model_dir, tmp_path / "v0002", seed=2), gate="reject"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = cli_env(tmp_path / "data", LEARNLOOP_DATABASE_URL=sqlite_db.url, LEARNLOOP_SERVING__THREADS="1",
@@ -73,6 +73,14 @@ def test_serve_chat_and_alias_commands(tmp_path: Path, sqlite_db: Database, tiny
         bad = subprocess.run([*LEARNLOOP, "alias", "set", "learnloop", "v0404"], env=env, capture_output=True,
                              text=True, timeout=60)
         assert bad.returncode == 1 and bad.stderr.strip() == "Error: No model version 'v0404'."
+        # The gate holds here as for `versions promote`: a rejected version needs --force, and says so.
+        refused = subprocess.run([*LEARNLOOP, "alias", "set", "learnloop", "v0002"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.strip() == (
+            "Error: Not serving v0002: gate said reject: win rate 0.41 < 0.5. Set it with --force to override the gate.")
+        forced = subprocess.run([*LEARNLOOP, "alias", "set", "learnloop", "v0002", "--force"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert forced.returncode == 0 and "learnloop -> v0002" in forced.stdout, forced.stderr
     finally:
         assert proc.returncode is None or proc.returncode == 0
         _stop(proc)

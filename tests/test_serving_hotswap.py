@@ -23,8 +23,7 @@ from learnloop.serving.backend import ChatRequest
 from learnloop.serving.local import LocalBackend
 from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.store.db import Database
-from learnloop.store.models import ModelVersion
-from serving_support import PROMPTS, make_adapter, one_torch_thread
+from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 CLIENTS = 16
 CYCLES = 10
@@ -41,7 +40,7 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
     adapters = {vid: make_adapter(tiny_model_dir, tmp_path / vid, seed=i) for i, vid in ((1, "v0001"), (2, "v0002"))}
     with db.session() as s:
         for vid, path in adapters.items():
-            s.add(ModelVersion(id=vid, base_model=str(tiny_model_dir), artifact_path=str(path)))
+            s.add(version_row(vid, tiny_model_dir, path))
     backend = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=64)
     set_alias(db, "learnloop", "v0001", actor="test")
     runtime = ServingRuntime(backend, db, poll_seconds=0.25, capture=ServedCapture(settings, db))

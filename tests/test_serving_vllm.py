@@ -17,7 +17,8 @@ from learnloop.serving.backend import ChatRequest
 from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.serving.vllm import VllmBackend
 from learnloop.store.db import Database
-from learnloop.store.models import ModelVersion, Trajectory
+from learnloop.store.models import Trajectory
+from serving_support import version_row
 from vllm_fake import BASE_NAME, fake_vllm_app
 
 ASK = [{"role": "user", "content": "hello there"}]
@@ -56,7 +57,9 @@ def test_backend_loads_adapters_and_routes_by_model(tmp_path: Path) -> None:
 def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settings, tmp_path: Path) -> None:
     fake = fake_vllm_app()
     with db.session() as s:
-        s.add(ModelVersion(id="v0001", base_model=BASE_NAME, artifact_path=str(tmp_path / "v0001")))
+        (tmp_path / "v0001").mkdir()
+        (tmp_path / "v0001" / "adapter_config.json").write_text("{}")  # vLLM (faked) reads it, not learnloop
+        s.add(version_row("v0001", BASE_NAME, tmp_path / "v0001"))
     with live_server(fake) as vllm_url:
         runtime = ServingRuntime(VllmBackend(vllm_url), db, poll_seconds=0.1, capture=ServedCapture(settings, db))
         with live_server(create_app(settings, db, watch_inbox=False, serving=runtime)) as url:

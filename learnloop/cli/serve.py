@@ -184,12 +184,14 @@ def alias_list(as_json: bool) -> None:
 @click.argument("alias")
 @click.argument("version")
 @click.option("--reason", default=None, help="Why (kept in the alias log).")
-def alias_set(alias: str, version: str, reason: str | None) -> None:
-    """Point ALIAS at VERSION (a version id, or `base`)."""
+@click.option("--force", is_flag=True, help="Serve a version the gate rejected or never evaluated (logged as forced).")
+def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None:
+    """Point ALIAS at VERSION (a version id, or `base`); the gate applies as for `versions promote`."""
     from learnloop.serving.runtime import set_alias
     from learnloop.store import open_database
 
-    set_alias(open_database(settings()), alias, version, actor="cli", reason=reason)
+    set_alias(open_database(settings()), alias, version, actor="cli", reason=reason, force=force,
+              override="Set it with --force")
     click.echo(f"{alias} -> {version}")
 
 

@@ -4,6 +4,7 @@ Public surface::
 
     register_version(db, settings, adapter_dir=..., base_model=...) -> "v0003"
     promote(db, settings, "v0003", actor=..., reason=..., evaluation_id=...)   # gate verdict or force
+    check_servable(session, "v0003", force=False)                              # the gate, for any alias move
     rollback(db, settings) -> "v0002" | None                                   # None: the base model
     restore(db, settings, "v0001", loop=None, serve=False)                     # head for the next training
     get_version(db, id) / list_versions(db) / delete_version(db, settings, id, force=False)
@@ -12,7 +13,16 @@ Public surface::
 """
 
 from learnloop.registry.lineage import diff_versions, lineage, trace_trajectory
-from learnloop.registry.promotion import Restored, head_version, local_actor, promote, restore, rollback, serving_stack
+from learnloop.registry.promotion import (
+    Restored,
+    check_servable,
+    head_version,
+    local_actor,
+    promote,
+    restore,
+    rollback,
+    serving_stack,
+)
 from learnloop.registry.versions import (
     VersionInfo,
     apply_retention,
@@ -30,7 +40,7 @@ def export_version(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - re-export
 
 
 __all__ = [
-    "Restored", "VersionInfo", "apply_retention", "delete_version", "diff_versions", "export_version", "get_version",
+    "Restored", "VersionInfo", "apply_retention", "check_servable", "delete_version", "diff_versions", "export_version", "get_version",
     "head_version", "lineage", "list_versions", "local_actor", "promote", "register_version", "restore", "rollback",
     "serving_stack", "trace_trajectory",
 ]

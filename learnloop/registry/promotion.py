@@ -65,6 +65,22 @@ def _gate_evidence(session: Session, row: ModelVersion, evaluation_id: int | Non
     return bool(gate.get("passed")), f"gate said {gate.get('verdict')}" + (f": {reasons}" if reasons else "")
 
 
+def check_servable(session: Session, version_id: str, *, force: bool = False,
+                   override: str = "Promote with --force") -> tuple[bool, str]:
+    """(passed, evidence) of serving ``version_id``, for every way an alias is moved (promote, serving's
+    `alias set` and PUT /v1/aliases/{name}, the dashboard): NotFound for an unknown id; Conflict when its
+    files are gone or changed, or when the gate did not pass it (rejected, or never evaluated) and
+    ``force`` is off, naming the reason and ``override``, the way to serve it anyway."""
+    row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise NotFound(f"No model version {version_id!r}; `learnloop versions list` shows them.")
+    _usable(row)
+    passed, evidence = _gate_evidence(session, row, None)
+    if not passed and not force:
+        raise Conflict(f"Not serving {version_id}: {evidence}. {override} to override the gate.")
+    return passed, evidence
+
+
 def _alias_row(session: Session, alias: str) -> Alias | None:
     return session.get(Alias, alias)
 
