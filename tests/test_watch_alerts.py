@@ -13,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from api_support import LEARNLOOP, cli_env
 from learnloop.config import AlertRule, Settings
+from learnloop.errors import Conflict
 from learnloop.store.db import Database
 from learnloop.store.events import recent_events
 from learnloop.store.models import AlertDelivery, Control, Job, JobKind, JobState, TrainingMetric, utcnow
@@ -103,13 +105,23 @@ def test_rules_fire_once_per_fault_and_deliver(settings: Settings, db: Database)
         assert len(slack) == 2 and "promoted" in slack[0]["text"]
 
         # A rollback from the dashboard is a new fault: one more alert, to the rollback rule only.
-        actions.rollback_alias(db, actor="tester")
+        actions.rollback_alias(db, s, actor="tester")
         (new,) = alerts.evaluate(db, s)
         assert new.startswith("rollbacks:alias_event:")
         assert alerts.deliver(db, s)["sent"] == 1
         assert "rolled back" in hook.bodies[-1]["body"]["title"] and "v0002 -> v0001" in hook.bodies[-1]["body"]["title"]
+
+        # The dashboard's promote goes through the registry's gate: the rejected v0003 is refused (no move,
+        # no alert) until a person forces it, which is a promotion like any other.
+        with pytest.raises(Conflict, match="gate said reject"):
+            actions.promote_version(db, s, "v0003", actor="tester")
+        assert alerts.evaluate(db, s) == []
+        actions.promote_version(db, s, "v0003", actor="tester", force=True)
+        (forced,) = alerts.evaluate(db, s)
+        assert forced.startswith("promotions:alias_event:") and alerts.deliver(db, s)["sent"] == 1
+        assert "v0003" in hook.bodies[-1]["body"]["text"]
     sent = recent_events(db, kinds=["alert.sent"])
-    assert len(sent) == 5
+    assert len(sent) == 6
 
 
 def test_history_before_alerting_started_is_not_sent(settings: Settings, db: Database) -> None:

@@ -125,16 +125,29 @@ def test_job_buttons_write_the_rows(settings: Settings, db: Database, seeded: di
 
 def test_promote_and_rollback_buttons_move_the_alias(settings: Settings, db: Database, seeded: dict) -> None:
     c = client(settings, db)
-    assert c.post("/ui/versions/v0003/promote").json() == {"alias": "learnloop", "version": "v0003", "previous": "v0002"}
-    assert c.post("/ui/versions/v0003/promote").status_code == 409
+    # The buttons go through the registry: the gate rejected v0003, so a plain promote is refused with the reason.
+    refused = c.post("/ui/versions/v0003/promote")
+    assert refused.status_code == 409 and "gate said reject: win rate 0.41 < 0.5" in refused.json()["error"]
+    page = c.get("/versions").text
+    assert "/ui/versions/v0003/promote?force=true" in page and "Force promote" in page  # the override, asked for as one
+    assert "/ui/versions/v0001/promote?force" not in page  # a version the gate passed gets the plain button
+    forced = c.post("/ui/versions/v0003/promote?force=true").json()
+    assert forced == {"alias": "learnloop", "version": "v0003", "previous": "v0002", "action": "force"}
+    assert c.post("/ui/versions/v0003/promote?force=true").status_code == 409  # already serving
     assert c.post("/ui/versions/v9/promote").status_code == 404
     with db.read_session() as s:
         assert s.get(Alias, "learnloop").version_id == "v0003"
         assert s.get(ModelVersion, "v0003").state.value == "serving" and s.get(ModelVersion, "v0002").state.value == "archived"
+    # Rollback walks back what the alias served: v0003 -> v0002 -> v0001 -> base, then there is nothing left.
     assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": "v0002", "previous": "v0003"}
+    assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": "v0001", "previous": "v0002"}
+    assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": None, "previous": "v0001"}
+    assert c.post("/ui/aliases/learnloop/rollback").status_code == 409
     with db.read_session() as s:
-        log = [(e.action, e.from_version, e.to_version) for e in s.scalars(select(AliasEvent).order_by(AliasEvent.id))]
-    assert log[-2:] == [("promote", "v0002", "v0003"), ("rollback", "v0003", "v0002")]
+        log = [(e.action, e.from_version, e.to_version) for e in s.scalars(select(AliasEvent).order_by(AliasEvent.id))
+               if e.action != "split"]
+    assert log[-4:] == [("force", "v0002", "v0003"), ("rollback", "v0003", "v0002"), ("rollback", "v0002", "v0001"),
+                        ("rollback", "v0001", None)]
 
 
 def test_buttons_need_the_token_when_one_is_set(settings: Settings, db: Database, seeded: dict) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from learnloop.store.aliases import move_alias, set_split
@@ -78,9 +80,25 @@ def seed_trajectories(db: Database, now: dt.datetime | None = None) -> dict[str,
     return {"inserted": result.inserted}
 
 
-def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None, with_running: bool = True) -> dict[str, Any]:
-    """Jobs in every state, a running job with progress and per-step metrics, versions, evaluations, aliases, events, a loop."""
+def _files(root: Path, vid: str) -> dict[str, Any]:
+    """An adapter folder for ``vid`` and its hashes, as the registry records them (promotion checks them)."""
+    from learnloop.registry.files import hash_folder
+
+    folder = root / vid
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text('{"r": 4, "seeded": "%s"}' % vid)
+    return {"artifact_path": str(folder), "files": hash_folder(folder)}
+
+
+def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None, with_running: bool = True,
+              artifacts: Path | None = None) -> dict[str, Any]:
+    """Jobs in every state, a running job with progress and per-step metrics, versions, evaluations, aliases, events, a loop.
+
+    The versions are as the registry leaves them (adapter files with hashes, gate verdicts): v0001 and v0002
+    passed the gate, v0003 was rejected. ``artifacts``: where their folders go (a new temporary folder by default).
+    """
     now = now or utcnow()
+    root = artifacts or Path(tempfile.mkdtemp(prefix="learnloop-seed-"))
     with db.session() as s:
         ds = Dataset(name="sft-nightly", kind="sft", content_hash="ab" * 32, item_ids=["t-prod-1", "t-prod-2"],
                      stats={"count": 2, "length": {"tokenizer": "approx", "count": 2, "max_length": 2048, "p50": 40, "p95": 80,
@@ -109,11 +127,14 @@ def seed_loop(db: Database, *, steps: int = 60, now: dt.datetime | None = None, 
                                  tokens_per_s=300 + step % 7, created_at=now - dt.timedelta(seconds=steps - step)))
         v1 = ModelVersion(id="v0001", base_model="smollm2", loop="main", algorithm="sft", dataset_id=ds.id, job_id=done.id,
                           state=VersionState.archived, ever_served=True, created_at=now - dt.timedelta(days=2),
-                          metrics={"loss": 0.9}, gate={"verdict": "promote"})
+                          metrics={"loss": 0.9}, gate={"passed": True, "verdict": "promote", "reasons": ["reward +0.11 over base"]},
+                          **_files(root, "v0001"))
         v2 = ModelVersion(id="v0002", base_model="smollm2", loop="main", algorithm="sft", parent_id="v0001", dataset_id=ds.id,
-                          state=VersionState.serving, ever_served=True, created_at=now - dt.timedelta(days=1), gate={"verdict": "promote"})
+                          state=VersionState.serving, ever_served=True, created_at=now - dt.timedelta(days=1),
+                          gate={"passed": True, "verdict": "promote", "reasons": ["reward +0.11 over v0001"]}, **_files(root, "v0002"))
         v3 = ModelVersion(id="v0003", base_model="smollm2", loop="main", algorithm="dpo", parent_id="v0002",
-                          state=VersionState.rejected, created_at=now - dt.timedelta(hours=2), gate={"verdict": "reject"})
+                          state=VersionState.rejected, created_at=now - dt.timedelta(hours=2),
+                          gate={"passed": False, "verdict": "reject", "reasons": ["win rate 0.41 < 0.5"]}, **_files(root, "v0003"))
         s.add_all([v1, v2, v3])
         s.flush()
         s.add_all([

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import select
-
+from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound, ValidationFailed
-from learnloop.store.aliases import DEFAULT_ALIAS, move_alias
+from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import Alias, AliasEvent, DesiredState, Job, JobState, ModelVersion, VersionState, utcnow
+from learnloop.store.models import DesiredState, Job, JobState, utcnow
 
 JobAction = Literal["pause", "resume", "stop", "skip", "cancel"]
 JOB_ACTIONS: tuple[str, ...] = ("pause", "resume", "stop", "skip", "cancel")
@@ -67,51 +66,24 @@ def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboa
         return {"id": job.id, "state": job.state.value, "desired_state": job.desired_state.value}
 
 
-def promote_version(db: Database, version_id: str, *, alias: str = DEFAULT_ALIAS, actor: str = "dashboard",
-                    reason: str | None = None) -> dict[str, Any]:
-    """Point ``alias`` at ``version_id`` (logged in alias_events) and mark the version serving."""
-    with db.session() as s:
-        version = s.get(ModelVersion, version_id)
-        if version is None:
-            raise NotFound(f"No model version {version_id!r}.")
-        row = s.get(Alias, alias)
-        previous = row.version_id if row is not None else None
-        if previous == version_id:
-            raise Conflict(f"{alias!r} already serves {version_id}.")
-        move_alias(s, alias, version_id, action="promote", actor=actor, reason=reason or "promoted from the dashboard")
-        _mark_serving(s, version, previous)
-        record_event(s, "version.promoted", f"{version_id} promoted to {alias!r} by {actor}", version_id=version_id,
-                     loop=version.loop, data={"alias": alias, "from": previous, "actor": actor})
-        return {"alias": alias, "version": version_id, "previous": previous}
+def promote_version(db: Database, settings: Settings, version_id: str, *, alias: str = DEFAULT_ALIAS,
+                    actor: str = "dashboard", reason: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Serve ``version_id`` under ``alias`` through the registry, so its gate holds here too: a version
+    the gate rejected (or never evaluated) is a Conflict naming the reason unless ``force``."""
+    from learnloop.registry import promote
+
+    moved = promote(db, settings, version_id, alias=alias, actor=actor, force=force,
+                    reason=reason or ("forced from the dashboard" if force else "promoted from the dashboard"))
+    if not moved["changed"]:
+        raise Conflict(f"{alias!r} already serves {version_id}.")
+    return {"alias": alias, "version": version_id, "previous": moved["previous"], "action": moved["action"]}
 
 
-def rollback_alias(db: Database, *, alias: str = DEFAULT_ALIAS, actor: str = "dashboard",
+def rollback_alias(db: Database, settings: Settings, *, alias: str = DEFAULT_ALIAS, actor: str = "dashboard",
                    reason: str | None = None) -> dict[str, Any]:
-    """Point ``alias`` back at what it served before its current version (None: the base model)."""
-    with db.session() as s:
-        row = s.get(Alias, alias)
-        if row is None or row.version_id is None:
-            raise Conflict(f"{alias!r} serves the base model; there is nothing to roll back.")
-        current = row.version_id
-        # The move that put the current version in place says what came before it.
-        came_in = s.scalars(select(AliasEvent).where(AliasEvent.alias == alias, AliasEvent.to_version == current,
-                                                     AliasEvent.action != "split")
-                            .order_by(AliasEvent.id.desc()).limit(1)).first()
-        target = came_in.from_version if came_in is not None else None
-        move_alias(s, alias, target, action="rollback", actor=actor, reason=reason or "rolled back from the dashboard")
-        old = s.get(ModelVersion, current)
-        if old is not None:
-            old.state = VersionState.archived
-        if target is not None and (new := s.get(ModelVersion, target)) is not None:
-            new.state = VersionState.serving
-        record_event(s, "version.rolled_back", f"{alias!r} rolled back from {current} to {target or 'base'} by {actor}",
-                     level="warning", version_id=current, data={"alias": alias, "from": current, "to": target, "actor": actor})
-        return {"alias": alias, "version": target, "previous": current}
+    """Serve what ``alias`` served before, through the registry: repeated, it walks back v3 -> v2 -> v1 -> base."""
+    from learnloop.registry import rollback
 
-
-def _mark_serving(s: Any, version: ModelVersion, previous: str | None) -> None:
-    version.state = VersionState.serving
-    version.ever_served = True
-    version.promoted_at = utcnow()
-    if previous and previous != version.id and (old := s.get(ModelVersion, previous)) is not None:
-        old.state = VersionState.archived
+    current = get_alias(db, alias)
+    target = rollback(db, settings, alias=alias, actor=actor, reason=reason or "rolled back from the dashboard")
+    return {"alias": alias, "version": target, "previous": current.version_id if current is not None else None}

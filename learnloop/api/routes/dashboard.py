@@ -13,15 +13,15 @@ import datetime as dt
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from learnloop.api.deps import DbDep, SettingsDep, bearer_matches, token_matches
+from learnloop.api.deps import ROW_ID_MAX, DbDep, RowIdPath, RowIdQuery, SettingsDep, bearer_matches, token_matches
 from learnloop.config import Settings
 from learnloop.store.db import Database
 from learnloop.store.models import utcnow
@@ -298,12 +298,12 @@ async def overview_page(request: Request, db: DbDep, settings: SettingsDep) -> H
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-async def jobs_page(request: Request, db: DbDep, settings: SettingsDep, offset: int = 0) -> HTMLResponse:
+async def jobs_page(request: Request, db: DbDep, settings: SettingsDep, offset: Annotated[int, Query(ge=0, le=ROW_ID_MAX)] = 0) -> HTMLResponse:
     return _render(request, settings, "jobs.html", "jobs", await run_in_threadpool(jobs_ctx, db, settings, max(0, offset)))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(request: Request, job_id: int, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+async def job_page(request: Request, job_id: RowIdPath, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     return _render(request, settings, "job.html", "jobs", await run_in_threadpool(job_ctx, db, settings, job_id))
 
 
@@ -323,7 +323,7 @@ async def quality_page(request: Request, db: DbDep, settings: SettingsDep) -> HT
 
 
 @router.get("/rewards", response_class=HTMLResponse)
-async def rewards_page(request: Request, db: DbDep, settings: SettingsDep, days: int = 30) -> HTMLResponse:
+async def rewards_page(request: Request, db: DbDep, settings: SettingsDep, days: Annotated[int, Query(ge=1, le=36500)] = 30) -> HTMLResponse:
     return _render(request, settings, "rewards.html", "rewards", await run_in_threadpool(rewards_ctx, db, settings, max(1, days)))
 
 
@@ -333,7 +333,7 @@ async def datasets_page(request: Request, db: DbDep, settings: SettingsDep) -> H
 
 
 @router.get("/datasets/{dataset_id}", response_class=HTMLResponse)
-async def dataset_page(request: Request, dataset_id: int, db: DbDep, settings: SettingsDep) -> HTMLResponse:
+async def dataset_page(request: Request, dataset_id: RowIdPath, db: DbDep, settings: SettingsDep) -> HTMLResponse:
     from learnloop.datasets.catalog import get_dataset
 
     def load() -> dict[str, Any]:
@@ -408,21 +408,24 @@ async def logout() -> Response:
 # -- actions -----------------------------------------------------------------------------------
 
 @router.post("/ui/jobs/{job_id}/{action}")
-async def job_action(request: Request, job_id: int, action: str, db: DbDep, settings: SettingsDep) -> JSONResponse:
+async def job_action(request: Request, job_id: RowIdPath, action: str, db: DbDep, settings: SettingsDep) -> JSONResponse:
     require_dashboard_write(request, settings)
     return JSONResponse(await run_in_threadpool(actions.control_job, db, job_id, action))
 
 
 @router.post("/ui/versions/{version_id}/promote")
-async def promote(request: Request, version_id: str, db: DbDep, settings: SettingsDep, alias: str = "learnloop") -> JSONResponse:
+async def promote(request: Request, version_id: str, db: DbDep, settings: SettingsDep, alias: str = "learnloop",
+                  force: bool = False) -> JSONResponse:
+    """Through the registry: 409 naming the gate's reason for a rejected or unevaluated version unless force."""
     require_dashboard_write(request, settings)
-    return JSONResponse(await run_in_threadpool(lambda: actions.promote_version(db, version_id, alias=alias)))
+    return JSONResponse(await run_in_threadpool(
+        lambda: actions.promote_version(db, settings, version_id, alias=alias, force=force)))
 
 
 @router.post("/ui/aliases/{alias}/rollback")
 async def rollback(request: Request, alias: str, db: DbDep, settings: SettingsDep) -> JSONResponse:
     require_dashboard_write(request, settings)
-    return JSONResponse(await run_in_threadpool(lambda: actions.rollback_alias(db, alias=alias)))
+    return JSONResponse(await run_in_threadpool(lambda: actions.rollback_alias(db, settings, alias=alias)))
 
 
 @router.post("/ui/trajectories/{trajectory_id}/feedback")
@@ -455,7 +458,7 @@ async def add_feedback(request: Request, trajectory_id: str, db: DbDep, settings
 # -- live data -----------------------------------------------------------------------------------
 
 @router.get("/ui/api/jobs/{job_id}/metrics")
-async def job_metrics(job_id: int, db: DbDep, max_points: int = 400, after_step: int | None = None) -> dict[str, Any]:
+async def job_metrics(job_id: RowIdPath, db: DbDep, max_points: Annotated[int, Query(ge=2, le=100_000)] = 400, after_step: RowIdQuery = None) -> dict[str, Any]:
     def load() -> dict[str, Any]:
         with db.read_session() as s:
             return queries.metric_series(s, job_id, max_points=min(max(10, max_points), 5000), after_step=after_step)
@@ -470,13 +473,13 @@ def _sse(event: str, data: Any, event_id: Any = None) -> str:
 
 def _resume_point(request: Request, after: int | None) -> int | None:
     last = request.headers.get("last-event-id")
-    if last and last.strip().lstrip("-").isdigit():
+    if last and last.strip().lstrip("-").isdigit() and abs(int(last)) <= ROW_ID_MAX:  # a bigger one is no id we sent
         return int(last)
     return after
 
 
 @router.get("/ui/stream/jobs/{job_id}")
-async def job_stream(request: Request, job_id: int, db: DbDep, after: int | None = None,
+async def job_stream(request: Request, job_id: RowIdPath, db: DbDep, after: RowIdQuery = None,
                      poll_s: float = 1.0, max_s: float = STREAM_SECONDS) -> StreamingResponse:
     """New training metric points of a job (``id`` = last step sent) and its state, as SSE.
 
@@ -514,7 +517,7 @@ async def job_stream(request: Request, job_id: int, db: DbDep, after: int | None
 
 
 @router.get("/ui/stream/events")
-async def event_stream(request: Request, db: DbDep, after: int | None = None, poll_s: float = 1.0,
+async def event_stream(request: Request, db: DbDep, after: RowIdQuery = None, poll_s: float = 1.0,
                        max_s: float = STREAM_SECONDS) -> StreamingResponse:
     """The event log as SSE (``id`` = event id; resumes after ``Last-Event-ID``)."""
     start = _resume_point(request, after)
