@@ -24,6 +24,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "rewards": "learnloop.cli.rewards:rewards_group",
     "train": "learnloop.cli.training:train_group",
     "models": "learnloop.cli.models:models_group",
+    "daemon": "learnloop.cli.daemon:daemon_group",
+    "jobs": "learnloop.cli.daemon:jobs_group",
+    "loops": "learnloop.cli.daemon:loops_group",
 }
 
 
