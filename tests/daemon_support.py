@@ -61,7 +61,7 @@ def tiny_train(**kw: Any) -> dict[str, Any]:
 def daemon_env(data_dir: Path, db_url: str, config_file: Path | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
     env.update(LEARNLOOP_DATA_DIR=str(data_dir), LEARNLOOP_DATABASE_URL=db_url, LEARNLOOP_DAEMON__POLL_INTERVAL="0.2",
-               LEARNLOOP_DAEMON__LEASE_SECONDS="4", LEARNLOOP_DAEMON__HEARTBEAT_SECONDS="0.5",
+               LEARNLOOP_DAEMON__LEASE_SECONDS="10", LEARNLOOP_DAEMON__HEARTBEAT_SECONDS="0.5",
                LEARNLOOP_DAEMON__RETRY_BACKOFF="0", PYTHONUNBUFFERED="1", **extra)
     if config_file is not None:
         env["LEARNLOOP_CONFIG"] = str(config_file)

@@ -10,6 +10,7 @@ alias log first, so a daemon killed between a stage and its record never makes a
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 import traceback
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from learnloop.errors import ConfigError, LearnloopError, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database
 
+log = logging.getLogger("learnloop.daemon")
 
 def registry_available() -> bool:
     return importlib.util.find_spec("learnloop.registry") is not None
@@ -53,8 +55,43 @@ class Context:
     shutdown: threading.Event
 
 
+class LeaseKeeper:
+    """Renews the job's lease every ``heartbeat_seconds`` from its own thread, whatever the job is doing
+    (importing torch, building a large dataset, evaluating for minutes): the lease says the daemon is
+    alive; the training watchdog, not the lease, judges whether the work moves."""
+
+    def __init__(self, ctx: Context, job_id: int) -> None:
+        self.ctx, self.job_id = ctx, job_id
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"learnloop-lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        cfg = self.ctx.settings.daemon
+        while not self._done.wait(cfg.heartbeat_seconds):
+            try:
+                if queue.heartbeat(self.ctx.db, self.job_id, self.ctx.owner, lease_seconds=cfg.lease_seconds) is None:
+                    self.lost.set()
+                    return
+            except Exception:  # noqa: BLE001 - the database is briefly away: try again next beat
+                log.warning("lease renewal of job %s failed", self.job_id, exc_info=True)
+
+
 def run_job(ctx: Context, job: queue.JobInfo) -> None:
     """Run one claimed job to its end state; never raises (a crash of the handler is a failed attempt)."""
+    with LeaseKeeper(ctx, job.id):
+        _run_job(ctx, job)
+
+
+def _run_job(ctx: Context, job: queue.JobInfo) -> None:
     cfg = ctx.settings.daemon
     try:
         if job.kind == "train" and job.payload.get("loop"):
@@ -75,6 +112,7 @@ def run_job(ctx: Context, job: queue.JobInfo) -> None:
         if job.loop:
             loops_mod.set_state(ctx.db, job.loop, "idle", {"outcome": "refused", "job_id": job.id, "reason": str(exc)})
     except Exception as exc:  # noqa: BLE001 - any other crash is one failed attempt, retried with backoff
+        log.exception("job %s failed", job.id)
         state = queue.fail(ctx.db, job.id, ctx.owner, f"{type(exc).__name__}: {exc}", output_tail=traceback.format_exc()[-4000:],
                            backoff=cfg.retry_backoff, backoff_max=cfg.retry_backoff_max)
         if job.loop and state == "failed":
@@ -105,8 +143,6 @@ def _train(ctx: Context, job: queue.JobInfo, config: Any) -> dict[str, Any]:
 
 
 def _plain_training(ctx: Context, job: queue.JobInfo) -> None:
-    from learnloop.training.run import validate_config
-
     data = dict(job.payload.get("config") or {})
     if not data:
         raise Refused("a train job needs payload.loop (a [[loops]] name) or payload.config (a TrainConfig)")
@@ -197,8 +233,6 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
 
 
 def _train_config(ctx: Context, job: queue.JobInfo, loop: LoopConfig, base: str, dataset: Path, init: Path | None) -> Any:
-    from learnloop.training.run import validate_config
-
     data: dict[str, Any] = {
         "device": ctx.settings.training.device,
         **loop.train,
@@ -273,6 +307,19 @@ def _promote(ctx: Context, job: queue.JobInfo, loop: LoopConfig, version_id: str
     registry.promote(ctx.db, ctx.settings, version_id, alias=loop.alias, actor="daemon",
                      reason=f"loop {loop.name} cycle {job.payload.get('cycle')}: gate {gate.get('verdict')}", evaluation_id=eval_id)
     return True
+
+
+def validate_config(data: dict[str, Any], where: str) -> Any:
+    """A TrainConfig (pydantic only: the daemon needs no torch to check it)."""
+    from pydantic import ValidationError
+
+    from learnloop.training.config import TrainConfig
+
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid training config ({where}): {problems}") from None
 
 
 # -- other kinds ------------------------------------------------------------------------------------
