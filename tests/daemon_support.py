@@ -68,9 +68,10 @@ def daemon_env(data_dir: Path, db_url: str, config_file: Path | None = None, **e
     return env
 
 
-def start_daemon(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_daemon(env: dict[str, str], log: Path, *, scoring: bool = False) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "learnloop", "daemon", "--no-scoring", *args], env=env, cwd=log.parent,
+    args = [] if scoring else ["--no-scoring"]
+    return subprocess.Popen([sys.executable, "-m", "learnloop", "daemon", *args], env=env, cwd=log.parent,
                             stdout=out, stderr=subprocess.STDOUT)
 
 

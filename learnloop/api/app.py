@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    from learnloop.api.routes import jobs
+
+    app.include_router(jobs.router)
     _install_error_handlers(app)
     return app
 

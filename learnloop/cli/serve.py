@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -17,13 +18,15 @@ from learnloop.cli.main import settings
     default=None,
     help="Import JSONL files dropped into <data dir>/inbox. [default: server.watch_inbox]",
 )
+@click.option("--daemon/--no-daemon", "with_daemon", default=True, show_default=True,
+              help="Also run the daemon (triggers, jobs, background scoring) in this process.")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
-def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, log_level: str) -> None:
+def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, with_daemon: bool, log_level: str) -> None:
     """Run the learnloop server. Applies database migrations first; API docs at /docs."""
     import uvicorn
 
@@ -45,7 +48,19 @@ def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, log_
         + (f"watching {data_dir(s.data_dir).inbox})" if watching else "inbox not watched)"),
         err=True,
     )
+    daemon = _start_daemon(s, db) if with_daemon else None
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
+        if daemon is not None:
+            daemon.stop()  # a running training checkpoints and is requeued
         db.dispose()
+
+
+def _start_daemon(s: Any, db: Any) -> Any:
+    """The daemon's one hook into serve: its worker runs in this process (a config lock refuses the start)."""
+    from learnloop.daemon.service import Daemon
+
+    daemon = Daemon(s, db)
+    daemon.start()
+    return daemon
