@@ -284,16 +284,26 @@ def check_and_submit(db: Database, settings: Settings, loop: LoopConfig, *, manu
     with db.read_session() as s:
         row = s.get(LoopState, loop.name)
         last_at = row.last_cycle_at if row else None
-    decision = None if manual else check_loop(db, settings, loop, now=now, last_cycle_at=last_at)
-    job = None
+        was_busy = (row.readiness or {}).get("busy_job") if row else None
     busy = active_job(db, loop.name)
-    if busy is not None and (manual or (decision and decision.fire)):
+    if busy is not None:
         if manual:
             raise Conflict(f"Loop {loop.name!r} already has job {busy.id} ({busy.state.value}); "
                            f"`learnloop jobs show {busy.id}` follows it.")
-        emit(db, "trigger.skipped", f"loop {loop.name}: would fire, but job {busy.id} is still {busy.state.value}",
-             loop=loop.name, job_id=busy.id)
-    elif manual or (decision and decision.fire):
+        # One cycle at a time: the next one counts from where this one ends, so there is nothing to check yet.
+        if was_busy != busy.id:
+            emit(db, "trigger.skipped", f"loop {loop.name}: not checked while job {busy.id} is {busy.state.value}",
+                 loop=loop.name, job_id=busy.id)
+        with db.session() as s:
+            row = s.get(LoopState, loop.name)
+            row.last_check_at, row.updated_at = now, now
+            row.next_check_at = now + dt.timedelta(seconds=loop.triggers.check_interval)
+            row.readiness = {**(row.readiness or {}), "busy_job": busy.id,
+                             "reasons": [f"cycle job {busy.id} is {busy.state.value}"], "checked_at": now.isoformat()}
+        return None, None
+    decision = None if manual else check_loop(db, settings, loop, now=now, last_cycle_at=last_at)
+    job = None
+    if manual or (decision and decision.fire):
         job = submit_cycle(db, settings, loop, now=now, reason=f"manual ({actor})" if manual else "; ".join(decision.triggers))
     elif decision is not None:
         emit(db, "trigger.skipped", f"loop {loop.name}: " + "; ".join(c.reason for c in decision.checks if not c.ok or c.name == "new_examples"),

@@ -97,6 +97,12 @@ class Daemon:
                 if now >= next_reap:
                     self._reap()
                     next_reap = now + max(1.0, min(self.cfg.lease_seconds / 2, self.cfg.poll_interval * 5))
+                # Take work first: a loop check may be slow (it runs the dataset builder dry).
+                if not self.busy and not self._stop.is_set() and not queue.get_control(self.db, "daemon.paused"):
+                    job = queue.claim(self.db, self.owner, lease_seconds=self.cfg.lease_seconds)
+                    if job is not None:
+                        self._worker = threading.Thread(target=run_job, args=(self.ctx, job), name=f"learnloop-job-{job.id}")
+                        self._worker.start()
                 for loop in loops_mod.due(self.db, self.settings):
                     if self._stop.is_set():
                         break
@@ -106,12 +112,8 @@ class Daemon:
                         emit(self.db, "trigger.error", f"loop {loop.name}: check failed: {exc}", level="error", loop=loop.name)
                         log.exception("loop %s check failed", loop.name)
                         self._postpone(loop)
-                if not self.busy and not self._stop.is_set() and not queue.get_control(self.db, "daemon.paused"):
-                    job = queue.claim(self.db, self.owner, lease_seconds=self.cfg.lease_seconds)
-                    if job is not None:
-                        self._worker = threading.Thread(target=run_job, args=(self.ctx, job), name=f"learnloop-job-{job.id}")
-                        self._worker.start()
-                        continue
+                if not self.busy and queue.list_jobs(self.db, state="queued", limit=1):
+                    continue  # a check may just have queued a cycle: take it without sleeping
             except Exception:  # noqa: BLE001 - a lost database connection: wait and try again
                 log.exception("daemon tick failed; retrying in %s s", self.cfg.poll_interval)
             self._wake.wait(self._sleep_for())
