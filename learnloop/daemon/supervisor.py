@@ -64,6 +64,20 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill
+    return out
+
+
 def training_command(config_path: Path, launcher: list[str]) -> list[str]:
     return [*(launcher or [sys.executable]), "-m", "learnloop.training.run", "--config", str(config_path)]
 
@@ -81,7 +95,7 @@ class Supervisor:
         self._pending: list[dict[str, Any]] = []
 
     def run(self, config: Any) -> Outcome:
-        out = Path(config.output_dir)
+        out = self.out = Path(config.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         cfg_path = out / CONFIG_FILE
         tmp = out / f".{CONFIG_FILE}.tmp"
@@ -208,6 +222,12 @@ class Supervisor:
         # Steps past the checkpoint it resumed from are redone: their earlier rows describe nothing kept.
         with self.db.session() as s:
             s.execute(delete(TrainingMetric).where(TrainingMetric.job_id == self.job_id, TrainingMetric.step > step))
+        # Steps up to it whose rows a killed daemon never wrote are in the run's own metrics file
+        # (trimmed to the checkpoint by the run before it says "start").
+        for line in _read_lines(self.out / "metrics.jsonl"):
+            if 0 < int(line.get("step", 0)) <= step:
+                self._on_step({"step": line["step"], "total_steps": ev.get("total_steps", 0), "metrics": line})
+        self.progress.update(step=step)
 
     def _on_step(self, ev: dict[str, Any]) -> None:
         m = ev.get("metrics") or {}
