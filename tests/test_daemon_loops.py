@@ -109,7 +109,7 @@ def test_reward_drop_of_served_traffic(db: Database, settings: Settings, tiny_mo
     with db.session() as sess:
         sess.add(ModelVersion(id="v0001", base_model=str(tiny_model_dir), loop="qa"))
         sess.flush()
-        sess.add(Evaluation(candidate_id="v0001", metrics={"reward": 0.8}, verdict="promote"))
+        sess.add(Evaluation(candidate_id="v0001", metrics={"overall": {"n": 30, "reward_candidate": 0.8}}, verdict="promote"))
         sess.add(Alias(name="learnloop", version_id="v0001"))
     add(db, traces("t", 3))
     served = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "meh"}],

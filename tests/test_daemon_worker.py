@@ -126,3 +126,42 @@ def test_skip_moves_on_and_the_skipped_job_resumes_later(db: Database, settings:
     assert [json.loads(line)["step"] for line in text] == list(range(1, 31))
     kinds = _kinds(db, first.id)
     assert kinds.count("job.started") == 2 and "job.skipped" in kinds
+
+
+def _with_daemon(settings: Settings, **daemon: Any) -> Settings:
+    data = settings.model_dump()
+    data["loops"] = []
+    data["daemon"] = {**data["daemon"], "poll_interval": 0.2, "heartbeat_seconds": 0.5, "retry_backoff": 0.0, **daemon}
+    return Settings.model_validate(data)
+
+
+def test_watchdog_kills_and_retries_a_stalled_run(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import sys
+
+    # A "training" that prints a line and then hangs without ever taking a step.
+    hang = [sys.executable, "-c", "import time; print('loading...', flush=True); time.sleep(600)"]
+    s = _with_daemon(settings, launcher=hang, stall_timeout=2.0)
+    job, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=2)
+    t0 = time.monotonic()
+    with running(s, db):
+        done = wait_for(lambda: _state(db, job.id).state == "failed" and _state(db, job.id), 60, 0.1, "the stalled job to fail")
+    took = time.monotonic() - t0
+    assert done.attempts == 2 and "stalled: no progress for 2 s" in done.error and "loading..." in done.output_tail
+    kinds = _kinds(db, job.id)
+    assert kinds.count("job.stalled") == 2 and kinds.count("job.retried") == 1
+    with db.read_session() as sess:
+        stalls = list(sess.scalars(select(Event.created_at).where(Event.job_id == job.id, Event.kind.in_(["job.started", "job.stalled"])).order_by(Event.id)))
+    # Each attempt is declared stalled within twice stall_timeout of its start (plus process start-up).
+    assert all((b - a).total_seconds() < 2 * 2.0 + 3 for a, b in zip(stalls[::2], stalls[1::2]))
+    assert took < 40
+
+
+def test_a_killed_training_process_is_reported(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import sys
+
+    oom = [sys.executable, "-c", "import os, signal; print('allocating', flush=True); os.kill(os.getpid(), signal.SIGKILL)"]
+    s = _with_daemon(settings, launcher=oom)
+    job, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=1)
+    with running(s, db):
+        done = wait_for(lambda: _state(db, job.id).state == "failed" and _state(db, job.id), 60, 0.1, "the killed job")
+    assert "killed by signal 9 (SIGKILL: out of memory?)" in done.error and done.output_tail.strip() == "allocating"

@@ -282,7 +282,9 @@ def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
     with ctx.db.read_session() as s:
         row = s.get(Evaluation, eval_id)
         metrics = dict(row.metrics or {}) if row else {}
-    policy = evaluation.GatePolicy(**loop.gate)
+    # [gate] overridden by the loop's own gate = {...} (the evaluation stage's rule), else the loop's alone.
+    policy_for = getattr(evaluation, "policy_for", None)
+    policy = policy_for(ctx.settings, loop.name) if policy_for else evaluation.GatePolicy(**loop.gate)
     verdict = evaluation.gate(metrics, policy)
     return {"passed": bool(verdict.passed), "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
 

@@ -228,6 +228,10 @@ def reward_drop(db: Database, settings: Settings, loop: LoopConfig, now: dt.date
 
 
 def _reward_of(metrics: dict[str, Any]) -> float | None:
+    """The evaluated mean reward of the candidate (the evaluation stage's ``overall.reward_candidate``)."""
+    overall = metrics.get("overall")
+    if isinstance(overall, dict) and isinstance(overall.get("reward_candidate"), (int, float)):
+        return float(overall["reward_candidate"])
     for key in ("reward", "reward_mean", "mean_reward", "candidate_reward"):
         v = metrics.get(key)
         if isinstance(v, dict):
