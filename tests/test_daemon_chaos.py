@@ -21,11 +21,12 @@ from learnloop.store.db import Database
 from learnloop.store.models import AliasEvent, Event, Job, LoopState, ModelVersion, TrainingMetric
 
 KILLS = 20
+STEPS = 8
 SEED = int(os.environ.get("LEARNLOOP_CHAOS_SEED", "1234"))
 
 
 def _toml(path: Path, tiny: Path) -> Path:
-    train = tiny_train(max_steps=8, checkpoint_every=2)
+    train = tiny_train(max_steps=STEPS, checkpoint_every=2)
     lines = [
         "[[loops]]", 'name = "qa"', 'algorithm = "sft"', 'scenario = "qa"', 'sources = ["teacher"]', f'base_model = "{tiny}"',
         "[loops.triggers]", "min_new_examples = 10", "check_interval = 0.5",
@@ -63,16 +64,23 @@ def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir:
         # Points drawn across the cycle whatever the machine's speed: during start-up, soon after a
         # claim (dataset, model loading), or at a random training step (mid-step, mid-checkpoint).
         phase = rng.choice(["startup", "claimed", "step", "step", "step"])
+        mine = lambda: [j for j in _running(db) if (j.lease_owner or "").endswith(f":{proc.pid}")]  # noqa: E731
         if phase == "startup":
             time.sleep(rng.uniform(0.3, 4.0))
         elif phase == "claimed":
-            _soft_wait(lambda: _running(db), 60)
+            _soft_wait(lambda: mine(), 60)
             time.sleep(rng.uniform(0.0, 3.0))
         else:
-            now = max((j.progress.get("step") or 0 for j in _running(db)), default=0)
-            target = min(8, now + rng.randint(1, 4))
-            _soft_wait(lambda: any((j.progress.get("step") or 0) >= target for j in _running(db)), 90)
-            time.sleep(rng.uniform(0.0, 0.3))
+            _soft_wait(lambda: mine(), 60)
+            now = max((j.progress.get("step") or 0 for j in mine()), default=0)
+            target = now + rng.randint(1, 3)
+            if target > STEPS:  # training is done: cut the stages after it (adapter, register, succeed)
+                phase = "after-training"
+                _soft_wait(lambda: not mine() or any("adapter_dir" in j.result for j in mine()), 90)
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                _soft_wait(lambda: any((j.progress.get("step") or 0) >= target for j in mine()), 90)
+                time.sleep(rng.uniform(0.0, 0.3))
         delay = f"{phase}+{time.monotonic() - t0:.1f}s"
         with db.read_session() as s:
             snapshot = [(j.id, j.state.value, (j.progress or {}).get("step"), sorted(j.result or {})) for j in s.scalars(select(Job))]
@@ -109,7 +117,7 @@ def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir:
             succeeded = s.scalar(select(func.count()).select_from(Event).where(Event.job_id == j.id, Event.kind == "job.succeeded"))
             assert succeeded == 1  # ran to completion once
             steps = list(s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == j.id).order_by(TrainingMetric.step)))
-            assert steps == list(range(1, 9))
+            assert steps == list(range(1, STEPS + 1))
             assert s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.job_id == j.id)) <= 1
         keys = list(s.scalars(select(Job.idempotency_key)))
         promoted = list(s.scalars(select(AliasEvent.to_version).where(AliasEvent.action == "promote")))

@@ -81,7 +81,8 @@ def test_crashing_training_is_retried_then_fails_with_its_output(db: Database, s
     assert kinds.count("job.started") == 2 and kinds.count("job.retried") == 1 and kinds[-1] == "job.failed"
 
 
-def test_pause_resume_stop_within_a_step(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_pause_resume_stop_within_a_step(sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    db = sqlite_db  # the control path is the same on PostgreSQL (queue tests cover both); training is the cost
     s = loop_settings(settings).model_copy(update={"loops": []})
     job, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=400, checkpoint_every=50)})
     with running(s, db):
@@ -110,7 +111,8 @@ def test_pause_resume_stop_within_a_step(db: Database, settings: Settings, tiny_
         k for k in kinds if k not in ("job.queued", "job.started")]
 
 
-def test_skip_moves_on_and_the_skipped_job_resumes_later(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_skip_moves_on_and_the_skipped_job_resumes_later(sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+    db = sqlite_db  # the control path is the same on PostgreSQL (queue tests cover both); training is the cost
     s = loop_settings(settings).model_copy(update={"loops": []})
     first, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=30, checkpoint_every=2)})
     second, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=4)})

@@ -105,6 +105,8 @@ class Supervisor:
         if info is None:
             return Outcome("lost")
         desired = DesiredState(info.desired_state)
+        # Keep showing where it was (a resumed run says "start" only after loading the model).
+        self.progress = {k: v for k, v in (info.progress or {}).items() if k in ("step", "total_steps", "checkpoint")}
         # A command left by an earlier attempt (a stop it obeyed, a pause) must not steer this one.
         sent = "pause" if desired == DesiredState.pause else "resume"
         write_control(out, sent)
