@@ -62,7 +62,7 @@ class TriggerConfig(_Section):
 
 class LoopConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Unique name (jobs, versions and events carry it).")
-    algorithm: Literal["sft", "dpo", "grpo"] = "sft"
+    algorithm: Literal["sft", "dpo", "grpo"] = Field("sft", description="What the loop trains: sft, dpo or grpo.")
     scenario: str | None = Field(None, description="Learn only from trajectories of this scenario.")
     sources: list[Literal["production", "teacher", "synthetic", "served"]] = Field(
         default_factory=list, description="Learn only from these sources (empty: all)."
@@ -76,7 +76,7 @@ class LoopConfig(_Section):
     train: dict[str, Any] = Field(
         default_factory=dict, description="Training settings: any TrainConfig field (lora, max_steps, learning_rate, max_length ...)."
     )
-    triggers: TriggerConfig = Field(default_factory=TriggerConfig)
+    triggers: TriggerConfig = Field(default_factory=TriggerConfig, description="When a cycle starts, and what must be ready first.")
     incremental: bool = Field(True, description="Each cycle trains on the examples new since the previous one (continuing its adapter).")
     max_truncated_share: float = Field(
         0.05, ge=0, le=1, description="Refuse a cycle when more than this share of its examples exceed max_length."
@@ -85,9 +85,9 @@ class LoopConfig(_Section):
     alias: str = Field("learnloop", description="The served name a promotion moves.")
     gate: dict[str, Any] = Field(default_factory=dict, description="Promotion gate policy (the evaluation stage's GatePolicy fields).")
     eval_limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation generates for.")
-    priority: Priority = "normal"
-    max_attempts: int = Field(3, ge=1, le=20)
-    enabled: bool = True
+    priority: Priority = Field("normal", description="Queue priority of this loop's cycles: high, normal or low.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Tries of one cycle (crashes, OOM, stalls) before it fails.")
+    enabled: bool = Field(True, description="Whether the daemon checks this loop's triggers (`loops run` works either way).")
 
     @model_validator(mode="after")
     def _check(self) -> "LoopConfig":
@@ -115,7 +115,7 @@ class DaemonSettings(_Section):
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running job's lease is renewed.")
     stall_timeout: float = Field(900.0, gt=0, description="A job whose step counter has not moved this long is killed and retried.")
     retry_backoff: float = Field(30.0, ge=0, description="Seconds before the first retry; doubles after each.")
-    retry_backoff_max: float = Field(3600.0, ge=0)
+    retry_backoff_max: float = Field(3600.0, ge=0, description="Longest wait before a retry, in seconds.")
     score_interval: float = Field(60.0, gt=0, description="Seconds between background scoring passes over new trajectories.")
     judge: bool = Field(False, description="Also run the LLM judge over each loop's scenario in the background (needs scoring.judge_*).")
     launcher: list[str] = Field(
