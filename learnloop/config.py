@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -27,6 +27,9 @@ from learnloop.daemon.config import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
+# One default token length for datasets (what their length report checks) and training (what it
+# truncates to), so a dataset that passes its report is not truncated by a run with default settings.
+DEFAULT_MAX_LENGTH = 1024
 
 
 class _Section(BaseModel):
@@ -59,6 +62,19 @@ class CaptureSettings(_Section):
     server_url: str | None = Field(
         None, description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database."
     )
+    window: str = Field(
+        "1h",
+        pattern=r"^\s*\d+\s*[mhd]\s*$",
+        description="Length of the time window a trajectory is assigned to when none is given: Nm, Nh or Nd (ids like 2026-12-02T14).",
+    )
+    source_sample_rates: dict[Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="Sample rate per trajectory source (production, teacher, synthetic, served); sources not named use sample_rate.",
+    )
+    keep_confident: float | None = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Keep every trajectory whose metadata 'confidence' is at least this, whatever the sample rate (unset: no such rule).",
+    )
 
 
 class FeedbackWeights(_Section):
@@ -67,6 +83,30 @@ class FeedbackWeights(_Section):
     success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
     correction: float = Field(
         1.0, ge=0, description="Weight of the correction penalty: a corrected answer counts as the worst value."
+    )
+
+
+class CombineSettings(_Section):
+    """How many scores become one reward. See learnloop/scoring/combine.py for the rule."""
+
+    mode: Literal["explicit_first", "mean"] = Field(
+        "explicit_first",
+        description="'explicit_first': explicit signals decide, generic heuristics refine, checks only lower; 'mean': plain weighted mean of all aspects.",
+    )
+    explicit_sources: list[Literal["env", "human", "judge"]] = Field(
+        default_factory=lambda: ["env", "human", "judge"],
+        description="Score sources that are the app's own signal (a registered verifier counts too: any heuristic not listed below).",
+    )
+    generic: list[str] = Field(
+        default_factory=lambda: ["length", "no_refusal"],
+        description="Heuristics that only refine an explicit reward (or stand in when there is none).",
+    )
+    checks: list[str] = Field(
+        default_factory=lambda: ["json_valid", "json_schema", "tool_success"],
+        description="Heuristics that can only lower the reward: the reward is capped at their value.",
+    )
+    generic_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all)."
     )
 
 
@@ -112,6 +152,15 @@ class ScoringSettings(_Section):
     judge_json_mode: bool = Field(
         False, description="Send response_format={'type': 'json_object'} (only for endpoints that support it)."
     )
+    # Refinement: a user asking again for what they just asked means the answer before missed.
+    refinement_threshold: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="Similarity (content words shared, 0-1) at which a user message counts as re-asking the previous request.",
+    )
+    refinement_weight: float = Field(
+        0.5, ge=0.0, description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it."
+    )
+    combine: CombineSettings = Field(default_factory=CombineSettings)
 
     @model_validator(mode="after")
     def _rating_scale(self) -> "ScoringSettings":
@@ -124,7 +173,9 @@ class DatasetSettings(_Section):
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
     )
-    max_length: int = Field(2048, ge=16, description="Token length training truncates to; datasets report against it.")
+    max_length: int = Field(
+        DEFAULT_MAX_LENGTH, ge=16, description="Token length training truncates to; datasets report against it."
+    )
     tokenizer: str | None = Field(
         None,
         description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
@@ -149,6 +200,36 @@ class DatasetSettings(_Section):
 class TrainingSettings(_Section):
     base_model: str = Field("smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    max_truncated_share: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="`train run` refuses to start when more than this share of examples would be truncated (--allow-truncation overrides).",
+    )
+
+
+class WatchSettings(_Section):
+    disk_floor_gb: float = Field(1.0, ge=0, description="Free space the data dir needs; below it /readyz answers 503 and `disk_low` alerts fire.")
+    alert_interval_s: float = Field(30.0, gt=0, description="How often the server evaluates the [[alerts]] rules and sends pending alerts.")
+    alert_max_attempts: int = Field(6, ge=1, le=50, description="Tries per alert delivery before it is marked failed.")
+    alert_backoff_s: float = Field(5.0, ge=0, description="Seconds before the first retry of a failed delivery; doubles after each.")
+    alert_timeout_s: float = Field(10.0, gt=0, description="Seconds a webhook has to answer.")
+    metrics_window_hours: float = Field(168.0, gt=0, description="Window of the reward means /metrics reports per scenario.")
+
+
+class AlertRule(_Section):
+    """One `[[alerts]]` entry: when it fires and the webhook it goes to."""
+
+    name: str = Field(description="Unique name of the rule (part of each alert's dedup key).")
+    when: Literal[
+        "job_failed", "loss_spike", "loss_nan", "disk_low", "no_trajectories", "gate_rejected", "promotion", "rollback"
+    ] = Field(description="The condition the rule watches.")
+    url: str = Field(description="Webhook the alert is POSTed to.")
+    format: Literal["json", "slack"] = Field("json", description="'json': the full alert; 'slack': only {'text': ...}.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an Authorization).")
+    spike_factor: float = Field(3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window.")
+    window: int = Field(20, ge=3, description="loss_spike: how many recent steps make the baseline.")
+    min_free_gb: float | None = Field(None, ge=0, description="disk_low: floor in GB (default: watch.disk_floor_gb).")
+    hours: float = Field(24.0, gt=0, description="no_trajectories: hours without a new trajectory before it fires.")
+    repeat_hours: float = Field(24.0, gt=0, description="disk_low/no_trajectories: while the condition lasts, alert again after this long.")
 
 
 class Settings(BaseSettings):
@@ -178,6 +259,8 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     loops: list[LoopConfig] = Field(default_factory=list, description="[[loops]]: what the daemon learns from, how and when.")
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
 
     @model_validator(mode="after")
     def _unique_loop_names(self) -> "Settings":

@@ -37,3 +37,11 @@ class Overloaded(LearnloopError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TruncationRefused(ValidationFailed):
+    """Too many training examples are longer than max_length; ``check`` holds the length report."""
+
+    def __init__(self, message: str, check: object = None) -> None:
+        super().__init__(message, [("max_length", message)])
+        self.check = check

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import httpx
-import pytest
 from api_support import live_server
 from click.testing import CliRunner
 from daemon_support import add, traces

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from daemon_support import loop_settings, tiny_train, wait_for
 from sqlalchemy import func, select
 from training_support import SFT_ROWS, write_jsonl

@@ -368,7 +368,7 @@ def control(db: Database, job_id: int, action: str, *, actor: str | None = None)
         state, held = row.state, row.lease_owner is not None
         refuse = _refusal(action, state, held)
         if refuse:
-            raise Conflict(f"Job {job_id} is {_v(state)}: {refuse}")
+            raise Conflict(f"Job {job_id} {'already' if state in FINISHED else 'is'} {_v(state)}: {refuse}")
         note = ""
         if action == "pause":
             row.desired_state = DesiredState.pause

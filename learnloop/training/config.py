@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learnloop.config import DEFAULT_MAX_LENGTH
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +48,7 @@ class TrainConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
 
-    max_length: int = Field(1024, ge=8)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=8, description="Tokens per example; longer ones are truncated (the same default as datasets.max_length).")
     batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0.0)

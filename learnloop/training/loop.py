@@ -163,6 +163,9 @@ def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.o
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # for init_adapter + keep_optimizer_state
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=2))
+    from learnloop.models.formats import write_adapter_format
+
+    write_adapter_format(tmp, algorithm=config.algorithm, base_model=config.base_model)
     ckpt_mod._fsync_tree(tmp)
     if final.exists():
         old = output_dir / f".old-{ADAPTER_DIR}-{os.getpid()}"
@@ -222,6 +225,7 @@ def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callab
     step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume is not None:
+        ckpt_mod.check_format(resume)
         st = resume.state
         if st.get("dataset_sha256") != dataset.sha256 or st.get("algorithm") != config.algorithm:
             raise ConfigError(

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
+from learnloop.api.metrics import count_ingested
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
 from learnloop.store.records import CheckedBatch, CheckedFeedback
 from learnloop.store.trajectories import get_trajectory, ingest
+from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -52,11 +54,12 @@ def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[
             detail=f"Batch has {size} records; the most accepted in one request is {settings.server.max_batch_size} "
             "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
         )
+    fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
     with db.session() as session:
         result = ingest(
             session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
         )
-    return result.as_dict()
+    return count_ingested(result.as_dict())
 
 
 @router.post(
@@ -70,7 +73,7 @@ def post_feedback(trajectory_id: str, feedback: CheckedFeedback, db: DbDep, sett
     feedback["trajectory_id"] = trajectory_id
     with db.session() as session:
         result = ingest(session, {"feedback": [feedback]}, project=settings.project)
-    return result.as_dict()
+    return count_ingested(result.as_dict())
 
 
 @router.get("/trajectories/{trajectory_id}")
