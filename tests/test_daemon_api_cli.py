@@ -23,28 +23,28 @@ def test_api_routes(db: Database, settings: Settings, tiny_model_dir: Path) -> N
     auth = {"Authorization": "Bearer sekret"}
     add(db, traces("a", 3))
     with live_server(create_app(s, db, watch_inbox=False)) as url, httpx.Client(base_url=url) as http:
-        assert http.post("/api/jobs", json={"kind": "score"}).status_code == 401
-        r = http.post("/api/jobs", json={"kind": "score", "priority": "high", "idempotency_key": "k1"}, headers=auth)
+        assert http.post("/v1/jobs", json={"kind": "score"}).status_code == 401
+        r = http.post("/v1/jobs", json={"kind": "score", "priority": "high", "idempotency_key": "k1"}, headers=auth)
         assert r.status_code == 201 and r.json()["created"] and r.json()["priority"] == "high"
-        again = http.post("/api/jobs", json={"kind": "score", "idempotency_key": "k1"}, headers=auth).json()
+        again = http.post("/v1/jobs", json={"kind": "score", "idempotency_key": "k1"}, headers=auth).json()
         assert again["id"] == r.json()["id"] and not again["created"]
-        bad = http.post("/api/jobs", json={"kind": "train", "config": {"algorithm": "sft"}}, headers=auth)
+        bad = http.post("/v1/jobs", json={"kind": "train", "config": {"algorithm": "sft"}}, headers=auth)
         assert bad.status_code == 400 and "base_model" in bad.json()["error"]
-        assert http.post("/api/jobs", json={"kind": "train"}, headers=auth).status_code == 422
+        assert http.post("/v1/jobs", json={"kind": "train"}, headers=auth).status_code == 422
         job_id = r.json()["id"]
-        assert http.post(f"/api/jobs/{job_id}/pause", headers=auth).json()["state"] == "paused"
-        assert http.post(f"/api/jobs/{job_id}/explode", headers=auth).status_code == 422
-        assert http.post(f"/api/jobs/{job_id}/retry", headers=auth).status_code == 409
-        assert http.post("/api/jobs/999/cancel", headers=auth).status_code == 404
-        assert [j["id"] for j in http.get("/api/jobs", params={"state": "paused"}).json()] == [job_id]
-        assert http.get(f"/api/jobs/{job_id}").json()["payload"] == {}
-        run = http.post("/api/loops/qa/run", headers=auth)
+        assert http.post(f"/v1/jobs/{job_id}/pause", headers=auth).json()["state"] == "paused"
+        assert http.post(f"/v1/jobs/{job_id}/explode", headers=auth).status_code == 422
+        assert http.post(f"/v1/jobs/{job_id}/retry", headers=auth).status_code == 409
+        assert http.post("/v1/jobs/999/cancel", headers=auth).status_code == 404
+        assert [j["id"] for j in http.get("/v1/jobs", params={"state": "paused"}).json()] == [job_id]
+        assert http.get(f"/v1/jobs/{job_id}").json()["payload"] == {}
+        run = http.post("/v1/loops/qa/run", headers=auth)
         assert run.status_code == 201 and run.json()["loop"] == "qa"
-        assert http.post("/api/loops/qa/run", headers=auth).status_code == 409  # one cycle at a time
-        assert http.post("/api/loops/nope/run", headers=auth).status_code == 404
-        assert http.get("/api/loops").json()[0]["job"]["id"] == run.json()["id"]
-        assert http.post("/api/daemon/freeze", headers=auth).json()["frozen"] is True
-        assert http.get("/api/daemon").json() == {"paused": False, "frozen": True}
+        assert http.post("/v1/loops/qa/run", headers=auth).status_code == 409  # one cycle at a time
+        assert http.post("/v1/loops/nope/run", headers=auth).status_code == 404
+        assert http.get("/v1/loops").json()[0]["job"]["id"] == run.json()["id"]
+        assert http.post("/v1/daemon/freeze", headers=auth).json()["frozen"] is True
+        assert http.get("/v1/daemon").json() == {"paused": False, "frozen": True}
 
 
 def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from learnloop.api.deps import get_db, get_settings, require_write_token
 from learnloop.config import Settings
 from learnloop.store.db import Database
 
-router = APIRouter(prefix="/api", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"])
 Db = Annotated[Database, Depends(get_db)]
 Conf = Annotated[Settings, Depends(get_settings)]
 Write = [Depends(require_write_token)]
