@@ -78,3 +78,16 @@ def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tm
     logs = list((tmp_path / "data" / "logs").glob("learnloop-*.log"))
     assert logs and "daemon.frozen" in logs[0].read_text()
     assert queue.get_control(db, "daemon.frozen")
+
+
+def test_daemon_refuses_to_start_on_a_changed_locked_key(db: Database, tmp_path: Path, tiny_model_dir: Path) -> None:
+    from learnloop.store.models import LoopState
+
+    toml = tmp_path / "learnloop.toml"
+    toml.write_text(f'[[loops]]\nname = "qa"\nbase_model = "{tiny_model_dir}"\ntrain = {{ lora = {{ r = 8 }} }}\n')
+    with db.session() as s:
+        s.add(LoopState(name="qa", locked={"lora.r": 16, "base_model": str(tiny_model_dir)}))
+    env = {"LEARNLOOP_DATA_DIR": str(tmp_path / "data"), "LEARNLOOP_DATABASE_URL": db.url, "LEARNLOOP_CONFIG": str(toml)}
+    result = CliRunner().invoke(cli, ["daemon", "--no-scoring"], env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Loop 'qa': lora.r is locked to 16" in result.output and "configured now: 8" in result.output
