@@ -19,6 +19,10 @@ class ValidationFailed(LearnloopError):
         self.problems = problems or []
 
 
+class Unparsable(LearnloopError):
+    """A request body or file is not JSON at all (HTTP 400); ValidationFailed is for JSON of the wrong shape."""
+
+
 class NotFound(LearnloopError):
     """A referenced row (trajectory, job, model version, dataset) does not exist."""
 

@@ -61,6 +61,9 @@ class TrainConfig(_Strict):
     length_grouping: bool = True
     seed: int = 0
 
+    eval_dataset: Path | None = Field(None, description="Held-out JSONL in the training format; its loss is logged as eval_loss.")
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between held-out losses (and at the last step); needs eval_dataset.")
+
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between committed checkpoints.")
     keep_checkpoints: int = Field(2, ge=1)
 
