@@ -21,8 +21,12 @@ def _finished(db: Database, job_id: int) -> queue.JobInfo | None:
 
 
 def test_cycles_from_trajectories_to_a_trained_adapter(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
-    s = loop_settings(settings, base_model=str(tiny_model_dir), train=tiny_train(max_steps=4),
+    # A gate the tiny random model can pass (it learns nothing in 4 steps): every stage must happen.
+    gate = {"min_examples": 1, "margin": -10.0, "max_p95_latency_ratio": 1000.0, "max_json_validity_drop": 1.0,
+            "max_scenario_regression": 10.0, "max_refusal_increase": 1.0}
+    s = loop_settings(settings, base_model=str(tiny_model_dir), train=tiny_train(max_steps=4), gate=gate, eval_limit=2,
                       triggers={"min_new_examples": 20, "check_interval": 0.5})
+    add(db, [{**t, "holdout": True} for t in traces("h", 2)])
     add(db, traces("a", 12))
     with running(s, db):
         wait_for(lambda: loops.status(db, s)[0]["last_check_at"], 60, 0.1, "a first check")
@@ -52,6 +56,8 @@ def test_cycles_from_trajectories_to_a_trained_adapter(db: Database, settings: S
     assert kinds.count("trigger.fired") == 2 and kinds.count("job.succeeded") == 2
     if registry_available():
         assert len(versions) == 2 and done2.result["version_id"] in versions
+        assert done.result["gate"]["passed"] and done.result["promoted"] is True, done.result.get("gate")
+        assert row.head_version_id == done2.result["version_id"]
     else:
         assert versions == []
 

@@ -200,9 +200,17 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         queue.update_result(db, job.id, ctx.owner, version_id=version_id)
         done["version_id"] = version_id
     if version_id and evaluation_available() and gate is None:
-        eval_id = done.get("evaluation_id") or _evaluate(ctx, loop, version_id)
-        queue.update_result(db, job.id, ctx.owner, evaluation_id=eval_id)
-        gate = _gate(ctx, loop, eval_id)
+        try:
+            eval_id = done.get("evaluation_id") or _evaluate(ctx, loop, version_id)
+        except (ValidationFailed, LearnloopError) as exc:
+            # Nothing to evaluate on (no held-out examples): the version stays registered, unpromoted.
+            eval_id = None
+            gate = {"passed": False, "verdict": "inconclusive", "reasons": [f"not evaluated: {exc}"]}
+            emit(db, "evaluation.skipped", f"{version_id} not evaluated: {exc}", level="warning", loop=loop.name,
+                 job_id=job.id, version_id=version_id)
+        else:
+            queue.update_result(db, job.id, ctx.owner, evaluation_id=eval_id)
+            gate = _gate(ctx, loop, eval_id)
         queue.update_result(db, job.id, ctx.owner, gate=gate)
         done.update(evaluation_id=eval_id, gate=gate)
     promoted = done.get("promoted")
