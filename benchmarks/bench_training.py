@@ -485,12 +485,13 @@ def peak_main(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> None:
     a = torch.randn(n, n, dtype=getattr(torch, dtype))
     b = torch.randn(n, n, dtype=getattr(torch, dtype))
     torch.mm(a, b)  # warm-up
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    print("BENCH_RESULT " + json.dumps({"gflops": 2 * n**3 / best / 1e9}), flush=True)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    print("BENCH_RESULT " + json.dumps({"gflops": 2 * n**3 / best / 1e9, "gflops_cpu": 2 * n**3 / best_cpu / 1e9}),
+          flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -549,12 +550,13 @@ def _run_child(argv: list[str], threads: int) -> tuple[dict[str, Any] | None, st
     return json.loads(lines[-1][len("BENCH_RESULT "):]), proc.stderr, 0
 
 
-def measure_peak(dtype: str, threads: int) -> float:
+def measure_peak(dtype: str, threads: int) -> dict[str, float]:
+    """Peak matmul GFLOP/s per wall second and per CPU second of the process."""
     result, tail, rc = _run_child(["--peak", dtype, str(threads)], threads)
     if result is None:
         print(f"  peak matmul ({dtype}) FAILED (exit {rc}):\n{tail}", file=sys.stderr)
-        return float("nan")
-    return float(result["gflops"])
+        return {"gflops": float("nan"), "gflops_cpu": float("nan")}
+    return result
 
 
 def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, verbose: bool) -> dict[str, Any]:
@@ -595,11 +597,11 @@ def ratio_values(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: s
 
 
 def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]], flops: float,
-                peak: float) -> None:
-    cols = ("arm", "tok/s", "tok/CPU-s", "MFU %", "s/step", "pad %", "tokens timed", "peak RSS MB", "process s",
+                peak: dict[str, float]) -> None:
+    cols = ("arm", "tok/s", "tok/CPU-s", "MFU %", "MFU/CPU %", "s/step", "pad %", "tokens timed", "peak RSS MB", "process s",
             "loss first→last")
     print(f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); MFU at {flops / 1e6:.0f} MFLOP/token "
-          f"and a peak of {peak:.0f} GFLOP/s")
+          f"and a peak of {peak['gflops']:.0f} GFLOP/s, {peak['gflops_cpu']:.0f} GFLOP/CPU-s")
     rows = []
     for arm in arms:
         res = _ok(rounds, arm)
@@ -609,7 +611,8 @@ def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str
         loss = f"{_fmt(res[-1]['loss_first'], '.3f')}→{_fmt(res[-1]['loss_last'], '.3f')}"
         rows.append((
             arm, _spread([x["tok_per_s"] for x in res], ".0f"), _spread([x["tok_per_cpu_s"] for x in res], ".0f"),
-            _spread([100 * x["tok_per_s"] * flops / (peak * 1e9) for x in res], ".1f"),
+            _spread([100 * x["tok_per_s"] * flops / (peak["gflops"] * 1e9) for x in res], ".1f"),
+            _spread([100 * x["tok_per_cpu_s"] * flops / (peak["gflops_cpu"] * 1e9) for x in res], ".1f"),
             _spread([x["step_s"] for x in res], ".2f"), _fmt(100 * statistics.median(x["pad_fraction"] for x in res)),
             _fmt(statistics.median(x["tokens_timed"] for x in res)), _fmt(statistics.median(x["peak_rss_mb"] for x in res)),
             _fmt(statistics.median(x["process_wall_s"] for x in res)), loss))
@@ -620,32 +623,34 @@ def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str
 
 
 def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """learnloop against the best TRL arm (and, for SFT, the strongest plain loop), per round."""
+    """learnloop against the best TRL arm of each round (an expert picks the fastest configuration)
+    and, for SFT, the strongest plain loop; per wall second and per CPU second."""
     out = []
     trl = [a for a in arms if a in TRL_ARMS and _ok(rounds, a)]
-    goals = []
-    if trl and "learnloop" in arms:
-        # The best TRL arm of each round (an expert picks the fastest configuration).
-        per_round = []
-        for r in rounds:
-            cands = [r[a]["tok_per_s"] for a in trl if a in r and "error" not in r[a]]
-            if cands and "learnloop" in r and "error" not in r["learnloop"]:
-                per_round.append(r["learnloop"]["tok_per_s"] / max(cands))
-        goals.append(("best TRL arm", per_round, 1.3))
-    if algorithm == "sft" and "plain-strong" in arms and "learnloop" in arms:
-        goals.append(("plain-strong", ratio_values(rounds, "learnloop", "plain-strong"), 1.0))
-    for name, vals, goal in goals:
-        if not vals:
-            continue
-        med = statistics.median(vals)
-        out.append({"algorithm": algorithm, "against": name, "median": med, "min": min(vals), "max": max(vals),
-                    "goal": goal, "met": med >= goal})
-        print(f"  learnloop / {name}: {_spread(vals, '.2f')}x tok/s (goal >= {goal}x): {'MET' if med >= goal else 'MISSED'}")
-    for other in arms:
-        if other != "learnloop" and "learnloop" in arms:
-            vals = ratio_values(rounds, "learnloop", other)
-            if vals:
-                print(f"    learnloop / {other}: {_spread(vals, '.2f')}x")
+    for key, basis in (("tok_per_s", "wall"), ("tok_per_cpu_s", "CPU")):
+        goals = []
+        if trl and "learnloop" in arms:
+            per_round = []
+            for r in rounds:
+                cands = [r[a][key] for a in trl if a in r and "error" not in r[a]]
+                if cands and "learnloop" in r and "error" not in r["learnloop"]:
+                    per_round.append(r["learnloop"][key] / max(cands))
+            goals.append(("best TRL arm", per_round, 1.3))
+        if algorithm == "sft" and "plain-strong" in arms and "learnloop" in arms:
+            goals.append(("plain-strong", ratio_values(rounds, "learnloop", "plain-strong", key), 1.0))
+        for name, vals, goal in goals:
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            out.append({"algorithm": algorithm, "against": name, "basis": basis, "median": med, "min": min(vals),
+                        "max": max(vals), "goal": goal, "met": med >= goal})
+            print(f"  [{basis:4s}] learnloop / {name}: {_spread(vals, '.2f')}x (goal >= {goal}x): "
+                  f"{'MET' if med >= goal else 'MISSED'}")
+        for other in arms:
+            if other != "learnloop" and "learnloop" in arms:
+                vals = ratio_values(rounds, "learnloop", other, key)
+                if vals:
+                    print(f"  [{basis:4s}]   learnloop / {other}: {_spread(vals, '.2f')}x")
     return out
 
 
@@ -672,7 +677,7 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=320)
     ap.add_argument("--min-tokens", type=int, default=30, help="shortest example (tokens, approximate)")
-    ap.add_argument("--max-tokens", type=int, default=200, help="longest example (tokens, approximate)")
+    ap.add_argument("--max-tokens", type=int, default=150, help="longest example (tokens, approximate)")
     # One thread by default: on a shared machine two OpenMP threads spin at every barrier while a
     # neighbour holds the other core, which made the same step take 1.2 s or 9 s (wall and CPU alike).
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every arm (raise on a dedicated machine)")
@@ -715,7 +720,8 @@ def main() -> None:
           f"arm (first untimed); {args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs", flush=True)
     peaks = [measure_peak(args.dtype, args.threads)]
-    print(f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]:.0f} GFLOP/s (start)", flush=True)
+    print(f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]['gflops']:.0f} GFLOP/s, "
+          f"{peaks[0]['gflops_cpu']:.0f} GFLOP/CPU-s (start)", flush=True)
     raw: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for algorithm, arms, steps, rows in plans:
@@ -729,11 +735,14 @@ def main() -> None:
             for k in range(args.rounds):
                 order = arms[k % len(arms):] + arms[: k % len(arms)]  # rotate: no arm always runs first
                 rounds.append({arm: run_arm(arm, algorithm, common, spec_path, args.verbose) for arm in order})
-            raw[algorithm] = {"rounds": rounds, "flops": flops}
+                raw[algorithm] = {"rounds": rounds, "flops": flops}
+                if args.json_out:  # after every round, so a long run that is cut short keeps what it measured
+                    Path(args.json_out).write_text(json.dumps(raw, indent=2))
         peaks.append(measure_peak(args.dtype, args.threads))
-        peak = max(p for p in peaks if p == p) if any(p == p for p in peaks) else float("nan")
-        print(f"\npeak matmul {args.dtype}, {args.threads} thread(s): start {peaks[0]:.0f}, end {peaks[1]:.0f} GFLOP/s; "
-              f"MFU uses the higher", flush=True)
+        peak = {k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")}
+        print(f"\npeak matmul {args.dtype}, {args.threads} thread(s): start {peaks[0]['gflops']:.0f}, end "
+              f"{peaks[1]['gflops']:.0f} GFLOP/s; per CPU second {peaks[0]['gflops_cpu']:.0f}, {peaks[1]['gflops_cpu']:.0f}; "
+              f"MFU uses the higher of each", flush=True)
         raw["peak_gflops"] = peaks
         results = []
         for algorithm, arms, _steps, _rows in plans:
