@@ -19,8 +19,9 @@ SFT
                         the old ``group_by_length=True``: LengthGroupedSampler)
 - trl-padfree           + ``padding_free=True`` (rows concatenated into one sequence, no padding)
 - plain-naive           hand-written loop: shuffled batches, the model's own full-logits loss
-- plain-strong          hand-written loop: length-grouped batches (LengthGroupedSampler's recipe) and
-                        the output layer on label positions only (the strongest hand-written loop)
+- plain-strong          hand-written loop: length-grouped batches (learnloop's order, so both train on
+                        the same batches) and the output layer on label positions only (the strongest
+                        hand-written loop)
 DPO
 - learnloop             defaults (reference = the same model with the adapter disabled)
 - trl-defaults          ``DPOTrainer`` defaults (as above)
@@ -364,22 +365,6 @@ def arm_trl_grouped_precompute(spec: dict[str, Any], algorithm: str, work: Path)
     return arm_trl(spec, algorithm, work, grouped=True, precompute=True)
 
 
-def grouped_batches(lengths: list[int], batch_size: int, seed: int, mult: int = 50) -> list[list[int]]:
-    """transformers' LengthGroupedSampler recipe: shuffle, sort by length inside megabatches of
-    ``mult`` batches, longest batch first (so an out-of-memory error shows at once)."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches: list[list[int]] = []
-    window = mult * batch_size
-    for s in range(0, len(order), window):
-        mega = sorted(order[s : s + window], key=lambda i: -lengths[i])
-        batches.extend(mega[i : i + batch_size] for i in range(0, len(mega), batch_size))
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    batches[0], batches[longest] = batches[longest], batches[0]
-    return batches
-
-
 def arm_plain(spec: dict[str, Any], algorithm: str, work: Path, *, strong: bool = False) -> dict[str, Any]:
     """A hand-written PyTorch + peft loop. Naive: shuffled batches padded to their longest row, the
     model's own full-logits loss with prompt tokens labelled -100. Strong: length-grouped batches and
@@ -404,7 +389,12 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path, *, strong: bool 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
     if strong:
-        batches = grouped_batches([len(ids) for ids, _ in examples], spec["batch_size"], spec["seed"])
+        # learnloop's own batch order (length-sorted windows, shuffled batches): both arms train on the
+        # same batches, so their ratio isolates the training step. (transformers' recipe starts with
+        # the longest megabatch: a 10-step window would see longer rows than a whole epoch does.)
+        from learnloop.training.data import epoch_batches
+
+        batches = epoch_batches([len(ids) for ids, _ in examples], spec["batch_size"], seed=spec["seed"], epoch=0)
     else:
         order = list(range(len(examples)))
         random.Random(spec["seed"]).shuffle(order)
@@ -462,6 +452,7 @@ PLANS = {
     "sft": ["learnloop", "learnloop-ungrouped", "trl-defaults", "trl-grouped", "trl-padfree", "plain-naive", "plain-strong"],
     "dpo": ["learnloop", "trl-defaults", "trl-grouped", "trl-grouped-precompute"],
 }
+PROFILE = False  # --profile: each arm prints its torch.profiler table (by self CPU time)
 TRL_ARMS = ("trl-defaults", "trl-grouped", "trl-padfree", "trl-grouped-precompute")
 
 
@@ -473,7 +464,15 @@ def child_main(arm: str, algorithm: str, spec_path: str) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-train-{arm}-") as work:
         # No arm may reuse a cache another process wrote (TRL caches precomputed reference log-probs).
         os.environ["HF_DATASETS_CACHE"] = work
-        result = ARMS[arm](spec, algorithm, Path(work))
+        if os.environ.get("BENCH_PROFILE"):
+            # Where the arm's CPU time goes, by operator (loading included; it is a few ops).
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                result = ARMS[arm](spec, algorithm, Path(work))
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), file=sys.stderr)
+        else:
+            result = ARMS[arm](spec, algorithm, Path(work))
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
@@ -538,7 +537,7 @@ def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str,
 
 
 def _child_env(threads: int) -> dict[str, str]:
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    return {**os.environ, **({"BENCH_PROFILE": "1"} if PROFILE else {}), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
             "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
 
 
@@ -654,6 +653,29 @@ def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, A
     return out
 
 
+def report(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Print the tables and verdicts of a run (or of its --json file); returns the verdicts."""
+    peaks = [p if isinstance(p, dict) else {"gflops": p, "gflops_cpu": float("nan")} for p in raw.get("peak_gflops") or []]
+    peak = {k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")}
+    a = raw["args"]
+    print(f"\npeak matmul {a['dtype']}, {a['threads']} thread(s): "
+          + ", ".join(f"{p['gflops']:.0f} GFLOP/s ({p['gflops_cpu']:.0f} per CPU second)" for p in peaks)
+          + " (start, end); MFU uses the higher of each", flush=True)
+    results = []
+    for algorithm in ("sft", "dpo"):
+        if algorithm not in raw:
+            continue
+        rounds = raw[algorithm]["rounds"]
+        arms = [x for x in PLANS[algorithm] if any(x in r for r in rounds)]
+        info = raw[algorithm]["flops"]
+        print_table(algorithm, arms, rounds, info["per_token"], peak)
+        print(f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
+              f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
+              f"share {100 * info['labelled_share']:.0f}%")
+        results += verdicts(algorithm, arms, rounds)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, metavar=("ARM", "ALGORITHM", "SPEC"), help=argparse.SUPPRESS)
@@ -683,7 +705,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every arm (raise on a dedicated machine)")
     ap.add_argument("--json", dest="json_out", help="also write all raw results here")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each arm under torch.profiler and print where its CPU time goes (slower; not for figures)")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier --json file, run nothing")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
+    if args.profile:
+        args.verbose = True
+    if args.report:
+        report(json.loads(Path(args.report).read_text()))
+        return
     if args.child:
         child_main(*args.child)
         return
@@ -722,7 +754,7 @@ def main() -> None:
     peaks = [measure_peak(args.dtype, args.threads)]
     print(f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]['gflops']:.0f} GFLOP/s, "
           f"{peaks[0]['gflops_cpu']:.0f} GFLOP/CPU-s (start)", flush=True)
-    raw: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg()}
+    raw: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg(), "peak_gflops": peaks}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for algorithm, arms, steps, rows in plans:
             arms = [a for a in arms if not args.arms or a in args.arms]
@@ -731,31 +763,17 @@ def main() -> None:
             flops = flops_per_token(str(model_path), rows, algorithm, 16)
             spec_path = Path(tmp) / f"{algorithm}.json"
             spec_path.write_text(json.dumps({**common, "steps": steps, "rows": rows}))
-            rounds = []
+            rounds: list[dict[str, Any]] = []
+            raw[algorithm] = {"rounds": rounds, "flops": flops}
             for k in range(args.rounds):
                 order = arms[k % len(arms):] + arms[: k % len(arms)]  # rotate: no arm always runs first
-                rounds.append({arm: run_arm(arm, algorithm, common, spec_path, args.verbose) for arm in order})
-                raw[algorithm] = {"rounds": rounds, "flops": flops}
-                if args.json_out:  # after every round, so a long run that is cut short keeps what it measured
-                    Path(args.json_out).write_text(json.dumps(raw, indent=2))
+                rounds.append({})
+                for arm in order:
+                    rounds[-1][arm] = run_arm(arm, algorithm, common, spec_path, args.verbose)
+                    if args.json_out:  # after every arm: a run cut short keeps what it measured (--report reads it)
+                        Path(args.json_out).write_text(json.dumps(raw, indent=2))
         peaks.append(measure_peak(args.dtype, args.threads))
-        peak = {k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")}
-        print(f"\npeak matmul {args.dtype}, {args.threads} thread(s): start {peaks[0]['gflops']:.0f}, end "
-              f"{peaks[1]['gflops']:.0f} GFLOP/s; per CPU second {peaks[0]['gflops_cpu']:.0f}, {peaks[1]['gflops_cpu']:.0f}; "
-              f"MFU uses the higher of each", flush=True)
-        raw["peak_gflops"] = peaks
-        results = []
-        for algorithm, arms, _steps, _rows in plans:
-            if algorithm not in raw:
-                continue
-            arms = [a for a in arms if not args.arms or a in args.arms]
-            info = raw[algorithm]["flops"]
-            print_table(algorithm, arms, raw[algorithm]["rounds"], info["per_token"], peak)
-            print(f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
-                  f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
-                  f"share {100 * info['labelled_share']:.0f}%")
-            results += verdicts(algorithm, arms, raw[algorithm]["rounds"])
-        raw["verdicts"] = results
+        raw["verdicts"] = report(raw)
     raw["loadavg_end"] = os.getloadavg()
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end")
     if args.json_out:
