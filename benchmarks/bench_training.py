@@ -470,7 +470,8 @@ def child_main(arm: str, algorithm: str, spec_path: str) -> None:
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 result = ARMS[arm](spec, algorithm, Path(work))
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), file=sys.stderr)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40),
+                  file=sys.stderr)
         else:
             result = ARMS[arm](spec, algorithm, Path(work))
     print("BENCH_RESULT " + json.dumps(result), flush=True)
@@ -566,7 +567,7 @@ def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, ver
         print(f"  {algorithm}/{arm} FAILED (exit {rc}):\n{tail}", file=sys.stderr)
         return {"error": tail}
     if verbose:
-        print(tail[-2000:], file=sys.stderr)
+        print(tail if PROFILE else tail[-2000:], file=sys.stderr)
     result["process_wall_s"] = wall
     print(f"  {algorithm}/{arm}: {result['tok_per_s']:.0f} tok/s, {result['tok_per_cpu_s']:.0f} tok/CPU-s, "
           f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, peak {result['peak_rss_mb']:.0f} MB "
@@ -707,14 +708,24 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="run each arm under torch.profiler and print where its CPU time goes (slower; not for figures)")
-    ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier --json file, run nothing")
+    ap.add_argument("--report", metavar="JSON", nargs="+",
+                    help="print the tables of earlier --json files (their rounds pooled; same settings), run nothing")
+    ap.add_argument("--rotation", type=int, default=0,
+                    help="start the order rotation here (a second process running more rounds at the same time)")
     args = ap.parse_args()
     global PROFILE
     PROFILE = args.profile
     if args.profile:
         args.verbose = True
     if args.report:
-        report(json.loads(Path(args.report).read_text()))
+        runs = [json.loads(Path(f).read_text()) for f in args.report]
+        pooled = runs[0]
+        for other in runs[1:]:
+            pooled["peak_gflops"] = pooled.get("peak_gflops", []) + other.get("peak_gflops", [])
+            for alg in ("sft", "dpo"):
+                if alg in other:
+                    pooled.setdefault(alg, {"rounds": [], "flops": other[alg]["flops"]})["rounds"] += other[alg]["rounds"]
+        report(pooled)
         return
     if args.child:
         child_main(*args.child)
@@ -766,7 +777,8 @@ def main() -> None:
             rounds: list[dict[str, Any]] = []
             raw[algorithm] = {"rounds": rounds, "flops": flops}
             for k in range(args.rounds):
-                order = arms[k % len(arms):] + arms[: k % len(arms)]  # rotate: no arm always runs first
+                shift = (k + args.rotation) % len(arms)
+                order = arms[shift:] + arms[:shift]  # rotate: no arm always runs first
                 rounds.append({})
                 for arm in order:
                     rounds[-1][arm] = run_arm(arm, algorithm, common, spec_path, args.verbose)
