@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -26,6 +26,9 @@ from pydantic_settings import (
 from learnloop.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
+# One default token length for datasets (what their length report checks) and training (what it
+# truncates to), so a dataset that passes its report is not truncated by a run with default settings.
+DEFAULT_MAX_LENGTH = 1024
 
 
 class _Section(BaseModel):
@@ -47,6 +50,14 @@ class ServerSettings(_Section):
     )
     inbox_poll_seconds: float = Field(2.0, gt=0, description="How often the server scans the inbox folder for JSONL files.")
     watch_inbox: bool = Field(True, description="Whether `learnloop serve` imports files dropped into the inbox folder.")
+    max_inbox_file_bytes: int | None = Field(
+        None, ge=1, description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/."
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: Bearer <token>' with this token "
+        "or the write token; /healthz stays open but says only what is up.",
+    )
 
 
 class CaptureSettings(_Section):
@@ -58,6 +69,19 @@ class CaptureSettings(_Section):
     server_url: str | None = Field(
         None, description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database."
     )
+    window: str = Field(
+        "1h",
+        pattern=r"^\s*\d+\s*[mhd]\s*$",
+        description="Length of the time window a trajectory is assigned to when none is given: Nm, Nh or Nd (ids like 2026-12-02T14).",
+    )
+    source_sample_rates: dict[Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="Sample rate per trajectory source (production, teacher, synthetic, served); sources not named use sample_rate.",
+    )
+    keep_confident: float | None = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Keep every trajectory whose metadata 'confidence' is at least this, whatever the sample rate (unset: no such rule).",
+    )
 
 
 class FeedbackWeights(_Section):
@@ -66,6 +90,30 @@ class FeedbackWeights(_Section):
     success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
     correction: float = Field(
         1.0, ge=0, description="Weight of the correction penalty: a corrected answer counts as the worst value."
+    )
+
+
+class CombineSettings(_Section):
+    """How many scores become one reward. See learnloop/scoring/combine.py for the rule."""
+
+    mode: Literal["explicit_first", "mean"] = Field(
+        "explicit_first",
+        description="'explicit_first': explicit signals decide, generic heuristics refine, checks only lower; 'mean': plain weighted mean of all aspects.",
+    )
+    explicit_sources: list[Literal["env", "human", "judge"]] = Field(
+        default_factory=lambda: ["env", "human", "judge"],
+        description="Score sources that are the app's own signal (a registered verifier counts too: any heuristic not listed below).",
+    )
+    generic: list[str] = Field(
+        default_factory=lambda: ["length", "no_refusal"],
+        description="Heuristics that only refine an explicit reward (or stand in when there is none).",
+    )
+    checks: list[str] = Field(
+        default_factory=lambda: ["json_valid", "json_schema", "tool_success"],
+        description="Heuristics that can only lower the reward: the reward is capped at their value.",
+    )
+    generic_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all)."
     )
 
 
@@ -111,6 +159,15 @@ class ScoringSettings(_Section):
     judge_json_mode: bool = Field(
         False, description="Send response_format={'type': 'json_object'} (only for endpoints that support it)."
     )
+    # Refinement: a user asking again for what they just asked means the answer before missed.
+    refinement_threshold: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="Similarity (content words shared, 0-1) at which a user message counts as re-asking the previous request.",
+    )
+    refinement_weight: float = Field(
+        0.5, ge=0.0, description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it."
+    )
+    combine: CombineSettings = Field(default_factory=CombineSettings)
 
     @model_validator(mode="after")
     def _rating_scale(self) -> "ScoringSettings":
@@ -123,7 +180,9 @@ class DatasetSettings(_Section):
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
     )
-    max_length: int = Field(2048, ge=16, description="Token length training truncates to; datasets report against it.")
+    max_length: int = Field(
+        DEFAULT_MAX_LENGTH, ge=16, description="Token length training truncates to; datasets report against it."
+    )
     tokenizer: str | None = Field(
         None,
         description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
@@ -148,6 +207,100 @@ class DatasetSettings(_Section):
 class TrainingSettings(_Section):
     base_model: str = Field("smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    max_truncated_share: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="`train run` refuses to start when more than this share of examples would be truncated (--allow-truncation overrides).",
+    )
+
+
+class WatchSettings(_Section):
+    disk_floor_gb: float = Field(1.0, ge=0, description="Free space the data dir needs; below it /readyz answers 503 and `disk_low` alerts fire.")
+    alert_interval_s: float = Field(30.0, gt=0, description="How often the server evaluates the [[alerts]] rules and sends pending alerts.")
+    alert_max_attempts: int = Field(6, ge=1, le=50, description="Tries per alert delivery before it is marked failed.")
+    alert_backoff_s: float = Field(5.0, ge=0, description="Seconds before the first retry of a failed delivery; doubles after each.")
+    alert_timeout_s: float = Field(10.0, gt=0, description="Seconds a webhook has to answer.")
+    metrics_window_hours: float = Field(168.0, gt=0, description="Window of the reward means /metrics reports per scenario.")
+
+
+class AlertRule(_Section):
+    """One `[[alerts]]` entry: when it fires and the webhook it goes to."""
+
+    name: str = Field(description="Unique name of the rule (part of each alert's dedup key).")
+    when: Literal[
+        "job_failed", "loss_spike", "loss_nan", "disk_low", "no_trajectories", "gate_rejected", "promotion", "rollback"
+    ] = Field(description="The condition the rule watches.")
+    url: str = Field(description="Webhook the alert is POSTed to.")
+    format: Literal["json", "slack"] = Field("json", description="'json': the full alert; 'slack': only {'text': ...}.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an Authorization).")
+    spike_factor: float = Field(3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window.")
+    window: int = Field(20, ge=3, description="loss_spike: how many recent steps make the baseline.")
+    min_free_gb: float | None = Field(None, ge=0, description="disk_low: floor in GB (default: watch.disk_floor_gb).")
+    hours: float = Field(24.0, gt=0, description="no_trajectories: hours without a new trajectory before it fires.")
+    repeat_hours: float = Field(24.0, gt=0, description="disk_low/no_trajectories: while the condition lasts, alert again after this long.")
+
+
+class RegistrySettings(_Section):
+    keep_versions: int = Field(
+        20, ge=0, description="Versions whose adapter files are kept (newest first) besides every version that ever "
+        "served, the loop heads and the alias targets; older ones keep their record, their files are pruned. 0 keeps all.",
+    )
+
+
+class EvaluationSettings(_Section):
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per held-out answer.")
+    limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation uses (unset: all).")
+    judge: bool = Field(False, description="Also ask the LLM judge ([scoring] judge_*) which answer is better, in both orders.")
+    bootstrap_resamples: int = Field(9999, ge=100, description="Bootstrap resamples for the paired 95% intervals.")
+    seed: int = Field(0, description="Seed of generation and of the bootstrap.")
+    device: str = Field("auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'.")
+    concurrency: int = Field(
+        1, ge=1, le=64, description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded."
+    )
+
+
+class GatePolicy(_Section):
+    """When a candidate may replace the baseline. The gate is a pure function of an evaluation and this."""
+
+    min_examples: int = Field(30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive).")
+    metric: Literal["reward", "judge_win_rate"] = Field(
+        "reward", description="What must improve: the paired reward difference, or the judge's win rate over 0.5."
+    )
+    margin: float = Field(0.0, description="The lower bound of the 95% interval of the improvement must exceed this.")
+    max_json_validity_drop: float = Field(0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed.")
+    max_refusal_increase: float = Field(0.02, ge=0, description="Largest rise in the refusal rate allowed.")
+    max_p95_latency_ratio: float = Field(1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's.")
+    latency_slack_ms: float = Field(
+        20.0, ge=0, description="p95 latency rises smaller than this many ms never fail the gate (timer noise)."
+    )
+    max_scenario_regression: float = Field(
+        0.05, ge=0, description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples)."
+    )
+    min_scenario_examples: int = Field(10, ge=1, description="Scenarios with fewer examples are not checked for regression.")
+
+
+class ServingSettings(_Section):
+    base_model: str | None = Field(
+        None,
+        description="Base model `learnloop serve` answers with: a prepared name, an HF folder or a GGUF file "
+        "(unset: the prepared `smollm2` if there is one, else OpenAI routes are off).",
+    )
+    backend: Literal["local", "vllm"] = Field("local", description="'local' (transformers + peft in-process) or 'vllm'.")
+    vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM server (backend = 'vllm').")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (local backend).")
+    dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16' or 'float16' (local backend).")
+    max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one batch (local backend).")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads torch may use (process-wide; unset: torch's default). 1 is often fastest "
+        "for small models on a busy CPU.",
+    )
+    max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
+    default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
+    max_adapters: int = Field(16, ge=1, description="Versions kept loaded; past this the least recently used one no alias names is unloaded.")
+    alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")
+    capture: bool = Field(True, description="Record every served request and answer as a trajectory (source = served).")
+    api_key: SecretStr | None = Field(
+        None, description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set)."
+    )
 
 
 class Settings(BaseSettings):
@@ -175,6 +328,12 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
 
     @classmethod
     def settings_customise_sources(

@@ -19,6 +19,10 @@ class ValidationFailed(LearnloopError):
         self.problems = problems or []
 
 
+class Unparsable(LearnloopError):
+    """A request body or file is not JSON at all (HTTP 400); ValidationFailed is for JSON of the wrong shape."""
+
+
 class NotFound(LearnloopError):
     """A referenced row (trajectory, job, model version, dataset) does not exist."""
 
@@ -37,3 +41,11 @@ class Overloaded(LearnloopError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TruncationRefused(ValidationFailed):
+    """Too many training examples are longer than max_length; ``check`` holds the length report."""
+
+    def __init__(self, message: str, check: object = None) -> None:
+        super().__init__(message, [("max_length", message)])
+        self.check = check

@@ -16,10 +16,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
+from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
 from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
+from learnloop.store.records import error_location
 
 log = logging.getLogger("learnloop.api")
 
@@ -27,11 +29,14 @@ log = logging.getLogger("learnloop.api")
 STORE_RETRY_AFTER = 5
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None,
+               serving: Any = None, serving_off_reason: str | None = None) -> FastAPI:
     """Build the app. ``db`` defaults to the configured database, migrated to head.
 
     The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:
     ``settings.server.watch_inbox``) is true; TestClient runs the lifespan only inside ``with``.
+    ``serving`` (a ``learnloop.serving.ServingRuntime``) answers the OpenAI routes under ``/v1``;
+    without one they answer 503 with ``serving_off_reason``.
     """
     settings = settings or load_settings()
     db = db or open_database(settings)
@@ -42,16 +47,23 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
         from learnloop.api.inbox import InboxWatcher
 
         app.state.inbox = None
+        alerts = _start_alerts(db, settings)
         if watch:
             data_dir(settings.data_dir).ensure()
             app.state.inbox = InboxWatcher(db, settings)
             app.state.inbox.start()
             log.info("watching %s every %ss", app.state.inbox.dirs.inbox, app.state.inbox.poll_seconds)
+        if serving is not None:
+            serving.start()  # alias watcher
         try:
             yield
         finally:
+            if serving is not None:
+                serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()
+            if alerts is not None:
+                alerts.stop()
 
     app = FastAPI(
         title="learnloop",
@@ -69,8 +81,41 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    from learnloop.api.routes import registry as registry_routes
+
+    app.include_router(registry_routes.router)
+    from learnloop.api.routes import aliases, openai_compat
+
+    app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
+    app.include_router(openai_compat.router)
+    app.include_router(aliases.router)
+    _install_watch(app)
     _install_error_handlers(app)
+    install_openapi(app, settings)
     return app
+
+
+def _install_watch(app: FastAPI) -> None:
+    """Status, /readyz, /metrics, the dashboard and its static files (the `watch` stage)."""
+    from fastapi.staticfiles import StaticFiles
+
+    from learnloop.api.routes import dashboard, status
+    from learnloop.api.timing import IngestTimingMiddleware
+
+    app.add_middleware(IngestTimingMiddleware)
+    app.include_router(status.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+
+
+def _start_alerts(db: Database, settings: Settings) -> Any:
+    if not settings.alerts:
+        return None
+    from learnloop.watch.alerts import AlertService
+
+    service = AlertService(db, settings)
+    service.start()
+    return service
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -82,7 +127,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"loc": ".".join(str(p) for p in e["loc"] if p != "body"), "msg": e["msg"]} for e in exc.errors()
+            {"loc": error_location({**e, "loc": [p for p in e["loc"] if p != "body"]}), "msg": e["msg"]}
+            for e in exc.errors()
         ]
         shown = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:10])
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -93,7 +139,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LearnloopError)
-    async def _domain(_: Request, exc: LearnloopError) -> JSONResponse:
+    async def _domain(request: Request, exc: LearnloopError) -> JSONResponse:
         if isinstance(exc, ValidationFailed):
             return _error(422, str(exc), problems=[{"loc": l, "msg": m} for l, m in exc.problems])
         if isinstance(exc, NotFound):
@@ -103,17 +149,24 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Overloaded):
             return _error(429, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after)))})
         if isinstance(exc, StoreUnavailable):
-            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
-        return _error(400, str(exc))
+            # The message names the database's address and the driver's words: for the log, not
+            # for whoever is calling (healthz and reads may be open to anyone).
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return _error(503, "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds.",
+                          headers={"Retry-After": str(STORE_RETRY_AFTER)})
+        return _error(400, str(exc))  # Unparsable (a body that is not JSON) and any other refusal
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         # The write transaction was rolled back before we got here: say so, and whose move it is.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         if isinstance(exc, OperationalError):
+            # Say which, not where: the driver's text names hosts and paths (it goes to the log).
+            log.warning("database unavailable or busy on %s %s: %s", request.method, request.url.path, reason)
+            what = "busy (locked by another writer)" if "locked" in reason or "busy" in reason else "unavailable"
             return _error(
                 503,
-                f"The database is unavailable or busy ({reason}). Nothing was stored; retry later.",
+                f"The database is {what}. Nothing was stored; retry after Retry-After seconds.",
                 headers={"Retry-After": str(STORE_RETRY_AFTER)},
             )
         if isinstance(exc, DataError):

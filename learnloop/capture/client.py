@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import weakref
@@ -73,7 +74,7 @@ class CaptureClient:
         self.source = source
         # Stamp the project only when someone chose it, so a server's own default applies otherwise.
         self.project = project or (settings.project if "project" in settings.model_fields_set else None)
-        self.sampler = Sampler(cap.sample_rate if sample_rate is None else sample_rate, keep_if, default_rules=default_keep_rules)
+        self.sampler = Sampler.from_settings(cap, sample_rate, keep_if, default_rules=default_keep_rules)
         self.shutdown_timeout = cap.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         self.transport = transport or self._make_transport(settings, database, server_url, token)
 
@@ -160,6 +161,8 @@ class CaptureClient:
             value = float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"reward {name!r} must be a number, got {value!r}.") from None
+        if not math.isfinite(value):
+            raise ValidationFailed(f"reward {name!r} must be a finite number, got {value!r}.")
         if not name:
             raise ValidationFailed("a reward needs a name.")
         if self._was_dropped(trajectory_id):

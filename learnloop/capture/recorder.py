@@ -13,12 +13,14 @@ import datetime as dt
 import functools
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from learnloop.errors import ValidationFailed
 from learnloop.ids import new_id
+from learnloop.windows import WindowClock
 
 if TYPE_CHECKING:
     from learnloop.capture.client import CaptureClient
@@ -30,6 +32,19 @@ _now, _UTC = dt.datetime.now, dt.timezone.utc
 SOURCES = ("production", "teacher", "synthetic", "served")
 
 _current: contextvars.ContextVar["TrajectoryRecorder | None"] = contextvars.ContextVar("learnloop_trajectory", default=None)
+
+
+_clocks: dict[str, WindowClock] = {}
+
+
+def _window_of(client: Any, when: dt.datetime) -> str:
+    """The id of the ``capture.window``-long window ``when`` falls in (the client's settings)."""
+    capture = getattr(getattr(client, "settings", None), "capture", None)
+    spec = getattr(capture, "window", None) or "1h"
+    clock = _clocks.get(spec)
+    if clock is None:
+        clock = _clocks[spec] = WindowClock(spec)
+    return clock(when)
 
 
 def current_trajectory() -> "TrajectoryRecorder | None":
@@ -64,7 +79,7 @@ class TrajectoryRecorder:
     """
 
     __slots__ = (
-        "id", "scenario", "group", "agent", "source", "model", "tags", "metadata", "messages", "tools",
+        "id", "scenario", "group", "agent", "source", "model", "window", "tags", "metadata", "messages", "tools",
         "scores", "_feedback", "_client", "_token", "_keep", "_discard", "_done",
     )
 
@@ -82,6 +97,7 @@ class TrajectoryRecorder:
         tools: list[dict[str, Any]] | None = None,
         messages: Iterable[Any] | None = None,
         id: str | None = None,
+        window: str | None = None,
     ) -> None:
         if source is not None and source not in SOURCES:
             raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
@@ -92,6 +108,7 @@ class TrajectoryRecorder:
         self.agent = agent
         self.source = source
         self.model = model
+        self.window = window  # None: the time window the record's time falls in (capture.window)
         self.tags = list(tags) if tags else []
         self.metadata = dict(metadata) if metadata else {}
         self.tools = tools
@@ -159,9 +176,12 @@ class TrajectoryRecorder:
         if not name:
             raise ValidationFailed("a reward needs a name, e.g. t.reward('task_success', 1.0).")
         try:
-            self.scores[name] = float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"reward {name!r} must be a number, got {value!r}.") from None
+        if not math.isfinite(number):  # the store refuses it: say so here, not by losing the trajectory later
+            raise ValidationFailed(f"reward {name!r} must be a finite number, got {value!r}.")
+        self.scores[name] = number
 
     def feedback(self, **signals: Any) -> None:
         """Feedback on this trajectory: rating, thumbs, success, correction, comment, author, metadata."""
@@ -177,8 +197,9 @@ class TrajectoryRecorder:
 
     def to_record(self) -> dict[str, Any]:
         # Stamped now, not when stored: after an outage the spool delivers records hours late.
+        created = _now(tz=_UTC)
         rec: dict[str, Any] = {"id": self.id, "messages": self.messages, "metadata": self.metadata,
-                               "created_at": _now(tz=_UTC)}
+                               "created_at": created, "window": self.window or _window_of(self._client, created)}
         if self.scenario is not None:
             rec["scenario"] = self.scenario
         if self.group is not None:
@@ -283,6 +304,8 @@ def traced(
     group: str | None = None,
     source: str | None = None,
     metadata: dict[str, Any] | None = None,
+    model: str | None = None,
+    window: str | None = None,
     client: "CaptureClient | None" = None,
 ) -> Any:
     """Record each call of a function (sync or async) as a trajectory.
@@ -290,7 +313,7 @@ def traced(
     Inside the call, ``learnloop.current_trajectory()`` is the trajectory: add messages, rewards
     or feedback to it. If the function adds no messages, the call's arguments become the user
     message and its return value the assistant message. ``scenario`` defaults to the function's
-    qualified name.
+    qualified name; ``model`` names the model that answered, ``window`` overrides the time window.
     """
 
     def decorate(func: F) -> F:
@@ -301,7 +324,7 @@ def traced(
 
             return TrajectoryRecorder(
                 client or get_client(), scenario=name, agent=agent, tags=tags, group=group, source=source,
-                metadata=metadata,
+                metadata=metadata, model=model, window=window,
             )
 
         def finish(t: TrajectoryRecorder, args: tuple[Any, ...], kwargs: dict[str, Any], started: float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from typing import Any
 
@@ -19,11 +20,21 @@ LAZY_COMMANDS: dict[str, str] = {
     "db": "learnloop.cli.main:db_group",
     "stats": "learnloop.cli.main:stats_cmd",
     "serve": "learnloop.cli.serve:serve_cmd",
+    "chat": "learnloop.cli.serve:chat_cmd",
+    "alias": "learnloop.cli.serve:alias_group",
     "import": "learnloop.cli.imports:import_cmd",
     "capture": "learnloop.cli.capture:capture_group",
     "rewards": "learnloop.cli.rewards:rewards_group",
     "train": "learnloop.cli.training:train_group",
     "models": "learnloop.cli.models:models_group",
+    "versions": "learnloop.cli.versions:versions_group",
+    "eval": "learnloop.cli.evaluation:eval_group",
+    "export": "learnloop.cli.versions:export_cmd",
+    "promote": "learnloop.cli.versions:promote_cmd",  # shortcuts for `versions promote|rollback`
+    "rollback": "learnloop.cli.versions:rollback_cmd",
+    "status": "learnloop.cli.watch:status_cmd",
+    "alerts": "learnloop.cli.watch:alerts_group",
+    "demo": "learnloop.cli.demo:demo_cmd",
 }
 
 
@@ -57,13 +68,30 @@ def settings():  # noqa: ANN201 - small indirection so tests can point at their 
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    # Strict JSON: NaN and infinities (which json.dumps would print bare) become null.
+    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
-def config_cmd(as_json: bool) -> None:
+@click.option("--example", is_flag=True, help="Print every setting with its default and a comment (learnloop.example.toml).")
+def config_cmd(as_json: bool, example: bool) -> None:
     """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
+    if example:
+        from learnloop.config_example import example_toml
+
+        click.echo(example_toml(), nl=False)
+        return
     data = settings().public_dict()
     if as_json:
         echo_json(data)
@@ -107,8 +135,9 @@ def db_current() -> None:
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days.")
-def stats_cmd(as_json: bool, days: int | None) -> None:
-    """Trajectory counts by source, scenario, split and day."""
+@click.option("--agent", default=None, help="Only trajectories of this agent.")
+def stats_cmd(as_json: bool, days: int | None, agent: str | None) -> None:
+    """Trajectory counts by source, scenario, agent, split and day."""
     import datetime as dt
 
     from rich.console import Console
@@ -120,7 +149,7 @@ def stats_cmd(as_json: bool, days: int | None) -> None:
     db = open_database(settings())
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
     with db.read_session() as s:
-        data = stats(s, since=since)
+        data = stats(s, since=since, agent=agent)
     if as_json:
         echo_json(data)
         return

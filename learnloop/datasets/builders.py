@@ -34,10 +34,13 @@ from learnloop.datasets.guardrails import (
     correction_message,
     split_prompt,
 )
-from learnloop.scoring.combine import combined_rewards
+from learnloop.config import ScoringSettings
+from learnloop.scoring.combine import CombineRule, combined_rewards
 from learnloop.store.models import Source, Split, Trajectory
 
 _MESSAGE_INDEX = re.compile(r"message \d+")
+# The [scoring] settings (weights + combine rule), or just weights: how scores become one reward.
+RewardRule = ScoringSettings | CombineRule | Mapping[str, float]
 MAX_LISTED = 1000  # rejected rows and GRPO groups listed one by one in the stats; the rest are counted
 
 
@@ -85,7 +88,7 @@ def _val(v: Any) -> Any:
 
 
 def _rows_with_rewards(
-    session: Session, f: DatasetFilters, split: Split, weights: Mapping[str, float], chunk_size: int, **kw: Any
+    session: Session, f: DatasetFilters, split: Split, weights: RewardRule, chunk_size: int, **kw: Any
 ) -> Iterator[tuple[Any, float | None]]:
     for chunk in stream_rows(session, f, split, chunk_size=chunk_size, **kw):
         rewards = combined_rewards(session, [r.id for r in chunk], weights)
@@ -94,7 +97,7 @@ def _rows_with_rewards(
 
 
 def _top_fraction_threshold(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, chunk_size: int
 ) -> float | None:
     """The reward the best ``top_fraction`` of scored rows reach (teacher rows ranked only if they must pass)."""
     rewards = []
@@ -109,7 +112,7 @@ def _top_fraction_threshold(
 
 
 def build_sft(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     threshold = _top_fraction_threshold(session, f, weights, chunk_size) if f.top_fraction else None
     corrections = latest_corrections(session, f, Split.train) if f.include_corrections else {}
@@ -164,7 +167,7 @@ class _Member:
 def _groups(
     session: Session,
     f: DatasetFilters,
-    weights: Mapping[str, float],
+    weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
 ) -> Iterator[tuple[tuple[Any, ...], list[_Member]]]:
@@ -198,7 +201,7 @@ def _groups(
 
 
 def build_dpo(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     min_size = f.min_group_size or 2
     margin = f.min_margin or 0.0
@@ -254,7 +257,7 @@ def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) 
 
 
 def build_grpo(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     k = f.min_group_size or 2
     for key, members in _groups(session, f, weights, report, chunk_size):
@@ -288,7 +291,7 @@ def build_grpo(
 
 
 def build_holdout(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     for row, reward in _rows_with_rewards(session, f, Split.holdout, weights, chunk_size):
         report.funnel["scanned"] += 1

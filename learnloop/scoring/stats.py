@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from learnloop.scoring.combine import combine
+from learnloop.config import ScoringSettings
+from learnloop.scoring.combine import CombineRule, combine
 from learnloop.store.models import Score, Trajectory
 
 
@@ -39,7 +41,7 @@ def summarize(values: Iterable[float]) -> dict[str, Any]:
 def reward_stats(
     session: Session,
     *,
-    weights: Mapping[str, float] | None = None,
+    weights: Mapping[str, float] | ScoringSettings | None = None,
     since: dt.datetime | None = None,
     scenario: str | None = None,
 ) -> dict[str, Any]:
@@ -65,14 +67,17 @@ def reward_stats(
     latest: dict[str, dict[str, tuple[float, str]]] = {}
     info: dict[str, tuple[str | None, str, str]] = {}
     for tid, name, value, score_source, scen, source, created in session.execute(q):
+        if not math.isfinite(value):  # stored before the ingest refused NaN/inf: it would poison every mean
+            continue
         latest.setdefault(tid, {})[name] = (value, _val(score_source))  # newer rows overwrite older
         info[tid] = (scen, _val(source), created.date().isoformat())
 
+    rule = CombineRule.of(weights)
     combined: dict[str, float] = {}
     by_score_source: dict[str, list[float]] = {}
     by_aspect: dict[str, list[float]] = {}
     for tid, aspects in latest.items():
-        value = combine({k: v for k, (v, _) in aspects.items()}, weights)
+        value = combine({k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()})
         if value is not None:
             combined[tid] = value
         for name, (v, src) in aspects.items():

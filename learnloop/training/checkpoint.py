@@ -23,6 +23,11 @@ import torch
 from learnloop.training.control import _fsync_dir
 
 MARKER = "COMMITTED.json"
+# Version of the checkpoint layout, kept in trainer_state.json and the marker. 1 = the layout before
+# versions were written (the same files; read as is). Bump it when the layout changes and teach
+# check_format to read or clearly refuse the older one.
+FORMAT_VERSION = 2
+_REQUIRED_STATE = ("position", "dataset_sha256", "algorithm")
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -92,7 +97,7 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.op
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "format_version": FORMAT_VERSION}, indent=2))
     _fsync_tree(tmp)
     if final.exists():  # a torn folder of the same step from a crashed run
         shutil.rmtree(final)
@@ -101,7 +106,7 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.op
     hashes = {str(p.relative_to(final)): _sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
     marker_tmp = final / f".{MARKER}.tmp"
     with open(marker_tmp, "w") as fh:
-        json.dump({"step": step, "files": hashes}, fh, indent=2)
+        json.dump({"step": step, "format_version": FORMAT_VERSION, "files": hashes}, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(marker_tmp, final / MARKER)
@@ -155,6 +160,26 @@ def latest_checkpoint(output_dir: Path) -> Checkpoint | None:
         if is_committed(path):
             return Checkpoint(path=path, step=step, state=json.loads((path / STATE_FILE).read_text()))
     return None
+
+
+def check_format(ckpt: Checkpoint) -> int:
+    """The checkpoint's format version if this code can resume from it; ConfigError saying why not otherwise."""
+    from learnloop.errors import ConfigError
+
+    version = ckpt.state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(
+            f"{ckpt.path} has checkpoint format {version!r}, newer than this learnloop reads ({FORMAT_VERSION}). "
+            "Upgrade learnloop, or start over in a new output_dir."
+        )
+    missing = [k for k in _REQUIRED_STATE if k not in ckpt.state]
+    files = [f for f in ("adapter/adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt") if not (ckpt.path / f).is_file()]
+    if missing or files:
+        raise ConfigError(
+            f"{ckpt.path} (checkpoint format {version}) cannot be resumed: it lacks {', '.join(missing + files)}. "
+            f"Start a new output_dir, with init_adapter = \"{ckpt.adapter_dir}\" to keep its weights."
+        )
+    return version
 
 
 def load_training_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learnloop.config import DEFAULT_MAX_LENGTH
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +48,7 @@ class TrainConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
 
-    max_length: int = Field(1024, ge=8)
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=8, description="Tokens per example; longer ones are truncated (the same default as datasets.max_length).")
     batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0.0)
@@ -58,6 +60,9 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0.0)
     length_grouping: bool = True
     seed: int = 0
+
+    eval_dataset: Path | None = Field(None, description="Held-out JSONL in the training format; its loss is logged as eval_loss.")
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between held-out losses (and at the last step); needs eval_dataset.")
 
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between committed checkpoints.")
     keep_checkpoints: int = Field(2, ge=1)

@@ -163,6 +163,9 @@ def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.o
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # for init_adapter + keep_optimizer_state
     (tmp / "train_config.json").write_text(config.model_dump_json(indent=2))
+    from learnloop.models.formats import write_adapter_format
+
+    write_adapter_format(tmp, algorithm=config.algorithm, base_model=config.base_model)
     ckpt_mod._fsync_tree(tmp)
     if final.exists():
         old = output_dir / f".old-{ADAPTER_DIR}-{os.getpid()}"
@@ -173,6 +176,33 @@ def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.o
         os.replace(tmp, final)
     ckpt_mod._fsync_dir(output_dir)
     return final
+
+
+def _load_eval_set(config: TrainConfig, objective: Any) -> list[Any] | None:
+    """The held-out examples whose loss is logged every ``eval_every`` steps (None: no evaluation)."""
+    if config.eval_every is None and config.eval_dataset is None:
+        return None
+    if config.eval_every is None or config.eval_dataset is None:
+        raise ConfigError("eval_every and eval_dataset go together: set both, or neither.")
+    if getattr(objective, "online", False):
+        raise ConfigError("A held-out loss needs stored completions; online GRPO samples its own, so it has none.")
+    return load_examples(config.eval_dataset, objective).examples
+
+
+def _eval_loss(model: Any, objective: Any, examples: list[Any], batch_size: int, device: torch.device) -> float:
+    """Mean loss over the held-out examples, without gradients or dropout (and no RNG drawn, so resumes stay exact)."""
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i : i + batch_size]
+                out = objective.compute(model, _to_device(objective.collate(chunk), device))
+                total += float(out.loss) * len(chunk)
+                count += len(chunk)
+    finally:
+        model.train()
+    return total / count
 
 
 def train_loop(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
@@ -190,6 +220,7 @@ def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callab
     model, tokenizer = load_training_model(config, device)
     objective = get_objective(config.algorithm, config, tokenizer)
     dataset = load_examples(config.dataset, objective)
+    eval_set = _load_eval_set(config, objective)
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -222,6 +253,7 @@ def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callab
     step = 0
     metrics_path = output_dir / METRICS_FILE
     if resume is not None:
+        ckpt_mod.check_format(resume)
         st = resume.state
         if st.get("dataset_sha256") != dataset.sha256 or st.get("algorithm") != config.algorithm:
             raise ConfigError(
@@ -312,6 +344,8 @@ def _train(config: TrainConfig, output_dir: Path, control: Control, emit: Callab
             "epoch": stream.epoch_progress(),
             **{k: v / config.grad_accum for k, v in sums.items()},
         }
+        if eval_set is not None and dist.main and (step % config.eval_every == 0 or step == total):
+            last["eval_loss"] = _eval_loss(model, objective, eval_set, config.batch_size, device)
         if dist.main:
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(last) + "\n")
