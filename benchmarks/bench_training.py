@@ -1,28 +1,51 @@
-"""LoRA training throughput: learnloop vs TRL's SFTTrainer vs a plain PyTorch+peft loop (SFT), and
-learnloop vs TRL's DPOTrainer (DPO step time), on SmolLM2-135M-Instruct, fp32, CPU.
+"""LoRA training throughput on SmolLM2-135M-Instruct (CPU): learnloop against the strongest honest
+peers a knowledgeable user would run, with each arm's model FLOPs utilisation beside it.
 
-    .venv/bin/python benchmarks/bench_training.py [--quick] [--rounds 1] [--sft-steps 8] [--threads 1] [--dpo-steps 4]
+    .venv/bin/python benchmarks/bench_training.py                      # full: 3 rounds, fp32, SFT and DPO
+    .venv/bin/python benchmarks/bench_training.py --quick              # smoke run, every arm, ~6 min
+    .venv/bin/python benchmarks/bench_training.py --only sft --dtype bfloat16 --json sft-bf16.json
 
-Every arm trains the same model with the same seeded synthetic chat data (prompt/completion
-conversations of 30-300 tokens; DPO: prompt + chosen/rejected), the same LoRA (r=16, alpha=32,
-dropout 0, all linear layers), max_length, micro-batch, gradient accumulation, optimizer
-(AdamW, constant LR, clip 1.0) and number of optimizer steps. The dataset holds exactly
-steps x micro-batch x accumulation examples, so every arm sees each example once.
+Arms (every one trains the same model, data, LoRA r=16/alpha=32/dropout 0 on all linear layers,
+max_length, micro-batch, optimizer AdamW constant LR clip 1.0, and number of optimizer steps):
 
-- learnloop: ``learnloop.training.run.train`` with its defaults (length-grouped batches, loss
-  computed only at labelled positions).
-- TRL: ``SFTTrainer`` / ``DPOTrainer`` with TRL's defaults except where they would change the
-  experiment: fp32 instead of bf16 autocast and no gradient checkpointing (learnloop uses neither;
-  TRL turns both on by default), no checkpoint saving, no reporting integrations.
-- plain (SFT only): a naive loop, shuffled batches padded to their longest row, the model's own
-  full-logits loss with prompt tokens labelled -100.
+SFT
+- learnloop             ``learnloop.training.run.train``, defaults (length-grouped batches, output layer
+                        on label positions only)
+- learnloop-ungrouped   the same with ``length_grouping=False`` (shuffled batches): the padding share
+                        and the label-only output layer are measured apart
+- trl-defaults          ``SFTTrainer`` with TRL's defaults, except fp32/no autocast in the fp32 run
+                        and no gradient checkpointing (learnloop uses neither), no saving/reporting
+- trl-grouped           + ``train_sampling_strategy="group_by_length"`` (transformers 5's name for
+                        the old ``group_by_length=True``: LengthGroupedSampler)
+- trl-padfree           + ``padding_free=True`` (rows concatenated into one sequence, no padding)
+- plain-naive           hand-written loop: shuffled batches, the model's own full-logits loss
+- plain-strong          hand-written loop: length-grouped batches (learnloop's order, so both train on
+                        the same batches) and the output layer on label positions only (the strongest
+                        hand-written loop)
+DPO
+- learnloop             defaults (reference = the same model with the adapter disabled)
+- trl-defaults          ``DPOTrainer`` defaults (as above)
+- trl-grouped           + length grouping (a ``length`` column = prompt + longer answer)
+- trl-grouped-precompute + ``precompute_ref_log_probs=True``; the reference pass runs before
+                        training and is timed end to end: its time is added in proportion to the
+                        timed steps' share of the data
 
-Each arm runs in its own subprocess, so imports, model memory and peak RSS are its own. The first
-optimizer step is a warm-up (allocator, kernel selection) and is not timed; tokens/s counts real
-(non-pad) tokens of the timed steps, per wall second and per CPU second of the process. The CPU
-figure is steadier on a shared machine: a neighbour's load stretches wall time far more than the
-CPU time our own work needs. With --rounds N the arms run N times in rotated order and the ratios
-are medians of the per-round ratios.
+Measurement: each arm runs in its own process with the same torch thread count. The first
+optimizer step is a warm-up and is not timed. Tokens are counted where the model consumes them
+(in the loss call of each arm, not in a collator: accelerate's loader builds one batch ahead),
+real tokens only; pad % = padded slots / computed slots. Arms run ``--rounds`` times in an order
+rotated every round; tables show medians and [min-max] over rounds, ratios are medians of the
+per-round ratios (both arms measured in the same round).
+
+MFU = tokens/s x FLOPs per real token / peak. FLOPs per token are counted from the model's
+shapes and the dataset, the same for every arm of an algorithm (the work the loss needs, not
+what an arm happens to compute): forward 2 x (frozen linear params + LoRA params), the LoRA
+backward 2 x frozen linear params (input gradients only, frozen weights get none) + 4 x LoRA
+params, causal attention 4 x layers x hidden x context forward and twice that backward, and the
+output layer 2 x hidden x vocab forward + the same backward at label positions only. DPO adds the
+reference forward (frozen linear + attention + output layer at label positions). The peak is the
+best of large ``torch.mm`` runs (2048^3) in the same dtype and thread count, measured at the start
+and the end of the same run.
 """
 
 from __future__ import annotations
@@ -102,7 +125,11 @@ def dpo_rows(n: int, seed: int, min_tokens: int, max_tokens: int) -> list[dict[s
 
 
 class Meter:
-    """Timestamps (wall, CPU) and cumulative real tokens at the end of each optimizer step."""
+    """Timestamps (wall, CPU) and cumulative tokens at the end of each optimizer step.
+
+    ``consumed`` is called where the model takes a micro-batch (in the loss call), so a data loader
+    that builds batches ahead cannot make an arm look faster or slower.
+    """
 
     def __init__(self) -> None:
         self.marks: list[tuple[float, float, int, int]] = []
@@ -110,42 +137,49 @@ class Meter:
         self.padded = 0  # token slots the forward passes computed, padding included
         self.losses: list[float] = []
         self.rss_at_start = 0
+        self.extra_wall = 0.0  # work done before training that the timed steps depend on (DPO precompute)
+        self.extra_cpu = 0.0
+        self.extra_share = 0.0
         self._t0 = 0.0
 
-    def start(self) -> None:
-        self.rss_at_start = _rss_now()
+    def consumed(self, real: int, slots: int) -> None:
+        self.tokens += real
+        self.padded += slots
 
     def step(self, loss: float | None = None) -> None:
         self.marks.append((time.perf_counter(), time.process_time(), self.tokens, self.padded))
         if loss is not None:
             self.losses.append(float(loss))
 
-    def result(self, steps: int, batch_size: int) -> dict[str, Any]:
+    def mark_train_begin(self) -> None:
+        self._t0 = time.perf_counter()
+        self.rss_at_start = _rss_now()
+
+    def result(self, steps: int) -> dict[str, Any]:
         if len(self.marks) != steps:
             raise RuntimeError(f"expected {steps} optimizer steps, saw {len(self.marks)}")
         (w1, c1, t1, p1), (wn, cn, tn, pn) = self.marks[0], self.marks[-1]
         timed = steps - 1
+        wall = wn - w1 + self.extra_wall * self.extra_share
+        cpu = cn - c1 + self.extra_cpu * self.extra_share
         return {
             "steps": steps,
             "timed_steps": timed,
             "tokens_total": tn,
             "tokens_timed": tn - t1,
             "pad_fraction": 1 - (tn - t1) / (pn - p1) if pn > p1 else float("nan"),
-            "wall_timed_s": wn - w1,
-            "cpu_timed_s": cn - c1,
-            "step_s": (wn - w1) / timed if timed else float("nan"),
+            "wall_timed_s": wall,
+            "cpu_timed_s": cpu,
+            "extra_s": self.extra_wall,
+            "step_s": wall / timed,
             "first_step_s": w1 - self._t0,
-            "tok_per_s": (tn - t1) / (wn - w1) if timed else float("nan"),
-            "tok_per_cpu_s": (tn - t1) / (cn - c1) if timed else float("nan"),
+            "tok_per_s": (tn - t1) / wall,
+            "tok_per_cpu_s": (tn - t1) / cpu,
             "rss_start_mb": self.rss_at_start / 2**20,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             "loss_first": self.losses[0] if self.losses else None,
             "loss_last": self.losses[-1] if self.losses else None,
         }
-
-    def mark_train_begin(self) -> None:
-        self._t0 = time.perf_counter()
-        self.start()
 
 
 def _rss_now() -> int:
@@ -156,14 +190,35 @@ def _rss_now() -> int:
     return 0
 
 
+def _torch_dtype(spec: dict[str, Any]) -> Any:
+    import torch
+
+    return getattr(torch, spec["dtype"])
+
+
 def _lora_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     return {"r": spec["lora_r"], "lora_alpha": spec["lora_alpha"], "lora_dropout": 0.0,
             "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
 
 
-def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+def _count_batch(meter: Meter, batch: dict[str, Any]) -> None:
+    mask = batch.get("attention_mask")
+    if mask is None:  # padding-free: one concatenated row, every slot a real token
+        n = int(batch["input_ids"].numel())
+        meter.consumed(n, n)
+    else:
+        meter.consumed(int(mask.sum()), int(mask.numel()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arms
+
+
+def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool = True) -> dict[str, Any]:
     from learnloop.training.config import LoraConfig, TrainConfig
+    from learnloop.training.dpo import DPOObjective
     from learnloop.training.run import train
+    from learnloop.training.sft import SFTObjective
 
     data = work / f"{algorithm}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in spec["rows"]))
@@ -173,49 +228,40 @@ def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str,
         lora=LoraConfig(r=spec["lora_r"], alpha=spec["lora_alpha"], dropout=0.0, target_modules="all-linear"),
         max_length=spec["max_length"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"], max_steps=steps,
         learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        checkpoint_every=steps + 1000, seed=spec["seed"], device="cpu", dtype="float32",
+        checkpoint_every=steps + 1000, seed=spec["seed"], device="cpu", dtype=spec["dtype"], length_grouping=grouped,
     )
     meter = Meter()
-    # Only to count padded slots (the loop reports real tokens): wrap the collate function the
-    # objectives imported. Adds one numel() per micro-batch.
-    import learnloop.training.dpo as dpo_mod
-    import learnloop.training.sft as sft_mod
+    # Count at the loss call: wrap the objective class's compute (what the loop calls per micro-batch).
+    cls = SFTObjective if algorithm == "sft" else DPOObjective
+    original = cls.compute
 
-    for mod in (sft_mod, dpo_mod):
-        def counted(rows: Any, pad_id: int, _orig: Any = mod.collate_ids) -> dict[str, Any]:
-            batch = _orig(rows, pad_id)
-            meter.padded += batch["attention_mask"].numel()
-            return batch
+    def compute(self: Any, model: Any, batch: dict[str, Any]) -> Any:
+        _count_batch(meter, batch)
+        return original(self, model, batch)
 
-        mod.collate_ids = counted
+    cls.compute = compute
 
     def progress(event: Any) -> None:
         if event.kind == "start":
             meter.mark_train_begin()
         elif event.kind == "step":
-            meter.tokens += int(event.metrics["tokens"])  # attention-mask sum: real tokens only
             meter.step(event.metrics.get("loss"))
 
     train(config, progress=progress)
-    return meter.result(steps, spec["batch_size"])
+    return meter.result(steps)
 
 
-def _counting_collator(collator: Any, meter: Meter) -> Any:
-    def collate(features: list[Any]) -> Any:
-        batch = collator(features)
-        meter.tokens += int(batch["attention_mask"].sum())
-        meter.padded += batch["attention_mask"].numel()
-        return batch
-
-    return collate
+def arm_learnloop_ungrouped(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_learnloop(spec, algorithm, work, grouped=False)
 
 
 def _trl_common(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    bf16 = spec["dtype"] == "bfloat16"
     return dict(
         output_dir=str(work / "out"), per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], learning_rate=spec["lr"],
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        max_length=spec["max_length"], bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        max_length=spec["max_length"], bf16=bf16, fp16=False, gradient_checkpointing=False, use_cpu=True,
         save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
         seed=spec["seed"],
     )
@@ -238,38 +284,93 @@ def _trl_meter_callback(meter: Meter) -> Any:
     return Cb()
 
 
-def arm_trl(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+def _trl_count_at_loss(trainer: Any, meter: Meter) -> None:
+    original = trainer.compute_loss
+
+    def compute_loss(model: Any, inputs: dict[str, Any], *a: Any, **kw: Any) -> Any:
+        if model.training:
+            _count_batch(meter, inputs)
+        return original(model, inputs, *a, **kw)
+
+    trainer.compute_loss = compute_loss
+
+
+def arm_trl(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool = False, padding_free: bool = False,
+            precompute: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=_torch_dtype(spec))
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     dataset = Dataset.from_list(spec["rows"])
     meter = Meter()
+    extra = {"train_sampling_strategy": "group_by_length"} if grouped else {}
     if algorithm == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_trl_common(spec, work))
+        common = _trl_common(spec, work)
+        if padding_free:
+            # TRL refuses padding_free with a max_length it would not enforce; no example here reaches it.
+            common["max_length"] = None
+        args = SFTConfig(**common, padding_free=padding_free, **extra)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=LoraConfig(**_lora_kwargs(spec)), callbacks=[_trl_meter_callback(meter)])
     else:
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**_trl_common(spec, work), beta=spec["beta"])
+        if precompute:
+            # The reference pass runs inside the constructor: time it (wall and CPU) for the end-to-end figure.
+            original = DPOTrainer._precompute_ref_logps
+
+            def timed(self: Any, *a: Any, **kw: Any) -> Any:
+                w, c = time.perf_counter(), time.process_time()
+                out = original(self, *a, **kw)
+                meter.extra_wall += time.perf_counter() - w
+                meter.extra_cpu += time.process_time() - c
+                return out
+
+            DPOTrainer._precompute_ref_logps = timed
+        args = DPOConfig(**_trl_common(spec, work), beta=spec["beta"], precompute_ref_log_probs=precompute, **extra)
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=LoraConfig(**_lora_kwargs(spec)), callbacks=[_trl_meter_callback(meter)])
-    # The Trainer builds its DataLoader inside train() from this attribute: wrapping it counts the
-    # real tokens of every micro-batch it actually consumes.
-    trainer.data_collator = _counting_collator(trainer.data_collator, meter)
+        if precompute and meter.extra_wall == 0:
+            raise RuntimeError("precompute_ref_log_probs did not run (a cached result would make the arm look faster)")
+        # The reference pass covers the whole dataset: count the timed steps' share of it.
+        meter.extra_share = (spec["steps"] - 1) * spec["batch_size"] * spec["grad_accum"] / len(spec["rows"])
+        if grouped:
+            # DPO rows hold prompt_ids/chosen_ids/rejected_ids, no input_ids: give the sampler a length
+            # column (what the collator will pad to) and keep it through the unused-column filter.
+            ds = trainer.train_dataset
+            trainer.train_dataset = ds.add_column("length", [
+                len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])])
+            trainer._set_signature_columns_if_needed()
+            trainer._signature_columns = [*trainer._signature_columns, "length"]
+    _trl_count_at_loss(trainer, meter)
+    torch.manual_seed(spec["seed"])
     trainer.train()
-    return meter.result(spec["steps"], spec["batch_size"])
+    return meter.result(spec["steps"])
 
 
-def arm_plain(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
-    """What one writes first: shuffled batches padded to their longest row, full logits, HF's loss."""
+def arm_trl_grouped(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_trl(spec, algorithm, work, grouped=True)
+
+
+def arm_trl_padfree(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_trl(spec, algorithm, work, padding_free=True)
+
+
+def arm_trl_grouped_precompute(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_trl(spec, algorithm, work, grouped=True, precompute=True)
+
+
+def arm_plain(spec: dict[str, Any], algorithm: str, work: Path, *, strong: bool = False) -> dict[str, Any]:
+    """A hand-written PyTorch + peft loop. Naive: shuffled batches padded to their longest row, the
+    model's own full-logits loss with prompt tokens labelled -100. Strong: length-grouped batches and
+    the output layer applied to the label positions only."""
     import torch
+    import torch.nn.functional as F
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -282,14 +383,24 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any
         full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
         labels = [IGNORE] * len(prompt) + full[len(prompt):]
         examples.append((full[: spec["max_length"]], labels[: spec["max_length"]]))
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=_torch_dtype(spec))
     torch.manual_seed(spec["seed"])
     model = get_peft_model(model, LoraConfig(**_lora_kwargs(spec)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
-    order = list(range(len(examples)))
-    random.Random(spec["seed"]).shuffle(order)
-    batches = [order[i : i + spec["batch_size"]] for i in range(0, len(order), spec["batch_size"])]
+    if strong:
+        # learnloop's own batch order (length-sorted windows, shuffled batches): both arms train on the
+        # same batches, so their ratio isolates the training step. (transformers' recipe starts with
+        # the longest megabatch: a 10-step window would see longer rows than a whole epoch does.)
+        from learnloop.training.data import epoch_batches
+
+        batches = epoch_batches([len(ids) for ids, _ in examples], spec["batch_size"], seed=spec["seed"], epoch=0)
+    else:
+        order = list(range(len(examples)))
+        random.Random(spec["seed"]).shuffle(order)
+        batches = [order[i : i + spec["batch_size"]] for i in range(0, len(order), spec["batch_size"])]
+    lm = model.get_base_model()
+    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     meter = Meter()
     model.train()
     meter.mark_train_begin()
@@ -306,19 +417,43 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any
                 input_ids[r, : len(ids)] = torch.tensor(ids)
                 labels[r, : len(lab)] = torch.tensor(lab)
                 mask[r, : len(ids)] = 1
-            meter.tokens += int(mask.sum())
-            meter.padded += mask.numel()
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            meter.consumed(int(mask.sum()), int(mask.numel()))
+            if strong:
+                hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+                targets = labels[:, 1:]
+                keep = targets != IGNORE
+                loss = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep])
+            else:
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             (loss / spec["grad_accum"]).backward()
             loss_sum += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         meter.step(loss_sum / spec["grad_accum"])
-    return meter.result(spec["steps"], spec["batch_size"])
+    return meter.result(spec["steps"])
 
 
-ARMS = {"learnloop": arm_learnloop, "trl": arm_trl, "plain": arm_plain}
+def arm_plain_naive(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_plain(spec, algorithm, work)
+
+
+def arm_plain_strong(spec: dict[str, Any], algorithm: str, work: Path) -> dict[str, Any]:
+    return arm_plain(spec, algorithm, work, strong=True)
+
+
+ARMS = {
+    "learnloop": arm_learnloop, "learnloop-ungrouped": arm_learnloop_ungrouped,
+    "trl-defaults": arm_trl, "trl-grouped": arm_trl_grouped, "trl-padfree": arm_trl_padfree,
+    "trl-grouped-precompute": arm_trl_grouped_precompute,
+    "plain-naive": arm_plain_naive, "plain-strong": arm_plain_strong,
+}
+PLANS = {
+    "sft": ["learnloop", "learnloop-ungrouped", "trl-defaults", "trl-grouped", "trl-padfree", "plain-naive", "plain-strong"],
+    "dpo": ["learnloop", "trl-defaults", "trl-grouped", "trl-grouped-precompute"],
+}
+PROFILE = False  # --profile: each arm prints its torch.profiler table (by self CPU time)
+TRL_ARMS = ("trl-defaults", "trl-grouped", "trl-padfree", "trl-grouped-precompute")
 
 
 def child_main(arm: str, algorithm: str, spec_path: str) -> None:
@@ -327,32 +462,116 @@ def child_main(arm: str, algorithm: str, spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     with tempfile.TemporaryDirectory(prefix=f"bench-train-{arm}-") as work:
-        result = ARMS[arm](spec, algorithm, Path(work))
+        # No arm may reuse a cache another process wrote (TRL caches precomputed reference log-probs).
+        os.environ["HF_DATASETS_CACHE"] = work
+        if os.environ.get("BENCH_PROFILE"):
+            # Where the arm's CPU time goes, by operator (loading included; it is a few ops).
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                result = ARMS[arm](spec, algorithm, Path(work))
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40),
+                  file=sys.stderr)
+        else:
+            result = ARMS[arm](spec, algorithm, Path(work))
     print("BENCH_RESULT " + json.dumps(result), flush=True)
+
+
+def peak_main(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> None:
+    """Best GFLOP/s of an n x n x n matmul in this dtype on this many threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    torch.mm(a, b)  # warm-up
+    best = best_cpu = float("inf")
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    print("BENCH_RESULT " + json.dumps({"gflops": 2 * n**3 / best / 1e9, "gflops_cpu": 2 * n**3 / best_cpu / 1e9}),
+          flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs per token (the same for every arm of an algorithm)
+
+
+def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str, lora_r: int) -> dict[str, float]:
+    """Model FLOPs per real token of this dataset; see the module docstring for what is counted."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    head = model.get_output_embeddings()
+    frozen = lora = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            frozen += module.in_features * module.out_features
+            lora += lora_r * (module.in_features + module.out_features)
+    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    attn_width = cfg.num_attention_heads * getattr(cfg, "head_dim", hidden // cfg.num_attention_heads)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tokens = labelled = context = 0
+    for row in rows:
+        prompt_len = len(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+        for answer in ([row["completion"]] if algorithm == "sft" else [row["chosen"], row["rejected"]]):
+            n = len(tok.apply_chat_template(row["prompt"] + answer, tokenize=True, return_dict=False))
+            tokens += n
+            labelled += n - prompt_len
+            context += n * (n + 1) // 2  # causal: position t attends to t + 1 positions
+    ctx = context / tokens
+    lab = labelled / tokens
+    attn_fwd = 4 * layers * attn_width * ctx
+    fwd = 2 * (frozen + lora) + attn_fwd + 2 * hidden * vocab * lab
+    bwd = 2 * frozen + 4 * lora + 2 * attn_fwd + 2 * hidden * vocab * lab
+    ref = 2 * frozen + attn_fwd + 2 * hidden * vocab * lab if algorithm == "dpo" else 0.0
+    return {"per_token": fwd + bwd + ref, "frozen_params": frozen, "lora_params": lora, "mean_context": ctx,
+            "labelled_share": lab, "tokens": tokens}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The driver
 
 
-def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, verbose: bool) -> dict[str, Any]:
-    started = time.perf_counter()
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(spec["threads"])}
-    proc = subprocess.run([sys.executable, __file__, "--child", arm, algorithm, str(spec_path)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - started
+def _child_env(threads: int) -> dict[str, str]:
+    return {**os.environ, **({"BENCH_PROFILE": "1"} if PROFILE else {}), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+
+
+def _run_child(argv: list[str], threads: int) -> tuple[dict[str, Any] | None, str, int]:
+    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=_child_env(threads), cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        print(f"  {algorithm}/{arm} FAILED (exit {proc.returncode}):\n{tail}", file=sys.stderr)
+        return None, (proc.stdout + proc.stderr)[-3000:], proc.returncode
+    return json.loads(lines[-1][len("BENCH_RESULT "):]), proc.stderr, 0
+
+
+def measure_peak(dtype: str, threads: int) -> dict[str, float]:
+    """Peak matmul GFLOP/s per wall second and per CPU second of the process."""
+    result, tail, rc = _run_child(["--peak", dtype, str(threads)], threads)
+    if result is None:
+        print(f"  peak matmul ({dtype}) FAILED (exit {rc}):\n{tail}", file=sys.stderr)
+        return {"gflops": float("nan"), "gflops_cpu": float("nan")}
+    return result
+
+
+def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, verbose: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    result, tail, rc = _run_child(["--child", arm, algorithm, str(spec_path)], spec["threads"])
+    wall = time.perf_counter() - started
+    if result is None:
+        print(f"  {algorithm}/{arm} FAILED (exit {rc}):\n{tail}", file=sys.stderr)
         return {"error": tail}
     if verbose:
-        print(proc.stderr[-2000:], file=sys.stderr)
-    result = json.loads(lines[-1][len("BENCH_RESULT "):])
+        print(tail if PROFILE else tail[-2000:], file=sys.stderr)
     result["process_wall_s"] = wall
     print(f"  {algorithm}/{arm}: {result['tok_per_s']:.0f} tok/s, {result['tok_per_cpu_s']:.0f} tok/CPU-s, "
-          f"{result['step_s']:.2f} s/step, peak {result['peak_rss_mb']:.0f} MB ({wall:.0f} s)", flush=True)
+          f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, peak {result['peak_rss_mb']:.0f} MB "
+          f"({wall:.0f} s)", flush=True)
     return result
 
 
@@ -360,115 +579,215 @@ def _fmt(x: float | None, spec: str = ".0f") -> str:
     return "-" if x is None or x != x else format(x, spec)
 
 
-def _median_ratio(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: str, invert: bool = False) -> str:
-    vals = []
-    for r in rounds:
-        if "error" in r.get(a, {"error": 1}) or "error" in r.get(b, {"error": 1}):
-            continue
-        x, y = r[a][key], r[b][key]
-        vals.append(y / x if invert else x / y)
+def _ok(rounds: list[dict[str, dict[str, Any]]], arm: str) -> list[dict[str, Any]]:
+    return [r[arm] for r in rounds if arm in r and "error" not in r[arm]]
+
+
+def _spread(vals: list[float], spec: str) -> str:
     if not vals:
         return "-"
-    med = statistics.median(vals)
-    rng = f" ({min(vals):.2f}-{max(vals):.2f})" if len(vals) > 1 else ""
-    return f"{med:.2f}x{rng}"
+    med = format(statistics.median(vals), spec)
+    return med if len(vals) == 1 else f"{med} [{format(min(vals), spec)}-{format(max(vals), spec)}]"
 
 
-def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> None:
-    cols = ("arm", "tok/s", "tok/CPU-s", "s/step", "1st step s", "tokens timed", "pad %", "RSS start MB", "peak RSS MB",
-            "process s", "loss first→last")
-    print(f"\n{algorithm.upper()} (medians over {len(rounds)} round(s))")
+def ratio_values(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: str = "tok_per_s") -> list[float]:
+    """Per-round a/b of ``key``, both arms measured in the same round."""
+    return [r[a][key] / r[b][key] for r in rounds
+            if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
+
+
+def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]], flops: float,
+                peak: dict[str, float]) -> None:
+    cols = ("arm", "tok/s", "tok/CPU-s", "MFU %", "MFU/CPU %", "s/step", "pad %", "tokens timed", "peak RSS MB", "process s",
+            "loss first→last")
+    print(f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); MFU at {flops / 1e6:.0f} MFLOP/token "
+          f"and a peak of {peak['gflops']:.0f} GFLOP/s, {peak['gflops_cpu']:.0f} GFLOP/CPU-s")
     rows = []
     for arm in arms:
-        res = [r[arm] for r in rounds if arm in r and "error" not in r[arm]]
+        res = _ok(rounds, arm)
         if not res:
             rows.append((arm, "failed", *[""] * (len(cols) - 2)))
             continue
-
-        def med(key: str) -> float:
-            return statistics.median(x[key] for x in res)
-
         loss = f"{_fmt(res[-1]['loss_first'], '.3f')}→{_fmt(res[-1]['loss_last'], '.3f')}"
-        rows.append((arm, _fmt(med("tok_per_s")), _fmt(med("tok_per_cpu_s")), _fmt(med("step_s"), ".2f"),
-                     _fmt(med("first_step_s"), ".2f"), _fmt(med("tokens_timed")), _fmt(100 * med("pad_fraction"), ".0f"),
-                     _fmt(med("rss_start_mb")),
-                     _fmt(med("peak_rss_mb")), _fmt(med("process_wall_s")), loss))
+        rows.append((
+            arm, _spread([x["tok_per_s"] for x in res], ".0f"), _spread([x["tok_per_cpu_s"] for x in res], ".0f"),
+            _spread([100 * x["tok_per_s"] * flops / (peak["gflops"] * 1e9) for x in res], ".1f"),
+            _spread([100 * x["tok_per_cpu_s"] * flops / (peak["gflops_cpu"] * 1e9) for x in res], ".1f"),
+            _spread([x["step_s"] for x in res], ".2f"), _fmt(100 * statistics.median(x["pad_fraction"] for x in res)),
+            _fmt(statistics.median(x["tokens_timed"] for x in res)), _fmt(statistics.median(x["peak_rss_mb"] for x in res)),
+            _fmt(statistics.median(x["process_wall_s"] for x in res)), loss))
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
     print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
 
 
+def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """learnloop against the best TRL arm of each round (an expert picks the fastest configuration)
+    and, for SFT, the strongest plain loop; per wall second and per CPU second."""
+    out = []
+    trl = [a for a in arms if a in TRL_ARMS and _ok(rounds, a)]
+    for key, basis in (("tok_per_s", "wall"), ("tok_per_cpu_s", "CPU")):
+        goals = []
+        if trl and "learnloop" in arms:
+            per_round = []
+            for r in rounds:
+                cands = [r[a][key] for a in trl if a in r and "error" not in r[a]]
+                if cands and "learnloop" in r and "error" not in r["learnloop"]:
+                    per_round.append(r["learnloop"][key] / max(cands))
+            goals.append(("best TRL arm", per_round, 1.3))
+        if algorithm == "sft" and "plain-strong" in arms and "learnloop" in arms:
+            goals.append(("plain-strong", ratio_values(rounds, "learnloop", "plain-strong", key), 1.0))
+        for name, vals, goal in goals:
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            out.append({"algorithm": algorithm, "against": name, "basis": basis, "median": med, "min": min(vals),
+                        "max": max(vals), "goal": goal, "met": med >= goal})
+            print(f"  [{basis:4s}] learnloop / {name}: {_spread(vals, '.2f')}x (goal >= {goal}x): "
+                  f"{'MET' if med >= goal else 'MISSED'}")
+        for other in arms:
+            if other != "learnloop" and "learnloop" in arms:
+                vals = ratio_values(rounds, "learnloop", other, key)
+                if vals:
+                    print(f"  [{basis:4s}]   learnloop / {other}: {_spread(vals, '.2f')}x")
+    return out
+
+
+def report(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Print the tables and verdicts of a run (or of its --json file); returns the verdicts."""
+    peaks = [p if isinstance(p, dict) else {"gflops": p, "gflops_cpu": float("nan")} for p in raw.get("peak_gflops") or []]
+    peak = {k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")}
+    a = raw["args"]
+    print(f"\npeak matmul {a['dtype']}, {a['threads']} thread(s): "
+          + ", ".join(f"{p['gflops']:.0f} GFLOP/s ({p['gflops_cpu']:.0f} per CPU second)" for p in peaks)
+          + " (start, end); MFU uses the higher of each", flush=True)
+    results = []
+    for algorithm in ("sft", "dpo"):
+        if algorithm not in raw:
+            continue
+        rounds = raw[algorithm]["rounds"]
+        arms = [x for x in PLANS[algorithm] if any(x in r for r in rounds)]
+        info = raw[algorithm]["flops"]
+        print_table(algorithm, arms, rounds, info["per_token"], peak)
+        print(f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
+              f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
+              f"share {100 * info['labelled_share']:.0f}%")
+        results += verdicts(algorithm, arms, rounds)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, metavar=("ARM", "ALGORITHM", "SPEC"), help=argparse.SUPPRESS)
+    ap.add_argument("--peak", nargs=2, metavar=("DTYPE", "THREADS"), help=argparse.SUPPRESS)
     ap.add_argument("--model", default="smollm2", help="HF folder, .gguf file or prepared name (prepared if needed)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 steps per arm, short examples")
-    ap.add_argument("--rounds", type=int, default=1, help="run every arm this many times in rotated order")
-    ap.add_argument("--sft-steps", type=int, default=8, help="optimizer steps per SFT arm (the first is not timed)")
-    ap.add_argument("--dpo-steps", type=int, default=4, help="optimizer steps per DPO arm (the first is not timed)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 3 steps per arm, short examples")
+    ap.add_argument("--only", choices=["sft", "dpo"], help="run one algorithm")
+    ap.add_argument("--arms", nargs="*", help="run only these arms (names as in the tables)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="bfloat16: weights in bf16 in every arm, TRL with bf16=True (autocast)")
+    ap.add_argument("--rounds", type=int, default=3, help="run every arm this many times in rotated order")
+    ap.add_argument("--sft-steps", type=int, default=11, help="optimizer steps per SFT arm (the first is not timed)")
+    ap.add_argument("--dpo-steps", type=int, default=11, help="optimizer steps per DPO arm (the first is not timed)")
+    # More rows than the steps consume, so that length grouping works as it does on a real dataset:
+    # transformers' LengthGroupedSampler sorts megabatches of min(rows // (4 x batch), 50) batches,
+    # learnloop windows of 50 batches. Each arm trains on the first steps x batch of its own order.
+    ap.add_argument("--sft-rows", type=int, default=400, help="SFT dataset rows (400: full 50-batch megabatches)")
+    ap.add_argument("--dpo-rows", type=int, default=48,
+                    help="DPO dataset pairs (kept small: the precompute arm's reference pass covers them all)")
     ap.add_argument("--batch-size", type=int, default=2, help="micro-batch (DPO: pairs per micro-batch)")
-    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=320)
     ap.add_argument("--min-tokens", type=int, default=30, help="shortest example (tokens, approximate)")
-    ap.add_argument("--max-tokens", type=int, default=300, help="longest example (tokens, approximate)")
+    ap.add_argument("--max-tokens", type=int, default=150, help="longest example (tokens, approximate)")
     # One thread by default: on a shared machine two OpenMP threads spin at every barrier while a
     # neighbour holds the other core, which made the same step take 1.2 s or 9 s (wall and CPU alike).
     ap.add_argument("--threads", type=int, default=1, help="torch threads in every arm (raise on a dedicated machine)")
-    ap.add_argument("--skip", nargs="*", default=[], help="arms to leave out, e.g. plain or dpo/trl")
     ap.add_argument("--json", dest="json_out", help="also write all raw results here")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each arm under torch.profiler and print where its CPU time goes (slower; not for figures)")
+    ap.add_argument("--report", metavar="JSON", nargs="+",
+                    help="print the tables of earlier --json files (their rounds pooled; same settings), run nothing")
+    ap.add_argument("--rotation", type=int, default=0,
+                    help="start the order rotation here (a second process running more rounds at the same time)")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
+    if args.profile:
+        args.verbose = True
+    if args.report:
+        runs = [json.loads(Path(f).read_text()) for f in args.report]
+        pooled = runs[0]
+        for other in runs[1:]:
+            pooled["peak_gflops"] = pooled.get("peak_gflops", []) + other.get("peak_gflops", [])
+            for alg in ("sft", "dpo"):
+                if alg in other:
+                    pooled.setdefault(alg, {"rounds": [], "flops": other[alg]["flops"]})["rounds"] += other[alg]["rounds"]
+        report(pooled)
+        return
     if args.child:
         child_main(*args.child)
         return
+    if args.peak:
+        peak_main(args.peak[0], int(args.peak[1]))
+        return
     if args.quick:
-        args.sft_steps, args.dpo_steps, args.max_tokens, args.max_length = 2, 2, 120, 128
+        args.rounds, args.sft_steps, args.dpo_steps, args.max_tokens, args.max_length = 1, 3, 3, 100, 128
+        args.sft_rows, args.dpo_rows = 100, 12
 
+    from learnloop.errors import ConfigError
     from learnloop.models.prepared import KNOWN_MODELS, prepare_model, resolve_base_model
 
     started = time.perf_counter()
-    if args.model.lower() in KNOWN_MODELS:
-        model_path = prepare_model(args.model).path  # a no-op once `learnloop models prepare` has run
-    else:
-        model_path = resolve_base_model(args.model)
+    try:
+        model_path = resolve_base_model(args.model)  # a prepared name, an HF folder or a GGUF file
+    except ConfigError:
+        if args.model.lower() not in KNOWN_MODELS:
+            raise
+        model_path = prepare_model(args.model).path  # what `learnloop models prepare smollm2` does
     common = {"model": str(model_path), "max_length": args.max_length, "batch_size": args.batch_size,
               "grad_accum": args.grad_accum, "lr": 2e-4, "lora_r": 16, "lora_alpha": 32, "beta": 0.1, "seed": 0,
-              "threads": args.threads}
+              "threads": args.threads, "dtype": args.dtype}
     per_step = args.batch_size * args.grad_accum
-    plans = [
-        ("sft", ["learnloop", "trl", "plain"], args.sft_steps,
-         sft_rows(args.sft_steps * per_step, 0, args.min_tokens, args.max_tokens)),
-        ("dpo", ["learnloop", "trl"], args.dpo_steps,
-         dpo_rows(args.dpo_steps * per_step, 0, args.min_tokens, args.max_tokens)),
-    ]
-    print(f"model {model_path}; fp32 CPU, {args.threads} threads; LoRA r=16 alpha=32 all-linear; micro-batch "
-          f"{args.batch_size} x accum {args.grad_accum}; max_length {args.max_length}; examples ~{args.min_tokens}-"
-          f"{args.max_tokens} tokens; SFT {args.sft_steps} steps, DPO {args.dpo_steps} steps (first untimed); "
-          f"{args.rounds} round(s)", flush=True)
-    raw: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    plans = [(alg, arms, steps, rows) for alg, arms, steps, rows in (
+        ("sft", PLANS["sft"], args.sft_steps,
+         sft_rows(max(args.sft_rows, args.sft_steps * per_step), 0, args.min_tokens, args.max_tokens)),
+        ("dpo", PLANS["dpo"], args.dpo_steps,
+         dpo_rows(max(args.dpo_rows, args.dpo_steps * per_step), 0, args.min_tokens, args.max_tokens)),
+    ) if args.only in (None, alg)]
+    print(f"model {model_path}; {args.dtype} CPU, {args.threads} torch thread(s); LoRA r=16 alpha=32 all-linear; "
+          f"micro-batch {args.batch_size} x accum {args.grad_accum}; max_length {args.max_length}; examples "
+          f"~{args.min_tokens}-{args.max_tokens} tokens; SFT {args.sft_steps}, DPO {args.dpo_steps} optimizer steps per "
+          f"arm (first untimed); {args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs", flush=True)
+    peaks = [measure_peak(args.dtype, args.threads)]
+    print(f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]['gflops']:.0f} GFLOP/s, "
+          f"{peaks[0]['gflops_cpu']:.0f} GFLOP/CPU-s (start)", flush=True)
+    raw: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg(), "peak_gflops": peaks}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for algorithm, arms, steps, rows in plans:
-            arms = [a for a in arms if a not in args.skip and f"{algorithm}/{a}" not in args.skip and algorithm not in args.skip]
+            arms = [a for a in arms if not args.arms or a in args.arms]
             if not arms:
                 continue
+            flops = flops_per_token(str(model_path), rows, algorithm, 16)
             spec_path = Path(tmp) / f"{algorithm}.json"
             spec_path.write_text(json.dumps({**common, "steps": steps, "rows": rows}))
-            rounds = []
+            rounds: list[dict[str, Any]] = []
+            raw[algorithm] = {"rounds": rounds, "flops": flops}
             for k in range(args.rounds):
-                order = arms[k % len(arms):] + arms[: k % len(arms)]  # rotate: no arm always runs first
-                rounds.append({arm: run_arm(arm, algorithm, common, spec_path, args.verbose) for arm in order})
-            raw[algorithm] = rounds
-            print_table(algorithm, arms, rounds)
-            if algorithm == "sft":
-                for other, goal in (("trl", 1.3), ("plain", 1.0)):
-                    if other in arms and "learnloop" in arms:
-                        print(f"  learnloop / {other}: tok/s {_median_ratio(rounds, 'learnloop', other, 'tok_per_s')}, "
-                              f"tok/CPU-s {_median_ratio(rounds, 'learnloop', other, 'tok_per_cpu_s')}  (goal >= {goal}x)")
-            elif "learnloop" in arms and "trl" in arms:
-                print(f"  TRL step time / learnloop step time: {_median_ratio(rounds, 'learnloop', 'trl', 'step_s', invert=True)}; "
-                      f"learnloop / trl tok/CPU-s {_median_ratio(rounds, 'learnloop', 'trl', 'tok_per_cpu_s')}")
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+                shift = (k + args.rotation) % len(arms)
+                order = arms[shift:] + arms[:shift]  # rotate: no arm always runs first
+                rounds.append({})
+                for arm in order:
+                    rounds[-1][arm] = run_arm(arm, algorithm, common, spec_path, args.verbose)
+                    if args.json_out:  # after every arm: a run cut short keeps what it measured (--report reads it)
+                        Path(args.json_out).write_text(json.dumps(raw, indent=2))
+        peaks.append(measure_peak(args.dtype, args.threads))
+        raw["verdicts"] = report(raw)
+    raw["loadavg_end"] = os.getloadavg()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f} at the end")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(raw, indent=2))
 

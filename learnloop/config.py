@@ -23,6 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from learnloop.daemon.config import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
@@ -328,12 +329,22 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    loops: list[LoopConfig] = Field(default_factory=list, description="[[loops]]: what the daemon learns from, how and when.")
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
+
+    @model_validator(mode="after")
+    def _unique_loop_names(self) -> "Settings":
+        names = [loop.name for loop in self.loops]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"loops: the name {dup[0]!r} is used twice; each [[loops]] needs its own name")
+        return self
 
     @classmethod
     def settings_customise_sources(

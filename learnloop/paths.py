@@ -54,6 +54,11 @@ class DataDir:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    @property
+    def logs(self) -> Path:
+        """Daily log files of the daemon's events (``learnloop-YYYY-MM-DD.log``)."""
+        return self.root / "logs"
+
     def model(self, name: str) -> Path:
         return self.models / name
 

@@ -234,6 +234,33 @@ def test_deduplicator_remembers_thousands() -> None:
     ]
 
 
+def test_deduplicator_batch_matches_one_by_one() -> None:
+    # The writer checks batches; a batch must judge each item as the one-by-one check would,
+    # earlier items of the same batch included.
+    base = [f"order {i} shipped to {i * 7 % 13} warehouses with {i % 5} parcels and tracking id {i}" for i in range(300)]
+    texts = base + [t.upper() for t in base[::10]] + [t + " indeed" for t in base[::7]] + ["", "a b", "a b"]
+    items = [(f"i{k}", t) for k, t in enumerate(texts)]
+    one = Deduplicator(0.85)
+    expected = [one.check(i, t) for i, t in items]
+    many = Deduplicator(0.85)
+    got = many.check_many(items[:100]) + many.check_many(items[100:])
+    assert got == expected
+    assert sum(v is not None and v[0] == "exact" for v in got) >= len(base[::10]) + 1
+    assert any(v is not None and v[0] == "near" for v in got)
+
+
+def test_dedup_words_match_the_regex() -> None:
+    import random
+
+    from learnloop.datasets.dedup import _WORD, _words
+
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(128)] + ["é", "ß", "Ж", "中"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert _words(text) == _WORD.findall(text.lower())
+
+
 def test_length_report_with_model_tokenizer(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -81,6 +81,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    from learnloop.api.routes import jobs
+
+    app.include_router(jobs.router)
     from learnloop.api.routes import registry as registry_routes
 
     app.include_router(registry_routes.router)

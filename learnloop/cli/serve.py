@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -19,6 +20,8 @@ from learnloop.cli.main import settings
     default=None,
     help="Import JSONL files dropped into <data dir>/inbox. [default: server.watch_inbox]",
 )
+@click.option("--daemon/--no-daemon", "with_daemon", default=True, show_default=True,
+              help="Also run the daemon (triggers, jobs, background scoring) in this process.")
 @click.option("--model", "base_model", default=None,
               help="Base model the OpenAI routes answer with. [default: serving.base_model, else the prepared smollm2]")
 @click.option("--no-openai", is_flag=True, help="Do not load a model; the OpenAI routes answer 503.")
@@ -28,9 +31,9 @@ from learnloop.cli.main import settings
     default="info",
     show_default=True,
 )
-def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, base_model: str | None, no_openai: bool,
-              log_level: str) -> None:
-    """Run the learnloop server. Applies database migrations first; API docs at /docs.
+def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, with_daemon: bool, base_model: str | None,
+              no_openai: bool, log_level: str) -> None:
+    """Run the learnloop server (and, unless --no-daemon, the daemon). Applies database migrations first; API docs at /docs.
 
     OpenAI-compatible routes (/v1/chat/completions, /v1/models) answer with the base model,
     the `learnloop` alias and every trained version; point an OpenAI client's base_url at
@@ -71,10 +74,22 @@ def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, base
         + (f"watching {data_dir(s.data_dir).inbox})" if watching else "inbox not watched)"),
         err=True,
     )
+    daemon = _start_daemon(s, db) if with_daemon else None
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
+        if daemon is not None:
+            daemon.stop()  # a running training checkpoints and is requeued
         db.dispose()
+
+
+def _start_daemon(s: Any, db: Any) -> Any:
+    """The daemon's one hook into serve: its worker runs in this process (a config lock refuses the start)."""
+    from learnloop.daemon.service import Daemon
+
+    daemon = Daemon(s, db)
+    daemon.start()
+    return daemon
 
 
 @click.command("chat")

@@ -86,23 +86,28 @@ class _Writer:
         self.duplicate_items: list[dict[str, Any]] = []
         self._pending: list[Item] = []
 
-    def add(self, item: Item) -> bool:
-        if self.dedup is not None:
-            verdict = self.dedup.check(item.id, item.text)
-            if verdict is not None:
-                kind, earlier, sim = verdict
-                self.duplicates[kind] += 1
-                if len(self.duplicate_items) < MAX_LISTED:
-                    self.duplicate_items.append({"id": item.id, "duplicate_of": earlier, "kind": kind, "similarity": sim})
-                return False
+    def add(self, item: Item) -> None:
+        """Queue ``item``; duplicates are dropped and the rest written at the next flush (in batches:
+        duplicate detection and token counting are batch operations)."""
         self._pending.append(item)
         if len(self._pending) >= _FLUSH_EVERY:
             self.flush()
-        return True
 
     def flush(self) -> None:
         if not self._pending:
             return
+        if self.dedup is not None:
+            verdicts = self.dedup.check_many([(item.id, item.text) for item in self._pending])
+            kept = []
+            for item, verdict in zip(self._pending, verdicts):
+                if verdict is None:
+                    kept.append(item)
+                    continue
+                kind, earlier, sim = verdict
+                self.duplicates[kind] += 1
+                if len(self.duplicate_items) < MAX_LISTED:
+                    self.duplicate_items.append({"id": item.id, "duplicate_of": earlier, "kind": kind, "similarity": sim})
+            self._pending = kept
         convs = [c for item in self._pending for c in item.conversations]
         counts = iter(self.counter.count(convs))
         for item in self._pending:
@@ -327,13 +332,16 @@ def _replay(session: Session, kind: str, writer: _Writer, fraction: float) -> di
     by_file: dict[str, dict[int, str]] = {}
     for _, iid, path, line_no in heap:
         by_file.setdefault(path, {})[line_no] = iid
+    writer.flush()
+    before = len(writer.ids)
     for path, lines in by_file.items():
         with open(path, encoding="utf-8") as fh:
             for line_no, line in enumerate(fh):
                 if line_no in lines:
-                    if writer.add(_item_from_record(kind, lines[line_no], json.loads(line))):
-                        result["added"] += 1
+                    writer.add(_item_from_record(kind, lines[line_no], json.loads(line)))
         result["from_datasets"].append(path)
+    writer.flush()
+    result["added"] = len(writer.ids) - before  # duplicates of kept examples are not added
     return result
 
 

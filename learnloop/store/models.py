@@ -101,6 +101,10 @@ class DesiredState(str, enum.Enum):
     run = "run"
     pause = "pause"
     stop = "stop"
+    # Stop variants the daemon tells apart when the run has checkpointed: move on to the next job
+    # (this one requeued behind the others), or end it for good. A VARCHAR column: no migration.
+    skip = "skip"
+    cancel = "cancel"
 
 
 class VersionState(str, enum.Enum):

@@ -10,15 +10,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from learnloop.config import Settings
-from learnloop.errors import Conflict, NotFound, ValidationFailed
+from learnloop.errors import Conflict, ValidationFailed
 from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
-from learnloop.store.events import record_event
-from learnloop.store.models import DesiredState, Job, JobState, utcnow
 
 JobAction = Literal["pause", "resume", "stop", "skip", "cancel"]
 JOB_ACTIONS: tuple[str, ...] = ("pause", "resume", "stop", "skip", "cancel")
-_FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
 def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboard") -> dict[str, Any]:
@@ -26,44 +23,17 @@ def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboa
 
     A job a worker holds (running, or paused mid-run: it has a lease) gets ``desired_state``; the
     worker obeys at its next step and writes the new ``state``. A job no worker holds (queued, or
-    paused without a lease) changes ``state`` here at once. The daemon branch has its own
-    ``learnloop.daemon.queue.control(db, job_id, action, actor=)`` with the same contract: when it
-    lands, this function should call it. ``stop`` checkpoints and ends a running job (it can be
-    resumed later); ``skip`` and ``cancel`` end it for good (``skip`` is a cancel the daemon's loop
-    does not count as a failure).
+    paused without a lease) changes ``state`` here at once. It is
+    ``learnloop.daemon.queue.control``: ``stop`` checkpoints a running job and leaves it paused
+    (``resume`` continues it); ``skip`` stops it and requeues it behind the waiting jobs; ``cancel``
+    ends it for good.
     """
     if action not in JOB_ACTIONS:
         raise ValidationFailed(f"Unknown job action {action!r}; use one of {', '.join(JOB_ACTIONS)}.", [("action", "unknown")])
-    with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=True)
-        if job is None:
-            raise NotFound(f"No job {job_id}.")
-        if job.state in _FINISHED:
-            raise Conflict(f"Job {job_id} already {job.state.value}; nothing to {action}.")
-        # Held: a worker has it (its lease), so only the worker may change its state.
-        held = job.lease_owner is not None or job.state == JobState.running
-        before = (job.state.value, job.desired_state.value)
-        if action == "pause":
-            job.desired_state = DesiredState.pause
-            if not held:
-                job.state = JobState.paused
-        elif action == "resume":
-            job.desired_state = DesiredState.run
-            if job.state == JobState.paused and not held:
-                job.state = JobState.queued
-        elif action == "stop":
-            job.desired_state = DesiredState.stop
-            if not held:
-                job.state, job.finished_at = JobState.cancelled, utcnow()
-        else:  # skip / cancel
-            job.desired_state = DesiredState.stop
-            if not held:
-                job.state, job.finished_at = JobState.cancelled, utcnow()
-            job.result = {**(job.result or {}), "cancelled_by": actor, "skipped": action == "skip"}
-        record_event(s, "job.control", f"{action} requested for job {job_id} by {actor}", job_id=job_id, loop=job.loop,
-                     data={"action": action, "actor": actor, "before": {"state": before[0], "desired_state": before[1]},
-                           "after": {"state": job.state.value, "desired_state": job.desired_state.value}})
-        return {"id": job.id, "state": job.state.value, "desired_state": job.desired_state.value}
+    from learnloop.daemon import queue
+
+    job = queue.control(db, job_id, action, actor=actor)  # the daemon's own meaning of each action
+    return {"id": job.id, "state": job.state, "desired_state": job.desired_state}
 
 
 def promote_version(db: Database, settings: Settings, version_id: str, *, alias: str = DEFAULT_ALIAS,
