@@ -101,7 +101,8 @@ def _run(settings: Settings, db: Database, token: str) -> None:
     with live_server(create_app(settings, db, watch_inbox=False, serving=serving)) as url:
         tested = _fuzz(url, headers)
     assert {"GET /v1/models", "POST /v1/chat/completions", "PUT /v1/aliases/{name}", "GET /v1/versions/diff",
-            "POST /v1/versions/{version_id}/promote", "GET /v1/status"} <= set(tested)
+            "POST /v1/versions/{version_id}/promote", "GET /v1/status", "POST /v1/jobs", "POST /v1/jobs/{job_id}/{action}",
+            "GET /v1/jobs/{job_id}", "POST /v1/loops/{name}/run", "POST /v1/daemon/{action}"} <= set(tested)
     assert {"POST /v1/ingest", "POST /v1/trajectories/{trajectory_id}/feedback", "GET /v1/trajectories/{trajectory_id}",
             "GET /v1/stats", "GET /healthz"} <= set(tested)
 

@@ -1,20 +1,30 @@
-"""Jobs, loops and daemon switches over HTTP: the same functions as `learnloop jobs|loops|daemon`."""
+"""Jobs, loops and daemon switches over HTTP: the same functions as `learnloop jobs|loops|daemon`.
+
+Reads need the read token when one is set, writes the write token; POST /v1/jobs reads its body after
+the token check, as the ingest routes do. Every status a route answers is in the OpenAPI document.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from learnloop.api.deps import get_db, get_settings, require_write_token
+from learnloop.api.deps import ReadAuth, RowIdPath, WriteAuth, get_db, get_settings
+from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.store.db import Database
+from learnloop.store.records import parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 Db = Annotated[Database, Depends(get_db)]
 Conf = Annotated[Settings, Depends(get_settings)]
-Write = [Depends(require_write_token)]
+Write = [WriteAuth]
+Read = [ReadAuth]
+_NO_JOB = error_responses(404, _404="No job with that id.")
+_NO_LOOP = "No loop by that name in [[loops]]."
 
 
 class JobSubmit(BaseModel):
@@ -29,7 +39,10 @@ class JobSubmit(BaseModel):
     idempotency_key: str | None = Field(None, max_length=128)
 
 
-@router.get("/jobs")
+_SUBMIT = TypeAdapter(JobSubmit)
+
+
+@router.get("/jobs", dependencies=Read)
 def list_jobs(db: Db, state: str | None = None, loop: str | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
     from learnloop.daemon import queue
@@ -37,15 +50,22 @@ def list_jobs(db: Db, state: str | None = None, loop: str | None = None,
     return [j.as_dict(brief=True) for j in queue.list_jobs(db, state=state, loop=loop, limit=limit)]
 
 
-@router.get("/jobs/{job_id}")
-def show_job(job_id: int, db: Db) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", dependencies=Read, responses=_NO_JOB)
+def show_job(job_id: RowIdPath, db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.get_job(db, job_id).as_dict()
 
 
-@router.post("/jobs", status_code=201, dependencies=Write)
-def submit_job(body: JobSubmit, db: Db, settings: Conf) -> dict[str, Any]:
+@router.post("/jobs", status_code=201, dependencies=Write, openapi_extra=request_body("JobSubmit", _SUBMIT),
+             responses=error_responses(404, 409, _404=_NO_LOOP, _409="The loop already has a cycle queued or running.",
+                                       _400="The body is not JSON, or the loop's settings cannot be used."))
+async def submit_job(request: Request, db: Db, settings: Conf) -> dict[str, Any]:
+    body: JobSubmit = parse_json_body(_SUBMIT, await request.body())
+    return await run_in_threadpool(_submit, body, db, settings)
+
+
+def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]:
     from learnloop.daemon import loops, queue
     from learnloop.errors import ValidationFailed
 
@@ -66,21 +86,24 @@ def submit_job(body: JobSubmit, db: Db, settings: Conf) -> dict[str, Any]:
     return {**job.as_dict(), "created": created}
 
 
-@router.post("/jobs/{job_id}/{action}", dependencies=Write)
-def control_job(job_id: int, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/{action}", dependencies=Write, responses=error_responses(
+    404, 409, _404="No job with that id.", _409="The job's state does not allow the action (e.g. already finished)."))
+def control_job(job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.control(db, job_id, action, actor="api").as_dict(brief=True)
 
 
-@router.get("/loops")
+@router.get("/loops", dependencies=Read)
 def loops_status(db: Db, settings: Conf) -> list[dict[str, Any]]:
     from learnloop.daemon import loops
 
     return loops.status(db, settings)
 
 
-@router.post("/loops/{name}/run", status_code=201, dependencies=Write)
+@router.post("/loops/{name}/run", status_code=201, dependencies=Write, responses=error_responses(
+    400, 404, 409, _400="The loop's settings cannot be used (e.g. a locked setting changed).", _404=_NO_LOOP,
+    _409="The loop already has a cycle queued or running."))
 def run_loop(name: str, db: Db, settings: Conf) -> dict[str, Any]:
     from learnloop.daemon import loops
 
@@ -89,7 +112,7 @@ def run_loop(name: str, db: Db, settings: Conf) -> dict[str, Any]:
     return job.as_dict(brief=True)
 
 
-@router.get("/daemon")
+@router.get("/daemon", dependencies=Read)
 def daemon_state(db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
