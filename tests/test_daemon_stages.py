@@ -72,8 +72,12 @@ def contract(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     def gate(metrics: dict[str, Any], policy: GatePolicy) -> Verdict:
         return Verdict(metrics["overall"]["reward_diff"] > policy.margin)
 
+    def policy_for(settings: Settings, loop: str | None = None) -> GatePolicy:  # [gate] under the loop's own keys
+        return GatePolicy(**{**settings.gate.model_dump(), **next(x.gate for x in settings.loops if x.name == loop)})
+
     for name, attrs in {"learnloop.registry": {"register_version": register_version, "promote": promote},
-                        "learnloop.evaluation": {"evaluate": evaluate, "gate": gate, "GatePolicy": GatePolicy}}.items():
+                        "learnloop.evaluation": {"evaluate": evaluate, "gate": gate, "GatePolicy": GatePolicy,
+                                                 "policy_for": policy_for}}.items():
         mod = types.ModuleType(name)
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         for k, v in attrs.items():

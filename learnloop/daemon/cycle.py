@@ -290,10 +290,13 @@ def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
     with ctx.db.read_session() as s:
         row = s.get(Evaluation, eval_id)
         metrics = dict(row.metrics or {}) if row else {}
-    # [gate] overridden by the loop's own gate = {...} (the evaluation stage's rule), else the loop's alone.
-    policy_for = getattr(evaluation, "policy_for", None)
-    policy = policy_for(ctx.settings, loop.name) if policy_for else evaluation.GatePolicy(**loop.gate)
-    verdict = evaluation.gate(metrics, policy)
+        stored = dict(row.gate or {}) if row else {}
+    if "passed" in stored:
+        # The verdict evaluate() stored (gated by policy_for(settings, the version's loop)): one verdict for
+        # the version, its evaluation, this cycle and the registry's promote, which checks the same record.
+        return {"passed": bool(stored["passed"]), "verdict": stored.get("verdict"), "reasons": list(stored.get("reasons") or [])}
+    # [gate] overridden by the loop's own gate = {...}: the evaluation stage's rule, never the loop's keys alone.
+    verdict = evaluation.gate(metrics, evaluation.policy_for(ctx.settings, loop.name))
     return {"passed": bool(verdict.passed), "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
 
 
