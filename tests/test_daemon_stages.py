@@ -134,3 +134,28 @@ def test_register_evaluate_gate_promote_once_each(sqlite_db: Database, settings:
     # The retry of the first cycle did not call register again: it found v0001 by its job id.
     assert [c for c in contract["calls"] if c[0] == "register"] == [("register", job.id), ("register", job2.id),
                                                                    ("register", job3.id)]
+
+
+def test_the_cycle_gates_by_the_evaluation_stages_policy(sqlite_db: Database, settings: Settings) -> None:
+    """The daemon's verdict is the one evaluate() stored; without one, [gate] under the loop's own keys
+    (policy_for), never the loop's keys alone (which would drop [gate]'s stricter settings)."""
+    from learnloop.daemon.cycle import Context, _gate
+
+    data = settings.model_dump()
+    data["gate"] = {**data["gate"], "min_examples": 50}  # [gate]: at least 50 held-out examples
+    s = loop_settings(Settings.model_validate(data), gate={"margin": 0.0})  # the loop sets only its margin
+    ctx = Context(db=sqlite_db, settings=s, owner="test", shutdown=None)  # type: ignore[arg-type]
+    passing = {"overall": {"n": 40, "reward_diff": 0.2, "reward_diff_ci": [0.1, 0.3]}}
+    with sqlite_db.session() as sess:
+        sess.add(ModelVersion(id="v1", base_model="tiny", loop="qa"))
+        sess.flush()
+        fresh = Evaluation(candidate_id="v1", baseline_id="base", metrics=passing, verdict="pending")
+        stored = Evaluation(candidate_id="v1", baseline_id="base", metrics=passing, verdict="reject",
+                            gate={"passed": False, "verdict": "reject", "reasons": ["judged by the stored policy"]})
+        sess.add_all([fresh, stored])
+        sess.flush()
+        fresh_id, stored_id = fresh.id, stored.id
+    verdict = _gate(ctx, s.loops[0], fresh_id)
+    assert verdict["passed"] is False and verdict["verdict"] == "inconclusive"  # [gate]'s 50 still holds
+    assert "at least 50" in verdict["reasons"][0]
+    assert _gate(ctx, s.loops[0], stored_id) == {"passed": False, "verdict": "reject", "reasons": ["judged by the stored policy"]}
