@@ -65,6 +65,21 @@ def wait_for(what: str, predicate: Callable[[], object], timeout: float = 30) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def click(driver: object, selector: str) -> None:
+    """Click the element ``selector`` names; the live regions swap their HTML every few seconds, so an
+    element found just before a swap is stale by the click: find it again then."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(20):
+        try:
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{selector} kept going stale")
+
+
 def console_errors(driver: object) -> list[str]:
     return [f"{e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -140,7 +155,7 @@ def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: D
             stream = d.find_element(By.ID, "job-stream")
             start = int(stream.get_attribute("data-last-step") or 0)
             wait_for("new steps over SSE", lambda: int(stream.get_attribute("data-last-step") or 0) > start + 2, 60)
-            d.find_element(By.CSS_SELECTOR, "button[data-action=pause]").click()
+            click(d, "button[data-action=pause]")
             wait_for("the job to be paused in the page",
                      lambda: d.find_element(By.ID, "job-state").text == "paused", 30)
             assert _job(db, worker.job_id).state == JobState.paused
@@ -148,11 +163,11 @@ def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: D
             time.sleep(1.5)
             assert _job(db, worker.job_id).progress["step"] == paused_at  # really stopped stepping
             shoot(d, "job-paused")
-            d.find_element(By.CSS_SELECTOR, "button[data-action=resume]").click()
+            click(d, "button[data-action=resume]")
             wait_for("the job to run again", lambda: _job(db, worker.job_id).progress["step"] > paused_at, 30)
             wait_for("the page to show it running", lambda: d.find_element(By.ID, "job-state").text == "running", 30)
             shoot(d, "job")
-            d.find_element(By.CSS_SELECTOR, "button[data-action=stop]").click()
+            click(d, "button[data-action=stop]")
             d.switch_to.alert.accept()
             worker.join(60)
             assert worker.error is None and worker.result.stopped
