@@ -143,7 +143,7 @@ def raw_executemany(url: str, n: int, batch_size: int) -> float:
         sql = f"INSERT INTO trajectories ({', '.join(COLUMNS)}) VALUES ({', '.join([ph] * len(COLUMNS))})"
         start = time.perf_counter()
         for i in range(0, n, batch_size):
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             stamp = now.replace(tzinfo=None).isoformat(sep=" ") if sqlite else now
             batch = [(*r[:5], json.dumps(r[5]), json.dumps(r[6]), json.dumps(r[7]), *r[8:], stamp, stamp)
                      for r in rows[i:i + batch_size]]
@@ -312,9 +312,9 @@ def main() -> None:
             rounds = []
             for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all alike
                 measured = []
-                for measure in (lambda: raw_executemany(url, args.n, batch_size),
-                                lambda: direct_ingest(url, args.n, batch_size),
-                                lambda: sdk_throughput(url, args.n, settings)):
+                for measure in (lambda url=url: raw_executemany(url, args.n, batch_size),
+                                lambda url=url: direct_ingest(url, args.n, batch_size),
+                                lambda url=url: sdk_throughput(url, args.n, settings)):
                     # Each from the same table: inserts slow down as the table grows, which
                     # would otherwise penalise whichever measure runs later in a round.
                     reset_table(url, args.prefill, batch_size)

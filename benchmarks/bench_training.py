@@ -385,7 +385,7 @@ def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str
             rows.append((arm, "failed", *[""] * (len(cols) - 2)))
             continue
 
-        def med(key: str) -> float:
+        def med(key: str, res: list[dict] = res) -> float:
             return statistics.median(x[key] for x in res)
 
         loss = f"{_fmt(res[-1]['loss_first'], '.3f')}→{_fmt(res[-1]['loss_last'], '.3f')}"

@@ -113,7 +113,7 @@ class ScoringSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _rating_scale(self) -> "ScoringSettings":
+    def _rating_scale(self) -> ScoringSettings:
         if self.rating_max <= self.rating_min:
             raise ValueError(f"rating_max ({self.rating_max}) must be greater than rating_min ({self.rating_min})")
         return self

@@ -66,7 +66,7 @@ class DataDir:
     def dataset_file(self, dataset_id: int | str, kind: str) -> Path:
         return self.datasets / f"{dataset_id}-{kind}.jsonl"
 
-    def ensure(self) -> "DataDir":
+    def ensure(self) -> DataDir:
         for p in (self.root, self.spool, self.inbox, self.inbox_processed, self.inbox_failed):
             p.mkdir(parents=True, exist_ok=True)
         return self

@@ -108,7 +108,7 @@ def test_split_is_frozen_by_prompt_hash(db: Database) -> None:
 
 
 def test_stats_by_source_scenario_day(db: Database) -> None:
-    day1 = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc).isoformat()
+    day1 = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC).isoformat()
     items = [
         {"messages": chat("a", "b"), "scenario": "math", "created_at": day1},
         {"messages": chat("c", "d"), "scenario": "math", "source": "teacher", "created_at": day1},
@@ -169,7 +169,7 @@ def _stored(db: Database, ids: list[str]) -> list[dict]:
 def test_fast_trajectory_insert_matches_sqlalchemy_insert(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     from learnloop.store import trajectories as tr
 
-    fixed = dt.datetime(2025, 6, 7, 8, 9, 10, 0, tzinfo=dt.timezone.utc)  # microsecond 0: a formatting edge
+    fixed = dt.datetime(2025, 6, 7, 8, 9, 10, 0, tzinfo=dt.UTC)  # microsecond 0: a formatting edge
     monkeypatch.setattr(tr, "utcnow", lambda: fixed)
     with db.session() as s:
         fast = ingest(s, parse_batch({"trajectories": _varied_trajectories("f")}))
@@ -193,7 +193,7 @@ def test_fast_feedback_and_score_insert_matches_sqlalchemy_insert(db: Database) 
 
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": [{"id": t, "messages": chat("q", "a")} for t in ("fast", "ref")]}))
-    when = dt.datetime(2024, 2, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 2, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 
     def feedback(tid: str) -> list[dict]:
         return [

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from training_support import adapter_weights, config_dict, write_jsonl
 
 from learnloop.cli.main import cli
+from training_support import adapter_weights, config_dict, write_jsonl
 
 
 def test_train_run_with_config_file_and_overrides(tiny_model_dir: Path, tmp_path: Path) -> None:

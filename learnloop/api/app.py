@@ -17,7 +17,14 @@ from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
 from learnloop.config import Settings, load_settings
-from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
+from learnloop.errors import (
+    Conflict,
+    LearnloopError,
+    NotFound,
+    Overloaded,
+    StoreUnavailable,
+    ValidationFailed,
+)
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
 
@@ -95,7 +102,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LearnloopError)
     async def _domain(_: Request, exc: LearnloopError) -> JSONResponse:
         if isinstance(exc, ValidationFailed):
-            return _error(422, str(exc), problems=[{"loc": l, "msg": m} for l, m in exc.problems])
+            return _error(422, str(exc), problems=[{"loc": loc, "msg": m} for loc, m in exc.problems])
         if isinstance(exc, NotFound):
             return _error(404, str(exc))
         if isinstance(exc, Conflict):

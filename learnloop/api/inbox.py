@@ -126,7 +126,7 @@ class InboxWatcher:
     def _fail(self, path: Path, message: str) -> InboxOutcome:
         self._waiting.discard(path.name)
         dest = _move(path, self.dirs.inbox_failed)
-        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         dest.with_name(dest.name + ".error.txt").write_text(
             f"{path.name} was not imported ({stamp}); nothing from it was stored.\n\n{message}\n\n"
             "Fix the file and drop it into the inbox again.\n",
@@ -170,7 +170,7 @@ def _move(path: Path, folder: Path) -> Path:
     dest = folder / path.name
     n = 1
     while dest.exists() or dest.with_name(dest.name + ".error.txt").exists():
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         dest = folder / f"{path.stem}.{stamp}-{n}{path.suffix}"
         n += 1
     os.replace(path, dest)

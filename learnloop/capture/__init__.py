@@ -20,7 +20,13 @@ from typing import Any
 from learnloop.capture.client import CaptureClient, configure, get_client, shutdown
 from learnloop.capture.openai_wrapper import wrap_openai
 from learnloop.capture.recorder import TrajectoryRecorder, current_trajectory, new_id, traced
-from learnloop.capture.sampling import DEFAULT_KEEP_RULES, Sampler, has_error, has_feedback, has_negative_reward
+from learnloop.capture.sampling import (
+    DEFAULT_KEEP_RULES,
+    Sampler,
+    has_error,
+    has_feedback,
+    has_negative_reward,
+)
 from learnloop.capture.transports import DatabaseTransport, HttpTransport, Refused, RetryLater, Transport
 
 

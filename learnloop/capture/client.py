@@ -44,9 +44,9 @@ class CaptureClient:
 
     def __init__(
         self,
-        settings: "Settings | None" = None,
+        settings: Settings | None = None,
         *,
-        database: "Database | str | None" = None,
+        database: Database | str | None = None,
         server_url: str | None = None,
         token: str | None = None,
         transport: Transport | None = None,
@@ -95,9 +95,8 @@ class CaptureClient:
         _live_clients.add(self)
 
     @staticmethod
-    def _make_transport(settings: "Settings", database: "Database | str | None", server_url: str | None,
+    def _make_transport(settings: Settings, database: Database | str | None, server_url: str | None,
                         token: str | None) -> Transport:
-        from learnloop.store.db import Database
 
         holdout = settings.datasets.holdout_fraction
         if database is not None:
@@ -200,7 +199,7 @@ class CaptureClient:
 
 _default: CaptureClient | None = None
 _default_lock = threading.Lock()
-_live_clients: "weakref.WeakSet[CaptureClient]" = weakref.WeakSet()
+_live_clients: weakref.WeakSet[CaptureClient] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -219,7 +218,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def configure(settings: "Settings | None" = None, **options: Any) -> CaptureClient:
+def configure(settings: Settings | None = None, **options: Any) -> CaptureClient:
     """Set up capture for this process (replacing any earlier set-up, whose records are flushed first).
 
     Options are those of ``CaptureClient``: ``database``, ``server_url``, ``token``, ``sample_rate``,
@@ -257,7 +256,7 @@ def shutdown(timeout: float | None = None) -> bool:
     return client.close(timeout) if client is not None else True
 
 
-def _writer_database(url: str) -> "Database":
+def _writer_database(url: str) -> Database:
     from learnloop.store.db import Database
 
     # No ping before each batch: the writer resends a batch that failed, so a connection gone

@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_now, _UTC = dt.datetime.now, dt.timezone.utc
+_now, _UTC = dt.datetime.now, dt.UTC
 
 SOURCES = ("production", "teacher", "synthetic", "served")
 
-_current: contextvars.ContextVar["TrajectoryRecorder | None"] = contextvars.ContextVar("learnloop_trajectory", default=None)
+_current: contextvars.ContextVar[TrajectoryRecorder | None] = contextvars.ContextVar("learnloop_trajectory", default=None)
 
 
-def current_trajectory() -> "TrajectoryRecorder | None":
+def current_trajectory() -> TrajectoryRecorder | None:
     """The trajectory being recorded in this context (thread or asyncio task), if any."""
     return _current.get()
 
@@ -70,7 +70,7 @@ class TrajectoryRecorder:
 
     def __init__(
         self,
-        client: "CaptureClient",
+        client: CaptureClient,
         *,
         scenario: str | None = None,
         agent: str | None = None,
@@ -215,7 +215,7 @@ class TrajectoryRecorder:
             return False
         return self._client.submit_trajectory(self.to_record(), self._feedback[1:], force=self._keep)
 
-    def __enter__(self) -> "TrajectoryRecorder":
+    def __enter__(self) -> TrajectoryRecorder:
         self._token = _current.set(self)
         return self
 
@@ -235,7 +235,7 @@ class TrajectoryRecorder:
 
             logging.getLogger("learnloop.capture").exception("learnloop capture: could not record trajectory %s", self.id)
 
-    async def __aenter__(self) -> "TrajectoryRecorder":
+    async def __aenter__(self) -> TrajectoryRecorder:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -283,7 +283,7 @@ def traced(
     group: str | None = None,
     source: str | None = None,
     metadata: dict[str, Any] | None = None,
-    client: "CaptureClient | None" = None,
+    client: CaptureClient | None = None,
 ) -> Any:
     """Record each call of a function (sync or async) as a trajectory.
 

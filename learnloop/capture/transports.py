@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from learnloop.errors import LearnloopError, NotFound, StoreUnavailable, ValidationFailed
@@ -46,10 +46,10 @@ class PreparedBatch:
     """
 
     body: bytes
-    batch: "IngestBatch | None" = None
+    batch: IngestBatch | None = None
     count: int = 0
     checked: bool = False
-    valid: "PreparedBatch | None" = None
+    valid: PreparedBatch | None = None
     busy: bool = False
     ahead_failed: bool = False
     plan: Any = None
@@ -77,7 +77,7 @@ class DatabaseTransport:
 
     name = "database"
 
-    def __init__(self, db: "Database", *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True) -> None:
+    def __init__(self, db: Database, *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True) -> None:
         self.db = db
         self.project = project
         self.holdout_fraction = holdout_fraction
@@ -133,7 +133,7 @@ class HttpTransport:
 
     name = "http"
 
-    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 30.0, client: "httpx.Client | None" = None) -> None:
+    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 30.0, client: httpx.Client | None = None) -> None:
         import httpx
 
         self.url = server_url.rstrip("/") + "/v1/ingest"
@@ -180,7 +180,7 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _error_text(r: "httpx.Response") -> str:
+def _error_text(r: httpx.Response) -> str:
     try:
         data = r.json()
         return str(data.get("error") or data.get("detail") or data)

@@ -57,7 +57,7 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
             f"{totals['duplicates']} duplicates"
         )
     if failures:
-        for f, message in failures:
+        for _file, message in failures:
             click.echo(f"Error: {message}", err=True)
         raise click.ClickException(
             f"{len(failures)} of {len(files)} file(s) not imported (nothing from them was stored); see above."

@@ -118,7 +118,7 @@ def stats_cmd(as_json: bool, days: int | None) -> None:
     from learnloop.store.trajectories import stats
 
     db = open_database(settings())
-    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) if days else None
     with db.read_session() as s:
         data = stats(s, since=since)
     if as_json:

@@ -65,7 +65,7 @@ class DatasetFilters(BaseModel):
     replay_fraction: float | None = Field(None, ge=0, lt=1, description="Share mixed in from earlier datasets.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DatasetFilters":
+    def _consistent(self) -> DatasetFilters:
         if self.since and self.until and self.since >= self.until:
             raise ValueError("'since' must be before 'until'")
         return self
@@ -81,7 +81,7 @@ class DatasetFilters(BaseModel):
             shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems)
             raise ValidationFailed(f"Invalid dataset filters — {shown}. Leave them out.", problems)
 
-    def resolved(self, kind: str, config: DatasetSettings, now: dt.datetime | None = None) -> "DatasetFilters":
+    def resolved(self, kind: str, config: DatasetSettings, now: dt.datetime | None = None) -> DatasetFilters:
         """A copy with every default filled in for ``kind`` and the lookback fixed to a start time."""
         self.check_kind(kind)
         now = now or utcnow()

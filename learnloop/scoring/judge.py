@@ -87,7 +87,7 @@ class OpenAICompatibleClient:
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
     @classmethod
-    def from_settings(cls, config: ScoringSettings) -> "OpenAICompatibleClient":
+    def from_settings(cls, config: ScoringSettings) -> OpenAICompatibleClient:
         check_judge_configured(config)
         key = config.judge_api_key.get_secret_value() if config.judge_api_key else None
         return cls(

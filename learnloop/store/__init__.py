@@ -19,7 +19,15 @@ from learnloop.store.models import (
     Trajectory,
     VersionState,
 )
-from learnloop.store.records import CheckedBatch, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, parse_batch, parse_trajectory
+from learnloop.store.records import (
+    CheckedBatch,
+    FeedbackIn,
+    IngestBatch,
+    ScoreIn,
+    TrajectoryIn,
+    parse_batch,
+    parse_trajectory,
+)
 from learnloop.store.trajectories import IngestResult, ingest, stats
 
 __all__ = [

@@ -93,8 +93,7 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         with path.open("rb") as fh:
-            for line_no, raw in enumerate(fh, start=1):
-                yield line_no, raw
+            yield from enumerate(fh, start=1)
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist (was it moved while being imported?).") from None
     except OSError as exc:

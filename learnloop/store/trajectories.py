@@ -15,8 +15,25 @@ from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.ids import new_id
-from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, UTCDateTime, utcnow
-from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn, dumps_each, orjson
+from learnloop.store.models import (
+    Feedback,
+    Score,
+    ScoreSource,
+    Source,
+    Split,
+    Trajectory,
+    UTCDateTime,
+    utcnow,
+)
+from learnloop.store.records import (
+    FEEDBACK,
+    FeedbackIn,
+    IngestBatch,
+    ScoreIn,
+    TrajectoryIn,
+    dumps_each,
+    orjson,
+)
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
 

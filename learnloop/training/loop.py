@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from learnloop.errors import ConfigError, Conflict
+from learnloop.models import pick_device
 from learnloop.training import checkpoint as ckpt_mod
 from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl, State
 from learnloop.training.data import BatchStream, Position, load_examples
-from learnloop.models import pick_device
 from learnloop.training.lora import load_training_model, trainable_parameters
 from learnloop.training.objective import get_objective
 
