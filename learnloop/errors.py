@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LearnloopError(Exception):
     """Base of every error learnloop raises on purpose. The message says what was wrong and what to do."""
@@ -31,9 +33,40 @@ class StoreUnavailable(LearnloopError):
     """The database or the learnloop server cannot be reached right now; retry later."""
 
 
+class StoreError(LearnloopError):
+    """The database failed on a statement for a reason that is not an outage (a trigger refused a
+    row, the schema is missing); retrying the same write is not expected to help."""
+
+
 class Overloaded(LearnloopError):
     """The server's ingest queue is full; retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def validation_problems(exc: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A pydantic ``ValidationError`` as (location, message) pairs, the location dotted like
+    ``trajectories.0.messages.1.role`` and put under ``prefix`` when one is given."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        problems.append((loc or "(root)", err["msg"]))
+    return problems
+
+
+def problems_text(exc_or_problems: Any, limit: int = 10) -> str:
+    """``field: message; field: message`` for a pydantic error or a list of problems, at most ``limit``."""
+    problems = exc_or_problems if isinstance(exc_or_problems, list) else validation_problems(exc_or_problems)
+    shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems[:limit])
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return shown + more
+
+
+def invalid(exc: Any, what: str = "input", prefix: str = "") -> ValidationFailed:
+    """``ValidationFailed`` for a pydantic error: "Invalid <what> — field: message; ..." with the problems."""
+    problems = validation_problems(exc, prefix)
+    return ValidationFailed(f"Invalid {what} — {problems_text(problems)}.", problems)

@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnloop import __version__
@@ -22,6 +21,7 @@ from learnloop.errors import (
     LearnloopError,
     NotFound,
     Overloaded,
+    StoreError,
     StoreUnavailable,
     ValidationFailed,
 )
@@ -111,21 +111,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(429, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after)))})
         if isinstance(exc, StoreUnavailable):
             return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
+        if isinstance(exc, StoreError):
+            log.error("database error: %s", exc, exc_info=exc)
+            return _error(500, str(exc))
         return _error(400, str(exc))
-
-    @app.exception_handler(SQLAlchemyError)
-    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        # The write transaction was rolled back before we got here: say so, and whose move it is.
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if isinstance(exc, OperationalError):
-            return _error(
-                503,
-                f"The database is unavailable or busy ({reason}). Nothing was stored; retry later.",
-                headers={"Retry-After": str(STORE_RETRY_AFTER)},
-            )
-        if isinstance(exc, DataError):
-            return _error(422, f"The database rejected a value: {reason}. Nothing was stored.")
-        if isinstance(exc, IntegrityError):
-            return _error(409, f"The database refused the request: {reason}. Nothing was stored.")
-        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, f"Database error: {reason}. Nothing was stored.")

@@ -23,8 +23,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
 from learnloop.config import Settings
 from learnloop.errors import LearnloopError, NotFound, StoreUnavailable
 from learnloop.paths import DataDir, data_dir
@@ -101,7 +99,7 @@ class InboxWatcher:
         except NotFound:
             # Taken away between the scan and the read (another watcher on a shared folder, a person).
             return InboxOutcome(path.name, "gone")
-        except (StoreUnavailable, OperationalError) as exc:
+        except StoreUnavailable as exc:
             # Transient: the file is fine, the database is not. Keep it for the next poll,
             # and say so once rather than every poll of a long outage.
             level = logging.DEBUG if path.name in self._waiting else logging.WARNING

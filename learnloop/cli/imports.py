@@ -20,7 +20,6 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     nothing and every bad line is reported. Re-importing a file is a no-op (lines without an
     id get one derived from their content and line number). Exits non-zero if any file failed.
     """
-    from sqlalchemy.exc import SQLAlchemyError
 
     from learnloop.errors import LearnloopError
     from learnloop.store import open_database
@@ -35,7 +34,7 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
         for f in files:
             try:
                 r = import_jsonl(db, f, project=s.project, holdout_fraction=s.datasets.holdout_fraction)
-            except (LearnloopError, SQLAlchemyError) as exc:
+            except LearnloopError as exc:
                 failures.append((f, failure_report(exc)))
                 if as_json:
                     click.echo(json.dumps({"path": str(f), "error": str(exc)}))

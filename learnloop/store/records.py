@@ -22,7 +22,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from learnloop.errors import ValidationFailed
+from learnloop.errors import ValidationFailed, problems_text, validation_problems
 from learnloop.store.models import ScoreSource, Source
 
 # The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
@@ -217,15 +217,8 @@ MESSAGE: TypeAdapter[Message] = TypeAdapter(CheckedMessage)
 FEEDBACK: TypeAdapter[FeedbackIn] = TypeAdapter(CheckedFeedback)
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Turn pydantic errors into (location, message) pairs like ``trajectories.0.messages.1.role``."""
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if prefix:
-            loc = f"{prefix}.{loc}" if loc else prefix
-        problems.append((loc or "(root)", err["msg"]))
-    return problems
+# The name other modules import; the one definition lives beside the domain errors.
+format_validation_error = validation_problems
 
 
 def parse_batch(data: Any) -> IngestBatch:
@@ -233,27 +226,16 @@ def parse_batch(data: Any) -> IngestBatch:
     try:
         return BATCH.validate_python(data)
     except ValidationError as exc:
-        problems = format_validation_error(exc)
-        raise ValidationFailed(_summary(problems), problems) from None
+        problems = validation_problems(exc)
+        raise ValidationFailed(f"Invalid input — {problems_text(problems)}. Nothing was stored.", problems) from None
 
 
 def parse_trajectory(data: Any, where: str = "") -> TrajectoryIn:
     try:
         return TRAJECTORY.validate_python(data)
     except ValidationError as exc:
-        problems = format_validation_error(exc, where)
-        raise ValidationFailed(_summary(problems), problems) from None
-
-
-def _summary(problems: list[tuple[str, str]]) -> str:
-    shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems[:10])
-    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-    return f"Invalid input — {shown}{more}. Nothing was stored."
-
-
-# -- JSON: the wire format's one encoder and decoder (in a module light enough for the app thread)
-
-from learnloop.capture.encoding import dumps, dumps_each, dumps_str, loads, orjson  # noqa: E402,F401
+        problems = validation_problems(exc, where)
+        raise ValidationFailed(f"Invalid input — {problems_text(problems)}. Nothing was stored.", problems) from None
 
 
 def batch_from_json(body: bytes | str) -> IngestBatch:
