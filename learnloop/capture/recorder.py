@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from learnloop.errors import ValidationFailed
+from learnloop.errors import ValidationFailed, invalid
 from learnloop.ids import new_id
 
 if TYPE_CHECKING:
@@ -137,15 +137,13 @@ class TrajectoryRecorder:
         """Append one message in OpenAI chat format (a dict, or an OpenAI SDK message object); checked now."""
         from pydantic import ValidationError
 
-        from learnloop.store.records import MESSAGE, format_validation_error
+        from learnloop.store.records import MESSAGE
 
         msg = _plain(message)
         try:
             MESSAGE.validate_python(msg)
         except ValidationError as exc:
-            problems = format_validation_error(exc, f"messages.{len(self.messages)}")
-            shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
-            raise ValidationFailed(f"Invalid message — {shown}.", problems) from None
+            raise invalid(exc, "message", f"messages.{len(self.messages)}") from None
         self.messages.append(msg)
 
     def add_messages(self, messages: Iterable[Any]) -> None:
@@ -246,14 +244,12 @@ def validate_feedback(signals: dict[str, Any]) -> dict[str, Any]:
     """Check feedback where it is given (it is rare, and a mistake should fail at its line)."""
     from pydantic import ValidationError
 
-    from learnloop.store.records import FEEDBACK, format_validation_error
+    from learnloop.store.records import FEEDBACK
 
     try:
         fb = FEEDBACK.validate_python(signals)
     except ValidationError as exc:
-        problems = format_validation_error(exc, "feedback")
-        shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
-        raise ValidationFailed(f"Invalid feedback — {shown}.", problems) from None
+        raise invalid(exc, "feedback", "feedback") from None
     return FEEDBACK.dump_python(fb, mode="json", exclude_none=True)
 
 
