@@ -55,6 +55,8 @@ class _Pending:
     body: bytes | None
     count: int  # records in it (0 until known for a batch adopted from disk)
     failures: int = 0
+    parts: list[list[tuple[str, Any]]] | None = None  # what is left to send of a batch being split
+    delivered_in_parts: int = 0
 
 
 class BackgroundWriter:
@@ -216,15 +218,17 @@ class BackgroundWriter:
 
     def _deliver(self, batch: _Pending) -> int:
         """Send one batch; returns how many records the store took. Raises ``RetryLater`` on an outage."""
+        if batch.parts is not None:  # a split interrupted by an outage goes on where it stopped
+            return self._split(batch, body=b"", reason="")
         body = batch.body if batch.body is not None else self._read(batch.path)
         if body is None:
             return 0
         if batch.failures >= MAX_ATTEMPTS:
-            return self._split(body, f"failed {batch.failures} times: {self.last_error}")
+            return self._split(batch, body, f"failed {batch.failures} times: {self.last_error}")
         try:
             self.transport.send(body)
         except Refused as exc:
-            return self._split(body, str(exc))
+            return self._split(batch, body, str(exc))
         return batch.count or _count(body)
 
     def _read(self, path: Path) -> bytes | None:
@@ -247,40 +251,38 @@ class BackgroundWriter:
                 pass
         return body
 
-    def _split(self, body: bytes, reason: str) -> int:
+    def _split(self, batch: _Pending, body: bytes, reason: str) -> int:
         """Deliver a batch the store would not take whole: halves, then quarters, down to single
         records; a record that fails alone is set aside with the reason. Returns how many records
-        the store took. A ``RetryLater`` part-way leaves the batch spooled: resending the parts
-        already delivered is a no-op for the store."""
-        records = _records(body)
-        if records is None:  # not an ingest batch at all (a corrupted file): set aside whole
-            self._reject("batch", body.decode("utf-8", "replace"), f"not a JSON ingest batch ({reason})")
-            return 0
-        log.warning("learnloop capture: the store did not take a batch (%s); finding the records it refuses", reason)
-        return self._deliver_parts(records, reason)
-
-    def _deliver_parts(self, records: list[tuple[str, Any]], reason: str) -> int:
-        if len(records) == 1:
-            kind, record = records[0]
+        the store took. A ``RetryLater`` part-way keeps what is left in ``batch.parts`` for the
+        next try (and the file spooled, should the process die: resending what was already
+        delivered is a no-op for the store)."""
+        if batch.parts is None:
+            records = _records(body)
+            if records is None:  # not an ingest batch at all (a corrupted file): set aside whole
+                self._reject("batch", body.decode("utf-8", "replace"), f"not a JSON ingest batch ({reason})")
+                return 0
+            log.warning("learnloop capture: the store did not take a batch (%s); looking for the records it refuses",
+                        reason)
+            middle = len(records) // 2
+            batch.parts = [part for part in (records[:middle], records[middle:]) if part]
+        while batch.parts:
+            part = batch.parts[0]
             try:
-                self.transport.send(_join([(kind, dumps(record))]))
-                return 1
+                self.transport.send(_join([(kind, dumps(record)) for kind, record in part]))
             except RetryLater:
                 raise
             except Exception as exc:
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    batch.parts[0:1] = [part[:middle], part[middle:]]
+                    continue
+                kind, record = part[0]
                 self._reject(kind, record, str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}")
-                return 0
-        delivered = 0
-        middle = len(records) // 2
-        for part in (records[:middle], records[middle:]):
-            try:
-                self.transport.send(_join([(kind, dumps(record)) for kind, record in part]))
-                delivered += len(part)
-            except RetryLater:
-                raise
-            except Exception:
-                delivered += self._deliver_parts(part, reason)
-        return delivered
+            else:
+                batch.delivered_in_parts += len(part)
+            batch.parts.pop(0)
+        return batch.delivered_in_parts
 
     def _reject(self, kind: str, record: Any, reason: str) -> None:
         self.spool.reject(kind, record, reason)

@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from learnloop.config import ScoringSettings
-from learnloop.scoring._sql import chunks, insert_ignoring_duplicates
 from learnloop.store.db import Database
 from learnloop.store.models import Feedback, Score, ScoreSource, utcnow
+from learnloop.store.query import chunks, insert_ignoring_duplicates
 
 FEEDBACK_SCORE_NAME = "feedback"
 FEEDBACK_VERSION = "1"

@@ -27,10 +27,10 @@ from sqlalchemy import and_, exists, not_, select
 
 from learnloop.config import ScoringSettings
 from learnloop.errors import ConfigError, LearnloopError, NotFound
-from learnloop.scoring._sql import insert_ignoring_duplicates
 from learnloop.scoring.view import TrajectoryView, message_text
 from learnloop.store.db import Database
 from learnloop.store.models import Judgment, Score, ScoreSource, Trajectory, utcnow
+from learnloop.store.query import insert_ignoring_duplicates
 
 JUDGE_SCORE_NAME = "judge"
 PROMPT_VERSION = "1"

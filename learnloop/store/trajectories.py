@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Table, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
 from learnloop.ids import new_id
 from learnloop.store.models import Feedback, Score, ScoreSource, Source, Split, Trajectory, utcnow
+from learnloop.store.query import chunks, insert_ignoring_duplicates
 from learnloop.store.records import FEEDBACK, FeedbackIn, IngestBatch, ScoreIn, TrajectoryIn
 
 DEFAULT_HOLDOUT_FRACTION = 0.1
@@ -69,21 +69,41 @@ class IngestResult:
         }
 
 
-def insert_new(writer: Writer, table: Table, rows: list[dict[str, Any]]) -> list[Any]:
-    """Insert ``rows`` into ``table``, skipping any whose unique values are already stored (or
-    repeated earlier in ``rows``); return the primary keys of the rows really stored.
+def insert_new(writer: Writer, table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert the rows whose unique values (primary key, unique columns) are neither stored nor
+    repeated earlier in ``rows``; return the rows inserted.
 
-    One ``INSERT ... ON CONFLICT DO NOTHING ... RETURNING`` for both databases: a key stored
-    earlier, or by a concurrent writer that commits first, is skipped, and RETURNING names
-    exactly the rows that went in. SQLAlchemy sends many rows as multi-row VALUES statements.
+    The stored values are looked up first, then the new rows go in with one
+    ``INSERT ... ON CONFLICT DO NOTHING`` (``executemany``). A row that a concurrent writer commits
+    between the two is skipped by the database yet returned here; whatever hangs off it
+    (feedback, scores) carries an idempotency key and is skipped the same way. Not ``RETURNING``:
+    SQLAlchemy then sends the rows as one multi-row statement, and psycopg parsing its thousands
+    of placeholders cost three times the rest of the insert (benchmarks/README.md).
     """
     if not rows:
         return []
-    conn = _connection(writer)
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    (key,) = table.primary_key.columns
-    stmt = dialect.insert(table).on_conflict_do_nothing().returning(key)
-    return list(conn.execute(stmt, rows).scalars())
+    unique = [c.name for c in table.columns if (c.primary_key or c.unique) and c.name in rows[0]]
+    seen = {name: existing(writer, table.c[name], [r[name] for r in rows]) for name in unique}
+    fresh = []
+    for r in rows:
+        values = [(name, r[name]) for name in unique]
+        if any(v is not None and v in seen[name] for name, v in values):
+            continue
+        for name, v in values:
+            seen[name].add(v)
+        fresh.append(r)
+    if fresh:
+        _connection(writer).execute(insert_ignoring_duplicates(writer, table), fresh)
+    return fresh
+
+
+def existing(writer: Writer, column: Any, values: Iterable[Any]) -> set[Any]:
+    """Which of ``values`` are stored in ``column``."""
+    wanted = sorted({v for v in values if v is not None})
+    found: set[Any] = set()
+    for chunk in chunks(wanted):
+        found.update(writer.execute(select(column).where(column.in_(chunk))).scalars())
+    return found
 
 
 def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
@@ -177,17 +197,16 @@ def ingest(
     now = utcnow()
     trajectories = batch.get("trajectories") or []
     rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
-    stored = set(insert_new(session, Trajectory.__table__, rows))
+    stored = {id(row) for row in insert_new(session, Trajectory.__table__, rows)}
 
     result = IngestResult()
     feedback_rows: list[dict[str, Any]] = []
     score_rows: list[dict[str, Any]] = []
     for t, row in zip(trajectories, rows, strict=True):
         tid = row["id"]
-        if tid not in stored:  # stored before, or a repeat within this batch
+        if id(row) not in stored:  # stored before, or a repeat within this batch
             result.duplicates.append(tid)
             continue
-        stored.discard(tid)  # a later copy of the same id in this batch is a duplicate
         result.inserted.append(tid)
         if t.get("feedback") is not None:
             feedback_rows.append(_feedback_row(t["feedback"], tid, now))
@@ -217,12 +236,7 @@ def _check_trajectories_exist(session: Writer, in_batch: list[str], late: list[F
 
 
 def existing_ids(session: Writer, ids: Iterable[str]) -> set[str]:
-    ids = list(ids)
-    found: set[str] = set()
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        found.update(session.scalars(select(Trajectory.id).where(Trajectory.id.in_(chunk))).all())
-    return found
+    return existing(session, Trajectory.id, ids)
 
 
 def get_trajectory(session: Session, trajectory_id: str) -> Trajectory:
