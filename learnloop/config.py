@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from learnloop.errors import ConfigError
+from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
 
@@ -196,7 +197,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'learnloop.db'}"
+        return f"sqlite:///{data_dir(self.data_dir).database}"
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data with secrets masked (for `learnloop config` and the API)."""

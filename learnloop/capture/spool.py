@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learnloop.durable import fsync_file
+
 log = logging.getLogger("learnloop.capture")
 
 _BATCH_RE = re.compile(r"^(?P<owner>[0-9a-f]{32})-(?P<seq>\d{12})\.json$")
@@ -74,8 +76,7 @@ class Spool:
         with open(path, "wb") as f:
             f.write(body)
             f.write(b"\n")  # the terminator tells a complete file from one cut short by a kill
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         if self._lock_fd < 0:
             # Written after close(): leave a free lock so the next start adopts the file.
             (self.root / f"{self.owner}.lock").touch()
@@ -93,8 +94,7 @@ class Spool:
         line = json.dumps({"kind": kind, "reason": reason, "record": record}, default=str, ensure_ascii=False)
         with open(self.rejected_dir / f"{self.owner}.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         log.error("learnloop capture: the store refused a %s record (%s); kept in %s", kind, reason, self.rejected_dir)
 
     # -- recovery -------------------------------------------------------------------------
