@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import click
 
 from learnloop.errors import LearnloopError
+from learnloop.importing import import_object
 
 # Subcommands live in modules named for their stage and are imported only when used,
 # so `learnloop config` does not pay for torch.
@@ -33,8 +33,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in LAZY_COMMANDS:
-            module, attr = LAZY_COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            return import_object(LAZY_COMMANDS[name])
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
