@@ -290,56 +290,60 @@ def traced(
     """
 
     def decorate(func: F) -> F:
-        name = scenario or func.__qualname__
-
-        def start() -> TrajectoryRecorder:
-            from learnloop.capture.client import get_client
-
-            return TrajectoryRecorder(
-                client or get_client(), scenario=name, agent=agent, tags=tags, group=group, source=source,
-                metadata=metadata,
-            )
-
-        def finish(t: TrajectoryRecorder, args: tuple[Any, ...], kwargs: dict[str, Any], started: float,
-                   result: Any, exc: BaseException | None) -> None:
-            t.metadata["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            if not t.messages:
-                t.user(_describe_call(func, args, kwargs))
-                if exc is None and result is not None:
-                    t.assistant(_describe_result(result))
-
+        fields = {"scenario": scenario or func.__qualname__, "agent": agent, "tags": tags, "group": group,
+                  "source": source, "metadata": metadata}
         if inspect.iscoroutinefunction(func):
+            return _traced_async(func, client, fields)  # type: ignore[return-value]
+        return _traced_sync(func, client, fields)  # type: ignore[return-value]
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                t = start()
-                started = time.perf_counter()
-                with t:
-                    try:
-                        result = await func(*args, **kwargs)
-                    except BaseException as exc:
-                        finish(t, args, kwargs, started, None, exc)
-                        raise
-                    finish(t, args, kwargs, started, result, None)
-                    return result
+    return decorate(fn) if fn is not None else decorate
 
-            return async_wrapper  # type: ignore[return-value]
 
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = start()
-            started = time.perf_counter()
-            with t:
-                try:
-                    result = func(*args, **kwargs)
-                except BaseException as exc:
-                    finish(t, args, kwargs, started, None, exc)
-                    raise
-                finish(t, args, kwargs, started, result, None)
-                return result
+def _start_call(client: CaptureClient | None, fields: dict[str, Any]) -> TrajectoryRecorder:
+    from learnloop.capture.client import get_client
 
-        return wrapper  # type: ignore[return-value]
+    return TrajectoryRecorder(client or get_client(), **fields)
 
-    if fn is not None:
-        return decorate(fn)
-    return decorate
+
+def _end_call(t: TrajectoryRecorder, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              started: float, result: Any, failed: bool) -> None:
+    """The call's duration, and its arguments and result as messages when the function added none."""
+    t.metadata["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    if not t.messages:
+        t.user(_describe_call(func, args, kwargs))
+        if not failed and result is not None:
+            t.assistant(_describe_result(result))
+
+
+def _traced_sync(func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = _start_call(client, fields)
+        started = time.perf_counter()
+        with t:
+            try:
+                result = func(*args, **kwargs)
+            except BaseException:
+                _end_call(t, func, args, kwargs, started, None, failed=True)
+                raise
+            _end_call(t, func, args, kwargs, started, result, failed=False)
+            return result
+
+    return wrapper
+
+
+def _traced_async(func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = _start_call(client, fields)
+        started = time.perf_counter()
+        with t:
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException:
+                _end_call(t, func, args, kwargs, started, None, failed=True)
+                raise
+            _end_call(t, func, args, kwargs, started, result, failed=False)
+            return result
+
+    return wrapper
