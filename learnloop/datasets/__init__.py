@@ -28,7 +28,21 @@ from learnloop.datasets.guardrails import (
 )
 
 __all__ = [
-    "KINDS", "ApproxTokenCounter", "DatasetFilters", "DatasetInfo", "Deduplicator", "HFTokenCounter", "TokenCounter",
-    "build_dataset", "check_messages", "dataset_item_ids", "export_dataset", "get_dataset", "length_report",
-    "list_datasets", "parse_filters", "read_records", "token_counter",
+    "KINDS",
+    "ApproxTokenCounter",
+    "DatasetFilters",
+    "DatasetInfo",
+    "Deduplicator",
+    "HFTokenCounter",
+    "TokenCounter",
+    "build_dataset",
+    "check_messages",
+    "dataset_item_ids",
+    "export_dataset",
+    "get_dataset",
+    "length_report",
+    "list_datasets",
+    "parse_filters",
+    "read_records",
+    "token_counter",
 ]

@@ -377,4 +377,10 @@ def make_grpo(config: TrainConfig, tokenizer: Any) -> GRPOObjective:
     return GRPOObjective(config, tokenizer)
 
 
-__all__ = ["GRPOObjective", "clipped_surrogate", "group_advantages", "load_reward_fn", "token_logprobs"]
+__all__ = [
+    "GRPOObjective",
+    "clipped_surrogate",
+    "group_advantages",
+    "load_reward_fn",
+    "token_logprobs",
+]

@@ -29,7 +29,13 @@ from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl
 from learnloop.training.loop import ProgressEvent, TrainResult, train_loop
 
-__all__ = ["ProgressEvent", "TrainResult", "load_config", "main", "train"]
+__all__ = [
+    "ProgressEvent",
+    "TrainResult",
+    "load_config",
+    "main",
+    "train",
+]
 
 
 def train(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
