@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from learnloop.errors import ConfigError
+from learnloop.errors import ConfigError, problems_text
 from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
@@ -223,9 +223,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = problems_text(exc, limit=50)
         raise ConfigError(
             f"Invalid configuration ({problems}). Check learnloop.toml and LEARNLOOP_* environment variables."
         ) from None

@@ -36,6 +36,7 @@ from learnloop.datasets.guardrails import (
 )
 from learnloop.scoring.combine import combined_rewards
 from learnloop.store.models import Source, Split, Trajectory
+from learnloop.store.query import chunks
 
 _MESSAGE_INDEX = re.compile(r"message \d+")
 MAX_LISTED = 1000  # rejected rows and GRPO groups listed one by one in the stats; the rest are counted
@@ -235,12 +236,10 @@ def _pair(item_id: str, prompt: Conversation, chosen: Conversation, rejected: Co
 def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) -> Iterator[Item]:
     corrections = latest_corrections(session, f, Split.train)
     ids = sorted(corrections)
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(ids[start : start + 500]))
-        )
+    for chunk in chunks(ids):
+        rows = session.execute(select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(chunk)))
         messages_by_id: dict[str, Any] = {tid: msgs for tid, msgs in rows}
-        for tid in ids[start : start + 500]:
+        for tid in chunk:
             fid, correction = corrections[tid]
             messages = messages_by_id[tid]
             reason = check_messages(messages)

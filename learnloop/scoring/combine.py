@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from learnloop.store.models import Score
+from learnloop.store.query import chunks
 
 
 def combine(aspects: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float | None:
@@ -25,10 +26,10 @@ def latest_aspects(session: Session, trajectory_ids: Iterable[str]) -> dict[str,
     """For each trajectory, the newest value of each score name (aspect)."""
     ids = list(trajectory_ids)
     out: dict[str, dict[str, float]] = {}
-    for i in range(0, len(ids), 500):
+    for chunk in chunks(ids):
         rows = session.execute(
             select(Score.trajectory_id, Score.name, Score.value)
-            .where(Score.trajectory_id.in_(ids[i : i + 500]))
+            .where(Score.trajectory_id.in_(chunk))
             .order_by(Score.created_at, Score.id)
         ).all()
         for tid, name, value in rows:

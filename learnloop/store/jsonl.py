@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from learnloop.errors import NotFound, ValidationFailed
+from learnloop.errors import NotFound, ValidationFailed, validation_problems
 from learnloop.store.db import Database
 from learnloop.store.records import TRAJECTORY, TrajectoryIn
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
@@ -85,9 +85,7 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
     try:
         return TRAJECTORY.validate_python(data), []
     except ValidationError as exc:
-        return None, [
-            (f"{where}: {'.'.join(str(p) for p in err['loc']) or '(record)'}", err["msg"]) for err in exc.errors()
-        ]
+        return None, [(f"{where}: {loc}", msg) for loc, msg in validation_problems(exc)]
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
