@@ -1,0 +1,144 @@
+"""The demo's two sizes: ``full`` on SmolLM2-135M-Instruct, ``quick`` on the tiny offline test model.
+
+A profile decides the model, how much traffic there is, and the loop's config. The config is a
+plain ``learnloop.toml`` written into the demo's data dir, the same file a user would write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from learnloop.demo.runner import DemoRun
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seed: int
+    backfill: int  # earlier teacher answers dropped in the inbox
+    batch: int  # requests the app sends at once
+    before_rounds: int  # rounds measured on the base model before anything is trained
+    after_cases: int  # fresh cases measured once the promoted version serves
+    max_tokens: int
+    min_new_examples: int
+    train: dict[str, Any]
+    gate: dict[str, Any]
+    eval_limit: int
+    budget_s: float  # the whole demo, once the model is prepared
+    holdout_fraction: float = 0.2
+
+    def prepare(self, run: DemoRun) -> str:
+        """Make the base model available and return the name or path the config should use."""
+        if self.name == "quick":
+            from learnloop.models.tiny import build_tiny_model
+
+            path = run.data_dir / "models" / "tiny"
+            if not (path / "config.json").exists():
+                build_tiny_model(path)
+            return str(path)
+        run.cli("models", "prepare", "smollm2")
+        return "smollm2"
+
+    def config_toml(self, *, base_model: str, data_dir: Path, port: int) -> str:
+        q = json.dumps  # TOML basic strings and JSON strings agree for these values
+        train = ", ".join(f"{k} = {_toml(v)}" for k, v in self.train.items())
+        gate = ", ".join(f"{k} = {_toml(v)}" for k, v in self.gate.items())
+        return f"""# Written by `learnloop demo --profile {self.name}`: the config a user would write for this loop.
+data_dir = {q(str(data_dir))}
+
+[server]
+port = {port}
+inbox_poll_seconds = 1.0
+
+[serving]
+base_model = {q(base_model)}
+max_batch_size = {max(self.batch, 8)}
+
+[capture]
+# Distillation as the seed systems did it: 15% of the teacher's answers plus every confident one.
+source_sample_rates = {{ teacher = 0.15 }}
+keep_confident = 0.8
+
+[scoring]
+reward_modules = ["learnloop.demo.rewards"]
+
+[datasets]
+holdout_fraction = {self.holdout_fraction}
+
+[training]
+base_model = {q(base_model)}
+
+[evaluation]
+max_new_tokens = {self.max_tokens}
+
+[daemon]
+poll_interval = 1.0
+score_interval = 3.0
+heartbeat_seconds = 2.0
+
+[[loops]]
+name = "orders"
+algorithm = "sft"
+scenario = "orders"
+sources = ["teacher"]
+train = {{ {train} }}
+gate = {{ {gate} }}
+eval_limit = {self.eval_limit}
+auto_promote = true
+
+[loops.triggers]
+min_new_examples = {self.min_new_examples}
+check_interval = "3s"
+min_holdout = {min(16, self.eval_limit)}
+min_free_disk_mb = 200
+"""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+FULL = Profile(
+    name="full",
+    seed=2026,
+    backfill=240,
+    batch=8,
+    before_rounds=4,
+    after_cases=64,
+    max_tokens=48,
+    min_new_examples=150,
+    train={"max_steps": 24, "batch_size": 8, "learning_rate": 1e-3, "max_length": 160, "checkpoint_every": 8,
+           "lora": {"r": 16, "alpha": 32}},
+    gate={"min_examples": 16, "margin": 0.05},
+    eval_limit=32,
+    budget_s=15 * 60,
+)
+
+# The tiny random model cannot learn the task in seconds: the quick profile checks that every
+# stage happens (capture, trigger, training, registration, evaluation, gate, promotion, hot swap),
+# so its gate only asks that the candidate be no worse than the base by more than the noise.
+QUICK = Profile(
+    name="quick",
+    seed=7,
+    backfill=60,
+    batch=4,
+    before_rounds=1,
+    after_cases=8,
+    max_tokens=8,
+    min_new_examples=30,
+    train={"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "max_length": 96, "checkpoint_every": 2},
+    gate={"min_examples": 4, "margin": -1.0, "max_p95_latency_ratio": 100.0, "max_json_validity_drop": 1.0,
+          "max_scenario_regression": 1.0},
+    eval_limit=8,
+    budget_s=60,
+)
+
+PROFILES = {"full": FULL, "quick": QUICK}
