@@ -1,6 +1,6 @@
-"""Capture: the app thread's cost per record and end-to-end rows/s, against the OpenTelemetry SDK and database floors.
+"""Capture: app-thread cost per record and end-to-end rows/s, against OpenTelemetry and database floors.
 
-    .venv/bin/python benchmarks/bench_capture.py            # 50,000 rows per arm, 3 rounds (~5 min on 2 cores)
+    .venv/bin/python benchmarks/bench_capture.py            # 50,000 rows per arm, 3 rounds
     .venv/bin/python benchmarks/bench_capture.py --quick    # 10,000 rows per arm, 1 round (~1 min)
 
 Every arm writes the same rows (ids, the 12 columns the SDK fills, the same JSON payloads) into
@@ -57,8 +57,20 @@ from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, assign_split,
 PG_ADMIN_URL = os.environ.get("LEARNLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SYSTEM = "You are a helpful assistant for an online shop."
 # The columns the SDK fills for these records; the others stay NULL in every arm.
-COLUMNS = ("id", "idempotency_key", "project", "scenario", "source", "messages", "metadata", "tags",
-           "prompt_hash", "split", "created_at", "ingested_at")
+COLUMNS = (
+    "id",
+    "idempotency_key",
+    "project",
+    "scenario",
+    "source",
+    "messages",
+    "metadata",
+    "tags",
+    "prompt_hash",
+    "split",
+    "created_at",
+    "ingested_at",
+)
 
 
 def user_text(k: int) -> str:
@@ -70,15 +82,30 @@ def answer_text(k: int) -> str:
 
 
 def messages(k: int) -> list[dict]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_text(k)},
-            {"role": "assistant", "content": answer_text(k)}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": user_text(k)},
+        {"role": "assistant", "content": answer_text(k)},
+    ]
 
 
 def row(tid: str, k: int, msgs: list[dict], created: dt.datetime) -> tuple:
     """One table row (Python values; the JSON columns as objects)."""
     hashed = prompt_hash(msgs)
-    return (tid, tid, "default", "orders", "production", msgs, {"session": k // 7}, ["bench"], hashed,
-            assign_split(hashed, DEFAULT_HOLDOUT_FRACTION).value, created, created)
+    return (
+        tid,
+        tid,
+        "default",
+        "orders",
+        "production",
+        msgs,
+        {"session": k // 7},
+        ["bench"],
+        hashed,
+        assign_split(hashed, DEFAULT_HOLDOUT_FRACTION).value,
+        created,
+        created,
+    )
 
 
 def db_value(v: object, sqlite: bool) -> object:
@@ -102,8 +129,16 @@ class Writer:
 
     def encoded(self, r: tuple) -> tuple:
         """JSON columns encoded with the SDK's encoder, datetimes as the column stores them."""
-        return (*r[:5], dumps_str(r[5]), dumps_str(r[6]), dumps_str(r[7]), r[8], r[9],
-                db_value(r[10], self.sqlite), db_value(r[11], self.sqlite))
+        return (
+            *r[:5],
+            dumps_str(r[5]),
+            dumps_str(r[6]),
+            dumps_str(r[7]),
+            r[8],
+            r[9],
+            db_value(r[10], self.sqlite),
+            db_value(r[11], self.sqlite),
+        )
 
     def transaction(self, work: Callable[[], None]) -> None:
         if self.sqlite:
@@ -149,7 +184,9 @@ def arm_learnloop(url: str, n: int, settings: Settings) -> tuple[float, float, l
     return stored(url, n) / elapsed, cpu / n * 1e6, times
 
 
-def arm_otel(url: str, n: int, settings: Settings, queue_size: int | None = None) -> tuple[float, float, list[float]]:
+def arm_otel(
+    url: str, n: int, settings: Settings, queue_size: int | None = None
+) -> tuple[float, float, list[float]]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -170,10 +207,22 @@ def arm_otel(url: str, n: int, settings: Settings, queue_size: int | None = None
                 tid = f"{span.context.trace_id:032x}"
                 created = dt.datetime.fromtimestamp(span.start_time / 1e9, dt.UTC)
                 hashed = prompt_hash(msgs)
-                rows.append((tid, tid, "default", a["learnloop.scenario"], "production", raw_messages,
-                             dumps_str({"session": a["session"]}), dumps_str(list(a["learnloop.tags"])), hashed,
-                             assign_split(hashed, DEFAULT_HOLDOUT_FRACTION).value,
-                             db_value(created, w.sqlite), db_value(now, w.sqlite)))
+                rows.append(
+                    (
+                        tid,
+                        tid,
+                        "default",
+                        a["learnloop.scenario"],
+                        "production",
+                        raw_messages,
+                        dumps_str({"session": a["session"]}),
+                        dumps_str(list(a["learnloop.tags"])),
+                        hashed,
+                        assign_split(hashed, DEFAULT_HOLDOUT_FRACTION).value,
+                        db_value(created, w.sqlite),
+                        db_value(now, w.sqlite),
+                    )
+                )
             w.executemany(rows)
             return SpanExportResult.SUCCESS
 
@@ -182,9 +231,12 @@ def arm_otel(url: str, n: int, settings: Settings, queue_size: int | None = None
 
     cap = settings.capture
     exporter = RowExporter()
-    processor = BatchSpanProcessor(exporter, max_queue_size=queue_size or n + 1,
-                                   schedule_delay_millis=int(cap.flush_interval * 1000),
-                                   max_export_batch_size=cap.batch_size)
+    processor = BatchSpanProcessor(
+        exporter,
+        max_queue_size=queue_size or n + 1,
+        schedule_delay_millis=int(cap.flush_interval * 1000),
+        max_export_batch_size=cap.batch_size,
+    )
     provider = TracerProvider()
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("bench")
@@ -195,8 +247,9 @@ def arm_otel(url: str, n: int, settings: Settings, queue_size: int | None = None
         for k in range(n):
             t0 = clock()
             with tracer.start_as_current_span(
-                    "orders", attributes={"learnloop.scenario": "orders", "learnloop.tags": ("bench",),
-                                          "session": k // 7}) as span:
+                "orders",
+                attributes={"learnloop.scenario": "orders", "learnloop.tags": ("bench",), "session": k // 7},
+            ) as span:
                 msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_text(k)}]
                 msgs.append({"role": "assistant", "content": answer_text(k)})
                 span.set_attribute("gen_ai.messages", dumps_str(msgs))
@@ -212,9 +265,20 @@ def arm_ingest(url: str, n: int, batch_size: int) -> tuple[float, float, None]:
     from learnloop.store import ingest
     from learnloop.store.records import batch_from_json
 
-    recs = [{"id": new_id(), "scenario": "orders", "tags": ["bench"], "metadata": {"session": k // 7},
-             "messages": messages(k), "created_at": dt.datetime.now(dt.UTC)} for k in range(n)]
-    batches = [batch_from_json(dumps({"trajectories": recs[i:i + batch_size]})) for i in range(0, n, batch_size)]
+    recs = [
+        {
+            "id": new_id(),
+            "scenario": "orders",
+            "tags": ["bench"],
+            "metadata": {"session": k // 7},
+            "messages": messages(k),
+            "created_at": dt.datetime.now(dt.UTC),
+        }
+        for k in range(n)
+    ]
+    batches = [
+        batch_from_json(dumps({"trajectories": recs[i : i + batch_size]})) for i in range(0, n, batch_size)
+    ]
     db = Database(url)
     try:
         start, cpu = time.perf_counter(), time.process_time()
@@ -238,7 +302,7 @@ def arm_naive(url: str, n: int, batch_size: int) -> tuple[float, float, None]:
     try:
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, n, batch_size):
-            w.executemany([w.encoded(r) for r in rows[i:i + batch_size]])
+            w.executemany([w.encoded(r) for r in rows[i : i + batch_size]])
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         w.close()
@@ -248,10 +312,12 @@ def arm_naive(url: str, n: int, batch_size: int) -> tuple[float, float, None]:
 def arm_floor(url: str, n: int, batch_size: int) -> tuple[float, float, None]:
     w = Writer(url)
     rows = [w.encoded(r) for r in source_rows(n)]
-    batches = [rows[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [rows[i : i + batch_size] for i in range(0, n, batch_size)]
     try:
         if w.sqlite:
-            statements = [(w.insert + ", ".join([w.one] * len(b)), [v for r in b for v in r]) for b in batches]
+            statements = [
+                (w.insert + ", ".join([w.one] * len(b)), [v for r in b for v in r]) for b in batches
+            ]
             start, cpu = time.perf_counter(), time.process_time()
             for sql, params in statements:
                 w.transaction(lambda sql=sql, params=params: w.cur.execute(sql, params))
@@ -371,12 +437,14 @@ def main() -> None:
         for db_name, url in targets:
             Database(url).upgrade()
             for r in range(args.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
+                order = names[r % len(names) :] + names[: r % len(names)]
                 for arm in order:
                     reset_table(url)
                     rate, cpu, times = arms[arm](url)
-                    print(f"{db_name:<10} round {r + 1}  {arm:<18} {rate:>9,.0f} rows/s  {cpu:6.1f} CPU µs/row",
-                          flush=True)
+                    print(
+                        f"{db_name:<10} round {r + 1}  {arm:<18} {rate:>9,.0f} rows/s  {cpu:6.1f} CPU µs/row",
+                        flush=True,
+                    )
                     rates.setdefault((db_name, arm), []).append(rate)
                     cpus.setdefault((db_name, arm), []).append(cpu)
                     if times:
@@ -397,11 +465,17 @@ def main() -> None:
     for arm in names:
         print(f"| {arm} | " + " | ".join(spread(rates[(db, arm)]) for db, _ in targets) + " |")
     for arm in names[1:]:
-        ratios = [statistics.median(rates[(db, names[0])]) / statistics.median(rates[(db, arm)]) for db, _ in targets]
+        ratios = [
+            statistics.median(rates[(db, names[0])]) / statistics.median(rates[(db, arm)])
+            for db, _ in targets
+        ]
         print(f"| learnloop SDK ÷ {arm} | " + " | ".join(f"{x:.2f}" for x in ratios) + " |")
     print()
-    print("| CPU µs per row, this process (the database server's excluded) | "
-          + " | ".join(db for db, _ in targets) + " |")
+    print(
+        "| CPU µs per row, this process (the database server's excluded) | "
+        + " | ".join(db for db, _ in targets)
+        + " |"
+    )
     print("|---|" + "---:|" * len(targets))
     for arm in names:
         print(f"| {arm} | " + " | ".join(spread(cpus[(db, arm)], ".1f") for db, _ in targets) + " |")
@@ -414,7 +488,9 @@ def main() -> None:
             print(f"| {arm} ({db}) | {statistics.median(times):.1f} | {percentile(times, 0.99):.1f} |")
     print()
     for db, kept in drops.items():
-        print(f"OpenTelemetry with its default queue (2048 spans), the same burst into {db}: {kept} rows stored")
+        print(
+            f"OpenTelemetry with its default queue (2048 spans), the same burst into {db}: {kept} rows stored"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def _record_with_poison(client: CaptureClient) -> tuple[list[str], str]:
     good = []
     for i in range(6):
         if i == 3:
-            client.writer.submit(TRAJECTORY, {"id": "poison", "created_at": POISON_AT,
-                                              "messages": [{"role": "user", "content": "q"}]})
+            client.writer.submit(
+                TRAJECTORY,
+                {"id": "poison", "created_at": POISON_AT, "messages": [{"role": "user", "content": "q"}]},
+            )
         with client.trajectory(scenario="ok") as t:
             t.user(f"q{i}")
         good.append(t.id)
@@ -60,7 +62,8 @@ def _check(db: Database, client: CaptureClient, spool: Path, good: list[str], re
 
 @pytest.mark.parametrize("transport", ["database", "http"])
 def test_a_record_with_an_out_of_range_datetime_is_set_aside_and_the_rest_delivered(
-        db: Database, settings: Settings, tmp_path: Path, transport: str) -> None:
+    db: Database, settings: Settings, tmp_path: Path, transport: str
+) -> None:
     spool = tmp_path / "spool"
     options = dict(spool_dir=spool, flush_interval=0.05, batch_size=50, max_backoff=0.2)
     if transport == "http":
@@ -90,10 +93,17 @@ class _BrokenOnPoison(DatabaseTransport):
 
 
 def test_an_unforeseen_error_in_process_is_retried_then_only_the_failing_record_set_aside(
-        db: Database, settings: Settings, tmp_path: Path) -> None:
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
-    client = CaptureClient(settings, transport=_BrokenOnPoison(db), spool_dir=spool, flush_interval=0.05,
-                           batch_size=50, max_backoff=0.2)
+    client = CaptureClient(
+        settings,
+        transport=_BrokenOnPoison(db),
+        spool_dir=spool,
+        flush_interval=0.05,
+        batch_size=50,
+        max_backoff=0.2,
+    )
     try:
         good, _ = _record_with_poison(client)
         _check(db, client, spool, good, "OverflowError: date value out of range")
@@ -103,7 +113,8 @@ def test_an_unforeseen_error_in_process_is_retried_then_only_the_failing_record_
 
 
 def test_an_unforeseen_server_error_over_http_is_retried_then_only_the_failing_record_set_aside(
-        db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Database, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from learnloop.api.routes import ingest as route
 
     real_ingest = route.ingest
@@ -116,8 +127,9 @@ def test_an_unforeseen_server_error_over_http_is_retried_then_only_the_failing_r
     monkeypatch.setattr(route, "ingest", broken_on_poison)
     spool = tmp_path / "spool"
     with live_server(create_app(settings, db, watch_inbox=False)) as url:
-        client = CaptureClient(settings, server_url=url, spool_dir=spool, flush_interval=0.05, batch_size=50,
-                               max_backoff=0.2)
+        client = CaptureClient(
+            settings, server_url=url, spool_dir=spool, flush_interval=0.05, batch_size=50, max_backoff=0.2
+        )
         try:
             good, _ = _record_with_poison(client)
             _check(db, client, spool, good, "500")
@@ -125,8 +137,9 @@ def test_an_unforeseen_server_error_over_http_is_retried_then_only_the_failing_r
             client.close(5)
 
 
-def test_poison_feedback_is_set_aside_and_its_trajectory_kept(db: Database, settings: Settings,
-                                                             tmp_path: Path) -> None:
+def test_poison_feedback_is_set_aside_and_its_trajectory_kept(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
     spool = tmp_path / "spool"
     client = CaptureClient(settings, database=db, spool_dir=spool, flush_interval=0.05, batch_size=50)
     try:

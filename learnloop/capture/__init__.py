@@ -31,12 +31,14 @@ from learnloop.capture.transports import DatabaseTransport, HttpTransport, Refus
 
 
 def trajectory(**fields: Any) -> TrajectoryRecorder:
-    """Start recording a trajectory: scenario, agent, tags, group, source, metadata, model, tools, messages, id."""
+    """Start recording a trajectory (scenario, agent, tags, group, source, metadata, model, tools,
+    messages, id)."""
     return get_client().trajectory(**fields)
 
 
 def feedback(trajectory_id: str, **signals: Any) -> str | None:
-    """Late feedback (rating, thumbs, success, correction, comment, author, metadata) on a recorded trajectory."""
+    """Late feedback (rating, thumbs, success, correction, comment, author, metadata) on a recorded
+    trajectory."""
     return get_client().feedback(trajectory_id, **signals)
 
 

@@ -73,7 +73,9 @@ class CaptureClient:
         self.source = source
         # Stamp the project only when someone chose it, so a server's own default applies otherwise.
         self.project = project or (settings.project if "project" in settings.model_fields_set else None)
-        self.sampler = Sampler(cap.sample_rate if sample_rate is None else sample_rate, keep_if, default_rules=default_keep_rules)
+        self.sampler = Sampler(
+            cap.sample_rate if sample_rate is None else sample_rate, keep_if, default_rules=default_keep_rules
+        )
         self.shutdown_timeout = cap.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         self.transport = transport or self._make_transport(settings, database, server_url, token)
 
@@ -95,8 +97,9 @@ class CaptureClient:
         _live_clients.add(self)
 
     @staticmethod
-    def _make_transport(settings: Settings, database: Database | str | None, server_url: str | None,
-                        token: str | None) -> Transport:
+    def _make_transport(
+        settings: Settings, database: Database | str | None, server_url: str | None, token: str | None
+    ) -> Transport:
 
         holdout = settings.datasets.holdout_fraction
         if database is not None:
@@ -109,8 +112,11 @@ class CaptureClient:
             if token is None and settings.api_token is not None:
                 token = settings.api_token.get_secret_value()
             return HttpTransport(url, token=token)
-        return DatabaseTransport(_writer_database(settings.resolved_database_url), project=settings.project,
-                                 holdout_fraction=holdout)
+        return DatabaseTransport(
+            _writer_database(settings.resolved_database_url),
+            project=settings.project,
+            holdout_fraction=holdout,
+        )
 
     # -- recording ------------------------------------------------------------------------
 
@@ -120,8 +126,13 @@ class CaptureClient:
             fields["source"] = self.source
         return TrajectoryRecorder(self, **fields)
 
-    def submit_trajectory(self, record: dict[str, Any], extra_feedback: list[dict[str, Any]] = (), *,  # type: ignore[assignment]
-                          force: bool = False) -> bool:
+    def submit_trajectory(
+        self,
+        record: dict[str, Any],
+        extra_feedback: list[dict[str, Any]] = (),
+        *,  # type: ignore[assignment]
+        force: bool = False,
+    ) -> bool:
         if not force and not self.sampler.keep(record):
             with self._dropped_lock:
                 self._dropped[record["id"]] = None
@@ -152,8 +163,15 @@ class CaptureClient:
         self.writer.submit(FEEDBACK, record)
         return record["idempotency_key"]
 
-    def reward(self, trajectory_id: str, name: str, value: float, *, source: str = "env",
-               rationale: str | None = None) -> None:
+    def reward(
+        self,
+        trajectory_id: str,
+        name: str,
+        value: float,
+        *,
+        source: str = "env",
+        rationale: str | None = None,
+    ) -> None:
         """A late reward (score) on a recorded trajectory."""
         try:
             value = float(value)
@@ -163,8 +181,13 @@ class CaptureClient:
             raise ValidationFailed("a reward needs a name.")
         if self._was_dropped(trajectory_id):
             return
-        record: dict[str, Any] = {"trajectory_id": trajectory_id, "name": name, "value": value, "source": source,
-                                  "idempotency_key": f"sdk:{new_id()}"}
+        record: dict[str, Any] = {
+            "trajectory_id": trajectory_id,
+            "name": name,
+            "value": value,
+            "source": source,
+            "idempotency_key": f"sdk:{new_id()}",
+        }
         if rationale:
             record["rationale"] = rationale
         self.writer.submit(SCORE, record)
@@ -180,7 +203,8 @@ class CaptureClient:
         return self.writer.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush for up to ``timeout`` (default ``capture.shutdown_timeout``) and stop; leftovers stay spooled."""
+        """Flush for up to ``timeout`` (default ``capture.shutdown_timeout``) and stop; leftovers stay
+        spooled."""
         if self._closed:
             return True
         self._closed = True

@@ -29,7 +29,9 @@ _now, _UTC = dt.datetime.now, dt.UTC
 
 SOURCES = ("production", "teacher", "synthetic", "served")
 
-_current: contextvars.ContextVar[TrajectoryRecorder | None] = contextvars.ContextVar("learnloop_trajectory", default=None)
+_current: contextvars.ContextVar[TrajectoryRecorder | None] = contextvars.ContextVar(
+    "learnloop_trajectory", default=None
+)
 
 
 def current_trajectory() -> TrajectoryRecorder | None:
@@ -64,8 +66,23 @@ class TrajectoryRecorder:
     """
 
     __slots__ = (
-        "id", "scenario", "group", "agent", "source", "model", "tags", "metadata", "messages", "tools",
-        "scores", "_feedback", "_client", "_token", "_keep", "_discard", "_done",
+        "id",
+        "scenario",
+        "group",
+        "agent",
+        "source",
+        "model",
+        "tags",
+        "metadata",
+        "messages",
+        "tools",
+        "scores",
+        "_feedback",
+        "_client",
+        "_token",
+        "_keep",
+        "_discard",
+        "_done",
     )
 
     def __init__(
@@ -113,7 +130,9 @@ class TrajectoryRecorder:
     def user(self, content: Any, **extra: Any) -> None:
         self.messages.append({"role": "user", "content": _content(content, "user"), **extra})
 
-    def assistant(self, content: str | None = None, *, tool_calls: Iterable[Any] | None = None, **extra: Any) -> None:
+    def assistant(
+        self, content: str | None = None, *, tool_calls: Iterable[Any] | None = None, **extra: Any
+    ) -> None:
         if content is None and not tool_calls:
             raise ValidationFailed("an assistant message needs content or tool_calls.")
         msg: dict[str, Any] = {"role": "assistant", "content": content}
@@ -175,8 +194,12 @@ class TrajectoryRecorder:
 
     def to_record(self) -> dict[str, Any]:
         # Stamped now, not when stored: after an outage the spool delivers records hours late.
-        rec: dict[str, Any] = {"id": self.id, "messages": self.messages, "metadata": self.metadata,
-                               "created_at": _now(tz=_UTC)}
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "messages": self.messages,
+            "metadata": self.metadata,
+            "created_at": _now(tz=_UTC),
+        }
         if self.scenario is not None:
             rec["scenario"] = self.scenario
         if self.group is not None:
@@ -231,7 +254,9 @@ class TrajectoryRecorder:
         except Exception:  # recording must never replace the app's own exception or break its flow
             import logging
 
-            logging.getLogger("learnloop.capture").exception("learnloop capture: could not record trajectory %s", self.id)
+            logging.getLogger("learnloop.capture").exception(
+                "learnloop capture: could not record trajectory %s", self.id
+            )
 
     async def __aenter__(self) -> TrajectoryRecorder:
         return self.__enter__()
@@ -290,8 +315,14 @@ def traced(
     """
 
     def decorate(func: F) -> F:
-        fields = {"scenario": scenario or func.__qualname__, "agent": agent, "tags": tags, "group": group,
-                  "source": source, "metadata": metadata}
+        fields = {
+            "scenario": scenario or func.__qualname__,
+            "agent": agent,
+            "tags": tags,
+            "group": group,
+            "source": source,
+            "metadata": metadata,
+        }
         if inspect.iscoroutinefunction(func):
             return _traced_async(func, client, fields)  # type: ignore[return-value]
         return _traced_sync(func, client, fields)  # type: ignore[return-value]
@@ -305,8 +336,15 @@ def _start_call(client: CaptureClient | None, fields: dict[str, Any]) -> Traject
     return TrajectoryRecorder(client or get_client(), **fields)
 
 
-def _end_call(t: TrajectoryRecorder, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              started: float, result: Any, failed: bool) -> None:
+def _end_call(
+    t: TrajectoryRecorder,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    started: float,
+    result: Any,
+    failed: bool,
+) -> None:
     """The call's duration, and its arguments and result as messages when the function added none."""
     t.metadata["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
     if not t.messages:
@@ -315,7 +353,9 @@ def _end_call(t: TrajectoryRecorder, func: Callable[..., Any], args: tuple[Any, 
             t.assistant(_describe_result(result))
 
 
-def _traced_sync(func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]) -> Callable[..., Any]:
+def _traced_sync(
+    func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]
+) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t = _start_call(client, fields)
@@ -332,7 +372,9 @@ def _traced_sync(func: Callable[..., Any], client: CaptureClient | None, fields:
     return wrapper
 
 
-def _traced_async(func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]) -> Callable[..., Any]:
+def _traced_async(
+    func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]
+) -> Callable[..., Any]:
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         t = _start_call(client, fields)

@@ -63,6 +63,7 @@ class Sampler:
                 import logging
 
                 logging.getLogger("learnloop.capture").exception(
-                    "learnloop capture: keep rule %r failed; keeping the trajectory", rule)
+                    "learnloop capture: keep rule %r failed; keeping the trajectory", rule
+                )
                 return True
         return self._random() < self.rate

@@ -42,7 +42,7 @@ class SpoolFile:
 
 
 class Spool:
-    """One writer's view of the spool folder: its own lock, its batch files, adoption of dead writers' files."""
+    """One writer's view of the spool folder: its lock, its batch files, adoption of dead writers' files."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -95,7 +95,12 @@ class Spool:
         with open(self.rejected_dir / f"{self.owner}.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
             fsync_file(f)
-        log.error("learnloop capture: the store refused a %s record (%s); kept in %s", kind, reason, self.rejected_dir)
+        log.error(
+            "learnloop capture: the store refused a %s record (%s); kept in %s",
+            kind,
+            reason,
+            self.rejected_dir,
+        )
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -176,7 +181,9 @@ def spool_status(root: Path) -> dict[str, Any]:
             m = _BATCH_RE.match(p.name)
             if not m:
                 continue
-            w = writers.setdefault(m["owner"], {"batches": 0, "records": 0, "alive": _alive(root / f"{m['owner']}.lock")})
+            w = writers.setdefault(
+                m["owner"], {"batches": 0, "records": 0, "alive": _alive(root / f"{m['owner']}.lock")}
+            )
             w["batches"] += 1
             try:
                 data = p.read_bytes()

@@ -24,7 +24,7 @@ log = logging.getLogger("learnloop.capture")
 
 
 class RetryLater(Exception):
-    """The store is unreachable, busy or overloaded; resend the same batch after ``retry_after`` (or backoff)."""
+    """The store is unreachable, busy or overloaded: resend the batch after ``retry_after`` (or a backoff)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -49,8 +49,9 @@ class DatabaseTransport:
 
     name = "database"
 
-    def __init__(self, db: Database, *, project: str = "default", holdout_fraction: float = 0.1,
-                 migrate: bool = True) -> None:
+    def __init__(
+        self, db: Database, *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True
+    ) -> None:
         self.db = db
         self.project = project
         self.holdout_fraction = holdout_fraction
@@ -91,8 +92,14 @@ class HttpTransport:
 
     name = "http"
 
-    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 30.0,
-                 client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        client: httpx.Client | None = None,
+    ) -> None:
         import httpx
 
         self.url = server_url.rstrip("/") + "/v1/ingest"
@@ -117,8 +124,12 @@ class HttpTransport:
             raise RetryLater(f"{self.url} answered {r.status_code}: {message}", retry_after)
         if r.status_code in (401, 403):
             # A token problem is fixed by a person, not by the records: keep them spooled.
-            log.error("learnloop capture: %s refused the token (%s); set LEARNLOOP_API_TOKEN. Records stay spooled.",
-                      self.url, message)
+            log.error(
+                "learnloop capture: %s refused the token (%s); set LEARNLOOP_API_TOKEN. "
+                "Records stay spooled.",
+                self.url,
+                message,
+            )
             raise RetryLater(message)
         if r.status_code in (408, 502, 504):  # timed out, or a proxy in front of a server that is down
             raise RetryLater(f"{self.url} answered {r.status_code}: {message}")

@@ -99,9 +99,15 @@ class BackgroundWriter:
         for path in spool.adopt_orphans():
             self._pending.append(_Pending(path, None, 0))
         if self._pending:
-            log.info("learnloop capture: redelivering %d spooled batch(es) from an earlier run", len(self._pending))
-        self._spooler = threading.Thread(target=self._spool_loop, name="learnloop-capture-spooler", daemon=True)
-        self._deliverer = threading.Thread(target=self._deliver_loop, name="learnloop-capture-deliverer", daemon=True)
+            log.info(
+                "learnloop capture: redelivering %d spooled batch(es) from an earlier run", len(self._pending)
+            )
+        self._spooler = threading.Thread(
+            target=self._spool_loop, name="learnloop-capture-spooler", daemon=True
+        )
+        self._deliverer = threading.Thread(
+            target=self._deliver_loop, name="learnloop-capture-deliverer", daemon=True
+        )
         self._spooler.start()
         self._deliverer.start()
 
@@ -186,15 +192,23 @@ class BackgroundWriter:
                 continue
             except Exception as exc:  # not an outage: retried a few times, then split
                 batch.failures += 1
-                log.warning("learnloop capture: delivering %s failed (%s: %s), attempt %d of %d",
-                            batch.path.name, type(exc).__name__, exc, batch.failures, MAX_ATTEMPTS)
+                log.warning(
+                    "learnloop capture: delivering %s failed (%s: %s), attempt %d of %d",
+                    batch.path.name,
+                    type(exc).__name__,
+                    exc,
+                    batch.failures,
+                    MAX_ATTEMPTS,
+                )
                 self._outage(RetryLater(f"{type(exc).__name__}: {exc}"), count_outage=False)
                 continue
             self.spool.remove(batch.path)
             with self._cond:
                 self.counters["delivered"] += delivered
                 if self._outages:
-                    log.info("learnloop capture: %s reachable again; delivering the spool", self.transport.name)
+                    log.info(
+                        "learnloop capture: %s reachable again; delivering the spool", self.transport.name
+                    )
                 self._outages = 0
                 self._retry_at = 0.0
                 self._server_said_wait = False
@@ -238,7 +252,9 @@ class BackgroundWriter:
         except FileNotFoundError:
             return None
         if body is None:
-            log.warning("learnloop capture: %s was cut short by a crash before it was sent; removing it", path.name)
+            log.warning(
+                "learnloop capture: %s was cut short by a crash before it was sent; removing it", path.name
+            )
             return None
         try:
             orjson.loads(body)
@@ -262,8 +278,10 @@ class BackgroundWriter:
             if records is None:  # not an ingest batch at all (a corrupted file): set aside whole
                 self._reject("batch", body.decode("utf-8", "replace"), f"not a JSON ingest batch ({reason})")
                 return 0
-            log.warning("learnloop capture: the store did not take a batch (%s); looking for the records it refuses",
-                        reason)
+            log.warning(
+                "learnloop capture: the store did not take a batch (%s); looking for the records it refuses",
+                reason,
+            )
             middle = len(records) // 2
             batch.parts = [part for part in (records[:middle], records[middle:]) if part]
         while batch.parts:
@@ -278,7 +296,9 @@ class BackgroundWriter:
                     batch.parts[0:1] = [part[:middle], part[middle:]]
                     continue
                 kind, record = part[0]
-                self._reject(kind, record, str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}")
+                self._reject(
+                    kind, record, str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"
+                )
             else:
                 batch.delivered_in_parts += len(part)
             batch.parts.pop(0)
@@ -304,8 +324,12 @@ class BackgroundWriter:
             outages = self._outages
         if count_outage and (outages == 1 or outages % 20 == 0):
             log.warning(
-                "learnloop capture: cannot deliver to the %s (%s); records are spooled in %s, retrying in %.1fs",
-                self.transport.name, exc, self.spool.root, delay,
+                "learnloop capture: cannot deliver to the %s (%s); records are spooled in %s, "
+                "retrying in %.1fs",
+                self.transport.name,
+                exc,
+                self.spool.root,
+                delay,
             )
 
     # -- control --------------------------------------------------------------------------
@@ -330,7 +354,7 @@ class BackgroundWriter:
         return True
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Stop: spool whatever is queued, try to deliver for up to ``timeout`` seconds, leave the rest spooled.
+        """Stop: spool what is queued, try to deliver for up to ``timeout`` seconds, leave the rest spooled.
 
         Returns True when nothing was left behind. Spooled leftovers are delivered by the next
         writer that starts on the same spool folder.
@@ -353,8 +377,11 @@ class BackgroundWriter:
         self._deliverer.join(max(0.0, min(1.0, deadline - time.monotonic())))
         if not delivered:
             log.warning(
-                "learnloop capture: %d batch(es) not delivered within %.1fs; they stay in %s for the next start",
-                left, timeout, self.spool.root,
+                "learnloop capture: %d batch(es) not delivered within %.1fs; they stay in %s "
+                "for the next start",
+                left,
+                timeout,
+                self.spool.root,
             )
         if not self._deliverer.is_alive():
             self.transport.close()

@@ -41,7 +41,10 @@ def _config_flags() -> list[tuple[str, str, Any, str]]:
     for name, info in TrainConfig.model_fields.items():
         section = info.annotation
         if isinstance(section, type) and issubclass(section, BaseModel):
-            fields = [(f"{name}__{sub}", f"{name}-{sub}", sub_info) for sub, sub_info in section.model_fields.items()]
+            fields = [
+                (f"{name}__{sub}", f"{name}-{sub}", sub_info)
+                for sub, sub_info in section.model_fields.items()
+            ]
         else:
             fields = [(name, name, info)]
         for param, flag, field_info in fields:
@@ -77,11 +80,20 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
 
 
 @train_group.command("run")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="TrainConfig as JSON, YAML or TOML (flags override it; without it the flags must name "
-                   "--algorithm, --base-model, --dataset and --output-dir).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TrainConfig as JSON, YAML or TOML (flags override it; without it the flags must name "
+    "--algorithm, --base-model, --dataset and --output-dir).",
+)
 @_with_config_flags
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per progress event instead of a progress bar.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON line per progress event instead of a progress bar.",
+)
 def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
     """Run a training run, or resume it from its newest committed checkpoint.
 
@@ -92,16 +104,25 @@ def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
     from learnloop.training.run import load_config, train, validate_config
 
     overrides = _overrides(flags)
-    config = load_config(config_path, overrides) if config_path else validate_config(overrides, "command-line flags")
+    config = (
+        load_config(config_path, overrides)
+        if config_path
+        else validate_config(overrides, "command-line flags")
+    )
     control = FileControl(config.output_dir)
     if as_json:
         result = _run_json(config, control, train)
     else:
         result = _run_rich(config, control, train)
     if result.stopped and result.checkpoint is None:
-        click.echo(f"stopped at step {result.step}/{result.total_steps}, before any checkpoint. Run again to start.")
+        click.echo(
+            f"stopped at step {result.step}/{result.total_steps}, before any checkpoint. Run again to start."
+        )
     elif result.stopped:
-        click.echo(f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}. Run again to resume.")
+        click.echo(
+            f"stopped at step {result.step}/{result.total_steps}; checkpoint {result.checkpoint}. "
+            "Run again to resume."
+        )
     else:
         click.echo(f"done: {result.step} steps; adapter {result.adapter_dir}; metrics {result.metrics_path}")
 
@@ -122,15 +143,24 @@ def _run_rich(config: Any, control: Any, train: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[info]}"), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(f"{config.algorithm} training", total=None, info="loading")
 
         def progress(event: Any) -> None:
             bar.update(task, total=event.total_steps, completed=event.step)
             if event.kind == "step":
                 m = event.metrics
-                bar.update(task, info=f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:.0f} tok/s")
+                bar.update(
+                    task, info=f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:.0f} tok/s"
+                )
             elif event.kind in ("paused", "resumed", "stopped"):
                 bar.update(task, info=event.kind)
             elif event.kind == "start":
@@ -181,9 +211,26 @@ def status_cmd(output_dir: str, as_json: bool) -> None:
 
 @train_group.command("merge")
 @click.option("--base-model", required=True, help="HF model folder, GGUF file or prepared model name.")
-@click.option("--adapter", "adapter_dir", required=True, type=click.Path(exists=True, file_okay=False), help="LoRA adapter folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where the merged HF model goes.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option(
+    "--adapter",
+    "adapter_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="LoRA adapter folder.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where the merged HF model goes.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+)
 def merge_cmd(base_model: str, adapter_dir: str, out_dir: str, dtype: str) -> None:
     """Merge ADAPTER into BASE_MODEL's weights and save a standalone HF model folder."""
     from learnloop.models.loading import merge_adapter

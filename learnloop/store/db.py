@@ -75,7 +75,9 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **kwargs)
-    raise ConfigError(f"Unsupported database {parsed.get_backend_name()!r}: learnloop runs on SQLite or PostgreSQL.")
+    raise ConfigError(
+        f"Unsupported database {parsed.get_backend_name()!r}: learnloop runs on SQLite or PostgreSQL."
+    )
 
 
 class Database:
@@ -133,10 +135,16 @@ def translate_errors(url: str) -> Iterator[None]:
         raise ValidationFailed(_unencodable(exc)) from None
     except (OperationalError, InterfaceError, DisconnectionError) as exc:
         reason = _reason(exc)
-        if getattr(exc, "connection_invalidated", False) or "connect" in reason.lower() or "unable to open" in reason:
+        if (
+            getattr(exc, "connection_invalidated", False)
+            or "connect" in reason.lower()
+            or "unable to open" in reason
+        ):
             safe = make_url(url).render_as_string(hide_password=True)
             raise StoreUnavailable(f"Cannot reach the database at {safe}: {reason}") from exc
-        raise StoreUnavailable(f"The database is unavailable or busy ({reason}). Nothing was stored; retry later.") from exc
+        raise StoreUnavailable(
+            f"The database is unavailable or busy ({reason}). Nothing was stored; retry later."
+        ) from exc
     except IntegrityError as exc:
         raise Conflict(f"The database refused the write: {_reason(exc)}. Nothing was stored.") from exc
     except DataError as exc:
@@ -154,7 +162,9 @@ def translate_errors(url: str) -> Iterator[None]:
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
-    text = f"{type(orig).__name__}: {orig}" if isinstance(orig, (ValueError, OverflowError, TypeError)) else orig
+    text = (
+        f"{type(orig).__name__}: {orig}" if isinstance(orig, (ValueError, OverflowError, TypeError)) else orig
+    )
     return str(text or exc).strip().splitlines()[0]
 
 
@@ -173,7 +183,9 @@ def alembic_config(engine: Engine | None = None, connection: Any = None) -> Any:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine is not None:
-        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+        cfg.set_main_option(
+            "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+        )
     cfg.attributes["connection"] = connection
     return cfg
 

@@ -106,7 +106,9 @@ def existing(writer: Writer, column: Any, values: Iterable[Any]) -> set[Any]:
     return found
 
 
-def trajectory_row(t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime) -> dict[str, Any]:
+def trajectory_row(
+    t: TrajectoryIn, project: str, holdout_fraction: float, now: dt.datetime
+) -> dict[str, Any]:
     """The table row for ``t`` (a validated record): absent fields take their defaults, and the
     prompt hash and split are derived."""
     tid = t.get("id") or new_id()
@@ -254,7 +256,10 @@ def stats(session: Session, *, since: dt.datetime | None = None) -> dict[str, li
     """Trajectory counts by source, by scenario and by day (UTC)."""
     where = [Trajectory.created_at >= since] if since is not None else []
     by_source = session.execute(
-        select(Trajectory.source, func.count()).where(*where).group_by(Trajectory.source).order_by(Trajectory.source)
+        select(Trajectory.source, func.count())
+        .where(*where)
+        .group_by(Trajectory.source)
+        .order_by(Trajectory.source)
     ).all()
     by_scenario = session.execute(
         select(Trajectory.scenario, func.count())
@@ -265,7 +270,10 @@ def stats(session: Session, *, since: dt.datetime | None = None) -> dict[str, li
     day = _day_expr(session)
     by_day = session.execute(select(day, func.count()).where(*where).group_by(day).order_by(day)).all()
     by_split = session.execute(
-        select(Trajectory.split, func.count()).where(*where).group_by(Trajectory.split).order_by(Trajectory.split)
+        select(Trajectory.split, func.count())
+        .where(*where)
+        .group_by(Trajectory.split)
+        .order_by(Trajectory.split)
     ).all()
     return {
         "by_source": [{"source": _val(s), "count": n} for s, n in by_source],

@@ -17,26 +17,32 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the output."
+        "all-linear",
+        description="Module names to adapt, or 'all-linear' for every linear layer but the output.",
     )
 
 
 class DPOConfig(_Strict):
-    beta: float = Field(0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference.")
+    beta: float = Field(
+        0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference."
+    )
 
 
 class GRPOConfig(_Strict):
     # Offline: groups of stored completions with rewards. Online: when reward_fn is set, the
     # policy samples num_generations completions per prompt and reward_fn scores them.
     reward_fn: str | None = Field(
-        None, description="'package.module:function' (or 'file.py:function') taking "
-        "(prompt_messages, completion_text) -> float; set for online GRPO."
+        None,
+        description="'package.module:function' (or 'file.py:function') taking "
+        "(prompt_messages, completion_text) -> float; set for online GRPO.",
     )
     num_generations: int = Field(4, ge=2, description="Online GRPO: completions sampled per prompt.")
     max_new_tokens: int = Field(64, ge=1, description="Online GRPO: tokens per sampled completion.")
     temperature: float = Field(1.0, gt=0.0, description="Online GRPO: sampling temperature.")
     clip_eps: float = Field(0.2, gt=0.0, description="PPO-style clipping of the probability ratio.")
-    scale_rewards: bool = Field(True, description="Divide each group's advantages by its reward standard deviation.")
+    scale_rewards: bool = Field(
+        True, description="Divide each group's advantages by its reward standard deviation."
+    )
 
 
 class TrainConfig(_Strict):
@@ -49,8 +55,12 @@ class TrainConfig(_Strict):
         "`prompt`/`completions`/`rewards` (or `prompt` alone for online GRPO)."
     )
     output_dir: Path = Field(description="Where checkpoints, metrics and the final adapter go.")
-    init_adapter: Path | None = Field(None, description="Continue training this existing adapter instead of a fresh one.")
-    keep_optimizer_state: bool = Field(False, description="With init_adapter: restore the optimizer state saved beside it.")
+    init_adapter: Path | None = Field(
+        None, description="Continue training this existing adapter instead of a fresh one."
+    )
+    keep_optimizer_state: bool = Field(
+        False, description="With init_adapter: restore the optimizer state saved beside it."
+    )
 
     lora: LoraConfig = Field(default_factory=LoraConfig, description="The adapter's shape.")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings.")
@@ -62,7 +72,9 @@ class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0.0, description="Passes over the dataset.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
     learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate.")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = Field("cosine", description="Learning-rate schedule.")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this norm.")
@@ -73,4 +85,6 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="Committed checkpoints kept; older ones are removed.")
 
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else fp32.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp32."
+    )

@@ -139,7 +139,9 @@ def _scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, total_step
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
+    )
 
 
 def _trim_metrics(path: Path, upto_step: int) -> None:
@@ -156,7 +158,9 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
-def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Path:
+def _save_final(
+    output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> Path:
     """Write the adapter (+ tokenizer, optimizer state, config) to a temp folder and swap it in, so
     readers never see a half-written ``adapter``."""
     final = output_dir / ADAPTER_DIR
@@ -178,7 +182,12 @@ def _save_final(output_dir: Path, model: Any, tokenizer: Any, optimizer: torch.o
     return final
 
 
-def train_loop(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
+def train_loop(
+    config: TrainConfig,
+    *,
+    control: Control | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> TrainResult:
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # Only rank 0 takes the lock: the other ranks of the same run share the folder on purpose.
@@ -218,13 +227,21 @@ class _Run:
 
     def event(self, kind: str, **kw: Any) -> None:
         if self.dist.main:
-            self.emit(ProgressEvent(kind=kind, step=self.step, total_steps=self.total,
-                                    epoch=self.stream.epoch_progress(),
-                                    elapsed_s=time.perf_counter() - self.started, **kw))
+            self.emit(
+                ProgressEvent(
+                    kind=kind,
+                    step=self.step,
+                    total_steps=self.total,
+                    epoch=self.stream.epoch_progress(),
+                    elapsed_s=time.perf_counter() - self.started,
+                    **kw,
+                )
+            )
 
 
-def _train(config: TrainConfig, output_dir: Path, control: Control,
-           emit: Callable[[ProgressEvent], None]) -> TrainResult:
+def _train(
+    config: TrainConfig, output_dir: Path, control: Control, emit: Callable[[ProgressEvent], None]
+) -> TrainResult:
     run = _setup(config, output_dir, control, emit)
     while run.step < run.total:
         if _stop_requested(run):
@@ -250,17 +267,26 @@ def _seed(seed: int) -> None:
         pass
 
 
-def _setup(config: TrainConfig, output_dir: Path, control: Control,
-           emit: Callable[[ProgressEvent], None]) -> _Run:
+def _setup(
+    config: TrainConfig, output_dir: Path, control: Control, emit: Callable[[ProgressEvent], None]
+) -> _Run:
     """Model, data, optimizer and schedule; the state of the newest committed checkpoint, if any."""
     dist = _Dist(config)
     model, tokenizer = load_training_model(config, dist.device)
     objective = get_objective(config.algorithm, config, tokenizer)
     dataset = load_examples(config.dataset, objective)
     _seed(config.seed)
-    stream = BatchStream(dataset, config.batch_size, seed=config.seed, group_by_length=config.length_grouping,
-                         rank=dist.rank, world=dist.world)
-    total = config.max_steps or max(1, math.ceil(config.epochs * stream.batches_per_epoch / config.grad_accum))
+    stream = BatchStream(
+        dataset,
+        config.batch_size,
+        seed=config.seed,
+        group_by_length=config.length_grouping,
+        rank=dist.rank,
+        world=dist.world,
+    )
+    total = config.max_steps or max(
+        1, math.ceil(config.epochs * stream.batches_per_epoch / config.grad_accum)
+    )
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -271,9 +297,23 @@ def _setup(config: TrainConfig, output_dir: Path, control: Control,
     if resume is None and config.init_adapter is not None and config.keep_optimizer_state:
         _load_optimizer_moments(config, optimizer)
     scheduler = _scheduler(config, optimizer, total)
-    run = _Run(config=config, output_dir=output_dir, control=control, emit=emit, dist=dist, model=model,
-               tokenizer=tokenizer, objective=objective, dataset=dataset, stream=stream, params=params,
-               optimizer=optimizer, scheduler=scheduler, total=total, resumed_from=resume)
+    run = _Run(
+        config=config,
+        output_dir=output_dir,
+        control=control,
+        emit=emit,
+        dist=dist,
+        model=model,
+        tokenizer=tokenizer,
+        objective=objective,
+        dataset=dataset,
+        stream=stream,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        total=total,
+        resumed_from=resume,
+    )
     if resume is not None:
         state = resume.state
         if state.get("dataset_sha256") != dataset.sha256 or state.get("algorithm") != config.algorithm:
@@ -293,8 +333,10 @@ def _setup(config: TrainConfig, output_dir: Path, control: Control,
         (output_dir / paths.TRAIN_CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     model.train()
     how = f"resumed from {resume.path.name}" if resume else "fresh start"
-    run.event("start", message=f"{how}; {len(dataset.examples)} examples ({dataset.skipped} skipped), "
-                               f"device {dist.device}")
+    run.event(
+        "start",
+        message=f"{how}; {len(dataset.examples)} examples ({dataset.skipped} skipped), device {dist.device}",
+    )
     return run
 
 
@@ -366,10 +408,15 @@ def _step(run: _Run) -> None:
 def _checkpoint(run: _Run) -> None:
     """Rank 0 writes and commits ``checkpoint-<step>``; every rank waits for it."""
     if run.dist.main:
-        state = {"position": asdict(run.stream.position), "dataset_sha256": run.dataset.sha256,
-                 "algorithm": run.config.algorithm, "metrics": run.last}
-        run.last_checkpoint = ckpt_mod.save_checkpoint(run.output_dir, run.step, run.model, run.optimizer,
-                                                       run.scheduler, state)
+        state = {
+            "position": asdict(run.stream.position),
+            "dataset_sha256": run.dataset.sha256,
+            "algorithm": run.config.algorithm,
+            "metrics": run.last,
+        }
+        run.last_checkpoint = ckpt_mod.save_checkpoint(
+            run.output_dir, run.step, run.model, run.optimizer, run.scheduler, state
+        )
         ckpt_mod.prune(run.output_dir, run.config.keep_checkpoints)
         run.event("checkpoint", path=run.last_checkpoint)
     run.dist.barrier()
