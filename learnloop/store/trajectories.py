@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Table, any_, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from learnloop.errors import NotFound
@@ -75,31 +76,46 @@ def insert_new(writer: Writer, table: Table, rows: list[dict[str, Any]]) -> list
 
     The stored values are looked up first, then the new rows go in with one
     ``INSERT ... ON CONFLICT DO NOTHING`` (``executemany``). A row that a concurrent writer commits
-    between the two is skipped by the database yet returned here; whatever hangs off it
-    (feedback, scores) carries an idempotency key and is skipped the same way. Not ``RETURNING``:
-    SQLAlchemy then sends the rows as one multi-row statement, and psycopg parsing its thousands
-    of placeholders cost three times the rest of the insert (benchmarks/README.md).
+    between the two is skipped by the database yet returned here; what hangs off it (feedback,
+    scores) carries an idempotency key and is skipped the same way. Not ``RETURNING``: SQLAlchemy
+    then sends the rows as one multi-row statement whose thousands of placeholders psycopg parses
+    in Python, three times the cost of the rest of the insert (benchmarks/README.md).
     """
     if not rows:
         return []
     unique = [c.name for c in table.columns if (c.primary_key or c.unique) and c.name in rows[0]]
-    seen = {name: existing(writer, table.c[name], [r[name] for r in rows]) for name in unique}
-    fresh = []
+    stored = {name: existing(writer, table.c[name], [r[name] for r in rows]) for name in unique}
+    fresh = _first_of_each(rows, unique, stored)
+    if fresh:
+        _connection(writer).execute(insert_ignoring_duplicates(writer, table), fresh)
+    return fresh
+
+
+def _first_of_each(
+    rows: list[dict[str, Any]], unique: list[str], seen: dict[str, set[Any]]
+) -> list[dict[str, Any]]:
+    """The rows none of whose unique values is in ``seen`` or in an earlier row (``seen`` grows)."""
+    out = []
     for r in rows:
         values = [(name, r[name]) for name in unique]
         if any(v is not None and v in seen[name] for name, v in values):
             continue
         for name, v in values:
             seen[name].add(v)
-        fresh.append(r)
-    if fresh:
-        _connection(writer).execute(insert_ignoring_duplicates(writer, table), fresh)
-    return fresh
+        out.append(r)
+    return out
 
 
 def existing(writer: Writer, column: Any, values: Iterable[Any]) -> set[Any]:
     """Which of ``values`` are stored in ``column``."""
     wanted = sorted({v for v in values if v is not None})
+    if not wanted:
+        return set()
+    if _connection(writer).dialect.name == "postgresql":
+        # One array parameter: an IN list of hundreds of placeholders took PostgreSQL (and
+        # psycopg's placeholder parsing) 2-6 times as long to answer.
+        values_param = bindparam("values", wanted, type_=ARRAY(column.type))
+        return set(writer.execute(select(column).where(column == any_(values_param))).scalars())
     found: set[Any] = set()
     for chunk in chunks(wanted):
         found.update(writer.execute(select(column).where(column.in_(chunk))).scalars())
