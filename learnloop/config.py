@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -27,6 +27,9 @@ from learnloop.errors import ConfigError, problems_text
 from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
+# One default token length for datasets (what their length report checks) and training (what it
+# truncates to), so a dataset that passes its report is not truncated by a run with default settings.
+DEFAULT_MAX_LENGTH = 1024
 
 
 class _Section(BaseModel):
@@ -59,6 +62,19 @@ class CaptureSettings(_Section):
     server_url: str | None = Field(
         None, description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database."
     )
+    window: str = Field(
+        "1h",
+        pattern=r"^\s*\d+\s*[mhd]\s*$",
+        description="Length of the time window a trajectory is assigned to when none is given: Nm, Nh or Nd (ids like 2026-12-02T14).",
+    )
+    source_sample_rates: dict[Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description="Sample rate per trajectory source (production, teacher, synthetic, served); sources not named use sample_rate.",
+    )
+    keep_confident: float | None = Field(
+        0.8, ge=0.0, le=1.0,
+        description="Keep every trajectory whose metadata 'confidence' is at least this, whatever the sample rate (unset: no such rule).",
+    )
 
 
 class FeedbackWeights(_Section):
@@ -67,6 +83,30 @@ class FeedbackWeights(_Section):
     success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
     correction: float = Field(
         1.0, ge=0, description="Weight of the correction penalty: a corrected answer counts as the worst value."
+    )
+
+
+class CombineSettings(_Section):
+    """How many scores become one reward. See learnloop/scoring/combine.py for the rule."""
+
+    mode: Literal["explicit_first", "mean"] = Field(
+        "explicit_first",
+        description="'explicit_first': explicit signals decide, generic heuristics refine, checks only lower; 'mean': plain weighted mean of all aspects.",
+    )
+    explicit_sources: list[Literal["env", "human", "judge"]] = Field(
+        default_factory=lambda: ["env", "human", "judge"],
+        description="Score sources that are the app's own signal (a registered verifier counts too: any heuristic not listed below).",
+    )
+    generic: list[str] = Field(
+        default_factory=lambda: ["length", "no_refusal"],
+        description="Heuristics that only refine an explicit reward (or stand in when there is none).",
+    )
+    checks: list[str] = Field(
+        default_factory=lambda: ["json_valid", "json_schema", "tool_success"],
+        description="Heuristics that can only lower the reward: the reward is capped at their value.",
+    )
+    generic_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all)."
     )
 
 
@@ -112,6 +152,15 @@ class ScoringSettings(_Section):
     judge_json_mode: bool = Field(
         False, description="Send response_format={'type': 'json_object'} (only for endpoints that support it)."
     )
+    # Refinement: a user asking again for what they just asked means the answer before missed.
+    refinement_threshold: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="Similarity (content words shared, 0-1) at which a user message counts as re-asking the previous request.",
+    )
+    refinement_weight: float = Field(
+        0.5, ge=0.0, description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it."
+    )
+    combine: CombineSettings = Field(default_factory=CombineSettings)
 
     @model_validator(mode="after")
     def _rating_scale(self) -> ScoringSettings:
@@ -124,7 +173,9 @@ class DatasetSettings(_Section):
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
     )
-    max_length: int = Field(2048, ge=16, description="Token length training truncates to; datasets report against it.")
+    max_length: int = Field(
+        DEFAULT_MAX_LENGTH, ge=16, description="Token length training truncates to; datasets report against it."
+    )
     tokenizer: str | None = Field(
         None,
         description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
@@ -149,6 +200,10 @@ class DatasetSettings(_Section):
 class TrainingSettings(_Section):
     base_model: str = Field("smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    max_truncated_share: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="`train run` refuses to start when more than this share of examples would be truncated (--allow-truncation overrides).",
+    )
 
 
 class Settings(BaseSettings):

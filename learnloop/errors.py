@@ -46,6 +46,14 @@ class Overloaded(LearnloopError):
         self.retry_after = retry_after
 
 
+class TruncationRefused(ValidationFailed):
+    """Too many training examples are longer than max_length; ``check`` holds the length report."""
+
+    def __init__(self, message: str, check: object = None) -> None:
+        super().__init__(message, [("max_length", message)])
+        self.check = check
+
+
 def validation_problems(exc: Any, prefix: str = "") -> list[tuple[str, str]]:
     """A pydantic ``ValidationError`` as (location, message) pairs, the location dotted like
     ``trajectories.0.messages.1.role`` and put under ``prefix`` when one is given."""

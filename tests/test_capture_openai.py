@@ -266,3 +266,18 @@ def test_concurrent_async_tasks_each_record_into_their_own_trajectory(llm_url: s
         assert users == [f"task{i}-{turn}" for turn in range(3)], rec["messages"]
         assert len(rec["metadata"]["llm_calls"]) == 3
     assert len(stored_ids(db)) == 4
+
+
+def test_wrapper_takes_window_and_model(llm_url: str, capture) -> None:
+    client, db = capture
+    _, wrapped = _clients(llm_url, client, scenario="w", agent="router", window="batch-3", model="teacher-label")
+    wrapped.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
+    _, plain_defaults = _clients(llm_url, client, scenario="w2")
+    plain_defaults.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
+    assert client.flush(30)
+    with db.read_session() as s:
+        from learnloop.store.models import Trajectory
+
+        rows = {r.scenario: r for r in s.query(Trajectory).all()}
+    assert (rows["w"].window_id, rows["w"].model, rows["w"].agent) == ("batch-3", "teacher-label", "router")
+    assert rows["w2"].model == "fake-m1" and rows["w2"].window_id and rows["w2"].window_id[:2] == "20"  # assigned from time

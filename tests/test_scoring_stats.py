@@ -119,7 +119,7 @@ def test_cli_in_a_real_process(settings: Settings, tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert names == ["json_schema", "json_valid", "length", "no_refusal", "tool_success"]
+    assert names == ["json_schema", "json_valid", "length", "no_refusal", "refinement", "tool_success"]
     out = subprocess.run([sys.executable, "-m", "learnloop", "rewards", "stats"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "no scored trajectories yet" in out.stdout

@@ -95,6 +95,7 @@ class InboxWatcher:
                 path,
                 project=self.settings.project,
                 holdout_fraction=self.settings.datasets.holdout_fraction,
+                window=self.settings.capture.window,
             )
         except NotFound:
             # Taken away between the scan and the read (another watcher on a shared folder, a person).

@@ -73,9 +73,7 @@ class CaptureClient:
         self.source = source
         # Stamp the project only when someone chose it, so a server's own default applies otherwise.
         self.project = project or (settings.project if "project" in settings.model_fields_set else None)
-        self.sampler = Sampler(
-            cap.sample_rate if sample_rate is None else sample_rate, keep_if, default_rules=default_keep_rules
-        )
+        self.sampler = Sampler.from_settings(cap, sample_rate, keep_if, default_rules=default_keep_rules)
         self.shutdown_timeout = cap.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         self.transport = transport or self._make_transport(settings, database, server_url, token)
 

@@ -43,8 +43,9 @@ _KEPT_PARAMS = (
 def wrap_openai(client: Any, **trajectory_defaults: Any) -> Any:
     """Record every ``client.chat.completions.create`` call; returns ``client`` itself.
 
-    ``trajectory_defaults`` (scenario, agent, tags, group, source, metadata) apply to the
-    trajectories made from calls outside any ``learnloop.trajectory()``; ``capture_client=``
+    ``trajectory_defaults`` (scenario, agent, tags, group, source, metadata, window, model) apply to
+    the trajectories made from calls outside any ``learnloop.trajectory()`` (``model`` replaces the
+    model the response names; ``window`` the time window assigned from the call's time); ``capture_client=``
     selects a ``CaptureClient`` other than the process default.
     """
     try:
@@ -302,7 +303,9 @@ def _record(
     fields = dict(defaults)
     metadata = dict(fields.pop("metadata", None) or {})
     metadata.update(call_meta)
-    rec = client.trajectory(model=model, tools=tools, metadata=metadata, **fields)
+    # A model= given to wrap_openai names the model on purpose (e.g. a teacher's label): it wins.
+    chosen_model = fields.pop("model", None) or model
+    rec = client.trajectory(model=chosen_model, tools=tools, metadata=metadata, **fields)
     rec.messages.extend(request_messages)
     if answer is not None:
         rec.messages.append(answer)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from learnloop.errors import ValidationFailed, invalid
 from learnloop.ids import new_id
+from learnloop.windows import WindowClock
 
 if TYPE_CHECKING:
     from learnloop.capture.client import CaptureClient
@@ -32,6 +33,19 @@ SOURCES = ("production", "teacher", "synthetic", "served")
 _current: contextvars.ContextVar[TrajectoryRecorder | None] = contextvars.ContextVar(
     "learnloop_trajectory", default=None
 )
+
+
+_clocks: dict[str, WindowClock] = {}
+
+
+def _window_of(client: Any, when: dt.datetime) -> str:
+    """The id of the ``capture.window``-long window ``when`` falls in (the client's settings)."""
+    capture = getattr(getattr(client, "settings", None), "capture", None)
+    spec = getattr(capture, "window", None) or "1h"
+    clock = _clocks.get(spec)
+    if clock is None:
+        clock = _clocks[spec] = WindowClock(spec)
+    return clock(when)
 
 
 def current_trajectory() -> TrajectoryRecorder | None:
@@ -72,6 +86,7 @@ class TrajectoryRecorder:
         "agent",
         "source",
         "model",
+        "window",
         "tags",
         "metadata",
         "messages",
@@ -99,6 +114,7 @@ class TrajectoryRecorder:
         tools: list[dict[str, Any]] | None = None,
         messages: Iterable[Any] | None = None,
         id: str | None = None,
+        window: str | None = None,
     ) -> None:
         if source is not None and source not in SOURCES:
             raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
@@ -109,6 +125,7 @@ class TrajectoryRecorder:
         self.agent = agent
         self.source = source
         self.model = model
+        self.window = window  # None: the time window the record's time falls in (capture.window)
         self.tags = list(tags) if tags else []
         self.metadata = dict(metadata) if metadata else {}
         self.tools = tools
@@ -194,11 +211,13 @@ class TrajectoryRecorder:
 
     def to_record(self) -> dict[str, Any]:
         # Stamped now, not when stored: after an outage the spool delivers records hours late.
+        created = _now(tz=_UTC)
         rec: dict[str, Any] = {
             "id": self.id,
             "messages": self.messages,
             "metadata": self.metadata,
-            "created_at": _now(tz=_UTC),
+            "created_at": created,
+            "window": self.window or _window_of(self._client, created),
         }
         if self.scenario is not None:
             rec["scenario"] = self.scenario
@@ -304,6 +323,8 @@ def traced(
     group: str | None = None,
     source: str | None = None,
     metadata: dict[str, Any] | None = None,
+    model: str | None = None,
+    window: str | None = None,
     client: CaptureClient | None = None,
 ) -> Any:
     """Record each call of a function (sync or async) as a trajectory.
@@ -311,7 +332,7 @@ def traced(
     Inside the call, ``learnloop.current_trajectory()`` is the trajectory: add messages, rewards
     or feedback to it. If the function adds no messages, the call's arguments become the user
     message and its return value the assistant message. ``scenario`` defaults to the function's
-    qualified name.
+    qualified name; ``model`` names the model that answered, ``window`` overrides the time window.
     """
 
     def decorate(func: F) -> F:
@@ -322,6 +343,8 @@ def traced(
             "group": group,
             "source": source,
             "metadata": metadata,
+            "model": model,
+            "window": window,
         }
         if inspect.iscoroutinefunction(func):
             return _traced_async(func, client, fields)  # type: ignore[return-value]

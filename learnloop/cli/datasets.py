@@ -20,6 +20,10 @@ def datasets_group() -> None:
 @click.option("--lookback-hours", type=float, help="Only trajectories created in the last N hours.")
 @click.option("--window", "window_id", help="Only trajectories of this capture window id.")
 @click.option("--scenario", help="Only trajectories of this scenario.")
+@click.option("--agent", "agents", multiple=True, help="Only trajectories of this agent (repeatable: any of them).")
+@click.option("--min-agents", type=click.IntRange(min=1), help="Only windows (or groups) where at least N distinct agents acted.")
+@click.option("--agents-per", type=click.Choice(["window", "group"]), default="window", show_default=True,
+              help="What --min-agents counts agents in.")
 @click.option("--source", "sources", multiple=True, type=click.Choice(["production", "teacher", "synthetic", "served"]),
               help="Only these sources (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required).")
@@ -55,6 +59,9 @@ def build_cmd(kind: str, **opts: Any) -> None:
         "lookback_hours": opts["lookback_hours"],
         "window_id": opts["window_id"],
         "scenario": opts["scenario"],
+        "agents": list(opts["agents"]),
+        "min_agents": opts["min_agents"],
+        "agents_per": opts["agents_per"],
         "sources": list(opts["sources"]),
         "tags": list(opts["tags"]),
         "min_reward": opts["min_reward"],
@@ -77,6 +84,49 @@ def build_cmd(kind: str, **opts: Any) -> None:
     click.echo(f"{kind} dataset with {info.count} examples {verb} dataset {info.id} ({info.content_hash[:12]})")
     click.echo(f"file: {opts['out'] or info.path}")
     _print_summary(info.stats)
+
+
+@datasets_group.command("windows")
+@click.option("--lookback-hours", type=float, help="Only trajectories created in the last N hours.")
+@click.option("--scenario", help="Only trajectories of this scenario.")
+@click.option("--agent", "agents", multiple=True, help="Only trajectories of this agent (repeatable).")
+@click.option("--source", "sources", multiple=True, type=click.Choice(["production", "teacher", "synthetic", "served"]),
+              help="Only these sources (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required).")
+@click.option("--min-scored", type=click.IntRange(min=0), default=1, show_default=True,
+              help="A window is ready with at least this many scored trajectories.")
+@click.option("--min-agents", type=click.IntRange(min=1), help="... and at least this many distinct agents.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def windows_cmd(lookback_hours: float | None, scenario: str | None, agents: tuple[str, ...], sources: tuple[str, ...],
+                tags: tuple[str, ...], min_scored: int, min_agents: int | None, as_json: bool) -> None:
+    """Capture time windows (newest first): trajectories, agents, scored, and whether each is ready to train on."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from learnloop.datasets.filters import parse_filters
+    from learnloop.datasets.windows import list_windows
+    from learnloop.store import open_database
+    from learnloop.store.models import utcnow
+
+    s = settings()
+    f = parse_filters({"lookback_hours": lookback_hours, "scenario": scenario, "agents": list(agents),
+                       "sources": list(sources), "tags": list(tags)}).resolved("holdout", s.datasets, utcnow())
+    db = open_database(s)
+    with db.read_session() as session:
+        rows = list_windows(session, f, min_scored=min_scored, min_agents=min_agents, chunk_size=s.datasets.chunk_size)
+    if as_json:
+        echo_json([w.as_dict() for w in rows])
+        return
+    if not rows:
+        click.echo("no trajectories match")
+        return
+    table = Table(title=f"windows (capture.window = {s.capture.window})")
+    for col in ("window", "trajectories", "agents", "scored", "ready", "first", "last"):
+        table.add_column(col)
+    for w in rows:
+        table.add_row(w.window or "(none)", str(w.trajectories), str(w.agents), str(w.scored),
+                      "yes" if w.ready else "no: " + "; ".join(w.reasons), (w.first or "")[:19], (w.last or "")[:19])
+    Console(width=160).print(table)
 
 
 @datasets_group.command("list")

@@ -62,8 +62,14 @@ def echo_json(data: Any) -> None:
 
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
-def config_cmd(as_json: bool) -> None:
+@click.option("--example", is_flag=True, help="Print every setting with its default and a comment (learnloop.example.toml).")
+def config_cmd(as_json: bool, example: bool) -> None:
     """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
+    if example:
+        from learnloop.config_example import example_toml
+
+        click.echo(example_toml(), nl=False)
+        return
     data = settings().public_dict()
     if as_json:
         echo_json(data)
@@ -107,8 +113,9 @@ def db_current() -> None:
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days.")
-def stats_cmd(as_json: bool, days: int | None) -> None:
-    """Trajectory counts by source, scenario, split and day."""
+@click.option("--agent", default=None, help="Only trajectories of this agent.")
+def stats_cmd(as_json: bool, days: int | None, agent: str | None) -> None:
+    """Trajectory counts by source, scenario, agent, split and day."""
     import datetime as dt
 
     from rich.console import Console
@@ -120,7 +127,7 @@ def stats_cmd(as_json: bool, days: int | None) -> None:
     db = open_database(settings())
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) if days else None
     with db.read_session() as s:
-        data = stats(s, since=since)
+        data = stats(s, since=since, agent=agent)
     if as_json:
         echo_json(data)
         return

@@ -44,6 +44,7 @@ def apply_cmd(names: tuple[str, ...], modules: tuple[str, ...], no_feedback: boo
         f"feedback: {f.scored} scores stored ({f.trajectories_with_feedback} trajectories with feedback, "
         f"{f.already_scored} already up to date, {f.no_signal} without a rating/thumbs/success/correction)"
     )
+    click.echo(f"refinement across groups: {report.group_refinements} answers asked again in the next trajectory")
     for e in h.errors[:20]:
         click.secho(f"error: {e.name} (v{e.version}) on trajectory {e.trajectory_id}: {e.error}", fg="red", err=True)
     if h.errors_total > 20:
@@ -91,7 +92,7 @@ def stats_cmd(days: int | None, scenario: str | None, as_json: bool) -> None:
     s = settings()
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) if days else None
     with open_database(s).read_session() as session:
-        data = reward_stats(session, weights=s.scoring.weights, since=since, scenario=scenario)
+        data = reward_stats(session, weights=s.scoring, since=since, scenario=scenario)
     if as_json:
         echo_json(data)
         return

@@ -89,12 +89,17 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
 )
 @_with_config_flags
 @click.option(
+    "--allow-truncation",
+    is_flag=True,
+    help="Start even when more than training.max_truncated_share of the examples exceed max_length.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
     help="Print one JSON line per progress event instead of a progress bar.",
 )
-def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
+def run_cmd(config_path: str | None, as_json: bool, allow_truncation: bool, **flags: Any) -> None:
     """Run a training run, or resume it from its newest committed checkpoint.
 
     `learnloop train control OUTPUT_DIR pause|resume|stop` steers it while it runs; Ctrl-C stops it
@@ -109,6 +114,7 @@ def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
         if config_path
         else validate_config(overrides, "command-line flags")
     )
+    config = _length_guardrail(config, allow_truncation, as_json)
     control = FileControl(config.output_dir)
     if as_json:
         result = _run_json(config, control, train)
@@ -125,6 +131,35 @@ def run_cmd(config_path: str | None, as_json: bool, **flags: Any) -> None:
         )
     else:
         click.echo(f"done: {result.step} steps; adapter {result.adapter_dir}; metrics {result.metrics_path}")
+
+
+def _length_guardrail(config: Any, allow_truncation: bool, as_json: bool) -> Any:
+    """Measure the dataset with the model's tokenizer before any training; refuse when too much would be cut.
+
+    A max_length set neither in the config file nor by a flag is ``datasets.max_length``, so the
+    length the dataset was reported against is the one training uses.
+    """
+    from learnloop.cli.main import settings
+    from learnloop.datasets.guardrails import check_training_lengths
+    from learnloop.errors import TruncationRefused
+    from learnloop.models import load_tokenizer, resolve_base_model
+
+    s = settings()
+    if "max_length" not in config.model_fields_set:
+        config = config.model_copy(update={"max_length": s.datasets.max_length})
+    tokenizer = load_tokenizer(resolve_base_model(config.base_model, s.data_dir))
+    check = check_training_lengths(config.dataset, tokenizer=tokenizer, max_length=config.max_length,
+                                   max_truncated_share=s.training.max_truncated_share)
+    if as_json:
+        report = {k: v for k, v in check.report.items() if k != "longest"}
+        click.echo(json.dumps({"kind": "lengths", "ok": check.ok, **report}))
+    else:
+        click.echo(check.summary(), err=True)
+    if not check.ok:
+        if not allow_truncation:
+            raise TruncationRefused(check.refusal(), check)
+        click.echo(f"warning (--allow-truncation): {check.refusal()}", err=True)
+    return config
 
 
 def _run_json(config: Any, control: Any, train: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from learnloop.config import ScoringSettings
 from learnloop.datasets.filters import DatasetFilters, group_columns, latest_corrections, stream_rows
 from learnloop.datasets.guardrails import (
     Conversation,
@@ -34,11 +35,13 @@ from learnloop.datasets.guardrails import (
     correction_message,
     split_prompt,
 )
-from learnloop.scoring.combine import combined_rewards
+from learnloop.scoring.combine import CombineRule, combined_rewards
 from learnloop.store.models import Source, Split, Trajectory
 from learnloop.store.query import chunks
 
 _MESSAGE_INDEX = re.compile(r"message \d+")
+# The [scoring] settings (weights + combine rule), or just weights: how scores become one reward.
+RewardRule = ScoringSettings | CombineRule | Mapping[str, float]
 MAX_LISTED = 1000  # rejected rows and GRPO groups listed one by one in the stats; the rest are counted
 
 
@@ -86,7 +89,7 @@ def _val(v: Any) -> Any:
 
 
 def _rows_with_rewards(
-    session: Session, f: DatasetFilters, split: Split, weights: Mapping[str, float], chunk_size: int, **kw: Any
+    session: Session, f: DatasetFilters, split: Split, weights: RewardRule, chunk_size: int, **kw: Any
 ) -> Iterator[tuple[Any, float | None]]:
     for chunk in stream_rows(session, f, split, chunk_size=chunk_size, **kw):
         rewards = combined_rewards(session, [r.id for r in chunk], weights)
@@ -95,7 +98,7 @@ def _rows_with_rewards(
 
 
 def _top_fraction_threshold(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, chunk_size: int
 ) -> float | None:
     """The reward the best ``top_fraction`` of scored rows reach (teacher rows ranked only if they must pass)."""
     rewards = []
@@ -110,7 +113,7 @@ def _top_fraction_threshold(
 
 
 def build_sft(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     threshold = _top_fraction_threshold(session, f, weights, chunk_size) if f.top_fraction else None
     corrections = latest_corrections(session, f, Split.train) if f.include_corrections else {}
@@ -165,7 +168,7 @@ class _Member:
 def _groups(
     session: Session,
     f: DatasetFilters,
-    weights: Mapping[str, float],
+    weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
 ) -> Iterator[tuple[tuple[Any, ...], list[_Member]]]:
@@ -199,7 +202,7 @@ def _groups(
 
 
 def build_dpo(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     min_size = f.min_group_size or 2
     margin = f.min_margin or 0.0
@@ -253,7 +256,7 @@ def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) 
 
 
 def build_grpo(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     k = f.min_group_size or 2
     for key, members in _groups(session, f, weights, report, chunk_size):
@@ -287,7 +290,7 @@ def build_grpo(
 
 
 def build_holdout(
-    session: Session, f: DatasetFilters, weights: Mapping[str, float], report: BuildReport, chunk_size: int
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
 ) -> Iterator[Item]:
     for row, reward in _rows_with_rewards(session, f, Split.holdout, weights, chunk_size):
         report.funnel["scanned"] += 1

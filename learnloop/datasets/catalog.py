@@ -156,7 +156,7 @@ def build_dataset(
         with open(tmp, "wb") as fh:
             writer = _Writer(fh, kind, split.value, counter, Deduplicator(config.near_duplicate_threshold) if f.dedup else None)
             with db.read_session() as session:
-                for item in BUILDERS[kind](session, f, settings.scoring.weights, report, config.chunk_size):
+                for item in BUILDERS[kind](session, f, settings.scoring, report, config.chunk_size):
                     writer.add(item)
                 writer.flush()
                 replay = _replay(session, kind, writer, f.replay_fraction or 0.0) if kind in TRAINING_KINDS else None

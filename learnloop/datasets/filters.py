@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import Select, String, and_, cast, select
+from sqlalchemy import Select, String, and_, cast, distinct, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,11 @@ class DatasetFilters(BaseModel):
     until: dt.datetime | None = Field(None, description="Only trajectories created before this time (UTC).")
     window_id: str | None = Field(None, description="Only trajectories of this capture time window.")
     scenario: str | None = Field(None, description="Only trajectories of this scenario.")
+    agents: list[str] = Field(default_factory=list, description="Only trajectories recorded by these agents (empty: all).")
+    min_agents: int | None = Field(
+        None, ge=1, description="Only windows (or groups, see agents_per) in which at least N distinct agents acted."
+    )
+    agents_per: Literal["window", "group"] = Field("window", description="What min_agents counts agents in.")
     sources: list[Source] = Field(default_factory=list, description="Only these sources (empty: all).")
     tags: list[str] = Field(default_factory=list, description="Only trajectories carrying every one of these tags.")
     min_reward: float | None = Field(None, description="SFT/holdout: least combined reward.")
@@ -140,6 +145,19 @@ def where_clauses(f: DatasetFilters, split: Split) -> list[Any]:
         clauses.append(Trajectory.scenario == f.scenario)
     if f.sources:
         clauses.append(Trajectory.source.in_(list(f.sources)))
+    if f.agents:
+        clauses.append(Trajectory.agent.in_(list(f.agents)))
+    if f.min_agents is not None:
+        # Windows (or groups) where enough distinct agents acted, counted among the rows the other filters keep.
+        col = Trajectory.window_id if f.agents_per == "window" else Trajectory.group_id
+        busy = (
+            select(col)
+            .where(*clauses, col.is_not(None), Trajectory.agent.is_not(None))
+            .group_by(col)
+            .having(func.count(distinct(Trajectory.agent)) >= f.min_agents)
+            .correlate(None)  # its own scan of the table, not a correlated reference to the outer row
+        )
+        clauses.append(col.in_(busy))
     return clauses
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,7 +119,14 @@ class ApproxTokenCounter:
 class HFTokenCounter:
     """Exact counts for one model: its chat template rendered, then its tokenizer."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path | None = None, *, tokenizer: Any = None, name: str | None = None) -> None:
+        if tokenizer is not None:  # an already loaded tokenizer (e.g. the one training uses)
+            self.tokenizer = tokenizer
+            self.name = name or f"hf:{getattr(tokenizer, 'name_or_path', '?')}"
+            self._has_template = bool(getattr(tokenizer, "chat_template", None))
+            return
+        if path is None:
+            raise ConfigError("HFTokenCounter needs a tokenizer folder or a loaded tokenizer.")
         try:
             from transformers import AutoTokenizer
         except ImportError:  # pragma: no cover - the train extra is missing
@@ -207,3 +215,129 @@ def length_report(
     elif n and suggested < max_length // 2:
         report["advice"] = f"max_length {max_length} is far above p99 {p99}; {suggested} would cover 99% with less memory."
     return report
+
+
+# --------------------------------------------------------------------------- before training
+
+
+def _as_messages(value: Any) -> Conversation:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, dict):
+        return [value]
+    return [m for m in value if isinstance(m, dict)] if isinstance(value, list) else []
+
+
+def _completion(value: Any) -> Conversation:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    return _as_messages(value)
+
+
+def training_conversations(record: dict[str, Any]) -> list[Conversation]:
+    """The sequences training builds from one TRL-format record (SFT, DPO or GRPO); the longest is truncated first."""
+    if "messages" in record:
+        return [_as_messages(record["messages"])]
+    prompt = _as_messages(record.get("prompt", []))
+    if "chosen" in record or "rejected" in record:
+        return [prompt + _completion(record.get(k, [])) for k in ("chosen", "rejected")]
+    if "completions" in record:
+        return [prompt + _completion(c) for c in record.get("completions") or []] or [prompt]
+    if "completion" in record:
+        return [prompt + _completion(record["completion"])]
+    return [prompt]
+
+
+@dataclass
+class LengthCheck:
+    """The token-length report of a training file against a max length, and whether training may start."""
+
+    report: dict[str, Any]
+    max_length: int
+    max_truncated_share: float
+
+    @property
+    def ok(self) -> bool:
+        return self.report["truncated_share"] <= self.max_truncated_share
+
+    @property
+    def suggested_max_length(self) -> int:
+        return int(self.report["suggested_max_length"])
+
+    def summary(self) -> str:
+        r = self.report
+        return (f"tokens ({r['tokenizer']}): p50 {r['p50']}, p95 {r['p95']}, p99 {r['p99']}, max {r['max']} against "
+                f"max_length {r['max_length']}; {r['truncated']} of {r['count']} examples "
+                f"({r['truncated_share']:.1%}) would be truncated (by up to {r['truncated_tokens_max']} tokens)")
+
+    def refusal(self) -> str:
+        r = self.report
+        return (f"{r['truncated']} of {r['count']} training examples ({r['truncated_share']:.1%}) are longer than "
+                f"max_length {self.max_length} and would be truncated (allowed: {self.max_truncated_share:.0%}, "
+                f"training.max_truncated_share). Set max_length to {self.suggested_max_length} (covers 99%), filter "
+                "long examples out, or pass --allow-truncation.")
+
+
+def check_training_lengths(
+    dataset: str | Path,
+    *,
+    tokenizer: Any,
+    max_length: int,
+    max_truncated_share: float = 0.05,
+    batch: int = 256,
+) -> LengthCheck:
+    """Measure a training JSONL's token lengths with the model's tokenizer (a loaded tokenizer, a folder, or a
+    TokenCounter) against ``max_length``. Lines that are not JSON objects are left to the trainer to report."""
+    counter: TokenCounter
+    if isinstance(tokenizer, (str, Path)):
+        counter = HFTokenCounter(tokenizer)
+    elif hasattr(tokenizer, "count") and not hasattr(tokenizer, "encode"):  # a TokenCounter
+        counter = tokenizer
+    else:
+        counter = HFTokenCounter(tokenizer=tokenizer)
+    lengths: list[int] = []
+    ids: list[str] = []
+    pending: list[tuple[str, list[Conversation]]] = []
+
+    def drain() -> None:
+        flat = [c for _, convs in pending for c in convs]
+        counts = iter(counter.count(flat))
+        for line_id, convs in pending:
+            lengths.append(max(next(counts) for _ in convs))
+            ids.append(line_id)
+        pending.clear()
+
+    if not Path(dataset).is_file():
+        from learnloop.errors import ValidationFailed
+
+        raise ValidationFailed(f"Dataset file {dataset} does not exist.")
+    with open(dataset, encoding="utf-8", errors="replace") as fh:
+        for lineno, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            convs = [c for c in training_conversations(record) if c]
+            if convs:
+                pending.append((str(record.get("id", f"line {lineno}")), convs))
+            if len(pending) >= batch:
+                drain()
+    drain()
+    report = length_report(lengths, max_length, ids, counter=counter.name)
+    return LengthCheck(report, max_length, max_truncated_share)
+
+
+def guard_training_lengths(
+    dataset: str | Path, *, tokenizer: Any, max_length: int, max_truncated_share: float = 0.05, allow_truncation: bool = False
+) -> LengthCheck:
+    """``check_training_lengths``, raising ``TruncationRefused`` (naming a max_length) unless it passes or is allowed."""
+    check = check_training_lengths(dataset, tokenizer=tokenizer, max_length=max_length, max_truncated_share=max_truncated_share)
+    if not check.ok and not allow_truncation:
+        from learnloop.errors import TruncationRefused
+
+        raise TruncationRefused(check.refusal(), check)
+    return check

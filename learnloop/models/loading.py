@@ -54,6 +54,9 @@ def load_for_inference(base: str | Path, adapter_dir: str | Path | None, *, devi
     dev = pick_device(device)
     model = load_base(base_path, dev, pick_dtype(dtype, dev))
     if adapter_dir is not None:
+        from learnloop.models.formats import check_adapter_format
+
+        check_adapter_format(adapter_dir)
         model = PeftModel.from_pretrained(model, str(adapter_dir)).to(dev)
     model.eval()
     return model, load_tokenizer(base_path)

@@ -10,7 +10,14 @@ Extend the heuristics with a plain function::
 """
 
 from learnloop.scoring.apply import ApplyReport, HeuristicReport, apply_heuristics, apply_rewards, score_views
-from learnloop.scoring.combine import combine, combined_rewards, latest_aspects
+from learnloop.scoring.combine import (
+    CombineRule,
+    combine,
+    combine_scores,
+    combined_rewards,
+    latest_aspects,
+    latest_scores,
+)
 from learnloop.scoring.feedback import FeedbackReport, apply_feedback, feedback_reward
 from learnloop.scoring.heuristics import register_schema, tool_result_ok
 from learnloop.scoring.judge import (
@@ -28,6 +35,7 @@ from learnloop.scoring.view import TrajectoryView
 
 __all__ = [
     "ApplyReport",
+    "CombineRule",
     "FeedbackReport",
     "HeuristicReport",
     "JudgeClient",
@@ -41,11 +49,13 @@ __all__ = [
     "apply_rewards",
     "as_trl_reward",
     "combine",
+    "combine_scores",
     "combined_rewards",
     "feedback_reward",
     "judge_group",
     "judge_scenario",
     "latest_aspects",
+    "latest_scores",
     "load_modules",
     "register",
     "register_schema",

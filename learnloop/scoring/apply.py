@@ -218,9 +218,11 @@ def _merge(into: HeuristicReport, other: HeuristicReport) -> None:
 class ApplyReport:
     heuristics: HeuristicReport
     feedback: FeedbackReport
+    group_refinements: int = 0  # group members whose successor asked again (refinement.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"heuristics": self.heuristics.as_dict(), "feedback": self.feedback.as_dict()}
+        return {"heuristics": self.heuristics.as_dict(), "feedback": self.feedback.as_dict(),
+                "group_refinements": self.group_refinements}
 
 
 def apply_rewards(
@@ -239,4 +241,9 @@ def apply_rewards(
     load_modules([*config.reward_modules, *modules])
     heuristics = apply_heuristics(db, names=names, config=config)
     fb = apply_feedback(db, config) if feedback else FeedbackReport()
-    return ApplyReport(heuristics, fb)
+    group = 0
+    if not names or "refinement" in names:
+        from learnloop.scoring.refinement import apply_group_refinement
+
+        group = apply_group_refinement(db, config)
+    return ApplyReport(heuristics, fb, group)

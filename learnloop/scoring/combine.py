@@ -1,49 +1,164 @@
-"""One reward per trajectory from its many scores: a weighted mean over aspects."""
+"""One reward per trajectory from its many scores.
+
+The rule (``[scoring.combine] mode = "explicit_first"``, the default) keeps the app's own signal in
+charge. Every aspect (the newest score of each name) falls in one class:
+
+- **explicit**: scores whose source is in ``explicit_sources`` (``env`` rewards the app recorded
+  with ``t.reward()``, ``human`` feedback, the ``judge``), and any heuristic a user registered
+  (a verifier) that is neither generic nor a check;
+- **generic**: the built-in heuristics that say little about whether the task was done
+  (``length``, ``no_refusal``);
+- **checks**: heuristics that detect a failure (``json_valid``, ``json_schema``, ``tool_success``);
+- **penalties**: ``refinement`` (the user had to ask again), weighted by ``scoring.refinement_weight``.
+
+Then:
+
+1. When explicit aspects exist, their weighted mean is the reward, and the generic ones may move it
+   at most ``generic_share`` (0.1) of the way toward their own mean. So ``t.reward("ok", 0.0)`` with
+   ``length = no_refusal = 1`` gives 0.1, not the 0.67 of a plain mean.
+2. With no explicit aspect, the generic mean stands in.
+3. Checks can only lower the reward: it is capped at the lowest check value (with nothing else,
+   that value stands in). Invalid JSON where JSON was expected (``json_valid = 0``) caps it at 0.
+4. Penalties are subtracted: ``refinement = -1`` with weight 0.5 takes 0.5 off.
+
+``[scoring] weights`` apply inside each class (weight 0 drops an aspect). ``mode = "mean"`` restores
+the plain weighted mean of every aspect.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from learnloop.config import CombineSettings, ScoringSettings
 from learnloop.store.models import Score
 from learnloop.store.query import chunks
 
+PENALTIES = ("refinement",)
 
-def combine(aspects: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float | None:
-    """Weighted mean of aspect values; an aspect missing from ``weights`` weighs 1.0, weight 0 ignores it."""
-    weights = weights or {}
-    total = norm = 0.0
+
+@dataclass(frozen=True)
+class CombineRule:
+    """What ``combine`` needs from the settings, resolved once."""
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    policy: CombineSettings = field(default_factory=CombineSettings)
+    penalties: Mapping[str, float] = field(default_factory=lambda: {"refinement": 0.5})
+
+    @classmethod
+    def of(cls, scoring: ScoringSettings | Mapping[str, float] | CombineRule | None) -> CombineRule:
+        """From ScoringSettings (weights, rule, refinement weight), a plain weights mapping, or None (defaults)."""
+        if isinstance(scoring, CombineRule):
+            return scoring
+        if isinstance(scoring, ScoringSettings):
+            return cls(scoring.weights, scoring.combine, {"refinement": scoring.refinement_weight})
+        return cls(dict(scoring or {}))
+
+    def kind(self, name: str, source: str | None) -> str:
+        """explicit | generic | check | penalty (see the module docstring)."""
+        if name in self.penalties:
+            return "penalty"
+        if source is None:  # no source known: the name alone decides
+            source = "heuristic" if name in self.policy.generic or name in self.policy.checks else "env"
+        if source == "heuristic":
+            if name in self.policy.checks:
+                return "check"
+            if name in self.policy.generic:
+                return "generic"
+            return "explicit"  # a verifier the user registered
+        return "explicit" if source in self.policy.explicit_sources else "generic"
+
+
+def _mean(pairs: list[tuple[float, float]]) -> float | None:
+    norm = sum(abs(w) for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / norm if norm else None
+
+
+def combine(
+    aspects: Mapping[str, float],
+    weights: Mapping[str, float] | ScoringSettings | CombineRule | None = None,
+    sources: Mapping[str, str | None] | None = None,
+) -> float | None:
+    """One reward from ``aspects`` (name -> value); ``sources`` names each aspect's score source.
+
+    Without ``sources`` (or with ``mode = "mean"``) it is the weighted mean of the aspects: an aspect
+    missing from the weights weighs 1.0, weight 0 ignores it. With them, the explicit-first rule of
+    the module docstring applies. None when nothing counts.
+    """
+    rule = CombineRule.of(weights)
+    w = rule.weights
+    if sources is None or rule.policy.mode == "mean":
+        return _mean([(w.get(n, 1.0), v) for n, v in aspects.items()])
+    classes: dict[str, list[tuple[float, float]]] = {"explicit": [], "generic": [], "check": [], "penalty": []}
     for name, value in aspects.items():
-        w = weights.get(name, 1.0)
-        total += w * value
-        norm += abs(w)
-    return total / norm if norm else None
+        weight = w.get(name, 1.0)
+        if weight == 0:
+            continue
+        kind = rule.kind(name, sources.get(name))
+        classes[kind].append((rule.penalties.get(name, weight) if kind == "penalty" else weight, value))
+    explicit, generic = _mean(classes["explicit"]), _mean(classes["generic"])
+    if explicit is not None:
+        reward: float | None = explicit
+        if generic is not None:
+            reward = explicit + rule.policy.generic_share * (generic - explicit)
+    else:
+        reward = generic
+    if classes["check"]:
+        cap = min(v for _, v in classes["check"])
+        reward = cap if reward is None else min(reward, cap)
+    if classes["penalty"]:
+        penalty = sum(pw * max(0.0, -v) for pw, v in classes["penalty"])
+        reward = (0.0 if reward is None else reward) - penalty
+    return reward
+
+
+def latest_scores(session: Session, trajectory_ids: Iterable[str]) -> dict[str, dict[str, tuple[float, str]]]:
+    """For each trajectory, the newest (value, source) of each score name (aspect)."""
+    ids = list(trajectory_ids)
+    out: dict[str, dict[str, tuple[float, str]]] = {}
+    for chunk in chunks(ids):
+        rows = session.execute(
+            select(Score.trajectory_id, Score.name, Score.value, Score.source)
+            .where(Score.trajectory_id.in_(chunk))
+            .order_by(Score.created_at, Score.id)
+        ).all()
+        for tid, name, value, source in rows:
+            out.setdefault(tid, {})[name] = (value, _val(source))  # later rows overwrite earlier ones
+    return out
 
 
 def latest_aspects(session: Session, trajectory_ids: Iterable[str]) -> dict[str, dict[str, float]]:
     """For each trajectory, the newest value of each score name (aspect)."""
-    ids = list(trajectory_ids)
-    out: dict[str, dict[str, float]] = {}
-    for chunk in chunks(ids):
-        rows = session.execute(
-            select(Score.trajectory_id, Score.name, Score.value)
-            .where(Score.trajectory_id.in_(chunk))
-            .order_by(Score.created_at, Score.id)
-        ).all()
-        for tid, name, value in rows:
-            out.setdefault(tid, {})[name] = value  # later rows overwrite earlier ones
-    return out
+    return {tid: {n: v for n, (v, _) in a.items()} for tid, a in latest_scores(session, trajectory_ids).items()}
+
+
+def combine_scores(scores: Mapping[str, tuple[float, str]], rule: CombineRule | ScoringSettings | Mapping[str, float] | None = None) -> float | None:
+    """``combine`` over what ``latest_scores`` returns for one trajectory."""
+    return combine({n: v for n, (v, _) in scores.items()}, rule, {n: s for n, (_, s) in scores.items()})
 
 
 def combined_rewards(
-    session: Session, trajectory_ids: Iterable[str], weights: Mapping[str, float] | None = None
+    session: Session,
+    trajectory_ids: Iterable[str],
+    weights: Mapping[str, float] | ScoringSettings | CombineRule | None = None,
 ) -> dict[str, float]:
-    """Combined reward of each trajectory that has at least one score (unscored ones are absent)."""
+    """Combined reward of each trajectory that has at least one score (unscored ones are absent).
+
+    ``weights``: the ``[scoring]`` settings (weights, combine rule, refinement weight), or just a
+    weights mapping (the default rule).
+    """
+    rule = CombineRule.of(weights)
     result = {}
-    for tid, aspects in latest_aspects(session, trajectory_ids).items():
-        value = combine(aspects, weights)
+    for tid, scores in latest_scores(session, trajectory_ids).items():
+        value = combine_scores(scores, rule)
         if value is not None:
             result[tid] = value
     return result
+
+
+def _val(v: Any) -> Any:
+    return getattr(v, "value", v)

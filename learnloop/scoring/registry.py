@@ -121,3 +121,4 @@ def _origin(fn: object) -> str:
 
 def _ensure_builtins() -> None:
     import learnloop.scoring.heuristics  # noqa: F401  (registers the built-ins on import)
+    import learnloop.scoring.refinement  # noqa: F401

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from learnloop.scoring.combine import combine
+from learnloop.config import ScoringSettings
+from learnloop.scoring.combine import CombineRule, combine
 from learnloop.store.models import Score, Trajectory
 
 
@@ -39,7 +40,7 @@ def summarize(values: Iterable[float]) -> dict[str, Any]:
 def reward_stats(
     session: Session,
     *,
-    weights: Mapping[str, float] | None = None,
+    weights: Mapping[str, float] | ScoringSettings | None = None,
     since: dt.datetime | None = None,
     scenario: str | None = None,
 ) -> dict[str, Any]:
@@ -51,11 +52,12 @@ def reward_stats(
     the newest value of each score name on each trajectory.
     """
     latest, info = _latest_scores(session, since, scenario)
+    rule = CombineRule.of(weights)
     combined: dict[str, float] = {}
     by_score_source: dict[str, list[float]] = {}
     by_aspect: dict[str, list[float]] = {}
     for tid, aspects in latest.items():
-        value = combine({k: v for k, (v, _) in aspects.items()}, weights)
+        value = combine({k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()})
         if value is not None:
             combined[tid] = value
         for name, (v, src) in aspects.items():

@@ -24,6 +24,7 @@ from learnloop.errors import NotFound, ValidationFailed, validation_problems
 from learnloop.store.db import Database
 from learnloop.store.records import TRAJECTORY, TrajectoryIn
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
+from learnloop.windows import fill_windows
 
 CHUNK_SIZE = 500
 # Problems kept for the report; a file of a million bad lines must not exhaust memory.
@@ -140,6 +141,7 @@ def import_jsonl(
     project: str = "default",
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     chunk_size: int = CHUNK_SIZE,
+    window: str = "1h",
 ) -> ImportResult:
     """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates)."""
     path = Path(path)
@@ -149,6 +151,7 @@ def import_jsonl(
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
         for chunk in iter_chunks(path, chunk_size):
+            fill_windows(chunk, window)  # lines without a window: the capture.window their time falls in
             r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
             result.inserted += len(r.inserted)
             result.duplicates += len(r.duplicates)

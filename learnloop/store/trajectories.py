@@ -268,9 +268,14 @@ def count_trajectories(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Trajectory)) or 0
 
 
-def stats(session: Session, *, since: dt.datetime | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Trajectory counts by source, by scenario and by day (UTC)."""
+def stats(
+    session: Session, *, since: dt.datetime | None = None, agent: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Trajectory counts by source, by scenario, by agent and by day (UTC); ``agent`` keeps only
+    that agent's."""
     where = [Trajectory.created_at >= since] if since is not None else []
+    if agent is not None:
+        where.append(Trajectory.agent == agent)
     by_source = session.execute(
         select(Trajectory.source, func.count())
         .where(*where)
@@ -291,9 +296,14 @@ def stats(session: Session, *, since: dt.datetime | None = None) -> dict[str, li
         .group_by(Trajectory.split)
         .order_by(Trajectory.split)
     ).all()
+    by_agent = session.execute(
+        select(Trajectory.agent, func.count()).where(*where).group_by(Trajectory.agent)
+        .order_by(func.count().desc(), Trajectory.agent)
+    ).all()
     return {
         "by_source": [{"source": _val(s), "count": n} for s, n in by_source],
         "by_scenario": [{"scenario": s, "count": n} for s, n in by_scenario],
+        "by_agent": [{"agent": a, "count": n} for a, n in by_agent],
         "by_day": [{"day": str(d)[:10], "count": n} for d, n in by_day],
         "by_split": [{"split": _val(s), "count": n} for s, n in by_split],
     }

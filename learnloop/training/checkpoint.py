@@ -23,6 +23,11 @@ from learnloop import paths
 from learnloop.durable import fsync_dir, fsync_file, fsync_tree
 
 MARKER = paths.CHECKPOINT_MARKER
+# Version of the checkpoint layout, kept in trainer_state.json and the marker. 1 = the layout before
+# versions were written (the same files; read as is). Bump it when the layout changes and teach
+# check_format to read or clearly refuse the older one.
+FORMAT_VERSION = 2
+_REQUIRED_STATE = ("position", "dataset_sha256", "algorithm")
 STATE_FILE = paths.CHECKPOINT_STATE_FILE
 
 
@@ -81,7 +86,7 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.op
     torch.save(optimizer.state_dict(), tmp / paths.OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), tmp / paths.SCHEDULER_FILE)
     torch.save(rng_state(), tmp / paths.RNG_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "format_version": FORMAT_VERSION}, indent=2))
     fsync_tree(tmp)
     if final.exists():  # a torn folder of the same step from a crashed run
         shutil.rmtree(final)
@@ -90,7 +95,7 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.op
     hashes = {str(p.relative_to(final)): _sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
     marker_tmp = final / f".{MARKER}.tmp"
     with open(marker_tmp, "w") as fh:
-        json.dump({"step": step, "files": hashes}, fh, indent=2)
+        json.dump({"step": step, "format_version": FORMAT_VERSION, "files": hashes}, fh, indent=2)
         fsync_file(fh)
     os.replace(marker_tmp, final / MARKER)
     fsync_dir(final)
@@ -143,6 +148,32 @@ def latest_checkpoint(output_dir: Path) -> Checkpoint | None:
         if is_committed(path):
             return Checkpoint(path=path, step=step, state=json.loads((path / STATE_FILE).read_text()))
     return None
+
+
+def check_format(ckpt: Checkpoint) -> int:
+    """The checkpoint's format version if this code can resume from it; ConfigError saying why not otherwise."""
+    from learnloop.errors import ConfigError
+
+    version = ckpt.state.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(
+            f"{ckpt.path} has checkpoint format {version!r}, newer than this learnloop reads ({FORMAT_VERSION}). "
+            "Upgrade learnloop, or start over in a new output_dir."
+        )
+    missing = [k for k in _REQUIRED_STATE if k not in ckpt.state]
+    needed = (
+        f"adapter/{paths.ADAPTER_WEIGHTS_FILE}",
+        paths.OPTIMIZER_FILE,
+        paths.SCHEDULER_FILE,
+        paths.RNG_FILE,
+    )
+    files = [f for f in needed if not (ckpt.path / f).is_file()]
+    if missing or files:
+        raise ConfigError(
+            f"{ckpt.path} (checkpoint format {version}) cannot be resumed: it lacks {', '.join(missing + files)}. "
+            f"Start a new output_dir, with init_adapter = \"{ckpt.adapter_dir}\" to keep its weights."
+        )
+    return version
 
 
 def load_training_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

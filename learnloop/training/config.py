@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from learnloop.config import DEFAULT_MAX_LENGTH
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -66,7 +68,10 @@ class TrainConfig(_Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO settings.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings.")
 
-    max_length: int = Field(1024, ge=8, description="Tokens per example; longer ones are truncated.")
+    max_length: int = Field(
+        DEFAULT_MAX_LENGTH, ge=8,
+        description="Tokens per example; longer ones are truncated (default: datasets.max_length's).",
+    )
     batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     epochs: float = Field(1.0, gt=0.0, description="Passes over the dataset.")

@@ -170,6 +170,9 @@ def _save_final(
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / paths.OPTIMIZER_FILE)  # for init_adapter + keep_optimizer_state
     (tmp / paths.TRAIN_CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    from learnloop.models.formats import write_adapter_format
+
+    write_adapter_format(tmp, algorithm=config.algorithm, base_model=config.base_model)
     fsync_tree(tmp)
     if final.exists():
         old = output_dir / f".old-{ADAPTER_DIR}-{os.getpid()}"
@@ -315,6 +318,7 @@ def _setup(
         resumed_from=resume,
     )
     if resume is not None:
+        ckpt_mod.check_format(resume)
         state = resume.state
         if state.get("dataset_sha256") != dataset.sha256 or state.get("algorithm") != config.algorithm:
             raise ConfigError(

@@ -18,6 +18,9 @@ def load_training_model(config: TrainConfig, device: torch.device) -> tuple[Any,
     tokenizer = load_tokenizer(base_path)
     base = load_base(base_path, device, pick_dtype(config.dtype, device))
     if config.init_adapter is not None:
+        from learnloop.models.formats import check_adapter_format
+
+        check_adapter_format(config.init_adapter)  # an adapter from a newer learnloop is refused by name
         model = PeftModel.from_pretrained(base, str(config.init_adapter), is_trainable=True)
     else:
         # Seeded so that a fresh adapter's random A matrices are the same on every (re)start.

@@ -29,6 +29,6 @@ def healthz(db: DbDep, request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/stats")
-def get_stats(db: DbDep) -> dict[str, Any]:
+def get_stats(db: DbDep, agent: str | None = None) -> dict[str, Any]:
     with db.read_session() as s:
-        return stats(s)
+        return stats(s, agent=agent)

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
 from learnloop.store.records import CheckedBatch, CheckedFeedback
 from learnloop.store.trajectories import get_trajectory, ingest
+from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -52,6 +53,7 @@ def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[
             detail=f"Batch has {size} records; the most accepted in one request is {settings.server.max_batch_size} "
             "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
         )
+    fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
     with db.session() as session:
         result = ingest(
             session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
