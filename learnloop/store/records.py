@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, NotRequired
 
+import orjson  # noqa: F401  (importable from here, as before)
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -23,6 +24,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from learnloop.errors import ValidationFailed, problems_text, validation_problems
+from learnloop.jsonio import dumps, dumps_str, loads  # noqa: F401  (importable from here, as before)
 from learnloop.store.models import ScoreSource, Source
 
 # The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
