@@ -72,14 +72,14 @@ class IngestResult:
 
 def insert_new(writer: Writer, table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert the rows whose unique values (primary key, unique columns) are neither stored nor
-    repeated earlier in ``rows``; return the rows inserted.
+    repeated earlier in ``rows``; return the rows inserted (feedback and scores: only their
+    number is reported).
 
     The stored values are looked up first, then the new rows go in with one
-    ``INSERT ... ON CONFLICT DO NOTHING`` (``executemany``). A row that a concurrent writer commits
-    between the two is skipped by the database yet returned here; what hangs off it (feedback,
-    scores) carries an idempotency key and is skipped the same way. Not ``RETURNING``: SQLAlchemy
-    then sends the rows as one multi-row statement whose thousands of placeholders psycopg parses
-    in Python, three times the cost of the rest of the insert (benchmarks/README.md).
+    ``INSERT ... ON CONFLICT DO NOTHING`` (``executemany``): a row a concurrent writer commits
+    between the two is skipped by the database but counted here. Not ``RETURNING``: SQLAlchemy
+    then sends the rows as one multi-row statement whose thousands of placeholders psycopg
+    parses in Python, three times the cost of the rest of the insert (benchmarks/README.md).
     """
     if not rows:
         return []
@@ -89,6 +89,22 @@ def insert_new(writer: Writer, table: Table, rows: list[dict[str, Any]]) -> list
     if fresh:
         _connection(writer).execute(insert_ignoring_duplicates(writer, table), fresh)
     return fresh
+
+
+def _insert_trajectories(writer: Writer, rows: list[dict[str, Any]], now: dt.datetime) -> set[str]:
+    """Insert the trajectory rows (all stamped ``ingested_at = now``); return the ids this call stored.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` skips a row whose id or idempotency key is stored
+    already, by an earlier batch or by a concurrent writer that commits first. The rows this call
+    stored are then exactly those found under their id with this call's ``ingested_at``: the same
+    answer ``RETURNING`` gives, without its cost (see ``insert_new``).
+    """
+    unique = ["id", "idempotency_key"]
+    fresh = _first_of_each(rows, unique, {name: set() for name in unique})
+    if not fresh:
+        return set()
+    _connection(writer).execute(insert_ignoring_duplicates(writer, Trajectory.__table__), fresh)
+    return existing(writer, Trajectory.id, [r["id"] for r in fresh], Trajectory.ingested_at == now)
 
 
 def _first_of_each(
@@ -106,8 +122,8 @@ def _first_of_each(
     return out
 
 
-def existing(writer: Writer, column: Any, values: Iterable[Any]) -> set[Any]:
-    """Which of ``values`` are stored in ``column``."""
+def existing(writer: Writer, column: Any, values: Iterable[Any], *where: Any) -> set[Any]:
+    """Which of ``values`` are stored in ``column`` (in rows that also match ``where``)."""
     wanted = sorted({v for v in values if v is not None})
     if not wanted:
         return set()
@@ -115,10 +131,10 @@ def existing(writer: Writer, column: Any, values: Iterable[Any]) -> set[Any]:
         # One array parameter: an IN list of hundreds of placeholders took PostgreSQL (and
         # psycopg's placeholder parsing) 2-6 times as long to answer.
         values_param = bindparam("values", wanted, type_=ARRAY(column.type))
-        return set(writer.execute(select(column).where(column == any_(values_param))).scalars())
+        return set(writer.execute(select(column).where(column == any_(values_param), *where)).scalars())
     found: set[Any] = set()
     for chunk in chunks(wanted):
-        found.update(writer.execute(select(column).where(column.in_(chunk))).scalars())
+        found.update(writer.execute(select(column).where(column.in_(chunk), *where)).scalars())
     return found
 
 
@@ -215,16 +231,17 @@ def ingest(
     now = utcnow()
     trajectories = batch.get("trajectories") or []
     rows = [trajectory_row(t, project, holdout_fraction, now) for t in trajectories]
-    stored = {id(row) for row in insert_new(session, Trajectory.__table__, rows)}
+    stored = _insert_trajectories(session, rows, now)
 
     result = IngestResult()
     feedback_rows: list[dict[str, Any]] = []
     score_rows: list[dict[str, Any]] = []
     for t, row in zip(trajectories, rows, strict=True):
         tid = row["id"]
-        if id(row) not in stored:  # stored before, or a repeat within this batch
+        if tid not in stored:  # stored before, or a repeat within this batch
             result.duplicates.append(tid)
             continue
+        stored.discard(tid)  # a later copy of the same id in this batch is a duplicate
         result.inserted.append(tid)
         if t.get("feedback") is not None:
             feedback_rows.append(_feedback_row(t["feedback"], tid, now))
@@ -297,7 +314,9 @@ def stats(
         .order_by(Trajectory.split)
     ).all()
     by_agent = session.execute(
-        select(Trajectory.agent, func.count()).where(*where).group_by(Trajectory.agent)
+        select(Trajectory.agent, func.count())
+        .where(*where)
+        .group_by(Trajectory.agent)
         .order_by(func.count().desc(), Trajectory.agent)
     ).all()
     return {
