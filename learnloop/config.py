@@ -206,6 +206,32 @@ class TrainingSettings(_Section):
     )
 
 
+class WatchSettings(_Section):
+    disk_floor_gb: float = Field(1.0, ge=0, description="Free space the data dir needs; below it /readyz answers 503 and `disk_low` alerts fire.")
+    alert_interval_s: float = Field(30.0, gt=0, description="How often the server evaluates the [[alerts]] rules and sends pending alerts.")
+    alert_max_attempts: int = Field(6, ge=1, le=50, description="Tries per alert delivery before it is marked failed.")
+    alert_backoff_s: float = Field(5.0, ge=0, description="Seconds before the first retry of a failed delivery; doubles after each.")
+    alert_timeout_s: float = Field(10.0, gt=0, description="Seconds a webhook has to answer.")
+    metrics_window_hours: float = Field(168.0, gt=0, description="Window of the reward means /metrics reports per scenario.")
+
+
+class AlertRule(_Section):
+    """One `[[alerts]]` entry: when it fires and the webhook it goes to."""
+
+    name: str = Field(description="Unique name of the rule (part of each alert's dedup key).")
+    when: Literal[
+        "job_failed", "loss_spike", "loss_nan", "disk_low", "no_trajectories", "gate_rejected", "promotion", "rollback"
+    ] = Field(description="The condition the rule watches.")
+    url: str = Field(description="Webhook the alert is POSTed to.")
+    format: Literal["json", "slack"] = Field("json", description="'json': the full alert; 'slack': only {'text': ...}.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an Authorization).")
+    spike_factor: float = Field(3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window.")
+    window: int = Field(20, ge=3, description="loss_spike: how many recent steps make the baseline.")
+    min_free_gb: float | None = Field(None, ge=0, description="disk_low: floor in GB (default: watch.disk_floor_gb).")
+    hours: float = Field(24.0, gt=0, description="no_trajectories: hours without a new trajectory before it fires.")
+    repeat_hours: float = Field(24.0, gt=0, description="disk_low/no_trajectories: while the condition lasts, alert again after this long.")
+
+
 class Settings(BaseSettings):
     """All of learnloop's settings. `learnloop config` prints them."""
 
@@ -231,6 +257,8 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
 
     @classmethod
     def settings_customise_sources(

@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
         from learnloop.api.inbox import InboxWatcher
 
         app.state.inbox = None
+        alerts = _start_alerts(db, settings)
         if watch:
             data_dir(settings.data_dir).ensure()
             app.state.inbox = InboxWatcher(db, settings)
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
         finally:
             if app.state.inbox is not None:
                 app.state.inbox.stop()
+            if alerts is not None:
+                alerts.stop()
 
     app = FastAPI(
         title="learnloop",
@@ -76,8 +79,32 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    _install_watch(app)
     _install_error_handlers(app)
     return app
+
+
+def _install_watch(app: FastAPI) -> None:
+    """Status, /readyz, /metrics, the dashboard and its static files (the `watch` stage)."""
+    from fastapi.staticfiles import StaticFiles
+
+    from learnloop.api.routes import dashboard, status
+    from learnloop.api.timing import IngestTimingMiddleware
+
+    app.add_middleware(IngestTimingMiddleware)
+    app.include_router(status.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+
+
+def _start_alerts(db: Database, settings: Settings) -> Any:
+    if not settings.alerts:
+        return None
+    from learnloop.watch.alerts import AlertService
+
+    service = AlertService(db, settings)
+    service.start()
+    return service
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:

@@ -24,6 +24,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "rewards": "learnloop.cli.rewards:rewards_group",
     "train": "learnloop.cli.training:train_group",
     "models": "learnloop.cli.models:models_group",
+    "status": "learnloop.cli.watch:status_cmd",
+    "alerts": "learnloop.cli.watch:alerts_group",
     "demo": "learnloop.cli.demo:demo_cmd",
 }
 

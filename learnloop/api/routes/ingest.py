@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel
 
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
+from learnloop.api.metrics import count_ingested
 from learnloop.store.records import CheckedBatch, CheckedFeedback
 from learnloop.store.trajectories import get_trajectory, ingest
 from learnloop.windows import fill_windows
@@ -58,7 +59,7 @@ def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[
         result = ingest(
             session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
         )
-    return result.as_dict()
+    return count_ingested(result.as_dict())
 
 
 @router.post(
@@ -72,7 +73,7 @@ def post_feedback(trajectory_id: str, feedback: CheckedFeedback, db: DbDep, sett
     feedback["trajectory_id"] = trajectory_id
     with db.session() as session:
         result = ingest(session, {"feedback": [feedback]}, project=settings.project)
-    return result.as_dict()
+    return count_ingested(result.as_dict())
 
 
 @router.get("/trajectories/{trajectory_id}")

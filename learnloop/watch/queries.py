@@ -1,0 +1,334 @@
+"""Small read queries over the tables the other stages write (jobs, versions, evaluations, aliases, events, loops).
+
+The watch stage reads the rows, not the stages' code, so it works whatever of them is built:
+an empty table reads as an empty list, never as an error. Every query is bounded (LIMIT or
+aggregate) so a page stays fast on a database with years of history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from learnloop.store.models import (
+    Alias,
+    AliasEvent,
+    Control,
+    Evaluation,
+    Event,
+    Job,
+    JobState,
+    LoopState,
+    ModelVersion,
+    Score,
+    Source,
+    TrainingMetric,
+    Trajectory,
+    utcnow,
+)
+
+ACTIVE_STATES = (JobState.running, JobState.paused)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _val(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def _num(v: Any) -> float | None:
+    """A JSON-safe float: NaN and infinities become None (JSON has no NaN)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def start_of_day(now: dt.datetime | None = None) -> dt.datetime:
+    now = now or utcnow()
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+# -- loops and control --------------------------------------------------------------------------
+
+def loops(session: Session, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    now = now or utcnow()
+    out = []
+    for row in session.scalars(select(LoopState).order_by(LoopState.name)):
+        readiness = row.readiness or {}
+        reasons = readiness.get("reasons") if isinstance(readiness, dict) else None
+        out.append({
+            "name": row.name,
+            "state": row.state,
+            "head_version": row.head_version_id,
+            "last_check_at": _iso(row.last_check_at),
+            "next_check_at": _iso(row.next_check_at),
+            "next_check_in_s": max(0.0, round((row.next_check_at - now).total_seconds(), 1)) if row.next_check_at else None,
+            "last_cycle_at": _iso(row.last_cycle_at),
+            "ready": readiness.get("ready") if isinstance(readiness, dict) else None,
+            "readiness_reasons": reasons if isinstance(reasons, list) else [],
+            "readiness": readiness,
+            "last_outcome": row.last_outcome or {},
+        })
+    return out
+
+
+def control_switches(session: Session) -> dict[str, Any]:
+    return {row.key: row.value for row in session.scalars(select(Control).order_by(Control.key))}
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+def queue_summary(session: Session) -> dict[str, Any]:
+    """Job counts by state, and by priority for the ones still to run or running."""
+    by_state = {_val(s): n for s, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
+    rows = session.execute(
+        select(Job.priority, Job.state, func.count())
+        .where(Job.state.in_([JobState.queued, JobState.running, JobState.paused]))
+        .group_by(Job.priority, Job.state)
+        .order_by(Job.priority)
+    )
+    by_priority: dict[int, dict[str, int]] = {}
+    for priority, state, n in rows:
+        by_priority.setdefault(priority, {})[_val(state)] = n
+    return {
+        "by_state": {s.value: by_state.get(s.value, 0) for s in JobState},
+        "by_priority": [{"priority": p, **counts} for p, counts in sorted(by_priority.items())],
+        "depth": by_state.get("queued", 0),
+    }
+
+
+def job_view(job: Job, now: dt.datetime | None = None) -> dict[str, Any]:
+    now = now or utcnow()
+    p = job.progress or {}
+    step, total = p.get("step"), p.get("total_steps")
+    eta = _num(p.get("eta_s"))
+    if eta is None and job.state == JobState.running and job.started_at and step and total and step > 0:
+        # No ETA reported: extrapolate from the pace so far.
+        elapsed = (now - job.started_at).total_seconds()
+        eta = round(elapsed / step * max(0, total - step), 1)
+    duration = None
+    if job.started_at:
+        duration = round(((job.finished_at or now) - job.started_at).total_seconds(), 1)
+    return {
+        "id": job.id, "kind": _val(job.kind), "state": _val(job.state), "desired_state": _val(job.desired_state),
+        "priority": job.priority, "loop": job.loop, "attempts": job.attempts, "max_attempts": job.max_attempts,
+        "step": step, "total_steps": total, "loss": _num(p.get("loss")), "tokens_per_s": _num(p.get("tokens_per_s")),
+        "eta_s": eta, "error": job.error, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at), "heartbeat_at": _iso(job.heartbeat_at), "duration_s": duration,
+        "lease_owner": job.lease_owner,
+    }
+
+
+def active_jobs(session: Session) -> list[dict[str, Any]]:
+    now = utcnow()
+    rows = session.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)).order_by(Job.started_at.desc(), Job.id.desc()).limit(20))
+    return [job_view(j, now) for j in rows]
+
+
+def list_jobs(session: Session, *, state: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    now = utcnow()
+    q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+    if state:
+        q = q.where(Job.state == JobState(state))
+    return [job_view(j, now) for j in session.scalars(q)]
+
+
+def queued_jobs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
+    q = select(Job).where(Job.state == JobState.queued).order_by(Job.priority, Job.id).limit(limit)
+    return [job_view(j) for j in session.scalars(q)]
+
+
+def get_job(session: Session, job_id: int) -> dict[str, Any] | None:
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    view = job_view(job)
+    view.update(payload=job.payload or {}, result=job.result or {}, output_tail=job.output_tail,
+                checkpoint_path=job.checkpoint_path, progress=job.progress or {})
+    return view
+
+
+def metric_series(session: Session, job_id: int, *, max_points: int = 400, after_step: int | None = None) -> dict[str, Any]:
+    """Loss, learning rate and tokens/s of a job by step, downsampled on the server.
+
+    Steps are cut into at most ``max_points`` equal buckets and each bucket is averaged in SQL,
+    so a run of a million steps sends the browser a few hundred points. ``after_step`` returns
+    the raw points past a step (what a live view appends).
+    """
+    base = select(func.min(TrainingMetric.step), func.max(TrainingMetric.step), func.count()).where(TrainingMetric.job_id == job_id)
+    if after_step is not None:
+        base = base.where(TrainingMetric.step > after_step)
+    lo, hi, n = session.execute(base).one()
+    if not n:
+        return {"job_id": job_id, "points": [], "count": 0, "bucket": 1, "last_step": after_step}
+    bucket = max(1, math.ceil((hi - lo + 1) / max_points))
+    key = ((TrainingMetric.step - lo) / bucket) if bucket > 1 else TrainingMetric.step
+    if bucket > 1:
+        key = func.floor(key) if session.get_bind().dialect.name == "postgresql" else func.cast(key, type_=TrainingMetric.step.type)
+    q = (
+        select(func.max(TrainingMetric.step), func.avg(TrainingMetric.loss), func.avg(TrainingMetric.learning_rate),
+               func.avg(TrainingMetric.tokens_per_s), func.max(TrainingMetric.loss))
+        .where(TrainingMetric.job_id == job_id)
+        .group_by(key)
+        .order_by(func.max(TrainingMetric.step))
+    )
+    if after_step is not None:
+        q = q.where(TrainingMetric.step > after_step)
+    points = [{"step": s, "loss": _num(loss), "lr": _num(lr), "tokens_per_s": _num(tps), "loss_max": _num(lmax)}
+              for s, loss, lr, tps, lmax in session.execute(q)]
+    return {"job_id": job_id, "points": points, "count": n, "bucket": bucket, "last_step": hi}
+
+
+def recent_losses(session: Session, job_id: int, window: int) -> list[tuple[int, float | None]]:
+    q = (select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == job_id)
+         .order_by(TrainingMetric.step.desc()).limit(window))
+    return [(s, loss) for s, loss in session.execute(q)]
+
+
+# -- versions, evaluations, serving -----------------------------------------------------------
+
+def version_view(v: ModelVersion) -> dict[str, Any]:
+    return {
+        "id": v.id, "name": v.name, "state": _val(v.state), "parent_id": v.parent_id, "loop": v.loop,
+        "algorithm": v.algorithm, "base_model": v.base_model, "dataset_id": v.dataset_id, "job_id": v.job_id,
+        "metrics": v.metrics or {}, "gate": v.gate or {}, "created_at": _iso(v.created_at),
+        "promoted_at": _iso(v.promoted_at), "ever_served": v.ever_served, "note": v.note,
+    }
+
+
+def list_versions(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit))
+    return [version_view(v) for v in rows]
+
+
+def evaluation_view(e: Evaluation) -> dict[str, Any]:
+    gate = e.gate or {}
+    return {
+        "id": e.id, "candidate_id": e.candidate_id, "baseline_id": e.baseline_id, "scenario": e.scenario,
+        "verdict": e.verdict, "metrics": e.metrics or {}, "reasons": gate.get("reasons", []) if isinstance(gate, dict) else [],
+        "created_at": _iso(e.created_at),
+    }
+
+
+def last_evaluation(session: Session) -> dict[str, Any] | None:
+    row = session.scalars(select(Evaluation).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)).first()
+    return evaluation_view(row) if row else None
+
+
+def list_evaluations(session: Session, limit: int = 200, candidate_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    q = select(Evaluation).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(limit)
+    if candidate_ids is not None:
+        q = q.where(Evaluation.candidate_id.in_(candidate_ids))
+    return [evaluation_view(e) for e in session.scalars(q)]
+
+
+def serving(session: Session) -> list[dict[str, Any]]:
+    out = []
+    for a in session.scalars(select(Alias).order_by(Alias.name)):
+        out.append({
+            "alias": a.name, "version": a.version_id or "base", "version_id": a.version_id,
+            "candidate": a.candidate_id, "split": a.split, "shadow": a.shadow, "updated_at": _iso(a.updated_at),
+        })
+    return out
+
+
+def alias_events(session: Session, limit: int = 200, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    q = select(AliasEvent).order_by(AliasEvent.id.desc()).limit(limit)
+    if since is not None:
+        q = q.where(AliasEvent.created_at >= since)
+    return [{"id": e.id, "alias": e.alias, "action": e.action, "from": e.from_version, "to": e.to_version,
+             "actor": e.actor, "reason": e.reason, "created_at": _iso(e.created_at)} for e in session.scalars(q)]
+
+
+def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
+    """Served trajectories per version: count, mean latency (metadata latency_ms) and per day."""
+    latency = Trajectory.meta["latency_ms"].as_float()
+    version = func.coalesce(Trajectory.model_version, "base")
+    served = Trajectory.source == Source.served
+    per_version = [
+        {"version": v, "requests": n, "latency_ms_mean": _num(lat), "latency_ms_max": _num(lmax)}
+        for v, n, lat, lmax in session.execute(
+            select(version, func.count(), func.avg(latency), func.max(latency))
+            .where(served, Trajectory.created_at >= since).group_by(version).order_by(func.count().desc())
+        )
+    ]
+    day = _day(session, Trajectory.created_at)
+    per_day = [{"day": str(d), "version": v, "requests": n} for d, v, n in session.execute(
+        select(day, version, func.count()).where(served, Trajectory.created_at >= since).group_by(day, version).order_by(day)
+    )]
+    return {"per_version": per_version, "per_day": per_day}
+
+
+def live_reward_by_day(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
+    """Mean score on served traffic per day and version (every score aspect averaged together)."""
+    day = _day(session, Trajectory.created_at)
+    version = func.coalesce(Trajectory.model_version, "base")
+    q = (select(day, version, func.avg(Score.value), func.count(func.distinct(Trajectory.id)))
+         .join(Score, Score.trajectory_id == Trajectory.id)
+         .where(Trajectory.source == Source.served, Trajectory.created_at >= since)
+         .group_by(day, version).order_by(day))
+    return [{"day": str(d), "version": v, "reward_mean": _num(m), "trajectories": n} for d, v, m, n in session.execute(q)]
+
+
+# -- trajectories -----------------------------------------------------------------------------
+
+def trajectory_counts(session: Session, now: dt.datetime | None = None) -> dict[str, Any]:
+    today = start_of_day(now)
+    rows = session.execute(
+        select(Trajectory.source, func.count(), func.sum(case((Trajectory.created_at >= today, 1), else_=0)))
+        .group_by(Trajectory.source)
+    )
+    by_source = {s.value: {"total": 0, "today": 0} for s in Source}
+    for source, total, today_n in rows:
+        by_source[_val(source)] = {"total": total, "today": int(today_n or 0)}
+    last = session.scalar(select(func.max(Trajectory.created_at)))
+    return {
+        "total": sum(v["total"] for v in by_source.values()),
+        "today": sum(v["today"] for v in by_source.values()),
+        "by_source": by_source,
+        "last_at": _iso(last),
+    }
+
+
+def latest_trajectory_at(session: Session) -> dt.datetime | None:
+    return session.scalar(select(func.max(Trajectory.created_at)))
+
+
+def reward_means(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
+    q = (select(func.coalesce(Trajectory.scenario, ""), Score.name, func.avg(Score.value), func.count())
+         .join(Trajectory, Trajectory.id == Score.trajectory_id)
+         .where(Score.created_at >= since).group_by(Trajectory.scenario, Score.name))
+    return [{"scenario": sc, "name": name, "mean": _num(m), "count": n} for sc, name, m, n in session.execute(q)]
+
+
+# -- events -----------------------------------------------------------------------------------
+
+def event_view(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "kind": e.kind, "level": e.level, "message": e.message, "loop": e.loop, "job_id": e.job_id,
+            "version_id": e.version_id, "data": e.data or {}, "created_at": _iso(e.created_at)}
+
+
+def events_after(session: Session, after_id: int | None, limit: int = 100) -> list[dict[str, Any]]:
+    """Oldest first after ``after_id`` (what a live stream sends); newest ``limit`` when ``after_id`` is None."""
+    if after_id is None:
+        rows = list(session.scalars(select(Event).order_by(Event.id.desc()).limit(limit)))
+        rows.reverse()
+    else:
+        rows = list(session.scalars(select(Event).where(Event.id > after_id).order_by(Event.id).limit(limit)))
+    return [event_view(e) for e in rows]
+
+
+def _day(session: Session, column: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)
