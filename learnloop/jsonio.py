@@ -42,6 +42,13 @@ def dumps_str(data: Any) -> str:
     return dumps(data).decode()
 
 
+def dumps_column(data: Any) -> str:
+    """JSON for a database column: the standard encoder's spelling, as SQLAlchemy writes it by
+    default (a NaN loss in a job's progress stays NaN, which the alerts look for), with values
+    JSON has no type for written as ``dumps`` writes them."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
 def loads(body: bytes | str) -> Any:
     """Parse JSON; the standard parser takes what orjson refuses (the escape of a lone surrogate)."""
     try:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from learnloop.errors import ConfigError, Conflict, StoreError, StoreUnavailable, ValidationFailed
-from learnloop.jsonio import dumps_str
+from learnloop.jsonio import dumps_column
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -61,9 +61,9 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
             f"Database URL {url!r} is not valid ({exc}). Use e.g. sqlite:///path/learnloop.db "
             "or postgresql+psycopg://user@host:5432/db."
         ) from None
-    # JSON columns are written by the wire format's encoder: faster than json.dumps, and it
-    # stores what JSON cannot spell (a datetime in metadata, say) the way the SDK sends it.
-    kwargs.setdefault("json_serializer", dumps_str)
+    # JSON columns store what JSON has no type for (a datetime in metadata, say) the way the SDK
+    # sends it, instead of failing the write.
+    kwargs.setdefault("json_serializer", dumps_column)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
