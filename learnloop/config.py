@@ -51,6 +51,14 @@ class ServerSettings(_Section):
     )
     inbox_poll_seconds: float = Field(2.0, gt=0, description="How often the server scans the inbox folder for JSONL files.")
     watch_inbox: bool = Field(True, description="Whether `learnloop serve` imports files dropped into the inbox folder.")
+    max_inbox_file_bytes: int | None = Field(
+        None, ge=1, description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/."
+    )
+    read_token: SecretStr | None = Field(
+        None,
+        description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: Bearer <token>' with this token "
+        "or the write token; /healthz stays open but says only what is up.",
+    )
 
 
 class CaptureSettings(_Section):
@@ -232,6 +240,70 @@ class AlertRule(_Section):
     repeat_hours: float = Field(24.0, gt=0, description="disk_low/no_trajectories: while the condition lasts, alert again after this long.")
 
 
+class RegistrySettings(_Section):
+    keep_versions: int = Field(
+        20, ge=0, description="Versions whose adapter files are kept (newest first) besides every version that ever "
+        "served, the loop heads and the alias targets; older ones keep their record, their files are pruned. 0 keeps all.",
+    )
+
+
+class EvaluationSettings(_Section):
+    max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per held-out answer.")
+    limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation uses (unset: all).")
+    judge: bool = Field(False, description="Also ask the LLM judge ([scoring] judge_*) which answer is better, in both orders.")
+    bootstrap_resamples: int = Field(9999, ge=100, description="Bootstrap resamples for the paired 95% intervals.")
+    seed: int = Field(0, description="Seed of generation and of the bootstrap.")
+    device: str = Field("auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'.")
+    concurrency: int = Field(
+        1, ge=1, le=64, description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded."
+    )
+
+
+class GatePolicy(_Section):
+    """When a candidate may replace the baseline. The gate is a pure function of an evaluation and this."""
+
+    min_examples: int = Field(30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive).")
+    metric: Literal["reward", "judge_win_rate"] = Field(
+        "reward", description="What must improve: the paired reward difference, or the judge's win rate over 0.5."
+    )
+    margin: float = Field(0.0, description="The lower bound of the 95% interval of the improvement must exceed this.")
+    max_json_validity_drop: float = Field(0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed.")
+    max_refusal_increase: float = Field(0.02, ge=0, description="Largest rise in the refusal rate allowed.")
+    max_p95_latency_ratio: float = Field(1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's.")
+    latency_slack_ms: float = Field(
+        20.0, ge=0, description="p95 latency rises smaller than this many ms never fail the gate (timer noise)."
+    )
+    max_scenario_regression: float = Field(
+        0.05, ge=0, description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples)."
+    )
+    min_scenario_examples: int = Field(10, ge=1, description="Scenarios with fewer examples are not checked for regression.")
+
+
+class ServingSettings(_Section):
+    base_model: str | None = Field(
+        None,
+        description="Base model `learnloop serve` answers with: a prepared name, an HF folder or a GGUF file "
+        "(unset: the prepared `smollm2` if there is one, else OpenAI routes are off).",
+    )
+    backend: Literal["local", "vllm"] = Field("local", description="'local' (transformers + peft in-process) or 'vllm'.")
+    vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM server (backend = 'vllm').")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (local backend).")
+    dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16' or 'float16' (local backend).")
+    max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one batch (local backend).")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads torch may use (process-wide; unset: torch's default). 1 is often fastest "
+        "for small models on a busy CPU.",
+    )
+    max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
+    default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
+    max_adapters: int = Field(16, ge=1, description="Versions kept loaded; past this the least recently used one no alias names is unloaded.")
+    alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")
+    capture: bool = Field(True, description="Record every served request and answer as a trajectory (source = served).")
+    api_key: SecretStr | None = Field(
+        None, description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set)."
+    )
+
+
 class Settings(BaseSettings):
     """All of learnloop's settings. `learnloop config` prints them."""
 
@@ -257,6 +329,10 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
 

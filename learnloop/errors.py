@@ -21,6 +21,11 @@ class ValidationFailed(LearnloopError):
         self.problems = problems or []
 
 
+class Unparsable(LearnloopError):
+    """A request body or file is not JSON at all (HTTP 400); ValidationFailed is for JSON of the
+    wrong shape."""
+
+
 class NotFound(LearnloopError):
     """A referenced row (trajectory, job, model version, dataset) does not exist."""
 
@@ -54,12 +59,24 @@ class TruncationRefused(ValidationFailed):
         self.check = check
 
 
+def error_location(err: Any) -> str:
+    """A pydantic error's location as ``trajectories.0.messages.1.role``; the checks that look
+    inside a whole record (text, repeated ids) add the path they found under it."""
+    parts = [str(p) for p in err["loc"]]
+    inner = (err.get("ctx") or {}).get("path")
+    if err.get("type") == "conflicting_repeat" and inner:
+        parts = [inner]  # said from the batch's root: the path is the whole location
+    elif inner:
+        parts.append(inner)
+    return ".".join(p for p in parts if p)
+
+
 def validation_problems(exc: Any, prefix: str = "") -> list[tuple[str, str]]:
     """A pydantic ``ValidationError`` as (location, message) pairs, the location dotted like
     ``trajectories.0.messages.1.role`` and put under ``prefix`` when one is given."""
     problems = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = error_location(err)
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
         problems.append((loc or "(root)", err["msg"]))

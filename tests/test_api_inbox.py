@@ -103,7 +103,7 @@ def test_app_lifespan_runs_and_stops_the_watcher(settings: Settings, db: Databas
     with TestClient(app) as client:
         watcher = app.state.inbox
         assert watcher is not None and watcher.running
-        assert client.get("/healthz").json()["inbox"] == {"watching": True, "path": str(inbox)}
+        assert client.get("/healthz").json()["inbox"] == {"watching": True}  # no paths to anonymous callers
         (inbox / "drop.jsonl").write_text(_jsonl(4))
         deadline = time.monotonic() + 20
         while not (inbox / "processed" / "drop.jsonl").exists():
@@ -128,3 +128,110 @@ def test_file_removed_between_scan_and_import_is_skipped(settings: Settings, sql
     outcome = watcher._import_one(ready)
     assert outcome.status == "gone" and _count(sqlite_db) == 0
     assert list((inbox / "failed").iterdir()) == []
+
+
+# -- issue 16.6: links, folders, devices, sizes, files still being written ---------------------------
+
+def _failed_reason(inbox: Path, name: str) -> str:
+    return (inbox / "failed" / f"{name}.error.txt").read_text()
+
+
+def test_links_folders_and_pipes_are_never_followed_or_read(settings: Settings, sqlite_db: Database, tmp_path: Path) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    secret = tmp_path / "elsewhere.jsonl"
+    secret.write_text(_jsonl(3))
+    (inbox / "link.jsonl").symlink_to(secret)
+    (inbox / "dangling.jsonl").symlink_to(tmp_path / "nothing-here")
+    (inbox / "folder.jsonl").mkdir()
+    (inbox / "folder.jsonl" / "inner.jsonl").write_text(_jsonl(1))
+    os.mkfifo(inbox / "pipe.jsonl")  # opening it for reading would block forever
+    assert watcher.poll_once() == [] and watcher.poll_once() == []
+    assert _count(sqlite_db) == 0 and secret.read_text() == _jsonl(3)
+    assert (inbox / "failed" / "link.jsonl").is_symlink()
+    assert "a symbolic link, not a regular file" in _failed_reason(inbox, "link.jsonl")
+    assert "a symbolic link" in _failed_reason(inbox, "dangling.jsonl")
+    assert "a folder" in _failed_reason(inbox, "folder.jsonl") and (inbox / "failed" / "folder.jsonl").is_dir()
+    assert "a named pipe" in _failed_reason(inbox, "pipe.jsonl")
+    assert sorted(p.name for p in inbox.iterdir()) == ["failed", "processed"]
+
+
+def test_entry_swapped_for_a_link_after_the_scan_is_not_read(settings: Settings, sqlite_db: Database, tmp_path: Path) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    f = inbox / "swap.jsonl"
+    f.write_text(_jsonl(1))
+    watcher.poll_once()
+    [ready] = watcher.candidates()
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(_jsonl(2, start=5))
+    f.unlink()
+    f.symlink_to(secret)
+    outcome = watcher._import_one(ready)
+    assert outcome.status == "failed" and "symbolic link" in (outcome.error or "")
+    assert _count(sqlite_db) == 0
+
+
+def test_unmovable_entry_is_logged_once(settings: Settings, sqlite_db: Database, tmp_path: Path,
+                                        monkeypatch, caplog) -> None:
+    import learnloop.api.inbox as inbox_mod
+
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    (inbox / "stuck.jsonl").mkdir()
+
+    def refuse(path: Path, folder: Path) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(inbox_mod, "_move", refuse)
+    for _ in range(3):
+        watcher.poll_once()
+    assert sum("stuck.jsonl is a folder" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_file_over_the_size_limit_is_refused(settings: Settings, sqlite_db: Database) -> None:
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"max_inbox_file_bytes": 200})})
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    (inbox / "big.jsonl").write_text(_jsonl(10))
+    (inbox / "small.jsonl").write_text(_jsonl(1))
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.name == "small.jsonl" and outcome.status == "processed"
+    reason = _failed_reason(inbox, "big.jsonl")
+    assert "over the limit of 200 bytes" in reason and "server.max_inbox_file_bytes" in reason
+    assert _count(sqlite_db) == 1
+    default = InboxWatcher(sqlite_db, settings.model_copy(update={"server": settings.server.model_copy(
+        update={"max_inbox_file_bytes": None, "max_request_bytes": 4096})}))
+    assert default.max_bytes == 4096
+
+
+def test_file_open_for_writing_is_not_taken(settings: Settings, sqlite_db: Database) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    f = inbox / "slow.jsonl"
+    with f.open("w") as writer:
+        writer.write(_jsonl(2))
+        writer.flush()  # size and mtime now stay the same across polls, but the writer is not done
+        for _ in range(3):
+            assert watcher.poll_once() == []
+        writer.write(_jsonl(1, start=2))
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "processed" and outcome.result is not None and outcome.result.inserted == 3
+
+
+def test_file_that_grows_after_import_is_reported(settings: Settings, sqlite_db: Database, caplog) -> None:
+    watcher = InboxWatcher(sqlite_db, settings)
+    inbox = data_dir(settings.data_dir).ensure().inbox
+    (inbox / "grow.jsonl").write_text(_jsonl(2))
+    watcher.poll_once()
+    [outcome] = watcher.poll_once()
+    assert outcome.status == "processed" and outcome.moved_to is not None
+    with outcome.moved_to.open("a") as late:  # a writer that still held the file appends
+        late.write(_jsonl(1, start=2))
+    watcher.poll_once()
+    warning = (inbox / "processed" / "grow.jsonl.warning.txt").read_text()
+    assert "changed after it was imported" in warning and "NOT" in warning
+    assert any("changed after it was imported" in r.getMessage() for r in caplog.records)
+    assert _count(sqlite_db) == 2

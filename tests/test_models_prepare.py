@@ -230,3 +230,34 @@ def test_real_smollm2_conversion_matches_gguf(tmp_path: Path) -> None:
         assert out.shape[1] > ids["input_ids"].shape[1]
     finally:
         shutil.rmtree(data, ignore_errors=True)  # 0.5 GB of fp32 weights: do not leave it in pytest's tmp dirs
+
+
+def test_prepared_model_survives_a_new_virtualenv(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+    # Issue 16.10: the same GGUF found at a new place (a recreated venv) is the same model.
+    data = tmp_path / "data"
+    first = prepare_model(fake_gguf, data, name="smollm2")
+    marker = json.loads((first.path / gguf.MARKER).read_text())
+    assert marker["source_sha256"] == __import__("hashlib").sha256(fake_gguf.read_bytes()).hexdigest()
+    new_venv = tmp_path / "new-venv" / "site-packages" / fake_gguf.name
+    new_venv.parent.mkdir(parents=True)
+    shutil.move(fake_gguf, new_venv)  # the old venv is gone
+    again = prepare_model(new_venv, data, name="smollm2")
+    assert again.reused and len(fake_convert) == 1
+    assert json.loads((first.path / gguf.MARKER).read_text())["source"] == str(new_venv.resolve())
+    different = new_venv.with_name("changed.gguf")
+    different.write_bytes(b"GGUF other content")
+    with pytest.raises(ConfigError, match="different file"):
+        prepare_model(different, data, name="smollm2")
+    assert len(fake_convert) == 1
+
+
+def test_model_prepared_before_hashes_were_recorded(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = prepare_model(fake_gguf, data, name="smollm2")
+    old = {"source": "/gone/venv/model.gguf", "source_size": fake_gguf.stat().st_size, "params": 123}
+    (first.path / gguf.MARKER).write_text(json.dumps(old))  # as an older learnloop wrote it
+    assert prepare_model(fake_gguf, data, name="smollm2").reused
+    assert "source_sha256" in json.loads((first.path / gguf.MARKER).read_text())
+    (first.path / gguf.MARKER).write_text(json.dumps({**old, "source_size": 1}))
+    with pytest.raises(ConfigError, match="different file"):
+        prepare_model(fake_gguf, data, name="smollm2")

@@ -241,7 +241,7 @@ def test_feedback_and_score_insert_matches_the_orm_insert(db: Database) -> None:
 def test_ingest_reports_only_new_rows(db: Database) -> None:
     batch = {"trajectories": [{"id": "a", "messages": chat("q", "a")},
                               {"id": "b", "idempotency_key": "k", "messages": chat("q", "a")},
-                              {"id": "a", "messages": chat("repeated in the batch", "a")}]}
+                              {"id": "a", "messages": chat("q", "a")}]}  # an identical repeat (a different one is a 422)
     with db.session() as s:
         first = ingest(s, parse_batch(batch))
     assert first.inserted == ["a", "b"] and first.duplicates == ["a"]

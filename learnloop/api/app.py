@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
+from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
 from learnloop.errors import (
     Conflict,
@@ -27,6 +28,7 @@ from learnloop.errors import (
 )
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
+from learnloop.store.records import error_location
 
 log = logging.getLogger("learnloop.api")
 
@@ -34,11 +36,14 @@ log = logging.getLogger("learnloop.api")
 STORE_RETRY_AFTER = 5
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None,
+               serving: Any = None, serving_off_reason: str | None = None) -> FastAPI:
     """Build the app. ``db`` defaults to the configured database, migrated to head.
 
     The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:
     ``settings.server.watch_inbox``) is true; TestClient runs the lifespan only inside ``with``.
+    ``serving`` (a ``learnloop.serving.ServingRuntime``) answers the OpenAI routes under ``/v1``;
+    without one they answer 503 with ``serving_off_reason``.
     """
     settings = settings or load_settings()
     db = db or open_database(settings)
@@ -55,9 +60,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
             app.state.inbox = InboxWatcher(db, settings)
             app.state.inbox.start()
             log.info("watching %s every %ss", app.state.inbox.dirs.inbox, app.state.inbox.poll_seconds)
+        if serving is not None:
+            serving.start()  # alias watcher
         try:
             yield
         finally:
+            if serving is not None:
+                serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()
             if alerts is not None:
@@ -79,8 +88,17 @@ def create_app(settings: Settings | None = None, db: Database | None = None, *, 
 
     app.include_router(health.router)
     app.include_router(ingest.router)
+    from learnloop.api.routes import registry as registry_routes
+
+    app.include_router(registry_routes.router)
+    from learnloop.api.routes import aliases, openai_compat
+
+    app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
+    app.include_router(openai_compat.router)
+    app.include_router(aliases.router)
     _install_watch(app)
     _install_error_handlers(app)
+    install_openapi(app, settings)
     return app
 
 
@@ -116,7 +134,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"loc": ".".join(str(p) for p in e["loc"] if p != "body"), "msg": e["msg"]} for e in exc.errors()
+            {"loc": error_location({**e, "loc": [p for p in e["loc"] if p != "body"]}), "msg": e["msg"]}
+            for e in exc.errors()
         ]
         shown = "; ".join(f"{p['loc']}: {p['msg']}" for p in problems[:10])
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -127,7 +146,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LearnloopError)
-    async def _domain(_: Request, exc: LearnloopError) -> JSONResponse:
+    async def _domain(request: Request, exc: LearnloopError) -> JSONResponse:
         if isinstance(exc, ValidationFailed):
             return _error(422, str(exc), problems=[{"loc": loc, "msg": m} for loc, m in exc.problems])
         if isinstance(exc, NotFound):
@@ -137,8 +156,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, Overloaded):
             return _error(429, str(exc), headers={"Retry-After": str(max(1, round(exc.retry_after)))})
         if isinstance(exc, StoreUnavailable):
-            return _error(503, str(exc), headers={"Retry-After": str(STORE_RETRY_AFTER)})
+            # The message names the database's address and the driver's words: for the log, not
+            # for whoever is calling (healthz and reads may be open to anyone).
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            if "locked" in str(exc):
+                text = "The database is busy (locked by another writer). Nothing was stored; retry after Retry-After seconds."
+            else:
+                text = "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds."
+            return _error(503, text, headers={"Retry-After": str(STORE_RETRY_AFTER)})
         if isinstance(exc, StoreError):
-            log.error("database error: %s", exc, exc_info=exc)
+            log.error("database error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
             return _error(500, str(exc))
-        return _error(400, str(exc))
+        return _error(400, str(exc))  # Unparsable (a body that is not JSON) and any other refusal

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import weakref
@@ -175,6 +176,8 @@ class CaptureClient:
             value = float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"reward {name!r} must be a number, got {value!r}.") from None
+        if not math.isfinite(value):
+            raise ValidationFailed(f"reward {name!r} must be a finite number, got {value!r}.")
         if not name:
             raise ValidationFailed("a reward needs a name.")
         if self._was_dropped(trajectory_id):

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -193,9 +194,12 @@ class TrajectoryRecorder:
         if not name:
             raise ValidationFailed("a reward needs a name, e.g. t.reward('task_success', 1.0).")
         try:
-            self.scores[name] = float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValidationFailed(f"reward {name!r} must be a number, got {value!r}.") from None
+        if not math.isfinite(number):  # the store refuses it: say so here, not by losing the trajectory later
+            raise ValidationFailed(f"reward {name!r} must be a finite number, got {value!r}.")
+        self.scores[name] = number
 
     def feedback(self, **signals: Any) -> None:
         """Feedback on this trajectory: rating, thumbs, success, correction, comment, author, metadata."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -19,11 +20,18 @@ LAZY_COMMANDS: dict[str, str] = {
     "db": "learnloop.cli.main:db_group",
     "stats": "learnloop.cli.main:stats_cmd",
     "serve": "learnloop.cli.serve:serve_cmd",
+    "chat": "learnloop.cli.serve:chat_cmd",
+    "alias": "learnloop.cli.serve:alias_group",
     "import": "learnloop.cli.imports:import_cmd",
     "capture": "learnloop.cli.capture:capture_group",
     "rewards": "learnloop.cli.rewards:rewards_group",
     "train": "learnloop.cli.training:train_group",
     "models": "learnloop.cli.models:models_group",
+    "versions": "learnloop.cli.versions:versions_group",
+    "eval": "learnloop.cli.evaluation:eval_group",
+    "export": "learnloop.cli.versions:export_cmd",
+    "promote": "learnloop.cli.versions:promote_cmd",  # shortcuts for `versions promote|rollback`
+    "rollback": "learnloop.cli.versions:rollback_cmd",
     "status": "learnloop.cli.watch:status_cmd",
     "alerts": "learnloop.cli.watch:alerts_group",
     "demo": "learnloop.cli.demo:demo_cmd",
@@ -59,7 +67,18 @@ def settings():  # noqa: ANN201 - small indirection so tests can point at their 
 
 
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    # Strict JSON: NaN and infinities (which json.dumps would print bare) become null.
+    click.echo(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 @click.command("config")

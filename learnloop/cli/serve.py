@@ -1,8 +1,10 @@
-"""`learnloop serve`: the HTTP server (ingest API, OpenAPI docs, inbox watcher)."""
+"""`learnloop serve`: the HTTP server (ingest API, OpenAI routes, inbox watcher); `learnloop chat`; `learnloop alias`."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 
 import click
 
@@ -17,31 +19,55 @@ from learnloop.cli.main import settings
     default=None,
     help="Import JSONL files dropped into <data dir>/inbox. [default: server.watch_inbox]",
 )
+@click.option("--model", "base_model", default=None,
+              help="Base model the OpenAI routes answer with. [default: serving.base_model, else the prepared smollm2]")
+@click.option("--no-openai", is_flag=True, help="Do not load a model; the OpenAI routes answer 503.")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
-def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, log_level: str) -> None:
-    """Run the learnloop server. Applies database migrations first; API docs at /docs."""
+def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, base_model: str | None, no_openai: bool,
+              log_level: str) -> None:
+    """Run the learnloop server. Applies database migrations first; API docs at /docs.
+
+    OpenAI-compatible routes (/v1/chat/completions, /v1/models) answer with the base model,
+    the `learnloop` alias and every trained version; point an OpenAI client's base_url at
+    http://HOST:PORT/v1.
+    """
     import uvicorn
 
     from learnloop import __version__
     from learnloop.api import create_app
+    from learnloop.errors import ConfigError
     from learnloop.paths import data_dir
     from learnloop.store import open_database
 
     s = settings()
+    if base_model:
+        s.serving.base_model = base_model
     host = host or s.server.host
     port = port or s.server.port
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     data_dir(s.data_dir).ensure()
     db = open_database(s)  # migrations applied here; an unreachable database stops the start with a clear error
-    app = create_app(s, db, watch_inbox=watch_inbox)
+    runtime, off_reason = None, "OpenAI routes are off (`learnloop serve --no-openai`)."
+    if not no_openai:
+        from learnloop.serving.setup import build_runtime
+
+        try:
+            runtime = build_runtime(s, db)
+        except ConfigError as exc:
+            if base_model or s.serving.base_model:
+                raise  # a model was named and cannot be loaded: say so and stop
+            off_reason = str(exc)
+            click.echo(f"OpenAI routes off: {exc}", err=True)
+    app = create_app(s, db, watch_inbox=watch_inbox, serving=runtime, serving_off_reason=off_reason)
     watching = s.server.watch_inbox if watch_inbox is None else watch_inbox
+    serving = f"serving {getattr(runtime.backend, 'base_model', s.serving.backend)} at /v1; " if runtime else ""
     click.echo(
-        f"learnloop {__version__} on http://{host}:{port} (database {s.public_dict()['database_url']}; "
+        f"learnloop {__version__} on http://{host}:{port} ({serving}database {s.public_dict()['database_url']}; "
         + (f"watching {data_dir(s.data_dir).inbox})" if watching else "inbox not watched)"),
         err=True,
     )
@@ -49,3 +75,142 @@ def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, log_
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         db.dispose()
+
+
+@click.command("chat")
+@click.option("--model", default="learnloop", show_default=True, help="Model name: learnloop, base or a version id.")
+@click.option("--url", default=None, help="Server base URL. [default: http://server.host:server.port]")
+@click.option("-m", "--message", default=None, help="Send one message, print the answer and exit.")
+@click.option("--system", default=None, help="A system message to start the conversation with.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None)
+def chat_cmd(model: str, url: str | None, message: str | None, system: str | None, temperature: float,
+             max_tokens: int | None) -> None:
+    """Chat with a served model in the terminal (`learnloop serve` must be running). /reset clears, /quit ends."""
+    import httpx
+
+    s = settings()
+    url = (url or f"http://{s.server.host}:{s.server.port}").rstrip("/")
+    key = s.serving.api_key or s.api_token
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    interactive = message is None
+    if interactive:
+        click.echo(f"chatting with {model} at {url} (/reset, /quit)", err=True)
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
+        while True:
+            if interactive:
+                try:
+                    text = input("> ")
+                except (EOFError, KeyboardInterrupt):
+                    click.echo("", err=True)
+                    return
+                if text.strip() in ("/quit", "/exit"):
+                    return
+                if text.strip() == "/reset":
+                    history = history[:1] if system else []
+                    continue
+                if not text.strip():
+                    continue
+            else:
+                text = message
+            history.append({"role": "user", "content": text})
+            answer = _stream_answer(http, model, history, temperature, max_tokens)
+            history.append({"role": "assistant", "content": answer})
+            if not interactive:
+                return
+
+
+def _stream_answer(http, model: str, history: list[dict], temperature: float, max_tokens: int | None) -> str:  # noqa: ANN001
+    import httpx
+
+    from learnloop.errors import LearnloopError, StoreUnavailable
+
+    body = {"model": model, "messages": history, "stream": True, "temperature": temperature}
+    if max_tokens:
+        body["max_tokens"] = max_tokens
+    parts: list[str] = []
+    try:
+        with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    detail = resp.json()["error"]["message"]
+                except Exception:
+                    detail = resp.text
+                raise LearnloopError(f"{resp.status_code}: {detail}")
+            version = resp.headers.get("x-learnloop-version")
+            for line in resp.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[5:]).get("choices", []):
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        parts.append(delta)
+                        sys.stdout.write(delta)
+                        sys.stdout.flush()
+    except httpx.HTTPError as exc:
+        raise StoreUnavailable(f"Cannot reach the server at {http.base_url}: {exc}. Is `learnloop serve` running?") from None
+    sys.stdout.write("\n")
+    if version:
+        click.echo(f"[{version}]", err=True)
+    return "".join(parts)
+
+
+@click.group("alias")
+def alias_group() -> None:
+    """What each served name (`learnloop`, one per loop) points at; servers follow within a second."""
+
+
+@alias_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def alias_list(as_json: bool) -> None:
+    """Every alias, its version, and its A/B candidate."""
+    from learnloop.store import open_database
+    from learnloop.store.aliases import list_aliases
+
+    rows = [a.__dict__ for a in list_aliases(open_database(settings()))]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no aliases yet: `learnloop` serves the base model")
+    for a in rows:
+        extra = f" (candidate {a['candidate_id']}: split {a['split']}, shadow {a['shadow']})" if a["candidate_id"] else ""
+        click.echo(f"{a['name']} -> {a['version_id'] or 'base'}{extra}")
+
+
+@alias_group.command("set")
+@click.argument("alias")
+@click.argument("version")
+@click.option("--reason", default=None, help="Why (kept in the alias log).")
+def alias_set(alias: str, version: str, reason: str | None) -> None:
+    """Point ALIAS at VERSION (a version id, or `base`)."""
+    from learnloop.serving.runtime import set_alias
+    from learnloop.store import open_database
+
+    set_alias(open_database(settings()), alias, version, actor="cli", reason=reason)
+    click.echo(f"{alias} -> {version}")
+
+
+@alias_group.command("split")
+@click.argument("alias")
+@click.argument("candidate")
+@click.option("--share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the alias's traffic answered by CANDIDATE (sticky per `user`).")
+@click.option("--shadow", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests CANDIDATE also answers unseen (both answers captured).")
+@click.option("--reason", default=None)
+def alias_split(alias: str, candidate: str, share: float, shadow: float, reason: str | None) -> None:
+    """Send a share of ALIAS's traffic to CANDIDATE (`none` ends the split)."""
+    from learnloop.serving.runtime import ensure_version
+    from learnloop.store import open_database
+    from learnloop.store.aliases import set_split
+
+    db = open_database(settings())
+    with db.session() as session:
+        if candidate != "none":
+            ensure_version(session, candidate)
+        set_split(session, alias, None if candidate == "none" else candidate, split=share, shadow=shadow,
+                  actor="cli", reason=reason)
+    click.echo(f"{alias}: candidate {candidate}, split {share}, shadow {shadow}")

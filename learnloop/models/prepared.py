@@ -12,7 +12,9 @@ half-written folder under a model's name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import importlib.util
 import json
 import os
@@ -144,23 +146,80 @@ def prepare_model(
     models = _models_dir(data_dir)
     target = models / target_name
     if _is_hf_folder(target) and not force:
-        info = _info(target, reused=True)
-        if info.source and Path(info.source) != gguf.resolve():
+        if not _same_source(target, gguf):
             raise ConfigError(
-                f"Model name {target_name!r} is already prepared from {info.source}, not {gguf}: "
-                "pick another name or re-prepare with force."
+                f"Model name {target_name!r} is already prepared from a different file than {gguf} "
+                f"(content differs from {_read_marker(target).get('source')}): pick another name or re-prepare with force."
             )
-        return info
+        return _info(target, reused=True)
     models.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(models)
     tmp = models / f"{_TMP_PREFIX}{target_name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _convert(gguf, tmp)
+        _write_marker(tmp, {**_read_marker(tmp), **_source_fields(gguf, _sha256(gguf))})
         _publish(tmp, target, force=force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return _info(target)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source_fields(gguf: Path, sha256: str) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"source": str(gguf.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
+            "source_sha256": sha256}
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_marker(folder: Path, marker: dict[str, Any]) -> None:
+    tmp = folder / f".{MARKER}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    os.replace(tmp, folder / MARKER)
+
+
+def _same_source(folder: Path, gguf: Path) -> bool:
+    """Whether the prepared ``folder`` came from a file with the content of ``gguf``.
+
+    Compared by content (SHA-256), not path: the same file found at a new place (a recreated
+    virtualenv, a moved project) is the same model. The hash is skipped when the path, size and
+    mtime are the ones recorded. Folders prepared before hashes were recorded are compared with
+    their source file when it is still there, else by size; either way the hash is recorded then.
+    """
+    marker = _read_marker(folder)
+    if not marker.get("source"):
+        return True  # a folder made by hand: nothing to compare with
+    st = gguf.stat()
+    recorded = marker.get("source_sha256")
+    if (recorded and marker["source"] == str(gguf.resolve()) and marker.get("source_size") == st.st_size
+            and marker.get("source_mtime_ns") == st.st_mtime_ns):
+        return True
+    digest = _sha256(gguf)
+    if recorded:
+        same = digest == recorded
+    elif Path(marker["source"]).is_file():
+        same = Path(marker["source"]).resolve() == gguf.resolve() or _sha256(Path(marker["source"])) == digest
+    else:  # an older marker whose source is gone: its size is all there is to compare
+        same = marker.get("source_size") in (None, st.st_size)
+    if same:
+        with contextlib.suppress(OSError):  # a read-only models folder still resolves
+            _write_marker(folder, {**marker, **_source_fields(gguf, digest)})
+    return same
 
 
 def _convert(gguf: Path, out: Path) -> None:

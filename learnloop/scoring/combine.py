@@ -27,6 +27,7 @@ the plain weighted mean of every aspect.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,9 @@ def combine(
     missing from the weights weighs 1.0, weight 0 ignores it. With them, the explicit-first rule of
     the module docstring applies. None when nothing counts.
     """
+    # NaN/inf stored before the ingest refused them are not rewards: they would poison every mean.
+    if not all(map(math.isfinite, aspects.values())):
+        aspects = {n: v for n, v in aspects.items() if math.isfinite(v)}
     rule = CombineRule.of(weights)
     w = rule.weights
     if sources is None or rule.policy.mode == "mean":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,7 @@ def signal_values(fb: Any, config: ScoringSettings) -> dict[str, float]:
     """The signals one feedback row carries, each mapped onto the configured range."""
     lo, hi = (-1.0, 1.0) if config.feedback_range == "signed" else (0.0, 1.0)
     out: dict[str, float] = {}
-    if fb.rating is not None:
+    if fb.rating is not None and math.isfinite(fb.rating):  # NaN/inf predate the ingest's refusal
         frac = (fb.rating - config.rating_min) / (config.rating_max - config.rating_min)
         out["rating"] = lo + min(1.0, max(0.0, frac)) * (hi - lo)
     if fb.thumbs is not None:

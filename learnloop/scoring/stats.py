@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -93,6 +94,8 @@ def _latest_scores(
     latest: dict[str, dict[str, tuple[float, str]]] = {}
     info: dict[str, tuple[str | None, str, str]] = {}
     for tid, name, value, score_source, scen, source, created in session.execute(q):
+        if not math.isfinite(value):  # stored before the ingest refused NaN/inf: it would poison every mean
+            continue
         latest.setdefault(tid, {})[name] = (value, _val(score_source))  # newer rows overwrite older
         info[tid] = (scen, _val(source), created.date().isoformat())
     return latest, info

@@ -1,1 +1,39 @@
-"""Serving: OpenAI-compatible answers from the base model and every trained version (see backend.py)."""
+"""Serving: OpenAI-compatible answers from the base model and every trained version.
+
+``LocalBackend`` (transformers + peft in-process) and ``VllmBackend`` (a vLLM server) implement the
+``ServingBackend`` interface in backend.py; ``ServingRuntime`` keeps a process's aliases in step with
+the database; ``set_alias`` moves an alias (every server converges on it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk, ServingBackend
+
+if TYPE_CHECKING:
+    from learnloop.serving.local import LocalBackend
+    from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
+    from learnloop.serving.vllm import VllmBackend
+
+_LAZY = {
+    "LocalBackend": "learnloop.serving.local",  # imports torch: only when asked for
+    "VllmBackend": "learnloop.serving.vllm",
+    "ServingRuntime": "learnloop.serving.runtime",
+    "ServedCapture": "learnloop.serving.runtime",
+    "set_alias": "learnloop.serving.runtime",
+    "build_runtime": "learnloop.serving.setup",
+    "default_base_model": "learnloop.serving.setup",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(name)
+
+
+__all__ = ["BASE", "ChatRequest", "ChatResult", "Chunk", "LocalBackend", "ServedCapture", "ServingBackend",
+           "ServingRuntime", "VllmBackend", "build_runtime", "default_base_model", "set_alias"]

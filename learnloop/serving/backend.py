@@ -7,7 +7,7 @@ adapter was loaded under (a version id, which never changes meaning).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,18 @@ class ChatResult:
     tool_calls: list[dict[str, Any]] | None = None
 
 
+@dataclass
+class Chunk:
+    """One piece of a streamed answer (``astream``): a text delta of choice ``index``, or its end."""
+
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None  # set on the last chunk of a choice; "cancelled" when cut short
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+
+
 class ServingBackend(Protocol):
     def load_adapter(self, name: str, path: Path) -> None:
         """Make ``name`` answerable; loading an already loaded name is a no-op (names are immutable)."""
@@ -50,3 +62,7 @@ class ServingBackend(Protocol):
 
     def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
         """Text deltas as they are generated (n = 1)."""
+
+    def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Chunks of every choice as they are generated, for the HTTP server. Closing the iterator
+        (``aclose``, e.g. when the client disconnects) stops the generation and frees its slot."""

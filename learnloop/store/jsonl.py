@@ -11,18 +11,22 @@ same file twice stores it once.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
-from learnloop.errors import NotFound, ValidationFailed, validation_problems
+from learnloop.errors import LearnloopError, NotFound, ValidationFailed
 from learnloop.store.db import Database
-from learnloop.store.records import TRAJECTORY, TrajectoryIn
+from learnloop.store.records import TRAJECTORY, TrajectoryIn, error_location, orjson
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
 from learnloop.windows import fill_windows
 
@@ -86,29 +90,96 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
     try:
         return TRAJECTORY.validate_python(data), []
     except ValidationError as exc:
-        return None, [(f"{where}: {loc}", msg) for loc, msg in validation_problems(exc)]
+        return None, [
+            (f"{where}: {error_location(err) or '(record)'}", err["msg"]) for err in exc.errors()
+        ]
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+@dataclass(frozen=True)
+class FileRules:
+    """What a file must be before it is read (the inbox's rules; ``learnloop import`` has none).
+
+    ``regular_only``: refuse anything but a regular file, checked on the opened descriptor, and
+    never follow a symlink (so an entry swapped after the inbox's scan is still caught).
+    ``max_bytes``: refuse a larger file. ``expect``: the (device, inode) the caller checked.
+    """
+
+    regular_only: bool = False
+    max_bytes: int | None = None
+    expect: tuple[int, int] | None = None
+
+
+NO_RULES = FileRules()
+
+
+def _open(path: Path, rules: FileRules) -> Any:
+    if not rules.regular_only and rules.max_bytes is None:
+        return path.open("rb")
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: a symlink is refused.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     try:
-        with path.open("rb") as fh:
-            yield from enumerate(fh, start=1)
+        st = os.fstat(fd)
+        if rules.regular_only and not stat.S_ISREG(st.st_mode):
+            raise ValidationFailed(f"{path.name} is not a regular file ({file_kind(st.st_mode)}); it was not read.")
+        if rules.expect is not None and (st.st_dev, st.st_ino) != rules.expect:
+            raise ValidationFailed(f"{path.name} was replaced by another file while being taken; it was not read.")
+        if rules.max_bytes is not None and st.st_size > rules.max_bytes:
+            raise ValidationFailed(
+                f"{path.name} is {st.st_size} bytes, over the limit of {rules.max_bytes} (server.max_inbox_file_bytes); "
+                "split it into smaller files (or raise the setting). Nothing from it was stored."
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _lines(path: Path, rules: FileRules = NO_RULES) -> Iterator[tuple[int, bytes]]:
+    try:
+        with _open(path, rules) as fh:
+            for line_no, raw in enumerate(fh, start=1):
+                if rules.max_bytes is not None and fh.tell() > rules.max_bytes:  # grew past the limit while read
+                    raise ValidationFailed(f"{path.name} grew over {rules.max_bytes} bytes (server.max_inbox_file_bytes) "
+                                           "while being read. Nothing from it was stored.")
+                yield line_no, raw
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist (was it moved while being imported?).") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValidationFailed(f"{path.name} is a symbolic link; the inbox never follows links. It was not read.") from None
         raise ValidationFailed(f"Cannot read {path}: {exc.strerror or exc}. Check the path and its permissions.") from None
 
 
-def validate_jsonl(path: Path | str) -> int:
-    """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem."""
+def validate_jsonl(path: Path | str, rules: FileRules = NO_RULES) -> int:
+    """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem.
+
+    An id on two lines with different content is a problem naming both lines (the same id with
+    the same content is a duplicate, stored once).
+    """
     path = Path(path)
     problems: list[Problem] = []
     total_problems = 0
     records = 0
-    for line_no, raw in _lines(path):
+    seen: dict[str, tuple[int, bytes]] = {}  # id: (first line, digest of its content)
+    for line_no, raw in _lines(path, rules):
         record, line_problems = parse_line(raw, line_no)
         if record is not None:
             records += 1
+            tid = record["id"]
+            digest = _content_digest(record)
+            first = seen.setdefault(tid, (line_no, digest))  # type: ignore[arg-type]
+            if first[1] != digest:
+                line_problems = [(f"line {line_no}: id", f"repeats the id {tid!r} of line {first[0]} with different "
+                                  "content; one id is one record (an identical repeat is a harmless duplicate)")]
         total_problems += len(line_problems)
         problems.extend(line_problems[: max(0, MAX_PROBLEMS - len(problems))])
     if total_problems:
@@ -116,22 +187,40 @@ def validate_jsonl(path: Path | str) -> int:
     return records
 
 
+def _content_digest(record: TrajectoryIn) -> bytes:
+    if orjson is not None:
+        try:
+            return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+        except TypeError:
+            pass
+    text = json.dumps(record, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def iter_chunks(path: Path | str, chunk_size: int = CHUNK_SIZE) -> Iterator[list[TrajectoryIn]]:
     """Validated records of ``path`` in chunks; raises ValidationFailed at the first bad line."""
-    path = Path(path)
+    for chunk, _, _ in _chunks_with_lines(Path(path), chunk_size):
+        yield chunk
+
+
+def _chunks_with_lines(path: Path, chunk_size: int, rules: FileRules = NO_RULES) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
+    """As ``iter_chunks``, each chunk with the numbers of its first and last line."""
     chunk: list[TrajectoryIn] = []
-    for line_no, raw in _lines(path):
+    first = 0
+    for line_no, raw in _lines(path, rules):
         record, problems = parse_line(raw, line_no)
         if problems:
             # The file passed validation, so it changed under us: refuse rather than store part of it.
             raise ValidationFailed(_summary(path, problems, len(problems), changed=True), problems)
         if record is not None:
+            if not chunk:
+                first = line_no
             chunk.append(record)
             if len(chunk) >= chunk_size:
-                yield chunk
+                yield chunk, first, line_no
                 chunk = []
     if chunk:
-        yield chunk
+        yield chunk, first, line_no
 
 
 def import_jsonl(
@@ -142,17 +231,34 @@ def import_jsonl(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     chunk_size: int = CHUNK_SIZE,
     window: str = "1h",
+    rules: FileRules = NO_RULES,
 ) -> ImportResult:
-    """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates)."""
+    """Import one JSONL file all-or-nothing. Re-importing the same file is a no-op (all duplicates).
+
+    A row the database refuses makes the whole file fail with ValidationFailed naming the lines
+    of the chunk it was in (the driver does not say which row); an unreachable or busy database
+    raises as it is (StoreUnavailable, OperationalError): the file is fine, retry it later.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValidationFailed(f"{path} is a folder; import_jsonl takes one file (see jsonl_files).")
-    records = validate_jsonl(path)
+    records = validate_jsonl(path, rules)
     result = ImportResult(path=str(path), records=records)
     with db.session() as session:
-        for chunk in iter_chunks(path, chunk_size):
+        for chunk, first, last in _chunks_with_lines(path, chunk_size, rules):
             fill_windows(chunk, window)  # lines without a window: the capture.window their time falls in
-            r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
+            try:
+                r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
+            except (LearnloopError, OperationalError):
+                raise
+            except Exception as exc:  # the database (or a value it cannot take) refused a row of these lines
+                where = f"line {first}" if first == last else f"lines {first}-{last}"
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValidationFailed(
+                    f"{path.name}: the database refused a record on {where}: {reason}. "
+                    "Nothing from this file was stored; fix that record and import it again.",
+                    [(where, reason)],
+                ) from exc
             result.inserted += len(r.inserted)
             result.duplicates += len(r.duplicates)
             result.feedback_inserted += r.feedback_inserted

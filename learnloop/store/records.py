@@ -9,21 +9,30 @@ A JSONL line, an API item and an SDK record all have this shape::
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any, Literal, NotRequired
 
-import orjson  # noqa: F401  (importable from here, as before)
+import orjson
 from pydantic import (
     AfterValidator,
     AliasChoices,
     BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from learnloop.errors import ValidationFailed, problems_text, validation_problems
+from learnloop.errors import (
+    Unparsable,
+    ValidationFailed,
+    error_location,  # noqa: F401  (importable from here, as before)
+    problems_text,
+    validation_problems,
+)
 from learnloop.jsonio import dumps, dumps_str, loads  # noqa: F401  (importable from here, as before)
 from learnloop.store.models import ScoreSource, Source
 
@@ -42,6 +51,100 @@ def _no_nones(d: dict[str, Any]) -> dict[str, Any]:
     # OpenAI SDK dumps carry explicit nulls ("name": null, "content": null beside tool calls);
     # they are stored as absent keys, one spelling for the same message.
     return {k: v for k, v in d.items() if v is not None} if None in d.values() else d
+
+
+# -- values the store cannot keep ---------------------------------------------------------------
+# Each is refused here, in the one schema every input path validates with (HTTP, JSONL, the SDK),
+# so a record the database would refuse (or keep differently on SQLite and PostgreSQL) is a 422
+# naming its field instead of a 500, a driver message, or a batch that can never be delivered.
+
+_UTC = dt.UTC
+
+
+def _storable_datetime(v: dt.datetime | None) -> dt.datetime | None:
+    # Stored as UTC: a time whose conversion to UTC leaves the calendar (year 1 at +01:00, year
+    # 9999 at -01:00) raised OverflowError deep in the store.
+    if v is not None and v.tzinfo is not None:
+        try:
+            v.astimezone(_UTC)
+        except OverflowError:
+            raise ValueError(
+                f"{v.isoformat()} is outside the range of a UTC timestamp (it must fall within the years 1 to 9999 once "
+                "converted to UTC)"
+            ) from None
+    return v
+
+
+StoredDateTime = Annotated[dt.datetime | None, AfterValidator(_storable_datetime)]
+
+# NaN and the infinities break every statistic made of them (a mean of anything with NaN is NaN)
+# and JSON has no spelling for them; a number too large for a float (1e999) reads as infinity.
+Finite = FiniteFloat
+
+TEXT_RULE = (
+    "Text must be storable the same way on every database: a NUL character (\\u0000) or a lone UTF-16 "
+    "surrogate (half of a character, such as an emoji cut in two) anywhere in a record, keys included, is refused"
+)
+
+
+def _string_problem(s: str) -> str | None:
+    if "\x00" in s:
+        return "holds a NUL character (\\u0000), which PostgreSQL cannot store (refused on every database alike); remove it"
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"holds the lone UTF-16 surrogate {s[exc.start:exc.end]!r} (half of a character, e.g. an emoji cut in two), "
+                "which is not valid Unicode; send valid UTF-8 or replace that character"
+            )
+    return None
+
+
+def _walk_text(value: Any, path: tuple[str, ...]) -> tuple[str, str] | None:
+    """The first string (or key) in ``value`` that cannot be stored, as (path, reason)."""
+    if isinstance(value, str):
+        problem = _string_problem(value)
+        return (".".join(path), problem) if problem else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = k if isinstance(k, str) else str(k)
+            if isinstance(k, str):
+                problem = _string_problem(k)
+                if problem:
+                    return (".".join((*path, repr(k))), f"this key {problem}")
+            found = _walk_text(v, (*path, _printable(key)))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _walk_text(v, (*path, str(i)))
+            if found:
+                return found
+    return None
+
+
+def _printable(key: str) -> str:
+    return key if _string_problem(key) is None else repr(key)
+
+
+def _storable_text(record: Any) -> Any:
+    """Refuse a record holding text no database keeps as sent: NUL, lone surrogates.
+
+    One C-speed encode finds the usual record clean (orjson escapes NUL as ``\\u0000`` and
+    refuses a lone surrogate); only a suspect record is walked, to name the field.
+    """
+    if orjson is not None:
+        try:
+            if b"\\u0000" not in orjson.dumps(record):
+                return record
+        except TypeError:  # a lone surrogate, or keys/values orjson does not take: walk it
+            pass
+    found = _walk_text(record, ())
+    if found:
+        path, reason = found
+        raise PydanticCustomError("unstorable_text", "{reason}", {"reason": reason, "path": path})
+    return record
 
 
 class ToolCallFunction(TypedDict):
@@ -127,20 +230,26 @@ def _thumbs(v: Any) -> Any:
 FEEDBACK_SIGNALS = ("rating", "thumbs", "success", "correction", "comment")
 
 
-class FeedbackIn(TypedDict):
-    """Feedback on one trajectory. At least one signal must be present."""
+def _one_signal_schema(schema: dict[str, Any]) -> None:
+    # The rule _some_signal enforces, said in the JSON schema too: one signal present and not null.
+    schema["anyOf"] = [{"required": [k], "properties": {k: {"not": {"type": "null"}}}} for k in FEEDBACK_SIGNALS]
 
-    __pydantic_config__ = _STRICT  # type: ignore[misc]
-    trajectory_id: NotRequired[Annotated[str | None, Field(description="Set by the caller for late feedback; implied inside a trajectory.")]]
-    idempotency_key: NotRequired[str | None]
-    rating: NotRequired[Annotated[float | None, Field(description="Numeric rating, any scale; scoring normalises it.")]]
+
+class FeedbackIn(TypedDict):
+    """Feedback on one trajectory. At least one signal (rating, thumbs, success, correction,
+    comment) must be present and not null."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=_one_signal_schema)  # type: ignore[misc]
+    trajectory_id: NotRequired[Annotated[str | None, Field(max_length=64, description="Set by the caller for late feedback; implied inside a trajectory.")]]
+    idempotency_key: NotRequired[Annotated[str | None, Field(max_length=128)]]
+    rating: NotRequired[Annotated[Finite | None, Field(description="Numeric rating, any scale; scoring normalises it.")]]
     thumbs: NotRequired[Annotated[Literal[-1, 1] | None, BeforeValidator(_thumbs), Field(description="+1 thumbs up, -1 thumbs down.")]]
     success: NotRequired[Annotated[bool | None, Field(description="Whether the task succeeded.")]]
     correction: NotRequired[Annotated[str | dict[str, Any] | None, Field(description="The corrected answer (text or assistant message).")]]
     comment: NotRequired[str | None]
-    author: NotRequired[str | None]
+    author: NotRequired[Annotated[str | None, Field(max_length=128)]]
     metadata: NotRequired[dict[str, Any]]
-    created_at: NotRequired[dt.datetime | None]
+    created_at: NotRequired[StoredDateTime]
 
 
 def _some_signal(f: FeedbackIn) -> FeedbackIn:
@@ -149,20 +258,23 @@ def _some_signal(f: FeedbackIn) -> FeedbackIn:
     return f
 
 
-CheckedFeedback = Annotated[FeedbackIn, AfterValidator(_some_signal)]
+CheckedFeedback = Annotated[FeedbackIn, AfterValidator(_some_signal), AfterValidator(_storable_text)]
 
 
 class ScoreIn(TypedDict):
     __pydantic_config__ = _STRICT  # type: ignore[misc]
-    trajectory_id: NotRequired[str | None]
+    trajectory_id: NotRequired[Annotated[str | None, Field(max_length=64)]]
     name: Annotated[str, Field(min_length=1, max_length=128)]
-    value: float
+    value: Finite
     source: NotRequired[ScoreSource]
-    version: NotRequired[str | None]
-    author: NotRequired[str | None]
-    judge_model: NotRequired[str | None]
+    version: NotRequired[Annotated[str | None, Field(max_length=64)]]
+    author: NotRequired[Annotated[str | None, Field(max_length=128)]]
+    judge_model: NotRequired[Annotated[str | None, Field(max_length=256)]]
     rationale: NotRequired[str | None]
-    idempotency_key: NotRequired[str | None]
+    idempotency_key: NotRequired[Annotated[str | None, Field(max_length=256)]]
+
+
+CheckedScore = Annotated[ScoreIn, AfterValidator(_storable_text)]
 
 
 def _text(max_length: int, *aliases: str, description: str | None = None) -> Any:
@@ -177,7 +289,7 @@ class TrajectoryIn(TypedDict):
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     id: NotRequired[_text(64, description="Client-chosen id; generated when absent.")]  # type: ignore[valid-type]
     idempotency_key: NotRequired[_text(128, description="Defaults to the id: a retry with the same key is a no-op.")]  # type: ignore[valid-type]
-    project: NotRequired[str | None]
+    project: NotRequired[_text(128)]  # type: ignore[valid-type]
     scenario: NotRequired[_text(256)]  # type: ignore[valid-type]
     group: NotRequired[_text(256, "group", "group_id", description="Trajectories compared with each other.")]  # type: ignore[valid-type]
     window: NotRequired[_text(128, "window", "window_id")]  # type: ignore[valid-type]
@@ -189,18 +301,21 @@ class TrajectoryIn(TypedDict):
     tools: NotRequired[list[dict[str, Any]] | None]
     metadata: NotRequired[dict[str, Any]]
     tags: NotRequired[list[str]]
-    scores: NotRequired[dict[str, float] | None]
+    scores: NotRequired[dict[Annotated[str, Field(min_length=1, max_length=128)], Finite] | None]
     feedback: NotRequired[CheckedFeedback | None]
-    created_at: NotRequired[dt.datetime | None]
+    created_at: NotRequired[StoredDateTime]
+
+
+CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_storable_text)]
 
 
 class IngestBatch(TypedDict, total=False):
     """One all-or-nothing batch: trajectories, late feedback and scores."""
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
-    trajectories: list[TrajectoryIn]
+    trajectories: list[CheckedTrajectory]
     feedback: list[CheckedFeedback]
-    scores: list[ScoreIn]
+    scores: list[CheckedScore]
 
 
 def _late_items_name_a_trajectory(batch: IngestBatch) -> IngestBatch:
@@ -211,15 +326,41 @@ def _late_items_name_a_trajectory(batch: IngestBatch) -> IngestBatch:
     return batch
 
 
-CheckedBatch = Annotated[IngestBatch, AfterValidator(_late_items_name_a_trajectory)]
+def _repeats_agree(batch: IngestBatch) -> IngestBatch:
+    """An id (or idempotency key) repeated within one batch must carry the same content: an
+    identical repeat is a duplicate (a retry), a different one a mistake that would otherwise
+    keep whichever copy came first."""
+    for kind, keys in (("trajectories", ("id", "idempotency_key")), ("feedback", ("idempotency_key",)),
+                       ("scores", ("idempotency_key",))):
+        items = batch.get(kind) or ()  # type: ignore[attr-defined]
+        if len(items) < 2:
+            continue
+        for key in keys:
+            first: dict[Any, int] = {}
+            for i, item in enumerate(items):
+                value = item.get(key)
+                if value is None:
+                    continue
+                j = first.setdefault(value, i)
+                if j != i and items[j] != item:
+                    raise PydanticCustomError(
+                        "conflicting_repeat",
+                        "{kind}.{i} repeats the {key} {value} of {kind}.{j} with different content; one {key} is one "
+                        "record (an identical repeat is a harmless duplicate)",
+                        {"kind": kind, "i": i, "j": j, "key": key, "value": repr(value)[:80], "path": f"{kind}.{i}.{key}"},
+                    )
+    return batch
+
+
+CheckedBatch = Annotated[IngestBatch, AfterValidator(_late_items_name_a_trajectory), AfterValidator(_repeats_agree)]
 
 BATCH: TypeAdapter[IngestBatch] = TypeAdapter(CheckedBatch)
-TRAJECTORY: TypeAdapter[TrajectoryIn] = TypeAdapter(TrajectoryIn)
+TRAJECTORY: TypeAdapter[TrajectoryIn] = TypeAdapter(CheckedTrajectory)
 MESSAGE: TypeAdapter[Message] = TypeAdapter(CheckedMessage)
 FEEDBACK: TypeAdapter[FeedbackIn] = TypeAdapter(CheckedFeedback)
 
 
-# The name other modules import; the one definition lives beside the domain errors.
+# The names other modules import; the one definition lives beside the domain errors.
 format_validation_error = validation_problems
 
 
@@ -228,16 +369,20 @@ def parse_batch(data: Any) -> IngestBatch:
     try:
         return BATCH.validate_python(data)
     except ValidationError as exc:
-        problems = validation_problems(exc)
-        raise ValidationFailed(f"Invalid input — {problems_text(problems)}. Nothing was stored.", problems) from None
+        problems = format_validation_error(exc)
+        raise ValidationFailed(_summary(problems), problems) from None
 
 
 def parse_trajectory(data: Any, where: str = "") -> TrajectoryIn:
     try:
         return TRAJECTORY.validate_python(data)
     except ValidationError as exc:
-        problems = validation_problems(exc, where)
-        raise ValidationFailed(f"Invalid input — {problems_text(problems)}. Nothing was stored.", problems) from None
+        problems = format_validation_error(exc, where)
+        raise ValidationFailed(_summary(problems), problems) from None
+
+
+def _summary(problems: list[tuple[str, str]]) -> str:
+    return f"Invalid input — {problems_text(problems)}. Nothing was stored."
 
 
 def batch_from_json(body: bytes | str) -> IngestBatch:
@@ -247,3 +392,33 @@ def batch_from_json(body: bytes | str) -> IngestBatch:
     ``orjson.loads`` + ``validate_python``).
     """
     return BATCH.validate_json(body)
+
+
+def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request body") -> Any:
+    """Validate a JSON body with ``adapter``: Unparsable (400) when it is not JSON at all,
+    ValidationFailed (422) naming each bad field otherwise."""
+    try:
+        return adapter.validate_json(body)
+    except ValidationError as exc:
+        if not any(e["type"] == "json_invalid" for e in exc.errors()):
+            problems = format_validation_error(exc)
+            raise ValidationFailed(_summary(problems), problems) from None
+        reason = exc.errors()[0]["msg"]
+    # pydantic's parser refuses some JSON the standard one reads (the escape of a lone surrogate);
+    # read it that way, so that what is wrong with it is named like any other bad value.
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Unparsable(f"The {what} is not valid JSON ({reason}). Nothing was stored.") from None
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise ValidationFailed(_summary(problems), problems) from None
+
+
+def storable_id(value: str, max_length: int = 64) -> str | None:
+    """Why ``value`` cannot be a trajectory id (None when it can): the rule the records follow."""
+    if len(value) > max_length:
+        return f"longer than {max_length} characters"
+    return _string_problem(value)

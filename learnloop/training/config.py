@@ -86,6 +86,9 @@ class TrainConfig(_Strict):
     length_grouping: bool = Field(True, description="Batch examples of similar length (less padding).")
     seed: int = Field(0, description="Random seed (data order, initialisation, sampling).")
 
+    eval_dataset: Path | None = Field(None, description="Held-out JSONL in the training format; its loss is logged as eval_loss.")
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between held-out losses (and at the last step); needs eval_dataset.")
+
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between committed checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Committed checkpoints kept; older ones are removed.")
 

@@ -185,6 +185,38 @@ def _save_final(
     return final
 
 
+def _load_eval_set(config: TrainConfig, objective: Any) -> list[Any] | None:
+    """The held-out examples whose loss is logged every ``eval_every`` steps (None: no evaluation)."""
+    if config.eval_every is None and config.eval_dataset is None:
+        return None
+    if config.eval_every is None or config.eval_dataset is None:
+        raise ConfigError("eval_every and eval_dataset go together: set both, or neither.")
+    if getattr(objective, "online", False):
+        raise ConfigError(
+            "A held-out loss needs stored completions; online GRPO samples its own, so it has none."
+        )
+    return load_examples(config.eval_dataset, objective).examples
+
+
+def _eval_loss(
+    model: Any, objective: Any, examples: list[Any], batch_size: int, device: torch.device
+) -> float:
+    """Mean loss over the held-out examples, without gradients or dropout (and no RNG drawn, so
+    resumes stay exact)."""
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(examples), batch_size):
+                chunk = examples[i : i + batch_size]
+                out = objective.compute(model, _to_device(objective.collate(chunk), device))
+                total += float(out.loss) * len(chunk)
+                count += len(chunk)
+    finally:
+        model.train()
+    return total / count
+
+
 def train_loop(
     config: TrainConfig,
     *,
@@ -218,6 +250,7 @@ class _Run:
     scheduler: Any
     total: int
     resumed_from: ckpt_mod.Checkpoint | None
+    eval_set: list[Any] | None = None
     step: int = 0
     last: dict[str, float] = field(default_factory=dict)
     last_checkpoint: Path | None = None
@@ -278,6 +311,7 @@ def _setup(
     model, tokenizer = load_training_model(config, dist.device)
     objective = get_objective(config.algorithm, config, tokenizer)
     dataset = load_examples(config.dataset, objective)
+    eval_set = _load_eval_set(config, objective)
     _seed(config.seed)
     stream = BatchStream(
         dataset,
@@ -316,6 +350,7 @@ def _setup(
         scheduler=scheduler,
         total=total,
         resumed_from=resume,
+        eval_set=eval_set,
     )
     if resume is not None:
         ckpt_mod.check_format(resume)
@@ -403,6 +438,14 @@ def _step(run: _Run) -> None:
         "epoch": run.stream.epoch_progress(),
         **{k: v / config.grad_accum for k, v in sums.items()},
     }
+    if (
+        run.eval_set is not None
+        and run.dist.main
+        and (run.step % config.eval_every == 0 or run.step == run.total)
+    ):
+        run.last["eval_loss"] = _eval_loss(
+            run.model, run.objective, run.eval_set, config.batch_size, run.dist.device
+        )
     if run.dist.main:
         with open(run.metrics_path, "a") as fh:
             fh.write(json.dumps(run.last) + "\n")

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import math
-import secrets
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from learnloop.api.deps import DbDep, SettingsDep
+from learnloop.api.deps import DbDep, SettingsDep, bearer_matches, token_matches
 from learnloop.config import Settings
 from learnloop.store.db import Database
 from learnloop.store.models import utcnow
@@ -95,12 +94,10 @@ templates.env.filters.update(bytes=_fmt_bytes, num=_fmt_num, secs=_fmt_secs, whe
 def _token_ok(request: Request, settings: Settings) -> bool:
     if settings.api_token is None:
         return True
-    expected = settings.api_token.get_secret_value()
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and secrets.compare_digest(given.strip(), expected):
+    if bearer_matches(request, settings.api_token):  # compared as bytes: a non-ASCII token is a 401, not a crash
         return True
     cookie = request.cookies.get(TOKEN_COOKIE, "")
-    return bool(cookie) and secrets.compare_digest(cookie, expected) and request.headers.get(ACTION_HEADER) == "1"
+    return bool(cookie) and token_matches(cookie, settings.api_token) and request.headers.get(ACTION_HEADER) == "1"
 
 
 def require_dashboard_write(request: Request, settings: Settings) -> None:
@@ -395,7 +392,7 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     token = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0]
     if settings.api_token is None:
         return RedirectResponse("/", status_code=303)
-    if not secrets.compare_digest(token.strip(), settings.api_token.get_secret_value()):
+    if not token_matches(token.strip(), settings.api_token):
         return RedirectResponse("/login?error=wrong+token", status_code=303)
     resp = RedirectResponse("/", status_code=303)
     resp.set_cookie(TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", max_age=30 * 86400)

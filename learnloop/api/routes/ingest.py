@@ -1,15 +1,25 @@
-"""Ingest: batches of trajectories, feedback and scores. Committed before the 2xx answer."""
+"""Ingest: batches of trajectories, feedback and scores. Committed before the 2xx answer.
+
+The write routes read their body themselves, after the token check (a dependency): FastAPI
+would parse a declared body before any dependency runs, so a client without a token could
+make the server parse 32 MiB and got a 422 instead of 401.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
+from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, ingest_slot
 from learnloop.api.metrics import count_ingested
-from learnloop.store.records import CheckedBatch, CheckedFeedback
+from learnloop.api.openapi import error_responses, request_body
+from learnloop.config import Settings
+from learnloop.errors import NotFound, ValidationFailed
+from learnloop.store.db import Database
+from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
 from learnloop.windows import fill_windows
 
@@ -24,29 +34,27 @@ class IngestResponse(BaseModel):
     scores_inserted: int
 
 
-class ErrorResponse(BaseModel):
-    error: str
-    detail: str
-
-
-_ERR = {"model": ErrorResponse}
 # Documented in the OpenAPI schema so SDK authors see every answer a write can get.
-WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {**_ERR, "description": "LEARNLOOP_API_TOKEN is set and the bearer token is missing or wrong."},
-    404: {**_ERR, "description": "Feedback or scores name a trajectory that is not stored; nothing was stored."},
-    413: {**_ERR, "description": "Body over server.max_request_bytes or batch over server.max_batch_size."},
-    422: {**_ERR, "description": "Invalid input; `problems` names each bad field. Nothing was stored."},
-    429: {**_ERR, "description": "Ingest queue full; retry the same batch after Retry-After seconds."},
-    503: {**_ERR, "description": "Database unreachable or busy; retry the same batch after Retry-After seconds."},
-}
+WRITE_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)
+
+
+def _store(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, Any]:
+    with db.session() as session:
+        result = ingest(session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction)
+    return count_ingested(result.as_dict())
 
 
 @router.post(
-    "/ingest", response_model=IngestResponse, responses=WRITE_RESPONSES, dependencies=[WriteAuth, Depends(ingest_slot, scope="function")]
+    "/ingest",
+    response_model=IngestResponse,
+    responses=WRITE_RESPONSES,
+    dependencies=[WriteAuth],
+    openapi_extra=request_body("IngestBatch", BATCH),
 )
-def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Store a batch all-or-nothing, committed before the answer. Re-sending the same ids is a no-op
     (counted as duplicates). 422 names the bad field; 429/503 carry Retry-After."""
+    batch = parse_json_body(BATCH, await request.body())
     size = sum(len(batch.get(kind) or ()) for kind in ("trajectories", "feedback", "scores"))
     if size > settings.server.max_batch_size:
         raise HTTPException(
@@ -55,29 +63,34 @@ def ingest_batch(batch: CheckedBatch, db: DbDep, settings: SettingsDep) -> dict[
             "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
         )
     fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
-    with db.session() as session:
-        result = ingest(
-            session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
-        )
-    return count_ingested(result.as_dict())
+    with ingest_slot(request):
+        return await run_in_threadpool(_store, db, settings, batch)
 
 
 @router.post(
     "/trajectories/{trajectory_id}/feedback",
     response_model=IngestResponse,
     responses=WRITE_RESPONSES,
-    dependencies=[WriteAuth, Depends(ingest_slot, scope="function")],
+    dependencies=[WriteAuth],
+    openapi_extra=request_body("FeedbackIn", FEEDBACK),
 )
-def post_feedback(trajectory_id: str, feedback: CheckedFeedback, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
-    """Late feedback on one stored trajectory."""
+async def post_feedback(trajectory_id: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+    """Late feedback on one stored trajectory (at least one signal)."""
+    problem = storable_id(trajectory_id)
+    if problem:
+        raise ValidationFailed(f"Invalid input — trajectory_id (in the path): {problem}. Nothing was stored.",
+                               [("trajectory_id", problem)])
+    feedback = parse_json_body(FEEDBACK, await request.body())
     feedback["trajectory_id"] = trajectory_id
-    with db.session() as session:
-        result = ingest(session, {"feedback": [feedback]}, project=settings.project)
-    return count_ingested(result.as_dict())
+    with ingest_slot(request):
+        return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]})
 
 
-@router.get("/trajectories/{trajectory_id}")
+@router.get("/trajectories/{trajectory_id}", dependencies=[ReadAuth], responses=error_responses(404, 503))
 def read_trajectory(trajectory_id: str, db: DbDep) -> dict[str, Any]:
+    """One stored trajectory."""
+    if storable_id(trajectory_id):  # no stored id holds NUL or is that long: no need to ask the database
+        raise NotFound(f"No trajectory with id {trajectory_id[:80]!r}.")
     with db.read_session() as session:
         t = get_trajectory(session, trajectory_id)
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,14 +11,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from learnloop.api import metrics
-from learnloop.api.deps import DbDep, SettingsDep
+from learnloop.api.deps import DbDep, ReadAuth, SettingsDep
 from learnloop.watch.host import readiness
 from learnloop.watch.status import build_status
 
+log = logging.getLogger("learnloop.api")
 router = APIRouter(tags=["status"])
 
 
-@router.get("/v1/status")
+@router.get("/v1/status", dependencies=[ReadAuth])
 def get_status(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """The whole loop at a glance: loops, queue, running job, serving, last evaluation, trajectories, host health."""
     return build_status(db, settings, self_role="server")
@@ -27,6 +29,12 @@ def get_status(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
 def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers, its schema is at head and the data dir's disk is above the floor; else 503 with reasons."""
     ok, reasons, checks = readiness(db, settings.data_dir, disk_floor_gb=settings.watch.disk_floor_gb)
+    # Open to anyone (orchestrators probe it without a token): what is down, not where. The
+    # driver's message names hosts and ports; it goes to the log.
+    for r in reasons:
+        if r.startswith("database unreachable"):
+            log.warning("readyz: %s", r)
+    reasons = ["database unreachable" if r.startswith("database unreachable") else r for r in reasons]
     body = {
         "ready": ok,
         "reasons": reasons,

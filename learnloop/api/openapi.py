@@ -1,0 +1,119 @@
+"""The OpenAPI document, kept true to what the server answers.
+
+FastAPI documents a 422 shape learnloop never sends, knows nothing of the answers given outside
+the route (401 from the auth check, 413 from the body limit, 429/503 with Retry-After) and would
+show the bearer token as a header parameter. This module adds what routes can answer, the
+error schema, the request bodies of routes that read their own body (auth comes first, see
+``api.deps``) and the token as an HTTP bearer security scheme, required only where the
+settings make it so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field, TypeAdapter
+
+from learnloop.config import Settings
+
+
+class Problem(BaseModel):
+    loc: str = Field(description="Path of the bad field, e.g. trajectories.3.messages.0.role.")
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``error`` says what was wrong and what to do (``detail`` repeats it)."""
+
+    error: str
+    detail: str
+    problems: list[Problem] | None = Field(None, description="With 422: each bad field.")
+
+
+_DESCRIPTIONS = {
+    400: "The body is not JSON. Nothing was stored.",
+    401: "A bearer token is required and was missing or wrong.",
+    404: "A named trajectory is not stored. Nothing was stored.",
+    409: "The request contradicts what is stored. Nothing was stored.",
+    413: "Body over server.max_request_bytes, or batch over server.max_batch_size. Nothing was stored.",
+    422: "Invalid input; `problems` names each bad field. Nothing was stored.",
+    429: "Ingest queue full; retry the same request after Retry-After seconds.",
+    503: "Database unreachable or busy; retry after Retry-After seconds.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+SCHEME = "bearerToken"
+_REF = "#/components/schemas/{model}"
+# JSON schemas of bodies that routes read themselves, by component name (see request_body).
+_BODIES: dict[str, TypeAdapter[Any]] = {}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status with the error schema."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+def request_body(name: str, adapter: TypeAdapter[Any]) -> dict[str, Any]:
+    """``openapi_extra=`` for a route that reads its JSON body itself, documented as ``name``."""
+    _BODIES[name] = adapter
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}}}}
+
+
+def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    from learnloop.api.deps import READ_SCHEME, WRITE_SCHEME
+
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, adapter in _BODIES.items():
+        body = adapter.json_schema(ref_template=_REF)
+        schemas.update(body.pop("$defs", {}))
+        schemas[name] = body
+    schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template=_REF))
+    for name, sub in ErrorResponse.model_json_schema(ref_template=_REF).get("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    error = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}
+    any_token = settings.api_token is not None or settings.server.read_token is not None
+    schemes = doc["components"].pop("securitySchemes", {})
+    for name in (WRITE_SCHEME.scheme_name, READ_SCHEME.scheme_name):
+        schemes.pop(name, None)
+    if any_token:
+        schemes[SCHEME] = {"type": "http", "scheme": "bearer", "description": "LEARNLOOP_API_TOKEN for writes; "
+                           "server.read_token (or the write token) for reads when it is set."}
+    if schemes:
+        doc["components"]["securitySchemes"] = schemes
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            marked = {name for alt in op.pop("security", []) for name in alt}
+            needs_token = (WRITE_SCHEME.scheme_name in marked and settings.api_token is not None) or (
+                READ_SCHEME.scheme_name in marked and settings.server.read_token is not None)
+            responses = op.setdefault("responses", {})
+            extra = {503}
+            if needs_token:
+                op["security"] = [{SCHEME: []}]
+                extra.add(401)
+            if method in ("post", "put", "patch"):
+                extra |= {400, 413, 422}
+            if "{" in path or op.get("parameters"):
+                extra.add(422)
+            for status in sorted(extra):
+                responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
+            for status, answer in responses.items():
+                if status.startswith(("4", "5")):
+                    # FastAPI's own 422 shape (HTTPValidationError) is never sent: ours is.
+                    answer["content"] = error
+                    if status in ("429", "503"):
+                        answer["headers"] = _RETRY_AFTER
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return doc
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,341 @@
+"""OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Errors use OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``); the routes parse
+and answer their own errors so the ingest API's error shape stays as it is.
+Every answer names the version that gave it (header ``x-learnloop-version`` and the ``model``
+field), and its ``id`` is the id of the trajectory it is captured as, so feedback can be sent
+on it to ``POST /v1/feedback`` of the ingest API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, ValidationFailed
+from learnloop.ids import new_id
+from learnloop.serving.backend import ChatRequest, Chunk
+from learnloop.serving.chat_format import normalize_messages, validate_tools
+
+log = logging.getLogger("learnloop.serving")
+
+VERSION_HEADER = "x-learnloop-version"
+SCENARIO_HEADER = "x-learnloop-scenario"
+USER_HEADER = "x-learnloop-user"
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionBody(BaseModel):
+    # Unknown OpenAI fields (logprobs, response_format, ...) are accepted and ignored, as a drop-in should.
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Any]
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def openai_error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def domain_error(exc: LearnloopError) -> JSONResponse:
+    """Our domain errors in OpenAI's shape and status."""
+    if isinstance(exc, ValidationFailed):
+        param = exc.problems[0][0] if exc.problems else None
+        code = "context_length_exceeded" if "context" in str(exc) else None
+        return openai_error(400, str(exc), param=param, code=code)
+    if isinstance(exc, NotFound):
+        return openai_error(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, Overloaded):
+        return openai_error(429, str(exc), type="rate_limit_error", code="over_capacity",
+                            headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+    if isinstance(exc, Conflict):
+        return openai_error(409, str(exc), code="conflict")
+    return openai_error(400, str(exc))
+
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _gate(request: Request) -> tuple[Any, JSONResponse | None]:
+    """(the serving runtime, or the error to answer): the API key, then whether serving is on."""
+    state = request.app.state
+    settings = state.settings
+    key = settings.serving.api_key or settings.api_token
+    if key is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), key.get_secret_value()):
+            return None, openai_error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' "
+                                           "(serving.api_key, else LEARNLOOP_API_TOKEN).", code="invalid_api_key")
+    runtime = getattr(state, "serving", None)
+    if runtime is None:
+        reason = getattr(state, "serving_off_reason", None) or "Serving is off in this server."
+        return None, openai_error(503, reason, type="server_error", code="no_model")
+    return runtime, None
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    """The names a chat completion can use: `learnloop` (the alias), `base`, and every version id."""
+    runtime, error = _gate(request)
+    if error is not None:
+        return error
+    names = await asyncio.to_thread(runtime.model_names)
+    return JSONResponse({"object": "list", "data": [_model_card(n) for n in names]})
+
+
+@router.get("/models/{model_id}")
+async def get_model(request: Request, model_id: str) -> Response:
+    runtime, error = _gate(request)
+    if error is not None:
+        return error
+    names = await asyncio.to_thread(runtime.model_names)
+    if model_id not in names:
+        return domain_error(NotFound(f"The model {model_id!r} does not exist."))
+    return JSONResponse(_model_card(model_id))
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """OpenAI's chat completion (tools, sampling, n, stop, seed, streaming); answered by the version the model names."""
+    runtime, error = _gate(request)
+    if error is not None:
+        return error
+    try:
+        raw = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return openai_error(400, f"The body is not valid JSON ({exc}).")
+    if not isinstance(raw, dict):
+        return openai_error(400, "The body must be a JSON object.")
+    try:
+        body = ChatCompletionBody.model_validate(raw)
+    except ValidationError as exc:
+        return _pydantic_error(exc.errors())
+    return await _complete(runtime, request, body)
+
+
+def _pydantic_error(errors: list[Any]) -> JSONResponse:
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return openai_error(400, f"{param or 'body'}: {first['msg']}{more}", param=param)
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "learnloop"}
+
+
+def _chat_request(body: ChatCompletionBody) -> ChatRequest:
+    messages = normalize_messages(body.messages)
+    tools = validate_tools(body.tools) if body.tool_choice != "none" else None
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise ValidationFailed("stop takes up to 4 non-empty strings.", [("stop", "up to 4 strings")])
+    if body.max_tokens is not None and body.max_completion_tokens is not None and body.max_tokens != body.max_completion_tokens:
+        raise ValidationFailed("max_tokens and max_completion_tokens disagree; send one.", [("max_tokens", "one of")])
+    return ChatRequest(
+        messages=messages, tools=tools, max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p, stop=stop, seed=body.seed, n=body.n,
+    )
+
+
+async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) -> Response:
+    try:
+        chat = _chat_request(body)
+        user = request.headers.get(USER_HEADER) or body.user
+        if body.model in runtime.aliases or body.model in ("base", "learnloop"):
+            route = runtime.route(body.model, user)
+        else:  # a version named directly may need loading first: off the event loop
+            route = await asyncio.to_thread(runtime.route, body.model, user)
+    except LearnloopError as exc:
+        return domain_error(exc)
+    scenario = request.headers.get(SCENARIO_HEADER) or (body.metadata or {}).get("scenario")
+    scenario = str(scenario)[:256] if scenario else None
+    call = _Call(runtime, route, chat, body, scenario)
+    headers = {VERSION_HEADER: route.served}
+    if route.alias:
+        headers["x-learnloop-alias"] = route.alias
+    stream = runtime.backend.astream(route.served, chat)
+    try:
+        first = await stream.__anext__()  # errors (context, capacity) surface as a status, not mid-stream
+    except StopAsyncIteration:
+        first = None
+    except LearnloopError as exc:
+        return domain_error(exc)
+    if route.shadow is not None:
+        call.start_shadow()
+    if body.stream:
+        return StreamingResponse(call.sse(first, stream), media_type="text/event-stream",
+                                 headers={**headers, "Cache-Control": "no-cache"})
+    try:
+        await call.consume(first, stream)
+    except LearnloopError as exc:
+        return domain_error(exc)
+    finally:
+        call.capture()
+    return JSONResponse(call.completion(), headers=headers)
+
+
+class _Call:
+    """One chat completion: its choices as they fill, its capture, and its shadow run."""
+
+    def __init__(self, runtime: Any, route: Any, chat: ChatRequest, body: ChatCompletionBody, scenario: str | None) -> None:
+        self.runtime, self.route, self.chat, self.body, self.scenario = runtime, route, chat, body, scenario
+        self.id = new_id()
+        self.created = int(time.time())
+        self.texts = [""] * chat.n
+        self.finish: list[str | None] = [None] * chat.n
+        self.tool_calls: list[list[dict[str, Any]] | None] = [None] * chat.n
+        self.prompt_tokens = 0
+        self.completion_tokens = [0] * chat.n
+        self.started = time.perf_counter()
+        self.first_token_s: float | None = None
+        self.captured = False
+
+    def add(self, c: Chunk) -> None:
+        if c.text and self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.started
+        self.texts[c.index] += c.text
+        if c.finish_reason is not None:
+            self.finish[c.index] = c.finish_reason
+            self.tool_calls[c.index] = c.tool_calls
+            self.prompt_tokens = c.prompt_tokens
+            self.completion_tokens[c.index] = c.completion_tokens
+
+    async def consume(self, first: Chunk | None, stream: AsyncIterator[Chunk]) -> None:
+        if first is not None:
+            self.add(first)
+        async for c in stream:
+            self.add(c)
+
+    def usage(self) -> dict[str, int]:
+        done = sum(self.completion_tokens)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done, "total_tokens": self.prompt_tokens + done}
+
+    def completion(self) -> dict[str, Any]:
+        choices = []
+        for i in range(self.chat.n):
+            message: dict[str, Any] = {"role": "assistant", "content": self.texts[i] if not self.tool_calls[i] else (self.texts[i] or None)}
+            if self.tool_calls[i]:
+                message["tool_calls"] = self.tool_calls[i]
+            choices.append({"index": i, "message": message, "finish_reason": self.finish[i] or "stop", "logprobs": None})
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.route.served,
+                "system_fingerprint": self.route.served, "choices": choices, "usage": self.usage()}
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.route.served,
+                "system_fingerprint": self.route.served, "choices": choices, **extra}
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    async def sse(self, first: Chunk | None, stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+        try:
+            for i in range(self.chat.n):
+                yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            pending = [first] if first is not None else []
+            while True:
+                if pending:
+                    c = pending.pop()
+                else:
+                    try:
+                        c = await stream.__anext__()
+                    except StopAsyncIteration:
+                        break
+                self.add(c)
+                delta: dict[str, Any] = {}
+                if c.text:
+                    delta["content"] = c.text
+                if c.tool_calls:
+                    delta["tool_calls"] = [{"index": k, **tc} for k, tc in enumerate(c.tool_calls)]
+                if delta:
+                    yield self._chunk([{"index": c.index, "delta": delta, "finish_reason": None}])
+                if c.finish_reason is not None:
+                    yield self._chunk([{"index": c.index, "delta": {}, "finish_reason": c.finish_reason}])
+            opts = self.body.stream_options
+            if opts is not None and opts.include_usage:
+                yield self._chunk([], usage=self.usage())
+            yield b"data: [DONE]\n\n"
+        except Exception as exc:  # after the headers went out an error can only be an event
+            if not isinstance(exc, LearnloopError):
+                log.exception("generation failed mid-stream (%s)", self.id)
+            yield b"data: " + orjson.dumps({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
+        finally:
+            await stream.aclose()  # on a disconnect: stops decoding and frees the slot
+            self.capture()
+
+    def start_shadow(self) -> None:
+        """Run the candidate on the same request in the background; only its capture is kept."""
+        async def shadow() -> None:
+            try:
+                results = await self.runtime.backend.achat(self.route.shadow, self.chat)
+            except Exception as exc:  # a busy or failing candidate never affects the answer
+                log.info("shadow run on %s skipped: %s", self.route.shadow, exc)
+                return
+            cap = self.runtime.capture
+            if cap is not None and results:
+                r = results[0]
+                cap.record(new_id(), messages=self.body.messages, answer=r.text, tool_calls=r.tool_calls,
+                           model=self.route.shadow, scenario=self.scenario, tools=self.chat.tools, group=self.id,
+                           metadata={"shadow": True, "shadow_of": self.id, "alias": self.route.alias,
+                                     "finish_reason": r.finish_reason})
+
+        task = asyncio.get_running_loop().create_task(shadow())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def capture(self) -> None:
+        cap = self.runtime.capture
+        if cap is None or self.captured:
+            return
+        self.captured = True
+        for i in range(self.chat.n):
+            cut = self.finish[i] in (None, "cancelled")
+            meta: dict[str, Any] = {
+                "requested_model": self.route.requested, "finish_reason": self.finish[i] or "cancelled",
+                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens[i]},
+                "params": {"temperature": self.chat.temperature, "top_p": self.chat.top_p, "seed": self.chat.seed,
+                           "max_tokens": self.chat.max_tokens, "stream": self.body.stream},
+            }
+            if self.route.alias:
+                meta["alias"] = self.route.alias
+            if cut:
+                meta["cut"] = True  # the client went away before the answer ended
+            if self.body.user:
+                meta["user"] = self.body.user
+            if self.body.metadata:
+                meta["request_metadata"] = self.body.metadata
+            if self.first_token_s is not None:
+                meta["ttft_s"] = round(self.first_token_s, 4)
+            tid = self.id if i == 0 else new_id()
+            cap.record(tid, messages=self.body.messages, answer=self.texts[i], tool_calls=self.tool_calls[i],
+                       model=self.route.served, scenario=self.scenario, tools=self.chat.tools, metadata=meta,
+                       group=self.id if self.chat.n > 1 else None)
+
+
+_background: set[asyncio.Task] = set()  # shadow runs, referenced until done

@@ -1,0 +1,91 @@
+"""The promotion gate: a pure function of an evaluation's metrics and the ``[gate]`` policy.
+
+It passes a candidate only when the lower bound of the paired 95% interval of its improvement
+(mean reward difference, or judge win rate above one half) clears the margin, no guardrail
+regresses past its allowance (JSON validity, refusal rate, p95 latency, any one scenario's
+reward), and enough held-out examples back the numbers. Every check adds a reason, passed or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from learnloop.config import GatePolicy
+
+PROMOTE, REJECT, INCONCLUSIVE = "promote", "reject", "inconclusive"
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    verdict: str  # promote, reject or inconclusive
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def policy_for(settings: Any, loop: str | None = None) -> GatePolicy:
+    """The policy a version of ``loop`` is gated by: ``[gate]``, overridden by that loop's ``gate = {...}``."""
+    policy = settings.gate
+    for entry in getattr(settings, "loops", None) or []:
+        if getattr(entry, "name", None) == loop and getattr(entry, "gate", None):
+            return GatePolicy(**{**policy.model_dump(), **entry.gate})
+    return policy
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.4f}"
+
+
+def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
+    """Decide whether the evaluated candidate may replace its baseline."""
+    overall = metrics.get("overall") or {}
+    n = int(overall.get("n") or 0)
+    if n < policy.min_examples:
+        return GateVerdict(False, INCONCLUSIVE, [f"only {n} held-out examples; the policy needs at least {policy.min_examples}"])
+
+    failures: list[str] = []
+    notes: list[str] = []
+    if policy.metric == "reward":
+        ci = overall.get("reward_diff_ci") or [None, None]
+        low = ci[0]
+        what = f"mean reward difference {_f(overall.get('reward_diff'))} (95% CI {_f(ci[0])} .. {_f(ci[1])})"
+        threshold = policy.margin
+    else:
+        judge = overall.get("judge") or {}
+        if not judge.get("n"):
+            return GateVerdict(False, INCONCLUSIVE, ["the policy gates on the judge's win rate, but the evaluation has no judge verdicts"])
+        ci = judge.get("win_rate_ci") or [None, None]
+        low = ci[0]
+        what = f"judge win rate {judge.get('win_rate'):.3f} (95% CI {ci[0]:.3f} .. {ci[1]:.3f})"
+        threshold = 0.5 + policy.margin
+    if low is None or not low > threshold:
+        failures.append(f"{what}: the lower bound does not clear {threshold:+.4f}")
+    else:
+        notes.append(f"{what}: the lower bound clears {threshold:+.4f}")
+
+    jc, jb = overall.get("json_valid_candidate"), overall.get("json_valid_baseline")
+    if jc is not None and jb is not None:
+        drop = jb - jc
+        (failures if drop > policy.max_json_validity_drop else notes).append(
+            f"JSON validity {jc:.3f} vs {jb:.3f} (allowed drop {policy.max_json_validity_drop})")
+    rc, rb = overall.get("refusal_rate_candidate"), overall.get("refusal_rate_baseline")
+    if rc is not None and rb is not None:
+        (failures if rc - rb > policy.max_refusal_increase else notes).append(
+            f"refusal rate {rc:.3f} vs {rb:.3f} (allowed rise {policy.max_refusal_increase})")
+    lc, lb = overall.get("latency_p95_candidate_ms"), overall.get("latency_p95_baseline_ms")
+    if lc is not None and lb:
+        (failures if lc > policy.max_p95_latency_ratio * lb and lc - lb > policy.latency_slack_ms else notes).append(
+            f"p95 latency {lc:.0f} ms vs {lb:.0f} ms (allowed ratio {policy.max_p95_latency_ratio})")
+    for name, sc in sorted((metrics.get("scenarios") or {}).items()):
+        if int(sc.get("n") or 0) < policy.min_scenario_examples or sc.get("reward_diff") is None:
+            continue
+        if sc["reward_diff"] < -policy.max_scenario_regression:
+            failures.append(f"scenario {name!r} regresses: mean reward {sc['reward_diff']:+.4f} over {sc['n']} examples "
+                            f"(allowed {-policy.max_scenario_regression:+.4f})")
+    if failures:
+        return GateVerdict(False, REJECT, failures + notes)
+    return GateVerdict(True, PROMOTE, notes)

@@ -1,0 +1,364 @@
+"""Running an evaluation: candidate and baseline answer the frozen held-out split, scored alike.
+
+Answers come from the same ``ServingBackend`` serving uses, greedy, so a candidate is measured as
+it would be served. Each answer is scored by the heuristic reward functions the scoring stage
+applies (built-ins and the user's registered verifiers, combined with ``[scoring] weights``;
+feedback cannot exist for a fresh answer), optionally judged pairwise in both orders. The result,
+its gate verdict and every example are stored in ``evaluations``; the verdict is also written on
+the candidate version (a rejected one is marked ``rejected``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from learnloop.config import GatePolicy, Settings
+from learnloop.errors import Conflict, NotFound, ValidationFailed
+from learnloop.evaluation import stats
+from learnloop.evaluation.gate import REJECT, GateVerdict, gate, policy_for
+from learnloop.evaluation.judge import JudgeClient, judge_pair, judge_summary
+from learnloop.registry import files as fs
+from learnloop.scoring.combine import combine
+from learnloop.scoring.view import TrajectoryView, message_text
+from learnloop.serving.backend import BASE, ChatRequest, ServingBackend
+from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
+from learnloop.store.db import Database
+from learnloop.store.events import record_event
+from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory, VersionState
+
+TEACHER = "teacher"
+SERVING = "serving"
+_ANSWER_CHARS = 4000  # stored per answer in the report
+
+
+@dataclass
+class Item:
+    id: str
+    scenario: str | None
+    prompt: list[dict[str, Any]]
+    reference: list[dict[str, Any]]  # the stored answer (the teacher's, for a teacher baseline)
+    view_fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Side:
+    name: str  # a version id, "base" or "teacher"
+    model: str | None  # backend model name; None: the stored answers
+
+
+def _sort_key(item_id: str) -> str:
+    # A fixed pseudo-random order: a limit takes a spread of the split, not its oldest ids.
+    return hashlib.sha256(item_id.encode()).hexdigest()
+
+
+def holdout_items(db: Database, settings: Settings, *, scenario: str | None, teacher: bool, limit: int | None) -> tuple[int, list[Item]]:
+    """(dataset id, items) of the frozen held-out split, recorded as a ``holdout`` dataset."""
+    from learnloop.datasets import build_dataset, read_records
+
+    filters: dict[str, Any] = {"scenario": scenario} if scenario else {}
+    if teacher:
+        filters["sources"] = [Source.teacher.value]
+    info = build_dataset(db, "holdout", filters, settings=settings)
+    records = [r for r in read_records(info.path) if r.get("prompt")]
+    records.sort(key=lambda r: _sort_key(str(r["id"])))
+    if teacher:
+        records = [r for r in records if r.get("completion")]
+    if limit:
+        records = records[:limit]
+    if not records:
+        raise ValidationFailed(f"The held-out split{' of ' + scenario if scenario else ''} has no usable examples"
+                               f"{' with teacher answers' if teacher else ''}.")
+    ids = [str(r["id"]) for r in records]
+    extra: dict[str, dict[str, Any]] = {}
+    with db.read_session() as session:
+        for i in range(0, len(ids), 500):
+            for t in session.scalars(select(Trajectory).where(Trajectory.id.in_(ids[i:i + 500]))):
+                extra[t.id] = {"tools": t.tools, "metadata": t.meta or {}, "tags": t.tags or [], "group_id": t.group_id}
+    items = [Item(str(r["id"]), r.get("scenario"), r["prompt"], r.get("completion") or [], extra.get(str(r["id"]), {}))
+             for r in records]
+    return info.id, items
+
+
+def serving_alias(settings: Settings, loop: str | None) -> str:
+    """The alias a version of ``loop`` would replace: that loop's ``alias`` in ``[[loops]]``, else ``learnloop``."""
+    for entry in getattr(settings, "loops", None) or []:
+        if getattr(entry, "name", None) == loop and getattr(entry, "alias", None):
+            return entry.alias
+    return DEFAULT_ALIAS
+
+
+def _resolve_side(db: Database, spec: str, candidate: str, alias_name: str = DEFAULT_ALIAS) -> Side:
+    if spec == TEACHER:
+        return Side(TEACHER, None)
+    if spec == SERVING:
+        alias = get_alias(db, alias_name)
+        spec = alias.version_id if alias is not None and alias.version_id else BASE
+    if spec == candidate:
+        raise ValidationFailed(f"The baseline is the candidate itself ({candidate}); choose --baseline base, teacher or another version.",
+                               [("baseline", "same as candidate")])
+    return Side(spec, spec)
+
+
+def _checked_version(db: Database, version_id: str) -> ModelVersion:
+    with db.read_session() as session:
+        row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise NotFound(f"No model version {version_id!r}; `learnloop versions list` shows them.")
+    if not row.artifact_path:
+        raise Conflict(f"{version_id}'s adapter files were pruned; it cannot be evaluated.")
+    problems = fs.verify(Path(row.artifact_path), row.files or {})
+    if problems:
+        raise Conflict(f"{version_id}'s files do not match their recorded hashes: {'; '.join(problems[:3])}.")
+    return row
+
+
+def _score(settings: Settings, item: Item, answer: str) -> tuple[float, dict[str, float]]:
+    from learnloop.scoring.apply import score_views
+    from learnloop.scoring.registry import registered
+
+    f = item.view_fields
+    view = TrajectoryView(
+        id=item.id, messages=[*item.prompt, {"role": "assistant", "content": answer}], scenario=item.scenario,
+        group_id=f.get("group_id"), tools=f.get("tools"), metadata=f.get("metadata") or {}, tags=f.get("tags") or [],
+        config=settings.scoring,
+    )
+    rows, _, _ = score_views(registered(), [view])
+    aspects = {r["name"]: r["value"] for r in rows}
+    value = combine(aspects, settings.scoring.weights)
+    # No reward function applied: the answer was empty, which serves the user worst.
+    return (0.0 if value is None else value), aspects
+
+
+def _refused(aspects: Mapping[str, float]) -> float | None:
+    return None if "no_refusal" not in aspects else 1.0 - aspects["no_refusal"]
+
+
+def _json_ok(aspects: Mapping[str, float]) -> float | None:
+    return None if "json_valid" not in aspects else float(aspects["json_valid"] >= 1.0)
+
+
+def summarize(examples: Sequence[Mapping[str, Any]], *, confidence: float = stats.CONFIDENCE,
+              n_resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+    """The per-side numbers of a set of scored example pairs (all examples, or one scenario's)."""
+    cand = np.array([e["candidate"]["reward"] for e in examples], dtype=float)
+    base = np.array([e["baseline"]["reward"] for e in examples], dtype=float)
+    diffs = cand - base
+    low, high = stats.paired_ci(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed) if len(diffs) else (np.nan, np.nan)
+    wins, ties, losses = stats.win_tie_loss(diffs)
+
+    def side(key: str, fn: Callable[[Mapping[str, Any]], float | None]) -> float | None:
+        return stats.mean_or_none([fn(e[key]) for e in examples])
+
+    out: dict[str, Any] = {
+        "n": len(examples),
+        "reward_candidate": float(cand.mean()) if len(cand) else None,
+        "reward_baseline": float(base.mean()) if len(base) else None,
+        "reward_diff": float(diffs.mean()) if len(diffs) else None,
+        "reward_diff_ci": [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)],
+        "wins": wins, "ties": ties, "losses": losses,
+    }
+    for key, label in (("candidate", "candidate"), ("baseline", "baseline")):
+        out[f"json_valid_{label}"] = side(key, lambda s: _json_ok(s["aspects"]))
+        out[f"refusal_rate_{label}"] = side(key, lambda s: _refused(s["aspects"]))
+        out[f"length_chars_{label}"] = side(key, lambda s: s["chars"])
+        out[f"completion_tokens_{label}"] = side(key, lambda s: s.get("tokens"))
+        lat = [e[key]["latency_ms"] for e in examples if e[key].get("latency_ms") is not None]
+        out[f"latency_p50_{label}_ms"] = stats.percentile(lat, 50)
+        out[f"latency_p95_{label}_ms"] = stats.percentile(lat, 95)
+    judged = [e["judge"] for e in examples if e.get("judge")]
+    if judged:
+        j = judge_summary(judged)
+        outcomes = [r["outcome"] for r in judged if r.get("outcome") is not None]
+        if len(outcomes) >= 2:
+            jl, jh = stats.paired_ci(outcomes, confidence=confidence, n_resamples=n_resamples, seed=seed)
+            j["win_rate_ci"] = [float(jl), float(jh)]
+        out["judge"] = j
+    return out
+
+
+def build_metrics(examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+    by_scenario: dict[str, list[Mapping[str, Any]]] = {}
+    for e in examples:
+        by_scenario.setdefault(e.get("scenario") or "(none)", []).append(e)
+    overall = summarize(examples, n_resamples=n_resamples, seed=seed)
+    low, high = overall["reward_diff_ci"]
+    judge = overall.get("judge") or {}
+    return {
+        # Headline numbers at the top level, for tables and charts that show flat metrics (the dashboard's).
+        "n": overall["n"], "reward_candidate": overall["reward_candidate"], "reward_baseline": overall["reward_baseline"],
+        "reward_diff": overall["reward_diff"], "reward_diff_low": low, "reward_diff_high": high,
+        **({"judge_win_rate": judge["win_rate"]} if judge.get("win_rate") is not None else {}),
+        "overall": {**overall, "confidence": stats.CONFIDENCE},
+        "scenarios": {k: summarize(v, n_resamples=n_resamples, seed=seed) for k, v in sorted(by_scenario.items())},
+    }
+
+
+def _generate(backend: ServingBackend, model: str, item: Item, settings: Settings) -> dict[str, Any]:
+    request = ChatRequest(messages=item.prompt, tools=item.view_fields.get("tools"),
+                          max_tokens=settings.evaluation.max_new_tokens, temperature=0.0, seed=settings.evaluation.seed)
+    t0 = time.perf_counter()
+    result = backend.chat(model, request)[0]
+    latency = (time.perf_counter() - t0) * 1000
+    return {"text": result.text, "latency_ms": latency, "tokens": result.completion_tokens, "finish": result.finish_reason}
+
+
+def evaluate(
+    db: Database,
+    settings: Settings,
+    *,
+    candidate: str,
+    baseline: str = SERVING,
+    scenario: str | None = None,
+    backend: ServingBackend | None = None,
+    limit: int | None = None,
+    judge: JudgeClient | bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    policy: GatePolicy | None = None,
+) -> int:
+    """Evaluate ``candidate`` against ``baseline`` (serving | base | a version id | teacher); return the evaluation id.
+
+    ``judge``: a JudgeClient, True (the configured ``[scoring] judge_*`` endpoint), or None for
+    ``[evaluation] judge``. The gate verdict is stored with the evaluation and the candidate;
+    ``policy`` defaults to ``[gate]`` overridden by the candidate's loop's ``gate`` (``policy_for``).
+    """
+    cand_row = _checked_version(db, candidate)
+    side = _resolve_side(db, baseline, candidate, serving_alias(settings, cand_row.loop))
+    base_row = _checked_version(db, side.model) if side.model not in (None, BASE) else None
+    if base_row is not None and base_row.base_model_hash != cand_row.base_model_hash:
+        raise ValidationFailed(f"{candidate} and {side.name} were trained on different base models; compare each with --baseline base.",
+                               [("baseline", "different base model")])
+    dataset_id, items = holdout_items(db, settings, scenario=scenario, teacher=side.name == TEACHER,
+                                      limit=limit or settings.evaluation.limit)
+
+    from learnloop.scoring.registry import load_modules
+
+    load_modules(settings.scoring.reward_modules)
+    client: JudgeClient | None = None
+    own_client = False
+    use_judge = settings.evaluation.judge if judge is None else bool(judge)
+    if use_judge:
+        if isinstance(judge, bool) or judge is None:
+            from learnloop.scoring.judge import OpenAICompatibleClient
+
+            client = OpenAICompatibleClient.from_settings(settings.scoring)
+            own_client = True
+        else:
+            client = judge
+
+    created = backend is None
+    if backend is None:
+        from learnloop.evaluation.backend import default_backend
+
+        backend = default_backend(cand_row.base_model, device=settings.evaluation.device, data_dir=settings.data_dir)
+    elif getattr(backend, "base_path", None) is not None and cand_row.base_model_hash:
+        # A server's backend answers with its own base: measuring an adapter on another base means nothing.
+        if fs.model_folder_hash(Path(backend.base_path)) != cand_row.base_model_hash:
+            raise ValidationFailed(f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
+                                   f"({backend.base_path}).", [("candidate", "different base model")])
+    try:
+        backend.load_adapter(candidate, Path(cand_row.artifact_path))
+        if base_row is not None:
+            backend.load_adapter(base_row.id, Path(base_row.artifact_path))
+        examples = _answer_all(backend, settings, items, candidate, side, client, progress)
+    finally:
+        if own_client and hasattr(client, "close"):
+            client.close()
+        # One made here is closed. A shared (server's) backend keeps the adapters: names never change
+        # meaning, and its alias watcher may have started serving one of them meanwhile.
+        if created and hasattr(backend, "close"):
+            backend.close()
+
+    metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
+    policy = policy or policy_for(settings, cand_row.loop)
+    verdict = gate(metrics, policy)
+    return _store(db, cand_row, side, dataset_id, scenario, metrics, examples, verdict, policy)
+
+
+def _answer_one(backend: ServingBackend, settings: Settings, item: Item, candidate: str, side: Side,
+                client: JudgeClient | None, index: int = 0) -> dict[str, Any]:
+    answers: dict[str, dict[str, Any]] = {}
+    if side.model is None:
+        answers["baseline"] = {"text": "".join(message_text(m) for m in item.reference[-1:]), "latency_ms": None,
+                               "tokens": None, "finish": "stored"}
+    # Alternate which side answers first, so neither always meets a warm (or cold) cache.
+    order = [("candidate", candidate), ("baseline", side.model)]
+    for key, model in (order if index % 2 == 0 else order[::-1]):
+        if model is not None:
+            answers[key] = _generate(backend, model, item, settings)
+    example: dict[str, Any] = {"id": item.id, "scenario": item.scenario,
+                               "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else ""}
+    for key, ans in answers.items():
+        reward, aspects = _score(settings, item, ans["text"])
+        example[key] = {**ans, "text": ans["text"][:_ANSWER_CHARS], "chars": len(ans["text"]), "reward": reward, "aspects": aspects}
+    example["diff"] = example["candidate"]["reward"] - example["baseline"]["reward"]
+    if client is not None:
+        example["judge"] = judge_pair(client, item.prompt, answers["candidate"]["text"], answers["baseline"]["text"],
+                                      max_chars=settings.scoring.judge_max_candidate_chars)
+    return example
+
+
+def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Item], candidate: str, side: Side,
+                client: JudgeClient | None, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    """Both sides' answers for every item, in item order.
+
+    With ``[evaluation] concurrency`` > 1 several items are in flight at once (the local backend
+    batches them): more throughput, and latencies measured under that load for both sides alike.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, settings.evaluation.concurrency)
+    if items:  # one unmeasured answer per side first: the first call of a model pays its warm-up
+        for model in {candidate, side.model} - {None}:
+            _generate(backend, model, items[0], settings)
+    if workers == 1:
+        examples = []
+        for i, item in enumerate(items):
+            examples.append(_answer_one(backend, settings, item, candidate, side, client, i))
+            if progress is not None:
+                progress(i + 1, len(items))
+        return examples
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnloop-eval") as pool:
+        futures = [pool.submit(_answer_one, backend, settings, item, candidate, side, client, i) for i, item in enumerate(items)]
+        results = []
+        for f in futures:
+            results.append(f.result())
+            done += 1
+            if progress is not None:
+                progress(done, len(items))
+    return results
+
+
+def _store(db: Database, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,
+           metrics: dict[str, Any], examples: list[dict[str, Any]], verdict: GateVerdict, policy: GatePolicy) -> int:
+    gate_record = {**verdict.as_dict(), "policy": policy.model_dump(mode="json")}
+    with db.session() as session:
+        ev = Evaluation(candidate_id=cand_row.id, baseline_id=side.name, dataset_id=dataset_id, scenario=scenario,
+                        metrics=metrics, report={"examples": examples}, gate=gate_record, verdict=verdict.verdict)
+        session.add(ev)
+        session.flush()
+        row = session.get(ModelVersion, cand_row.id, with_for_update=True)
+        if row is not None:
+            row.gate = {**gate_record, "evaluation_id": ev.id, "baseline": side.name}
+            if verdict.verdict == REJECT and row.state == VersionState.candidate:
+                row.state = VersionState.rejected
+            elif verdict.passed and row.state == VersionState.rejected:
+                row.state = VersionState.candidate  # a later evaluation with more evidence can clear it
+        o = metrics["overall"]
+        record_event(session, "evaluation.finished",
+                     f"{cand_row.id} vs {side.name}: reward {o['reward_candidate']:.4f} vs {o['reward_baseline']:.4f} "
+                     f"over {o['n']} examples; gate: {verdict.verdict}", version_id=cand_row.id, loop=cand_row.loop,
+                     data={"evaluation_id": ev.id, "verdict": verdict.verdict})
+        if verdict.verdict == REJECT:
+            record_event(session, "version.rejected", f"{cand_row.id} rejected by the gate: {verdict.reasons[0]}",
+                         level="warning", version_id=cand_row.id, loop=cand_row.loop,
+                         data={"evaluation_id": ev.id, "reasons": verdict.reasons})
+        return ev.id
