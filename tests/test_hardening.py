@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from helpers import chat
 from learnloop.api import create_app
 from learnloop.capture.client import CaptureClient
-from learnloop.capture.encoding import dumps
 from learnloop.capture.spool import Spool
 from learnloop.config import Settings
 from learnloop.errors import ValidationFailed
+from learnloop.jsonio import dumps
 from learnloop.store import Database
 from learnloop.store.models import Feedback, Score, Trajectory
 from learnloop.store.records import batch_from_json, parse_batch
