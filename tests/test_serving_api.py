@@ -52,6 +52,17 @@ def server(db: Database, settings: Settings, backend: LocalBackend, adapters: di
         yield url, runtime, db
 
 
+def _converged(runtime: ServingRuntime, version: str, candidate: str | None, timeout: float = 15) -> None:
+    """Wait until the server applied the alias row (loading a version takes a while on a busy CPU)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        a = runtime.aliases.get("learnloop")
+        if a is not None and (a.version_id, a.candidate_id) == (version, candidate):
+            return
+        assert time.monotonic() < deadline, f"the server did not converge on {version}/{candidate}: {a}"
+        time.sleep(0.05)
+
+
 def _stored(db: Database, runtime: ServingRuntime, tid: str) -> Trajectory:
     assert runtime.capture.flush(10)
     with db.read_session() as s:
@@ -88,6 +99,9 @@ def test_sync_client_chat_models_capture_and_feedback(server) -> None:  # noqa: 
     assert r2.choices[0].message.content == r2.choices[1].message.content  # greedy: both choices agree
     row = _stored(db, runtime, r2.id)
     assert (row.model, row.model_version, row.scenario) == ("v0002", "v0002", "triage")
+    metrics = httpx.get(f"{url}/metrics").text  # the watch stage's counters see served traffic
+    assert 'learnloop_serving_requests_total{status="ok",version="v0002"}' in metrics or \
+        'learnloop_serving_requests_total{version="v0002",status="ok"}' in metrics
 
 
 def test_async_client_streaming(server) -> None:  # noqa: ANN001
@@ -191,7 +205,7 @@ def test_alias_moves_are_followed_and_split_is_sticky(server) -> None:  # noqa: 
         set_alias(db, "learnloop", "v0404", actor="test")
     with db.session() as s:
         set_split(s, "learnloop", "v0002", split=0.5)
-    time.sleep(0.4)
+    _converged(runtime, "v0001", "v0002")
     sides = {u: served(u) for u in (f"user{i}" for i in range(16))}
     assert set(sides.values()) == {"v0001", "v0002"}  # both sides get traffic
     assert all(served(u) == side for u, side in list(sides.items())[:6])  # and each user stays on their side
@@ -202,7 +216,7 @@ def test_shadow_runs_the_candidate_unseen_and_captures_both(server) -> None:  # 
     set_alias(db, "learnloop", "v0001", actor="test")
     with db.session() as s:
         set_split(s, "learnloop", "v0002", split=0.0, shadow=1.0)
-    time.sleep(0.4)
+    _converged(runtime, "v0001", "v0002")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     raw = client.chat.completions.with_raw_response.create(model="learnloop", messages=PROMPTS[1], max_tokens=4)
     assert raw.headers["x-learnloop-version"] == "v0001"

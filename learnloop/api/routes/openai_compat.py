@@ -310,10 +310,18 @@ class _Call:
         task.add_done_callback(_background.discard)
 
     def capture(self) -> None:
-        cap = self.runtime.capture
-        if cap is None or self.captured:
+        """Once per completion: the serving metrics, then the trajectories (queued, never awaited)."""
+        if self.captured:
             return
         self.captured = True
+        from learnloop.api.metrics import observe_serving
+
+        cut = any(f in (None, "cancelled") for f in self.finish)
+        observe_serving(None if self.route.served == "base" else self.route.served, sum(self.completion_tokens),
+                        time.perf_counter() - self.started, status="cut" if cut else "ok")
+        cap = self.runtime.capture
+        if cap is None:
+            return
         for i in range(self.chat.n):
             cut = self.finish[i] in (None, "cancelled")
             meta: dict[str, Any] = {
