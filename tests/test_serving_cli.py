@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import openai
+from serving_support import make_adapter
 
 from api_support import LEARNLOOP, cli_env, free_port
 from learnloop.store import Database
 from learnloop.store.models import ModelVersion
-from serving_support import make_adapter
 
 
 def _start(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:

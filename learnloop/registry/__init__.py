@@ -12,7 +12,15 @@ Public surface::
 """
 
 from learnloop.registry.lineage import diff_versions, lineage, trace_trajectory
-from learnloop.registry.promotion import Restored, head_version, local_actor, promote, restore, rollback, serving_stack
+from learnloop.registry.promotion import (
+    Restored,
+    head_version,
+    local_actor,
+    promote,
+    restore,
+    rollback,
+    serving_stack,
+)
 from learnloop.registry.versions import (
     VersionInfo,
     apply_retention,
