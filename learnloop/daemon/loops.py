@@ -271,7 +271,7 @@ def ensure_row(db: Database, name: str) -> None:
     with db.session() as s:
         if s.get(LoopState, name) is None:
             s.add(LoopState(name=name, state="idle", locked={}, readiness={}, last_outcome={}))
-    # A concurrent daemon inserting the same name raises IntegrityError; callers catch and move on.
+    # A concurrent daemon inserting the same name raises Conflict; callers catch and move on.
 
 
 def due(db: Database, settings: Settings, now: dt.datetime | None = None) -> list[LoopConfig]:
@@ -301,12 +301,10 @@ def next_due_in(db: Database, settings: Settings, now: dt.datetime | None = None
 def check_and_submit(db: Database, settings: Settings, loop: LoopConfig, *, manual: bool = False, actor: str | None = None,
                      now: dt.datetime | None = None) -> tuple[Decision | None, queue.JobInfo | None]:
     """Check one loop and queue its next cycle when it fires (or when ``manual``); records the decision."""
-    from sqlalchemy.exc import IntegrityError
-
     now = now or utcnow()
     try:
         ensure_row(db, loop.name)
-    except IntegrityError:
+    except Conflict:
         pass
     check_lock(db, settings, loop)
     with db.read_session() as s:
