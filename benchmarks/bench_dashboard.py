@@ -38,8 +38,8 @@ from learnloop.store.models import (  # noqa: E402
     Job,
     ModelVersion,
     Score,
-    Trajectory,
     TrainingMetric,
+    Trajectory,
     utcnow,
 )
 

@@ -48,7 +48,7 @@ WORDS = ("queue worker restart cache token model answer request latency retry sh
 
 
 def _rows(start: int, count: int, rng: random.Random) -> tuple[list[dict], list[dict]]:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     trajs, scores = [], []
     for i in range(start, start + count):
         group = i // 4  # 4 answers per prompt: DPO pairs and GRPO groups
@@ -93,7 +93,7 @@ def _rss_mb() -> float:
 class _PeakRss:
     """Samples resident memory every 20 ms while a build runs: how much it grows above the start."""
 
-    def __enter__(self) -> "_PeakRss":
+    def __enter__(self) -> _PeakRss:
         self.start = self.peak = _rss_mb()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)

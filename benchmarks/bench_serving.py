@@ -16,7 +16,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -24,7 +24,8 @@ from pydantic_settings import (
 )
 
 from learnloop.daemon.config import DaemonSettings, LoopConfig
-from learnloop.errors import ConfigError
+from learnloop.errors import ConfigError, problems_text
+from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
 # One default token length for datasets (what their length report checks) and training (what it
@@ -171,7 +172,7 @@ class ScoringSettings(_Section):
     combine: CombineSettings = Field(default_factory=CombineSettings)
 
     @model_validator(mode="after")
-    def _rating_scale(self) -> "ScoringSettings":
+    def _rating_scale(self) -> ScoringSettings:
         if self.rating_max <= self.rating_min:
             raise ValueError(f"rating_max ({self.rating_max}) must be greater than rating_min ({self.rating_min})")
         return self
@@ -366,7 +367,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.data_dir / 'learnloop.db'}"
+        return f"sqlite:///{data_dir(self.data_dir).database}"
 
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain data with secrets masked (for `learnloop config` and the API)."""
@@ -392,9 +393,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = problems_text(exc, limit=50)
         raise ConfigError(
             f"Invalid configuration ({problems}). Check learnloop.toml and LEARNLOOP_* environment variables."
         ) from None

@@ -123,7 +123,7 @@ def _section(prefix: str, model: type[BaseModel], *, commented: bool = False, ar
         yield f"# {header}" if commented else header
     for name, info in leaves:
         yield from _leaf_lines(name, info, commented=commented)
-    for name, info, sub in subsections:
+    for name, _info, sub in subsections:
         yield from _section(f"{prefix}.{name}" if prefix else name, sub, commented=commented)
     for name, info, item in arrays:
         # A list of tables (e.g. [[loops]]): empty by default, so shown as a commented-out example entry.

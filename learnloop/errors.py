@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LearnloopError(Exception):
     """Base of every error learnloop raises on purpose. The message says what was wrong and what to do."""
@@ -20,7 +22,8 @@ class ValidationFailed(LearnloopError):
 
 
 class Unparsable(LearnloopError):
-    """A request body or file is not JSON at all (HTTP 400); ValidationFailed is for JSON of the wrong shape."""
+    """A request body or file is not JSON at all (HTTP 400); ValidationFailed is for JSON of the
+    wrong shape."""
 
 
 class NotFound(LearnloopError):
@@ -33,6 +36,11 @@ class Conflict(LearnloopError):
 
 class StoreUnavailable(LearnloopError):
     """The database or the learnloop server cannot be reached right now; retry later."""
+
+
+class StoreError(LearnloopError):
+    """The database failed on a statement for a reason that is not an outage (a trigger refused a
+    row, the schema is missing); retrying the same write is not expected to help."""
 
 
 class Overloaded(LearnloopError):
@@ -49,3 +57,41 @@ class TruncationRefused(ValidationFailed):
     def __init__(self, message: str, check: object = None) -> None:
         super().__init__(message, [("max_length", message)])
         self.check = check
+
+
+def error_location(err: Any) -> str:
+    """A pydantic error's location as ``trajectories.0.messages.1.role``; the checks that look
+    inside a whole record (text, repeated ids) add the path they found under it."""
+    parts = [str(p) for p in err["loc"]]
+    inner = (err.get("ctx") or {}).get("path")
+    if err.get("type") == "conflicting_repeat" and inner:
+        parts = [inner]  # said from the batch's root: the path is the whole location
+    elif inner:
+        parts.append(inner)
+    return ".".join(p for p in parts if p)
+
+
+def validation_problems(exc: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """A pydantic ``ValidationError`` as (location, message) pairs, the location dotted like
+    ``trajectories.0.messages.1.role`` and put under ``prefix`` when one is given."""
+    problems = []
+    for err in exc.errors():
+        loc = error_location(err)
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        problems.append((loc or "(root)", err["msg"]))
+    return problems
+
+
+def problems_text(exc_or_problems: Any, limit: int = 10) -> str:
+    """``field: message; field: message`` for a pydantic error or a list of problems, at most ``limit``."""
+    problems = exc_or_problems if isinstance(exc_or_problems, list) else validation_problems(exc_or_problems)
+    shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems[:limit])
+    more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+    return shown + more
+
+
+def invalid(exc: Any, what: str = "input", prefix: str = "") -> ValidationFailed:
+    """``ValidationFailed`` for a pydantic error: "Invalid <what> — field: message; ..." with the problems."""
+    problems = validation_problems(exc, prefix)
+    return ValidationFailed(f"Invalid {what} — {problems_text(problems)}.", problems)

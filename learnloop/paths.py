@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+DATABASE_FILE = "learnloop.db"
+
+# A training run's output folder (training/loop.py, training/checkpoint.py, training/control.py):
+#   train_config.json, metrics.jsonl, control.json, .lock, adapter/, checkpoint-<step>/
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.jsonl"
+CONTROL_FILE = "control.json"
+RUN_LOCK_FILE = ".lock"
+ADAPTER_DIR = "adapter"
+# Inside a checkpoint (and, for the optimizer, the final adapter):
+CHECKPOINT_MARKER = "COMMITTED.json"  # written last: a checkpoint without it is torn
+CHECKPOINT_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+TMP_CHECKPOINT_PREFIX = ".tmp-checkpoint-"
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / f"checkpoint-{step}"
 
 
 @dataclass(frozen=True)
@@ -12,7 +36,7 @@ class DataDir:
 
     @property
     def database(self) -> Path:
-        return self.root / "learnloop.db"
+        return self.root / DATABASE_FILE
 
     @property
     def spool(self) -> Path:
@@ -71,7 +95,7 @@ class DataDir:
     def dataset_file(self, dataset_id: int | str, kind: str) -> Path:
         return self.datasets / f"{dataset_id}-{kind}.jsonl"
 
-    def ensure(self) -> "DataDir":
+    def ensure(self) -> DataDir:
         for p in (self.root, self.spool, self.inbox, self.inbox_processed, self.inbox_failed):
             p.mkdir(parents=True, exist_ok=True)
         return self

@@ -13,7 +13,7 @@ import re
 
 _SPEC = re.compile(r"^\s*(\d+)\s*([mhd])\s*$")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def window_seconds(spec: str) -> int:
@@ -35,7 +35,7 @@ def _format(seconds: int) -> str:
 def window_id(when: dt.datetime, seconds: int) -> str:
     """The id of the window of ``seconds`` length that ``when`` falls in (naive times are UTC)."""
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     start = int((when - _EPOCH).total_seconds()) // seconds * seconds
     return (_EPOCH + dt.timedelta(seconds=start)).strftime(_format(seconds))
 
@@ -66,7 +66,7 @@ def fill_windows(records: list[dict] | None, spec: str, now: dt.datetime | None 
     if not records:
         return
     clock = WindowClock(spec)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     for rec in records:
         if rec.get("window"):
             continue
@@ -77,5 +77,5 @@ def fill_windows(records: list[dict] | None, spec: str, now: dt.datetime | None 
             except ValueError:
                 when = now
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         rec["window"] = clock(when)

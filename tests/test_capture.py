@@ -126,6 +126,7 @@ def test_traced_sync_and_async_functions(db: Database, make_client) -> None:
 
     with db.read_session() as s:
         from sqlalchemy import select
+
         from learnloop.store.models import Trajectory
 
         rows = {r.scenario: r for r in s.scalars(select(Trajectory)).all()}
@@ -305,7 +306,7 @@ def test_a_record_is_stored_as_it_was_when_recorded(db: Database, make_client) -
     import datetime as dt
 
     client = make_client(database=db, flush_interval=5)  # stays queued until flush
-    when = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     with client.trajectory(scenario="frozen", metadata={"n": 1, "at": when, "ids": {7}}) as t:
         t.user("q")
         t.assistant("a")
@@ -324,11 +325,11 @@ def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{sock.getsockname()[1]}"
     client = CaptureClient(Settings(data_dir=tmp_path / "data"), server_url=down, spool_dir=tmp_path / "spool")
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     with client.trajectory(scenario="late") as t:
         t.user("q")
         t.assistant("a")
-    recorded = dt.datetime.now(dt.timezone.utc)
+    recorded = dt.datetime.now(dt.UTC)
     assert not client.flush(0.5)
     client.close(0.1)
     time.sleep(1.1)
@@ -338,7 +339,7 @@ def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
     db = Database(url)
     with db.read_session() as s:
         row = s.get(Trajectory, t.id)
-        created, ingested = (v.replace(tzinfo=v.tzinfo or dt.timezone.utc) for v in (row.created_at, row.ingested_at))
+        created, ingested = (v.replace(tzinfo=v.tzinfo or dt.UTC) for v in (row.created_at, row.ingested_at))
     db.dispose()
     assert before <= created <= recorded, (before, created, recorded)
     assert ingested - created > dt.timedelta(seconds=1)

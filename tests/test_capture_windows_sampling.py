@@ -34,7 +34,7 @@ def make_client(settings: Settings, tmp_path: Path):
 
 
 def test_window_ids() -> None:
-    t = dt.datetime(2026, 12, 2, 14, 37, 5, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 12, 2, 14, 37, 5, tzinfo=dt.UTC)
     assert window_id(t, window_seconds("1h")) == "2026-12-02T14"
     assert window_id(t, window_seconds("6h")) == "2026-12-02T12"
     assert window_id(t, window_seconds("1d")) == "2026-12-02"
@@ -72,7 +72,7 @@ def test_window_and_model_on_recorder_decorator(db: Database, make_client, setti
     assert client.flush(30)
     with db.read_session() as s:
         rows = {r.agent: r for r in s.query(Trajectory).all()}
-    today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     assert rows["planner"].window_id == today and rows["planner"].model == "gpt-x"
     assert rows["coder"].window_id == "sprint-12"
     assert rows["calc"].window_id == "w-7" and rows["calc"].model == "tiny-1"

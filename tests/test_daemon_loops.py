@@ -151,3 +151,25 @@ def test_loop_config_is_validated_up_front(settings: Settings) -> None:
         loop_settings(settings, triggers={"daily_at": "25:00"})
     with pytest.raises(Exception, match="used twice"):
         Settings.model_validate({**settings.model_dump(), "loops": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_failed_cycles_back_off_before_the_loop_fires_again(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
+    s = _settings(settings, tiny_model_dir, triggers={"min_new_examples": 5})
+    s = s.model_copy(update={"daemon": s.daemon.model_copy(update={"retry_backoff": 60.0, "retry_backoff_max": 100.0})})
+    add(db, traces("a", 6))
+    _, job = loops.check_and_submit(db, s, s.loops[0])
+    assert job is not None
+    failed_at = utcnow()
+    with db.session() as sess:  # the cycle failed (say its guardrail refused the data)
+        sess.execute(update(Job).where(Job.id == job.id).values(state=JobState.failed, finished_at=failed_at))
+    waiting = loops.check_loop(db, s, s.loops[0], now=failed_at + dt.timedelta(seconds=30))
+    assert not waiting.fire and any("1 cycle(s) failed in a row; the next may start at" in r for r in waiting.reasons)
+    assert loops.check_loop(db, s, s.loops[0], now=failed_at + dt.timedelta(seconds=61)).fire
+
+    _, second = loops.check_and_submit(db, s, s.loops[0], now=failed_at + dt.timedelta(seconds=61))
+    assert second is not None
+    with db.session() as sess:
+        sess.execute(update(Job).where(Job.id == second.id).values(state=JobState.failed, finished_at=failed_at + dt.timedelta(seconds=62)))
+    # Two failures in a row: the wait doubles, up to retry_backoff_max.
+    assert not loops.check_loop(db, s, s.loops[0], now=failed_at + dt.timedelta(seconds=62 + 90)).fire
+    assert loops.check_loop(db, s, s.loops[0], now=failed_at + dt.timedelta(seconds=62 + 101)).fire

@@ -29,7 +29,7 @@ from learnloop.store import Database, ingest, parse_batch
 from learnloop.store.models import Dataset, Split, Trajectory
 from learnloop.store.trajectories import trajectory_row
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 def add(db: Database, *items: dict[str, Any]) -> None:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from api_support import cli_env
 from sqlalchemy import func, select
 
+from api_support import cli_env
 from learnloop.demo.task import SCENARIO, cases, check, expected_from_message
 from learnloop.store.db import Database
 from learnloop.store.models import AliasEvent, Evaluation, Job, JobState, ModelVersion, Source, Trajectory

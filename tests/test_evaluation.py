@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from registry_support import add_holdout, make_adapter, settings_for
 
 from learnloop.config import GatePolicy, Settings
 from learnloop.errors import Conflict, ValidationFailed
@@ -14,7 +15,6 @@ from learnloop.registry import get_version, promote, register_version
 from learnloop.serving.backend import ChatRequest, ChatResult
 from learnloop.store import Database
 from learnloop.store.events import recent_events
-from registry_support import add_holdout, make_adapter, settings_for
 
 
 class ScriptedBackend:

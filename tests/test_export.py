@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from registry_support import make_adapter, settings_for
 
 from learnloop.config import Settings
 from learnloop.errors import ConfigError
 from learnloop.registry import export_version, register_version
 from learnloop.store import Database
-from registry_support import make_adapter, settings_for
 
 PROMPTS = [[{"role": "user", "content": "what is two plus two?"}],
            [{"role": "system", "content": "answer with yes or no."}, {"role": "user", "content": "is the fox quick?"}],

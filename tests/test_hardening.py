@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from helpers import chat
 from learnloop.api import create_app
 from learnloop.capture.client import CaptureClient
-from learnloop.capture.encoding import dumps
 from learnloop.capture.spool import Spool
 from learnloop.config import Settings
 from learnloop.errors import ValidationFailed
+from learnloop.jsonio import dumps
 from learnloop.store import Database
 from learnloop.store.models import Feedback, Score, Trajectory
 from learnloop.store.records import batch_from_json, parse_batch
@@ -398,7 +398,7 @@ def test_dashboard_auth_compares_bytes_too(settings: Settings, sqlite_db: Databa
     assert r.status_code == 401, r.text
     r = c.post("/ui/aliases/learnloop/rollback", headers={"Cookie": b"learnloop_token=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"})
     assert r.status_code == 401, r.text
-    r = c.post("/login", content="token=s3cr%C3%A9t".encode(), headers={"Content-Type": "application/x-www-form-urlencoded"},
+    r = c.post("/login", content=b"token=s3cr%C3%A9t", headers={"Content-Type": "application/x-www-form-urlencoded"},
                follow_redirects=False)
     assert r.status_code == 303 and "wrong" in r.headers["location"]
 

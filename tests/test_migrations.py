@@ -22,7 +22,7 @@ def test_single_head_and_full_downgrade_upgrade_cycle(db: Database) -> None:
     assert current_revision(db.engine) == heads[0]
     revisions = [r.revision for r in script.walk_revisions()]
     # Step down one revision at a time and back up, so every downgrade() runs.
-    for rev in revisions:
+    for _rev in revisions:
         downgrade(db.engine, "-1")
     assert current_revision(db.engine) is None
     db.upgrade()

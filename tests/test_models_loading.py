@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_support import adapter_weights, make_config
 
 from learnloop.training.run import train
+from training_support import adapter_weights, make_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from training_support import config_dict
 
 from learnloop.config import Settings
 from learnloop.datasets import build_dataset
@@ -20,6 +19,7 @@ from learnloop.scoring import apply_rewards, combined_rewards
 from learnloop.store import Database, downgrade
 from learnloop.store.db import current_revision
 from learnloop.store.models import JSONType, UTCDateTime
+from training_support import config_dict
 
 # The tables as the first release (migration 0001) wrote them: only the columns it had.
 TRAJ = sa.table(
@@ -38,7 +38,7 @@ FEEDBACK = sa.table(
                                          "author")),
     sa.column("correction", JSONType), sa.column("metadata", JSONType), sa.column("created_at", UTCDateTime()),
 )
-T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 
 
 def _first_release_prompt_hash(messages: list[dict]) -> str:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from registry_support import make_adapter, make_run_dir, settings_for
 
 from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound, ValidationFailed
@@ -27,7 +28,6 @@ from learnloop.registry import (
 from learnloop.store import Database, ingest
 from learnloop.store.aliases import alias_history, get_alias
 from learnloop.store.models import LoopState, ModelVersion
-from registry_support import make_adapter, make_run_dir, settings_for
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
+from registry_support import add_holdout, make_adapter, make_run_dir, settings_for
 
 from api_support import live_server
 from learnloop.api import create_app
@@ -16,7 +17,6 @@ from learnloop.cli.main import cli
 from learnloop.config import Settings
 from learnloop.store import Database
 from learnloop.store.models import ModelVersion
-from registry_support import add_holdout, make_adapter, make_run_dir, settings_for
 
 
 def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ import learnloop
 from helpers import chat
 from learnloop.cli.main import cli
 from learnloop.config import Settings
-from learnloop.scoring import reward_stats, summarize
 from learnloop.scoring import registry as reg
+from learnloop.scoring import reward_stats, summarize
 from learnloop.store import Database, ingest, parse_batch
 
-DAY1 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
-DAY2 = dt.datetime(2026, 11, 2, 9, tzinfo=dt.timezone.utc)
+DAY1 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+DAY2 = dt.datetime(2026, 11, 2, 9, tzinfo=dt.UTC)
 
 
 def test_summarize() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 from api_support import live_server
 from learnloop.api import create_app
@@ -19,7 +20,6 @@ from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.store.aliases import alias_history, set_split
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion, Trajectory
-from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import openai
+from serving_support import make_adapter, version_row
 
 from api_support import LEARNLOOP, cli_env, free_port
 from learnloop.store import Database
-from serving_support import make_adapter, version_row
 
 
 def _start(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:

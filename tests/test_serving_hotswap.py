@@ -8,13 +8,14 @@ answer by the new version, p99 <= 2 s.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 from api_support import live_server
 from learnloop.api import create_app
@@ -23,7 +24,6 @@ from learnloop.serving.backend import ChatRequest
 from learnloop.serving.local import LocalBackend
 from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.store.db import Database
-from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 
 CLIENTS = 16
 CYCLES = 10

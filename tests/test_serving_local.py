@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from serving_support import PROMPTS, make_adapter, one_torch_thread
 
 from learnloop.errors import NotFound, Overloaded, ValidationFailed
 from learnloop.serving.backend import ChatRequest
 from learnloop.serving.chat_format import normalize_messages, parse_tool_calls, validate_tools
 from learnloop.serving.local import LocalBackend
-from serving_support import PROMPTS, make_adapter, one_torch_thread
 
 
 @pytest.fixture(scope="module")

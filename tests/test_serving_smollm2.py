@@ -9,13 +9,13 @@ from pathlib import Path
 
 import openai
 import pytest
+from serving_support import make_adapter, one_torch_thread
 
 from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
 from learnloop.serving.backend import ChatRequest
 from learnloop.store.db import Database
-from serving_support import make_adapter, one_torch_thread
 
 pytestmark = pytest.mark.slow
 

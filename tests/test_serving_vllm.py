@@ -8,6 +8,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from serving_support import version_row
+from vllm_fake import BASE_NAME, fake_vllm_app
 
 from api_support import live_server
 from learnloop.api import create_app
@@ -18,8 +20,6 @@ from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
 from learnloop.serving.vllm import VllmBackend
 from learnloop.store.db import Database
 from learnloop.store.models import Trajectory
-from serving_support import version_row
-from vllm_fake import BASE_NAME, fake_vllm_app
 
 ASK = [{"role": "user", "content": "hello there"}]
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from training_support import adapter_weights, config_dict, write_jsonl
 
 from learnloop.cli.main import cli
+from training_support import adapter_weights, config_dict, write_jsonl
 
 
 def test_train_run_with_config_file_and_overrides(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -83,3 +83,28 @@ def test_train_control_and_merge(tiny_model_dir: Path, tmp_path: Path) -> None:
                                       "--out", str(merged)])
     assert result.exit_code == 0, result.output
     assert (merged / "config.json").exists() and (merged / "model.safetensors").exists()
+
+
+def test_train_run_flags_come_from_train_config() -> None:
+    from learnloop.training.config import TrainConfig
+
+    for section in (TrainConfig, *(f.annotation for f in TrainConfig.model_fields.values()
+                                   if isinstance(f.annotation, type) and hasattr(f.annotation, "model_fields"))):
+        assert all(f.description for f in section.model_fields.values()), section.__name__
+    help_text = CliRunner().invoke(cli, ["train", "run", "--help"], terminal_width=200).output
+    for flag in ("--warmup-steps", "--lora-r", "--dpo-beta", "--grpo-num-generations", "--no-length-grouping"):
+        assert flag in help_text, flag
+    assert TrainConfig.model_fields["warmup_steps"].description in help_text
+
+
+def test_a_nested_flag_overrides_one_key_of_its_section(tmp_path: Path) -> None:
+    from learnloop.cli.training import _overrides
+    from learnloop.training.run import load_config
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"algorithm": "sft", "base_model": "m", "dataset": "d.jsonl", "output_dir": "o",
+                               "lora": {"r": 4, "alpha": 8}}))
+    config = load_config(cfg, _overrides({"lora__r": 2, "dpo__beta": None, "seed": 7}))
+    assert (config.lora.r, config.lora.alpha, config.seed) == (2, 8, 7)
+    bad = CliRunner().invoke(cli, ["train", "run", "--config", str(cfg), "--lora-r", "0"])
+    assert bad.exit_code != 0 and "lora.r" in bad.output and "Traceback" not in bad.output

@@ -6,11 +6,11 @@ import random
 from pathlib import Path
 
 import pytest
-from training_support import SFT_ROWS, objective_for, write_jsonl
 
 from learnloop.errors import ValidationFailed
 from learnloop.training.data import BatchStream, LoadedDataset, Position, epoch_batches, load_examples
 from learnloop.training.objective import Example
+from training_support import SFT_ROWS, objective_for, write_jsonl
 
 
 @pytest.fixture(scope="module")

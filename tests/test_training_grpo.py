@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
-from training_support import adapter_weights, make_config, objective_for, write_jsonl
 
 from learnloop.errors import ConfigError, ValidationFailed
 from learnloop.training.grpo import clipped_surrogate, group_advantages, token_logprobs
+from training_support import adapter_weights, make_config, objective_for, write_jsonl
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -171,7 +171,6 @@ def test_load_error_names_the_file_line_and_field(tiny_model_dir: Path, tmp_path
 def test_dataset_builder_export_trains_with_the_builders_advantages(tiny_model_dir: Path, sqlite_db: Any, settings: Any) -> None:
     """What ``build_dataset(kind='grpo')`` writes is what this objective reads, with the same advantages."""
     from helpers import chat
-
     from learnloop.datasets import build_dataset
     from learnloop.store import ingest, parse_batch
     from learnloop.training.data import load_examples

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from training_support import DPO_ROWS, SFT_ROWS, write_jsonl
 
 from learnloop.cli.main import cli
 from learnloop.config import DEFAULT_MAX_LENGTH, Settings
-from learnloop.datasets.guardrails import check_training_lengths, guard_training_lengths, training_conversations
+from learnloop.datasets.guardrails import (
+    check_training_lengths,
+    guard_training_lengths,
+    training_conversations,
+)
 from learnloop.errors import TruncationRefused
 from learnloop.models.loading import load_tokenizer
 from learnloop.training.config import TrainConfig
+from training_support import DPO_ROWS, SFT_ROWS, write_jsonl
 
 LONG = {"messages": [{"role": "user", "content": "tell me a long story " * 12},
                      {"role": "assistant", "content": "once upon a time " * 40}]}

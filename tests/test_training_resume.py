@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-from training_support import adapter_weights, config_dict
 
 from learnloop.training.checkpoint import MARKER, latest_checkpoint, list_checkpoints
 from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl, read_control, write_control
 from learnloop.training.run import ProgressEvent, train
+from training_support import adapter_weights, config_dict
 
 # Gradient accumulation, warmup + cosine, several epochs and LoRA dropout (it draws from the torch
 # RNG): every piece of state a resume must restore.

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from training_support import SFT_ROWS, adapter_weights, first_last_loss, make_config, objective_for
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from watch_support import seed_loop, seed_trajectories
 
 from api_support import LEARNLOOP, cli_env
 from learnloop.config import AlertRule, Settings
@@ -23,7 +24,6 @@ from learnloop.store.db import Database
 from learnloop.store.events import recent_events
 from learnloop.store.models import AlertDelivery, Control, Job, JobKind, JobState, TrainingMetric, utcnow
 from learnloop.watch import actions, alerts
-from watch_support import seed_loop, seed_trajectories
 
 
 class Receiver:
@@ -204,7 +204,7 @@ def test_disk_low_and_no_trajectories_repeat_after_their_period(settings: Settin
                        AlertRule(name="quiet", when="no_trajectories", url=hook.url, hours=24, repeat_hours=6))
         # The start of the current 6-hour period, so "one hour later" stays inside it.
         period = 6 * 3600
-        now = dt.datetime.fromtimestamp(utcnow().timestamp() // period * period + 60, dt.timezone.utc)
+        now = dt.datetime.fromtimestamp(utcnow().timestamp() // period * period + 60, dt.UTC)
         assert sorted(k.split(":")[0] for k in alerts.evaluate(db, s, now)) == ["disk", "quiet"]
         assert alerts.evaluate(db, s, now + dt.timedelta(hours=1)) == []
         assert len(alerts.evaluate(db, s, now + dt.timedelta(hours=6, minutes=1))) == 2

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from watch_support import seed_loop, seed_trajectories
+from watch_worker import TrainingWorker
 
 from api_support import live_server
 from learnloop.api.app import create_app
@@ -21,8 +23,6 @@ from learnloop.config import Settings
 from learnloop.store.db import Database
 from learnloop.store.models import Feedback, Job, JobState
 from training_support import make_config
-from watch_support import seed_loop, seed_trajectories
-from watch_worker import TrainingWorker
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"

@@ -11,13 +11,22 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
+from watch_support import seed_loop, seed_trajectories
 
 from api_support import live_server
 from learnloop.api.app import create_app
 from learnloop.config import Settings
 from learnloop.store.db import Database
-from learnloop.store.models import Alias, AliasEvent, DesiredState, Feedback, Job, JobState, ModelVersion, TrainingMetric
-from watch_support import seed_loop, seed_trajectories
+from learnloop.store.models import (
+    Alias,
+    AliasEvent,
+    DesiredState,
+    Feedback,
+    Job,
+    JobState,
+    ModelVersion,
+    TrainingMetric,
+)
 
 PAGES = ["/", "/trajectories", "/rewards", "/datasets", "/jobs", "/versions", "/serving", "/quality"]
 

@@ -70,8 +70,8 @@ def first_last_loss(metrics_path: Path, n: int = 3) -> tuple[float, float]:
 
 def objective_for(tiny_model_dir: Path, algorithm: str = "sft", **overrides: Any):  # noqa: ANN201
     """(objective, tokenizer) for unit tests that need no dataset file or training run."""
-    from learnloop.training.config import TrainConfig
     from learnloop.models.loading import load_tokenizer
+    from learnloop.training.config import TrainConfig
     from learnloop.training.objective import get_objective
 
     cfg = TrainConfig.model_validate({"algorithm": algorithm, "base_model": str(tiny_model_dir), "dataset": "unused.jsonl",

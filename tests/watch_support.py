@@ -63,7 +63,7 @@ def seed_trajectories(db: Database, now: dt.datetime | None = None) -> dict[str,
         items.append({"id": f"t-teacher-{i}", "scenario": "math", "source": "teacher", "messages": chat(f"teach {i}", "ok"),
                       "created_at": (now - dt.timedelta(days=1)).isoformat()})
     for i in range(10):
-        version = "v0002" if i % 2 else "v0001"
+        _version = "v0002" if i % 2 else "v0001"
         items.append({"id": f"t-served-{i}", "scenario": "math", "source": "served", "model": "learnloop",
                       "messages": chat(f"served {i}", "answer"), "created_at": (now - dt.timedelta(days=i % 3)).isoformat(),
                       "metadata": {"latency_ms": 100 + 10 * i}, "scores": {"correct": 0.5 + 0.05 * i}})

@@ -32,7 +32,7 @@ class TrainingWorker:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._poller = threading.Thread(target=self._poll, daemon=True)
 
-    def start(self) -> "TrainingWorker":
+    def start(self) -> TrainingWorker:
         from learnloop.training.control import Control
 
         self.control = Control()

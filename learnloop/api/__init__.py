@@ -2,4 +2,6 @@
 
 from learnloop.api.app import create_app
 
-__all__ = ["create_app"]
+__all__ = [
+    "create_app",
+]

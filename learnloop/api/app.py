@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnloop import __version__
@@ -18,7 +17,15 @@ from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.deps import IngestGate
 from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
-from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, StoreUnavailable, ValidationFailed
+from learnloop.errors import (
+    Conflict,
+    LearnloopError,
+    NotFound,
+    Overloaded,
+    StoreError,
+    StoreUnavailable,
+    ValidationFailed,
+)
 from learnloop.paths import data_dir
 from learnloop.store.db import Database, open_database
 from learnloop.store.records import error_location
@@ -144,7 +151,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LearnloopError)
     async def _domain(request: Request, exc: LearnloopError) -> JSONResponse:
         if isinstance(exc, ValidationFailed):
-            return _error(422, str(exc), problems=[{"loc": l, "msg": m} for l, m in exc.problems])
+            return _error(422, str(exc), problems=[{"loc": loc, "msg": m} for loc, m in exc.problems])
         if isinstance(exc, NotFound):
             return _error(404, str(exc))
         if isinstance(exc, Conflict):
@@ -155,26 +162,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             # The message names the database's address and the driver's words: for the log, not
             # for whoever is calling (healthz and reads may be open to anyone).
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-            return _error(503, "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds.",
-                          headers={"Retry-After": str(STORE_RETRY_AFTER)})
+            if "locked" in str(exc):
+                text = "The database is busy (locked by another writer). Nothing was stored; retry after Retry-After seconds."
+            else:
+                text = "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds."
+            return _error(503, text, headers={"Retry-After": str(STORE_RETRY_AFTER)})
+        if isinstance(exc, StoreError):
+            log.error("database error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+            return _error(500, str(exc))
         return _error(400, str(exc))  # Unparsable (a body that is not JSON) and any other refusal
-
-    @app.exception_handler(SQLAlchemyError)
-    async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
-        # The write transaction was rolled back before we got here: say so, and whose move it is.
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if isinstance(exc, OperationalError):
-            # Say which, not where: the driver's text names hosts and paths (it goes to the log).
-            log.warning("database unavailable or busy on %s %s: %s", request.method, request.url.path, reason)
-            what = "busy (locked by another writer)" if "locked" in reason or "busy" in reason else "unavailable"
-            return _error(
-                503,
-                f"The database is {what}. Nothing was stored; retry after Retry-After seconds.",
-                headers={"Retry-After": str(STORE_RETRY_AFTER)},
-            )
-        if isinstance(exc, DataError):
-            return _error(422, f"The database rejected a value: {reason}. Nothing was stored.")
-        if isinstance(exc, IntegrityError):
-            return _error(409, f"The database refused the request: {reason}. Nothing was stored.")
-        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error(500, f"Database error: {reason}. Nothing was stored.")

@@ -37,13 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
-
 from learnloop.config import Settings
 from learnloop.errors import LearnloopError, NotFound, StoreUnavailable
 from learnloop.paths import DataDir, data_dir
 from learnloop.store.db import Database
-from learnloop.store.jsonl import FileRules, ImportResult, file_kind, failure_report, import_jsonl
+from learnloop.store.jsonl import FileRules, ImportResult, failure_report, file_kind, import_jsonl
 
 log = logging.getLogger("learnloop.inbox")
 
@@ -149,7 +147,7 @@ class InboxWatcher:
         except NotFound:
             # Taken away between the scan and the read (another watcher on a shared folder, a person).
             return InboxOutcome(path.name, "gone")
-        except (StoreUnavailable, OperationalError) as exc:
+        except StoreUnavailable as exc:
             # Transient: the file is fine, the database is not. Keep it for the next poll,
             # and say so once rather than every poll of a long outage.
             level = logging.DEBUG if path.name in self._waiting else logging.WARNING
@@ -206,7 +204,7 @@ class InboxWatcher:
     def _fail(self, path: Path, message: str) -> InboxOutcome:
         self._waiting.discard(path.name)
         dest = _move(path, self.dirs.inbox_failed)
-        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         dest.with_name(dest.name + ".error.txt").write_text(
             f"{path.name} was not imported ({stamp}); nothing from it was stored.\n\n{message}\n\n"
             "Fix the file and drop it into the inbox again.\n",
@@ -250,7 +248,7 @@ def _move(path: Path, folder: Path) -> Path:
     dest = folder / path.name
     n = 1
     while dest.exists() or dest.with_name(dest.name + ".error.txt").exists():
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         dest = folder / f"{path.stem}.{stamp}-{n}{path.suffix}"
         n += 1
     os.replace(path, dest)

@@ -20,17 +20,25 @@ from typing import Any
 from learnloop.capture.client import CaptureClient, configure, get_client, shutdown
 from learnloop.capture.openai_wrapper import wrap_openai
 from learnloop.capture.recorder import TrajectoryRecorder, current_trajectory, new_id, traced
-from learnloop.capture.sampling import DEFAULT_KEEP_RULES, Sampler, has_error, has_feedback, has_negative_reward
+from learnloop.capture.sampling import (
+    DEFAULT_KEEP_RULES,
+    Sampler,
+    has_error,
+    has_feedback,
+    has_negative_reward,
+)
 from learnloop.capture.transports import DatabaseTransport, HttpTransport, Refused, RetryLater, Transport
 
 
 def trajectory(**fields: Any) -> TrajectoryRecorder:
-    """Start recording a trajectory: scenario, agent, tags, group, source, metadata, model, tools, messages, id."""
+    """Start recording a trajectory (scenario, agent, tags, group, source, metadata, model, tools,
+    messages, id)."""
     return get_client().trajectory(**fields)
 
 
 def feedback(trajectory_id: str, **signals: Any) -> str | None:
-    """Late feedback (rating, thumbs, success, correction, comment, author, metadata) on a recorded trajectory."""
+    """Late feedback (rating, thumbs, success, correction, comment, author, metadata) on a recorded
+    trajectory."""
     return get_client().feedback(trajectory_id, **signals)
 
 
@@ -45,8 +53,27 @@ def flush(timeout: float | None = None) -> bool:
 
 
 __all__ = [
-    "CaptureClient", "DEFAULT_KEEP_RULES", "DatabaseTransport", "HttpTransport", "Refused", "RetryLater", "Sampler",
-    "Transport", "TrajectoryRecorder", "configure", "current_trajectory", "feedback", "flush", "get_client",
-    "has_error", "has_feedback", "has_negative_reward", "new_id", "reward", "shutdown", "traced", "trajectory",
+    "CaptureClient",
+    "DEFAULT_KEEP_RULES",
+    "DatabaseTransport",
+    "HttpTransport",
+    "Refused",
+    "RetryLater",
+    "Sampler",
+    "Transport",
+    "TrajectoryRecorder",
+    "configure",
+    "current_trajectory",
+    "feedback",
+    "flush",
+    "get_client",
+    "has_error",
+    "has_feedback",
+    "has_negative_reward",
+    "new_id",
+    "reward",
+    "shutdown",
+    "traced",
+    "trajectory",
     "wrap_openai",
 ]

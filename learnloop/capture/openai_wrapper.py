@@ -24,8 +24,20 @@ log = logging.getLogger("learnloop.capture")
 
 _WRAPPED_MARK = "__learnloop_wrapped__"
 # Request parameters worth keeping beside the record (sampling settings shape the answer).
-_KEPT_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "seed", "stop",
-                "presence_penalty", "frequency_penalty", "response_format", "tool_choice", "reasoning_effort")
+_KEPT_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tool_choice",
+    "reasoning_effort",
+)
 
 
 def wrap_openai(client: Any, **trajectory_defaults: Any) -> Any:
@@ -61,7 +73,16 @@ def wrap_openai(client: Any, **trajectory_defaults: Any) -> Any:
             if kwargs.get("stream"):
                 _safely(_hook_async_stream, result, kwargs, started, trajectory_defaults, capture_client)
             else:
-                _safely(_record, kwargs, _plain_response(result), None, started, None, trajectory_defaults, capture_client)
+                _safely(
+                    _record,
+                    kwargs,
+                    _plain_response(result),
+                    None,
+                    started,
+                    None,
+                    trajectory_defaults,
+                    capture_client,
+                )
             return result
 
         setattr(acreate, _WRAPPED_MARK, True)
@@ -79,7 +100,16 @@ def wrap_openai(client: Any, **trajectory_defaults: Any) -> Any:
             if kwargs.get("stream"):
                 _safely(_hook_stream, result, kwargs, started, trajectory_defaults, capture_client)
             else:
-                _safely(_record, kwargs, _plain_response(result), None, started, None, trajectory_defaults, capture_client)
+                _safely(
+                    _record,
+                    kwargs,
+                    _plain_response(result),
+                    None,
+                    started,
+                    None,
+                    trajectory_defaults,
+                    capture_client,
+                )
             return result
 
         setattr(create, _WRAPPED_MARK, True)
@@ -139,8 +169,9 @@ class _ChunkAssembler:
             if delta.content:
                 self.content.append(delta.content)
             for tc in getattr(delta, "tool_calls", None) or ():
-                slot = self.tool_calls.setdefault(tc.index, {"id": None, "type": "function",
-                                                             "function": {"name": "", "arguments": ""}})
+                slot = self.tool_calls.setdefault(
+                    tc.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
                 if tc.id:
                     slot["id"] = tc.id
                 if getattr(tc, "type", None):
@@ -153,17 +184,25 @@ class _ChunkAssembler:
                         slot["function"]["arguments"] += fn.arguments
 
     def response(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.role, "content": "".join(self.content) if self.content else None}
+        message: dict[str, Any] = {
+            "role": self.role,
+            "content": "".join(self.content) if self.content else None,
+        }
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-        out: dict[str, Any] = {"id": self.id, "model": self.model,
-                               "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}]}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+        }
         if self.usage is not None:
             out["usage"] = self.usage
         return out
 
 
-def _hook_stream(stream: Any, kwargs: dict[str, Any], started: float, defaults: dict[str, Any], cc: Any) -> None:
+def _hook_stream(
+    stream: Any, kwargs: dict[str, Any], started: float, defaults: dict[str, Any], cc: Any
+) -> None:
     inner = stream._iterator  # the SDK's own chunk generator; Stream.__iter__/__next__ read it
     asm = _ChunkAssembler()
 
@@ -186,7 +225,9 @@ def _hook_stream(stream: Any, kwargs: dict[str, Any], started: float, defaults: 
     stream._iterator = tee()
 
 
-def _hook_async_stream(stream: Any, kwargs: dict[str, Any], started: float, defaults: dict[str, Any], cc: Any) -> None:
+def _hook_async_stream(
+    stream: Any, kwargs: dict[str, Any], started: float, defaults: dict[str, Any], cc: Any
+) -> None:
     inner = stream._iterator
     asm = _ChunkAssembler()
 
@@ -212,8 +253,16 @@ def _hook_async_stream(stream: Any, kwargs: dict[str, Any], started: float, defa
 # -- the record ---------------------------------------------------------------------------
 
 
-def _record(kwargs: dict[str, Any], response: dict[str, Any] | None, asm: _ChunkAssembler | None, started: float,
-            error: BaseException | None, defaults: dict[str, Any], cc: Any, complete: bool = True) -> None:
+def _record(
+    kwargs: dict[str, Any],
+    response: dict[str, Any] | None,
+    asm: _ChunkAssembler | None,
+    started: float,
+    error: BaseException | None,
+    defaults: dict[str, Any],
+    cc: Any,
+    complete: bool = True,
+) -> None:
     request_messages = [_plain(m) for m in kwargs.get("messages") or ()]
     answer = None
     call_meta: dict[str, Any] = {"latency_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -255,7 +304,8 @@ def _record(kwargs: dict[str, Any], response: dict[str, Any] | None, asm: _Chunk
     metadata = dict(fields.pop("metadata", None) or {})
     metadata.update(call_meta)
     # A model= given to wrap_openai names the model on purpose (e.g. a teacher's label): it wins.
-    rec = client.trajectory(model=fields.pop("model", None) or model, tools=tools, metadata=metadata, **fields)
+    chosen_model = fields.pop("model", None) or model
+    rec = client.trajectory(model=chosen_model, tools=tools, metadata=metadata, **fields)
     rec.messages.extend(request_messages)
     if answer is not None:
         rec.messages.append(answer)
@@ -264,9 +314,15 @@ def _record(kwargs: dict[str, Any], response: dict[str, Any] | None, asm: _Chunk
     rec.record()
 
 
-def _add_to_trajectory(t: TrajectoryRecorder, request_messages: list[dict[str, Any]], answer: dict[str, Any] | None,
-                       model: str | None, tools: list[dict[str, Any]] | None, call_meta: dict[str, Any],
-                       error: BaseException | None) -> None:
+def _add_to_trajectory(
+    t: TrajectoryRecorder,
+    request_messages: list[dict[str, Any]],
+    answer: dict[str, Any] | None,
+    model: str | None,
+    tools: list[dict[str, Any]] | None,
+    call_meta: dict[str, Any],
+    error: BaseException | None,
+) -> None:
     # The request normally repeats the conversation so far: add only what the trajectory lacks.
     have = t.messages
     n = len(have)

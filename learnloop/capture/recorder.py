@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from learnloop.errors import ValidationFailed
+from learnloop.errors import ValidationFailed, invalid
 from learnloop.ids import new_id
 from learnloop.windows import WindowClock
 
@@ -27,11 +27,13 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_now, _UTC = dt.datetime.now, dt.timezone.utc
+_now, _UTC = dt.datetime.now, dt.UTC
 
 SOURCES = ("production", "teacher", "synthetic", "served")
 
-_current: contextvars.ContextVar["TrajectoryRecorder | None"] = contextvars.ContextVar("learnloop_trajectory", default=None)
+_current: contextvars.ContextVar[TrajectoryRecorder | None] = contextvars.ContextVar(
+    "learnloop_trajectory", default=None
+)
 
 
 _clocks: dict[str, WindowClock] = {}
@@ -47,7 +49,7 @@ def _window_of(client: Any, when: dt.datetime) -> str:
     return clock(when)
 
 
-def current_trajectory() -> "TrajectoryRecorder | None":
+def current_trajectory() -> TrajectoryRecorder | None:
     """The trajectory being recorded in this context (thread or asyncio task), if any."""
     return _current.get()
 
@@ -79,13 +81,29 @@ class TrajectoryRecorder:
     """
 
     __slots__ = (
-        "id", "scenario", "group", "agent", "source", "model", "window", "tags", "metadata", "messages", "tools",
-        "scores", "_feedback", "_client", "_token", "_keep", "_discard", "_done",
+        "id",
+        "scenario",
+        "group",
+        "agent",
+        "source",
+        "model",
+        "window",
+        "tags",
+        "metadata",
+        "messages",
+        "tools",
+        "scores",
+        "_feedback",
+        "_client",
+        "_token",
+        "_keep",
+        "_discard",
+        "_done",
     )
 
     def __init__(
         self,
-        client: "CaptureClient",
+        client: CaptureClient,
         *,
         scenario: str | None = None,
         agent: str | None = None,
@@ -130,7 +148,9 @@ class TrajectoryRecorder:
     def user(self, content: Any, **extra: Any) -> None:
         self.messages.append({"role": "user", "content": _content(content, "user"), **extra})
 
-    def assistant(self, content: str | None = None, *, tool_calls: Iterable[Any] | None = None, **extra: Any) -> None:
+    def assistant(
+        self, content: str | None = None, *, tool_calls: Iterable[Any] | None = None, **extra: Any
+    ) -> None:
         if content is None and not tool_calls:
             raise ValidationFailed("an assistant message needs content or tool_calls.")
         msg: dict[str, Any] = {"role": "assistant", "content": content}
@@ -154,15 +174,13 @@ class TrajectoryRecorder:
         """Append one message in OpenAI chat format (a dict, or an OpenAI SDK message object); checked now."""
         from pydantic import ValidationError
 
-        from learnloop.store.records import MESSAGE, format_validation_error
+        from learnloop.store.records import MESSAGE
 
         msg = _plain(message)
         try:
             MESSAGE.validate_python(msg)
         except ValidationError as exc:
-            problems = format_validation_error(exc, f"messages.{len(self.messages)}")
-            shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
-            raise ValidationFailed(f"Invalid message — {shown}.", problems) from None
+            raise invalid(exc, "message", f"messages.{len(self.messages)}") from None
         self.messages.append(msg)
 
     def add_messages(self, messages: Iterable[Any]) -> None:
@@ -198,8 +216,13 @@ class TrajectoryRecorder:
     def to_record(self) -> dict[str, Any]:
         # Stamped now, not when stored: after an outage the spool delivers records hours late.
         created = _now(tz=_UTC)
-        rec: dict[str, Any] = {"id": self.id, "messages": self.messages, "metadata": self.metadata,
-                               "created_at": created, "window": self.window or _window_of(self._client, created)}
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "messages": self.messages,
+            "metadata": self.metadata,
+            "created_at": created,
+            "window": self.window or _window_of(self._client, created),
+        }
         if self.scenario is not None:
             rec["scenario"] = self.scenario
         if self.group is not None:
@@ -236,7 +259,7 @@ class TrajectoryRecorder:
             return False
         return self._client.submit_trajectory(self.to_record(), self._feedback[1:], force=self._keep)
 
-    def __enter__(self) -> "TrajectoryRecorder":
+    def __enter__(self) -> TrajectoryRecorder:
         self._token = _current.set(self)
         return self
 
@@ -254,9 +277,11 @@ class TrajectoryRecorder:
         except Exception:  # recording must never replace the app's own exception or break its flow
             import logging
 
-            logging.getLogger("learnloop.capture").exception("learnloop capture: could not record trajectory %s", self.id)
+            logging.getLogger("learnloop.capture").exception(
+                "learnloop capture: could not record trajectory %s", self.id
+            )
 
-    async def __aenter__(self) -> "TrajectoryRecorder":
+    async def __aenter__(self) -> TrajectoryRecorder:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -267,14 +292,12 @@ def validate_feedback(signals: dict[str, Any]) -> dict[str, Any]:
     """Check feedback where it is given (it is rare, and a mistake should fail at its line)."""
     from pydantic import ValidationError
 
-    from learnloop.store.records import FEEDBACK, format_validation_error
+    from learnloop.store.records import FEEDBACK
 
     try:
         fb = FEEDBACK.validate_python(signals)
     except ValidationError as exc:
-        problems = format_validation_error(exc, "feedback")
-        shown = "; ".join(f"{loc}: {m}" for loc, m in problems)
-        raise ValidationFailed(f"Invalid feedback — {shown}.", problems) from None
+        raise invalid(exc, "feedback", "feedback") from None
     return FEEDBACK.dump_python(fb, mode="json", exclude_none=True)
 
 
@@ -306,7 +329,7 @@ def traced(
     metadata: dict[str, Any] | None = None,
     model: str | None = None,
     window: str | None = None,
-    client: "CaptureClient | None" = None,
+    client: CaptureClient | None = None,
 ) -> Any:
     """Record each call of a function (sync or async) as a trajectory.
 
@@ -317,56 +340,79 @@ def traced(
     """
 
     def decorate(func: F) -> F:
-        name = scenario or func.__qualname__
-
-        def start() -> TrajectoryRecorder:
-            from learnloop.capture.client import get_client
-
-            return TrajectoryRecorder(
-                client or get_client(), scenario=name, agent=agent, tags=tags, group=group, source=source,
-                metadata=metadata, model=model, window=window,
-            )
-
-        def finish(t: TrajectoryRecorder, args: tuple[Any, ...], kwargs: dict[str, Any], started: float,
-                   result: Any, exc: BaseException | None) -> None:
-            t.metadata["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            if not t.messages:
-                t.user(_describe_call(func, args, kwargs))
-                if exc is None and result is not None:
-                    t.assistant(_describe_result(result))
-
+        fields = {
+            "scenario": scenario or func.__qualname__,
+            "agent": agent,
+            "tags": tags,
+            "group": group,
+            "source": source,
+            "metadata": metadata,
+            "model": model,
+            "window": window,
+        }
         if inspect.iscoroutinefunction(func):
+            return _traced_async(func, client, fields)  # type: ignore[return-value]
+        return _traced_sync(func, client, fields)  # type: ignore[return-value]
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                t = start()
-                started = time.perf_counter()
-                with t:
-                    try:
-                        result = await func(*args, **kwargs)
-                    except BaseException as exc:
-                        finish(t, args, kwargs, started, None, exc)
-                        raise
-                    finish(t, args, kwargs, started, result, None)
-                    return result
+    return decorate(fn) if fn is not None else decorate
 
-            return async_wrapper  # type: ignore[return-value]
 
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = start()
-            started = time.perf_counter()
-            with t:
-                try:
-                    result = func(*args, **kwargs)
-                except BaseException as exc:
-                    finish(t, args, kwargs, started, None, exc)
-                    raise
-                finish(t, args, kwargs, started, result, None)
-                return result
+def _start_call(client: CaptureClient | None, fields: dict[str, Any]) -> TrajectoryRecorder:
+    from learnloop.capture.client import get_client
 
-        return wrapper  # type: ignore[return-value]
+    return TrajectoryRecorder(client or get_client(), **fields)
 
-    if fn is not None:
-        return decorate(fn)
-    return decorate
+
+def _end_call(
+    t: TrajectoryRecorder,
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    started: float,
+    result: Any,
+    failed: bool,
+) -> None:
+    """The call's duration, and its arguments and result as messages when the function added none."""
+    t.metadata["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    if not t.messages:
+        t.user(_describe_call(func, args, kwargs))
+        if not failed and result is not None:
+            t.assistant(_describe_result(result))
+
+
+def _traced_sync(
+    func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]
+) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = _start_call(client, fields)
+        started = time.perf_counter()
+        with t:
+            try:
+                result = func(*args, **kwargs)
+            except BaseException:
+                _end_call(t, func, args, kwargs, started, None, failed=True)
+                raise
+            _end_call(t, func, args, kwargs, started, result, failed=False)
+            return result
+
+    return wrapper
+
+
+def _traced_async(
+    func: Callable[..., Any], client: CaptureClient | None, fields: dict[str, Any]
+) -> Callable[..., Any]:
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = _start_call(client, fields)
+        started = time.perf_counter()
+        with t:
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException:
+                _end_call(t, func, args, kwargs, started, None, failed=True)
+                raise
+            _end_call(t, func, args, kwargs, started, result, failed=False)
+            return result
+
+    return wrapper

@@ -52,7 +52,7 @@ DEFAULT_KEEP_RULES: tuple[KeepRule, ...] = (has_feedback, has_error, has_negativ
 
 
 def check_source_rates(rates: Mapping[str, float]) -> None:
-    """Refuse unknown sources and rates outside [0, 1] (raises ValueError, which config validation reports)."""
+    """Refuse unknown sources and rates outside [0, 1] (a ValueError, which config validation reports)."""
     for source, rate in rates.items():
         if source not in SOURCES:
             raise ValueError(f"source_sample_rates: unknown source {source!r} (one of {', '.join(SOURCES)})")
@@ -98,7 +98,7 @@ class Sampler:
 
     @classmethod
     def from_settings(cls, capture: Any, rate: float | None = None, keep_if: Iterable[KeepRule] = (), *,
-                      default_rules: bool = True) -> "Sampler":
+                      default_rules: bool = True) -> Sampler:
         """The sampler ``[capture]`` describes; ``rate`` (when given) replaces ``capture.sample_rate``."""
         return cls(capture.sample_rate if rate is None else rate, keep_if, default_rules=default_rules,
                    source_rates=capture.source_sample_rates, keep_confident=capture.keep_confident)
@@ -120,6 +120,7 @@ class Sampler:
                 import logging
 
                 logging.getLogger("learnloop.capture").exception(
-                    "learnloop capture: keep rule %r failed; keeping the trajectory", rule)
+                    "learnloop capture: keep rule %r failed; keeping the trajectory", rule
+                )
                 return True
         return self._random() < rate

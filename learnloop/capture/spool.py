@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learnloop.durable import fsync_file
+
 log = logging.getLogger("learnloop.capture")
 
 _BATCH_RE = re.compile(r"^(?P<owner>[0-9a-f]{32})-(?P<seq>\d{12})\.json$")
@@ -40,7 +42,7 @@ class SpoolFile:
 
 
 class Spool:
-    """One writer's view of the spool folder: its own lock, its batch files, adoption of dead writers' files."""
+    """One writer's view of the spool folder: its lock, its batch files, adoption of dead writers' files."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -74,8 +76,7 @@ class Spool:
         with open(path, "wb") as f:
             f.write(body)
             f.write(b"\n")  # the terminator tells a complete file from one cut short by a kill
-            f.flush()
-            os.fsync(f.fileno())
+            fsync_file(f)
         if self._lock_fd < 0:
             # Written after close(): leave a free lock so the next start adopts the file.
             (self.root / f"{self.owner}.lock").touch()
@@ -93,9 +94,13 @@ class Spool:
         line = json.dumps({"kind": kind, "reason": reason, "record": record}, default=str, ensure_ascii=False)
         with open(self.rejected_dir / f"{self.owner}.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        log.error("learnloop capture: the store refused a %s record (%s); kept in %s", kind, reason, self.rejected_dir)
+            fsync_file(f)
+        log.error(
+            "learnloop capture: the store refused a %s record (%s); kept in %s",
+            kind,
+            reason,
+            self.rejected_dir,
+        )
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -176,7 +181,9 @@ def spool_status(root: Path) -> dict[str, Any]:
             m = _BATCH_RE.match(p.name)
             if not m:
                 continue
-            w = writers.setdefault(m["owner"], {"batches": 0, "records": 0, "alive": _alive(root / f"{m['owner']}.lock")})
+            w = writers.setdefault(
+                m["owner"], {"batches": 0, "records": 0, "alive": _alive(root / f"{m['owner']}.lock")}
+            )
             w["batches"] += 1
             try:
                 data = p.read_bytes()

@@ -1,31 +1,30 @@
-"""Where the background writer delivers batches: the database in-process, or a learnloop server over HTTP.
+"""Where the background writer delivers a batch: the database in-process, or a learnloop server over HTTP.
 
-Both take the same prepared batch and answer the same way: return on success, raise
-``RetryLater`` when the store cannot take it now (the batch stays spooled and is resent), or
-``Refused`` when the store will never take it (the writer then isolates the bad records).
+A transport takes a batch's JSON body and answers in one of three ways: it returns (stored), it
+raises ``RetryLater`` (the store cannot take it now: the batch stays spooled and is resent), or
+it raises ``Refused`` (the store will never take it as it is). Any other exception is a failure
+nobody planned for; the writer treats a batch that keeps failing like a refused one. Transports
+hold no writer state: retries, backoff and splitting live in ``writer.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from learnloop.errors import LearnloopError, NotFound, StoreUnavailable, ValidationFailed
+from learnloop.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
 
 if TYPE_CHECKING:
     import httpx
 
     from learnloop.store.db import Database
-    from learnloop.store.records import IngestBatch
 
 log = logging.getLogger("learnloop.capture")
 
 
 class RetryLater(Exception):
-    """The store is unreachable, busy or overloaded; resend the same batch after ``retry_after`` (or backoff)."""
+    """The store is unreachable, busy or overloaded: resend the batch after ``retry_after`` (or a backoff)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -33,41 +32,14 @@ class RetryLater(Exception):
 
 
 class Refused(Exception):
-    """The store refused the batch for good (invalid record, unknown trajectory id, too large)."""
-
-
-@dataclass(eq=False)
-class PreparedBatch:
-    """A batch: its JSON body (as spooled, and as sent over HTTP) and, once validated, the records.
-
-    ``checked``/``valid``/``busy`` belong to the writer: whether the batch was validated, what
-    is left of it to send (None: nothing), and whether a writer thread is working on it now.
-    ``plan`` belongs to the transport: what its ``prepare`` made ready for ``send``.
-    """
-
-    body: bytes
-    batch: "IngestBatch | None" = None
-    count: int = 0
-    checked: bool = False
-    valid: "PreparedBatch | None" = None
-    busy: bool = False
-    ahead_failed: bool = False
-    plan: Any = None
-
-
-def _nothing() -> None:
-    pass
+    """The store refused the batch for good (an invalid record, an unknown trajectory id, too large)."""
 
 
 class Transport(Protocol):
     name: str
 
-    def prepare(self, prepared: PreparedBatch) -> None:
-        """Work on a validated batch that needs no store (the writer does it ahead of ``send``)."""
-
-    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = ...) -> None:
-        """Deliver a batch. ``while_blocked`` is called right before the call that waits longest
-        on the store (the insert, the HTTP request): the writer prepares the next batch then."""
+    def send(self, body: bytes) -> None:
+        """Deliver one ``IngestBatch`` JSON body (see the module docstring for the answers)."""
 
     def close(self) -> None: ...
 
@@ -77,7 +49,9 @@ class DatabaseTransport:
 
     name = "database"
 
-    def __init__(self, db: "Database", *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True) -> None:
+    def __init__(
+        self, db: Database, *, project: str = "default", holdout_fraction: float = 0.1, migrate: bool = True
+    ) -> None:
         self.db = db
         self.project = project
         self.holdout_fraction = holdout_fraction
@@ -86,42 +60,27 @@ class DatabaseTransport:
         self._migrated = not migrate
         self._lock = threading.Lock()
 
-    def prepare(self, prepared: PreparedBatch) -> None:
-        """Plan the insert (rows, defaults, hashes, JSON encoding) while another batch is being written."""
-        from learnloop.store.trajectories import plan_ingest
+    def send(self, body: bytes) -> None:
+        from pydantic import ValidationError
 
-        if prepared.batch is not None and prepared.plan is None:
-            prepared.plan = plan_ingest(prepared.batch, self.db.engine.dialect, project=self.project,
-                                        holdout_fraction=self.holdout_fraction)
-
-    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = _nothing) -> None:
-        from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-
+        from learnloop.errors import problems_text
         from learnloop.store.records import batch_from_json
-        from learnloop.store.trajectories import apply_plan
+        from learnloop.store.trajectories import ingest
 
-        if prepared.plan is None:  # not prepared ahead (or that failed): here, and kept for a retry
-            if prepared.batch is None:
-                prepared.batch = batch_from_json(prepared.body)
-            self.prepare(prepared)
-        plan = prepared.plan
-        plan.before_insert = while_blocked
+        try:
+            batch = batch_from_json(body)
+        except ValidationError as exc:
+            raise Refused(problems_text(exc)) from None
         try:
             with self._lock:
                 if not self._migrated:
                     self.db.upgrade()
                     self._migrated = True
-                with self.db.connection() as conn:
-                    apply_plan(conn, plan)
-        except (NotFound, ValidationFailed) as exc:
-            raise Refused(str(exc)) from exc
-        except (IntegrityError, DataError) as exc:
-            raise Refused(_first_line(exc)) from exc
+            with self.db.connection() as conn:
+                ingest(conn, batch, project=self.project, holdout_fraction=self.holdout_fraction)
         except StoreUnavailable as exc:
             raise RetryLater(str(exc)) from exc
-        except SQLAlchemyError as exc:  # locked, connection lost mid-transaction, server restarting
-            raise RetryLater(_first_line(exc)) from exc
-        except LearnloopError as exc:
+        except (ValidationFailed, NotFound, Conflict) as exc:
             raise Refused(str(exc)) from exc
 
     def close(self) -> None:
@@ -133,7 +92,14 @@ class HttpTransport:
 
     name = "http"
 
-    def __init__(self, server_url: str, *, token: str | None = None, timeout: float = 30.0, client: "httpx.Client | None" = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        client: httpx.Client | None = None,
+    ) -> None:
         import httpx
 
         self.url = server_url.rstrip("/") + "/v1/ingest"
@@ -143,29 +109,35 @@ class HttpTransport:
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
         self._headers = headers
 
-    def prepare(self, prepared: PreparedBatch) -> None:
-        pass  # the body goes as it is
-
-    def send(self, prepared: PreparedBatch, *, while_blocked: Callable[[], None] = _nothing) -> None:
+    def send(self, body: bytes) -> None:
         import httpx
 
         try:
-            while_blocked()
-            r = self._client.post(self.url, content=prepared.body, headers=self._headers)
+            r = self._client.post(self.url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
             raise RetryLater(f"cannot reach {self.url}: {exc}") from exc
         if r.is_success:
             return
         message = _error_text(r)
         if r.status_code in (429, 503):
-            raise RetryLater(f"{self.url} answered {r.status_code}: {message}", _retry_after(r.headers.get("Retry-After")))
+            retry_after = _retry_after(r.headers.get("Retry-After"))
+            raise RetryLater(f"{self.url} answered {r.status_code}: {message}", retry_after)
         if r.status_code in (401, 403):
             # A token problem is fixed by a person, not by the records: keep them spooled.
-            log.error("learnloop capture: %s refused the token (%s); set LEARNLOOP_API_TOKEN. Records stay spooled.", self.url, message)
+            log.error(
+                "learnloop capture: %s refused the token (%s); set LEARNLOOP_API_TOKEN. "
+                "Records stay spooled.",
+                self.url,
+                message,
+            )
             raise RetryLater(message)
-        if r.status_code in (404, 409, 413, 422):
+        if r.status_code in (408, 502, 504):  # timed out, or a proxy in front of a server that is down
+            raise RetryLater(f"{self.url} answered {r.status_code}: {message}")
+        if 400 <= r.status_code < 500:
             raise Refused(f"{r.status_code}: {message}")
-        raise RetryLater(f"{self.url} answered {r.status_code}: {message}")
+        # A 500: the server failed on this batch. Not an outage, so the writer retries it a few
+        # times and then splits it to find the records that fail.
+        raise RuntimeError(f"{self.url} answered {r.status_code}: {message}")
 
     def close(self) -> None:
         self._client.close()
@@ -180,13 +152,9 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def _error_text(r: "httpx.Response") -> str:
+def _error_text(r: httpx.Response) -> str:
     try:
         data = r.json()
         return str(data.get("error") or data.get("detail") or data)
-    except Exception:
+    except (ValueError, AttributeError):  # not JSON, or not an object
         return r.text[:500]
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

@@ -19,8 +19,11 @@ def _free_port() -> int:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("learnloop-demo"),
               show_default=True, help="The demo's own data dir; emptied at the start (prepared models are kept).")
 @click.option("--port", type=int, default=None, help="Port of the demo's server (default: a free one).")
+@click.option("--budget", type=float, default=None,
+              help="Minutes the loop may take to promote a better model before the demo gives up "
+              "(default: 15, or 1 with --quick).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
-def demo_cmd(quick: bool, data_dir: Path, port: int | None, as_json: bool) -> None:
+def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None, as_json: bool) -> None:
     """Start a server and daemon on a fresh SQLite data dir, run a simulated app against the `learnloop`
     alias, and let the daemon train, evaluate, promote and hot-swap a better model while it runs.
 
@@ -34,8 +37,13 @@ def demo_cmd(quick: bool, data_dir: Path, port: int | None, as_json: bool) -> No
     from learnloop.demo.profiles import PROFILES
     from learnloop.demo.runner import DemoRun
 
+    import dataclasses
+
     console = Console(stderr=as_json)
-    run = DemoRun(PROFILES["quick" if quick else "full"], data_dir.resolve(), port=port or _free_port(), console=console)
+    profile = PROFILES["quick" if quick else "full"]
+    if budget is not None:
+        profile = dataclasses.replace(profile, budget_s=budget * 60)
+    run = DemoRun(profile, data_dir.resolve(), port=port or _free_port(), console=console)
     report = run.run()
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

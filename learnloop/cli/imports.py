@@ -20,7 +20,6 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     nothing and every bad line is reported. Re-importing a file is a no-op (lines without an
     id get one derived from their content and line number). Exits non-zero if any file failed.
     """
-    from sqlalchemy.exc import SQLAlchemyError
 
     from learnloop.errors import LearnloopError
     from learnloop.store import open_database
@@ -36,7 +35,7 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
             try:
                 r = import_jsonl(db, f, project=s.project, holdout_fraction=s.datasets.holdout_fraction,
                                  window=s.capture.window)
-            except (LearnloopError, SQLAlchemyError) as exc:
+            except LearnloopError as exc:
                 failures.append((f, failure_report(exc)))
                 if as_json:
                     click.echo(json.dumps({"path": str(f), "error": str(exc)}))
@@ -58,7 +57,7 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
             f"{totals['duplicates']} duplicates"
         )
     if failures:
-        for f, message in failures:
+        for _file, message in failures:
             click.echo(f"Error: {message}", err=True)
         raise click.ClickException(
             f"{len(failures)} of {len(files)} file(s) not imported (nothing from them was stored); see above."

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import sys
@@ -11,6 +10,7 @@ from typing import Any
 import click
 
 from learnloop.errors import LearnloopError
+from learnloop.importing import import_object
 
 # Subcommands live in modules named for their stage and are imported only when used,
 # so `learnloop config` does not pay for torch.
@@ -47,8 +47,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in LAZY_COMMANDS:
-            module, attr = LAZY_COMMANDS[name].split(":")
-            return getattr(importlib.import_module(module), attr)
+            return import_object(LAZY_COMMANDS[name])
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -150,7 +149,7 @@ def stats_cmd(as_json: bool, days: int | None, agent: str | None) -> None:
     from learnloop.store.trajectories import stats
 
     db = open_database(settings())
-    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) if days else None
     with db.read_session() as s:
         data = stats(s, since=since, agent=agent)
     if as_json:

@@ -90,7 +90,7 @@ def stats_cmd(days: int | None, scenario: str | None, as_json: bool) -> None:
     from learnloop.store import open_database
 
     s = settings()
-    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days) if days else None
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days) if days else None
     with open_database(s).read_session() as session:
         data = reward_stats(session, weights=s.scoring, since=since, scenario=scenario)
     if as_json:

@@ -130,6 +130,21 @@ def active_job(db: Database, loop: str) -> Job | None:
         ).first()
 
 
+def failed_cycles(db: Database, loop: str) -> tuple[int, dt.datetime | None]:
+    """How many of the loop's newest finished cycles failed in a row, and when the last one ended."""
+    with db.read_session() as s:
+        rows = s.execute(
+            select(Job.state, Job.finished_at).where(Job.loop == loop, Job.kind == JobKind.train, Job.finished_at.is_not(None))
+            .order_by(Job.finished_at.desc(), Job.id.desc()).limit(20)
+        ).all()
+    n = 0
+    for state, _ in rows:
+        if state != JobState.failed:
+            break
+        n += 1
+    return n, (rows[0][1] if n else None)
+
+
 def _since(db: Database, loop: LoopConfig) -> dt.datetime | None:
     if not loop.incremental:
         return None
@@ -174,6 +189,15 @@ def check_loop(db: Database, settings: Settings, loop: LoopConfig, *, now: dt.da
         d.checks.append(Check("base_model", True, f"base model {base} present"))
     except LearnloopError as exc:
         d.checks.append(Check("base_model", False, str(exc)))
+    failures, failed_at = failed_cycles(db, loop.name)
+    if failures:
+        # A cycle that failed on the same data (a guardrail, a bad config) would fail again at once:
+        # wait as a retried job would, longer after each failure in a row, and say until when.
+        wait = min(settings.daemon.retry_backoff * 2 ** (failures - 1), settings.daemon.retry_backoff_max)
+        until = failed_at + dt.timedelta(seconds=wait)
+        d.checks.append(Check("after_failure", now >= until,
+                              f"{failures} cycle(s) failed in a row; the next may start at {until:%H:%M:%S} UTC"
+                              if now < until else f"{failures} cycle(s) failed in a row; backoff of {wait:.0f} s over"))
     d.ready = all(c.ok for c in d.checks if c.name != "new_examples") and count > 0
 
     if count >= t.min_new_examples:
@@ -247,7 +271,7 @@ def ensure_row(db: Database, name: str) -> None:
     with db.session() as s:
         if s.get(LoopState, name) is None:
             s.add(LoopState(name=name, state="idle", locked={}, readiness={}, last_outcome={}))
-    # A concurrent daemon inserting the same name raises IntegrityError; callers catch and move on.
+    # A concurrent daemon inserting the same name raises Conflict; callers catch and move on.
 
 
 def due(db: Database, settings: Settings, now: dt.datetime | None = None) -> list[LoopConfig]:
@@ -277,12 +301,10 @@ def next_due_in(db: Database, settings: Settings, now: dt.datetime | None = None
 def check_and_submit(db: Database, settings: Settings, loop: LoopConfig, *, manual: bool = False, actor: str | None = None,
                      now: dt.datetime | None = None) -> tuple[Decision | None, queue.JobInfo | None]:
     """Check one loop and queue its next cycle when it fires (or when ``manual``); records the decision."""
-    from sqlalchemy.exc import IntegrityError
-
     now = now or utcnow()
     try:
         ensure_row(db, loop.name)
-    except IntegrityError:
+    except Conflict:
         pass
     check_lock(db, settings, loop)
     with db.read_session() as s:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from learnloop.daemon.config import PRIORITIES
@@ -136,7 +135,7 @@ def submit(
             emit(s, "job.queued", f"{job_kind.value} job {row.id} queued ({priority_name(prio)})", loop=loop, job_id=row.id,
                  data={"priority": priority_name(prio), "idempotency_key": idempotency_key})
             info = JobInfo.of(row)
-    except IntegrityError:
+    except Conflict:
         # Another process queued the same key between our look-up and insert: theirs stands.
         existing = _by_key(db, idempotency_key) if idempotency_key else None
         if existing is None:

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from learnloop.config import ScoringSettings
 from learnloop.datasets.filters import DatasetFilters, group_columns, latest_corrections, stream_rows
 from learnloop.datasets.guardrails import (
     Conversation,
@@ -34,9 +35,9 @@ from learnloop.datasets.guardrails import (
     correction_message,
     split_prompt,
 )
-from learnloop.config import ScoringSettings
 from learnloop.scoring.combine import CombineRule, combined_rewards
 from learnloop.store.models import Source, Split, Trajectory
+from learnloop.store.query import chunks
 
 _MESSAGE_INDEX = re.compile(r"message \d+")
 # The [scoring] settings (weights + combine rule), or just weights: how scores become one reward.
@@ -238,12 +239,10 @@ def _pair(item_id: str, prompt: Conversation, chosen: Conversation, rejected: Co
 def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) -> Iterator[Item]:
     corrections = latest_corrections(session, f, Split.train)
     ids = sorted(corrections)
-    for start in range(0, len(ids), 500):
-        rows = session.execute(
-            select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(ids[start : start + 500]))
-        )
+    for chunk in chunks(ids):
+        rows = session.execute(select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(chunk)))
         messages_by_id: dict[str, Any] = {tid: msgs for tid, msgs in rows}
-        for tid in ids[start : start + 500]:
+        for tid in chunk:
             fid, correction = corrections[tid]
             messages = messages_by_id[tid]
             reason = check_messages(messages)

@@ -32,6 +32,7 @@ from learnloop.datasets.builders import BUILDERS, MAX_LISTED, BuildReport, Item
 from learnloop.datasets.dedup import Deduplicator
 from learnloop.datasets.filters import KINDS, DatasetFilters, parse_filters
 from learnloop.datasets.guardrails import TokenCounter, conversation_text, length_report, token_counter
+from learnloop.durable import fsync_dir, fsync_file
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database
@@ -165,8 +166,7 @@ def build_dataset(
                 writer.flush()
                 replay = _replay(session, kind, writer, f.replay_fraction or 0.0) if kind in TRAINING_KINDS else None
                 writer.flush()
-            fh.flush()
-            os.fsync(fh.fileno())
+            fsync_file(fh)
         if not writer.ids:
             raise ValidationFailed(
                 f"No {kind} examples passed the filters ({_funnel_text(report)}). "
@@ -224,7 +224,7 @@ def _record(
             row.path = str(placed)
             session.flush()
             os.replace(tmp, placed)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             info = _info(row)
     except BaseException:
         if placed is not None:  # the row was rolled back: no file may claim its id
@@ -236,14 +236,6 @@ def _record(
 def _length_basis(stats: dict[str, Any] | None) -> tuple[Any, Any]:
     length = (stats or {}).get("length", {})
     return length.get("tokenizer"), length.get("max_length")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stats(

@@ -12,9 +12,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from learnloop.config import DatasetSettings
-from learnloop.errors import ValidationFailed
+from learnloop.errors import ValidationFailed, invalid, problems_text
 from learnloop.store.models import Feedback, Source, Split, Trajectory, utcnow
-from learnloop.store.records import format_validation_error
 
 Kind = Literal["sft", "dpo", "grpo", "holdout"]
 KINDS: tuple[str, ...] = ("sft", "dpo", "grpo", "holdout")
@@ -70,7 +69,7 @@ class DatasetFilters(BaseModel):
     replay_fraction: float | None = Field(None, ge=0, lt=1, description="Share mixed in from earlier datasets.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DatasetFilters":
+    def _consistent(self) -> DatasetFilters:
         if self.since and self.until and self.since >= self.until:
             raise ValueError("'since' must be before 'until'")
         return self
@@ -83,10 +82,9 @@ class DatasetFilters(BaseModel):
             if kind not in kinds and getattr(self, name) is not None
         ]
         if problems:
-            shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems)
-            raise ValidationFailed(f"Invalid dataset filters — {shown}. Leave them out.", problems)
+            raise ValidationFailed(f"Invalid dataset filters — {problems_text(problems)}. Leave them out.", problems)
 
-    def resolved(self, kind: str, config: DatasetSettings, now: dt.datetime | None = None) -> "DatasetFilters":
+    def resolved(self, kind: str, config: DatasetSettings, now: dt.datetime | None = None) -> DatasetFilters:
         """A copy with every default filled in for ``kind`` and the lookback fixed to a start time."""
         self.check_kind(kind)
         now = now or utcnow()
@@ -132,9 +130,7 @@ def parse_filters(data: dict[str, Any] | None) -> DatasetFilters:
     try:
         return DatasetFilters.model_validate(data or {})
     except ValidationError as exc:
-        problems = format_validation_error(exc, "filters")
-        shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems)
-        raise ValidationFailed(f"Invalid dataset filters — {shown}.", problems) from None
+        raise invalid(exc, "dataset filters", "filters") from None
 
 
 def where_clauses(f: DatasetFilters, split: Split) -> list[Any]:

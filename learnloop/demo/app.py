@@ -75,6 +75,8 @@ class DemoApp:
         """Ask a batch of requests at once (serving batches them), then send verdicts and teacher traces."""
         with ThreadPoolExecutor(self.concurrency) as pool:
             answers = list(pool.map(lambda ic: self.ask(ic[1], user=f"user-{ic[0] % 50}", phase=phase), enumerate(cases)))
+        # The server stores what it served a moment after answering; feedback must not overtake it.
+        time.sleep(0.3)
         for a in answers:
             learnloop.feedback(a.trajectory_id, success=a.success, comment=f"verifier score {a.score:.2f}")
             if teacher:

@@ -193,8 +193,9 @@ class DemoRun:
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        import learnloop
         from rich.live import Live
+
+        import learnloop
 
         self.fresh_data_dir()
         base = self.prepare_model()

@@ -9,7 +9,12 @@ Public surface::
 
 from learnloop.config import GatePolicy
 from learnloop.evaluation.gate import INCONCLUSIVE, PROMOTE, REJECT, GateVerdict, gate, policy_for
-from learnloop.evaluation.reports import compare_evaluations, get_evaluation, list_evaluations, resolve_evaluation
+from learnloop.evaluation.reports import (
+    compare_evaluations,
+    get_evaluation,
+    list_evaluations,
+    resolve_evaluation,
+)
 from learnloop.evaluation.run import build_metrics, evaluate
 
 __all__ = [

@@ -253,7 +253,7 @@ def _convert(gguf: Path, out: Path) -> None:
         "source_size": gguf.stat().st_size,
         "params": sum(p.numel() for p in model.parameters()),
         "dtype": "float32",
-        "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "prepared_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     # save_pretrained writes the weights through a private temp file (mode 0600); give every file

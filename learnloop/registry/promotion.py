@@ -23,7 +23,16 @@ from learnloop.registry.versions import HEAD_KEY
 from learnloop.store.aliases import DEFAULT_ALIAS, move_alias
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import Alias, AliasEvent, Control, Evaluation, LoopState, ModelVersion, VersionState, utcnow
+from learnloop.store.models import (
+    Alias,
+    AliasEvent,
+    Control,
+    Evaluation,
+    LoopState,
+    ModelVersion,
+    VersionState,
+    utcnow,
+)
 
 # Alias-log actions that change what serves ("set": serving's `learnloop alias set`; "split" does not).
 MOVES = ("promote", "force", "rollback", "restore", "set")

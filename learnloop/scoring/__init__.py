@@ -10,7 +10,14 @@ Extend the heuristics with a plain function::
 """
 
 from learnloop.scoring.apply import ApplyReport, HeuristicReport, apply_heuristics, apply_rewards, score_views
-from learnloop.scoring.combine import CombineRule, combine, combine_scores, combined_rewards, latest_aspects, latest_scores
+from learnloop.scoring.combine import (
+    CombineRule,
+    combine,
+    combine_scores,
+    combined_rewards,
+    latest_aspects,
+    latest_scores,
+)
 from learnloop.scoring.feedback import FeedbackReport, apply_feedback, feedback_reward
 from learnloop.scoring.heuristics import register_schema, tool_result_ok
 from learnloop.scoring.judge import (
@@ -27,9 +34,36 @@ from learnloop.scoring.trl_adapter import as_trl_reward
 from learnloop.scoring.view import TrajectoryView
 
 __all__ = [
-    "ApplyReport", "CombineRule", "FeedbackReport", "HeuristicReport", "JudgeClient", "JudgeError", "JudgeReport",
-    "OpenAICompatibleClient", "RewardFunction", "TrajectoryView", "apply_feedback", "apply_heuristics",
-    "apply_rewards", "as_trl_reward", "combine", "combine_scores", "combined_rewards", "feedback_reward", "judge_group", "judge_scenario",
-    "latest_aspects", "latest_scores", "load_modules", "register", "register_schema", "registered", "reward", "reward_stats",
-    "score_views", "summarize", "tool_result_ok", "unregister",
+    "ApplyReport",
+    "CombineRule",
+    "FeedbackReport",
+    "HeuristicReport",
+    "JudgeClient",
+    "JudgeError",
+    "JudgeReport",
+    "OpenAICompatibleClient",
+    "RewardFunction",
+    "TrajectoryView",
+    "apply_feedback",
+    "apply_heuristics",
+    "apply_rewards",
+    "as_trl_reward",
+    "combine",
+    "combine_scores",
+    "combined_rewards",
+    "feedback_reward",
+    "judge_group",
+    "judge_scenario",
+    "latest_aspects",
+    "latest_scores",
+    "load_modules",
+    "register",
+    "register_schema",
+    "registered",
+    "reward",
+    "reward_stats",
+    "score_views",
+    "summarize",
+    "tool_result_ok",
+    "unregister",
 ]

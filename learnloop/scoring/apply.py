@@ -11,12 +11,12 @@ from sqlalchemy import and_, exists, not_, or_, select
 from sqlalchemy.orm import Session
 
 from learnloop.config import ScoringSettings
-from learnloop.scoring._sql import chunks, insert_ignoring_duplicates
 from learnloop.scoring.feedback import FeedbackReport, apply_feedback
 from learnloop.scoring.registry import RewardFunction, get, load_modules, registered
 from learnloop.scoring.view import TrajectoryView
 from learnloop.store.db import Database
 from learnloop.store.models import Score, ScoreRun, ScoreSource, Trajectory, utcnow
+from learnloop.store.query import chunks, insert_ignoring_duplicates
 
 MAX_REPORTED_ERRORS = 200
 

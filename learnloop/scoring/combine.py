@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from learnloop.config import CombineSettings, ScoringSettings
 from learnloop.store.models import Score
+from learnloop.store.query import chunks
 
 PENALTIES = ("refinement",)
 
@@ -50,7 +51,7 @@ class CombineRule:
     penalties: Mapping[str, float] = field(default_factory=lambda: {"refinement": 0.5})
 
     @classmethod
-    def of(cls, scoring: "ScoringSettings | Mapping[str, float] | CombineRule | None") -> "CombineRule":
+    def of(cls, scoring: ScoringSettings | Mapping[str, float] | CombineRule | None) -> CombineRule:
         """From ScoringSettings (weights, rule, refinement weight), a plain weights mapping, or None (defaults)."""
         if isinstance(scoring, CombineRule):
             return scoring
@@ -80,7 +81,7 @@ def _mean(pairs: list[tuple[float, float]]) -> float | None:
 
 def combine(
     aspects: Mapping[str, float],
-    weights: "Mapping[str, float] | ScoringSettings | CombineRule | None" = None,
+    weights: Mapping[str, float] | ScoringSettings | CombineRule | None = None,
     sources: Mapping[str, str | None] | None = None,
 ) -> float | None:
     """One reward from ``aspects`` (name -> value); ``sources`` names each aspect's score source.
@@ -123,10 +124,10 @@ def latest_scores(session: Session, trajectory_ids: Iterable[str]) -> dict[str, 
     """For each trajectory, the newest (value, source) of each score name (aspect)."""
     ids = list(trajectory_ids)
     out: dict[str, dict[str, tuple[float, str]]] = {}
-    for i in range(0, len(ids), 500):
+    for chunk in chunks(ids):
         rows = session.execute(
             select(Score.trajectory_id, Score.name, Score.value, Score.source)
-            .where(Score.trajectory_id.in_(ids[i : i + 500]))
+            .where(Score.trajectory_id.in_(chunk))
             .order_by(Score.created_at, Score.id)
         ).all()
         for tid, name, value, source in rows:
@@ -139,7 +140,7 @@ def latest_aspects(session: Session, trajectory_ids: Iterable[str]) -> dict[str,
     return {tid: {n: v for n, (v, _) in a.items()} for tid, a in latest_scores(session, trajectory_ids).items()}
 
 
-def combine_scores(scores: Mapping[str, tuple[float, str]], rule: "CombineRule | ScoringSettings | Mapping[str, float] | None" = None) -> float | None:
+def combine_scores(scores: Mapping[str, tuple[float, str]], rule: CombineRule | ScoringSettings | Mapping[str, float] | None = None) -> float | None:
     """``combine`` over what ``latest_scores`` returns for one trajectory."""
     return combine({n: v for n, (v, _) in scores.items()}, rule, {n: s for n, (_, s) in scores.items()})
 
@@ -147,7 +148,7 @@ def combine_scores(scores: Mapping[str, tuple[float, str]], rule: "CombineRule |
 def combined_rewards(
     session: Session,
     trajectory_ids: Iterable[str],
-    weights: "Mapping[str, float] | ScoringSettings | CombineRule | None" = None,
+    weights: Mapping[str, float] | ScoringSettings | CombineRule | None = None,
 ) -> dict[str, float]:
     """Combined reward of each trajectory that has at least one score (unscored ones are absent).
 

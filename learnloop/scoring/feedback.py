@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from learnloop.config import ScoringSettings
-from learnloop.scoring._sql import chunks, insert_ignoring_duplicates
 from learnloop.store.db import Database
 from learnloop.store.models import Feedback, Score, ScoreSource, utcnow
+from learnloop.store.query import chunks, insert_ignoring_duplicates
 
 FEEDBACK_SCORE_NAME = "feedback"
 FEEDBACK_VERSION = "1"
@@ -113,19 +113,13 @@ def apply_feedback(
     config = config or ScoringSettings()
     digest = settings_digest(config)
     report = FeedbackReport()
-    q = select(Feedback.trajectory_id, func.max(Feedback.id), func.count()).group_by(Feedback.trajectory_id)
-    ids = sorted(set(trajectory_ids)) if trajectory_ids is not None else None
-    with db.read_session() as s:
-        if ids is None:
-            groups = s.execute(q).all()
-        else:
-            groups = [row for c in chunks(ids) for row in s.execute(q.where(Feedback.trajectory_id.in_(c))).all()]
+    groups = _feedback_groups(db, trajectory_ids)
     report.trajectories_with_feedback = len(groups)
     wanted = {tid: feedback_key(tid, last, n, digest) for tid, last, n in groups}
     last_ids = {tid: last for tid, last, _ in groups}
     for batch in chunks(sorted(wanted)):
-        keys = [wanted[t] for t in batch]
         with db.read_session() as s:
+            keys = [wanted[t] for t in batch]
             have = set(s.scalars(select(Score.idempotency_key).where(Score.idempotency_key.in_(keys))))
             todo = [t for t in batch if wanted[t] not in have]
             report.already_scored += len(batch) - len(todo)
@@ -134,36 +128,55 @@ def apply_feedback(
             fb_rows = s.scalars(select(Feedback).where(Feedback.trajectory_id.in_(todo)).order_by(Feedback.id)).all()
         by_tid: dict[str, list[Any]] = {}
         for fb in fb_rows:
-            by_tid.setdefault(fb.trajectory_id, []).append(fb)
-        now = utcnow()
+            # Only the rows the key counted: feedback that arrived since is left for the next run.
+            if fb.id <= last_ids[fb.trajectory_id]:
+                by_tid.setdefault(fb.trajectory_id, []).append(fb)
         score_rows = []
         for tid in todo:
-            # Only the rows the key counted: feedback that arrived since is left for the next run.
-            rows = [fb for fb in by_tid.get(tid, []) if fb.id <= last_ids[tid]]
-            result = feedback_reward(rows, config)
-            if result is None:
+            row = _score_row(tid, by_tid.get(tid, []), config, digest, wanted[tid])
+            if row is None:
                 report.no_signal += 1
-                continue
-            value, rationale = result
-            authors = sorted({fb.author for fb in rows if fb.author})
-            score_rows.append(
-                {
-                    "trajectory_id": tid,
-                    "name": FEEDBACK_SCORE_NAME,
-                    "value": value,
-                    "source": ScoreSource.human,
-                    "version": f"{FEEDBACK_VERSION}+{digest}",
-                    "author": ", ".join(authors)[:128] or None,
-                    "rationale": rationale,
-                    "idempotency_key": wanted[tid],
-                    "created_at": now,
-                }
-            )
-        if score_rows:
-            with db.session() as s:
-                inserted = s.scalars(
-                    insert_ignoring_duplicates(s, Score).returning(Score.trajectory_id), score_rows
-                ).all()
-            report.scored += len(inserted)
-            report.trajectory_ids.extend(inserted)
+            else:
+                score_rows.append(row)
+        inserted = _insert_scores(db, score_rows)
+        report.scored += len(inserted)
+        report.trajectory_ids.extend(inserted)
     return report
+
+
+def _feedback_groups(db: Database, trajectory_ids: Iterable[str] | None) -> list[Any]:
+    """(trajectory id, newest feedback id, feedback count) of each trajectory with feedback."""
+    q = select(Feedback.trajectory_id, func.max(Feedback.id), func.count()).group_by(Feedback.trajectory_id)
+    with db.read_session() as s:
+        if trajectory_ids is None:
+            return list(s.execute(q).all())
+        ids = sorted(set(trajectory_ids))
+        return [row for c in chunks(ids) for row in s.execute(q.where(Feedback.trajectory_id.in_(c))).all()]
+
+
+def _score_row(tid: str, rows: list[Any], config: ScoringSettings, digest: str, key: str) -> dict[str, Any] | None:
+    """The `feedback` score row for one trajectory's feedback rows; None when none carries a signal."""
+    result = feedback_reward(rows, config)
+    if result is None:
+        return None
+    value, rationale = result
+    authors = sorted({fb.author for fb in rows if fb.author})
+    return {
+        "trajectory_id": tid,
+        "name": FEEDBACK_SCORE_NAME,
+        "value": value,
+        "source": ScoreSource.human,
+        "version": f"{FEEDBACK_VERSION}+{digest}",
+        "author": ", ".join(authors)[:128] or None,
+        "rationale": rationale,
+        "idempotency_key": key,
+        "created_at": utcnow(),
+    }
+
+
+def _insert_scores(db: Database, score_rows: list[dict[str, Any]]) -> list[str]:
+    """Store the rows (a key already stored is skipped); the trajectory ids really scored."""
+    if not score_rows:
+        return []
+    with db.session() as s:
+        return list(s.scalars(insert_ignoring_duplicates(s, Score).returning(Score.trajectory_id), score_rows).all())

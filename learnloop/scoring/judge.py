@@ -27,10 +27,10 @@ from sqlalchemy import and_, exists, not_, select
 
 from learnloop.config import ScoringSettings
 from learnloop.errors import ConfigError, LearnloopError, NotFound
-from learnloop.scoring._sql import insert_ignoring_duplicates
 from learnloop.scoring.view import TrajectoryView, message_text
 from learnloop.store.db import Database
 from learnloop.store.models import Judgment, Score, ScoreSource, Trajectory, utcnow
+from learnloop.store.query import insert_ignoring_duplicates
 
 JUDGE_SCORE_NAME = "judge"
 PROMPT_VERSION = "1"
@@ -87,7 +87,7 @@ class OpenAICompatibleClient:
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
     @classmethod
-    def from_settings(cls, config: ScoringSettings) -> "OpenAICompatibleClient":
+    def from_settings(cls, config: ScoringSettings) -> OpenAICompatibleClient:
         check_judge_configured(config)
         key = config.judge_api_key.get_secret_value() if config.judge_api_key else None
         return cls(

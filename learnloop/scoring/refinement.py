@@ -147,8 +147,8 @@ def apply_group_refinement(db: Any, config: Any = None, *, batch_groups: int = 2
     from sqlalchemy import and_, exists, not_, select
 
     from learnloop.config import ScoringSettings
-    from learnloop.scoring._sql import chunks, insert_ignoring_duplicates
     from learnloop.store.models import Score, ScoreRun, ScoreSource, Trajectory, utcnow
+    from learnloop.store.query import chunks, insert_ignoring_duplicates
 
     config = config or ScoringSettings()
     done = exists().where(and_(ScoreRun.trajectory_id == Trajectory.id, ScoreRun.name == GROUP_RUN,

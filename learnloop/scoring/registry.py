@@ -8,16 +8,13 @@ trajectory is scored again.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from learnloop.errors import ConfigError
+from learnloop.importing import import_module
 from learnloop.scoring.view import TrajectoryView
 
 RewardFn = Callable[[TrajectoryView], "float | None"]
@@ -109,19 +106,9 @@ def load_modules(modules: Iterable[str]) -> None:
     """Import user modules (dotted names or .py paths) so their `@reward` decorators run."""
     for spec in modules:
         try:
-            if spec.endswith(".py") or "/" in spec:
-                path = Path(spec).expanduser().resolve()
-                if not path.is_file():
-                    raise ConfigError(f"Reward module file {spec!r} does not exist.")
-                # One module name per file path: two plugins both called rewards.py must not replace each other.
-                mod_name = f"learnloop_rewards_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-                module_spec = importlib.util.spec_from_file_location(mod_name, path)
-                assert module_spec is not None and module_spec.loader is not None
-                module = importlib.util.module_from_spec(module_spec)
-                sys.modules[mod_name] = module
-                module_spec.loader.exec_module(module)
-            else:
-                importlib.import_module(spec)
+            if (spec.endswith(".py") or "/" in spec) and not Path(spec).expanduser().is_file():
+                raise ConfigError(f"Reward module file {spec!r} does not exist.")
+            import_module(spec)
         except ConfigError:
             raise
         except Exception as exc:

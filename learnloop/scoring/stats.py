@@ -52,6 +52,33 @@ def reward_stats(
     trajectory; ``by_score_source`` (heuristic, human, judge, env) and ``by_aspect`` summarise
     the newest value of each score name on each trajectory.
     """
+    latest, info = _latest_scores(session, since, scenario)
+    rule = CombineRule.of(weights)
+    combined: dict[str, float] = {}
+    by_score_source: dict[str, list[float]] = {}
+    by_aspect: dict[str, list[float]] = {}
+    for tid, aspects in latest.items():
+        value = combine({k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()})
+        if value is not None:
+            combined[tid] = value
+        for name, (v, src) in aspects.items():
+            by_score_source.setdefault(src, []).append(v)
+            by_aspect.setdefault(name, []).append(v)
+    return {
+        "overall": summarize(combined.values()),
+        "by_scenario": _rows("scenario", _grouped(combined, info, 0)),
+        "by_source": _rows("source", _grouped(combined, info, 1)),
+        "by_day": _rows("day", _grouped(combined, info, 2)),
+        "by_score_source": _rows("score_source", by_score_source),
+        "by_aspect": _rows("aspect", by_aspect),
+    }
+
+
+def _latest_scores(
+    session: Session, since: dt.datetime | None, scenario: str | None
+) -> tuple[dict[str, dict[str, tuple[float, str]]], dict[str, tuple[str | None, str, str]]]:
+    """Per trajectory, the newest (value, score source) of each score name, and its (scenario,
+    source, day)."""
     q = (
         select(
             Score.trajectory_id, Score.name, Score.value, Score.source,
@@ -71,36 +98,20 @@ def reward_stats(
             continue
         latest.setdefault(tid, {})[name] = (value, _val(score_source))  # newer rows overwrite older
         info[tid] = (scen, _val(source), created.date().isoformat())
+    return latest, info
 
-    rule = CombineRule.of(weights)
-    combined: dict[str, float] = {}
-    by_score_source: dict[str, list[float]] = {}
-    by_aspect: dict[str, list[float]] = {}
-    for tid, aspects in latest.items():
-        value = combine({k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()})
-        if value is not None:
-            combined[tid] = value
-        for name, (v, src) in aspects.items():
-            by_score_source.setdefault(src, []).append(v)
-            by_aspect.setdefault(name, []).append(v)
 
-    def grouped(index: int) -> dict[Any, list[float]]:
-        out: dict[Any, list[float]] = {}
-        for tid, value in combined.items():
-            out.setdefault(info[tid][index], []).append(value)
-        return out
+def _grouped(combined: dict[str, float], info: dict[str, tuple[Any, ...]], index: int) -> dict[Any, list[float]]:
+    """The combined rewards grouped by one field of ``info`` (0 scenario, 1 source, 2 day)."""
+    out: dict[Any, list[float]] = {}
+    for tid, value in combined.items():
+        out.setdefault(info[tid][index], []).append(value)
+    return out
 
-    def rows(label: str, groups: Mapping[Any, list[float]]) -> list[dict[str, Any]]:
-        return [{label: k, **summarize(v)} for k, v in sorted(groups.items(), key=lambda kv: (kv[0] is None, str(kv[0])))]
 
-    return {
-        "overall": summarize(combined.values()),
-        "by_scenario": rows("scenario", grouped(0)),
-        "by_source": rows("source", grouped(1)),
-        "by_day": rows("day", grouped(2)),
-        "by_score_source": rows("score_source", by_score_source),
-        "by_aspect": rows("aspect", by_aspect),
-    }
+def _rows(label: str, groups: Mapping[Any, list[float]]) -> list[dict[str, Any]]:
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0] is None, str(kv[0])))
+    return [{label: k, **summarize(v)} for k, v in ordered]
 
 
 def _val(v: Any) -> Any:

@@ -52,7 +52,7 @@ class TrajectoryView:
     config: ScoringSettings = field(default_factory=ScoringSettings, repr=False)
 
     @classmethod
-    def from_row(cls, row: Any, config: ScoringSettings | None = None) -> "TrajectoryView":
+    def from_row(cls, row: Any, config: ScoringSettings | None = None) -> TrajectoryView:
         """Build from a `learnloop.store.Trajectory` row."""
         return cls(
             id=row.id,

@@ -10,7 +10,12 @@ from typing import Any
 
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk
-from learnloop.serving.chat_format import normalize_messages, parse_tool_calls, render_for_template, validate_tools
+from learnloop.serving.chat_format import (
+    normalize_messages,
+    parse_tool_calls,
+    render_for_template,
+    validate_tools,
+)
 from learnloop.serving.engine import BatchEngine, Event, Sequence
 
 

@@ -9,10 +9,21 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from learnloop.errors import ConfigError, StoreUnavailable
+from learnloop.errors import ConfigError, Conflict, StoreError, StoreUnavailable, ValidationFailed
+from learnloop.jsonio import dumps_column
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -50,6 +61,9 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
             f"Database URL {url!r} is not valid ({exc}). Use e.g. sqlite:///path/learnloop.db "
             "or postgresql+psycopg://user@host:5432/db."
         ) from None
+    # JSON columns store what JSON has no type for (a datetime in metadata, say) the way the SDK
+    # sends it, instead of failing the write.
+    kwargs.setdefault("json_serializer", dumps_column)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +75,9 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
             parsed = parsed.set(drivername="postgresql+psycopg")
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **kwargs)
-    raise ConfigError(f"Unsupported database {parsed.get_backend_name()!r}: learnloop runs on SQLite or PostgreSQL.")
+    raise ConfigError(
+        f"Unsupported database {parsed.get_backend_name()!r}: learnloop runs on SQLite or PostgreSQL."
+    )
 
 
 class Database:
@@ -82,19 +98,19 @@ class Database:
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error."""
-        with _translate_connect_errors(self.url), self._sessions() as session, session.begin():
+        with translate_errors(self.url), self._sessions() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:
         """A write transaction on a plain connection (no ORM session): committed on success."""
-        with _translate_connect_errors(self.url), self.engine.begin() as conn:
+        with translate_errors(self.url), self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
         """A read-only transaction (on SQLite it does not take the write lock)."""
-        with _translate_connect_errors(self.url), self._read_sessions() as session, session.begin():
+        with translate_errors(self.url), self._read_sessions() as session, session.begin():
             yield session
 
     def upgrade(self, revision: str = "head") -> None:
@@ -105,15 +121,60 @@ class Database:
 
 
 @contextlib.contextmanager
-def _translate_connect_errors(url: str) -> Iterator[None]:
+def translate_errors(url: str) -> Iterator[None]:
+    """Turn SQLAlchemy's exceptions into learnloop's domain errors: the one place that knows them.
+
+    The database down, restarting or locked is ``StoreUnavailable`` (retry later); a value it
+    refuses (too long, out of range, NUL in text), or one that cannot even be converted for it,
+    is ``ValidationFailed``; a broken constraint is ``Conflict``; any other failure of a statement
+    is ``StoreError``.
+    """
     try:
         yield
-    except OperationalError as exc:
-        msg = str(exc.orig) if exc.orig is not None else str(exc)
-        if exc.connection_invalidated or "connect" in msg.lower() or "unable to open" in msg.lower():
+    except UnicodeEncodeError as exc:  # text sqlite3 or psycopg cannot encode (a lone surrogate)
+        raise ValidationFailed(_unencodable(exc)) from None
+    except (OperationalError, InterfaceError, DisconnectionError) as exc:
+        reason = _reason(exc)
+        if (
+            getattr(exc, "connection_invalidated", False)
+            or "connect" in reason.lower()
+            or "unable to open" in reason
+        ):
             safe = make_url(url).render_as_string(hide_password=True)
-            raise StoreUnavailable(f"Cannot reach the database at {safe}: {msg.strip()}") from exc
-        raise
+            raise StoreUnavailable(f"Cannot reach the database at {safe}: {reason}") from exc
+        raise StoreUnavailable(
+            f"The database is unavailable or busy ({reason}). Nothing was stored; retry later."
+        ) from exc
+    except IntegrityError as exc:
+        raise Conflict(f"The database refused the write: {_reason(exc)}. Nothing was stored.") from exc
+    except DataError as exc:
+        raise ValidationFailed(f"The database refused a value: {_reason(exc)}. Nothing was stored.") from exc
+    except StatementError as exc:
+        if isinstance(exc, DBAPIError) or isinstance(exc.orig, DBAPIError):
+            raise StoreError(f"The database failed: {_reason(exc)}. Nothing was stored.") from exc
+        # Raised while converting a value for the database (a datetime out of range, say).
+        if isinstance(exc.orig, UnicodeEncodeError):
+            raise ValidationFailed(_unencodable(exc.orig)) from None
+        raise ValidationFailed(f"A value cannot be stored: {_reason(exc)}. Nothing was stored.") from exc
+    except SQLAlchemyError as exc:  # the pool timed out, say
+        raise StoreUnavailable(f"The database failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = (
+        f"{type(orig).__name__}: {orig}" if isinstance(orig, (ValueError, OverflowError, TypeError)) else orig
+    )
+    return str(text or exc).strip().splitlines()[0]
+
+
+def _unencodable(exc: UnicodeEncodeError) -> str:
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else "?"
+    return (
+        f"Text in this batch is not valid Unicode: a string holds the lone UTF-16 surrogate {bad!r} "
+        "(half of a character, e.g. an emoji cut in two). Send the text as valid UTF-8 or replace "
+        "that character; nothing in this batch was stored."
+    )
 
 
 def alembic_config(engine: Engine | None = None, connection: Any = None) -> Any:
@@ -122,7 +183,9 @@ def alembic_config(engine: Engine | None = None, connection: Any = None) -> Any:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine is not None:
-        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+        cfg.set_main_option(
+            "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+        )
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -131,7 +194,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (idempotent)."""
     from alembic import command
 
-    with _translate_connect_errors(str(engine.url)), engine.connect() as conn:
+    with translate_errors(str(engine.url)), engine.connect() as conn:
         command.upgrade(alembic_config(engine, conn), revision)
         conn.commit()
 
@@ -139,7 +202,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
-    with _translate_connect_errors(str(engine.url)), engine.connect() as conn:
+    with translate_errors(str(engine.url)), engine.connect() as conn:
         command.downgrade(alembic_config(engine, conn), revision)
         conn.commit()
 

@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import AfterValidator, AliasChoices, BeforeValidator, ConfigDict, Field, FiniteFloat, TypeAdapter, ValidationError
+import orjson
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
-from learnloop.errors import Unparsable, ValidationFailed
+from learnloop.errors import (
+    Unparsable,
+    ValidationFailed,
+    error_location,  # noqa: F401  (importable from here, as before)
+    problems_text,
+    validation_problems,
+)
+from learnloop.jsonio import dumps, dumps_str, loads  # noqa: F401  (importable from here, as before)
 from learnloop.store.models import ScoreSource, Source
 
 # The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
@@ -41,7 +58,7 @@ def _no_nones(d: dict[str, Any]) -> dict[str, Any]:
 # so a record the database would refuse (or keep differently on SQLite and PostgreSQL) is a 422
 # naming its field instead of a 500, a driver message, or a batch that can never be delivered.
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def _storable_datetime(v: dt.datetime | None) -> dt.datetime | None:
@@ -343,27 +360,8 @@ MESSAGE: TypeAdapter[Message] = TypeAdapter(CheckedMessage)
 FEEDBACK: TypeAdapter[FeedbackIn] = TypeAdapter(CheckedFeedback)
 
 
-def error_location(err: Any) -> str:
-    """A pydantic error's location as ``trajectories.0.messages.1.role``; the checks that look
-    inside a whole record (text, repeated ids) add the path they found under it."""
-    parts = [str(p) for p in err["loc"]]
-    inner = (err.get("ctx") or {}).get("path")
-    if err.get("type") == "conflicting_repeat" and inner:
-        parts = [inner]  # said from the batch's root: the path is the whole location
-    elif inner:
-        parts.append(inner)
-    return ".".join(p for p in parts if p)
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    """Turn pydantic errors into (location, message) pairs like ``trajectories.0.messages.1.role``."""
-    problems = []
-    for err in exc.errors():
-        loc = error_location(err)
-        if prefix:
-            loc = f"{prefix}.{loc}" if loc else prefix
-        problems.append((loc or "(root)", err["msg"]))
-    return problems
+# The names other modules import; the one definition lives beside the domain errors.
+format_validation_error = validation_problems
 
 
 def parse_batch(data: Any) -> IngestBatch:
@@ -384,14 +382,7 @@ def parse_trajectory(data: Any, where: str = "") -> TrajectoryIn:
 
 
 def _summary(problems: list[tuple[str, str]]) -> str:
-    shown = "; ".join(f"{loc}: {msg}" for loc, msg in problems[:10])
-    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-    return f"Invalid input — {shown}{more}. Nothing was stored."
-
-
-# -- JSON: the wire format's one encoder and decoder (in a module light enough for the app thread)
-
-from learnloop.capture.encoding import dumps, dumps_each, dumps_str, loads, orjson  # noqa: E402,F401
+    return f"Invalid input — {problems_text(problems)}. Nothing was stored."
 
 
 def batch_from_json(body: bytes | str) -> IngestBatch:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,16 @@ from typing import Any
 
 import torch
 
-from learnloop.training.control import _fsync_dir
+from learnloop import paths
+from learnloop.durable import fsync_dir, fsync_file, fsync_tree
 
-MARKER = "COMMITTED.json"
+MARKER = paths.CHECKPOINT_MARKER
 # Version of the checkpoint layout, kept in trainer_state.json and the marker. 1 = the layout before
 # versions were written (the same files; read as is). Bump it when the layout changes and teach
 # check_format to read or clearly refuse the older one.
 FORMAT_VERSION = 2
 _REQUIRED_STATE = ("position", "dataset_sha256", "algorithm")
-STATE_FILE = "trainer_state.json"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = paths.CHECKPOINT_STATE_FILE
 
 
 def _sha256(path: Path) -> str:
@@ -38,16 +37,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        else:
-            _fsync_dir(path)
-    _fsync_dir(folder)
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,30 +76,29 @@ class Checkpoint:
 
 def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> Path:
     """Write and commit ``checkpoint-<step>``; returns its path. ``state`` is JSON (position, step ...)."""
-    final = output_dir / f"checkpoint-{step}"
+    final = paths.checkpoint_dir(output_dir, step)
     if (final / MARKER).exists():
         return final  # already committed at this step (e.g. a periodic one coinciding with the last step)
-    tmp = output_dir / f".tmp-checkpoint-{step}-{os.getpid()}"
+    tmp = output_dir / f"{paths.TMP_CHECKPOINT_PREFIX}{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "adapter")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    torch.save(optimizer.state_dict(), tmp / paths.OPTIMIZER_FILE)
+    torch.save(scheduler.state_dict(), tmp / paths.SCHEDULER_FILE)
+    torch.save(rng_state(), tmp / paths.RNG_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "format_version": FORMAT_VERSION}, indent=2))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if final.exists():  # a torn folder of the same step from a crashed run
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(output_dir)
+    fsync_dir(output_dir)
     hashes = {str(p.relative_to(final)): _sha256(p) for p in sorted(final.rglob("*")) if p.is_file()}
     marker_tmp = final / f".{MARKER}.tmp"
     with open(marker_tmp, "w") as fh:
         json.dump({"step": step, "format_version": FORMAT_VERSION, "files": hashes}, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
+        fsync_file(fh)
     os.replace(marker_tmp, final / MARKER)
-    _fsync_dir(final)
+    fsync_dir(final)
     return final
 
 
@@ -132,7 +120,7 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     if output_dir.is_dir():
         for p in output_dir.iterdir():
-            m = _NAME.match(p.name)
+            m = paths.CHECKPOINT_NAME.match(p.name)
             if m and p.is_dir():
                 found.append((int(m.group(1)), p))
     return sorted(found)
@@ -144,7 +132,7 @@ def clean_torn(output_dir: Path) -> list[Path]:
     if not output_dir.is_dir():
         return removed
     for p in output_dir.iterdir():
-        if p.is_dir() and p.name.startswith(".tmp-checkpoint-"):
+        if p.is_dir() and p.name.startswith(paths.TMP_CHECKPOINT_PREFIX):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     for _, p in list_checkpoints(output_dir):
@@ -173,7 +161,13 @@ def check_format(ckpt: Checkpoint) -> int:
             "Upgrade learnloop, or start over in a new output_dir."
         )
     missing = [k for k in _REQUIRED_STATE if k not in ckpt.state]
-    files = [f for f in ("adapter/adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt") if not (ckpt.path / f).is_file()]
+    needed = (
+        f"adapter/{paths.ADAPTER_WEIGHTS_FILE}",
+        paths.OPTIMIZER_FILE,
+        paths.SCHEDULER_FILE,
+        paths.RNG_FILE,
+    )
+    files = [f for f in needed if not (ckpt.path / f).is_file()]
     if missing or files:
         raise ConfigError(
             f"{ckpt.path} (checkpoint format {version}) cannot be resumed: it lacks {', '.join(missing + files)}. "
@@ -187,14 +181,14 @@ def load_training_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Opt
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(ckpt.adapter_dir / "adapter_model.safetensors"))
+    weights = load_file(str(ckpt.adapter_dir / paths.ADAPTER_WEIGHTS_FILE))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
     if missing:
         raise RuntimeError(f"checkpoint {ckpt.path} has adapter weights this model lacks: {missing[:3]}")
-    optimizer.load_state_dict(torch.load(ckpt.path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt.path / "scheduler.pt", weights_only=False))
-    restore_rng(torch.load(ckpt.path / "rng.pt", weights_only=False))
+    optimizer.load_state_dict(torch.load(ckpt.path / paths.OPTIMIZER_FILE, weights_only=False))
+    scheduler.load_state_dict(torch.load(ckpt.path / paths.SCHEDULER_FILE, weights_only=False))
+    restore_rng(torch.load(ckpt.path / paths.RNG_FILE, weights_only=False))
 
 
 def prune(output_dir: Path, keep: int) -> None:

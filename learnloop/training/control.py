@@ -20,9 +20,12 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from learnloop import paths
+from learnloop.durable import fsync_dir, fsync_file
+
 State = Literal["run", "pause", "stop"]
 Command = Literal["pause", "resume", "stop"]
-CONTROL_FILE = "control.json"
+CONTROL_FILE = paths.CONTROL_FILE
 _STATE_OF: dict[str, State] = {"pause": "pause", "resume": "run", "stop": "stop"}
 
 
@@ -126,19 +129,7 @@ def write_control(output_dir: Path | str, command: Command) -> Path:
     tmp = folder / f".{CONTROL_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
     with open(tmp, "w") as fh:
         json.dump({"command": command, "at": time.time()}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+        fsync_file(fh)
     os.replace(tmp, target)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,11 +26,8 @@ A micro-batch of ``batch_size`` examples holds ``batch_size`` *groups*, i.e. up 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,27 +107,19 @@ def _reward(value: Any, line: int, field: str) -> float:
 
 def load_reward_fn(spec: str) -> RewardFn:
     """Import ``'package.module:function'`` (or ``'path/to/file.py:function'``); ConfigError naming what went wrong."""
-    module_name, sep, attr = spec.rpartition(":")  # rpartition: a file path may hold a colon
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"grpo.reward_fn {spec!r} must look like 'package.module:function'.")
+    from learnloop.importing import import_object
+
     try:
-        if module_name.endswith(".py"):
-            # A plain file beside the config: no package or PYTHONPATH needed for a one-off verifier.
-            path = os.path.abspath(os.path.expanduser(module_name))
-            spec_obj = importlib.util.spec_from_file_location(f"learnloop_reward_{abs(hash(path))}", path)
-            if spec_obj is None or spec_obj.loader is None or not os.path.isfile(path):
-                raise ImportError(f"no such file {path}")
-            module = importlib.util.module_from_spec(spec_obj)
-            spec_obj.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
+        fn = import_object(spec)
+    except ValueError:
+        raise ConfigError(f"grpo.reward_fn {spec!r} must look like 'package.module:function'.") from None
+    except AttributeError as exc:
+        raise ConfigError(f"grpo.reward_fn {spec!r}: {exc}.") from None
     except Exception as exc:  # ImportError, or the module itself failing on import
-        raise ConfigError(f"grpo.reward_fn {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}).") from exc
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ConfigError(f"grpo.reward_fn {spec!r}: module {module_name!r} has no attribute {attr!r}.")
+        module = spec.rpartition(":")[0]
+        raise ConfigError(
+            f"grpo.reward_fn {spec!r}: cannot import module {module!r} ({type(exc).__name__}: {exc})."
+        ) from exc
     if not callable(fn):
         raise ConfigError(f"grpo.reward_fn {spec!r} is not callable.")
     return fn
@@ -388,4 +377,10 @@ def make_grpo(config: TrainConfig, tokenizer: Any) -> GRPOObjective:
     return GRPOObjective(config, tokenizer)
 
 
-__all__ = ["GRPOObjective", "clipped_surrogate", "group_advantages", "load_reward_fn", "token_logprobs"]
+__all__ = [
+    "GRPOObjective",
+    "clipped_surrogate",
+    "group_advantages",
+    "load_reward_fn",
+    "token_logprobs",
+]

@@ -24,12 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import ConfigError, LearnloopError
+from learnloop.errors import ConfigError, LearnloopError, problems_text
 from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl
 from learnloop.training.loop import ProgressEvent, TrainResult, train_loop
 
-__all__ = ["ProgressEvent", "TrainResult", "load_config", "main", "train"]
+__all__ = [
+    "ProgressEvent",
+    "TrainResult",
+    "load_config",
+    "main",
+    "train",
+]
 
 
 def train(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
@@ -41,7 +47,7 @@ def train(config: TrainConfig, *, control: Control | None = None, progress: Call
 
 
 def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a TrainConfig from JSON, YAML or TOML; ``overrides`` (top-level keys) win."""
+    """Read a TrainConfig from JSON, YAML or TOML; ``overrides`` win (a nested section key by key)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -61,7 +67,11 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Tr
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parser error is a config error for the user
         raise ConfigError(f"Cannot parse training config {path}: {exc}") from None
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}  # a nested section: the flags given win, the rest stays
+        elif value is not None:
+            data[key] = value
     return validate_config(data, str(path))
 
 
@@ -71,8 +81,7 @@ def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"Invalid training config ({where}): {problems}") from None
+        raise ConfigError(f"Invalid training config ({where}): {problems_text(exc, limit=50)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,14 @@ from typing import Any
 import torch
 
 from learnloop.training.config import TrainConfig
-from learnloop.training.lm import IGNORE, check_messages, collate_ids, label_logprobs, record_error, tokenize_chat
+from learnloop.training.lm import (
+    IGNORE,
+    check_messages,
+    collate_ids,
+    label_logprobs,
+    record_error,
+    tokenize_chat,
+)
 from learnloop.training.objective import Example, StepOutput, register_objective
 
 

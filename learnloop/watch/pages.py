@@ -31,7 +31,7 @@ class TrajectoryFilter:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, params: dict[str, str]) -> "TrajectoryFilter":
+    def parse(cls, params: dict[str, str]) -> TrajectoryFilter:
         """From query parameters; a bad value is dropped and named in ``problems`` (shown on the page)."""
         f = cls()
         for key in ("scenario", "tag", "q", "before"):
@@ -90,9 +90,9 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
     if f.reward_max is not None:
         cond.append(reward <= f.reward_max)
     if f.date_from:
-        cond.append(Trajectory.created_at >= dt.datetime.combine(f.date_from, dt.time(), dt.timezone.utc))
+        cond.append(Trajectory.created_at >= dt.datetime.combine(f.date_from, dt.time(), dt.UTC))
     if f.date_to:
-        cond.append(Trajectory.created_at < dt.datetime.combine(f.date_to + dt.timedelta(days=1), dt.time(), dt.timezone.utc))
+        cond.append(Trajectory.created_at < dt.datetime.combine(f.date_to + dt.timedelta(days=1), dt.time(), dt.UTC))
     if f.q:
         like = f"%{f.q}%"
         cond.append((Trajectory.id.like(f"{f.q}%")) | cast(Trajectory.messages, String).ilike(like))

@@ -26,8 +26,8 @@ from learnloop.store.models import (
     ModelVersion,
     Score,
     Source,
-    Trajectory,
     TrainingMetric,
+    Trajectory,
     utcnow,
 )
 

@@ -188,8 +188,9 @@ def job_ctx(db: Database, settings: Settings, job_id: int) -> dict[str, Any]:
         if job is None:
             raise HTTPException(404, f"No job {job_id}.")
         series = queries.metric_series(s, job_id)
-        from learnloop.store.models import Event
         from sqlalchemy import select
+
+        from learnloop.store.models import Event
 
         evs = [queries.event_view(e) for e in s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id.desc()).limit(20))]
     pts = series["points"]
@@ -493,7 +494,7 @@ async def job_stream(request: Request, job_id: RowIdPath, db: DbDep, after: RowI
         deadline = asyncio.get_running_loop().time() + max(1.0, max_s)
         yield "retry: 1000\n\n"
         while asyncio.get_running_loop().time() < deadline:
-            def load() -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            def load(last: int | None = last) -> tuple[dict[str, Any] | None, dict[str, Any]]:
                 with db.read_session() as s:
                     job = queries.get_job(s, job_id)
                     # Raw points after the last one sent (the page drew the downsampled history).
@@ -527,7 +528,7 @@ async def event_stream(request: Request, db: DbDep, after: RowIdQuery = None, po
         deadline = asyncio.get_running_loop().time() + max(1.0, max_s)
         yield "retry: 2000\n\n"
         while asyncio.get_running_loop().time() < deadline:
-            def load() -> list[dict[str, Any]]:
+            def load(last: int = last) -> list[dict[str, Any]]:
                 with db.read_session() as s:
                     return queries.events_after(s, last, limit=100)
 
