@@ -7,6 +7,7 @@ functions where there is one: ingest, move_alias, record_event).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -86,7 +87,7 @@ def _files(root: Path, vid: str) -> dict[str, Any]:
 
     folder = root / vid
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_config.json").write_text('{"r": 4, "seeded": "%s"}' % vid)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "seeded": vid}))
     return {"artifact_path": str(folder), "files": hash_folder(folder)}
 
 

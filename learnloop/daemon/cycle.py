@@ -294,8 +294,9 @@ def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
     if "passed" in stored:
         # The verdict evaluate() stored (gated by policy_for(settings, the version's loop)): one verdict for
         # the version, its evaluation, this cycle and the registry's promote, which checks the same record.
-        return {"passed": bool(stored["passed"]), "verdict": stored.get("verdict"), "reasons": list(stored.get("reasons") or [])}
-    # [gate] overridden by the loop's own gate = {...}: the evaluation stage's rule, never the loop's keys alone.
+        reasons = list(stored.get("reasons") or [])
+        return {"passed": bool(stored["passed"]), "verdict": stored.get("verdict"), "reasons": reasons}
+    # [gate] overridden by the loop's own gate = {...}: the evaluation stage's rule, not the loop's keys alone.
     verdict = evaluation.gate(metrics, evaluation.policy_for(ctx.settings, loop.name))
     return {"passed": bool(verdict.passed), "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
 

@@ -21,7 +21,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from learnloop.api.deps import ROW_ID_MAX, DbDep, RowIdPath, RowIdQuery, SettingsDep, bearer_matches, token_matches
+from learnloop.api.deps import (
+    ROW_ID_MAX,
+    DbDep,
+    RowIdPath,
+    RowIdQuery,
+    SettingsDep,
+    bearer_matches,
+    token_matches,
+)
 from learnloop.config import Settings
 from learnloop.store.db import Database
 from learnloop.store.models import utcnow

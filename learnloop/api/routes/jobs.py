@@ -25,6 +25,7 @@ Write = [WriteAuth]
 Read = [ReadAuth]
 _NO_JOB = error_responses(404, _404="No job with that id.")
 _NO_LOOP = "No loop by that name in [[loops]]."
+_BUSY = "The loop already has a cycle queued or running."
 
 
 class JobSubmit(BaseModel):
@@ -58,7 +59,7 @@ def show_job(job_id: RowIdPath, db: Db) -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=201, dependencies=Write, openapi_extra=request_body("JobSubmit", _SUBMIT),
-             responses=error_responses(404, 409, _404=_NO_LOOP, _409="The loop already has a cycle queued or running.",
+             responses=error_responses(404, 409, _404=_NO_LOOP, _409=_BUSY,
                                        _400="The body is not JSON, or the loop's settings cannot be used."))
 async def submit_job(request: Request, db: Db, settings: Conf) -> dict[str, Any]:
     body: JobSubmit = parse_json_body(_SUBMIT, await request.body())
@@ -87,8 +88,11 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
 
 
 @router.post("/jobs/{job_id}/{action}", dependencies=Write, responses=error_responses(
-    404, 409, _404="No job with that id.", _409="The job's state does not allow the action (e.g. already finished)."))
-def control_job(job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db) -> dict[str, Any]:
+    404, 409, _404="No job with that id.", _409="The job's state does not allow the action (e.g. already finished)."
+))
+def control_job(
+    job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db
+) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.control(db, job_id, action, actor="api").as_dict(brief=True)
@@ -103,7 +107,7 @@ def loops_status(db: Db, settings: Conf) -> list[dict[str, Any]]:
 
 @router.post("/loops/{name}/run", status_code=201, dependencies=Write, responses=error_responses(
     400, 404, 409, _400="The loop's settings cannot be used (e.g. a locked setting changed).", _404=_NO_LOOP,
-    _409="The loop already has a cycle queued or running."))
+    _409=_BUSY))
 def run_loop(name: str, db: Db, settings: Conf) -> dict[str, Any]:
     from learnloop.daemon import loops
 
