@@ -82,7 +82,8 @@ class DemoRun:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
-        env["LEARNLOOP_CONFIG"] = str(self.config_path)
+        if self.config_path.exists():  # not yet while the model is prepared
+            env["LEARNLOOP_CONFIG"] = str(self.config_path)
         env["LEARNLOOP_DATA_DIR"] = str(self.data_dir)
         return env
 
