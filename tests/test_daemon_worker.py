@@ -113,7 +113,8 @@ def test_pause_resume_stop_within_a_step(sqlite_db: Database, settings: Settings
 def test_skip_moves_on_and_the_skipped_job_resumes_later(sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
     db = sqlite_db  # the control path is the same on PostgreSQL (queue tests cover both); training is the cost
     s = loop_settings(settings).model_copy(update={"loops": []})
-    first, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=16, checkpoint_every=2)})
+    # Long enough that the skip lands mid-run even when the machine is busy and the control is seen late.
+    first, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=60, checkpoint_every=2)})
     second, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=4)})
     with running(s, db):
         wait_for(lambda: _state(db, first.id).progress.get("step", 0) >= 4, 120, 0.1, "first job's steps")
@@ -124,7 +125,7 @@ def test_skip_moves_on_and_the_skipped_job_resumes_later(sqlite_db: Database, se
     assert done.attempts == 1  # the skip did not count as a failed attempt
     out = Path(done.result["adapter_dir"]).parent
     text = (out / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in text] == list(range(1, 17))
+    assert [json.loads(line)["step"] for line in text] == list(range(1, 61))
     kinds = _kinds(db, first.id)
     assert kinds.count("job.started") == 2 and "job.skipped" in kinds
 
