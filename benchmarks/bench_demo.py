@@ -18,12 +18,18 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="The tiny-model flow (checks the plumbing, not the targets).")
-    parser.add_argument("--data-dir", type=Path, default=None, help="Demo data dir (default: a temporary one).")
+    parser.add_argument(
+        "--quick", action="store_true", help="The tiny-model flow (checks the plumbing, not the targets)."
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="Demo data dir (default: a temporary one)."
+    )
     args = parser.parse_args()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="learnloop-bench-demo-"))
     started = time.monotonic()
-    cmd = [sys.executable, "-m", "learnloop", "demo", "--json", "--data-dir", str(data_dir)] + (["--quick"] if args.quick else [])
+    cmd = [sys.executable, "-m", "learnloop", "demo", "--json", "--data-dir", str(data_dir)] + (
+        ["--quick"] if args.quick else []
+    )
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"demo failed:\n{out.stderr[-4000:]}")
@@ -31,11 +37,24 @@ def main() -> None:
     wall = time.monotonic() - started
     before, after = report["before"], report["after"]
     rows = [
-        ("base model success", f"{before['rate']:.2f} [{before['ci95'][0]:.2f}, {before['ci95'][1]:.2f}] n={before['n']}", "<= 0.30",
-         before["rate"] <= 0.3),
-        (f"promoted ({report['promoted']}) success", f"{after['rate']:.2f} [{after['ci95'][0]:.2f}, {after['ci95'][1]:.2f}] "
-         f"n={after['n']}", ">= 0.90", after["rate"] >= 0.9),
-        ("demo time, model prepared", f"{report['demo_s'] / 60:.1f} min", "<= 15 min", report["demo_s"] <= 900),
+        (
+            "base model success",
+            f"{before['rate']:.2f} [{before['ci95'][0]:.2f}, {before['ci95'][1]:.2f}] n={before['n']}",
+            "<= 0.30",
+            before["rate"] <= 0.3,
+        ),
+        (
+            f"promoted ({report['promoted']}) success",
+            f"{after['rate']:.2f} [{after['ci95'][0]:.2f}, {after['ci95'][1]:.2f}] n={after['n']}",
+            ">= 0.90",
+            after["rate"] >= 0.9,
+        ),
+        (
+            "demo time, model prepared",
+            f"{report['demo_s'] / 60:.1f} min",
+            "<= 15 min",
+            report["demo_s"] <= 900,
+        ),
         ("model preparation", f"{report['prepare_s']:.0f} s", "(reported apart)", True),
         ("wall time of this command", f"{wall / 60:.1f} min", "", True),
     ]

@@ -31,7 +31,11 @@ SYSTEM = "You are a helpful assistant for ACME Corp. Answer concisely and accura
 SCHEMA = {
     "type": "object",
     "required": ["city", "temperature", "conditions"],
-    "properties": {"city": {"type": "string"}, "temperature": {"type": "number"}, "conditions": {"type": "string"}},
+    "properties": {
+        "city": {"type": "string"},
+        "temperature": {"type": "number"},
+        "conditions": {"type": "string"},
+    },
 }
 WORDS = "the order was shipped on monday and should arrive within three business days please contact support".split()
 
@@ -45,7 +49,10 @@ def make_trajectories(n: int, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         kind = i % 4
-        msgs: list[dict] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prose(rng, 20)}]
+        msgs: list[dict] = [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": prose(rng, 20)},
+        ]
         meta: dict = {}
         if kind == 0:  # a plain answer
             msgs.append({"role": "assistant", "content": prose(rng, rng.randint(40, 150))})
@@ -55,18 +62,36 @@ def make_trajectories(n: int, seed: int = 0) -> list[dict]:
             msgs.append({"role": "assistant", "content": json.dumps(answer)})
         elif kind == 2:  # an agent with three tool calls, one failing
             for j in range(3):
-                msgs.append({"role": "assistant", "content": None, "tool_calls": [
-                    {"id": f"c{j}", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"q": j})}}]})
+                msgs.append(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": f"c{j}",
+                                "type": "function",
+                                "function": {"name": "lookup", "arguments": json.dumps({"q": j})},
+                            }
+                        ],
+                    }
+                )
                 result = {"error": "timeout"} if j == 1 else {"rows": [prose(rng, 8) for _ in range(3)]}
                 msgs.append({"role": "tool", "tool_call_id": f"c{j}", "content": json.dumps(result)})
             msgs.append({"role": "assistant", "content": prose(rng, 60)})
         else:  # a refusal
-            msgs.append({"role": "assistant", "content": "I'm sorry, but I can't help with that request. " + prose(rng, 10)})
+            msgs.append(
+                {
+                    "role": "assistant",
+                    "content": "I'm sorry, but I can't help with that request. " + prose(rng, 10),
+                }
+            )
         out.append({"id": f"t{i}", "messages": msgs, "metadata": meta})
     return out
 
 
-def run(functions: list[RewardFunction], data: list[dict], config: ScoringSettings, repeats: int) -> tuple[float, int]:
+def run(
+    functions: list[RewardFunction], data: list[dict], config: ScoringSettings, repeats: int
+) -> tuple[float, int]:
     """Best µs per trajectory of CPU time (wall time in CPU_WALL[0], for the record)."""
     best = best_wall = float("inf")
     scored = 0
@@ -103,7 +128,9 @@ def main() -> None:
         us, _ = run([fn], data, config, 3)
         print(f"  {fn.name:<14} {us - base_us:8.2f} µs/trajectory run alone, minus the baseline")
     verdict = "PASS" if all_us < 100 else "FAIL"
-    print(f"{verdict}: {all_us:.1f} µs/trajectory of CPU time (target < 100 µs); load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{verdict}: {all_us:.1f} µs/trajectory of CPU time (target < 100 µs); load average {os.getloadavg()[0]:.1f}"
+    )
     if "--no-store" not in sys.argv:
         store_apply(data)
 
@@ -128,8 +155,10 @@ def store_apply(data: list[dict]) -> None:
         rerun = time.perf_counter() - t0
         db.dispose()
     n = len(data)
-    print(f"store (SQLite) apply_heuristics: {first / n * 1e6:8.1f} µs/trajectory end to end "
-          f"({report.scored} scores); no-op re-run {rerun * 1e3:.0f} ms for {n}")
+    print(
+        f"store (SQLite) apply_heuristics: {first / n * 1e6:8.1f} µs/trajectory end to end "
+        f"({report.scored} scores); no-op re-run {rerun * 1e3:.0f} ms for {n}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,19 +44,24 @@ def make_batches(n_batches: int, batch_size: int, tag: str) -> list[dict]:
         items = []
         for i in range(batch_size):
             k = b * batch_size + i
-            items.append({
-                "id": f"{tag}-{k}",
-                "scenario": f"scenario-{k % 20}",
-                "messages": [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": f"Question number {k}: what is {k} + {k}? " + "context " * 40},
-                    {"role": "assistant", "content": f"The answer is {2 * k}. " + "explanation " * 30},
-                ],
-                "metadata": {"session": k // 7, "ui": "web"},
-                "tags": ["bench"],
-                "scores": {"length": 0.5} if k % 2 else None,
-                "feedback": {"thumbs": 1} if k % 5 == 0 else None,
-            })
+            items.append(
+                {
+                    "id": f"{tag}-{k}",
+                    "scenario": f"scenario-{k % 20}",
+                    "messages": [
+                        {"role": "system", "content": "You are a helpful assistant."},
+                        {
+                            "role": "user",
+                            "content": f"Question number {k}: what is {k} + {k}? " + "context " * 40,
+                        },
+                        {"role": "assistant", "content": f"The answer is {2 * k}. " + "explanation " * 30},
+                    ],
+                    "metadata": {"session": k // 7, "ui": "web"},
+                    "tags": ["bench"],
+                    "scores": {"length": 0.5} if k % 2 else None,
+                    "feedback": {"thumbs": 1} if k % 5 == 0 else None,
+                }
+            )
         batches.append({"trajectories": items})
     return batches
 
@@ -85,8 +90,21 @@ def http_run(url: str, batches: list[dict], concurrency: int, data_dir: Path) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
     env.update(PYTHONPATH=str(ROOT), LEARNLOOP_DATA_DIR=str(data_dir), LEARNLOOP_DATABASE_URL=url)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "learnloop", "serve", "--port", str(port), "--no-watch-inbox", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "learnloop",
+            "serve",
+            "--port",
+            str(port),
+            "--no-watch-inbox",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -81,11 +81,17 @@ def claim_rate(url: str, jobs: int, workers: int) -> dict[str, Any]:
 
 def idle_cpu(url: str, seconds: float, data: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
-    env.update(LEARNLOOP_DATA_DIR=str(data), LEARNLOOP_DATABASE_URL=url, LEARNLOOP_CONFIG=str(data / "none.toml"))
+    env.update(
+        LEARNLOOP_DATA_DIR=str(data), LEARNLOOP_DATABASE_URL=url, LEARNLOOP_CONFIG=str(data / "none.toml")
+    )
     data.mkdir(parents=True, exist_ok=True)
     (data / "none.toml").write_text("")
-    proc = subprocess.Popen([sys.executable, "-m", "learnloop", "daemon"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "learnloop", "daemon"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(8)  # start-up: imports, migrations, the first scoring pass
 
@@ -99,7 +105,11 @@ def idle_cpu(url: str, seconds: float, data: Path) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"seconds": round(wall, 1), "cpu_seconds": round(used, 3), "cpu_percent": round(100 * used / wall, 2)}
+    return {
+        "seconds": round(wall, 1),
+        "cpu_seconds": round(used, 3),
+        "cpu_percent": round(100 * used / wall, 2),
+    }
 
 
 def _pg_schema() -> tuple[str, Any] | None:
@@ -132,9 +142,13 @@ def main() -> None:
                 idle = idle_cpu(url, args.idle_seconds, Path(tmp) / f"data-{name}")
                 results[name] = {"claim": rows, "idle": idle}
                 for r in rows:
-                    print(f"{name:10} {r['workers']} worker(s): {r['jobs']} jobs in {r['seconds']} s = {r['jobs_per_s']} jobs/s "
-                          "(claim + complete, 2 transactions each)")
-                print(f"{name:10} idle daemon: {idle['cpu_seconds']} CPU s in {idle['seconds']} s = {idle['cpu_percent']}% of a core")
+                    print(
+                        f"{name:10} {r['workers']} worker(s): {r['jobs']} jobs in {r['seconds']} s = {r['jobs_per_s']} jobs/s "
+                        "(claim + complete, 2 transactions each)"
+                    )
+                print(
+                    f"{name:10} idle daemon: {idle['cpu_seconds']} CPU s in {idle['seconds']} s = {idle['cpu_percent']}% of a core"
+                )
         finally:
             if pg:
                 admin, schema = pg[1]

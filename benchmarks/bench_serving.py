@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import functools
 import json
 import os
 import subprocess
@@ -114,8 +115,12 @@ def timed_stream(backend: Any, model: str, n: int, messages: list) -> dict[str, 
     stamps = []
     for _ in backend.stream(model, ChatRequest(messages=messages, temperature=0, max_tokens=n)):
         stamps.append(time.perf_counter())
-    return {"ttft": stamps[0] - t0 if stamps else float("nan"),
-            "gaps": [b - a for a, b in zip(stamps, stamps[1:])], "end": time.perf_counter(), "start": t0}
+    return {
+        "ttft": stamps[0] - t0 if stamps else float("nan"),
+        "gaps": [b - a for a, b in zip(stamps, stamps[1:])],
+        "end": time.perf_counter(),
+        "start": t0,
+    }
 
 
 def rate_pair(a: Any, b: Any, rounds: int) -> tuple[float, float]:
@@ -140,10 +145,17 @@ def concurrency(backend: Any, model: str, clients: int, per_client: int, n: int)
     tokens = sum(len(r["gaps"]) + 1 for r in runs)
     gaps = [g for r in runs for g in r["gaps"]]
     ttfts = [r["ttft"] for r in runs]
-    return {"clients": clients, "requests": len(runs), "tokens": tokens, "wall_s": round(wall, 2),
-            "tok_s": round(tokens / wall, 1), "ttft_p50_ms": round(pct(ttfts, .5) * 1e3, 1),
-            "ttft_p99_ms": round(pct(ttfts, .99) * 1e3, 1), "itl_p50_ms": round(pct(gaps, .5) * 1e3, 1),
-            "itl_p99_ms": round(pct(gaps, .99) * 1e3, 1)}
+    return {
+        "clients": clients,
+        "requests": len(runs),
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_s": round(tokens / wall, 1),
+        "ttft_p50_ms": round(pct(ttfts, 0.5) * 1e3, 1),
+        "ttft_p99_ms": round(pct(ttfts, 0.99) * 1e3, 1),
+        "itl_p50_ms": round(pct(gaps, 0.5) * 1e3, 1),
+        "itl_p99_ms": round(pct(gaps, 0.99) * 1e3, 1),
+    }
 
 
 def http_load(url: str, model: str, clients: int, per_client: int, n: int) -> dict[str, Any]:
@@ -154,7 +166,12 @@ def http_load(url: str, model: str, clients: int, per_client: int, n: int) -> di
         done = 0
         with httpx.Client(timeout=600) as http:
             for k in range(per_client):
-                body = {"model": model, "messages": PROMPTS[(i + k) % len(PROMPTS)], "max_tokens": n, "temperature": 0}
+                body = {
+                    "model": model,
+                    "messages": PROMPTS[(i + k) % len(PROMPTS)],
+                    "max_tokens": n,
+                    "temperature": 0,
+                }
                 r = http.post(f"{url}/v1/chat/completions", json=body)
                 r.raise_for_status()
                 done += r.json()["usage"]["completion_tokens"]
@@ -167,7 +184,9 @@ def http_load(url: str, model: str, clients: int, per_client: int, n: int) -> di
     return {"clients": clients, "tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 1)}
 
 
-def start_server(cmd: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 300) -> subprocess.Popen:
+def start_server(
+    cmd: list[str], url: str, env: dict[str, str], log: Path, timeout: float = 300
+) -> subprocess.Popen:
     import httpx
 
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
@@ -199,17 +218,62 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
     env.update(OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     arms = {
         "learnloop serve": lambda port: (
-            [sys.executable, "-m", "learnloop", "serve", "--port", str(port), "--model", str(base), "--no-watch-inbox",
-             "--log-level", "warning"],
-            {**env, "LEARNLOOP_DATA_DIR": str(tmp / "ll-data"), "LEARNLOOP_SERVING__THREADS": str(args.threads),
-             "LEARNLOOP_SERVING__CAPTURE": "false"}, "base"),
+            [
+                sys.executable,
+                "-m",
+                "learnloop",
+                "serve",
+                "--port",
+                str(port),
+                "--model",
+                str(base),
+                "--no-watch-inbox",
+                "--log-level",
+                "warning",
+            ],
+            {
+                **env,
+                "LEARNLOOP_DATA_DIR": str(tmp / "ll-data"),
+                "LEARNLOOP_SERVING__THREADS": str(args.threads),
+                "LEARNLOOP_SERVING__CAPTURE": "false",
+            },
+            "base",
+        ),
         "transformers serve": lambda port: (
-            [str(Path(sys.executable).parent / "transformers"), "serve", str(base), "--port", str(port), "--device", "cpu",
-             "--dtype", "float32"], env, str(base)),
+            [
+                str(Path(sys.executable).parent / "transformers"),
+                "serve",
+                str(base),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ],
+            env,
+            str(base),
+        ),
         "transformers serve --continuous-batching": lambda port: (
-            [str(Path(sys.executable).parent / "transformers"), "serve", str(base), "--port", str(port), "--device", "cpu",
-             "--dtype", "float32", "--continuous-batching", "--cb-num-blocks", "512", "--cb-block-size", "32"],
-            env, str(base)),  # left alone, its paged cache sized itself past this machine's memory (OOM-killed at 13 GB)
+            [
+                str(Path(sys.executable).parent / "transformers"),
+                "serve",
+                str(base),
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--continuous-batching",
+                "--cb-num-blocks",
+                "512",
+                "--cb-block-size",
+                "32",
+            ],
+            env,
+            str(base),
+        ),  # left alone, its paged cache sized itself past this machine's memory (OOM-killed at 13 GB)
     }
     procs: dict[str, tuple[subprocess.Popen, str, str]] = {}
     try:
@@ -218,7 +282,11 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
             cmd, arm_env, model = make(port)
             url = f"http://127.0.0.1:{port}"
             try:
-                procs[name] = (start_server(cmd, url, arm_env, tmp / f"{name.replace(' ', '_')}.log"), url, model)
+                procs[name] = (
+                    start_server(cmd, url, arm_env, tmp / f"{name.replace(' ', '_')}.log"),
+                    url,
+                    model,
+                )
                 http_load(url, model, 1, 1, 8)  # warm-up
             except Exception as exc:
                 out[name] = {"error": str(exc).splitlines()[0][:300]}
@@ -228,7 +296,7 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
         totals = {name: {c: [0, 0.0] for c in (1, 8)} for name in procs}
         for _ in range(args.http_rounds):
             for c in (1, 8):
-                for name, (proc, url, model) in procs.items():
+                for name, (_proc, url, model) in procs.items():
                     if "error" in out.get(name, {}):
                         continue
                     try:
@@ -240,12 +308,16 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
         for name in procs:
             if "error" in out.get(name, {}):
                 continue
-            res = {f"c{c}": {"tokens": t[0], "wall_s": round(t[1], 1), "tok_s": round(t[0] / t[1], 1)}
-                   for c, t in totals[name].items()}
+            res = {
+                f"c{c}": {"tokens": t[0], "wall_s": round(t[1], 1), "tok_s": round(t[0] / t[1], 1)}
+                for c, t in totals[name].items()
+            }
             res["scaling_8_vs_1"] = round(res["c8"]["tok_s"] / res["c1"]["tok_s"], 2)
             out[name] = res
-            print(f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s (x{res['scaling_8_vs_1']})",
-                  flush=True)
+            print(
+                f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s (x{res['scaling_8_vs_1']})",
+                flush=True,
+            )
         ll = out.get("learnloop serve", {})
         for name in procs:
             if name != "learnloop serve" and "c8" in out.get(name, {}) and "c8" in ll:
@@ -264,7 +336,9 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="Prepared name or HF folder. [smollm2]")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU). [1]")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU). [1]"
+    )
     ap.add_argument("--tokens", type=int, default=64, help="Completion tokens per request. [64]")
     ap.add_argument("--rounds", type=int, default=3, help="Alternating rounds for single-stream rates. [3]")
     ap.add_argument("--http-requests", type=int, default=1, help="Requests per HTTP client per round. [1]")
@@ -292,8 +366,12 @@ def main() -> None:
 
     base = resolve_base_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    results: dict[str, Any] = {"model": str(base), "threads": args.threads, "tokens": args.tokens,
-                               "torch": torch.__version__}
+    results: dict[str, Any] = {
+        "model": str(base),
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "torch": torch.__version__,
+    }
     if args.servers_only:
         print("HTTP servers (same client, non-streaming, completion tokens from usage):", flush=True)
         results["servers"] = measure_servers(base, args, tmp)
@@ -303,9 +381,17 @@ def main() -> None:
         return
     print(f"base {base}, {args.threads} thread(s), {args.tokens} tokens a request", flush=True)
     adapters = [make_adapter(base, tmp / f"a{i}", seed=i) for i in range(6)]
-    child = subprocess.run([sys.executable, __file__, "--memory-child", str(base), *map(str, adapters[:5])],
-                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    results["rss_mb"] = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"error": child.stderr[-500:]}
+    child = subprocess.run(
+        [sys.executable, __file__, "--memory-child", str(base), *map(str, adapters[:5])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    results["rss_mb"] = (
+        json.loads(child.stdout.strip().splitlines()[-1])
+        if child.returncode == 0
+        else {"error": child.stderr[-500:]}
+    )
     print(f"memory (RSS of a fresh process): {results['rss_mb']}", flush=True)
 
     backend = LocalBackend(base, device="cpu", dtype="float32", max_batch_size=8, max_queued=256)
@@ -316,10 +402,18 @@ def main() -> None:
     raw_generate(raw, ids, 4)  # warm-ups
 
     # 1. single stream, base, no adapter loaded: learnloop vs model.generate
-    raw_rate, ll_rate = rate_pair(lambda: raw_generate(raw, ids, n), lambda: backend_chat(backend, "base", n), args.rounds)
-    results["single_stream_base"] = {"generate_tok_s": round(raw_rate, 1), "learnloop_tok_s": round(ll_rate, 1),
-                                     "ratio": round(ll_rate / raw_rate, 3)}
-    print(f"single stream, base: learnloop {ll_rate:.1f} tok/s vs generate {raw_rate:.1f} (x{ll_rate / raw_rate:.3f})", flush=True)
+    raw_rate, ll_rate = rate_pair(
+        functools.partial(raw_generate, raw, ids, n), lambda: backend_chat(backend, "base", n), args.rounds
+    )
+    results["single_stream_base"] = {
+        "generate_tok_s": round(raw_rate, 1),
+        "learnloop_tok_s": round(ll_rate, 1),
+        "ratio": round(ll_rate / raw_rate, 3),
+    }
+    print(
+        f"single stream, base: learnloop {ll_rate:.1f} tok/s vs generate {raw_rate:.1f} (x{ll_rate / raw_rate:.3f})",
+        flush=True,
+    )
 
     # 2. hot swap: loading a new version while idle, and while 4 streams decode
     t = time.perf_counter()
@@ -332,13 +426,22 @@ def main() -> None:
         backend.load_adapter("v2", adapters[1])
         load_busy = time.perf_counter() - t
         gaps = [g for s in streams for g in s.result()["gaps"]]
-    results["hot_swap"] = {"load_idle_ms": round(load_idle * 1e3, 1), "load_while_decoding_ms": round(load_busy * 1e3, 1),
-                           "itl_p50_ms": round(pct(gaps, .5) * 1e3, 1), "itl_max_ms": round(max(gaps) * 1e3, 1)}
-    print(f"hot swap: load {load_idle * 1e3:.0f} ms idle, {load_busy * 1e3:.0f} ms under load; "
-          f"streams' longest gap {max(gaps) * 1e3:.0f} ms (median {pct(gaps, .5) * 1e3:.0f})", flush=True)
+    results["hot_swap"] = {
+        "load_idle_ms": round(load_idle * 1e3, 1),
+        "load_while_decoding_ms": round(load_busy * 1e3, 1),
+        "itl_p50_ms": round(pct(gaps, 0.5) * 1e3, 1),
+        "itl_max_ms": round(max(gaps) * 1e3, 1),
+    }
+    print(
+        f"hot swap: load {load_idle * 1e3:.0f} ms idle, {load_busy * 1e3:.0f} ms under load; "
+        f"streams' longest gap {max(gaps) * 1e3:.0f} ms (median {pct(gaps, 0.5) * 1e3:.0f})",
+        flush=True,
+    )
     for i, a in enumerate(adapters[2:5], start=3):
         backend.load_adapter(f"v{i}", a)
-    lora_bytes = sum(p.numel() * p.element_size() for name, p in backend.engine.model.named_parameters() if "lora_" in name)
+    lora_bytes = sum(
+        p.numel() * p.element_size() for name, p in backend.engine.model.named_parameters() if "lora_" in name
+    )
     results["adapter_mb_each"] = round(lora_bytes / 5 / 2**20, 1)
     print(f"one adapter's weights: {results['adapter_mb_each']} MB", flush=True)
 
@@ -346,27 +449,42 @@ def main() -> None:
     from peft import PeftModel
 
     raw_lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapters[0]).eval()
-    base_rate, lora_rate = rate_pair(lambda: backend_chat(backend, "base", n), lambda: backend_chat(backend, "v1", n), args.rounds)
-    g_lora, ll_lora = rate_pair(lambda: raw_generate(raw_lora, ids, n), lambda: backend_chat(backend, "v1", n), args.rounds)
+    base_rate, lora_rate = rate_pair(
+        lambda: backend_chat(backend, "base", n), lambda: backend_chat(backend, "v1", n), args.rounds
+    )
+    g_lora, ll_lora = rate_pair(
+        functools.partial(raw_generate, raw_lora, ids, n), lambda: backend_chat(backend, "v1", n), args.rounds
+    )
     results["single_stream_lora"] = {
-        "learnloop_base_tok_s": round(base_rate, 1), "learnloop_lora_tok_s": round(lora_rate, 1),
-        "lora_vs_base": round(lora_rate / base_rate, 3), "generate_peft_tok_s": round(g_lora, 1),
+        "learnloop_base_tok_s": round(base_rate, 1),
+        "learnloop_lora_tok_s": round(lora_rate, 1),
+        "lora_vs_base": round(lora_rate / base_rate, 3),
+        "generate_peft_tok_s": round(g_lora, 1),
         "learnloop_lora_vs_generate_peft": round(ll_lora / g_lora, 3),
     }
-    print(f"single stream with 5 adapters loaded: base {base_rate:.1f}, LoRA {lora_rate:.1f} tok/s "
-          f"(LoRA/base x{lora_rate / base_rate:.3f}); LoRA vs peft generate x{ll_lora / g_lora:.3f}", flush=True)
+    print(
+        f"single stream with 5 adapters loaded: base {base_rate:.1f}, LoRA {lora_rate:.1f} tok/s "
+        f"(LoRA/base x{lora_rate / base_rate:.3f}); LoRA vs peft generate x{ll_lora / g_lora:.3f}",
+        flush=True,
+    )
     del raw, raw_lora
 
     # 4. concurrency on an adapter: aggregate tok/s, TTFT, inter-token latency
     conc = {}
     for c in (1, 4, 8):
         conc[c] = concurrency(backend, "v1", c, {1: 4, 4: 2, 8: 2}[c] if not args.quick else 1, n)
-        print(f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 {conc[c]['ttft_p99_ms']} ms, "
-              f"ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms", flush=True)
+        print(
+            f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 {conc[c]['ttft_p99_ms']} ms, "
+            f"ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms",
+            flush=True,
+        )
     results["concurrency"] = {str(c): v for c, v in conc.items()}
     results["concurrency"]["8_vs_1"] = round(conc[8]["tok_s"] / conc[1]["tok_s"], 2)
     results["concurrency"]["4_vs_1"] = round(conc[4]["tok_s"] / conc[1]["tok_s"], 2)
-    print(f"aggregate at 8 / sequential: x{results['concurrency']['8_vs_1']} (4: x{results['concurrency']['4_vs_1']})", flush=True)
+    print(
+        f"aggregate at 8 / sequential: x{results['concurrency']['8_vs_1']} (4: x{results['concurrency']['4_vs_1']})",
+        flush=True,
+    )
     backend.close()
 
     if not args.no_servers:

@@ -67,13 +67,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 IGNORE = -100
-WORDS = ("the a to of and in is it you that for on with as are this be at have or from by not but what all were "
-         "when we there can an your which their if do will each about how up out them then she many some so "
-         "these would other into has more her two like him see time could no make than first been its who now "
-         "people my made over did down only way find use may water long little very after words called just "
-         "where most know get through back much before go good new write our used me man too any day same right "
-         "look think also around another came come work three word must because does part even place well such "
-         "queue worker restart cache token model answer request latency retry shard index replica vector prompt").split()
+WORDS = (
+    "the a to of and in is it you that for on with as are this be at have or from by not but what all were "
+    "when we there can an your which their if do will each about how up out them then she many some so "
+    "these would other into has more her two like him see time could no make than first been its who now "
+    "people my made over did down only way find use may water long little very after words called just "
+    "where most know get through back much before go good new write our used me man too any day same right "
+    "look think also around another came come work three word must because does part even place well such "
+    "queue worker restart cache token model answer request latency retry shard index replica vector prompt"
+).split()
 SYSTEM = "You are a helpful assistant."
 TEMPLATE_OVERHEAD = 20  # tokens the ChatML headers and the system message add to a conversation
 
@@ -95,10 +97,15 @@ def sft_rows(n: int, seed: int, min_tokens: int, max_tokens: int) -> list[dict[s
     for _ in range(n):
         total = rng.randint(min_tokens, max_tokens) - TEMPLATE_OVERHEAD
         user = max(3, int(total * rng.uniform(0.2, 0.6)))
-        rows.append({
-            "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _text(rng, user)}],
-            "completion": [{"role": "assistant", "content": _text(rng, max(3, total - user))}],
-        })
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": _text(rng, user)},
+                ],
+                "completion": [{"role": "assistant", "content": _text(rng, max(3, total - user))}],
+            }
+        )
     return rows
 
 
@@ -107,16 +114,23 @@ def dpo_rows(n: int, seed: int, min_tokens: int, max_tokens: int) -> list[dict[s
     rng = random.Random(seed + 1)
     rows = []
     for _ in range(n):
-        prompt_words = max(3, int((rng.randint(min_tokens, max_tokens) - TEMPLATE_OVERHEAD) * rng.uniform(0.2, 0.5)))
+        prompt_words = max(
+            3, int((rng.randint(min_tokens, max_tokens) - TEMPLATE_OVERHEAD) * rng.uniform(0.2, 0.5))
+        )
         answers = []
         for _side in range(2):
             total = rng.randint(min_tokens, max_tokens) - TEMPLATE_OVERHEAD
             answers.append(_text(rng, max(3, total - prompt_words)))
-        rows.append({
-            "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": _text(rng, prompt_words)}],
-            "chosen": [{"role": "assistant", "content": answers[0]}],
-            "rejected": [{"role": "assistant", "content": answers[1]}],
-        })
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": _text(rng, prompt_words)},
+                ],
+                "chosen": [{"role": "assistant", "content": answers[0]}],
+                "rejected": [{"role": "assistant", "content": answers[1]}],
+            }
+        )
     return rows
 
 
@@ -197,8 +211,13 @@ def _torch_dtype(spec: dict[str, Any]) -> Any:
 
 
 def _lora_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"r": spec["lora_r"], "lora_alpha": spec["lora_alpha"], "lora_dropout": 0.0,
-            "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
+    return {
+        "r": spec["lora_r"],
+        "lora_alpha": spec["lora_alpha"],
+        "lora_dropout": 0.0,
+        "target_modules": "all-linear",
+        "task_type": "CAUSAL_LM",
+    }
 
 
 def _count_batch(meter: Meter, batch: dict[str, Any]) -> None:
@@ -214,7 +233,9 @@ def _count_batch(meter: Meter, batch: dict[str, Any]) -> None:
 # Arms
 
 
-def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool = True) -> dict[str, Any]:
+def arm_learnloop(
+    spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool = True
+) -> dict[str, Any]:
     from learnloop.training.config import LoraConfig, TrainConfig
     from learnloop.training.dpo import DPOObjective
     from learnloop.training.run import train
@@ -224,11 +245,25 @@ def arm_learnloop(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: 
     data.write_text("".join(json.dumps(r) + "\n" for r in spec["rows"]))
     steps = spec["steps"]
     config = TrainConfig(
-        algorithm=algorithm, base_model=spec["model"], dataset=data, output_dir=work / "out",
+        algorithm=algorithm,
+        base_model=spec["model"],
+        dataset=data,
+        output_dir=work / "out",
         lora=LoraConfig(r=spec["lora_r"], alpha=spec["lora_alpha"], dropout=0.0, target_modules="all-linear"),
-        max_length=spec["max_length"], batch_size=spec["batch_size"], grad_accum=spec["grad_accum"], max_steps=steps,
-        learning_rate=spec["lr"], lr_scheduler="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        checkpoint_every=steps + 1000, seed=spec["seed"], device="cpu", dtype=spec["dtype"], length_grouping=grouped,
+        max_length=spec["max_length"],
+        batch_size=spec["batch_size"],
+        grad_accum=spec["grad_accum"],
+        max_steps=steps,
+        learning_rate=spec["lr"],
+        lr_scheduler="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        checkpoint_every=steps + 1000,
+        seed=spec["seed"],
+        device="cpu",
+        dtype=spec["dtype"],
+        length_grouping=grouped,
     )
     meter = Meter()
     # Count at the loss call: wrap the objective class's compute (what the loop calls per micro-batch).
@@ -258,11 +293,26 @@ def arm_learnloop_ungrouped(spec: dict[str, Any], algorithm: str, work: Path) ->
 def _trl_common(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     bf16 = spec["dtype"] == "bfloat16"
     return dict(
-        output_dir=str(work / "out"), per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], learning_rate=spec["lr"],
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        max_length=spec["max_length"], bf16=bf16, fp16=False, gradient_checkpointing=False, use_cpu=True,
-        save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(work / "out"),
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=spec["grad_accum"],
+        max_steps=spec["steps"],
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        max_length=spec["max_length"],
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         seed=spec["seed"],
     )
 
@@ -277,7 +327,9 @@ def _trl_meter_callback(meter: Meter) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             meter.step()
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
             if logs and "loss" in logs:
                 meter.losses.append(float(logs["loss"]))
 
@@ -295,8 +347,15 @@ def _trl_count_at_loss(trainer: Any, meter: Meter) -> None:
     trainer.compute_loss = compute_loss
 
 
-def arm_trl(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool = False, padding_free: bool = False,
-            precompute: bool = False) -> dict[str, Any]:
+def arm_trl(
+    spec: dict[str, Any],
+    algorithm: str,
+    work: Path,
+    *,
+    grouped: bool = False,
+    padding_free: bool = False,
+    precompute: bool = False,
+) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -315,8 +374,14 @@ def arm_trl(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool =
             # TRL refuses padding_free with a max_length it would not enforce; no example here reaches it.
             common["max_length"] = None
         args = SFTConfig(**common, padding_free=padding_free, **extra)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=LoraConfig(**_lora_kwargs(spec)), callbacks=[_trl_meter_callback(meter)])
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(**_lora_kwargs(spec)),
+            callbacks=[_trl_meter_callback(meter)],
+        )
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -332,19 +397,34 @@ def arm_trl(spec: dict[str, Any], algorithm: str, work: Path, *, grouped: bool =
                 return out
 
             DPOTrainer._precompute_ref_logps = timed
-        args = DPOConfig(**_trl_common(spec, work), beta=spec["beta"], precompute_ref_log_probs=precompute, **extra)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=LoraConfig(**_lora_kwargs(spec)), callbacks=[_trl_meter_callback(meter)])
+        args = DPOConfig(
+            **_trl_common(spec, work), beta=spec["beta"], precompute_ref_log_probs=precompute, **extra
+        )
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=LoraConfig(**_lora_kwargs(spec)),
+            callbacks=[_trl_meter_callback(meter)],
+        )
         if precompute and meter.extra_wall == 0:
-            raise RuntimeError("precompute_ref_log_probs did not run (a cached result would make the arm look faster)")
+            raise RuntimeError(
+                "precompute_ref_log_probs did not run (a cached result would make the arm look faster)"
+            )
         # The reference pass covers the whole dataset: count the timed steps' share of it.
         meter.extra_share = (spec["steps"] - 1) * spec["batch_size"] * spec["grad_accum"] / len(spec["rows"])
         if grouped:
             # DPO rows hold prompt_ids/chosen_ids/rejected_ids, no input_ids: give the sampler a length
             # column (what the collator will pad to) and keep it through the unused-column filter.
             ds = trainer.train_dataset
-            trainer.train_dataset = ds.add_column("length", [
-                len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])])
+            trainer.train_dataset = ds.add_column(
+                "length",
+                [
+                    len(p) + max(len(c), len(r))
+                    for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+                ],
+            )
             trainer._set_signature_columns_if_needed()
             trainer._signature_columns = [*trainer._signature_columns, "length"]
     _trl_count_at_loss(trainer, meter)
@@ -379,9 +459,13 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path, *, strong: bool 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = []
     for row in spec["rows"]:
-        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
-        labels = [IGNORE] * len(prompt) + full[len(prompt):]
+        prompt = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        full = tokenizer.apply_chat_template(
+            row["prompt"] + row["completion"], tokenize=True, return_dict=False
+        )
+        labels = [IGNORE] * len(prompt) + full[len(prompt) :]
         examples.append((full[: spec["max_length"]], labels[: spec["max_length"]]))
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=_torch_dtype(spec))
     torch.manual_seed(spec["seed"])
@@ -394,7 +478,9 @@ def arm_plain(spec: dict[str, Any], algorithm: str, work: Path, *, strong: bool 
         # the longest megabatch: a 10-step window would see longer rows than a whole epoch does.)
         from learnloop.training.data import epoch_batches
 
-        batches = epoch_batches([len(ids) for ids, _ in examples], spec["batch_size"], seed=spec["seed"], epoch=0)
+        batches = epoch_batches(
+            [len(ids) for ids, _ in examples], spec["batch_size"], seed=spec["seed"], epoch=0
+        )
     else:
         order = list(range(len(examples)))
         random.Random(spec["seed"]).shuffle(order)
@@ -443,13 +529,25 @@ def arm_plain_strong(spec: dict[str, Any], algorithm: str, work: Path) -> dict[s
 
 
 ARMS = {
-    "learnloop": arm_learnloop, "learnloop-ungrouped": arm_learnloop_ungrouped,
-    "trl-defaults": arm_trl, "trl-grouped": arm_trl_grouped, "trl-padfree": arm_trl_padfree,
+    "learnloop": arm_learnloop,
+    "learnloop-ungrouped": arm_learnloop_ungrouped,
+    "trl-defaults": arm_trl,
+    "trl-grouped": arm_trl_grouped,
+    "trl-padfree": arm_trl_padfree,
     "trl-grouped-precompute": arm_trl_grouped_precompute,
-    "plain-naive": arm_plain_naive, "plain-strong": arm_plain_strong,
+    "plain-naive": arm_plain_naive,
+    "plain-strong": arm_plain_strong,
 }
 PLANS = {
-    "sft": ["learnloop", "learnloop-ungrouped", "trl-defaults", "trl-grouped", "trl-padfree", "plain-naive", "plain-strong"],
+    "sft": [
+        "learnloop",
+        "learnloop-ungrouped",
+        "trl-defaults",
+        "trl-grouped",
+        "trl-padfree",
+        "plain-naive",
+        "plain-strong",
+    ],
     "dpo": ["learnloop", "trl-defaults", "trl-grouped", "trl-grouped-precompute"],
 }
 PROFILE = False  # --profile: each arm prints its torch.profiler table (by self CPU time)
@@ -470,8 +568,12 @@ def child_main(arm: str, algorithm: str, spec_path: str) -> None:
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 result = ARMS[arm](spec, algorithm, Path(work))
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40),
-                  file=sys.stderr)
+            print(
+                prof.key_averages().table(
+                    sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40
+                ),
+                file=sys.stderr,
+            )
         else:
             result = ARMS[arm](spec, algorithm, Path(work))
     print("BENCH_RESULT " + json.dumps(result), flush=True)
@@ -490,15 +592,20 @@ def peak_main(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         torch.mm(a, b)
         best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
-    print("BENCH_RESULT " + json.dumps({"gflops": 2 * n**3 / best / 1e9, "gflops_cpu": 2 * n**3 / best_cpu / 1e9}),
-          flush=True)
+    print(
+        "BENCH_RESULT "
+        + json.dumps({"gflops": 2 * n**3 / best / 1e9, "gflops_cpu": 2 * n**3 / best_cpu / 1e9}),
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # FLOPs per token (the same for every arm of an algorithm)
 
 
-def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str, lora_r: int) -> dict[str, float]:
+def flops_per_token(
+    model_path: str, rows: list[dict[str, Any]], algorithm: str, lora_r: int
+) -> dict[str, float]:
     """Model FLOPs per real token of this dataset; see the module docstring for what is counted."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -517,8 +624,12 @@ def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str,
     tok = AutoTokenizer.from_pretrained(model_path)
     tokens = labelled = context = 0
     for row in rows:
-        prompt_len = len(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
-        for answer in ([row["completion"]] if algorithm == "sft" else [row["chosen"], row["rejected"]]):
+        prompt_len = len(
+            tok.apply_chat_template(
+                row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for answer in [row["completion"]] if algorithm == "sft" else [row["chosen"], row["rejected"]]:
             n = len(tok.apply_chat_template(row["prompt"] + answer, tokenize=True, return_dict=False))
             tokens += n
             labelled += n - prompt_len
@@ -529,8 +640,14 @@ def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str,
     fwd = 2 * (frozen + lora) + attn_fwd + 2 * hidden * vocab * lab
     bwd = 2 * frozen + 4 * lora + 2 * attn_fwd + 2 * hidden * vocab * lab
     ref = 2 * frozen + attn_fwd + 2 * hidden * vocab * lab if algorithm == "dpo" else 0.0
-    return {"per_token": fwd + bwd + ref, "frozen_params": frozen, "lora_params": lora, "mean_context": ctx,
-            "labelled_share": lab, "tokens": tokens}
+    return {
+        "per_token": fwd + bwd + ref,
+        "frozen_params": frozen,
+        "lora_params": lora,
+        "mean_context": ctx,
+        "labelled_share": lab,
+        "tokens": tokens,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -538,16 +655,26 @@ def flops_per_token(model_path: str, rows: list[dict[str, Any]], algorithm: str,
 
 
 def _child_env(threads: int) -> dict[str, str]:
-    return {**os.environ, **({"BENCH_PROFILE": "1"} if PROFILE else {}), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads), "TQDM_DISABLE": "1"}
+    return {
+        **os.environ,
+        **({"BENCH_PROFILE": "1"} if PROFILE else {}),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "OMP_NUM_THREADS": str(threads),
+        "TQDM_DISABLE": "1",
+    }
 
 
 def _run_child(argv: list[str], threads: int) -> tuple[dict[str, Any] | None, str, int]:
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=_child_env(threads), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, __file__, *argv], capture_output=True, text=True, env=_child_env(threads), cwd=ROOT
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
         return None, (proc.stdout + proc.stderr)[-3000:], proc.returncode
-    return json.loads(lines[-1][len("BENCH_RESULT "):]), proc.stderr, 0
+    return json.loads(lines[-1][len("BENCH_RESULT ") :]), proc.stderr, 0
 
 
 def measure_peak(dtype: str, threads: int) -> dict[str, float]:
@@ -569,9 +696,12 @@ def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, ver
     if verbose:
         print(tail if PROFILE else tail[-2000:], file=sys.stderr)
     result["process_wall_s"] = wall
-    print(f"  {algorithm}/{arm}: {result['tok_per_s']:.0f} tok/s, {result['tok_per_cpu_s']:.0f} tok/CPU-s, "
-          f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, peak {result['peak_rss_mb']:.0f} MB "
-          f"({wall:.0f} s)", flush=True)
+    print(
+        f"  {algorithm}/{arm}: {result['tok_per_s']:.0f} tok/s, {result['tok_per_cpu_s']:.0f} tok/CPU-s, "
+        f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, peak {result['peak_rss_mb']:.0f} MB "
+        f"({wall:.0f} s)",
+        flush=True,
+    )
     return result
 
 
@@ -590,18 +720,41 @@ def _spread(vals: list[float], spec: str) -> str:
     return med if len(vals) == 1 else f"{med} [{format(min(vals), spec)}-{format(max(vals), spec)}]"
 
 
-def ratio_values(rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: str = "tok_per_s") -> list[float]:
+def ratio_values(
+    rounds: list[dict[str, dict[str, Any]]], a: str, b: str, key: str = "tok_per_s"
+) -> list[float]:
     """Per-round a/b of ``key``, both arms measured in the same round."""
-    return [r[a][key] / r[b][key] for r in rounds
-            if a in r and b in r and "error" not in r[a] and "error" not in r[b]]
+    return [
+        r[a][key] / r[b][key]
+        for r in rounds
+        if a in r and b in r and "error" not in r[a] and "error" not in r[b]
+    ]
 
 
-def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]], flops: float,
-                peak: dict[str, float]) -> None:
-    cols = ("arm", "tok/s", "tok/CPU-s", "MFU %", "MFU/CPU %", "s/step", "pad %", "tokens timed", "peak RSS MB", "process s",
-            "loss first→last")
-    print(f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); MFU at {flops / 1e6:.0f} MFLOP/token "
-          f"and a peak of {peak['gflops']:.0f} GFLOP/s, {peak['gflops_cpu']:.0f} GFLOP/CPU-s")
+def print_table(
+    algorithm: str,
+    arms: list[str],
+    rounds: list[dict[str, dict[str, Any]]],
+    flops: float,
+    peak: dict[str, float],
+) -> None:
+    cols = (
+        "arm",
+        "tok/s",
+        "tok/CPU-s",
+        "MFU %",
+        "MFU/CPU %",
+        "s/step",
+        "pad %",
+        "tokens timed",
+        "peak RSS MB",
+        "process s",
+        "loss first→last",
+    )
+    print(
+        f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); MFU at {flops / 1e6:.0f} MFLOP/token "
+        f"and a peak of {peak['gflops']:.0f} GFLOP/s, {peak['gflops_cpu']:.0f} GFLOP/CPU-s"
+    )
     rows = []
     for arm in arms:
         res = _ok(rounds, arm)
@@ -609,20 +762,30 @@ def print_table(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str
             rows.append((arm, "failed", *[""] * (len(cols) - 2)))
             continue
         loss = f"{_fmt(res[-1]['loss_first'], '.3f')}→{_fmt(res[-1]['loss_last'], '.3f')}"
-        rows.append((
-            arm, _spread([x["tok_per_s"] for x in res], ".0f"), _spread([x["tok_per_cpu_s"] for x in res], ".0f"),
-            _spread([100 * x["tok_per_s"] * flops / (peak["gflops"] * 1e9) for x in res], ".1f"),
-            _spread([100 * x["tok_per_cpu_s"] * flops / (peak["gflops_cpu"] * 1e9) for x in res], ".1f"),
-            _spread([x["step_s"] for x in res], ".2f"), _fmt(100 * statistics.median(x["pad_fraction"] for x in res)),
-            _fmt(statistics.median(x["tokens_timed"] for x in res)), _fmt(statistics.median(x["peak_rss_mb"] for x in res)),
-            _fmt(statistics.median(x["process_wall_s"] for x in res)), loss))
+        rows.append(
+            (
+                arm,
+                _spread([x["tok_per_s"] for x in res], ".0f"),
+                _spread([x["tok_per_cpu_s"] for x in res], ".0f"),
+                _spread([100 * x["tok_per_s"] * flops / (peak["gflops"] * 1e9) for x in res], ".1f"),
+                _spread([100 * x["tok_per_cpu_s"] * flops / (peak["gflops_cpu"] * 1e9) for x in res], ".1f"),
+                _spread([x["step_s"] for x in res], ".2f"),
+                _fmt(100 * statistics.median(x["pad_fraction"] for x in res)),
+                _fmt(statistics.median(x["tokens_timed"] for x in res)),
+                _fmt(statistics.median(x["peak_rss_mb"] for x in res)),
+                _fmt(statistics.median(x["process_wall_s"] for x in res)),
+                loss,
+            )
+        )
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(cols)]
     print("  ".join(str(c).ljust(w) for c, w in zip(cols, widths)))
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
 
 
-def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def verdicts(
+    algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
     """learnloop against the best TRL arm of each round (an expert picks the fastest configuration)
     and, for SFT, the strongest plain loop; per wall second and per CPU second."""
     out = []
@@ -642,10 +805,22 @@ def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, A
             if not vals:
                 continue
             med = statistics.median(vals)
-            out.append({"algorithm": algorithm, "against": name, "basis": basis, "median": med, "min": min(vals),
-                        "max": max(vals), "goal": goal, "met": med >= goal})
-            print(f"  [{basis:4s}] learnloop / {name}: {_spread(vals, '.2f')}x (goal >= {goal}x): "
-                  f"{'MET' if med >= goal else 'MISSED'}")
+            out.append(
+                {
+                    "algorithm": algorithm,
+                    "against": name,
+                    "basis": basis,
+                    "median": med,
+                    "min": min(vals),
+                    "max": max(vals),
+                    "goal": goal,
+                    "met": med >= goal,
+                }
+            )
+            print(
+                f"  [{basis:4s}] learnloop / {name}: {_spread(vals, '.2f')}x (goal >= {goal}x): "
+                f"{'MET' if med >= goal else 'MISSED'}"
+            )
         for other in arms:
             if other != "learnloop" and "learnloop" in arms:
                 vals = ratio_values(rounds, "learnloop", other, key)
@@ -656,12 +831,20 @@ def verdicts(algorithm: str, arms: list[str], rounds: list[dict[str, dict[str, A
 
 def report(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """Print the tables and verdicts of a run (or of its --json file); returns the verdicts."""
-    peaks = [p if isinstance(p, dict) else {"gflops": p, "gflops_cpu": float("nan")} for p in raw.get("peak_gflops") or []]
-    peak = {k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")}
+    peaks = [
+        p if isinstance(p, dict) else {"gflops": p, "gflops_cpu": float("nan")}
+        for p in raw.get("peak_gflops") or []
+    ]
+    peak = {
+        k: max((p[k] for p in peaks if p[k] == p[k]), default=float("nan")) for k in ("gflops", "gflops_cpu")
+    }
     a = raw["args"]
-    print(f"\npeak matmul {a['dtype']}, {a['threads']} thread(s): "
-          + ", ".join(f"{p['gflops']:.0f} GFLOP/s ({p['gflops_cpu']:.0f} per CPU second)" for p in peaks)
-          + " (start, end); MFU uses the higher of each", flush=True)
+    print(
+        f"\npeak matmul {a['dtype']}, {a['threads']} thread(s): "
+        + ", ".join(f"{p['gflops']:.0f} GFLOP/s ({p['gflops_cpu']:.0f} per CPU second)" for p in peaks)
+        + " (start, end); MFU uses the higher of each",
+        flush=True,
+    )
     results = []
     for algorithm in ("sft", "dpo"):
         if algorithm not in raw:
@@ -670,9 +853,11 @@ def report(raw: dict[str, Any]) -> list[dict[str, Any]]:
         arms = [x for x in PLANS[algorithm] if any(x in r for r in rounds)]
         info = raw[algorithm]["flops"]
         print_table(algorithm, arms, rounds, info["per_token"], peak)
-        print(f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
-              f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
-              f"share {100 * info['labelled_share']:.0f}%")
+        print(
+            f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
+            f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
+            f"share {100 * info['labelled_share']:.0f}%"
+        )
         results += verdicts(algorithm, arms, rounds)
     return results
 
@@ -681,21 +866,39 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=3, metavar=("ARM", "ALGORITHM", "SPEC"), help=argparse.SUPPRESS)
     ap.add_argument("--peak", nargs=2, metavar=("DTYPE", "THREADS"), help=argparse.SUPPRESS)
-    ap.add_argument("--model", default="smollm2", help="HF folder, .gguf file or prepared name (prepared if needed)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 3 steps per arm, short examples")
+    ap.add_argument(
+        "--model", default="smollm2", help="HF folder, .gguf file or prepared name (prepared if needed)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 round, 3 steps per arm, short examples"
+    )
     ap.add_argument("--only", choices=["sft", "dpo"], help="run one algorithm")
     ap.add_argument("--arms", nargs="*", help="run only these arms (names as in the tables)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="bfloat16: weights in bf16 in every arm, TRL with bf16=True (autocast)")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="bfloat16: weights in bf16 in every arm, TRL with bf16=True (autocast)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="run every arm this many times in rotated order")
-    ap.add_argument("--sft-steps", type=int, default=11, help="optimizer steps per SFT arm (the first is not timed)")
-    ap.add_argument("--dpo-steps", type=int, default=11, help="optimizer steps per DPO arm (the first is not timed)")
+    ap.add_argument(
+        "--sft-steps", type=int, default=11, help="optimizer steps per SFT arm (the first is not timed)"
+    )
+    ap.add_argument(
+        "--dpo-steps", type=int, default=11, help="optimizer steps per DPO arm (the first is not timed)"
+    )
     # More rows than the steps consume, so that length grouping works as it does on a real dataset:
     # transformers' LengthGroupedSampler sorts megabatches of min(rows // (4 x batch), 50) batches,
     # learnloop windows of 50 batches. Each arm trains on the first steps x batch of its own order.
-    ap.add_argument("--sft-rows", type=int, default=400, help="SFT dataset rows (400: full 50-batch megabatches)")
-    ap.add_argument("--dpo-rows", type=int, default=48,
-                    help="DPO dataset pairs (kept small: the precompute arm's reference pass covers them all)")
+    ap.add_argument(
+        "--sft-rows", type=int, default=400, help="SFT dataset rows (400: full 50-batch megabatches)"
+    )
+    ap.add_argument(
+        "--dpo-rows",
+        type=int,
+        default=48,
+        help="DPO dataset pairs (kept small: the precompute arm's reference pass covers them all)",
+    )
     ap.add_argument("--batch-size", type=int, default=2, help="micro-batch (DPO: pairs per micro-batch)")
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=320)
@@ -703,15 +906,28 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=150, help="longest example (tokens, approximate)")
     # One thread by default: on a shared machine two OpenMP threads spin at every barrier while a
     # neighbour holds the other core, which made the same step take 1.2 s or 9 s (wall and CPU alike).
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in every arm (raise on a dedicated machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads in every arm (raise on a dedicated machine)"
+    )
     ap.add_argument("--json", dest="json_out", help="also write all raw results here")
     ap.add_argument("--verbose", action="store_true")
-    ap.add_argument("--profile", action="store_true",
-                    help="run each arm under torch.profiler and print where its CPU time goes (slower; not for figures)")
-    ap.add_argument("--report", metavar="JSON", nargs="+",
-                    help="print the tables of earlier --json files (their rounds pooled; same settings), run nothing")
-    ap.add_argument("--rotation", type=int, default=0,
-                    help="start the order rotation here (a second process running more rounds at the same time)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="run each arm under torch.profiler and print where its CPU time goes (slower; not for figures)",
+    )
+    ap.add_argument(
+        "--report",
+        metavar="JSON",
+        nargs="+",
+        help="print the tables of earlier --json files (their rounds pooled; same settings), run nothing",
+    )
+    ap.add_argument(
+        "--rotation",
+        type=int,
+        default=0,
+        help="start the order rotation here (a second process running more rounds at the same time)",
+    )
     args = ap.parse_args()
     global PROFILE
     PROFILE = args.profile
@@ -724,7 +940,9 @@ def main() -> None:
             pooled["peak_gflops"] = pooled.get("peak_gflops", []) + other.get("peak_gflops", [])
             for alg in ("sft", "dpo"):
                 if alg in other:
-                    pooled.setdefault(alg, {"rounds": [], "flops": other[alg]["flops"]})["rounds"] += other[alg]["rounds"]
+                    pooled.setdefault(alg, {"rounds": [], "flops": other[alg]["flops"]})["rounds"] += other[
+                        alg
+                    ]["rounds"]
         report(pooled)
         return
     if args.child:
@@ -747,24 +965,52 @@ def main() -> None:
         if args.model.lower() not in KNOWN_MODELS:
             raise
         model_path = prepare_model(args.model).path  # what `learnloop models prepare smollm2` does
-    common = {"model": str(model_path), "max_length": args.max_length, "batch_size": args.batch_size,
-              "grad_accum": args.grad_accum, "lr": 2e-4, "lora_r": 16, "lora_alpha": 32, "beta": 0.1, "seed": 0,
-              "threads": args.threads, "dtype": args.dtype}
+    common = {
+        "model": str(model_path),
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": 2e-4,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "beta": 0.1,
+        "seed": 0,
+        "threads": args.threads,
+        "dtype": args.dtype,
+    }
     per_step = args.batch_size * args.grad_accum
-    plans = [(alg, arms, steps, rows) for alg, arms, steps, rows in (
-        ("sft", PLANS["sft"], args.sft_steps,
-         sft_rows(max(args.sft_rows, args.sft_steps * per_step), 0, args.min_tokens, args.max_tokens)),
-        ("dpo", PLANS["dpo"], args.dpo_steps,
-         dpo_rows(max(args.dpo_rows, args.dpo_steps * per_step), 0, args.min_tokens, args.max_tokens)),
-    ) if args.only in (None, alg)]
-    print(f"model {model_path}; {args.dtype} CPU, {args.threads} torch thread(s); LoRA r=16 alpha=32 all-linear; "
-          f"micro-batch {args.batch_size} x accum {args.grad_accum}; max_length {args.max_length}; examples "
-          f"~{args.min_tokens}-{args.max_tokens} tokens; SFT {args.sft_steps}, DPO {args.dpo_steps} optimizer steps per "
-          f"arm (first untimed); {args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs", flush=True)
+    plans = [
+        (alg, arms, steps, rows)
+        for alg, arms, steps, rows in (
+            (
+                "sft",
+                PLANS["sft"],
+                args.sft_steps,
+                sft_rows(max(args.sft_rows, args.sft_steps * per_step), 0, args.min_tokens, args.max_tokens),
+            ),
+            (
+                "dpo",
+                PLANS["dpo"],
+                args.dpo_steps,
+                dpo_rows(max(args.dpo_rows, args.dpo_steps * per_step), 0, args.min_tokens, args.max_tokens),
+            ),
+        )
+        if args.only in (None, alg)
+    ]
+    print(
+        f"model {model_path}; {args.dtype} CPU, {args.threads} torch thread(s); LoRA r=16 alpha=32 all-linear; "
+        f"micro-batch {args.batch_size} x accum {args.grad_accum}; max_length {args.max_length}; examples "
+        f"~{args.min_tokens}-{args.max_tokens} tokens; SFT {args.sft_steps}, DPO {args.dpo_steps} optimizer steps per "
+        f"arm (first untimed); {args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     peaks = [measure_peak(args.dtype, args.threads)]
-    print(f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]['gflops']:.0f} GFLOP/s, "
-          f"{peaks[0]['gflops_cpu']:.0f} GFLOP/CPU-s (start)", flush=True)
+    print(
+        f"peak matmul {args.dtype}, {args.threads} thread(s): {peaks[0]['gflops']:.0f} GFLOP/s, "
+        f"{peaks[0]['gflops_cpu']:.0f} GFLOP/CPU-s (start)",
+        flush=True,
+    )
     raw: dict[str, Any] = {"args": vars(args), "loadavg_start": os.getloadavg(), "peak_gflops": peaks}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for algorithm, arms, steps, rows in plans:
@@ -782,7 +1028,9 @@ def main() -> None:
                 rounds.append({})
                 for arm in order:
                     rounds[-1][arm] = run_arm(arm, algorithm, common, spec_path, args.verbose)
-                    if args.json_out:  # after every arm: a run cut short keeps what it measured (--report reads it)
+                    if (
+                        args.json_out
+                    ):  # after every arm: a run cut short keeps what it measured (--report reads it)
                         Path(args.json_out).write_text(json.dumps(raw, indent=2))
         peaks.append(measure_peak(args.dtype, args.threads))
         raw["verdicts"] = report(raw)

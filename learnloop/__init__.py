@@ -8,10 +8,22 @@ __version__ = "0.1.0"
 
 # The capture SDK's names, importable as learnloop.trajectory etc. Loaded on first use so that
 # `import learnloop` (and the CLI) stays light.
-_CAPTURE_NAMES = frozenset({
-    "configure", "trajectory", "traced", "wrap_openai", "feedback", "reward", "flush", "shutdown",
-    "current_trajectory", "get_client", "CaptureClient", "TrajectoryRecorder",
-})
+_CAPTURE_NAMES = frozenset(
+    {
+        "configure",
+        "trajectory",
+        "traced",
+        "wrap_openai",
+        "feedback",
+        "reward",
+        "flush",
+        "shutdown",
+        "current_trajectory",
+        "get_client",
+        "CaptureClient",
+        "TrajectoryRecorder",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:

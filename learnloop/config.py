@@ -50,10 +50,16 @@ class ServerSettings(_Section):
     max_request_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest request body accepted, in bytes; larger ones get 413."
     )
-    inbox_poll_seconds: float = Field(2.0, gt=0, description="How often the server scans the inbox folder for JSONL files.")
-    watch_inbox: bool = Field(True, description="Whether `learnloop serve` imports files dropped into the inbox folder.")
+    inbox_poll_seconds: float = Field(
+        2.0, gt=0, description="How often the server scans the inbox folder for JSONL files."
+    )
+    watch_inbox: bool = Field(
+        True, description="Whether `learnloop serve` imports files dropped into the inbox folder."
+    )
     max_inbox_file_bytes: int | None = Field(
-        None, ge=1, description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/."
+        None,
+        ge=1,
+        description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/.",
     )
     read_token: SecretStr | None = Field(
         None,
@@ -63,25 +69,38 @@ class ServerSettings(_Section):
 
 
 class CaptureSettings(_Section):
-    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="Share of trajectories kept (always-keep rules override).")
+    sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of trajectories kept (always-keep rules override)."
+    )
     batch_size: int = Field(256, ge=1, description="Records the background writer sends in one batch.")
-    flush_interval: float = Field(0.5, gt=0, description="Seconds the writer waits to fill a batch before sending it anyway.")
-    queue_size: int = Field(100_000, ge=1, description="Records held in memory before new ones go straight to the spool.")
-    shutdown_timeout: float = Field(5.0, ge=0, description="Seconds allowed at interpreter exit to flush pending records.")
+    flush_interval: float = Field(
+        0.5, gt=0, description="Seconds the writer waits to fill a batch before sending it anyway."
+    )
+    queue_size: int = Field(
+        100_000, ge=1, description="Records held in memory before new ones go straight to the spool."
+    )
+    shutdown_timeout: float = Field(
+        5.0, ge=0, description="Seconds allowed at interpreter exit to flush pending records."
+    )
     server_url: str | None = Field(
-        None, description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database."
+        None,
+        description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database.",
     )
     window: str = Field(
         "1h",
         pattern=r"^\s*\d+\s*[mhd]\s*$",
         description="Length of the time window a trajectory is assigned to when none is given: Nm, Nh or Nd (ids like 2026-12-02T14).",
     )
-    source_sample_rates: dict[Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    source_sample_rates: dict[
+        Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]
+    ] = Field(
         default_factory=dict,
         description="Sample rate per trajectory source (production, teacher, synthetic, served); sources not named use sample_rate.",
     )
     keep_confident: float | None = Field(
-        0.8, ge=0.0, le=1.0,
+        0.8,
+        ge=0.0,
+        le=1.0,
         description="Keep every trajectory whose metadata 'confidence' is at least this, whatever the sample rate (unset: no such rule).",
     )
 
@@ -91,7 +110,9 @@ class FeedbackWeights(_Section):
     thumbs: float = Field(1.0, ge=0, description="Weight of thumbs up/down.")
     success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
     correction: float = Field(
-        1.0, ge=0, description="Weight of the correction penalty: a corrected answer counts as the worst value."
+        1.0,
+        ge=0,
+        description="Weight of the correction penalty: a corrected answer counts as the worst value.",
     )
 
 
@@ -115,13 +136,17 @@ class CombineSettings(_Section):
         description="Heuristics that can only lower the reward: the reward is capped at their value.",
     )
     generic_share: float = Field(
-        0.1, ge=0.0, le=1.0, description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all)."
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all).",
     )
 
 
 class ScoringSettings(_Section):
     weights: dict[str, float] = Field(
-        default_factory=dict, description="Weight per score aspect in the combined reward (missing aspects weigh 1.0)."
+        default_factory=dict,
+        description="Weight per score aspect in the combined reward (missing aspects weigh 1.0).",
     )
     # Heuristics
     reward_modules: list[str] = Field(
@@ -134,7 +159,9 @@ class ScoringSettings(_Section):
         "with metadata 'schema' or a tag 'schema:NAME'.",
     )
     length_target_chars: int = Field(
-        2000, ge=1, description="Final answers up to this many characters get length score 1.0; it falls to 0 at twice it."
+        2000,
+        ge=1,
+        description="Final answers up to this many characters get length score 1.0; it falls to 0 at twice it.",
     )
     # Feedback
     rating_min: float = Field(1.0, description="Lowest value on the rating scale apps send.")
@@ -144,37 +171,60 @@ class ScoringSettings(_Section):
     )
     feedback_weights: FeedbackWeights = Field(default_factory=FeedbackWeights)
     # LLM judge
-    judge_base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the LLM judge (e.g. http://host:8000/v1).")
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint of the LLM judge (e.g. http://host:8000/v1)."
+    )
     judge_model: str | None = Field(None, description="Model name the judge requests.")
     judge_api_key: SecretStr | None = Field(None, description="API key for the judge endpoint.")
     judge_timeout: float = Field(60.0, gt=0, description="Seconds before a judge request is abandoned.")
-    judge_max_attempts: int = Field(3, ge=1, le=20, description="Tries per group (HTTP errors, timeouts, bad output) before it is marked failed.")
-    judge_retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles after each.")
-    judge_concurrency: int = Field(4, ge=1, le=64, description="Groups sent to the judge at the same time.")
-    judge_group_size: int = Field(8, ge=1, le=64, description="Most candidates judged together in one request.")
-    judge_min_group_size: int = Field(2, ge=1, description="Groups smaller than this are not judged (nothing to compare).")
-    judge_criteria: str | None = Field(
-        None, description="What the judge rates (replaces the default rubric; changing it re-judges everything)."
+    judge_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Tries per group (HTTP errors, timeouts, bad output) before it is marked failed.",
     )
-    judge_max_candidate_chars: int = Field(6000, ge=200, description="Each candidate is cut to this many characters in the prompt.")
+    judge_retry_backoff: float = Field(
+        1.0, ge=0, description="Seconds before the first retry; doubles after each."
+    )
+    judge_concurrency: int = Field(4, ge=1, le=64, description="Groups sent to the judge at the same time.")
+    judge_group_size: int = Field(
+        8, ge=1, le=64, description="Most candidates judged together in one request."
+    )
+    judge_min_group_size: int = Field(
+        2, ge=1, description="Groups smaller than this are not judged (nothing to compare)."
+    )
+    judge_criteria: str | None = Field(
+        None,
+        description="What the judge rates (replaces the default rubric; changing it re-judges everything).",
+    )
+    judge_max_candidate_chars: int = Field(
+        6000, ge=200, description="Each candidate is cut to this many characters in the prompt."
+    )
     judge_temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of the judge.")
     judge_json_mode: bool = Field(
-        False, description="Send response_format={'type': 'json_object'} (only for endpoints that support it)."
+        False,
+        description="Send response_format={'type': 'json_object'} (only for endpoints that support it).",
     )
     # Refinement: a user asking again for what they just asked means the answer before missed.
     refinement_threshold: float = Field(
-        0.6, gt=0.0, le=1.0,
+        0.6,
+        gt=0.0,
+        le=1.0,
         description="Similarity (content words shared, 0-1) at which a user message counts as re-asking the previous request.",
     )
     refinement_weight: float = Field(
-        0.5, ge=0.0, description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it."
+        0.5,
+        ge=0.0,
+        description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it.",
     )
     combine: CombineSettings = Field(default_factory=CombineSettings)
 
     @model_validator(mode="after")
     def _rating_scale(self) -> ScoringSettings:
         if self.rating_max <= self.rating_min:
-            raise ValueError(f"rating_max ({self.rating_max}) must be greater than rating_min ({self.rating_min})")
+            raise ValueError(
+                f"rating_max ({self.rating_max}) must be greater than rating_min ({self.rating_min})"
+            )
         return self
 
 
@@ -183,45 +233,82 @@ class DatasetSettings(_Section):
         0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
     )
     max_length: int = Field(
-        DEFAULT_MAX_LENGTH, ge=16, description="Token length training truncates to; datasets report against it."
+        DEFAULT_MAX_LENGTH,
+        ge=16,
+        description="Token length training truncates to; datasets report against it.",
     )
     tokenizer: str | None = Field(
         None,
         description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
     )
-    sft_min_reward: float | None = Field(None, description="Default least combined reward for SFT examples (unset: no reward bar).")
-    sft_top_fraction: float | None = Field(
-        None, gt=0.0, le=1.0, description="Default share of best-rewarded trajectories SFT keeps (unset: no ranking cut)."
+    sft_min_reward: float | None = Field(
+        None, description="Default least combined reward for SFT examples (unset: no reward bar)."
     )
-    dpo_min_margin: float = Field(0.1, ge=0.0, description="Least reward gap between the chosen and the rejected answer of a DPO pair.")
-    dpo_max_pairs_per_group: int = Field(4, ge=1, description="Most DPO pairs taken from one prompt or group (each trajectory used once).")
+    sft_top_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Default share of best-rewarded trajectories SFT keeps (unset: no ranking cut).",
+    )
+    dpo_min_margin: float = Field(
+        0.1, ge=0.0, description="Least reward gap between the chosen and the rejected answer of a DPO pair."
+    )
+    dpo_max_pairs_per_group: int = Field(
+        4, ge=1, description="Most DPO pairs taken from one prompt or group (each trajectory used once)."
+    )
     grpo_min_group_size: int = Field(2, ge=2, description="Least scored trajectories a GRPO group needs.")
     dedup: bool = Field(True, description="Drop exact and near-duplicate examples.")
     near_duplicate_threshold: float = Field(
-        0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity (word 3-grams) at which two examples count as near duplicates."
+        0.85,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity (word 3-grams) at which two examples count as near duplicates.",
     )
     replay_fraction: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Share of each new training dataset drawn from earlier datasets' examples, against forgetting."
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each new training dataset drawn from earlier datasets' examples, against forgetting.",
     )
-    chunk_size: int = Field(1000, ge=10, description="Rows fetched from the database at a time while building.")
+    chunk_size: int = Field(
+        1000, ge=10, description="Rows fetched from the database at a time while building."
+    )
 
 
 class TrainingSettings(_Section):
-    base_model: str = Field("smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file.")
+    base_model: str = Field(
+        "smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file."
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     max_truncated_share: float = Field(
-        0.05, ge=0.0, le=1.0,
+        0.05,
+        ge=0.0,
+        le=1.0,
         description="`train run` refuses to start when more than this share of examples would be truncated (--allow-truncation overrides).",
     )
 
 
 class WatchSettings(_Section):
-    disk_floor_gb: float = Field(1.0, ge=0, description="Free space the data dir needs; below it /readyz answers 503 and `disk_low` alerts fire.")
-    alert_interval_s: float = Field(30.0, gt=0, description="How often the server evaluates the [[alerts]] rules and sends pending alerts.")
-    alert_max_attempts: int = Field(6, ge=1, le=50, description="Tries per alert delivery before it is marked failed.")
-    alert_backoff_s: float = Field(5.0, ge=0, description="Seconds before the first retry of a failed delivery; doubles after each.")
+    disk_floor_gb: float = Field(
+        1.0,
+        ge=0,
+        description="Free space the data dir needs; below it /readyz answers 503 and `disk_low` alerts fire.",
+    )
+    alert_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the server evaluates the [[alerts]] rules and sends pending alerts.",
+    )
+    alert_max_attempts: int = Field(
+        6, ge=1, le=50, description="Tries per alert delivery before it is marked failed."
+    )
+    alert_backoff_s: float = Field(
+        5.0, ge=0, description="Seconds before the first retry of a failed delivery; doubles after each."
+    )
     alert_timeout_s: float = Field(10.0, gt=0, description="Seconds a webhook has to answer.")
-    metrics_window_hours: float = Field(168.0, gt=0, description="Window of the reward means /metrics reports per scenario.")
+    metrics_window_hours: float = Field(
+        168.0, gt=0, description="Window of the reward means /metrics reports per scenario."
+    )
 
 
 class AlertRule(_Section):
@@ -229,55 +316,105 @@ class AlertRule(_Section):
 
     name: str = Field(description="Unique name of the rule (part of each alert's dedup key).")
     when: Literal[
-        "job_failed", "loss_spike", "loss_nan", "disk_low", "no_trajectories", "gate_rejected", "promotion", "rollback"
+        "job_failed",
+        "loss_spike",
+        "loss_nan",
+        "disk_low",
+        "no_trajectories",
+        "gate_rejected",
+        "promotion",
+        "rollback",
     ] = Field(description="The condition the rule watches.")
     url: str = Field(description="Webhook the alert is POSTed to.")
-    format: Literal["json", "slack"] = Field("json", description="'json': the full alert; 'slack': only {'text': ...}.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (e.g. an Authorization).")
-    spike_factor: float = Field(3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window.")
+    format: Literal["json", "slack"] = Field(
+        "json", description="'json': the full alert; 'slack': only {'text': ...}."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers (e.g. an Authorization)."
+    )
+    spike_factor: float = Field(
+        3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window."
+    )
     window: int = Field(20, ge=3, description="loss_spike: how many recent steps make the baseline.")
-    min_free_gb: float | None = Field(None, ge=0, description="disk_low: floor in GB (default: watch.disk_floor_gb).")
-    hours: float = Field(24.0, gt=0, description="no_trajectories: hours without a new trajectory before it fires.")
-    repeat_hours: float = Field(24.0, gt=0, description="disk_low/no_trajectories: while the condition lasts, alert again after this long.")
+    min_free_gb: float | None = Field(
+        None, ge=0, description="disk_low: floor in GB (default: watch.disk_floor_gb)."
+    )
+    hours: float = Field(
+        24.0, gt=0, description="no_trajectories: hours without a new trajectory before it fires."
+    )
+    repeat_hours: float = Field(
+        24.0,
+        gt=0,
+        description="disk_low/no_trajectories: while the condition lasts, alert again after this long.",
+    )
 
 
 class RegistrySettings(_Section):
     keep_versions: int = Field(
-        20, ge=0, description="Versions whose adapter files are kept (newest first) besides every version that ever "
+        20,
+        ge=0,
+        description="Versions whose adapter files are kept (newest first) besides every version that ever "
         "served, the loop heads and the alias targets; older ones keep their record, their files are pruned. 0 keeps all.",
     )
 
 
 class EvaluationSettings(_Section):
     max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per held-out answer.")
-    limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation uses (unset: all).")
-    judge: bool = Field(False, description="Also ask the LLM judge ([scoring] judge_*) which answer is better, in both orders.")
-    bootstrap_resamples: int = Field(9999, ge=100, description="Bootstrap resamples for the paired 95% intervals.")
+    limit: int | None = Field(
+        None, ge=1, description="Most held-out examples an evaluation uses (unset: all)."
+    )
+    judge: bool = Field(
+        False,
+        description="Also ask the LLM judge ([scoring] judge_*) which answer is better, in both orders.",
+    )
+    bootstrap_resamples: int = Field(
+        9999, ge=100, description="Bootstrap resamples for the paired 95% intervals."
+    )
     seed: int = Field(0, description="Seed of generation and of the bootstrap.")
-    device: str = Field("auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'.")
+    device: str = Field(
+        "auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'."
+    )
     concurrency: int = Field(
-        1, ge=1, le=64, description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded."
+        1,
+        ge=1,
+        le=64,
+        description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded.",
     )
 
 
 class GatePolicy(_Section):
     """When a candidate may replace the baseline. The gate is a pure function of an evaluation and this."""
 
-    min_examples: int = Field(30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive).")
-    metric: Literal["reward", "judge_win_rate"] = Field(
-        "reward", description="What must improve: the paired reward difference, or the judge's win rate over 0.5."
+    min_examples: int = Field(
+        30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive)."
     )
-    margin: float = Field(0.0, description="The lower bound of the 95% interval of the improvement must exceed this.")
-    max_json_validity_drop: float = Field(0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed.")
+    metric: Literal["reward", "judge_win_rate"] = Field(
+        "reward",
+        description="What must improve: the paired reward difference, or the judge's win rate over 0.5.",
+    )
+    margin: float = Field(
+        0.0, description="The lower bound of the 95% interval of the improvement must exceed this."
+    )
+    max_json_validity_drop: float = Field(
+        0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed."
+    )
     max_refusal_increase: float = Field(0.02, ge=0, description="Largest rise in the refusal rate allowed.")
-    max_p95_latency_ratio: float = Field(1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's.")
+    max_p95_latency_ratio: float = Field(
+        1.5, gt=0, description="Candidate p95 latency may be at most this times the baseline's."
+    )
     latency_slack_ms: float = Field(
-        20.0, ge=0, description="p95 latency rises smaller than this many ms never fail the gate (timer noise)."
+        20.0,
+        ge=0,
+        description="p95 latency rises smaller than this many ms never fail the gate (timer noise).",
     )
     max_scenario_regression: float = Field(
-        0.05, ge=0, description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples)."
+        0.05,
+        ge=0,
+        description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples).",
     )
-    min_scenario_examples: int = Field(10, ge=1, description="Scenarios with fewer examples are not checked for regression.")
+    min_scenario_examples: int = Field(
+        10, ge=1, description="Scenarios with fewer examples are not checked for regression."
+    )
 
 
 class ServingSettings(_Section):
@@ -286,22 +423,43 @@ class ServingSettings(_Section):
         description="Base model `learnloop serve` answers with: a prepared name, an HF folder or a GGUF file "
         "(unset: the prepared `smollm2` if there is one, else OpenAI routes are off).",
     )
-    backend: Literal["local", "vllm"] = Field("local", description="'local' (transformers + peft in-process) or 'vllm'.")
-    vllm_url: str = Field("http://127.0.0.1:8000", description="Base URL of the vLLM server (backend = 'vllm').")
+    backend: Literal["local", "vllm"] = Field(
+        "local", description="'local' (transformers + peft in-process) or 'vllm'."
+    )
+    vllm_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of the vLLM server (backend = 'vllm')."
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N' (local backend).")
     dtype: str = Field("auto", description="'auto', 'float32', 'bfloat16' or 'float16' (local backend).")
-    max_batch_size: int = Field(8, ge=1, description="Sequences decoded together in one batch (local backend).")
+    max_batch_size: int = Field(
+        8, ge=1, description="Sequences decoded together in one batch (local backend)."
+    )
     threads: int | None = Field(
-        None, ge=1, description="CPU threads torch may use (process-wide; unset: torch's default). 1 is often fastest "
+        None,
+        ge=1,
+        description="CPU threads torch may use (process-wide; unset: torch's default). 1 is often fastest "
         "for small models on a busy CPU.",
     )
-    max_queued: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After.")
-    default_max_tokens: int = Field(512, ge=1, description="Completion tokens when a request names no max_tokens.")
-    max_adapters: int = Field(16, ge=1, description="Versions kept loaded; past this the least recently used one no alias names is unloaded.")
-    alias_poll_seconds: float = Field(0.25, gt=0, description="How often the server re-reads the alias rows to converge on them.")
-    capture: bool = Field(True, description="Record every served request and answer as a trajectory (source = served).")
+    max_queued: int = Field(
+        64, ge=0, description="Requests allowed to wait for a batch slot; beyond this: 429 with Retry-After."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion tokens when a request names no max_tokens."
+    )
+    max_adapters: int = Field(
+        16,
+        ge=1,
+        description="Versions kept loaded; past this the least recently used one no alias names is unloaded.",
+    )
+    alias_poll_seconds: float = Field(
+        0.25, gt=0, description="How often the server re-reads the alias rows to converge on them."
+    )
+    capture: bool = Field(
+        True, description="Record every served request and answer as a trajectory (source = served)."
+    )
     api_key: SecretStr | None = Field(
-        None, description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set)."
+        None,
+        description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set).",
     )
 
 
@@ -320,9 +478,12 @@ class Settings(BaseSettings):
         description="Where the SQLite database, adapters, checkpoints, datasets, spool and inbox live.",
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default is a SQLite file in the data dir. PostgreSQL in production."
+        None,
+        description="SQLAlchemy URL; default is a SQLite file in the data dir. PostgreSQL in production.",
     )
-    api_token: SecretStr | None = Field(None, description="When set, write requests must carry 'Authorization: Bearer <token>'.")
+    api_token: SecretStr | None = Field(
+        None, description="When set, write requests must carry 'Authorization: Bearer <token>'."
+    )
     project: str = Field("default", description="Project name stamped on captured trajectories.")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -331,16 +492,20 @@ class Settings(BaseSettings):
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-    loops: list[LoopConfig] = Field(default_factory=list, description="[[loops]]: what the daemon learns from, how and when.")
+    loops: list[LoopConfig] = Field(
+        default_factory=list, description="[[loops]]: what the daemon learns from, how and when."
+    )
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
-    alerts: list[AlertRule] = Field(default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify.")
+    alerts: list[AlertRule] = Field(
+        default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify."
+    )
 
     @model_validator(mode="after")
-    def _unique_loop_names(self) -> "Settings":
+    def _unique_loop_names(self) -> Settings:
         names = [loop.name for loop in self.loops]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -94,14 +94,16 @@ def _leaf_lines(key: str, info: FieldInfo, *, commented: bool = False) -> list[s
     if value is None or isinstance(value, SecretStr):
         out.append(f"# {key} =   (unset by default)")
     elif _machine_specific(value):
-        shown = "~" + str(value)[len(str(Path.home())):]
+        shown = "~" + str(value)[len(str(Path.home())) :]
         out.append(f"# {key} = {toml_value(shown)}")
     else:
         out.append(f"{'# ' if commented else ''}{key} = {toml_value(value)}")
     return out
 
 
-def _section(prefix: str, model: type[BaseModel], *, commented: bool = False, array: bool = False) -> Iterator[str]:
+def _section(
+    prefix: str, model: type[BaseModel], *, commented: bool = False, array: bool = False
+) -> Iterator[str]:
     leaves: list[tuple[str, FieldInfo]] = []
     subsections: list[tuple[str, FieldInfo, type[BaseModel]]] = []
     arrays: list[tuple[str, FieldInfo, type[BaseModel]]] = []

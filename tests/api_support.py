@@ -72,14 +72,18 @@ def poisoned_scores(db: Database, name: str = "poison") -> Iterator[None]:
                 "BEGIN SELECT RAISE(ABORT, 'poisoned score refused by trigger'); END"
             )
         else:
-            conn.execute(text(
-                "CREATE FUNCTION poison_scores_fn() RETURNS trigger AS $$ BEGIN "
-                f"IF NEW.name = '{name}' THEN RAISE EXCEPTION 'poisoned score refused by trigger'; END IF; "
-                "RETURN NEW; END $$ LANGUAGE plpgsql"
-            ))
-            conn.execute(text(
-                "CREATE TRIGGER poison_scores BEFORE INSERT ON scores FOR EACH ROW EXECUTE FUNCTION poison_scores_fn()"
-            ))
+            conn.execute(
+                text(
+                    "CREATE FUNCTION poison_scores_fn() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.name = '{name}' THEN RAISE EXCEPTION 'poisoned score refused by trigger'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER poison_scores BEFORE INSERT ON scores FOR EACH ROW EXECUTE FUNCTION poison_scores_fn()"
+                )
+            )
     try:
         yield
     finally:

@@ -28,8 +28,14 @@ def main() -> None:
     settings = Settings(data_dir=tempfile.mkdtemp())
     if mode == "exit":  # record, then simply return: the atexit hook must deliver or spool them
         server_url = sys.argv[4] if len(sys.argv) > 4 else None
-        client = CaptureClient(settings, database=None if server_url else url, server_url=server_url,
-                               spool_dir=spool_dir, flush_interval=5, shutdown_timeout=1.0)
+        client = CaptureClient(
+            settings,
+            database=None if server_url else url,
+            server_url=server_url,
+            spool_dir=spool_dir,
+            flush_interval=5,
+            shutdown_timeout=1.0,
+        )
         ids = []
         for i in range(50):
             with client.trajectory(scenario="at-exit") as t:
@@ -37,8 +43,9 @@ def main() -> None:
             ids.append(t.id)
         say(ids=ids)
         return
-    client = CaptureClient(settings, database=url, spool_dir=spool_dir, flush_interval=0.05, batch_size=10_000,
-                           max_backoff=0.5)
+    client = CaptureClient(
+        settings, database=url, spool_dir=spool_dir, flush_interval=0.05, batch_size=10_000, max_backoff=0.5
+    )
     if mode == "deliver":
         ok = client.flush(120)
         say(delivered=ok, stats=client.stats())

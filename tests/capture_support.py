@@ -33,15 +33,33 @@ def load(db: Database, trajectory_id: str) -> dict[str, Any]:
     with db.read_session() as s:
         t = s.get(Trajectory, trajectory_id)
         assert t is not None, f"trajectory {trajectory_id} not stored"
-        scores = {sc.name: (sc.value, sc.source.value) for sc in s.scalars(select(Score).where(Score.trajectory_id == t.id))}
+        scores = {
+            sc.name: (sc.value, sc.source.value)
+            for sc in s.scalars(select(Score).where(Score.trajectory_id == t.id))
+        }
         fb = [
-            {"rating": f.rating, "thumbs": f.thumbs, "success": f.success, "correction": f.correction, "comment": f.comment}
+            {
+                "rating": f.rating,
+                "thumbs": f.thumbs,
+                "success": f.success,
+                "correction": f.correction,
+                "comment": f.comment,
+            }
             for f in s.scalars(select(Feedback).where(Feedback.trajectory_id == t.id).order_by(Feedback.id))
         ]
         return {
-            "id": t.id, "scenario": t.scenario, "group": t.group_id, "agent": t.agent, "source": t.source.value,
-            "model": t.model, "messages": t.messages, "tools": t.tools, "metadata": t.meta, "tags": t.tags,
-            "scores": scores, "feedback": fb,
+            "id": t.id,
+            "scenario": t.scenario,
+            "group": t.group_id,
+            "agent": t.agent,
+            "source": t.source.value,
+            "model": t.model,
+            "messages": t.messages,
+            "tools": t.tools,
+            "metadata": t.meta,
+            "tags": t.tags,
+            "scores": scores,
+            "feedback": fb,
         }
 
 

@@ -37,9 +37,19 @@ def add(db: Database, items: list[dict[str, Any]]) -> None:
             s.execute(update(Trajectory).where(Trajectory.id.in_(held)).values(split=Split.holdout))
 
 
-def traces(prefix: str, n: int, *, source: str = "teacher", scenario: str = "qa", **kw: Any) -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}-{i}", "messages": chat(f"question {prefix} {i}: what is {i} plus {i}?", f"it is {2 * i}."),
-             "source": source, "scenario": scenario, **kw} for i in range(n)]
+def traces(
+    prefix: str, n: int, *, source: str = "teacher", scenario: str = "qa", **kw: Any
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "messages": chat(f"question {prefix} {i}: what is {i} plus {i}?", f"it is {2 * i}."),
+            "source": source,
+            "scenario": scenario,
+            **kw,
+        }
+        for i in range(n)
+    ]
 
 
 def loop_settings(settings: Settings, db_url: str | None = None, **loop: Any) -> Settings:
@@ -48,21 +58,43 @@ def loop_settings(settings: Settings, db_url: str | None = None, **loop: Any) ->
     data["loops"] = [{**base, **loop}]
     if db_url:
         data["database_url"] = db_url
-    data["daemon"] = {**data["daemon"], "poll_interval": 0.2, "lease_seconds": 5, "heartbeat_seconds": 0.5,
-                      "retry_backoff": 0.0, **data.get("_daemon", {})}
+    data["daemon"] = {
+        **data["daemon"],
+        "poll_interval": 0.2,
+        "lease_seconds": 5,
+        "heartbeat_seconds": 0.5,
+        "retry_backoff": 0.0,
+        **data.get("_daemon", {}),
+    }
     return Settings.model_validate(data)
 
 
 def tiny_train(**kw: Any) -> dict[str, Any]:
-    return {"lora": {"r": 4, "alpha": 8}, "batch_size": 4, "max_steps": 6, "learning_rate": 1e-2, "lr_scheduler": "constant",
-            "checkpoint_every": 2, "device": "cpu", "max_length": 64, **kw}
+    return {
+        "lora": {"r": 4, "alpha": 8},
+        "batch_size": 4,
+        "max_steps": 6,
+        "learning_rate": 1e-2,
+        "lr_scheduler": "constant",
+        "checkpoint_every": 2,
+        "device": "cpu",
+        "max_length": 64,
+        **kw,
+    }
 
 
 def daemon_env(data_dir: Path, db_url: str, config_file: Path | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
-    env.update(LEARNLOOP_DATA_DIR=str(data_dir), LEARNLOOP_DATABASE_URL=db_url, LEARNLOOP_DAEMON__POLL_INTERVAL="0.2",
-               LEARNLOOP_DAEMON__LEASE_SECONDS="10", LEARNLOOP_DAEMON__HEARTBEAT_SECONDS="0.5",
-               LEARNLOOP_DAEMON__RETRY_BACKOFF="0", PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        LEARNLOOP_DATA_DIR=str(data_dir),
+        LEARNLOOP_DATABASE_URL=db_url,
+        LEARNLOOP_DAEMON__POLL_INTERVAL="0.2",
+        LEARNLOOP_DAEMON__LEASE_SECONDS="10",
+        LEARNLOOP_DAEMON__HEARTBEAT_SECONDS="0.5",
+        LEARNLOOP_DAEMON__RETRY_BACKOFF="0",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     if config_file is not None:
         env["LEARNLOOP_CONFIG"] = str(config_file)
     return env
@@ -71,8 +103,13 @@ def daemon_env(data_dir: Path, db_url: str, config_file: Path | None = None, **e
 def start_daemon(env: dict[str, str], log: Path, *, scoring: bool = False) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
     args = [] if scoring else ["--no-scoring"]
-    return subprocess.Popen([sys.executable, "-m", "learnloop", "daemon", *args], env=env, cwd=log.parent,
-                            stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "learnloop", "daemon", *args],
+        env=env,
+        cwd=log.parent,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for(pred: Any, timeout: float = 60.0, every: float = 0.1, what: str = "condition") -> Any:

@@ -46,7 +46,10 @@ def make_adapter(base_dir: Path, out: Path, *, seed: int, rank: int = 4) -> Path
 
 PROMPTS = [
     [{"role": "user", "content": "what is two plus two?"}],
-    [{"role": "system", "content": "answer with yes or no."}, {"role": "user", "content": "the quick brown fox?"}],
+    [
+        {"role": "system", "content": "answer with yes or no."},
+        {"role": "user", "content": "the quick brown fox?"},
+    ],
     [{"role": "user", "content": "hello"}],
     [{"role": "user", "content": "0 1 2 3 4 5 6 7 8 9 10 11 12 abc def ghi jkl"}],
 ]
@@ -58,7 +61,20 @@ def version_row(vid: str, base: Path | str, path: Path, *, gate: str | None = "p
     from learnloop.registry.files import hash_folder
     from learnloop.store.models import ModelVersion, VersionState
 
-    verdict = None if gate is None else {"passed": gate == "promote", "verdict": gate,
-                                         "reasons": [] if gate == "promote" else ["win rate 0.41 < 0.5"]}
-    return ModelVersion(id=vid, base_model=str(base), artifact_path=str(path), files=hash_folder(path), gate=verdict,
-                        state=VersionState.rejected if gate == "reject" else VersionState.candidate)
+    verdict = (
+        None
+        if gate is None
+        else {
+            "passed": gate == "promote",
+            "verdict": gate,
+            "reasons": [] if gate == "promote" else ["win rate 0.41 < 0.5"],
+        }
+    )
+    return ModelVersion(
+        id=vid,
+        base_model=str(base),
+        artifact_path=str(path),
+        files=hash_folder(path),
+        gate=verdict,
+        state=VersionState.rejected if gate == "reject" else VersionState.candidate,
+    )

@@ -22,7 +22,9 @@ def _batch(*ids: str) -> dict:
 
 
 def test_full_queue_answers_429_with_retry_after(settings: Settings, db: Database) -> None:
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"ingest_queue_size": 1})})
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"ingest_queue_size": 1})}
+    )
     app = create_app(settings, db, watch_inbox=False)
     gate = app.state.ingest_gate
     first: dict[str, httpx.Response] = {}
@@ -30,7 +32,9 @@ def test_full_queue_answers_429_with_retry_after(settings: Settings, db: Databas
         # Hold the row (PostgreSQL) or the write lock (SQLite) the first request needs, so it stays in flight.
         with db.session() as held:
             ingest(held, parse_batch(_batch("held")))
-            t = threading.Thread(target=lambda: first.update(r=http.post("/v1/ingest", json=_batch("held", "other"))))
+            t = threading.Thread(
+                target=lambda: first.update(r=http.post("/v1/ingest", json=_batch("held", "other")))
+            )
             t.start()
             deadline = time.monotonic() + 20
             while gate.in_flight < 1:
@@ -53,7 +57,9 @@ def test_full_queue_answers_429_with_retry_after(settings: Settings, db: Databas
 
 
 def test_unreachable_postgres_answers_503_with_retry_after(settings: Settings) -> None:
-    dead = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", connect_args={"connect_timeout": 3})
+    dead = Database(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", connect_args={"connect_timeout": 3}
+    )
     app = create_app(settings, dead, watch_inbox=False)
     with live_server(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         r = http.post("/v1/ingest", json=_batch("a"))

@@ -20,7 +20,9 @@ def _wait(predicate, what: str, proc: subprocess.Popen, timeout: float = 30) -> 
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"server exited ({proc.returncode}) while waiting for {what}: {proc.stderr.read()}")
+            raise AssertionError(
+                f"server exited ({proc.returncode}) while waiting for {what}: {proc.stderr.read()}"
+            )
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
@@ -44,15 +46,31 @@ def test_serve_ingest_read_back_and_inbox(tmp_path: Path, db: Database) -> None:
     )
     proc = subprocess.Popen(
         [*LEARNLOOP, "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait(lambda: _up(url), "the server to answer /healthz", proc)
         auth = {"Authorization": "Bearer tok"}
-        batch = {"trajectories": [
-            {"id": "e2e-1", "scenario": "demo", "messages": chat("2+2?", "4"), "feedback": {"thumbs": "up"}},
-            {"id": "e2e-2", "scenario": "demo", "messages": chat("3+3?", "6"), "scores": {"correct": 1.0}},
-        ]}
+        batch = {
+            "trajectories": [
+                {
+                    "id": "e2e-1",
+                    "scenario": "demo",
+                    "messages": chat("2+2?", "4"),
+                    "feedback": {"thumbs": "up"},
+                },
+                {
+                    "id": "e2e-2",
+                    "scenario": "demo",
+                    "messages": chat("3+3?", "6"),
+                    "scores": {"correct": 1.0},
+                },
+            ]
+        }
         assert httpx.post(f"{url}/v1/ingest", json=batch, timeout=10).status_code == 401
         r = httpx.post(f"{url}/v1/ingest", json=batch, headers=auth, timeout=10)
         assert r.status_code == 200 and r.json()["inserted"] == 2 and r.json()["feedback_inserted"] == 1
@@ -60,7 +78,9 @@ def test_serve_ingest_read_back_and_inbox(tmp_path: Path, db: Database) -> None:
         assert got["messages"] == chat("3+3?", "6") and got["scenario"] == "demo"
 
         inbox = data / "inbox"
-        lines = "".join(json.dumps({"messages": chat(f"inbox {i}", "ok"), "scenario": "inbox"}) + "\n" for i in range(3))
+        lines = "".join(
+            json.dumps({"messages": chat(f"inbox {i}", "ok"), "scenario": "inbox"}) + "\n" for i in range(3)
+        )
         (inbox / "drop.jsonl.tmp").write_text(lines)
         os.replace(inbox / "drop.jsonl.tmp", inbox / "drop.jsonl")
         _wait(lambda: (inbox / "processed" / "drop.jsonl").exists(), "the inbox file to be processed", proc)

@@ -77,11 +77,16 @@ def test_invalid_file_goes_to_failed_with_error_beside_it(settings: Settings, db
     watcher.poll_once()
     [again] = watcher.poll_once()
     assert again.status == "failed" and again.moved_to is not None and again.moved_to != failed
-    assert failed.read_text().count("\n") == 3 and "invalid JSON" in Path(str(again.moved_to) + ".error.txt").read_text()
+    assert (
+        failed.read_text().count("\n") == 3
+        and "invalid JSON" in Path(str(again.moved_to) + ".error.txt").read_text()
+    )
 
 
 def test_unreachable_database_leaves_files_for_the_next_poll(settings: Settings, tmp_path: Path) -> None:
-    dead = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", connect_args={"connect_timeout": 3})
+    dead = Database(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test", connect_args={"connect_timeout": 3}
+    )
     watcher = InboxWatcher(dead, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox
     (inbox / "a.jsonl").write_text(_jsonl(1))
@@ -96,7 +101,9 @@ def test_unreachable_database_leaves_files_for_the_next_poll(settings: Settings,
 
 def test_app_lifespan_runs_and_stops_the_watcher(settings: Settings, db: Database) -> None:
     settings = settings.model_copy(
-        update={"server": settings.server.model_copy(update={"inbox_poll_seconds": 0.05, "watch_inbox": True})}
+        update={
+            "server": settings.server.model_copy(update={"inbox_poll_seconds": 0.05, "watch_inbox": True})
+        }
     )
     app = create_app(settings, db)
     inbox = data_dir(settings.data_dir).inbox
@@ -132,11 +139,14 @@ def test_file_removed_between_scan_and_import_is_skipped(settings: Settings, sql
 
 # -- issue 16.6: links, folders, devices, sizes, files still being written ---------------------------
 
+
 def _failed_reason(inbox: Path, name: str) -> str:
     return (inbox / "failed" / f"{name}.error.txt").read_text()
 
 
-def test_links_folders_and_pipes_are_never_followed_or_read(settings: Settings, sqlite_db: Database, tmp_path: Path) -> None:
+def test_links_folders_and_pipes_are_never_followed_or_read(
+    settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> None:
     watcher = InboxWatcher(sqlite_db, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox
     secret = tmp_path / "elsewhere.jsonl"
@@ -151,12 +161,16 @@ def test_links_folders_and_pipes_are_never_followed_or_read(settings: Settings, 
     assert (inbox / "failed" / "link.jsonl").is_symlink()
     assert "a symbolic link, not a regular file" in _failed_reason(inbox, "link.jsonl")
     assert "a symbolic link" in _failed_reason(inbox, "dangling.jsonl")
-    assert "a folder" in _failed_reason(inbox, "folder.jsonl") and (inbox / "failed" / "folder.jsonl").is_dir()
+    assert (
+        "a folder" in _failed_reason(inbox, "folder.jsonl") and (inbox / "failed" / "folder.jsonl").is_dir()
+    )
     assert "a named pipe" in _failed_reason(inbox, "pipe.jsonl")
     assert sorted(p.name for p in inbox.iterdir()) == ["failed", "processed"]
 
 
-def test_entry_swapped_for_a_link_after_the_scan_is_not_read(settings: Settings, sqlite_db: Database, tmp_path: Path) -> None:
+def test_entry_swapped_for_a_link_after_the_scan_is_not_read(
+    settings: Settings, sqlite_db: Database, tmp_path: Path
+) -> None:
     watcher = InboxWatcher(sqlite_db, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox
     f = inbox / "swap.jsonl"
@@ -172,8 +186,9 @@ def test_entry_swapped_for_a_link_after_the_scan_is_not_read(settings: Settings,
     assert _count(sqlite_db) == 0
 
 
-def test_unmovable_entry_is_logged_once(settings: Settings, sqlite_db: Database, tmp_path: Path,
-                                        monkeypatch, caplog) -> None:
+def test_unmovable_entry_is_logged_once(
+    settings: Settings, sqlite_db: Database, tmp_path: Path, monkeypatch, caplog
+) -> None:
     import learnloop.api.inbox as inbox_mod
 
     watcher = InboxWatcher(sqlite_db, settings)
@@ -190,7 +205,9 @@ def test_unmovable_entry_is_logged_once(settings: Settings, sqlite_db: Database,
 
 
 def test_file_over_the_size_limit_is_refused(settings: Settings, sqlite_db: Database) -> None:
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"max_inbox_file_bytes": 200})})
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"max_inbox_file_bytes": 200})}
+    )
     watcher = InboxWatcher(sqlite_db, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox
     (inbox / "big.jsonl").write_text(_jsonl(10))
@@ -201,8 +218,16 @@ def test_file_over_the_size_limit_is_refused(settings: Settings, sqlite_db: Data
     reason = _failed_reason(inbox, "big.jsonl")
     assert "over the limit of 200 bytes" in reason and "server.max_inbox_file_bytes" in reason
     assert _count(sqlite_db) == 1
-    default = InboxWatcher(sqlite_db, settings.model_copy(update={"server": settings.server.model_copy(
-        update={"max_inbox_file_bytes": None, "max_request_bytes": 4096})}))
+    default = InboxWatcher(
+        sqlite_db,
+        settings.model_copy(
+            update={
+                "server": settings.server.model_copy(
+                    update={"max_inbox_file_bytes": None, "max_request_bytes": 4096}
+                )
+            }
+        ),
+    )
     assert default.max_bytes == 4096
 
 

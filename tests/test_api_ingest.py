@@ -30,13 +30,29 @@ def _server_settings(settings: Settings, **server: object) -> Settings:
 
 def test_ingest_then_duplicate(settings: Settings, db: Database) -> None:
     c = _client(settings, db)
-    body = {"trajectories": [{"id": "a", "messages": chat("hi", "hello"), "scores": {"ok": 1.0}, "feedback": {"thumbs": 1}}]}
+    body = {
+        "trajectories": [
+            {"id": "a", "messages": chat("hi", "hello"), "scores": {"ok": 1.0}, "feedback": {"thumbs": 1}}
+        ]
+    }
     r1 = c.post("/v1/ingest", json=body)
     r2 = c.post("/v1/ingest", json=body)
     assert r1.status_code == 200
-    assert r1.json() == {"inserted": 1, "duplicates": 0, "ids": ["a"], "feedback_inserted": 1, "scores_inserted": 1}
+    assert r1.json() == {
+        "inserted": 1,
+        "duplicates": 0,
+        "ids": ["a"],
+        "feedback_inserted": 1,
+        "scores_inserted": 1,
+    }
     assert r2.status_code == 200
-    assert r2.json() == {"inserted": 0, "duplicates": 1, "ids": ["a"], "feedback_inserted": 0, "scores_inserted": 0}
+    assert r2.json() == {
+        "inserted": 0,
+        "duplicates": 1,
+        "ids": ["a"],
+        "feedback_inserted": 0,
+        "scores_inserted": 0,
+    }
     assert c.get("/v1/trajectories/a").json()["messages"][1]["content"] == "hello"
     assert _counts(db) == (1, 1, 1)
 
@@ -57,8 +73,10 @@ def test_bad_field_is_named_and_nothing_stored(settings: Settings, db: Database)
 def test_lone_surrogate_is_422_and_nothing_stored(settings: Settings, db: Database) -> None:
     # Valid JSON that decodes to text no database can hold: half of a UTF-16 surrogate pair.
     c = _client(settings, db)
-    body = (b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "fine"}]},'
-            b' {"id": "cut", "messages": [{"role": "user", "content": "emoji \\ud83d cut"}]}]}')
+    body = (
+        b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "fine"}]},'
+        b' {"id": "cut", "messages": [{"role": "user", "content": "emoji \\ud83d cut"}]}]}'
+    )
     r = c.post("/v1/ingest", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     assert "surrogate" in r.json()["error"] and "'\\ud83d'" in r.json()["error"]
@@ -71,12 +89,19 @@ def test_malformed_json_body_is_400(settings: Settings, db: Database) -> None:
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
 
-def test_batch_failing_at_database_level_on_last_item_stores_nothing(settings: Settings, db: Database) -> None:
+def test_batch_failing_at_database_level_on_last_item_stores_nothing(
+    settings: Settings, db: Database
+) -> None:
     c = _client(settings, db)
     body = {
-        "trajectories": [{"id": f"t{i}", "messages": chat(f"q{i}", "a"), "scores": {"len": 1.0}} for i in range(4)],
+        "trajectories": [
+            {"id": f"t{i}", "messages": chat(f"q{i}", "a"), "scores": {"len": 1.0}} for i in range(4)
+        ],
         "feedback": [{"trajectory_id": "t0", "rating": 5}],
-        "scores": [{"trajectory_id": "t0", "name": "ok", "value": 1}, {"trajectory_id": "t1", "name": "poison", "value": 0}],
+        "scores": [
+            {"trajectory_id": "t0", "name": "ok", "value": 1},
+            {"trajectory_id": "t1", "name": "poison", "value": 0},
+        ],
     }
     with poisoned_scores(db):
         r = c.post("/v1/ingest", json=body)
@@ -107,7 +132,9 @@ def test_token_required_for_writes_reads_stay_open(settings: Settings, db: Datab
     c = _client(settings, db)
     body = {"trajectories": [{"id": "x", "messages": chat("a", "b")}]}
     r = c.post("/v1/ingest", json=body)
-    assert r.status_code == 401 and "Bearer" in r.json()["error"] and r.headers["WWW-Authenticate"] == "Bearer"
+    assert (
+        r.status_code == 401 and "Bearer" in r.json()["error"] and r.headers["WWW-Authenticate"] == "Bearer"
+    )
     assert c.post("/v1/ingest", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert c.post("/v1/trajectories/x/feedback", json={"rating": 1}).status_code == 401
     assert _counts(db) == (0, 0, 0)

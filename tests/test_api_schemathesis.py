@@ -38,8 +38,13 @@ from learnloop.store import Database
 
 MAX_EXAMPLES = 10
 TOKEN = "fuzz-tøken"  # not ASCII: the comparison is on bytes
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 class CannedBackend:
@@ -80,8 +85,13 @@ def _fuzz(url: str, headers: dict[str, str] | None) -> list[str]:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                                 suppress_health_check=list(HealthCheck))
+            @hypothesis_settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
             def run(case) -> None:  # type: ignore[no-untyped-def]
                 case.call_and_validate(headers=headers, checks=CHECKS)
 
@@ -94,17 +104,36 @@ def _fuzz(url: str, headers: dict[str, str] | None) -> list[str]:
 
 def _run(settings: Settings, db: Database, token: str) -> None:
     if token != "none":
-        settings = settings.model_copy(update={"api_token": SecretStr(TOKEN), "server": settings.server.model_copy(
-            update={"read_token": SecretStr("reader")})})
+        settings = settings.model_copy(
+            update={
+                "api_token": SecretStr(TOKEN),
+                "server": settings.server.model_copy(update={"read_token": SecretStr("reader")}),
+            }
+        )
     headers = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")} if token == "sent" else None
     serving = ServingRuntime(CannedBackend(), db)
     with live_server(create_app(settings, db, watch_inbox=False, serving=serving)) as url:
         tested = _fuzz(url, headers)
-    assert {"GET /v1/models", "POST /v1/chat/completions", "PUT /v1/aliases/{name}", "GET /v1/versions/diff",
-            "POST /v1/versions/{version_id}/promote", "GET /v1/status", "POST /v1/jobs", "POST /v1/jobs/{job_id}/{action}",
-            "GET /v1/jobs/{job_id}", "POST /v1/loops/{name}/run", "POST /v1/daemon/{action}"} <= set(tested)
-    assert {"POST /v1/ingest", "POST /v1/trajectories/{trajectory_id}/feedback", "GET /v1/trajectories/{trajectory_id}",
-            "GET /v1/stats", "GET /healthz"} <= set(tested)
+    assert {
+        "GET /v1/models",
+        "POST /v1/chat/completions",
+        "PUT /v1/aliases/{name}",
+        "GET /v1/versions/diff",
+        "POST /v1/versions/{version_id}/promote",
+        "GET /v1/status",
+        "POST /v1/jobs",
+        "POST /v1/jobs/{job_id}/{action}",
+        "GET /v1/jobs/{job_id}",
+        "POST /v1/loops/{name}/run",
+        "POST /v1/daemon/{action}",
+    } <= set(tested)
+    assert {
+        "POST /v1/ingest",
+        "POST /v1/trajectories/{trajectory_id}/feedback",
+        "GET /v1/trajectories/{trajectory_id}",
+        "GET /v1/stats",
+        "GET /healthz",
+    } <= set(tested)
 
 
 def test_api_answers_as_documented_with_the_token(settings: Settings, db: Database) -> None:
@@ -113,6 +142,8 @@ def test_api_answers_as_documented_with_the_token(settings: Settings, db: Databa
 
 
 @pytest.mark.parametrize("token", ["none", "missing"])
-def test_api_answers_as_documented_open_or_refused(settings: Settings, sqlite_db: Database, token: str) -> None:
+def test_api_answers_as_documented_open_or_refused(
+    settings: Settings, sqlite_db: Database, token: str
+) -> None:
     """No token configured (everything open), or configured and not sent (every protected route 401)."""
     _run(settings, sqlite_db, token)

@@ -21,7 +21,11 @@ from learnloop.errors import ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.models import Trajectory
 
-CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 42}'}}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "lookup_order", "arguments": '{"order": 42}'},
+}
 
 
 @pytest.fixture
@@ -41,8 +45,9 @@ def make_client(settings: Settings, tmp_path: Path):
 
 
 def record_agent_run(client: CaptureClient) -> str:
-    with client.trajectory(scenario="support", agent="triage", tags=["web", "v2"], group="g-1",
-                           metadata={"user": "u-7"}) as t:
+    with client.trajectory(
+        scenario="support", agent="triage", tags=["web", "v2"], group="g-1", metadata={"user": "u-7"}
+    ) as t:
         t.system("You help with orders.")
         t.user("Where is order 42?")
         t.assistant(None, tool_calls=[CALL])
@@ -66,12 +71,20 @@ def test_trajectory_round_trip_in_process(db: Database, make_client) -> None:
     assert got["messages"][2]["tool_calls"][0]["function"] == CALL["function"]
     assert json.loads(got["messages"][3]["content"]) == {"status": "shipped", "eta": "tomorrow"}
     assert got["messages"][3]["tool_call_id"] == "call_1"
-    assert (got["scenario"], got["agent"], got["group"], got["tags"]) == ("support", "triage", "g-1", ["web", "v2"])
+    assert (got["scenario"], got["agent"], got["group"], got["tags"]) == (
+        "support",
+        "triage",
+        "g-1",
+        ["web", "v2"],
+    )
     assert got["metadata"] == {"user": "u-7"} and got["source"] == "production"
     assert got["scores"] == {"resolved": (1.0, "env"), "turns": (-0.5, "env")}
     # Feedback given inside the block arrives with the trajectory; late feedback comes after it.
     assert got["feedback"][0]["thumbs"] == 1 and got["feedback"][0]["comment"] == "fast"
-    assert got["feedback"][1]["rating"] == 4.5 and got["feedback"][1]["correction"] == "It ships tomorrow by noon."
+    assert (
+        got["feedback"][1]["rating"] == 4.5
+        and got["feedback"][1]["correction"] == "It ships tomorrow by noon."
+    )
 
 
 def test_same_api_over_http_to_a_real_server(db: Database, settings: Settings, make_client) -> None:
@@ -130,12 +143,17 @@ def test_traced_sync_and_async_functions(db: Database, make_client) -> None:
         from learnloop.store.models import Trajectory
 
         rows = {r.scenario: r for r in s.scalars(select(Trajectory)).all()}
-    assert rows["adder"].messages == [{"role": "user", "content": '{"a": 2, "b": 3}'}, {"role": "assistant", "content": "5"}]
+    assert rows["adder"].messages == [
+        {"role": "user", "content": '{"a": 2, "b": 3}'},
+        {"role": "assistant", "content": "5"},
+    ]
     assert rows["adder"].meta["duration_ms"] >= 0
     qual = answer.__qualname__
     assert rows[qual].source.value == "teacher"
     assert rows[qual].messages[-1] == {"role": "assistant", "content": "forty-two"}
-    assert rows["fails"].meta["error"]["type"] == "ValueError" and rows["fails"].messages == [{"role": "user", "content": "y"}]
+    assert rows["fails"].meta["error"]["type"] == "ValueError" and rows["fails"].messages == [
+        {"role": "user", "content": "y"}
+    ]
 
 
 def test_sampling_keeps_the_rare_cases_and_drops_late_feedback_of_dropped(db: Database, make_client) -> None:
@@ -205,8 +223,9 @@ def test_bad_input_fails_at_the_line_that_made_it(make_client, sqlite_db: Databa
 
 
 @pytest.mark.parametrize("transport", ["database", "http"])
-def test_records_the_store_refuses_are_kept_aside_and_the_rest_delivered(db: Database, settings: Settings, make_client,
-                                                                       transport: str) -> None:
+def test_records_the_store_refuses_are_kept_aside_and_the_rest_delivered(
+    db: Database, settings: Settings, make_client, transport: str
+) -> None:
     if transport == "http":
         with live_server(create_app(settings, db, watch_inbox=False)) as url:
             _refused_records_case(db, make_client(server_url=url, batch_size=50))
@@ -226,7 +245,11 @@ def _refused_records_case(db: Database, client: CaptureClient) -> None:
         bad.user("q")
     assert client.flush(30)
     assert stored_ids(db) == set(good)
-    rejected = [json.loads(line) for p in (client.writer.spool.rejected_dir).glob("*.jsonl") for line in p.read_text().splitlines()]
+    rejected = [
+        json.loads(line)
+        for p in (client.writer.spool.rejected_dir).glob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
     kinds = sorted((r["kind"], r["record"].get("trajectory_id") or r["record"].get("id")) for r in rejected)
     assert kinds == sorted([("feedback", "no-such-trajectory"), ("trajectories", bad.id)])
     assert all(r["reason"] for r in rejected)
@@ -324,7 +347,9 @@ def test_created_at_is_when_recorded_not_when_delivered(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    client = CaptureClient(Settings(data_dir=tmp_path / "data"), server_url=down, spool_dir=tmp_path / "spool")
+    client = CaptureClient(
+        Settings(data_dir=tmp_path / "data"), server_url=down, spool_dir=tmp_path / "spool"
+    )
     before = dt.datetime.now(dt.UTC)
     with client.trajectory(scenario="late") as t:
         t.user("q")

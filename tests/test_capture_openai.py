@@ -24,15 +24,32 @@ from learnloop.capture import CaptureClient, wrap_openai
 from learnloop.config import Settings
 from learnloop.store.db import Database
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def _answer(body: dict) -> dict:
     last = body["messages"][-1]
     if body.get("tools") and last["role"] == "user":
-        return {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_w1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_w1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        }
     return {"role": "assistant", "content": f"You said: {last['content']} (turn {len(body['messages'])})"}
 
 
@@ -43,30 +60,50 @@ def openai_protocol_app() -> FastAPI:
     async def completions(request: Request):
         body = await request.json()
         if body["messages"][-1].get("content") == "please fail":
-            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
+            return JSONResponse(
+                {"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500
+            )
         msg = _answer(body)
         n = len(body["messages"])
         usage = {"prompt_tokens": 10 * n, "completion_tokens": 7, "total_tokens": 10 * n + 7}
         finish = "tool_calls" if msg.get("tool_calls") else "stop"
         base = {"id": f"chatcmpl-{n}", "created": 1_700_000_000, "model": "fake-" + body["model"]}
         if not body.get("stream"):
-            return {**base, "object": "chat.completion", "usage": usage,
-                    "choices": [{"index": 0, "message": msg, "finish_reason": finish}]}
+            return {
+                **base,
+                "object": "chat.completion",
+                "usage": usage,
+                "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+            }
 
         def chunk(delta: dict, finish_reason=None, **extra) -> str:
-            data = {**base, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+            data = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                **extra,
+            }
             return f"data: {json.dumps(data)}\n\n"
 
         def events():
             yield chunk({"role": "assistant", "content": ""})
             if msg.get("tool_calls"):
                 call = msg["tool_calls"][0]
-                yield chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                             "function": {"name": call["function"]["name"], "arguments": ""}}]})
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": call["function"]["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
                 args = call["function"]["arguments"]
                 for i in range(0, len(args), 5):
-                    yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 5]}}]})
+                    yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 5]}}]})
             else:
                 words = msg["content"].split(" ")
                 for i, w in enumerate(words):
@@ -106,7 +143,9 @@ def capture_both(settings: Settings, tmp_path: Path, db: Database):
 
 def _clients(url: str, capture_client: CaptureClient, cls=openai.OpenAI, **defaults):
     plain = cls(base_url=url, api_key="sk-test", max_retries=0)
-    wrapped = wrap_openai(cls(base_url=url, api_key="sk-test", max_retries=0), capture_client=capture_client, **defaults)
+    wrapped = wrap_openai(
+        cls(base_url=url, api_key="sk-test", max_retries=0), capture_client=capture_client, **defaults
+    )
     return plain, wrapped
 
 
@@ -129,7 +168,10 @@ def test_sync_completion_is_unchanged_and_recorded(llm_url: str, capture_both) -
 
     rec = _only(db)
     assert rec["messages"][:2] == messages
-    assert rec["messages"][2]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    assert rec["messages"][2]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Oslo"}',
+    }
     assert rec["tools"] == TOOLS and rec["model"] == "fake-m1"
     assert (rec["scenario"], rec["tags"]) == ("weather", ["bot"])
     meta = rec["metadata"]
@@ -140,8 +182,12 @@ def test_sync_completion_is_unchanged_and_recorded(llm_url: str, capture_both) -
 def test_sync_stream_passes_chunks_through_and_records_the_assembled_answer(llm_url: str, capture) -> None:
     client, db = capture
     plain, wrapped = _clients(llm_url, client)
-    kwargs = dict(model="m1", messages=[{"role": "user", "content": "hello stream"}], stream=True,
-                  stream_options={"include_usage": True})
+    kwargs = dict(
+        model="m1",
+        messages=[{"role": "user", "content": "hello stream"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     stream = wrapped.chat.completions.create(**kwargs)
     assert isinstance(stream, openai.Stream)
     seen = [c.model_dump() for c in stream]
@@ -157,8 +203,9 @@ def test_sync_stream_passes_chunks_through_and_records_the_assembled_answer(llm_
 def test_stream_of_tool_call_deltas_is_reassembled(llm_url: str, capture) -> None:
     client, db = capture
     _, wrapped = _clients(llm_url, client)
-    with wrapped.chat.completions.create(model="m", messages=[{"role": "user", "content": "Oslo?"}], tools=TOOLS,
-                                         stream=True) as stream:
+    with wrapped.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "Oslo?"}], tools=TOOLS, stream=True
+    ) as stream:
         for _ in stream:
             pass
     assert client.flush(30)
@@ -169,7 +216,9 @@ def test_stream_of_tool_call_deltas_is_reassembled(llm_url: str, capture) -> Non
 def test_stream_closed_early_is_recorded_as_incomplete(llm_url: str, capture) -> None:
     client, db = capture
     _, wrapped = _clients(llm_url, client)
-    stream = wrapped.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c d e f"}], stream=True)
+    stream = wrapped.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "a b c d e f"}], stream=True
+    )
     first = [next(stream), next(stream)]
     stream.close()
     del stream
@@ -193,7 +242,10 @@ def test_async_client_plain_and_streaming(llm_url: str, capture) -> None:
         stream = await wrapped.chat.completions.create(model="m", messages=msgs, stream=True)
         assert isinstance(stream, openai.AsyncStream)
         chunks = [c.model_dump() async for c in stream]
-        ref_chunks = [c.model_dump() async for c in await plain.chat.completions.create(model="m", messages=msgs, stream=True)]
+        ref_chunks = [
+            c.model_dump()
+            async for c in await plain.chat.completions.create(model="m", messages=msgs, stream=True)
+        ]
         return one.model_dump(), ref.model_dump(), chunks, ref_chunks
 
     one, ref, chunks, ref_chunks = asyncio.run(run())
@@ -251,7 +303,9 @@ def test_concurrent_async_tasks_each_record_into_their_own_trajectory(llm_url: s
     async def agent(name: str) -> str:
         with client.trajectory(scenario=name) as t:
             for turn in range(3):
-                await wrapped.chat.completions.create(model="m", messages=[{"role": "user", "content": f"{name}-{turn}"}])
+                await wrapped.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": f"{name}-{turn}"}]
+                )
                 await asyncio.sleep(0)
         return t.id
 
@@ -270,7 +324,9 @@ def test_concurrent_async_tasks_each_record_into_their_own_trajectory(llm_url: s
 
 def test_wrapper_takes_window_and_model(llm_url: str, capture) -> None:
     client, db = capture
-    _, wrapped = _clients(llm_url, client, scenario="w", agent="router", window="batch-3", model="teacher-label")
+    _, wrapped = _clients(
+        llm_url, client, scenario="w", agent="router", window="batch-3", model="teacher-label"
+    )
     wrapped.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
     _, plain_defaults = _clients(llm_url, client, scenario="w2")
     plain_defaults.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
@@ -280,4 +336,6 @@ def test_wrapper_takes_window_and_model(llm_url: str, capture) -> None:
 
         rows = {r.scenario: r for r in s.query(Trajectory).all()}
     assert (rows["w"].window_id, rows["w"].model, rows["w"].agent) == ("batch-3", "teacher-label", "router")
-    assert rows["w2"].model == "fake-m1" and rows["w2"].window_id and rows["w2"].window_id[:2] == "20"  # assigned from time
+    assert (
+        rows["w2"].model == "fake-m1" and rows["w2"].window_id and rows["w2"].window_id[:2] == "20"
+    )  # assigned from time

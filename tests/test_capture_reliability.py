@@ -69,8 +69,14 @@ def write_locked(db: Database):
 def test_kill_9_mid_flush_then_next_start_delivers_without_duplicates(db: Database, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     n = 100
-    app = subprocess.Popen([*APP, db.url, str(spool_dir), "record", str(n)], env=_env(), stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    app = subprocess.Popen(
+        [*APP, db.url, str(spool_dir), "record", str(n)],
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = json.loads(app.stdout.readline() or "{}")
         assert first.get("phase") == "delivered", app.stderr.read()
@@ -90,7 +96,9 @@ def test_kill_9_mid_flush_then_next_start_delivers_without_duplicates(db: Databa
             app.kill()
     assert counts(db)["trajectories"] == 20  # the killed flush committed nothing
 
-    again = subprocess.run([*APP, db.url, str(spool_dir), "deliver"], env=_env(), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [*APP, db.url, str(spool_dir), "deliver"], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1])["delivered"] is True
     c = counts(db)
@@ -100,11 +108,17 @@ def test_kill_9_mid_flush_then_next_start_delivers_without_duplicates(db: Databa
     assert not list(spool_dir.glob("*.json")), "delivered batches are removed from the spool"
 
 
-def test_redelivering_a_batch_the_store_already_has_is_a_no_op(db: Database, settings: Settings, tmp_path: Path) -> None:
+def test_redelivering_a_batch_the_store_already_has_is_a_no_op(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
     # A writer killed after the commit but before removing its spool file leaves such a batch behind.
-    body = {"trajectories": [{"id": f"dup-{i}", "messages": [{"role": "user", "content": str(i)}],
-                              "feedback": {"thumbs": 1}} for i in range(5)],
-            "feedback": [{"trajectory_id": "dup-0", "rating": 2, "idempotency_key": "fb-dup-0"}]}
+    body = {
+        "trajectories": [
+            {"id": f"dup-{i}", "messages": [{"role": "user", "content": str(i)}], "feedback": {"thumbs": 1}}
+            for i in range(5)
+        ],
+        "feedback": [{"trajectory_id": "dup-0", "rating": 2, "idempotency_key": "fb-dup-0"}],
+    }
     with db.session() as s:
         ingest(s, parse_batch(body))
     before = counts(db)
@@ -181,13 +195,18 @@ def vanishing_database(db: Database, tmp_path: Path):
         proxy.stop()
 
 
-def test_database_unreachable_spools_then_delivers(vanishing_database, settings: Settings, tmp_path: Path) -> None:
+def test_database_unreachable_spools_then_delivers(
+    vanishing_database, settings: Settings, tmp_path: Path
+) -> None:
     url, bring_up, reader = vanishing_database
     target = Database(url)
     if target.dialect == "sqlite":
-        Path(make_url(url).database).parent.rmdir()  # make_engine created the folder; the 'volume' is not there
-    client = CaptureClient(settings, database=target, spool_dir=tmp_path / "spool", flush_interval=0.05,
-                           max_backoff=0.3)
+        Path(
+            make_url(url).database
+        ).parent.rmdir()  # make_engine created the folder; the 'volume' is not there
+    client = CaptureClient(
+        settings, database=target, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3
+    )
     try:
         ids = []
         for i in range(80):
@@ -209,7 +228,9 @@ def test_database_unreachable_spools_then_delivers(vanishing_database, settings:
     assert (c["scores"], c["feedback"]) == (80, 1)
 
 
-def test_retry_after_from_the_server_is_honoured(sqlite_db: Database, settings: Settings, tmp_path: Path) -> None:
+def test_retry_after_from_the_server_is_honoured(
+    sqlite_db: Database, settings: Settings, tmp_path: Path
+) -> None:
     app = create_app(settings, sqlite_db, watch_inbox=False)
     attempts: list[float] = []
 
@@ -217,15 +238,21 @@ def test_retry_after_from_the_server_is_honoured(sqlite_db: Database, settings: 
         if scope["type"] == "http" and scope["path"] == "/v1/ingest":
             attempts.append(time.monotonic())
             if len(attempts) == 1:
-                await send({"type": "http.response.start", "status": 429,
-                            "headers": [(b"retry-after", b"1"), (b"content-type", b"application/json")]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 429,
+                        "headers": [(b"retry-after", b"1"), (b"content-type", b"application/json")],
+                    }
+                )
                 await send({"type": "http.response.body", "body": b'{"error": "queue full"}'})
                 return
         await app(scope, receive, send)
 
     with live_server(overloaded_once) as url:
-        client = CaptureClient(settings, server_url=url, spool_dir=tmp_path / "spool", flush_interval=0.05,
-                               max_backoff=0.05)
+        client = CaptureClient(
+            settings, server_url=url, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.05
+        )
         try:
             with client.trajectory() as t:
                 t.user("q")
@@ -240,13 +267,17 @@ def test_retry_after_from_the_server_is_honoured(sqlite_db: Database, settings: 
 def test_bearer_token_is_sent(sqlite_db: Database, settings: Settings, tmp_path: Path) -> None:
     guarded = settings.model_copy(update={"api_token": __import__("pydantic").SecretStr("s3cret")})
     with live_server(create_app(guarded, sqlite_db, watch_inbox=False)) as url:
-        wrong = CaptureClient(settings, server_url=url, token="nope", spool_dir=tmp_path / "a", flush_interval=0.05)
+        wrong = CaptureClient(
+            settings, server_url=url, token="nope", spool_dir=tmp_path / "a", flush_interval=0.05
+        )
         with wrong.trajectory() as t1:
             t1.user("q")
         assert wrong.flush(1.0) is False  # refused token: kept spooled, not dropped
         assert "token" in (wrong.stats()["last_error"] or "").lower()
         wrong.close(0.2)
-        right = CaptureClient(settings, server_url=url, token="s3cret", spool_dir=tmp_path / "a", flush_interval=0.05)
+        right = CaptureClient(
+            settings, server_url=url, token="s3cret", spool_dir=tmp_path / "a", flush_interval=0.05
+        )
         try:
             assert right.flush(30)
         finally:
@@ -254,9 +285,17 @@ def test_bearer_token_is_sent(sqlite_db: Database, settings: Settings, tmp_path:
     assert stored_ids(sqlite_db) == {t1.id}
 
 
-def test_full_queue_spills_to_the_spool_and_loses_nothing(sqlite_db: Database, settings: Settings, tmp_path: Path) -> None:
-    client = CaptureClient(settings, database=sqlite_db, spool_dir=tmp_path / "spool", queue_size=5, batch_size=5,
-                           flush_interval=0.05)
+def test_full_queue_spills_to_the_spool_and_loses_nothing(
+    sqlite_db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    client = CaptureClient(
+        settings,
+        database=sqlite_db,
+        spool_dir=tmp_path / "spool",
+        queue_size=5,
+        batch_size=5,
+        flush_interval=0.05,
+    )
     try:
         with write_locked(sqlite_db):
             ids = []
@@ -274,10 +313,13 @@ def test_full_queue_spills_to_the_spool_and_loses_nothing(sqlite_db: Database, s
     assert counts(sqlite_db)["feedback"] == 60
 
 
-def test_a_batch_file_cut_short_by_a_crash_is_discarded_and_the_rest_delivered(sqlite_db: Database, settings: Settings,
-                                                                               tmp_path: Path) -> None:
+def test_a_batch_file_cut_short_by_a_crash_is_discarded_and_the_rest_delivered(
+    sqlite_db: Database, settings: Settings, tmp_path: Path
+) -> None:
     dead = Spool(tmp_path / "spool")
-    good = dead.write(dumps({"trajectories": [{"id": "whole", "messages": [{"role": "user", "content": "x"}]}]}))
+    good = dead.write(
+        dumps({"trajectories": [{"id": "whole", "messages": [{"role": "user", "content": "x"}]}]})
+    )
     torn = dead.next_path()
     torn.write_bytes(b'{"trajectories": [{"id": "torn", "messa')  # killed mid-write, before the fsync
     os.close(dead._lock_fd)
@@ -291,8 +333,13 @@ def test_a_batch_file_cut_short_by_a_crash_is_discarded_and_the_rest_delivered(s
 
 def test_normal_exit_delivers_pending_records(db: Database, tmp_path: Path) -> None:
     # flush_interval is 5 s in the app: only the exit hook can have sent these.
-    out = subprocess.run([*APP, db.url, str(tmp_path / "spool"), "exit"], env=_env(), capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [*APP, db.url, str(tmp_path / "spool"), "exit"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert stored_ids(db) == set(json.loads(out.stdout.splitlines()[-1])["ids"])
 
@@ -300,8 +347,13 @@ def test_normal_exit_delivers_pending_records(db: Database, tmp_path: Path) -> N
 def test_exit_with_the_server_down_is_bounded_and_spools(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     started = time.monotonic()
-    out = subprocess.run([*APP, "unused", str(spool_dir), "exit", f"http://127.0.0.1:{free_port()}"], env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*APP, "unused", str(spool_dir), "exit", f"http://127.0.0.1:{free_port()}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     ids = json.loads(out.stdout.splitlines()[-1])["ids"]
@@ -310,7 +362,9 @@ def test_exit_with_the_server_down_is_bounded_and_spools(tmp_path: Path) -> None
     assert took < 20, f"exit took {took:.1f}s with shutdown_timeout=1"
 
 
-def test_a_spooled_batch_with_invalid_records_delivers_the_rest(db: Database, settings: Settings, tmp_path: Path) -> None:
+def test_a_spooled_batch_with_invalid_records_delivers_the_rest(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
     # Batches are validated when they are sent: a file left by a dead writer (or written by an
     # older version) with a record that can never be stored delivers the others and sets it aside.
     dead = Spool(tmp_path / "spool")
@@ -330,23 +384,31 @@ def test_a_spooled_batch_with_invalid_records_delivers_the_rest(db: Database, se
     finally:
         client.close(5)
     assert stored_ids(db) == {"ok-0", "ok-1", "ok-2"}
-    rejected = [json.loads(line) for p in (tmp_path / "spool" / "rejected").glob("*.jsonl")
-                for line in p.read_text().splitlines()]
+    rejected = [
+        json.loads(line)
+        for p in (tmp_path / "spool" / "rejected").glob("*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
     assert sorted(r["kind"] for r in rejected) == ["batch", "trajectories"]
     assert next(r for r in rejected if r["kind"] == "trajectories")["record"]["id"] == "bad"
 
 
-def test_a_spooled_lone_surrogate_is_stored_as_a_replacement_character(db: Database, settings: Settings,
-                                                                         tmp_path: Path) -> None:
+def test_a_spooled_lone_surrogate_is_stored_as_a_replacement_character(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
     # A batch file holding text no database can store (a JSON \\ud83d escape: half a character,
     # from another tool or an older version) neither blocks the queue nor is set aside whole:
     # the character becomes U+FFFD, as when such text is recorded.
     dead = Spool(tmp_path / "spool")
-    dead.write(b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "q"}]},'
-               b' {"id": "cut", "messages": [{"role": "user", "content": "x \\ud83d y"}]}]}')
+    dead.write(
+        b'{"trajectories": [{"id": "ok", "messages": [{"role": "user", "content": "q"}]},'
+        b' {"id": "cut", "messages": [{"role": "user", "content": "x \\ud83d y"}]}]}'
+    )
     os.close(dead._lock_fd)
     dead._lock_fd = -1
-    client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3)
+    client = CaptureClient(
+        settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3
+    )
     try:
         assert client.flush(30), client.stats()
     finally:
@@ -354,12 +416,18 @@ def test_a_spooled_lone_surrogate_is_stored_as_a_replacement_character(db: Datab
     assert stored_ids(db) == {"ok", "cut"}
     with db.read_session() as s:
         assert s.execute(text("SELECT messages FROM trajectories WHERE id = 'cut'")).scalar() in (
-            [{"role": "user", "content": "x \ufffd y"}], '[{"role":"user","content":"x \ufffd y"}]')
+            [{"role": "user", "content": "x \ufffd y"}],
+            '[{"role":"user","content":"x \ufffd y"}]',
+        )
     assert not (tmp_path / "spool" / "rejected").exists()
 
 
-def test_flush_leaves_no_delivered_batch_in_the_spool(db: Database, settings: Settings, tmp_path: Path) -> None:
-    client = CaptureClient(settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, batch_size=7)
+def test_flush_leaves_no_delivered_batch_in_the_spool(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    client = CaptureClient(
+        settings, database=db, spool_dir=tmp_path / "spool", flush_interval=0.05, batch_size=7
+    )
     try:
         for i in range(50):
             with client.trajectory(scenario="flush") as t:
@@ -373,7 +441,9 @@ def test_flush_leaves_no_delivered_batch_in_the_spool(db: Database, settings: Se
 
 
 @pytest.mark.postgres
-def test_writer_recovers_when_the_database_drops_its_connections(pg_url: str, settings: Settings, tmp_path: Path) -> None:
+def test_writer_recovers_when_the_database_drops_its_connections(
+    pg_url: str, settings: Settings, tmp_path: Path
+) -> None:
     # The writer's engine does not ping before each batch: a connection the server dropped
     # (a restart, an idle timeout) must cost a retry, never a record.
     import uuid
@@ -385,7 +455,9 @@ def test_writer_recovers_when_the_database_drops_its_connections(pg_url: str, se
     app = f"ll_writer_{uuid.uuid4().hex[:8]}"
     url = f"{pg_url}&application_name={app}"
     Database(url).upgrade()
-    client = CaptureClient(settings, database=url, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3)
+    client = CaptureClient(
+        settings, database=url, spool_dir=tmp_path / "spool", flush_interval=0.05, max_backoff=0.3
+    )
     ids = []
     try:
         for phase in range(2):
@@ -398,8 +470,13 @@ def test_writer_recovers_when_the_database_drops_its_connections(pg_url: str, se
             if phase == 0:
                 admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
                 with admin.connect() as conn:
-                    killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                               "WHERE application_name = :app"), {"app": app}).scalar()
+                    killed = conn.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = :app"
+                        ),
+                        {"app": app},
+                    ).scalar()
                 admin.dispose()
                 assert killed >= 1
         assert client.stats()["retries"] >= 1  # the dropped connection was really used, and retried
@@ -407,6 +484,8 @@ def test_writer_recovers_when_the_database_drops_its_connections(pg_url: str, se
         client.close(5)
     reader = Database(pg_url)
     with reader.read_session() as s:
-        stored = set(s.execute(text("SELECT id FROM trajectories WHERE scenario = 'dropped-connections'")).scalars())
+        stored = set(
+            s.execute(text("SELECT id FROM trajectories WHERE scenario = 'dropped-connections'")).scalars()
+        )
     reader.dispose()
     assert stored == set(ids)

@@ -39,7 +39,9 @@ def test_window_ids() -> None:
     assert window_id(t, window_seconds("6h")) == "2026-12-02T12"
     assert window_id(t, window_seconds("1d")) == "2026-12-02"
     assert window_id(t, window_seconds("15m")) == "2026-12-02T14:30"
-    assert window_id(t.astimezone(dt.timezone(dt.timedelta(hours=5))), 3600) == "2026-12-02T14"  # UTC, whatever the zone
+    assert (
+        window_id(t.astimezone(dt.timezone(dt.timedelta(hours=5))), 3600) == "2026-12-02T14"
+    )  # UTC, whatever the zone
     clock = WindowClock("1h")
     assert clock(t) == "2026-12-02T14" and clock(t + dt.timedelta(minutes=30)) == "2026-12-02T15"
     for bad in ("", "1w", "h", "0h", "-1h"):
@@ -55,8 +57,10 @@ def test_config_refuses_a_bad_window(settings: Settings) -> None:
 
 
 def test_window_and_model_on_recorder_decorator(db: Database, make_client, settings: Settings) -> None:
-    client = make_client(settings.model_copy(update={"capture": settings.capture.model_copy(update={"window": "1d"})}),
-                         database=db)
+    client = make_client(
+        settings.model_copy(update={"capture": settings.capture.model_copy(update={"window": "1d"})}),
+        database=db,
+    )
     with client.trajectory(agent="planner", model="gpt-x") as t:
         t.user("q")
         t.assistant("a")
@@ -119,12 +123,15 @@ def test_per_source_rates_are_checked() -> None:
 
 
 def test_client_applies_source_rates(db: Database, make_client, settings: Settings) -> None:
-    cfg = settings.model_copy(update={"capture": settings.capture.model_copy(
-        update={"source_sample_rates": {"production": 0.0}})})
+    cfg = settings.model_copy(
+        update={"capture": settings.capture.model_copy(update={"source_sample_rates": {"production": 0.0}})}
+    )
     client = make_client(cfg, database=db)
     kept = {}
     for name, source, conf in (("prod", None, None), ("teacher", "teacher", None), ("sure", None, 0.93)):
-        with client.trajectory(scenario=name, source=source, metadata={"confidence": conf} if conf else None) as t:
+        with client.trajectory(
+            scenario=name, source=source, metadata={"confidence": conf} if conf else None
+        ) as t:
             t.user("q")
             t.assistant("a")
         kept[name] = t.id

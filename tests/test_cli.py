@@ -11,17 +11,28 @@ from helpers import chat
 from learnloop.store import Database
 
 
-def run(tmp_path: Path, *args: str, db: Database | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    tmp_path: Path, *args: str, db: Database | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     if db is not None:
         env.setdefault("LEARNLOOP_DATABASE_URL", db.url)
     return subprocess.run(
-        [*LEARNLOOP, *args], env=cli_env(tmp_path / "data", **env), cwd=tmp_path,
-        capture_output=True, text=True, timeout=120,
+        [*LEARNLOOP, *args],
+        env=cli_env(tmp_path / "data", **env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 def _jsonl(path: Path, n: int, start: int = 0) -> Path:
-    path.write_text("".join(json.dumps({"messages": chat(f"q{i}", "a"), "scenario": "s"}) + "\n" for i in range(start, start + n)))
+    path.write_text(
+        "".join(
+            json.dumps({"messages": chat(f"q{i}", "a"), "scenario": "s"}) + "\n"
+            for i in range(start, start + n)
+        )
+    )
     return path
 
 
@@ -87,7 +98,9 @@ def test_import_then_stats(tmp_path: Path, db: Database) -> None:
     assert json.loads(stats.stdout)["by_scenario"] == [{"scenario": "s", "count": 5}]
 
 
-def test_import_failures_exit_nonzero_and_store_nothing_from_the_bad_file(tmp_path: Path, db: Database) -> None:
+def test_import_failures_exit_nonzero_and_store_nothing_from_the_bad_file(
+    tmp_path: Path, db: Database
+) -> None:
     good = _jsonl(tmp_path / "good.jsonl", 2)
     bad = _jsonl(tmp_path / "bad.jsonl", 5, start=10)
     lines = bad.read_text().splitlines()

@@ -18,7 +18,9 @@ def test_precedence_defaults_toml_env(settings, tmp_path: Path, monkeypatch: pyt
     assert (s.capture.sample_rate, s.capture.batch_size) == (0.5, 7)
 
 
-def test_default_database_is_sqlite_in_data_dir(settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_database_is_sqlite_in_data_dir(
+    settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("LEARNLOOP_DATA_DIR", str(tmp_path / "dd"))
     assert load_settings().resolved_database_url == f"sqlite:///{tmp_path / 'dd' / 'learnloop.db'}"
     monkeypatch.setenv("LEARNLOOP_DATABASE_URL", "postgresql://u:secret@h/db")

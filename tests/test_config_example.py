@@ -30,8 +30,9 @@ def test_every_setting_appears_with_a_comment() -> None:
         key = path.rsplit(".", 1)[-1]
         hits = [i for i, line in enumerate(lines) if line.lstrip("# ").startswith(f"{key} =")]
         assert hits, f"{path} is missing from the example"
-        assert any(lines[i - 1].startswith("# ") and len(lines[i - 1]) > 3 for i in hits), \
+        assert any(lines[i - 1].startswith("# ") and len(lines[i - 1]) > 3 for i in hits), (
             f"{path} has no description: give its Field a description=..."
+        )
 
 
 def test_the_example_loads_to_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +73,8 @@ def test_sections_other_branches_add_are_covered() -> None:
 
     text = example_toml(Fake)
     assert "# [[loops]]" in text and "# name =   (required)" in text and '# algorithm = "sft"' in text
-    assert "[alerts]" in text and '# webhook =   (unset by default)' in text and 'min_level = "warning"' in text
+    assert (
+        "[alerts]" in text and "# webhook =   (unset by default)" in text and 'min_level = "warning"' in text
+    )
     assert tomllib.loads(text) == {"alerts": {"min_level": "warning"}}
     assert setting_paths(Fake) == ["alerts.webhook", "alerts.min_level", "loops.name", "loops.algorithm"]

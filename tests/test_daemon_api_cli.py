@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import httpx
-from api_support import live_server
 from click.testing import CliRunner
 from daemon_support import add, traces
 
+from api_support import live_server
 from learnloop.api import create_app
 from learnloop.cli.main import cli
 from learnloop.config import Settings
@@ -18,13 +18,20 @@ from learnloop.store.db import Database
 
 
 def test_api_routes(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
-    s = Settings.model_validate({**settings.model_dump(), "api_token": "sekret",
-                                 "loops": [{"name": "qa", "scenario": "qa", "base_model": str(tiny_model_dir)}]})
+    s = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "api_token": "sekret",
+            "loops": [{"name": "qa", "scenario": "qa", "base_model": str(tiny_model_dir)}],
+        }
+    )
     auth = {"Authorization": "Bearer sekret"}
     add(db, traces("a", 3))
     with live_server(create_app(s, db, watch_inbox=False)) as url, httpx.Client(base_url=url) as http:
         assert http.post("/v1/jobs", json={"kind": "score"}).status_code == 401
-        r = http.post("/v1/jobs", json={"kind": "score", "priority": "high", "idempotency_key": "k1"}, headers=auth)
+        r = http.post(
+            "/v1/jobs", json={"kind": "score", "priority": "high", "idempotency_key": "k1"}, headers=auth
+        )
         assert r.status_code == 201 and r.json()["created"] and r.json()["priority"] == "high"
         again = http.post("/v1/jobs", json={"kind": "score", "idempotency_key": "k1"}, headers=auth).json()
         assert again["id"] == r.json()["id"] and not again["created"]
@@ -49,9 +56,15 @@ def test_api_routes(db: Database, settings: Settings, tiny_model_dir: Path) -> N
 
 def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
     toml = tmp_path / "learnloop.toml"
-    toml.write_text(f'[[loops]]\nname = "qa"\nscenario = "qa"\nsources = ["teacher"]\nbase_model = "{tiny_model_dir}"\n'
-                    "[loops.triggers]\nmin_new_examples = 100\n")
-    env = {"LEARNLOOP_DATA_DIR": str(tmp_path / "data"), "LEARNLOOP_DATABASE_URL": db.url, "LEARNLOOP_CONFIG": str(toml)}
+    toml.write_text(
+        f'[[loops]]\nname = "qa"\nscenario = "qa"\nsources = ["teacher"]\nbase_model = "{tiny_model_dir}"\n'
+        "[loops.triggers]\nmin_new_examples = 100\n"
+    )
+    env = {
+        "LEARNLOOP_DATA_DIR": str(tmp_path / "data"),
+        "LEARNLOOP_DATABASE_URL": db.url,
+        "LEARNLOOP_CONFIG": str(toml),
+    }
     runner = CliRunner()
 
     def run(*args: str) -> str:
@@ -61,7 +74,11 @@ def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tm
 
     add(db, traces("a", 62))
     status = json.loads(run("loops", "status", "--check", "--json"))[0]
-    assert status["name"] == "qa" and "62/100 new teacher traces (scenario qa)" in status["reasons"] and status["would_fire"] is False
+    assert (
+        status["name"] == "qa"
+        and "62/100 new teacher traces (scenario qa)" in status["reasons"]
+        and status["would_fire"] is False
+    )
     job = json.loads(run("jobs", "submit", "--score", "--priority", "low", "--json"))
     assert job["kind"] == "score" and job["priority"] == "low"
     listed = json.loads(run("jobs", "list", "--json"))
@@ -72,7 +89,10 @@ def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tm
     assert "(it already was)" in run("daemon", "freeze")
     assert json.loads(run("daemon", "status", "--json"))["frozen"] is True
     missing = runner.invoke(cli, ["jobs", "show", "999"], env=env)
-    assert missing.exit_code == 1 and missing.output.strip() == "Error: No job with id 999. `learnloop jobs list` shows the jobs."
+    assert (
+        missing.exit_code == 1
+        and missing.output.strip() == "Error: No job with id 999. `learnloop jobs list` shows the jobs."
+    )
     busy = runner.invoke(cli, ["loops", "run", "qa"], env=env)
     assert busy.exit_code == 1 and "already has job" in busy.output and "Traceback" not in busy.output
     logs = list((tmp_path / "data" / "logs").glob("learnloop-*.log"))
@@ -80,14 +100,22 @@ def test_cli_commands(db: Database, settings: Settings, tiny_model_dir: Path, tm
     assert queue.get_control(db, "daemon.frozen")
 
 
-def test_daemon_refuses_to_start_on_a_changed_locked_key(db: Database, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_daemon_refuses_to_start_on_a_changed_locked_key(
+    db: Database, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     from learnloop.store.models import LoopState
 
     toml = tmp_path / "learnloop.toml"
-    toml.write_text(f'[[loops]]\nname = "qa"\nbase_model = "{tiny_model_dir}"\ntrain = {{ lora = {{ r = 8 }} }}\n')
+    toml.write_text(
+        f'[[loops]]\nname = "qa"\nbase_model = "{tiny_model_dir}"\ntrain = {{ lora = {{ r = 8 }} }}\n'
+    )
     with db.session() as s:
         s.add(LoopState(name="qa", locked={"lora.r": 16, "base_model": str(tiny_model_dir)}))
-    env = {"LEARNLOOP_DATA_DIR": str(tmp_path / "data"), "LEARNLOOP_DATABASE_URL": db.url, "LEARNLOOP_CONFIG": str(toml)}
+    env = {
+        "LEARNLOOP_DATA_DIR": str(tmp_path / "data"),
+        "LEARNLOOP_DATABASE_URL": db.url,
+        "LEARNLOOP_CONFIG": str(toml),
+    }
     result = CliRunner().invoke(cli, ["daemon", "--no-scoring"], env=env)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Loop 'qa': lora.r is locked to 16" in result.output and "configured now: 8" in result.output

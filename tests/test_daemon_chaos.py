@@ -28,10 +28,20 @@ SEED = int(os.environ.get("LEARNLOOP_CHAOS_SEED", "1234"))
 def _toml(path: Path, tiny: Path) -> Path:
     train = tiny_train(max_steps=STEPS, checkpoint_every=2)
     lines = [
-        "[[loops]]", 'name = "qa"', 'algorithm = "sft"', 'scenario = "qa"', 'sources = ["teacher"]', f'base_model = "{tiny}"',
-        "[loops.triggers]", "min_new_examples = 10", "check_interval = 0.5",
-        "[loops.train]", *(f"{k} = {v!r}".replace("'", '"') for k, v in train.items() if k != "lora"),
-        "[loops.train.lora]", "r = 4", "alpha = 8",
+        "[[loops]]",
+        'name = "qa"',
+        'algorithm = "sft"',
+        'scenario = "qa"',
+        'sources = ["teacher"]',
+        f'base_model = "{tiny}"',
+        "[loops.triggers]",
+        "min_new_examples = 10",
+        "check_interval = 0.5",
+        "[loops.train]",
+        *(f"{k} = {v!r}".replace("'", '"') for k, v in train.items() if k != "lora"),
+        "[loops.train.lora]",
+        "r = 4",
+        "alpha = 8",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -48,7 +58,9 @@ def _soft_wait(pred: object, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_sigkill_at_random_points_of_cycles(
+    sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     db = sqlite_db
     rng = random.Random(SEED)
     env = daemon_env(tmp_path / "data", db.url, _toml(tmp_path / "learnloop.toml", tiny_model_dir))
@@ -64,31 +76,44 @@ def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir:
         # Points drawn across the cycle whatever the machine's speed: during start-up, soon after a
         # claim (dataset, model loading), or at a random training step (mid-step, mid-checkpoint).
         phase = rng.choice(["startup", "claimed", "step", "step", "step"])
-        mine = lambda: [j for j in _running(db) if (j.lease_owner or "").endswith(f":{proc.pid}")]  # noqa: E731
+
+        def mine(pid: int = proc.pid) -> list:
+            return [j for j in _running(db) if (j.lease_owner or "").endswith(f":{pid}")]
+
         if phase == "startup":
             time.sleep(rng.uniform(0.3, 4.0))
         elif phase == "claimed":
-            _soft_wait(lambda: mine(), 60)
+            _soft_wait(mine, 60)
             time.sleep(rng.uniform(0.0, 3.0))
         else:
-            _soft_wait(lambda: mine(), 60)
+            _soft_wait(mine, 60)
             now = max((j.progress.get("step") or 0 for j in mine()), default=0)
             target = now + rng.randint(1, 3)
             if target > STEPS:  # training is done: cut the stages after it (adapter, register, succeed)
                 phase = "after-training"
-                _soft_wait(lambda: not mine() or any("adapter_dir" in j.result for j in mine()), 90)
+                _soft_wait(lambda mine=mine: not mine() or any("adapter_dir" in j.result for j in mine()), 90)
                 time.sleep(rng.uniform(0.0, 0.5))
             else:
-                _soft_wait(lambda: any((j.progress.get("step") or 0) >= target for j in mine()), 90)
+                _soft_wait(
+                    lambda mine=mine, target=target: any(
+                        (j.progress.get("step") or 0) >= target for j in mine()
+                    ),
+                    90,
+                )
                 time.sleep(rng.uniform(0.0, 0.3))
         delay = f"{phase}+{time.monotonic() - t0:.1f}s"
         with db.read_session() as s:
-            snapshot = [(j.id, j.state.value, (j.progress or {}).get("step"), sorted(j.result or {})) for j in s.scalars(select(Job))]
+            snapshot = [
+                (j.id, j.state.value, (j.progress or {}).get("step"), sorted(j.result or {}))
+                for j in s.scalars(select(Job))
+            ]
         kill_points.append((delay, snapshot))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         # The kernel takes the training child down with its daemon.
-        wait_for(lambda: not training_processes(marker), 10, 0.1, f"orphaned training processes after kill {i + 1}")
+        wait_for(
+            lambda: not training_processes(marker), 10, 0.1, f"orphaned training processes after kill {i + 1}"
+        )
         if not second_batch and any(j.state == "succeeded" for j in queue.list_jobs(db)):
             add(db, traces("b", 12))  # data for a second cycle, arriving mid-chaos
             second_batch = True
@@ -97,6 +122,7 @@ def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir:
 
     final = start_daemon(env, log, scoring=True)
     try:
+
         def settled() -> bool:
             jobs = queue.list_jobs(db)
             return len(jobs) >= 2 and all(j.state in ("succeeded", "failed", "cancelled") for j in jobs)
@@ -110,15 +136,30 @@ def test_sigkill_at_random_points_of_cycles(sqlite_db: Database, tiny_model_dir:
 
     jobs = queue.list_jobs(db)
     detail = f"kill points (delay s, jobs): {kill_points}"
-    assert [j.state for j in jobs] == ["succeeded", "succeeded"], detail + "".join(f"\n{j.id}: {j.error}" for j in jobs)
+    assert [j.state for j in jobs] == ["succeeded", "succeeded"], detail + "".join(
+        f"\n{j.id}: {j.error}" for j in jobs
+    )
     with db.read_session() as s:
         for j in jobs:
             assert j.attempts <= j.max_attempts
-            succeeded = s.scalar(select(func.count()).select_from(Event).where(Event.job_id == j.id, Event.kind == "job.succeeded"))
+            succeeded = s.scalar(
+                select(func.count())
+                .select_from(Event)
+                .where(Event.job_id == j.id, Event.kind == "job.succeeded")
+            )
             assert succeeded == 1  # ran to completion once
-            steps = list(s.scalars(select(TrainingMetric.step).where(TrainingMetric.job_id == j.id).order_by(TrainingMetric.step)))
+            steps = list(
+                s.scalars(
+                    select(TrainingMetric.step)
+                    .where(TrainingMetric.job_id == j.id)
+                    .order_by(TrainingMetric.step)
+                )
+            )
             assert steps == list(range(1, STEPS + 1))
-            assert s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.job_id == j.id)) <= 1
+            assert (
+                s.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.job_id == j.id))
+                <= 1
+            )
         keys = list(s.scalars(select(Job.idempotency_key)))
         promoted = list(s.scalars(select(AliasEvent.to_version).where(AliasEvent.action == "promote")))
         loop = s.get(LoopState, "qa")

@@ -20,12 +20,26 @@ def _finished(db: Database, job_id: int) -> queue.JobInfo | None:
     return job if job.state in ("succeeded", "failed", "cancelled") else None
 
 
-def test_cycles_from_trajectories_to_a_trained_adapter(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
+def test_cycles_from_trajectories_to_a_trained_adapter(
+    db: Database, settings: Settings, tiny_model_dir: Path
+) -> None:
     # A gate the tiny random model can pass (it learns nothing in 4 steps): every stage must happen.
-    gate = {"min_examples": 1, "margin": -10.0, "max_p95_latency_ratio": 1000.0, "max_json_validity_drop": 1.0,
-            "max_scenario_regression": 10.0, "max_refusal_increase": 1.0}
-    s = loop_settings(settings, base_model=str(tiny_model_dir), train=tiny_train(max_steps=4), gate=gate, eval_limit=2,
-                      triggers={"min_new_examples": 20, "check_interval": 0.5})
+    gate = {
+        "min_examples": 1,
+        "margin": -10.0,
+        "max_p95_latency_ratio": 1000.0,
+        "max_json_validity_drop": 1.0,
+        "max_scenario_regression": 10.0,
+        "max_refusal_increase": 1.0,
+    }
+    s = loop_settings(
+        settings,
+        base_model=str(tiny_model_dir),
+        train=tiny_train(max_steps=4),
+        gate=gate,
+        eval_limit=2,
+        triggers={"min_new_examples": 20, "check_interval": 0.5},
+    )
     add(db, [{**t, "holdout": True} for t in traces("h", 2)])
     add(db, traces("a", 12))
     with running(s, db):
@@ -41,10 +55,14 @@ def test_cycles_from_trajectories_to_a_trained_adapter(db: Database, settings: S
         assert done.result["init_adapter"] is None  # the first cycle starts from the base model
 
         add(db, traces("c", 20))
-        second = wait_for(lambda: [j for j in queue.list_jobs(db) if j.id != first.id], 60, 0.1, "the second trigger")[0]
+        second = wait_for(
+            lambda: [j for j in queue.list_jobs(db) if j.id != first.id], 60, 0.1, "the second trigger"
+        )[0]
         done2 = wait_for(lambda: _finished(db, second.id), 180, 0.2, "the second cycle")
     assert done2.state == "succeeded", done2.error
-    assert done2.payload["since"] == done.payload["until"] and done2.result["examples"] == 20  # only what is new
+    assert (
+        done2.payload["since"] == done.payload["until"] and done2.result["examples"] == 20
+    )  # only what is new
     # Continuous training: the second cycle continues the first one's adapter with its optimizer state.
     assert done2.result["init_adapter"] == done.result["adapter_dir"]
     with db.read_session() as sess:
@@ -62,9 +80,19 @@ def test_cycles_from_trajectories_to_a_trained_adapter(db: Database, settings: S
         assert versions == []
 
 
-def test_length_guardrail_refuses_the_cycle_with_the_report(db: Database, settings: Settings, tiny_model_dir: Path) -> None:
-    s = loop_settings(settings, base_model=str(tiny_model_dir), train=tiny_train(max_length=16), max_truncated_share=0.1)
-    add(db, [{**t, "messages": [t["messages"][0], {"role": "assistant", "content": "a long answer " * 20}]} for t in traces("l", 5)])
+def test_length_guardrail_refuses_the_cycle_with_the_report(
+    db: Database, settings: Settings, tiny_model_dir: Path
+) -> None:
+    s = loop_settings(
+        settings, base_model=str(tiny_model_dir), train=tiny_train(max_length=16), max_truncated_share=0.1
+    )
+    add(
+        db,
+        [
+            {**t, "messages": [t["messages"][0], {"role": "assistant", "content": "a long answer " * 20}]}
+            for t in traces("l", 5)
+        ],
+    )
     _, job = loops.check_and_submit(db, s, s.loops[0], manual=True, actor="test")
     with running(s, db):
         done = wait_for(lambda: _finished(db, job.id), 120, 0.2, "the refusal")

@@ -62,14 +62,24 @@ def test_retry_with_exponential_backoff_then_failed(db: Database) -> None:
         claimed = _claim(db)
         assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
         before = utcnow()
-        state = queue.fail(db, job.id, "w1", f"boom {attempt}", output_tail=f"line\nboom {attempt}", backoff=10, backoff_max=25)
+        state = queue.fail(
+            db,
+            job.id,
+            "w1",
+            f"boom {attempt}",
+            output_tail=f"line\nboom {attempt}",
+            backoff=10,
+            backoff_max=25,
+        )
         info = queue.get_job(db, job.id)
         if attempt < 3:
             assert state == "queued" and info.state == "queued"
             waits.append(round((info.run_after - before).total_seconds()))
             assert _claim(db) is None  # not before its backoff has passed
             with db.session() as s:
-                s.execute(update(Job).where(Job.id == job.id).values(run_after=utcnow() - dt.timedelta(seconds=1)))
+                s.execute(
+                    update(Job).where(Job.id == job.id).values(run_after=utcnow() - dt.timedelta(seconds=1))
+                )
         else:
             assert state == "failed" and info.state == "failed" and info.finished_at is not None
             assert info.error == "boom 3" and info.output_tail == "line\nboom 3"
@@ -84,7 +94,9 @@ def test_expired_lease_is_taken_over_without_counting_an_attempt(db: Database) -
     assert first is not None and first.attempts == 1
     assert queue.reap(db) == []  # lease still valid
     with db.session() as s:
-        s.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+        s.execute(
+            update(Job).where(Job.id == job.id).values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
     assert queue.reap(db) == [job.id]
     info = queue.get_job(db, job.id)
     assert info.state == "queued" and info.lease_owner is None and info.attempts == 0
@@ -135,7 +147,13 @@ def test_controls_on_a_running_job_go_through_the_worker(db: Database) -> None:
     queue.control(db, job.id, "cancel")
     assert queue.release(db, job.id, "w1", reason="requested") == "cancelled"
     kinds = _events(db)
-    assert {"job.pause_requested", "job.skip_requested", "job.skipped", "job.stopped", "job.cancelled"} <= set(kinds)
+    assert {
+        "job.pause_requested",
+        "job.skip_requested",
+        "job.skipped",
+        "job.stopped",
+        "job.cancelled",
+    } <= set(kinds)
 
 
 def test_concurrent_claims_never_hand_out_a_job_twice(db: Database) -> None:

@@ -22,41 +22,88 @@ from test_daemon_worker import running
 from learnloop.config import Settings
 from learnloop.daemon import loops, queue
 from learnloop.store.db import Database
-from learnloop.store.models import Alias, AliasEvent, Event, Evaluation, LoopState, ModelVersion
+from learnloop.store.models import Alias, AliasEvent, Evaluation, Event, LoopState, ModelVersion
 
 
 @pytest.fixture
 def contract(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     state: dict[str, Any] = {"crash_after_register": 1, "diff": 0.2, "calls": []}
 
-    def register_version(db: Database, settings: Settings, *, adapter_dir: Any, base_model: Any, parent_id: Any = None,
-                         dataset_id: Any = None, job_id: Any = None, **kw: Any) -> str:
+    def register_version(
+        db: Database,
+        settings: Settings,
+        *,
+        adapter_dir: Any,
+        base_model: Any,
+        parent_id: Any = None,
+        dataset_id: Any = None,
+        job_id: Any = None,
+        **kw: Any,
+    ) -> str:
         state["calls"].append(("register", job_id))
         with db.session() as s:
             n = (s.scalar(select(func.count()).select_from(ModelVersion)) or 0) + 1
             vid = f"v{n:04d}"
-            s.add(ModelVersion(id=vid, base_model=str(base_model), parent_id=parent_id, job_id=job_id, dataset_id=dataset_id,
-                               loop=kw.get("loop"), artifact_path=str(adapter_dir)))
+            s.add(
+                ModelVersion(
+                    id=vid,
+                    base_model=str(base_model),
+                    parent_id=parent_id,
+                    job_id=job_id,
+                    dataset_id=dataset_id,
+                    loop=kw.get("loop"),
+                    artifact_path=str(adapter_dir),
+                )
+            )
         if state["crash_after_register"]:
             state["crash_after_register"] -= 1
             raise RuntimeError("daemon died right after registering")  # the record on the job never happened
         return vid
 
-    def promote(db: Database, settings: Settings, version_id: str, *, alias: str = "learnloop", actor: Any = None,
-                reason: Any = None, evaluation_id: Any = None, force: bool = False) -> None:
+    def promote(
+        db: Database,
+        settings: Settings,
+        version_id: str,
+        *,
+        alias: str = "learnloop",
+        actor: Any = None,
+        reason: Any = None,
+        evaluation_id: Any = None,
+        force: bool = False,
+    ) -> None:
         state["calls"].append(("promote", version_id))
         with db.session() as s:
             row = s.get(Alias, alias) or Alias(name=alias)
-            s.add(AliasEvent(alias=alias, action="promote", from_version=row.version_id, to_version=version_id, actor=actor))
+            s.add(
+                AliasEvent(
+                    alias=alias,
+                    action="promote",
+                    from_version=row.version_id,
+                    to_version=version_id,
+                    actor=actor,
+                )
+            )
             row.version_id = version_id
             s.add(row)
 
-    def evaluate(db: Database, settings: Settings, *, candidate: str, baseline: str = "serving", scenario: Any = None,
-                 backend: Any = None, limit: Any = None) -> int:
+    def evaluate(
+        db: Database,
+        settings: Settings,
+        *,
+        candidate: str,
+        baseline: str = "serving",
+        scenario: Any = None,
+        backend: Any = None,
+        limit: Any = None,
+    ) -> int:
         state["calls"].append(("evaluate", candidate))
         with db.session() as s:
-            ev = Evaluation(candidate_id=candidate, baseline_id="base", metrics={"overall": {"n": 10, "reward_diff": state["diff"]}},
-                            verdict="pending")
+            ev = Evaluation(
+                candidate_id=candidate,
+                baseline_id="base",
+                metrics={"overall": {"n": 10, "reward_diff": state["diff"]}},
+                verdict="pending",
+            )
             s.add(ev)
             s.flush()
             return ev.id
@@ -67,7 +114,11 @@ def contract(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
     class Verdict:
         def __init__(self, passed: bool) -> None:
-            self.passed, self.verdict, self.reasons = passed, "promote" if passed else "reject", ["stand-in gate"]
+            self.passed, self.verdict, self.reasons = (
+                passed,
+                "promote" if passed else "reject",
+                ["stand-in gate"],
+            )
 
     def gate(metrics: dict[str, Any], policy: GatePolicy) -> Verdict:
         return Verdict(metrics["overall"]["reward_diff"] > policy.margin)
@@ -76,9 +127,15 @@ def contract(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         own = next(x.gate for x in settings.loops if x.name == loop)  # [gate] under the loop's own keys
         return GatePolicy(**{**settings.gate.model_dump(), **own})
 
-    for name, attrs in {"learnloop.registry": {"register_version": register_version, "promote": promote},
-                        "learnloop.evaluation": {"evaluate": evaluate, "gate": gate, "GatePolicy": GatePolicy,
-                                                 "policy_for": policy_for}}.items():
+    for name, attrs in {
+        "learnloop.registry": {"register_version": register_version, "promote": promote},
+        "learnloop.evaluation": {
+            "evaluate": evaluate,
+            "gate": gate,
+            "GatePolicy": GatePolicy,
+            "policy_for": policy_for,
+        },
+    }.items():
         mod = types.ModuleType(name)
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
         for k, v in attrs.items():
@@ -93,10 +150,13 @@ def _finished(db: Database, job_id: int) -> queue.JobInfo | None:
     return job if job.state in ("succeeded", "failed", "cancelled") else None
 
 
-def test_register_evaluate_gate_promote_once_each(sqlite_db: Database, settings: Settings, tiny_model_dir: Path,
-                                                  contract: dict[str, Any]) -> None:
+def test_register_evaluate_gate_promote_once_each(
+    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, contract: dict[str, Any]
+) -> None:
     db = sqlite_db
-    s = loop_settings(settings, base_model=str(tiny_model_dir), train=tiny_train(max_steps=2), gate={"margin": 0.0})
+    s = loop_settings(
+        settings, base_model=str(tiny_model_dir), train=tiny_train(max_steps=2), gate={"margin": 0.0}
+    )
     add(db, traces("a", 8))
     _, job = loops.check_and_submit(db, s, s.loops[0], manual=True)
     with running(s, db):
@@ -124,7 +184,11 @@ def test_register_evaluate_gate_promote_once_each(sqlite_db: Database, settings:
         add(db, traces("c", 8))
         _, job3 = loops.check_and_submit(db, s, s.loops[0], manual=True)
         done3 = wait_for(lambda: _finished(db, job3.id), 180, 0.2, "the rejected cycle")
-    assert done3.state == "succeeded" and done3.result["gate"]["passed"] is False and "promoted" not in done3.result
+    assert (
+        done3.state == "succeeded"
+        and done3.result["gate"]["passed"] is False
+        and "promoted" not in done3.result
+    )
     with db.read_session() as sess:
         assert sess.get(LoopState, "qa").head_version_id == "v0002"
         assert sess.get(Alias, "learnloop").version_id == "v0001"
@@ -133,8 +197,11 @@ def test_register_evaluate_gate_promote_once_each(sqlite_db: Database, settings:
     assert promotions == ["v0001"]
     assert held and "daemon is frozen" in held[0]
     # The retry of the first cycle did not call register again: it found v0001 by its job id.
-    assert [c for c in contract["calls"] if c[0] == "register"] == [("register", job.id), ("register", job2.id),
-                                                                   ("register", job3.id)]
+    assert [c for c in contract["calls"] if c[0] == "register"] == [
+        ("register", job.id),
+        ("register", job2.id),
+        ("register", job3.id),
+    ]
 
 
 def test_the_cycle_gates_by_the_evaluation_stages_policy(sqlite_db: Database, settings: Settings) -> None:
@@ -151,8 +218,13 @@ def test_the_cycle_gates_by_the_evaluation_stages_policy(sqlite_db: Database, se
         sess.add(ModelVersion(id="v1", base_model="tiny", loop="qa"))
         sess.flush()
         fresh = Evaluation(candidate_id="v1", baseline_id="base", metrics=passing, verdict="pending")
-        stored = Evaluation(candidate_id="v1", baseline_id="base", metrics=passing, verdict="reject",
-                            gate={"passed": False, "verdict": "reject", "reasons": ["by the stored policy"]})
+        stored = Evaluation(
+            candidate_id="v1",
+            baseline_id="base",
+            metrics=passing,
+            verdict="reject",
+            gate={"passed": False, "verdict": "reject", "reasons": ["by the stored policy"]},
+        )
         sess.add_all([fresh, stored])
         sess.flush()
         fresh_id, stored_id = fresh.id, stored.id

@@ -117,7 +117,9 @@ def test_dpo_pairs_respect_margin_and_groups(db: Database, settings: Settings) -
         traj("c2", "say hi", "bye", 0.0, holdout=True),
         traj("d1", "count to 3", "1 2 3", 0.9, group_id="g"),
         traj("d2", "count to 3", "1 3", 0.2, group_id="g"),
-        traj("d3", "count to 4", "1 2 3 4", 0.1, group_id="g"),  # same group, other prompt: never paired with d1
+        traj(
+            "d3", "count to 4", "1 2 3 4", 0.1, group_id="g"
+        ),  # same group, other prompt: never paired with d1
     )
     info = build_dataset(db, "dpo", {"min_margin": 0.3}, settings=settings)
     records = list(read_records(info.path))
@@ -142,11 +144,22 @@ def test_dpo_pairs_respect_margin_and_groups(db: Database, settings: Settings) -
 
 def test_dpo_correction_pairs_and_sft_corrections(db: Database, settings: Settings) -> None:
     add(db, traj("t1", "what is 2+2?", "five", 0.2), traj("t2", "hello", "hi there", 0.9))
-    late = {"feedback": [
-        {"trajectory_id": "t1", "thumbs": "down", "correction": "older fix", "created_at": (NOW - dt.timedelta(hours=1)).isoformat()},
-        {"trajectory_id": "t1", "correction": {"role": "assistant", "content": "four"}, "created_at": NOW.isoformat()},
-        {"trajectory_id": "t2", "rating": 5},
-    ]}
+    late = {
+        "feedback": [
+            {
+                "trajectory_id": "t1",
+                "thumbs": "down",
+                "correction": "older fix",
+                "created_at": (NOW - dt.timedelta(hours=1)).isoformat(),
+            },
+            {
+                "trajectory_id": "t1",
+                "correction": {"role": "assistant", "content": "four"},
+                "created_at": NOW.isoformat(),
+            },
+            {"trajectory_id": "t2", "rating": 5},
+        ]
+    }
     with db.session() as s:
         ingest(s, parse_batch(late))
     info = build_dataset(db, "dpo", settings=settings)
@@ -168,7 +181,10 @@ def test_dpo_correction_pairs_and_sft_corrections(db: Database, settings: Settin
 def test_grpo_groups_with_rewards_and_advantages(db: Database, settings: Settings) -> None:
     add(
         db,
-        *[traj(f"g{i}", "solve x+1=3", f"x={i}", r, group_id="task-1") for i, r in enumerate([1.0, 0.0, 0.5])],
+        *[
+            traj(f"g{i}", "solve x+1=3", f"x={i}", r, group_id="task-1")
+            for i, r in enumerate([1.0, 0.0, 0.5])
+        ],
         traj("lonely", "solve y", "y=1", 1.0, group_id="task-2"),
         traj("same1", "pick", "a", 0.5, group_id="task-3"),
         traj("same2", "pick", "b", 0.5, group_id="task-3"),
@@ -203,14 +219,19 @@ def test_exact_and_near_duplicates_removed(db: Database, settings: Settings) -> 
         traj("d1", "explain restarts", long, 0.9),
         traj("d2", "Explain   restarts", long.upper(), 0.9),  # same text after normalising case/space
         traj("d3", "explain restarts", long.replace("timestamp", "time"), 0.9),  # one word changed
-        traj("d4", "explain restarts", "a completely different answer about caching layers and ttl values", 0.9),
+        traj(
+            "d4", "explain restarts", "a completely different answer about caching layers and ttl values", 0.9
+        ),
     )
     info = build_dataset(db, "sft", settings=settings)
     with db.read_session() as s:
         assert dataset_item_ids(s, info.id) == ["d1", "d4"]
     dup = info.stats["duplicates"]
     assert dup["exact"] == 1 and dup["near"] == 1
-    assert {(d["id"], d["duplicate_of"], d["kind"]) for d in dup["items"]} == {("d2", "d1", "exact"), ("d3", "d1", "near")}
+    assert {(d["id"], d["duplicate_of"], d["kind"]) for d in dup["items"]} == {
+        ("d2", "d1", "exact"),
+        ("d3", "d1", "near"),
+    }
     kept = build_dataset(db, "sft", {"dedup": False}, settings=settings)
     assert kept.count == 4
 
@@ -227,7 +248,10 @@ def test_deduplicator_thresholds() -> None:
 def test_deduplicator_remembers_thousands() -> None:
     # Enough examples to grow the compact tables several times; every repeat must still name its original.
     d = Deduplicator(0.85)
-    texts = [f"ticket {i} about {i % 7} printers and {i * 31 % 101} queues, opened by user {i}" for i in range(3000)]
+    texts = [
+        f"ticket {i} about {i % 7} printers and {i * 31 % 101} queues, opened by user {i}"
+        for i in range(3000)
+    ]
     assert all(d.check(f"k{i}", t) is None for i, t in enumerate(texts))
     assert [d.check(f"r{i}", t.upper()) for i, t in enumerate(texts[::97])] == [
         ("exact", f"k{i}", 1.0) for i in range(0, 3000, 97)
@@ -237,7 +261,10 @@ def test_deduplicator_remembers_thousands() -> None:
 def test_deduplicator_batch_matches_one_by_one() -> None:
     # The writer checks batches; a batch must judge each item as the one-by-one check would,
     # earlier items of the same batch included.
-    base = [f"order {i} shipped to {i * 7 % 13} warehouses with {i % 5} parcels and tracking id {i}" for i in range(300)]
+    base = [
+        f"order {i} shipped to {i * 7 % 13} warehouses with {i % 5} parcels and tracking id {i}"
+        for i in range(300)
+    ]
     texts = base + [t.upper() for t in base[::10]] + [t + " indeed" for t in base[::7]] + ["", "a b", "a b"]
     items = [(f"i{k}", t) for k, t in enumerate(texts)]
     one = Deduplicator(0.85)
@@ -265,7 +292,9 @@ def test_length_report_with_model_tokenizer(db: Database, settings: Settings, ti
     from transformers import AutoTokenizer
 
     add(db, *[traj(f"t{i}", "count", " ".join(["one two three"] * (i + 1)), 1.0) for i in range(20)])
-    settings = settings.model_copy(update={"datasets": settings.datasets.model_copy(update={"max_length": 48})})
+    settings = settings.model_copy(
+        update={"datasets": settings.datasets.model_copy(update={"max_length": 48})}
+    )
     info = build_dataset(db, "sft", {"dedup": False}, settings=settings, tokenizer=tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     expected = sorted(
@@ -280,11 +309,19 @@ def test_length_report_with_model_tokenizer(db: Database, settings: Settings, ti
     assert length["suggested_max_length"] >= length["p99"] and length["suggested_max_length"] % 64 == 0
     assert "advice" in length and length["longest"][0]["tokens"] == expected[-1]
 
-    approx = build_dataset(db, "sft", {"dedup": False}, settings=settings.model_copy(
-        update={"datasets": settings.datasets.model_copy(update={"max_length": 4096})}))
+    approx = build_dataset(
+        db,
+        "sft",
+        {"dedup": False},
+        settings=settings.model_copy(
+            update={"datasets": settings.datasets.model_copy(update={"max_length": 4096})}
+        ),
+    )
     # Same content: the same record, its length report redone for the new tokenizer and max length.
     assert approx.id == info.id and approx.reused
-    assert approx.stats["length"]["tokenizer"].startswith("approx") and approx.stats["length"]["truncated"] == 0
+    assert (
+        approx.stats["length"]["tokenizer"].startswith("approx") and approx.stats["length"]["truncated"] == 0
+    )
     with db.read_session() as s:
         assert get_dataset(s, info.id).stats["length"]["max_length"] == 4096
     with pytest.raises(ConfigError, match="does not exist"):
@@ -325,16 +362,22 @@ def test_malformed_rows_are_reported_not_dropped(db: Database, settings: Setting
     bad = {
         "no-answer": [{"role": "user", "content": "q?"}],
         "ends-user": chat("q", "a") + [{"role": "user", "content": "and?"}],
-        "parts": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-                  {"role": "assistant", "content": "a cat"}],
+        "parts": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": "a cat"},
+        ],
         "robot": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "a"}],
         "empty": chat("q", "   "),
     }
     with db.session() as s:
         for tid, messages in bad.items():
             # Rows written by older versions or other tools skip today's ingest validation.
-            row = trajectory_row(parse_batch({"trajectories": [{"id": tid, "messages": chat("x", "y")}]})["trajectories"][0],
-                                 "default", 0.0, NOW)
+            row = trajectory_row(
+                parse_batch({"trajectories": [{"id": tid, "messages": chat("x", "y")}]})["trajectories"][0],
+                "default",
+                0.0,
+                NOW,
+            )
             s.add(Trajectory(**(row | {"messages": messages, "prompt_hash": tid})))
     info = build_dataset(db, "sft", settings=settings)
     assert info.count == 1
@@ -347,9 +390,21 @@ def test_malformed_rows_are_reported_not_dropped(db: Database, settings: Setting
 
 
 def test_replay_mixes_in_earlier_examples(db: Database, settings: Settings) -> None:
-    add(db, *[traj(f"old{i}", f"old question {i}", f"old answer number {i}", 0.9, window_id="w1") for i in range(10)])
+    add(
+        db,
+        *[
+            traj(f"old{i}", f"old question {i}", f"old answer number {i}", 0.9, window_id="w1")
+            for i in range(10)
+        ],
+    )
     first = build_dataset(db, "sft", {"window_id": "w1"}, settings=settings)
-    add(db, *[traj(f"new{i}", f"new question {i}", f"new answer number {i}", 0.9, window_id="w2") for i in range(6)])
+    add(
+        db,
+        *[
+            traj(f"new{i}", f"new question {i}", f"new answer number {i}", 0.9, window_id="w2")
+            for i in range(6)
+        ],
+    )
     mixed = build_dataset(db, "sft", {"window_id": "w2", "replay_fraction": 0.25}, settings=settings)
     with db.read_session() as s:
         ids = dataset_item_ids(s, mixed.id)
@@ -369,7 +424,9 @@ def test_bad_requests_are_clear(db: Database, settings: Settings, tmp_path: Path
     with pytest.raises(ValidationFailed, match="filters.bogus"):
         build_dataset(db, "sft", {"bogus": 1}, settings=settings)
     with pytest.raises(ValidationFailed, match="filters.min_margin: does not apply to sft") as err:
-        build_dataset(db, "sft", {"min_margin": 0.2, "group_by": "group", "min_reward": 0.1}, settings=settings)
+        build_dataset(
+            db, "sft", {"min_margin": 0.2, "group_by": "group", "min_reward": 0.1}, settings=settings
+        )
     assert [loc for loc, _ in err.value.problems] == ["filters.min_margin", "filters.group_by"]
     with pytest.raises(ValidationFailed, match="No sft examples"):
         build_dataset(db, "sft", settings=settings)
@@ -385,7 +442,13 @@ def test_bad_requests_are_clear(db: Database, settings: Settings, tmp_path: Path
 
 def test_groups_spanning_chunks_build_the_same_content(db: Database, settings: Settings) -> None:
     # 3 answers per prompt over 30 rows: with chunks of 10 rows, groups straddle chunk boundaries.
-    add(db, *[traj(f"t{i:02d}", f"prompt {i // 3}", f"answer {i}", (i % 3) / 2, group_id=f"g{i // 3}") for i in range(30)])
+    add(
+        db,
+        *[
+            traj(f"t{i:02d}", f"prompt {i // 3}", f"answer {i}", (i % 3) / 2, group_id=f"g{i // 3}")
+            for i in range(30)
+        ],
+    )
     small = settings.model_copy(update={"datasets": settings.datasets.model_copy(update={"chunk_size": 10})})
     for kind in ("dpo", "grpo", "sft"):
         chunked = build_dataset(db, kind, {"min_margin": 0.5} if kind == "dpo" else {}, settings=small)
@@ -396,20 +459,34 @@ def test_groups_spanning_chunks_build_the_same_content(db: Database, settings: S
 
 
 @pytest.mark.postgres
-def test_same_rows_hash_the_same_on_sqlite_and_postgresql(sqlite_db: Database, pg_url: str, settings: Settings) -> None:
+def test_same_rows_hash_the_same_on_sqlite_and_postgresql(
+    sqlite_db: Database, pg_url: str, settings: Settings
+) -> None:
     from conftest import _reset_pg
 
     pg = Database(pg_url)
     pg.upgrade()
     _reset_pg(pg)
     try:
-        rows = [traj(f"t{i}", f"prompt {i // 2}", f"answer {i} ünïcode", i / 7, group_id=f"g{i // 2}",
-                     tags=["b", "a"], metadata={"z": 1, "a": [1.5, None]}) for i in range(8)]
+        rows = [
+            traj(
+                f"t{i}",
+                f"prompt {i // 2}",
+                f"answer {i} ünïcode",
+                i / 7,
+                group_id=f"g{i // 2}",
+                tags=["b", "a"],
+                metadata={"z": 1, "a": [1.5, None]},
+            )
+            for i in range(8)
+        ]
         hashes = {}
         for name, database in (("sqlite", sqlite_db), ("postgresql", pg)):
             add(database, *rows)
             own = settings.model_copy(update={"data_dir": settings.data_dir / name})
-            hashes[name] = [build_dataset(database, kind, settings=own).content_hash for kind in ("sft", "dpo", "grpo")]
+            hashes[name] = [
+                build_dataset(database, kind, settings=own).content_hash for kind in ("sft", "dpo", "grpo")
+            ]
         assert hashes["sqlite"] == hashes["postgresql"]
     finally:
         pg.dispose()
@@ -420,8 +497,16 @@ def test_dpo_from_feedback_scored_by_the_scoring_stage(db: Database, settings: S
 
     add(
         db,
-        {"id": "up", "messages": chat("summarise the ticket", "printer jammed; replaced roller"), "feedback": {"thumbs": 1}},
-        {"id": "down", "messages": chat("summarise the ticket", "it is a ticket"), "feedback": {"thumbs": -1}},
+        {
+            "id": "up",
+            "messages": chat("summarise the ticket", "printer jammed; replaced roller"),
+            "feedback": {"thumbs": 1},
+        },
+        {
+            "id": "down",
+            "messages": chat("summarise the ticket", "it is a ticket"),
+            "feedback": {"thumbs": -1},
+        },
     )
     apply_feedback(db, settings.scoring)
     info = build_dataset(db, "dpo", {"min_margin": 0.1}, settings=settings)

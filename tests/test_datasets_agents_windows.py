@@ -16,7 +16,9 @@ from learnloop.store import Database, ingest, parse_batch
 from learnloop.store.trajectories import stats
 
 
-def _traj(tid: str, window: str, agent: str | None, *, score: float | None = 1.0, group: str | None = None) -> dict:
+def _traj(
+    tid: str, window: str, agent: str | None, *, score: float | None = 1.0, group: str | None = None
+) -> dict:
     item: dict = {"id": tid, "window": window, "messages": chat(f"question {tid}", f"answer {tid} " * 3)}
     if agent:
         item["agent"] = agent
@@ -29,13 +31,24 @@ def _traj(tid: str, window: str, agent: str | None, *, score: float | None = 1.0
 
 def _fill(db: Database) -> None:
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [
-            # 2026-12-02T10: three agents; T11: one agent (twice); T12: two agents, nothing scored.
-            _traj("a1", "2026-12-02T10", "planner"), _traj("a2", "2026-12-02T10", "coder"),
-            _traj("a3", "2026-12-02T10", "critic"),
-            _traj("b1", "2026-12-02T11", "planner"), _traj("b2", "2026-12-02T11", "planner"),
-            _traj("c1", "2026-12-02T12", "planner", score=None), _traj("c2", "2026-12-02T12", "coder", score=None),
-        ]}), holdout_fraction=0.0)
+        ingest(
+            s,
+            parse_batch(
+                {
+                    "trajectories": [
+                        # 2026-12-02T10: three agents; T11: one agent (twice); T12: two agents, nothing scored.
+                        _traj("a1", "2026-12-02T10", "planner"),
+                        _traj("a2", "2026-12-02T10", "coder"),
+                        _traj("a3", "2026-12-02T10", "critic"),
+                        _traj("b1", "2026-12-02T11", "planner"),
+                        _traj("b2", "2026-12-02T11", "planner"),
+                        _traj("c1", "2026-12-02T12", "planner", score=None),
+                        _traj("c2", "2026-12-02T12", "coder", score=None),
+                    ]
+                }
+            ),
+            holdout_fraction=0.0,
+        )
 
 
 def test_agent_and_min_agents_filters(db: Database, settings) -> None:
@@ -54,11 +67,23 @@ def test_agent_and_min_agents_filters(db: Database, settings) -> None:
 
 def test_min_agents_per_group(db: Database, settings) -> None:
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [
-            _traj("g1", "w", "planner", group="task-1"), _traj("g2", "w", "coder", group="task-1"),
-            _traj("h1", "w", "planner", group="task-2"), _traj("h2", "w", "planner", group="task-2"),
-        ]}), holdout_fraction=0.0)
-    info = build_dataset(db, "sft", {"min_agents": 2, "agents_per": "group", "dedup": False}, settings=settings)
+        ingest(
+            s,
+            parse_batch(
+                {
+                    "trajectories": [
+                        _traj("g1", "w", "planner", group="task-1"),
+                        _traj("g2", "w", "coder", group="task-1"),
+                        _traj("h1", "w", "planner", group="task-2"),
+                        _traj("h2", "w", "planner", group="task-2"),
+                    ]
+                }
+            ),
+            holdout_fraction=0.0,
+        )
+    info = build_dataset(
+        db, "sft", {"min_agents": 2, "agents_per": "group", "dedup": False}, settings=settings
+    )
     answers = {json.loads(line)["messages"][-1]["content"].split()[1] for line in open(info.path)}
     assert answers == {"g1", "g2"}
 
@@ -70,11 +95,18 @@ def test_windows_listing_and_readiness(db: Database) -> None:
     assert list(rows) == ["2026-12-02T12", "2026-12-02T11", "2026-12-02T10"]
     t10, t11, t12 = rows["2026-12-02T10"], rows["2026-12-02T11"], rows["2026-12-02T12"]
     assert (t10.trajectories, t10.agents, t10.scored, t10.ready) == (3, 3, 3, True)
-    assert (t11.trajectories, t11.agents, t11.scored, t11.ready) == (2, 1, 2, False) and t11.reasons == ["1 agents (needs 2)"]
-    assert (t12.trajectories, t12.agents, t12.scored, t12.ready) == (2, 2, 0, False) and t12.reasons == ["0 scored (needs 1)"]
+    assert (t11.trajectories, t11.agents, t11.scored, t11.ready) == (2, 1, 2, False) and t11.reasons == [
+        "1 agents (needs 2)"
+    ]
+    assert (t12.trajectories, t12.agents, t12.scored, t12.ready) == (2, 2, 0, False) and t12.reasons == [
+        "0 scored (needs 1)"
+    ]
     with db.read_session() as s:
         only = list_windows(s, parse_filters({"agents": ["coder"]}))
-    assert [(w.window, w.trajectories, w.ready) for w in only] == [("2026-12-02T12", 1, False), ("2026-12-02T10", 1, True)]
+    assert [(w.window, w.trajectories, w.ready) for w in only] == [
+        ("2026-12-02T12", 1, False),
+        ("2026-12-02T10", 1, True),
+    ]
 
 
 def test_stats_by_agent(db: Database) -> None:
@@ -84,7 +116,9 @@ def test_stats_by_agent(db: Database) -> None:
         only = stats(s, agent="coder")
     assert {"agent": "planner", "count": 4} in data["by_agent"]
     assert {"agent": "coder", "count": 2} in data["by_agent"]
-    assert sum(r["count"] for r in only["by_source"]) == 2 and only["by_agent"] == [{"agent": "coder", "count": 2}]
+    assert sum(r["count"] for r in only["by_source"]) == 2 and only["by_agent"] == [
+        {"agent": "coder", "count": 2}
+    ]
 
 
 def test_cli_windows_and_stats(db: Database, settings, monkeypatch) -> None:
@@ -109,8 +143,11 @@ def test_imports_and_the_api_assign_windows_too(db: Database, tmp_path) -> None:
 
     path = tmp_path / "day.jsonl"
     path.write_text(
-        json.dumps({"id": "j1", "messages": chat("q1", "a1"), "created_at": "2026-11-05T08:59:00Z"}) + "\n"
-        + json.dumps({"id": "j2", "messages": chat("q2", "a2"), "window": "mine"}) + "\n")
+        json.dumps({"id": "j1", "messages": chat("q1", "a1"), "created_at": "2026-11-05T08:59:00Z"})
+        + "\n"
+        + json.dumps({"id": "j2", "messages": chat("q2", "a2"), "window": "mine"})
+        + "\n"
+    )
     import_jsonl(db, path, window="1d")
     with db.read_session() as s:
         from learnloop.store.models import Trajectory
@@ -119,4 +156,8 @@ def test_imports_and_the_api_assign_windows_too(db: Database, tmp_path) -> None:
     assert got == {"j1": "2026-11-05", "j2": "mine"}
     recs = [{"created_at": "2026-11-05T08:59:00+00:00"}, {"window": "keep"}, {}]
     fill_windows(recs, "1h")
-    assert recs[0]["window"] == "2026-11-05T08" and recs[1]["window"] == "keep" and recs[2]["window"].startswith("20")
+    assert (
+        recs[0]["window"] == "2026-11-05T08"
+        and recs[1]["window"] == "keep"
+        and recs[2]["window"].startswith("20")
+    )

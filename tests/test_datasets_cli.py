@@ -31,7 +31,12 @@ def env(db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> di
 def _seed(db: Database) -> None:
     trajectories = [
         {"id": "p1", "messages": chat("name a planet", "mars"), "scores": {"q": 0.9}, "scenario": "space"},
-        {"id": "p2", "messages": chat("name a planet", "the moon"), "scores": {"q": 0.1}, "scenario": "space"},
+        {
+            "id": "p2",
+            "messages": chat("name a planet", "the moon"),
+            "scores": {"q": 0.1},
+            "scenario": "space",
+        },
         {"id": "p3", "messages": chat("name a star", "the sun"), "scores": {"q": 0.8}, "scenario": "space"},
         {"id": "p4", "messages": chat("name a dog", "rex"), "scores": {"q": 0.95}, "scenario": "pets"},
     ]
@@ -43,12 +48,19 @@ def test_build_list_show_export(db: Database, env: dict[str, str], tmp_path: Pat
     _seed(db)
     runner = CliRunner()
     out = tmp_path / "sft.jsonl"
-    r = runner.invoke(cli, ["datasets", "build", "sft", "--scenario", "space", "--min-reward", "0.5", "--out", str(out)])
+    r = runner.invoke(
+        cli, ["datasets", "build", "sft", "--scenario", "space", "--min-reward", "0.5", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert "2 examples recorded as dataset 1" in r.output and "p95" in r.output
-    assert [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()] == ["mars", "the sun"]
+    assert [json.loads(line)["messages"][-1]["content"] for line in out.read_text().splitlines()] == [
+        "mars",
+        "the sun",
+    ]
 
-    r = runner.invoke(cli, ["datasets", "build", "sft", "--scenario", "space", "--min-reward", "0.5", "--json"])
+    r = runner.invoke(
+        cli, ["datasets", "build", "sft", "--scenario", "space", "--min-reward", "0.5", "--json"]
+    )
     assert r.exit_code == 0 and json.loads(r.output)["reused"] is True and json.loads(r.output)["id"] == 1
 
     r = runner.invoke(cli, ["datasets", "build", "dpo", "--min-margin", "0.5", "--json"])
@@ -81,13 +93,19 @@ def test_real_entry_point(db: Database, env: dict[str, str]) -> None:
     _seed(db)
     proc = subprocess.run(
         [sys.executable, "-m", "learnloop", "datasets", "build", "holdout"],
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     # Everything was ingested into train: the holdout builder finds nothing and says so.
     assert proc.returncode == 1 and "No holdout examples" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "learnloop", "datasets", "build", "sft", "--json"],
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["count"] == 4

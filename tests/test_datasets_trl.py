@@ -18,10 +18,13 @@ def _seed(db: Database) -> None:
     trajectories = []
     for i in range(4):
         for j, (answer, reward) in enumerate([("yes. thank you.", 1.0), ("no.", 0.0)]):
-            trajectories.append({
-                "id": f"t{i}-{j}", "messages": chat(f"what is {i} plus {i}?", f"{answer} {i}"),
-                "scores": {"quality": reward},
-            })
+            trajectories.append(
+                {
+                    "id": f"t{i}-{j}",
+                    "messages": chat(f"what is {i} plus {i}?", f"{answer} {i}"),
+                    "scores": {"quality": reward},
+                }
+            )
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": trajectories}), holdout_fraction=0.0)
 
@@ -49,8 +52,15 @@ def test_trl_trainers_take_exported_sft_and_dpo(
         dpo_file = export_dataset(s, dpo.id, tmp_path / "dpo.jsonl")
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    common = dict(max_steps=1, per_device_train_batch_size=2, report_to="none", save_strategy="no",
-                  logging_steps=1, use_cpu=True, max_length=128)
+    common = dict(
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        max_length=128,
+    )
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -58,7 +68,9 @@ def test_trl_trainers_take_exported_sft_and_dpo(
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(output_dir=str(tmp_path / "sft-out"), **common),
-        train_dataset=load_dataset("json", data_files=str(sft_file), split="train", cache_dir=str(tmp_path / "hf")),
+        train_dataset=load_dataset(
+            "json", data_files=str(sft_file), split="train", cache_dir=str(tmp_path / "hf")
+        ),
         processing_class=tokenizer,
     )
     result = trainer.train()
@@ -70,7 +82,9 @@ def test_trl_trainers_take_exported_sft_and_dpo(
     trainer = DPOTrainer(
         model=model,
         args=DPOConfig(output_dir=str(tmp_path / "dpo-out"), **common),
-        train_dataset=load_dataset("json", data_files=str(dpo_file), split="train", cache_dir=str(tmp_path / "hf")),
+        train_dataset=load_dataset(
+            "json", data_files=str(dpo_file), split="train", cache_dir=str(tmp_path / "hf")
+        ),
         processing_class=tokenizer,
     )
     result = trainer.train()

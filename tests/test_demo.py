@@ -28,11 +28,22 @@ def test_task_verifier_recovers_every_case_and_grades_answers() -> None:
 
 
 def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
-    for stage in ("learnloop.registry", "learnloop.evaluation", "learnloop.daemon", "learnloop.serving.local"):
+    for stage in (
+        "learnloop.registry",
+        "learnloop.evaluation",
+        "learnloop.daemon",
+        "learnloop.serving.local",
+    ):
         pytest.importorskip(stage, reason="the demo needs every stage of the loop")
     data = tmp_path / "demo"
-    out = subprocess.run([sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--data-dir", str(data)],
-                         env=cli_env(tmp_path / "unused"), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--data-dir", str(data)],
+        env=cli_env(tmp_path / "unused"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:] + (data / "serve.log").read_text()[-3000:]
     report = json.loads(out.stdout)
     promoted = report["promoted"]
@@ -41,8 +52,13 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
 
     db = Database(f"sqlite:///{data / 'learnloop.db'}")
     with db.read_session() as s:
-        by_source = dict(s.execute(select(Trajectory.source, func.count()).where(Trajectory.scenario == SCENARIO)
-                                   .group_by(Trajectory.source)).all())
+        by_source = dict(
+            s.execute(
+                select(Trajectory.source, func.count())
+                .where(Trajectory.scenario == SCENARIO)
+                .group_by(Trajectory.source)
+            ).all()
+        )
         assert by_source[Source.teacher] >= 60  # the backfill, plus the sampled live teacher answers
         assert by_source[Source.served] >= 4 + 8
         served_by_promoted = s.scalar(select(func.count()).where(Trajectory.model_version == promoted))

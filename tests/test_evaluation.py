@@ -37,7 +37,9 @@ class ScriptedBackend:
     def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
         self.requests.append((model, request))
         text = self.answers[model if model in self.answers else "base"]
-        return [ChatResult(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=len(text.split()))]
+        return [
+            ChatResult(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=len(text.split()))
+        ]
 
     def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
         yield from (r.text for r in self.chat(model, request))
@@ -62,12 +64,18 @@ class FakeJudge:
 
 @pytest.fixture
 def s(settings: Settings, tiny_model_dir: Path) -> Settings:
-    return settings_for(settings, tiny_model_dir, registry={"keep_versions": 0},
-                        gate={"min_examples": 10, "min_scenario_examples": 5},
-                        evaluation={"bootstrap_resamples": 2000, "max_new_tokens": 8})
+    return settings_for(
+        settings,
+        tiny_model_dir,
+        registry={"keep_versions": 0},
+        gate={"min_examples": 10, "min_scenario_examples": 5},
+        evaluation={"bootstrap_resamples": 2000, "max_new_tokens": 8},
+    )
 
 
-def test_better_candidate_passes_with_judge_both_orders(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_better_candidate_passes_with_judge_both_orders(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     add_holdout(db, 12, scenario="qa")
     add_holdout(db, 8, scenario="chat", prefix="c")
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
@@ -79,7 +87,11 @@ def test_better_candidate_passes_with_judge_both_orders(db: Database, s: Setting
     o = ev["metrics"]["overall"]
     assert ev["baseline"] == "base" and o["n"] == 20
     assert o["wins"] == 20 and o["losses"] == 0 and o["reward_diff"] > 0.4
-    assert o["reward_diff_ci"][0] > 0 and o["refusal_rate_baseline"] == 1.0 and o["refusal_rate_candidate"] == 0.0
+    assert (
+        o["reward_diff_ci"][0] > 0
+        and o["refusal_rate_baseline"] == 1.0
+        and o["refusal_rate_candidate"] == 0.0
+    )
     assert o["latency_p95_candidate_ms"] is not None and o["length_chars_candidate"] == len("Sure: four.")
     assert set(ev["metrics"]["scenarios"]) == {"qa", "chat"}
     assert o["judge"]["win_rate"] == 1.0 and o["judge"]["consistency"] == 1.0 and judge.calls == 40
@@ -93,11 +105,15 @@ def test_better_candidate_passes_with_judge_both_orders(db: Database, s: Setting
     assert [e.kind for e in recent_events(db, kinds=["evaluation.finished"])] == ["evaluation.finished"]
 
 
-def test_worse_candidate_is_rejected_and_needs_force(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_worse_candidate_is_rejected_and_needs_force(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     add_holdout(db, 12)
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
     backend = ScriptedBackend({v1: "I'm sorry, but I can't help with that.", "base": "four."})
-    ev_id = evaluate(db, s, candidate=v1, baseline="base", backend=backend, judge=FakeJudge("four", biased=True))
+    ev_id = evaluate(
+        db, s, candidate=v1, baseline="base", backend=backend, judge=FakeJudge("four", biased=True)
+    )
     ev = get_evaluation(db, ev_id)
     assert ev["verdict"] == "reject" and not ev["gate"]["passed"]
     assert any("refusal rate" in r for r in ev["gate"]["reasons"])
@@ -111,24 +127,33 @@ def test_worse_candidate_is_rejected_and_needs_force(db: Database, s: Settings, 
     assert get_version(db, v1).state == "serving"
 
 
-def test_too_few_examples_is_inconclusive_and_teacher_baseline(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_too_few_examples_is_inconclusive_and_teacher_baseline(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     add_holdout(db, 6, source="teacher")
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
     backend = ScriptedBackend({v1: "yes."})
     ev = get_evaluation(db, evaluate(db, s, candidate=v1, baseline="teacher", backend=backend))
     assert ev["verdict"] == "inconclusive" and "only 6" in ev["gate"]["reasons"][0]
-    assert ev["baseline"] == "teacher" and {e["baseline"]["text"] for e in ev["examples"]} == {"four.", "yes."}
+    assert ev["baseline"] == "teacher" and {e["baseline"]["text"] for e in ev["examples"]} == {
+        "four.",
+        "yes.",
+    }
     assert all(model == v1 for model, _ in backend.requests)  # the teacher side is not generated
     assert ev["metrics"]["overall"]["latency_p95_baseline_ms"] is None
     assert get_version(db, v1).state == "candidate"
-    strict = evaluate(db, s, candidate=v1, baseline="teacher", backend=backend, policy=GatePolicy(min_examples=100))
+    strict = evaluate(
+        db, s, candidate=v1, baseline="teacher", backend=backend, policy=GatePolicy(min_examples=100)
+    )
     assert get_evaluation(db, strict)["gate"]["policy"]["min_examples"] == 100
     with pytest.raises(ValidationFailed, match="baseline is the candidate"):
         evaluate(db, s, candidate=v1, baseline=v1, backend=backend)
     assert [e["id"] for e in list_evaluations(db, candidate=v1)] == [strict, ev["id"]]
 
 
-def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_real_generation_on_the_tiny_model(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     add_holdout(db, 10)
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a", seed=1, scale=3.0))
     v2 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "b", seed=2, scale=3.0))
@@ -140,28 +165,43 @@ def test_real_generation_on_the_tiny_model(db: Database, s: Settings, tiny_model
         e2 = evaluate(db, s, candidate=v2, baseline="base", backend=backend, limit=5)
         concurrent = settings_for(s, tiny_model_dir, evaluation={"concurrency": 3})
         e3 = evaluate(db, concurrent, candidate=v1, baseline="base", backend=backend, limit=5)
-        assert set(backend.list()) == {"base", v1, v2}  # a shared backend keeps them: the server may serve one
+        assert set(backend.list()) == {
+            "base",
+            v1,
+            v2,
+        }  # a shared backend keeps them: the server may serve one
     finally:
         backend.close()
     a, b = get_evaluation(db, e1), get_evaluation(db, e2)
     assert a["metrics"]["overall"]["n"] == 5
     assert [x["id"] for x in a["examples"]] == [x["id"] for x in b["examples"]]  # the same frozen slice
-    assert a["examples"][0]["baseline"]["text"] == b["examples"][0]["baseline"]["text"]  # greedy base answers agree
+    assert (
+        a["examples"][0]["baseline"]["text"] == b["examples"][0]["baseline"]["text"]
+    )  # greedy base answers agree
     assert any(x["candidate"]["text"] != y["candidate"]["text"] for x, y in zip(a["examples"], b["examples"]))
     assert all(x["candidate"]["latency_ms"] > 0 for x in a["examples"])
     # Answered several at a time (batched by the backend): the same greedy answers, in the same order.
     c = get_evaluation(db, e3)
-    assert [(x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in c["examples"]] == \
-        [(x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in a["examples"]]
+    assert [(x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in c["examples"]] == [
+        (x["id"], x["candidate"]["text"], x["baseline"]["text"]) for x in a["examples"]
+    ]
     cmp = compare_evaluations(db, "v0001", str(e2))
     assert cmp["shared_examples"] == 5 and cmp["a"]["candidate"] == v1 and cmp["b"]["candidate"] == v2
     assert len(cmp["differ_most"]) == 5
 
 
 def test_gate_rules() -> None:
-    base = {"n": 100, "reward_diff": 0.05, "reward_diff_ci": [0.01, 0.09], "json_valid_candidate": 0.9, "json_valid_baseline": 0.9,
-            "refusal_rate_candidate": 0.0, "refusal_rate_baseline": 0.0, "latency_p95_candidate_ms": 100.0,
-            "latency_p95_baseline_ms": 100.0}
+    base = {
+        "n": 100,
+        "reward_diff": 0.05,
+        "reward_diff_ci": [0.01, 0.09],
+        "json_valid_candidate": 0.9,
+        "json_valid_baseline": 0.9,
+        "refusal_rate_candidate": 0.0,
+        "refusal_rate_baseline": 0.0,
+        "latency_p95_candidate_ms": 100.0,
+        "latency_p95_baseline_ms": 100.0,
+    }
     policy = GatePolicy()
     assert gate({"overall": base}, policy).passed
     assert gate({"overall": {**base, "reward_diff_ci": [-0.01, 0.09]}}, policy).verdict == "reject"
@@ -183,6 +223,8 @@ def test_loop_policy_overrides_the_global_gate() -> None:
 
     from learnloop.evaluation import policy_for
 
-    s = SimpleNamespace(gate=GatePolicy(margin=0.01), loops=[SimpleNamespace(name="orders", gate={"min_examples": 4})])
+    s = SimpleNamespace(
+        gate=GatePolicy(margin=0.01), loops=[SimpleNamespace(name="orders", gate={"min_examples": 4})]
+    )
     assert policy_for(s, "orders") == GatePolicy(margin=0.01, min_examples=4)  # [gate], then the loop's keys
     assert policy_for(s, "other") == policy_for(s, None) == GatePolicy(margin=0.01)

@@ -13,9 +13,14 @@ from learnloop.errors import ConfigError
 from learnloop.registry import export_version, register_version
 from learnloop.store import Database
 
-PROMPTS = [[{"role": "user", "content": "what is two plus two?"}],
-           [{"role": "system", "content": "answer with yes or no."}, {"role": "user", "content": "is the fox quick?"}],
-           [{"role": "user", "content": "hello!"}]]
+PROMPTS = [
+    [{"role": "user", "content": "what is two plus two?"}],
+    [
+        {"role": "system", "content": "answer with yes or no."},
+        {"role": "user", "content": "is the fox quick?"},
+    ],
+    [{"role": "user", "content": "hello!"}],
+]
 
 
 def _greedy(model_dir: Path, gguf_file: str | None = None, max_new_tokens: int = 16) -> list[list[int]]:
@@ -28,7 +33,9 @@ def _greedy(model_dir: Path, gguf_file: str | None = None, max_new_tokens: int =
     out = []
     for msgs in PROMPTS:
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        gen = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        gen = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         out.append(gen[0].tolist())
     return out
 
@@ -38,7 +45,9 @@ def _sqlite_only(db: Database) -> None:
         pytest.skip("export reads one version row; the registry tests cover PostgreSQL")
 
 
-def test_merged_and_gguf_round_trip(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_merged_and_gguf_round_trip(
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     _sqlite_only(db)
     s = settings_for(settings, tiny_model_dir)
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a", seed=5, scale=2.0))
@@ -54,8 +63,9 @@ def test_merged_and_gguf_round_trip(db: Database, settings: Settings, tiny_model
         assert _greedy(out.path, gguf_name) == expected, quant
 
 
-def test_ollama_modelfile_and_unsupported_architecture(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ollama_modelfile_and_unsupported_architecture(
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _sqlite_only(db)
     s = settings_for(settings, tiny_model_dir)
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
@@ -64,7 +74,10 @@ def test_ollama_modelfile_and_unsupported_architecture(db: Database, settings: S
     modelfile = (out.path / "Modelfile").read_text()
     assert modelfile.startswith(f"FROM ./{v1}-q8_0.gguf\n")
     assert "<|im_start|>{{ .Role }}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
-    assert out.ollama_command == f"ollama create learnloop-{v1} -f {out.path / 'Modelfile'}" and not out.ollama_created
+    assert (
+        out.ollama_command == f"ollama create learnloop-{v1} -f {out.path / 'Modelfile'}"
+        and not out.ollama_created
+    )
 
     # A non-llama base: a clear error naming what is supported, before any work.
     other = tmp_path / "qwen-like"

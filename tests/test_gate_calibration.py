@@ -26,7 +26,10 @@ def _promote_rate(per_item: np.ndarray, *, judge: bool, seed: int) -> float:
     for k in range(per_item.shape[0]):
         mean = float(per_item[k].mean())
         if judge:
-            overall = {"n": n, "judge": {"n": n, "win_rate": mean, "win_rate_ci": [float(low[k]), float(high[k])]}}
+            overall = {
+                "n": n,
+                "judge": {"n": n, "win_rate": mean, "win_rate_ci": [float(low[k]), float(high[k])]},
+            }
             policy = GatePolicy(metric="judge_win_rate")
         else:
             overall = {"n": n, "reward_diff": mean, "reward_diff_ci": [float(low[k]), float(high[k])]}
@@ -54,12 +57,15 @@ def test_aa_gates_promote_at_most_5_percent() -> None:
     assert rate_judge <= 0.05, rate_judge
 
 
-@pytest.mark.parametrize(("n", "tie", "at_least"), [
-    # At 400 items the gate catches it about 54% of the time without ties (70% with 40% ties):
-    # the README states the held-out sizes that reach 80%.
-    (900, 0.0, 0.80),
-    (600, 0.4, 0.80),   # judge verdicts that flip with the order count as ties, which narrows the interval
-])
+@pytest.mark.parametrize(
+    ("n", "tie", "at_least"),
+    [
+        # At 400 items the gate catches it about 54% of the time without ties (70% with 40% ties):
+        # the README states the held-out sizes that reach 80%.
+        (900, 0.0, 0.80),
+        (600, 0.4, 0.80),  # judge verdicts that flip with the order count as ties, which narrows the interval
+    ],
+)
 def test_five_point_win_rate_gain_is_caught(n: int, tie: float, at_least: float) -> None:
     rng = np.random.default_rng(n + int(tie * 10))
     win = (1 - tie) / 2 + 0.05  # win rate = win + tie / 2 = 0.55
@@ -72,7 +78,9 @@ if __name__ == "__main__":  # the figures the README quotes: .venv/bin/python te
     values, probs = np.array([0.0, 0.5, 0.75, 1.0]), np.array([0.15, 0.15, 0.2, 0.5])
     diffs = rng.choice(values, size=(RUNS, 200), p=probs) - rng.choice(values, size=(RUNS, 200), p=probs)
     print(f"A/A reward, 200 items: promoted {_promote_rate(diffs, judge=False, seed=2):.1%}")
-    print(f"A/A judge, 200 items: promoted {_promote_rate(win_outcomes(rng, 200, win=0.35, tie=0.30), judge=True, seed=3):.1%}")
+    print(
+        f"A/A judge, 200 items: promoted {_promote_rate(win_outcomes(rng, 200, win=0.35, tie=0.30), judge=True, seed=3):.1%}"
+    )
     for n, tie in [(400, 0.0), (400, 0.4), (600, 0.4), (900, 0.0)]:
         rate = _promote_rate(win_outcomes(rng, n, win=(1 - tie) / 2 + 0.05, tie=tie), judge=True, seed=4)
         print(f"win rate 0.55, {n} items, {tie:.0%} ties: caught {rate:.1%}")

@@ -36,16 +36,31 @@ def test_import_stores_lines_and_reimport_is_a_noop(db: Database, tmp_path: Path
         _line(0, id="given", scenario="math", scores={"correct": 1.0, "style": 0.5}),
         _line(1, feedback={"thumbs": "up"}, tags=["a"]),
         _line(1, feedback={"thumbs": "up"}, tags=["a"]),  # same content, another line: another interaction
-        {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}], "source": "teacher"},
+        {
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            ],
+            "source": "teacher",
+        },
     ]
     f = _write(tmp_path / "a.jsonl", records)
     first = import_jsonl(db, f, chunk_size=2)
     assert (first.records, first.inserted, first.duplicates) == (4, 4, 0)
     assert (first.scores_inserted, first.feedback_inserted) == (2, 2)
     second = import_jsonl(db, f)
-    assert (second.inserted, second.duplicates, second.scores_inserted, second.feedback_inserted) == (0, 4, 0, 0)
+    assert (second.inserted, second.duplicates, second.scores_inserted, second.feedback_inserted) == (
+        0,
+        4,
+        0,
+        0,
+    )
     assert _counts(db) == (4, 2, 2)
     with db.read_session() as s:
         ids = set(s.scalars(select(Trajectory.id)))
@@ -63,7 +78,9 @@ def test_derived_id_depends_on_content_and_position() -> None:
     assert len(derived_id(rec, 1)) <= 64
 
 
-def test_malformed_file_reports_every_problem_by_line_and_stores_nothing(db: Database, tmp_path: Path) -> None:
+def test_malformed_file_reports_every_problem_by_line_and_stores_nothing(
+    db: Database, tmp_path: Path
+) -> None:
     records = [_line(i) for i in range(14)]
     records[11] = {"messages": [{"role": "robot", "content": "x"}]}  # line 12: bad field
     records[12] = {"messages": chat("q", "a"), "colour": "red"}  # line 13: unknown key
@@ -107,7 +124,9 @@ def test_database_failure_on_last_line_rolls_back_earlier_chunks(db: Database, t
 
 def test_blank_lines_bom_and_non_utf8(sqlite_db: Database, tmp_path: Path) -> None:
     f = tmp_path / "bom.jsonl"
-    f.write_bytes(b"\xef\xbb\xbf" + json.dumps(_line(0)).encode() + b"\n\n   \n" + json.dumps(_line(1)).encode())
+    f.write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(_line(0)).encode() + b"\n\n   \n" + json.dumps(_line(1)).encode()
+    )
     r = import_jsonl(sqlite_db, f)
     assert (r.records, r.inserted) == (2, 2)
     g = tmp_path / "latin1.jsonl"
@@ -162,7 +181,9 @@ def test_large_file_imports_in_bounded_memory(sqlite_db: Database, tmp_path: Pat
                 fh.write(json.dumps({"messages": chat(f"{path.stem} {i} " + "x" * 300, "a" * 300)}) + "\n")
         return path
 
-    import_jsonl(sqlite_db, write(tmp_path / "warm.jsonl", 200), chunk_size=100)  # caches filled outside the measure
+    import_jsonl(
+        sqlite_db, write(tmp_path / "warm.jsonl", 200), chunk_size=100
+    )  # caches filled outside the measure
     big = write(tmp_path / "big.jsonl", 4000)
     tracemalloc.start()
     try:

@@ -35,8 +35,12 @@ def test_merged_model_equals_base_plus_adapter(tiny_model_dir: Path, trained: Pa
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     peft_model, tok = load_for_inference(tiny_model_dir, trained, device="cpu")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": "what is two plus two?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "what is two plus two?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         a, b, c = merged(**ids).logits, peft_model(**ids).logits, base(**ids).logits
     assert torch.allclose(a, b, atol=1e-4)
@@ -44,13 +48,30 @@ def test_merged_model_equals_base_plus_adapter(tiny_model_dir: Path, trained: Pa
     assert (out / "tokenizer_config.json").exists() and not (out / "adapter_config.json").exists()
 
 
-def test_init_adapter_continues_it_and_can_keep_its_optimizer_state(tiny_model_dir: Path, trained: Path, tmp_path: Path) -> None:
+def test_init_adapter_continues_it_and_can_keep_its_optimizer_state(
+    tiny_model_dir: Path, trained: Path, tmp_path: Path
+) -> None:
     # A vanishing learning rate: the continued adapter must still be the one it started from.
-    cont = train(make_config(tiny_model_dir, tmp_path, out="cont", init_adapter=str(trained), max_steps=2, learning_rate=1e-12))
+    cont = train(
+        make_config(
+            tiny_model_dir, tmp_path, out="cont", init_adapter=str(trained), max_steps=2, learning_rate=1e-12
+        )
+    )
     start, end = adapter_weights(trained), adapter_weights(cont.adapter_dir)
     assert start.keys() == end.keys()
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
     fresh_steps = torch.load(cont.adapter_dir / "optimizer.pt", weights_only=False)["state"][0]["step"]
-    kept = train(make_config(tiny_model_dir, tmp_path, out="kept", init_adapter=str(trained), keep_optimizer_state=True, max_steps=2))
+    kept = train(
+        make_config(
+            tiny_model_dir,
+            tmp_path,
+            out="kept",
+            init_adapter=str(trained),
+            keep_optimizer_state=True,
+            max_steps=2,
+        )
+    )
     kept_steps = torch.load(kept.adapter_dir / "optimizer.pt", weights_only=False)["state"][0]["step"]
-    assert float(fresh_steps) == 2 and float(kept_steps) == 6 + 2  # Adam's moments carried over from the first run
+    assert (
+        float(fresh_steps) == 2 and float(kept_steps) == 6 + 2
+    )  # Adam's moments carried over from the first run

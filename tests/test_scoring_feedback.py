@@ -34,28 +34,55 @@ def _traj(tid: str, **feedback) -> dict:
 
 
 def test_signals_map_onto_signed_range(db: Database) -> None:
-    _store(db, {"trajectories": [
-        _traj("best", rating=5), _traj("worst", rating=1), _traj("mid", rating=3),
-        _traj("up", thumbs="up"), _traj("down", thumbs="down"),
-        _traj("ok", success=True), _traj("corrected", thumbs="up", correction="the right answer"),
-        _traj("comment_only", comment="meh"), _traj("none"),
-    ]})
+    _store(
+        db,
+        {
+            "trajectories": [
+                _traj("best", rating=5),
+                _traj("worst", rating=1),
+                _traj("mid", rating=3),
+                _traj("up", thumbs="up"),
+                _traj("down", thumbs="down"),
+                _traj("ok", success=True),
+                _traj("corrected", thumbs="up", correction="the right answer"),
+                _traj("comment_only", comment="meh"),
+                _traj("none"),
+            ]
+        },
+    )
     report = apply_feedback(db, ScoringSettings())
     assert report.trajectories_with_feedback == 8 and report.scored == 7 and report.no_signal == 1
     values = {tid: rows[-1].value for tid, rows in _feedback_scores(db).items()}
-    assert values == pytest.approx({
-        "best": 1.0, "worst": -1.0, "mid": 0.0, "up": 1.0, "down": -1.0, "ok": 1.0, "corrected": 0.0,
-    })
+    assert values == pytest.approx(
+        {
+            "best": 1.0,
+            "worst": -1.0,
+            "mid": 0.0,
+            "up": 1.0,
+            "down": -1.0,
+            "ok": 1.0,
+            "corrected": 0.0,
+        }
+    )
     row = _feedback_scores(db)["corrected"][0]
     assert row.source == ScoreSource.human and "correction" in row.rationale and "thumbs" in row.rationale
 
 
 def test_unit_range_custom_scale_and_weights(db: Database) -> None:
-    _store(db, {"trajectories": [
-        _traj("r", rating=7), _traj("mix", rating=10, success=False), _traj("clamped", rating=42),
-    ]})
+    _store(
+        db,
+        {
+            "trajectories": [
+                _traj("r", rating=7),
+                _traj("mix", rating=10, success=False),
+                _traj("clamped", rating=42),
+            ]
+        },
+    )
     cfg = ScoringSettings(
-        rating_min=0, rating_max=10, feedback_range="unit",
+        rating_min=0,
+        rating_max=10,
+        feedback_range="unit",
         feedback_weights=FeedbackWeights(rating=3.0, success=1.0),
     )
     apply_feedback(db, cfg)

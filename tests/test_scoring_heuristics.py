@@ -27,17 +27,32 @@ def clean_registry() -> Iterator[None]:
     reg._REGISTRY.update(saved)
 
 
-def view(answer: str | None, *, metadata: dict | None = None, tags: list | None = None, messages: list | None = None,
-         config: ScoringSettings | None = None) -> TrajectoryView:
+def view(
+    answer: str | None,
+    *,
+    metadata: dict | None = None,
+    tags: list | None = None,
+    messages: list | None = None,
+    config: ScoringSettings | None = None,
+) -> TrajectoryView:
     msgs = messages if messages is not None else chat("question", answer or "")
-    return TrajectoryView("t", msgs, metadata=metadata or {}, tags=tags or [], config=config or ScoringSettings())
+    return TrajectoryView(
+        "t", msgs, metadata=metadata or {}, tags=tags or [], config=config or ScoringSettings()
+    )
 
 
 def tool_messages(*results: str) -> list[dict]:
     msgs: list[dict] = [{"role": "user", "content": "do it"}]
     for i, r in enumerate(results):
-        msgs.append({"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": "{}"}}]})
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": f"c{i}", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+                ],
+            }
+        )
         msgs.append({"role": "tool", "tool_call_id": f"c{i}", "content": r})
     msgs.append({"role": "assistant", "content": "done"})
     return msgs
@@ -53,7 +68,7 @@ def test_json_valid() -> None:
     assert json_valid(view("Sure! here it is", tags=["json"])) == 0.0
     assert json_valid(view("Plain prose answer.")) is None  # JSON not expected and not attempted
     assert json_valid(view("[1] See the manual.")) is None
-    assert json_valid(view("{\"a\": 1,}")) == 0.0  # attempted, broken
+    assert json_valid(view('{"a": 1,}')) == 0.0  # attempted, broken
 
 
 def test_json_schema_inline_named_and_unknown() -> None:
@@ -90,22 +105,28 @@ def test_length() -> None:
     assert length(view(None, messages=[{"role": "user", "content": "hi"}])) is None
 
 
-@pytest.mark.parametrize("answer", [
-    "I'm sorry, but I can't help with that.",
-    "I cannot assist with this request.",
-    "As an AI language model, I cannot browse the internet.",
-    "I must decline to answer.",
-    "I\u2019m sorry, but I can\u2019t share that.",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I'm sorry, but I can't help with that.",
+        "I cannot assist with this request.",
+        "As an AI language model, I cannot browse the internet.",
+        "I must decline to answer.",
+        "I\u2019m sorry, but I can\u2019t share that.",
+    ],
+)
 def test_refusals_detected(answer: str) -> None:
     assert no_refusal(view(answer)) == 0.0
 
 
-@pytest.mark.parametrize("answer", [
-    "The capital of France is Paris.",
-    "Sorry for the delay! Here is the summary you asked for.",
-    "x" * 400 + " I can't help with that part, but the rest is above.",  # past the opening
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "The capital of France is Paris.",
+        "Sorry for the delay! Here is the summary you asked for.",
+        "x" * 400 + " I can't help with that part, but the rest is above.",  # past the opening
+    ],
+)
 def test_non_refusals(answer: str) -> None:
     assert no_refusal(view(answer)) == 1.0
 
@@ -118,18 +139,33 @@ def test_structured_refusal_field() -> None:
 def test_tool_success() -> None:
     assert tool_success(view(None, messages=tool_messages('{"results": [1, 2]}', "42 rows"))) == 1.0
     assert tool_success(view(None, messages=tool_messages('{"error": "no such city"}', "ok"))) == 0.5
-    bad = tool_messages("Traceback (most recent call last):\n  File x", '{"status": "failed"}', "HTTP 503 Service Unavailable",
-                        '{"ok": false}')
+    bad = tool_messages(
+        "Traceback (most recent call last):\n  File x",
+        '{"status": "failed"}',
+        "HTTP 503 Service Unavailable",
+        '{"ok": false}',
+    )
     assert tool_success(view(None, messages=bad)) == 0.0
     assert tool_success(view("no tools used")) is None
 
 
-@pytest.mark.parametrize("result, ok", [
-    ("Error: city not known", False), ("exception raised in handler", False), ("HTTP 404", False),
-    ('{"status_code": 500}', False), ("status_code: 502 Bad Gateway", False), ("File not found", False),
-    ("request timed out after 30s", False), ("Status: 200 OK", True), ("The HTTP API returned 3 items", True),
-    ('{"status": "done", "rows": []}', True), ("", True), ("Errors are handled upstream; 3 rows", True),
-])
+@pytest.mark.parametrize(
+    "result, ok",
+    [
+        ("Error: city not known", False),
+        ("exception raised in handler", False),
+        ("HTTP 404", False),
+        ('{"status_code": 500}', False),
+        ("status_code: 502 Bad Gateway", False),
+        ("File not found", False),
+        ("request timed out after 30s", False),
+        ("Status: 200 OK", True),
+        ("The HTTP API returned 3 items", True),
+        ('{"status": "done", "rows": []}', True),
+        ("", True),
+        ("Errors are handled upstream; 3 rows", True),
+    ],
+)
 def test_tool_result_classification(result: str, ok: bool) -> None:
     assert scoring.tool_result_ok(result) is ok
 
@@ -184,11 +220,14 @@ def _scores(db: Database, name: str) -> dict[str, float]:
 
 
 def test_apply_is_idempotent_and_new_version_rescores(db: Database, clean_registry: None) -> None:
-    _store(db, [
-        {"id": "a", "messages": chat("q", '{"x": 1}')},
-        {"id": "b", "messages": chat("q", "I'm sorry, but I can't help with that.")},
-        {"id": "c", "messages": chat("q", "fine answer")},
-    ])
+    _store(
+        db,
+        [
+            {"id": "a", "messages": chat("q", '{"x": 1}')},
+            {"id": "b", "messages": chat("q", "I'm sorry, but I can't help with that.")},
+            {"id": "c", "messages": chat("q", "fine answer")},
+        ],
+    )
     calls: list[str] = []
 
     def counting(t: TrajectoryView) -> float:
@@ -271,10 +310,16 @@ def test_as_trl_reward_batch_signature() -> None:
     assert refusal.__name__ == "no_refusal"
     # TRL passes conversational prompts/completions as message lists, or plain strings.
     prompts = [[{"role": "user", "content": "q"}], [{"role": "user", "content": "q"}]]
-    completions = [[{"role": "assistant", "content": "I cannot help with that."}], [{"role": "assistant", "content": "42"}]]
+    completions = [
+        [{"role": "assistant", "content": "I cannot help with that."}],
+        [{"role": "assistant", "content": "42"}],
+    ]
     assert refusal(prompts=prompts, completions=completions, completion_ids=[[1], [2]]) == [0.0, 1.0]
     schema = {"type": "object", "required": ["a"]}
     js = scoring.as_trl_reward("json_schema")
-    out = js(prompts=["p", "p", "p"], completions=['{"a": 1}', '{"b": 1}', "x"],
-             metadata=[{"json_schema": schema}, {"json_schema": schema}, None])
+    out = js(
+        prompts=["p", "p", "p"],
+        completions=['{"a": 1}', '{"b": 1}', "x"],
+        metadata=[{"json_schema": schema}, {"json_schema": schema}, None],
+    )
     assert out == [1.0, 0.0, None]

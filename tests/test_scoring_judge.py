@@ -40,7 +40,13 @@ def n_candidates(body: dict[str, Any]) -> int:
 def good(body: dict[str, Any]) -> str:
     """Scores candidate i as i/10, with a rationale naming it."""
     n = n_candidates(body)
-    return json.dumps({"scores": [{"index": i, "score": i / 10, "rationale": f"candidate {i} is fine"} for i in range(1, n + 1)]})
+    return json.dumps(
+        {
+            "scores": [
+                {"index": i, "score": i / 10, "rationale": f"candidate {i} is fine"} for i in range(1, n + 1)
+            ]
+        }
+    )
 
 
 def wrong_count(body: dict[str, Any]) -> str:
@@ -59,6 +65,7 @@ def stall(seconds: float) -> Action:
     def act(body: dict[str, Any]) -> str:
         time.sleep(seconds)
         return good(body)
+
     return act
 
 
@@ -72,7 +79,9 @@ class ScriptedJudge:
         self.app = FastAPI()
 
         @self.app.post("/v1/chat/completions")
-        def completions(body: dict[str, Any], request: Request) -> Any:  # sync: a stall blocks only its thread
+        def completions(
+            body: dict[str, Any], request: Request
+        ) -> Any:  # sync: a stall blocks only its thread
             with self.lock:
                 self.requests.append(body)
                 self.headers.append(dict(request.headers))
@@ -86,8 +95,16 @@ class ScriptedJudge:
                     self.in_flight -= 1
             if isinstance(out, str):
                 return {
-                    "id": "x", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": out}}],
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": out},
+                        }
+                    ],
                 }
             return out
 
@@ -123,8 +140,12 @@ def judge(judge_server: tuple[ScriptedJudge, str]) -> ScriptedJudge:
 @pytest.fixture
 def config(judge_server: tuple[ScriptedJudge, str]) -> ScoringSettings:
     return ScoringSettings(
-        judge_base_url=judge_server[1], judge_model="judge-1", judge_api_key="sk-test",
-        judge_retry_backoff=0, judge_max_attempts=3, judge_timeout=2,
+        judge_base_url=judge_server[1],
+        judge_model="judge-1",
+        judge_api_key="sk-test",
+        judge_retry_backoff=0,
+        judge_max_attempts=3,
+        judge_timeout=2,
         judge_concurrency=1,  # scripted answers go to groups in a known order; concurrency has its own test
     )
 
@@ -133,16 +154,33 @@ SYSTEM = "You are the support bot of ACME. Answer briefly."
 
 
 def _store_scenario(db: Database) -> None:
-    items = [
-        {"id": f"a{i}", "scenario": "support", "messages": chat("How do I reset my password?", f"answer {i}", SYSTEM)}
-        for i in range(3)
-    ] + [
-        {"id": f"b{i}", "scenario": "support", "group": "g-b", "messages": chat(f"Refund order {i}?", f"refund {i}", SYSTEM)}
-        for i in range(2)
-    ] + [
-        {"id": "lonely", "scenario": "support", "messages": chat("Something unique", "ok", SYSTEM)},
-        {"id": "other", "scenario": "sales", "messages": chat("How do I reset my password?", "x", SYSTEM)},
-    ]
+    items = (
+        [
+            {
+                "id": f"a{i}",
+                "scenario": "support",
+                "messages": chat("How do I reset my password?", f"answer {i}", SYSTEM),
+            }
+            for i in range(3)
+        ]
+        + [
+            {
+                "id": f"b{i}",
+                "scenario": "support",
+                "group": "g-b",
+                "messages": chat(f"Refund order {i}?", f"refund {i}", SYSTEM),
+            }
+            for i in range(2)
+        ]
+        + [
+            {"id": "lonely", "scenario": "support", "messages": chat("Something unique", "ok", SYSTEM)},
+            {
+                "id": "other",
+                "scenario": "sales",
+                "messages": chat("How do I reset my password?", "x", SYSTEM),
+            },
+        ]
+    )
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": items}))
 
@@ -154,13 +192,23 @@ def _judge_scores(db: Database) -> dict[str, Score]:
 
 def _judgments(db: Database) -> list[dict]:
     with db.read_session() as s:
-        return [dict(r.result) | {"ids": r.trajectory_ids} for r in s.scalars(select(Judgment).order_by(Judgment.id))]
+        return [
+            dict(r.result) | {"ids": r.trajectory_ids}
+            for r in s.scalars(select(Judgment).order_by(Judgment.id))
+        ]
 
 
-def test_groups_are_judged_relative_and_cached(db: Database, judge: ScriptedJudge, config: ScoringSettings) -> None:
+def test_groups_are_judged_relative_and_cached(
+    db: Database, judge: ScriptedJudge, config: ScoringSettings
+) -> None:
     _store_scenario(db)
     report = judge_scenario(db, "support", config)
-    assert (report.groups_judged, report.groups_skipped, report.scores_stored, report.failures) == (2, 1, 5, [])
+    assert (report.groups_judged, report.groups_skipped, report.scores_stored, report.failures) == (
+        2,
+        1,
+        5,
+        [],
+    )
     assert len(judge.requests) == 2
     scores = _judge_scores(db)
     assert set(scores) == {"a0", "a1", "a2", "b0", "b1"}  # not the singleton, not the other scenario
@@ -191,8 +239,12 @@ def test_groups_are_judged_relative_and_cached(db: Database, judge: ScriptedJudg
     assert judge_scenario(db, "support", other).groups_judged == 2 and len(judge.requests) == 4
 
 
-@pytest.mark.parametrize("bad", [wrong_count, garbage, status(500)], ids=["wrong-count", "garbage", "http-500"])
-def test_bad_answer_is_retried(db: Database, judge: ScriptedJudge, config: ScoringSettings, bad: Action) -> None:
+@pytest.mark.parametrize(
+    "bad", [wrong_count, garbage, status(500)], ids=["wrong-count", "garbage", "http-500"]
+)
+def test_bad_answer_is_retried(
+    db: Database, judge: ScriptedJudge, config: ScoringSettings, bad: Action
+) -> None:
     _store_scenario(db)
     judge.reset(bad, good, good)
     report = judge_scenario(db, "support", config)
@@ -235,7 +287,8 @@ def test_timeout_is_retried(db: Database, judge: ScriptedJudge, config: ScoringS
 def test_groups_are_judged_concurrently(db: Database, judge: ScriptedJudge, config: ScoringSettings) -> None:
     items = [
         {"id": f"t{g}-{i}", "scenario": "s", "group": f"g{g}", "messages": chat(f"task {g}", f"answer {i}")}
-        for g in range(4) for i in range(2)
+        for g in range(4)
+        for i in range(2)
     ]
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": items}))
@@ -246,10 +299,14 @@ def test_groups_are_judged_concurrently(db: Database, judge: ScriptedJudge, conf
 
 
 def test_group_size_cut_and_min_size(db: Database, judge: ScriptedJudge, config: ScoringSettings) -> None:
-    items = [{"id": f"t{i:02d}", "scenario": "s", "messages": chat("same task", f"answer {i}")} for i in range(9)]
+    items = [
+        {"id": f"t{i:02d}", "scenario": "s", "messages": chat("same task", f"answer {i}")} for i in range(9)
+    ]
     with db.session() as s:
         ingest(s, parse_batch({"trajectories": items}))
-    report = judge_scenario(db, "s", config.model_copy(update={"judge_group_size": 4, "judge_json_mode": True}))
+    report = judge_scenario(
+        db, "s", config.model_copy(update={"judge_group_size": 4, "judge_json_mode": True})
+    )
     # 9 candidates in groups of at most 4: 3 + 3 + 3, never a lone leftover.
     assert report.groups_judged == 3 and sorted(n_candidates(r) for r in judge.requests) == [3, 3, 3]
     assert all(r["response_format"] == {"type": "json_object"} for r in judge.requests)
@@ -264,7 +321,9 @@ def test_configuration_and_scenario_errors(db: Database, config: ScoringSettings
 
 
 def test_parse_judgment_variants() -> None:
-    fenced = '```json\n{"scores": [{"index": 2, "score": 1, "rationale": "b"}, {"index": 1, "score": 0.0}]}\n```'
+    fenced = (
+        '```json\n{"scores": [{"index": 2, "score": 1, "rationale": "b"}, {"index": 1, "score": 0.0}]}\n```'
+    )
     assert parse_judgment(fenced, 2) == [(0.0, ""), (1.0, "b")]
     assert parse_judgment("[0.2, 0.9]", 2) == [(0.2, ""), (0.9, "")]
     with pytest.raises(JudgeError, match="repeated index"):
@@ -279,8 +338,12 @@ def test_cli_judge(db: Database, judge: ScriptedJudge, settings: Settings, judge
     env = {"LEARNLOOP_DATABASE_URL": db.url, "LEARNLOOP_DATA_DIR": str(settings.data_dir)}
     r = runner.invoke(cli, ["rewards", "judge", "--scenario", "support"], env=env)
     assert r.exit_code == 1 and "No LLM judge is configured" in r.output
-    env |= {"LEARNLOOP_SCORING__JUDGE_BASE_URL": judge_server[1], "LEARNLOOP_SCORING__JUDGE_MODEL": "j",
-            "LEARNLOOP_SCORING__JUDGE_RETRY_BACKOFF": "0", "LEARNLOOP_SCORING__JUDGE_MAX_ATTEMPTS": "1"}
+    env |= {
+        "LEARNLOOP_SCORING__JUDGE_BASE_URL": judge_server[1],
+        "LEARNLOOP_SCORING__JUDGE_MODEL": "j",
+        "LEARNLOOP_SCORING__JUDGE_RETRY_BACKOFF": "0",
+        "LEARNLOOP_SCORING__JUDGE_MAX_ATTEMPTS": "1",
+    }
     judge.reset(status(503))
     r = runner.invoke(cli, ["rewards", "judge", "--scenario", "support", "--json"], env=env)
     assert r.exit_code == 1, r.output

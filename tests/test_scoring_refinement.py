@@ -16,10 +16,15 @@ REPHRASED = [
     ("What's the capital of Australia?", "What is Australia's capital city?"),
     ("How do I reset my password?", "I asked how to reset my password. What are the steps to reset it?"),
     ("Write a haiku about autumn", "Can you write a haiku about autumn? It needs 5-7-5 syllables."),
-    ("Summarize this article in three bullet points: The economy grew by 3% last year.",
-     "Please summarize the article as three bullet points, not a paragraph."),
+    (
+        "Summarize this article in three bullet points: The economy grew by 3% last year.",
+        "Please summarize the article as three bullet points, not a paragraph.",
+    ),
     ("Convert 5 miles to kilometers", "how many kilometers is 5 miles?"),
-    ("List the files in the current directory using bash", "what bash command lists the files in the current directory"),
+    (
+        "List the files in the current directory using bash",
+        "what bash command lists the files in the current directory",
+    ),
     ("Translate 'good morning' into Spanish", "How do you say good morning in Spanish?"),
     ("Book a table for two at 7pm", "No, that's not what I asked. I need a table for two."),
 ]
@@ -29,8 +34,10 @@ NEW = [
     ("How do I reset my password?", "Thanks! How do I change my email address?"),
     ("Write a haiku about autumn", "Now write a limerick about a cat."),
     ("Write a haiku about autumn", "Now write one about winter."),
-    ("Summarize this article in three bullet points: The economy grew by 3% last year.",
-     "Great. Translate the summary into German."),
+    (
+        "Summarize this article in three bullet points: The economy grew by 3% last year.",
+        "Great. Translate the summary into German.",
+    ),
     ("Convert 5 miles to kilometers", "What's the weather in Paris tomorrow?"),
     ("List the files in the current directory using bash", "How do I delete a git branch?"),
     ("Fix the bug in my sort function", "Thanks, that works!"),
@@ -57,26 +64,79 @@ def _conv(*turns: str) -> list[dict]:
 
 
 def test_within_a_trajectory_only_after_an_answer() -> None:
-    assert reasks_within(_conv("What's the capital of Australia?", "Sydney.", "What is Australia's capital city?", "Canberra.")) == 1
-    assert reasks_within(_conv("What's the capital of Australia?", "Canberra.", "And what about New Zealand's population?", "5.1 million.")) == 0
+    assert (
+        reasks_within(
+            _conv(
+                "What's the capital of Australia?",
+                "Sydney.",
+                "What is Australia's capital city?",
+                "Canberra.",
+            )
+        )
+        == 1
+    )
+    assert (
+        reasks_within(
+            _conv(
+                "What's the capital of Australia?",
+                "Canberra.",
+                "And what about New Zealand's population?",
+                "5.1 million.",
+            )
+        )
+        == 0
+    )
 
 
 def test_scores_stored_in_trajectories_and_across_a_group(db: Database) -> None:
-    conv_reask = _conv("What's the capital of Australia?", "Sydney.", "What is Australia's capital city?", "Canberra.")
-    conv_new = _conv("What's the capital of Australia?", "Canberra.", "And what about New Zealand's population?", "5.1 million.")
+    conv_reask = _conv(
+        "What's the capital of Australia?", "Sydney.", "What is Australia's capital city?", "Canberra."
+    )
+    conv_new = _conv(
+        "What's the capital of Australia?",
+        "Canberra.",
+        "And what about New Zealand's population?",
+        "5.1 million.",
+    )
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [
-            {"id": "reask", "messages": conv_reask, "scores": {"ok": 1.0}},
-            {"id": "new", "messages": conv_new, "scores": {"ok": 1.0}},
-            # A chat app recording each call: g1's answer missed, so g2 asks again; g3 moves on.
-            {"id": "g1", "group": "chat-7", "messages": _conv("How do I reset my password?", "Use a strong one."),
-             "created_at": "2026-12-01T10:00:00Z", "scores": {"ok": 1.0}},
-            {"id": "g2", "group": "chat-7", "created_at": "2026-12-01T10:01:00Z",
-             "messages": _conv("How do I reset my password?", "Use a strong one.",
-                               "I asked how to reset my password. What are the steps to reset it?", "Click 'Forgot password'.")},
-            {"id": "g3", "group": "chat-7", "created_at": "2026-12-01T10:02:00Z",
-             "messages": _conv("Thanks! How do I change my email address?", "Settings > Account.")},
-        ]}))
+        ingest(
+            s,
+            parse_batch(
+                {
+                    "trajectories": [
+                        {"id": "reask", "messages": conv_reask, "scores": {"ok": 1.0}},
+                        {"id": "new", "messages": conv_new, "scores": {"ok": 1.0}},
+                        # A chat app recording each call: g1's answer missed, so g2 asks again; g3 moves on.
+                        {
+                            "id": "g1",
+                            "group": "chat-7",
+                            "messages": _conv("How do I reset my password?", "Use a strong one."),
+                            "created_at": "2026-12-01T10:00:00Z",
+                            "scores": {"ok": 1.0},
+                        },
+                        {
+                            "id": "g2",
+                            "group": "chat-7",
+                            "created_at": "2026-12-01T10:01:00Z",
+                            "messages": _conv(
+                                "How do I reset my password?",
+                                "Use a strong one.",
+                                "I asked how to reset my password. What are the steps to reset it?",
+                                "Click 'Forgot password'.",
+                            ),
+                        },
+                        {
+                            "id": "g3",
+                            "group": "chat-7",
+                            "created_at": "2026-12-01T10:02:00Z",
+                            "messages": _conv(
+                                "Thanks! How do I change my email address?", "Settings > Account."
+                            ),
+                        },
+                    ]
+                }
+            ),
+        )
     report = apply_rewards(db, ScoringSettings())
     assert report.group_refinements == 1
     with db.read_session() as s:

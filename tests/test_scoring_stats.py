@@ -35,15 +35,29 @@ def test_summarize() -> None:
 
 def test_reward_stats_groups(db: Database) -> None:
     def t(tid: str, scenario: str, source: str, when: dt.datetime, scores: dict) -> dict:
-        return {"id": tid, "scenario": scenario, "source": source, "created_at": when.isoformat(),
-                "messages": chat("q", "a"), "scores": scores}
+        return {
+            "id": tid,
+            "scenario": scenario,
+            "source": source,
+            "created_at": when.isoformat(),
+            "messages": chat("q", "a"),
+            "scores": scores,
+        }
 
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [
-            t("a", "math", "production", DAY1, {"correct": 1.0, "style": 0.0}),
-            t("b", "math", "production", DAY2, {"correct": -1.0}),
-            t("c", "chat", "served", DAY2, {"correct": 0.5}),
-        ], "scores": [{"trajectory_id": "c", "name": "correct", "value": 0.9, "source": "judge"}]}))
+        ingest(
+            s,
+            parse_batch(
+                {
+                    "trajectories": [
+                        t("a", "math", "production", DAY1, {"correct": 1.0, "style": 0.0}),
+                        t("b", "math", "production", DAY2, {"correct": -1.0}),
+                        t("c", "chat", "served", DAY2, {"correct": 0.5}),
+                    ],
+                    "scores": [{"trajectory_id": "c", "name": "correct", "value": 0.9, "source": "judge"}],
+                }
+            ),
+        )
     with db.read_session() as s:
         data = reward_stats(s)
         weighted = reward_stats(s, weights={"style": 0.0})
@@ -72,11 +86,27 @@ def test_cli_apply_and_stats(db: Database, env: dict[str, str], tmp_path: Path) 
     saved = dict(reg._REGISTRY)
     try:
         with db.session() as s:
-            ingest(s, parse_batch({"trajectories": [
-                {"id": "a", "scenario": "s", "messages": chat("q", "I'm sorry, but I can't help with that."),
-                 "feedback": {"thumbs": "down"}},
-                {"id": "b", "scenario": "s", "messages": chat("q", "Sure: 42"), "feedback": {"rating": 5}},
-            ]}))
+            ingest(
+                s,
+                parse_batch(
+                    {
+                        "trajectories": [
+                            {
+                                "id": "a",
+                                "scenario": "s",
+                                "messages": chat("q", "I'm sorry, but I can't help with that."),
+                                "feedback": {"thumbs": "down"},
+                            },
+                            {
+                                "id": "b",
+                                "scenario": "s",
+                                "messages": chat("q", "Sure: 42"),
+                                "feedback": {"rating": 5},
+                            },
+                        ]
+                    }
+                ),
+            )
         plugin = tmp_path / "plugin_rewards.py"
         plugin.write_text(
             "import learnloop.scoring as s\n"
@@ -115,11 +145,23 @@ def test_cli_in_a_real_process(settings: Settings, tmp_path: Path) -> None:
     root = Path(learnloop.__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEARNLOOP_")}
     env |= {"PYTHONPATH": str(root), "LEARNLOOP_DATA_DIR": str(tmp_path / "data")}
-    out = subprocess.run([sys.executable, "-m", "learnloop", "rewards", "list"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "learnloop", "rewards", "list"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names == ["json_schema", "json_valid", "length", "no_refusal", "refinement", "tool_success"]
-    out = subprocess.run([sys.executable, "-m", "learnloop", "rewards", "stats"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "learnloop", "rewards", "stats"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "no scored trajectories yet" in out.stdout

@@ -43,8 +43,9 @@ def add_versions(db: Database, base: Path, adapters: dict[str, Path]) -> None:
 
 
 @pytest.fixture
-def server(db: Database, settings: Settings, backend: LocalBackend, adapters: dict[str, Path],
-           tiny_model_dir: Path) -> Iterator[tuple[str, ServingRuntime, Database]]:
+def server(
+    db: Database, settings: Settings, backend: LocalBackend, adapters: dict[str, Path], tiny_model_dir: Path
+) -> Iterator[tuple[str, ServingRuntime, Database]]:
     add_versions(db, tiny_model_dir, adapters)
     runtime = ServingRuntime(backend, db, poll_seconds=0.1, capture=ServedCapture(settings, db))
     app = create_app(settings, db, watch_inbox=False, serving=runtime)
@@ -75,13 +76,19 @@ def test_sync_client_chat_models_capture_and_feedback(server) -> None:  # noqa: 
     url, runtime, db = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     raw = client.chat.completions.with_raw_response.create(
-        model="learnloop", messages=PROMPTS[0], temperature=0, max_tokens=8,
+        model="learnloop",
+        messages=PROMPTS[0],
+        temperature=0,
+        max_tokens=8,
         extra_headers={"x-learnloop-scenario": "support"},
     )
     r = raw.parse()
     assert raw.headers["x-learnloop-version"] == "base" and r.model == "base"
     assert r.choices[0].message.role == "assistant" and r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.completion_tokens <= 8 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert (
+        r.usage.completion_tokens <= 8
+        and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    )
     names = [m.id for m in client.models.list().data]
     assert names[:2] == ["learnloop", "base"] and {"v0001", "v0002"} <= set(names)
     # the completion id is the captured trajectory's id: feedback goes to the ingest route with it
@@ -92,16 +99,26 @@ def test_sync_client_chat_models_capture_and_feedback(server) -> None:  # noqa: 
     fb = httpx.post(f"{url}/v1/trajectories/{r.id}/feedback", json={"thumbs": 1})
     assert fb.status_code == 200, fb.text
     # a version named directly is loaded on first use and answers
-    raw = client.chat.completions.with_raw_response.create(model="v0002", messages=PROMPTS[1], temperature=0, max_tokens=6,
-                                                          n=2, seed=1, stop=["zz"], metadata={"scenario": "triage"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="v0002",
+        messages=PROMPTS[1],
+        temperature=0,
+        max_tokens=6,
+        n=2,
+        seed=1,
+        stop=["zz"],
+        metadata={"scenario": "triage"},
+    )
     r2 = raw.parse()
     assert raw.headers["x-learnloop-version"] == "v0002" and len(r2.choices) == 2
     assert r2.choices[0].message.content == r2.choices[1].message.content  # greedy: both choices agree
     row = _stored(db, runtime, r2.id)
     assert (row.model, row.model_version, row.scenario) == ("v0002", "v0002", "triage")
     metrics = httpx.get(f"{url}/metrics").text  # the watch stage's counters see served traffic
-    assert 'learnloop_serving_requests_total{status="ok",version="v0002"}' in metrics or \
-        'learnloop_serving_requests_total{version="v0002",status="ok"}' in metrics
+    assert (
+        'learnloop_serving_requests_total{status="ok",version="v0002"}' in metrics
+        or 'learnloop_serving_requests_total{version="v0002",status="ok"}' in metrics
+    )
 
 
 def test_async_client_streaming(server) -> None:  # noqa: ANN001
@@ -109,9 +126,17 @@ def test_async_client_streaming(server) -> None:  # noqa: ANN001
 
     async def run() -> tuple[list, str, str]:
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
-        whole = await client.chat.completions.create(model="v0001", messages=PROMPTS[3], temperature=0, max_tokens=12)
-        stream = await client.chat.completions.create(model="v0001", messages=PROMPTS[3], temperature=0, max_tokens=12,
-                                                      stream=True, stream_options={"include_usage": True})
+        whole = await client.chat.completions.create(
+            model="v0001", messages=PROMPTS[3], temperature=0, max_tokens=12
+        )
+        stream = await client.chat.completions.create(
+            model="v0001",
+            messages=PROMPTS[3],
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = [c async for c in stream]
         return chunks, whole.choices[0].message.content, whole.id
 
@@ -120,14 +145,18 @@ def test_async_client_streaming(server) -> None:  # noqa: ANN001
     assert text == whole
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # token by token
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
     assert chunks[-1].usage.completion_tokens == 12 and not chunks[-1].choices
     assert len({c.id for c in chunks}) == 1 and chunks[0].model == "v0001"
     row = _stored(db, runtime, chunks[0].id)
     assert row.messages[-1]["content"] == text and row.meta["params"]["stream"] is True
     # the sync client streams too
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-    with client.chat.completions.create(model="v0001", messages=PROMPTS[3], temperature=0, max_tokens=12, stream=True) as s:
+    with client.chat.completions.create(
+        model="v0001", messages=PROMPTS[3], temperature=0, max_tokens=12, stream=True
+    ) as s:
         assert "".join(c.choices[0].delta.content or "" for c in s if c.choices) == whole
 
 
@@ -154,10 +183,18 @@ def test_errors_use_openai_shape_and_status(server, backend: LocalBackend) -> No
         resp = httpx.post(f"{url}/v1/chat/completions", json=body)
         assert resp.status_code == 400, (extra, resp.text)
         err = resp.json()["error"]
-        assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"], (extra, err)
-    long = httpx.post(f"{url}/v1/chat/completions",
-                      json={"model": "base", "messages": [{"role": "user", "content": "two plus two " * 400}]}).json()
-    assert "context is 512 tokens" in long["error"]["message"] and long["error"]["code"] == "context_length_exceeded"
+        assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"], (
+            extra,
+            err,
+        )
+    long = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "base", "messages": [{"role": "user", "content": "two plus two " * 400}]},
+    ).json()
+    assert (
+        "context is 512 tokens" in long["error"]["message"]
+        and long["error"]["code"] == "context_length_exceeded"
+    )
     assert httpx.post(f"{url}/v1/chat/completions", content=b"{not json").status_code == 400
     # over capacity: 429 with Retry-After, in OpenAI's shape
     saved = backend.engine.max_queued, backend.engine.max_batch_size
@@ -170,7 +207,9 @@ def test_errors_use_openai_shape_and_status(server, backend: LocalBackend) -> No
         backend.engine.max_queued, backend.engine.max_batch_size = saved
 
 
-def test_client_disconnect_mid_stream_stops_generation_and_captures_the_cut(server, backend: LocalBackend) -> None:  # noqa: ANN001
+def test_client_disconnect_mid_stream_stops_generation_and_captures_the_cut(
+    server, backend: LocalBackend
+) -> None:  # noqa: ANN001
     url, runtime, db = server
     body = {"model": "base", "messages": PROMPTS[2], "max_tokens": 450, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
@@ -192,7 +231,9 @@ def test_alias_moves_are_followed_and_split_is_sticky(server) -> None:  # noqa: 
 
     def served(user: str | None = None) -> str:
         kwargs = {"user": user} if user else {}
-        raw = client.chat.completions.with_raw_response.create(model="learnloop", messages=PROMPTS[0], max_tokens=2, **kwargs)
+        raw = client.chat.completions.with_raw_response.create(
+            model="learnloop", messages=PROMPTS[0], max_tokens=2, **kwargs
+        )
         return raw.headers["x-learnloop-version"]
 
     assert served() == "base"
@@ -218,14 +259,18 @@ def test_shadow_runs_the_candidate_unseen_and_captures_both(server) -> None:  # 
         set_split(s, "learnloop", "v0002", split=0.0, shadow=1.0)
     _converged(runtime, "v0001", "v0002")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-    raw = client.chat.completions.with_raw_response.create(model="learnloop", messages=PROMPTS[1], max_tokens=4)
+    raw = client.chat.completions.with_raw_response.create(
+        model="learnloop", messages=PROMPTS[1], max_tokens=4
+    )
     assert raw.headers["x-learnloop-version"] == "v0001"
     tid = raw.parse().id
     deadline = time.monotonic() + 10
     while True:
         runtime.capture.flush(5)
         with db.read_session() as s:
-            shadows = [t for t in s.query(Trajectory).filter(Trajectory.group_id == tid) if t.meta.get("shadow")]
+            shadows = [
+                t for t in s.query(Trajectory).filter(Trajectory.group_id == tid) if t.meta.get("shadow")
+            ]
         if shadows or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -240,7 +285,8 @@ def test_api_key_and_capture_off(db: Database, settings: Settings, backend: Loca
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
         r = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-inference").chat.completions.create(
-            model="base", messages=PROMPTS[0], max_tokens=2)
+            model="base", messages=PROMPTS[0], max_tokens=2
+        )
         assert r.choices[0].message.content is not None
     with db.read_session() as session:
         assert session.query(Trajectory).count() == 0
@@ -259,8 +305,9 @@ def test_no_model_answers_503_with_the_reason(db: Database, settings: Settings) 
         assert httpx.get(f"{url}/healthz").status_code == 200  # the rest of the server runs
 
 
-def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_model_dir: Path,
-                                     adapters: dict[str, Path]) -> None:
+def test_alias_routes_move_and_split(
+    db: Database, settings: Settings, tiny_model_dir: Path, adapters: dict[str, Path]
+) -> None:
     from pydantic import SecretStr
 
     add_versions(db, tiny_model_dir, adapters)
@@ -275,23 +322,46 @@ def test_alias_routes_move_and_split(db: Database, settings: Settings, tiny_mode
         assert r.status_code == 200 and r.json()["version"] == "v0001"
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0404"}, headers=auth)
         assert r.status_code == 404 and "v0404" in r.json()["error"]
-        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 0.1}, headers=auth)
-        assert r.json() == {"name": "learnloop", "version": "v0001", "candidate": "v0002", "split": 0.1, "shadow": 0.0}
-        r = httpx.put(f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 2}, headers=auth)
+        r = httpx.put(
+            f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 0.1}, headers=auth
+        )
+        assert r.json() == {
+            "name": "learnloop",
+            "version": "v0001",
+            "candidate": "v0002",
+            "split": 0.1,
+            "shadow": 0.0,
+        }
+        r = httpx.put(
+            f"{url}/v1/aliases/learnloop/split", json={"candidate": "v0002", "split": 2}, headers=auth
+        )
         assert r.status_code == 422 and "split" in r.text
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
         assert r.json()["version"] == "base"
         # The registry's gate holds here too: a version never evaluated needs force=true, and the error says so.
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0009"}, headers=auth)
-        assert r.status_code == 409 and "v0009 has no gate verdict" in r.json()["error"] and "force=true" in r.json()["error"]
-        r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0009", "force": True, "actor": "ops"}, headers=auth)
+        assert (
+            r.status_code == 409
+            and "v0009 has no gate verdict" in r.json()["error"]
+            and "force=true" in r.json()["error"]
+        )
+        r = httpx.put(
+            f"{url}/v1/aliases/learnloop",
+            json={"version": "v0009", "force": True, "actor": "ops"},
+            headers=auth,
+        )
         assert r.status_code == 200 and r.json()["version"] == "v0009"
         assert alias_history(db, "learnloop", 1)[0].action == "force"
 
 
 def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(
-        db: Database, settings: Settings, backend: LocalBackend, adapters: dict[str, Path], tiny_model_dir: Path,
-        tmp_path: Path) -> None:
+    db: Database,
+    settings: Settings,
+    backend: LocalBackend,
+    adapters: dict[str, Path],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+) -> None:
     add_versions(db, tiny_model_dir, adapters)
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -304,5 +374,7 @@ def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(
         for vid in ("v0001", "v0002", "v0001"):
             assert client.chat.completions.create(model=vid, messages=PROMPTS[0], max_tokens=2).model == vid
             assert [n for n in backend.list() if n != "base"] == [vid]  # the other one was unloaded
-        with pytest.raises(openai.ConflictError, match="v0003 could not be loaded|'v0003' could not be loaded"):
+        with pytest.raises(
+            openai.ConflictError, match="v0003 could not be loaded|'v0003' could not be loaded"
+        ):
             client.chat.completions.create(model="v0003", messages=PROMPTS[0], max_tokens=2)

@@ -36,8 +36,12 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path) -> None:
-    adapters = {vid: make_adapter(tiny_model_dir, tmp_path / vid, seed=i) for i, vid in ((1, "v0001"), (2, "v0002"))}
+def test_hot_swap_under_streaming_load(
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    adapters = {
+        vid: make_adapter(tiny_model_dir, tmp_path / vid, seed=i) for i, vid in ((1, "v0001"), (2, "v0002"))
+    }
     with db.session() as s:
         for vid, path in adapters.items():
             s.add(version_row(vid, tiny_model_dir, path))
@@ -50,7 +54,13 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
     stop = threading.Event()
 
     def client(url: str) -> None:
-        body = {"model": "learnloop", "messages": prompt, "temperature": 0, "max_tokens": MAX_TOKENS, "stream": True}
+        body = {
+            "model": "learnloop",
+            "messages": prompt,
+            "temperature": 0,
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+        }
         with httpx.Client(timeout=60) as http:
             while not stop.is_set():
                 started = time.monotonic()
@@ -58,7 +68,10 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
                 try:
                     with http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
                         rec["headers_at"] = time.monotonic()
-                        rec["status"], rec["version"] = resp.status_code, resp.headers.get("x-learnloop-version")
+                        rec["status"], rec["version"] = (
+                            resp.status_code,
+                            resp.headers.get("x-learnloop-version"),
+                        )
                         lines = list(resp.iter_lines())
                     import json
 
@@ -66,7 +79,8 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
                     rec["done"] = events[-1] == "[DONE]"
                     rec["text"] = "".join(
                         (c["choices"][0]["delta"].get("content") or "")
-                        for c in map(json.loads, events[:-1]) if c["choices"]
+                        for c in map(json.loads, events[:-1])
+                        if c["choices"]
                     )
                 except Exception as exc:  # counted as a failure below
                     rec["error"] = repr(exc)
@@ -89,8 +103,10 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
             for t in threads:
                 t.join(60)
         # v0002 was first loaded by the first promote (its load is inside the measured time)
-        expected = {v: backend.chat(v, ChatRequest(messages=prompt, temperature=0, max_tokens=MAX_TOKENS))[0].text
-                    for v in adapters}
+        expected = {
+            v: backend.chat(v, ChatRequest(messages=prompt, temperature=0, max_tokens=MAX_TOKENS))[0].text
+            for v in adapters
+        }
         assert expected["v0001"] != expected["v0002"]
     finally:
         runtime.stop()
@@ -103,12 +119,16 @@ def test_hot_swap_under_streaming_load(db: Database, settings: Settings, tiny_mo
     latencies = []
     for at, target in moves:
         served = [r["headers_at"] for r in results if r["version"] == target and r["started"] >= at]
-        assert served, (f"no request was answered by {target} after the move at {at:.2f} "
-                        f"(latencies so far {latencies}; {len(results)} answers; last "
-                        f"{[(round(r['started'], 2), r['version']) for r in results[-5:]]})")
+        assert served, (
+            f"no request was answered by {target} after the move at {at:.2f} "
+            f"(latencies so far {latencies}; {len(results)} answers; last "
+            f"{[(round(r['started'], 2), r['version']) for r in results[-5:]]})"
+        )
         latencies.append(min(served) - at)
     p50, p99 = statistics.median(latencies), sorted(latencies)[max(0, round(0.99 * len(latencies)) - 1)]
-    print(f"\n{len(results)} streamed answers, {len(moves)} moves; promote -> first served by the new version: "
-          f"p50 {p50:.3f}s p99 {p99:.3f}s max {max(latencies):.3f}s ({db.dialect})")
+    print(
+        f"\n{len(results)} streamed answers, {len(moves)} moves; promote -> first served by the new version: "
+        f"p50 {p50:.3f}s p99 {p99:.3f}s max {max(latencies):.3f}s ({db.dialect})"
+    )
     assert len(results) > 4 * len(moves)
     assert p99 <= 2.0

@@ -37,20 +37,23 @@ def _generate(model, backend: LocalBackend, messages, n: int = 20) -> str:  # no
     ids = torch.tensor([backend.prompt_ids(ChatRequest(messages=messages))])
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n)
-    return backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return backend.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def _greedy(backend: LocalBackend, model: str, messages, n: int = 20) -> str:  # noqa: ANN001
     return backend.chat(model, ChatRequest(messages=messages, temperature=0, max_tokens=n))[0].text
 
 
-def test_greedy_equals_generate_alone_and_in_mixed_batches(backend: LocalBackend, tiny_model_dir: Path,
-                                                           adapters: dict[str, Path]) -> None:
+def test_greedy_equals_generate_alone_and_in_mixed_batches(
+    backend: LocalBackend, tiny_model_dir: Path, adapters: dict[str, Path]
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    with_v1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters["v1"]).eval()
+    with_v1 = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapters["v1"]
+    ).eval()
     expected = {("base", i): _generate(plain, backend, m) for i, m in enumerate(PROMPTS)}
     expected |= {("v1", i): _generate(with_v1, backend, m) for i, m in enumerate(PROMPTS)}
     # one at a time
@@ -72,13 +75,22 @@ def test_stream_sampling_seed_n_and_stop(backend: LocalBackend) -> None:
     deltas = list(backend.stream("v1", req))
     assert len(deltas) > 1  # token by token, not one block
     assert "".join(deltas) == backend.chat("v1", req)[0].text  # the seed makes sampling reproducible
-    two = backend.chat("v1", ChatRequest(messages=PROMPTS[0], temperature=0.9, top_p=0.9, seed=7, max_tokens=12, n=2))
+    two = backend.chat(
+        "v1", ChatRequest(messages=PROMPTS[0], temperature=0.9, top_p=0.9, seed=7, max_tokens=12, n=2)
+    )
     assert len(two) == 2 and two[0].text == "".join(deltas) and two[0].text != two[1].text
     full = _greedy(backend, "base", PROMPTS[3], 20)
     stop = full[6:9]
     cut = backend.chat("base", ChatRequest(messages=PROMPTS[3], temperature=0, max_tokens=20, stop=[stop]))[0]
-    assert cut.finish_reason == "stop" and cut.text == full[:full.index(stop)]
-    assert "".join(backend.stream("base", ChatRequest(messages=PROMPTS[3], temperature=0, max_tokens=20, stop=[stop]))) == cut.text
+    assert cut.finish_reason == "stop" and cut.text == full[: full.index(stop)]
+    assert (
+        "".join(
+            backend.stream(
+                "base", ChatRequest(messages=PROMPTS[3], temperature=0, max_tokens=20, stop=[stop])
+            )
+        )
+        == cut.text
+    )
     r = backend.chat("base", ChatRequest(messages=PROMPTS[0], temperature=0, max_tokens=5))[0]
     assert (r.finish_reason, r.completion_tokens) == ("length", 5) and r.prompt_tokens > 0
 
@@ -103,19 +115,36 @@ def test_bad_input_is_a_clear_domain_error(backend: LocalBackend) -> None:
 
 
 def test_tool_call_parsing_and_tool_messages(backend: LocalBackend) -> None:
-    content, calls = parse_tool_calls('ok <tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
-    assert content == "ok" and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    content, calls = parse_tool_calls(
+        'ok <tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    )
+    assert content == "ok" and calls[0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Oslo"}',
+    }
     assert parse_tool_calls("<tool_call>not json</tool_call>") == ("<tool_call>not json</tool_call>", None)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": '{"t": 3}'},
     ]
     prompt = backend.tokenizer.decode(backend.prompt_ids(ChatRequest(messages=messages, tools=tools)))
     assert "get_weather" in prompt and '"city": "Oslo"' in prompt and '{"t": 3}' in prompt
-    assert backend.chat("v1", ChatRequest(messages=messages, tools=tools, temperature=0, max_tokens=4))[0].text is not None
+    assert (
+        backend.chat("v1", ChatRequest(messages=messages, tools=tools, temperature=0, max_tokens=4))[0].text
+        is not None
+    )
 
 
 def test_cancel_frees_the_slot_and_capacity_is_bounded(tiny_model_dir: Path) -> None:
@@ -125,7 +154,9 @@ def test_cancel_frees_the_slot_and_capacity_is_bounded(tiny_model_dir: Path) -> 
         next(stream)
         assert b.engine.load[0] == 1
         # one slot busy, one request may wait; the third is refused
-        waiting = threading.Thread(target=b.chat, args=("base", ChatRequest(messages=PROMPTS[1], max_tokens=2)))
+        waiting = threading.Thread(
+            target=b.chat, args=("base", ChatRequest(messages=PROMPTS[1], max_tokens=2))
+        )
         waiting.start()
         time.sleep(0.05)
         with pytest.raises(Overloaded):
@@ -140,7 +171,9 @@ def test_cancel_frees_the_slot_and_capacity_is_bounded(tiny_model_dir: Path) -> 
         b.close()
 
 
-def test_adapters_load_by_name_and_unload(tiny_model_dir: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
+def test_adapters_load_by_name_and_unload(
+    tiny_model_dir: Path, adapters: dict[str, Path], tmp_path: Path
+) -> None:
     b = LocalBackend(tiny_model_dir, device="cpu")
     try:
         base = _greedy(b, "base", PROMPTS[0])

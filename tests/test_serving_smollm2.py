@@ -19,7 +19,12 @@ from learnloop.store.db import Database
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write a haiku about rain.", "What is 12 times 3?"]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Write a haiku about rain.",
+    "What is 12 times 3?",
+]
 
 
 def _smollm2() -> Path:
@@ -34,7 +39,9 @@ def _smollm2() -> Path:
         return prepare_model("smollm2").path
 
 
-def test_smollm2_served_greedy_equals_generate(tmp_path: Path, sqlite_db: Database, settings: Settings) -> None:
+def test_smollm2_served_greedy_equals_generate(
+    tmp_path: Path, sqlite_db: Database, settings: Settings
+) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -52,12 +59,18 @@ def test_smollm2_served_greedy_equals_generate(tmp_path: Path, sqlite_db: Databa
             lora = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
 
             def generate(model, q: str) -> str:  # noqa: ANN001
-                ids = torch.tensor([backend.prompt_ids(ChatRequest(messages=[{"role": "user", "content": q}]))])
+                ids = torch.tensor(
+                    [backend.prompt_ids(ChatRequest(messages=[{"role": "user", "content": q}]))]
+                )
                 with torch.inference_mode():
-                    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16)
-                return backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+                    out = model.generate(
+                        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16
+                    )
+                return backend.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
-            expected = {(name, q): generate(m, q) for name, m in (("base", plain), ("v1", lora)) for q in QUESTIONS}
+            expected = {
+                (name, q): generate(m, q) for name, m in (("base", plain), ("v1", lora)) for q in QUESTIONS
+            }
             assert "Paris" in expected[("base", QUESTIONS[0])]
 
             def served(job: tuple[str, str]) -> str:
@@ -72,8 +85,12 @@ def test_smollm2_served_greedy_equals_generate(tmp_path: Path, sqlite_db: Databa
             runtime = ServingRuntime(backend, sqlite_db, capture=None)
             with live_server(create_app(settings, sqlite_db, watch_inbox=False, serving=runtime)) as url:
                 client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-                r = client.chat.completions.create(model="learnloop", messages=[{"role": "user", "content": QUESTIONS[0]}],
-                                                   temperature=0, max_tokens=16)
+                r = client.chat.completions.create(
+                    model="learnloop",
+                    messages=[{"role": "user", "content": QUESTIONS[0]}],
+                    temperature=0,
+                    max_tokens=16,
+                )
                 assert r.choices[0].message.content == expected[("base", QUESTIONS[0])]
         finally:
             backend.close()

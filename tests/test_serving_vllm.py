@@ -41,7 +41,11 @@ def test_backend_loads_adapters_and_routes_by_model(tmp_path: Path) -> None:
 
         got = asyncio.run(chunks())
         ends = [c for c in got if c.finish_reason]
-        assert [c.index for c in ends] == [0, 1] and ends[0].prompt_tokens == 7 and ends[0].completion_tokens == 4
+        assert (
+            [c.index for c in ends] == [0, 1]
+            and ends[0].prompt_tokens == 7
+            and ends[0].completion_tokens == 4
+        )
         assert "".join(c.text for c in got if c.index == 1) == "v0001 says: hello there"
         with pytest.raises(NotFound, match="v0009"):
             b.chat("v0009", ChatRequest(messages=ASK))
@@ -61,7 +65,9 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
         (tmp_path / "v0001" / "adapter_config.json").write_text("{}")  # vLLM (faked) reads it, not learnloop
         s.add(version_row("v0001", BASE_NAME, tmp_path / "v0001"))
     with live_server(fake) as vllm_url:
-        runtime = ServingRuntime(VllmBackend(vllm_url), db, poll_seconds=0.1, capture=ServedCapture(settings, db))
+        runtime = ServingRuntime(
+            VllmBackend(vllm_url), db, poll_seconds=0.1, capture=ServedCapture(settings, db)
+        )
         with live_server(create_app(settings, db, watch_inbox=False, serving=runtime)) as url:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
             r = client.chat.completions.create(model="learnloop", messages=ASK)
@@ -74,7 +80,10 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
             time.sleep(0.3)
             stream = client.chat.completions.create(model="learnloop", messages=ASK, stream=True)
             chunks = list(stream)
-            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "v0001 says: hello there"
+            assert (
+                "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                == "v0001 says: hello there"
+            )
             assert chunks[0].model == "v0001"
             assert runtime.capture.flush(10)
             with db.read_session() as s:

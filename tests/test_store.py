@@ -65,27 +65,49 @@ def test_late_feedback_and_retry_are_stored_once(db: Database) -> None:
 
 
 def test_validation_names_the_bad_field() -> None:
-    bad = {"trajectories": [{"messages": [{"role": "user", "content": "x"}]}, {"messages": [{"role": "robot"}]}]}
+    bad = {
+        "trajectories": [{"messages": [{"role": "user", "content": "x"}]}, {"messages": [{"role": "robot"}]}]
+    }
     with pytest.raises(ValidationFailed) as err:
         parse_batch(bad)
     locs = [loc for loc, _ in err.value.problems]
     assert any(loc.startswith("trajectories.1.messages.0.role") for loc in locs), locs
     with pytest.raises(ValidationFailed, match="tool_call_id") as err:
-        parse_batch({"trajectories": [{"messages": [{"role": "user", "content": "6 x 7?"}, {"role": "tool", "content": "42"}]}]})
+        parse_batch(
+            {
+                "trajectories": [
+                    {"messages": [{"role": "user", "content": "6 x 7?"}, {"role": "tool", "content": "42"}]}
+                ]
+            }
+        )
     [(loc, msg)] = err.value.problems
-    assert loc == "trajectories.0.messages" and msg.startswith("Value error, message 1: a 'tool' message"), (loc, msg)
+    assert loc == "trajectories.0.messages" and msg.startswith("Value error, message 1: a 'tool' message"), (
+        loc,
+        msg,
+    )
 
 
 def test_tool_calls_round_trip(db: Database) -> None:
     msgs = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "rain"},
         {"role": "assistant", "content": "It rains."},
     ]
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [{"id": "x", "messages": msgs, "tools": [{"type": "function"}]}]}))
+        ingest(
+            s, parse_batch({"trajectories": [{"id": "x", "messages": msgs, "tools": [{"type": "function"}]}]})
+        )
     with db.read_session() as s:
         row = s.get(Trajectory, "x")
         assert row.messages[1]["tool_calls"][0]["function"]["name"] == "weather"
@@ -130,16 +152,29 @@ def _varied_trajectories(prefix: str) -> list[dict]:
     call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"order": 42}'}}
     return [
         {"id": f"{prefix}0", "messages": chat("plain", "answer")},
-        {"id": f"{prefix}1", "idempotency_key": f"{prefix}-key-1", "project": "p2", "scenario": "s", "group": "g",
-         "window": "w", "agent": "a", "source": "teacher", "model": "m", "model_version": "v1",
-         "messages": [{"role": "system", "content": "sys ünïcode \u2028 \"q\" \\ \x01"},
-                      {"role": "user", "content": [{"type": "text", "text": "parts", "n": 1.5}]},
-                      {"role": "assistant", "content": None, "tool_calls": [call], "extra_key": None},
-                      {"role": "tool", "tool_call_id": "c1", "content": "{}"},
-                      {"role": "assistant", "content": "done"}],
-         "tools": [{"type": "function", "function": {"name": "lookup"}}],
-         "metadata": {"none": None, "nested": {"x": [1, 2.25, True]}, "emoji": "🙂"}, "tags": ["a", "b"],
-         "created_at": "2024-02-03T04:05:06.000007+02:00"},
+        {
+            "id": f"{prefix}1",
+            "idempotency_key": f"{prefix}-key-1",
+            "project": "p2",
+            "scenario": "s",
+            "group": "g",
+            "window": "w",
+            "agent": "a",
+            "source": "teacher",
+            "model": "m",
+            "model_version": "v1",
+            "messages": [
+                {"role": "system", "content": 'sys ünïcode \u2028 "q" \\ \x01'},
+                {"role": "user", "content": [{"type": "text", "text": "parts", "n": 1.5}]},
+                {"role": "assistant", "content": None, "tool_calls": [call], "extra_key": None},
+                {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                {"role": "assistant", "content": "done"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup"}}],
+            "metadata": {"none": None, "nested": {"x": [1, 2.25, True]}, "emoji": "🙂"},
+            "tags": ["a", "b"],
+            "created_at": "2024-02-03T04:05:06.000007+02:00",
+        },
         {"id": f"{prefix}2", "messages": chat("again", "x"), "created_at": "2024-02-03T04:05:06"},
         {"id": f"{prefix}3", "messages": chat("utc", "x"), "created_at": "2024-02-03T04:05:06.5Z"},
     ]
@@ -148,8 +183,24 @@ def _varied_trajectories(prefix: str) -> list[dict]:
 def _stored(db: Database, ids: list[str]) -> list[dict]:
     from sqlalchemy import text
 
-    cols = ("project", "scenario", "group_id", "window_id", "agent", "source", "model", "model_version", "messages",
-            "tools", "metadata", "tags", "prompt_hash", "split", "created_at", "ingested_at")
+    cols = (
+        "project",
+        "scenario",
+        "group_id",
+        "window_id",
+        "agent",
+        "source",
+        "model",
+        "model_version",
+        "messages",
+        "tools",
+        "metadata",
+        "tags",
+        "prompt_hash",
+        "split",
+        "created_at",
+        "ingested_at",
+    )
     pg = db.dialect == "postgresql"
     # Text as the database holds it (on PostgreSQL jsonb and timestamptz printed in a fixed zone).
     shown = ", ".join((f'"{c}"::text' if pg else f'"{c}"') + f' AS "{c}"' for c in cols)
@@ -159,10 +210,29 @@ def _stored(db: Database, ids: list[str]) -> list[dict]:
         if pg:
             s.execute(text("SET LOCAL TIME ZONE 'UTC'"))
         for tid in ids:
-            row = s.execute(text(f'SELECT {shown}, "id" IS NULL AS nid FROM trajectories WHERE id = :i'), {"i": tid}).mappings().one()
+            row = (
+                s.execute(
+                    text(f'SELECT {shown}, "id" IS NULL AS nid FROM trajectories WHERE id = :i'), {"i": tid}
+                )
+                .mappings()
+                .one()
+            )
             # SQLite keeps JSON as the text it was given: compare it parsed (spacing and \u-escapes differ).
-            out.append({c: json.loads(row[c]) if c in json_cols else row[c] for c in cols} | ({} if pg else {"types": s.execute(text(
-                'SELECT typeof(tools), typeof(messages), typeof(created_at) FROM trajectories WHERE id = :i'), {"i": tid}).one()}))
+            out.append(
+                {c: json.loads(row[c]) if c in json_cols else row[c] for c in cols}
+                | (
+                    {}
+                    if pg
+                    else {
+                        "types": s.execute(
+                            text(
+                                "SELECT typeof(tools), typeof(messages), typeof(created_at) FROM trajectories WHERE id = :i"
+                            ),
+                            {"i": tid},
+                        ).one()
+                    }
+                )
+            )
     return out
 
 
@@ -178,8 +248,10 @@ def test_ingest_stores_what_the_orm_insert_stores(db: Database, monkeypatch: pyt
     # The reference: the same rows through SQLAlchemy's own insert.
     slow_batch = _varied_trajectories("r")
     slow_batch[1]["idempotency_key"] = "r-key-1"
-    rows = [tr.trajectory_row(t, "default", tr.DEFAULT_HOLDOUT_FRACTION, fixed)
-            for t in parse_batch({"trajectories": slow_batch})["trajectories"]]
+    rows = [
+        tr.trajectory_row(t, "default", tr.DEFAULT_HOLDOUT_FRACTION, fixed)
+        for t in parse_batch({"trajectories": slow_batch})["trajectories"]
+    ]
     with db.session() as s:
         s.execute(Trajectory.__table__.insert(), rows)
     assert _stored(db, ["f0", "f1", "f2", "f3"]) == _stored(db, ["r0", "r1", "r2", "r3"])
@@ -192,24 +264,65 @@ def test_feedback_and_score_insert_matches_the_orm_insert(db: Database) -> None:
     from learnloop.store.models import ScoreSource
 
     with db.session() as s:
-        ingest(s, parse_batch({"trajectories": [{"id": t, "messages": chat("q", "a")} for t in ("fast", "ref")]}))
+        ingest(
+            s, parse_batch({"trajectories": [{"id": t, "messages": chat("q", "a")} for t in ("fast", "ref")]})
+        )
     when = dt.datetime(2024, 2, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
 
     def feedback(tid: str) -> list[dict]:
         return [
-            {"trajectory_id": tid, "idempotency_key": f"{tid}1", "rating": 4.5, "thumbs": -1, "success": True,
-             "correction": {"role": "assistant", "content": "ünï \u2028 \"q\""}, "comment": "c", "author": "a",
-             "metadata": {"n": [1, 2.25, None]}, "created_at": when},
-            {"trajectory_id": tid, "idempotency_key": f"{tid}2", "rating": None, "thumbs": None, "success": False,
-             "correction": None, "comment": None, "author": None, "metadata": {}, "created_at": when},
+            {
+                "trajectory_id": tid,
+                "idempotency_key": f"{tid}1",
+                "rating": 4.5,
+                "thumbs": -1,
+                "success": True,
+                "correction": {"role": "assistant", "content": 'ünï \u2028 "q"'},
+                "comment": "c",
+                "author": "a",
+                "metadata": {"n": [1, 2.25, None]},
+                "created_at": when,
+            },
+            {
+                "trajectory_id": tid,
+                "idempotency_key": f"{tid}2",
+                "rating": None,
+                "thumbs": None,
+                "success": False,
+                "correction": None,
+                "comment": None,
+                "author": None,
+                "metadata": {},
+                "created_at": when,
+            },
         ]
 
     def scores(tid: str) -> list[dict]:
         return [
-            {"trajectory_id": tid, "name": "len", "value": 0.25, "source": ScoreSource.heuristic, "version": "v1",
-             "author": None, "judge_model": "j", "rationale": "r", "idempotency_key": f"{tid}1", "created_at": when},
-            {"trajectory_id": tid, "name": "len", "value": -1e-7, "source": ScoreSource.env, "version": None,
-             "author": "x", "judge_model": None, "rationale": None, "idempotency_key": None, "created_at": when},
+            {
+                "trajectory_id": tid,
+                "name": "len",
+                "value": 0.25,
+                "source": ScoreSource.heuristic,
+                "version": "v1",
+                "author": None,
+                "judge_model": "j",
+                "rationale": "r",
+                "idempotency_key": f"{tid}1",
+                "created_at": when,
+            },
+            {
+                "trajectory_id": tid,
+                "name": "len",
+                "value": -1e-7,
+                "source": ScoreSource.env,
+                "version": None,
+                "author": "x",
+                "judge_model": None,
+                "rationale": None,
+                "idempotency_key": None,
+                "created_at": when,
+            },
         ]
 
     with db.session() as s:
@@ -227,10 +340,21 @@ def test_feedback_and_score_insert_matches_the_orm_insert(db: Database) -> None:
             shown = ", ".join((f'"{c}"::text' if pg else f'"{c}"') + f' AS "{c}"' for c in cols)
             types = "" if pg else ", " + ", ".join(f'typeof("{c}") AS "t_{c}"' for c in cols)
             # JSON as the database holds it, parsed: SQLite keeps the text it was given (spacing differs).
-            rows = {tid: [{k: json.loads(v) if k in ("correction", "metadata") and v is not None else v
-                           for k, v in r.items()} for r in s.execute(text(
-                f'SELECT {shown}{types} FROM "{table.name}" WHERE trajectory_id = :t ORDER BY id'), {"t": tid}).mappings()]
-                for tid in ("fast", "ref")}
+            rows = {
+                tid: [
+                    {
+                        k: json.loads(v) if k in ("correction", "metadata") and v is not None else v
+                        for k, v in r.items()
+                    }
+                    for r in s.execute(
+                        text(
+                            f'SELECT {shown}{types} FROM "{table.name}" WHERE trajectory_id = :t ORDER BY id'
+                        ),
+                        {"t": tid},
+                    ).mappings()
+                ]
+                for tid in ("fast", "ref")
+            }
             assert len(rows["fast"]) == 2 and rows["fast"] == rows["ref"], table.name
 
     with db.session() as s:  # known keys are skipped; a score without a key is always new
@@ -239,16 +363,24 @@ def test_feedback_and_score_insert_matches_the_orm_insert(db: Database) -> None:
 
 
 def test_ingest_reports_only_new_rows(db: Database) -> None:
-    batch = {"trajectories": [{"id": "a", "messages": chat("q", "a")},
-                              {"id": "b", "idempotency_key": "k", "messages": chat("q", "a")},
-                              {"id": "a", "messages": chat("q", "a")}]}  # an identical repeat (a different one is a 422)
+    batch = {
+        "trajectories": [
+            {"id": "a", "messages": chat("q", "a")},
+            {"id": "b", "idempotency_key": "k", "messages": chat("q", "a")},
+            {"id": "a", "messages": chat("q", "a")},
+        ]
+    }  # an identical repeat (a different one is a 422)
     with db.session() as s:
         first = ingest(s, parse_batch(batch))
     assert first.inserted == ["a", "b"] and first.duplicates == ["a"]
     # Known id, known key under a new id, and one new row.
-    again = {"trajectories": [{"id": "a", "messages": chat("q", "a")},
-                              {"id": "c", "idempotency_key": "k", "messages": chat("q", "a")},
-                              {"id": "d", "messages": chat("q", "a")}]}
+    again = {
+        "trajectories": [
+            {"id": "a", "messages": chat("q", "a")},
+            {"id": "c", "idempotency_key": "k", "messages": chat("q", "a")},
+            {"id": "d", "messages": chat("q", "a")},
+        ]
+    }
     with db.session() as s:
         second = ingest(s, parse_batch(again))
     assert second.inserted == ["d"] and sorted(second.duplicates) == ["a", "c"]
@@ -259,6 +391,9 @@ def test_ingest_reports_only_new_rows(db: Database) -> None:
 
 def test_prompt_hash_is_frozen() -> None:
     # The value existing rows' prompt hashes and splits were computed with does not move.
-    assert prompt_hash(chat("same question", "x", system='Be brief. ünï "q"\n')) == "45684eab2a95c59b5aae4be53ac4b63e"
+    assert (
+        prompt_hash(chat("same question", "x", system='Be brief. ünï "q"\n'))
+        == "45684eab2a95c59b5aae4be53ac4b63e"
+    )
     # Only the messages before the first assistant turn count.
     assert prompt_hash(chat("q", "one answer")) == prompt_hash(chat("q", "another"))

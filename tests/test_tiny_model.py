@@ -9,7 +9,12 @@ def test_tiny_model_loads_and_generates(tiny_model_dir: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = tok.apply_chat_template([{"role": "user", "content": "what is two plus two?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "what is two plus two?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     text = tok.decode(ids["input_ids"][0])
     assert text.startswith("<|im_start|>user\nwhat is two plus two?<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")

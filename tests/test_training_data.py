@@ -24,8 +24,14 @@ def sft(tiny_model_dir: Path):  # noqa: ANN201
         ('{"messages": [{"role": "user", "content": "hi"}', r"bad\.jsonl: line 3: not valid JSON"),
         ('["not", "an", "object"]', r"line 3: expected a JSON object"),
         ('{"text": "no messages"}', r"line 3: field 'messages' is missing"),
-        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}', r"line 3: field 'messages\[1\]\.content'"),
-        ('{"messages": [{"role": "user", "content": "hi"}]}', r"line 3: field 'messages' has no assistant message"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": 5}]}',
+            r"line 3: field 'messages\[1\]\.content'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}]}',
+            r"line 3: field 'messages' has no assistant message",
+        ),
     ],
 )
 def test_malformed_line_is_named(sft, tmp_path: Path, bad_line: str, pattern: str) -> None:  # noqa: ANN001
@@ -39,9 +45,13 @@ def test_malformed_line_is_named(sft, tmp_path: Path, bad_line: str, pattern: st
 
 
 def test_valid_file_loads_with_hash_and_skips(sft, tmp_path: Path) -> None:  # noqa: ANN001
-    rows = SFT_ROWS + [{"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}]}]
+    rows = SFT_ROWS + [
+        {"messages": [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "y"}]}
+    ]
     data = load_examples(write_jsonl(tmp_path / "ok.jsonl", rows), sft)
-    assert len(data.examples) == len(SFT_ROWS) and data.skipped == 1  # the over-long one has no assistant token left
+    assert (
+        len(data.examples) == len(SFT_ROWS) and data.skipped == 1
+    )  # the over-long one has no assistant token left
     assert len(data.sha256) == 64
     with pytest.raises(ValidationFailed, match="does not exist"):
         load_examples(tmp_path / "missing.jsonl", sft)
@@ -72,7 +82,9 @@ def test_stream_resumes_from_a_position_across_epochs() -> None:
     def take(stream: BatchStream, k: int) -> list[list[int]]:
         return [[e.data["n"] for e in stream.next()] for _ in range(k)]
 
-    whole = take(BatchStream(data, 4, seed=7, group_by_length=True), 15)  # 6 batches per epoch: crosses 2 epochs
+    whole = take(
+        BatchStream(data, 4, seed=7, group_by_length=True), 15
+    )  # 6 batches per epoch: crosses 2 epochs
     first = BatchStream(data, 4, seed=7, group_by_length=True)
     head = take(first, 8)
     assert first.position == Position(epoch=1, index=2)
@@ -81,4 +93,6 @@ def test_stream_resumes_from_a_position_across_epochs() -> None:
     # Two ranks split each round between them and together see what one process sees.
     r0 = BatchStream(data, 2, seed=7, group_by_length=False, rank=0, world=2)
     r1 = BatchStream(data, 2, seed=7, group_by_length=False, rank=1, world=2)
-    assert sorted(n for _ in range(r0.batches_per_epoch) for n in [*take(r0, 1)[0], *take(r1, 1)[0]]) == list(range(23))
+    assert sorted(n for _ in range(r0.batches_per_epoch) for n in [*take(r0, 1)[0], *take(r1, 1)[0]]) == list(
+        range(23)
+    )

@@ -28,6 +28,7 @@ def test_dpo_string_format_and_missing_field(tiny_model_dir: Path) -> None:
     import pytest
 
     from learnloop.errors import ValidationFailed
+
     obj, tok = objective_for(tiny_model_dir, "dpo")
     ex = obj.prepare({"prompt": "say hello", "chosen": "hello!", "rejected": "no."}, 1)
     ids, labels = ex.data["chosen"]

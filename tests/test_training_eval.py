@@ -14,7 +14,9 @@ from training_support import SFT_ROWS, make_config, write_jsonl
 
 def test_eval_loss_every_n_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
     held_out = write_jsonl(tmp_path / "holdout.jsonl", SFT_ROWS[:3])
-    config = make_config(tiny_model_dir, tmp_path, max_steps=6, eval_every=4, eval_dataset=str(held_out), checkpoint_every=3)
+    config = make_config(
+        tiny_model_dir, tmp_path, max_steps=6, eval_every=4, eval_dataset=str(held_out), checkpoint_every=3
+    )
     result = train(config)
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [4, 6]  # every 4 steps and the last

@@ -23,7 +23,15 @@ from training_support import adapter_weights, config_dict
 
 # Gradient accumulation, warmup + cosine, several epochs and LoRA dropout (it draws from the torch
 # RNG): every piece of state a resume must restore.
-RUN = {"lora": {"r": 8, "alpha": 16, "dropout": 0.1}, "max_steps": 16, "checkpoint_every": 3, "batch_size": 2, "grad_accum": 2, "lr_scheduler": "cosine", "warmup_steps": 2}
+RUN = {
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.1},
+    "max_steps": 16,
+    "checkpoint_every": 3,
+    "batch_size": 2,
+    "grad_accum": 2,
+    "lr_scheduler": "cosine",
+    "warmup_steps": 2,
+}
 
 
 def _config(tiny_model_dir: Path, tmp: Path, out: str, **kw: Any) -> TrainConfig:
@@ -53,17 +61,29 @@ def test_checkpoint_contents_and_retention(reference: Path) -> None:
     names = {p.name for p in path.iterdir()}
     assert {"adapter", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", MARKER} <= names
     marker = json.loads((path / MARKER).read_text())
-    assert marker["step"] == 16 and "optimizer.pt" in marker["files"] and "adapter/adapter_model.safetensors" in marker["files"]
+    assert (
+        marker["step"] == 16
+        and "optimizer.pt" in marker["files"]
+        and "adapter/adapter_model.safetensors" in marker["files"]
+    )
     state = json.loads((path / "trainer_state.json").read_text())
-    assert state["step"] == 16 and set(state["position"]) == {"epoch", "index"} and len(state["dataset_sha256"]) == 64
+    assert (
+        state["step"] == 16
+        and set(state["position"]) == {"epoch", "index"}
+        and len(state["dataset_sha256"]) == 64
+    )
     _assert_same_weights(path / "adapter", reference)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 17))
     row = json.loads(lines[-1])
-    assert {"loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "trained_tokens"} <= set(row) and row["eta_s"] == 0
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "eta_s", "trained_tokens"} <= set(row) and row[
+        "eta_s"
+    ] == 0
 
 
-def test_stop_then_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path, reference: Path) -> None:
+def test_stop_then_resume_matches_uninterrupted(
+    tiny_model_dir: Path, tmp_path: Path, reference: Path
+) -> None:
     control = Control()
     config = _config(tiny_model_dir, tmp_path, "stopped")
 
@@ -86,10 +106,16 @@ def test_stop_then_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: 
     _assert_same_weights(again.adapter_dir, reference)
 
 
-def test_torn_and_corrupt_checkpoints_are_skipped(tiny_model_dir: Path, tmp_path: Path, reference: Path) -> None:
+def test_torn_and_corrupt_checkpoints_are_skipped(
+    tiny_model_dir: Path, tmp_path: Path, reference: Path
+) -> None:
     control = Control()
     config = _config(tiny_model_dir, tmp_path, "torn", keep_checkpoints=5)
-    train(config, control=control, progress=lambda e: control.stop() if e.kind == "step" and e.step == 7 else None)
+    train(
+        config,
+        control=control,
+        progress=lambda e: control.stop() if e.kind == "step" and e.step == 7 else None,
+    )
     out = config.output_dir
     assert [s for s, _ in list_checkpoints(out)] == [3, 6, 7]
     # checkpoint-7: a file changed after commit (hash mismatch); checkpoint-10: renamed but never marked.
@@ -101,7 +127,11 @@ def test_torn_and_corrupt_checkpoints_are_skipped(tiny_model_dir: Path, tmp_path
     assert latest_checkpoint(out).step == 6
     result = train(config, control=control)
     assert result.resumed_from_step == 6 and result.step == 16
-    assert not torn.exists() and not (out / ".tmp-checkpoint-12-999").exists() and not (out / "checkpoint-7").exists()
+    assert (
+        not torn.exists()
+        and not (out / ".tmp-checkpoint-12-999").exists()
+        and not (out / "checkpoint-7").exists()
+    )
     _assert_same_weights(result.adapter_dir, reference)
 
 
@@ -118,8 +148,14 @@ def test_pause_holds_between_steps_without_spinning(tiny_model_dir: Path, tmp_pa
             paused.set()
 
     box: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: box.setdefault("result", train(_config(tiny_model_dir, tmp_path, "pause", max_steps=4),
-                                                                               control=control, progress=progress)))
+    worker = threading.Thread(
+        target=lambda: box.setdefault(
+            "result",
+            train(
+                _config(tiny_model_dir, tmp_path, "pause", max_steps=4), control=control, progress=progress
+            ),
+        )
+    )
     worker.start()
     assert paused.wait(60), "the run never paused"
     held_at = len(events)
@@ -156,9 +192,18 @@ def test_resume_refuses_a_changed_dataset(tiny_model_dir: Path, tmp_path: Path) 
 
     control = Control()
     config = _config(tiny_model_dir, tmp_path, "changed", max_steps=4)
-    train(config, control=control, progress=lambda e: control.stop() if e.kind == "step" and e.step == 3 else None)
+    train(
+        config,
+        control=control,
+        progress=lambda e: control.stop() if e.kind == "step" and e.step == 3 else None,
+    )
     with open(config.dataset, "a") as fh:
-        fh.write(json.dumps({"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]}) + "\n")
+        fh.write(
+            json.dumps(
+                {"messages": [{"role": "user", "content": "new"}, {"role": "assistant", "content": "row"}]}
+            )
+            + "\n"
+        )
     with pytest.raises(ConfigError, match="different dataset"):
         train(config, control=control)
 
@@ -167,8 +212,13 @@ def _spawn(config: TrainConfig, tmp: Path) -> subprocess.Popen:
     cfg_file = tmp / "cfg.json"
     cfg_file.write_text(config.model_dump_json())
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.Popen([sys.executable, "-m", "learnloop.training.run", "--config", str(cfg_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "learnloop.training.run", "--config", str(cfg_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
 
 
 def _signal_after_first_checkpoint(proc: subprocess.Popen, signum: int) -> list[dict[str, Any]]:
@@ -200,7 +250,9 @@ def test_sigterm_stops_cleanly_with_a_checkpoint(tiny_model_dir: Path, tmp_path:
     assert not (config.output_dir / "adapter").exists()
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tiny_model_dir: Path, tmp_path: Path, reference: Path) -> None:
+def test_kill_9_then_resume_matches_uninterrupted(
+    tiny_model_dir: Path, tmp_path: Path, reference: Path
+) -> None:
     config = _config(tiny_model_dir, tmp_path, "killed")
     proc = _spawn(config, tmp_path)
     _signal_after_first_checkpoint(proc, signal.SIGKILL)

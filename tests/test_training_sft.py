@@ -22,13 +22,15 @@ def _labelled_text(tok, example) -> str:  # noqa: ANN001
 
 def test_only_assistant_tokens_carry_loss(sft) -> None:  # noqa: ANN001
     objective, tok = sft
-    record = {"messages": [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "what is two plus two?"},
-        {"role": "assistant", "content": "four."},
-        {"role": "user", "content": "sure?"},
-        {"role": "assistant", "content": "yes."},
-    ]}
+    record = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "what is two plus two?"},
+            {"role": "assistant", "content": "four."},
+            {"role": "user", "content": "sure?"},
+            {"role": "assistant", "content": "yes."},
+        ]
+    }
     ex = objective.prepare(record, 1)
     assert tok.decode(ex.data["input_ids"]).startswith("<|im_start|>system\nbe brief<|im_end|>")
     # Both assistant turns, each with its end-of-turn marker; nothing of system/user/role headers.
@@ -39,17 +41,27 @@ def test_only_assistant_tokens_carry_loss(sft) -> None:  # noqa: ANN001
 
 def test_conversation_opening_with_the_assistant(sft) -> None:  # noqa: ANN001
     objective, tok = sft
-    record = {"messages": [{"role": "assistant", "content": "hello!"}, {"role": "user", "content": "hi"},
-                           {"role": "assistant", "content": "yes."}]}
+    record = {
+        "messages": [
+            {"role": "assistant", "content": "hello!"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yes."},
+        ]
+    }
     # The role header of the first turn is template text, not something the model should learn to say.
     assert _labelled_text(tok, objective.prepare(record, 1)) == "hello!<|im_end|>\nyes.<|im_end|>\n"
 
 
 def test_prompt_completion_trains_only_the_completion(sft) -> None:  # noqa: ANN001
     objective, tok = sft
-    record = {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"},
-                         {"role": "user", "content": "count"}],
-              "completion": [{"role": "assistant", "content": "0 1 2"}]}
+    record = {
+        "prompt": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello!"},
+            {"role": "user", "content": "count"},
+        ],
+        "completion": [{"role": "assistant", "content": "0 1 2"}],
+    }
     assert _labelled_text(tok, objective.prepare(record, 1)) == "0 1 2<|im_end|>\n"
 
 
@@ -64,7 +76,12 @@ def test_tool_call_turns_and_truncation(sft, tiny_model_dir: Path) -> None:  # n
     assert cut.length == first + 3 and cut.data["input_ids"] == full.data["input_ids"][: first + 3]
     assert sum(lab != -100 for lab in cut.data["labels"]) == 3  # the right end is cut, the prompt kept
     # A conversation whose assistant turn lies wholly past max_length has nothing to learn: skipped.
-    long_prompt = {"messages": [{"role": "user", "content": "the quick brown fox " * 20}, {"role": "assistant", "content": "yes."}]}
+    long_prompt = {
+        "messages": [
+            {"role": "user", "content": "the quick brown fox " * 20},
+            {"role": "assistant", "content": "yes."},
+        ]
+    }
     assert short.prepare(long_prompt, 9) is None
 
 
@@ -95,4 +112,6 @@ def test_sft_training_lowers_loss_and_changes_only_the_adapter(tiny_model_dir: P
     # A fresh LoRA starts with B = 0; training must have moved it.
     assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)
     assert hashlib.sha256(base_file.read_bytes()).hexdigest() == before  # the base model is untouched
-    assert (result.adapter_dir / "tokenizer_config.json").exists() and (result.adapter_dir / "optimizer.pt").exists()
+    assert (result.adapter_dir / "tokenizer_config.json").exists() and (
+        result.adapter_dir / "optimizer.pt"
+    ).exists()

@@ -69,8 +69,12 @@ def receiver(fail_first: int = 0) -> Iterator[Receiver]:
 
 
 def with_rules(settings: Settings, *rules: AlertRule, **watch: Any) -> Settings:
-    return settings.model_copy(update={"alerts": list(rules),
-                                       "watch": settings.watch.model_copy(update={"alert_backoff_s": 0.0, **watch})})
+    return settings.model_copy(
+        update={
+            "alerts": list(rules),
+            "watch": settings.watch.model_copy(update={"alert_backoff_s": 0.0, **watch}),
+        }
+    )
 
 
 def watch_from(db: Database, when: dt.datetime) -> None:
@@ -83,14 +87,20 @@ def test_rules_fire_once_per_fault_and_deliver(settings: Settings, db: Database)
     seed_trajectories(db)
     ids = seed_loop(db)  # a job failed 10 minutes ago, v0003 was rejected, v0001 and v0002 were promoted
     with receiver() as hook:
-        s = with_rules(settings,
-                       AlertRule(name="failures", when="job_failed", url=hook.url, headers={"Authorization": "Bearer hook"}),
-                       AlertRule(name="gate", when="gate_rejected", url=hook.url),
-                       AlertRule(name="promotions", when="promotion", url=hook.url, format="slack"),
-                       AlertRule(name="rollbacks", when="rollback", url=hook.url))
+        s = with_rules(
+            settings,
+            AlertRule(
+                name="failures", when="job_failed", url=hook.url, headers={"Authorization": "Bearer hook"}
+            ),
+            AlertRule(name="gate", when="gate_rejected", url=hook.url),
+            AlertRule(name="promotions", when="promotion", url=hook.url, format="slack"),
+            AlertRule(name="rollbacks", when="rollback", url=hook.url),
+        )
         first = alerts.evaluate(db, s)
-        assert sorted(first) == sorted([f"failures:job:{ids['failed']}", "gate:rejected:v0003"]
-                                       + [k for k in first if k.startswith("promotions:alias_event:")])
+        assert sorted(first) == sorted(
+            [f"failures:job:{ids['failed']}", "gate:rejected:v0003"]
+            + [k for k in first if k.startswith("promotions:alias_event:")]
+        )
         assert len([k for k in first if k.startswith("promotions:")]) == 2
         assert alerts.evaluate(db, s) == []  # the same faults: no new alerts
         assert alerts.deliver(db, s) == {"sent": 4, "retry": 0, "failed": 0}
@@ -99,7 +109,9 @@ def test_rules_fire_once_per_fault_and_deliver(settings: Settings, db: Database)
         by_rule = {b["body"].get("rule", "slack"): b for b in hook.bodies}
         failed = by_rule["failures"]
         assert failed["auth"] == "Bearer hook" and failed["body"]["level"] == "error"
-        assert "CUDA out of memory" in failed["body"]["message"] and failed["body"]["text"].startswith(":rotating_light:")
+        assert "CUDA out of memory" in failed["body"]["message"] and failed["body"]["text"].startswith(
+            ":rotating_light:"
+        )
         assert by_rule["gate"]["body"]["data"]["reasons"] == ["win rate 0.41 < 0.5"]
         slack = [b["body"] for b in hook.bodies if set(b["body"]) == {"text"}]
         assert len(slack) == 2 and "promoted" in slack[0]["text"]
@@ -109,7 +121,10 @@ def test_rules_fire_once_per_fault_and_deliver(settings: Settings, db: Database)
         (new,) = alerts.evaluate(db, s)
         assert new.startswith("rollbacks:alias_event:")
         assert alerts.deliver(db, s)["sent"] == 1
-        assert "rolled back" in hook.bodies[-1]["body"]["title"] and "v0002 -> v0001" in hook.bodies[-1]["body"]["title"]
+        assert (
+            "rolled back" in hook.bodies[-1]["body"]["title"]
+            and "v0002 -> v0001" in hook.bodies[-1]["body"]["title"]
+        )
 
         # The dashboard's promote goes through the registry's gate: the rejected v0003 is refused (no move,
         # no alert) until a person forces it, which is a promotion like any other.
@@ -128,14 +143,22 @@ def test_history_before_alerting_started_is_not_sent(settings: Settings, db: Dat
     seed_loop(db)  # the failure happened 10 minutes ago
     watch_from(db, utcnow())
     with receiver() as hook:
-        assert alerts.evaluate(db, with_rules(settings, AlertRule(name="f", when="job_failed", url=hook.url))) == []
+        assert (
+            alerts.evaluate(db, with_rules(settings, AlertRule(name="f", when="job_failed", url=hook.url)))
+            == []
+        )
 
 
 def test_delivery_retries_with_backoff_then_gives_up(settings: Settings, db: Database) -> None:
     watch_from(db, utcnow() - dt.timedelta(hours=1))
     seed_loop(db)
     with receiver(fail_first=2) as hook:
-        s = with_rules(settings, AlertRule(name="f", when="job_failed", url=hook.url), alert_backoff_s=30.0, alert_max_attempts=3)
+        s = with_rules(
+            settings,
+            AlertRule(name="f", when="job_failed", url=hook.url),
+            alert_backoff_s=30.0,
+            alert_max_attempts=3,
+        )
         alerts.evaluate(db, s)
         now = utcnow()
         assert alerts.deliver(db, s, now) == {"sent": 0, "retry": 1, "failed": 0}
@@ -143,7 +166,11 @@ def test_delivery_retries_with_backoff_then_gives_up(settings: Settings, db: Dat
             row = ses.scalars(select(AlertDelivery)).one()
             assert row.state == "pending" and row.attempts == 1 and "HTTP 500" in row.error
             assert 29 <= (row.next_attempt_at - now).total_seconds() <= 32  # first backoff
-        assert alerts.deliver(db, s, now + dt.timedelta(seconds=5)) == {"sent": 0, "retry": 0, "failed": 0}  # not due yet
+        assert alerts.deliver(db, s, now + dt.timedelta(seconds=5)) == {
+            "sent": 0,
+            "retry": 0,
+            "failed": 0,
+        }  # not due yet
         assert alerts.deliver(db, s, now + dt.timedelta(seconds=31)) == {"sent": 0, "retry": 1, "failed": 0}
         with db.read_session() as ses:
             row = ses.scalars(select(AlertDelivery)).one()
@@ -151,10 +178,18 @@ def test_delivery_retries_with_backoff_then_gives_up(settings: Settings, db: Dat
         assert alerts.deliver(db, s, now + dt.timedelta(minutes=3)) == {"sent": 1, "retry": 0, "failed": 0}
         assert hook.calls == 3 and len(hook.bodies) == 1
 
-    dead = with_rules(settings, AlertRule(name="g", when="gate_rejected", url="http://127.0.0.1:1/nothing"), alert_max_attempts=2)
+    dead = with_rules(
+        settings,
+        AlertRule(name="g", when="gate_rejected", url="http://127.0.0.1:1/nothing"),
+        alert_max_attempts=2,
+    )
     alerts.evaluate(db, dead)
     alerts.deliver(db, dead)
-    assert alerts.deliver(db, dead, utcnow() + dt.timedelta(seconds=1)) == {"sent": 0, "retry": 0, "failed": 1}
+    assert alerts.deliver(db, dead, utcnow() + dt.timedelta(seconds=1)) == {
+        "sent": 0,
+        "retry": 0,
+        "failed": 1,
+    }
     (failed,) = recent_events(db, kinds=["alert.failed"])
     assert failed.level == "error" and "not delivered after 2 attempts" in failed.message
 
@@ -179,8 +214,11 @@ def test_loss_spike_and_nan(settings: Settings, db: Database) -> None:
     nan = _job_with_losses(db, [1.0, 0.9, float("nan")], progress=progress)
     nan_text = _job_with_losses(db, [1.0], progress={"step": 1, "loss": "NaN"})
     with receiver() as hook:
-        s = with_rules(settings, AlertRule(name="spike", when="loss_spike", url=hook.url, window=20, spike_factor=3),
-                       AlertRule(name="nan", when="loss_nan", url=hook.url))
+        s = with_rules(
+            settings,
+            AlertRule(name="spike", when="loss_spike", url=hook.url, window=20, spike_factor=3),
+            AlertRule(name="nan", when="loss_nan", url=hook.url),
+        )
         keys = alerts.evaluate(db, s)
         assert any(k.startswith(f"spike:job:{spiked}:") for k in keys)
         assert f"nan:job:{nan}" in keys and f"nan:job:{nan_text}" in keys
@@ -198,10 +236,18 @@ def test_disk_low_and_no_trajectories_repeat_after_their_period(settings: Settin
     from learnloop.store.trajectories import ingest
 
     with db.session() as ses:
-        ingest(ses, parse_batch({"trajectories": [{"messages": [{"role": "user", "content": "hi"}], "created_at": old}]}))
+        ingest(
+            ses,
+            parse_batch(
+                {"trajectories": [{"messages": [{"role": "user", "content": "hi"}], "created_at": old}]}
+            ),
+        )
     with receiver() as hook:
-        s = with_rules(settings, AlertRule(name="disk", when="disk_low", url=hook.url, min_free_gb=10**9, repeat_hours=6),
-                       AlertRule(name="quiet", when="no_trajectories", url=hook.url, hours=24, repeat_hours=6))
+        s = with_rules(
+            settings,
+            AlertRule(name="disk", when="disk_low", url=hook.url, min_free_gb=10**9, repeat_hours=6),
+            AlertRule(name="quiet", when="no_trajectories", url=hook.url, hours=24, repeat_hours=6),
+        )
         # The start of the current 6-hour period, so "one hour later" stays inside it.
         period = 6 * 3600
         now = dt.datetime.fromtimestamp(utcnow().timestamp() // period * period + 60, dt.UTC)
@@ -211,25 +257,46 @@ def test_disk_low_and_no_trajectories_repeat_after_their_period(settings: Settin
         alerts.deliver(db, s, now + dt.timedelta(hours=7))
         quiet = next(b["body"] for b in hook.bodies if b["body"]["rule"] == "quiet")
         assert quiet["title"].startswith("no new trajectories for") and quiet["data"]["hours"] > 30
-    fine = with_rules(settings, AlertRule(name="quiet2", when="no_trajectories", url="http://127.0.0.1:1/", hours=48))
+    fine = with_rules(
+        settings, AlertRule(name="quiet2", when="no_trajectories", url="http://127.0.0.1:1/", hours=48)
+    )
     assert alerts.evaluate(db, fine) == []
 
 
 def test_alerts_test_command_over_real_http(tmp_path: Path, sqlite_db: Database) -> None:
     with receiver(fail_first=1) as hook:
         config = tmp_path / "learnloop.toml"
-        config.write_text(f'[[alerts]]\nname = "ops"\nwhen = "job_failed"\nurl = "{hook.url}"\nformat = "slack"\n'
-                          '[watch]\nalert_backoff_s = 0.01\n')
+        config.write_text(
+            f'[[alerts]]\nname = "ops"\nwhen = "job_failed"\nurl = "{hook.url}"\nformat = "slack"\n'
+            "[watch]\nalert_backoff_s = 0.01\n"
+        )
         env = cli_env(tmp_path / "data", LEARNLOOP_DATABASE_URL=sqlite_db.url, LEARNLOOP_CONFIG=str(config))
-        r = subprocess.run([*LEARNLOOP, "alerts", "test"], env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [*LEARNLOOP, "alerts", "test"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         assert "ops: sent" in r.stdout
-        assert hook.calls == 2 and hook.bodies[0]["body"].keys() == {"text"} and "test alert" in hook.bodies[0]["body"]["text"]
-    r = subprocess.run([*LEARNLOOP, "alerts", "test", "--url", "http://127.0.0.1:1/x"], env=env, capture_output=True, text=True, timeout=60)
+        assert (
+            hook.calls == 2
+            and hook.bodies[0]["body"].keys() == {"text"}
+            and "test alert" in hook.bodies[0]["body"]["text"]
+        )
+    r = subprocess.run(
+        [*LEARNLOOP, "alerts", "test", "--url", "http://127.0.0.1:1/x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "FAILED" in r.stdout
-    r = subprocess.run([*LEARNLOOP, "alerts", "test", "--rule", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*LEARNLOOP, "alerts", "test", "--rule", "nope"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1 and "No [[alerts]] rule named 'nope'" in r.stderr and "Traceback" not in r.stderr
-    assert [e.kind for e in recent_events(sqlite_db, kinds=["alert.sent", "alert.failed"])] == ["alert.failed", "alert.sent"]
+    assert [e.kind for e in recent_events(sqlite_db, kinds=["alert.sent", "alert.failed"])] == [
+        "alert.failed",
+        "alert.sent",
+    ]
 
 
 def test_server_runs_the_alert_service(settings: Settings, sqlite_db: Database) -> None:

@@ -30,7 +30,9 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     if os.environ.get("CI"):
         pytest.fail("chromium and chromium-driver are missing; .ci/run installs them", pytrace=False)
-    pytestmark = pytest.mark.skip(reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    pytestmark = pytest.mark.skip(
+        reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    )
 
 
 @pytest.fixture
@@ -40,8 +42,14 @@ def browser() -> Iterator[object]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1440,1100",
-                "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1440,1100",
+        "--hide-scrollbars",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -96,25 +104,42 @@ def shoot(driver: object, name: str) -> Path:
     return path
 
 
-def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_dashboard_in_chromium(
+    browser: object, settings: Settings, sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
     db = sqlite_db
     seed_trajectories(db)
     seeded = seed_loop(db, with_running=False)
-    config = make_config(tiny_model_dir, tmp_path, max_steps=100_000, checkpoint_every=100_000, out="browser-run")
+    config = make_config(
+        tiny_model_dir, tmp_path, max_steps=100_000, checkpoint_every=100_000, out="browser-run"
+    )
     worker = TrainingWorker(db, config).start()
     app_settings = settings.model_copy(update={"api_token": SecretStr("tok-123")})
     d = browser
     try:
         with live_server(create_app(app_settings, db, watch_inbox=False)) as url:
-            wait_for("the job's first steps", lambda: _job(db, worker.job_id).progress.get("step", 0) >= 3, 120)
-            pages = {"overview": "/", "trajectories": "/trajectories", "rewards": "/rewards", "datasets": "/datasets",
-                     "dataset": f"/datasets/{seeded['dataset']}", "jobs": "/jobs", "versions": "/versions",
-                     "serving": "/serving", "quality": "/quality", "login": "/login"}
+            wait_for(
+                "the job's first steps", lambda: _job(db, worker.job_id).progress.get("step", 0) >= 3, 120
+            )
+            pages = {
+                "overview": "/",
+                "trajectories": "/trajectories",
+                "rewards": "/rewards",
+                "datasets": "/datasets",
+                "dataset": f"/datasets/{seeded['dataset']}",
+                "jobs": "/jobs",
+                "versions": "/versions",
+                "serving": "/serving",
+                "quality": "/quality",
+                "login": "/login",
+            }
             for name, path in pages.items():
                 d.get(url + path)
-                wait_for(f"{path} to render", lambda: d.execute_script("return document.readyState") == "complete")
+                wait_for(
+                    f"{path} to render", lambda: d.execute_script("return document.readyState") == "complete"
+                )
                 assert d.find_element(By.TAG_NAME, "h1").text, path
                 for chart in d.find_elements(By.CSS_SELECTOR, "[data-chart]"):
                     assert chart.find_elements(By.CSS_SELECTOR, "svg, .empty"), f"chart not drawn on {path}"
@@ -126,7 +151,9 @@ def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: D
             d.get(url + "/")
             region = d.find_element(By.ID, "live-overview")
             first = region.get_attribute("data-refreshed")
-            wait_for("a live refresh", lambda: region.get_attribute("data-refreshed") not in (None, first), 15)
+            wait_for(
+                "a live refresh", lambda: region.get_attribute("data-refreshed") not in (None, first), 15
+            )
             assert f"job {worker.job_id} running" in region.text
             countdown = d.find_element(By.CSS_SELECTOR, "[data-countdown]").text
             assert countdown and countdown != "due now"
@@ -154,10 +181,15 @@ def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: D
             d.get(url + f"/jobs/{worker.job_id}")
             stream = d.find_element(By.ID, "job-stream")
             start = int(stream.get_attribute("data-last-step") or 0)
-            wait_for("new steps over SSE", lambda: int(stream.get_attribute("data-last-step") or 0) > start + 2, 60)
+            wait_for(
+                "new steps over SSE", lambda: int(stream.get_attribute("data-last-step") or 0) > start + 2, 60
+            )
             click(d, "button[data-action=pause]")
-            wait_for("the job to be paused in the page",
-                     lambda: d.find_element(By.ID, "job-state").text == "paused", 30)
+            wait_for(
+                "the job to be paused in the page",
+                lambda: d.find_element(By.ID, "job-state").text == "paused",
+                30,
+            )
             assert _job(db, worker.job_id).state == JobState.paused
             paused_at = _job(db, worker.job_id).progress["step"]
             time.sleep(1.5)
@@ -165,13 +197,21 @@ def test_dashboard_in_chromium(browser: object, settings: Settings, sqlite_db: D
             shoot(d, "job-paused")
             click(d, "button[data-action=resume]")
             wait_for("the job to run again", lambda: _job(db, worker.job_id).progress["step"] > paused_at, 30)
-            wait_for("the page to show it running", lambda: d.find_element(By.ID, "job-state").text == "running", 30)
+            wait_for(
+                "the page to show it running",
+                lambda: d.find_element(By.ID, "job-state").text == "running",
+                30,
+            )
             shoot(d, "job")
             click(d, "button[data-action=stop]")
             d.switch_to.alert.accept()
             worker.join(60)
             assert worker.error is None and worker.result.stopped
-            wait_for("the page to show it stopped", lambda: d.find_element(By.ID, "job-state").text == "cancelled", 30)
+            wait_for(
+                "the page to show it stopped",
+                lambda: d.find_element(By.ID, "job-state").text == "cancelled",
+                30,
+            )
             assert console_errors(d) == []
     finally:
         worker.control.stop()
@@ -188,4 +228,3 @@ def _feedback(db: Database, comment: str) -> bool:
 
     with db.read_session() as s:
         return s.scalars(select(Feedback).where(Feedback.comment == comment)).first() is not None
-

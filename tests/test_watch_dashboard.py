@@ -56,7 +56,9 @@ def test_every_page_shows_the_rows(settings: Settings, db: Database, seeded: dic
     home = c.get("/").text
     for stage in ("capture", "score", "datasets", "train", "registry", "evaluate", "serve"):
         assert f'data-stage="{stage}"' in home
-    assert "learnloop → v0002 · 10% → v0003" in home and f"job {seeded['running']} running · step 60/200" in home
+    assert (
+        "learnloop → v0002 · 10% → v0003" in home and f"job {seeded['running']} running · step 60/200" in home
+    )
     assert 'data-countdown="2' in home and "12 new trajectories, 50 needed" in home
     assert "CUDA out of memory" in home  # the recent events
     jobs = c.get("/jobs").text
@@ -83,7 +85,7 @@ def _attr(html: str, start: str) -> str:
     import html as h
 
     i = html.index(start) + len(start)
-    return h.unescape(html[i:html.index('"', i)])
+    return h.unescape(html[i : html.index('"', i)])
 
 
 def test_trajectory_filters_and_detail(settings: Settings, db: Database, seeded: dict) -> None:
@@ -118,8 +120,14 @@ def test_trajectory_filters_and_detail(settings: Settings, db: Database, seeded:
 def test_job_buttons_write_the_rows(settings: Settings, db: Database, seeded: dict) -> None:
     c = client(settings, db)
     running, queued = seeded["running"], seeded["queued"][0]
-    assert c.post(f"/ui/jobs/{running}/pause").json() == {"id": running, "state": "running", "desired_state": "pause"}
-    assert c.post(f"/ui/jobs/{queued}/pause").json()["state"] == "paused"  # no worker holds it: paused at once
+    assert c.post(f"/ui/jobs/{running}/pause").json() == {
+        "id": running,
+        "state": "running",
+        "desired_state": "pause",
+    }
+    assert (
+        c.post(f"/ui/jobs/{queued}/pause").json()["state"] == "paused"
+    )  # no worker holds it: paused at once
     assert c.post(f"/ui/jobs/{queued}/resume").json()["state"] == "queued"
     assert c.post(f"/ui/jobs/{queued}/cancel").json()["state"] == "cancelled"
     r = c.post(f"/ui/jobs/{queued}/pause")
@@ -138,7 +146,9 @@ def test_promote_and_rollback_buttons_move_the_alias(settings: Settings, db: Dat
     refused = c.post("/ui/versions/v0003/promote")
     assert refused.status_code == 409 and "gate said reject: win rate 0.41 < 0.5" in refused.json()["error"]
     page = c.get("/versions").text
-    assert "/ui/versions/v0003/promote?force=true" in page and "Force promote" in page  # the override, asked for as one
+    assert (
+        "/ui/versions/v0003/promote?force=true" in page and "Force promote" in page
+    )  # the override, asked for as one
     assert "/ui/versions/v0001/promote?force" not in page  # a version the gate passed gets the plain button
     forced = c.post("/ui/versions/v0003/promote?force=true").json()
     assert forced == {"alias": "learnloop", "version": "v0003", "previous": "v0002", "action": "force"}
@@ -146,17 +156,39 @@ def test_promote_and_rollback_buttons_move_the_alias(settings: Settings, db: Dat
     assert c.post("/ui/versions/v9/promote").status_code == 404
     with db.read_session() as s:
         assert s.get(Alias, "learnloop").version_id == "v0003"
-        assert s.get(ModelVersion, "v0003").state.value == "serving" and s.get(ModelVersion, "v0002").state.value == "archived"
+        assert (
+            s.get(ModelVersion, "v0003").state.value == "serving"
+            and s.get(ModelVersion, "v0002").state.value == "archived"
+        )
     # Rollback walks back what the alias served: v0003 -> v0002 -> v0001 -> base, then there is nothing left.
-    assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": "v0002", "previous": "v0003"}
-    assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": "v0001", "previous": "v0002"}
-    assert c.post("/ui/aliases/learnloop/rollback").json() == {"alias": "learnloop", "version": None, "previous": "v0001"}
+    assert c.post("/ui/aliases/learnloop/rollback").json() == {
+        "alias": "learnloop",
+        "version": "v0002",
+        "previous": "v0003",
+    }
+    assert c.post("/ui/aliases/learnloop/rollback").json() == {
+        "alias": "learnloop",
+        "version": "v0001",
+        "previous": "v0002",
+    }
+    assert c.post("/ui/aliases/learnloop/rollback").json() == {
+        "alias": "learnloop",
+        "version": None,
+        "previous": "v0001",
+    }
     assert c.post("/ui/aliases/learnloop/rollback").status_code == 409
     with db.read_session() as s:
-        log = [(e.action, e.from_version, e.to_version) for e in s.scalars(select(AliasEvent).order_by(AliasEvent.id))
-               if e.action != "split"]
-    assert log[-4:] == [("force", "v0002", "v0003"), ("rollback", "v0003", "v0002"), ("rollback", "v0002", "v0001"),
-                        ("rollback", "v0001", None)]
+        log = [
+            (e.action, e.from_version, e.to_version)
+            for e in s.scalars(select(AliasEvent).order_by(AliasEvent.id))
+            if e.action != "split"
+        ]
+    assert log[-4:] == [
+        ("force", "v0002", "v0003"),
+        ("rollback", "v0003", "v0002"),
+        ("rollback", "v0002", "v0001"),
+        ("rollback", "v0001", None),
+    ]
 
 
 def test_buttons_need_the_token_when_one_is_set(settings: Settings, db: Database, seeded: dict) -> None:
@@ -165,11 +197,27 @@ def test_buttons_need_the_token_when_one_is_set(settings: Settings, db: Database
     assert c.post(url).status_code == 401
     assert "log in to steer" in c.get("/").text
     assert c.get("/").status_code == 200  # reading stays open
-    r = c.post("/login", content="token=wrong", headers={"Content-Type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+    r = c.post(
+        "/login",
+        content="token=wrong",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and "error" in r.headers["location"]
-    r = c.post("/login", content="token=s3cret", headers={"Content-Type": "application/x-www-form-urlencoded"}, follow_redirects=False)
-    assert r.status_code == 303 and "learnloop_token" in r.headers["set-cookie"] and "samesite=strict" in r.headers["set-cookie"].lower()
-    assert c.post(url).status_code == 401  # a cookie alone could be a cross-site form: the action header is needed too
+    r = c.post(
+        "/login",
+        content="token=s3cret",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert (
+        r.status_code == 303
+        and "learnloop_token" in r.headers["set-cookie"]
+        and "samesite=strict" in r.headers["set-cookie"].lower()
+    )
+    assert (
+        c.post(url).status_code == 401
+    )  # a cookie alone could be a cross-site form: the action header is needed too
     assert c.post(url, headers={"X-Learnloop-Action": "1"}).status_code == 200
     c.cookies.clear()
     assert c.post(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -202,7 +250,9 @@ def test_job_stream_resumes_after_last_event_id(settings: Settings, db: Database
         assert json.loads(state["data"])["state"] == "running"
 
         # The browser reconnects with Last-Event-ID: only what it has not seen comes, then what is new.
-        with httpx.stream("GET", f"{url}/ui/stream/jobs/{job}?poll_s=0.2", headers={"Last-Event-ID": "58"}, timeout=10) as r:
+        with httpx.stream(
+            "GET", f"{url}/ui/stream/jobs/{job}?poll_s=0.2", headers={"Last-Event-ID": "58"}, timeout=10
+        ) as r:
             lines = r.iter_lines()
             first = _sse(lines, 1)[0]
             assert [p["step"] for p in json.loads(first["data"])["points"]] == [59, 60]
@@ -211,7 +261,9 @@ def test_job_stream_resumes_after_last_event_id(settings: Settings, db: Database
             nxt = next(e for e in _sse(lines, 4) if e["event"] == "metrics")
         assert nxt["id"] == "61" and json.loads(nxt["data"])["points"][0]["loss"] == 0.5
 
-        with httpx.stream("GET", f"{url}/ui/stream/events?poll_s=0.2", headers={"Last-Event-ID": "1"}, timeout=10) as r:
+        with httpx.stream(
+            "GET", f"{url}/ui/stream/events?poll_s=0.2", headers={"Last-Event-ID": "1"}, timeout=10
+        ) as r:
             evs = _sse(r.iter_lines(), 2)
         assert [e["id"] for e in evs] == ["2", "3"]
 

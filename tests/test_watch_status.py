@@ -28,7 +28,10 @@ def test_status_of_an_empty_database_is_empty_not_an_error(settings: Settings, d
     assert body["loops"] == [] and body["running"] == [] and body["running_job"] is None
     assert body["serving"] == [] and body["last_evaluation"] is None
     assert body["queue"]["depth"] == 0 and set(body["queue"]["by_state"]) >= {"queued", "running", "failed"}
-    assert body["trajectories"]["total"] == 0 and body["trajectories"]["by_source"]["served"] == {"total": 0, "today": 0}
+    assert body["trajectories"]["total"] == 0 and body["trajectories"]["by_source"]["served"] == {
+        "total": 0,
+        "today": 0,
+    }
     assert body["host"]["database"]["reachable"] is True
 
 
@@ -45,7 +48,11 @@ def test_status_reports_every_field_from_the_rows(settings: Settings, db: Databa
     q = body["queue"]
     assert q["by_state"]["queued"] == 3 and q["by_state"]["running"] == 1 and q["by_state"]["failed"] == 1
     assert q["depth"] == 3
-    assert q["by_priority"] == [{"priority": 10, "queued": 1}, {"priority": 50, "running": 1}, {"priority": 100, "queued": 2}]
+    assert q["by_priority"] == [
+        {"priority": 10, "queued": 1},
+        {"priority": 50, "running": 1},
+        {"priority": 100, "queued": 2},
+    ]
 
     job = body["running_job"]
     assert job["id"] == ids["running"] and job["step"] == 60 and job["total_steps"] == 200
@@ -53,17 +60,25 @@ def test_status_reports_every_field_from_the_rows(settings: Settings, db: Databa
 
     (alias,) = body["serving"]
     assert alias == {**alias, "alias": "learnloop", "version": "v0002", "candidate": "v0003", "split": 0.1}
-    assert body["last_evaluation"]["candidate_id"] == "v0003" and body["last_evaluation"]["verdict"] == "reject"
+    assert (
+        body["last_evaluation"]["candidate_id"] == "v0003" and body["last_evaluation"]["verdict"] == "reject"
+    )
     assert body["last_evaluation"]["reasons"] == ["win rate 0.41 < 0.5"]
 
     t = body["trajectories"]
-    assert t["total"] == 26 and t["by_source"]["production"]["total"] == 13 and t["by_source"]["teacher"]["total"] == 3
+    assert (
+        t["total"] == 26
+        and t["by_source"]["production"]["total"] == 13
+        and t["by_source"]["teacher"]["total"] == 3
+    )
     assert t["by_source"]["served"]["total"] == 10
     # Seeded over four days: i % 4 == 0 lands today (4 production rows: t-tool + 3), served i % 3 == 0 (4 rows).
     assert t["by_source"]["production"]["today"] == 4 and t["by_source"]["served"]["today"] == 4
 
     host = body["host"]
-    assert host["database"]["reachable"] and host["database"]["latency_ms"] >= 0 and host["database"]["at_head"]
+    assert (
+        host["database"]["reachable"] and host["database"]["latency_ms"] >= 0 and host["database"]["at_head"]
+    )
     assert host["disk"]["free_bytes"] > 0 and host["disk"]["path"] == str(settings.data_dir)
     assert host["memory"]["available_bytes"] > 0 and host["memory"]["used_bytes"] > 0
     me = [p for p in host["processes"] if p["self"]]
@@ -89,11 +104,15 @@ def test_processes_are_found_by_role_with_their_rss(settings: Settings, sqlite_d
     assert process_role(["python", "-m", "learnloop.training.run", "--config", "c.json"]) == "training"
     assert process_role(["python", "-m", "pytest"]) is None
     sleep = "import time; time.sleep(60)"
-    procs = [subprocess.Popen([sys.executable, "-c", sleep, "learnloop", "daemon"]),
-             subprocess.Popen([sys.executable, "-c", sleep, "-m", "learnloop.training.run"])]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", sleep, "learnloop", "daemon"]),
+        subprocess.Popen([sys.executable, "-c", sleep, "-m", "learnloop.training.run"]),
+    ]
     try:
         time.sleep(0.5)
-        found = {p["pid"]: p for p in client(settings, sqlite_db).get("/v1/status").json()["host"]["processes"]}
+        found = {
+            p["pid"]: p for p in client(settings, sqlite_db).get("/v1/status").json()["host"]["processes"]
+        }
         assert found[procs[0].pid]["role"] == "daemon" and found[procs[0].pid]["rss_bytes"] > 1_000_000
         assert found[procs[1].pid]["role"] == "training" and found[procs[1].pid]["rss_bytes"] > 1_000_000
     finally:
@@ -140,14 +159,19 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_metrics_exposes_ingest_queue_jobs_training_serving_and_rewards(settings: Settings, db: Database) -> None:
+def test_metrics_exposes_ingest_queue_jobs_training_serving_and_rewards(
+    settings: Settings, db: Database
+) -> None:
     seed_trajectories(db)
     ids = seed_loop(db)
     c = client(settings, db)
     before = _samples(c.get("/metrics").text)
     ingested = ("learnloop_ingest_records_total", (("kind", "trajectories"),))
     requests_ok = ("learnloop_ingest_requests_total", (("route", "/v1/ingest"), ("status", "200")))
-    r = c.post("/v1/ingest", json={"trajectories": [{"messages": chat("hi", "hello"), "scenario": "m"} for _ in range(3)]})
+    r = c.post(
+        "/v1/ingest",
+        json={"trajectories": [{"messages": chat("hi", "hello"), "scenario": "m"} for _ in range(3)]},
+    )
     assert r.status_code == 200
     assert c.post("/v1/ingest", json={"trajectories": [{"messages": []}]}).status_code == 422
     metrics_mod.observe_serving("v0002", 17, 0.42)
@@ -163,7 +187,9 @@ def test_metrics_exposes_ingest_queue_jobs_training_serving_and_rewards(settings
     assert m[("learnloop_jobs_failed", (("kind", "train"),))] == 1
     assert m[("learnloop_job_failures_total", ())] == 1
     assert m[("learnloop_job_duration_seconds_count", (("kind", "train"),))] == 2
-    assert m[("learnloop_job_duration_seconds_bucket", (("kind", "train"), ("le", "3600.0")))] == 1  # the 30 minute run
+    assert (
+        m[("learnloop_job_duration_seconds_bucket", (("kind", "train"), ("le", "3600.0")))] == 1
+    )  # the 30 minute run
     job = str(ids["running"])
     assert m[("learnloop_training_loss", (("job", job), ("kind", "train")))] == 1.25
     assert m[("learnloop_training_step", (("job", job), ("kind", "train")))] == 60
@@ -195,9 +221,20 @@ def test_metric_series_is_downsampled_on_the_server(db: Database, n: int) -> Non
         s.flush()
         job_id = job.id
     with db.connection() as conn:
-        conn.execute(TrainingMetric.__table__.insert(), [
-            {"job_id": job_id, "step": i, "loss": float(i % 10), "learning_rate": 1e-4, "tokens_per_s": 100.0, "extra": {}}
-            for i in range(1, n + 1)])
+        conn.execute(
+            TrainingMetric.__table__.insert(),
+            [
+                {
+                    "job_id": job_id,
+                    "step": i,
+                    "loss": float(i % 10),
+                    "learning_rate": 1e-4,
+                    "tokens_per_s": 100.0,
+                    "extra": {},
+                }
+                for i in range(1, n + 1)
+            ],
+        )
     with db.read_session() as s:
         series = metric_series(s, job_id, max_points=400)
         tail = metric_series(s, job_id, after_step=n - 5)
@@ -225,11 +262,23 @@ def test_status_command_table_json_and_watch(tmp_path: Path, db: Database) -> No
 
     r = subprocess.run([*LEARNLOOP, "status"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    for text in ("loops", "12 new trajectories, 50 needed", "60/200", "v0002", "v0003", "10%", "reject", "production", "reachable"):
+    for text in (
+        "loops",
+        "12 new trajectories, 50 needed",
+        "60/200",
+        "v0002",
+        "v0003",
+        "10%",
+        "reject",
+        "production",
+        "reachable",
+    ):
         assert text in r.stdout, text
 
     # --watch on a pipe: one full status per interval.
-    proc = subprocess.Popen([*LEARNLOOP, "status", "--watch", "--interval", "0.5"], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*LEARNLOOP, "status", "--watch", "--interval", "0.5"], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         seen, deadline = 0, time.monotonic() + 60
         while seen < 2 and time.monotonic() < deadline:
@@ -240,6 +289,9 @@ def test_status_command_table_json_and_watch(tmp_path: Path, db: Database) -> No
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
 
-    down = cli_env(tmp_path / "data", LEARNLOOP_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    down = cli_env(
+        tmp_path / "data",
+        LEARNLOOP_DATABASE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2",
+    )
     r = subprocess.run([*LEARNLOOP, "status"], env=down, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "unreachable" in r.stdout and "Traceback" not in r.stderr

@@ -17,7 +17,9 @@ BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 def _error(status: int, message: str) -> JSONResponse:
     kind = {404: "NotFoundError", 400: "BadRequestError"}.get(status, "Error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status
+    )
 
 
 def fake_vllm_app() -> FastAPI:
@@ -63,20 +65,48 @@ def fake_vllm_app() -> FastAPI:
         usage = {"prompt_tokens": 7, "completion_tokens": len(words) * n, "total_tokens": 7 + len(words) * n}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": model}
         if not body.get("stream"):
-            choices = [{"index": i, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
-                       for i in range(n)]
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": " ".join(words)},
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ]
             return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
         def events():
             for i in range(n):
                 for k, w in enumerate(words):
                     delta = {"content": w if k == 0 else " " + w}
-                    yield "data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                                 "choices": [{"index": i, "delta": delta, "finish_reason": None}]}) + "\n\n"
-                yield "data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                             "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}) + "\n\n"
+                    yield (
+                        "data: "
+                        + json.dumps(
+                            {
+                                **base,
+                                "object": "chat.completion.chunk",
+                                "choices": [{"index": i, "delta": delta, "finish_reason": None}],
+                            }
+                        )
+                        + "\n\n"
+                    )
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            **base,
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}],
+                        }
+                    )
+                    + "\n\n"
+                )
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield "data: " + json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+                    + "\n\n"
+                )
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -20,9 +20,20 @@ class TrainingWorker:
     def __init__(self, db: Database, config: Any) -> None:
         self.db, self.config = db, config
         with db.session() as s:
-            job = Job(kind=JobKind.train, state=JobState.running, priority=50, loop="main", attempts=1, started_at=utcnow(),
-                      lease_owner="test-worker",
-                      payload={"algorithm": config.algorithm, "base_model": "tiny test model", "max_steps": config.max_steps})
+            job = Job(
+                kind=JobKind.train,
+                state=JobState.running,
+                priority=50,
+                loop="main",
+                attempts=1,
+                started_at=utcnow(),
+                lease_owner="test-worker",
+                payload={
+                    "algorithm": config.algorithm,
+                    "base_model": "tiny test model",
+                    "max_steps": config.max_steps,
+                },
+            )
             s.add(job)
             s.flush()
             self.job_id = job.id
@@ -49,8 +60,11 @@ class TrainingWorker:
         while not self._done.wait(0.2):
             with self.db.read_session() as s:
                 desired = s.get(Job, self.job_id).desired_state
-            {DesiredState.pause: self.control.pause, DesiredState.run: self.control.resume,
-             DesiredState.stop: self.control.stop}[desired]()
+            {
+                DesiredState.pause: self.control.pause,
+                DesiredState.run: self.control.resume,
+                DesiredState.stop: self.control.stop,
+            }[desired]()
 
     def _set(self, **values: Any) -> None:
         with self.db.session() as s:
@@ -64,14 +78,29 @@ class TrainingWorker:
             m = event.metrics
             with self.db.session() as s:
                 job = s.get(Job, self.job_id)
-                job.progress = {"step": event.step, "total_steps": event.total_steps, "loss": m["loss"],
-                                "tokens_per_s": m["tokens_per_s"], "eta_s": m["eta_s"]}
+                job.progress = {
+                    "step": event.step,
+                    "total_steps": event.total_steps,
+                    "loss": m["loss"],
+                    "tokens_per_s": m["tokens_per_s"],
+                    "eta_s": m["eta_s"],
+                }
                 job.heartbeat_at = utcnow()
-                s.add(TrainingMetric(job_id=self.job_id, step=event.step, loss=m["loss"], learning_rate=m["lr"],
-                                     grad_norm=m["grad_norm"], tokens_per_s=m["tokens_per_s"]))
+                s.add(
+                    TrainingMetric(
+                        job_id=self.job_id,
+                        step=event.step,
+                        loss=m["loss"],
+                        learning_rate=m["lr"],
+                        grad_norm=m["grad_norm"],
+                        tokens_per_s=m["tokens_per_s"],
+                    )
+                )
         elif event.kind == "paused":
             self._set(state=JobState.paused)
-            record_event(self.db, "job.paused", f"job {self.job_id} paused at step {event.step}", job_id=self.job_id)
+            record_event(
+                self.db, "job.paused", f"job {self.job_id} paused at step {event.step}", job_id=self.job_id
+            )
         elif event.kind == "resumed":
             self._set(state=JobState.running)
             record_event(self.db, "job.resumed", f"job {self.job_id} resumed", job_id=self.job_id)
@@ -83,8 +112,12 @@ class TrainingWorker:
             self.result = train(self.config, control=self.control, progress=self._progress)
             state = JobState.cancelled if self.result.stopped else JobState.succeeded
             self._set(state=state, finished_at=utcnow(), lease_owner=None)
-            record_event(self.db, f"job.{'stopped' if self.result.stopped else 'succeeded'}", f"job {self.job_id} {state.value}",
-                         job_id=self.job_id)
+            record_event(
+                self.db,
+                f"job.{'stopped' if self.result.stopped else 'succeeded'}",
+                f"job {self.job_id} {state.value}",
+                job_id=self.job_id,
+            )
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             self.error = exc
             self._set(state=JobState.failed, error=str(exc), finished_at=utcnow(), lease_owner=None)

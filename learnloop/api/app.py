@@ -36,8 +36,14 @@ log = logging.getLogger("learnloop.api")
 STORE_RETRY_AFTER = 5
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None, *, watch_inbox: bool | None = None,
-               serving: Any = None, serving_off_reason: str | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    db: Database | None = None,
+    *,
+    watch_inbox: bool | None = None,
+    serving: Any = None,
+    serving_off_reason: str | None = None,
+) -> FastAPI:
     """Build the app. ``db`` defaults to the configured database, migrated to head.
 
     The inbox watcher runs during the app's lifespan when ``watch_inbox`` (default:

@@ -38,17 +38,28 @@ class BodyLimitMiddleware:
         if length is not None and length > self.limit:
             message = too_large_message(self.limit)
             if scope.get("path") in OPENAI_PATHS:  # OpenAI's clients read OpenAI's error shape
-                answer: dict = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                          "code": "request_too_large"}}
+                answer: dict = {
+                    "error": {
+                        "message": message,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "request_too_large",
+                    }
+                }
             else:
                 answer = {"error": message, "detail": message}
             body = json.dumps(answer).encode()
-            await send({
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         received = 0

@@ -94,8 +94,11 @@ def require_read_token(request: Request, _: Annotated[Any, Security(READ_SCHEME)
     settings = request.app.state.settings
     read = settings.server.read_token
     if read is not None:
-        _check_token(request, [read] + ([settings.api_token] if settings.api_token else []),
-                     "reads (server.read_token)")
+        _check_token(
+            request,
+            [read] + ([settings.api_token] if settings.api_token else []),
+            "reads (server.read_token)",
+        )
 
 
 class IngestGate:

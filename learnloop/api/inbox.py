@@ -99,12 +99,18 @@ class InboxWatcher:
                 continue
             path = Path(entry.path)
             if not stat.S_ISREG(st.st_mode):
-                self._refuse(path, f"{entry.name} is {file_kind(st.st_mode)}, not a regular file; the inbox never follows "
-                                   "or reads those. Drop the file itself (write name.jsonl.tmp, then rename it).")
+                self._refuse(
+                    path,
+                    f"{entry.name} is {file_kind(st.st_mode)}, not a regular file; the inbox never follows "
+                    "or reads those. Drop the file itself (write name.jsonl.tmp, then rename it).",
+                )
                 continue
             if st.st_size > self.max_bytes:
-                self._refuse(path, f"{entry.name} is {st.st_size} bytes, over the limit of {self.max_bytes} bytes "
-                                   "(server.max_inbox_file_bytes); split it into smaller files or raise the setting.")
+                self._refuse(
+                    path,
+                    f"{entry.name} is {st.st_size} bytes, over the limit of {self.max_bytes} bytes "
+                    "(server.max_inbox_file_bytes); split it into smaller files or raise the setting.",
+                )
                 continue
             signature = (st.st_size, st.st_mtime_ns)
             current[entry.name] = signature
@@ -133,8 +139,11 @@ class InboxWatcher:
 
     def _import_one(self, path: Path) -> InboxOutcome:
         taken = self._taken.get(path.name)
-        rules = FileRules(regular_only=True, max_bytes=self.max_bytes,
-                          expect=(taken.st_dev, taken.st_ino) if taken is not None else None)
+        rules = FileRules(
+            regular_only=True,
+            max_bytes=self.max_bytes,
+            expect=(taken.st_dev, taken.st_ino) if taken is not None else None,
+        )
         try:
             result = import_jsonl(
                 self.db,
@@ -168,7 +177,11 @@ class InboxWatcher:
             "inbox: imported %s (%d inserted, %d duplicates)", path.name, result.inserted, result.duplicates
         )
         if taken is not None:
-            self._watch_after[dest] = (taken.st_size, taken.st_mtime_ns, time.monotonic() + GROWTH_WATCH_SECONDS)
+            self._watch_after[dest] = (
+                taken.st_size,
+                taken.st_mtime_ns,
+                time.monotonic() + GROWTH_WATCH_SECONDS,
+            )
             self._check_imported()
         return InboxOutcome(path.name, "processed", moved_to=dest, result=result)
 
@@ -183,9 +196,11 @@ class InboxWatcher:
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self._watch_after.pop(dest)
-                message = (f"{dest.name} changed after it was imported: it was {size} bytes when taken and is "
-                           f"{st.st_size} bytes now. Only what it held when taken was imported; whatever was written "
-                           "later was NOT. Drop the missing lines as a new file (write name.jsonl.tmp, then rename it).")
+                message = (
+                    f"{dest.name} changed after it was imported: it was {size} bytes when taken and is "
+                    f"{st.st_size} bytes now. Only what it held when taken was imported; whatever was written "
+                    "later was NOT. Drop the missing lines as a new file (write name.jsonl.tmp, then rename it)."
+                )
                 log.warning("inbox: %s", message)
                 with contextlib.suppress(OSError):
                     dest.with_name(dest.name + ".warning.txt").write_text(message + "\n", encoding="utf-8")

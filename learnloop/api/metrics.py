@@ -35,17 +35,41 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 JOB_BUCKETS = (10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 
-INGEST_REQUESTS = Counter("learnloop_ingest_requests", "Ingest requests answered, by route and status.",
-                          ["route", "status"], registry=REGISTRY)
-INGEST_RECORDS = Counter("learnloop_ingest_records", "Records ingested, by kind (trajectories, duplicates, feedback, scores).",
-                         ["kind"], registry=REGISTRY)
-INGEST_LATENCY = Histogram("learnloop_ingest_latency_seconds", "Ingest request latency.", ["route"],
-                           buckets=LATENCY_BUCKETS, registry=REGISTRY)
-SERVING_REQUESTS = Counter("learnloop_serving_requests", "Chat completions served, by version and outcome.",
-                           ["version", "status"], registry=REGISTRY)
-SERVING_TOKENS = Counter("learnloop_serving_tokens", "Completion tokens generated, by version.", ["version"], registry=REGISTRY)
-SERVING_LATENCY = Histogram("learnloop_serving_latency_seconds", "Chat completion latency, by version.", ["version"],
-                            buckets=LATENCY_BUCKETS, registry=REGISTRY)
+INGEST_REQUESTS = Counter(
+    "learnloop_ingest_requests",
+    "Ingest requests answered, by route and status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+INGEST_RECORDS = Counter(
+    "learnloop_ingest_records",
+    "Records ingested, by kind (trajectories, duplicates, feedback, scores).",
+    ["kind"],
+    registry=REGISTRY,
+)
+INGEST_LATENCY = Histogram(
+    "learnloop_ingest_latency_seconds",
+    "Ingest request latency.",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SERVING_REQUESTS = Counter(
+    "learnloop_serving_requests",
+    "Chat completions served, by version and outcome.",
+    ["version", "status"],
+    registry=REGISTRY,
+)
+SERVING_TOKENS = Counter(
+    "learnloop_serving_tokens", "Completion tokens generated, by version.", ["version"], registry=REGISTRY
+)
+SERVING_LATENCY = Histogram(
+    "learnloop_serving_latency_seconds",
+    "Chat completion latency, by version.",
+    ["version"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 
 
 def observe_ingest(route: str, status: int, seconds: float) -> None:
@@ -56,8 +80,12 @@ def observe_ingest(route: str, status: int, seconds: float) -> None:
 
 def count_ingested(result: dict[str, Any]) -> dict[str, Any]:
     """Count what one committed ingest stored; returns ``result`` so a route can wrap its answer."""
-    for kind, key in (("trajectories", "inserted"), ("duplicates", "duplicates"),
-                      ("feedback", "feedback_inserted"), ("scores", "scores_inserted")):
+    for kind, key in (
+        ("trajectories", "inserted"),
+        ("duplicates", "duplicates"),
+        ("feedback", "feedback_inserted"),
+        ("scores", "scores_inserted"),
+    ):
         if result.get(key):
             INGEST_RECORDS.labels(kind=kind).inc(result[key])
     return result
@@ -80,8 +108,17 @@ def serving_snapshot() -> list[dict[str, Any]]:
             version = sample.labels.get("version")
             if version is None:
                 continue
-            row = out.setdefault(version, {"version": version, "requests": 0.0, "errors": 0.0, "tokens": 0.0,
-                                           "latency_sum": 0.0, "latency_count": 0.0})
+            row = out.setdefault(
+                version,
+                {
+                    "version": version,
+                    "requests": 0.0,
+                    "errors": 0.0,
+                    "tokens": 0.0,
+                    "latency_sum": 0.0,
+                    "latency_count": 0.0,
+                },
+            )
             if sample.name == "learnloop_serving_requests_total":
                 row["requests"] += sample.value
                 if sample.labels.get("status") != "ok":
@@ -117,10 +154,16 @@ class DatabaseCollector(Collector):
                     for kind, start, fin in s.execute(
                         select(Job.kind, Job.started_at, Job.finished_at)
                         .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
-                        .order_by(Job.finished_at.desc()).limit(5000))
+                        .order_by(Job.finished_at.desc())
+                        .limit(5000)
+                    )
                 ]
-                failures = s.execute(select(Job.kind, func.count()).where(Job.state == JobState.failed).group_by(Job.kind)).all()
-                failed_events = s.scalar(select(func.count()).select_from(Event).where(Event.kind == "job.failed")) or 0
+                failures = s.execute(
+                    select(Job.kind, func.count()).where(Job.state == JobState.failed).group_by(Job.kind)
+                ).all()
+                failed_events = (
+                    s.scalar(select(func.count()).select_from(Event).where(Event.kind == "job.failed")) or 0
+                )
                 rewards = queries.reward_means(s, utcnow() - self.window)
                 counts = queries.trajectory_counts(s)
         except Exception as exc:  # noqa: BLE001 - a scrape must still answer, saying the database is down
@@ -142,15 +185,27 @@ class DatabaseCollector(Collector):
         for kind, n in failures:
             failed.add_metric([getattr(kind, "value", kind)], n)
         yield failed
-        failed_total = CounterMetricFamily("learnloop_job_failures", "job.failed events recorded (every failed attempt).")
+        failed_total = CounterMetricFamily(
+            "learnloop_job_failures", "job.failed events recorded (every failed attempt)."
+        )
         failed_total.add_metric([], failed_events)
         yield failed_total
-        yield _histogram("learnloop_job_duration_seconds", "Duration of finished jobs (newest 5000), by kind.", durations)
+        yield _histogram(
+            "learnloop_job_duration_seconds", "Duration of finished jobs (newest 5000), by kind.", durations
+        )
 
-        loss = GaugeMetricFamily("learnloop_training_loss", "Latest loss of each running job.", labels=["job", "kind"])
-        step = GaugeMetricFamily("learnloop_training_step", "Latest step of each running job.", labels=["job", "kind"])
-        tps = GaugeMetricFamily("learnloop_training_tokens_per_second", "Throughput of each running job.", labels=["job", "kind"])
-        total = GaugeMetricFamily("learnloop_training_total_steps", "Planned steps of each running job.", labels=["job", "kind"])
+        loss = GaugeMetricFamily(
+            "learnloop_training_loss", "Latest loss of each running job.", labels=["job", "kind"]
+        )
+        step = GaugeMetricFamily(
+            "learnloop_training_step", "Latest step of each running job.", labels=["job", "kind"]
+        )
+        tps = GaugeMetricFamily(
+            "learnloop_training_tokens_per_second", "Throughput of each running job.", labels=["job", "kind"]
+        )
+        total = GaugeMetricFamily(
+            "learnloop_training_total_steps", "Planned steps of each running job.", labels=["job", "kind"]
+        )
         for j in active:
             labels = [str(j["id"]), j["kind"]]
             for fam, key in ((loss, "loss"), (step, "step"), (tps, "tokens_per_s"), (total, "total_steps")):
@@ -158,17 +213,25 @@ class DatabaseCollector(Collector):
                     fam.add_metric(labels, j[key])
         yield from (loss, step, tps, total)
 
-        mean = GaugeMetricFamily("learnloop_reward_mean", "Mean score per scenario and aspect over the metrics window.",
-                                 labels=["scenario", "name"])
-        n = GaugeMetricFamily("learnloop_reward_count", "Scores per scenario and aspect over the metrics window.",
-                              labels=["scenario", "name"])
+        mean = GaugeMetricFamily(
+            "learnloop_reward_mean",
+            "Mean score per scenario and aspect over the metrics window.",
+            labels=["scenario", "name"],
+        )
+        n = GaugeMetricFamily(
+            "learnloop_reward_count",
+            "Scores per scenario and aspect over the metrics window.",
+            labels=["scenario", "name"],
+        )
         for r in rewards:
             if r["mean"] is not None:
                 mean.add_metric([r["scenario"], r["name"]], r["mean"])
             n.add_metric([r["scenario"], r["name"]], r["count"])
         yield from (mean, n)
 
-        stored = GaugeMetricFamily("learnloop_trajectories", "Trajectories stored, by source.", labels=["source"])
+        stored = GaugeMetricFamily(
+            "learnloop_trajectories", "Trajectories stored, by source.", labels=["source"]
+        )
         for source, c in counts["by_source"].items():
             stored.add_metric([source], c["total"])
         yield stored

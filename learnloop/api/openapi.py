@@ -55,7 +55,9 @@ _DESCRIPTIONS = {
     429: "Ingest queue full; retry the same request after Retry-After seconds.",
     503: "Database unreachable or busy; retry after Retry-After seconds.",
 }
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+}
 
 SCHEME = "bearerToken"
 _REF = "#/components/schemas/{model}"
@@ -66,7 +68,9 @@ _BODIES: dict[str, TypeAdapter[Any]] = {}
 def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for a route: each status with the error schema. ``described`` overrides the
     generic description of a status for this route (``_404="No such version."``)."""
-    return {s: {"model": ErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])} for s in statuses}
+    return {
+        s: {"model": ErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])} for s in statuses
+    }
 
 
 # Marks an operation whose errors come in OpenAI's shape (``openapi_extra=``); removed from the document.
@@ -75,13 +79,21 @@ OPENAI_SHAPE = "x-learnloop-openai-errors"
 
 def openai_error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for an OpenAI-compatible route: each status with OpenAI's error schema."""
-    return {s: {"model": OpenAIErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])} for s in statuses}
+    return {
+        s: {"model": OpenAIErrorResponse, "description": described.get(f"_{s}", _DESCRIPTIONS[s])}
+        for s in statuses
+    }
 
 
 def request_body(name: str, adapter: TypeAdapter[Any]) -> dict[str, Any]:
     """``openapi_extra=`` for a route that reads its JSON body itself, documented as ``name``."""
     _BODIES[name] = adapter
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}},
+        }
+    }
 
 
 def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -102,21 +114,29 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     error = {"application/json": {"schema": {"$ref": _REF.format(model="ErrorResponse")}}}
     openai_error = {"application/json": {"schema": {"$ref": _REF.format(model="OpenAIErrorResponse")}}}
     serving_key = settings.serving.api_key or settings.api_token
-    any_token = settings.api_token is not None or settings.server.read_token is not None or serving_key is not None
+    any_token = (
+        settings.api_token is not None or settings.server.read_token is not None or serving_key is not None
+    )
     schemes = doc["components"].pop("securitySchemes", {})
     for name in (WRITE_SCHEME.scheme_name, READ_SCHEME.scheme_name, SERVING_SCHEME.scheme_name):
         schemes.pop(name, None)
     if any_token:
-        schemes[SCHEME] = {"type": "http", "scheme": "bearer", "description": "LEARNLOOP_API_TOKEN for writes; "
-                           "server.read_token (or the write token) for reads when it is set."}
+        schemes[SCHEME] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "LEARNLOOP_API_TOKEN for writes; "
+            "server.read_token (or the write token) for reads when it is set.",
+        }
     if schemes:
         doc["components"]["securitySchemes"] = schemes
     for path, methods in doc["paths"].items():
         for method, op in methods.items():
             marked = {name for alt in op.pop("security", []) for name in alt}
-            needs_token = (WRITE_SCHEME.scheme_name in marked and settings.api_token is not None) or (
-                READ_SCHEME.scheme_name in marked and settings.server.read_token is not None) or (
-                SERVING_SCHEME.scheme_name in marked and serving_key is not None)
+            needs_token = (
+                (WRITE_SCHEME.scheme_name in marked and settings.api_token is not None)
+                or (READ_SCHEME.scheme_name in marked and settings.server.read_token is not None)
+                or (SERVING_SCHEME.scheme_name in marked and serving_key is not None)
+            )
             openai_shape = bool(op.pop(OPENAI_SHAPE, False))
             responses = op.setdefault("responses", {})
             extra = {503}
@@ -125,7 +145,9 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                 extra.add(401)
             if method in ("post", "put", "patch"):
                 extra |= {400, 413} if openai_shape else {400, 413, 422}
-            if ("{" in path or op.get("parameters")) and not openai_shape:  # OpenAI's routes answer 400, never 422
+            if (
+                "{" in path or op.get("parameters")
+            ) and not openai_shape:  # OpenAI's routes answer 400, never 422
                 extra.add(422)
             for status in sorted(extra):
                 responses.setdefault(str(status), {"description": _DESCRIPTIONS[status]})
@@ -134,7 +156,11 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                     # FastAPI's own 422 shape (HTTPValidationError) is never sent: ours is. A route
                     # that declared its own model for a status (/readyz's 503) keeps it.
                     declared = str(answer.get("content"))
-                    if "content" not in answer or "HTTPValidationError" in declared or "ErrorResponse" in declared:
+                    if (
+                        "content" not in answer
+                        or "HTTPValidationError" in declared
+                        or "ErrorResponse" in declared
+                    ):
                         answer["content"] = openai_error if openai_shape else error
                     if status in ("429", "503"):
                         answer["headers"] = _RETRY_AFTER

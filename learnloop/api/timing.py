@@ -16,8 +16,12 @@ class IngestTimingMiddleware:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or scope.get("method") != "POST" or not (
-            path == "/v1/ingest" or (path.startswith("/v1/trajectories/") and path.endswith("/feedback"))
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or not (
+                path == "/v1/ingest" or (path.startswith("/v1/trajectories/") and path.endswith("/feedback"))
+            )
         ):
             await self.app(scope, receive, send)
             return

@@ -97,11 +97,22 @@ class Sampler:
         self._keep_all = rate >= 1.0 and all(r >= 1.0 for r in self.source_rates.values())
 
     @classmethod
-    def from_settings(cls, capture: Any, rate: float | None = None, keep_if: Iterable[KeepRule] = (), *,
-                      default_rules: bool = True) -> Sampler:
+    def from_settings(
+        cls,
+        capture: Any,
+        rate: float | None = None,
+        keep_if: Iterable[KeepRule] = (),
+        *,
+        default_rules: bool = True,
+    ) -> Sampler:
         """The sampler ``[capture]`` describes; ``rate`` (when given) replaces ``capture.sample_rate``."""
-        return cls(capture.sample_rate if rate is None else rate, keep_if, default_rules=default_rules,
-                   source_rates=capture.source_sample_rates, keep_confident=capture.keep_confident)
+        return cls(
+            capture.sample_rate if rate is None else rate,
+            keep_if,
+            default_rules=default_rules,
+            source_rates=capture.source_sample_rates,
+            keep_confident=capture.keep_confident,
+        )
 
     def rate_for(self, record: dict[str, Any]) -> float:
         return self.source_rates.get(record.get("source") or "production", self.rate)

@@ -26,15 +26,24 @@ def status_cmd(as_json: bool) -> None:
     click.echo(f"spool: {data['spool']}")
     click.echo(f"waiting: {data['records']} record(s) in {data['batches']} batch(es)")
     for w in data["writers"]:
-        state = "running" if w["alive"] else "stopped: delivered by the next start or `learnloop capture deliver`"
+        state = (
+            "running" if w["alive"] else "stopped: delivered by the next start or `learnloop capture deliver`"
+        )
         click.echo(f"  writer {w['owner']}: {w['records']} record(s), {w['batches']} batch(es) ({state})")
     if data["rejected_records"]:
-        click.echo(f"refused by the store: {data['rejected_records']} record(s) in {data['spool']}/rejected/ (see 'reason')")
+        click.echo(
+            f"refused by the store: {data['rejected_records']} record(s) in {data['spool']}/rejected/ (see 'reason')"
+        )
 
 
 @capture_group.command("deliver")
-@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Seconds to keep trying before leaving the rest spooled.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep trying before leaving the rest spooled.",
+)
 def deliver_cmd(timeout: float) -> None:
     """Deliver the spooled batches of stopped writers now, to the configured database or server."""
     from learnloop.capture.client import CaptureClient
@@ -43,8 +52,10 @@ def deliver_cmd(timeout: float) -> None:
     done = client.flush(timeout)
     stats = client.stats()
     client.close(0)
-    click.echo(f"delivered {stats['delivered']} record(s) via {stats['transport']}; "
-               f"{stats['pending_batches']} batch(es) still spooled; {stats['rejected']} refused")
+    click.echo(
+        f"delivered {stats['delivered']} record(s) via {stats['transport']}; "
+        f"{stats['pending_batches']} batch(es) still spooled; {stats['rejected']} refused"
+    )
     if not done:
         raise click.ClickException(
             f"Could not deliver everything within {timeout:.0f}s ({stats['last_error']}). "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -23,9 +22,12 @@ def _db() -> Any:
 
 # -- daemon ------------------------------------------------------------------------------------------
 
+
 @click.group("daemon", invoke_without_command=True)
 @click.option("--no-scoring", is_flag=True, help="Do not score new trajectories in the background.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
 @click.pass_context
 def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
     """Run the daemon in the foreground (no subcommand), or pause/resume/freeze/unfreeze every daemon.
@@ -43,7 +45,10 @@ def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s, db = _db()
     daemon = Daemon(s, db, scoring=not no_scoring)
-    click.echo(f"learnloop daemon {daemon.owner}: {len(s.loops)} loop(s), database {s.public_dict()['database_url']}", err=True)
+    click.echo(
+        f"learnloop daemon {daemon.owner}: {len(s.loops)} loop(s), database {s.public_dict()['database_url']}",
+        err=True,
+    )
     try:
         daemon.run()
     finally:
@@ -89,17 +94,23 @@ def daemon_status(as_json: bool) -> None:
     from learnloop.daemon import queue
 
     _, db = _db()
-    data = {"paused": queue.get_control(db, "daemon.paused"), "frozen": queue.get_control(db, "daemon.frozen"),
-            "running": [j.as_dict(brief=True) for j in queue.list_jobs(db, state="running")]}
+    data = {
+        "paused": queue.get_control(db, "daemon.paused"),
+        "frozen": queue.get_control(db, "daemon.frozen"),
+        "running": [j.as_dict(brief=True) for j in queue.list_jobs(db, state="running")],
+    }
     if as_json:
         echo_json(data)
         return
     click.echo(f"paused: {data['paused']}  frozen: {data['frozen']}")
     for j in data["running"]:
-        click.echo(f"job {j['id']} ({j['kind']}, loop {j['loop']}) on {j['lease_owner']}: {_progress(j['progress'])}")
+        click.echo(
+            f"job {j['id']} ({j['kind']}, loop {j['loop']}) on {j['lease_owner']}: {_progress(j['progress'])}"
+        )
 
 
 # -- jobs --------------------------------------------------------------------------------------------
+
 
 @click.group("jobs")
 def jobs_group() -> None:
@@ -120,7 +131,9 @@ def _progress(p: dict[str, Any]) -> str:
 
 
 @jobs_group.command("list")
-@click.option("--state", type=click.Choice(["queued", "running", "paused", "succeeded", "failed", "cancelled"]))
+@click.option(
+    "--state", type=click.Choice(["queued", "running", "paused", "succeeded", "failed", "cancelled"])
+)
 @click.option("--loop", help="Only this loop's jobs.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -143,9 +156,17 @@ def jobs_list(state: str | None, loop: str | None, limit: int, as_json: bool) ->
     for col in ("id", "kind", "loop", "state", "priority", "attempts", "progress", "created", "error"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r.id), r.kind, r.loop or "", r.state + ("" if r.desired_state in ("run", "pause") else f" ({r.desired_state}ing)"),
-                      r.priority, f"{r.attempts}/{r.max_attempts}", _progress(r.progress), r.created_at.strftime("%m-%d %H:%M:%S"),
-                      (r.error or "").splitlines()[-1][:60] if r.error else "")
+        table.add_row(
+            str(r.id),
+            r.kind,
+            r.loop or "",
+            r.state + ("" if r.desired_state in ("run", "pause") else f" ({r.desired_state}ing)"),
+            r.priority,
+            f"{r.attempts}/{r.max_attempts}",
+            _progress(r.progress),
+            r.created_at.strftime("%m-%d %H:%M:%S"),
+            (r.error or "").splitlines()[-1][:60] if r.error else "",
+        )
     Console().print(table)
 
 
@@ -175,15 +196,28 @@ def jobs_show(job_id: int, as_json: bool) -> None:
 
 @jobs_group.command("submit")
 @click.option("--loop", "loop_name", help="Queue a cycle of this [[loops]] entry (same as `loops run`).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Queue a plain training run of this TrainConfig (JSON, YAML or TOML).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Queue a plain training run of this TrainConfig (JSON, YAML or TOML).",
+)
 @click.option("--score", is_flag=True, help="Queue one scoring pass over unscored trajectories.")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal", show_default=True)
 @click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--key", "idempotency_key", help="Idempotency key: submitting the same key again returns the first job.")
+@click.option(
+    "--key", "idempotency_key", help="Idempotency key: submitting the same key again returns the first job."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-def jobs_submit(loop_name: str | None, config_path: str | None, score: bool, priority: str, max_attempts: int,
-                idempotency_key: str | None, as_json: bool) -> None:
+def jobs_submit(
+    loop_name: str | None,
+    config_path: str | None,
+    score: bool,
+    priority: str,
+    max_attempts: int,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
     """Queue a job: a loop's cycle, a training run, or a scoring pass."""
     from learnloop.daemon import queue
 
@@ -199,15 +233,25 @@ def jobs_submit(loop_name: str | None, config_path: str | None, score: bool, pri
         from learnloop.training.run import load_config
 
         cfg = load_config(config_path).model_dump(mode="json")
-        job, created = queue.submit(db, "train", {"config": cfg}, priority=priority, max_attempts=max_attempts,
-                                    idempotency_key=idempotency_key)
+        job, created = queue.submit(
+            db,
+            "train",
+            {"config": cfg},
+            priority=priority,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
     else:
-        job, created = queue.submit(db, "score", {}, priority=priority, max_attempts=max_attempts, idempotency_key=idempotency_key)
+        job, created = queue.submit(
+            db, "score", {}, priority=priority, max_attempts=max_attempts, idempotency_key=idempotency_key
+        )
     assert job is not None
     if as_json:
         echo_json({**job.as_dict(), "created": created})
         return
-    click.echo(f"job {job.id} {'queued' if created else 'already queued with this key'} ({job.kind}, {job.priority})")
+    click.echo(
+        f"job {job.id} {'queued' if created else 'already queued with this key'} ({job.kind}, {job.priority})"
+    )
 
 
 def _action(name: str, help_text: str) -> None:
@@ -223,7 +267,10 @@ def _action(name: str, help_text: str) -> None:
             echo_json(job.as_dict(brief=True))
             return
         running = job.lease_owner is not None
-        click.echo(f"job {job.id}: {name} " + ("requested; the run acts on it at its next step" if running else f"done; now {job.state}"))
+        click.echo(
+            f"job {job.id}: {name} "
+            + ("requested; the run acts on it at its next step" if running else f"done; now {job.state}")
+        )
 
 
 _action("pause", "Pause a job (a running one at its next training step; it keeps its worker).")
@@ -236,13 +283,16 @@ _action("retry", "Queue a failed or cancelled job again (it resumes from its new
 
 # -- loops -------------------------------------------------------------------------------------------
 
+
 @click.group("loops")
 def loops_group() -> None:
     """The [[loops]] of learnloop.toml: their state and readiness, and running one now."""
 
 
 @loops_group.command("status")
-@click.option("--check", is_flag=True, help="Recompute readiness now instead of showing the daemon's last check.")
+@click.option(
+    "--check", is_flag=True, help="Recompute readiness now instead of showing the daemon's last check."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def loops_status(check: bool, as_json: bool) -> None:
     """Per loop: state, last check, next check, readiness with reasons, running job, last outcome."""
@@ -262,15 +312,19 @@ def loops_status(check: bool, as_json: bool) -> None:
         click.echo("no loops configured: add a [[loops]] entry to learnloop.toml")
         return
     for r in rows:
-        click.echo(f"{r['name']} ({r['algorithm']}): {r['state']}; last check {r['last_check_at'] or 'never'}, "
-                   f"next in {r['next_check_in_s']} s; head {r['head_version'] or 'base'}")
+        click.echo(
+            f"{r['name']} ({r['algorithm']}): {r['state']}; last check {r['last_check_at'] or 'never'}, "
+            f"next in {r['next_check_in_s']} s; head {r['head_version'] or 'base'}"
+        )
         for reason in r["reasons"]:
             click.echo(f"  - {reason}")
         if r["job"]:
             click.echo(f"  job {r['job']['id']} {r['job']['state']} {_progress(r['job']['progress'])}")
         if r["last_outcome"]:
             o = r["last_outcome"]
-            click.echo(f"  last cycle: {o.get('outcome')} (job {o.get('job_id')}) {o.get('reason') or o.get('version_id') or o.get('adapter_dir') or ''}")
+            click.echo(
+                f"  last cycle: {o.get('outcome')} (job {o.get('job_id')}) {o.get('reason') or o.get('version_id') or o.get('adapter_dir') or ''}"
+            )
         if r["lock_error"]:
             click.echo(f"  refused: {r['lock_error']}")
 

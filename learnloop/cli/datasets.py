@@ -20,27 +20,63 @@ def datasets_group() -> None:
 @click.option("--lookback-hours", type=float, help="Only trajectories created in the last N hours.")
 @click.option("--window", "window_id", help="Only trajectories of this capture window id.")
 @click.option("--scenario", help="Only trajectories of this scenario.")
-@click.option("--agent", "agents", multiple=True, help="Only trajectories of this agent (repeatable: any of them).")
-@click.option("--min-agents", type=click.IntRange(min=1), help="Only windows (or groups) where at least N distinct agents acted.")
-@click.option("--agents-per", type=click.Choice(["window", "group"]), default="window", show_default=True,
-              help="What --min-agents counts agents in.")
-@click.option("--source", "sources", multiple=True, type=click.Choice(["production", "teacher", "synthetic", "served"]),
-              help="Only these sources (repeatable).")
-@click.option("--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required).")
+@click.option(
+    "--agent", "agents", multiple=True, help="Only trajectories of this agent (repeatable: any of them)."
+)
+@click.option(
+    "--min-agents",
+    type=click.IntRange(min=1),
+    help="Only windows (or groups) where at least N distinct agents acted.",
+)
+@click.option(
+    "--agents-per",
+    type=click.Choice(["window", "group"]),
+    default="window",
+    show_default=True,
+    help="What --min-agents counts agents in.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["production", "teacher", "synthetic", "served"]),
+    help="Only these sources (repeatable).",
+)
+@click.option(
+    "--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required)."
+)
 @click.option("--min-reward", type=float, help="SFT/holdout: least combined reward.")
-@click.option("--top-fraction", type=click.FloatRange(0, 1, min_open=True), help="SFT: keep this share of the best.")
+@click.option(
+    "--top-fraction", type=click.FloatRange(0, 1, min_open=True), help="SFT: keep this share of the best."
+)
 @click.option("--teacher-needs-reward", is_flag=True, help="SFT: hold teacher traces to the reward bar too.")
-@click.option("--min-group-size", type=click.IntRange(min=2), help="DPO/GRPO: least scored members per group (GRPO's k).")
-@click.option("--min-margin", type=click.FloatRange(min=0), help="DPO: least reward gap between chosen and rejected.")
+@click.option(
+    "--min-group-size",
+    type=click.IntRange(min=2),
+    help="DPO/GRPO: least scored members per group (GRPO's k).",
+)
+@click.option(
+    "--min-margin", type=click.FloatRange(min=0), help="DPO: least reward gap between chosen and rejected."
+)
 @click.option("--max-pairs-per-group", type=click.IntRange(min=1), help="DPO: most pairs from one group.")
-@click.option("--group-by", type=click.Choice(["prompt", "group", "scenario"]),
-              help="DPO/GRPO: what makes a group (members always share one prompt).")
+@click.option(
+    "--group-by",
+    type=click.Choice(["prompt", "group", "scenario"]),
+    help="DPO/GRPO: what makes a group (members always share one prompt).",
+)
 @click.option("--no-corrections", is_flag=True, help="Leave feedback corrections out.")
 @click.option("--no-dedup", is_flag=True, help="Keep exact and near duplicates.")
-@click.option("--replay-fraction", type=click.FloatRange(0, 1, max_open=True),
-              help="Share of the dataset drawn from earlier datasets of this kind.")
-@click.option("--tokenizer", type=click.Path(file_okay=False), help="HF model folder whose tokenizer counts tokens.")
-@click.option("--max-length", type=click.IntRange(min=16), help="Max length the length report checks against.")
+@click.option(
+    "--replay-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of the dataset drawn from earlier datasets of this kind.",
+)
+@click.option(
+    "--tokenizer", type=click.Path(file_okay=False), help="HF model folder whose tokenizer counts tokens."
+)
+@click.option(
+    "--max-length", type=click.IntRange(min=16), help="Max length the length report checks against."
+)
 @click.option("--name", help="A name to remember the dataset by.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the JSONL here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the recorded dataset as JSON.")
@@ -54,7 +90,9 @@ def build_cmd(kind: str, **opts: Any) -> None:
 
     s = settings()
     if opts["max_length"]:
-        s = s.model_copy(update={"datasets": s.datasets.model_copy(update={"max_length": opts["max_length"]})})
+        s = s.model_copy(
+            update={"datasets": s.datasets.model_copy(update={"max_length": opts["max_length"]})}
+        )
     filters = {
         "lookback_hours": opts["lookback_hours"],
         "window_id": opts["window_id"],
@@ -76,12 +114,16 @@ def build_cmd(kind: str, **opts: Any) -> None:
         "replay_fraction": opts["replay_fraction"],
     }
     db = open_database(s)
-    info = build_dataset(db, kind, filters, settings=s, tokenizer=opts["tokenizer"], name=opts["name"], out=opts["out"])
+    info = build_dataset(
+        db, kind, filters, settings=s, tokenizer=opts["tokenizer"], name=opts["name"], out=opts["out"]
+    )
     if opts["as_json"]:
         echo_json(info.as_dict())
         return
     verb = "already recorded as" if info.reused else "recorded as"
-    click.echo(f"{kind} dataset with {info.count} examples {verb} dataset {info.id} ({info.content_hash[:12]})")
+    click.echo(
+        f"{kind} dataset with {info.count} examples {verb} dataset {info.id} ({info.content_hash[:12]})"
+    )
     click.echo(f"file: {opts['out'] or info.path}")
     _print_summary(info.stats)
 
@@ -90,15 +132,35 @@ def build_cmd(kind: str, **opts: Any) -> None:
 @click.option("--lookback-hours", type=float, help="Only trajectories created in the last N hours.")
 @click.option("--scenario", help="Only trajectories of this scenario.")
 @click.option("--agent", "agents", multiple=True, help="Only trajectories of this agent (repeatable).")
-@click.option("--source", "sources", multiple=True, type=click.Choice(["production", "teacher", "synthetic", "served"]),
-              help="Only these sources (repeatable).")
-@click.option("--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required).")
-@click.option("--min-scored", type=click.IntRange(min=0), default=1, show_default=True,
-              help="A window is ready with at least this many scored trajectories.")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(["production", "teacher", "synthetic", "served"]),
+    help="Only these sources (repeatable).",
+)
+@click.option(
+    "--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required)."
+)
+@click.option(
+    "--min-scored",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="A window is ready with at least this many scored trajectories.",
+)
 @click.option("--min-agents", type=click.IntRange(min=1), help="... and at least this many distinct agents.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def windows_cmd(lookback_hours: float | None, scenario: str | None, agents: tuple[str, ...], sources: tuple[str, ...],
-                tags: tuple[str, ...], min_scored: int, min_agents: int | None, as_json: bool) -> None:
+def windows_cmd(
+    lookback_hours: float | None,
+    scenario: str | None,
+    agents: tuple[str, ...],
+    sources: tuple[str, ...],
+    tags: tuple[str, ...],
+    min_scored: int,
+    min_agents: int | None,
+    as_json: bool,
+) -> None:
     """Capture time windows (newest first): trajectories, agents, scored, and whether each is ready to train on."""
     from rich.console import Console
     from rich.table import Table
@@ -109,11 +171,20 @@ def windows_cmd(lookback_hours: float | None, scenario: str | None, agents: tupl
     from learnloop.store.models import utcnow
 
     s = settings()
-    f = parse_filters({"lookback_hours": lookback_hours, "scenario": scenario, "agents": list(agents),
-                       "sources": list(sources), "tags": list(tags)}).resolved("holdout", s.datasets, utcnow())
+    f = parse_filters(
+        {
+            "lookback_hours": lookback_hours,
+            "scenario": scenario,
+            "agents": list(agents),
+            "sources": list(sources),
+            "tags": list(tags),
+        }
+    ).resolved("holdout", s.datasets, utcnow())
     db = open_database(s)
     with db.read_session() as session:
-        rows = list_windows(session, f, min_scored=min_scored, min_agents=min_agents, chunk_size=s.datasets.chunk_size)
+        rows = list_windows(
+            session, f, min_scored=min_scored, min_agents=min_agents, chunk_size=s.datasets.chunk_size
+        )
     if as_json:
         echo_json([w.as_dict() for w in rows])
         return
@@ -124,8 +195,15 @@ def windows_cmd(lookback_hours: float | None, scenario: str | None, agents: tupl
     for col in ("window", "trajectories", "agents", "scored", "ready", "first", "last"):
         table.add_column(col)
     for w in rows:
-        table.add_row(w.window or "(none)", str(w.trajectories), str(w.agents), str(w.scored),
-                      "yes" if w.ready else "no: " + "; ".join(w.reasons), (w.first or "")[:19], (w.last or "")[:19])
+        table.add_row(
+            w.window or "(none)",
+            str(w.trajectories),
+            str(w.agents),
+            str(w.scored),
+            "yes" if w.ready else "no: " + "; ".join(w.reasons),
+            (w.first or "")[:19],
+            (w.last or "")[:19],
+        )
     Console(width=160).print(table)
 
 
@@ -155,9 +233,17 @@ def list_cmd(kind: str | None, limit: int, as_json: bool) -> None:
         table.add_column(col)
     for r in rows:
         length = r.stats.get("length", {})
-        table.add_row(str(r.id), r.kind, r.split, str(r.count), str(length.get("p95", "")),
-                      str(length.get("truncated", "")), r.content_hash[:12], r.created_at.strftime("%Y-%m-%d %H:%M"),
-                      r.name or "")
+        table.add_row(
+            str(r.id),
+            r.kind,
+            r.split,
+            str(r.count),
+            str(length.get("p95", "")),
+            str(length.get("truncated", "")),
+            r.content_hash[:12],
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.name or "",
+        )
     Console().print(table)
 
 
@@ -175,9 +261,13 @@ def show_cmd(dataset_id: int, as_json: bool) -> None:
     if as_json:
         echo_json(info.as_dict())
         return
-    click.echo(f"dataset {info.id}: {info.kind} ({info.split}), {info.count} examples, hash {info.content_hash}")
+    click.echo(
+        f"dataset {info.id}: {info.kind} ({info.split}), {info.count} examples, hash {info.content_hash}"
+    )
     click.echo(f"file: {info.path}")
-    click.echo("filters: " + ", ".join(f"{k}={v}" for k, v in info.filters.items() if v not in (None, [], False)))
+    click.echo(
+        "filters: " + ", ".join(f"{k}={v}" for k, v in info.filters.items() if v not in (None, [], False))
+    )
     _print_summary(info.stats)
 
 

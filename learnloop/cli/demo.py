@@ -15,13 +15,24 @@ def _free_port() -> int:
 
 
 @click.command("demo")
-@click.option("--quick", is_flag=True, help="The same flow on the tiny offline test model, in about a minute.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("learnloop-demo"),
-              show_default=True, help="The demo's own data dir; emptied at the start (prepared models are kept).")
+@click.option(
+    "--quick", is_flag=True, help="The same flow on the tiny offline test model, in about a minute."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("learnloop-demo"),
+    show_default=True,
+    help="The demo's own data dir; emptied at the start (prepared models are kept).",
+)
 @click.option("--port", type=int, default=None, help="Port of the demo's server (default: a free one).")
-@click.option("--budget", type=float, default=None,
-              help="Minutes the loop may take to promote a better model before the demo gives up "
-              "(default: 15, or 1 with --quick).")
+@click.option(
+    "--budget",
+    type=float,
+    default=None,
+    help="Minutes the loop may take to promote a better model before the demo gives up "
+    "(default: 15, or 1 with --quick).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None, as_json: bool) -> None:
     """Start a server and daemon on a fresh SQLite data dir, run a simulated app against the `learnloop`
@@ -30,14 +41,13 @@ def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None
     The task: turn a customer's order message into JSON. The base model gets it wrong; a rule-based
     teacher's answers (15% of traffic plus the confident ones, and a backfill in the inbox) teach it.
     """
+    import dataclasses
     import json
 
     from rich.console import Console
 
     from learnloop.demo.profiles import PROFILES
     from learnloop.demo.runner import DemoRun
-
-    import dataclasses
 
     console = Console(stderr=as_json)
     profile = PROFILES["quick" if quick else "full"]

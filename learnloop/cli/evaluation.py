@@ -31,24 +31,32 @@ def _print_side_by_side(m: dict[str, Any], left: str, right: str) -> None:
     for label, a, b in rows:
         click.echo(f"  {label:16} {_num(a):>12} {_num(b):>12}")
     ci = m.get("reward_diff_ci") or [None, None]
-    click.echo(f"  paired diff {_num(m.get('reward_diff'), '+.4f')}  95% CI [{_num(ci[0], '+.4f')}, {_num(ci[1], '+.4f')}]  "
-               f"win/tie/loss {m.get('wins')}/{m.get('ties')}/{m.get('losses')}  n={m.get('n')}")
+    click.echo(
+        f"  paired diff {_num(m.get('reward_diff'), '+.4f')}  95% CI [{_num(ci[0], '+.4f')}, {_num(ci[1], '+.4f')}]  "
+        f"win/tie/loss {m.get('wins')}/{m.get('ties')}/{m.get('losses')}  n={m.get('n')}"
+    )
     j = m.get("judge")
     if j:
         jci = j.get("win_rate_ci") or [None, None]
-        click.echo(f"  judge win rate {_num(j.get('win_rate'), '.3f')} [{_num(jci[0], '.3f')}, {_num(jci[1], '.3f')}]  "
-                   f"consistent in both orders {_num(j.get('consistency'), '.0%')}  failed {j.get('failed')}")
+        click.echo(
+            f"  judge win rate {_num(j.get('win_rate'), '.3f')} [{_num(jci[0], '.3f')}, {_num(jci[1], '.3f')}]  "
+            f"consistent in both orders {_num(j.get('consistency'), '.0%')}  failed {j.get('failed')}"
+        )
 
 
 def _print_evaluation(ev: dict[str, Any], examples: int) -> None:
-    click.echo(f"evaluation {ev['id']}: {ev['candidate']} vs {ev['baseline']}"
-               f"{' scenario ' + ev['scenario'] if ev['scenario'] else ''} ({ev['created_at']})")
+    click.echo(
+        f"evaluation {ev['id']}: {ev['candidate']} vs {ev['baseline']}"
+        f"{' scenario ' + ev['scenario'] if ev['scenario'] else ''} ({ev['created_at']})"
+    )
     _print_side_by_side(ev["metrics"].get("overall", {}), ev["candidate"], ev["baseline"])
     scenarios = ev["metrics"].get("scenarios", {})
     if len(scenarios) > 1:
         for name, m in scenarios.items():
-            click.echo(f"  [{name}] n={m['n']} reward {_num(m['reward_candidate'])} vs {_num(m['reward_baseline'])} "
-                       f"diff {_num(m['reward_diff'], '+.4f')}")
+            click.echo(
+                f"  [{name}] n={m['n']} reward {_num(m['reward_candidate'])} vs {_num(m['reward_baseline'])} "
+                f"diff {_num(m['reward_diff'], '+.4f')}"
+            )
     click.echo(f"gate: {ev['verdict']}")
     for reason in ev["gate"].get("reasons", []):
         click.echo(f"  - {reason}")
@@ -63,12 +71,20 @@ def _print_evaluation(ev: dict[str, Any], examples: int) -> None:
 
 @eval_group.command("run")
 @click.option("--candidate", required=True, help="The version to evaluate.")
-@click.option("--baseline", default="serving", show_default=True, help="serving, base, a version id, or teacher.")
+@click.option(
+    "--baseline", default="serving", show_default=True, help="serving, base, a version id, or teacher."
+)
 @click.option("--scenario", help="Only this scenario's held-out examples.")
 @click.option("--limit", type=click.IntRange(min=1), help="Most held-out examples to use.")
-@click.option("--judge/--no-judge", default=None, help="Also ask the LLM judge, in both orders (default: evaluation.judge).")
+@click.option(
+    "--judge/--no-judge",
+    default=None,
+    help="Also ask the LLM judge, in both orders (default: evaluation.judge).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the stored evaluation as JSON.")
-def run_cmd(candidate: str, baseline: str, scenario: str | None, limit: int | None, judge: bool | None, as_json: bool) -> None:
+def run_cmd(
+    candidate: str, baseline: str, scenario: str | None, limit: int | None, judge: bool | None, as_json: bool
+) -> None:
     """Generate held-out answers with CANDIDATE and the baseline, score them, apply the gate, store the result."""
     from learnloop.evaluation import evaluate, get_evaluation
     from learnloop.store import open_database
@@ -80,7 +96,16 @@ def run_cmd(candidate: str, baseline: str, scenario: str | None, limit: int | No
         if not as_json:
             click.echo(f"\r{done}/{total} examples", nl=done == total, err=True)
 
-    ev_id = evaluate(db, s, candidate=candidate, baseline=baseline, scenario=scenario, limit=limit, judge=judge, progress=progress)
+    ev_id = evaluate(
+        db,
+        s,
+        candidate=candidate,
+        baseline=baseline,
+        scenario=scenario,
+        limit=limit,
+        judge=judge,
+        progress=progress,
+    )
     ev = get_evaluation(db, ev_id, examples=not as_json)
     if as_json:
         echo_json(ev)
@@ -90,7 +115,13 @@ def run_cmd(candidate: str, baseline: str, scenario: str | None, limit: int | No
 
 @eval_group.command("show")
 @click.argument("evaluation", required=False)
-@click.option("--examples", type=click.IntRange(min=0), default=5, show_default=True, help="How many losing examples to print.")
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many losing examples to print.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with every example).")
 def show_cmd(evaluation: str | None, examples: int, as_json: bool) -> None:
     """An evaluation (by id, or a version id for its latest; default: the newest)."""
@@ -126,8 +157,10 @@ def list_cmd(candidate: str | None, as_json: bool) -> None:
         return
     for r in rows:
         o = r["metrics"].get("overall", {})
-        click.echo(f"{r['id']:>4}  {r['candidate']} vs {r['baseline']:8} n={o.get('n')} diff {_num(o.get('reward_diff'), '+.4f')} "
-                   f"-> {r['verdict']}  {r['created_at']}")
+        click.echo(
+            f"{r['id']:>4}  {r['candidate']} vs {r['baseline']:8} n={o.get('n')} diff {_num(o.get('reward_diff'), '+.4f')} "
+            f"-> {r['verdict']}  {r['created_at']}"
+        )
     if not rows:
         click.echo("no evaluations yet")
 

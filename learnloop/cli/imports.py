@@ -33,8 +33,13 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     try:
         for f in files:
             try:
-                r = import_jsonl(db, f, project=s.project, holdout_fraction=s.datasets.holdout_fraction,
-                                 window=s.capture.window)
+                r = import_jsonl(
+                    db,
+                    f,
+                    project=s.project,
+                    holdout_fraction=s.datasets.holdout_fraction,
+                    window=s.capture.window,
+                )
             except LearnloopError as exc:
                 failures.append((f, failure_report(exc)))
                 if as_json:

@@ -86,7 +86,11 @@ def _finite(data: Any) -> Any:
 
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML-like text.")
-@click.option("--example", is_flag=True, help="Print every setting with its default and a comment (learnloop.example.toml).")
+@click.option(
+    "--example",
+    is_flag=True,
+    help="Print every setting with its default and a comment (learnloop.example.toml).",
+)
 def config_cmd(as_json: bool, example: bool) -> None:
     """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
     if example:
@@ -136,7 +140,9 @@ def db_current() -> None:
 
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days.")
+@click.option(
+    "--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days."
+)
 @click.option("--agent", default=None, help="Only trajectories of this agent.")
 def stats_cmd(as_json: bool, days: int | None, agent: str | None) -> None:
     """Trajectory counts by source, scenario, agent, split and day."""

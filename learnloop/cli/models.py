@@ -14,7 +14,9 @@ def models_group() -> None:
 
 @models_group.command("prepare")
 @click.argument("model")
-@click.option("--name", help="Folder name under <data_dir>/models (default: the known name or the GGUF file's stem).")
+@click.option(
+    "--name", help="Folder name under <data_dir>/models (default: the known name or the GGUF file's stem)."
+)
 @click.option("--force", is_flag=True, help="Convert again even if it is already prepared.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prepared model as JSON.")
 def prepare_cmd(model: str, name: str | None, force: bool, as_json: bool) -> None:
@@ -46,7 +48,9 @@ def list_cmd(as_json: bool) -> None:
         echo_json([r.as_dict() for r in rows])
         return
     if not rows:
-        click.echo(f"no prepared models yet: `learnloop models prepare {sorted(KNOWN_MODELS)[0]}` or a .gguf file")
+        click.echo(
+            f"no prepared models yet: `learnloop models prepare {sorted(KNOWN_MODELS)[0]}` or a .gguf file"
+        )
         return
     table = Table(title="models")
     for col in ("name", "path", "params", "size"):

@@ -18,7 +18,9 @@ def rewards_group() -> None:
 @rewards_group.command("apply")
 @click.option("--only", "names", multiple=True, help="Run only this reward function (repeatable).")
 @click.option(
-    "--module", "modules", multiple=True,
+    "--module",
+    "modules",
+    multiple=True,
     help="Import this module (dotted name or .py file) first so its @reward functions register (repeatable).",
 )
 @click.option("--no-feedback", is_flag=True, help="Skip converting feedback into `feedback` scores.")
@@ -36,24 +38,36 @@ def apply_cmd(names: tuple[str, ...], modules: tuple[str, ...], no_feedback: boo
         echo_json(report.as_dict())
         return
     h = report.heuristics
-    click.echo(f"heuristics: {h.trajectories_seen} trajectories examined, {h.scored} scores stored, {h.failed} failures")
+    click.echo(
+        f"heuristics: {h.trajectories_seen} trajectories examined, {h.scored} scores stored, {h.failed} failures"
+    )
     for name, c in sorted(h.counts.items()):
-        click.echo(f"  {name:<20} scored {c.scored:>7}  not applicable {c.not_applicable:>7}  failed {c.failed:>5}")
+        click.echo(
+            f"  {name:<20} scored {c.scored:>7}  not applicable {c.not_applicable:>7}  failed {c.failed:>5}"
+        )
     f = report.feedback
     click.echo(
         f"feedback: {f.scored} scores stored ({f.trajectories_with_feedback} trajectories with feedback, "
         f"{f.already_scored} already up to date, {f.no_signal} without a rating/thumbs/success/correction)"
     )
-    click.echo(f"refinement across groups: {report.group_refinements} answers asked again in the next trajectory")
+    click.echo(
+        f"refinement across groups: {report.group_refinements} answers asked again in the next trajectory"
+    )
     for e in h.errors[:20]:
-        click.secho(f"error: {e.name} (v{e.version}) on trajectory {e.trajectory_id}: {e.error}", fg="red", err=True)
+        click.secho(
+            f"error: {e.name} (v{e.version}) on trajectory {e.trajectory_id}: {e.error}", fg="red", err=True
+        )
     if h.errors_total > 20:
-        click.secho(f"... and {h.errors_total - 20} more errors (use --json to see up to 200)", fg="red", err=True)
+        click.secho(
+            f"... and {h.errors_total - 20} more errors (use --json to see up to 200)", fg="red", err=True
+        )
 
 
 @rewards_group.command("judge")
 @click.option("--scenario", required=True, help="Scenario whose trajectories are judged against each other.")
-@click.option("--max-groups", type=click.IntRange(min=1), default=None, help="Judge at most this many groups.")
+@click.option(
+    "--max-groups", type=click.IntRange(min=1), default=None, help="Judge at most this many groups."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def judge_cmd(scenario: str, max_groups: int | None, as_json: bool) -> None:
     """Score groups of one scenario's trajectories relative to each other with the configured LLM judge.
@@ -81,7 +95,9 @@ def judge_cmd(scenario: str, max_groups: int | None, as_json: bool) -> None:
 
 
 @rewards_group.command("stats")
-@click.option("--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days.")
+@click.option(
+    "--days", type=click.IntRange(min=1), default=None, help="Only trajectories created in the last N days."
+)
 @click.option("--scenario", default=None, help="Only this scenario.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats_cmd(days: int | None, scenario: str | None, as_json: bool) -> None:
@@ -118,13 +134,20 @@ def _print_tables(data: dict[str, Any]) -> None:
     if not data["overall"]["count"]:
         console.print("no scored trajectories yet (run `learnloop rewards apply`)")
         return
-    sections = {"overall": [{"": "all", **data["overall"]}]} | {k: v for k, v in data.items() if k != "overall"}
+    sections = {"overall": [{"": "all", **data["overall"]}]} | {
+        k: v for k, v in data.items() if k != "overall"
+    }
     for section, rows in sections.items():
         if not rows:
             continue
         table = Table(title=section.replace("_", " "))
         for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("", "scenario", "source", "day", "score_source", "aspect") else "right")
+            table.add_column(
+                col,
+                justify="left"
+                if col in ("", "scenario", "source", "day", "score_source", "aspect")
+                else "right",
+            )
         for row in rows:
             table.add_row(*(_fmt(v) for v in row.values()))
         console.print(table)

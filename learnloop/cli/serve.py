@@ -14,16 +14,27 @@ from learnloop.cli.main import settings
 
 @click.command("serve")
 @click.option("--host", default=None, help="Interface to bind. [default: server.host, 127.0.0.1]")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, help="TCP port. [default: server.port, 8377]")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="TCP port. [default: server.port, 8377]"
+)
 @click.option(
     "--watch-inbox/--no-watch-inbox",
     default=None,
     help="Import JSONL files dropped into <data dir>/inbox. [default: server.watch_inbox]",
 )
-@click.option("--daemon/--no-daemon", "with_daemon", default=True, show_default=True,
-              help="Also run the daemon (triggers, jobs, background scoring) in this process.")
-@click.option("--model", "base_model", default=None,
-              help="Base model the OpenAI routes answer with. [default: serving.base_model, else the prepared smollm2]")
+@click.option(
+    "--daemon/--no-daemon",
+    "with_daemon",
+    default=True,
+    show_default=True,
+    help="Also run the daemon (triggers, jobs, background scoring) in this process.",
+)
+@click.option(
+    "--model",
+    "base_model",
+    default=None,
+    help="Base model the OpenAI routes answer with. [default: serving.base_model, else the prepared smollm2]",
+)
 @click.option("--no-openai", is_flag=True, help="Do not load a model; the OpenAI routes answer 503.")
 @click.option(
     "--log-level",
@@ -31,8 +42,15 @@ from learnloop.cli.main import settings
     default="info",
     show_default=True,
 )
-def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, with_daemon: bool, base_model: str | None,
-              no_openai: bool, log_level: str) -> None:
+def serve_cmd(
+    host: str | None,
+    port: int | None,
+    watch_inbox: bool | None,
+    with_daemon: bool,
+    base_model: str | None,
+    no_openai: bool,
+    log_level: str,
+) -> None:
     """Run the learnloop server (and, unless --no-daemon, the daemon). Applies database migrations first; API docs at /docs.
 
     OpenAI-compatible routes (/v1/chat/completions, /v1/models) answer with the base model,
@@ -54,7 +72,9 @@ def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, with
     port = port or s.server.port
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     data_dir(s.data_dir).ensure()
-    db = open_database(s)  # migrations applied here; an unreachable database stops the start with a clear error
+    db = open_database(
+        s
+    )  # migrations applied here; an unreachable database stops the start with a clear error
     runtime, off_reason = None, "OpenAI routes are off (`learnloop serve --no-openai`)."
     if not no_openai:
         from learnloop.serving.setup import build_runtime
@@ -68,7 +88,9 @@ def serve_cmd(host: str | None, port: int | None, watch_inbox: bool | None, with
             click.echo(f"OpenAI routes off: {exc}", err=True)
     app = create_app(s, db, watch_inbox=watch_inbox, serving=runtime, serving_off_reason=off_reason)
     watching = s.server.watch_inbox if watch_inbox is None else watch_inbox
-    serving = f"serving {getattr(runtime.backend, 'base_model', s.serving.backend)} at /v1; " if runtime else ""
+    serving = (
+        f"serving {getattr(runtime.backend, 'base_model', s.serving.backend)} at /v1; " if runtime else ""
+    )
     click.echo(
         f"learnloop {__version__} on http://{host}:{port} ({serving}database {s.public_dict()['database_url']}; "
         + (f"watching {data_dir(s.data_dir).inbox})" if watching else "inbox not watched)"),
@@ -93,14 +115,22 @@ def _start_daemon(s: Any, db: Any) -> Any:
 
 
 @click.command("chat")
-@click.option("--model", default="learnloop", show_default=True, help="Model name: learnloop, base or a version id.")
+@click.option(
+    "--model", default="learnloop", show_default=True, help="Model name: learnloop, base or a version id."
+)
 @click.option("--url", default=None, help="Server base URL. [default: http://server.host:server.port]")
 @click.option("-m", "--message", default=None, help="Send one message, print the answer and exit.")
 @click.option("--system", default=None, help="A system message to start the conversation with.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None)
-def chat_cmd(model: str, url: str | None, message: str | None, system: str | None, temperature: float,
-             max_tokens: int | None) -> None:
+def chat_cmd(
+    model: str,
+    url: str | None,
+    message: str | None,
+    system: str | None,
+    temperature: float,
+    max_tokens: int | None,
+) -> None:
     """Chat with a served model in the terminal (`learnloop serve` must be running). /reset clears, /quit ends."""
     import httpx
 
@@ -165,7 +195,9 @@ def _stream_answer(http, model: str, history: list[dict], temperature: float, ma
                         sys.stdout.write(delta)
                         sys.stdout.flush()
     except httpx.HTTPError as exc:
-        raise StoreUnavailable(f"Cannot reach the server at {http.base_url}: {exc}. Is `learnloop serve` running?") from None
+        raise StoreUnavailable(
+            f"Cannot reach the server at {http.base_url}: {exc}. Is `learnloop serve` running?"
+        ) from None
     sys.stdout.write("\n")
     if version:
         click.echo(f"[{version}]", err=True)
@@ -191,7 +223,11 @@ def alias_list(as_json: bool) -> None:
     if not rows:
         click.echo("no aliases yet: `learnloop` serves the base model")
     for a in rows:
-        extra = f" (candidate {a['candidate_id']}: split {a['split']}, shadow {a['shadow']})" if a["candidate_id"] else ""
+        extra = (
+            f" (candidate {a['candidate_id']}: split {a['split']}, shadow {a['shadow']})"
+            if a["candidate_id"]
+            else ""
+        )
         click.echo(f"{a['name']} -> {a['version_id'] or 'base'}{extra}")
 
 
@@ -199,24 +235,43 @@ def alias_list(as_json: bool) -> None:
 @click.argument("alias")
 @click.argument("version")
 @click.option("--reason", default=None, help="Why (kept in the alias log).")
-@click.option("--force", is_flag=True, help="Serve a version the gate rejected or never evaluated (logged as forced).")
+@click.option(
+    "--force", is_flag=True, help="Serve a version the gate rejected or never evaluated (logged as forced)."
+)
 def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None:
     """Point ALIAS at VERSION (a version id, or `base`); the gate applies as for `versions promote`."""
     from learnloop.serving.runtime import set_alias
     from learnloop.store import open_database
 
-    set_alias(open_database(settings()), alias, version, actor="cli", reason=reason, force=force,
-              override="Set it with --force")
+    set_alias(
+        open_database(settings()),
+        alias,
+        version,
+        actor="cli",
+        reason=reason,
+        force=force,
+        override="Set it with --force",
+    )
     click.echo(f"{alias} -> {version}")
 
 
 @alias_group.command("split")
 @click.argument("alias")
 @click.argument("candidate")
-@click.option("--share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of the alias's traffic answered by CANDIDATE (sticky per `user`).")
-@click.option("--shadow", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of requests CANDIDATE also answers unseen (both answers captured).")
+@click.option(
+    "--share",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of the alias's traffic answered by CANDIDATE (sticky per `user`).",
+)
+@click.option(
+    "--shadow",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests CANDIDATE also answers unseen (both answers captured).",
+)
 @click.option("--reason", default=None)
 def alias_split(alias: str, candidate: str, share: float, shadow: float, reason: str | None) -> None:
     """Send a share of ALIAS's traffic to CANDIDATE (`none` ends the split)."""
@@ -228,6 +283,13 @@ def alias_split(alias: str, candidate: str, share: float, shadow: float, reason:
     with db.session() as session:
         if candidate != "none":
             ensure_version(session, candidate)
-        set_split(session, alias, None if candidate == "none" else candidate, split=share, shadow=shadow,
-                  actor="cli", reason=reason)
+        set_split(
+            session,
+            alias,
+            None if candidate == "none" else candidate,
+            split=share,
+            shadow=shadow,
+            actor="cli",
+            reason=reason,
+        )
     click.echo(f"{alias}: candidate {candidate}, split {share}, shadow {shadow}")

@@ -148,8 +148,12 @@ def _length_guardrail(config: Any, allow_truncation: bool, as_json: bool) -> Any
     if "max_length" not in config.model_fields_set:
         config = config.model_copy(update={"max_length": s.datasets.max_length})
     tokenizer = load_tokenizer(resolve_base_model(config.base_model, s.data_dir))
-    check = check_training_lengths(config.dataset, tokenizer=tokenizer, max_length=config.max_length,
-                                   max_truncated_share=s.training.max_truncated_share)
+    check = check_training_lengths(
+        config.dataset,
+        tokenizer=tokenizer,
+        max_length=config.max_length,
+        max_truncated_share=s.training.max_truncated_share,
+    )
     if as_json:
         report = {k: v for k, v in check.report.items() if k != "longest"}
         click.echo(json.dumps({"kind": "lengths", "ok": check.ok, **report}))

@@ -24,7 +24,11 @@ def versions_group() -> None:
 
 @versions_group.command("list")
 @click.option("--loop", help="Only versions of this loop.")
-@click.option("--state", type=click.Choice(["candidate", "serving", "archived", "rejected"]), help="Only versions in this state.")
+@click.option(
+    "--state",
+    type=click.Choice(["candidate", "serving", "archived", "rejected"]),
+    help="Only versions in this state.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_cmd(loop: str | None, state: str | None, as_json: bool) -> None:
     """Every version, newest first."""
@@ -46,9 +50,17 @@ def list_cmd(loop: str | None, state: str | None, as_json: bool) -> None:
         table.add_column(col)
     for v in versions:
         loss = v.metrics.get("final_loss")
-        table.add_row(v.id, v.state + ("" if v.artifact_path else " (pruned)"), ",".join(v.aliases), v.parent_id or "",
-                      v.algorithm or "", f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
-                      v.gate.get("verdict", ""), v.created_at.strftime("%Y-%m-%d %H:%M"), v.note or "")
+        table.add_row(
+            v.id,
+            v.state + ("" if v.artifact_path else " (pruned)"),
+            ",".join(v.aliases),
+            v.parent_id or "",
+            v.algorithm or "",
+            f"{loss:.4f}" if isinstance(loss, (int, float)) else "",
+            v.gate.get("verdict", ""),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            v.note or "",
+        )
     Console().print(table)
 
 
@@ -68,33 +80,55 @@ def show_cmd(version_id: str, as_json: bool) -> None:
 
 
 def _print_chain(chain: dict[str, Any]) -> None:
-    v, d, t, b, a = chain["version"], chain["dataset"], chain["training"], chain["base_model"], chain["adapter"]
+    v, d, t, b, a = (
+        chain["version"],
+        chain["dataset"],
+        chain["training"],
+        chain["base_model"],
+        chain["adapter"],
+    )
     click.echo(f"{v['id']}  state {v['state']}  loop {v.get('loop') or '-'}  created {v['created_at']}")
     if v.get("note"):
         click.echo(f"  note: {v['note']}")
-    click.echo(f"  dataset:   id {d['id']}  sha256 {d['sha256'] or '-'}  {d.get('kind') or ''} {d.get('count') or ''}".rstrip())
+    click.echo(
+        f"  dataset:   id {d['id']}  sha256 {d['sha256'] or '-'}  {d.get('kind') or ''} {d.get('count') or ''}".rstrip()
+    )
     if d.get("filters"):
-        window = {k: d["filters"].get(k) for k in ("since", "until", "window_id", "scenario") if d["filters"].get(k)}
+        window = {
+            k: d["filters"].get(k) for k in ("since", "until", "window_id", "scenario") if d["filters"].get(k)
+        }
         click.echo(f"             capture window {json.dumps(window, default=str)}")
-    click.echo(f"  training:  {t['algorithm'] or '-'}  job {t['job_id'] or '-'}  metrics "
-               + json.dumps({k: v for k, v in t["metrics"].items() if k != "eval_curve"}, default=str))
+    click.echo(
+        f"  training:  {t['algorithm'] or '-'}  job {t['job_id'] or '-'}  metrics "
+        + json.dumps({k: v for k, v in t["metrics"].items() if k != "eval_curve"}, default=str)
+    )
     click.echo(f"  base:      {b['spec']}  sha256 {b['sha256']}")
     click.echo(f"  adapter:   sha256 {a['sha256']}  {a['path'] or '(files pruned)'}")
     for ev in chain["evaluations"]:
         ci = ev.get("reward_diff_ci") or [None, None]
         ci_text = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if None not in ci else "n/a"
-        click.echo(f"  eval {ev['id']}:   vs {ev['baseline']}  n={ev['n']}  diff {ev['reward_diff']}  95% CI {ci_text}  -> {ev['verdict']}")
+        click.echo(
+            f"  eval {ev['id']}:   vs {ev['baseline']}  n={ev['n']}  diff {ev['reward_diff']}  95% CI {ci_text}  -> {ev['verdict']}"
+        )
     if chain["gate"]:
-        click.echo(f"  gate:      {chain['gate'].get('verdict')}: {'; '.join(chain['gate'].get('reasons', []))}")
+        click.echo(
+            f"  gate:      {chain['gate'].get('verdict')}: {'; '.join(chain['gate'].get('reasons', []))}"
+        )
     for m in chain["promotions"]:
-        click.echo(f"  {m['at']}  {m['alias']}: {m['from'] or 'base'} -> {m['to'] or 'base'} ({m['action']}) by {m['actor']}: {m['reason']}")
+        click.echo(
+            f"  {m['at']}  {m['alias']}: {m['from'] or 'base'} -> {m['to'] or 'base'} ({m['action']}) by {m['actor']}: {m['reason']}"
+        )
     if chain.get("parent"):
-        click.echo(f"  parent:    {chain['parent']['version']['id']} (`learnloop versions lineage {v['id']}` for the whole chain)")
+        click.echo(
+            f"  parent:    {chain['parent']['version']['id']} (`learnloop versions lineage {v['id']}` for the whole chain)"
+        )
 
 
 @versions_group.command("lineage")
 @click.argument("version_id", required=False)
-@click.option("--trajectory", "trajectory_id", help="Start from a served answer (a trajectory id) instead of a version.")
+@click.option(
+    "--trajectory", "trajectory_id", help="Start from a served answer (a trajectory id) instead of a version."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def lineage_cmd(version_id: str | None, trajectory_id: str | None, as_json: bool) -> None:
     """The chain from a version (or a served answer) back to its data, through every parent."""
@@ -109,34 +143,65 @@ def lineage_cmd(version_id: str | None, trajectory_id: str | None, as_json: bool
         return
     if trajectory_id:
         t = data["trajectory"]
-        click.echo(f"trajectory {t['id']} ({t['source']}, {t['created_at']}) answered by {t['model_version'] or 'an unknown model'}")
+        click.echo(
+            f"trajectory {t['id']} ({t['source']}, {t['created_at']}) answered by {t['model_version'] or 'an unknown model'}"
+        )
         if data["lineage"] is None:
             click.echo(data["note"])
             return
     chain = data["lineage"]
     while chain:
         _print_chain(chain)
-        chain = chain.get("parent") if chain.get("parent", {}) and "dataset" in chain.get("parent", {}) else None
+        chain = (
+            chain.get("parent") if chain.get("parent", {}) and "dataset" in chain.get("parent", {}) else None
+        )
 
 
 @versions_group.command("create")
-@click.option("--from", "source", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A training run folder (with adapter/) or a LoRA adapter folder.")
-@click.option("--base-model", help="Base it was trained on (default: the run's config, then training.base_model).")
-@click.option("--parent", "parent_id", help="The version it continued (found from the run's init_adapter when omitted).")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A training run folder (with adapter/) or a LoRA adapter folder.",
+)
+@click.option(
+    "--base-model", help="Base it was trained on (default: the run's config, then training.base_model)."
+)
+@click.option(
+    "--parent", "parent_id", help="The version it continued (found from the run's init_adapter when omitted)."
+)
 @click.option("--dataset", "dataset_id", type=int, help="Id of the recorded dataset it was trained on.")
 @click.option("--loop", help="The loop it belongs to.")
 @click.option("--name", help="A name to remember it by.")
 @click.option("--note", help="A note stored with it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the version as JSON.")
-def create_cmd(source: str, base_model: str | None, parent_id: str | None, dataset_id: int | None, loop: str | None,
-               name: str | None, note: str | None, as_json: bool) -> None:
+def create_cmd(
+    source: str,
+    base_model: str | None,
+    parent_id: str | None,
+    dataset_id: int | None,
+    loop: str | None,
+    name: str | None,
+    note: str | None,
+    as_json: bool,
+) -> None:
     """Register an adapter as a new immutable version (refused, with the reason, if its base does not match)."""
     from learnloop.registry import get_version, local_actor, register_version
 
     s, db = _db()
-    vid = register_version(db, s, adapter_dir=source, base_model=base_model, parent_id=parent_id, dataset_id=dataset_id,
-                           loop=loop, name=name, note=note, actor=local_actor())
+    vid = register_version(
+        db,
+        s,
+        adapter_dir=source,
+        base_model=base_model,
+        parent_id=parent_id,
+        dataset_id=dataset_id,
+        loop=loop,
+        name=name,
+        note=note,
+        actor=local_actor(),
+    )
     info = get_version(db, vid)
     if as_json:
         echo_json(info.as_dict())
@@ -148,14 +213,30 @@ def create_cmd(source: str, base_model: str | None, parent_id: str | None, datas
 @click.argument("version_id")
 @click.option("--alias", default="learnloop", show_default=True, help="The served name to move.")
 @click.option("--reason", help="Why (kept in the alias log).")
-@click.option("--evaluation", "evaluation_id", type=int, help="The evaluation this rests on (default: the version's latest gate verdict).")
+@click.option(
+    "--evaluation",
+    "evaluation_id",
+    type=int,
+    help="The evaluation this rests on (default: the version's latest gate verdict).",
+)
 @click.option("--force", is_flag=True, help="Promote even without a passing gate verdict (logged as forced).")
-def promote_cmd(version_id: str, alias: str, reason: str | None, evaluation_id: int | None, force: bool) -> None:
+def promote_cmd(
+    version_id: str, alias: str, reason: str | None, evaluation_id: int | None, force: bool
+) -> None:
     """Serve VERSION_ID (or 'base') under ALIAS. Running servers switch to it on their next poll."""
     from learnloop.registry import local_actor, promote
 
     s, db = _db()
-    result = promote(db, s, version_id, alias=alias, actor=local_actor(), reason=reason, evaluation_id=evaluation_id, force=force)
+    result = promote(
+        db,
+        s,
+        version_id,
+        alias=alias,
+        actor=local_actor(),
+        reason=reason,
+        evaluation_id=evaluation_id,
+        force=force,
+    )
     if not result["changed"]:
         click.echo(f"{alias} already serves {version_id}")
     else:
@@ -196,7 +277,11 @@ def restore_cmd(version_id: str, loop: str | None, serve: bool, force: bool, rea
 
 @versions_group.command("delete")
 @click.argument("version_id")
-@click.option("--force", is_flag=True, help="Delete even a loop head, a parent of other versions, or files that fail their hash check.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete even a loop head, a parent of other versions, or files that fail their hash check.",
+)
 def delete_cmd(version_id: str, force: bool) -> None:
     """Delete a version's record and files (never one an alias serves)."""
     from learnloop.registry import delete_version, local_actor
@@ -246,21 +331,48 @@ def history_cmd(alias: str | None, as_json: bool) -> None:
     from learnloop.store.aliases import alias_history
 
     _, db = _db()
-    rows = [{"id": e.id, "alias": e.alias, "action": e.action, "from": e.from_version, "to": e.to_version, "actor": e.actor,
-             "reason": e.reason, "evaluation_id": e.evaluation_id, "at": e.created_at.isoformat()} for e in alias_history(db, alias)]
+    rows = [
+        {
+            "id": e.id,
+            "alias": e.alias,
+            "action": e.action,
+            "from": e.from_version,
+            "to": e.to_version,
+            "actor": e.actor,
+            "reason": e.reason,
+            "evaluation_id": e.evaluation_id,
+            "at": e.created_at.isoformat(),
+        }
+        for e in alias_history(db, alias)
+    ]
     if as_json:
         echo_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['at']}  {r['alias']}: {r['from'] or 'base'} -> {r['to'] or 'base'} ({r['action']}) by {r['actor']}"
-                   f"{' eval ' + str(r['evaluation_id']) if r['evaluation_id'] else ''}: {r['reason'] or ''}")
+        click.echo(
+            f"{r['at']}  {r['alias']}: {r['from'] or 'base'} -> {r['to'] or 'base'} ({r['action']}) by {r['actor']}"
+            f"{' eval ' + str(r['evaluation_id']) if r['evaluation_id'] else ''}: {r['reason'] or ''}"
+        )
 
 
 @click.command("export")
 @click.argument("version_id")
-@click.option("--format", "fmt", type=click.Choice(["merged", "gguf", "ollama"]), default="merged", show_default=True)
-@click.option("--quant", type=click.Choice(["f32", "f16", "q8_0"]), default="q8_0", show_default=True, help="GGUF tensor type.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder to write (default: <data dir>/exports/<version>-<format>).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["merged", "gguf", "ollama"]), default="merged", show_default=True
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["f32", "f16", "q8_0"]),
+    default="q8_0",
+    show_default=True,
+    help="GGUF tensor type.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Folder to write (default: <data dir>/exports/<version>-<format>).",
+)
 @click.option("--name", help="Ollama model name (default: learnloop-<version>).")
 def export_cmd(version_id: str, fmt: str, quant: str, out_dir: str | None, name: str | None) -> None:
     """Export VERSION_ID: merged safetensors, a GGUF file, or an Ollama Modelfile (+ `ollama create` when installed)."""

@@ -24,7 +24,13 @@ def _secs(s: float | None) -> str:
     if s is None:
         return "–"
     s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+        if s >= 60
+        else f"{s}s"
+    )
 
 
 def render_status(status: dict[str, Any]) -> Any:
@@ -38,16 +44,27 @@ def render_status(status: dict[str, Any]) -> Any:
     h = Table(title="host", show_header=False, title_justify="left")
     h.add_column(style="bold")
     h.add_column()
-    h.add_row("database", f"[green]reachable[/] {db['dialect']} {db['latency_ms']} ms, schema {db['revision']}"
-              + ("" if db["at_head"] else " [yellow](not at head)[/]") if db["reachable"] else f"[red]unreachable[/] {db.get('error')}")
+    h.add_row(
+        "database",
+        f"[green]reachable[/] {db['dialect']} {db['latency_ms']} ms, schema {db['revision']}"
+        + ("" if db["at_head"] else " [yellow](not at head)[/]")
+        if db["reachable"]
+        else f"[red]unreachable[/] {db.get('error')}",
+    )
     disk = host["disk"]
-    h.add_row("disk", f"{'[green]' if disk['ok'] else '[red]'}{_bytes(disk['free_bytes'])} free[/] of {_bytes(disk['total_bytes'])} ({disk['path']})")
+    h.add_row(
+        "disk",
+        f"{'[green]' if disk['ok'] else '[red]'}{_bytes(disk['free_bytes'])} free[/] of {_bytes(disk['total_bytes'])} ({disk['path']})",
+    )
     mem = host["memory"]
     h.add_row("memory", f"{_bytes(mem['used_bytes'])} used, {_bytes(mem['available_bytes'])} available")
     for p in host["processes"]:
         h.add_row(f"{p['role']} pid {p['pid']}", f"{_bytes(p['rss_bytes'])} RSS")
     for g in host["gpus"]:
-        h.add_row(f"gpu {g['index']}", f"{g['name']}: {_bytes(g['memory_used_bytes'])}/{_bytes(g['memory_total_bytes'])}, {g['utilization_pct']}%")
+        h.add_row(
+            f"gpu {g['index']}",
+            f"{g['name']}: {_bytes(g['memory_used_bytes'])}/{_bytes(g['memory_total_bytes'])}, {g['utilization_pct']}%",
+        )
     if not db["reachable"]:
         return h
 
@@ -55,8 +72,13 @@ def render_status(status: dict[str, Any]) -> Any:
     for col in ("loop", "state", "head", "next check", "readiness"):
         loops.add_column(col)
     for lp in status["loops"]:
-        loops.add_row(lp["name"], lp["state"], lp["head_version"] or "base", _secs(lp["next_check_in_s"]),
-                      "; ".join(lp["readiness_reasons"]) or ("ready" if lp["ready"] else "–"))
+        loops.add_row(
+            lp["name"],
+            lp["state"],
+            lp["head_version"] or "base",
+            _secs(lp["next_check_in_s"]),
+            "; ".join(lp["readiness_reasons"]) or ("ready" if lp["ready"] else "–"),
+        )
     if not status["loops"]:
         loops.add_row("(none yet)", "", "", "", "")
     parts.append(loops)
@@ -65,13 +87,27 @@ def render_status(status: dict[str, Any]) -> Any:
     for col in ("job", "kind", "state", "step", "loss", "tok/s", "ETA"):
         jobs.add_column(col)
     for j in status["running"]:
-        jobs.add_row(str(j["id"]), j["kind"], j["state"] + ("" if j["desired_state"] == "run" else f" → {j['desired_state']}"),
-                     f"{j['step'] or 0}/{j['total_steps'] or '?'}", f"{j['loss']:.4g}" if j["loss"] is not None else "–",
-                     f"{j['tokens_per_s']:.0f}" if j["tokens_per_s"] is not None else "–", _secs(j["eta_s"]))
+        jobs.add_row(
+            str(j["id"]),
+            j["kind"],
+            j["state"] + ("" if j["desired_state"] == "run" else f" → {j['desired_state']}"),
+            f"{j['step'] or 0}/{j['total_steps'] or '?'}",
+            f"{j['loss']:.4g}" if j["loss"] is not None else "–",
+            f"{j['tokens_per_s']:.0f}" if j["tokens_per_s"] is not None else "–",
+            _secs(j["eta_s"]),
+        )
     q = status["queue"]["by_state"]
-    jobs.caption = " · ".join(f"{k} {v}" for k, v in q.items()) + " · by priority: " + (
-        ", ".join(f"p{p['priority']}: " + " ".join(f"{v} {k}" for k, v in p.items() if k != "priority")
-                  for p in status["queue"]["by_priority"]) or "–")
+    jobs.caption = (
+        " · ".join(f"{k} {v}" for k, v in q.items())
+        + " · by priority: "
+        + (
+            ", ".join(
+                f"p{p['priority']}: " + " ".join(f"{v} {k}" for k, v in p.items() if k != "priority")
+                for p in status["queue"]["by_priority"]
+            )
+            or "–"
+        )
+    )
     parts.append(jobs)
 
     srv = Table(title="serving", title_justify="left")
@@ -82,7 +118,11 @@ def render_status(status: dict[str, Any]) -> Any:
     if not status["serving"]:
         srv.add_row("learnloop", "base", "–", "–")
     ev = status["last_evaluation"]
-    srv.caption = f"last evaluation: {ev['candidate_id']} vs {ev['baseline_id']}: {ev['verdict']}" if ev else "no evaluation yet"
+    srv.caption = (
+        f"last evaluation: {ev['candidate_id']} vs {ev['baseline_id']}: {ev['verdict']}"
+        if ev
+        else "no evaluation yet"
+    )
     parts.append(srv)
 
     t = status["trajectories"]
@@ -100,7 +140,13 @@ def render_status(status: dict[str, Any]) -> Any:
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the same JSON as GET /v1/status.")
 @click.option("--watch", "watch", is_flag=True, help="Refresh until interrupted.")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
     """The whole loop at a glance: loops, queue, running job, serving version, last evaluation, trajectories, host health."""
     from learnloop.store.db import Database
@@ -128,7 +174,9 @@ def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
                 time.sleep(interval)
         from rich.live import Live
 
-        with Live(render_status(build_status(db, s, self_role="cli")), console=console, refresh_per_second=4) as live:
+        with Live(
+            render_status(build_status(db, s, self_role="cli")), console=console, refresh_per_second=4
+        ) as live:
             while True:
                 time.sleep(interval)
                 live.update(render_status(build_status(db, s, self_role="cli")))
@@ -142,7 +190,9 @@ def alerts_group() -> None:
 
 
 @alerts_group.command("test")
-@click.option("--rule", "rule_name", default=None, help="Only this rule's webhook (default: every configured rule).")
+@click.option(
+    "--rule", "rule_name", default=None, help="Only this rule's webhook (default: every configured rule)."
+)
 @click.option("--url", default=None, help="Send to this webhook instead of the configured ones.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def alerts_test(rule_name: str | None, url: str | None, as_json: bool) -> None:
@@ -161,7 +211,10 @@ def alerts_test(rule_name: str | None, url: str | None, as_json: bool) -> None:
         echo_json(results)
     else:
         for r in results:
-            click.echo(f"{r['rule']}: {'sent' if r['ok'] else 'FAILED'} -> {r['url']}" + (f" ({r['error']})" if r["error"] else ""))
+            click.echo(
+                f"{r['rule']}: {'sent' if r['ok'] else 'FAILED'} -> {r['url']}"
+                + (f" ({r['error']})" if r["error"] else "")
+            )
     if not all(r["ok"] for r in results):
         raise SystemExit(1)
 
@@ -174,7 +227,9 @@ def alerts_check() -> None:
 
     s = settings()
     result = run_once(open_database(s), s)
-    click.echo(f"{len(result['new'])} new alert(s); sent {result['sent']}, retrying {result['retry']}, failed {result['failed']}")
+    click.echo(
+        f"{len(result['new'])} new alert(s); sent {result['sent']}, retrying {result['retry']}, failed {result['failed']}"
+    )
 
 
 @alerts_group.command("list")
@@ -190,7 +245,9 @@ def alerts_list(limit: int) -> None:
     with db.read_session() as s:
         rows = list(s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit)))
         for r in rows:
-            click.echo(f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} (attempts {r.attempts})"
-                       + (f" — {r.error}" if r.error else ""))
+            click.echo(
+                f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} (attempts {r.attempts})"
+                + (f" — {r.error}" if r.error else "")
+            )
     if not rows:
         click.echo("no alerts yet")

@@ -34,17 +34,39 @@ class _Section(BaseModel):
 
 
 class TriggerConfig(_Section):
-    min_new_examples: int = Field(100, ge=1, description="New eligible examples (traces, pairs or groups) since the last cycle that start one.")
-    check_interval: float = Field(1800.0, gt=0, description="Seconds (or '30m') between checks of this loop's triggers.")
-    max_interval: float | None = Field(None, gt=0, description="Train anyway after this long since the last cycle when any new example exists.")
-    daily_at: str | None = Field(None, description="'HH:MM' (UTC): train once a day at this time when any new example exists.")
-    reward_drop: float | None = Field(
-        None, gt=0, description="Train when the served version's mean reward falls this far below its evaluated level."
+    min_new_examples: int = Field(
+        100,
+        ge=1,
+        description="New eligible examples (traces, pairs or groups) since the last cycle that start one.",
     )
-    reward_window_hours: float = Field(24.0, gt=0, description="Window of served traffic the reward drop looks at.")
-    reward_min_samples: int = Field(20, ge=1, description="Least scored served trajectories before a reward drop counts.")
-    min_holdout: int = Field(0, ge=0, description="Least held-out trajectories of this loop's selection before it may train.")
-    min_group_size: int | None = Field(None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's).")
+    check_interval: float = Field(
+        1800.0, gt=0, description="Seconds (or '30m') between checks of this loop's triggers."
+    )
+    max_interval: float | None = Field(
+        None,
+        gt=0,
+        description="Train anyway after this long since the last cycle when any new example exists.",
+    )
+    daily_at: str | None = Field(
+        None, description="'HH:MM' (UTC): train once a day at this time when any new example exists."
+    )
+    reward_drop: float | None = Field(
+        None,
+        gt=0,
+        description="Train when the served version's mean reward falls this far below its evaluated level.",
+    )
+    reward_window_hours: float = Field(
+        24.0, gt=0, description="Window of served traffic the reward drop looks at."
+    )
+    reward_min_samples: int = Field(
+        20, ge=1, description="Least scored served trajectories before a reward drop counts."
+    )
+    min_holdout: int = Field(
+        0, ge=0, description="Least held-out trajectories of this loop's selection before it may train."
+    )
+    min_group_size: int | None = Field(
+        None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's)."
+    )
     min_free_disk_mb: int = Field(1024, ge=0, description="Least free space in the data dir, in MiB.")
 
     @field_validator("check_interval", "max_interval", mode="before")
@@ -61,42 +83,72 @@ class TriggerConfig(_Section):
 
 
 class LoopConfig(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Unique name (jobs, versions and events carry it).")
-    algorithm: Literal["sft", "dpo", "grpo"] = Field("sft", description="What the loop trains: sft, dpo or grpo.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Unique name (jobs, versions and events carry it).",
+    )
+    algorithm: Literal["sft", "dpo", "grpo"] = Field(
+        "sft", description="What the loop trains: sft, dpo or grpo."
+    )
     scenario: str | None = Field(None, description="Learn only from trajectories of this scenario.")
     sources: list[Literal["production", "teacher", "synthetic", "served"]] = Field(
         default_factory=list, description="Learn only from these sources (empty: all)."
     )
-    tags: list[str] = Field(default_factory=list, description="Learn only from trajectories carrying all these tags.")
+    tags: list[str] = Field(
+        default_factory=list, description="Learn only from trajectories carrying all these tags."
+    )
     dataset: dict[str, Any] = Field(
         default_factory=dict,
         description="Further dataset options as `learnloop datasets build` takes them (min_reward, min_margin, group_by ...).",
     )
     base_model: str | None = Field(None, description="Base model (default: [training] base_model).")
     train: dict[str, Any] = Field(
-        default_factory=dict, description="Training settings: any TrainConfig field (lora, max_steps, learning_rate, max_length ...)."
+        default_factory=dict,
+        description="Training settings: any TrainConfig field (lora, max_steps, learning_rate, max_length ...).",
     )
-    triggers: TriggerConfig = Field(default_factory=TriggerConfig, description="When a cycle starts, and what must be ready first.")
-    incremental: bool = Field(True, description="Each cycle trains on the examples new since the previous one (continuing its adapter).")
+    triggers: TriggerConfig = Field(
+        default_factory=TriggerConfig, description="When a cycle starts, and what must be ready first."
+    )
+    incremental: bool = Field(
+        True,
+        description="Each cycle trains on the examples new since the previous one (continuing its adapter).",
+    )
     max_truncated_share: float = Field(
-        0.05, ge=0, le=1, description="Refuse a cycle when more than this share of its examples exceed max_length."
+        0.05,
+        ge=0,
+        le=1,
+        description="Refuse a cycle when more than this share of its examples exceed max_length.",
     )
     auto_promote: bool = Field(True, description="Promote a version that passes the gate without a person.")
     alias: str = Field("learnloop", description="The served name a promotion moves.")
-    gate: dict[str, Any] = Field(default_factory=dict, description="Promotion gate policy (the evaluation stage's GatePolicy fields).")
-    eval_limit: int | None = Field(None, ge=1, description="Most held-out examples an evaluation generates for.")
-    priority: Priority = Field("normal", description="Queue priority of this loop's cycles: high, normal or low.")
-    max_attempts: int = Field(3, ge=1, le=20, description="Tries of one cycle (crashes, OOM, stalls) before it fails.")
-    enabled: bool = Field(True, description="Whether the daemon checks this loop's triggers (`loops run` works either way).")
+    gate: dict[str, Any] = Field(
+        default_factory=dict, description="Promotion gate policy (the evaluation stage's GatePolicy fields)."
+    )
+    eval_limit: int | None = Field(
+        None, ge=1, description="Most held-out examples an evaluation generates for."
+    )
+    priority: Priority = Field(
+        "normal", description="Queue priority of this loop's cycles: high, normal or low."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of one cycle (crashes, OOM, stalls) before it fails."
+    )
+    enabled: bool = Field(
+        True, description="Whether the daemon checks this loop's triggers (`loops run` works either way)."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "LoopConfig":
+    def _check(self) -> LoopConfig:
         bad = [k for k in self.train if k in _PER_CYCLE]
         if bad:
-            raise ValueError(f"train.{bad[0]} is set by the loop itself (use the loop's own keys: algorithm, base_model, dataset)")
+            raise ValueError(
+                f"train.{bad[0]} is set by the loop itself (use the loop's own keys: algorithm, base_model, dataset)"
+            )
         from learnloop.training.config import TrainConfig
 
-        TrainConfig.model_validate({"algorithm": self.algorithm, "base_model": "x", "dataset": "x", "output_dir": "x", **self.train})
+        TrainConfig.model_validate(
+            {"algorithm": self.algorithm, "base_model": "x", "dataset": "x", "output_dir": "x", **self.train}
+        )
         clash = {"scenario", "sources", "tags"} & set(self.dataset)
         if clash:
             raise ValueError(f"dataset.{sorted(clash)[0]} belongs at the loop's top level")
@@ -110,24 +162,47 @@ class LoopConfig(_Section):
 
 
 class DaemonSettings(_Section):
-    poll_interval: float = Field(2.0, gt=0, description="Seconds between looks for new jobs when idle (the daemon never busy-polls).")
-    lease_seconds: float = Field(60.0, gt=0, description="A job whose heartbeat is this old is taken over by another daemon.")
+    poll_interval: float = Field(
+        2.0, gt=0, description="Seconds between looks for new jobs when idle (the daemon never busy-polls)."
+    )
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A job whose heartbeat is this old is taken over by another daemon."
+    )
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running job's lease is renewed.")
-    stall_timeout: float = Field(900.0, gt=0, description="A job whose step counter has not moved this long is killed and retried.")
-    retry_backoff: float = Field(30.0, ge=0, description="Seconds before the first retry; doubles after each.")
+    stall_timeout: float = Field(
+        900.0, gt=0, description="A job whose step counter has not moved this long is killed and retried."
+    )
+    retry_backoff: float = Field(
+        30.0, ge=0, description="Seconds before the first retry; doubles after each."
+    )
     retry_backoff_max: float = Field(3600.0, ge=0, description="Longest wait before a retry, in seconds.")
-    score_interval: float = Field(60.0, gt=0, description="Seconds between background scoring passes over new trajectories.")
-    judge: bool = Field(False, description="Also run the LLM judge over each loop's scenario in the background (needs scoring.judge_*).")
+    score_interval: float = Field(
+        60.0, gt=0, description="Seconds between background scoring passes over new trajectories."
+    )
+    judge: bool = Field(
+        False,
+        description="Also run the LLM judge over each loop's scenario in the background (needs scoring.judge_*).",
+    )
     launcher: list[str] = Field(
         default_factory=list,
         description="Command that starts training, before the module, e.g. ['accelerate', 'launch', '--num_processes', '2']; "
         "empty: this Python.",
     )
-    output_tail_lines: int = Field(60, ge=1, description="Lines of a failed training's output kept on the job.")
+    output_tail_lines: int = Field(
+        60, ge=1, description="Lines of a failed training's output kept on the job."
+    )
     log_retention_days: int = Field(30, ge=1, description="Daily log files older than this are deleted.")
 
-    @field_validator("poll_interval", "lease_seconds", "heartbeat_seconds", "stall_timeout", "retry_backoff",
-                     "retry_backoff_max", "score_interval", mode="before")
+    @field_validator(
+        "poll_interval",
+        "lease_seconds",
+        "heartbeat_seconds",
+        "stall_timeout",
+        "retry_backoff",
+        "retry_backoff_max",
+        "score_interval",
+        mode="before",
+    )
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return parse_duration(v)

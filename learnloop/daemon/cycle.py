@@ -31,6 +31,7 @@ from learnloop.store.db import Database
 
 log = logging.getLogger("learnloop.daemon")
 
+
 def registry_available() -> bool:
     return importlib.util.find_spec("learnloop.registry") is not None
 
@@ -66,7 +67,7 @@ class LeaseKeeper:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"learnloop-lease-{job_id}", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+    def __enter__(self) -> LeaseKeeper:
         self._thread.start()
         return self
 
@@ -78,7 +79,10 @@ class LeaseKeeper:
         cfg = self.ctx.settings.daemon
         while not self._done.wait(cfg.heartbeat_seconds):
             try:
-                if queue.heartbeat(self.ctx.db, self.job_id, self.ctx.owner, lease_seconds=cfg.lease_seconds) is None:
+                if (
+                    queue.heartbeat(self.ctx.db, self.job_id, self.ctx.owner, lease_seconds=cfg.lease_seconds)
+                    is None
+                ):
                     self.lost.set()
                     return
             except Exception:  # noqa: BLE001 - the database is briefly away: try again next beat
@@ -110,35 +114,64 @@ def _run_job(ctx: Context, job: queue.JobInfo) -> None:
     except (Refused, ConfigError, ValidationFailed) as exc:
         queue.fail(ctx.db, job.id, ctx.owner, str(exc), retry=False)
         if job.loop:
-            loops_mod.set_state(ctx.db, job.loop, "idle", {"outcome": "refused", "job_id": job.id, "reason": str(exc)})
+            loops_mod.set_state(
+                ctx.db, job.loop, "idle", {"outcome": "refused", "job_id": job.id, "reason": str(exc)}
+            )
     except Exception as exc:  # noqa: BLE001 - any other crash is one failed attempt, retried with backoff
         log.exception("job %s failed", job.id)
-        state = queue.fail(ctx.db, job.id, ctx.owner, f"{type(exc).__name__}: {exc}", output_tail=traceback.format_exc()[-4000:],
-                           backoff=cfg.retry_backoff, backoff_max=cfg.retry_backoff_max)
+        state = queue.fail(
+            ctx.db,
+            job.id,
+            ctx.owner,
+            f"{type(exc).__name__}: {exc}",
+            output_tail=traceback.format_exc()[-4000:],
+            backoff=cfg.retry_backoff,
+            backoff_max=cfg.retry_backoff_max,
+        )
         if job.loop and state == "failed":
-            loops_mod.set_state(ctx.db, job.loop, "idle", {"outcome": "failed", "job_id": job.id, "reason": str(exc)})
+            loops_mod.set_state(
+                ctx.db, job.loop, "idle", {"outcome": "failed", "job_id": job.id, "reason": str(exc)}
+            )
 
 
 # -- training ------------------------------------------------------------------------------------
 
+
 def _train(ctx: Context, job: queue.JobInfo, config: Any) -> dict[str, Any]:
     """Supervise one training run for ``job``; returns {adapter_dir, step, metrics} or releases/fails the job."""
     cfg = ctx.settings.daemon
-    outcome = Supervisor(ctx.db, job.id, ctx.owner, ctx.settings, shutdown=ctx.shutdown, loop=job.loop).run(config)
+    outcome = Supervisor(ctx.db, job.id, ctx.owner, ctx.settings, shutdown=ctx.shutdown, loop=job.loop).run(
+        config
+    )
     if outcome.kind == "done":
-        return {"adapter_dir": outcome.adapter_dir, "step": outcome.step, "train_metrics": outcome.metrics,
-                "checkpoint": outcome.checkpoint}
+        return {
+            "adapter_dir": outcome.adapter_dir,
+            "step": outcome.step,
+            "train_metrics": outcome.metrics,
+            "checkpoint": outcome.checkpoint,
+        }
     if outcome.kind == "stopped":
-        queue.release(ctx.db, job.id, ctx.owner, reason="daemon shutting down" if ctx.shutdown.is_set() else "requested")
+        queue.release(
+            ctx.db, job.id, ctx.owner, reason="daemon shutting down" if ctx.shutdown.is_set() else "requested"
+        )
         raise _Stop
     if outcome.kind == "lost":
         raise _Stop
     # failed or stalled: retried from the newest committed checkpoint (a stall at once: it had no fault of data).
     backoff = 0.0 if outcome.kind == "stalled" else cfg.retry_backoff
-    state = queue.fail(ctx.db, job.id, ctx.owner, outcome.error, output_tail=outcome.output_tail, backoff=backoff,
-                       backoff_max=cfg.retry_backoff_max)
+    state = queue.fail(
+        ctx.db,
+        job.id,
+        ctx.owner,
+        outcome.error,
+        output_tail=outcome.output_tail,
+        backoff=backoff,
+        backoff_max=cfg.retry_backoff_max,
+    )
     if job.loop and state == "failed":
-        loops_mod.set_state(ctx.db, job.loop, "idle", {"outcome": "failed", "job_id": job.id, "reason": outcome.error})
+        loops_mod.set_state(
+            ctx.db, job.loop, "idle", {"outcome": "failed", "job_id": job.id, "reason": outcome.error}
+        )
     raise _Stop
 
 
@@ -149,10 +182,17 @@ def _plain_training(ctx: Context, job: queue.JobInfo) -> None:
     data.setdefault("output_dir", str(data_dir(ctx.settings.data_dir).job_checkpoints(job.id)))
     config = validate_config(data, f"job {job.id}")
     out = _train(ctx, job, config)
-    queue.succeed(ctx.db, job.id, ctx.owner, out, message=f"job {job.id} trained {out['step']} steps; adapter {out['adapter_dir']}")
+    queue.succeed(
+        ctx.db,
+        job.id,
+        ctx.owner,
+        out,
+        message=f"job {job.id} trained {out['step']} steps; adapter {out['adapter_dir']}",
+    )
 
 
 # -- a loop's cycle --------------------------------------------------------------------------------
+
 
 def _cycle(ctx: Context, job: queue.JobInfo) -> None:
     import datetime as dt
@@ -167,12 +207,33 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
     if "dataset_id" not in done:
         since = job.payload.get("since")
         until = job.payload.get("until")
-        info = _build(ctx, loop, base, dt.datetime.fromisoformat(since) if since else None,
-                      dt.datetime.fromisoformat(until) if until else None)
+        info = _build(
+            ctx,
+            loop,
+            base,
+            dt.datetime.fromisoformat(since) if since else None,
+            dt.datetime.fromisoformat(until) if until else None,
+        )
         length = info.stats.get("length", {})
-        step = {"dataset_id": info.id, "dataset_path": info.path, "examples": info.count, "dataset_hash": info.content_hash,
-                "length": {k: length.get(k) for k in ("max_length", "p95", "p99", "max", "truncated", "truncated_share",
-                                                        "suggested_max_length", "advice")}}
+        step = {
+            "dataset_id": info.id,
+            "dataset_path": info.path,
+            "examples": info.count,
+            "dataset_hash": info.content_hash,
+            "length": {
+                k: length.get(k)
+                for k in (
+                    "max_length",
+                    "p95",
+                    "p99",
+                    "max",
+                    "truncated",
+                    "truncated_share",
+                    "suggested_max_length",
+                    "advice",
+                )
+            },
+        }
         if not queue.update_result(db, job.id, ctx.owner, **step):
             raise _Stop
         done.update(step)
@@ -206,8 +267,15 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
             # Nothing to evaluate on (no held-out examples): the version stays registered, unpromoted.
             eval_id = None
             gate = {"passed": False, "verdict": "inconclusive", "reasons": [f"not evaluated: {exc}"]}
-            emit(db, "evaluation.skipped", f"{version_id} not evaluated: {exc}", level="warning", loop=loop.name,
-                 job_id=job.id, version_id=version_id)
+            emit(
+                db,
+                "evaluation.skipped",
+                f"{version_id} not evaluated: {exc}",
+                level="warning",
+                loop=loop.name,
+                job_id=job.id,
+                version_id=version_id,
+            )
         else:
             queue.update_result(db, job.id, ctx.owner, evaluation_id=eval_id)
             gate = _gate(ctx, loop, eval_id)
@@ -219,13 +287,25 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         queue.update_result(db, job.id, ctx.owner, promoted=promoted)
 
     advanced = gate is None or bool(gate.get("passed"))
-    outcome = {"outcome": "succeeded", "version_id": version_id, "adapter_dir": done.get("adapter_dir"),
-               "examples": done.get("examples"), "gate": gate, "promoted": promoted, "loss": (done.get("train_metrics") or {}).get("loss")}
+    outcome = {
+        "outcome": "succeeded",
+        "version_id": version_id,
+        "adapter_dir": done.get("adapter_dir"),
+        "examples": done.get("examples"),
+        "gate": gate,
+        "promoted": promoted,
+        "loss": (done.get("train_metrics") or {}).get("loss"),
+    }
     loops_mod.record_cycle(db, settings, loop, job.id, outcome, head_version=version_id, advanced=advanced)
     what = f"version {version_id}" if version_id else f"adapter {done.get('adapter_dir')}"
     verdict = "" if gate is None else f"; gate {gate.get('verdict')}" + ("; promoted" if promoted else "")
-    queue.succeed(db, job.id, ctx.owner, {"head": advanced},
-                  message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on {done.get('examples')} examples{verdict}")
+    queue.succeed(
+        db,
+        job.id,
+        ctx.owner,
+        {"head": advanced},
+        message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on {done.get('examples')} examples{verdict}",
+    )
 
 
 def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) -> Any:
@@ -236,11 +316,19 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
     s = s.model_copy(update={"datasets": s.datasets.model_copy(update={"max_length": loop.max_length})})
     # The base model's own tokenizer counts the tokens training will see.
     tokenizer = str(resolve_base_model(base))
-    return build_dataset(ctx.db, loop.algorithm, loops_mod.dataset_filters(loop, since, until), settings=s,
-                         tokenizer=tokenizer, name=f"{loop.name}-cycle")
+    return build_dataset(
+        ctx.db,
+        loop.algorithm,
+        loops_mod.dataset_filters(loop, since, until),
+        settings=s,
+        tokenizer=tokenizer,
+        name=f"{loop.name}-cycle",
+    )
 
 
-def _train_config(ctx: Context, job: queue.JobInfo, loop: LoopConfig, base: str, dataset: Path, init: Path | None) -> Any:
+def _train_config(
+    ctx: Context, job: queue.JobInfo, loop: LoopConfig, base: str, dataset: Path, init: Path | None
+) -> Any:
     data: dict[str, Any] = {
         "device": ctx.settings.training.device,
         **loop.train,
@@ -265,9 +353,18 @@ def _register(ctx: Context, job: queue.JobInfo, loop: LoopConfig, base: str, don
         return existing  # registered before a crash cut the record short
     config = dict(loop.train)
     return registry.register_version(
-        ctx.db, ctx.settings, adapter_dir=Path(done["adapter_dir"]), base_model=base, parent_id=done.get("parent_version"),
-        dataset_id=done.get("dataset_id"), job_id=job.id, algorithm=loop.algorithm, config=config,
-        metrics=done.get("train_metrics") or {}, loop=loop.name, note=f"cycle {job.payload.get('cycle')}",
+        ctx.db,
+        ctx.settings,
+        adapter_dir=Path(done["adapter_dir"]),
+        base_model=base,
+        parent_id=done.get("parent_version"),
+        dataset_id=done.get("dataset_id"),
+        job_id=job.id,
+        algorithm=loop.algorithm,
+        config=config,
+        metrics=done.get("train_metrics") or {},
+        loop=loop.name,
+        note=f"cycle {job.payload.get('cycle')}",
     )
 
 
@@ -276,11 +373,24 @@ def _evaluate(ctx: Context, loop: LoopConfig, version_id: str) -> int:
     from learnloop.store.models import Evaluation
 
     with ctx.db.read_session() as s:
-        existing = s.scalars(select(Evaluation.id).where(Evaluation.candidate_id == version_id).order_by(Evaluation.id.desc()).limit(1)).first()
+        existing = s.scalars(
+            select(Evaluation.id)
+            .where(Evaluation.candidate_id == version_id)
+            .order_by(Evaluation.id.desc())
+            .limit(1)
+        ).first()
     if existing:
         return int(existing)
-    return int(evaluation.evaluate(ctx.db, ctx.settings, candidate=version_id, baseline="serving", scenario=loop.scenario,
-                                   limit=loop.eval_limit))
+    return int(
+        evaluation.evaluate(
+            ctx.db,
+            ctx.settings,
+            candidate=version_id,
+            baseline="serving",
+            scenario=loop.scenario,
+            limit=loop.eval_limit,
+        )
+    )
 
 
 def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
@@ -301,25 +411,54 @@ def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
     return {"passed": bool(verdict.passed), "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
 
 
-def _promote(ctx: Context, job: queue.JobInfo, loop: LoopConfig, version_id: str, eval_id: int | None, gate: dict[str, Any]) -> bool:
+def _promote(
+    ctx: Context,
+    job: queue.JobInfo,
+    loop: LoopConfig,
+    version_id: str,
+    eval_id: int | None,
+    gate: dict[str, Any],
+) -> bool:
     from learnloop import registry
     from learnloop.store.models import AliasEvent
 
     with ctx.db.read_session() as s:
-        already = s.scalars(select(AliasEvent.id).where(AliasEvent.alias == loop.alias, AliasEvent.to_version == version_id)).first()
+        already = s.scalars(
+            select(AliasEvent.id).where(AliasEvent.alias == loop.alias, AliasEvent.to_version == version_id)
+        ).first()
     if already:
         return True
     if not loop.auto_promote:
-        emit(ctx.db, "version.held", f"{version_id} passed the gate; auto_promote is off for loop {loop.name}: "
-             f"`learnloop promote {version_id}` serves it", loop=loop.name, job_id=job.id, version_id=version_id)
+        emit(
+            ctx.db,
+            "version.held",
+            f"{version_id} passed the gate; auto_promote is off for loop {loop.name}: "
+            f"`learnloop promote {version_id}` serves it",
+            loop=loop.name,
+            job_id=job.id,
+            version_id=version_id,
+        )
         return False
     # Read right before promoting, so a freeze takes effect within the second it is set.
     if queue.get_control(ctx.db, "daemon.frozen"):
-        emit(ctx.db, "version.held", f"{version_id} passed the gate but the daemon is frozen: not promoted",
-             loop=loop.name, job_id=job.id, version_id=version_id)
+        emit(
+            ctx.db,
+            "version.held",
+            f"{version_id} passed the gate but the daemon is frozen: not promoted",
+            loop=loop.name,
+            job_id=job.id,
+            version_id=version_id,
+        )
         return False
-    registry.promote(ctx.db, ctx.settings, version_id, alias=loop.alias, actor="daemon",
-                     reason=f"loop {loop.name} cycle {job.payload.get('cycle')}: gate {gate.get('verdict')}", evaluation_id=eval_id)
+    registry.promote(
+        ctx.db,
+        ctx.settings,
+        version_id,
+        alias=loop.alias,
+        actor="daemon",
+        reason=f"loop {loop.name} cycle {job.payload.get('cycle')}: gate {gate.get('verdict')}",
+        evaluation_id=eval_id,
+    )
     return True
 
 
@@ -338,6 +477,7 @@ def validate_config(data: dict[str, Any], where: str) -> Any:
 
 # -- other kinds ------------------------------------------------------------------------------------
 
+
 def _score(ctx: Context) -> dict[str, Any]:
     from learnloop.scoring import apply_rewards
 
@@ -352,6 +492,12 @@ def _evaluate_job(ctx: Context, job: queue.JobInfo) -> None:
     candidate = job.payload.get("candidate")
     if not candidate:
         raise Refused("an evaluate job needs payload.candidate (a version id)")
-    eval_id = evaluation.evaluate(ctx.db, ctx.settings, candidate=candidate, baseline=job.payload.get("baseline", "serving"),
-                                  scenario=job.payload.get("scenario"), limit=job.payload.get("limit"))
+    eval_id = evaluation.evaluate(
+        ctx.db,
+        ctx.settings,
+        candidate=candidate,
+        baseline=job.payload.get("baseline", "serving"),
+        scenario=job.payload.get("scenario"),
+        limit=job.payload.get("limit"),
+    )
     queue.succeed(ctx.db, job.id, ctx.owner, {"evaluation_id": eval_id})

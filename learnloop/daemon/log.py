@@ -31,7 +31,7 @@ def configure_log(logs_dir: Path | None, retention_days: int = 30) -> None:
     if logs_dir is None:
         return
     logs_dir.mkdir(parents=True, exist_ok=True)
-    cutoff = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=retention_days)
+    cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=retention_days)
     for f in logs_dir.glob("learnloop-*.log"):
         try:
             if dt.date.fromisoformat(f.stem.removeprefix("learnloop-")) < cutoff:
@@ -43,17 +43,19 @@ def configure_log(logs_dir: Path | None, retention_days: int = 30) -> None:
 def log_file(now: dt.datetime | None = None) -> Path | None:
     if _log_dir is None:
         return None
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return _log_dir / f"learnloop-{now.date().isoformat()}.log"
 
 
 def write_line(kind: str, message: str, level: str = "info", **fields: Any) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     log.log(_LEVELS.get(level, logging.INFO), "%s %s", kind, message)
     path = log_file(now)
     if path is None:
         return
-    extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items() if v not in (None, {}, []))
+    extra = " ".join(
+        f"{k}={json.dumps(v, default=str)}" for k, v in fields.items() if v not in (None, {}, [])
+    )
     line = f"{now.isoformat(timespec='milliseconds')} {level.upper():7} {kind:18} {message}{' ' + extra if extra else ''}\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -77,5 +79,7 @@ def emit(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Record an event (in the caller's transaction when given a session) and log it."""
-    record_event(target, kind, message, level=level, loop=loop, job_id=job_id, version_id=version_id, data=data)
+    record_event(
+        target, kind, message, level=level, loop=loop, job_id=job_id, version_id=version_id, data=data
+    )
     write_line(kind, message, level, loop=loop, job=job_id, version=version_id)

@@ -40,7 +40,9 @@ def priority_value(priority: str | int) -> int:
     try:
         return PRIORITIES[priority]
     except KeyError:
-        raise ValidationFailed(f"Unknown priority {priority!r}; use high, normal or low.", [("priority", "unknown")]) from None
+        raise ValidationFailed(
+            f"Unknown priority {priority!r}; use high, normal or low.", [("priority", "unknown")]
+        ) from None
 
 
 def priority_name(value: int) -> str:
@@ -78,14 +80,30 @@ class JobInfo:
     finished_at: dt.datetime | None
 
     @classmethod
-    def of(cls, row: Job) -> "JobInfo":
+    def of(cls, row: Job) -> JobInfo:
         return cls(
-            id=row.id, kind=_v(row.kind), state=_v(row.state), desired_state=_v(row.desired_state),
-            priority=priority_name(row.priority), loop=row.loop, payload=dict(row.payload or {}), attempts=row.attempts,
-            max_attempts=row.max_attempts, progress=dict(row.progress or {}), result=dict(row.result or {}), error=row.error,
-            output_tail=row.output_tail, checkpoint_path=row.checkpoint_path, idempotency_key=row.idempotency_key,
-            lease_owner=row.lease_owner, lease_expires_at=row.lease_expires_at, heartbeat_at=row.heartbeat_at,
-            run_after=row.run_after, created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+            id=row.id,
+            kind=_v(row.kind),
+            state=_v(row.state),
+            desired_state=_v(row.desired_state),
+            priority=priority_name(row.priority),
+            loop=row.loop,
+            payload=dict(row.payload or {}),
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            progress=dict(row.progress or {}),
+            result=dict(row.result or {}),
+            error=row.error,
+            output_tail=row.output_tail,
+            checkpoint_path=row.checkpoint_path,
+            idempotency_key=row.idempotency_key,
+            lease_owner=row.lease_owner,
+            lease_expires_at=row.lease_expires_at,
+            heartbeat_at=row.heartbeat_at,
+            run_after=row.run_after,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
         )
 
     def as_dict(self, *, brief: bool = False) -> dict[str, Any]:
@@ -115,8 +133,10 @@ def submit(
     try:
         job_kind = JobKind(kind)
     except ValueError:
-        raise ValidationFailed(f"Unknown job kind {kind!r}; use one of {', '.join(k.value for k in JobKind)}.",
-                               [("kind", "unknown")]) from None
+        raise ValidationFailed(
+            f"Unknown job kind {kind!r}; use one of {', '.join(k.value for k in JobKind)}.",
+            [("kind", "unknown")],
+        ) from None
     if max_attempts < 1:
         raise ValidationFailed("max_attempts must be at least 1.", [("max_attempts", "must be >= 1")])
     prio = priority_value(priority)
@@ -127,13 +147,31 @@ def submit(
     now = utcnow()
     try:
         with db.session() as s:
-            row = Job(kind=job_kind, payload=payload or {}, priority=prio, loop=loop, idempotency_key=idempotency_key,
-                      max_attempts=max_attempts, run_after=run_after or now, created_at=now, state=JobState.queued,
-                      desired_state=DesiredState.run, attempts=0, progress={}, result={})
+            row = Job(
+                kind=job_kind,
+                payload=payload or {},
+                priority=prio,
+                loop=loop,
+                idempotency_key=idempotency_key,
+                max_attempts=max_attempts,
+                run_after=run_after or now,
+                created_at=now,
+                state=JobState.queued,
+                desired_state=DesiredState.run,
+                attempts=0,
+                progress={},
+                result={},
+            )
             s.add(row)
             s.flush()
-            emit(s, "job.queued", f"{job_kind.value} job {row.id} queued ({priority_name(prio)})", loop=loop, job_id=row.id,
-                 data={"priority": priority_name(prio), "idempotency_key": idempotency_key})
+            emit(
+                s,
+                "job.queued",
+                f"{job_kind.value} job {row.id} queued ({priority_name(prio)})",
+                loop=loop,
+                job_id=row.id,
+                data={"priority": priority_name(prio), "idempotency_key": idempotency_key},
+            )
             info = JobInfo.of(row)
     except Conflict:
         # Another process queued the same key between our look-up and insert: theirs stands.
@@ -150,7 +188,9 @@ def _by_key(db: Database, key: str) -> JobInfo | None:
         return JobInfo.of(row) if row else None
 
 
-def claim(db: Database, owner: str, *, lease_seconds: float, kinds: list[str] | None = None) -> JobInfo | None:
+def claim(
+    db: Database, owner: str, *, lease_seconds: float, kinds: list[str] | None = None
+) -> JobInfo | None:
     """Take the first runnable job (priority, then FIFO) with a lease; None when there is none."""
     now = utcnow()
     pick = (
@@ -165,9 +205,15 @@ def claim(db: Database, owner: str, *, lease_seconds: float, kinds: list[str] | 
     stmt = (
         update(Job)
         .where(Job.id == pick.scalar_subquery(), Job.state == JobState.queued)
-        .values(state=JobState.running, desired_state=DesiredState.run, lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=lease_seconds), heartbeat_at=now,
-                attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))
+        .values(
+            state=JobState.running,
+            desired_state=DesiredState.run,
+            lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+        )
         .returning(Job)
         .execution_options(synchronize_session=False)
     )
@@ -175,8 +221,14 @@ def claim(db: Database, owner: str, *, lease_seconds: float, kinds: list[str] | 
         row = s.scalars(stmt).first()
         if row is None:
             return None
-        emit(s, "job.started", f"{_v(row.kind)} job {row.id} started by {owner} (attempt {row.attempts}/{row.max_attempts})",
-             loop=row.loop, job_id=row.id, data={"owner": owner, "attempt": row.attempts})
+        emit(
+            s,
+            "job.started",
+            f"{_v(row.kind)} job {row.id} started by {owner} (attempt {row.attempts}/{row.max_attempts})",
+            loop=row.loop,
+            job_id=row.id,
+            data={"owner": owner, "attempt": row.attempts},
+        )
         return JobInfo.of(row)
 
 
@@ -188,15 +240,19 @@ def get_job(db: Database, job_id: int) -> JobInfo:
         return JobInfo.of(row)
 
 
-def list_jobs(db: Database, *, state: str | None = None, loop: str | None = None, limit: int = 50) -> list[JobInfo]:
+def list_jobs(
+    db: Database, *, state: str | None = None, loop: str | None = None, limit: int = 50
+) -> list[JobInfo]:
     """Newest first."""
     stmt = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         try:
             stmt = stmt.where(Job.state == JobState(state))
         except ValueError:
-            raise ValidationFailed(f"Unknown job state {state!r}; use one of {', '.join(s.value for s in JobState)}.",
-                                   [("state", "unknown")]) from None
+            raise ValidationFailed(
+                f"Unknown job state {state!r}; use one of {', '.join(s.value for s in JobState)}.",
+                [("state", "unknown")],
+            ) from None
     if loop:
         stmt = stmt.where(Job.loop == loop)
     with db.read_session() as s:
@@ -205,6 +261,7 @@ def list_jobs(db: Database, *, state: str | None = None, loop: str | None = None
 
 # -- what the worker holding the lease calls ------------------------------------------------------
 
+
 def _owned(s: Session, job_id: int, owner: str) -> Job | None:
     row = s.get(Job, job_id, with_for_update=s.get_bind().dialect.name == "postgresql")
     if row is None or row.lease_owner != owner or row.state not in (JobState.running, JobState.paused):
@@ -212,8 +269,16 @@ def _owned(s: Session, job_id: int, owner: str) -> Job | None:
     return row
 
 
-def heartbeat(db: Database, job_id: int, owner: str, *, lease_seconds: float, progress: dict[str, Any] | None = None,
-              state: JobState | None = None, checkpoint_path: str | None = None) -> JobInfo | None:
+def heartbeat(
+    db: Database,
+    job_id: int,
+    owner: str,
+    *,
+    lease_seconds: float,
+    progress: dict[str, Any] | None = None,
+    state: JobState | None = None,
+    checkpoint_path: str | None = None,
+) -> JobInfo | None:
     """Renew the lease (and record progress); None when the lease is no longer ours (stop working on it)."""
     now = utcnow()
     with db.session() as s:
@@ -241,17 +306,30 @@ def update_result(db: Database, job_id: int, owner: str, **fields: Any) -> bool:
         return True
 
 
-def succeed(db: Database, job_id: int, owner: str, result: dict[str, Any] | None = None, message: str = "") -> bool:
+def succeed(
+    db: Database, job_id: int, owner: str, result: dict[str, Any] | None = None, message: str = ""
+) -> bool:
     with db.session() as s:
         row = _owned(s, job_id, owner)
         if row is None:
             return False
-        row.state, row.finished_at, row.lease_owner, row.lease_expires_at = JobState.succeeded, utcnow(), None, None
+        row.state, row.finished_at, row.lease_owner, row.lease_expires_at = (
+            JobState.succeeded,
+            utcnow(),
+            None,
+            None,
+        )
         row.desired_state, row.error = DesiredState.run, None
         if result:
             row.result = {**(row.result or {}), **result}
-        emit(s, "job.succeeded", message or f"{_v(row.kind)} job {row.id} succeeded", loop=row.loop, job_id=row.id,
-             version_id=(row.result or {}).get("version_id"))
+        emit(
+            s,
+            "job.succeeded",
+            message or f"{_v(row.kind)} job {row.id} succeeded",
+            loop=row.loop,
+            job_id=row.id,
+            version_id=(row.result or {}).get("version_id"),
+        )
         return True
 
 
@@ -261,8 +339,15 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
 
 
 def fail(
-    db: Database, job_id: int, owner: str, error: str, *, output_tail: str | None = None, retry: bool = True,
-    backoff: float = 30.0, backoff_max: float = 3600.0,
+    db: Database,
+    job_id: int,
+    owner: str,
+    error: str,
+    *,
+    output_tail: str | None = None,
+    retry: bool = True,
+    backoff: float = 30.0,
+    backoff_max: float = 3600.0,
 ) -> str:
     """Record a failed attempt: requeue with backoff while attempts remain (and ``retry``), else fail for good.
 
@@ -278,14 +363,32 @@ def fail(
             row.output_tail = output_tail
         if retry and row.attempts < row.max_attempts:
             wait = backoff_seconds(row.attempts, backoff, backoff_max)
-            row.state, row.desired_state, row.run_after = JobState.queued, DesiredState.run, now + dt.timedelta(seconds=wait)
-            emit(s, "job.retried", f"job {row.id} attempt {row.attempts}/{row.max_attempts} failed ({_first_line(error)}); "
-                 f"retry in {wait:.0f} s", level="warning", loop=row.loop, job_id=row.id,
-                 data={"error": error, "attempt": row.attempts, "retry_in_s": wait})
+            row.state, row.desired_state, row.run_after = (
+                JobState.queued,
+                DesiredState.run,
+                now + dt.timedelta(seconds=wait),
+            )
+            emit(
+                s,
+                "job.retried",
+                f"job {row.id} attempt {row.attempts}/{row.max_attempts} failed ({_first_line(error)}); "
+                f"retry in {wait:.0f} s",
+                level="warning",
+                loop=row.loop,
+                job_id=row.id,
+                data={"error": error, "attempt": row.attempts, "retry_in_s": wait},
+            )
             return JobState.queued.value
         row.state, row.finished_at = JobState.failed, now
-        emit(s, "job.failed", f"job {row.id} failed after {row.attempts} attempt(s): {_first_line(error)}", level="error",
-             loop=row.loop, job_id=row.id, data={"error": error, "attempts": row.attempts})
+        emit(
+            s,
+            "job.failed",
+            f"job {row.id} failed after {row.attempts} attempt(s): {_first_line(error)}",
+            level="error",
+            loop=row.loop,
+            job_id=row.id,
+            data={"error": error, "attempts": row.attempts},
+        )
         return JobState.failed.value
 
 
@@ -310,10 +413,16 @@ def release(db: Database, job_id: int, owner: str, *, reason: str) -> str:
         elif want == DesiredState.stop or want == DesiredState.pause:
             row.state = JobState.paused
             row.desired_state = DesiredState.pause
-            kind, msg = "job.stopped", f"job {row.id} stopped at step {(row.progress or {}).get('step', 0)}; `learnloop jobs resume {row.id}` continues it"
+            kind, msg = (
+                "job.stopped",
+                f"job {row.id} stopped at step {(row.progress or {}).get('step', 0)}; `learnloop jobs resume {row.id}` continues it",
+            )
         elif want == DesiredState.skip:
             row.state, row.desired_state, row.run_after = JobState.queued, DesiredState.run, now
-            kind, msg = "job.skipped", f"job {row.id} skipped: requeued behind the waiting jobs (checkpoint kept)"
+            kind, msg = (
+                "job.skipped",
+                f"job {row.id} skipped: requeued behind the waiting jobs (checkpoint kept)",
+            )
         else:
             row.state, row.desired_state = JobState.queued, DesiredState.run
             kind, msg = "job.released", f"job {row.id} released ({reason}); it resumes from its checkpoint"
@@ -333,7 +442,9 @@ def reap(db: Database, *, stall_seconds: float | None = None) -> list[int]:
     taken: list[int] = []
     with db.session() as s:
         lock = {"with_for_update": {"skip_locked": True}} if s.get_bind().dialect.name == "postgresql" else {}
-        stmt = select(Job).where(Job.state.in_([JobState.running, JobState.paused]), Job.lease_owner.is_not(None), cond)
+        stmt = select(Job).where(
+            Job.state.in_([JobState.running, JobState.paused]), Job.lease_owner.is_not(None), cond
+        )
         if lock:
             stmt = stmt.with_for_update(skip_locked=True)
         for row in s.scalars(stmt):
@@ -343,22 +454,36 @@ def reap(db: Database, *, stall_seconds: float | None = None) -> list[int]:
             row.attempts = max(0, row.attempts - 1)
             if row.state == JobState.running:
                 row.state = JobState.queued
-                row.desired_state = DesiredState.run if row.desired_state in (DesiredState.run, DesiredState.skip) else row.desired_state
+                row.desired_state = (
+                    DesiredState.run
+                    if row.desired_state in (DesiredState.run, DesiredState.skip)
+                    else row.desired_state
+                )
             if row.desired_state == DesiredState.cancel:
                 row.state, row.finished_at = JobState.cancelled, now
-            emit(s, "job.stalled", f"job {row.id}: lease of {owner} expired (heartbeat {row.heartbeat_at:%H:%M:%S}); "
-                 f"{'requeued to resume from its checkpoint' if row.state == JobState.queued else _v(row.state)}",
-                 level="warning", loop=row.loop, job_id=row.id, data={"owner": owner})
+            emit(
+                s,
+                "job.stalled",
+                f"job {row.id}: lease of {owner} expired (heartbeat {row.heartbeat_at:%H:%M:%S}); "
+                f"{'requeued to resume from its checkpoint' if row.state == JobState.queued else _v(row.state)}",
+                level="warning",
+                loop=row.loop,
+                job_id=row.id,
+                data={"owner": owner},
+            )
             taken.append(row.id)
     return taken
 
 
 # -- what a person asks for (CLI, API) -----------------------------------------------------------
 
+
 def control(db: Database, job_id: int, action: str, *, actor: str | None = None) -> JobInfo:
     """pause | resume | stop | skip | cancel | retry. Running jobs act on it within one training step."""
     if action not in ACTIONS:
-        raise ValidationFailed(f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.", [("action", "unknown")])
+        raise ValidationFailed(
+            f"Unknown action {action!r}; use one of {', '.join(ACTIONS)}.", [("action", "unknown")]
+        )
     now = utcnow()
     with db.session() as s:
         row = s.get(Job, job_id, with_for_update=s.get_bind().dialect.name == "postgresql")
@@ -394,26 +519,49 @@ def control(db: Database, job_id: int, action: str, *, actor: str | None = None)
             row.max_attempts = max(row.max_attempts, row.attempts + 1)
             note = f" (attempt {row.attempts + 1} of {row.max_attempts})"
         # A running job acts on it at its next step; the worker records the transition when it happens.
-        kind = f"job.{action}_requested" if held else {
-            "pause": "job.paused", "resume": "job.resumed", "stop": "job.stopped", "skip": "job.skipped",
-            "cancel": "job.cancelled", "retry": "job.queued"}[action]
-        emit(s, kind, f"job {job_id}: {action} requested{' by ' + actor if actor else ''}{note}", loop=row.loop, job_id=job_id,
-             data={"action": action, "actor": actor, "running": held})
+        kind = (
+            f"job.{action}_requested"
+            if held
+            else {
+                "pause": "job.paused",
+                "resume": "job.resumed",
+                "stop": "job.stopped",
+                "skip": "job.skipped",
+                "cancel": "job.cancelled",
+                "retry": "job.queued",
+            }[action]
+        )
+        emit(
+            s,
+            kind,
+            f"job {job_id}: {action} requested{' by ' + actor if actor else ''}{note}",
+            loop=row.loop,
+            job_id=job_id,
+            data={"action": action, "actor": actor, "running": held},
+        )
         s.flush()
         return JobInfo.of(row)
 
 
 def _refusal(action: str, state: JobState, held: bool) -> str | None:
     if action == "retry":
-        return None if state in (JobState.failed, JobState.cancelled) else "only failed or cancelled jobs can be retried."
+        return (
+            None
+            if state in (JobState.failed, JobState.cancelled)
+            else "only failed or cancelled jobs can be retried."
+        )
     if state in FINISHED:
-        return f"it has finished; `learnloop jobs retry` queues it again." if state != JobState.succeeded else "it has finished."
+        return (
+            "it has finished; `learnloop jobs retry` queues it again."
+            if state != JobState.succeeded
+            else "it has finished."
+        )
     if action == "resume" and state != JobState.paused:
         return "only a paused job can be resumed."
     if action == "pause" and state == JobState.paused:
         return "it is paused already."
     if action in ("stop", "skip") and state == JobState.paused and not held:
-        return f"it is not running; `learnloop jobs cancel` ends it, `resume` continues it."
+        return "it is not running; `learnloop jobs cancel` ends it, `resume` continues it."
     return None
 
 
@@ -444,5 +592,10 @@ def set_control(db: Database, key: str, on: bool, *, actor: str | None = None) -
             s.add(row)
         row.value, row.updated_at = {"on": on, "by": actor}, utcnow()
         if before != on:
-            emit(s, kind, f"{key} {'on' if on else 'off'}{' by ' + actor if actor else ''}", data={"actor": actor})
+            emit(
+                s,
+                kind,
+                f"{key} {'on' if on else 'off'}{' by ' + actor if actor else ''}",
+                data={"actor": actor},
+            )
         return before != on

@@ -34,7 +34,9 @@ def default_owner() -> str:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, db: Database, *, owner: str | None = None, scoring: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, *, owner: str | None = None, scoring: bool = True
+    ) -> None:
         self.settings, self.db = settings, db
         self.cfg = settings.daemon
         self.owner = owner or default_owner()
@@ -58,8 +60,12 @@ class Daemon:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        emit(self.db, "daemon.started", f"daemon {self.owner} started ({len(self.settings.loops)} loop(s))",
-             data={"owner": self.owner, "loops": [lp.name for lp in self.settings.loops]})
+        emit(
+            self.db,
+            "daemon.started",
+            f"daemon {self.owner} started ({len(self.settings.loops)} loop(s))",
+            data={"owner": self.owner, "loops": [lp.name for lp in self.settings.loops]},
+        )
         if self.scoring:
             self._scorer = threading.Thread(target=self._score_forever, name="learnloop-scoring", daemon=True)
             self._scorer.start()
@@ -74,7 +80,9 @@ class Daemon:
     def start(self) -> threading.Thread:
         """Run in a background thread (what `learnloop serve` does); ``stop()`` ends it."""
         self.prepare()
-        self._thread = threading.Thread(target=self.run, kwargs={"install_signals": False}, name="learnloop-daemon", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, kwargs={"install_signals": False}, name="learnloop-daemon", daemon=True
+        )
         self._thread.start()
         return self._thread
 
@@ -98,10 +106,16 @@ class Daemon:
                     self._reap()
                     next_reap = now + max(1.0, min(self.cfg.lease_seconds / 2, self.cfg.poll_interval * 5))
                 # Take work first: a loop check may be slow (it runs the dataset builder dry).
-                if not self.busy and not self._stop.is_set() and not queue.get_control(self.db, "daemon.paused"):
+                if (
+                    not self.busy
+                    and not self._stop.is_set()
+                    and not queue.get_control(self.db, "daemon.paused")
+                ):
                     job = queue.claim(self.db, self.owner, lease_seconds=self.cfg.lease_seconds)
                     if job is not None:
-                        self._worker = threading.Thread(target=run_job, args=(self.ctx, job), name=f"learnloop-job-{job.id}")
+                        self._worker = threading.Thread(
+                            target=run_job, args=(self.ctx, job), name=f"learnloop-job-{job.id}"
+                        )
                         self._worker.start()
                 for loop in loops_mod.due(self.db, self.settings):
                     if self._stop.is_set():
@@ -109,7 +123,13 @@ class Daemon:
                     try:
                         loops_mod.check_and_submit(self.db, self.settings, loop)
                     except Exception as exc:  # noqa: BLE001 - one loop's bad check must not stop the others
-                        emit(self.db, "trigger.error", f"loop {loop.name}: check failed: {exc}", level="error", loop=loop.name)
+                        emit(
+                            self.db,
+                            "trigger.error",
+                            f"loop {loop.name}: check failed: {exc}",
+                            level="error",
+                            loop=loop.name,
+                        )
                         log.exception("loop %s check failed", loop.name)
                         self._postpone(loop)
                 if not self.busy and queue.list_jobs(self.db, state="queued", limit=1):
@@ -142,14 +162,18 @@ class Daemon:
         if dead:
             # A daemon on this host that no longer exists (kill -9, reboot): no need to wait out its lease.
             with self.db.session() as s:
-                for row in s.query(Job).filter(Job.lease_owner.in_(dead), Job.state.in_([JobState.running, JobState.paused])):
+                for row in s.query(Job).filter(
+                    Job.lease_owner.in_(dead), Job.state.in_([JobState.running, JobState.paused])
+                ):
                     row.lease_expires_at = utcnow() - dt.timedelta(seconds=1)
         queue.reap(self.db, stall_seconds=max(self.cfg.stall_timeout, self.cfg.lease_seconds))
 
     def _dead_local_owners(self) -> list[str]:
         host = socket.gethostname()
         with self.db.read_session() as s:
-            owners = {o for (o,) in s.query(Job.lease_owner).filter(Job.lease_owner.like(f"{host}:%")).distinct()}
+            owners = {
+                o for (o,) in s.query(Job.lease_owner).filter(Job.lease_owner.like(f"{host}:%")).distinct()
+            }
         dead = []
         for owner in owners:
             try:
@@ -187,8 +211,12 @@ class Daemon:
                     emit(self.db, "scoring.failed", f"judge on scenario {scen}: {exc}", level="warning")
         stored = fb["scored"]
         if scored or judged or stored:
-            emit(self.db, "scoring.applied", f"scored {scored} heuristic, {stored} feedback, {judged} judge score(s)",
-                 data={"heuristic": scored, "feedback": stored, "judge": judged})
+            emit(
+                self.db,
+                "scoring.applied",
+                f"scored {scored} heuristic, {stored} feedback, {judged} judge score(s)",
+                data={"heuristic": scored, "feedback": stored, "judge": judged},
+            )
         return report
 
 

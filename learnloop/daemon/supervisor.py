@@ -38,8 +38,13 @@ from learnloop.training.control import write_control
 
 CONTROL_POLL = 0.25
 CONFIG_FILE = "job-config.json"
-_COMMAND_OF = {DesiredState.run: "resume", DesiredState.pause: "pause", DesiredState.stop: "stop",
-               DesiredState.skip: "stop", DesiredState.cancel: "stop"}
+_COMMAND_OF = {
+    DesiredState.run: "resume",
+    DesiredState.pause: "pause",
+    DesiredState.stop: "stop",
+    DesiredState.skip: "stop",
+    DesiredState.cancel: "stop",
+}
 
 
 @dataclass
@@ -85,8 +90,16 @@ def training_command(config_path: Path, launcher: list[str]) -> list[str]:
 class Supervisor:
     """Runs one training subprocess for one claimed job, holding its lease until it ends."""
 
-    def __init__(self, db: Database, job_id: int, owner: str, settings: Any, *, shutdown: threading.Event,
-                 loop: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        job_id: int,
+        owner: str,
+        settings: Any,
+        *,
+        shutdown: threading.Event,
+        loop: str | None = None,
+    ) -> None:
         self.db, self.job_id, self.owner, self.loop = db, job_id, owner, loop
         self.cfg = settings.daemon
         self.shutdown = shutdown
@@ -106,14 +119,22 @@ class Supervisor:
             return Outcome("lost")
         desired = DesiredState(info.desired_state)
         # Keep showing where it was (a resumed run says "start" only after loading the model).
-        self.progress = {k: v for k, v in (info.progress or {}).items() if k in ("step", "total_steps", "checkpoint")}
+        self.progress = {
+            k: v for k, v in (info.progress or {}).items() if k in ("step", "total_steps", "checkpoint")
+        }
         # A command left by an earlier attempt (a stop it obeyed, a pause) must not steer this one.
         sent = "pause" if desired == DesiredState.pause else "resume"
         write_control(out, sent)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            training_command(cfg_path, self.cfg.launcher), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, env=env, start_new_session=True, preexec_fn=_set_pdeathsig,
+            training_command(cfg_path, self.cfg.launcher),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_set_pdeathsig,
         )
         lines: queue_mod.Queue[str | None] = queue_mod.Queue()
 
@@ -151,12 +172,22 @@ class Supervisor:
                             self.progress["checkpoint"] = ev.get("path")
                         elif kind == "paused":
                             state = JobState.paused
-                            emit(self.db, "job.paused", f"job {self.job_id} paused at step {ev['step']}", loop=self.loop,
-                                 job_id=self.job_id)
+                            emit(
+                                self.db,
+                                "job.paused",
+                                f"job {self.job_id} paused at step {ev['step']}",
+                                loop=self.loop,
+                                job_id=self.job_id,
+                            )
                         elif kind == "resumed":
                             state = JobState.running
-                            emit(self.db, "job.resumed", f"job {self.job_id} resumed at step {ev['step']}", loop=self.loop,
-                                 job_id=self.job_id)
+                            emit(
+                                self.db,
+                                "job.resumed",
+                                f"job {self.job_id} resumed at step {ev['step']}",
+                                loop=self.loop,
+                                job_id=self.job_id,
+                            )
                         elif kind in ("done", "stopped"):
                             final = ev
                     if not lines.empty():
@@ -166,11 +197,24 @@ class Supervisor:
                     continue
                 last_poll = now
                 self._flush_metrics()
-                info = queue.heartbeat(self.db, self.job_id, self.owner, lease_seconds=self.cfg.lease_seconds,
-                                       progress=self.progress, state=state, checkpoint_path=self.progress.get("checkpoint"))
+                info = queue.heartbeat(
+                    self.db,
+                    self.job_id,
+                    self.owner,
+                    lease_seconds=self.cfg.lease_seconds,
+                    progress=self.progress,
+                    state=state,
+                    checkpoint_path=self.progress.get("checkpoint"),
+                )
                 if info is None:
-                    emit(self.db, "job.lost", f"job {self.job_id}: lease taken by another daemon; stopping this run",
-                         level="warning", loop=self.loop, job_id=self.job_id)
+                    emit(
+                        self.db,
+                        "job.lost",
+                        f"job {self.job_id}: lease taken by another daemon; stopping this run",
+                        level="warning",
+                        loop=self.loop,
+                        job_id=self.job_id,
+                    )
                     self._kill(proc)
                     return Outcome("lost")
                 desired = DesiredState(info.desired_state)
@@ -181,12 +225,23 @@ class Supervisor:
                 if state == JobState.paused:
                     last_move = now
                 elif now - last_move > self.cfg.stall_timeout:
-                    emit(self.db, "job.stalled", f"job {self.job_id}: no training step for {now - last_move:.0f} s "
-                         f"(stall_timeout {self.cfg.stall_timeout:.0f} s); killing it to retry", level="warning",
-                         loop=self.loop, job_id=self.job_id, data={"step": self.progress.get("step")})
+                    emit(
+                        self.db,
+                        "job.stalled",
+                        f"job {self.job_id}: no training step for {now - last_move:.0f} s "
+                        f"(stall_timeout {self.cfg.stall_timeout:.0f} s); killing it to retry",
+                        level="warning",
+                        loop=self.loop,
+                        job_id=self.job_id,
+                        data={"step": self.progress.get("step")},
+                    )
                     self._kill(proc)
-                    return Outcome("stalled", step=int(self.progress.get("step", 0)), error="stalled: no progress for "
-                                   f"{self.cfg.stall_timeout:.0f} s", output_tail=self._tail())
+                    return Outcome(
+                        "stalled",
+                        step=int(self.progress.get("step", 0)),
+                        error=f"stalled: no progress for {self.cfg.stall_timeout:.0f} s",
+                        output_tail=self._tail(),
+                    )
             rc = proc.wait()
         finally:
             if proc.poll() is None:
@@ -196,13 +251,25 @@ class Supervisor:
         step = int(self.progress.get("step", 0))
         total = int(self.progress.get("total_steps", 0))
         if rc == 0 and final is not None and final.get("kind") == "done":
-            return Outcome("done", step, total, adapter_dir=final.get("path"), metrics=final.get("metrics") or {},
-                           checkpoint=self.progress.get("checkpoint"))
+            return Outcome(
+                "done",
+                step,
+                total,
+                adapter_dir=final.get("path"),
+                metrics=final.get("metrics") or {},
+                checkpoint=self.progress.get("checkpoint"),
+            )
         if rc == 0 and final is not None:
             return Outcome("stopped", step, total, checkpoint=final.get("path"))
-        why = f"killed by signal {-rc}" + (" (SIGKILL: out of memory?)" if rc == -signal.SIGKILL else "") if rc < 0 else f"exit code {rc}"
+        why = (
+            f"killed by signal {-rc}" + (" (SIGKILL: out of memory?)" if rc == -signal.SIGKILL else "")
+            if rc < 0
+            else f"exit code {rc}"
+        )
         last = next((ln for ln in reversed(self.tail) if ln.strip()), "")
-        return Outcome("failed", step, total, error=f"training process {why}: {last}".strip(), output_tail=self._tail())
+        return Outcome(
+            "failed", step, total, error=f"training process {why}: {last}".strip(), output_tail=self._tail()
+        )
 
     # -- progress ---------------------------------------------------------------------------------
     def _parse(self, line: str) -> dict[str, Any] | None:
@@ -223,23 +290,40 @@ class Supervisor:
         self.tail.append(ev.get("message", ""))
         # Steps past the checkpoint it resumed from are redone: their earlier rows describe nothing kept.
         with self.db.session() as s:
-            s.execute(delete(TrainingMetric).where(TrainingMetric.job_id == self.job_id, TrainingMetric.step > step))
+            s.execute(
+                delete(TrainingMetric).where(TrainingMetric.job_id == self.job_id, TrainingMetric.step > step)
+            )
         # Steps up to it whose rows a killed daemon never wrote are in the run's own metrics file
         # (trimmed to the checkpoint by the run before it says "start").
         for line in _read_lines(self.out / "metrics.jsonl"):
             if 0 < int(line.get("step", 0)) <= step:
-                self._on_step({"step": line["step"], "total_steps": ev.get("total_steps", 0), "metrics": line})
+                self._on_step(
+                    {"step": line["step"], "total_steps": ev.get("total_steps", 0), "metrics": line}
+                )
         self.progress.update(step=step)
 
     def _on_step(self, ev: dict[str, Any]) -> None:
         m = ev.get("metrics") or {}
         step = int(ev["step"])
-        self.progress.update(step=step, total_steps=int(ev.get("total_steps", 0)), loss=m.get("loss"),
-                             tokens_per_s=m.get("tokens_per_s"), eta_s=m.get("eta_s"))
+        self.progress.update(
+            step=step,
+            total_steps=int(ev.get("total_steps", 0)),
+            loss=m.get("loss"),
+            tokens_per_s=m.get("tokens_per_s"),
+            eta_s=m.get("eta_s"),
+        )
         known = {"step", "loss", "lr", "grad_norm", "tokens_per_s"}
-        self._pending.append({"job_id": self.job_id, "step": step, "loss": m.get("loss"), "learning_rate": m.get("lr"),
-                              "grad_norm": m.get("grad_norm"), "tokens_per_s": m.get("tokens_per_s"),
-                              "extra": {k: v for k, v in m.items() if k not in known}})
+        self._pending.append(
+            {
+                "job_id": self.job_id,
+                "step": step,
+                "loss": m.get("loss"),
+                "learning_rate": m.get("lr"),
+                "grad_norm": m.get("grad_norm"),
+                "tokens_per_s": m.get("tokens_per_s"),
+                "extra": {k: v for k, v in m.items() if k not in known},
+            }
+        )
 
     def _flush_metrics(self) -> None:
         if not self._pending:
@@ -254,7 +338,10 @@ class Supervisor:
             stmt = insert(TrainingMetric).values(rows)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["job_id", "step"],
-                set_={c: getattr(stmt.excluded, c) for c in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "extra")},
+                set_={
+                    c: getattr(stmt.excluded, c)
+                    for c in ("loss", "learning_rate", "grad_norm", "tokens_per_s", "extra")
+                },
             )
             s.execute(stmt)
 

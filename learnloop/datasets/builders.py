@@ -104,7 +104,9 @@ def _top_fraction_threshold(
     rewards = []
     columns = (Trajectory.id, Trajectory.source, Trajectory.tags)  # no messages: this pass only ranks
     for chunk in stream_rows(session, f, Split.train, chunk_size=chunk_size, columns=columns):
-        ranked = [r.id for r in chunk if not (f.teacher_bypass_reward and _val(r.source) == Source.teacher.value)]
+        ranked = [
+            r.id for r in chunk if not (f.teacher_bypass_reward and _val(r.source) == Source.teacher.value)
+        ]
         rewards.extend(combined_rewards(session, ranked, weights).values())
     if not rewards or f.top_fraction is None:
         return None
@@ -143,7 +145,9 @@ def build_sft(
             report.reject(row.id, reason)
             continue
         report.funnel["teacher" if teacher else "scored"] += 1
-        yield Item(row.id, {"messages": row.messages}, [row.messages], conversation_text(row.messages), reward)
+        yield Item(
+            row.id, {"messages": row.messages}, [row.messages], conversation_text(row.messages), reward
+        )
 
 
 def _corrected_sft(row: Any, fid: int, correction: Any, report: BuildReport) -> Item | None:
@@ -219,14 +223,22 @@ def build_dpo(
             if best.reward - worst.reward < margin or best.reward == worst.reward:
                 report.funnel["pairs_below_margin"] += 1
                 break
-            yield _pair(f"{best.id}>{worst.id}", best.prompt, best.completion, worst.completion, best.reward - worst.reward)
+            yield _pair(
+                f"{best.id}>{worst.id}",
+                best.prompt,
+                best.completion,
+                worst.completion,
+                best.reward - worst.reward,
+            )
             i, j, pairs = i + 1, j - 1, pairs + 1
         report.funnel["pairs"] += pairs
     if f.include_corrections:
         yield from _correction_pairs(session, f, report)
 
 
-def _pair(item_id: str, prompt: Conversation, chosen: Conversation, rejected: Conversation, gap: float | None) -> Item:
+def _pair(
+    item_id: str, prompt: Conversation, chosen: Conversation, rejected: Conversation, gap: float | None
+) -> Item:
     return Item(
         item_id,
         {"prompt": prompt, "chosen": chosen, "rejected": rejected},
@@ -248,7 +260,9 @@ def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) 
             reason = check_messages(messages)
             msg, why = correction_message(correction)
             if reason or msg is None:
-                report.reject(f"fb:{fid}", f"trajectory {tid}: {reason}" if reason else why or "unusable correction")
+                report.reject(
+                    f"fb:{fid}", f"trajectory {tid}: {reason}" if reason else why or "unusable correction"
+                )
                 continue
             prompt, completion = split_prompt(messages)
             report.funnel["correction_pairs"] += 1
@@ -275,8 +289,13 @@ def build_grpo(
         item_id = "|".join(m.id for m in members)
         if len(report.groups) < MAX_LISTED:
             report.groups.append(
-                {"key": list(key)[:-1] or [key[-1]], "size": len(members), "mean": round(mean, 6),
-                 "std": round(std, 6), "advantages": advantages}
+                {
+                    "key": list(key)[:-1] or [key[-1]],
+                    "size": len(members),
+                    "mean": round(mean, 6),
+                    "std": round(std, 6),
+                    "advantages": advantages,
+                }
             )
         prompt = members[0].prompt
         completions = [m.completion for m in members]
@@ -302,7 +321,13 @@ def build_holdout(
             report.reject(row.id, reason)
             continue
         prompt, completion = split_prompt(row.messages)
-        record = {"id": row.id, "prompt": prompt, "completion": completion, "reward": reward, "scenario": row.scenario}
+        record = {
+            "id": row.id,
+            "prompt": prompt,
+            "completion": completion,
+            "reward": reward,
+            "scenario": row.scenario,
+        }
         yield Item(row.id, record, [row.messages], conversation_text(row.messages), reward)
 
 

@@ -67,16 +67,26 @@ class DatasetInfo:
 def _info(row: Any, *, reused: bool = False) -> DatasetInfo:
     split = getattr(row.split, "value", row.split)
     return DatasetInfo(
-        id=row.id, name=row.name, kind=row.kind, split=split, filters=row.filters or {}, stats=row.stats or {},
-        content_hash=row.content_hash, count=int((row.stats or {}).get("count", 0)), path=row.path,
-        created_at=row.created_at, reused=reused,
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        split=split,
+        filters=row.filters or {},
+        stats=row.stats or {},
+        content_hash=row.content_hash,
+        count=int((row.stats or {}).get("count", 0)),
+        path=row.path,
+        created_at=row.created_at,
+        reused=reused,
     )
 
 
 class _Writer:
     """Dedup, batch token counting, JSONL lines and the running content hash."""
 
-    def __init__(self, fh: IO[bytes], kind: str, split: str, counter: TokenCounter, dedup: Deduplicator | None) -> None:
+    def __init__(
+        self, fh: IO[bytes], kind: str, split: str, counter: TokenCounter, dedup: Deduplicator | None
+    ) -> None:
         self.fh, self.counter, self.dedup = fh, counter, dedup
         self.hasher = hashlib.sha256(f"learnloop-dataset:{kind}:{split}\n".encode())
         self.ids: list[str] = []
@@ -107,13 +117,17 @@ class _Writer:
                 kind, earlier, sim = verdict
                 self.duplicates[kind] += 1
                 if len(self.duplicate_items) < MAX_LISTED:
-                    self.duplicate_items.append({"id": item.id, "duplicate_of": earlier, "kind": kind, "similarity": sim})
+                    self.duplicate_items.append(
+                        {"id": item.id, "duplicate_of": earlier, "kind": kind, "similarity": sim}
+                    )
             self._pending = kept
         convs = [c for item in self._pending for c in item.conversations]
         counts = iter(self.counter.count(convs))
         for item in self._pending:
             self.lengths.append(max(next(counts) for _ in item.conversations))
-            line = (json.dumps(item.record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n").encode()
+            line = (
+                json.dumps(item.record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n"
+            ).encode()
             self.fh.write(line)
             self.hasher.update(line)
             self.ids.append(item.id)
@@ -159,12 +173,22 @@ def build_dataset(
     report = BuildReport()
     try:
         with open(tmp, "wb") as fh:
-            writer = _Writer(fh, kind, split.value, counter, Deduplicator(config.near_duplicate_threshold) if f.dedup else None)
+            writer = _Writer(
+                fh,
+                kind,
+                split.value,
+                counter,
+                Deduplicator(config.near_duplicate_threshold) if f.dedup else None,
+            )
             with db.read_session() as session:
                 for item in BUILDERS[kind](session, f, settings.scoring, report, config.chunk_size):
                     writer.add(item)
                 writer.flush()
-                replay = _replay(session, kind, writer, f.replay_fraction or 0.0) if kind in TRAINING_KINDS else None
+                replay = (
+                    _replay(session, kind, writer, f.replay_fraction or 0.0)
+                    if kind in TRAINING_KINDS
+                    else None
+                )
                 writer.flush()
             fsync_file(fh)
         if not writer.ids:
@@ -173,7 +197,9 @@ def build_dataset(
                 "Loosen the filters (lookback, reward bar, margin, group size) or capture and score more data."
             )
         content_hash = writer.hasher.hexdigest()
-        stats = _stats(kind, writer, report, counter, config.max_length, replay, time.perf_counter() - started)
+        stats = _stats(
+            kind, writer, report, counter, config.max_length, replay, time.perf_counter() - started
+        )
         info = _record(db, folder, tmp, kind, split, f, stats, content_hash, writer.ids, name)
     finally:
         tmp.unlink(missing_ok=True)
@@ -190,8 +216,16 @@ def _funnel_text(report: BuildReport) -> str:
 
 
 def _record(
-    db: Database, folder: Path, tmp: Path, kind: str, split: Split, f: DatasetFilters,
-    stats: dict[str, Any], content_hash: str, ids: list[str], name: str | None,
+    db: Database,
+    folder: Path,
+    tmp: Path,
+    kind: str,
+    split: Split,
+    f: DatasetFilters,
+    stats: dict[str, Any],
+    content_hash: str,
+    ids: list[str],
+    name: str | None,
 ) -> DatasetInfo:
     placed: Path | None = None
     try:
@@ -215,8 +249,13 @@ def _record(
                     existing.stats = stats
                 return _info(existing, reused=True)
             row = Dataset(
-                name=name, kind=kind, split=split, filters=f.recorded(), stats=stats,
-                content_hash=content_hash, item_ids=ids,
+                name=name,
+                kind=kind,
+                split=split,
+                filters=f.recorded(),
+                stats=stats,
+                content_hash=content_hash,
+                item_ids=ids,
             )
             session.add(row)
             session.flush()
@@ -239,8 +278,13 @@ def _length_basis(stats: dict[str, Any] | None) -> tuple[Any, Any]:
 
 
 def _stats(
-    kind: str, w: _Writer, report: BuildReport, counter: TokenCounter, max_length: int,
-    replay: dict[str, Any] | None, seconds: float,
+    kind: str,
+    w: _Writer,
+    report: BuildReport,
+    counter: TokenCounter,
+    max_length: int,
+    replay: dict[str, Any] | None,
+    seconds: float,
 ) -> dict[str, Any]:
     rewards = sorted(w.rewards)
     of = {"sft": "trajectory reward", "dpo": "chosen - rejected reward", "grpo": "group mean reward"}.get(
@@ -295,12 +339,20 @@ def _replay(session: Session, kind: str, writer: _Writer, fraction: float) -> di
     if fraction <= 0:
         return None
     wanted = math.floor(len(writer.ids) * fraction / (1 - fraction))
-    result: dict[str, Any] = {"fraction": fraction, "wanted": wanted, "added": 0, "from_datasets": [], "missing_files": []}
+    result: dict[str, Any] = {
+        "fraction": fraction,
+        "wanted": wanted,
+        "added": 0,
+        "from_datasets": [],
+        "missing_files": [],
+    }
     if wanted == 0:
         return result
     seed = writer.hasher.copy().hexdigest()
     current = set(writer.ids)
-    heap: list[tuple[int, str, str, int]] = []  # (-rank, item id, file, line number): the `wanted` smallest ranks
+    heap: list[
+        tuple[int, str, str, int]
+    ] = []  # (-rank, item id, file, line number): the `wanted` smallest ranks
     seen: set[str] = set()
     earlier = session.execute(
         select(Dataset.id, Dataset.path, Dataset.item_ids)
@@ -339,8 +391,17 @@ def _replay(session: Session, kind: str, writer: _Writer, fraction: float) -> di
 
 def list_datasets(session: Session, *, kind: str | None = None, limit: int = 50) -> list[DatasetInfo]:
     """Newest first. The item ids are not loaded."""
-    cols = [Dataset.id, Dataset.name, Dataset.kind, Dataset.split, Dataset.filters, Dataset.stats,
-            Dataset.content_hash, Dataset.path, Dataset.created_at]
+    cols = [
+        Dataset.id,
+        Dataset.name,
+        Dataset.kind,
+        Dataset.split,
+        Dataset.filters,
+        Dataset.stats,
+        Dataset.content_hash,
+        Dataset.path,
+        Dataset.created_at,
+    ]
     stmt = select(*cols).order_by(Dataset.id.desc()).limit(limit)
     if kind is not None:
         stmt = stmt.where(Dataset.kind == kind)

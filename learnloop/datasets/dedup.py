@@ -61,8 +61,15 @@ class _WordHashes(dict[str, int]):
 _WORD_HASHES = _WordHashes()
 _U64 = np.uint64
 # Odd 64-bit multipliers: a word 3-gram hashes to a*P1 + b*P2 + c*P3 (mod 2^64), then Fibonacci-mixed.
-_P1, _P2, _P3, _MIX = _U64(0x9E3779B97F4A7C15), _U64(0xC2B2AE3D27D4EB4F), _U64(0x165667B19E3779F9), _U64(0xD6E8FEB86659FD93)
-_BAND_MULTS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5], dtype=np.uint64)
+_P1, _P2, _P3, _MIX = (
+    _U64(0x9E3779B97F4A7C15),
+    _U64(0xC2B2AE3D27D4EB4F),
+    _U64(0x165667B19E3779F9),
+    _U64(0xD6E8FEB86659FD93),
+)
+_BAND_MULTS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5], dtype=np.uint64
+)
 
 
 def signatures(texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
@@ -96,11 +103,15 @@ def signatures(texts: Sequence[str]) -> tuple[np.ndarray, list[list[int]]]:
     np.minimum.at(sig, gram_owner * BUCKETS + (mixed >> _VALUE_BITS), mixed & np.uint32(_VALUE_MASK))
     sig = sig.reshape(n, BUCKETS)
     parts = sig.reshape(n, BANDS, ROWS).astype(np.uint64)
-    keys = (parts * _BAND_MULTS[:ROWS]).sum(axis=2, dtype=np.uint64) + np.arange(1, BANDS + 1, dtype=np.uint64) * _MIX
+    keys = (parts * _BAND_MULTS[:ROWS]).sum(axis=2, dtype=np.uint64) + np.arange(
+        1, BANDS + 1, dtype=np.uint64
+    ) * _MIX
     keys = (keys >> _U64(1)) | _U64(1)  # positive and never 0
     # An empty band (no gram fell in its buckets) matches every short text; it proves nothing.
     empty = (parts == _EMPTY).all(axis=2)
-    band_keys = [[k for k, e in zip(row_k, row_e) if not e] for row_k, row_e in zip(keys.tolist(), empty.tolist())]
+    band_keys = [
+        [k for k, e in zip(row_k, row_e) if not e] for row_k, row_e in zip(keys.tolist(), empty.tolist())
+    ]
     return sig, band_keys
 
 

@@ -41,32 +41,50 @@ class DatasetFilters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lookback_hours: float | None = Field(None, gt=0, description="Only trajectories created in the last N hours.")
-    since: dt.datetime | None = Field(None, description="Only trajectories created at or after this time (UTC).")
+    lookback_hours: float | None = Field(
+        None, gt=0, description="Only trajectories created in the last N hours."
+    )
+    since: dt.datetime | None = Field(
+        None, description="Only trajectories created at or after this time (UTC)."
+    )
     until: dt.datetime | None = Field(None, description="Only trajectories created before this time (UTC).")
     window_id: str | None = Field(None, description="Only trajectories of this capture time window.")
     scenario: str | None = Field(None, description="Only trajectories of this scenario.")
-    agents: list[str] = Field(default_factory=list, description="Only trajectories recorded by these agents (empty: all).")
+    agents: list[str] = Field(
+        default_factory=list, description="Only trajectories recorded by these agents (empty: all)."
+    )
     min_agents: int | None = Field(
-        None, ge=1, description="Only windows (or groups, see agents_per) in which at least N distinct agents acted."
+        None,
+        ge=1,
+        description="Only windows (or groups, see agents_per) in which at least N distinct agents acted.",
     )
     agents_per: Literal["window", "group"] = Field("window", description="What min_agents counts agents in.")
     sources: list[Source] = Field(default_factory=list, description="Only these sources (empty: all).")
-    tags: list[str] = Field(default_factory=list, description="Only trajectories carrying every one of these tags.")
+    tags: list[str] = Field(
+        default_factory=list, description="Only trajectories carrying every one of these tags."
+    )
     min_reward: float | None = Field(None, description="SFT/holdout: least combined reward.")
-    top_fraction: float | None = Field(None, gt=0, le=1, description="SFT: keep this share of the best-rewarded.")
+    top_fraction: float | None = Field(
+        None, gt=0, le=1, description="SFT: keep this share of the best-rewarded."
+    )
     teacher_bypass_reward: bool = Field(
         True, description="SFT: teacher traces are distillation data and skip the reward bar."
     )
-    min_group_size: int | None = Field(None, ge=2, description="DPO/GRPO: least scored members a group needs.")
+    min_group_size: int | None = Field(
+        None, ge=2, description="DPO/GRPO: least scored members a group needs."
+    )
     min_margin: float | None = Field(None, ge=0, description="DPO: least reward gap chosen - rejected.")
     max_pairs_per_group: int | None = Field(None, ge=1, description="DPO: most pairs from one group.")
     group_by: GroupBy | None = Field(
         None, description="DPO/GRPO: group by prompt (same prompt hash), group (group id) or scenario."
     )
-    include_corrections: bool = Field(True, description="DPO/SFT: use feedback corrections as chosen answers.")
+    include_corrections: bool = Field(
+        True, description="DPO/SFT: use feedback corrections as chosen answers."
+    )
     dedup: bool | None = Field(None, description="Drop exact and near-duplicate examples.")
-    replay_fraction: float | None = Field(None, ge=0, lt=1, description="Share mixed in from earlier datasets.")
+    replay_fraction: float | None = Field(
+        None, ge=0, lt=1, description="Share mixed in from earlier datasets."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetFilters:
@@ -82,7 +100,9 @@ class DatasetFilters(BaseModel):
             if kind not in kinds and getattr(self, name) is not None
         ]
         if problems:
-            raise ValidationFailed(f"Invalid dataset filters — {problems_text(problems)}. Leave them out.", problems)
+            raise ValidationFailed(
+                f"Invalid dataset filters — {problems_text(problems)}. Leave them out.", problems
+            )
 
     def resolved(self, kind: str, config: DatasetSettings, now: dt.datetime | None = None) -> DatasetFilters:
         """A copy with every default filled in for ``kind`` and the lookback fixed to a start time."""
@@ -107,7 +127,9 @@ class DatasetFilters(BaseModel):
             update["group_by"] = self.group_by or "group"
             update["min_group_size"] = self.min_group_size or config.grpo_min_group_size
         if kind in ("sft", "dpo", "grpo"):
-            update["replay_fraction"] = config.replay_fraction if self.replay_fraction is None else self.replay_fraction
+            update["replay_fraction"] = (
+                config.replay_fraction if self.replay_fraction is None else self.replay_fraction
+            )
         return self.model_copy(update=update)
 
     def recorded(self) -> dict[str, Any]:

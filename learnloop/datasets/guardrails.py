@@ -126,7 +126,9 @@ class ApproxTokenCounter:
 class HFTokenCounter:
     """Exact counts for one model: its chat template rendered, then its tokenizer."""
 
-    def __init__(self, path: str | Path | None = None, *, tokenizer: Any = None, name: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None = None, *, tokenizer: Any = None, name: str | None = None
+    ) -> None:
         if tokenizer is not None:  # an already loaded tokenizer (e.g. the one training uses)
             self.tokenizer = tokenizer
             self.name = name or f"hf:{getattr(tokenizer, 'name_or_path', '?')}"
@@ -137,7 +139,9 @@ class HFTokenCounter:
         try:
             from transformers import AutoTokenizer
         except ImportError:  # pragma: no cover - the train extra is missing
-            raise ConfigError("Counting tokens with a model's tokenizer needs the 'train' extra (transformers).") from None
+            raise ConfigError(
+                "Counting tokens with a model's tokenizer needs the 'train' extra (transformers)."
+            ) from None
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ConfigError(
@@ -187,7 +191,12 @@ def suggest_max_length(p99: int, multiple: int = 64) -> int:
 
 
 def length_report(
-    lengths: Sequence[int], max_length: int, ids: Sequence[str] | None = None, *, worst: int = 10, counter: str = ""
+    lengths: Sequence[int],
+    max_length: int,
+    ids: Sequence[str] | None = None,
+    *,
+    worst: int = 10,
+    counter: str = "",
 ) -> dict[str, Any]:
     """Token-length percentiles, how many examples the max length truncates and by how much, a suggested length."""
     values = sorted(lengths)
@@ -220,7 +229,9 @@ def length_report(
             f"truncated; raise datasets.max_length to {suggested} (covers 99%) or filter long examples out."
         )
     elif n and suggested < max_length // 2:
-        report["advice"] = f"max_length {max_length} is far above p99 {p99}; {suggested} would cover 99% with less memory."
+        report["advice"] = (
+            f"max_length {max_length} is far above p99 {p99}; {suggested} would cover 99% with less memory."
+        )
     return report
 
 
@@ -273,16 +284,20 @@ class LengthCheck:
 
     def summary(self) -> str:
         r = self.report
-        return (f"tokens ({r['tokenizer']}): p50 {r['p50']}, p95 {r['p95']}, p99 {r['p99']}, max {r['max']} against "
-                f"max_length {r['max_length']}; {r['truncated']} of {r['count']} examples "
-                f"({r['truncated_share']:.1%}) would be truncated (by up to {r['truncated_tokens_max']} tokens)")
+        return (
+            f"tokens ({r['tokenizer']}): p50 {r['p50']}, p95 {r['p95']}, p99 {r['p99']}, max {r['max']} against "
+            f"max_length {r['max_length']}; {r['truncated']} of {r['count']} examples "
+            f"({r['truncated_share']:.1%}) would be truncated (by up to {r['truncated_tokens_max']} tokens)"
+        )
 
     def refusal(self) -> str:
         r = self.report
-        return (f"{r['truncated']} of {r['count']} training examples ({r['truncated_share']:.1%}) are longer than "
-                f"max_length {self.max_length} and would be truncated (allowed: {self.max_truncated_share:.0%}, "
-                f"training.max_truncated_share). Set max_length to {self.suggested_max_length} (covers 99%), filter "
-                "long examples out, or pass --allow-truncation.")
+        return (
+            f"{r['truncated']} of {r['count']} training examples ({r['truncated_share']:.1%}) are longer than "
+            f"max_length {self.max_length} and would be truncated (allowed: {self.max_truncated_share:.0%}, "
+            f"training.max_truncated_share). Set max_length to {self.suggested_max_length} (covers 99%), filter "
+            "long examples out, or pass --allow-truncation."
+        )
 
 
 def check_training_lengths(
@@ -339,10 +354,17 @@ def check_training_lengths(
 
 
 def guard_training_lengths(
-    dataset: str | Path, *, tokenizer: Any, max_length: int, max_truncated_share: float = 0.05, allow_truncation: bool = False
+    dataset: str | Path,
+    *,
+    tokenizer: Any,
+    max_length: int,
+    max_truncated_share: float = 0.05,
+    allow_truncation: bool = False,
 ) -> LengthCheck:
     """``check_training_lengths``, raising ``TruncationRefused`` (naming a max_length) unless it passes or is allowed."""
-    check = check_training_lengths(dataset, tokenizer=tokenizer, max_length=max_length, max_truncated_share=max_truncated_share)
+    check = check_training_lengths(
+        dataset, tokenizer=tokenizer, max_length=max_length, max_truncated_share=max_truncated_share
+    )
     if not check.ok and not allow_truncation:
         from learnloop.errors import TruncationRefused
 

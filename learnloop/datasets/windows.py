@@ -47,7 +47,9 @@ def list_windows(
     columns = (Trajectory.id, Trajectory.window_id, Trajectory.agent, Trajectory.tags, Trajectory.created_at)
     for chunk in stream_rows(session, f, Split.train, chunk_size=chunk_size, columns=columns):
         ids = [r.id for r in chunk]
-        scored = set(session.scalars(select(Score.trajectory_id).where(Score.trajectory_id.in_(ids)).distinct()))
+        scored = set(
+            session.scalars(select(Score.trajectory_id).where(Score.trajectory_id.in_(ids)).distinct())
+        )
         for r in chunk:
             summary, agents = acc.setdefault(r.window_id, (WindowSummary(r.window_id), set()))
             summary.trajectories += 1

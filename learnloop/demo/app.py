@@ -39,10 +39,14 @@ class Answer:
 
 
 class DemoApp:
-    def __init__(self, base_url: str, *, token: str | None, concurrency: int, max_tokens: int, seed: int) -> None:
+    def __init__(
+        self, base_url: str, *, token: str | None, concurrency: int, max_tokens: int, seed: int
+    ) -> None:
         import openai
 
-        self.client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=token or "unused", max_retries=8, timeout=600)
+        self.client = openai.OpenAI(
+            base_url=f"{base_url}/v1", api_key=token or "unused", max_retries=8, timeout=600
+        )
         self.concurrency = concurrency
         self.max_tokens = max_tokens
         self.rng = random.Random(seed)
@@ -63,9 +67,14 @@ class DemoApp:
         completion = raw.parse()
         text = completion.choices[0].message.content or ""
         answer = Answer(
-            at=time.time(), case=case, text=text, score=check(case.message, text),
-            version=raw.headers.get(VERSION_HEADER, "?"), trajectory_id=completion.id,
-            latency_s=time.monotonic() - started, phase=phase,
+            at=time.time(),
+            case=case,
+            text=text,
+            score=check(case.message, text),
+            version=raw.headers.get(VERSION_HEADER, "?"),
+            trajectory_id=completion.id,
+            latency_s=time.monotonic() - started,
+            phase=phase,
         )
         with self._lock:
             self.answers.append(answer)
@@ -74,7 +83,9 @@ class DemoApp:
     def round(self, cases: list[Case], *, phase: str, teacher: bool = True) -> list[Answer]:
         """Ask a batch of requests at once (serving batches them), then send verdicts and teacher traces."""
         with ThreadPoolExecutor(self.concurrency) as pool:
-            answers = list(pool.map(lambda ic: self.ask(ic[1], user=f"user-{ic[0] % 50}", phase=phase), enumerate(cases)))
+            answers = list(
+                pool.map(lambda ic: self.ask(ic[1], user=f"user-{ic[0] % 50}", phase=phase), enumerate(cases))
+            )
         # The server stores what it served a moment after answering; feedback must not overtake it.
         time.sleep(0.3)
         for a in answers:
@@ -86,7 +97,9 @@ class DemoApp:
     def record_teacher(self, case: Case) -> None:
         """The teacher answers every request; the SDK's sampling keeps a share plus the confident ones."""
         confidence = round(self.rng.uniform(0.5, 1.0), 2)
-        with learnloop.trajectory(scenario=SCENARIO, source="teacher", metadata={"confidence": confidence}) as t:
+        with learnloop.trajectory(
+            scenario=SCENARIO, source="teacher", metadata={"confidence": confidence}
+        ) as t:
             t.system(SYSTEM)
             t.user(case.message)
             t.assistant(case.teacher_answer())

@@ -92,10 +92,17 @@ class DemoRun:
         return self.data_dir / "learnloop.toml"
 
     def cli(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run([sys.executable, "-m", "learnloop", *args], env=self.env(), capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-m", "learnloop", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if out.returncode != 0:
-            raise DemoFailed(f"`learnloop {' '.join(args)}` failed: {(out.stderr or out.stdout).strip()[-2000:]}")
+            raise DemoFailed(
+                f"`learnloop {' '.join(args)}` failed: {(out.stderr or out.stdout).strip()[-2000:]}"
+            )
         return out
 
     def prepare_model(self) -> str:
@@ -105,7 +112,9 @@ class DemoRun:
         return base
 
     def write_config(self, base_model: str) -> None:
-        self.config_path.write_text(self.profile.config_toml(base_model=base_model, data_dir=self.data_dir, port=self.port))
+        self.config_path.write_text(
+            self.profile.config_toml(base_model=base_model, data_dir=self.data_dir, port=self.port)
+        )
 
     def backfill_inbox(self) -> int:
         """Earlier teacher answers as a JSONL file, dropped the safe way (write .tmp, then rename)."""
@@ -113,11 +122,17 @@ class DemoRun:
         inbox.mkdir(parents=True, exist_ok=True)
         rows = []
         for i, case in enumerate(cases(self.profile.seed + 1, self.profile.backfill)):
-            rows.append(json.dumps({
-                "id": f"backfill-{i:05d}", "scenario": SCENARIO, "source": "teacher",
-                "messages": case.messages + [{"role": "assistant", "content": case.teacher_answer()}],
-                "metadata": {"confidence": 1.0, "origin": "backfill"},
-            }))
+            rows.append(
+                json.dumps(
+                    {
+                        "id": f"backfill-{i:05d}",
+                        "scenario": SCENARIO,
+                        "source": "teacher",
+                        "messages": case.messages + [{"role": "assistant", "content": case.teacher_answer()}],
+                        "metadata": {"confidence": 1.0, "origin": "backfill"},
+                    }
+                )
+            )
         tmp = inbox / "teacher-backfill.jsonl.tmp"
         tmp.write_text("\n".join(rows) + "\n")
         tmp.rename(inbox / "teacher-backfill.jsonl")
@@ -127,12 +142,17 @@ class DemoRun:
         log = (self.data_dir / "serve.log").open("wb")
         self.server = subprocess.Popen(
             [sys.executable, "-m", "learnloop", "serve", "--port", str(self.port)],
-            env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
         )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
-                raise DemoFailed(f"the server exited with code {self.server.returncode}; see {self.data_dir / 'serve.log'}")
+                raise DemoFailed(
+                    f"the server exited with code {self.server.returncode}; see {self.data_dir / 'serve.log'}"
+                )
             try:
                 models = self.http.get("/v1/models")
                 if models.status_code == 200 and any(m["id"] == "learnloop" for m in models.json()["data"]):
@@ -172,14 +192,18 @@ class DemoRun:
     def _note_transitions(self, st: dict[str, Any]) -> None:
         loop = next(iter(st.get("loops") or []), {})
         if loop.get("state") not in (None, "idle"):
-            self.timeline.mark(f"loop `{loop.get('name')}`: {loop.get('state')}", once=f"loop:{loop.get('state')}")
+            self.timeline.mark(
+                f"loop `{loop.get('name')}`: {loop.get('state')}", once=f"loop:{loop.get('state')}"
+            )
         job = st.get("running_job") or {}
         if job.get("state") == "running" and job.get("step"):
             self.timeline.mark(f"training job {job.get('id')} running", once=f"job:{job.get('id')}")
         ev = st.get("last_evaluation") or {}
         if ev.get("verdict"):
-            self.timeline.mark(f"evaluation of {ev.get('candidate_id')}: gate says {ev.get('verdict')}",
-                               once=f"eval:{ev.get('id')}")
+            self.timeline.mark(
+                f"evaluation of {ev.get('candidate_id')}: gate says {ev.get('verdict')}",
+                once=f"eval:{ev.get('id')}",
+            )
         serving = self.serving_version(st)
         if serving:
             self.timeline.mark(f"alias `learnloop` now points at {serving}", once=f"alias:{serving}")
@@ -208,14 +232,23 @@ class DemoRun:
         # The app reads the same learnloop.toml (its sampling rules) and spools under the demo's data dir.
         os.environ.update(LEARNLOOP_CONFIG=str(self.config_path), LEARNLOOP_DATA_DIR=str(self.data_dir))
         learnloop.configure(server_url=self.base_url)
-        app = DemoApp(self.base_url, token=None, concurrency=self.profile.batch, max_tokens=self.profile.max_tokens,
-                      seed=self.profile.seed)
+        app = DemoApp(
+            self.base_url,
+            token=None,
+            concurrency=self.profile.batch,
+            max_tokens=self.profile.max_tokens,
+            seed=self.profile.seed,
+        )
         fresh = iter(cases(self.profile.seed + 2, 100_000))
         promoted: str | None = None
         deadline = self.timeline.started + self.profile.budget_s
         try:
-            with Live(self.view(app, "measuring the base model"), console=self.console, refresh_per_second=2,
-                      transient=False) as live:
+            with Live(
+                self.view(app, "measuring the base model"),
+                console=self.console,
+                refresh_per_second=2,
+                transient=False,
+            ) as live:
                 for _ in range(self.profile.before_rounds):
                     app.round([next(fresh) for _ in range(self.profile.batch)], phase="before")
                     self.sample()
@@ -223,8 +256,10 @@ class DemoRun:
                 self.timeline.mark("base model measured; the app keeps running while the loop learns")
                 while promoted is None:
                     if time.time() > deadline:
-                        raise DemoFailed(f"no version was promoted within the {self.profile.budget_s:.0f} s budget; "
-                                         f"see {self.data_dir / 'serve.log'} and `learnloop loops status`")
+                        raise DemoFailed(
+                            f"no version was promoted within the {self.profile.budget_s:.0f} s budget; "
+                            f"see {self.data_dir / 'serve.log'} and `learnloop loops status`"
+                        )
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
                     serving = self.serving_version(self.sample().state)
                     if serving and any(a.version == serving for a in answers):
@@ -236,7 +271,7 @@ class DemoRun:
                 self.timeline.mark(f"measuring {self.profile.after_cases} fresh cases on {promoted}")
                 after_cases = [next(fresh) for _ in range(self.profile.after_cases)]
                 for i in range(0, len(after_cases), self.profile.batch):
-                    app.round(after_cases[i:i + self.profile.batch], phase="after", teacher=False)
+                    app.round(after_cases[i : i + self.profile.batch], phase="after", teacher=False)
                     self.sample()
                     live.update(self.view(app, f"measuring {promoted} on fresh cases"))
                 self.timeline.mark("done")
@@ -256,37 +291,52 @@ class DemoRun:
         from rich.table import Table
 
         st = self.samples[-1].state if self.samples else {}
-        table = Table(title=f"learnloop demo ({self.profile.name}) - {phase}", show_header=False, min_width=72)
+        table = Table(
+            title=f"learnloop demo ({self.profile.name}) - {phase}", show_header=False, min_width=72
+        )
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()
         elapsed = time.time() - self.timeline.started
         table.add_row("elapsed", f"{elapsed:.0f} s of a {self.profile.budget_s:.0f} s budget")
         table.add_row("dashboard", f"{self.base_url}/")
-        for label, phase_name in (("success, base model", "before"), ("success, while learning", "learning"),
-                                  ("success, promoted model", "after")):
+        for label, phase_name in (
+            ("success, base model", "before"),
+            ("success, while learning", "learning"),
+            ("success, promoted model", "after"),
+        ):
             ok, n = app.success_rate(lambda a, p=phase_name: a.phase == p)
             if n:
                 table.add_row(label, f"{ok}/{n} = {ok / n:.0%}")
         table.add_row("requests served", str(len(app.answers)))
         counts = (st.get("trajectories") or {}).get("total_by_source") or {}
         table.add_row("traces captured", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-")
-        table.add_row("teacher answers offered", f"{app.teacher_recorded} (the SDK keeps 15% + the confident ones)")
+        table.add_row(
+            "teacher answers offered", f"{app.teacher_recorded} (the SDK keeps 15% + the confident ones)"
+        )
         loop = next(iter(st.get("loops") or []), None)
         if loop:
             nxt = loop.get("next_check_in_s")
             reasons = "; ".join(loop.get("readiness_reasons") or [])
-            table.add_row("loop `orders`", f"{loop.get('state')}, next check in {nxt if nxt is not None else '-'} s")
+            table.add_row(
+                "loop `orders`", f"{loop.get('state')}, next check in {nxt if nxt is not None else '-'} s"
+            )
             if reasons:
                 table.add_row("trigger", reasons[:120])
         job = st.get("running_job")
         if job:
             loss = job.get("loss")
-            table.add_row("training", f"job {job.get('id')} {job.get('state')}: step {job.get('step') or 0}/"
-                          f"{job.get('total_steps') or '?'}, loss {loss:.4f}" if loss is not None else
-                          f"job {job.get('id')} {job.get('state')}")
+            table.add_row(
+                "training",
+                f"job {job.get('id')} {job.get('state')}: step {job.get('step') or 0}/"
+                f"{job.get('total_steps') or '?'}, loss {loss:.4f}"
+                if loss is not None
+                else f"job {job.get('id')} {job.get('state')}",
+            )
         ev = st.get("last_evaluation")
         if ev:
-            table.add_row("gate", f"{ev.get('candidate_id')} vs {ev.get('baseline_id') or 'base'}: {ev.get('verdict')}")
+            table.add_row(
+                "gate", f"{ev.get('candidate_id')} vs {ev.get('baseline_id') or 'base'}: {ev.get('verdict')}"
+            )
         table.add_row("serving `learnloop`", self.serving_version(st) or "base")
         return table
 
@@ -310,12 +360,17 @@ class DemoRun:
         report = {
             "profile": self.profile.name,
             "prepare_s": round(self.prepare_seconds, 1),
-            "demo_s": round((self.timeline.marks[-1][0] if self.timeline.marks else time.time()) - self.timeline.started, 1),
+            "demo_s": round(
+                (self.timeline.marks[-1][0] if self.timeline.marks else time.time()) - self.timeline.started,
+                1,
+            ),
             "before": rate("before"),
             "after": rate("after"),
             "promoted": promoted,
             "requests": len(app.answers),
-            "timeline": [{"t_s": round(t - self.timeline.started, 1), "what": w} for t, w in self.timeline.marks],
+            "timeline": [
+                {"t_s": round(t - self.timeline.started, 1), "what": w} for t, w in self.timeline.marks
+            ],
             "lineage": lineage,
             "plot": str(plot),
         }
@@ -334,7 +389,7 @@ class DemoRun:
         window = max(4, self.profile.batch)
         xs, ys = [], []
         for i in range(len(answers)):
-            chunk = answers[max(0, i - window + 1): i + 1]
+            chunk = answers[max(0, i - window + 1) : i + 1]
             xs.append((answers[i].at - t0) / 60)
             ys.append(sum(a.success for a in chunk) / len(chunk))
         ax.plot(xs, ys, color="tab:blue", label=f"success rate (last {window} requests)")
@@ -344,7 +399,13 @@ class DemoRun:
         losses = [((s.at - t0) / 60, s.loss) for s in self.samples if s.loss is not None]
         if losses:
             ax2 = ax.twinx()
-            ax2.plot([x for x, _ in losses], [y for _, y in losses], "o-", color="tab:orange", label="training loss")
+            ax2.plot(
+                [x for x, _ in losses],
+                [y for _, y in losses],
+                "o-",
+                color="tab:orange",
+                label="training loss",
+            )
             ax2.set_ylabel("training loss", color="tab:orange")
         for t, what in self.timeline.marks:
             if what.startswith("alias `learnloop` now points at"):

@@ -15,15 +15,102 @@ from typing import Any
 SCENARIO = "orders"
 SYSTEM = "Extract the order as JSON with the keys name, qty, item and city. Answer with the JSON only."
 
-_FIRST = ["Maria", "Jonas", "Aiko", "Pedro", "Fatima", "Liam", "Chen", "Olga", "Kwame", "Sofia", "Ravi", "Emma",
-          "Tomas", "Leila", "Noah", "Ines", "Yusuf", "Hana", "Marco", "Zoe", "Arjun", "Clara", "Diego", "Mei"]
-_LAST = ["Lopez", "Weber", "Tanaka", "Silva", "Haddad", "Murphy", "Wang", "Ivanova", "Mensah", "Rossi", "Patel",
-         "Dubois", "Novak", "Karimi", "Smith", "Costa", "Demir", "Sato", "Bianchi", "Meyer", "Nair", "Berg"]
-_ITEMS = ["blue mugs", "desk lamps", "wool socks", "notebooks", "coffee grinders", "yoga mats", "USB cables",
-          "water bottles", "rain jackets", "tea kettles", "phone cases", "garden gloves", "bike lights",
-          "pillow covers", "wall clocks", "paint brushes", "board games", "travel mugs", "salad bowls", "candles"]
-_CITIES = ["Lyon", "Berlin", "Osaka", "Porto", "Cairo", "Dublin", "Shenzhen", "Riga", "Accra", "Milan", "Pune",
-           "Quebec", "Prague", "Tabriz", "Denver", "Recife", "Izmir", "Kyoto", "Turin", "Bremen", "Kochi", "Bergen"]
+_FIRST = [
+    "Maria",
+    "Jonas",
+    "Aiko",
+    "Pedro",
+    "Fatima",
+    "Liam",
+    "Chen",
+    "Olga",
+    "Kwame",
+    "Sofia",
+    "Ravi",
+    "Emma",
+    "Tomas",
+    "Leila",
+    "Noah",
+    "Ines",
+    "Yusuf",
+    "Hana",
+    "Marco",
+    "Zoe",
+    "Arjun",
+    "Clara",
+    "Diego",
+    "Mei",
+]
+_LAST = [
+    "Lopez",
+    "Weber",
+    "Tanaka",
+    "Silva",
+    "Haddad",
+    "Murphy",
+    "Wang",
+    "Ivanova",
+    "Mensah",
+    "Rossi",
+    "Patel",
+    "Dubois",
+    "Novak",
+    "Karimi",
+    "Smith",
+    "Costa",
+    "Demir",
+    "Sato",
+    "Bianchi",
+    "Meyer",
+    "Nair",
+    "Berg",
+]
+_ITEMS = [
+    "blue mugs",
+    "desk lamps",
+    "wool socks",
+    "notebooks",
+    "coffee grinders",
+    "yoga mats",
+    "USB cables",
+    "water bottles",
+    "rain jackets",
+    "tea kettles",
+    "phone cases",
+    "garden gloves",
+    "bike lights",
+    "pillow covers",
+    "wall clocks",
+    "paint brushes",
+    "board games",
+    "travel mugs",
+    "salad bowls",
+    "candles",
+]
+_CITIES = [
+    "Lyon",
+    "Berlin",
+    "Osaka",
+    "Porto",
+    "Cairo",
+    "Dublin",
+    "Shenzhen",
+    "Riga",
+    "Accra",
+    "Milan",
+    "Pune",
+    "Quebec",
+    "Prague",
+    "Tabriz",
+    "Denver",
+    "Recife",
+    "Izmir",
+    "Kyoto",
+    "Turin",
+    "Bremen",
+    "Kochi",
+    "Bergen",
+]
 _TEMPLATES = [
     "Hi, this is {name}. Please send {qty} {item} to {city}.",
     "{name} here - I need {qty} {item} delivered in {city}.",
@@ -80,7 +167,12 @@ def expected_from_message(message: str) -> dict[str, Any] | None:
                 fields["qty"] = int(fields["qty"])
             except ValueError:
                 return None
-            return {"name": fields["name"], "qty": fields["qty"], "item": fields["item"], "city": fields["city"]}
+            return {
+                "name": fields["name"],
+                "qty": fields["qty"],
+                "item": fields["item"],
+                "city": fields["city"],
+            }
     return None
 
 

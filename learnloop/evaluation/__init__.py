@@ -18,6 +18,17 @@ from learnloop.evaluation.reports import (
 from learnloop.evaluation.run import build_metrics, evaluate
 
 __all__ = [
-    "INCONCLUSIVE", "PROMOTE", "REJECT", "GatePolicy", "GateVerdict", "build_metrics", "compare_evaluations", "evaluate",
-    "gate", "get_evaluation", "list_evaluations", "policy_for", "resolve_evaluation",
+    "INCONCLUSIVE",
+    "PROMOTE",
+    "REJECT",
+    "GatePolicy",
+    "GateVerdict",
+    "build_metrics",
+    "compare_evaluations",
+    "evaluate",
+    "gate",
+    "get_evaluation",
+    "list_evaluations",
+    "policy_for",
+    "resolve_evaluation",
 ]

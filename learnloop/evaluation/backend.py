@@ -10,7 +10,9 @@ from pathlib import Path
 from learnloop.serving.backend import ServingBackend
 
 
-def default_backend(base_model: str | Path, *, device: str = "auto", data_dir: Path | None = None) -> ServingBackend:
+def default_backend(
+    base_model: str | Path, *, device: str = "auto", data_dir: Path | None = None
+) -> ServingBackend:
     from learnloop.serving.local import LocalBackend
 
     return LocalBackend(base_model, device=device, data_dir=data_dir)

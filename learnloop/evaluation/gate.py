@@ -45,7 +45,11 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
     overall = metrics.get("overall") or {}
     n = int(overall.get("n") or 0)
     if n < policy.min_examples:
-        return GateVerdict(False, INCONCLUSIVE, [f"only {n} held-out examples; the policy needs at least {policy.min_examples}"])
+        return GateVerdict(
+            False,
+            INCONCLUSIVE,
+            [f"only {n} held-out examples; the policy needs at least {policy.min_examples}"],
+        )
 
     failures: list[str] = []
     notes: list[str] = []
@@ -57,7 +61,11 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
     else:
         judge = overall.get("judge") or {}
         if not judge.get("n"):
-            return GateVerdict(False, INCONCLUSIVE, ["the policy gates on the judge's win rate, but the evaluation has no judge verdicts"])
+            return GateVerdict(
+                False,
+                INCONCLUSIVE,
+                ["the policy gates on the judge's win rate, but the evaluation has no judge verdicts"],
+            )
         ci = judge.get("win_rate_ci") or [None, None]
         low = ci[0]
         what = f"judge win rate {judge.get('win_rate'):.3f} (95% CI {ci[0]:.3f} .. {ci[1]:.3f})"
@@ -71,21 +79,28 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
     if jc is not None and jb is not None:
         drop = jb - jc
         (failures if drop > policy.max_json_validity_drop else notes).append(
-            f"JSON validity {jc:.3f} vs {jb:.3f} (allowed drop {policy.max_json_validity_drop})")
+            f"JSON validity {jc:.3f} vs {jb:.3f} (allowed drop {policy.max_json_validity_drop})"
+        )
     rc, rb = overall.get("refusal_rate_candidate"), overall.get("refusal_rate_baseline")
     if rc is not None and rb is not None:
         (failures if rc - rb > policy.max_refusal_increase else notes).append(
-            f"refusal rate {rc:.3f} vs {rb:.3f} (allowed rise {policy.max_refusal_increase})")
+            f"refusal rate {rc:.3f} vs {rb:.3f} (allowed rise {policy.max_refusal_increase})"
+        )
     lc, lb = overall.get("latency_p95_candidate_ms"), overall.get("latency_p95_baseline_ms")
     if lc is not None and lb:
-        (failures if lc > policy.max_p95_latency_ratio * lb and lc - lb > policy.latency_slack_ms else notes).append(
-            f"p95 latency {lc:.0f} ms vs {lb:.0f} ms (allowed ratio {policy.max_p95_latency_ratio})")
+        (
+            failures
+            if lc > policy.max_p95_latency_ratio * lb and lc - lb > policy.latency_slack_ms
+            else notes
+        ).append(f"p95 latency {lc:.0f} ms vs {lb:.0f} ms (allowed ratio {policy.max_p95_latency_ratio})")
     for name, sc in sorted((metrics.get("scenarios") or {}).items()):
         if int(sc.get("n") or 0) < policy.min_scenario_examples or sc.get("reward_diff") is None:
             continue
         if sc["reward_diff"] < -policy.max_scenario_regression:
-            failures.append(f"scenario {name!r} regresses: mean reward {sc['reward_diff']:+.4f} over {sc['n']} examples "
-                            f"(allowed {-policy.max_scenario_regression:+.4f})")
+            failures.append(
+                f"scenario {name!r} regresses: mean reward {sc['reward_diff']:+.4f} over {sc['n']} examples "
+                f"(allowed {-policy.max_scenario_regression:+.4f})"
+            )
     if failures:
         return GateVerdict(False, REJECT, failures + notes)
     return GateVerdict(True, PROMOTE, notes)

@@ -28,8 +28,10 @@ def _render(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _ask(client: JudgeClient, prompt: Sequence[Mapping[str, Any]], a: str, b: str, max_chars: int) -> str:
-    user = (f"Conversation:\n{_render(prompt)}\n\n=== Answer A ===\n{a[:max_chars]}\n\n=== Answer B ===\n{b[:max_chars]}\n\n"
-            "Which answer is better?")
+    user = (
+        f"Conversation:\n{_render(prompt)}\n\n=== Answer A ===\n{a[:max_chars]}\n\n=== Answer B ===\n{b[:max_chars]}\n\n"
+        "Which answer is better?"
+    )
     text = client.complete([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
     m = _WINNER.search(text)
     if m is None:
@@ -41,11 +43,17 @@ def _ask(client: JudgeClient, prompt: Sequence[Mapping[str, Any]], a: str, b: st
     return "tie" if w.lower() == "tie" else w.upper()
 
 
-def judge_pair(client: JudgeClient, prompt: Sequence[Mapping[str, Any]], candidate: str, baseline: str,
-               *, max_chars: int = 6000) -> dict[str, Any]:
+def judge_pair(
+    client: JudgeClient,
+    prompt: Sequence[Mapping[str, Any]],
+    candidate: str,
+    baseline: str,
+    *,
+    max_chars: int = 6000,
+) -> dict[str, Any]:
     """Both orders. ``outcome`` for the candidate: 1 win, 0.5 tie (or flip), 0 loss; None when the judge failed."""
     try:
-        first = _ask(client, prompt, candidate, baseline, max_chars)   # candidate is A
+        first = _ask(client, prompt, candidate, baseline, max_chars)  # candidate is A
         second = _ask(client, prompt, baseline, candidate, max_chars)  # candidate is B
     except JudgeError as exc:
         return {"outcome": None, "error": str(exc)}
@@ -61,8 +69,10 @@ def judge_summary(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     done = [r for r in results if r.get("outcome") is not None]
     outcomes = [r["outcome"] for r in done]
     return {
-        "n": len(done), "failed": len(results) - len(done),
-        "wins": sum(o == 1.0 for o in outcomes), "ties": sum(o == 0.5 for o in outcomes),
+        "n": len(done),
+        "failed": len(results) - len(done),
+        "wins": sum(o == 1.0 for o in outcomes),
+        "ties": sum(o == 0.5 for o in outcomes),
         "losses": sum(o == 0.0 for o in outcomes),
         "consistency": (sum(bool(r.get("consistent")) for r in done) / len(done)) if done else None,
         "win_rate": (sum(outcomes) / len(outcomes)) if outcomes else None,

@@ -14,8 +14,14 @@ from learnloop.store.models import Evaluation
 
 def _as_dict(ev: Evaluation, *, examples: bool) -> dict[str, Any]:
     data = {
-        "id": ev.id, "candidate": ev.candidate_id, "baseline": ev.baseline_id, "dataset_id": ev.dataset_id,
-        "scenario": ev.scenario, "verdict": ev.verdict, "gate": ev.gate or {}, "metrics": ev.metrics or {},
+        "id": ev.id,
+        "candidate": ev.candidate_id,
+        "baseline": ev.baseline_id,
+        "dataset_id": ev.dataset_id,
+        "scenario": ev.scenario,
+        "verdict": ev.verdict,
+        "gate": ev.gate or {},
+        "metrics": ev.metrics or {},
         "created_at": ev.created_at.isoformat(),
     }
     if examples:
@@ -46,16 +52,32 @@ def resolve_evaluation(db: Database, ref: str | int) -> int:
         return int(text)
     if re.match(r"^v\d+$", text):
         with db.read_session() as session:
-            ev_id = session.scalars(select(Evaluation.id).where(Evaluation.candidate_id == text)
-                                    .order_by(Evaluation.id.desc()).limit(1)).first()
+            ev_id = session.scalars(
+                select(Evaluation.id)
+                .where(Evaluation.candidate_id == text)
+                .order_by(Evaluation.id.desc())
+                .limit(1)
+            ).first()
         if ev_id is None:
             raise NotFound(f"{text} has no evaluation yet: `learnloop eval run --candidate {text}`.")
         return ev_id
     raise NotFound(f"{text!r} is neither an evaluation id nor a version id.")
 
 
-_KEYS = ("n", "reward_candidate", "reward_baseline", "reward_diff", "reward_diff_ci", "wins", "ties", "losses",
-         "json_valid_candidate", "refusal_rate_candidate", "length_chars_candidate", "latency_p95_candidate_ms")
+_KEYS = (
+    "n",
+    "reward_candidate",
+    "reward_baseline",
+    "reward_diff",
+    "reward_diff_ci",
+    "wins",
+    "ties",
+    "losses",
+    "json_valid_candidate",
+    "refusal_rate_candidate",
+    "length_chars_candidate",
+    "latency_p95_candidate_ms",
+)
 
 
 def compare_evaluations(db: Database, a: str | int, b: str | int, *, top: int = 5) -> dict[str, Any]:
@@ -68,25 +90,64 @@ def compare_evaluations(db: Database, a: str | int, b: str | int, *, top: int = 
     oa, ob = ea["metrics"].get("overall", {}), eb["metrics"].get("overall", {})
     table = {k: [oa.get(k), ob.get(k)] for k in _KEYS}
     scenarios = sorted(set(ea["metrics"].get("scenarios", {})) | set(eb["metrics"].get("scenarios", {})))
-    per_scenario = {s: [ea["metrics"].get("scenarios", {}).get(s, {}).get("reward_candidate"),
-                        eb["metrics"].get("scenarios", {}).get(s, {}).get("reward_candidate")] for s in scenarios}
+    per_scenario = {
+        s: [
+            ea["metrics"].get("scenarios", {}).get(s, {}).get("reward_candidate"),
+            eb["metrics"].get("scenarios", {}).get(s, {}).get("reward_candidate"),
+        ]
+        for s in scenarios
+    }
     by_id_b = {x["id"]: x for x in eb["examples"]}
     shared = [(x, by_id_b[x["id"]]) for x in ea["examples"] if x["id"] in by_id_b]
     differ: list[dict[str, Any]] = []
     if shared:
-        shared.sort(key=lambda p: abs(p[0]["candidate"]["reward"] - p[1]["candidate"]["reward"]), reverse=True)
+        shared.sort(
+            key=lambda p: abs(p[0]["candidate"]["reward"] - p[1]["candidate"]["reward"]), reverse=True
+        )
         for x, y in shared[:top]:
-            differ.append({"id": x["id"], "scenario": x.get("scenario"), "prompt": x.get("prompt"),
-                           "a": {"model": ea["candidate"], "text": x["candidate"]["text"], "reward": x["candidate"]["reward"]},
-                           "b": {"model": eb["candidate"], "text": y["candidate"]["text"], "reward": y["candidate"]["reward"]}})
+            differ.append(
+                {
+                    "id": x["id"],
+                    "scenario": x.get("scenario"),
+                    "prompt": x.get("prompt"),
+                    "a": {
+                        "model": ea["candidate"],
+                        "text": x["candidate"]["text"],
+                        "reward": x["candidate"]["reward"],
+                    },
+                    "b": {
+                        "model": eb["candidate"],
+                        "text": y["candidate"]["text"],
+                        "reward": y["candidate"]["reward"],
+                    },
+                }
+            )
     else:
         for ev in (ea, eb):
             for x in sorted(ev["examples"], key=lambda e: abs(e.get("diff") or 0.0), reverse=True)[:top]:
-                differ.append({"id": x["id"], "evaluation": ev["id"], "scenario": x.get("scenario"), "prompt": x.get("prompt"),
-                               "a": {"model": ev["candidate"], "text": x["candidate"]["text"], "reward": x["candidate"]["reward"]},
-                               "b": {"model": ev["baseline"], "text": x["baseline"]["text"], "reward": x["baseline"]["reward"]}})
+                differ.append(
+                    {
+                        "id": x["id"],
+                        "evaluation": ev["id"],
+                        "scenario": x.get("scenario"),
+                        "prompt": x.get("prompt"),
+                        "a": {
+                            "model": ev["candidate"],
+                            "text": x["candidate"]["text"],
+                            "reward": x["candidate"]["reward"],
+                        },
+                        "b": {
+                            "model": ev["baseline"],
+                            "text": x["baseline"]["text"],
+                            "reward": x["baseline"]["reward"],
+                        },
+                    }
+                )
     return {
         "a": {k: ea[k] for k in ("id", "candidate", "baseline", "scenario", "verdict", "created_at")},
         "b": {k: eb[k] for k in ("id", "candidate", "baseline", "scenario", "verdict", "created_at")},
-        "overall": table, "scenarios": per_scenario, "shared_examples": len(shared), "differ_most": differ,
+        "overall": table,
+        "scenarios": per_scenario,
+        "shared_examples": len(shared),
+        "differ_most": differ,
     }

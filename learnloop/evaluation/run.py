@@ -59,7 +59,9 @@ def _sort_key(item_id: str) -> str:
     return hashlib.sha256(item_id.encode()).hexdigest()
 
 
-def holdout_items(db: Database, settings: Settings, *, scenario: str | None, teacher: bool, limit: int | None) -> tuple[int, list[Item]]:
+def holdout_items(
+    db: Database, settings: Settings, *, scenario: str | None, teacher: bool, limit: int | None
+) -> tuple[int, list[Item]]:
     """(dataset id, items) of the frozen held-out split, recorded as a ``holdout`` dataset."""
     from learnloop.datasets import build_dataset, read_records
 
@@ -74,16 +76,31 @@ def holdout_items(db: Database, settings: Settings, *, scenario: str | None, tea
     if limit:
         records = records[:limit]
     if not records:
-        raise ValidationFailed(f"The held-out split{' of ' + scenario if scenario else ''} has no usable examples"
-                               f"{' with teacher answers' if teacher else ''}.")
+        raise ValidationFailed(
+            f"The held-out split{' of ' + scenario if scenario else ''} has no usable examples"
+            f"{' with teacher answers' if teacher else ''}."
+        )
     ids = [str(r["id"]) for r in records]
     extra: dict[str, dict[str, Any]] = {}
     with db.read_session() as session:
         for i in range(0, len(ids), 500):
-            for t in session.scalars(select(Trajectory).where(Trajectory.id.in_(ids[i:i + 500]))):
-                extra[t.id] = {"tools": t.tools, "metadata": t.meta or {}, "tags": t.tags or [], "group_id": t.group_id}
-    items = [Item(str(r["id"]), r.get("scenario"), r["prompt"], r.get("completion") or [], extra.get(str(r["id"]), {}))
-             for r in records]
+            for t in session.scalars(select(Trajectory).where(Trajectory.id.in_(ids[i : i + 500]))):
+                extra[t.id] = {
+                    "tools": t.tools,
+                    "metadata": t.meta or {},
+                    "tags": t.tags or [],
+                    "group_id": t.group_id,
+                }
+    items = [
+        Item(
+            str(r["id"]),
+            r.get("scenario"),
+            r["prompt"],
+            r.get("completion") or [],
+            extra.get(str(r["id"]), {}),
+        )
+        for r in records
+    ]
     return info.id, items
 
 
@@ -102,8 +119,10 @@ def _resolve_side(db: Database, spec: str, candidate: str, alias_name: str = DEF
         alias = get_alias(db, alias_name)
         spec = alias.version_id if alias is not None and alias.version_id else BASE
     if spec == candidate:
-        raise ValidationFailed(f"The baseline is the candidate itself ({candidate}); choose --baseline base, teacher or another version.",
-                               [("baseline", "same as candidate")])
+        raise ValidationFailed(
+            f"The baseline is the candidate itself ({candidate}); choose --baseline base, teacher or another version.",
+            [("baseline", "same as candidate")],
+        )
     return Side(spec, spec)
 
 
@@ -126,8 +145,13 @@ def _score(settings: Settings, item: Item, answer: str) -> tuple[float, dict[str
 
     f = item.view_fields
     view = TrajectoryView(
-        id=item.id, messages=[*item.prompt, {"role": "assistant", "content": answer}], scenario=item.scenario,
-        group_id=f.get("group_id"), tools=f.get("tools"), metadata=f.get("metadata") or {}, tags=f.get("tags") or [],
+        id=item.id,
+        messages=[*item.prompt, {"role": "assistant", "content": answer}],
+        scenario=item.scenario,
+        group_id=f.get("group_id"),
+        tools=f.get("tools"),
+        metadata=f.get("metadata") or {},
+        tags=f.get("tags") or [],
         config=settings.scoring,
     )
     rows, _, _ = score_views(registered(), [view])
@@ -145,13 +169,22 @@ def _json_ok(aspects: Mapping[str, float]) -> float | None:
     return None if "json_valid" not in aspects else float(aspects["json_valid"] >= 1.0)
 
 
-def summarize(examples: Sequence[Mapping[str, Any]], *, confidence: float = stats.CONFIDENCE,
-              n_resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+def summarize(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    confidence: float = stats.CONFIDENCE,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The per-side numbers of a set of scored example pairs (all examples, or one scenario's)."""
     cand = np.array([e["candidate"]["reward"] for e in examples], dtype=float)
     base = np.array([e["baseline"]["reward"] for e in examples], dtype=float)
     diffs = cand - base
-    low, high = stats.paired_ci(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed) if len(diffs) else (np.nan, np.nan)
+    low, high = (
+        stats.paired_ci(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        if len(diffs)
+        else (np.nan, np.nan)
+    )
     wins, ties, losses = stats.win_tie_loss(diffs)
 
     def side(key: str, fn: Callable[[Mapping[str, Any]], float | None]) -> float | None:
@@ -163,7 +196,9 @@ def summarize(examples: Sequence[Mapping[str, Any]], *, confidence: float = stat
         "reward_baseline": float(base.mean()) if len(base) else None,
         "reward_diff": float(diffs.mean()) if len(diffs) else None,
         "reward_diff_ci": [None if np.isnan(low) else float(low), None if np.isnan(high) else float(high)],
-        "wins": wins, "ties": ties, "losses": losses,
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
     }
     for key, label in (("candidate", "candidate"), ("baseline", "baseline")):
         out[f"json_valid_{label}"] = side(key, lambda s: _json_ok(s["aspects"]))
@@ -184,7 +219,9 @@ def summarize(examples: Sequence[Mapping[str, Any]], *, confidence: float = stat
     return out
 
 
-def build_metrics(examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+def build_metrics(
+    examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9999, seed: int = 0
+) -> dict[str, Any]:
     by_scenario: dict[str, list[Mapping[str, Any]]] = {}
     for e in examples:
         by_scenario.setdefault(e.get("scenario") or "(none)", []).append(e)
@@ -193,21 +230,37 @@ def build_metrics(examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9
     judge = overall.get("judge") or {}
     return {
         # Headline numbers at the top level, for tables and charts that show flat metrics (the dashboard's).
-        "n": overall["n"], "reward_candidate": overall["reward_candidate"], "reward_baseline": overall["reward_baseline"],
-        "reward_diff": overall["reward_diff"], "reward_diff_low": low, "reward_diff_high": high,
+        "n": overall["n"],
+        "reward_candidate": overall["reward_candidate"],
+        "reward_baseline": overall["reward_baseline"],
+        "reward_diff": overall["reward_diff"],
+        "reward_diff_low": low,
+        "reward_diff_high": high,
         **({"judge_win_rate": judge["win_rate"]} if judge.get("win_rate") is not None else {}),
         "overall": {**overall, "confidence": stats.CONFIDENCE},
-        "scenarios": {k: summarize(v, n_resamples=n_resamples, seed=seed) for k, v in sorted(by_scenario.items())},
+        "scenarios": {
+            k: summarize(v, n_resamples=n_resamples, seed=seed) for k, v in sorted(by_scenario.items())
+        },
     }
 
 
 def _generate(backend: ServingBackend, model: str, item: Item, settings: Settings) -> dict[str, Any]:
-    request = ChatRequest(messages=item.prompt, tools=item.view_fields.get("tools"),
-                          max_tokens=settings.evaluation.max_new_tokens, temperature=0.0, seed=settings.evaluation.seed)
+    request = ChatRequest(
+        messages=item.prompt,
+        tools=item.view_fields.get("tools"),
+        max_tokens=settings.evaluation.max_new_tokens,
+        temperature=0.0,
+        seed=settings.evaluation.seed,
+    )
     t0 = time.perf_counter()
     result = backend.chat(model, request)[0]
     latency = (time.perf_counter() - t0) * 1000
-    return {"text": result.text, "latency_ms": latency, "tokens": result.completion_tokens, "finish": result.finish_reason}
+    return {
+        "text": result.text,
+        "latency_ms": latency,
+        "tokens": result.completion_tokens,
+        "finish": result.finish_reason,
+    }
 
 
 def evaluate(
@@ -233,10 +286,17 @@ def evaluate(
     side = _resolve_side(db, baseline, candidate, serving_alias(settings, cand_row.loop))
     base_row = _checked_version(db, side.model) if side.model not in (None, BASE) else None
     if base_row is not None and base_row.base_model_hash != cand_row.base_model_hash:
-        raise ValidationFailed(f"{candidate} and {side.name} were trained on different base models; compare each with --baseline base.",
-                               [("baseline", "different base model")])
-    dataset_id, items = holdout_items(db, settings, scenario=scenario, teacher=side.name == TEACHER,
-                                      limit=limit or settings.evaluation.limit)
+        raise ValidationFailed(
+            f"{candidate} and {side.name} were trained on different base models; compare each with --baseline base.",
+            [("baseline", "different base model")],
+        )
+    dataset_id, items = holdout_items(
+        db,
+        settings,
+        scenario=scenario,
+        teacher=side.name == TEACHER,
+        limit=limit or settings.evaluation.limit,
+    )
 
     from learnloop.scoring.registry import load_modules
 
@@ -257,12 +317,17 @@ def evaluate(
     if backend is None:
         from learnloop.evaluation.backend import default_backend
 
-        backend = default_backend(cand_row.base_model, device=settings.evaluation.device, data_dir=settings.data_dir)
+        backend = default_backend(
+            cand_row.base_model, device=settings.evaluation.device, data_dir=settings.data_dir
+        )
     elif getattr(backend, "base_path", None) is not None and cand_row.base_model_hash:
         # A server's backend answers with its own base: measuring an adapter on another base means nothing.
         if fs.model_folder_hash(Path(backend.base_path)) != cand_row.base_model_hash:
-            raise ValidationFailed(f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
-                                   f"({backend.base_path}).", [("candidate", "different base model")])
+            raise ValidationFailed(
+                f"{candidate} was trained on {cand_row.base_model}, not on the base this backend serves "
+                f"({backend.base_path}).",
+                [("candidate", "different base model")],
+            )
     try:
         backend.load_adapter(candidate, Path(cand_row.artifact_path))
         if base_row is not None:
@@ -276,37 +341,71 @@ def evaluate(
         if created and hasattr(backend, "close"):
             backend.close()
 
-    metrics = build_metrics(examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed)
+    metrics = build_metrics(
+        examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed
+    )
     policy = policy or policy_for(settings, cand_row.loop)
     verdict = gate(metrics, policy)
     return _store(db, cand_row, side, dataset_id, scenario, metrics, examples, verdict, policy)
 
 
-def _answer_one(backend: ServingBackend, settings: Settings, item: Item, candidate: str, side: Side,
-                client: JudgeClient | None, index: int = 0) -> dict[str, Any]:
+def _answer_one(
+    backend: ServingBackend,
+    settings: Settings,
+    item: Item,
+    candidate: str,
+    side: Side,
+    client: JudgeClient | None,
+    index: int = 0,
+) -> dict[str, Any]:
     answers: dict[str, dict[str, Any]] = {}
     if side.model is None:
-        answers["baseline"] = {"text": "".join(message_text(m) for m in item.reference[-1:]), "latency_ms": None,
-                               "tokens": None, "finish": "stored"}
+        answers["baseline"] = {
+            "text": "".join(message_text(m) for m in item.reference[-1:]),
+            "latency_ms": None,
+            "tokens": None,
+            "finish": "stored",
+        }
     # Alternate which side answers first, so neither always meets a warm (or cold) cache.
     order = [("candidate", candidate), ("baseline", side.model)]
-    for key, model in (order if index % 2 == 0 else order[::-1]):
+    for key, model in order if index % 2 == 0 else order[::-1]:
         if model is not None:
             answers[key] = _generate(backend, model, item, settings)
-    example: dict[str, Any] = {"id": item.id, "scenario": item.scenario,
-                               "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else ""}
+    example: dict[str, Any] = {
+        "id": item.id,
+        "scenario": item.scenario,
+        "prompt": message_text(item.prompt[-1])[:1000] if item.prompt else "",
+    }
     for key, ans in answers.items():
         reward, aspects = _score(settings, item, ans["text"])
-        example[key] = {**ans, "text": ans["text"][:_ANSWER_CHARS], "chars": len(ans["text"]), "reward": reward, "aspects": aspects}
+        example[key] = {
+            **ans,
+            "text": ans["text"][:_ANSWER_CHARS],
+            "chars": len(ans["text"]),
+            "reward": reward,
+            "aspects": aspects,
+        }
     example["diff"] = example["candidate"]["reward"] - example["baseline"]["reward"]
     if client is not None:
-        example["judge"] = judge_pair(client, item.prompt, answers["candidate"]["text"], answers["baseline"]["text"],
-                                      max_chars=settings.scoring.judge_max_candidate_chars)
+        example["judge"] = judge_pair(
+            client,
+            item.prompt,
+            answers["candidate"]["text"],
+            answers["baseline"]["text"],
+            max_chars=settings.scoring.judge_max_candidate_chars,
+        )
     return example
 
 
-def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Item], candidate: str, side: Side,
-                client: JudgeClient | None, progress: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+def _answer_all(
+    backend: ServingBackend,
+    settings: Settings,
+    items: Sequence[Item],
+    candidate: str,
+    side: Side,
+    client: JudgeClient | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
     """Both sides' answers for every item, in item order.
 
     With ``[evaluation] concurrency`` > 1 several items are in flight at once (the local backend
@@ -327,7 +426,10 @@ def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Ite
         return examples
     done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnloop-eval") as pool:
-        futures = [pool.submit(_answer_one, backend, settings, item, candidate, side, client, i) for i, item in enumerate(items)]
+        futures = [
+            pool.submit(_answer_one, backend, settings, item, candidate, side, client, i)
+            for i, item in enumerate(items)
+        ]
         results = []
         for f in futures:
             results.append(f.result())
@@ -337,12 +439,29 @@ def _answer_all(backend: ServingBackend, settings: Settings, items: Sequence[Ite
     return results
 
 
-def _store(db: Database, cand_row: ModelVersion, side: Side, dataset_id: int, scenario: str | None,
-           metrics: dict[str, Any], examples: list[dict[str, Any]], verdict: GateVerdict, policy: GatePolicy) -> int:
+def _store(
+    db: Database,
+    cand_row: ModelVersion,
+    side: Side,
+    dataset_id: int,
+    scenario: str | None,
+    metrics: dict[str, Any],
+    examples: list[dict[str, Any]],
+    verdict: GateVerdict,
+    policy: GatePolicy,
+) -> int:
     gate_record = {**verdict.as_dict(), "policy": policy.model_dump(mode="json")}
     with db.session() as session:
-        ev = Evaluation(candidate_id=cand_row.id, baseline_id=side.name, dataset_id=dataset_id, scenario=scenario,
-                        metrics=metrics, report={"examples": examples}, gate=gate_record, verdict=verdict.verdict)
+        ev = Evaluation(
+            candidate_id=cand_row.id,
+            baseline_id=side.name,
+            dataset_id=dataset_id,
+            scenario=scenario,
+            metrics=metrics,
+            report={"examples": examples},
+            gate=gate_record,
+            verdict=verdict.verdict,
+        )
         session.add(ev)
         session.flush()
         row = session.get(ModelVersion, cand_row.id, with_for_update=True)
@@ -353,12 +472,23 @@ def _store(db: Database, cand_row: ModelVersion, side: Side, dataset_id: int, sc
             elif verdict.passed and row.state == VersionState.rejected:
                 row.state = VersionState.candidate  # a later evaluation with more evidence can clear it
         o = metrics["overall"]
-        record_event(session, "evaluation.finished",
-                     f"{cand_row.id} vs {side.name}: reward {o['reward_candidate']:.4f} vs {o['reward_baseline']:.4f} "
-                     f"over {o['n']} examples; gate: {verdict.verdict}", version_id=cand_row.id, loop=cand_row.loop,
-                     data={"evaluation_id": ev.id, "verdict": verdict.verdict})
+        record_event(
+            session,
+            "evaluation.finished",
+            f"{cand_row.id} vs {side.name}: reward {o['reward_candidate']:.4f} vs {o['reward_baseline']:.4f} "
+            f"over {o['n']} examples; gate: {verdict.verdict}",
+            version_id=cand_row.id,
+            loop=cand_row.loop,
+            data={"evaluation_id": ev.id, "verdict": verdict.verdict},
+        )
         if verdict.verdict == REJECT:
-            record_event(session, "version.rejected", f"{cand_row.id} rejected by the gate: {verdict.reasons[0]}",
-                         level="warning", version_id=cand_row.id, loop=cand_row.loop,
-                         data={"evaluation_id": ev.id, "reasons": verdict.reasons})
+            record_event(
+                session,
+                "version.rejected",
+                f"{cand_row.id} rejected by the gate: {verdict.reasons[0]}",
+                level="warning",
+                version_id=cand_row.id,
+                loop=cand_row.loop,
+                data={"evaluation_id": ev.id, "reasons": verdict.reasons},
+            )
         return ev.id

@@ -37,8 +37,15 @@ def paired_ci(
         return nan, nan
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     res = bootstrap(
-        (data,), np.mean, axis=-1, vectorized=True, paired=False, confidence_level=confidence,
-        n_resamples=n_resamples, method="percentile", random_state=rng,
+        (data,),
+        np.mean,
+        axis=-1,
+        vectorized=True,
+        paired=False,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=rng,
         batch=max(1, int(1e7 // max(1, data.size))),  # bounds memory: ~80 MB a batch
     )
     low, high = np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)

@@ -22,7 +22,9 @@ ADAPTER_FORMAT_FILE = "learnloop_format.json"
 def write_adapter_format(folder: Path | str, **info: Any) -> Path:
     """Stamp an adapter folder with the current format version (and ``info``, e.g. the base model)."""
     path = Path(folder) / ADAPTER_FORMAT_FILE
-    path.write_text(json.dumps({"format": "adapter", "version": ADAPTER_FORMAT_VERSION, **info}, indent=2, default=str))
+    path.write_text(
+        json.dumps({"format": "adapter", "version": ADAPTER_FORMAT_VERSION, **info}, indent=2, default=str)
+    )
     return path
 
 

@@ -46,7 +46,9 @@ def load_base(path: Path | str, device: torch.device, dtype: torch.dtype) -> Any
     return model.to(device)
 
 
-def load_for_inference(base: str | Path, adapter_dir: str | Path | None, *, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+def load_for_inference(
+    base: str | Path, adapter_dir: str | Path | None, *, device: str = "auto", dtype: str = "auto"
+) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer): the base with the adapter applied (not merged), or the base alone."""
     from peft import PeftModel
 
@@ -62,7 +64,9 @@ def load_for_inference(base: str | Path, adapter_dir: str | Path | None, *, devi
     return model, load_tokenizer(base_path)
 
 
-def merge_adapter(base: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto") -> Path:
+def merge_adapter(
+    base: str | Path, adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto"
+) -> Path:
     """Fold the LoRA adapter into the base weights and save a plain HF model folder (+ tokenizer)."""
     out = Path(out_dir)
     model, tokenizer = load_for_inference(base, adapter_dir, device="cpu", dtype=dtype)

@@ -107,7 +107,9 @@ def locate_gguf(name: str) -> Path:
         found = sorted(Path(location).glob(known.gguf_glob))
         if found:
             return found[0]
-    raise ConfigError(f"The installed {known.pip_name!r} package holds no GGUF file ({known.gguf_glob}); reinstall it.")
+    raise ConfigError(
+        f"The installed {known.pip_name!r} package holds no GGUF file ({known.gguf_glob}); reinstall it."
+    )
 
 
 def _name_for_gguf(gguf: Path) -> str:
@@ -117,12 +119,18 @@ def _name_for_gguf(gguf: Path) -> str:
 
 def _validate_name(name: str) -> str:
     if not _NAME_RE.match(name):
-        raise ConfigError(f"Invalid model name {name!r}: use letters, digits, '.', '_' or '-' (not starting with '.').")
+        raise ConfigError(
+            f"Invalid model name {name!r}: use letters, digits, '.', '_' or '-' (not starting with '.')."
+        )
     return name
 
 
 def prepare_model(
-    name_or_gguf: str | Path, data_dir: Path | str | None = None, *, force: bool = False, name: str | None = None
+    name_or_gguf: str | Path,
+    data_dir: Path | str | None = None,
+    *,
+    force: bool = False,
+    name: str | None = None,
 ) -> ModelInfo:
     """Convert a known model name or a GGUF file into the HF folder ``<data_dir>/models/<name>``.
 
@@ -175,8 +183,12 @@ def _sha256(path: Path) -> str:
 
 def _source_fields(gguf: Path, sha256: str) -> dict[str, Any]:
     st = gguf.stat()
-    return {"source": str(gguf.resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
-            "source_sha256": sha256}
+    return {
+        "source": str(gguf.resolve()),
+        "source_size": st.st_size,
+        "source_mtime_ns": st.st_mtime_ns,
+        "source_sha256": sha256,
+    }
 
 
 def _read_marker(folder: Path) -> dict[str, Any]:
@@ -206,8 +218,12 @@ def _same_source(folder: Path, gguf: Path) -> bool:
         return True  # a folder made by hand: nothing to compare with
     st = gguf.stat()
     recorded = marker.get("source_sha256")
-    if (recorded and marker["source"] == str(gguf.resolve()) and marker.get("source_size") == st.st_size
-            and marker.get("source_mtime_ns") == st.st_mtime_ns):
+    if (
+        recorded
+        and marker["source"] == str(gguf.resolve())
+        and marker.get("source_size") == st.st_size
+        and marker.get("source_mtime_ns") == st.st_mtime_ns
+    ):
         return True
     digest = _sha256(gguf)
     if recorded:
@@ -230,12 +246,16 @@ def _convert(gguf: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     packed = sorted({type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()})
     if packed:  # weights left in GGUF blocks would not save as plain tensors
-        raise ConfigError(f"{gguf.name}: transformers kept weights packed ({', '.join(packed)}); cannot save a plain model.")
+        raise ConfigError(
+            f"{gguf.name}: transformers kept weights packed ({', '.join(packed)}); cannot save a plain model."
+        )
     _drop_quantization(model)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not getattr(tokenizer, "chat_template", None):
         # SFT/DPO format conversations with the template; a base model without one cannot train on chats.
-        raise ConfigError(f"{gguf.name} carries no chat template (tokenizer.chat_template); learnloop needs a chat model.")
+        raise ConfigError(
+            f"{gguf.name} carries no chat template (tokenizer.chat_template); learnloop needs a chat model."
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:
@@ -345,7 +365,9 @@ def _info(folder: Path, *, reused: bool = False) -> ModelInfo:
         pass
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     params = marker.get("params") or _safetensors_params(folder)
-    return ModelInfo(folder.name, folder, params, size, marker.get("source"), marker.get("prepared_at"), reused)
+    return ModelInfo(
+        folder.name, folder, params, size, marker.get("source"), marker.get("prepared_at"), reused
+    )
 
 
 def list_models(data_dir: Path | str | None = None) -> list[ModelInfo]:
@@ -391,4 +413,6 @@ def resolve_base_model(spec: str | Path, data_dir: Path | None = None) -> Path:
             f"Base model {text!r} is neither an HF model folder, a .gguf file, nor a prepared model "
             f"(`learnloop models list`); known names to prepare: {', '.join(sorted(KNOWN_MODELS))}."
         )
-    raise ConfigError(f"Base model {text!r} does not exist (expected an HF model folder, a .gguf file or a prepared model name).")
+    raise ConfigError(
+        f"Base model {text!r} does not exist (expected an HF model folder, a .gguf file or a prepared model name)."
+    )

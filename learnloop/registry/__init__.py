@@ -40,7 +40,22 @@ def export_version(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - re-export
 
 
 __all__ = [
-    "Restored", "VersionInfo", "apply_retention", "check_servable", "delete_version", "diff_versions", "export_version", "get_version",
-    "head_version", "lineage", "list_versions", "local_actor", "promote", "register_version", "restore", "rollback",
-    "serving_stack", "trace_trajectory",
+    "Restored",
+    "VersionInfo",
+    "apply_retention",
+    "check_servable",
+    "delete_version",
+    "diff_versions",
+    "export_version",
+    "get_version",
+    "head_version",
+    "lineage",
+    "list_versions",
+    "local_actor",
+    "promote",
+    "register_version",
+    "restore",
+    "rollback",
+    "serving_stack",
+    "trace_trajectory",
 ]

@@ -39,8 +39,15 @@ class ExportResult:
     ollama_created: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"version_id": self.version_id, "format": self.format, "path": str(self.path), "files": self.files,
-                "ollama_name": self.ollama_name, "ollama_command": self.ollama_command, "ollama_created": self.ollama_created}
+        return {
+            "version_id": self.version_id,
+            "format": self.format,
+            "path": str(self.path),
+            "files": self.files,
+            "ollama_name": self.ollama_name,
+            "ollama_command": self.ollama_command,
+            "ollama_created": self.ollama_created,
+        }
 
 
 def export_version(
@@ -97,9 +104,16 @@ def export_version(
             result.ollama_name = name
             result.ollama_command = f"ollama create {shlex.quote(name)} -f {shlex.quote(str(modelfile))}"
             if run_ollama and shutil.which("ollama"):
-                proc = subprocess.run(["ollama", "create", name, "-f", str(modelfile)], cwd=target, capture_output=True, text=True)
+                proc = subprocess.run(
+                    ["ollama", "create", name, "-f", str(modelfile)],
+                    cwd=target,
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode != 0:
-                    raise ConfigError(f"`{result.ollama_command}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+                    raise ConfigError(
+                        f"`{result.ollama_command}` failed: {(proc.stderr or proc.stdout).strip()[-500:]}"
+                    )
                 result.ollama_created = True
         return result
     finally:
@@ -146,11 +160,16 @@ def _permute(weights: Any, n_head: int, n_head_kv: int) -> Any:
     """HF's q/k row order -> llama.cpp's (the inverse of what transformers undoes when it loads a GGUF)."""
     if n_head_kv is not None and n_head != n_head_kv:
         n_head = n_head_kv
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
-def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "learnloop", pre: str = "gpt-2") -> Path:
+def write_gguf(
+    model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "learnloop", pre: str = "gpt-2"
+) -> Path:
     """Write the llama-architecture HF folder ``model_dir`` as one GGUF file of type ``quant``."""
     import gguf
     import numpy as np
@@ -160,13 +179,22 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "
 
     config = json.loads((model_dir / "config.json").read_text())
     check_gguf_architecture(model_dir)
-    n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    n_head, n_kv = (
+        config["num_attention_heads"],
+        config.get("num_key_value_heads") or config["num_attention_heads"],
+    )
     n_layers = config["num_hidden_layers"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     rope = config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") not in ("default", None) or config.get("rope_scaling"):
-        raise ConfigError(f"GGUF export does not write rope scaling ({rope.get('rope_type') or config.get('rope_scaling')}) yet.")
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+        raise ConfigError(
+            f"GGUF export does not write rope scaling ({rope.get('rope_type') or config.get('rope_scaling')}) yet."
+        )
+    ftype = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[quant]
 
     tokenizer = load_tokenizer(model_dir)
     vocab = tokenizer.get_vocab()
@@ -183,8 +211,13 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(tok)
-            types.append(gguf.TokenType.CONTROL if tok in special else gguf.TokenType.USER_DEFINED if tok in added
-                         else gguf.TokenType.NORMAL)
+            types.append(
+                gguf.TokenType.CONTROL
+                if tok in special
+                else gguf.TokenType.USER_DEFINED
+                if tok in added
+                else gguf.TokenType.NORMAL
+            )
 
     tmp = out.with_name(f".{out.name}.tmp")
     w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
@@ -205,7 +238,9 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "
     w.add_token_list(tokens)
     w.add_token_types(types)
     sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
-    sv.chat_template = None  # written below from the tokenizer (transformers 5 keeps it in chat_template.jinja)
+    sv.chat_template = (
+        None  # written below from the tokenizer (transformers 5 keeps it in chat_template.jinja)
+    )
     sv.add_to_gguf(w, quiet=True)
     if getattr(tokenizer, "chat_template", None):
         w.add_chat_template(tokenizer.chat_template)
@@ -229,9 +264,14 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "
             data = _permute(data, n_head, n_kv)
         if data.ndim == 1 or quant == "f32":
             w.add_tensor(new_name, data)  # norms stay f32 in every type, as llama.cpp keeps them
-        elif quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
-            w.add_tensor(new_name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif (
+            quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0
+        ):
+            w.add_tensor(
+                new_name,
+                gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+            )
         else:
             w.add_tensor(new_name, data.astype(np.float16))
     w.write_header_to_file()
@@ -242,17 +282,20 @@ def write_gguf(model_dir: Path, out: Path, *, quant: str = "q8_0", name: str = "
     return out
 
 
-_CHATML = '''{{- range .Messages }}<|im_start|>{{ .Role }}
+_CHATML = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
 {{ end }}<|im_start|>assistant
-'''
-_LLAMA3 = '''{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+"""
+_LLAMA3 = """{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>
 
 {{ .Content }}<|eot_id|>
 {{- end }}<|start_header_id|>assistant<|end_header_id|>
 
-'''
-TEMPLATES = {"chatml": (_CHATML, ["<|im_start|>", "<|im_end|>"]), "llama3": (_LLAMA3, ["<|eot_id|>", "<|start_header_id|>"])}
+"""
+TEMPLATES = {
+    "chatml": (_CHATML, ["<|im_start|>", "<|im_end|>"]),
+    "llama3": (_LLAMA3, ["<|eot_id|>", "<|start_header_id|>"]),
+}
 
 
 def ollama_modelfile(gguf_name: str, chat_template: str | None) -> str:
@@ -264,7 +307,9 @@ def ollama_modelfile(gguf_name: str, chat_template: str | None) -> str:
     elif "<|start_header_id|>" in chat_template:
         kind = "llama3"
     else:
-        raise ConfigError(f"Ollama export knows the {' and '.join(TEMPLATES)} chat formats; this model's template is neither.")
+        raise ConfigError(
+            f"Ollama export knows the {' and '.join(TEMPLATES)} chat formats; this model's template is neither."
+        )
     template, stops = TEMPLATES[kind]
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     lines += [f'PARAMETER stop "{s}"' for s in stops]

@@ -44,8 +44,11 @@ def tree_digest(files: dict[str, str]) -> str:
 
 def _regular_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.name not in _SKIP_NAMES
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.name not in _SKIP_NAMES
     )
 
 
@@ -101,8 +104,11 @@ def verify(folder: Path, expected: dict[str, str]) -> list[str]:
     actual = hash_folder(folder)
     problems = [f"{name}: missing" for name in sorted(set(expected) - set(actual))]
     problems += [f"{name}: not recorded with the version" for name in sorted(set(actual) - set(expected))]
-    problems += [f"{name}: content changed (sha256 {actual[name][:12]}, recorded {expected[name][:12]})"
-                 for name in sorted(set(actual) & set(expected)) if actual[name] != expected[name]]
+    problems += [
+        f"{name}: content changed (sha256 {actual[name][:12]}, recorded {expected[name][:12]})"
+        for name in sorted(set(actual) & set(expected))
+        if actual[name] != expected[name]
+    ]
     return problems
 
 

@@ -49,11 +49,15 @@ def local_actor() -> str:
 def _usable(row: ModelVersion) -> Path:
     """The version's folder, checked byte for byte against its recorded hashes."""
     if not row.artifact_path:
-        raise Conflict(f"{row.id}'s adapter files were pruned by retention or removed; it cannot be served or restored.")
+        raise Conflict(
+            f"{row.id}'s adapter files were pruned by retention or removed; it cannot be served or restored."
+        )
     folder = Path(row.artifact_path)
     problems = fs.verify(folder, row.files or {})
     if problems:
-        raise Conflict(f"{row.id}'s files do not match the hashes recorded at registration: {'; '.join(problems[:3])}.")
+        raise Conflict(
+            f"{row.id}'s files do not match the hashes recorded at registration: {'; '.join(problems[:3])}."
+        )
     return folder
 
 
@@ -74,8 +78,9 @@ def _gate_evidence(session: Session, row: ModelVersion, evaluation_id: int | Non
     return bool(gate.get("passed")), f"gate said {gate.get('verdict')}" + (f": {reasons}" if reasons else "")
 
 
-def check_servable(session: Session, version_id: str, *, force: bool = False,
-                   override: str = "Promote with --force") -> tuple[bool, str]:
+def check_servable(
+    session: Session, version_id: str, *, force: bool = False, override: str = "Promote with --force"
+) -> tuple[bool, str]:
     """(passed, evidence) of serving ``version_id``, for every way an alias is moved (promote, serving's
     `alias set` and PUT /v1/aliases/{name}, the dashboard): NotFound for an unknown id; Conflict when its
     files are gone or changed, or when the gate did not pass it (rejected, or never evaluated) and
@@ -104,12 +109,27 @@ def _retire(session: Session, version_id: str | None, alias: str) -> None:
         row.state = VersionState.archived
 
 
-def _serve(session: Session, row: ModelVersion | None, alias: str, *, action: str, actor: str | None,
-           reason: str | None, evaluation_id: int | None) -> AliasEvent:
+def _serve(
+    session: Session,
+    row: ModelVersion | None,
+    alias: str,
+    *,
+    action: str,
+    actor: str | None,
+    reason: str | None,
+    evaluation_id: int | None,
+) -> AliasEvent:
     current = _alias_row(session, alias)
     previous = current.version_id if current is not None else None
-    event = move_alias(session, alias, row.id if row else None, action=action, actor=actor, reason=reason,
-                       evaluation_id=evaluation_id)
+    event = move_alias(
+        session,
+        alias,
+        row.id if row else None,
+        action=action,
+        actor=actor,
+        reason=reason,
+        evaluation_id=evaluation_id,
+    )
     if previous != (row.id if row else None):
         _retire(session, previous, alias)
     if row is not None:
@@ -146,7 +166,9 @@ def promote(
             _usable(row)
             passed, evidence = _gate_evidence(session, row, evaluation_id)
             if not passed and not force:
-                raise Conflict(f"Not promoting {version_id}: {evidence}. Promote with --force to override the gate.")
+                raise Conflict(
+                    f"Not promoting {version_id}: {evidence}. Promote with --force to override the gate."
+                )
             if evaluation_id is None and passed:
                 evaluation_id = (row.gate or {}).get("evaluation_id")
         current = _alias_row(session, alias)
@@ -156,9 +178,21 @@ def promote(
         action = "promote" if passed else "force"
         text = reason or evidence
         _serve(session, row, alias, action=action, actor=actor, reason=text, evaluation_id=evaluation_id)
-        record_event(session, "version.promoted", f"{alias} -> {version_id} ({action}) by {actor or 'unknown'}: {text}",
-                     level="info" if passed else "warning", version_id=row.id if row else None, loop=row.loop if row else None,
-                     data={"alias": alias, "from": previous, "action": action, "actor": actor, "evaluation_id": evaluation_id})
+        record_event(
+            session,
+            "version.promoted",
+            f"{alias} -> {version_id} ({action}) by {actor or 'unknown'}: {text}",
+            level="info" if passed else "warning",
+            version_id=row.id if row else None,
+            loop=row.loop if row else None,
+            data={
+                "alias": alias,
+                "from": previous,
+                "action": action,
+                "actor": actor,
+                "evaluation_id": evaluation_id,
+            },
+        )
     return {"alias": alias, "version_id": version_id, "previous": previous, "changed": True, "action": action}
 
 
@@ -203,13 +237,21 @@ def rollback(
         if target is not None:
             row = session.get(ModelVersion, target)
             if row is None:
-                raise Conflict(f"{alias!r} served {target} before, but that version was deleted; promote one explicitly.")
+                raise Conflict(
+                    f"{alias!r} served {target} before, but that version was deleted; promote one explicitly."
+                )
             _usable(row)
         previous = current.version_id
         text = reason or f"rollback from {previous or 'base'}"
         _serve(session, row, alias, action="rollback", actor=actor, reason=text, evaluation_id=None)
-        record_event(session, "version.rolled_back", f"{alias}: {previous or 'base'} -> {target or 'base'} by {actor or 'unknown'}: {text}",
-                     level="warning", version_id=previous, data={"alias": alias, "to": target, "actor": actor})
+        record_event(
+            session,
+            "version.rolled_back",
+            f"{alias}: {previous or 'base'} -> {target or 'base'} by {actor or 'unknown'}: {text}",
+            level="warning",
+            version_id=previous,
+            data={"alias": alias, "to": target, "actor": actor},
+        )
     return target
 
 
@@ -221,7 +263,12 @@ class Restored:
     served: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {"version_id": self.version_id, "adapter_path": str(self.adapter_path), "loop": self.loop, "served": self.served}
+        return {
+            "version_id": self.version_id,
+            "adapter_path": str(self.adapter_path),
+            "loop": self.loop,
+            "served": self.served,
+        }
 
 
 def restore(
@@ -265,12 +312,28 @@ def restore(
         if serve:
             passed, evidence = _gate_evidence(session, row, None)
             if not passed and not force and not row.ever_served:
-                raise Conflict(f"Not serving {version_id}: {evidence}. Restore with --force to override the gate.")
+                raise Conflict(
+                    f"Not serving {version_id}: {evidence}. Restore with --force to override the gate."
+                )
             target = alias or (loop if loop and _alias_row(session, loop) is not None else DEFAULT_ALIAS)
-            _serve(session, row, target, action="restore", actor=actor, reason=text, evaluation_id=(row.gate or {}).get("evaluation_id"))
-        record_event(session, "version.restored", f"{version_id} restored as head{' of ' + loop if loop else ''}"
-                     f"{' and served' if serve else ''} by {actor or 'unknown'}", version_id=version_id, loop=loop,
-                     data={"actor": actor, "serve": serve})
+            _serve(
+                session,
+                row,
+                target,
+                action="restore",
+                actor=actor,
+                reason=text,
+                evaluation_id=(row.gate or {}).get("evaluation_id"),
+            )
+        record_event(
+            session,
+            "version.restored",
+            f"{version_id} restored as head{' of ' + loop if loop else ''}"
+            f"{' and served' if serve else ''} by {actor or 'unknown'}",
+            version_id=version_id,
+            loop=loop,
+            data={"actor": actor, "serve": serve},
+        )
     return Restored(version_id, folder, loop, serve)
 
 

@@ -66,12 +66,28 @@ class VersionInfo:
 
 def version_info(row: ModelVersion, aliases: list[str] | None = None) -> VersionInfo:
     return VersionInfo(
-        id=row.id, name=row.name, state=getattr(row.state, "value", row.state), base_model=row.base_model,
-        base_model_hash=row.base_model_hash, parent_id=row.parent_id, dataset_id=row.dataset_id,
-        dataset_hash=row.dataset_hash, job_id=row.job_id, loop=row.loop, algorithm=row.algorithm,
-        adapter_sha256=row.adapter_sha256, artifact_path=row.artifact_path, files=row.files or {},
-        config=row.config or {}, metrics=row.metrics or {}, gate=row.gate or {}, ever_served=bool(row.ever_served),
-        note=row.note, created_at=row.created_at, promoted_at=row.promoted_at, aliases=aliases or [],
+        id=row.id,
+        name=row.name,
+        state=getattr(row.state, "value", row.state),
+        base_model=row.base_model,
+        base_model_hash=row.base_model_hash,
+        parent_id=row.parent_id,
+        dataset_id=row.dataset_id,
+        dataset_hash=row.dataset_hash,
+        job_id=row.job_id,
+        loop=row.loop,
+        algorithm=row.algorithm,
+        adapter_sha256=row.adapter_sha256,
+        artifact_path=row.artifact_path,
+        files=row.files or {},
+        config=row.config or {},
+        metrics=row.metrics or {},
+        gate=row.gate or {},
+        ever_served=bool(row.ever_served),
+        note=row.note,
+        created_at=row.created_at,
+        promoted_at=row.promoted_at,
+        aliases=aliases or [],
     )
 
 
@@ -182,8 +198,12 @@ def summarize_metrics(run: Path | None) -> dict[str, Any]:
     if not rows:
         return {}
     losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
-    out: dict[str, Any] = {"steps": rows[-1].get("step"), "final_loss": losses[-1] if losses else None,
-                           "first_loss": losses[0] if losses else None, "min_loss": min(losses) if losses else None}
+    out: dict[str, Any] = {
+        "steps": rows[-1].get("step"),
+        "final_loss": losses[-1] if losses else None,
+        "first_loss": losses[0] if losses else None,
+        "min_loss": min(losses) if losses else None,
+    }
     speeds = [r["tokens_per_s"] for r in rows if isinstance(r.get("tokens_per_s"), (int, float))]
     if speeds:
         out["tokens_per_s"] = sum(speeds) / len(speeds)
@@ -264,8 +284,10 @@ def register_version(
     if not problems and recorded and Path(recorded).is_dir() and (Path(recorded) / "config.json").is_file():
         recorded_hash = fs.model_folder_hash(Path(recorded))
         if recorded_hash != base_hash:
-            problems.append(f"it was trained on {recorded} (sha256 {recorded_hash[:12]}), a different model from "
-                            f"{base_spec} (sha256 {base_hash[:12]})")
+            problems.append(
+                f"it was trained on {recorded} (sha256 {recorded_hash[:12]}), a different model from "
+                f"{base_spec} (sha256 {base_hash[:12]})"
+            )
     if problems:
         raise ValidationFailed(
             f"Adapter {adapter} does not match base model {base_spec}: " + "; ".join(problems) + ".",
@@ -282,14 +304,18 @@ def register_version(
             if parent.base_model_hash and parent.base_model_hash != base_hash:
                 raise ValidationFailed(
                     f"Parent {parent_id} was trained on base {parent.base_model} (sha256 {parent.base_model_hash[:12]}), "
-                    f"not {base_spec} (sha256 {base_hash[:12]}).", [("parent_id", "different base model")])
+                    f"not {base_spec} (sha256 {base_hash[:12]}).",
+                    [("parent_id", "different base model")],
+                )
         if dataset_id is not None:
             ds = session.get(Dataset, dataset_id)
             if ds is None:
                 raise NotFound(f"Dataset {dataset_id} does not exist.")
             dataset_hash = ds.content_hash
         elif config.get("dataset"):
-            ds = session.scalars(select(Dataset).where(Dataset.path == str(config["dataset"])).order_by(Dataset.id.desc())).first()
+            ds = session.scalars(
+                select(Dataset).where(Dataset.path == str(config["dataset"])).order_by(Dataset.id.desc())
+            ).first()
             if ds is not None:
                 dataset_id, dataset_hash = ds.id, ds.content_hash
             elif Path(config["dataset"]).is_file():
@@ -305,16 +331,38 @@ def register_version(
             final = adapters / version_id
             if final.exists():  # left by a registration whose transaction failed after the rename
                 fs.place(final, adapters / f".orphan-{version_id}-{tmp.name[5:13]}")
-            session.add(ModelVersion(
-                id=version_id, name=name, base_model=base_spec, base_model_hash=base_hash, loop=loop,
-                algorithm=algorithm or config.get("algorithm"), config=config, files=files,
-                adapter_sha256=fs.tree_digest(files), dataset_hash=dataset_hash, parent_id=parent_id,
-                dataset_id=dataset_id, job_id=job_id, artifact_path=str(final), metrics=summary,
-                state=VersionState.candidate, note=note, gate={}, ever_served=False,
-            ))
-            record_event(session, "version.registered", f"{version_id} registered from {adapter}",
-                         loop=loop, job_id=job_id, version_id=version_id,
-                         data={"parent_id": parent_id, "dataset_id": dataset_id, "actor": actor})
+            session.add(
+                ModelVersion(
+                    id=version_id,
+                    name=name,
+                    base_model=base_spec,
+                    base_model_hash=base_hash,
+                    loop=loop,
+                    algorithm=algorithm or config.get("algorithm"),
+                    config=config,
+                    files=files,
+                    adapter_sha256=fs.tree_digest(files),
+                    dataset_hash=dataset_hash,
+                    parent_id=parent_id,
+                    dataset_id=dataset_id,
+                    job_id=job_id,
+                    artifact_path=str(final),
+                    metrics=summary,
+                    state=VersionState.candidate,
+                    note=note,
+                    gate={},
+                    ever_served=False,
+                )
+            )
+            record_event(
+                session,
+                "version.registered",
+                f"{version_id} registered from {adapter}",
+                loop=loop,
+                job_id=job_id,
+                version_id=version_id,
+                data={"parent_id": parent_id, "dataset_id": dataset_id, "actor": actor},
+            )
             session.flush()
             fs.place(tmp, final)
             placed = final
@@ -345,7 +393,9 @@ def _protected(session: Session) -> dict[str, str]:
     if head is not None and (head.value or {}).get("version_id"):
         out.setdefault(head.value["version_id"], "the restored head for the next training")
     # The alias log is the record of what served, whoever moved the alias (`alias set` included).
-    for (vid,) in session.execute(select(AliasEvent.to_version).where(AliasEvent.to_version.is_not(None)).distinct()):
+    for (vid,) in session.execute(
+        select(AliasEvent.to_version).where(AliasEvent.to_version.is_not(None)).distinct()
+    ):
         out.setdefault(vid, "a version that served")
     return out
 
@@ -363,16 +413,25 @@ def apply_retention(db: Database, settings: Settings) -> list[str]:
     pruned: list[str] = []
     with db.session() as session:
         protected = _protected(session)
-        rows = sorted(session.scalars(select(ModelVersion).where(ModelVersion.artifact_path.is_not(None))),
-                      key=lambda r: _id_number(r.id), reverse=True)
+        rows = sorted(
+            session.scalars(select(ModelVersion).where(ModelVersion.artifact_path.is_not(None))),
+            key=lambda r: _id_number(r.id),
+            reverse=True,
+        )
         for row in rows[keep:]:
             if row.ever_served or row.id in protected or row.state == VersionState.serving:
                 continue
             folder = Path(row.artifact_path)
             problems = fs.verify(folder, row.files or {}) if folder.exists() else []
             if problems:
-                record_event(session, "version.deleted", f"retention left {row.id}'s files alone: {problems[0]}",
-                             level="warning", version_id=row.id, data={"problems": problems[:20]})
+                record_event(
+                    session,
+                    "version.deleted",
+                    f"retention left {row.id}'s files alone: {problems[0]}",
+                    level="warning",
+                    version_id=row.id,
+                    data={"problems": problems[:20]},
+                )
                 continue
             if not _inside(folder, data_dir(settings.data_dir).adapters):
                 continue
@@ -380,8 +439,13 @@ def apply_retention(db: Database, settings: Settings) -> list[str]:
             row.artifact_path = None
             if row.state != VersionState.rejected:
                 row.state = VersionState.archived
-            record_event(session, "version.deleted", f"retention pruned {row.id}'s adapter files (record kept)",
-                         version_id=row.id, data={"retention": True, "keep_versions": keep})
+            record_event(
+                session,
+                "version.deleted",
+                f"retention pruned {row.id}'s adapter files (record kept)",
+                version_id=row.id,
+                data={"retention": True, "keep_versions": keep},
+            )
             pruned.append(row.id)
     return pruned
 
@@ -394,7 +458,9 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def delete_version(db: Database, settings: Settings, version_id: str, *, force: bool = False, actor: str | None = None) -> VersionInfo:
+def delete_version(
+    db: Database, settings: Settings, version_id: str, *, force: bool = False, actor: str | None = None
+) -> VersionInfo:
     """Delete a version's record and files.
 
     Refused for an alias target (roll back or promote another first; even ``force`` does not
@@ -408,14 +474,20 @@ def delete_version(db: Database, settings: Settings, version_id: str, *, force: 
             row = session.get(ModelVersion, version_id)
             if row is None:
                 raise NotFound(f"No model version {version_id!r}.")
-            aliases = [a.name for a in session.scalars(select(Alias)) if version_id in (a.version_id, a.candidate_id)]
+            aliases = [
+                a.name for a in session.scalars(select(Alias)) if version_id in (a.version_id, a.candidate_id)
+            ]
             if aliases:
-                raise Conflict(f"{version_id} is served by alias {', '.join(aliases)}; roll back or promote another version first.")
+                raise Conflict(
+                    f"{version_id} is served by alias {', '.join(aliases)}; roll back or promote another version first."
+                )
             reasons = []
             why = _protected(session).get(version_id)
             if why:
                 reasons.append(f"it is {why}")
-            children = list(session.scalars(select(ModelVersion.id).where(ModelVersion.parent_id == version_id)))
+            children = list(
+                session.scalars(select(ModelVersion.id).where(ModelVersion.parent_id == version_id))
+            )
             if children:
                 reasons.append(f"the lineage of {', '.join(sorted(children))} goes through it")
             folder = Path(row.artifact_path) if row.artifact_path else None
@@ -424,9 +496,15 @@ def delete_version(db: Database, settings: Settings, version_id: str, *, force: 
                 if problems:
                     reasons.append(f"its files do not match the recorded hashes ({'; '.join(problems[:3])})")
                 if not _inside(folder, data_dir(settings.data_dir).adapters):
-                    raise Conflict(f"{folder} is outside the registry's adapters folder; refusing to remove it.")
+                    raise Conflict(
+                        f"{folder} is outside the registry's adapters folder; refusing to remove it."
+                    )
             if reasons and not force:
-                raise Conflict(f"Refusing to delete {version_id}: " + "; ".join(reasons) + ". Use --force to delete anyway.")
+                raise Conflict(
+                    f"Refusing to delete {version_id}: "
+                    + "; ".join(reasons)
+                    + ". Use --force to delete anyway."
+                )
             info = version_info(row)
             head = session.get(Control, HEAD_KEY)
             if head is not None and (head.value or {}).get("version_id") == version_id:
@@ -434,9 +512,14 @@ def delete_version(db: Database, settings: Settings, version_id: str, *, force: 
             for lp in session.scalars(select(LoopState).where(LoopState.head_version_id == version_id)):
                 lp.head_version_id = None
             session.delete(row)
-            record_event(session, "version.deleted", f"{version_id} deleted" + (" (forced: " + "; ".join(reasons) + ")" if reasons else ""),
-                         version_id=version_id, level="warning" if reasons else "info",
-                         data={"actor": actor, "forced": bool(reasons), "adapter_sha256": row.adapter_sha256})
+            record_event(
+                session,
+                "version.deleted",
+                f"{version_id} deleted" + (" (forced: " + "; ".join(reasons) + ")" if reasons else ""),
+                version_id=version_id,
+                level="warning" if reasons else "info",
+                data={"actor": actor, "forced": bool(reasons), "adapter_sha256": row.adapter_sha256},
+            )
             session.flush()
             if folder is not None and folder.exists():
                 # Moved aside inside the transaction and removed after the commit: a failed commit puts it back.

@@ -29,7 +29,12 @@ class RewardError:
     error: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "trajectory_id": self.trajectory_id, "error": self.error}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "trajectory_id": self.trajectory_id,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -73,7 +78,9 @@ def _check_value(value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"returned {value!r} ({type(value).__name__}); a reward function must return a float or None")
+        raise TypeError(
+            f"returned {value!r} ({type(value).__name__}); a reward function must return a float or None"
+        )
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"returned {value}; a reward must be a finite number")
@@ -81,7 +88,9 @@ def _check_value(value: Any) -> float | None:
 
 
 def score_views(
-    functions: Sequence[RewardFunction], views: Iterable[TrajectoryView], needed: dict[str, set[str]] | None = None
+    functions: Sequence[RewardFunction],
+    views: Iterable[TrajectoryView],
+    needed: dict[str, set[str]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], HeuristicReport]:
     """Apply functions to views in memory: (score rows, run rows, report). No database involved.
 
@@ -104,10 +113,20 @@ def score_views(
                 counts.failed += 1
                 report.errors_total += 1
                 if len(report.errors) < MAX_REPORTED_ERRORS:
-                    report.errors.append(RewardError(fn.name, fn.version, view.id, f"{type(exc).__name__}: {exc}"))
+                    report.errors.append(
+                        RewardError(fn.name, fn.version, view.id, f"{type(exc).__name__}: {exc}")
+                    )
                 continue
             outcome = "not_applicable" if value is None else "scored"
-            runs.append({"trajectory_id": view.id, "name": fn.name, "version": fn.version, "outcome": outcome, "created_at": now})
+            runs.append(
+                {
+                    "trajectory_id": view.id,
+                    "name": fn.name,
+                    "version": fn.version,
+                    "outcome": outcome,
+                    "created_at": now,
+                }
+            )
             if value is None:
                 counts.not_applicable += 1
                 continue
@@ -129,13 +148,21 @@ def score_views(
 def _not_run(fn: RewardFunction) -> Any:
     return not_(
         exists().where(
-            and_(ScoreRun.trajectory_id == Trajectory.id, ScoreRun.name == fn.name, ScoreRun.version == fn.version)
+            and_(
+                ScoreRun.trajectory_id == Trajectory.id,
+                ScoreRun.name == fn.name,
+                ScoreRun.version == fn.version,
+            )
         )
     )
 
 
 def _pending_page(
-    session: Session, functions: Sequence[RewardFunction], after: str | None, limit: int, ids: list[str] | None
+    session: Session,
+    functions: Sequence[RewardFunction],
+    after: str | None,
+    limit: int,
+    ids: list[str] | None,
 ) -> list[str]:
     q = select(Trajectory.id).where(or_(*(_not_run(f) for f in functions)))
     if after is not None:
@@ -183,7 +210,9 @@ def apply_heuristics(
                         ScoreRun.trajectory_id.in_(page), ScoreRun.name.in_([f.name for f in fns])
                     )
                 ).all()
-                rows = s.scalars(select(Trajectory).where(Trajectory.id.in_(page)).order_by(Trajectory.id)).all()
+                rows = s.scalars(
+                    select(Trajectory).where(Trajectory.id.in_(page)).order_by(Trajectory.id)
+                ).all()
                 views = [TrajectoryView.from_row(r, config) for r in rows]
             versions = {f.name: f.version for f in fns}
             needed = {tid: {f.name for f in fns} for tid in page}
@@ -221,8 +250,11 @@ class ApplyReport:
     group_refinements: int = 0  # group members whose successor asked again (refinement.py)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"heuristics": self.heuristics.as_dict(), "feedback": self.feedback.as_dict(),
-                "group_refinements": self.group_refinements}
+        return {
+            "heuristics": self.heuristics.as_dict(),
+            "feedback": self.feedback.as_dict(),
+            "group_refinements": self.group_refinements,
+        }
 
 
 def apply_rewards(

@@ -97,7 +97,12 @@ def combine(
     w = rule.weights
     if sources is None or rule.policy.mode == "mean":
         return _mean([(w.get(n, 1.0), v) for n, v in aspects.items()])
-    classes: dict[str, list[tuple[float, float]]] = {"explicit": [], "generic": [], "check": [], "penalty": []}
+    classes: dict[str, list[tuple[float, float]]] = {
+        "explicit": [],
+        "generic": [],
+        "check": [],
+        "penalty": [],
+    }
     for name, value in aspects.items():
         weight = w.get(name, 1.0)
         if weight == 0:
@@ -137,10 +142,15 @@ def latest_scores(session: Session, trajectory_ids: Iterable[str]) -> dict[str, 
 
 def latest_aspects(session: Session, trajectory_ids: Iterable[str]) -> dict[str, dict[str, float]]:
     """For each trajectory, the newest value of each score name (aspect)."""
-    return {tid: {n: v for n, (v, _) in a.items()} for tid, a in latest_scores(session, trajectory_ids).items()}
+    return {
+        tid: {n: v for n, (v, _) in a.items()} for tid, a in latest_scores(session, trajectory_ids).items()
+    }
 
 
-def combine_scores(scores: Mapping[str, tuple[float, str]], rule: CombineRule | ScoringSettings | Mapping[str, float] | None = None) -> float | None:
+def combine_scores(
+    scores: Mapping[str, tuple[float, str]],
+    rule: CombineRule | ScoringSettings | Mapping[str, float] | None = None,
+) -> float | None:
     """``combine`` over what ``latest_scores`` returns for one trajectory."""
     return combine({n: v for n, (v, _) in scores.items()}, rule, {n: s for n, (_, s) in scores.items()})
 

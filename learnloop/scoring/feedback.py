@@ -125,7 +125,9 @@ def apply_feedback(
             report.already_scored += len(batch) - len(todo)
             if not todo:
                 continue
-            fb_rows = s.scalars(select(Feedback).where(Feedback.trajectory_id.in_(todo)).order_by(Feedback.id)).all()
+            fb_rows = s.scalars(
+                select(Feedback).where(Feedback.trajectory_id.in_(todo)).order_by(Feedback.id)
+            ).all()
         by_tid: dict[str, list[Any]] = {}
         for fb in fb_rows:
             # Only the rows the key counted: feedback that arrived since is left for the next run.
@@ -154,7 +156,9 @@ def _feedback_groups(db: Database, trajectory_ids: Iterable[str] | None) -> list
         return [row for c in chunks(ids) for row in s.execute(q.where(Feedback.trajectory_id.in_(c))).all()]
 
 
-def _score_row(tid: str, rows: list[Any], config: ScoringSettings, digest: str, key: str) -> dict[str, Any] | None:
+def _score_row(
+    tid: str, rows: list[Any], config: ScoringSettings, digest: str, key: str
+) -> dict[str, Any] | None:
     """The `feedback` score row for one trajectory's feedback rows; None when none carries a signal."""
     result = feedback_reward(rows, config)
     if result is None:
@@ -179,4 +183,6 @@ def _insert_scores(db: Database, score_rows: list[dict[str, Any]]) -> list[str]:
     if not score_rows:
         return []
     with db.session() as s:
-        return list(s.scalars(insert_ignoring_duplicates(s, Score).returning(Score.trajectory_id), score_rows).all())
+        return list(
+            s.scalars(insert_ignoring_duplicates(s, Score).returning(Score.trajectory_id), score_rows).all()
+        )

@@ -183,8 +183,20 @@ _REFUSAL = re.compile(
 )
 # Every refusal pattern contains one of these; checking them first (in C) skips the regex for
 # almost every answer, which is what keeps the built-ins under 100 µs per trajectory.
-_REFUSAL_HINTS = ("sorry", "afraid", "can't", "cannot", "won't", "will not", "unable", "not able", "as an ai",
-                  "must decline", "must refuse", "request")
+_REFUSAL_HINTS = (
+    "sorry",
+    "afraid",
+    "can't",
+    "cannot",
+    "won't",
+    "will not",
+    "unable",
+    "not able",
+    "as an ai",
+    "must decline",
+    "must refuse",
+    "request",
+)
 
 
 @reward("no_refusal", version="1")
@@ -211,7 +223,13 @@ def no_refusal(t: TrajectoryView) -> float | None:
 # --------------------------------------------------------------------------- tools
 
 _ERROR_START = re.compile(r"(?:error|exception|traceback|fatal|failed|failure)\b")
-_ERROR_PHRASES = ("traceback (most recent call last)", "permission denied", "not found", "timed out", "no such file")
+_ERROR_PHRASES = (
+    "traceback (most recent call last)",
+    "permission denied",
+    "not found",
+    "timed out",
+    "no such file",
+)
 _HTTP_ERROR = re.compile(r"\b(?:status(?:_code)?|http)[ :=]*[45]\d\d\b")
 
 

@@ -84,7 +84,9 @@ class OpenAICompatibleClient:
         self.temperature = temperature
         self.json_mode = json_mode
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
     @classmethod
     def from_settings(cls, config: ScoringSettings) -> OpenAICompatibleClient:
@@ -114,7 +116,9 @@ class OpenAICompatibleClient:
         try:
             content = r.json()["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise JudgeError(f"judge endpoint answered something that is not a chat completion: {r.text[:300]}") from exc
+            raise JudgeError(
+                f"judge endpoint answered something that is not a chat completion: {r.text[:300]}"
+            ) from exc
         if not isinstance(content, str):
             raise JudgeError("judge reply has no text content")
         return content
@@ -163,7 +167,10 @@ def _shared_prefix(views: Sequence[TrajectoryView]) -> int:
     n = min(len(v.prompt) for v in views)
     for i in range(n):
         first = views[0].prompt[i]
-        if any(v.prompt[i].get("role") != first.get("role") or v.prompt[i].get("content") != first.get("content") for v in views):
+        if any(
+            v.prompt[i].get("role") != first.get("role") or v.prompt[i].get("content") != first.get("content")
+            for v in views
+        ):
             return i
     return n
 
@@ -172,7 +179,11 @@ def build_messages(views: Sequence[TrajectoryView], config: ScoringSettings) -> 
     """The judge request: rubric as system message; shared context once, then numbered candidates."""
     shared = _shared_prefix(views)
     limit = config.judge_max_candidate_chars
-    parts = ["## Shared context (identical for every candidate)", _render(views[0].messages[:shared]) or "(none)", ""]
+    parts = [
+        "## Shared context (identical for every candidate)",
+        _render(views[0].messages[:shared]) or "(none)",
+        "",
+    ]
     for i, v in enumerate(views, start=1):
         body = _render(v.messages[shared:])
         if len(body) > limit:
@@ -217,7 +228,9 @@ def parse_judgment(text: str, n: int) -> list[tuple[float, str]]:
         index = item.get("index", pos)
         score = item.get("score")
         if not isinstance(index, int) or not 1 <= index <= n or index in out:
-            raise JudgeError(f"score entry {pos} has a bad or repeated index {index!r} (want 1..{n}, each once)")
+            raise JudgeError(
+                f"score entry {pos} has a bad or repeated index {index!r} (want 1..{n}, each once)"
+            )
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
             raise JudgeError(f"candidate {index}: score {score!r} is not a number in [0, 1]")
         out[index] = (float(score), str(item.get("rationale") or "").strip())
@@ -291,15 +304,20 @@ class JudgeReport:
         }
 
 
-def plan_groups(views: Sequence[TrajectoryView], config: ScoringSettings) -> tuple[list[list[TrajectoryView]], int]:
+def plan_groups(
+    views: Sequence[TrajectoryView], config: ScoringSettings
+) -> tuple[list[list[TrajectoryView]], int]:
     """Candidates that answer the same task: same group id, else same prompt; cut to judge_group_size.
 
     Returns (groups to judge, number of groups too small to judge).
     """
     buckets: dict[str, list[TrajectoryView]] = {}
     for v in views:
-        key = f"g:{v.group_id}" if v.group_id else "p:" + json.dumps(
-            [[m.get("role"), m.get("content")] for m in v.prompt], sort_keys=True, default=str
+        key = (
+            f"g:{v.group_id}"
+            if v.group_id
+            else "p:"
+            + json.dumps([[m.get("role"), m.get("content")] for m in v.prompt], sort_keys=True, default=str)
         )
         buckets.setdefault(key, []).append(v)
     groups, skipped = [], 0
@@ -318,7 +336,9 @@ def plan_groups(views: Sequence[TrajectoryView], config: ScoringSettings) -> tup
     return groups, skipped
 
 
-def _score_rows(key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _score_rows(
+    key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     now = utcnow()
     return [
         {
@@ -359,7 +379,9 @@ def judge_scenario(
     try:
         with db.read_session() as s:
             if s.scalar(select(Trajectory.id).where(Trajectory.scenario == scenario).limit(1)) is None:
-                raise NotFound(f"No trajectories in scenario {scenario!r}. `learnloop stats` lists the scenarios.")
+                raise NotFound(
+                    f"No trajectories in scenario {scenario!r}. `learnloop stats` lists the scenarios."
+                )
             judged = exists().where(
                 and_(
                     Score.trajectory_id == Trajectory.id,
@@ -417,7 +439,11 @@ def _judge_one(
     try:
         scores, attempts = judge_group(client, group, config, sleep=sleep)
     except JudgeError as exc:
-        result = {"status": "failed", "error": str(exc)[:4000], "attempts": previous_attempts + config.judge_max_attempts}
+        result = {
+            "status": "failed",
+            "error": str(exc)[:4000],
+            "attempts": previous_attempts + config.judge_max_attempts,
+        }
         with db.session() as s:
             _save_judgment(s, key, model, group, result)
         return "failed", 0, GroupFailure(ids, str(exc))
@@ -432,12 +458,22 @@ def _judge_one(
         return "judged", _store_scores(s, key, model, version, ids, stored), None
 
 
-def _save_judgment(s: Any, key: str, model: str, group: Sequence[TrajectoryView], result: dict[str, Any]) -> dict[str, Any]:
+def _save_judgment(
+    s: Any, key: str, model: str, group: Sequence[TrajectoryView], result: dict[str, Any]
+) -> dict[str, Any]:
     """Insert or update the judgment for ``key``; an ok one is never overwritten. Returns the stored result."""
     s.execute(
         insert_ignoring_duplicates(s, Judgment),
-        [{"cache_key": key, "judge_model": model, "scenario": group[0].scenario,
-          "trajectory_ids": [v.id for v in group], "result": result, "created_at": utcnow()}],
+        [
+            {
+                "cache_key": key,
+                "judge_model": model,
+                "scenario": group[0].scenario,
+                "trajectory_ids": [v.id for v in group],
+                "result": result,
+                "created_at": utcnow(),
+            }
+        ],
     )
     row = s.scalar(select(Judgment).where(Judgment.cache_key == key).with_for_update())
     if row.result.get("status") != "ok":
@@ -446,6 +482,8 @@ def _save_judgment(s: Any, key: str, model: str, group: Sequence[TrajectoryView]
     return dict(row.result)
 
 
-def _store_scores(s: Any, key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]) -> int:
+def _store_scores(
+    s: Any, key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]
+) -> int:
     rows = _score_rows(key, model, version, ids, result)
     return len(s.scalars(insert_ignoring_duplicates(s, Score).returning(Score.id), rows).all())

@@ -40,8 +40,11 @@ _STOP = frozenset(
     here just now again also so some any us we our they them their he she his her not no yes ok okay thanks thank
     tell give show explain make about instead as into from want need like get let one""".split()
 )
-_CONTINUE = re.compile(r"^\s*(?:now|next|also|then|another|and|ok(?:ay)?[,.!]?\s+now|great[,.!]?\s+now|thanks?[,.!]?\s+now|"
-                       r"what about|how about)\b", re.IGNORECASE)
+_CONTINUE = re.compile(
+    r"^\s*(?:now|next|also|then|another|and|ok(?:ay)?[,.!]?\s+now|great[,.!]?\s+now|thanks?[,.!]?\s+now|"
+    r"what about|how about)\b",
+    re.IGNORECASE,
+)
 _CORRECT = re.compile(
     r"^\s*(?:no[,.!]|nope\b|that'?s not what i|that is not what i|not what i (?:asked|meant|wanted)|i meant\b|"
     r"i asked\b|i said\b|try again\b|wrong[,.!]|that'?s wrong|that is wrong|still (?:wrong|not)\b)",
@@ -125,7 +128,9 @@ def refinement(t: TrajectoryView) -> float | None:
     return -1.0 if reasks_within(t.messages, t.config.refinement_threshold) else None
 
 
-def group_refinements(members: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], threshold: float = 0.6) -> list[str]:
+def group_refinements(
+    members: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], threshold: float = 0.6
+) -> list[str]:
     """Ids of group members (in time order) whose request the next member asks again."""
     out = []
     for (tid, msgs), (_, next_msgs) in zip(members, members[1:]):
@@ -151,10 +156,15 @@ def apply_group_refinement(db: Any, config: Any = None, *, batch_groups: int = 2
     from learnloop.store.query import chunks, insert_ignoring_duplicates
 
     config = config or ScoringSettings()
-    done = exists().where(and_(ScoreRun.trajectory_id == Trajectory.id, ScoreRun.name == GROUP_RUN,
-                               ScoreRun.version == VERSION))
+    done = exists().where(
+        and_(ScoreRun.trajectory_id == Trajectory.id, ScoreRun.name == GROUP_RUN, ScoreRun.version == VERSION)
+    )
     with db.read_session() as s:
-        groups = list(s.scalars(select(Trajectory.group_id).where(Trajectory.group_id.is_not(None), not_(done)).distinct()))
+        groups = list(
+            s.scalars(
+                select(Trajectory.group_id).where(Trajectory.group_id.is_not(None), not_(done)).distinct()
+            )
+        )
     flagged = 0
     for part in chunks(groups, batch_groups):
         with db.read_session() as s:
@@ -169,17 +179,34 @@ def apply_group_refinement(db: Any, config: Any = None, *, batch_groups: int = 2
         now = utcnow()
         scores, runs = [], []
         for group_rows in members.values():
-            reasked = set(group_refinements([(r.id, r.messages or []) for r in group_rows], config.refinement_threshold))
+            reasked = set(
+                group_refinements([(r.id, r.messages or []) for r in group_rows], config.refinement_threshold)
+            )
             for r in group_rows[:-1]:  # the newest has no successor yet: compared on a later run
                 if r.done:
                     continue
                 hit = r.id in reasked
-                runs.append({"trajectory_id": r.id, "name": GROUP_RUN, "version": VERSION,
-                             "outcome": "scored" if hit else "not_applicable", "created_at": now})
+                runs.append(
+                    {
+                        "trajectory_id": r.id,
+                        "name": GROUP_RUN,
+                        "version": VERSION,
+                        "outcome": "scored" if hit else "not_applicable",
+                        "created_at": now,
+                    }
+                )
                 if hit:
-                    scores.append({"trajectory_id": r.id, "name": "refinement", "value": -1.0,
-                                   "source": ScoreSource.heuristic, "version": VERSION,
-                                   "idempotency_key": f"{GROUP_RUN}:{VERSION}:{r.id}", "created_at": now})
+                    scores.append(
+                        {
+                            "trajectory_id": r.id,
+                            "name": "refinement",
+                            "value": -1.0,
+                            "source": ScoreSource.heuristic,
+                            "version": VERSION,
+                            "idempotency_key": f"{GROUP_RUN}:{VERSION}:{r.id}",
+                            "created_at": now,
+                        }
+                    )
         if runs:
             with db.session() as s:
                 conn = s.connection()

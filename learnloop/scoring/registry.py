@@ -112,7 +112,9 @@ def load_modules(modules: Iterable[str]) -> None:
         except ConfigError:
             raise
         except Exception as exc:
-            raise ConfigError(f"Could not import reward module {spec!r}: {type(exc).__name__}: {exc}") from exc
+            raise ConfigError(
+                f"Could not import reward module {spec!r}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _origin(fn: object) -> str:

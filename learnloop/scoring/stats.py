@@ -58,7 +58,9 @@ def reward_stats(
     by_score_source: dict[str, list[float]] = {}
     by_aspect: dict[str, list[float]] = {}
     for tid, aspects in latest.items():
-        value = combine({k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()})
+        value = combine(
+            {k: v for k, (v, _) in aspects.items()}, rule, {k: src for k, (_, src) in aspects.items()}
+        )
         if value is not None:
             combined[tid] = value
         for name, (v, src) in aspects.items():
@@ -81,8 +83,13 @@ def _latest_scores(
     source, day)."""
     q = (
         select(
-            Score.trajectory_id, Score.name, Score.value, Score.source,
-            Trajectory.scenario, Trajectory.source, Trajectory.created_at,
+            Score.trajectory_id,
+            Score.name,
+            Score.value,
+            Score.source,
+            Trajectory.scenario,
+            Trajectory.source,
+            Trajectory.created_at,
         )
         .join(Trajectory, Trajectory.id == Score.trajectory_id)
         .order_by(Score.created_at, Score.id)
@@ -101,7 +108,9 @@ def _latest_scores(
     return latest, info
 
 
-def _grouped(combined: dict[str, float], info: dict[str, tuple[Any, ...]], index: int) -> dict[Any, list[float]]:
+def _grouped(
+    combined: dict[str, float], info: dict[str, tuple[Any, ...]], index: int
+) -> dict[Any, list[float]]:
     """The combined rewards grouped by one field of ``info`` (0 scenario, 1 source, 2 day)."""
     out: dict[Any, list[float]] = {}
     for tid, value in combined.items():

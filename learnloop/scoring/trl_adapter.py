@@ -34,7 +34,9 @@ def as_trl_reward(
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             messages = [*_as_messages(prompt, "user"), *_as_messages(completion, "assistant")]
             meta = metadata[i] if isinstance(metadata[i], Mapping) else {}
-            view = TrajectoryView(id=str(i), messages=messages, metadata=meta, tags=tags[i] or (), config=config)
+            view = TrajectoryView(
+                id=str(i), messages=messages, metadata=meta, tags=tags[i] or (), config=config
+            )
             value = fn(view)
             out.append(None if value is None else float(value))
         return out

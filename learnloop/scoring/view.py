@@ -103,7 +103,9 @@ class TrajectoryView:
         """Every tool (or legacy function) result message, in order."""
         names = {c.get("id"): (c.get("function") or {}).get("name") for c in self.tool_calls}
         return [
-            ToolResult(m.get("tool_call_id"), m.get("name") or names.get(m.get("tool_call_id")), message_text(m))
+            ToolResult(
+                m.get("tool_call_id"), m.get("name") or names.get(m.get("tool_call_id")), message_text(m)
+            )
             for m in self.messages
             if m.get("role") in ("tool", "function")
         ]

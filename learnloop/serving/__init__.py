@@ -35,5 +35,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["BASE", "ChatRequest", "ChatResult", "Chunk", "LocalBackend", "ServedCapture", "ServingBackend",
-           "ServingRuntime", "VllmBackend", "build_runtime", "default_base_model", "set_alias"]
+__all__ = [
+    "BASE",
+    "ChatRequest",
+    "ChatResult",
+    "Chunk",
+    "LocalBackend",
+    "ServedCapture",
+    "ServingBackend",
+    "ServingRuntime",
+    "VllmBackend",
+    "build_runtime",
+    "default_base_model",
+    "set_alias",
+]

@@ -33,7 +33,9 @@ def _text(content: Any, where: str) -> str:
                 )
             parts.append(str(part.get("text", "")))
         return "".join(parts)
-    raise ValidationFailed(f"{where}.content must be a string or a list of text parts.", [(f"{where}.content", "str or parts")])
+    raise ValidationFailed(
+        f"{where}.content must be a string or a list of text parts.", [(f"{where}.content", "str or parts")]
+    )
 
 
 def validate_tools(tools: Any) -> list[dict[str, Any]] | None:
@@ -41,7 +43,9 @@ def validate_tools(tools: Any) -> list[dict[str, Any]] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise ValidationFailed("tools must be an array of {type: 'function', function: {...}} objects.", [("tools", "array")])
+        raise ValidationFailed(
+            "tools must be an array of {type: 'function', function: {...}} objects.", [("tools", "array")]
+        )
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
@@ -50,12 +54,16 @@ def validate_tools(tools: Any) -> list[dict[str, Any]] | None:
                 [(f"tools[{i}]", "function tool")],
             )
         if not isinstance(fn.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fn["name"]):
-            raise ValidationFailed(f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-'.",
-                                   [(f"tools[{i}].function.name", "name")])
+            raise ValidationFailed(
+                f"tools[{i}].function.name must be 1-64 letters, digits, '_', '.' or '-'.",
+                [(f"tools[{i}].function.name", "name")],
+            )
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
-            raise ValidationFailed(f"tools[{i}].function.parameters must be a JSON schema object.",
-                                   [(f"tools[{i}].function.parameters", "object")])
+            raise ValidationFailed(
+                f"tools[{i}].function.parameters must be a JSON schema object.",
+                [(f"tools[{i}].function.parameters", "object")],
+            )
     return tools
 
 
@@ -70,14 +78,23 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
             raise ValidationFailed(f"{where} must be an object with a role and content.", [(where, "object")])
         role = m.get("role")
         if role not in ROLES:
-            raise ValidationFailed(f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}.", [(f"{where}.role", "role")])
-        msg: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _text(m.get("content"), where)}
+            raise ValidationFailed(
+                f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}.", [(f"{where}.role", "role")]
+            )
+        msg: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _text(m.get("content"), where),
+        }
         calls = m.get("tool_calls")
         if calls:
             if role != "assistant" or not isinstance(calls, list):
-                raise ValidationFailed(f"{where}.tool_calls is only allowed on assistant messages, as an array.",
-                                       [(f"{where}.tool_calls", "assistant array")])
-            msg["tool_calls"] = [_call_for_template(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
+                raise ValidationFailed(
+                    f"{where}.tool_calls is only allowed on assistant messages, as an array.",
+                    [(f"{where}.tool_calls", "assistant array")],
+                )
+            msg["tool_calls"] = [
+                _call_for_template(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)
+            ]
         elif role != "tool" and not msg["content"] and role != "assistant":
             raise ValidationFailed(f"{where}.content is empty.", [(f"{where}.content", "empty")])
         if role == "tool":
@@ -92,18 +109,25 @@ def normalize_messages(messages: Any) -> list[dict[str, Any]]:
 def _call_for_template(call: Any, where: str) -> dict[str, Any]:
     fn = call.get("function") if isinstance(call, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise ValidationFailed(f"{where} must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}.", [(where, "tool call")])
+        raise ValidationFailed(
+            f"{where} must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}.",
+            [(where, "tool call")],
+        )
     args = fn.get("arguments") or "{}"
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except json.JSONDecodeError:
-            raise ValidationFailed(f"{where}.function.arguments is not valid JSON.", [(f"{where}.function.arguments", "JSON")]) from None
+            raise ValidationFailed(
+                f"{where}.function.arguments is not valid JSON.", [(f"{where}.function.arguments", "JSON")]
+            ) from None
     # chat templates expect arguments as a mapping
     return {"id": call.get("id"), "type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 
-def render_for_template(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, template: str) -> list[dict[str, Any]]:
+def render_for_template(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, template: str
+) -> list[dict[str, Any]]:
     """Fold tool calls and tool definitions into text when the template itself does not render them."""
     msgs = []
     for m in messages:
@@ -113,8 +137,10 @@ def render_for_template(messages: list[dict[str, Any]], tools: list[dict[str, An
         msgs.append(m)
     if tools and "tools" not in template:
         listing = "\n".join(json.dumps(t["function"]) for t in tools)
-        note = ("You can call these tools. To call one, answer with "
-                '<tool_call>{"name": <name>, "arguments": {...}}</tool_call>.\n' + listing)
+        note = (
+            "You can call these tools. To call one, answer with "
+            '<tool_call>{"name": <name>, "arguments": {...}}</tool_call>.\n' + listing
+        )
         if msgs and msgs[0]["role"] == "system":
             msgs[0] = {**msgs[0], "content": msgs[0]["content"] + "\n\n" + note}
         else:
@@ -133,11 +159,16 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             continue
         args = data.get("arguments", data.get("parameters", {}))
-        calls.append({
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {"name": data["name"], "arguments": args if isinstance(args, str) else json.dumps(args)},
-        })
+        calls.append(
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": data["name"],
+                    "arguments": args if isinstance(args, str) else json.dumps(args),
+                },
+            }
+        )
     if not calls:
         return text, None
     rest = _TOOL_CALL.sub("", text).strip()

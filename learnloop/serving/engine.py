@@ -160,12 +160,20 @@ class BatchEngine:
             except Exception as exc:  # a failed step fails the rows in it, never the engine
                 log.exception("decode step failed")
                 for s in dict.fromkeys(self._active + admitted):
-                    s.emit(Event(finish="error", error=exc, prompt_tokens=len(s.prompt_ids),
-                                 completion_tokens=len(s.generated)))
+                    s.emit(
+                        Event(
+                            finish="error",
+                            error=exc,
+                            prompt_tokens=len(s.prompt_ids),
+                            completion_tokens=len(s.generated),
+                        )
+                    )
                     s.emit = _ignore
                 self._reset()
         for s in list(self._active) + list(self._pending):
-            s.emit(Event(finish="cancelled", prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.generated)))
+            s.emit(
+                Event(finish="cancelled", prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.generated))
+            )
 
     def _run_jobs(self) -> None:
         while True:
@@ -188,8 +196,14 @@ class BatchEngine:
     def _reset(self) -> None:
         self._active, self._cache, self._mask, self._positions, self._last = [], None, None, None, None
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                 adapters: list[str | None]) -> torch.Tensor:
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: list[str | None],
+    ) -> torch.Tensor:
         kwargs: dict[str, Any] = {}
         if hasattr(self.model, "peft_config"):
             names = set(adapters)
@@ -201,8 +215,13 @@ class BatchEngine:
             else:
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in adapters]
         out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-            use_cache=True, logits_to_keep=1, **kwargs,
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
         )
         return out.logits[:, -1, :]
 
@@ -213,8 +232,8 @@ class BatchEngine:
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):  # left padding: every row's last prompt token sits in the last column
-            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
-            mask[i, width - len(s.prompt_ids):] = 1
+            ids[i, width - len(s.prompt_ids) :] = torch.tensor(s.prompt_ids)
+            mask[i, width - len(s.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -225,7 +244,13 @@ class BatchEngine:
 
     def _merge(self, seqs: list[Sequence], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor) -> None:
         if not self._active:
-            self._active, self._cache, self._mask, self._positions, self._last = list(seqs), cache, mask, next_pos, None
+            self._active, self._cache, self._mask, self._positions, self._last = (
+                list(seqs),
+                cache,
+                mask,
+                next_pos,
+                None,
+            )
             return
         old_len, new_len = self._mask.shape[1], mask.shape[1]
         width = max(old_len, new_len)
@@ -238,8 +263,12 @@ class BatchEngine:
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
         for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([pad(old.keys, width - old_len, -2), pad(new.keys, width - new_len, -2)], dim=0)
-            old.values = torch.cat([pad(old.values, width - old_len, -2), pad(new.values, width - new_len, -2)], dim=0)
+            old.keys = torch.cat(
+                [pad(old.keys, width - old_len, -2), pad(new.keys, width - new_len, -2)], dim=0
+            )
+            old.values = torch.cat(
+                [pad(old.values, width - old_len, -2), pad(new.values, width - new_len, -2)], dim=0
+            )
         self._mask = torch.cat([pad(self._mask, width - old_len, 1), pad(mask, width - new_len, 1)], dim=0)
         self._positions = torch.cat([self._positions, next_pos], dim=0)
         self._active.extend(seqs)
@@ -247,8 +276,13 @@ class BatchEngine:
     def _decode(self) -> None:
         assert self._last is not None and self._mask is not None and self._positions is not None
         self._mask = torch.cat([self._mask, self._mask.new_ones((self._mask.shape[0], 1))], dim=1)
-        logits = self._forward(self._last[:, None], self._mask, self._positions[:, None], self._cache,
-                               [s.adapter for s in self._active])
+        logits = self._forward(
+            self._last[:, None],
+            self._mask,
+            self._positions[:, None],
+            self._cache,
+            [s.adapter for s in self._active],
+        )
         self._positions = self._positions + 1
         self._accept(self._active, logits)
 
@@ -293,17 +327,17 @@ class BatchEngine:
         # Decode a sliding window so each token costs the same however long the answer is; hold
         # back text ending in U+FFFD (a UTF-8 character split across tokens).
         decode = self.tokenizer.decode
-        prefix = decode(s.generated[s._prefix_offset:s._read_offset], skip_special_tokens=True)
-        full = decode(s.generated[s._prefix_offset:], skip_special_tokens=True)
+        prefix = decode(s.generated[s._prefix_offset : s._read_offset], skip_special_tokens=True)
+        full = decode(s.generated[s._prefix_offset :], skip_special_tokens=True)
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return
-        s.text += full[len(prefix):]
+        s.text += full[len(prefix) :]
         s._prefix_offset, s._read_offset = s._read_offset, len(s.generated)
         if s.stop:
             start = max(0, s.sent - max(len(x) for x in s.stop))
             hits = [i for i in (s.text.find(x, start) for x in s.stop) if i >= 0]
             if hits:
-                s.text = s.text[:min(hits)]
+                s.text = s.text[: min(hits)]
                 self._finish(s, "stop")
                 return
             # hold back what could still become a stop string
@@ -311,20 +345,20 @@ class BatchEngine:
         else:
             safe = len(s.text)
         if safe > s.sent:
-            s.emit(Event(text=s.text[s.sent:safe]))
+            s.emit(Event(text=s.text[s.sent : safe]))
             s.sent = safe
 
     def _finish(self, s: Sequence, reason: str) -> None:
         # text held back waiting for the rest of a UTF-8 character: nothing more is coming (after a
         # stop string the window is already empty, so the cut text stays cut)
         decode = self.tokenizer.decode
-        prefix = decode(s.generated[s._prefix_offset:s._read_offset], skip_special_tokens=True)
-        full = decode(s.generated[s._prefix_offset:], skip_special_tokens=True)
+        prefix = decode(s.generated[s._prefix_offset : s._read_offset], skip_special_tokens=True)
+        full = decode(s.generated[s._prefix_offset :], skip_special_tokens=True)
         if len(full) > len(prefix):
-            s.text += full[len(prefix):]
+            s.text += full[len(prefix) :]
         s._prefix_offset = s._read_offset = len(s.generated)
         if s.sent < len(s.text):
-            s.emit(Event(text=s.text[s.sent:]))
+            s.emit(Event(text=s.text[s.sent :]))
             s.sent = len(s.text)
         s.cancelled = True  # leaves the batch in _retire
         s.emit(Event(finish=reason, prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.generated)))
@@ -334,7 +368,9 @@ class BatchEngine:
         keep = [i for i, s in enumerate(self._active) if not s.cancelled]
         gone = [s for s in self._active if s.cancelled]
         for s in gone:  # cancelled by the caller (a disconnect): report it once
-            s.emit(Event(finish="cancelled", prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.generated)))
+            s.emit(
+                Event(finish="cancelled", prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.generated))
+            )
         if not gone:
             return
         if not keep:
@@ -358,4 +394,3 @@ class BatchEngine:
 
 def _ignore(_: Event) -> None:
     return None
-

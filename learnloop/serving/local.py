@@ -50,7 +50,9 @@ class LocalBackend:
         model.eval()
         self.tokenizer = load_tokenizer(self.base_path)
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ValidationFailed(f"The base model at {self.base_path} has no chat template; serving needs a chat model.")
+            raise ValidationFailed(
+                f"The base model at {self.base_path} has no chat template; serving needs a chat model."
+            )
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.default_max_tokens = default_max_tokens
         self.engine = BatchEngine(model, self.tokenizer, max_batch_size=max_batch_size, max_queued=max_queued)
@@ -111,7 +113,10 @@ class LocalBackend:
         tools = validate_tools(request.tools)
         template = self.tokenizer.chat_template or ""
         text = self.tokenizer.apply_chat_template(
-            render_for_template(messages, tools, template), tools=tools, add_generation_prompt=True, tokenize=False
+            render_for_template(messages, tools, template),
+            tools=tools,
+            add_generation_prompt=True,
+            tokenize=False,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -125,19 +130,28 @@ class LocalBackend:
         if room <= 0:
             raise ValidationFailed(
                 f"The prompt is {len(ids)} tokens; this model's context is {self.context_length} tokens "
-                "(shorten the messages).", [("messages", "too long")])
+                "(shorten the messages).",
+                [("messages", "too long")],
+            )
         max_new = request.max_tokens if request.max_tokens is not None else min(self.default_max_tokens, room)
         if max_new < 1:
             raise ValidationFailed("max_tokens must be at least 1.", [("max_tokens", ">= 1")])
         if max_new > room:
             raise ValidationFailed(
                 f"max_tokens is {max_new} but the prompt is {len(ids)} tokens and this model's context is "
-                f"{self.context_length}: at most {room} tokens can be generated.", [("max_tokens", f"<= {room}")])
+                f"{self.context_length}: at most {room} tokens can be generated.",
+                [("max_tokens", f"<= {room}")],
+            )
         return [
             Sequence(
-                prompt_ids=ids, adapter=None if model == BASE else model, max_new_tokens=max_new,
-                temperature=request.temperature, top_p=request.top_p, stop=list(request.stop or []),
-                emit=emit_for(i), seed=None if request.seed is None else request.seed + i,
+                prompt_ids=ids,
+                adapter=None if model == BASE else model,
+                max_new_tokens=max_new,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                stop=list(request.stop or []),
+                emit=emit_for(i),
+                seed=None if request.seed is None else request.seed + i,
             )
             for i in range(request.n)
         ]
@@ -146,7 +160,7 @@ class LocalBackend:
         results: list[ChatResult | None] = [None] * max(1, request.n)
         texts = [""] * max(1, request.n)
         done: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
-        seqs = self._sequences(model, request, lambda i: (lambda ev: done.put((i, ev))))
+        seqs = self._sequences(model, request, lambda i: lambda ev: done.put((i, ev)))
         self.engine.submit(seqs)
         remaining = len(seqs)
         try:
@@ -206,11 +220,21 @@ class LocalBackend:
                     raise ev.error
                 if hold:
                     r = _result(texts[i], ev, True)
-                    yield Chunk(index=i, text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.prompt_tokens,
-                                completion_tokens=r.completion_tokens, tool_calls=r.tool_calls)
+                    yield Chunk(
+                        index=i,
+                        text=r.text,
+                        finish_reason=r.finish_reason,
+                        prompt_tokens=r.prompt_tokens,
+                        completion_tokens=r.completion_tokens,
+                        tool_calls=r.tool_calls,
+                    )
                 else:
-                    yield Chunk(index=i, finish_reason=ev.finish, prompt_tokens=ev.prompt_tokens,
-                                completion_tokens=ev.completion_tokens)
+                    yield Chunk(
+                        index=i,
+                        finish_reason=ev.finish,
+                        prompt_tokens=ev.prompt_tokens,
+                        completion_tokens=ev.completion_tokens,
+                    )
         finally:
             for s in seqs:  # a disconnect closes this generator: stop decoding and free the slots
                 s.cancel()
@@ -221,8 +245,9 @@ class LocalBackend:
         async for c in self.astream(model, request):
             texts[c.index] = texts.get(c.index, "") + c.text
             if c.finish_reason is not None:
-                results[c.index] = ChatResult(texts[c.index], c.finish_reason, c.prompt_tokens, c.completion_tokens,
-                                              c.tool_calls)
+                results[c.index] = ChatResult(
+                    texts[c.index], c.finish_reason, c.prompt_tokens, c.completion_tokens, c.tool_calls
+                )
         return [results[i] for i in sorted(results)]
 
 

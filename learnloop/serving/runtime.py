@@ -26,9 +26,17 @@ from learnloop.store.models import ModelVersion
 log = logging.getLogger("learnloop.serving")
 
 
-def set_alias(db: Database, alias: str, version_id: str | None, *, actor: str | None = None,
-              reason: str | None = None, action: str = "set", force: bool = False,
-              override: str = "Set it with --force (API: force=true)") -> None:
+def set_alias(
+    db: Database,
+    alias: str,
+    version_id: str | None,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+    action: str = "set",
+    force: bool = False,
+    override: str = "Set it with --force (API: force=true)",
+) -> None:
     """Point ``alias`` at ``version_id`` (``None`` or ``"base"``: the base model) and log the move.
 
     The registry's gate applies as it does to ``versions promote``: a version the gate rejected, or
@@ -76,8 +84,15 @@ def _bucket(alias: str, user: str) -> float:
 class ServingRuntime:
     """Aliases, version loading and the served-traffic capture, around one backend."""
 
-    def __init__(self, backend: ServingBackend, db: Database, *, poll_seconds: float = 0.25,
-                 capture: Any = None, max_adapters: int = 16) -> None:
+    def __init__(
+        self,
+        backend: ServingBackend,
+        db: Database,
+        *,
+        poll_seconds: float = 0.25,
+        capture: Any = None,
+        max_adapters: int = 16,
+    ) -> None:
         self.backend = backend
         self.db = db
         self.poll_seconds = poll_seconds
@@ -147,8 +162,10 @@ class ServingRuntime:
                 row = session.get(ModelVersion, version_id)
                 path = row.artifact_path if row is not None else None
             if row is None:
-                raise NotFound(f"The model {version_id!r} does not exist: use 'learnloop', 'base' or a version id "
-                               "(GET /v1/models lists them).")
+                raise NotFound(
+                    f"The model {version_id!r} does not exist: use 'learnloop', 'base' or a version id "
+                    "(GET /v1/models lists them)."
+                )
             if not path:
                 raise Conflict(f"Model version {version_id!r} has no adapter files to serve.")
             started = time.perf_counter()
@@ -157,7 +174,9 @@ class ServingRuntime:
             except LearnloopError:
                 raise
             except Exception as exc:  # a corrupt or mismatched adapter is the version's problem, not a 500
-                raise Conflict(f"Model version {version_id!r} could not be loaded from {path}: {exc}") from exc
+                raise Conflict(
+                    f"Model version {version_id!r} could not be loaded from {path}: {exc}"
+                ) from exc
             log.info("loaded %s from %s in %.2fs", version_id, path, time.perf_counter() - started)
             self._last_used[version_id] = time.monotonic()
             self._evict()
@@ -193,7 +212,10 @@ class ServingRuntime:
             served = alias.version_id or BASE
             shadow = None
             if alias.candidate_id:
-                if alias.split > 0 and _bucket(model, user if user is not None else str(random.random())) < alias.split:
+                if (
+                    alias.split > 0
+                    and _bucket(model, user if user is not None else str(random.random())) < alias.split
+                ):
                     served = alias.candidate_id
                 elif alias.shadow > 0 and random.random() < alias.shadow:
                     shadow = alias.candidate_id
@@ -208,9 +230,13 @@ class ServingRuntime:
         with self.db.read_session() as session:
             from sqlalchemy import select
 
-            versions = list(session.scalars(
-                select(ModelVersion.id).where(ModelVersion.artifact_path.is_not(None)).order_by(ModelVersion.created_at)
-            ))
+            versions = list(
+                session.scalars(
+                    select(ModelVersion.id)
+                    .where(ModelVersion.artifact_path.is_not(None))
+                    .order_by(ModelVersion.created_at)
+                )
+            )
         names = dict.fromkeys([DEFAULT_ALIAS, *sorted(self.aliases), BASE, *versions])
         return list(names)
 
@@ -225,12 +251,29 @@ class ServedCapture:
         # feedback naming a trajectory not stored yet is refused.
         self.client = CaptureClient(settings, database=db, source="served", flush_interval=0.05)
 
-    def record(self, trajectory_id: str, *, messages: list[dict[str, Any]], answer: str | None,
-               tool_calls: list[dict[str, Any]] | None, model: str, scenario: str | None,
-               tools: list[dict[str, Any]] | None, metadata: dict[str, Any], group: str | None = None) -> None:
+    def record(
+        self,
+        trajectory_id: str,
+        *,
+        messages: list[dict[str, Any]],
+        answer: str | None,
+        tool_calls: list[dict[str, Any]] | None,
+        model: str,
+        scenario: str | None,
+        tools: list[dict[str, Any]] | None,
+        metadata: dict[str, Any],
+        group: str | None = None,
+    ) -> None:
         try:
-            t = self.client.trajectory(id=trajectory_id, scenario=scenario or "served", source="served", model=model,
-                                       tools=tools, metadata=metadata, group=group)
+            t = self.client.trajectory(
+                id=trajectory_id,
+                scenario=scenario or "served",
+                source="served",
+                model=model,
+                tools=tools,
+                metadata=metadata,
+                group=group,
+            )
             for m in messages:
                 t.messages.append(m)  # already checked by the request's own validation
             if answer or tool_calls:

@@ -35,9 +35,17 @@ def build_runtime(settings: Any, db: Database, *, backend: Any = None) -> Any:
         else:
             from learnloop.serving.local import LocalBackend
 
-            backend = LocalBackend(default_base_model(settings), device=s.device, dtype=s.dtype,
-                                   max_batch_size=s.max_batch_size, max_queued=s.max_queued,
-                                   default_max_tokens=s.default_max_tokens, data_dir=settings.data_dir,
-                                   threads=s.threads)
+            backend = LocalBackend(
+                default_base_model(settings),
+                device=s.device,
+                dtype=s.dtype,
+                max_batch_size=s.max_batch_size,
+                max_queued=s.max_queued,
+                default_max_tokens=s.default_max_tokens,
+                data_dir=settings.data_dir,
+                threads=s.threads,
+            )
     capture = ServedCapture(settings, db) if s.capture else None
-    return ServingRuntime(backend, db, poll_seconds=s.alias_poll_seconds, capture=capture, max_adapters=s.max_adapters)
+    return ServingRuntime(
+        backend, db, poll_seconds=s.alias_poll_seconds, capture=capture, max_adapters=s.max_adapters
+    )

@@ -24,8 +24,9 @@ class VllmBackend:
     """Talks to ``url`` (e.g. http://127.0.0.1:8000). ``base_name`` is the name vLLM serves the base under
     (its ``--served-model-name``, default the model path); unset: the first model the server lists."""
 
-    def __init__(self, url: str, *, base_name: str | None = None, api_key: str | None = None,
-                 timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str, *, base_name: str | None = None, api_key: str | None = None, timeout: float = 600.0
+    ) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -78,8 +79,11 @@ class VllmBackend:
     def _body(self, model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.base_name if model == BASE else model,
-            "messages": [_openai_message(m) for m in request.messages], "temperature": request.temperature, "top_p": request.top_p,
-            "n": request.n, "stream": stream,
+            "messages": [_openai_message(m) for m in request.messages],
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "n": request.n,
+            "stream": stream,
         }
         for key in ("tools", "max_tokens", "seed"):
             if getattr(request, key) is not None:
@@ -109,7 +113,9 @@ class VllmBackend:
 
     async def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
         async with httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout) as http:
-            async with http.stream("POST", "/v1/chat/completions", json=self._body(model, request, True)) as resp:
+            async with http.stream(
+                "POST", "/v1/chat/completions", json=self._body(model, request, True)
+            ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
                     _raise_for(resp)
@@ -121,8 +127,14 @@ class VllmBackend:
                             i = choice.get("index", 0)
                             delta = choice.get("delta") or {}
                             for tc in delta.get("tool_calls") or []:
-                                slot = tools.setdefault(i, {}).setdefault(tc.get("index", 0), {
-                                    "id": tc.get("id"), "type": "function", "function": {"name": "", "arguments": ""}})
+                                slot = tools.setdefault(i, {}).setdefault(
+                                    tc.get("index", 0),
+                                    {
+                                        "id": tc.get("id"),
+                                        "type": "function",
+                                        "function": {"name": "", "arguments": ""},
+                                    },
+                                )
                                 fn = tc.get("function") or {}
                                 slot["function"]["name"] += fn.get("name") or ""
                                 slot["function"]["arguments"] += fn.get("arguments") or ""
@@ -130,12 +142,16 @@ class VllmBackend:
                                 yield Chunk(index=i, text=delta["content"])
                             if choice.get("finish_reason"):
                                 calls = [tools[i][k] for k in sorted(tools.get(i, {}))] or None
-                                finished.append(Chunk(index=i, finish_reason=choice["finish_reason"], tool_calls=calls))
+                                finished.append(
+                                    Chunk(index=i, finish_reason=choice["finish_reason"], tool_calls=calls)
+                                )
                         usage = data.get("usage")
                         if usage:  # the last event: token counts for every choice
                             for c in finished:
                                 c.prompt_tokens = usage.get("prompt_tokens", 0)
-                                c.completion_tokens = usage.get("completion_tokens", 0) // max(1, len(finished))
+                                c.completion_tokens = usage.get("completion_tokens", 0) // max(
+                                    1, len(finished)
+                                )
                                 yield c
                             finished = []
                 for c in finished:  # a server that sent no usage event
@@ -152,9 +168,18 @@ def _openai_message(m: dict[str, Any]) -> dict[str, Any]:
     # normalize_messages keeps tool-call arguments as mappings for chat templates; the wire wants JSON text
     if not m.get("tool_calls"):
         return m
-    calls = [{**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
-                                if isinstance(c["function"]["arguments"], str) else orjson.dumps(c["function"]["arguments"]).decode()}}
-             for c in m["tool_calls"]]
+    calls = [
+        {
+            **c,
+            "function": {
+                **c["function"],
+                "arguments": c["function"]["arguments"]
+                if isinstance(c["function"]["arguments"], str)
+                else orjson.dumps(c["function"]["arguments"]).decode(),
+            },
+        }
+        for c in m["tool_calls"]
+    ]
     return {**m, "tool_calls": calls}
 
 
@@ -172,12 +197,15 @@ def _results(data: dict[str, Any]) -> list[ChatResult]:
     out = []
     for choice in sorted(data.get("choices", []), key=lambda c: c.get("index", 0)):
         msg = choice.get("message") or {}
-        out.append(ChatResult(
-            text=msg.get("content") or "", finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0) // max(1, len(data.get("choices", []))),
-            tool_calls=msg.get("tool_calls") or None,
-        ))
+        out.append(
+            ChatResult(
+                text=msg.get("content") or "",
+                finish_reason=choice.get("finish_reason") or "stop",
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", 0) // max(1, len(data.get("choices", []))),
+                tool_calls=msg.get("tool_calls") or None,
+            )
+        )
     return out
 
 

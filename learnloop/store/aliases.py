@@ -65,8 +65,13 @@ def move_alias(
             row.candidate_id, row.split, row.shadow = None, 0.0, 0.0
     row.updated_at = utcnow()
     event = AliasEvent(
-        alias=name, action=action, from_version=previous, to_version=version_id,
-        actor=actor, reason=reason, evaluation_id=evaluation_id,
+        alias=name,
+        action=action,
+        from_version=previous,
+        to_version=version_id,
+        actor=actor,
+        reason=reason,
+        evaluation_id=evaluation_id,
     )
     session.add(event)
     return event
@@ -85,7 +90,9 @@ def set_split(
     """Send ``split`` of the alias's traffic to ``candidate_id`` (A/B), and run it in shadow on ``shadow``."""
     for field, value in (("split", split), ("shadow", shadow)):
         if not 0.0 <= value <= 1.0:
-            raise ValidationFailed(f"{field} must be between 0 and 1, got {value}", [(field, "between 0 and 1")])
+            raise ValidationFailed(
+                f"{field} must be between 0 and 1, got {value}", [(field, "between 0 and 1")]
+            )
     row = session.get(Alias, name, with_for_update=True)
     if row is None:
         row = Alias(name=name, version_id=None)
@@ -93,8 +100,16 @@ def set_split(
     row.candidate_id = candidate_id
     row.split, row.shadow = (split, shadow) if candidate_id else (0.0, 0.0)
     row.updated_at = utcnow()
-    session.add(AliasEvent(alias=name, action="split", from_version=row.version_id, to_version=candidate_id,
-                           actor=actor, reason=reason or f"split={split} shadow={shadow}"))
+    session.add(
+        AliasEvent(
+            alias=name,
+            action="split",
+            from_version=row.version_id,
+            to_version=candidate_id,
+            actor=actor,
+            reason=reason or f"split={split} shadow={shadow}",
+        )
+    )
 
 
 def alias_history(db: Database, name: str | None = None, limit: int = 200) -> list[AliasEvent]:

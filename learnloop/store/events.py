@@ -24,7 +24,15 @@ def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Append one event. Given a session, it joins that transaction, so the event commits with the change it describes."""
-    row = Event(kind=kind, message=message, level=level, loop=loop, job_id=job_id, version_id=version_id, data=data or {})
+    row = Event(
+        kind=kind,
+        message=message,
+        level=level,
+        loop=loop,
+        job_id=job_id,
+        version_id=version_id,
+        data=data or {},
+    )
     if isinstance(target, Session):
         target.add(row)
         return

@@ -90,9 +90,7 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
     try:
         return TRAJECTORY.validate_python(data), []
     except ValidationError as exc:
-        return None, [
-            (f"{where}: {error_location(err) or '(record)'}", err["msg"]) for err in exc.errors()
-        ]
+        return None, [(f"{where}: {error_location(err) or '(record)'}", err["msg"]) for err in exc.errors()]
 
 
 @dataclass(frozen=True)
@@ -120,9 +118,13 @@ def _open(path: Path, rules: FileRules) -> Any:
     try:
         st = os.fstat(fd)
         if rules.regular_only and not stat.S_ISREG(st.st_mode):
-            raise ValidationFailed(f"{path.name} is not a regular file ({file_kind(st.st_mode)}); it was not read.")
+            raise ValidationFailed(
+                f"{path.name} is not a regular file ({file_kind(st.st_mode)}); it was not read."
+            )
         if rules.expect is not None and (st.st_dev, st.st_ino) != rules.expect:
-            raise ValidationFailed(f"{path.name} was replaced by another file while being taken; it was not read.")
+            raise ValidationFailed(
+                f"{path.name} was replaced by another file while being taken; it was not read."
+            )
         if rules.max_bytes is not None and st.st_size > rules.max_bytes:
             raise ValidationFailed(
                 f"{path.name} is {st.st_size} bytes, over the limit of {rules.max_bytes} (server.max_inbox_file_bytes); "
@@ -136,8 +138,14 @@ def _open(path: Path, rules: FileRules) -> Any:
 
 
 def file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -147,16 +155,24 @@ def _lines(path: Path, rules: FileRules = NO_RULES) -> Iterator[tuple[int, bytes
     try:
         with _open(path, rules) as fh:
             for line_no, raw in enumerate(fh, start=1):
-                if rules.max_bytes is not None and fh.tell() > rules.max_bytes:  # grew past the limit while read
-                    raise ValidationFailed(f"{path.name} grew over {rules.max_bytes} bytes (server.max_inbox_file_bytes) "
-                                           "while being read. Nothing from it was stored.")
+                if (
+                    rules.max_bytes is not None and fh.tell() > rules.max_bytes
+                ):  # grew past the limit while read
+                    raise ValidationFailed(
+                        f"{path.name} grew over {rules.max_bytes} bytes (server.max_inbox_file_bytes) "
+                        "while being read. Nothing from it was stored."
+                    )
                 yield line_no, raw
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist (was it moved while being imported?).") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ValidationFailed(f"{path.name} is a symbolic link; the inbox never follows links. It was not read.") from None
-        raise ValidationFailed(f"Cannot read {path}: {exc.strerror or exc}. Check the path and its permissions.") from None
+            raise ValidationFailed(
+                f"{path.name} is a symbolic link; the inbox never follows links. It was not read."
+            ) from None
+        raise ValidationFailed(
+            f"Cannot read {path}: {exc.strerror or exc}. Check the path and its permissions."
+        ) from None
 
 
 def validate_jsonl(path: Path | str, rules: FileRules = NO_RULES) -> int:
@@ -178,8 +194,13 @@ def validate_jsonl(path: Path | str, rules: FileRules = NO_RULES) -> int:
             digest = _content_digest(record)
             first = seen.setdefault(tid, (line_no, digest))  # type: ignore[arg-type]
             if first[1] != digest:
-                line_problems = [(f"line {line_no}: id", f"repeats the id {tid!r} of line {first[0]} with different "
-                                  "content; one id is one record (an identical repeat is a harmless duplicate)")]
+                line_problems = [
+                    (
+                        f"line {line_no}: id",
+                        f"repeats the id {tid!r} of line {first[0]} with different "
+                        "content; one id is one record (an identical repeat is a harmless duplicate)",
+                    )
+                ]
         total_problems += len(line_problems)
         problems.extend(line_problems[: max(0, MAX_PROBLEMS - len(problems))])
     if total_problems:
@@ -203,7 +224,9 @@ def iter_chunks(path: Path | str, chunk_size: int = CHUNK_SIZE) -> Iterator[list
         yield chunk
 
 
-def _chunks_with_lines(path: Path, chunk_size: int, rules: FileRules = NO_RULES) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
+def _chunks_with_lines(
+    path: Path, chunk_size: int, rules: FileRules = NO_RULES
+) -> Iterator[tuple[list[TrajectoryIn], int, int]]:
     """As ``iter_chunks``, each chunk with the numbers of its first and last line."""
     chunk: list[TrajectoryIn] = []
     first = 0
@@ -248,12 +271,18 @@ def import_jsonl(
         for chunk, first, last in _chunks_with_lines(path, chunk_size, rules):
             fill_windows(chunk, window)  # lines without a window: the capture.window their time falls in
             try:
-                r = ingest(session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction)
+                r = ingest(
+                    session, {"trajectories": chunk}, project=project, holdout_fraction=holdout_fraction
+                )
             except (LearnloopError, OperationalError):
                 raise
             except Exception as exc:  # the database (or a value it cannot take) refused a row of these lines
                 where = f"line {first}" if first == last else f"lines {first}-{last}"
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = (
+                    str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    if str(exc).strip()
+                    else type(exc).__name__
+                )
                 raise ValidationFailed(
                     f"{path.name}: the database refused a record on {where}: {reason}. "
                     "Nothing from this file was stored; fix that record and import it again.",
@@ -270,7 +299,11 @@ def jsonl_files(path: Path | str) -> list[Path]:
     """The files an import of ``path`` covers: the file itself, or a folder's ``*.jsonl`` files in name order."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(".jsonl") and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.name.endswith(".jsonl") and not p.name.startswith(".")
+        )
         if not files:
             raise NotFound(f"{path} holds no *.jsonl files (one trajectory per line).")
         return files

@@ -158,7 +158,9 @@ class Score(Base):
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float] = mapped_column(Float)
     source: Mapped[ScoreSource] = mapped_column(_enum(ScoreSource, "score_source"))
-    version: Mapped[str | None] = mapped_column(String(64), doc="Version of the reward function or judge prompt.")
+    version: Mapped[str | None] = mapped_column(
+        String(64), doc="Version of the reward function or judge prompt."
+    )
     author: Mapped[str | None] = mapped_column(String(128))
     judge_model: Mapped[str | None] = mapped_column(String(256))
     rationale: Mapped[str | None] = mapped_column(Text)
@@ -179,7 +181,9 @@ class Feedback(Base):
     rating: Mapped[float | None] = mapped_column(Float)
     thumbs: Mapped[int | None] = mapped_column(Integer, doc="+1 up, -1 down.")
     success: Mapped[bool | None] = mapped_column(Boolean)
-    correction: Mapped[Any | None] = mapped_column(JSONType, doc="Corrected answer: text or an assistant message.")
+    correction: Mapped[Any | None] = mapped_column(
+        JSONType, doc="Corrected answer: text or an assistant message."
+    )
     comment: Mapped[str | None] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(String(128))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
@@ -222,7 +226,9 @@ class Job(Base):
     kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
     priority: Mapped[int] = mapped_column(Integer, default=100, doc="Lower runs first.")
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.queued)
-    desired_state: Mapped[DesiredState] = mapped_column(_enum(DesiredState, "desired_state"), default=DesiredState.run)
+    desired_state: Mapped[DesiredState] = mapped_column(
+        _enum(DesiredState, "desired_state"), default=DesiredState.run
+    )
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -230,8 +236,12 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     checkpoint_path: Mapped[str | None] = mapped_column(String(1024))
-    loop: Mapped[str | None] = mapped_column(String(128), index=True, doc="The [[loops]] entry that queued it.")
-    result: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="What a finished job produced.")
+    loop: Mapped[str | None] = mapped_column(
+        String(128), index=True, doc="The [[loops]] entry that queued it."
+    )
+    result: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, doc="What a finished job produced."
+    )
     output_tail: Mapped[str | None] = mapped_column(Text, doc="Last lines of a failed job's output.")
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -257,7 +267,9 @@ class ModelVersion(Base):
     files: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Adapter file name -> sha256.")
     adapter_sha256: Mapped[str | None] = mapped_column(String(64), doc="Hash over the adapter's files.")
     dataset_hash: Mapped[str | None] = mapped_column(String(64))
-    gate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="The gate's verdict and reasons.")
+    gate: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, doc="The gate's verdict and reasons."
+    )
     ever_served: Mapped[bool] = mapped_column(Boolean, default=False)
     note: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
@@ -265,7 +277,9 @@ class ModelVersion(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     artifact_path: Mapped[str | None] = mapped_column(String(1024))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    state: Mapped[VersionState] = mapped_column(_enum(VersionState, "version_state"), default=VersionState.candidate)
+    state: Mapped[VersionState] = mapped_column(
+        _enum(VersionState, "version_state"), default=VersionState.candidate
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     promoted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
@@ -279,7 +293,9 @@ class Evaluation(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     scenario: Mapped[str | None] = mapped_column(String(256))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Per-example answers and scores.")
+    report: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, doc="Per-example answers and scores."
+    )
     gate: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Policy, verdict and reasons.")
     verdict: Mapped[str] = mapped_column(String(32), doc="promote, reject or inconclusive.")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -331,7 +347,9 @@ class Alias(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     version_id: Mapped[str | None] = mapped_column(String(64))
-    candidate_id: Mapped[str | None] = mapped_column(String(64), doc="Gets `split` of traffic (A/B) or `shadow`.")
+    candidate_id: Mapped[str | None] = mapped_column(
+        String(64), doc="Gets `split` of traffic (A/B) or `shadow`."
+    )
     split: Mapped[float] = mapped_column(Float, default=0.0)
     shadow: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -359,7 +377,9 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(64), index=True, doc="e.g. job.failed, trigger.fired, version.promoted.")
+    kind: Mapped[str] = mapped_column(
+        String(64), index=True, doc="e.g. job.failed, trigger.fired, version.promoted."
+    )
     level: Mapped[str] = mapped_column(String(16), default="info", doc="info, warning or error.")
     loop: Mapped[str | None] = mapped_column(String(128))
     job_id: Mapped[int | None] = mapped_column(Integer, index=True)
@@ -377,7 +397,9 @@ class LoopState(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     state: Mapped[str] = mapped_column(String(32), default="idle")
     head_version_id: Mapped[str | None] = mapped_column(String(64))
-    locked: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, doc="Settings an adapter cannot survive.")
+    locked: Mapped[dict[str, Any]] = mapped_column(
+        JSONType, default=dict, doc="Settings an adapter cannot survive."
+    )
     readiness: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     last_outcome: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     last_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

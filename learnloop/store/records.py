@@ -95,7 +95,7 @@ def _string_problem(s: str) -> str | None:
             s.encode("utf-8")
         except UnicodeEncodeError as exc:
             return (
-                f"holds the lone UTF-16 surrogate {s[exc.start:exc.end]!r} (half of a character, e.g. an emoji cut in two), "
+                f"holds the lone UTF-16 surrogate {s[exc.start : exc.end]!r} (half of a character, e.g. an emoji cut in two), "
                 "which is not valid Unicode; send valid UTF-8 or replace that character"
             )
     return None
@@ -232,7 +232,9 @@ FEEDBACK_SIGNALS = ("rating", "thumbs", "success", "correction", "comment")
 
 def _one_signal_schema(schema: dict[str, Any]) -> None:
     # The rule _some_signal enforces, said in the JSON schema too: one signal present and not null.
-    schema["anyOf"] = [{"required": [k], "properties": {k: {"not": {"type": "null"}}}} for k in FEEDBACK_SIGNALS]
+    schema["anyOf"] = [
+        {"required": [k], "properties": {k: {"not": {"type": "null"}}}} for k in FEEDBACK_SIGNALS
+    ]
 
 
 class FeedbackIn(TypedDict):
@@ -240,12 +242,32 @@ class FeedbackIn(TypedDict):
     comment) must be present and not null."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=_one_signal_schema)  # type: ignore[misc]
-    trajectory_id: NotRequired[Annotated[str | None, Field(max_length=64, description="Set by the caller for late feedback; implied inside a trajectory.")]]
+    trajectory_id: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                max_length=64, description="Set by the caller for late feedback; implied inside a trajectory."
+            ),
+        ]
+    ]
     idempotency_key: NotRequired[Annotated[str | None, Field(max_length=128)]]
-    rating: NotRequired[Annotated[Finite | None, Field(description="Numeric rating, any scale; scoring normalises it.")]]
-    thumbs: NotRequired[Annotated[Literal[-1, 1] | None, BeforeValidator(_thumbs), Field(description="+1 thumbs up, -1 thumbs down.")]]
+    rating: NotRequired[
+        Annotated[Finite | None, Field(description="Numeric rating, any scale; scoring normalises it.")]
+    ]
+    thumbs: NotRequired[
+        Annotated[
+            Literal[-1, 1] | None,
+            BeforeValidator(_thumbs),
+            Field(description="+1 thumbs up, -1 thumbs down."),
+        ]
+    ]
     success: NotRequired[Annotated[bool | None, Field(description="Whether the task succeeded.")]]
-    correction: NotRequired[Annotated[str | dict[str, Any] | None, Field(description="The corrected answer (text or assistant message).")]]
+    correction: NotRequired[
+        Annotated[
+            str | dict[str, Any] | None,
+            Field(description="The corrected answer (text or assistant message)."),
+        ]
+    ]
     comment: NotRequired[str | None]
     author: NotRequired[Annotated[str | None, Field(max_length=128)]]
     metadata: NotRequired[dict[str, Any]]
@@ -279,7 +301,9 @@ CheckedScore = Annotated[ScoreIn, AfterValidator(_storable_text)]
 
 def _text(max_length: int, *aliases: str, description: str | None = None) -> Any:
     alias = AliasChoices(*aliases) if aliases else None
-    return Annotated[str | None, Field(max_length=max_length, validation_alias=alias, description=description)]
+    return Annotated[
+        str | None, Field(max_length=max_length, validation_alias=alias, description=description)
+    ]
 
 
 class TrajectoryIn(TypedDict):
@@ -288,7 +312,9 @@ class TrajectoryIn(TypedDict):
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     id: NotRequired[_text(64, description="Client-chosen id; generated when absent.")]  # type: ignore[valid-type]
-    idempotency_key: NotRequired[_text(128, description="Defaults to the id: a retry with the same key is a no-op.")]  # type: ignore[valid-type]
+    idempotency_key: NotRequired[
+        _text(128, description="Defaults to the id: a retry with the same key is a no-op.")
+    ]  # type: ignore[valid-type]
     project: NotRequired[_text(128)]  # type: ignore[valid-type]
     scenario: NotRequired[_text(256)]  # type: ignore[valid-type]
     group: NotRequired[_text(256, "group", "group_id", description="Trajectories compared with each other.")]  # type: ignore[valid-type]
@@ -322,7 +348,9 @@ def _late_items_name_a_trajectory(batch: IngestBatch) -> IngestBatch:
     for kind in ("feedback", "scores"):
         for i, item in enumerate(batch.get(kind) or ()):  # type: ignore[attr-defined]
             if not item.get("trajectory_id"):
-                raise ValueError(f"{kind}[{i}].trajectory_id is required for feedback or scores sent on their own")
+                raise ValueError(
+                    f"{kind}[{i}].trajectory_id is required for feedback or scores sent on their own"
+                )
     return batch
 
 
@@ -330,8 +358,11 @@ def _repeats_agree(batch: IngestBatch) -> IngestBatch:
     """An id (or idempotency key) repeated within one batch must carry the same content: an
     identical repeat is a duplicate (a retry), a different one a mistake that would otherwise
     keep whichever copy came first."""
-    for kind, keys in (("trajectories", ("id", "idempotency_key")), ("feedback", ("idempotency_key",)),
-                       ("scores", ("idempotency_key",))):
+    for kind, keys in (
+        ("trajectories", ("id", "idempotency_key")),
+        ("feedback", ("idempotency_key",)),
+        ("scores", ("idempotency_key",)),
+    ):
         items = batch.get(kind) or ()  # type: ignore[attr-defined]
         if len(items) < 2:
             continue
@@ -347,12 +378,21 @@ def _repeats_agree(batch: IngestBatch) -> IngestBatch:
                         "conflicting_repeat",
                         "{kind}.{i} repeats the {key} {value} of {kind}.{j} with different content; one {key} is one "
                         "record (an identical repeat is a harmless duplicate)",
-                        {"kind": kind, "i": i, "j": j, "key": key, "value": repr(value)[:80], "path": f"{kind}.{i}.{key}"},
+                        {
+                            "kind": kind,
+                            "i": i,
+                            "j": j,
+                            "key": key,
+                            "value": repr(value)[:80],
+                            "path": f"{kind}.{i}.{key}",
+                        },
                     )
     return batch
 
 
-CheckedBatch = Annotated[IngestBatch, AfterValidator(_late_items_name_a_trajectory), AfterValidator(_repeats_agree)]
+CheckedBatch = Annotated[
+    IngestBatch, AfterValidator(_late_items_name_a_trajectory), AfterValidator(_repeats_agree)
+]
 
 BATCH: TypeAdapter[IngestBatch] = TypeAdapter(CheckedBatch)
 TRAJECTORY: TypeAdapter[TrajectoryIn] = TypeAdapter(CheckedTrajectory)

@@ -74,7 +74,14 @@ class Checkpoint:
         return self.path / "adapter"
 
 
-def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
     """Write and commit ``checkpoint-<step>``; returns its path. ``state`` is JSON (position, step ...)."""
     final = paths.checkpoint_dir(output_dir, step)
     if (final / MARKER).exists():
@@ -86,7 +93,9 @@ def save_checkpoint(output_dir: Path, step: int, model: Any, optimizer: torch.op
     torch.save(optimizer.state_dict(), tmp / paths.OPTIMIZER_FILE)
     torch.save(scheduler.state_dict(), tmp / paths.SCHEDULER_FILE)
     torch.save(rng_state(), tmp / paths.RNG_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "format_version": FORMAT_VERSION}, indent=2))
+    (tmp / STATE_FILE).write_text(
+        json.dumps({**state, "step": step, "format_version": FORMAT_VERSION}, indent=2)
+    )
     fsync_tree(tmp)
     if final.exists():  # a torn folder of the same step from a crashed run
         shutil.rmtree(final)
@@ -171,12 +180,14 @@ def check_format(ckpt: Checkpoint) -> int:
     if missing or files:
         raise ConfigError(
             f"{ckpt.path} (checkpoint format {version}) cannot be resumed: it lacks {', '.join(missing + files)}. "
-            f"Start a new output_dir, with init_adapter = \"{ckpt.adapter_dir}\" to keep its weights."
+            f'Start a new output_dir, with init_adapter = "{ckpt.adapter_dir}" to keep its weights.'
         )
     return version
 
 
-def load_training_state(ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+def load_training_state(
+    ckpt: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> None:
     """Put the adapter weights, optimizer, scheduler and RNG states of ``ckpt`` back in place."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file

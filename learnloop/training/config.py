@@ -69,7 +69,8 @@ class TrainConfig(_Strict):
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings.")
 
     max_length: int = Field(
-        DEFAULT_MAX_LENGTH, ge=8,
+        DEFAULT_MAX_LENGTH,
+        ge=8,
         description="Tokens per example; longer ones are truncated (default: datasets.max_length's).",
     )
     batch_size: int = Field(4, ge=1, description="Micro-batch size (examples per forward pass).")
@@ -86,8 +87,14 @@ class TrainConfig(_Strict):
     length_grouping: bool = Field(True, description="Batch examples of similar length (less padding).")
     seed: int = Field(0, description="Random seed (data order, initialisation, sampling).")
 
-    eval_dataset: Path | None = Field(None, description="Held-out JSONL in the training format; its loss is logged as eval_loss.")
-    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between held-out losses (and at the last step); needs eval_dataset.")
+    eval_dataset: Path | None = Field(
+        None, description="Held-out JSONL in the training format; its loss is logged as eval_loss."
+    )
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps between held-out losses (and at the last step); needs eval_dataset.",
+    )
 
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between committed checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Committed checkpoints kept; older ones are removed.")

@@ -45,24 +45,37 @@ def load_examples(path: Path | str, objective: Objective) -> LoadedDataset:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValidationFailed(f"{path}: line {lineno}: not valid JSON ({exc.msg})", [(f"{path}:{lineno}", exc.msg)]) from None
+            raise ValidationFailed(
+                f"{path}: line {lineno}: not valid JSON ({exc.msg})", [(f"{path}:{lineno}", exc.msg)]
+            ) from None
         if not isinstance(record, dict):
-            raise ValidationFailed(f"{path}: line {lineno}: expected a JSON object", [(f"{path}:{lineno}", "not an object")])
+            raise ValidationFailed(
+                f"{path}: line {lineno}: expected a JSON object", [(f"{path}:{lineno}", "not an object")]
+            )
         try:
             example = objective.prepare(record, lineno)
         except ValidationFailed as exc:
             msg = str(exc) if f"line {lineno}" in str(exc) else f"line {lineno}: {exc}"
-            raise ValidationFailed(f"{path}: {msg}", [(f"{path}:{loc}", why) for loc, why in exc.problems] or [(f"{path}:{lineno}", str(exc))]) from None
+            raise ValidationFailed(
+                f"{path}: {msg}",
+                [(f"{path}:{loc}", why) for loc, why in exc.problems] or [(f"{path}:{lineno}", str(exc))],
+            ) from None
         if example is None:
             skipped += 1
         else:
             examples.append(example)
     if not examples:
-        raise ValidationFailed(f"{path}: no usable training examples ({skipped} skipped by the {objective.name} objective).")
-    return LoadedDataset(examples=examples, skipped=skipped, sha256=hashlib.sha256(raw).hexdigest(), path=path)
+        raise ValidationFailed(
+            f"{path}: no usable training examples ({skipped} skipped by the {objective.name} objective)."
+        )
+    return LoadedDataset(
+        examples=examples, skipped=skipped, sha256=hashlib.sha256(raw).hexdigest(), path=path
+    )
 
 
-def epoch_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool = True) -> list[list[int]]:
+def epoch_batches(
+    lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool = True
+) -> list[list[int]]:
     """The micro-batches (lists of example indices) of one epoch, deterministic in (seed, epoch)."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
@@ -93,8 +106,17 @@ class BatchStream:
     position (counted in global batches) means the same on every rank.
     """
 
-    def __init__(self, dataset: LoadedDataset, batch_size: int, *, seed: int, group_by_length: bool,
-                 rank: int = 0, world: int = 1, position: Position | None = None) -> None:
+    def __init__(
+        self,
+        dataset: LoadedDataset,
+        batch_size: int,
+        *,
+        seed: int,
+        group_by_length: bool,
+        rank: int = 0,
+        world: int = 1,
+        position: Position | None = None,
+    ) -> None:
         self.lengths = [e.length for e in dataset.examples]
         self.examples = dataset.examples
         self.batch_size = batch_size
@@ -106,7 +128,12 @@ class BatchStream:
 
     def batches_of(self, epoch: int) -> list[list[int]]:
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_batches(self.lengths, self.batch_size, seed=self.seed, epoch=epoch, group_by_length=self.group))
+            self._cache = (
+                epoch,
+                epoch_batches(
+                    self.lengths, self.batch_size, seed=self.seed, epoch=epoch, group_by_length=self.group
+                ),
+            )
         return self._cache[1]
 
     @property

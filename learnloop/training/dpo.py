@@ -31,20 +31,33 @@ class DPOObjective:
     def prepare(self, record: dict[str, Any], line: int) -> Example | None:
         for field in ("prompt", "chosen", "rejected"):
             if field not in record:
-                raise ValidationFailed(f"line {line}: field {field!r} is missing (DPO records need prompt, chosen, rejected)",
-                                       [(f"line {line}: {field}", "is missing")])
+                raise ValidationFailed(
+                    f"line {line}: field {field!r} is missing (DPO records need prompt, chosen, rejected)",
+                    [(f"line {line}: {field}", "is missing")],
+                )
         prompt = as_messages(record["prompt"], line, "prompt", "user")
         tools = record.get("tools")
         sides = []
         for field in ("chosen", "rejected"):
             completion = as_messages(record[field], line, field, "assistant")
             if not any(m["role"] == "assistant" for m in completion):
-                raise ValidationFailed(f"line {line}: field {field!r} has no assistant message", [(f"line {line}: {field}", "no assistant message")])
-            ids, labels = tokenize_chat(self.tokenizer, prompt + completion, tools=tools, train_from=len(prompt), max_length=self.max_length)
+                raise ValidationFailed(
+                    f"line {line}: field {field!r} has no assistant message",
+                    [(f"line {line}: {field}", "no assistant message")],
+                )
+            ids, labels = tokenize_chat(
+                self.tokenizer,
+                prompt + completion,
+                tools=tools,
+                train_from=len(prompt),
+                max_length=self.max_length,
+            )
             if all(label == IGNORE for label in labels[1:]):
                 return None  # the prompt alone fills max_length: nothing left to compare
             sides.append((ids, labels))
-        return Example(length=max(len(sides[0][0]), len(sides[1][0])), data={"chosen": sides[0], "rejected": sides[1]})
+        return Example(
+            length=max(len(sides[0][0]), len(sides[1][0])), data={"chosen": sides[0], "rejected": sides[1]}
+        )
 
     def collate(self, examples: list[Example]) -> dict[str, Any]:
         # Chosen rows first, then rejected rows: one forward pass scores both.

@@ -19,14 +19,24 @@ from learnloop.errors import ValidationFailed
 IGNORE = -100
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    *,
+    generation_prompt: bool,
+) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt
+    )
 
 
 _SENTINEL = "\u2063learnloop-turn-start\u2063"
 
 
-def _render_start(tokenizer: Any, prefix: list[dict[str, Any]], tools: list[dict[str, Any]] | None, turn: dict[str, Any]) -> str:
+def _render_start(
+    tokenizer: Any, prefix: list[dict[str, Any]], tools: list[dict[str, Any]] | None, turn: dict[str, Any]
+) -> str:
     """The text before an assistant turn's content: the prefix plus the assistant header."""
     if prefix:
         return _render(tokenizer, prefix, tools, generation_prompt=True)
@@ -100,13 +110,17 @@ def causal_lm(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def label_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def label_logprobs(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the labelled next tokens, computed only at those positions.
 
     Returns (token_logps of shape (n,), row index of each of them (n,)). Position t predicts t+1.
     """
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
     picked = hidden[:, :-1][keep]

@@ -59,7 +59,11 @@ ObjectiveFactory = Callable[["TrainConfig", Any], Objective]  # (config, tokeniz
 
 _REGISTRY: dict[str, ObjectiveFactory] = {}
 # Modules that register the built-in objectives when imported.
-_BUILTIN_MODULES = {"sft": "learnloop.training.sft", "dpo": "learnloop.training.dpo", "grpo": "learnloop.training.grpo"}
+_BUILTIN_MODULES = {
+    "sft": "learnloop.training.sft",
+    "dpo": "learnloop.training.dpo",
+    "grpo": "learnloop.training.grpo",
+}
 
 
 def register_objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
@@ -76,5 +80,7 @@ def get_objective(name: str, config: TrainConfig, tokenizer: Any) -> Objective:
     if name not in _REGISTRY:
         from learnloop.errors import ValidationFailed
 
-        raise ValidationFailed(f"Unknown training algorithm {name!r}; choose one of {sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))}.")
+        raise ValidationFailed(
+            f"Unknown training algorithm {name!r}; choose one of {sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))}."
+        )
     return _REGISTRY[name](config, tokenizer)

@@ -38,7 +38,12 @@ __all__ = [
 ]
 
 
-def train(config: TrainConfig, *, control: Control | None = None, progress: Callable[[ProgressEvent], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    control: Control | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> TrainResult:
     """Run (or resume) one training run. ``control`` defaults to ``FileControl(config.output_dir)``.
 
     Resumes from the newest committed checkpoint in ``output_dir`` when there is one.
@@ -85,7 +90,9 @@ def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m learnloop.training.run", description="Run or resume one learnloop training run.")
+    parser = argparse.ArgumentParser(
+        prog="python -m learnloop.training.run", description="Run or resume one learnloop training run."
+    )
     parser.add_argument("--config", required=True, help="TrainConfig as JSON, YAML or TOML.")
     args = parser.parse_args(argv)
     try:

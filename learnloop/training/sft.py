@@ -43,10 +43,14 @@ class SFTObjective:
             messages = prompt + check_messages(record["completion"], line, "completion")
             train_from = len(prompt)
         else:
-            raise record_error(line, "messages", "is missing (SFT records need 'messages', or 'prompt' and 'completion')")
+            raise record_error(
+                line, "messages", "is missing (SFT records need 'messages', or 'prompt' and 'completion')"
+            )
         if not any(m["role"] == "assistant" for m in messages[train_from:]):
             raise record_error(line, "messages", "has no assistant message to learn from")
-        ids, labels = tokenize_chat(self.tokenizer, messages, tools=tools, train_from=train_from, max_length=self.max_length)
+        ids, labels = tokenize_chat(
+            self.tokenizer, messages, tools=tools, train_from=train_from, max_length=self.max_length
+        )
         # Position 0 never carries loss (nothing predicts it), so at least one later label is needed.
         if all(label == IGNORE for label in labels[1:]):
             return None  # truncation cut away every assistant token
@@ -58,7 +62,11 @@ class SFTObjective:
     def compute(self, model: Any, batch: dict[str, Any]) -> StepOutput:
         token_logps, _ = label_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         loss = -token_logps.mean()
-        return StepOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), metrics={"trained_tokens": float(token_logps.numel())})
+        return StepOutput(
+            loss=loss,
+            tokens=int(batch["attention_mask"].sum()),
+            metrics={"trained_tokens": float(token_logps.numel())},
+        )
 
 
 @register_objective("sft")
@@ -68,4 +76,6 @@ def make_sft(config: TrainConfig, tokenizer: Any) -> SFTObjective:
 
 def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The plain transformers loss (logits at every position); the reference the fast path must match."""
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    return model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss

@@ -29,31 +29,60 @@ def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboa
     ends it for good.
     """
     if action not in JOB_ACTIONS:
-        raise ValidationFailed(f"Unknown job action {action!r}; use one of {', '.join(JOB_ACTIONS)}.", [("action", "unknown")])
+        raise ValidationFailed(
+            f"Unknown job action {action!r}; use one of {', '.join(JOB_ACTIONS)}.", [("action", "unknown")]
+        )
     from learnloop.daemon import queue
 
     job = queue.control(db, job_id, action, actor=actor)  # the daemon's own meaning of each action
     return {"id": job.id, "state": job.state, "desired_state": job.desired_state}
 
 
-def promote_version(db: Database, settings: Settings, version_id: str, *, alias: str = DEFAULT_ALIAS,
-                    actor: str = "dashboard", reason: str | None = None, force: bool = False) -> dict[str, Any]:
+def promote_version(
+    db: Database,
+    settings: Settings,
+    version_id: str,
+    *,
+    alias: str = DEFAULT_ALIAS,
+    actor: str = "dashboard",
+    reason: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Serve ``version_id`` under ``alias`` through the registry, so its gate holds here too: a version
     the gate rejected (or never evaluated) is a Conflict naming the reason unless ``force``."""
     from learnloop.registry import promote
 
-    moved = promote(db, settings, version_id, alias=alias, actor=actor, force=force,
-                    reason=reason or ("forced from the dashboard" if force else "promoted from the dashboard"))
+    moved = promote(
+        db,
+        settings,
+        version_id,
+        alias=alias,
+        actor=actor,
+        force=force,
+        reason=reason or ("forced from the dashboard" if force else "promoted from the dashboard"),
+    )
     if not moved["changed"]:
         raise Conflict(f"{alias!r} already serves {version_id}.")
     return {"alias": alias, "version": version_id, "previous": moved["previous"], "action": moved["action"]}
 
 
-def rollback_alias(db: Database, settings: Settings, *, alias: str = DEFAULT_ALIAS, actor: str = "dashboard",
-                   reason: str | None = None) -> dict[str, Any]:
+def rollback_alias(
+    db: Database,
+    settings: Settings,
+    *,
+    alias: str = DEFAULT_ALIAS,
+    actor: str = "dashboard",
+    reason: str | None = None,
+) -> dict[str, Any]:
     """Serve what ``alias`` served before, through the registry: repeated, it walks back v3 -> v2 -> v1 -> base."""
     from learnloop.registry import rollback
 
     current = get_alias(db, alias)
-    target = rollback(db, settings, alias=alias, actor=actor, reason=reason or "rolled back from the dashboard")
-    return {"alias": alias, "version": target, "previous": current.version_id if current is not None else None}
+    target = rollback(
+        db, settings, alias=alias, actor=actor, reason=reason or "rolled back from the dashboard"
+    )
+    return {
+        "alias": alias,
+        "version": target,
+        "previous": current.version_id if current is not None else None,
+    }

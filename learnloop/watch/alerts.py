@@ -91,6 +91,7 @@ def body_for(rule: AlertRule, data: dict[str, Any]) -> dict[str, Any]:
 
 # -- rules --------------------------------------------------------------------------------------
 
+
 def _window_start(session: Any, now: dt.datetime) -> dt.datetime:
     row = session.get(Control, WATCH_FROM_KEY)
     if row is None:
@@ -103,45 +104,102 @@ def _bucket(now: dt.datetime, hours: float) -> int:
     return int(now.timestamp() // (hours * 3600))
 
 
-def _job_failed(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
-    rows = s.scalars(select(Job).where(Job.state == JobState.failed, Job.finished_at >= since).order_by(Job.id).limit(100))
-    return [Firing(rule, f"job:{j.id}", f"job {j.id} ({j.kind.value}) failed",
-                   f"after {j.attempts} attempt(s): {(j.error or 'no error recorded').strip()[:500]}",
-                   "error", {"job_id": j.id, "loop": j.loop, "error": j.error}) for j in rows]
+def _job_failed(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
+    rows = s.scalars(
+        select(Job).where(Job.state == JobState.failed, Job.finished_at >= since).order_by(Job.id).limit(100)
+    )
+    return [
+        Firing(
+            rule,
+            f"job:{j.id}",
+            f"job {j.id} ({j.kind.value}) failed",
+            f"after {j.attempts} attempt(s): {(j.error or 'no error recorded').strip()[:500]}",
+            "error",
+            {"job_id": j.id, "loop": j.loop, "error": j.error},
+        )
+        for j in rows
+    ]
 
 
-def _gate_rejected(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
+def _gate_rejected(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
     out: dict[str, Firing] = {}
-    for e in s.scalars(select(Evaluation).where(Evaluation.verdict == "reject", Evaluation.created_at >= since).limit(100)):
+    for e in s.scalars(
+        select(Evaluation).where(Evaluation.verdict == "reject", Evaluation.created_at >= since).limit(100)
+    ):
         reasons = (e.gate or {}).get("reasons") or []
-        out[e.candidate_id] = Firing(rule, f"rejected:{e.candidate_id}", f"gate rejected {e.candidate_id}",
-                                     "; ".join(map(str, reasons)) or f"evaluation {e.id} verdict: reject", "warning",
-                                     {"version_id": e.candidate_id, "evaluation_id": e.id, "reasons": reasons})
-    for ev in s.scalars(select(Event).where(Event.kind == "version.rejected", Event.created_at >= since).limit(100)):
+        out[e.candidate_id] = Firing(
+            rule,
+            f"rejected:{e.candidate_id}",
+            f"gate rejected {e.candidate_id}",
+            "; ".join(map(str, reasons)) or f"evaluation {e.id} verdict: reject",
+            "warning",
+            {"version_id": e.candidate_id, "evaluation_id": e.id, "reasons": reasons},
+        )
+    for ev in s.scalars(
+        select(Event).where(Event.kind == "version.rejected", Event.created_at >= since).limit(100)
+    ):
         vid = ev.version_id or str(ev.id)
-        out.setdefault(vid, Firing(rule, f"rejected:{vid}", f"gate rejected {vid}", ev.message or "version rejected",
-                                   "warning", {"version_id": ev.version_id, "event_id": ev.id}))
+        out.setdefault(
+            vid,
+            Firing(
+                rule,
+                f"rejected:{vid}",
+                f"gate rejected {vid}",
+                ev.message or "version rejected",
+                "warning",
+                {"version_id": ev.version_id, "event_id": ev.id},
+            ),
+        )
     return list(out.values())
 
 
 def _alias_moves(actions: tuple[str, ...], verb: str, level: str):  # noqa: ANN202 - a rule factory
-    def rule_fn(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
-        rows = s.scalars(select(AliasEvent).where(AliasEvent.action.in_(actions), AliasEvent.created_at >= since)
-                         .order_by(AliasEvent.id).limit(100))
-        return [Firing(rule, f"alias_event:{a.id}", f"{a.alias!r} {verb}: {a.from_version or 'base'} -> {a.to_version or 'base'}",
-                       f"by {a.actor or 'unknown'}" + (f": {a.reason}" if a.reason else ""), level,
-                       {"alias": a.alias, "from": a.from_version, "to": a.to_version, "action": a.action})
-                for a in rows]
+    def rule_fn(
+        s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+    ) -> list[Firing]:
+        rows = s.scalars(
+            select(AliasEvent)
+            .where(AliasEvent.action.in_(actions), AliasEvent.created_at >= since)
+            .order_by(AliasEvent.id)
+            .limit(100)
+        )
+        return [
+            Firing(
+                rule,
+                f"alias_event:{a.id}",
+                f"{a.alias!r} {verb}: {a.from_version or 'base'} -> {a.to_version or 'base'}",
+                f"by {a.actor or 'unknown'}" + (f": {a.reason}" if a.reason else ""),
+                level,
+                {"alias": a.alias, "from": a.from_version, "to": a.to_version, "action": a.action},
+            )
+            for a in rows
+        ]
+
     return rule_fn
 
 
 def _recent_jobs(s: Any, since: dt.datetime) -> list[Job]:
-    return list(s.scalars(select(Job).where(or_(Job.state.in_([JobState.running, JobState.paused]), Job.finished_at >= since))
-                          .order_by(Job.id.desc()).limit(50)))
+    return list(
+        s.scalars(
+            select(Job)
+            .where(or_(Job.state.in_([JobState.running, JobState.paused]), Job.finished_at >= since))
+            .order_by(Job.id.desc())
+            .limit(50)
+        )
+    )
 
 
 def _last_losses(s: Any, job_id: int, n: int) -> list[tuple[int, float | None]]:
-    q = select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == job_id).order_by(TrainingMetric.step.desc()).limit(n)
+    q = (
+        select(TrainingMetric.step, TrainingMetric.loss)
+        .where(TrainingMetric.job_id == job_id)
+        .order_by(TrainingMetric.step.desc())
+        .limit(n)
+    )
     return list(s.execute(q))
 
 
@@ -152,7 +210,9 @@ def _bad(x: Any) -> bool:
     return isinstance(x, (int, float)) and not math.isfinite(x)
 
 
-def _loss_nan(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
+def _loss_nan(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
     out = []
     for job in _recent_jobs(s, since):
         losses = _last_losses(s, job.id, 5)
@@ -161,12 +221,22 @@ def _loss_nan(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, set
         if bad is None and _bad(progress_loss):
             bad = (job.progress or {}).get("step")
         if bad is not None:
-            out.append(Firing(rule, f"job:{job.id}", f"job {job.id}: loss is NaN/inf", f"at step {bad}", "error",
-                              {"job_id": job.id, "step": bad}))
+            out.append(
+                Firing(
+                    rule,
+                    f"job:{job.id}",
+                    f"job {job.id}: loss is NaN/inf",
+                    f"at step {bad}",
+                    "error",
+                    {"job_id": job.id, "step": bad},
+                )
+            )
     return out
 
 
-def _loss_spike(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
+def _loss_spike(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
     out = []
     for job in _recent_jobs(s, since):
         rows = _last_losses(s, job.id, rule.window + 1)
@@ -177,33 +247,58 @@ def _loss_spike(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, s
         median = statistics.median(baseline)
         if median > 0 and newest > rule.spike_factor * median:
             # One alert per job per hour: a loss that stays high is one fault, not one per step.
-            out.append(Firing(rule, f"job:{job.id}:h{_bucket(now, 1)}", f"job {job.id}: loss spiked",
-                              f"loss {newest:.4g} at step {step} is {newest / median:.1f}x the median {median:.4g} "
-                              f"of the previous {len(baseline)} steps", "warning",
-                              {"job_id": job.id, "step": step, "loss": newest, "median": median}))
+            out.append(
+                Firing(
+                    rule,
+                    f"job:{job.id}:h{_bucket(now, 1)}",
+                    f"job {job.id}: loss spiked",
+                    f"loss {newest:.4g} at step {step} is {newest / median:.1f}x the median {median:.4g} "
+                    f"of the previous {len(baseline)} steps",
+                    "warning",
+                    {"job_id": job.id, "step": step, "loss": newest, "median": median},
+                )
+            )
     return out
 
 
-def _disk_low(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
+def _disk_low(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
     floor = rule.min_free_gb if rule.min_free_gb is not None else settings.watch.disk_floor_gb
     disk = disk_health(settings.data_dir, floor)
     if disk["ok"]:
         return []
-    return [Firing(rule, f"disk:{_bucket(now, rule.repeat_hours)}", "free disk below the floor",
-                   f"{disk['free_bytes'] / 1024**3:.2f} GB free at {disk['path']} (floor {floor} GB)", "error",
-                   {"free_bytes": disk["free_bytes"], "floor_gb": floor, "path": disk["path"]})]
+    return [
+        Firing(
+            rule,
+            f"disk:{_bucket(now, rule.repeat_hours)}",
+            "free disk below the floor",
+            f"{disk['free_bytes'] / 1024**3:.2f} GB free at {disk['path']} (floor {floor} GB)",
+            "error",
+            {"free_bytes": disk["free_bytes"], "floor_gb": floor, "path": disk["path"]},
+        )
+    ]
 
 
-def _no_trajectories(s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings) -> list[Firing]:
+def _no_trajectories(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
     from learnloop.watch.queries import latest_trajectory_at
 
     last = latest_trajectory_at(s)
     if last is None or now - last < dt.timedelta(hours=rule.hours):
         return []
     hours = (now - last).total_seconds() / 3600
-    return [Firing(rule, f"stale:{last.isoformat()}:{_bucket(now, rule.repeat_hours)}",
-                   f"no new trajectories for {hours:.1f} hours", f"the newest was stored at {last.isoformat()}",
-                   "warning", {"last_at": last.isoformat(), "hours": hours})]
+    return [
+        Firing(
+            rule,
+            f"stale:{last.isoformat()}:{_bucket(now, rule.repeat_hours)}",
+            f"no new trajectories for {hours:.1f} hours",
+            f"the newest was stored at {last.isoformat()}",
+            "warning",
+            {"last_at": last.isoformat(), "hours": hours},
+        )
+    ]
 
 
 RULES = {
@@ -219,6 +314,7 @@ RULES = {
 
 
 # -- evaluation and delivery ------------------------------------------------------------------
+
 
 def _insert_ignore(db: Database) -> Any:
     return (pg_insert if db.dialect == "postgresql" else sqlite_insert)(AlertDelivery)
@@ -239,10 +335,20 @@ def evaluate(db: Database, settings: Settings, now: dt.datetime | None = None) -
                 log.exception("alert rule %s failed", rule.name)
                 continue
             for f in firings:
-                stmt = _insert_ignore(db).values(
-                    rule=rule.name, dedup_key=f.dedup_key, state="pending", attempts=0, next_attempt_at=now,
-                    payload=payload(f, now), created_at=now,
-                ).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(AlertDelivery.id)
+                stmt = (
+                    _insert_ignore(db)
+                    .values(
+                        rule=rule.name,
+                        dedup_key=f.dedup_key,
+                        state="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        payload=payload(f, now),
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["dedup_key"])
+                    .returning(AlertDelivery.id)
+                )
                 # RETURNING, not rowcount: psycopg reports -1 for an ORM-session insert.
                 if s.execute(stmt).first() is not None:
                     new.append(f.dedup_key)
@@ -266,39 +372,70 @@ def deliver(db: Database, settings: Settings, now: dt.datetime | None = None) ->
     rules = {r.name: r for r in settings.alerts}
     counts = {"sent": 0, "retry": 0, "failed": 0}
     with db.read_session() as s:
-        due = list(s.execute(select(AlertDelivery.id, AlertDelivery.next_attempt_at).where(
-            AlertDelivery.state == "pending", or_(AlertDelivery.next_attempt_at.is_(None), AlertDelivery.next_attempt_at <= now)
-        ).order_by(AlertDelivery.id).limit(100)))
+        due = list(
+            s.execute(
+                select(AlertDelivery.id, AlertDelivery.next_attempt_at)
+                .where(
+                    AlertDelivery.state == "pending",
+                    or_(AlertDelivery.next_attempt_at.is_(None), AlertDelivery.next_attempt_at <= now),
+                )
+                .order_by(AlertDelivery.id)
+                .limit(100)
+            )
+        )
     w = settings.watch
     for delivery_id, planned in due:
         # Claim it (another server on the same database may be delivering too).
         with db.session() as s:
-            claimed = s.execute(update(AlertDelivery).where(
-                AlertDelivery.id == delivery_id, AlertDelivery.state == "pending",
-                AlertDelivery.next_attempt_at.is_(None) if planned is None else AlertDelivery.next_attempt_at == planned,
-            ).values(next_attempt_at=now + dt.timedelta(seconds=w.alert_timeout_s * 2 + 1))).rowcount
+            claimed = s.execute(
+                update(AlertDelivery)
+                .where(
+                    AlertDelivery.id == delivery_id,
+                    AlertDelivery.state == "pending",
+                    AlertDelivery.next_attempt_at.is_(None)
+                    if planned is None
+                    else AlertDelivery.next_attempt_at == planned,
+                )
+                .values(next_attempt_at=now + dt.timedelta(seconds=w.alert_timeout_s * 2 + 1))
+            ).rowcount
         if not claimed:
             continue
         with db.read_session() as s:
             row = s.get(AlertDelivery, delivery_id)
             rule_name, data, attempts = row.rule, dict(row.payload), row.attempts
         rule = rules.get(rule_name)
-        error = post(rule, body_for(rule, data), w.alert_timeout_s) if rule else f"rule {rule_name!r} is no longer configured"
+        error = (
+            post(rule, body_for(rule, data), w.alert_timeout_s)
+            if rule
+            else f"rule {rule_name!r} is no longer configured"
+        )
         with db.session() as s:
             row = s.get(AlertDelivery, delivery_id)
             row.attempts = attempts + 1
             if error is None:
                 row.state, row.sent_at, row.error, row.next_attempt_at = "sent", utcnow(), None, None
-                record_event(s, "alert.sent", f"{rule_name}: {data.get('title')}", data={"delivery_id": delivery_id, "rule": rule_name, "dedup_key": row.dedup_key})
+                record_event(
+                    s,
+                    "alert.sent",
+                    f"{rule_name}: {data.get('title')}",
+                    data={"delivery_id": delivery_id, "rule": rule_name, "dedup_key": row.dedup_key},
+                )
                 counts["sent"] += 1
             elif row.attempts >= w.alert_max_attempts or rule is None:
                 row.state, row.error, row.next_attempt_at = "failed", error, None
-                record_event(s, "alert.failed", f"{rule_name}: {data.get('title')} not delivered after {row.attempts} attempts: {error}",
-                             level="error", data={"delivery_id": delivery_id, "rule": rule_name, "error": error})
+                record_event(
+                    s,
+                    "alert.failed",
+                    f"{rule_name}: {data.get('title')} not delivered after {row.attempts} attempts: {error}",
+                    level="error",
+                    data={"delivery_id": delivery_id, "rule": rule_name, "error": error},
+                )
                 counts["failed"] += 1
             else:
                 row.error = error
-                row.next_attempt_at = utcnow() + dt.timedelta(seconds=w.alert_backoff_s * 2 ** (row.attempts - 1))
+                row.next_attempt_at = utcnow() + dt.timedelta(
+                    seconds=w.alert_backoff_s * 2 ** (row.attempts - 1)
+                )
                 counts["retry"] += 1
     return counts
 
@@ -308,21 +445,39 @@ def run_once(db: Database, settings: Settings) -> dict[str, Any]:
     return {"new": new, **deliver(db, settings)}
 
 
-def send_test(db: Database | None, settings: Settings, *, rule_name: str | None = None, url: str | None = None,
-              attempts: int = 3) -> list[dict[str, Any]]:
+def send_test(
+    db: Database | None,
+    settings: Settings,
+    *,
+    rule_name: str | None = None,
+    url: str | None = None,
+    attempts: int = 3,
+) -> list[dict[str, Any]]:
     """Send a test alert to each configured webhook (or one rule, or a given URL), retrying a few times."""
     if url:
         targets = [AlertRule(name="test", when="job_failed", url=url)]
     else:
         targets = [r for r in settings.alerts if rule_name in (None, r.name)]
         if not targets:
-            raise ConfigError(f"No [[alerts]] rule named {rule_name!r}." if rule_name else
-                              "No [[alerts]] rules are configured; add one to learnloop.toml or pass --url.")
+            raise ConfigError(
+                f"No [[alerts]] rule named {rule_name!r}."
+                if rule_name
+                else "No [[alerts]] rules are configured; add one to learnloop.toml or pass --url."
+            )
     now = utcnow()
     results = []
     for rule in targets:
-        data = payload(Firing(rule, "test", "test alert", f"a test of rule {rule.name!r} ({rule.when}) sent by `learnloop alerts test`",
-                              "info", {"test": True}), now)
+        data = payload(
+            Firing(
+                rule,
+                "test",
+                "test alert",
+                f"a test of rule {rule.name!r} ({rule.when}) sent by `learnloop alerts test`",
+                "info",
+                {"test": True},
+            ),
+            now,
+        )
         error = None
         for i in range(attempts):
             error = post(rule, body_for(rule, data), settings.watch.alert_timeout_s)
@@ -331,8 +486,13 @@ def send_test(db: Database | None, settings: Settings, *, rule_name: str | None 
             threading.Event().wait(min(settings.watch.alert_backoff_s * 2**i, 5))
         results.append({"rule": rule.name, "url": rule.url, "ok": error is None, "error": error})
         if db is not None:
-            record_event(db, "alert.sent" if error is None else "alert.failed", f"test alert to {rule.name}: {'sent' if error is None else error}",
-                         level="info" if error is None else "error", data={"rule": rule.name, "test": True, "error": error})
+            record_event(
+                db,
+                "alert.sent" if error is None else "alert.failed",
+                f"test alert to {rule.name}: {'sent' if error is None else error}",
+                level="info" if error is None else "error",
+                data={"rule": rule.name, "test": True, "error": error},
+            )
     return results
 
 

@@ -40,12 +40,28 @@ def database_health(db: Database) -> dict[str, Any]:
             latency_ms = (time.perf_counter() - started) * 1000
         revision = current_revision(db.engine)
     except Exception as exc:  # noqa: BLE001 - any failure to reach the database is the answer, not an error
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"reachable": False, "latency_ms": None, "dialect": db.dialect, "revision": None, "at_head": False,
-                "error": reason}
+        reason = (
+            str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if str(exc).strip()
+            else type(exc).__name__
+        )
+        return {
+            "reachable": False,
+            "latency_ms": None,
+            "dialect": db.dialect,
+            "revision": None,
+            "at_head": False,
+            "error": reason,
+        }
     heads = head_revisions()
-    return {"reachable": True, "latency_ms": round(latency_ms, 2), "dialect": db.dialect, "revision": revision,
-            "at_head": revision in heads, "heads": sorted(heads)}
+    return {
+        "reachable": True,
+        "latency_ms": round(latency_ms, 2),
+        "dialect": db.dialect,
+        "revision": revision,
+        "at_head": revision in heads,
+        "heads": sorted(heads),
+    }
 
 
 def disk_health(path: Path, floor_gb: float) -> dict[str, Any]:
@@ -66,8 +82,12 @@ def disk_health(path: Path, floor_gb: float) -> dict[str, Any]:
 
 def memory_health() -> dict[str, Any]:
     vm = psutil.virtual_memory()
-    return {"total_bytes": vm.total, "used_bytes": vm.total - vm.available, "available_bytes": vm.available,
-            "percent": vm.percent}
+    return {
+        "total_bytes": vm.total,
+        "used_bytes": vm.total - vm.available,
+        "available_bytes": vm.available,
+        "percent": vm.percent,
+    }
 
 
 def process_role(cmdline: list[str]) -> str | None:
@@ -77,10 +97,12 @@ def process_role(cmdline: list[str]) -> str | None:
     if any(TRAINING_MODULE in arg for arg in cmdline):
         return "training"
     for i, arg in enumerate(cmdline):
-        launcher = os.path.basename(arg) == "learnloop" or (arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] == "learnloop")
+        launcher = os.path.basename(arg) == "learnloop" or (
+            arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] == "learnloop"
+        )
         if not launcher:
             continue
-        rest = cmdline[i + (2 if arg == "-m" else 1):]
+        rest = cmdline[i + (2 if arg == "-m" else 1) :]
         sub = next((a for a in rest if not a.startswith("-")), None)
         return _ROLES.get(sub or "", "cli")
     return None
@@ -98,11 +120,16 @@ def learnloop_processes(self_role: str | None = None) -> list[dict[str, Any]]:
             continue
         if role is None or info["memory_info"] is None:
             continue
-        found.append({
-            "pid": info["pid"], "role": role, "rss_bytes": info["memory_info"].rss,
-            "self": info["pid"] == me, "started_at": info["create_time"],
-            # No command line: it can carry secrets (tokens, URLs with passwords) and reads are open.
-        })
+        found.append(
+            {
+                "pid": info["pid"],
+                "role": role,
+                "rss_bytes": info["memory_info"].rss,
+                "self": info["pid"] == me,
+                "started_at": info["create_time"],
+                # No command line: it can carry secrets (tokens, URLs with passwords) and reads are open.
+            }
+        )
     found.sort(key=lambda p: (p["role"], p["pid"]))
     return found
 
@@ -124,9 +151,15 @@ def gpu_health() -> list[dict[str, Any]]:
                 mem = pynvml.nvmlDeviceGetMemoryInfo(h)
                 util = pynvml.nvmlDeviceGetUtilizationRates(h)
                 name = pynvml.nvmlDeviceGetName(h)
-                out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                            "memory_used_bytes": int(mem.used), "memory_total_bytes": int(mem.total),
-                            "utilization_pct": float(util.gpu)})
+                out.append(
+                    {
+                        "index": i,
+                        "name": name.decode() if isinstance(name, bytes) else name,
+                        "memory_used_bytes": int(mem.used),
+                        "memory_total_bytes": int(mem.total),
+                        "utilization_pct": float(util.gpu),
+                    }
+                )
             return out
         finally:
             pynvml.nvmlShutdown()
@@ -135,14 +168,28 @@ def gpu_health() -> list[dict[str, Any]]:
     if shutil.which("nvidia-smi"):
         try:
             res = subprocess.run(
-                ["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
-                 "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5, check=True)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            )
             out = []
             for line in res.stdout.strip().splitlines():
                 idx, name, used, total, util = (p.strip() for p in line.split(","))
-                out.append({"index": int(idx), "name": name, "memory_used_bytes": int(float(used)) * 1024**2,
-                            "memory_total_bytes": int(float(total)) * 1024**2,
-                            "utilization_pct": float(util) if util.replace(".", "").isdigit() else None})
+                out.append(
+                    {
+                        "index": int(idx),
+                        "name": name,
+                        "memory_used_bytes": int(float(used)) * 1024**2,
+                        "memory_total_bytes": int(float(total)) * 1024**2,
+                        "utilization_pct": float(util) if util.replace(".", "").isdigit() else None,
+                    }
+                )
             return out
         except Exception:  # noqa: BLE001
             pass
@@ -155,13 +202,22 @@ def gpu_health() -> list[dict[str, Any]]:
                 util: float | None = float(torch.cuda.utilization(i))
             except Exception:  # noqa: BLE001 - utilization() needs pynvml
                 util = None
-            out.append({"index": i, "name": torch.cuda.get_device_name(i), "memory_used_bytes": int(total - free),
-                        "memory_total_bytes": int(total), "utilization_pct": util})
+            out.append(
+                {
+                    "index": i,
+                    "name": torch.cuda.get_device_name(i),
+                    "memory_used_bytes": int(total - free),
+                    "memory_total_bytes": int(total),
+                    "utilization_pct": util,
+                }
+            )
         return out
     return []
 
 
-def host_health(db: Database, data_root: Path, *, disk_floor_gb: float, self_role: str | None = None) -> dict[str, Any]:
+def host_health(
+    db: Database, data_root: Path, *, disk_floor_gb: float, self_role: str | None = None
+) -> dict[str, Any]:
     return {
         "database": database_health(db),
         "disk": disk_health(data_root, disk_floor_gb),
@@ -171,7 +227,9 @@ def host_health(db: Database, data_root: Path, *, disk_floor_gb: float, self_rol
     }
 
 
-def readiness(db: Database, data_root: Path, *, disk_floor_gb: float) -> tuple[bool, list[str], dict[str, Any]]:
+def readiness(
+    db: Database, data_root: Path, *, disk_floor_gb: float
+) -> tuple[bool, list[str], dict[str, Any]]:
     """Ready when the database answers, its schema is at head and the data dir's disk is above the floor."""
     database = database_health(db)
     disk = disk_health(data_root, disk_floor_gb)
@@ -179,9 +237,13 @@ def readiness(db: Database, data_root: Path, *, disk_floor_gb: float) -> tuple[b
     if not database["reachable"]:
         reasons.append(f"database unreachable: {database.get('error')}")
     elif not database["at_head"]:
-        reasons.append(f"database schema at {database['revision']!r}, code expects {', '.join(database['heads'])}: "
-                       "run `learnloop db upgrade`")
+        reasons.append(
+            f"database schema at {database['revision']!r}, code expects {', '.join(database['heads'])}: "
+            "run `learnloop db upgrade`"
+        )
     if not disk["ok"]:
-        reasons.append(f"free disk {disk['free_bytes'] / 1024**3:.2f} GB under the floor of {disk_floor_gb} GB "
-                       f"at {disk['path']}")
+        reasons.append(
+            f"free disk {disk['free_bytes'] / 1024**3:.2f} GB under the floor of {disk_floor_gb} GB "
+            f"at {disk['path']}"
+        )
     return not reasons, reasons, {"database": database, "disk": disk}

@@ -70,14 +70,22 @@ class TrajectoryFilter:
 def _tag_condition(session: Session, tag: str) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return Trajectory.tags.op("@>")(func.jsonb_build_array(tag))
-    return exists(select(1).select_from(func.json_each(Trajectory.tags).table_valued("value").alias("t"))
-                  .where(text("t.value = :tag")).params(tag=tag))
+    return exists(
+        select(1)
+        .select_from(func.json_each(Trajectory.tags).table_valued("value").alias("t"))
+        .where(text("t.value = :tag"))
+        .params(tag=tag)
+    )
 
 
 def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE_SIZE) -> dict[str, Any]:
     """Newest first, ``limit`` a page (keyset on created_at, id). The reward filter uses the mean of the trajectory's scores."""
-    reward = (select(func.avg(Score.value)).where(Score.trajectory_id == Trajectory.id).correlate(Trajectory)
-              .scalar_subquery())
+    reward = (
+        select(func.avg(Score.value))
+        .where(Score.trajectory_id == Trajectory.id)
+        .correlate(Trajectory)
+        .scalar_subquery()
+    )
     cond = []
     if f.scenario:
         cond.append(Trajectory.scenario == f.scenario)
@@ -92,7 +100,9 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
     if f.date_from:
         cond.append(Trajectory.created_at >= dt.datetime.combine(f.date_from, dt.time(), dt.UTC))
     if f.date_to:
-        cond.append(Trajectory.created_at < dt.datetime.combine(f.date_to + dt.timedelta(days=1), dt.time(), dt.UTC))
+        cond.append(
+            Trajectory.created_at < dt.datetime.combine(f.date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
+        )
     if f.q:
         like = f"%{f.q}%"
         cond.append((Trajectory.id.like(f"{f.q}%")) | cast(Trajectory.messages, String).ilike(like))
@@ -105,10 +115,25 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
         except ValueError:
             f.problems.append("before: not a page cursor")
         else:
-            cond.append((Trajectory.created_at < when) | ((Trajectory.created_at == when) & (Trajectory.id < last_id)))
-    q = (select(Trajectory.id, Trajectory.scenario, Trajectory.source, Trajectory.agent, Trajectory.model,
-                Trajectory.model_version, Trajectory.tags, Trajectory.created_at, Trajectory.messages)
-         .where(*cond).order_by(Trajectory.created_at.desc(), Trajectory.id.desc()).limit(limit + 1))
+            cond.append(
+                (Trajectory.created_at < when) | ((Trajectory.created_at == when) & (Trajectory.id < last_id))
+            )
+    q = (
+        select(
+            Trajectory.id,
+            Trajectory.scenario,
+            Trajectory.source,
+            Trajectory.agent,
+            Trajectory.model,
+            Trajectory.model_version,
+            Trajectory.tags,
+            Trajectory.created_at,
+            Trajectory.messages,
+        )
+        .where(*cond)
+        .order_by(Trajectory.created_at.desc(), Trajectory.id.desc())
+        .limit(limit + 1)
+    )
     rows = list(session.execute(q))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -116,12 +141,20 @@ def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE
     items = []
     for r in rows:
         first_user = next((m for m in r.messages or [] if m.get("role") == "user"), None)
-        items.append({
-            "id": r.id, "scenario": r.scenario, "source": _val(r.source), "agent": r.agent,
-            "model": r.model_version or r.model, "tags": r.tags or [], "created_at": _iso(r.created_at),
-            "reward": rewards.get(r.id), "turns": len(r.messages or []),
-            "preview": _text(first_user)[:140] if first_user else "",
-        })
+        items.append(
+            {
+                "id": r.id,
+                "scenario": r.scenario,
+                "source": _val(r.source),
+                "agent": r.agent,
+                "model": r.model_version or r.model,
+                "tags": r.tags or [],
+                "created_at": _iso(r.created_at),
+                "reward": rewards.get(r.id),
+                "turns": len(r.messages or []),
+                "preview": _text(first_user)[:140] if first_user else "",
+            }
+        )
     cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}" if more and rows else None
     return {"items": items, "next_before": cursor}
 
@@ -136,20 +169,54 @@ def trajectory_detail(session: Session, trajectory_id: str) -> dict[str, Any] | 
     t = session.get(Trajectory, trajectory_id)
     if t is None:
         return None
-    scores = session.execute(select(Score).where(Score.trajectory_id == trajectory_id).order_by(Score.created_at, Score.id)).scalars()
+    scores = session.execute(
+        select(Score).where(Score.trajectory_id == trajectory_id).order_by(Score.created_at, Score.id)
+    ).scalars()
     from learnloop.store.models import Feedback
 
-    feedback = session.execute(select(Feedback).where(Feedback.trajectory_id == trajectory_id).order_by(Feedback.id)).scalars()
+    feedback = session.execute(
+        select(Feedback).where(Feedback.trajectory_id == trajectory_id).order_by(Feedback.id)
+    ).scalars()
     reward = combined_rewards(session, [trajectory_id]).get(trajectory_id)
     return {
-        "id": t.id, "scenario": t.scenario, "group": t.group_id, "agent": t.agent, "source": _val(t.source),
-        "model": t.model, "model_version": t.model_version, "tags": t.tags or [], "split": _val(t.split),
-        "metadata": t.meta or {}, "tools": t.tools or [], "created_at": _iso(t.created_at), "reward": reward,
+        "id": t.id,
+        "scenario": t.scenario,
+        "group": t.group_id,
+        "agent": t.agent,
+        "source": _val(t.source),
+        "model": t.model,
+        "model_version": t.model_version,
+        "tags": t.tags or [],
+        "split": _val(t.split),
+        "metadata": t.meta or {},
+        "tools": t.tools or [],
+        "created_at": _iso(t.created_at),
+        "reward": reward,
         "messages": [_message_view(m) for m in t.messages or []],
-        "scores": [{"name": s.name, "value": s.value, "source": _val(s.source), "author": s.author,
-                    "judge_model": s.judge_model, "rationale": s.rationale, "created_at": _iso(s.created_at)} for s in scores],
-        "feedback": [{"rating": f.rating, "thumbs": f.thumbs, "success": f.success, "comment": f.comment,
-                      "correction": f.correction, "author": f.author, "created_at": _iso(f.created_at)} for f in feedback],
+        "scores": [
+            {
+                "name": s.name,
+                "value": s.value,
+                "source": _val(s.source),
+                "author": s.author,
+                "judge_model": s.judge_model,
+                "rationale": s.rationale,
+                "created_at": _iso(s.created_at),
+            }
+            for s in scores
+        ],
+        "feedback": [
+            {
+                "rating": f.rating,
+                "thumbs": f.thumbs,
+                "success": f.success,
+                "comment": f.comment,
+                "correction": f.correction,
+                "author": f.author,
+                "created_at": _iso(f.created_at),
+            }
+            for f in feedback
+        ],
     }
 
 
@@ -161,26 +228,46 @@ def _message_view(m: dict[str, Any]) -> dict[str, Any]:
         fn = c.get("function") or {}
         args = fn.get("arguments")
         try:
-            args = json.dumps(json.loads(args), indent=2) if isinstance(args, str) else json.dumps(args, indent=2)
+            args = (
+                json.dumps(json.loads(args), indent=2)
+                if isinstance(args, str)
+                else json.dumps(args, indent=2)
+            )
         except (TypeError, ValueError):
             pass
         calls.append({"id": c.get("id"), "name": fn.get("name"), "arguments": args})
-    return {"role": m.get("role"), "content": _text(m), "name": m.get("name"), "tool_call_id": m.get("tool_call_id"),
-            "tool_calls": calls}
+    return {
+        "role": m.get("role"),
+        "content": _text(m),
+        "name": m.get("name"),
+        "tool_call_id": m.get("tool_call_id"),
+        "tool_calls": calls,
+    }
 
 
 def filter_options(session: Session) -> dict[str, list[str]]:
-    scenarios = [s for (s,) in session.execute(select(Trajectory.scenario).where(Trajectory.scenario.is_not(None))
-                                               .group_by(Trajectory.scenario).order_by(Trajectory.scenario).limit(200))]
+    scenarios = [
+        s
+        for (s,) in session.execute(
+            select(Trajectory.scenario)
+            .where(Trajectory.scenario.is_not(None))
+            .group_by(Trajectory.scenario)
+            .order_by(Trajectory.scenario)
+            .limit(200)
+        )
+    ]
     return {"scenarios": scenarios, "sources": [s.value for s in Source]}
 
 
 # -- rewards ---------------------------------------------------------------------------------
 
+
 def scored_share(session: Session, since: dt.datetime) -> float | None:
     """Share of the trajectories created since ``since`` that have at least one score."""
     scored = exists(select(1).where(Score.trajectory_id == Trajectory.id))
-    total, n = session.execute(select(func.count(), func.sum(case((scored, 1), else_=0))).where(Trajectory.created_at >= since)).one()
+    total, n = session.execute(
+        select(func.count(), func.sum(case((scored, 1), else_=0))).where(Trajectory.created_at >= since)
+    ).one()
     return (int(n or 0) / total) if total else None
 
 
@@ -191,7 +278,9 @@ def reward_overview(session: Session, since: dt.datetime, bins: int = 20) -> dic
     """
     scenario = func.coalesce(Trajectory.scenario, "(none)")
     pg = session.get_bind().dialect.name == "postgresql"
-    lo, hi = session.execute(select(func.min(Score.value), func.max(Score.value)).where(Score.created_at >= since)).one()
+    lo, hi = session.execute(
+        select(func.min(Score.value), func.max(Score.value)).where(Score.created_at >= since)
+    ).one()
     hist: dict[str, list[int]] = {}
     edges: list[float] = []
     if lo is not None:
@@ -203,25 +292,40 @@ def reward_overview(session: Session, since: dt.datetime, bins: int = 20) -> dic
         scaled = (Score.value - lo) / width
         bucket = cast(func.floor(scaled), Integer) if pg else cast(scaled, Integer)
         for sc, b, n in session.execute(
-            select(scenario, bucket, func.count()).join(Trajectory, Trajectory.id == Score.trajectory_id)
-            .where(Score.created_at >= since).group_by(scenario, bucket)
+            select(scenario, bucket, func.count())
+            .join(Trajectory, Trajectory.id == Score.trajectory_id)
+            .where(Score.created_at >= since)
+            .group_by(scenario, bucket)
         ):
-            hist.setdefault(sc, [0] * bins)[min(bins - 1, max(0, int(b)))] += n  # the maximum lands in the last bin
+            hist.setdefault(sc, [0] * bins)[min(bins - 1, max(0, int(b)))] += (
+                n  # the maximum lands in the last bin
+            )
     neg = func.sum(case((Score.value < 0, 1), else_=0))
 
     def per(col: Any) -> list[dict[str, Any]]:
         return [
-            {"key": str(_val(k)), "mean": _num(m), "count": n, "share_negative": (int(ng or 0) / n) if n else None}
+            {
+                "key": str(_val(k)),
+                "mean": _num(m),
+                "count": n,
+                "share_negative": (int(ng or 0) / n) if n else None,
+            }
             for k, m, n, ng in session.execute(
-                select(col, func.avg(Score.value), func.count(), neg).join(Trajectory, Trajectory.id == Score.trajectory_id)
-                .where(Score.created_at >= since).group_by(col).order_by(col))
+                select(col, func.avg(Score.value), func.count(), neg)
+                .join(Trajectory, Trajectory.id == Score.trajectory_id)
+                .where(Score.created_at >= since)
+                .group_by(col)
+                .order_by(col)
+            )
         ]
 
     judged = exists(select(1).where(Score.trajectory_id == Trajectory.id, Score.source == ScoreSource.judge))
     scored = exists(select(1).where(Score.trajectory_id == Trajectory.id))
-    counts = session.execute(select(
-        func.count(), func.sum(case((judged, 1), else_=0)), func.sum(case((scored, 1), else_=0))
-    ).where(Trajectory.created_at >= since)).one()
+    counts = session.execute(
+        select(
+            func.count(), func.sum(case((judged, 1), else_=0)), func.sum(case((scored, 1), else_=0))
+        ).where(Trajectory.created_at >= since)
+    ).one()
     total, n_judged, n_scored = counts[0] or 0, int(counts[1] or 0), int(counts[2] or 0)
     return {
         "edges": edges,
@@ -230,6 +334,11 @@ def reward_overview(session: Session, since: dt.datetime, bins: int = 20) -> dic
         "by_source": per(Trajectory.source),
         "by_score_source": per(Score.source),
         "by_day": per(_day(session, Score.created_at)),
-        "trajectories": {"total": total, "judged": n_judged, "unjudged": total - n_judged, "scored": n_scored,
-                         "unscored": total - n_scored},
+        "trajectories": {
+            "total": total,
+            "judged": n_judged,
+            "unjudged": total - n_judged,
+            "scored": n_scored,
+            "unscored": total - n_scored,
+        },
     }

@@ -60,25 +60,30 @@ def start_of_day(now: dt.datetime | None = None) -> dt.datetime:
 
 # -- loops and control --------------------------------------------------------------------------
 
+
 def loops(session: Session, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     now = now or utcnow()
     out = []
     for row in session.scalars(select(LoopState).order_by(LoopState.name)):
         readiness = row.readiness or {}
         reasons = readiness.get("reasons") if isinstance(readiness, dict) else None
-        out.append({
-            "name": row.name,
-            "state": row.state,
-            "head_version": row.head_version_id,
-            "last_check_at": _iso(row.last_check_at),
-            "next_check_at": _iso(row.next_check_at),
-            "next_check_in_s": max(0.0, round((row.next_check_at - now).total_seconds(), 1)) if row.next_check_at else None,
-            "last_cycle_at": _iso(row.last_cycle_at),
-            "ready": readiness.get("ready") if isinstance(readiness, dict) else None,
-            "readiness_reasons": reasons if isinstance(reasons, list) else [],
-            "readiness": readiness,
-            "last_outcome": row.last_outcome or {},
-        })
+        out.append(
+            {
+                "name": row.name,
+                "state": row.state,
+                "head_version": row.head_version_id,
+                "last_check_at": _iso(row.last_check_at),
+                "next_check_at": _iso(row.next_check_at),
+                "next_check_in_s": max(0.0, round((row.next_check_at - now).total_seconds(), 1))
+                if row.next_check_at
+                else None,
+                "last_cycle_at": _iso(row.last_cycle_at),
+                "ready": readiness.get("ready") if isinstance(readiness, dict) else None,
+                "readiness_reasons": reasons if isinstance(reasons, list) else [],
+                "readiness": readiness,
+                "last_outcome": row.last_outcome or {},
+            }
+        )
     return out
 
 
@@ -87,6 +92,7 @@ def control_switches(session: Session) -> dict[str, Any]:
 
 
 # -- jobs -----------------------------------------------------------------------------------------
+
 
 def queue_summary(session: Session) -> dict[str, Any]:
     """Job counts by state, and by priority for the ones still to run or running."""
@@ -120,22 +126,43 @@ def job_view(job: Job, now: dt.datetime | None = None) -> dict[str, Any]:
     if job.started_at:
         duration = round(((job.finished_at or now) - job.started_at).total_seconds(), 1)
     return {
-        "id": job.id, "kind": _val(job.kind), "state": _val(job.state), "desired_state": _val(job.desired_state),
-        "priority": job.priority, "loop": job.loop, "attempts": job.attempts, "max_attempts": job.max_attempts,
-        "step": step, "total_steps": total, "loss": _num(p.get("loss")), "tokens_per_s": _num(p.get("tokens_per_s")),
-        "eta_s": eta, "error": job.error, "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "heartbeat_at": _iso(job.heartbeat_at), "duration_s": duration,
+        "id": job.id,
+        "kind": _val(job.kind),
+        "state": _val(job.state),
+        "desired_state": _val(job.desired_state),
+        "priority": job.priority,
+        "loop": job.loop,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "step": step,
+        "total_steps": total,
+        "loss": _num(p.get("loss")),
+        "tokens_per_s": _num(p.get("tokens_per_s")),
+        "eta_s": eta,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
+        "duration_s": duration,
         "lease_owner": job.lease_owner,
     }
 
 
 def active_jobs(session: Session) -> list[dict[str, Any]]:
     now = utcnow()
-    rows = session.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)).order_by(Job.started_at.desc(), Job.id.desc()).limit(20))
+    rows = session.scalars(
+        select(Job)
+        .where(Job.state.in_(ACTIVE_STATES))
+        .order_by(Job.started_at.desc(), Job.id.desc())
+        .limit(20)
+    )
     return [job_view(j, now) for j in rows]
 
 
-def list_jobs(session: Session, *, state: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+def list_jobs(
+    session: Session, *, state: str | None = None, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
     now = utcnow()
     q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if state:
@@ -153,19 +180,28 @@ def get_job(session: Session, job_id: int) -> dict[str, Any] | None:
     if job is None:
         return None
     view = job_view(job)
-    view.update(payload=job.payload or {}, result=job.result or {}, output_tail=job.output_tail,
-                checkpoint_path=job.checkpoint_path, progress=job.progress or {})
+    view.update(
+        payload=job.payload or {},
+        result=job.result or {},
+        output_tail=job.output_tail,
+        checkpoint_path=job.checkpoint_path,
+        progress=job.progress or {},
+    )
     return view
 
 
-def metric_series(session: Session, job_id: int, *, max_points: int = 400, after_step: int | None = None) -> dict[str, Any]:
+def metric_series(
+    session: Session, job_id: int, *, max_points: int = 400, after_step: int | None = None
+) -> dict[str, Any]:
     """Loss, learning rate and tokens/s of a job by step, downsampled on the server.
 
     Steps are cut into at most ``max_points`` equal buckets and each bucket is averaged in SQL,
     so a run of a million steps sends the browser a few hundred points. ``after_step`` returns
     the raw points past a step (what a live view appends).
     """
-    base = select(func.min(TrainingMetric.step), func.max(TrainingMetric.step), func.count()).where(TrainingMetric.job_id == job_id)
+    base = select(func.min(TrainingMetric.step), func.max(TrainingMetric.step), func.count()).where(
+        TrainingMetric.job_id == job_id
+    )
     if after_step is not None:
         base = base.where(TrainingMetric.step > after_step)
     lo, hi, n = session.execute(base).one()
@@ -174,58 +210,96 @@ def metric_series(session: Session, job_id: int, *, max_points: int = 400, after
     bucket = max(1, math.ceil((hi - lo + 1) / max_points))
     key = ((TrainingMetric.step - lo) / bucket) if bucket > 1 else TrainingMetric.step
     if bucket > 1:
-        key = func.floor(key) if session.get_bind().dialect.name == "postgresql" else func.cast(key, type_=TrainingMetric.step.type)
+        key = (
+            func.floor(key)
+            if session.get_bind().dialect.name == "postgresql"
+            else func.cast(key, type_=TrainingMetric.step.type)
+        )
     q = (
-        select(func.max(TrainingMetric.step), func.avg(TrainingMetric.loss), func.avg(TrainingMetric.learning_rate),
-               func.avg(TrainingMetric.tokens_per_s), func.max(TrainingMetric.loss))
+        select(
+            func.max(TrainingMetric.step),
+            func.avg(TrainingMetric.loss),
+            func.avg(TrainingMetric.learning_rate),
+            func.avg(TrainingMetric.tokens_per_s),
+            func.max(TrainingMetric.loss),
+        )
         .where(TrainingMetric.job_id == job_id)
         .group_by(key)
         .order_by(func.max(TrainingMetric.step))
     )
     if after_step is not None:
         q = q.where(TrainingMetric.step > after_step)
-    points = [{"step": s, "loss": _num(loss), "lr": _num(lr), "tokens_per_s": _num(tps), "loss_max": _num(lmax)}
-              for s, loss, lr, tps, lmax in session.execute(q)]
+    points = [
+        {"step": s, "loss": _num(loss), "lr": _num(lr), "tokens_per_s": _num(tps), "loss_max": _num(lmax)}
+        for s, loss, lr, tps, lmax in session.execute(q)
+    ]
     return {"job_id": job_id, "points": points, "count": n, "bucket": bucket, "last_step": hi}
 
 
 def recent_losses(session: Session, job_id: int, window: int) -> list[tuple[int, float | None]]:
-    q = (select(TrainingMetric.step, TrainingMetric.loss).where(TrainingMetric.job_id == job_id)
-         .order_by(TrainingMetric.step.desc()).limit(window))
+    q = (
+        select(TrainingMetric.step, TrainingMetric.loss)
+        .where(TrainingMetric.job_id == job_id)
+        .order_by(TrainingMetric.step.desc())
+        .limit(window)
+    )
     return [(s, loss) for s, loss in session.execute(q)]
 
 
 # -- versions, evaluations, serving -----------------------------------------------------------
 
+
 def version_view(v: ModelVersion) -> dict[str, Any]:
     return {
-        "id": v.id, "name": v.name, "state": _val(v.state), "parent_id": v.parent_id, "loop": v.loop,
-        "algorithm": v.algorithm, "base_model": v.base_model, "dataset_id": v.dataset_id, "job_id": v.job_id,
-        "metrics": v.metrics or {}, "gate": v.gate or {}, "created_at": _iso(v.created_at),
-        "promoted_at": _iso(v.promoted_at), "ever_served": v.ever_served, "note": v.note,
+        "id": v.id,
+        "name": v.name,
+        "state": _val(v.state),
+        "parent_id": v.parent_id,
+        "loop": v.loop,
+        "algorithm": v.algorithm,
+        "base_model": v.base_model,
+        "dataset_id": v.dataset_id,
+        "job_id": v.job_id,
+        "metrics": v.metrics or {},
+        "gate": v.gate or {},
+        "created_at": _iso(v.created_at),
+        "promoted_at": _iso(v.promoted_at),
+        "ever_served": v.ever_served,
+        "note": v.note,
     }
 
 
 def list_versions(session: Session, limit: int = 100) -> list[dict[str, Any]]:
-    rows = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit))
+    rows = session.scalars(
+        select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit)
+    )
     return [version_view(v) for v in rows]
 
 
 def evaluation_view(e: Evaluation) -> dict[str, Any]:
     gate = e.gate or {}
     return {
-        "id": e.id, "candidate_id": e.candidate_id, "baseline_id": e.baseline_id, "scenario": e.scenario,
-        "verdict": e.verdict, "metrics": e.metrics or {}, "reasons": gate.get("reasons", []) if isinstance(gate, dict) else [],
+        "id": e.id,
+        "candidate_id": e.candidate_id,
+        "baseline_id": e.baseline_id,
+        "scenario": e.scenario,
+        "verdict": e.verdict,
+        "metrics": e.metrics or {},
+        "reasons": gate.get("reasons", []) if isinstance(gate, dict) else [],
         "created_at": _iso(e.created_at),
     }
 
 
 def last_evaluation(session: Session) -> dict[str, Any] | None:
-    row = session.scalars(select(Evaluation).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)).first()
+    row = session.scalars(
+        select(Evaluation).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)
+    ).first()
     return evaluation_view(row) if row else None
 
 
-def list_evaluations(session: Session, limit: int = 200, candidate_ids: list[str] | None = None) -> list[dict[str, Any]]:
+def list_evaluations(
+    session: Session, limit: int = 200, candidate_ids: list[str] | None = None
+) -> list[dict[str, Any]]:
     q = select(Evaluation).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(limit)
     if candidate_ids is not None:
         q = q.where(Evaluation.candidate_id.in_(candidate_ids))
@@ -235,19 +309,39 @@ def list_evaluations(session: Session, limit: int = 200, candidate_ids: list[str
 def serving(session: Session) -> list[dict[str, Any]]:
     out = []
     for a in session.scalars(select(Alias).order_by(Alias.name)):
-        out.append({
-            "alias": a.name, "version": a.version_id or "base", "version_id": a.version_id,
-            "candidate": a.candidate_id, "split": a.split, "shadow": a.shadow, "updated_at": _iso(a.updated_at),
-        })
+        out.append(
+            {
+                "alias": a.name,
+                "version": a.version_id or "base",
+                "version_id": a.version_id,
+                "candidate": a.candidate_id,
+                "split": a.split,
+                "shadow": a.shadow,
+                "updated_at": _iso(a.updated_at),
+            }
+        )
     return out
 
 
-def alias_events(session: Session, limit: int = 200, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+def alias_events(
+    session: Session, limit: int = 200, since: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     q = select(AliasEvent).order_by(AliasEvent.id.desc()).limit(limit)
     if since is not None:
         q = q.where(AliasEvent.created_at >= since)
-    return [{"id": e.id, "alias": e.alias, "action": e.action, "from": e.from_version, "to": e.to_version,
-             "actor": e.actor, "reason": e.reason, "created_at": _iso(e.created_at)} for e in session.scalars(q)]
+    return [
+        {
+            "id": e.id,
+            "alias": e.alias,
+            "action": e.action,
+            "from": e.from_version,
+            "to": e.to_version,
+            "actor": e.actor,
+            "reason": e.reason,
+            "created_at": _iso(e.created_at),
+        }
+        for e in session.scalars(q)
+    ]
 
 
 def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
@@ -259,13 +353,21 @@ def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
         {"version": v, "requests": n, "latency_ms_mean": _num(lat), "latency_ms_max": _num(lmax)}
         for v, n, lat, lmax in session.execute(
             select(version, func.count(), func.avg(latency), func.max(latency))
-            .where(served, Trajectory.created_at >= since).group_by(version).order_by(func.count().desc())
+            .where(served, Trajectory.created_at >= since)
+            .group_by(version)
+            .order_by(func.count().desc())
         )
     ]
     day = _day(session, Trajectory.created_at)
-    per_day = [{"day": str(d), "version": v, "requests": n} for d, v, n in session.execute(
-        select(day, version, func.count()).where(served, Trajectory.created_at >= since).group_by(day, version).order_by(day)
-    )]
+    per_day = [
+        {"day": str(d), "version": v, "requests": n}
+        for d, v, n in session.execute(
+            select(day, version, func.count())
+            .where(served, Trajectory.created_at >= since)
+            .group_by(day, version)
+            .order_by(day)
+        )
+    ]
     return {"per_version": per_version, "per_day": per_day}
 
 
@@ -273,20 +375,28 @@ def live_reward_by_day(session: Session, since: dt.datetime) -> list[dict[str, A
     """Mean score on served traffic per day and version (every score aspect averaged together)."""
     day = _day(session, Trajectory.created_at)
     version = func.coalesce(Trajectory.model_version, "base")
-    q = (select(day, version, func.avg(Score.value), func.count(func.distinct(Trajectory.id)))
-         .join(Score, Score.trajectory_id == Trajectory.id)
-         .where(Trajectory.source == Source.served, Trajectory.created_at >= since)
-         .group_by(day, version).order_by(day))
-    return [{"day": str(d), "version": v, "reward_mean": _num(m), "trajectories": n} for d, v, m, n in session.execute(q)]
+    q = (
+        select(day, version, func.avg(Score.value), func.count(func.distinct(Trajectory.id)))
+        .join(Score, Score.trajectory_id == Trajectory.id)
+        .where(Trajectory.source == Source.served, Trajectory.created_at >= since)
+        .group_by(day, version)
+        .order_by(day)
+    )
+    return [
+        {"day": str(d), "version": v, "reward_mean": _num(m), "trajectories": n}
+        for d, v, m, n in session.execute(q)
+    ]
 
 
 # -- trajectories -----------------------------------------------------------------------------
 
+
 def trajectory_counts(session: Session, now: dt.datetime | None = None) -> dict[str, Any]:
     today = start_of_day(now)
     rows = session.execute(
-        select(Trajectory.source, func.count(), func.sum(case((Trajectory.created_at >= today, 1), else_=0)))
-        .group_by(Trajectory.source)
+        select(
+            Trajectory.source, func.count(), func.sum(case((Trajectory.created_at >= today, 1), else_=0))
+        ).group_by(Trajectory.source)
     )
     by_source = {s.value: {"total": 0, "today": 0} for s in Source}
     for source, total, today_n in rows:
@@ -305,17 +415,32 @@ def latest_trajectory_at(session: Session) -> dt.datetime | None:
 
 
 def reward_means(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    q = (select(func.coalesce(Trajectory.scenario, ""), Score.name, func.avg(Score.value), func.count())
-         .join(Trajectory, Trajectory.id == Score.trajectory_id)
-         .where(Score.created_at >= since).group_by(Trajectory.scenario, Score.name))
-    return [{"scenario": sc, "name": name, "mean": _num(m), "count": n} for sc, name, m, n in session.execute(q)]
+    q = (
+        select(func.coalesce(Trajectory.scenario, ""), Score.name, func.avg(Score.value), func.count())
+        .join(Trajectory, Trajectory.id == Score.trajectory_id)
+        .where(Score.created_at >= since)
+        .group_by(Trajectory.scenario, Score.name)
+    )
+    return [
+        {"scenario": sc, "name": name, "mean": _num(m), "count": n} for sc, name, m, n in session.execute(q)
+    ]
 
 
 # -- events -----------------------------------------------------------------------------------
 
+
 def event_view(e: Event) -> dict[str, Any]:
-    return {"id": e.id, "kind": e.kind, "level": e.level, "message": e.message, "loop": e.loop, "job_id": e.job_id,
-            "version_id": e.version_id, "data": e.data or {}, "created_at": _iso(e.created_at)}
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "level": e.level,
+        "message": e.message,
+        "loop": e.loop,
+        "job_id": e.job_id,
+        "version_id": e.version_id,
+        "data": e.data or {},
+        "created_at": _iso(e.created_at),
+    }
 
 
 def events_after(session: Session, after_id: int | None, limit: int = 100) -> list[dict[str, Any]]:

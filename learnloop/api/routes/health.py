@@ -36,8 +36,10 @@ def healthz(db: DbDep, request: Request) -> Any:
     except Exception as exc:  # any failure to answer is "down"; the reason is for the operator's log
         log.warning("healthz: database unavailable: %s", exc)
         return JSONResponse(
-            ErrorResponse(error="The database is unavailable.", detail="The database is unavailable.").model_dump(
-                exclude_none=True) | {"status": "unavailable", "database": "unavailable"},
+            ErrorResponse(
+                error="The database is unavailable.", detail="The database is unavailable."
+            ).model_dump(exclude_none=True)
+            | {"status": "unavailable", "database": "unavailable"},
             status_code=503,
             headers={"Retry-After": str(HEALTH_RETRY_AFTER)},
         )

@@ -40,7 +40,9 @@ WRITE_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)
 
 def _store(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, Any]:
     with db.session() as session:
-        result = ingest(session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction)
+        result = ingest(
+            session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
+        )
     return count_ingested(result.as_dict())
 
 
@@ -74,12 +76,16 @@ async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> di
     dependencies=[WriteAuth],
     openapi_extra=request_body("FeedbackIn", FEEDBACK),
 )
-async def post_feedback(trajectory_id: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def post_feedback(
+    trajectory_id: str, request: Request, db: DbDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Late feedback on one stored trajectory (at least one signal)."""
     problem = storable_id(trajectory_id)
     if problem:
-        raise ValidationFailed(f"Invalid input — trajectory_id (in the path): {problem}. Nothing was stored.",
-                               [("trajectory_id", problem)])
+        raise ValidationFailed(
+            f"Invalid input — trajectory_id (in the path): {problem}. Nothing was stored.",
+            [("trajectory_id", problem)],
+        )
     feedback = parse_json_body(FEEDBACK, await request.body())
     feedback["trajectory_id"] = trajectory_id
     with ingest_slot(request):
@@ -94,8 +100,19 @@ def read_trajectory(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     with db.read_session() as session:
         t = get_trajectory(session, trajectory_id)
         return {
-            "id": t.id, "project": t.project, "scenario": t.scenario, "group": t.group_id, "window": t.window_id,
-            "agent": t.agent, "source": t.source.value, "model": t.model, "model_version": t.model_version,
-            "messages": t.messages, "tools": t.tools, "metadata": t.meta, "tags": t.tags,
-            "split": t.split.value, "created_at": t.created_at.isoformat(),
+            "id": t.id,
+            "project": t.project,
+            "scenario": t.scenario,
+            "group": t.group_id,
+            "window": t.window_id,
+            "agent": t.agent,
+            "source": t.source.value,
+            "model": t.model,
+            "model_version": t.model_version,
+            "messages": t.messages,
+            "tools": t.tools,
+            "metadata": t.meta,
+            "tags": t.tags,
+            "split": t.split.value,
+            "created_at": t.created_at.isoformat(),
         }

@@ -33,8 +33,12 @@ class JobSubmit(BaseModel):
 
     kind: Literal["train", "score", "evaluate", "export"] = "train"
     loop: str | None = Field(None, description="Queue a cycle of this [[loops]] entry (kind train).")
-    config: dict[str, Any] | None = Field(None, description="A TrainConfig for a plain training run (kind train).")
-    payload: dict[str, Any] = Field(default_factory=dict, description="Payload of other kinds (evaluate: candidate ...).")
+    config: dict[str, Any] | None = Field(
+        None, description="A TrainConfig for a plain training run (kind train)."
+    )
+    payload: dict[str, Any] = Field(
+        default_factory=dict, description="Payload of other kinds (evaluate: candidate ...)."
+    )
     priority: Literal["high", "normal", "low"] = "normal"
     max_attempts: int = Field(3, ge=1, le=20)
     idempotency_key: str | None = Field(None, max_length=128)
@@ -44,8 +48,12 @@ _SUBMIT = TypeAdapter(JobSubmit)
 
 
 @router.get("/jobs", dependencies=Read)
-def list_jobs(db: Db, state: str | None = None, loop: str | None = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+def list_jobs(
+    db: Db,
+    state: str | None = None,
+    loop: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> list[dict[str, Any]]:
     from learnloop.daemon import queue
 
     return [j.as_dict(brief=True) for j in queue.list_jobs(db, state=state, loop=loop, limit=limit)]
@@ -58,9 +66,19 @@ def show_job(job_id: RowIdPath, db: Db) -> dict[str, Any]:
     return queue.get_job(db, job_id).as_dict()
 
 
-@router.post("/jobs", status_code=201, dependencies=Write, openapi_extra=request_body("JobSubmit", _SUBMIT),
-             responses=error_responses(404, 409, _404=_NO_LOOP, _409=_BUSY,
-                                       _400="The body is not JSON, or the loop's settings cannot be used."))
+@router.post(
+    "/jobs",
+    status_code=201,
+    dependencies=Write,
+    openapi_extra=request_body("JobSubmit", _SUBMIT),
+    responses=error_responses(
+        404,
+        409,
+        _404=_NO_LOOP,
+        _409=_BUSY,
+        _400="The body is not JSON, or the loop's settings cannot be used.",
+    ),
+)
 async def submit_job(request: Request, db: Db, settings: Conf) -> dict[str, Any]:
     body: JobSubmit = parse_json_body(_SUBMIT, await request.body())
     return await run_in_threadpool(_submit, body, db, settings)
@@ -71,25 +89,42 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
     from learnloop.errors import ValidationFailed
 
     if body.loop:
-        _, job = loops.check_and_submit(db, settings, loops.get_loop(settings, body.loop), manual=True, actor="api")
+        _, job = loops.check_and_submit(
+            db, settings, loops.get_loop(settings, body.loop), manual=True, actor="api"
+        )
         assert job is not None
         return {**job.as_dict(), "created": True}
     payload = dict(body.payload)
     if body.kind == "train":
         if not body.config:
-            raise ValidationFailed("A train job needs 'loop' or 'config'.", [("config", "required for kind train without loop")])
+            raise ValidationFailed(
+                "A train job needs 'loop' or 'config'.", [("config", "required for kind train without loop")]
+            )
         from learnloop.daemon.cycle import validate_config
 
         validate_config(body.config, "config")
         payload["config"] = body.config
-    job, created = queue.submit(db, body.kind, payload, priority=body.priority, max_attempts=body.max_attempts,
-                                idempotency_key=body.idempotency_key)
+    job, created = queue.submit(
+        db,
+        body.kind,
+        payload,
+        priority=body.priority,
+        max_attempts=body.max_attempts,
+        idempotency_key=body.idempotency_key,
+    )
     return {**job.as_dict(), "created": created}
 
 
-@router.post("/jobs/{job_id}/{action}", dependencies=Write, responses=error_responses(
-    404, 409, _404="No job with that id.", _409="The job's state does not allow the action (e.g. already finished)."
-))
+@router.post(
+    "/jobs/{job_id}/{action}",
+    dependencies=Write,
+    responses=error_responses(
+        404,
+        409,
+        _404="No job with that id.",
+        _409="The job's state does not allow the action (e.g. already finished).",
+    ),
+)
 def control_job(
     job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db
 ) -> dict[str, Any]:
@@ -105,9 +140,19 @@ def loops_status(db: Db, settings: Conf) -> list[dict[str, Any]]:
     return loops.status(db, settings)
 
 
-@router.post("/loops/{name}/run", status_code=201, dependencies=Write, responses=error_responses(
-    400, 404, 409, _400="The loop's settings cannot be used (e.g. a locked setting changed).", _404=_NO_LOOP,
-    _409=_BUSY))
+@router.post(
+    "/loops/{name}/run",
+    status_code=201,
+    dependencies=Write,
+    responses=error_responses(
+        400,
+        404,
+        409,
+        _400="The loop's settings cannot be used (e.g. a locked setting changed).",
+        _404=_NO_LOOP,
+        _409=_BUSY,
+    ),
+)
 def run_loop(name: str, db: Db, settings: Conf) -> dict[str, Any]:
     from learnloop.daemon import loops
 
@@ -120,7 +165,10 @@ def run_loop(name: str, db: Db, settings: Conf) -> dict[str, Any]:
 def daemon_state(db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
-    return {"paused": queue.get_control(db, "daemon.paused"), "frozen": queue.get_control(db, "daemon.frozen")}
+    return {
+        "paused": queue.get_control(db, "daemon.paused"),
+        "frozen": queue.get_control(db, "daemon.frozen"),
+    }
 
 
 @router.post("/daemon/{action}", dependencies=Write)
@@ -129,4 +177,8 @@ def daemon_switch(action: Literal["pause", "resume", "freeze", "unfreeze"], db: 
 
     key = "daemon.paused" if action in ("pause", "resume") else "daemon.frozen"
     changed = queue.set_control(db, key, action in ("pause", "freeze"), actor="api")
-    return {"paused": queue.get_control(db, "daemon.paused"), "frozen": queue.get_control(db, "daemon.frozen"), "changed": changed}
+    return {
+        "paused": queue.get_control(db, "daemon.paused"),
+        "frozen": queue.get_control(db, "daemon.frozen"),
+        "changed": changed,
+    }

@@ -59,10 +59,20 @@ class ChatCompletionBody(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-def openai_error(status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
-                        status_code=status, headers=headers)
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def domain_error(exc: LearnloopError) -> JSONResponse:
@@ -74,8 +84,13 @@ def domain_error(exc: LearnloopError) -> JSONResponse:
     if isinstance(exc, NotFound):
         return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, Overloaded):
-        return openai_error(429, str(exc), type="rate_limit_error", code="over_capacity",
-                            headers={"Retry-After": str(max(1, round(exc.retry_after)))})
+        return openai_error(
+            429,
+            str(exc),
+            type="rate_limit_error",
+            code="over_capacity",
+            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
+        )
     if isinstance(exc, Conflict):
         return openai_error(409, str(exc), code="conflict")
     return openai_error(400, str(exc))
@@ -91,8 +106,12 @@ def _gate(request: Request) -> tuple[Any, JSONResponse | None]:
     key = settings.serving.api_key or settings.api_token
     if key is not None:
         if not bearer_matches(request, key):  # compared as bytes: any header is a 401 or a pass, never a 500
-            return None, openai_error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>' "
-                                           "(serving.api_key, else LEARNLOOP_API_TOKEN).", code="invalid_api_key")
+            return None, openai_error(
+                401,
+                "Missing or wrong API key: send 'Authorization: Bearer <key>' "
+                "(serving.api_key, else LEARNLOOP_API_TOKEN).",
+                code="invalid_api_key",
+            )
     runtime = getattr(state, "serving", None)
     if runtime is None:
         reason = getattr(state, "serving_off_reason", None) or "Serving is off in this server."
@@ -116,8 +135,13 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [_model_card(n) for n in names]})
 
 
-@router.get("/models/{model_id}", **_MARK, responses=openai_error_responses(
-    404, 503, _404="No model by that name.", _503="Serving is off in this server."))
+@router.get(
+    "/models/{model_id}",
+    **_MARK,
+    responses=openai_error_responses(
+        404, 503, _404="No model by that name.", _503="Serving is off in this server."
+    ),
+)
 async def get_model(request: Request, model_id: str) -> Response:
     runtime, error = _gate(request)
     if error is not None:
@@ -128,11 +152,24 @@ async def get_model(request: Request, model_id: str) -> Response:
     return JSONResponse(_model_card(model_id))
 
 
-@router.post("/chat/completions", dependencies=[ServingKey], responses=openai_error_responses(
-    400, 404, 409, 413, 429, 503, _400="Invalid request; `param` names the field.", _404="No model by that name.",
-    _409="The named version cannot be served now.", _429="Generation slots are full; retry after Retry-After seconds.",
-    _503="Serving is off in this server."),
-    openapi_extra={OPENAI_SHAPE: True, **_CHAT_BODY})
+@router.post(
+    "/chat/completions",
+    dependencies=[ServingKey],
+    responses=openai_error_responses(
+        400,
+        404,
+        409,
+        413,
+        429,
+        503,
+        _400="Invalid request; `param` names the field.",
+        _404="No model by that name.",
+        _409="The named version cannot be served now.",
+        _429="Generation slots are full; retry after Retry-After seconds.",
+        _503="Serving is off in this server.",
+    ),
+    openapi_extra={OPENAI_SHAPE: True, **_CHAT_BODY},
+)
 async def chat_completions(request: Request) -> Response:
     """OpenAI's chat completion (tools, sampling, n, stop, seed, streaming); answered by the version the model names."""
     runtime, error = _gate(request)
@@ -172,12 +209,23 @@ def _chat_request(body: ChatCompletionBody) -> ChatRequest:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4 or any(not s for s in stop):
         raise ValidationFailed("stop takes up to 4 non-empty strings.", [("stop", "up to 4 strings")])
-    if body.max_tokens is not None and body.max_completion_tokens is not None and body.max_tokens != body.max_completion_tokens:
-        raise ValidationFailed("max_tokens and max_completion_tokens disagree; send one.", [("max_tokens", "one of")])
+    if (
+        body.max_tokens is not None
+        and body.max_completion_tokens is not None
+        and body.max_tokens != body.max_completion_tokens
+    ):
+        raise ValidationFailed(
+            "max_tokens and max_completion_tokens disagree; send one.", [("max_tokens", "one of")]
+        )
     return ChatRequest(
-        messages=messages, tools=tools, max_tokens=body.max_completion_tokens or body.max_tokens,
+        messages=messages,
+        tools=tools,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p, stop=stop, seed=body.seed, n=body.n,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop,
+        seed=body.seed,
+        n=body.n,
     )
 
 
@@ -207,8 +255,11 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
     if route.shadow is not None:
         call.start_shadow()
     if body.stream:
-        return StreamingResponse(call.sse(first, stream), media_type="text/event-stream",
-                                 headers={**headers, "Cache-Control": "no-cache"})
+        return StreamingResponse(
+            call.sse(first, stream),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache"},
+        )
     try:
         await call.consume(first, stream)
     except LearnloopError as exc:
@@ -221,7 +272,9 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
 class _Call:
     """One chat completion: its choices as they fill, its capture, and its shadow run."""
 
-    def __init__(self, runtime: Any, route: Any, chat: ChatRequest, body: ChatCompletionBody, scenario: str | None) -> None:
+    def __init__(
+        self, runtime: Any, route: Any, chat: ChatRequest, body: ChatCompletionBody, scenario: str | None
+    ) -> None:
         self.runtime, self.route, self.chat, self.body, self.scenario = runtime, route, chat, body, scenario
         self.id = new_id()
         self.created = int(time.time())
@@ -252,27 +305,52 @@ class _Call:
 
     def usage(self) -> dict[str, int]:
         done = sum(self.completion_tokens)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done, "total_tokens": self.prompt_tokens + done}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": done,
+            "total_tokens": self.prompt_tokens + done,
+        }
 
     def completion(self) -> dict[str, Any]:
         choices = []
         for i in range(self.chat.n):
-            message: dict[str, Any] = {"role": "assistant", "content": self.texts[i] if not self.tool_calls[i] else (self.texts[i] or None)}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": self.texts[i] if not self.tool_calls[i] else (self.texts[i] or None),
+            }
             if self.tool_calls[i]:
                 message["tool_calls"] = self.tool_calls[i]
-            choices.append({"index": i, "message": message, "finish_reason": self.finish[i] or "stop", "logprobs": None})
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.route.served,
-                "system_fingerprint": self.route.served, "choices": choices, "usage": self.usage()}
+            choices.append(
+                {"index": i, "message": message, "finish_reason": self.finish[i] or "stop", "logprobs": None}
+            )
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.route.served,
+            "system_fingerprint": self.route.served,
+            "choices": choices,
+            "usage": self.usage(),
+        }
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.route.served,
-                "system_fingerprint": self.route.served, "choices": choices, **extra}
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.route.served,
+            "system_fingerprint": self.route.served,
+            "choices": choices,
+            **extra,
+        }
         return b"data: " + orjson.dumps(data) + b"\n\n"
 
     async def sse(self, first: Chunk | None, stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         try:
             for i in range(self.chat.n):
-                yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+                yield self._chunk(
+                    [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                )
             pending = [first] if first is not None else []
             while True:
                 if pending:
@@ -306,6 +384,7 @@ class _Call:
 
     def start_shadow(self) -> None:
         """Run the candidate on the same request in the background; only its capture is kept."""
+
         async def shadow() -> None:
             try:
                 results = await self.runtime.backend.achat(self.route.shadow, self.chat)
@@ -315,10 +394,22 @@ class _Call:
             cap = self.runtime.capture
             if cap is not None and results:
                 r = results[0]
-                cap.record(new_id(), messages=self.body.messages, answer=r.text, tool_calls=r.tool_calls,
-                           model=self.route.shadow, scenario=self.scenario, tools=self.chat.tools, group=self.id,
-                           metadata={"shadow": True, "shadow_of": self.id, "alias": self.route.alias,
-                                     "finish_reason": r.finish_reason})
+                cap.record(
+                    new_id(),
+                    messages=self.body.messages,
+                    answer=r.text,
+                    tool_calls=r.tool_calls,
+                    model=self.route.shadow,
+                    scenario=self.scenario,
+                    tools=self.chat.tools,
+                    group=self.id,
+                    metadata={
+                        "shadow": True,
+                        "shadow_of": self.id,
+                        "alias": self.route.alias,
+                        "finish_reason": r.finish_reason,
+                    },
+                )
 
         task = asyncio.get_running_loop().create_task(shadow())
         _background.add(task)
@@ -332,18 +423,31 @@ class _Call:
         from learnloop.api.metrics import observe_serving
 
         cut = any(f in (None, "cancelled") for f in self.finish)
-        observe_serving(None if self.route.served == "base" else self.route.served, sum(self.completion_tokens),
-                        time.perf_counter() - self.started, status="cut" if cut else "ok")
+        observe_serving(
+            None if self.route.served == "base" else self.route.served,
+            sum(self.completion_tokens),
+            time.perf_counter() - self.started,
+            status="cut" if cut else "ok",
+        )
         cap = self.runtime.capture
         if cap is None:
             return
         for i in range(self.chat.n):
             cut = self.finish[i] in (None, "cancelled")
             meta: dict[str, Any] = {
-                "requested_model": self.route.requested, "finish_reason": self.finish[i] or "cancelled",
-                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens[i]},
-                "params": {"temperature": self.chat.temperature, "top_p": self.chat.top_p, "seed": self.chat.seed,
-                           "max_tokens": self.chat.max_tokens, "stream": self.body.stream},
+                "requested_model": self.route.requested,
+                "finish_reason": self.finish[i] or "cancelled",
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens[i],
+                },
+                "params": {
+                    "temperature": self.chat.temperature,
+                    "top_p": self.chat.top_p,
+                    "seed": self.chat.seed,
+                    "max_tokens": self.chat.max_tokens,
+                    "stream": self.body.stream,
+                },
             }
             if self.route.alias:
                 meta["alias"] = self.route.alias
@@ -356,9 +460,17 @@ class _Call:
             if self.first_token_s is not None:
                 meta["ttft_s"] = round(self.first_token_s, 4)
             tid = self.id if i == 0 else new_id()
-            cap.record(tid, messages=self.body.messages, answer=self.texts[i], tool_calls=self.tool_calls[i],
-                       model=self.route.served, scenario=self.scenario, tools=self.chat.tools, metadata=meta,
-                       group=self.id if self.chat.n > 1 else None)
+            cap.record(
+                tid,
+                messages=self.body.messages,
+                answer=self.texts[i],
+                tool_calls=self.tool_calls[i],
+                model=self.route.served,
+                scenario=self.scenario,
+                tools=self.chat.tools,
+                metadata=meta,
+                group=self.id if self.chat.n > 1 else None,
+            )
 
 
 _background: set[asyncio.Task] = set()  # shadow runs, referenced until done

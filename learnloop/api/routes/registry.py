@@ -97,10 +97,12 @@ async def _read(request: Request, adapter: TypeAdapter[Any]) -> Any:
     return parse_json_body(adapter, await request.body())
 
 
-
 @router.get("/versions", **_READ)
-def list_versions_route(db: DbDep, loop: str | None = None,
-                        state: Literal["candidate", "serving", "archived", "rejected"] | None = None) -> list[dict[str, Any]]:
+def list_versions_route(
+    db: DbDep,
+    loop: str | None = None,
+    state: Literal["candidate", "serving", "archived", "rejected"] | None = None,
+) -> list[dict[str, Any]]:
     """Every version, newest first."""
     from learnloop.registry import list_versions
 
@@ -128,7 +130,11 @@ def lineage_route(version_id: str, db: DbDep) -> dict[str, Any]:
     return lineage(db, version_id)
 
 
-@router.get("/trajectories/{trajectory_id}/lineage", **_READ, responses=error_responses(404, _404="No trajectory by that id."))
+@router.get(
+    "/trajectories/{trajectory_id}/lineage",
+    **_READ,
+    responses=error_responses(404, _404="No trajectory by that id."),
+)
 def trajectory_lineage_route(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     """From a served answer back to the data that trained its model."""
     from learnloop.registry import trace_trajectory
@@ -136,9 +142,18 @@ def trajectory_lineage_route(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     return trace_trajectory(db, trajectory_id)
 
 
-@router.post("/versions", status_code=201, **_WRITE, openapi_extra=_REGISTER_DOC, responses=error_responses(
-    404, 409, _404="The parent version or the dataset does not exist.",
-    _409="The adapter folder cannot be placed in the registry."))
+@router.post(
+    "/versions",
+    status_code=201,
+    **_WRITE,
+    openapi_extra=_REGISTER_DOC,
+    responses=error_responses(
+        404,
+        409,
+        _404="The parent version or the dataset does not exist.",
+        _409="The adapter folder cannot be placed in the registry.",
+    ),
+)
 async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Register an adapter folder on the server's disk as a new version (422 when its base does not match)."""
     from learnloop.registry import get_version, register_version
@@ -146,60 +161,130 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
     body: RegisterIn = await _read(request, _REGISTER)
 
     def run() -> dict[str, Any]:
-        vid = register_version(db, settings, adapter_dir=body.adapter_dir, base_model=body.base_model,
-                               parent_id=body.parent_id, dataset_id=body.dataset_id, job_id=body.job_id, loop=body.loop,
-                               name=body.name, note=body.note, actor=_actor(request, body.actor))
+        vid = register_version(
+            db,
+            settings,
+            adapter_dir=body.adapter_dir,
+            base_model=body.base_model,
+            parent_id=body.parent_id,
+            dataset_id=body.dataset_id,
+            job_id=body.job_id,
+            loop=body.loop,
+            name=body.name,
+            note=body.note,
+            actor=_actor(request, body.actor),
+        )
         return get_version(db, vid).as_dict()
 
     return await run_in_threadpool(run)
 
 
-@router.post("/versions/{version_id}/promote", **_WRITE, openapi_extra=_MOVE_DOC, responses=error_responses(
-    404, 409, _404="No such version or evaluation.",
-    _409="Refused: no passing gate verdict (send force to override), or the version's files are gone."))
-async def promote_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post(
+    "/versions/{version_id}/promote",
+    **_WRITE,
+    openapi_extra=_MOVE_DOC,
+    responses=error_responses(
+        404,
+        409,
+        _404="No such version or evaluation.",
+        _409="Refused: no passing gate verdict (send force to override), or the version's files are gone.",
+    ),
+)
+async def promote_route(
+    version_id: str, db: DbDep, settings: SettingsDep, request: Request
+) -> dict[str, Any]:
     """Serve the version under the alias (409 without a passing gate verdict unless force)."""
     from learnloop.registry import promote
 
     body: MoveIn = await _read(request, _MOVE)
-    return await run_in_threadpool(promote, db, settings, version_id, alias=body.alias, actor=_actor(request, body.actor),
-                                   reason=body.reason, evaluation_id=body.evaluation_id, force=body.force)
+    return await run_in_threadpool(
+        promote,
+        db,
+        settings,
+        version_id,
+        alias=body.alias,
+        actor=_actor(request, body.actor),
+        reason=body.reason,
+        evaluation_id=body.evaluation_id,
+        force=body.force,
+    )
 
 
-@router.post("/aliases/rollback", **_WRITE, openapi_extra=_ROLLBACK_DOC, responses=error_responses(
-    409, _409="Nothing earlier to roll back to, or that version is gone."))
+@router.post(
+    "/aliases/rollback",
+    **_WRITE,
+    openapi_extra=_ROLLBACK_DOC,
+    responses=error_responses(409, _409="Nothing earlier to roll back to, or that version is gone."),
+)
 async def rollback_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Serve what the alias served before (repeated: v3 -> v2 -> v1 -> base)."""
     from learnloop.registry import rollback
 
     body: RollbackIn = await _read(request, _ROLLBACK)
-    target = await run_in_threadpool(rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor),
-                                     reason=body.reason)
+    target = await run_in_threadpool(
+        rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason
+    )
     return {"alias": body.alias, "version_id": target}
 
 
-@router.post("/versions/{version_id}/restore", **_WRITE, openapi_extra=_RESTORE_DOC, responses=error_responses(
-    404, 409, _404=_NO_VERSION, _409="Refused: the version's files are gone, or serving it lacks a passing gate verdict."))
-async def restore_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+@router.post(
+    "/versions/{version_id}/restore",
+    **_WRITE,
+    openapi_extra=_RESTORE_DOC,
+    responses=error_responses(
+        404,
+        409,
+        _404=_NO_VERSION,
+        _409="Refused: the version's files are gone, or serving it lacks a passing gate verdict.",
+    ),
+)
+async def restore_route(
+    version_id: str, db: DbDep, settings: SettingsDep, request: Request
+) -> dict[str, Any]:
     from learnloop.registry import restore
 
     body: RestoreIn = await _read(request, _RESTORE)
-    restored = await run_in_threadpool(restore, db, settings, version_id, loop=body.loop, serve=body.serve,
-                                       force=body.force, reason=body.reason, actor=_actor(request, body.actor))
+    restored = await run_in_threadpool(
+        restore,
+        db,
+        settings,
+        version_id,
+        loop=body.loop,
+        serve=body.serve,
+        force=body.force,
+        reason=body.reason,
+        actor=_actor(request, body.actor),
+    )
     return restored.as_dict()
 
 
-@router.delete("/versions/{version_id}", **_WRITE, responses=error_responses(
-    404, 409, _404=_NO_VERSION, _409="Refused: the version serves, another one's lineage needs it, or its files changed."))
-def delete_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request, force: bool = False) -> dict[str, Any]:
+@router.delete(
+    "/versions/{version_id}",
+    **_WRITE,
+    responses=error_responses(
+        404,
+        409,
+        _404=_NO_VERSION,
+        _409="Refused: the version serves, another one's lineage needs it, or its files changed.",
+    ),
+)
+def delete_route(
+    version_id: str, db: DbDep, settings: SettingsDep, request: Request, force: bool = False
+) -> dict[str, Any]:
     from learnloop.registry import delete_version
 
     delete_version(db, settings, version_id, force=force, actor=_actor(request, None))
     return {"deleted": version_id}
 
 
-@router.post("/versions/{version_id}/export", **_WRITE, openapi_extra=_EXPORT_DOC, responses=error_responses(
-    404, 409, _404=_NO_VERSION, _409="The version's files are gone or do not match their hashes."))
+@router.post(
+    "/versions/{version_id}/export",
+    **_WRITE,
+    openapi_extra=_EXPORT_DOC,
+    responses=error_responses(
+        404, 409, _404=_NO_VERSION, _409="The version's files are gone or do not match their hashes."
+    ),
+)
 async def export_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Write merged weights, a GGUF file or an Ollama Modelfile on the server's disk (blocks until done).
 
@@ -207,45 +292,82 @@ async def export_route(version_id: str, db: DbDep, settings: SettingsDep, reques
     from learnloop.registry import export_version
 
     body: ExportIn = await _read(request, _EXPORT)
-    result = await run_in_threadpool(export_version, db, settings, version_id, fmt=body.format, quant=body.quant,
-                                     out=body.out, ollama_name=body.ollama_name)
+    result = await run_in_threadpool(
+        export_version,
+        db,
+        settings,
+        version_id,
+        fmt=body.format,
+        quant=body.quant,
+        out=body.out,
+        ollama_name=body.ollama_name,
+    )
     return result.as_dict()
 
 
 @router.get("/aliases/history", **_READ)
-def alias_history_route(db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)) -> list[dict[str, Any]]:
+def alias_history_route(
+    db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)
+) -> list[dict[str, Any]]:
     """The append-only alias log, newest first."""
     from learnloop.store.aliases import alias_history
 
-    return [{"id": e.id, "alias": e.alias, "action": e.action, "from": e.from_version, "to": e.to_version, "actor": e.actor,
-             "reason": e.reason, "evaluation_id": e.evaluation_id, "at": e.created_at.isoformat()}
-            for e in alias_history(db, alias, limit)]
+    return [
+        {
+            "id": e.id,
+            "alias": e.alias,
+            "action": e.action,
+            "from": e.from_version,
+            "to": e.to_version,
+            "actor": e.actor,
+            "reason": e.reason,
+            "evaluation_id": e.evaluation_id,
+            "at": e.created_at.isoformat(),
+        }
+        for e in alias_history(db, alias, limit)
+    ]
 
 
 @router.get("/evaluations", **_READ)
-def list_evaluations_route(db: DbDep, candidate: str | None = None, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+def list_evaluations_route(
+    db: DbDep, candidate: str | None = None, limit: int = Query(50, ge=1, le=1000)
+) -> list[dict[str, Any]]:
     from learnloop.evaluation import list_evaluations
 
     return list_evaluations(db, candidate=candidate, limit=limit)
 
 
-@router.get("/evaluations/compare", **_READ, responses=error_responses(
-    404, _404="Neither an evaluation id nor a version id with an evaluation."))
-def compare_route(db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
+@router.get(
+    "/evaluations/compare",
+    **_READ,
+    responses=error_responses(404, _404="Neither an evaluation id nor a version id with an evaluation."),
+)
+def compare_route(
+    db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)
+) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
     return compare_evaluations(db, a, b, top=top)
 
 
-@router.get("/evaluations/{evaluation_id}", **_READ, responses=error_responses(404, _404="No evaluation by that id."))
+@router.get(
+    "/evaluations/{evaluation_id}", **_READ, responses=error_responses(404, _404="No evaluation by that id.")
+)
 def get_evaluation_route(evaluation_id: RowIdPath, db: DbDep, examples: bool = True) -> dict[str, Any]:
     from learnloop.evaluation import get_evaluation
 
     return get_evaluation(db, evaluation_id, examples=examples)
 
 
-@router.post("/evaluations", status_code=201, **_WRITE, openapi_extra=_EVALUATE_DOC, responses=error_responses(
-    404, 409, _404="The candidate or baseline version does not exist.", _409="A version's files are gone."))
+@router.post(
+    "/evaluations",
+    status_code=201,
+    **_WRITE,
+    openapi_extra=_EVALUATE_DOC,
+    responses=error_responses(
+        404, 409, _404="The candidate or baseline version does not exist.", _409="A version's files are gone."
+    ),
+)
 async def evaluate_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """Run an evaluation now (blocks while the answers are generated) and return it with its gate verdict.
 
@@ -258,8 +380,16 @@ async def evaluate_route(db: DbDep, settings: SettingsDep, request: Request) -> 
     backend = serving.backend if serving is not None else None
 
     def run() -> dict[str, Any]:
-        ev_id = evaluate(db, settings, candidate=body.candidate, baseline=body.baseline, scenario=body.scenario,
-                         limit=body.limit, judge=body.judge, backend=backend)
+        ev_id = evaluate(
+            db,
+            settings,
+            candidate=body.candidate,
+            baseline=body.baseline,
+            scenario=body.scenario,
+            limit=body.limit,
+            judge=body.judge,
+            backend=backend,
+        )
         return get_evaluation(db, ev_id, examples=False)
 
     return await run_in_threadpool(run)

@@ -33,8 +33,11 @@ class Readiness(BaseModel):
     disk: dict[str, Any]
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why."}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why."}},
+)
 def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
     """200 when the database answers, its schema is at head and the data dir's disk is above the floor; else 503 with reasons."""
     ok, reasons, checks = readiness(db, settings.data_dir, disk_floor_gb=settings.watch.disk_floor_gb)
@@ -47,7 +50,9 @@ def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
     body = {
         "ready": ok,
         "reasons": reasons,
-        "database": {k: checks["database"].get(k) for k in ("reachable", "latency_ms", "revision", "at_head")},
+        "database": {
+            k: checks["database"].get(k) for k in ("reachable", "latency_ms", "revision", "at_head")
+        },
         "disk": {k: checks["disk"][k] for k in ("free_bytes", "floor_bytes", "ok")},
     }
     return JSONResponse(body, status_code=200 if ok else 503)
