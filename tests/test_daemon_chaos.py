@@ -58,6 +58,7 @@ def _soft_wait(pred: object, timeout: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 20 daemon restarts, each importing torch: minutes on a busy 2-core machine
 def test_sigkill_at_random_points_of_cycles(
     sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
