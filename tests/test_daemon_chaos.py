@@ -131,12 +131,12 @@ def test_sigkill_at_random_points_of_cycles(
         wait_for(settled, 600, 0.5, "both cycles to finish")
 
         # The cycles may finish before this daemon gets going: SIGTERM is its to handle once it runs.
-        def started() -> bool:
+        def final_started() -> bool:
             with db.read_session() as s:
                 messages = s.scalars(select(Event.message).where(Event.kind == "daemon.started")).all()
             return any(f":{final.pid} started" in m for m in messages)
 
-        wait_for(started, 120, 0.2, "the final daemon to start")
+        wait_for(final_started, 120, 0.2, "the final daemon to start")
     finally:
         final.send_signal(signal.SIGTERM)
         assert final.wait(60) == 0

@@ -21,6 +21,11 @@ from learnloop.training.run import train, validate_config
 from training_support import SFT_ROWS, adapter_weights, write_jsonl
 
 
+# Tiny-model steps take about 10 ms on an idle machine: the run must be long enough that it is still
+# training when the test's SIGTERM lands, whatever the machine's speed.
+STEPS = 300
+
+
 def _started(db: Database, job_id: int) -> int:
     with db.read_session() as s:
         return len(
@@ -44,7 +49,7 @@ def test_kill_9_then_sigterm_mid_training_end_with_uninterrupted_weights(
         "base_model": str(tiny_model_dir),
         "dataset": str(data),
         **tiny_train(
-            max_steps=24, checkpoint_every=4, batch_size=2, lora={"r": 4, "alpha": 8, "dropout": 0.1}
+            max_steps=STEPS, checkpoint_every=4, batch_size=2, lora={"r": 4, "alpha": 8, "dropout": 0.1}
         ),
     }
     reference = train(validate_config({**cfg, "output_dir": str(tmp_path / "reference")}))
@@ -86,7 +91,7 @@ def test_kill_9_then_sigterm_mid_training_end_with_uninterrupted_weights(
         if second.poll() is None:
             second.kill()
     info = queue.get_job(db, job.id)
-    assert info.state == "queued" and info.lease_owner is None and info.progress["step"] < 24
+    assert info.state == "queued" and info.lease_owner is None and info.progress["step"] < STEPS
     assert stopped_in < 30
 
     third = start_daemon(env, log)
@@ -114,13 +119,13 @@ def test_kill_9_then_sigterm_mid_training_end_with_uninterrupted_weights(
             )
         )
         kinds = list(s.scalars(select(Event.kind).where(Event.job_id == job.id).order_by(Event.id)))
-    assert steps == list(range(1, 25))
+    assert steps == list(range(1, STEPS + 1))
     assert "job.stalled" in kinds and "job.released" in kinds and kinds[-1] == "job.succeeded"
     lines = [
         json.loads(x)["step"]
         for x in (Path(done.result["adapter_dir"]).parent / "metrics.jsonl").read_text().splitlines()
     ]
-    assert lines == list(range(1, 25))
+    assert lines == list(range(1, STEPS + 1))
 
 
 @pytest.mark.postgres
