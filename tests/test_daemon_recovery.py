@@ -20,7 +20,6 @@ from learnloop.store.models import Event, TrainingMetric
 from learnloop.training.run import train, validate_config
 from training_support import SFT_ROWS, adapter_weights, write_jsonl
 
-
 # Tiny-model steps take about 10 ms on an idle machine: the run must be long enough that it is still
 # training when the test's SIGTERM lands, whatever the machine's speed.
 STEPS = 300
@@ -40,9 +39,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
 
 
 def test_kill_9_then_sigterm_mid_training_end_with_uninterrupted_weights(
-    sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path
+    db: Database, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    db = sqlite_db
     data = write_jsonl(tmp_path / "sft.jsonl", SFT_ROWS)
     cfg = {
         "algorithm": "sft",

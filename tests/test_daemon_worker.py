@@ -106,11 +106,8 @@ def test_crashing_training_is_retried_then_fails_with_its_output(
 
 
 def test_pause_resume_stop_within_a_step(
-    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    db = (
-        sqlite_db  # the control path is the same on PostgreSQL (queue tests cover both); training is the cost
-    )
     s = loop_settings(settings).model_copy(update={"loops": []})
     job, _ = queue.submit(
         db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=400, checkpoint_every=50)}
@@ -154,11 +151,8 @@ def test_pause_resume_stop_within_a_step(
 
 
 def test_skip_moves_on_and_the_skipped_job_resumes_later(
-    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    db = (
-        sqlite_db  # the control path is the same on PostgreSQL (queue tests cover both); training is the cost
-    )
     s = loop_settings(settings).model_copy(update={"loops": []})
     # Long enough that the skip lands mid-run even when the machine is busy and the control is seen late.
     first, _ = queue.submit(

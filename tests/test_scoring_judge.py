@@ -354,3 +354,34 @@ def test_cli_judge(db: Database, judge: ScriptedJudge, settings: Settings, judge
     assert "1 groups judged" in r.output and "0 failed" in r.output
     with db.read_session() as s:
         assert s.scalar(select(func.count()).select_from(Score).where(Score.source == ScoreSource.judge)) == 5
+
+
+def test_the_daemon_judges_its_loops_scenarios_in_the_background(
+    db: Database, judge: ScriptedJudge, config: ScoringSettings, settings: Settings
+) -> None:
+    from learnloop.daemon.service import Daemon
+    from learnloop.store.models import Event
+
+    _store_scenario(db)
+    data = settings.model_dump()
+    data["scoring"] = {**data["scoring"], **config.model_dump()}
+    data["loops"] = [{"name": "support", "algorithm": "sft", "scenario": "support", "sources": ["production"]}]
+    data["daemon"] = {**data["daemon"], "judge": True, "score_interval": 0.2, "poll_interval": 0.2}
+    daemon = Daemon(Settings.model_validate(data), db, scoring=True)
+    thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(_judge_scores(db)) < 5:  # nobody calls the judge: the daemon's scorer does
+            assert time.monotonic() < deadline, f"no judge scores after 60 s: {judge.requests}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # several more scoring rounds
+    finally:
+        daemon.stop()
+        thread.join(60)
+    assert not thread.is_alive()
+    assert set(_judge_scores(db)) == {"a0", "a1", "a2", "b0", "b1"}  # only the loop's scenario, groups of 2+
+    assert len(judge.requests) == 2  # each group once, however many rounds ran: the cache holds
+    with db.read_session() as s:
+        applied = [e.data for e in s.scalars(select(Event).where(Event.kind == "scoring.applied"))]
+    assert sum(d["judge"] for d in applied) == 5
