@@ -20,7 +20,6 @@ from learnloop.store.models import Event, TrainingMetric
 from learnloop.training.run import train, validate_config
 from training_support import SFT_ROWS, adapter_weights, write_jsonl
 
-
 # Tiny-model steps take about 10 ms on an idle machine: the run must be long enough that it is still
 # training when the test's SIGTERM lands, whatever the machine's speed.
 STEPS = 300
