@@ -44,7 +44,8 @@ class ServerSettings(_Section):
     ingest_queue_size: int = Field(
         64,
         ge=1,
-        description="Ingest requests allowed in flight at once; beyond this the API answers 429 with Retry-After.",
+        description="Ingest requests allowed in flight at once; beyond this the API "
+        "answers 429 with Retry-After.",
     )
     max_batch_size: int = Field(5000, ge=1, description="Most records accepted in one ingest request.")
     max_request_bytes: int = Field(
@@ -59,12 +60,13 @@ class ServerSettings(_Section):
     max_inbox_file_bytes: int | None = Field(
         None,
         ge=1,
-        description="Largest inbox file imported, in bytes (unset: server.max_request_bytes); larger ones go to failed/.",
+        description="Largest inbox file imported, in bytes (unset: "
+        "server.max_request_bytes); larger ones go to failed/.",
     )
     read_token: SecretStr | None = Field(
         None,
-        description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: Bearer <token>' with this token "
-        "or the write token; /healthz stays open but says only what is up.",
+        description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: "
+        "Bearer <token>' with this token or the write token; /healthz stays open but says only what is up.",
     )
 
 
@@ -84,24 +86,28 @@ class CaptureSettings(_Section):
     )
     server_url: str | None = Field(
         None,
-        description="When set, the SDK sends records over HTTP to this learnloop server instead of writing the database.",
+        description="When set, the SDK sends records over HTTP to this learnloop server "
+        "instead of writing the database.",
     )
     window: str = Field(
         "1h",
         pattern=r"^\s*\d+\s*[mhd]\s*$",
-        description="Length of the time window a trajectory is assigned to when none is given: Nm, Nh or Nd (ids like 2026-12-02T14).",
+        description="Length of the time window a trajectory is assigned to when none is given: Nm, "
+        "Nh or Nd (ids like 2026-12-02T14).",
     )
     source_sample_rates: dict[
         Literal["production", "teacher", "synthetic", "served"], Annotated[float, Field(ge=0.0, le=1.0)]
     ] = Field(
         default_factory=dict,
-        description="Sample rate per trajectory source (production, teacher, synthetic, served); sources not named use sample_rate.",
+        description="Sample rate per trajectory source (production, teacher, synthetic, served); "
+        "sources not named use sample_rate.",
     )
     keep_confident: float | None = Field(
         0.8,
         ge=0.0,
         le=1.0,
-        description="Keep every trajectory whose metadata 'confidence' is at least this, whatever the sample rate (unset: no such rule).",
+        description="Keep every trajectory whose metadata 'confidence' is at least this, "
+        "whatever the sample rate (unset: no such rule).",
     )
 
 
@@ -121,11 +127,13 @@ class CombineSettings(_Section):
 
     mode: Literal["explicit_first", "mean"] = Field(
         "explicit_first",
-        description="'explicit_first': explicit signals decide, generic heuristics refine, checks only lower; 'mean': plain weighted mean of all aspects.",
+        description="'explicit_first': explicit signals decide, generic heuristics refine, "
+        "checks only lower; 'mean': plain weighted mean of all aspects.",
     )
     explicit_sources: list[Literal["env", "human", "judge"]] = Field(
         default_factory=lambda: ["env", "human", "judge"],
-        description="Score sources that are the app's own signal (a registered verifier counts too: any heuristic not listed below).",
+        description="Score sources that are the app's own signal (a registered verifier counts too: "
+        "any heuristic not listed below).",
     )
     generic: list[str] = Field(
         default_factory=lambda: ["length", "no_refusal"],
@@ -139,7 +147,8 @@ class CombineSettings(_Section):
         0.1,
         ge=0.0,
         le=1.0,
-        description="How far generic heuristics may move an explicit reward toward their own mean (0: not at all).",
+        description="How far generic heuristics may move an explicit reward toward "
+        "their own mean (0: not at all).",
     )
 
 
@@ -151,17 +160,19 @@ class ScoringSettings(_Section):
     # Heuristics
     reward_modules: list[str] = Field(
         default_factory=list,
-        description="Modules (dotted names or .py paths) imported before `rewards apply` so their @reward functions register.",
+        description="Modules (dotted names or .py paths) imported before `rewards apply` so "
+        "their @reward functions register.",
     )
     json_schemas: dict[str, str | dict[str, Any]] = Field(
         default_factory=dict,
-        description="Named JSON schemas (a path to a .json file, or the schema inline) that trajectories name "
-        "with metadata 'schema' or a tag 'schema:NAME'.",
+        description="Named JSON schemas (a path to a .json file, or the schema inline) that trajectories "
+        "name with metadata 'schema' or a tag 'schema:NAME'.",
     )
     length_target_chars: int = Field(
         2000,
         ge=1,
-        description="Final answers up to this many characters get length score 1.0; it falls to 0 at twice it.",
+        description="Final answers up to this many characters get length score "
+        "1.0; it falls to 0 at twice it.",
     )
     # Feedback
     rating_min: float = Field(1.0, description="Lowest value on the rating scale apps send.")
@@ -210,12 +221,14 @@ class ScoringSettings(_Section):
         0.6,
         gt=0.0,
         le=1.0,
-        description="Similarity (content words shared, 0-1) at which a user message counts as re-asking the previous request.",
+        description="Similarity (content words shared, 0-1) at which a user message counts as "
+        "re-asking the previous request.",
     )
     refinement_weight: float = Field(
         0.5,
         ge=0.0,
-        description="How much a 'refinement' score (-1 when re-asked) lowers the combined reward; 0 ignores it.",
+        description="How much a 'refinement' score (-1 when re-asked) lowers the "
+        "combined reward; 0 ignores it.",
     )
     combine: CombineSettings = Field(default_factory=CombineSettings)
 
@@ -239,7 +252,8 @@ class DatasetSettings(_Section):
     )
     tokenizer: str | None = Field(
         None,
-        description="HF model or tokenizer folder used to count tokens; unset: approximate count (4 characters a token + 4 a message).",
+        description="HF model or tokenizer folder used to count tokens; unset: approximate count "
+        "(4 characters a token + 4 a message).",
     )
     sft_min_reward: float | None = Field(
         None, description="Default least combined reward for SFT examples (unset: no reward bar)."
@@ -262,13 +276,15 @@ class DatasetSettings(_Section):
         0.85,
         gt=0.0,
         le=1.0,
-        description="Estimated Jaccard similarity (word 3-grams) at which two examples count as near duplicates.",
+        description="Estimated Jaccard similarity (word 3-grams) at which two "
+        "examples count as near duplicates.",
     )
     replay_fraction: float = Field(
         0.0,
         ge=0.0,
         lt=1.0,
-        description="Share of each new training dataset drawn from earlier datasets' examples, against forgetting.",
+        description="Share of each new training dataset drawn from earlier datasets' "
+        "examples, against forgetting.",
     )
     chunk_size: int = Field(
         1000, ge=10, description="Rows fetched from the database at a time while building."
@@ -284,7 +300,8 @@ class TrainingSettings(_Section):
         0.05,
         ge=0.0,
         le=1.0,
-        description="`train run` refuses to start when more than this share of examples would be truncated (--allow-truncation overrides).",
+        description="`train run` refuses to start when more than this share of examples would be truncated "
+        "(--allow-truncation overrides).",
     )
 
 
@@ -354,7 +371,8 @@ class RegistrySettings(_Section):
         20,
         ge=0,
         description="Versions whose adapter files are kept (newest first) besides every version that ever "
-        "served, the loop heads and the alias targets; older ones keep their record, their files are pruned. 0 keeps all.",
+        "served, the loop heads and the alias targets; older ones keep their record, "
+        "their files are pruned. 0 keeps all.",
     )
 
 
@@ -378,7 +396,8 @@ class EvaluationSettings(_Section):
         1,
         ge=1,
         le=64,
-        description="Held-out examples answered at once (the local backend batches them); 1 keeps latencies unloaded.",
+        description="Held-out examples answered at once (the local backend batches "
+        "them); 1 keeps latencies unloaded.",
     )
 
 
@@ -410,7 +429,8 @@ class GatePolicy(_Section):
     max_scenario_regression: float = Field(
         0.05,
         ge=0,
-        description="Largest drop in mean reward allowed on any one scenario (of at least min_scenario_examples).",
+        description="Largest drop in mean reward allowed on any one scenario "
+        "(of at least min_scenario_examples).",
     )
     min_scenario_examples: int = Field(
         10, ge=1, description="Scenarios with fewer examples are not checked for regression."
@@ -459,7 +479,8 @@ class ServingSettings(_Section):
     )
     api_key: SecretStr | None = Field(
         None,
-        description="When set, the OpenAI routes need 'Authorization: Bearer <key>' (else api_token, when set).",
+        description="When set, the OpenAI routes need 'Authorization: Bearer "
+        "<key>' (else api_token, when set).",
     )
 
 

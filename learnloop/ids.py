@@ -24,4 +24,5 @@ def new_id() -> str:
     random bits per millisecond make collisions negligible. Ids are keys, not secrets.
     """
     rand = getrandbits(128)
-    return f"{(time.time_ns() // 1_000_000) << 80 | _VERSION_AND_VARIANT | (rand & _RAND_A) | (rand & _RAND_B):032x}"
+    value = (time.time_ns() // 1_000_000) << 80 | _VERSION_AND_VARIANT | (rand & _RAND_A) | (rand & _RAND_B)
+    return f"{value:032x}"

@@ -75,13 +75,14 @@ def poisoned_scores(db: Database, name: str = "poison") -> Iterator[None]:
             conn.execute(
                 text(
                     "CREATE FUNCTION poison_scores_fn() RETURNS trigger AS $$ BEGIN "
-                    f"IF NEW.name = '{name}' THEN RAISE EXCEPTION 'poisoned score refused by trigger'; END IF; "
-                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                    f"IF NEW.name = '{name}' THEN RAISE EXCEPTION 'poisoned score refused by trigger'; "
+                    "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
                 )
             )
             conn.execute(
                 text(
-                    "CREATE TRIGGER poison_scores BEFORE INSERT ON scores FOR EACH ROW EXECUTE FUNCTION poison_scores_fn()"
+                    "CREATE TRIGGER poison_scores BEFORE INSERT ON scores FOR EACH ROW "
+                    "EXECUTE FUNCTION poison_scores_fn()"
                 )
             )
     try:

@@ -1,9 +1,12 @@
 """An application process for the kill -9 test: records trajectories through the capture SDK.
 
-    python tests/capture_app.py DATABASE_URL SPOOL_DIR record N   # deliver a first part, wait for 'go' on stdin,
-                                                                  # record N more, report them, then idle
-    python tests/capture_app.py DATABASE_URL SPOOL_DIR deliver    # start (redelivering the spool), flush, exit
-    python tests/capture_app.py DATABASE_URL SPOOL_DIR exit [SERVER_URL]  # record 50 and return without flushing
+    python tests/capture_app.py DATABASE_URL SPOOL_DIR record N
+        # deliver a first part, wait for 'go' on stdin,
+        # record N more, report them, then idle
+    python tests/capture_app.py DATABASE_URL SPOOL_DIR deliver
+        # start (redelivering the spool), flush, exit
+    python tests/capture_app.py DATABASE_URL SPOOL_DIR exit [SERVER_URL]
+        # record 50 and return without flushing
 
 Every line on stdout is one JSON object.
 """

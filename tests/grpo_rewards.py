@@ -1,4 +1,5 @@
-"""Reward functions the GRPO tests name as ``grpo.reward_fn`` ('grpo_rewards:<name>'); tests/ is on sys.path."""
+"""Reward functions the GRPO tests name as ``grpo.reward_fn``
+('grpo_rewards:<name>'); tests/ is on sys.path."""
 
 from __future__ import annotations
 

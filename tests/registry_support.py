@@ -1,4 +1,5 @@
-"""Helpers for the registry and evaluation tests: LoRA adapters on the tiny model without training, held-out data."""
+"""Helpers for the registry and evaluation tests: LoRA adapters on the tiny model
+without training, held-out data."""
 
 from __future__ import annotations
 

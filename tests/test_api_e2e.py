@@ -1,4 +1,5 @@
-"""End to end over real HTTP: `learnloop serve` as a subprocess, a batch posted, a file dropped in the inbox."""
+"""End to end over real HTTP: `learnloop serve` as a subprocess, a batch posted,
+a file dropped in the inbox."""
 
 from __future__ import annotations
 

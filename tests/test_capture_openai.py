@@ -110,7 +110,8 @@ def openai_protocol_app() -> FastAPI:
                     yield chunk({"content": w if i == 0 else " " + w})
             yield chunk({}, finish)
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield f"data: {json.dumps({**base, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage})}\n\n"
+                last = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                yield f"data: {json.dumps(last)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -1,4 +1,5 @@
-"""Nothing lost, nothing duplicated: real processes killed, real servers and databases that vanish and return."""
+"""Nothing lost, nothing duplicated: real processes killed,
+real servers and databases that vanish and return."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def _record(source: str | None = None, confidence: object = None) -> dict:
 
 
 def test_fifteen_percent_of_traffic_plus_every_confident_answer() -> None:
-    # The two lines of learnloop.toml: [capture] source_sample_rates = {production = 0.15}; keep_confident = 0.8
+    # The two lines of learnloop.toml:
+    # [capture] source_sample_rates = {production = 0.15}; keep_confident = 0.8
     cap = Settings(capture={"source_sample_rates": {"production": 0.15}, "keep_confident": 0.8}).capture
     sampler = Sampler.from_settings(cap)
     sampler._random = random.Random(7).random

@@ -1,4 +1,5 @@
-"""learnloop.example.toml lists every setting with its default and a comment, and stays in sync with the model."""
+"""learnloop.example.toml lists every setting with its default and a comment,
+and stays in sync with the model."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def test_regenerating_is_one_command() -> None:
 
 
 def test_sections_other_branches_add_are_covered() -> None:
-    """A list of tables (like [[loops]]) and required fields render as commented examples that stay valid TOML."""
+    """A list of tables (like [[loops]]) and required fields render as commented
+    examples that stay valid TOML."""
     from typing import Literal
 
     from pydantic import BaseModel, Field

@@ -1,4 +1,5 @@
-"""A loop's cycle end to end: captured trajectories -> trigger -> dataset -> guardrail -> training (-> registry)."""
+"""A loop's cycle end to end: captured trajectories -> trigger -> dataset ->
+guardrail -> training (-> registry)."""
 
 from __future__ import annotations
 

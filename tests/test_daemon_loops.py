@@ -1,4 +1,5 @@
-"""Loop triggers on both databases: thresholds, intervals, daily time, reward drop, readiness reasons, locks."""
+"""Loop triggers on both databases: thresholds, intervals, daily time, reward drop,
+readiness reasons, locks."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def test_threshold_with_reasons_and_one_job_per_cycle(
         and job.idempotency_key == "loop:qa:cycle:1"
     )
     assert any(t.startswith("threshold: 100 >= 100") for t in decision.triggers)
-    # Checking again while the cycle is queued queues nothing more; a manual run is refused with the job named.
+    # Checking again while the cycle is queued queues nothing more;
+    # a manual run is refused with the job named.
     _, again = loops.check_and_submit(db, s, loop)
     assert again is None
     with pytest.raises(Conflict, match=f"already has job {job.id}"):

@@ -1,4 +1,5 @@
-"""Dataset builders on real SQLite and PostgreSQL: filters, holdout, margins, corrections, dedup, lengths, hashes."""
+"""Dataset builders on real SQLite and PostgreSQL: filters, holdout, margins,
+corrections, dedup, lengths, hashes."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def add(db: Database, *items: dict[str, Any]) -> None:
-    """Ingest trajectories; ``reward`` becomes an env score, ``holdout`` moves the row to the held-out split."""
+    """Ingest trajectories; ``reward`` becomes an env score,
+    ``holdout`` moves the row to the held-out split."""
     trajectories = []
     for it in items:
         t = {k: v for k, v in it.items() if k not in ("reward", "holdout")}
@@ -210,9 +212,10 @@ def test_grpo_groups_with_rewards_and_advantages(db: Database, settings: Setting
 
 def test_exact_and_near_duplicates_removed(db: Database, settings: Settings) -> None:
     long = (
-        "the service restarts the worker when the queue is full and logs the event with its timestamp and id; "
-        "then it waits for the worker to report healthy, replays the requests that were in flight, and only "
-        "after that accepts new work from the load balancer, which it tells through the readiness endpoint"
+        "the service restarts the worker when the queue is full and logs the event with its timestamp and "
+        "id; then it waits for the worker to report healthy, replays the requests that were in flight, "
+        "and only after that accepts new work from the load balancer, "
+        "which it tells through the readiness endpoint"
     )
     add(
         db,

@@ -36,7 +36,8 @@ def _fill(db: Database) -> None:
             parse_batch(
                 {
                     "trajectories": [
-                        # 2026-12-02T10: three agents; T11: one agent (twice); T12: two agents, nothing scored.
+                        # 2026-12-02T10: three agents; T11: one agent (twice);
+                        # T12: two agents, nothing scored.
                         _traj("a1", "2026-12-02T10", "planner"),
                         _traj("a2", "2026-12-02T10", "coder"),
                         _traj("a3", "2026-12-02T10", "critic"),
@@ -122,7 +123,8 @@ def test_stats_by_agent(db: Database) -> None:
 
 
 def test_cli_windows_and_stats(db: Database, settings, monkeypatch) -> None:
-    # Through the environment, as a user would (patching cli.main.settings would stick in modules importing it).
+    # Through the environment, as a user would
+    # (patching cli.main.settings would stick in modules importing it).
     monkeypatch.setenv("LEARNLOOP_DATABASE_URL", db.url)
     monkeypatch.setenv("LEARNLOOP_DATA_DIR", str(settings.data_dir))
     _fill(db)

@@ -1,4 +1,5 @@
-"""Exported datasets are what TRL's own trainers read: one real step of SFTTrainer and DPOTrainer on the tiny model."""
+"""Exported datasets are what TRL's own trainers read: one real step of SFTTrainer
+and DPOTrainer on the tiny model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Evaluation: held-out answers through a ServingBackend, scored with the scoring stage's rewards, gated, stored."""
+"""Evaluation: held-out answers through a ServingBackend, scored with the scoring
+stage's rewards, gated, stored."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Export: merged weights, GGUF read back by transformers with the merged model's greedy answers, Ollama Modelfile."""
+"""Export: merged weights, GGUF read back by transformers with the merged model's
+greedy answers, Ollama Modelfile."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ if __name__ == "__main__":  # the figures the README quotes: .venv/bin/python te
     diffs = rng.choice(values, size=(RUNS, 200), p=probs) - rng.choice(values, size=(RUNS, 200), p=probs)
     print(f"A/A reward, 200 items: promoted {_promote_rate(diffs, judge=False, seed=2):.1%}")
     print(
-        f"A/A judge, 200 items: promoted {_promote_rate(win_outcomes(rng, 200, win=0.35, tie=0.30), judge=True, seed=3):.1%}"
+        "A/A judge, 200 items: promoted "
+        f"{_promote_rate(win_outcomes(rng, 200, win=0.35, tie=0.30), judge=True, seed=3):.1%}"
     )
     for n, tie in [(400, 0.0), (400, 0.4), (600, 0.4), (900, 0.0)]:
         rate = _promote_rate(win_outcomes(rng, n, win=(1 - tie) / 2 + 0.05, tie=tie), judge=True, seed=4)

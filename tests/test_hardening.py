@@ -140,8 +140,13 @@ def test_non_finite_numbers_are_422_naming_the_field(settings: Settings, db: Dat
     cases = {
         b'{"scores": [{"trajectory_id": "t", "name": "s", "value": %s}]}': "scores.0.value",
         b'{"feedback": [{"trajectory_id": "t", "rating": %s}]}': "feedback.0.rating",
-        b'{"trajectories": [{"messages": [{"role": "user", "content": "q"}], "scores": {"r": %s}}]}': "trajectories.0.scores.r",
-        b'{"trajectories": [{"messages": [{"role": "user", "content": "q"}], "feedback": {"rating": %s}}]}': "trajectories.0.feedback.rating",
+        (
+            b'{"trajectories": [{"messages": [{"role": "user", "content": "q"}], "scores": {"r": %s}}]}'
+        ): "trajectories.0.scores.r",
+        (
+            b'{"trajectories": [{"messages": [{"role": "user", "content": "q"}], '
+            b'"feedback": {"rating": %s}}]}'
+        ): "trajectories.0.feedback.rating",
     }
     for template, loc in cases.items():
         _assert_refused(_post(c, template % number), loc)

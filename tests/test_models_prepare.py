@@ -1,4 +1,5 @@
-"""Base models: resolving specs, preparing GGUFs atomically, `learnloop models`, one real SmolLM2 conversion."""
+"""Base models: resolving specs, preparing GGUFs atomically, `learnloop models`,
+one real SmolLM2 conversion."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Old data keeps working: a database written by the first release (schema 0001) is upgraded to head,
-scored, turned into all four dataset kinds and trained on; old-format checkpoints are read or refused clearly."""
+scored, turned into all four dataset kinds and trained on; old-format checkpoints are read or refused
+clearly."""
 
 from __future__ import annotations
 
@@ -306,7 +307,8 @@ def test_checkpoint_formats_old_read_newer_refused(tiny_model_dir: Path, tmp_pat
     with pytest.raises(ConfigError, match="newer than this learnloop reads"):
         train(cfg.model_copy(update={"output_dir": newer}))
 
-    # An old checkpoint missing what resuming needs: refused, naming what is missing and how to keep the weights.
+    # An old checkpoint missing what resuming needs: refused,
+    # naming what is missing and how to keep the weights.
     broken = tmp_path / "broken"
     shutil.copytree(cfg.output_dir, broken)
     _rewrite_state(broken / ckpt.path.name, lambda s: (s.pop("format_version"), s.pop("position")))

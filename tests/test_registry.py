@@ -1,4 +1,5 @@
-"""The registry on the tiny model and both databases: register, promote, rollback, restore, delete, retention, lineage."""
+"""The registry on the tiny model and both databases: register, promote, rollback, restore,
+delete, retention, lineage."""
 
 from __future__ import annotations
 

@@ -193,7 +193,8 @@ def test_decorator_registers_plain_function(clean_registry: None) -> None:
 
 def test_load_module_from_file(clean_registry: None, tmp_path) -> None:
     (tmp_path / "my_rewards.py").write_text(
-        "import learnloop.scoring as s\n@s.reward('has_digit')\ndef has_digit(t):\n    return float(any(c.isdigit() for c in t.completion))\n"
+        "import learnloop.scoring as s\n@s.reward('has_digit')\ndef has_digit(t):\n"
+        "    return float(any(c.isdigit() for c in t.completion))\n"
     )
     scoring.load_modules([str(tmp_path / "my_rewards.py")])
     scoring.load_modules([str(tmp_path / "my_rewards.py")])  # importing twice is not a clash

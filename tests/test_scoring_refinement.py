@@ -1,4 +1,5 @@
-"""The refinement penalty: re-asked requests (rephrased) penalise the answer before them; new requests do not."""
+"""The refinement penalty: re-asked requests (rephrased) penalise the answer
+before them; new requests do not."""
 
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ def test_cli_apply_and_stats(db: Database, env: dict[str, str], tmp_path: Path) 
         plugin = tmp_path / "plugin_rewards.py"
         plugin.write_text(
             "import learnloop.scoring as s\n"
-            "@s.reward('has_digit')\ndef has_digit(t):\n    return float(any(c.isdigit() for c in t.completion))\n"
+            "@s.reward('has_digit')\ndef has_digit(t):\n"
+            "    return float(any(c.isdigit() for c in t.completion))\n"
             "@s.reward('explodes')\ndef explodes(t):\n    raise ValueError('bad input ' + t.id)\n"
         )
         runner = CliRunner()

@@ -1,4 +1,5 @@
-"""The OpenAI routes through the official client (sync, async, streaming) against a live server, both databases."""
+"""The OpenAI routes through the official client (sync, async,
+streaming) against a live server, both databases."""
 
 from __future__ import annotations
 
@@ -338,7 +339,8 @@ def test_alias_routes_move_and_split(
         assert r.status_code == 422 and "split" in r.text
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "base"}, headers=auth)
         assert r.json()["version"] == "base"
-        # The registry's gate holds here too: a version never evaluated needs force=true, and the error says so.
+        # The registry's gate holds here too: a version never evaluated needs force=true,
+        # and the error says so.
         r = httpx.put(f"{url}/v1/aliases/learnloop", json={"version": "v0009"}, headers=auth)
         assert (
             r.status_code == 409

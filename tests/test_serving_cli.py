@@ -126,7 +126,8 @@ def test_serve_chat_and_alias_commands(tmp_path: Path, sqlite_db: Database, tiny
             timeout=60,
         )
         assert refused.returncode == 1 and refused.stderr.strip() == (
-            "Error: Not serving v0002: gate said reject: win rate 0.41 < 0.5. Set it with --force to override the gate."
+            "Error: Not serving v0002: gate said reject: win rate 0.41 < 0.5. "
+            "Set it with --force to override the gate."
         )
         forced = subprocess.run(
             [*LEARNLOOP, "alias", "set", "learnloop", "v0002", "--force"],

@@ -1,4 +1,5 @@
-"""VllmBackend against a fake vLLM server speaking the same protocol; then behind learnloop's OpenAI routes."""
+"""VllmBackend against a fake vLLM server speaking the same protocol;
+then behind learnloop's OpenAI routes."""
 
 from __future__ import annotations
 

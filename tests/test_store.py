@@ -226,7 +226,8 @@ def _stored(db: Database, ids: list[str]) -> list[dict]:
                     else {
                         "types": s.execute(
                             text(
-                                "SELECT typeof(tools), typeof(messages), typeof(created_at) FROM trajectories WHERE id = :i"
+                                "SELECT typeof(tools), typeof(messages), typeof(created_at) "
+                                "FROM trajectories WHERE id = :i"
                             ),
                             {"i": tid},
                         ).one()

@@ -70,7 +70,8 @@ def test_train_run_from_flags_as_json_lines_and_toml(tiny_model_dir: Path, tmp_p
 
     toml = tmp_path / "cfg.toml"
     toml.write_text(
-        f'algorithm = "sft"\nbase_model = "{tiny_model_dir}"\ndataset = "{data}"\noutput_dir = "{tmp_path / "t"}"\nmax_steps = 1\n'
+        f'algorithm = "sft"\nbase_model = "{tiny_model_dir}"\ndataset = "{data}"\n'
+        f'output_dir = "{tmp_path / "t"}"\nmax_steps = 1\n'
     )
     from learnloop.training.run import load_config
 

@@ -1,4 +1,5 @@
-"""Held-out loss during training: every eval_every steps into metrics.jsonl, then into the registered version."""
+"""Held-out loss during training: every eval_every steps into metrics.jsonl,
+then into the registered version."""
 
 from __future__ import annotations
 

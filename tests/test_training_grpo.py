@@ -498,7 +498,8 @@ def test_training_script_runs_online_grpo_with_a_reward_file(tiny_model_dir: Pat
     import sys
 
     (tmp_path / "verifier.py").write_text(
-        "def score(prompt, completion, answer):\n    return sum(c in answer for c in completion) / max(1, len(completion))\n"
+        "def score(prompt, completion, answer):\n"
+        "    return sum(c in answer for c in completion) / max(1, len(completion))\n"
     )
     prompts = [{"prompt": _user("hello"), "answer": "abc"}, {"prompt": _user("count"), "answer": "0123"}]
     cfg = make_config(

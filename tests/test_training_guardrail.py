@@ -1,4 +1,5 @@
-"""The length guardrail before training: measured with the model's tokenizer, refusing when too much is cut."""
+"""The length guardrail before training: measured with the model's tokenizer,
+refusing when too much is cut."""
 
 from __future__ import annotations
 

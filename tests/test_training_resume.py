@@ -1,4 +1,5 @@
-"""Checkpoints, control and resume: a stopped, paused, killed or torn run ends where an uninterrupted one does."""
+"""Checkpoints, control and resume: a stopped, paused, killed or torn run ends
+where an uninterrupted one does."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Alert rules over real rows, delivered to a real local HTTP receiver: dedup, retries with backoff, events."""
+"""Alert rules over real rows, delivered to a real local HTTP receiver: dedup,
+retries with backoff, events."""
 
 from __future__ import annotations
 

@@ -142,7 +142,8 @@ def test_job_buttons_write_the_rows(settings: Settings, db: Database, seeded: di
 
 def test_promote_and_rollback_buttons_move_the_alias(settings: Settings, db: Database, seeded: dict) -> None:
     c = client(settings, db)
-    # The buttons go through the registry: the gate rejected v0003, so a plain promote is refused with the reason.
+    # The buttons go through the registry: the gate rejected v0003,
+    # so a plain promote is refused with the reason.
     refused = c.post("/ui/versions/v0003/promote")
     assert refused.status_code == 409 and "gate said reject: win rate 0.41 < 0.5" in refused.json()["error"]
     page = c.get("/versions").text

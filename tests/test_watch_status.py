@@ -72,7 +72,8 @@ def test_status_reports_every_field_from_the_rows(settings: Settings, db: Databa
         and t["by_source"]["teacher"]["total"] == 3
     )
     assert t["by_source"]["served"]["total"] == 10
-    # Seeded over four days: i % 4 == 0 lands today (4 production rows: t-tool + 3), served i % 3 == 0 (4 rows).
+    # Seeded over four days: i % 4 == 0 lands today (4 production rows: t-tool + 3),
+    # served i % 3 == 0 (4 rows).
     assert t["by_source"]["production"]["today"] == 4 and t["by_source"]["served"]["today"] == 4
 
     host = body["host"]
@@ -197,7 +198,8 @@ def test_metrics_exposes_ingest_queue_jobs_training_serving_and_rewards(
     assert m[("learnloop_serving_tokens_total", (("version", "v0002"),))] >= 17
     assert m[("learnloop_serving_requests_total", (("status", "error"), ("version", "base")))] >= 1
     assert m[("learnloop_serving_latency_seconds_count", (("version", "v0002"),))] >= 1
-    # served scores: 0.5 + 0.05 i for i < 10 -> mean 0.725 over the 10 served math rows, plus production math rows.
+    # served scores: 0.5 + 0.05 i for i < 10 -> mean 0.725 over the 10 served math rows,
+    # plus production math rows.
     assert m[("learnloop_reward_count", (("name", "correct"), ("scenario", "math")))] == 16
     assert m[("learnloop_reward_mean", (("name", "resolved"), ("scenario", "support")))] == 1.0
     assert m[("learnloop_trajectories", (("source", "production"),))] == 16

@@ -145,10 +145,12 @@ def seed_loop(
     with_running: bool = True,
     artifacts: Path | None = None,
 ) -> dict[str, Any]:
-    """Jobs in every state, a running job with progress and per-step metrics, versions, evaluations, aliases, events, a loop.
+    """Jobs in every state, a running job with progress and per-step metrics, versions, evaluations,
+    aliases, events, a loop.
 
     The versions are as the registry leaves them (adapter files with hashes, gate verdicts): v0001 and v0002
-    passed the gate, v0003 was rejected. ``artifacts``: where their folders go (a new temporary folder by default).
+    passed the gate, v0003 was rejected. ``artifacts``: where their folders go (a new temporary folder by
+    default).
     """
     now = now or utcnow()
     root = artifacts or Path(tempfile.mkdtemp(prefix="learnloop-seed-"))

@@ -169,9 +169,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             # for whoever is calling (healthz and reads may be open to anyone).
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
             if "locked" in str(exc):
-                text = "The database is busy (locked by another writer). Nothing was stored; retry after Retry-After seconds."
+                text = (
+                    "The database is busy (locked by another writer). Nothing was stored; "
+                    "retry after Retry-After seconds."
+                )
             else:
-                text = "Cannot reach the database right now. Nothing was stored; retry after Retry-After seconds."
+                text = (
+                    "Cannot reach the database right now. Nothing was stored; "
+                    "retry after Retry-After seconds."
+                )
             return _error(503, text, headers={"Retry-After": str(STORE_RETRY_AFTER)})
         if isinstance(exc, StoreError):
             log.error("database error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)

@@ -137,7 +137,8 @@ def ingest_slot(request: Request) -> Iterator[None]:
     if not gate.acquire():
         raise HTTPException(
             status_code=429,
-            detail=f"Ingest queue is full ({gate.capacity} requests in flight); retry after the Retry-After seconds.",
+            detail=f"Ingest queue is full ({gate.capacity} requests in flight); "
+            "retry after the Retry-After seconds.",
             headers={"Retry-After": str(INGEST_RETRY_AFTER)},
         )
     try:

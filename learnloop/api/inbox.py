@@ -198,8 +198,9 @@ class InboxWatcher:
                 self._watch_after.pop(dest)
                 message = (
                     f"{dest.name} changed after it was imported: it was {size} bytes when taken and is "
-                    f"{st.st_size} bytes now. Only what it held when taken was imported; whatever was written "
-                    "later was NOT. Drop the missing lines as a new file (write name.jsonl.tmp, then rename it)."
+                    f"{st.st_size} bytes now. Only what it held when taken was imported; "
+                    "whatever was written later was NOT. Drop the missing lines as a new file "
+                    "(write name.jsonl.tmp, then rename it)."
                 )
                 log.warning("inbox: %s", message)
                 with contextlib.suppress(OSError):

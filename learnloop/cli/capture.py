@@ -32,7 +32,8 @@ def status_cmd(as_json: bool) -> None:
         click.echo(f"  writer {w['owner']}: {w['records']} record(s), {w['batches']} batch(es) ({state})")
     if data["rejected_records"]:
         click.echo(
-            f"refused by the store: {data['rejected_records']} record(s) in {data['spool']}/rejected/ (see 'reason')"
+            f"refused by the store: {data['rejected_records']} record(s) in "
+            f"{data['spool']}/rejected/ (see 'reason')"
         )
 
 

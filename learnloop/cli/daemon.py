@@ -46,7 +46,8 @@ def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
     s, db = _db()
     daemon = Daemon(s, db, scoring=not no_scoring)
     click.echo(
-        f"learnloop daemon {daemon.owner}: {len(s.loops)} loop(s), database {s.public_dict()['database_url']}",
+        f"learnloop daemon {daemon.owner}: {len(s.loops)} loop(s), database "
+        f"{s.public_dict()['database_url']}",
         err=True,
     )
     try:
@@ -323,7 +324,8 @@ def loops_status(check: bool, as_json: bool) -> None:
         if r["last_outcome"]:
             o = r["last_outcome"]
             click.echo(
-                f"  last cycle: {o.get('outcome')} (job {o.get('job_id')}) {o.get('reason') or o.get('version_id') or o.get('adapter_dir') or ''}"
+                f"  last cycle: {o.get('outcome')} (job {o.get('job_id')}) "
+                f"{o.get('reason') or o.get('version_id') or o.get('adapter_dir') or ''}"
             )
         if r["lock_error"]:
             click.echo(f"  refused: {r['lock_error']}")

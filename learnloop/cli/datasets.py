@@ -161,7 +161,8 @@ def windows_cmd(
     min_agents: int | None,
     as_json: bool,
 ) -> None:
-    """Capture time windows (newest first): trajectories, agents, scored, and whether each is ready to train on."""
+    """Capture time windows (newest first): trajectories, agents, scored,
+    and whether each is ready to train on."""
     from rich.console import Console
     from rich.table import Table
 
@@ -288,8 +289,8 @@ def export_cmd(dataset_id: int, dest: str) -> None:
 def _print_summary(stats: dict[str, Any]) -> None:
     length = stats.get("length", {})
     click.echo(
-        f"tokens ({length.get('tokenizer')}): p50 {length.get('p50')}, p95 {length.get('p95')}, p99 {length.get('p99')}, "
-        f"max {length.get('max')} against max_length {length.get('max_length')}; "
+        f"tokens ({length.get('tokenizer')}): p50 {length.get('p50')}, p95 {length.get('p95')}, "
+        f"p99 {length.get('p99')}, max {length.get('max')} against max_length {length.get('max_length')}; "
         f"{length.get('truncated')} truncated (by up to {length.get('truncated_tokens_max')}); "
         f"suggested max_length {length.get('suggested_max_length')}"
     )

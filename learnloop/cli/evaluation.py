@@ -32,15 +32,17 @@ def _print_side_by_side(m: dict[str, Any], left: str, right: str) -> None:
         click.echo(f"  {label:16} {_num(a):>12} {_num(b):>12}")
     ci = m.get("reward_diff_ci") or [None, None]
     click.echo(
-        f"  paired diff {_num(m.get('reward_diff'), '+.4f')}  95% CI [{_num(ci[0], '+.4f')}, {_num(ci[1], '+.4f')}]  "
-        f"win/tie/loss {m.get('wins')}/{m.get('ties')}/{m.get('losses')}  n={m.get('n')}"
+        f"  paired diff {_num(m.get('reward_diff'), '+.4f')}  95% CI [{_num(ci[0], '+.4f')}, "
+        f"{_num(ci[1], '+.4f')}]  win/tie/loss {m.get('wins')}/{m.get('ties')}/{m.get('losses')}  "
+        f"n={m.get('n')}"
     )
     j = m.get("judge")
     if j:
         jci = j.get("win_rate_ci") or [None, None]
         click.echo(
-            f"  judge win rate {_num(j.get('win_rate'), '.3f')} [{_num(jci[0], '.3f')}, {_num(jci[1], '.3f')}]  "
-            f"consistent in both orders {_num(j.get('consistency'), '.0%')}  failed {j.get('failed')}"
+            f"  judge win rate {_num(j.get('win_rate'), '.3f')} [{_num(jci[0], '.3f')}, "
+            f"{_num(jci[1], '.3f')}]  consistent in both orders {_num(j.get('consistency'), '.0%')}  "
+            f"failed {j.get('failed')}"
         )
 
 
@@ -85,7 +87,8 @@ def _print_evaluation(ev: dict[str, Any], examples: int) -> None:
 def run_cmd(
     candidate: str, baseline: str, scenario: str | None, limit: int | None, judge: bool | None, as_json: bool
 ) -> None:
-    """Generate held-out answers with CANDIDATE and the baseline, score them, apply the gate, store the result."""
+    """Generate held-out answers with CANDIDATE and the baseline, score them,
+    apply the gate, store the result."""
     from learnloop.evaluation import evaluate, get_evaluation
     from learnloop.store import open_database
 
@@ -158,8 +161,8 @@ def list_cmd(candidate: str | None, as_json: bool) -> None:
     for r in rows:
         o = r["metrics"].get("overall", {})
         click.echo(
-            f"{r['id']:>4}  {r['candidate']} vs {r['baseline']:8} n={o.get('n')} diff {_num(o.get('reward_diff'), '+.4f')} "
-            f"-> {r['verdict']}  {r['created_at']}"
+            f"{r['id']:>4}  {r['candidate']} vs {r['baseline']:8} n={o.get('n')} diff "
+            f"{_num(o.get('reward_diff'), '+.4f')} -> {r['verdict']}  {r['created_at']}"
         )
     if not rows:
         click.echo("no evaluations yet")
@@ -171,7 +174,8 @@ def list_cmd(candidate: str | None, as_json: bool) -> None:
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Examples to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def compare_cmd(a: str, b: str, top: int, as_json: bool) -> None:
-    """Two evaluations (ids, or version ids for their latest) side by side, with the examples that differ most."""
+    """Two evaluations (ids, or version ids for their latest) side by side,
+    with the examples that differ most."""
     from learnloop.evaluation import compare_evaluations
     from learnloop.store import open_database
 

@@ -58,8 +58,8 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
         db.dispose()
     if not as_json and len(files) > 1:
         click.echo(
-            f"total: {len(files) - len(failures)} of {len(files)} files imported, {totals['inserted']} inserted, "
-            f"{totals['duplicates']} duplicates"
+            f"total: {len(files) - len(failures)} of {len(files)} files imported, "
+            f"{totals['inserted']} inserted, {totals['duplicates']} duplicates"
         )
     if failures:
         for _file, message in failures:

@@ -60,7 +60,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="learnloop")
 def cli() -> None:
-    """learnloop: capture LLM interactions, score them, fine-tune LoRA adapters, evaluate, promote and serve."""
+    """learnloop: capture LLM interactions, score them, fine-tune LoRA adapters,
+    evaluate, promote and serve."""
 
 
 def settings():  # noqa: ANN201 - small indirection so tests can point at their own settings

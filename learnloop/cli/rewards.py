@@ -39,7 +39,8 @@ def apply_cmd(names: tuple[str, ...], modules: tuple[str, ...], no_feedback: boo
         return
     h = report.heuristics
     click.echo(
-        f"heuristics: {h.trajectories_seen} trajectories examined, {h.scored} scores stored, {h.failed} failures"
+        f"heuristics: {h.trajectories_seen} trajectories examined, {h.scored} scores stored, "
+        f"{h.failed} failures"
     )
     for name, c in sorted(h.counts.items()):
         click.echo(

@@ -1,4 +1,5 @@
-"""`learnloop serve`: the HTTP server (ingest API, OpenAI routes, inbox watcher); `learnloop chat`; `learnloop alias`."""
+"""`learnloop serve`: the HTTP server (ingest API, OpenAI routes, inbox watcher);
+`learnloop chat`; `learnloop alias`."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def serve_cmd(
     no_openai: bool,
     log_level: str,
 ) -> None:
-    """Run the learnloop server (and, unless --no-daemon, the daemon). Applies database migrations first; API docs at /docs.
+    """Run the learnloop server (and, unless --no-daemon, the daemon).
+    Applies database migrations first; API docs at /docs.
 
     OpenAI-compatible routes (/v1/chat/completions, /v1/models) answer with the base model,
     the `learnloop` alias and every trained version; point an OpenAI client's base_url at
@@ -92,7 +94,8 @@ def serve_cmd(
         f"serving {getattr(runtime.backend, 'base_model', s.serving.backend)} at /v1; " if runtime else ""
     )
     click.echo(
-        f"learnloop {__version__} on http://{host}:{port} ({serving}database {s.public_dict()['database_url']}; "
+        f"learnloop {__version__} on http://{host}:{port} ({serving}database "
+        f"{s.public_dict()['database_url']}; "
         + (f"watching {data_dir(s.data_dir).inbox})" if watching else "inbox not watched)"),
         err=True,
     )
@@ -131,7 +134,8 @@ def chat_cmd(
     temperature: float,
     max_tokens: int | None,
 ) -> None:
-    """Chat with a served model in the terminal (`learnloop serve` must be running). /reset clears, /quit ends."""
+    """Chat with a served model in the terminal (`learnloop serve` must be running).
+    /reset clears, /quit ends."""
     import httpx
 
     s = settings()

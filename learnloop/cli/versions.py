@@ -91,7 +91,8 @@ def _print_chain(chain: dict[str, Any]) -> None:
     if v.get("note"):
         click.echo(f"  note: {v['note']}")
     click.echo(
-        f"  dataset:   id {d['id']}  sha256 {d['sha256'] or '-'}  {d.get('kind') or ''} {d.get('count') or ''}".rstrip()
+        f"  dataset:   id {d['id']}  sha256 {d['sha256'] or '-'}  {d.get('kind') or ''} "
+        f"{d.get('count') or ''}".rstrip()
     )
     if d.get("filters"):
         window = {
@@ -108,7 +109,8 @@ def _print_chain(chain: dict[str, Any]) -> None:
         ci = ev.get("reward_diff_ci") or [None, None]
         ci_text = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if None not in ci else "n/a"
         click.echo(
-            f"  eval {ev['id']}:   vs {ev['baseline']}  n={ev['n']}  diff {ev['reward_diff']}  95% CI {ci_text}  -> {ev['verdict']}"
+            f"  eval {ev['id']}:   vs {ev['baseline']}  n={ev['n']}  diff {ev['reward_diff']}  95% CI "
+            f"{ci_text}  -> {ev['verdict']}"
         )
     if chain["gate"]:
         click.echo(
@@ -116,11 +118,13 @@ def _print_chain(chain: dict[str, Any]) -> None:
         )
     for m in chain["promotions"]:
         click.echo(
-            f"  {m['at']}  {m['alias']}: {m['from'] or 'base'} -> {m['to'] or 'base'} ({m['action']}) by {m['actor']}: {m['reason']}"
+            f"  {m['at']}  {m['alias']}: {m['from'] or 'base'} -> {m['to'] or 'base'} "
+            f"({m['action']}) by {m['actor']}: {m['reason']}"
         )
     if chain.get("parent"):
         click.echo(
-            f"  parent:    {chain['parent']['version']['id']} (`learnloop versions lineage {v['id']}` for the whole chain)"
+            f"  parent:    {chain['parent']['version']['id']} (`learnloop versions lineage {v['id']}` "
+            "for the whole chain)"
         )
 
 
@@ -144,7 +148,8 @@ def lineage_cmd(version_id: str | None, trajectory_id: str | None, as_json: bool
     if trajectory_id:
         t = data["trajectory"]
         click.echo(
-            f"trajectory {t['id']} ({t['source']}, {t['created_at']}) answered by {t['model_version'] or 'an unknown model'}"
+            f"trajectory {t['id']} ({t['source']}, {t['created_at']}) answered by "
+            f"{t['model_version'] or 'an unknown model'}"
         )
         if data["lineage"] is None:
             click.echo(data["note"])
@@ -186,7 +191,8 @@ def create_cmd(
     note: str | None,
     as_json: bool,
 ) -> None:
-    """Register an adapter as a new immutable version (refused, with the reason, if its base does not match)."""
+    """Register an adapter as a new immutable version (refused, with the reason,
+    if its base does not match)."""
     from learnloop.registry import get_version, local_actor, register_version
 
     s, db = _db()
@@ -350,8 +356,9 @@ def history_cmd(alias: str | None, as_json: bool) -> None:
         return
     for r in rows:
         click.echo(
-            f"{r['at']}  {r['alias']}: {r['from'] or 'base'} -> {r['to'] or 'base'} ({r['action']}) by {r['actor']}"
-            f"{' eval ' + str(r['evaluation_id']) if r['evaluation_id'] else ''}: {r['reason'] or ''}"
+            f"{r['at']}  {r['alias']}: {r['from'] or 'base'} -> {r['to'] or 'base'} ({r['action']}) "
+            f"by {r['actor']}{' eval ' + str(r['evaluation_id']) if r['evaluation_id'] else ''}: "
+            f"{r['reason'] or ''}"
         )
 
 
@@ -375,7 +382,8 @@ def history_cmd(alias: str | None, as_json: bool) -> None:
 )
 @click.option("--name", help="Ollama model name (default: learnloop-<version>).")
 def export_cmd(version_id: str, fmt: str, quant: str, out_dir: str | None, name: str | None) -> None:
-    """Export VERSION_ID: merged safetensors, a GGUF file, or an Ollama Modelfile (+ `ollama create` when installed)."""
+    """Export VERSION_ID: merged safetensors, a GGUF file, or an Ollama Modelfile
+    (+ `ollama create` when installed)."""
     from learnloop.registry import export_version
 
     s, db = _db()

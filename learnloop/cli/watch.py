@@ -34,7 +34,8 @@ def _secs(s: float | None) -> str:
 
 
 def render_status(status: dict[str, Any]) -> Any:
-    """A rich renderable of the status (tables for loops, queue, running jobs, serving, trajectories, host)."""
+    """A rich renderable of the status (tables for loops, queue, running jobs,
+    serving, trajectories, host)."""
     from rich.console import Group
     from rich.table import Table
 
@@ -54,7 +55,8 @@ def render_status(status: dict[str, Any]) -> Any:
     disk = host["disk"]
     h.add_row(
         "disk",
-        f"{'[green]' if disk['ok'] else '[red]'}{_bytes(disk['free_bytes'])} free[/] of {_bytes(disk['total_bytes'])} ({disk['path']})",
+        f"{'[green]' if disk['ok'] else '[red]'}{_bytes(disk['free_bytes'])} free[/] of "
+        f"{_bytes(disk['total_bytes'])} ({disk['path']})",
     )
     mem = host["memory"]
     h.add_row("memory", f"{_bytes(mem['used_bytes'])} used, {_bytes(mem['available_bytes'])} available")
@@ -63,7 +65,8 @@ def render_status(status: dict[str, Any]) -> Any:
     for g in host["gpus"]:
         h.add_row(
             f"gpu {g['index']}",
-            f"{g['name']}: {_bytes(g['memory_used_bytes'])}/{_bytes(g['memory_total_bytes'])}, {g['utilization_pct']}%",
+            f"{g['name']}: {_bytes(g['memory_used_bytes'])}/{_bytes(g['memory_total_bytes'])}, "
+            f"{g['utilization_pct']}%",
         )
     if not db["reachable"]:
         return h
@@ -148,7 +151,8 @@ def render_status(status: dict[str, Any]) -> Any:
     help="Seconds between refreshes with --watch.",
 )
 def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
-    """The whole loop at a glance: loops, queue, running job, serving version, last evaluation, trajectories, host health."""
+    """The whole loop at a glance: loops, queue, running job, serving version, last evaluation,
+    trajectories, host health."""
     from learnloop.store.db import Database
     from learnloop.watch.status import build_status
 
@@ -228,7 +232,8 @@ def alerts_check() -> None:
     s = settings()
     result = run_once(open_database(s), s)
     click.echo(
-        f"{len(result['new'])} new alert(s); sent {result['sent']}, retrying {result['retry']}, failed {result['failed']}"
+        f"{len(result['new'])} new alert(s); sent {result['sent']}, retrying {result['retry']}, "
+        f"failed {result['failed']}"
     )
 
 
@@ -246,8 +251,8 @@ def alerts_list(limit: int) -> None:
         rows = list(s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit)))
         for r in rows:
             click.echo(
-                f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} (attempts {r.attempts})"
-                + (f" — {r.error}" if r.error else "")
+                f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} "
+                f"(attempts {r.attempts})" + (f" — {r.error}" if r.error else "")
             )
     if not rows:
         click.echo("no alerts yet")

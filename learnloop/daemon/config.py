@@ -99,12 +99,14 @@ class LoopConfig(_Section):
     )
     dataset: dict[str, Any] = Field(
         default_factory=dict,
-        description="Further dataset options as `learnloop datasets build` takes them (min_reward, min_margin, group_by ...).",
+        description="Further dataset options as `learnloop datasets build` takes them "
+        "(min_reward, min_margin, group_by ...).",
     )
     base_model: str | None = Field(None, description="Base model (default: [training] base_model).")
     train: dict[str, Any] = Field(
         default_factory=dict,
-        description="Training settings: any TrainConfig field (lora, max_steps, learning_rate, max_length ...).",
+        description="Training settings: any TrainConfig field (lora, max_steps, "
+        "learning_rate, max_length ...).",
     )
     triggers: TriggerConfig = Field(
         default_factory=TriggerConfig, description="When a cycle starts, and what must be ready first."
@@ -142,7 +144,8 @@ class LoopConfig(_Section):
         bad = [k for k in self.train if k in _PER_CYCLE]
         if bad:
             raise ValueError(
-                f"train.{bad[0]} is set by the loop itself (use the loop's own keys: algorithm, base_model, dataset)"
+                f"train.{bad[0]} is set by the loop itself (use the loop's own keys: "
+                "algorithm, base_model, dataset)"
             )
         from learnloop.training.config import TrainConfig
 
@@ -181,12 +184,13 @@ class DaemonSettings(_Section):
     )
     judge: bool = Field(
         False,
-        description="Also run the LLM judge over each loop's scenario in the background (needs scoring.judge_*).",
+        description="Also run the LLM judge over each loop's scenario in the "
+        "background (needs scoring.judge_*).",
     )
     launcher: list[str] = Field(
         default_factory=list,
-        description="Command that starts training, before the module, e.g. ['accelerate', 'launch', '--num_processes', '2']; "
-        "empty: this Python.",
+        description="Command that starts training, before the module, e.g. ['accelerate', 'launch', "
+        "'--num_processes', '2']; empty: this Python.",
     )
     output_tail_lines: int = Field(
         60, ge=1, description="Lines of a failed training's output kept on the job."

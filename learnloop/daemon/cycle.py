@@ -1,7 +1,8 @@
 """What a claimed job does. A loop's cycle is a chain of stages, each recorded on the job's
 ``result`` as it completes, so a retried or taken-over job skips what is already done:
 
-    dataset -> length guardrail -> train (resumes from its checkpoints) -> register -> evaluate -> gate -> promote
+    dataset -> length guardrail -> train (resumes from its checkpoints) -> register -> evaluate
+        -> gate -> promote
 
 Registering looks up a version already registered for this job first, and promoting looks up the
 alias log first, so a daemon killed between a stage and its record never makes a duplicate.
@@ -138,7 +139,8 @@ def _run_job(ctx: Context, job: queue.JobInfo) -> None:
 
 
 def _train(ctx: Context, job: queue.JobInfo, config: Any) -> dict[str, Any]:
-    """Supervise one training run for ``job``; returns {adapter_dir, step, metrics} or releases/fails the job."""
+    """Supervise one training run for ``job``; returns {adapter_dir, step, metrics}
+    or releases/fails the job."""
     cfg = ctx.settings.daemon
     outcome = Supervisor(ctx.db, job.id, ctx.owner, ctx.settings, shutdown=ctx.shutdown, loop=job.loop).run(
         config
@@ -157,7 +159,8 @@ def _train(ctx: Context, job: queue.JobInfo, config: Any) -> dict[str, Any]:
         raise _Stop
     if outcome.kind == "lost":
         raise _Stop
-    # failed or stalled: retried from the newest committed checkpoint (a stall at once: it had no fault of data).
+    # failed or stalled: retried from the newest committed checkpoint (a stall at once:
+    # it had no fault of data).
     backoff = 0.0 if outcome.kind == "stalled" else cfg.retry_backoff
     state = queue.fail(
         ctx.db,
@@ -240,9 +243,10 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         share = float(length.get("truncated_share") or 0.0)
         if share > loop.max_truncated_share:
             raise Refused(
-                f"{length.get('truncated')} of {info.count} examples ({share:.0%}) exceed max_length {length.get('max_length')} "
-                f"(allowed: {loop.max_truncated_share:.0%}); {length.get('advice', '')} Dataset {info.id}: "
-                f"p95 {length.get('p95')}, p99 {length.get('p99')}, max {length.get('max')} tokens."
+                f"{length.get('truncated')} of {info.count} examples ({share:.0%}) exceed max_length "
+                f"{length.get('max_length')} (allowed: {loop.max_truncated_share:.0%}); "
+                f"{length.get('advice', '')} Dataset {info.id}: p95 {length.get('p95')}, "
+                f"p99 {length.get('p99')}, max {length.get('max')} tokens."
             )
 
     if "adapter_dir" not in done:
@@ -304,7 +308,8 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         job.id,
         ctx.owner,
         {"head": advanced},
-        message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on {done.get('examples')} examples{verdict}",
+        message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on "
+        f"{done.get('examples')} examples{verdict}",
     )
 
 
@@ -406,7 +411,8 @@ def _gate(ctx: Context, loop: LoopConfig, eval_id: int) -> dict[str, Any]:
         # the version, its evaluation, this cycle and the registry's promote, which checks the same record.
         reasons = list(stored.get("reasons") or [])
         return {"passed": bool(stored["passed"]), "verdict": stored.get("verdict"), "reasons": reasons}
-    # [gate] overridden by the loop's own gate = {...}: the evaluation stage's rule, not the loop's keys alone.
+    # [gate] overridden by the loop's own gate = {...}: the evaluation stage's rule,
+    # not the loop's keys alone.
     verdict = evaluation.gate(metrics, evaluation.policy_for(ctx.settings, loop.name))
     return {"passed": bool(verdict.passed), "verdict": verdict.verdict, "reasons": list(verdict.reasons)}
 

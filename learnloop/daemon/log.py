@@ -56,7 +56,10 @@ def write_line(kind: str, message: str, level: str = "info", **fields: Any) -> N
     extra = " ".join(
         f"{k}={json.dumps(v, default=str)}" for k, v in fields.items() if v not in (None, {}, [])
     )
-    line = f"{now.isoformat(timespec='milliseconds')} {level.upper():7} {kind:18} {message}{' ' + extra if extra else ''}\n"
+    line = (
+        f"{now.isoformat(timespec='milliseconds')} {level.upper():7} {kind:18} "
+        f"{message}{' ' + extra if extra else ''}\n"
+    )
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

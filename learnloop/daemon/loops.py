@@ -219,7 +219,8 @@ def check_loop(
             Check(
                 "groups",
                 count > 0,
-                f"{count} {'pairs from groups' if loop.algorithm == 'dpo' else 'groups'} with at least {k} members",
+                f"{count} {'pairs from groups' if loop.algorithm == 'dpo' else 'groups'} "
+                f"with at least {k} members",
             )
         )
     if loop.algorithm == "grpo":
@@ -301,7 +302,8 @@ def _existing(path: Path) -> Path:
 
 
 def reward_drop(db: Database, settings: Settings, loop: LoopConfig, now: dt.datetime) -> str | None:
-    """The reason when the served version's recent mean reward fell below its evaluated level by the margin."""
+    """The reason when the served version's recent mean reward fell below its evaluated
+    level by the margin."""
     from learnloop.scoring.combine import combined_rewards
 
     t = loop.triggers
@@ -563,9 +565,10 @@ def check_lock(db: Database, settings: Settings, loop: LoopConfig) -> None:
             continue
         if key in now and now[key] != value:
             raise ConfigError(
-                f"Loop {loop.name!r}: {key} is locked to {value!r} because the loop has trained versions on it "
-                f"(configured now: {now[key]!r}); its adapters cannot carry over. Put {key} back to {value!r}, or add a new "
-                f"[[loops]] entry with another name for the new setting (it starts from the base model)."
+                f"Loop {loop.name!r}: {key} is locked to {value!r} because the loop has trained versions on "
+                f"it (configured now: {now[key]!r}); its adapters cannot carry over. "
+                f"Put {key} back to {value!r}, or add a new [[loops]] entry with another name for the new "
+                "setting (it starts from the base model)."
             )
 
 
@@ -584,7 +587,8 @@ def record_cycle(
     head_version: str | None,
     advanced: bool,
 ) -> None:
-    """After a cycle: the outcome, the time, the head (when it advanced) and the locks (from the first version)."""
+    """After a cycle: the outcome, the time, the head (when it advanced) and the locks
+    (from the first version)."""
     now = utcnow()
     with db.session() as s:
         row = s.get(LoopState, loop.name)
@@ -617,7 +621,8 @@ def set_state(db: Database, name: str, state: str, outcome: dict[str, Any] | Non
 
 
 def status(db: Database, settings: Settings, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Per configured loop: state, last check, next check in s, readiness reasons, running job, last outcome."""
+    """Per configured loop: state, last check, next check in s, readiness reasons,
+    running job, last outcome."""
     now = now or utcnow()
     with db.read_session() as s:
         rows = {r.name: r for r in s.scalars(select(LoopState))}

@@ -297,7 +297,8 @@ def heartbeat(
 
 
 def update_result(db: Database, job_id: int, owner: str, **fields: Any) -> bool:
-    """Merge ``fields`` into the job's result (a finished cycle stage); committed before the next stage starts."""
+    """Merge ``fields`` into the job's result (a finished cycle stage);
+    committed before the next stage starts."""
     with db.session() as s:
         row = _owned(s, job_id, owner)
         if row is None:
@@ -349,7 +350,8 @@ def fail(
     backoff: float = 30.0,
     backoff_max: float = 3600.0,
 ) -> str:
-    """Record a failed attempt: requeue with backoff while attempts remain (and ``retry``), else fail for good.
+    """Record a failed attempt: requeue with backoff while attempts remain (and ``retry``),
+    else fail for good.
 
     Returns the new state ('queued' or 'failed'; '' when the lease was no longer ours).
     """
@@ -415,7 +417,8 @@ def release(db: Database, job_id: int, owner: str, *, reason: str) -> str:
             row.desired_state = DesiredState.pause
             kind, msg = (
                 "job.stopped",
-                f"job {row.id} stopped at step {(row.progress or {}).get('step', 0)}; `learnloop jobs resume {row.id}` continues it",
+                f"job {row.id} stopped at step {(row.progress or {}).get('step', 0)}; "
+                f"`learnloop jobs resume {row.id}` continues it",
             )
         elif want == DesiredState.skip:
             row.state, row.desired_state, row.run_after = JobState.queued, DesiredState.run, now
@@ -433,7 +436,8 @@ def release(db: Database, job_id: int, owner: str, *, reason: str) -> str:
 def reap(db: Database, *, stall_seconds: float | None = None) -> list[int]:
     """Take back jobs whose lease expired (their daemon died or hung): running -> queued, paused stays paused.
 
-    ``stall_seconds``: a running job whose heartbeat is older than this is taken back too, whatever its lease says.
+    ``stall_seconds``: a running job whose heartbeat is older than this is taken back too,
+    whatever its lease says.
     """
     now = utcnow()
     cond = Job.lease_expires_at < now
@@ -461,11 +465,13 @@ def reap(db: Database, *, stall_seconds: float | None = None) -> list[int]:
                 )
             if row.desired_state == DesiredState.cancel:
                 row.state, row.finished_at = JobState.cancelled, now
+            outcome = (
+                "requeued to resume from its checkpoint" if row.state == JobState.queued else _v(row.state)
+            )
             emit(
                 s,
                 "job.stalled",
-                f"job {row.id}: lease of {owner} expired (heartbeat {row.heartbeat_at:%H:%M:%S}); "
-                f"{'requeued to resume from its checkpoint' if row.state == JobState.queued else _v(row.state)}",
+                f"job {row.id}: lease of {owner} expired (heartbeat {row.heartbeat_at:%H:%M:%S}); {outcome}",
                 level="warning",
                 loop=row.loop,
                 job_id=row.id,

@@ -100,7 +100,8 @@ def _rows_with_rewards(
 def _top_fraction_threshold(
     session: Session, f: DatasetFilters, weights: RewardRule, chunk_size: int
 ) -> float | None:
-    """The reward the best ``top_fraction`` of scored rows reach (teacher rows ranked only if they must pass)."""
+    """The reward the best ``top_fraction`` of scored rows reach
+    (teacher rows ranked only if they must pass)."""
     rewards = []
     columns = (Trajectory.id, Trajectory.source, Trajectory.tags)  # no messages: this pass only ranks
     for chunk in stream_rows(session, f, Split.train, chunk_size=chunk_size, columns=columns):
@@ -176,7 +177,8 @@ def _groups(
     report: BuildReport,
     chunk_size: int,
 ) -> Iterator[tuple[tuple[Any, ...], list[_Member]]]:
-    """Scored, well-formed rows grouped by ``f.group_by`` (rows arrive sorted, so one group is in memory at a time)."""
+    """Scored, well-formed rows grouped by ``f.group_by`` (rows arrive sorted,
+    so one group is in memory at a time)."""
     assert f.group_by is not None
     cols = group_columns(f.group_by)
     extra = [c.is_not(None) for c in cols]

@@ -194,7 +194,8 @@ def build_dataset(
         if not writer.ids:
             raise ValidationFailed(
                 f"No {kind} examples passed the filters ({_funnel_text(report)}). "
-                "Loosen the filters (lookback, reward bar, margin, group size) or capture and score more data."
+                "Loosen the filters (lookback, reward bar, margin, group size) or "
+                "capture and score more data."
             )
         content_hash = writer.hasher.hexdigest()
         stats = _stats(
@@ -231,7 +232,8 @@ def _record(
     try:
         with db.session() as session:
             if session.get_bind().dialect.name == "postgresql":
-                # Two builds of the same content must not both record it (SQLite's BEGIN IMMEDIATE already serialises).
+                # Two builds of the same content must not both record it
+                # (SQLite's BEGIN IMMEDIATE already serialises).
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(content_hash[:15], 16)})
             existing = session.scalars(
                 select(Dataset)
@@ -332,7 +334,8 @@ def _item_from_record(kind: str, item_id: str, record: dict[str, Any]) -> Item:
 
 
 def _replay(session: Session, kind: str, writer: _Writer, fraction: float) -> dict[str, Any] | None:
-    """Mix in examples of earlier datasets of this kind, chosen by a hash of their id seeded with this content.
+    """Mix in examples of earlier datasets of this kind, chosen by a hash of their id seeded with
+    this content.
 
     ``fraction`` is the share of the final dataset; examples already in it are not taken twice.
     """
@@ -416,7 +419,8 @@ def get_dataset(session: Session, dataset_id: int) -> DatasetInfo:
 
 
 def dataset_item_ids(session: Session, dataset_id: int) -> list[str]:
-    """The ids behind each line of the dataset's JSONL, in order (trajectory ids; 'a>b' for pairs; 'fb:N' for corrections)."""
+    """The ids behind each line of the dataset's JSONL, in order (trajectory ids;
+    'a>b' for pairs; 'fb:N' for corrections)."""
     ids = session.scalar(select(Dataset.item_ids).where(Dataset.id == dataset_id))
     if ids is None:
         raise NotFound(f"No dataset with id {dataset_id}.")
@@ -435,8 +439,9 @@ def export_dataset(session: Session, dataset_id: int, dest: str | Path) -> Path:
     info = get_dataset(session, dataset_id)
     if not info.path or not Path(info.path).is_file():
         raise NotFound(
-            f"The file of dataset {dataset_id} ({info.path}) is gone. Rebuild it: `learnloop datasets build {info.kind}` "
-            f"with the recorded filters {json.dumps(info.filters)} (the same content is recognised by its hash)."
+            f"The file of dataset {dataset_id} ({info.path}) is gone. Rebuild it: "
+            f"`learnloop datasets build {info.kind}` with the recorded filters {json.dumps(info.filters)} "
+            "(the same content is recognised by its hash)."
         )
     return _copy_atomic(Path(info.path), Path(dest))
 

@@ -146,7 +146,8 @@ class Deduplicator:
         self._ids: list[str] = []
 
     def check(self, item_id: str, text: str) -> Verdict | None:
-        """None when ``text`` is new (and is then remembered), else (kind, id of the earlier example, similarity)."""
+        """None when ``text`` is new (and is then remembered), else (kind,
+        id of the earlier example, similarity)."""
         return self.check_many([(item_id, text)])[0]
 
     def check_many(self, items: Sequence[tuple[str, str]]) -> list[Verdict | None]:

@@ -93,7 +93,8 @@ class DatasetFilters(BaseModel):
         return self
 
     def check_kind(self, kind: str) -> None:
-        """Refuse filters that mean nothing for ``kind``: silently ignoring one would build the wrong dataset."""
+        """Refuse filters that mean nothing for ``kind``: silently ignoring one
+        would build the wrong dataset."""
         problems = [
             (f"filters.{name}", f"does not apply to {kind} datasets (only to {', '.join(kinds)})")
             for name, kinds in _ONLY_FOR.items()
@@ -170,7 +171,8 @@ def where_clauses(f: DatasetFilters, split: Split) -> list[Any]:
     if f.agents:
         clauses.append(Trajectory.agent.in_(list(f.agents)))
     if f.min_agents is not None:
-        # Windows (or groups) where enough distinct agents acted, counted among the rows the other filters keep.
+        # Windows (or groups) where enough distinct agents acted,
+        # counted among the rows the other filters keep.
         col = Trajectory.window_id if f.agents_per == "window" else Trajectory.group_id
         busy = (
             select(col)
@@ -189,7 +191,8 @@ def has_tags(row_tags: Sequence[Any] | None, wanted: Sequence[str]) -> bool:
 
 
 def group_columns(group_by: GroupBy) -> list[Any]:
-    """Columns whose equal values make a group; the prompt hash is always last, so one group shares one prompt."""
+    """Columns whose equal values make a group; the prompt hash is always last,
+    so one group shares one prompt."""
     if group_by == "group":
         return [Trajectory.group_id, Trajectory.prompt_hash]
     if group_by == "scenario":

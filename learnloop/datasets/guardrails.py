@@ -68,7 +68,8 @@ def check_messages(messages: Any, *, need_completion: bool = True) -> str | None
 
 
 def correction_message(correction: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """A feedback correction (text or assistant message) as an assistant message, or the reason it is unusable."""
+    """A feedback correction (text or assistant message) as an assistant message,
+    or the reason it is unusable."""
     if isinstance(correction, str):
         if not correction.strip():
             return None, "the correction is empty"
@@ -145,8 +146,8 @@ class HFTokenCounter:
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ConfigError(
-                f"Tokenizer folder {str(folder)!r} does not exist. Point datasets.tokenizer (or --tokenizer) at an "
-                "HF model folder, or leave it unset for the approximate count."
+                f"Tokenizer folder {str(folder)!r} does not exist. Point datasets.tokenizer "
+                "(or --tokenizer) at an HF model folder, or leave it unset for the approximate count."
             )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -198,7 +199,8 @@ def length_report(
     worst: int = 10,
     counter: str = "",
 ) -> dict[str, Any]:
-    """Token-length percentiles, how many examples the max length truncates and by how much, a suggested length."""
+    """Token-length percentiles, how many examples the max length truncates and
+    by how much, a suggested length."""
     values = sorted(lengths)
     n = len(values)
     over = [v - max_length for v in values if v > max_length]
@@ -225,8 +227,9 @@ def length_report(
         report["longest"] = [{"item": i, "tokens": t} for t, i in ranked]
     if over:
         report["advice"] = (
-            f"{len(over)} of {n} examples exceed max_length {max_length} (by up to {max(over)} tokens) and will be "
-            f"truncated; raise datasets.max_length to {suggested} (covers 99%) or filter long examples out."
+            f"{len(over)} of {n} examples exceed max_length {max_length} "
+            f"(by up to {max(over)} tokens) and will be truncated; raise datasets.max_length to {suggested} "
+            "(covers 99%) or filter long examples out."
         )
     elif n and suggested < max_length // 2:
         report["advice"] = (
@@ -253,7 +256,8 @@ def _completion(value: Any) -> Conversation:
 
 
 def training_conversations(record: dict[str, Any]) -> list[Conversation]:
-    """The sequences training builds from one TRL-format record (SFT, DPO or GRPO); the longest is truncated first."""
+    """The sequences training builds from one TRL-format record (SFT, DPO or GRPO);
+    the longest is truncated first."""
     if "messages" in record:
         return [_as_messages(record["messages"])]
     prompt = _as_messages(record.get("prompt", []))
@@ -285,18 +289,19 @@ class LengthCheck:
     def summary(self) -> str:
         r = self.report
         return (
-            f"tokens ({r['tokenizer']}): p50 {r['p50']}, p95 {r['p95']}, p99 {r['p99']}, max {r['max']} against "
-            f"max_length {r['max_length']}; {r['truncated']} of {r['count']} examples "
+            f"tokens ({r['tokenizer']}): p50 {r['p50']}, p95 {r['p95']}, p99 {r['p99']}, "
+            f"max {r['max']} against max_length {r['max_length']}; {r['truncated']} of {r['count']} examples "
             f"({r['truncated_share']:.1%}) would be truncated (by up to {r['truncated_tokens_max']} tokens)"
         )
 
     def refusal(self) -> str:
         r = self.report
         return (
-            f"{r['truncated']} of {r['count']} training examples ({r['truncated_share']:.1%}) are longer than "
-            f"max_length {self.max_length} and would be truncated (allowed: {self.max_truncated_share:.0%}, "
-            f"training.max_truncated_share). Set max_length to {self.suggested_max_length} (covers 99%), filter "
-            "long examples out, or pass --allow-truncation."
+            f"{r['truncated']} of {r['count']} training examples ({r['truncated_share']:.1%}) are longer "
+            f"than max_length {self.max_length} and would be truncated (allowed: "
+            f"{self.max_truncated_share:.0%}, training.max_truncated_share). "
+            f"Set max_length to {self.suggested_max_length} (covers 99%), filter long examples out, "
+            "or pass --allow-truncation."
         )
 
 
@@ -308,8 +313,9 @@ def check_training_lengths(
     max_truncated_share: float = 0.05,
     batch: int = 256,
 ) -> LengthCheck:
-    """Measure a training JSONL's token lengths with the model's tokenizer (a loaded tokenizer, a folder, or a
-    TokenCounter) against ``max_length``. Lines that are not JSON objects are left to the trainer to report."""
+    """Measure a training JSONL's token lengths with the model's tokenizer (a loaded tokenizer, a folder,
+    or a TokenCounter) against ``max_length``. Lines that are not JSON objects are left to the trainer
+    to report."""
     counter: TokenCounter
     if isinstance(tokenizer, (str, Path)):
         counter = HFTokenCounter(tokenizer)
@@ -361,7 +367,8 @@ def guard_training_lengths(
     max_truncated_share: float = 0.05,
     allow_truncation: bool = False,
 ) -> LengthCheck:
-    """``check_training_lengths``, raising ``TruncationRefused`` (naming a max_length) unless it passes or is allowed."""
+    """``check_training_lengths``, raising ``TruncationRefused``
+    (naming a max_length) unless it passes or is allowed."""
     check = check_training_lengths(
         dataset, tokenizer=tokenizer, max_length=max_length, max_truncated_share=max_truncated_share
     )

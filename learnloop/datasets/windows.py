@@ -1,4 +1,5 @@
-"""Capture windows as the original RL system listed them: what each holds and whether it is ready to train on."""
+"""Capture windows as the original RL system listed them:
+what each holds and whether it is ready to train on."""
 
 from __future__ import annotations
 

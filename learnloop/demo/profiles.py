@@ -47,7 +47,8 @@ class Profile:
         q = json.dumps  # TOML basic strings and JSON strings agree for these values
         train = ", ".join(f"{k} = {_toml(v)}" for k, v in self.train.items())
         gate = ", ".join(f"{k} = {_toml(v)}" for k, v in self.gate.items())
-        return f"""# Written by `learnloop demo --profile {self.name}`: the config a user would write for this loop.
+        return f"""# Written by `learnloop demo --profile {self.name}`: \
+the config a user would write for this loop.
 data_dir = {q(str(data_dir))}
 
 [server]

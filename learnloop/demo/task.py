@@ -187,7 +187,8 @@ def _match(template: str, message: str) -> dict[str, str] | None:
 
 
 def check(message: str, completion: str) -> float:
-    """1.0 when the completion is exactly the expected order as JSON, else the share of fields right (at most 0.5)."""
+    """1.0 when the completion is exactly the expected order as JSON,
+    else the share of fields right (at most 0.5)."""
     expected = expected_from_message(message)
     got = parse_answer(completion)
     if expected is None or got is None:

@@ -2,7 +2,8 @@
 
 Public surface::
 
-    evaluate(db, settings, candidate="v0003", baseline="serving", scenario=None, backend=None, limit=None) -> int
+    evaluate(db, settings, candidate="v0003", baseline="serving", scenario=None, backend=None,
+             limit=None) -> int
     gate(metrics, policy) -> GateVerdict(passed, verdict, reasons)     # pure; policy = settings.gate
     get_evaluation(db, id) / list_evaluations(db) / compare_evaluations(db, a, b)
 """

@@ -28,7 +28,8 @@ class GateVerdict:
 
 
 def policy_for(settings: Any, loop: str | None = None) -> GatePolicy:
-    """The policy a version of ``loop`` is gated by: ``[gate]``, overridden by that loop's ``gate = {...}``."""
+    """The policy a version of ``loop`` is gated by: ``[gate]``,
+    overridden by that loop's ``gate = {...}``."""
     policy = settings.gate
     for entry in getattr(settings, "loops", None) or []:
         if getattr(entry, "name", None) == loop and getattr(entry, "gate", None):

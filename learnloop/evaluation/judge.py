@@ -29,8 +29,8 @@ def _render(messages: Sequence[Mapping[str, Any]]) -> str:
 
 def _ask(client: JudgeClient, prompt: Sequence[Mapping[str, Any]], a: str, b: str, max_chars: int) -> str:
     user = (
-        f"Conversation:\n{_render(prompt)}\n\n=== Answer A ===\n{a[:max_chars]}\n\n=== Answer B ===\n{b[:max_chars]}\n\n"
-        "Which answer is better?"
+        f"Conversation:\n{_render(prompt)}\n\n=== Answer A ===\n{a[:max_chars]}\n\n"
+        f"=== Answer B ===\n{b[:max_chars]}\n\nWhich answer is better?"
     )
     text = client.complete([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
     m = _WINNER.search(text)
@@ -51,7 +51,8 @@ def judge_pair(
     *,
     max_chars: int = 6000,
 ) -> dict[str, Any]:
-    """Both orders. ``outcome`` for the candidate: 1 win, 0.5 tie (or flip), 0 loss; None when the judge failed."""
+    """Both orders. ``outcome`` for the candidate: 1 win, 0.5 tie (or flip), 0 loss;
+    None when the judge failed."""
     try:
         first = _ask(client, prompt, candidate, baseline, max_chars)  # candidate is A
         second = _ask(client, prompt, baseline, candidate, max_chars)  # candidate is B

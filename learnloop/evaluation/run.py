@@ -105,7 +105,8 @@ def holdout_items(
 
 
 def serving_alias(settings: Settings, loop: str | None) -> str:
-    """The alias a version of ``loop`` would replace: that loop's ``alias`` in ``[[loops]]``, else ``learnloop``."""
+    """The alias a version of ``loop`` would replace: that loop's ``alias`` in
+    ``[[loops]]``, else ``learnloop``."""
     for entry in getattr(settings, "loops", None) or []:
         if getattr(entry, "name", None) == loop and getattr(entry, "alias", None):
             return entry.alias
@@ -120,7 +121,8 @@ def _resolve_side(db: Database, spec: str, candidate: str, alias_name: str = DEF
         spec = alias.version_id if alias is not None and alias.version_id else BASE
     if spec == candidate:
         raise ValidationFailed(
-            f"The baseline is the candidate itself ({candidate}); choose --baseline base, teacher or another version.",
+            f"The baseline is the candidate itself ({candidate}); choose --baseline "
+            "base, teacher or another version.",
             [("baseline", "same as candidate")],
         )
     return Side(spec, spec)
@@ -276,7 +278,8 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     policy: GatePolicy | None = None,
 ) -> int:
-    """Evaluate ``candidate`` against ``baseline`` (serving | base | a version id | teacher); return the evaluation id.
+    """Evaluate ``candidate`` against ``baseline`` (serving | base | a version id | teacher);
+    return the evaluation id.
 
     ``judge``: a JudgeClient, True (the configured ``[scoring] judge_*`` endpoint), or None for
     ``[evaluation] judge``. The gate verdict is stored with the evaluation and the candidate;
@@ -287,7 +290,8 @@ def evaluate(
     base_row = _checked_version(db, side.model) if side.model not in (None, BASE) else None
     if base_row is not None and base_row.base_model_hash != cand_row.base_model_hash:
         raise ValidationFailed(
-            f"{candidate} and {side.name} were trained on different base models; compare each with --baseline base.",
+            f"{candidate} and {side.name} were trained on different base models; "
+            "compare each with --baseline base.",
             [("baseline", "different base model")],
         )
     dataset_id, items = holdout_items(

@@ -29,7 +29,8 @@ def write_adapter_format(folder: Path | str, **info: Any) -> Path:
 
 
 def check_adapter_format(folder: Path | str) -> int:
-    """The adapter folder's format version (0: written before versions existed); ConfigError when unreadable."""
+    """The adapter folder's format version (0: written before versions existed);
+    ConfigError when unreadable."""
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise ConfigError(f"{folder} is not a LoRA adapter folder (no adapter_config.json).")

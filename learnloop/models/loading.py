@@ -1,4 +1,5 @@
-"""Loading a base model and tokenizer, applying LoRA adapters, merging: what training, evaluation and serving share."""
+"""Loading a base model and tokenizer, applying LoRA adapters, merging: what training,
+evaluation and serving share."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 
 def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """'auto' → bf16 on a CUDA GPU that supports it, else fp32 (CPU bf16 matmuls are not always faster or exact enough)."""
+    """'auto' → bf16 on a CUDA GPU that supports it, else fp32 (CPU bf16 matmuls are not
+    always faster or exact enough)."""
     if spec != "auto":
         return getattr(torch, spec)
     if device.type == "cuda" and torch.cuda.is_bf16_supported():

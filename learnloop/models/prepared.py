@@ -148,7 +148,8 @@ def prepare_model(
         target_name = _validate_name(name or _name_for_gguf(gguf))
     else:
         raise ConfigError(
-            f"Cannot prepare {spec!r}: give a known model name ({', '.join(sorted(KNOWN_MODELS))}) or a .gguf file."
+            f"Cannot prepare {spec!r}: give a known model name "
+            f"({', '.join(sorted(KNOWN_MODELS))}) or a .gguf file."
         )
 
     models = _models_dir(data_dir)
@@ -157,7 +158,8 @@ def prepare_model(
         if not _same_source(target, gguf):
             raise ConfigError(
                 f"Model name {target_name!r} is already prepared from a different file than {gguf} "
-                f"(content differs from {_read_marker(target).get('source')}): pick another name or re-prepare with force."
+                f"(content differs from {_read_marker(target).get('source')}): "
+                "pick another name or re-prepare with force."
             )
         return _info(target, reused=True)
     models.mkdir(parents=True, exist_ok=True)
@@ -414,5 +416,6 @@ def resolve_base_model(spec: str | Path, data_dir: Path | None = None) -> Path:
             f"(`learnloop models list`); known names to prepare: {', '.join(sorted(KNOWN_MODELS))}."
         )
     raise ConfigError(
-        f"Base model {text!r} does not exist (expected an HF model folder, a .gguf file or a prepared model name)."
+        f"Base model {text!r} does not exist (expected an HF model folder, "
+        "a .gguf file or a prepared model name)."
     )

@@ -125,9 +125,9 @@ def check_gguf_architecture(model_dir: Path) -> str:
     model_type = config.get("model_type")
     if model_type not in GGUF_ARCHITECTURES:
         raise ConfigError(
-            f"GGUF export supports the {', '.join(GGUF_ARCHITECTURES)} architecture (SmolLM2, Llama 2/3 and their kin); "
-            f"this base model is {model_type!r}. Export it with --format merged and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py."
+            f"GGUF export supports the {', '.join(GGUF_ARCHITECTURES)} architecture (SmolLM2, "
+            f"Llama 2/3 and their kin); this base model is {model_type!r}. "
+            "Export it with --format merged and convert it with llama.cpp's convert_hf_to_gguf.py."
         )
     return model_type
 
@@ -188,7 +188,8 @@ def write_gguf(
     rope = config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") not in ("default", None) or config.get("rope_scaling"):
         raise ConfigError(
-            f"GGUF export does not write rope scaling ({rope.get('rope_type') or config.get('rope_scaling')}) yet."
+            "GGUF export does not write rope scaling "
+            f"({rope.get('rope_type') or config.get('rope_scaling')}) yet."
         )
     ftype = {
         "f32": gguf.LlamaFileType.ALL_F32,
@@ -308,7 +309,8 @@ def ollama_modelfile(gguf_name: str, chat_template: str | None) -> str:
         kind = "llama3"
     else:
         raise ConfigError(
-            f"Ollama export knows the {' and '.join(TEMPLATES)} chat formats; this model's template is neither."
+            f"Ollama export knows the {' and '.join(TEMPLATES)} chat formats; "
+            "this model's template is neither."
         )
     template, stops = TEMPLATES[kind]
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']

@@ -303,8 +303,8 @@ def register_version(
                 raise NotFound(f"Parent version {parent_id!r} does not exist.")
             if parent.base_model_hash and parent.base_model_hash != base_hash:
                 raise ValidationFailed(
-                    f"Parent {parent_id} was trained on base {parent.base_model} (sha256 {parent.base_model_hash[:12]}), "
-                    f"not {base_spec} (sha256 {base_hash[:12]}).",
+                    f"Parent {parent_id} was trained on base {parent.base_model} "
+                    f"(sha256 {parent.base_model_hash[:12]}), not {base_spec} (sha256 {base_hash[:12]}).",
                     [("parent_id", "different base model")],
                 )
         if dataset_id is not None:
@@ -479,7 +479,8 @@ def delete_version(
             ]
             if aliases:
                 raise Conflict(
-                    f"{version_id} is served by alias {', '.join(aliases)}; roll back or promote another version first."
+                    f"{version_id} is served by alias {', '.join(aliases)}; "
+                    "roll back or promote another version first."
                 )
             reasons = []
             why = _protected(session).get(version_id)
@@ -522,7 +523,8 @@ def delete_version(
             )
             session.flush()
             if folder is not None and folder.exists():
-                # Moved aside inside the transaction and removed after the commit: a failed commit puts it back.
+                # Moved aside inside the transaction and removed after the commit:
+                # a failed commit puts it back.
                 aside = folder.with_name(f".deleting-{version_id}")
                 fs.remove_tree(aside)
                 folder.rename(aside)

@@ -52,7 +52,8 @@ class CombineRule:
 
     @classmethod
     def of(cls, scoring: ScoringSettings | Mapping[str, float] | CombineRule | None) -> CombineRule:
-        """From ScoringSettings (weights, rule, refinement weight), a plain weights mapping, or None (defaults)."""
+        """From ScoringSettings (weights, rule, refinement weight),
+        a plain weights mapping, or None (defaults)."""
         if isinstance(scoring, CombineRule):
             return scoring
         if isinstance(scoring, ScoringSettings):

@@ -109,7 +109,8 @@ def feedback_key(trajectory_id: str, last_id: int, count: int, digest: str) -> s
 def apply_feedback(
     db: Database, config: ScoringSettings | None = None, *, trajectory_ids: Iterable[str] | None = None
 ) -> FeedbackReport:
-    """Store a `feedback` score for each trajectory whose feedback (or the settings) changed since last time."""
+    """Store a `feedback` score for each trajectory whose feedback
+    (or the settings) changed since last time."""
     config = config or ScoringSettings()
     digest = settings_digest(config)
     report = FeedbackReport()

@@ -119,8 +119,8 @@ def _validator(ref: str | dict[str, Any], t: TrajectoryView) -> Any:
             configured = t.config.json_schemas.get(ref)
             if configured is None:
                 raise ConfigError(
-                    f"JSON schema {ref!r} is not registered: add it under [scoring.json_schemas] in learnloop.toml "
-                    "or call learnloop.scoring.register_schema()."
+                    f"JSON schema {ref!r} is not registered: add it under [scoring.json_schemas] in "
+                    "learnloop.toml or call learnloop.scoring.register_schema()."
                 )
             register_schema(ref, configured)
         return _validators[key]

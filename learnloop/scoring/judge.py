@@ -132,8 +132,9 @@ def check_judge_configured(config: ScoringSettings) -> None:
     if missing:
         raise ConfigError(
             f"No LLM judge is configured ({', '.join('scoring.' + m for m in missing)} not set). Set them in "
-            "learnloop.toml under [scoring] or as LEARNLOOP_SCORING__JUDGE_BASE_URL / LEARNLOOP_SCORING__JUDGE_MODEL "
-            "(any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8377/v1 for learnloop's own server)."
+            "learnloop.toml under [scoring] or as LEARNLOOP_SCORING__JUDGE_BASE_URL / "
+            "LEARNLOOP_SCORING__JUDGE_MODEL (any OpenAI-compatible endpoint, e.g. "
+            "http://127.0.0.1:8377/v1 for learnloop's own server)."
         )
 
 
@@ -461,7 +462,8 @@ def _judge_one(
 def _save_judgment(
     s: Any, key: str, model: str, group: Sequence[TrajectoryView], result: dict[str, Any]
 ) -> dict[str, Any]:
-    """Insert or update the judgment for ``key``; an ok one is never overwritten. Returns the stored result."""
+    """Insert or update the judgment for ``key``; an ok one is never overwritten.
+    Returns the stored result."""
     s.execute(
         insert_ignoring_duplicates(s, Judgment),
         [

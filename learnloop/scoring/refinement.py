@@ -35,10 +35,11 @@ VERSION = "1"
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    """a an the to of for in on at by with and or but is are was were be been am i me my you your it its this that
-    these those can could would will should please do does did how what which who whom whose why when where there
-    here just now again also so some any us we our they them their he she his her not no yes ok okay thanks thank
-    tell give show explain make about instead as into from want need like get let one""".split()
+    """a an the to of for in on at by with and or but is are was were be been am i me my you your it its
+    this that these those can could would will should please do does did how what which who whom whose
+    why when where there here just now again also so some any us we our they them their he she his her
+    not no yes ok okay thanks thank tell give show explain make about instead as into from want need
+    like get let one""".split()
 )
 _CONTINUE = re.compile(
     r"^\s*(?:now|next|also|then|another|and|ok(?:ay)?[,.!]?\s+now|great[,.!]?\s+now|thanks?[,.!]?\s+now|"
@@ -46,8 +47,9 @@ _CONTINUE = re.compile(
     re.IGNORECASE,
 )
 _CORRECT = re.compile(
-    r"^\s*(?:no[,.!]|nope\b|that'?s not what i|that is not what i|not what i (?:asked|meant|wanted)|i meant\b|"
-    r"i asked\b|i said\b|try again\b|wrong[,.!]|that'?s wrong|that is wrong|still (?:wrong|not)\b)",
+    r"^\s*(?:no[,.!]|nope\b|that'?s not what i|that is not what i|not what i (?:asked|meant|wanted)|"
+    r"i meant\b|i asked\b|i said\b|try again\b|wrong[,.!]|that'?s wrong|that is wrong|"
+    r"still (?:wrong|not)\b)",
     re.IGNORECASE,
 )
 
@@ -67,7 +69,8 @@ def content_words(text: str) -> set[str]:
 
 
 def similarity(request: str, again: str) -> float:
-    """How much ``again`` repeats ``request``: mean of overlap and Dice coefficients of content words, in [0, 1]."""
+    """How much ``again`` repeats ``request``: mean of overlap and Dice
+    coefficients of content words, in [0, 1]."""
     a, b = content_words(request), content_words(again)
     if not a or not b:
         return 0.0

@@ -97,7 +97,8 @@ def get(names: Iterable[str]) -> list[RewardFunction]:
     unknown = [n for n in names if n not in _REGISTRY]
     if unknown:
         raise ConfigError(
-            f"Unknown reward function(s): {', '.join(unknown)}. Registered: {', '.join(sorted(_REGISTRY)) or 'none'}."
+            f"Unknown reward function(s): {', '.join(unknown)}. Registered: "
+            f"{', '.join(sorted(_REGISTRY)) or 'none'}."
         )
     return [_REGISTRY[n] for n in names]
 

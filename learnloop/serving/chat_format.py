@@ -50,7 +50,8 @@ def validate_tools(tools: Any) -> list[dict[str, Any]] | None:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
             raise ValidationFailed(
-                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': {{...}}}}}}.",
+                f"tools[{i}] must be {{'type': 'function', "
+                "'function': {'name': ..., 'parameters': {...}}}.",
                 [(f"tools[{i}]", "function tool")],
             )
         if not isinstance(fn.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", fn["name"]):
@@ -149,7 +150,8 @@ def render_for_template(
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
-    """(content left, OpenAI tool_calls) from model text; calls that are not valid JSON stay in the content."""
+    """(content left, OpenAI tool_calls) from model text;
+    calls that are not valid JSON stay in the content."""
     calls = []
     for block in _TOOL_CALL.findall(text):
         try:

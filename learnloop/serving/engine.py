@@ -113,8 +113,8 @@ class BatchEngine:
             free = max(0, self.max_batch_size - len(self._active) - len(self._pending))
             if len(self._pending) + len(seqs) - free > self.max_queued:
                 raise Overloaded(
-                    f"The model is busy ({len(self._active)} sequences decoding, {len(self._pending)} waiting); "
-                    "retry after the Retry-After seconds.",
+                    f"The model is busy ({len(self._active)} sequences decoding, "
+                    f"{len(self._pending)} waiting); retry after the Retry-After seconds.",
                     retry_after=1.0,
                 )
             for s in seqs:

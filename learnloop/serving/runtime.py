@@ -182,7 +182,8 @@ class ServingRuntime:
             self._evict()
 
     def _evict(self) -> None:
-        """Unload the least recently used versions past ``max_adapters`` (never one an alias names or in use)."""
+        """Unload the least recently used versions past ``max_adapters``
+        (never one an alias names or in use)."""
         loaded = [n for n in self.backend.list() if n != BASE]
         if len(loaded) <= self.max_adapters:
             return

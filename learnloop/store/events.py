@@ -23,7 +23,8 @@ def record_event(
     version_id: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Append one event. Given a session, it joins that transaction, so the event commits with the change it describes."""
+    """Append one event. Given a session, it joins that transaction,
+    so the event commits with the change it describes."""
     row = Event(
         kind=kind,
         message=message,
@@ -49,7 +50,8 @@ def recent_events(
     after_id: int | None = None,
     job_id: int | None = None,
 ) -> list[Event]:
-    """Newest first; ``after_id`` reads only events newer than one already seen (for live views and alerts)."""
+    """Newest first; ``after_id`` reads only events newer than one already seen
+    (for live views and alerts)."""
     query = select(Event).order_by(Event.id.desc()).limit(limit)
     if kinds:
         query = query.where(Event.kind.in_(kinds))

@@ -127,8 +127,9 @@ def _open(path: Path, rules: FileRules) -> Any:
             )
         if rules.max_bytes is not None and st.st_size > rules.max_bytes:
             raise ValidationFailed(
-                f"{path.name} is {st.st_size} bytes, over the limit of {rules.max_bytes} (server.max_inbox_file_bytes); "
-                "split it into smaller files (or raise the setting). Nothing from it was stored."
+                f"{path.name} is {st.st_size} bytes, over the limit of {rules.max_bytes} "
+                "(server.max_inbox_file_bytes); split it into smaller files "
+                "(or raise the setting). Nothing from it was stored."
             )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -176,7 +177,8 @@ def _lines(path: Path, rules: FileRules = NO_RULES) -> Iterator[tuple[int, bytes
 
 
 def validate_jsonl(path: Path | str, rules: FileRules = NO_RULES) -> int:
-    """Check every line of ``path``; return the number of records or raise ValidationFailed listing every problem.
+    """Check every line of ``path``; return the number of records or raise ValidationFailed listing
+    every problem.
 
     An id on two lines with different content is a problem naming both lines (the same id with
     the same content is a duplicate, stored once).
@@ -296,7 +298,8 @@ def import_jsonl(
 
 
 def jsonl_files(path: Path | str) -> list[Path]:
-    """The files an import of ``path`` covers: the file itself, or a folder's ``*.jsonl`` files in name order."""
+    """The files an import of ``path`` covers: the file itself,
+    or a folder's ``*.jsonl`` files in name order."""
     path = Path(path)
     if path.is_dir():
         files = sorted(

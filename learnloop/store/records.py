@@ -69,8 +69,8 @@ def _storable_datetime(v: dt.datetime | None) -> dt.datetime | None:
             v.astimezone(_UTC)
         except OverflowError:
             raise ValueError(
-                f"{v.isoformat()} is outside the range of a UTC timestamp (it must fall within the years 1 to 9999 once "
-                "converted to UTC)"
+                f"{v.isoformat()} is outside the range of a UTC timestamp "
+                "(it must fall within the years 1 to 9999 once converted to UTC)"
             ) from None
     return v
 
@@ -83,20 +83,24 @@ Finite = FiniteFloat
 
 TEXT_RULE = (
     "Text must be storable the same way on every database: a NUL character (\\u0000) or a lone UTF-16 "
-    "surrogate (half of a character, such as an emoji cut in two) anywhere in a record, keys included, is refused"
+    "surrogate (half of a character, such as an emoji cut in two) anywhere in a "
+    "record, keys included, is refused"
 )
 
 
 def _string_problem(s: str) -> str | None:
     if "\x00" in s:
-        return "holds a NUL character (\\u0000), which PostgreSQL cannot store (refused on every database alike); remove it"
+        return (
+            "holds a NUL character (\\u0000), which PostgreSQL cannot store "
+            "(refused on every database alike); remove it"
+        )
     if not s.isascii():
         try:
             s.encode("utf-8")
         except UnicodeEncodeError as exc:
             return (
-                f"holds the lone UTF-16 surrogate {s[exc.start : exc.end]!r} (half of a character, e.g. an emoji cut in two), "
-                "which is not valid Unicode; send valid UTF-8 or replace that character"
+                f"holds the lone UTF-16 surrogate {s[exc.start : exc.end]!r} (half of a character, e.g. "
+                "an emoji cut in two), which is not valid Unicode; send valid UTF-8 or replace that character"
             )
     return None
 
@@ -376,8 +380,8 @@ def _repeats_agree(batch: IngestBatch) -> IngestBatch:
                 if j != i and items[j] != item:
                     raise PydanticCustomError(
                         "conflicting_repeat",
-                        "{kind}.{i} repeats the {key} {value} of {kind}.{j} with different content; one {key} is one "
-                        "record (an identical repeat is a harmless duplicate)",
+                        "{kind}.{i} repeats the {key} {value} of {kind}.{j} with different content; "
+                        "one {key} is one record (an identical repeat is a harmless duplicate)",
                         {
                             "kind": kind,
                             "i": i,

@@ -1,1 +1,2 @@
-"""Training: model loading, LoRA, SFT/DPO/GRPO, the step loop with checkpoints and control. Needs the `train` extra."""
+"""Training: model loading, LoRA, SFT/DPO/GRPO, the step loop with checkpoints and
+control. Needs the `train` extra."""

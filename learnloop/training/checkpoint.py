@@ -160,14 +160,15 @@ def latest_checkpoint(output_dir: Path) -> Checkpoint | None:
 
 
 def check_format(ckpt: Checkpoint) -> int:
-    """The checkpoint's format version if this code can resume from it; ConfigError saying why not otherwise."""
+    """The checkpoint's format version if this code can resume from it;
+    ConfigError saying why not otherwise."""
     from learnloop.errors import ConfigError
 
     version = ckpt.state.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ConfigError(
-            f"{ckpt.path} has checkpoint format {version!r}, newer than this learnloop reads ({FORMAT_VERSION}). "
-            "Upgrade learnloop, or start over in a new output_dir."
+            f"{ckpt.path} has checkpoint format {version!r}, newer than this learnloop reads "
+            f"({FORMAT_VERSION}). Upgrade learnloop, or start over in a new output_dir."
         )
     missing = [k for k in _REQUIRED_STATE if k not in ckpt.state]
     needed = (
@@ -179,7 +180,8 @@ def check_format(ckpt: Checkpoint) -> int:
     files = [f for f in needed if not (ckpt.path / f).is_file()]
     if missing or files:
         raise ConfigError(
-            f"{ckpt.path} (checkpoint format {version}) cannot be resumed: it lacks {', '.join(missing + files)}. "
+            f"{ckpt.path} (checkpoint format {version}) cannot be resumed: "
+            f"it lacks {', '.join(missing + files)}. "
             f'Start a new output_dir, with init_adapter = "{ckpt.adapter_dir}" to keep its weights.'
         )
     return version

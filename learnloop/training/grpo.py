@@ -117,7 +117,8 @@ def _reward(value: Any, line: int, field: str) -> float:
 
 
 def load_reward_fn(spec: str) -> RewardFn:
-    """Import ``'package.module:function'`` (or ``'path/to/file.py:function'``); ConfigError naming what went wrong."""
+    """Import ``'package.module:function'`` (or ``'path/to/file.py:function'``);
+    ConfigError naming what went wrong."""
     from learnloop.importing import import_object
 
     try:

@@ -72,8 +72,8 @@ def tokenize_chat(
         end_text = _render(tokenizer, messages[: i + 1], tools, generation_prompt=False)
         if not full.startswith(end_text) or not end_text.startswith(start_text):
             raise ValidationFailed(
-                "This tokenizer's chat template does not render conversation prefixes as prefixes of the whole "
-                "conversation, so assistant tokens cannot be located for an assistant-only loss."
+                "This tokenizer's chat template does not render conversation prefixes as prefixes of the "
+                "whole conversation, so assistant tokens cannot be located for an assistant-only loss."
             )
         spans.append((len(start_text), len(end_text)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

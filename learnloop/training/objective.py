@@ -81,6 +81,7 @@ def get_objective(name: str, config: TrainConfig, tokenizer: Any) -> Objective:
         from learnloop.errors import ValidationFailed
 
         raise ValidationFailed(
-            f"Unknown training algorithm {name!r}; choose one of {sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))}."
+            f"Unknown training algorithm {name!r}; choose one of "
+            f"{sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))}."
         )
     return _REGISTRY[name](config, tokenizer)

@@ -1,4 +1,5 @@
-"""What the dashboard's buttons do: write the row a worker or a server obeys, in one transaction with its event.
+"""What the dashboard's buttons do: write the row a worker or a server obeys, in one transaction
+with its event.
 
 The daemon owns what pause/stop *mean* for a running job (it watches ``jobs.desired_state``);
 the registry owns promotion. These functions are the one place the dashboard calls, so pointing
@@ -74,7 +75,8 @@ def rollback_alias(
     actor: str = "dashboard",
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """Serve what ``alias`` served before, through the registry: repeated, it walks back v3 -> v2 -> v1 -> base."""
+    """Serve what ``alias`` served before, through the registry: repeated,
+    it walks back v3 -> v2 -> v1 -> base."""
     from learnloop.registry import rollback
 
     current = get_alias(db, alias)

@@ -204,7 +204,8 @@ def _last_losses(s: Any, job_id: int, n: int) -> list[tuple[int, float | None]]:
 
 
 def _bad(x: Any) -> bool:
-    """A NaN or infinite loss: a float, or the string JSON-strict writers use (PostgreSQL's JSONB refuses NaN)."""
+    """A NaN or infinite loss: a float, or the string JSON-strict writers use
+    (PostgreSQL's JSONB refuses NaN)."""
     if isinstance(x, str):
         return x.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity")
     return isinstance(x, (int, float)) and not math.isfinite(x)

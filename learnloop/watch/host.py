@@ -65,7 +65,8 @@ def database_health(db: Database) -> dict[str, Any]:
 
 
 def disk_health(path: Path, floor_gb: float) -> dict[str, Any]:
-    """Free space on the file system holding ``path`` (its nearest existing parent if it does not exist yet)."""
+    """Free space on the file system holding ``path``
+    (its nearest existing parent if it does not exist yet)."""
     probe = Path(path).expanduser()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

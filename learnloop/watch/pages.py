@@ -79,7 +79,8 @@ def _tag_condition(session: Session, tag: str) -> Any:
 
 
 def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE_SIZE) -> dict[str, Any]:
-    """Newest first, ``limit`` a page (keyset on created_at, id). The reward filter uses the mean of the trajectory's scores."""
+    """Newest first, ``limit`` a page (keyset on created_at, id). The reward filter uses the
+    mean of the trajectory's scores."""
     reward = (
         select(func.avg(Score.value))
         .where(Score.trajectory_id == Trajectory.id)

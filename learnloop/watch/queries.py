@@ -1,4 +1,5 @@
-"""Small read queries over the tables the other stages write (jobs, versions, evaluations, aliases, events, loops).
+"""Small read queries over the tables the other stages write (jobs, versions, evaluations, aliases,
+events, loops).
 
 The watch stage reads the rows, not the stages' code, so it works whatever of them is built:
 an empty table reads as an empty list, never as an error. Every query is bounded (LIMIT or
@@ -444,7 +445,8 @@ def event_view(e: Event) -> dict[str, Any]:
 
 
 def events_after(session: Session, after_id: int | None, limit: int = 100) -> list[dict[str, Any]]:
-    """Oldest first after ``after_id`` (what a live stream sends); newest ``limit`` when ``after_id`` is None."""
+    """Oldest first after ``after_id`` (what a live stream sends);
+    newest ``limit`` when ``after_id`` is None."""
     if after_id is None:
         rows = list(session.scalars(select(Event).order_by(Event.id.desc()).limit(limit)))
         rows.reverse()

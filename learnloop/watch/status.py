@@ -1,4 +1,5 @@
-"""The status of the whole loop in one dict: what `GET /v1/status`, `learnloop status` and the dashboard show."""
+"""The status of the whole loop in one dict: what `GET /v1/status`,
+`learnloop status` and the dashboard show."""
 
 from __future__ import annotations
 

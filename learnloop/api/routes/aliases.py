@@ -67,7 +67,8 @@ def list_all(db: DbDep) -> list[dict[str, Any]]:
         404,
         409,
         _404="No model version by that id.",
-        _409="Refused: the gate rejected or never evaluated the version (send force=true to override), or its files are gone.",
+        _409="Refused: the gate rejected or never evaluated the version "
+        "(send force=true to override), or its files are gone.",
     ),
 )
 async def move(name: str, request: Request, db: DbDep) -> dict[str, Any]:

@@ -621,7 +621,8 @@ async def promote(
     alias: str = "learnloop",
     force: bool = False,
 ) -> JSONResponse:
-    """Through the registry: 409 naming the gate's reason for a rejected or unevaluated version unless force."""
+    """Through the registry: 409 naming the gate's reason for a rejected or unevaluated
+    version unless force."""
     require_dashboard_write(request, settings)
     return JSONResponse(
         await run_in_threadpool(

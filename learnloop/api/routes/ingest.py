@@ -61,8 +61,9 @@ async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> di
     if size > settings.server.max_batch_size:
         raise HTTPException(
             status_code=413,
-            detail=f"Batch has {size} records; the most accepted in one request is {settings.server.max_batch_size} "
-            "(server.max_batch_size). Split it into smaller batches; nothing was stored.",
+            detail=f"Batch has {size} records; the most accepted in one request is "
+            f"{settings.server.max_batch_size} (server.max_batch_size). "
+            "Split it into smaller batches; nothing was stored.",
         )
     fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
     with ingest_slot(request):

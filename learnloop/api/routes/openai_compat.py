@@ -171,7 +171,8 @@ async def get_model(request: Request, model_id: str) -> Response:
     openapi_extra={OPENAI_SHAPE: True, **_CHAT_BODY},
 )
 async def chat_completions(request: Request) -> Response:
-    """OpenAI's chat completion (tools, sampling, n, stop, seed, streaming); answered by the version the model names."""
+    """OpenAI's chat completion (tools, sampling, n, stop, seed, streaming);
+    answered by the version the model names."""
     runtime, error = _gate(request)
     if error is not None:
         return error

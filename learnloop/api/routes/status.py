@@ -22,7 +22,8 @@ router = APIRouter(tags=["status"])
 
 @router.get("/v1/status", dependencies=[ReadAuth])
 def get_status(db: DbDep, settings: SettingsDep) -> dict[str, Any]:
-    """The whole loop at a glance: loops, queue, running job, serving, last evaluation, trajectories, host health."""
+    """The whole loop at a glance: loops, queue, running job, serving, last evaluation,
+    trajectories, host health."""
     return build_status(db, settings, self_role="server")
 
 
@@ -39,7 +40,8 @@ class Readiness(BaseModel):
     responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why."}},
 )
 def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
-    """200 when the database answers, its schema is at head and the data dir's disk is above the floor; else 503 with reasons."""
+    """200 when the database answers, its schema is at head and the data dir's disk is above
+    the floor; else 503 with reasons."""
     ok, reasons, checks = readiness(db, settings.data_dir, disk_floor_gb=settings.watch.disk_floor_gb)
     # Open to anyone (orchestrators probe it without a token): what is down, not where. The
     # driver's message names hosts and ports; it goes to the log.

@@ -1,4 +1,5 @@
-"""Alembic environment: used by `learnloop db upgrade`, on server start, and by `alembic` with ./alembic.ini."""
+"""Alembic environment: used by `learnloop db upgrade`, on server start,
+and by `alembic` with ./alembic.ini."""
 
 from __future__ import annotations
 
