@@ -365,7 +365,8 @@ def test_the_daemon_judges_its_loops_scenarios_in_the_background(
     _store_scenario(db)
     data = settings.model_dump()
     data["scoring"] = {**data["scoring"], **config.model_dump()}
-    data["loops"] = [{"name": "support", "algorithm": "sft", "scenario": "support", "sources": ["production"]}]
+    loop = {"name": "support", "algorithm": "sft", "scenario": "support", "sources": ["production"]}
+    data["loops"] = [loop]
     data["daemon"] = {**data["daemon"], "judge": True, "score_interval": 0.2, "poll_interval": 0.2}
     daemon = Daemon(Settings.model_validate(data), db, scoring=True)
     thread = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, daemon=True)
