@@ -7,7 +7,8 @@ alias moves; then serves the app with uvicorn and GETs every page over real HTTP
 and p95 of the wall time per page.
 
     python benchmarks/bench_dashboard.py                 # SQLite in a temporary folder
-    python benchmarks/bench_dashboard.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --schema bench_dash
+    python benchmarks/bench_dashboard.py \
+        --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --schema bench_dash
 """
 
 from __future__ import annotations
@@ -294,7 +295,8 @@ def main() -> int:
         print(f"{'page':48} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'KB':>7}")
         for r in results:
             print(
-                f"{r['page']:48} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['max_ms']:8.1f} {r['bytes'] / 1024:7.1f}"
+                f"{r['page']:48} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['max_ms']:8.1f} "
+                f"{r['bytes'] / 1024:7.1f}"
             )
         worst = max(r["p95_ms"] for r in results)
         print(f"worst p95: {worst:.1f} ms ({'within' if worst <= 1000 else 'OVER'} the 1 s budget)")

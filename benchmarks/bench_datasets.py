@@ -184,7 +184,8 @@ def run(
                     tracemalloc.stop()
                 print(
                     f"{name:10s} {size:>7d} rows  {kind:5s} {info.count:>7d} examples  {seconds:6.2f} s  "
-                    f"{size / seconds:7.0f} traj/s wall {size / cpu:7.0f} traj/s CPU  RSS +{mem.growth:4.0f} MB{traced}",
+                    f"{size / seconds:7.0f} traj/s wall {size / cpu:7.0f} traj/s CPU  RSS "
+                    f"+{mem.growth:4.0f} MB{traced}",
                     flush=True,
                 )
 
@@ -232,7 +233,8 @@ def main() -> None:
                 admin.dispose()
     print("\nrate at each size / rate at the smallest size (1.0 = time grows linearly with rows);")
     print(
-        "wall clock, and CPU time of this process (steadier on a shared machine; excludes the PostgreSQL server):"
+        "wall clock, and CPU time of this process (steadier on a shared machine; "
+        "excludes the PostgreSQL server):"
     )
     for name, rates in results.items():
         for kind in args.kinds:
@@ -247,8 +249,9 @@ def main() -> None:
         wall, cpu = results["sqlite"][(sizes[-1], "sft")]
         verdict = "MET" if wall >= 20_000 else "MISSED"
         print(
-            f"\ntarget: SFT on SQLite at {sizes[-1]} trajectories >= 20000/s: {wall:.0f}/s wall, {cpu:.0f}/s per CPU "
-            f"second: {verdict} (wall); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+            f"\ntarget: SFT on SQLite at {sizes[-1]} trajectories >= 20000/s: {wall:.0f}/s wall, "
+            f"{cpu:.0f}/s per CPU second: {verdict} (wall); load average {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} CPUs"
         )
 
 

@@ -37,7 +37,9 @@ SCHEMA = {
         "conditions": {"type": "string"},
     },
 }
-WORDS = "the order was shipped on monday and should arrive within three business days please contact support".split()
+WORDS = (
+    "the order was shipped on monday and should arrive within three business days please contact support"
+).split()
 
 
 def prose(rng: random.Random, n_words: int) -> str:
@@ -129,7 +131,8 @@ def main() -> None:
         print(f"  {fn.name:<14} {us - base_us:8.2f} µs/trajectory run alone, minus the baseline")
     verdict = "PASS" if all_us < 100 else "FAIL"
     print(
-        f"{verdict}: {all_us:.1f} µs/trajectory of CPU time (target < 100 µs); load average {os.getloadavg()[0]:.1f}"
+        f"{verdict}: {all_us:.1f} µs/trajectory of CPU time (target < 100 µs); "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     if "--no-store" not in sys.argv:
         store_apply(data)

@@ -1,6 +1,6 @@
 """HTTP batch ingest throughput against a real `learnloop serve`, with direct `store.ingest` as the baseline.
 
-    /work/main/.venv/bin/python benchmarks/bench_ingest_http.py [--batches 40] [--batch-size 100] [--concurrency 4]
+    .venv/bin/python benchmarks/bench_ingest_http.py [--batches 40] [--batch-size 100] [--concurrency 4]
 
 For SQLite (a fresh file) and PostgreSQL (a fresh schema, when the server at
 LEARNLOOP_TEST_PG_URL / 127.0.0.1:5432 answers), it measures trajectories per second for:

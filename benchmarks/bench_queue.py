@@ -143,11 +143,12 @@ def main() -> None:
                 results[name] = {"claim": rows, "idle": idle}
                 for r in rows:
                     print(
-                        f"{name:10} {r['workers']} worker(s): {r['jobs']} jobs in {r['seconds']} s = {r['jobs_per_s']} jobs/s "
-                        "(claim + complete, 2 transactions each)"
+                        f"{name:10} {r['workers']} worker(s): {r['jobs']} jobs in {r['seconds']} s = "
+                        f"{r['jobs_per_s']} jobs/s (claim + complete, 2 transactions each)"
                     )
                 print(
-                    f"{name:10} idle daemon: {idle['cpu_seconds']} CPU s in {idle['seconds']} s = {idle['cpu_percent']}% of a core"
+                    f"{name:10} idle daemon: {idle['cpu_seconds']} CPU s in {idle['seconds']} s = "
+                    f"{idle['cpu_percent']}% of a core"
                 )
         finally:
             if pg:

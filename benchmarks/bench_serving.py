@@ -315,7 +315,8 @@ def measure_servers(base: Path, args: argparse.Namespace, tmp: Path) -> dict[str
             res["scaling_8_vs_1"] = round(res["c8"]["tok_s"] / res["c1"]["tok_s"], 2)
             out[name] = res
             print(
-                f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s (x{res['scaling_8_vs_1']})",
+                f"  {name}: c1 {res['c1']['tok_s']} tok/s, c8 {res['c8']['tok_s']} tok/s "
+                f"(x{res['scaling_8_vs_1']})",
                 flush=True,
             )
         ll = out.get("learnloop serve", {})
@@ -411,7 +412,8 @@ def main() -> None:
         "ratio": round(ll_rate / raw_rate, 3),
     }
     print(
-        f"single stream, base: learnloop {ll_rate:.1f} tok/s vs generate {raw_rate:.1f} (x{ll_rate / raw_rate:.3f})",
+        f"single stream, base: learnloop {ll_rate:.1f} tok/s vs generate {raw_rate:.1f} "
+        f"(x{ll_rate / raw_rate:.3f})",
         flush=True,
     )
 
@@ -474,15 +476,16 @@ def main() -> None:
     for c in (1, 4, 8):
         conc[c] = concurrency(backend, "v1", c, {1: 4, 4: 2, 8: 2}[c] if not args.quick else 1, n)
         print(
-            f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 {conc[c]['ttft_p99_ms']} ms, "
-            f"ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms",
+            f"concurrency {c}: {conc[c]['tok_s']} tok/s, TTFT p50 {conc[c]['ttft_p50_ms']} / p99 "
+            f"{conc[c]['ttft_p99_ms']} ms, ITL p50 {conc[c]['itl_p50_ms']} / p99 {conc[c]['itl_p99_ms']} ms",
             flush=True,
         )
     results["concurrency"] = {str(c): v for c, v in conc.items()}
     results["concurrency"]["8_vs_1"] = round(conc[8]["tok_s"] / conc[1]["tok_s"], 2)
     results["concurrency"]["4_vs_1"] = round(conc[4]["tok_s"] / conc[1]["tok_s"], 2)
     print(
-        f"aggregate at 8 / sequential: x{results['concurrency']['8_vs_1']} (4: x{results['concurrency']['4_vs_1']})",
+        f"aggregate at 8 / sequential: x{results['concurrency']['8_vs_1']} (4: "
+        f"x{results['concurrency']['4_vs_1']})",
         flush=True,
     )
     backend.close()

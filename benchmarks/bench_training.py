@@ -80,7 +80,7 @@ SYSTEM = "You are a helpful assistant."
 TEMPLATE_OVERHEAD = 20  # tokens the ChatML headers and the system message add to a conversation
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -134,7 +134,7 @@ def dpo_rows(n: int, seed: int, min_tokens: int, max_tokens: int) -> list[dict[s
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Measurement inside an arm's process
 
 
@@ -229,7 +229,7 @@ def _count_batch(meter: Meter, batch: dict[str, Any]) -> None:
         meter.consumed(int(mask.sum()), int(mask.numel()))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Arms
 
 
@@ -386,7 +386,8 @@ def arm_trl(
         from trl import DPOConfig, DPOTrainer
 
         if precompute:
-            # The reference pass runs inside the constructor: time it (wall and CPU) for the end-to-end figure.
+            # The reference pass runs inside the constructor: time it
+            # (wall and CPU) for the end-to-end figure.
             original = DPOTrainer._precompute_ref_logps
 
             def timed(self: Any, *a: Any, **kw: Any) -> Any:
@@ -599,7 +600,7 @@ def peak_main(dtype: str, threads: int, n: int = 2048, reps: int = 5) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # FLOPs per token (the same for every arm of an algorithm)
 
 
@@ -650,7 +651,7 @@ def flops_per_token(
     }
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # The driver
 
 
@@ -698,8 +699,8 @@ def run_arm(arm: str, algorithm: str, spec: dict[str, Any], spec_path: Path, ver
     result["process_wall_s"] = wall
     print(
         f"  {algorithm}/{arm}: {result['tok_per_s']:.0f} tok/s, {result['tok_per_cpu_s']:.0f} tok/CPU-s, "
-        f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, peak {result['peak_rss_mb']:.0f} MB "
-        f"({wall:.0f} s)",
+        f"{result['step_s']:.2f} s/step, pad {100 * result['pad_fraction']:.0f}%, "
+        f"peak {result['peak_rss_mb']:.0f} MB ({wall:.0f} s)",
         flush=True,
     )
     return result
@@ -752,8 +753,9 @@ def print_table(
         "loss first→last",
     )
     print(
-        f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); MFU at {flops / 1e6:.0f} MFLOP/token "
-        f"and a peak of {peak['gflops']:.0f} GFLOP/s, {peak['gflops_cpu']:.0f} GFLOP/CPU-s"
+        f"\n{algorithm.upper()}: median [min-max] over {len(rounds)} round(s); "
+        f"MFU at {flops / 1e6:.0f} MFLOP/token and a peak of {peak['gflops']:.0f} GFLOP/s, "
+        f"{peak['gflops_cpu']:.0f} GFLOP/CPU-s"
     )
     rows = []
     for arm in arms:
@@ -854,9 +856,9 @@ def report(raw: dict[str, Any]) -> list[dict[str, Any]]:
         info = raw[algorithm]["flops"]
         print_table(algorithm, arms, rounds, info["per_token"], peak)
         print(
-            f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} M params, "
-            f"LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context {info['mean_context']:.0f}, labelled "
-            f"share {100 * info['labelled_share']:.0f}%"
+            f"  FLOPs/token {info['per_token'] / 1e6:.0f} M: frozen linear {info['frozen_params'] / 1e6:.1f} "
+            f"M params, LoRA {info['lora_params'] / 1e6:.2f} M, mean causal context "
+            f"{info['mean_context']:.0f}, labelled share {100 * info['labelled_share']:.0f}%"
         )
         results += verdicts(algorithm, arms, rounds)
     return results
@@ -998,10 +1000,11 @@ def main() -> None:
         if args.only in (None, alg)
     ]
     print(
-        f"model {model_path}; {args.dtype} CPU, {args.threads} torch thread(s); LoRA r=16 alpha=32 all-linear; "
-        f"micro-batch {args.batch_size} x accum {args.grad_accum}; max_length {args.max_length}; examples "
-        f"~{args.min_tokens}-{args.max_tokens} tokens; SFT {args.sft_steps}, DPO {args.dpo_steps} optimizer steps per "
-        f"arm (first untimed); {args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
+        f"model {model_path}; {args.dtype} CPU, {args.threads} torch thread(s); "
+        f"LoRA r=16 alpha=32 all-linear; micro-batch {args.batch_size} x accum {args.grad_accum}; "
+        f"max_length {args.max_length}; examples ~{args.min_tokens}-{args.max_tokens} tokens; "
+        f"SFT {args.sft_steps}, DPO {args.dpo_steps} optimizer steps per arm (first untimed); "
+        f"{args.rounds} round(s), order rotated; load average {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs",
         flush=True,
     )
