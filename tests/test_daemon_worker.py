@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from daemon_support import loop_settings, tiny_train, wait_for
+import pytest
+from daemon_support import loop_settings, tiny_train, training_processes, wait_for
 from sqlalchemy import func, select
 
 from learnloop.config import Settings
@@ -249,3 +250,64 @@ def test_a_killed_training_process_is_reported(
         "killed by signal 9 (SIGKILL: out of memory?)" in done.error
         and done.output_tail.strip() == "allocating"
     )
+
+
+def test_a_launcher_runs_training_on_two_processes_that_stop_and_resume_together(
+    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    # `accelerate launch --multi_gpu` starts its workers through torch.distributed.run, as this does; on a
+    # CPU the two ranks talk over gloo. The daemon only sees one command and one process group.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    db = sqlite_db
+    s = _with_daemon(settings, launcher=launcher)
+    steps = 300
+    job, _ = queue.submit(
+        db, "train", {"config": _job_config(tiny_model_dir, tmp_path, max_steps=steps, checkpoint_every=50)}
+    )
+    with running(s, db):
+        wait_for(lambda: _state(db, job.id).progress.get("step", 0) >= 3, 180, 0.1, "steps on two ranks")
+        queue.control(db, job.id, "stop")
+        stopped = wait_for(
+            lambda: _state(db, job.id).lease_owner is None and _state(db, job.id), 60, 0.05, "stop"
+        )
+        assert not training_processes(str(tmp_path)), "a rank outlived the stop"
+        at = stopped.progress["step"]
+        assert stopped.state == "paused" and at < steps
+        assert Path(stopped.progress["checkpoint"]).name == f"checkpoint-{at}"  # both ranks stopped there
+        queue.control(db, job.id, "resume")
+        done = wait_for(
+            lambda: _state(db, job.id).state in ("succeeded", "failed") and _state(db, job.id),
+            300,
+            0.2,
+            "the resumed job",
+        )
+    assert done.state == "succeeded", done.error + (done.output_tail or "")
+    lines = (Path(done.result["adapter_dir"]).parent / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # rank 0 alone writes, each step once
+    # Each rank takes every second micro-batch: one step covers two micro-batches of the data.
+    batches_per_epoch = -(-len(SFT_ROWS) // 4)
+    assert metrics[0]["epoch"] == pytest.approx(2 / batches_per_epoch)
+
+
+def test_training_threads_reach_the_training_process(
+    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import sys
+
+    # Stands in for the training module: reports the intra-op pool torch built at import, then fails.
+    probe = [sys.executable, "-c", "import torch; print('torch threads', torch.get_num_threads()); exit(3)"]
+    s = _with_daemon(settings, launcher=probe, training_threads=1)
+    job, _ = queue.submit(
+        sqlite_db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=1
+    )
+    with running(s, sqlite_db):
+        done = wait_for(
+            lambda: _state(sqlite_db, job.id).state == "failed" and _state(sqlite_db, job.id),
+            60,
+            0.1,
+            "the probe",
+        )
+    assert "torch threads 1" in done.output_tail

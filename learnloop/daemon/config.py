@@ -192,6 +192,13 @@ class DaemonSettings(_Section):
         description="Command that starts training, before the module, e.g. ['accelerate', 'launch', "
         "'--num_processes', '2']; empty: this Python.",
     )
+    training_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads each training process may use (OMP_NUM_THREADS; unset: torch's default). "
+        "On a small CPU that also serves, 1 here and serving.threads = 1 keep the two from oversubscribing "
+        "the cores.",
+    )
     output_tail_lines: int = Field(
         60, ge=1, description="Lines of a failed training's output kept on the job."
     )

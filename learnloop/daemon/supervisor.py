@@ -126,6 +126,9 @@ class Supervisor:
         sent = "pause" if desired == DesiredState.pause else "resume"
         write_control(out, sent)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.cfg.training_threads:
+            # torch sizes its intra-op pool from these at import: the child must get them, not set them.
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.cfg.training_threads)
         proc = subprocess.Popen(
             training_command(cfg_path, self.cfg.launcher),
             stdout=subprocess.PIPE,
