@@ -80,6 +80,9 @@ base_model = {q(base_model)}
 
 [evaluation]
 max_new_tokens = {self.max_tokens}
+# Held-out cases answered a batch at a time, as the app's requests are: one at a time, each waited
+# behind the app's batches and the evaluation took longer than the training.
+concurrency = {self.batch}
 
 [daemon]
 poll_interval = 1.0
