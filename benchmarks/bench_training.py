@@ -884,10 +884,10 @@ def main() -> None:
     )
     ap.add_argument("--rounds", type=int, default=3, help="run every arm this many times in rotated order")
     ap.add_argument(
-        "--sft-steps", type=int, default=11, help="optimizer steps per SFT arm (the first is not timed)"
+        "--sft-steps", type=int, default=31, help="optimizer steps per SFT arm (the first is not timed)"
     )
     ap.add_argument(
-        "--dpo-steps", type=int, default=11, help="optimizer steps per DPO arm (the first is not timed)"
+        "--dpo-steps", type=int, default=31, help="optimizer steps per DPO arm (the first is not timed)"
     )
     # More rows than the steps consume, so that length grouping works as it does on a real dataset:
     # transformers' LengthGroupedSampler sorts megabatches of min(rows // (4 x batch), 50) batches,
