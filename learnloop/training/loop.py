@@ -34,6 +34,7 @@ from learnloop.training.config import TrainConfig
 from learnloop.training.control import Control, FileControl, State
 from learnloop.training.data import BatchStream, Position, load_examples
 from learnloop.training.lora import load_training_model, trainable_parameters
+from learnloop.training.memory import keep_freed_memory
 from learnloop.training.objective import get_objective
 
 # Kept here for the CLI and older callers; paths.py owns the names.
@@ -307,6 +308,7 @@ def _setup(
     config: TrainConfig, output_dir: Path, control: Control, emit: Callable[[ProgressEvent], None]
 ) -> _Run:
     """Model, data, optimizer and schedule; the state of the newest committed checkpoint, if any."""
+    keep_freed_memory()
     dist = _Dist(config)
     model, tokenizer = load_training_model(config, dist.device)
     objective = get_objective(config.algorithm, config, tokenizer)
