@@ -66,11 +66,16 @@ def _converged(runtime: ServingRuntime, version: str, candidate: str | None, tim
 
 
 def _stored(db: Database, runtime: ServingRuntime, tid: str) -> Trajectory:
-    assert runtime.capture.flush(10)
-    with db.read_session() as s:
-        row = s.get(Trajectory, tid)
-        assert row is not None, f"trajectory {tid} was not captured"
-        return row
+    # An answer is captured once its response has ended, which the client can see first.
+    deadline = time.monotonic() + 10
+    while True:
+        assert runtime.capture.flush(10)
+        with db.read_session() as s:
+            row = s.get(Trajectory, tid)
+        if row is not None:
+            return row
+        assert time.monotonic() < deadline, f"trajectory {tid} was not captured"
+        time.sleep(0.05)
 
 
 def test_sync_client_chat_models_capture_and_feedback(server) -> None:  # noqa: ANN001

@@ -86,7 +86,14 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
                 == "v0001 says: hello there"
             )
             assert chunks[0].model == "v0001"
-            assert runtime.capture.flush(10)
-            with db.read_session() as s:
-                row = s.get(Trajectory, chunks[0].id)
-                assert row.model == "v0001" and row.source.value == "served"
+            # A streamed answer is captured once its stream has ended, which the client can see first.
+            deadline = time.monotonic() + 10
+            while True:
+                assert runtime.capture.flush(10)
+                with db.read_session() as s:
+                    row = s.get(Trajectory, chunks[0].id)
+                if row is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert row is not None, "the streamed answer was never captured"
+            assert row.model == "v0001" and row.source.value == "served"
