@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,11 @@ def _job_config(tiny: Path, tmp: Path, **kw: Any) -> dict[str, Any]:
 
 def _state(db: Database, job_id: int) -> queue.JobInfo:
     return queue.get_job(db, job_id)
+
+
+def _failed(db: Database, job_id: int, what: str) -> queue.JobInfo:
+    """Wait for the job to fail and return it (the fake launchers below never succeed)."""
+    return wait_for(lambda: _state(db, job_id).state == "failed" and _state(db, job_id), 60, 0.1, what)
 
 
 def _kinds(db: Database, job_id: int) -> list[str]:
@@ -195,20 +201,13 @@ def _with_daemon(settings: Settings, **daemon: Any) -> Settings:
 def test_watchdog_kills_and_retries_a_stalled_run(
     db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
     # A "training" that prints a line and then hangs without ever taking a step.
     hang = [sys.executable, "-c", "import time; print('loading...', flush=True); time.sleep(600)"]
     s = _with_daemon(settings, launcher=hang, stall_timeout=2.0)
     job, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=2)
     t0 = time.monotonic()
     with running(s, db):
-        done = wait_for(
-            lambda: _state(db, job.id).state == "failed" and _state(db, job.id),
-            60,
-            0.1,
-            "the stalled job to fail",
-        )
+        done = _failed(db, job.id, "the stalled job to fail")
     took = time.monotonic() - t0
     assert (
         done.attempts == 2
@@ -233,8 +232,6 @@ def test_watchdog_kills_and_retries_a_stalled_run(
 def test_a_killed_training_process_is_reported(
     db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
     oom = [
         sys.executable,
         "-c",
@@ -243,9 +240,7 @@ def test_a_killed_training_process_is_reported(
     s = _with_daemon(settings, launcher=oom)
     job, _ = queue.submit(db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=1)
     with running(s, db):
-        done = wait_for(
-            lambda: _state(db, job.id).state == "failed" and _state(db, job.id), 60, 0.1, "the killed job"
-        )
+        done = _failed(db, job.id, "the killed job")
     assert (
         "killed by signal 9 (SIGKILL: out of memory?)" in done.error
         and done.output_tail.strip() == "allocating"
@@ -255,8 +250,6 @@ def test_a_killed_training_process_is_reported(
 def test_a_launcher_runs_training_on_two_processes_that_stop_and_resume_together(
     sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
     # `accelerate launch --multi_gpu` starts its workers through torch.distributed.run, as this does; on a
     # CPU the two ranks talk over gloo. The daemon only sees one command and one process group.
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -295,8 +288,6 @@ def test_a_launcher_runs_training_on_two_processes_that_stop_and_resume_together
 def test_training_threads_reach_the_training_process(
     sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    import sys
-
     # Stands in for the training module: reports the intra-op pool torch built at import, then fails.
     probe = [sys.executable, "-c", "import torch; print('torch threads', torch.get_num_threads()); exit(3)"]
     s = _with_daemon(settings, launcher=probe, training_threads=1)
@@ -304,10 +295,5 @@ def test_training_threads_reach_the_training_process(
         sqlite_db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=1
     )
     with running(s, sqlite_db):
-        done = wait_for(
-            lambda: _state(sqlite_db, job.id).state == "failed" and _state(sqlite_db, job.id),
-            60,
-            0.1,
-            "the probe",
-        )
+        done = _failed(sqlite_db, job.id, "the probe")
     assert "torch threads 1" in done.output_tail

@@ -12,21 +12,19 @@ that the process keeps its peak memory until it exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _LIMIT = 2**31 - 1  # mallopt takes an int
 
 
+@functools.cache  # process-wide and idempotent: every (re)start of a run in one process calls it
 def keep_freed_memory() -> bool:
     """Tell glibc to neither mmap large buffers nor trim the heap. False where that is not glibc."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The C library this process already runs on: no library search (which spawns ldconfig).
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # musl, macOS: no mallopt, nothing to tune
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _LIMIT)) and bool(mallopt(_M_TRIM_THRESHOLD, _LIMIT))
