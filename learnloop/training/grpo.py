@@ -42,6 +42,7 @@ from learnloop.training.rollout import (
     SignalWatch,
     collate_prompts,
     load_reward_fn,
+    no_update,
     prepare_prompt,
     sample,
 )
@@ -342,28 +343,20 @@ class GRPOObjective:
             **{f"aspect/{k}": sum(v) / len(v) for k, v in aspects.items()},
         }
         if not rows:
-            return _no_update(model, batch["prompt_ids"].device, metrics)
+            metrics.update(
+                {
+                    "advantage_mean": 0.0,
+                    "advantage_std": 0.0,
+                    "advantage_abs_mean": 0.0,
+                    "clip_fraction": 0.0,
+                    "completion_tokens": 0.0,
+                }
+            )
+            return no_update(model, batch["prompt_ids"].device, metrics)
         device = batch["prompt_ids"].device
         train_batch = {k: v.to(device) for k, v in collate_ids(rows, self.pad_id).items()}
         train_batch["advantages"] = torch.tensor(advantages, dtype=torch.float32, device=device)
         return self._loss(model, train_batch, temperature=self.temperature, metrics=metrics)
-
-
-def _no_update(model: Any, device: torch.device, metrics: dict[str, float]) -> StepOutput:
-    """Every group tied: nothing to learn. A zero loss over every trainable parameter keeps
-    loss.backward() valid and gives every rank the same (zero) gradients to all-reduce."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    loss = sum((p.sum() for p in params), torch.zeros((), device=device)) * 0.0
-    metrics.update(
-        {
-            "advantage_mean": 0.0,
-            "advantage_std": 0.0,
-            "advantage_abs_mean": 0.0,
-            "clip_fraction": 0.0,
-            "completion_tokens": 0.0,
-        }
-    )
-    return StepOutput(loss=loss, tokens=0, metrics=metrics)
 
 
 @register_objective("grpo")

@@ -196,6 +196,17 @@ def sample(
     return completions
 
 
+def no_update(model: Any, device: torch.device, metrics: dict[str, float]) -> Any:
+    """The step's output when no prompt of the micro-batch gave a learning signal. A zero loss over
+    every trainable parameter keeps loss.backward() valid and gives every rank the same (zero)
+    gradients to all-reduce."""
+    from learnloop.training.objective import StepOutput
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = sum((p.sum() for p in params), torch.zeros((), device=device)) * 0.0
+    return StepOutput(loss=loss, tokens=0, metrics=metrics)
+
+
 # --------------------------------------------------------------------------------------- rewards
 
 
@@ -503,6 +514,7 @@ __all__ = [
     "SignalWatch",
     "collate_prompts",
     "load_reward_fn",
+    "no_update",
     "prepare_prompt",
     "reward_params",
     "sample",
