@@ -344,7 +344,7 @@ def uninterrupted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return tmp / "ref"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_stop_or_kill_mid_rollout_resumes_at_the_step_boundary(
     tiny_model_dir: Path, tmp_path: Path, uninterrupted: Path, signum: int
 ) -> None:
