@@ -29,12 +29,12 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _tiny_peft(tinymodel_dir: Path) -> Any:
+def _tiny_peft(tiny_model_dir: Path) -> Any:
     from peft import LoraConfig, get_peftmodel
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tinymodel_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     return get_peftmodel(
         model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     )
@@ -52,10 +52,10 @@ def _fixed_samples(model: Any, monkeypatch: pytest.MonkeyPatch, tails: list[list
 
 
 def test_kept_answers_pass_the_bar_once_each_best_first(
-    tinymodel_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     obj, tok = objective_for(
-        tinymodel_dir,
+        tiny_model_dir,
         "rft",
         rollout={**ROLLOUT, "num_generations": 4, "max_new_tokens": 4},
         rft={"min_reward": 0.6, "max_per_prompt": 2},
@@ -63,7 +63,7 @@ def test_kept_answers_pass_the_bar_once_each_best_first(
     end = tok.convert_tokens_to_ids("<|im_end|>")
     ab, c, up = 304, 69, 291  # "ab", "c", "AB"
     # rt_lower: "abc" 1.0 (twice: trained once), "ABc" 1/3 (fails), "ab" 1.0 (distinct: kept second).
-    model = _tiny_peft(tinymodel_dir)
+    model = _tiny_peft(tiny_model_dir)
     _fixed_samples(model, monkeypatch, [[ab, c, end], [ab, c, end], [up, c, end], [ab, end]])
     given = {"prompt": "hello", "completion": "dog", "reward": 0.7}  # passes by its own (stored) reward
     batch = obj.collate([obj.prepare(given, 1)])
@@ -87,15 +87,15 @@ def test_kept_answers_pass_the_bar_once_each_best_first(
 
 
 def test_nothing_passing_trains_nothing_in_that_step(
-    tinymodel_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     obj, tok = objective_for(
-        tinymodel_dir,
+        tiny_model_dir,
         "rft",
         rollout={**ROLLOUT, "num_generations": 2, "max_new_tokens": 3, "max_flat_groups": 8},
     )
     obj.watch.prompts = 100  # a large dataset: one flat prompt is not yet a verdict
-    model = _tiny_peft(tinymodel_dir)
+    model = _tiny_peft(tiny_model_dir)
     _fixed_samples(model, monkeypatch, [[291, tok.convert_tokens_to_ids("<|im_end|>")]] * 2)  # "AB": 0
     out = obj.compute(model, obj.collate([obj.prepare({"prompt": "hello"}, 1)]))
     assert out.metrics["trained_answers"] == 0 and out.tokens == 0
@@ -103,11 +103,11 @@ def test_nothing_passing_trains_nothing_in_that_step(
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters() if p.requires_grad)
 
 
-def test_rft_raises_the_reward_by_training_on_what_passed(tinymodel_dir: Path, tmp_path: Path) -> None:
+def test_rft_raises_the_reward_by_training_on_what_passed(tiny_model_dir: Path, tmp_path: Path) -> None:
     from learnloop.training.run import train
 
     cfg = make_config(
-        tinymodel_dir,
+        tiny_model_dir,
         tmp_path,
         algorithm="rft",
         rows=PROMPTS,
