@@ -30,12 +30,12 @@ def _one_thread() -> Iterator[None]:
 
 
 def _tiny_peft(tiny_model_dir: Path) -> Any:
-    from peft import LoraConfig, get_peftmodel
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    return get_peftmodel(
+    return get_peft_model(
         model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
     )
 
