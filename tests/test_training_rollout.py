@@ -444,3 +444,27 @@ def test_rollout_config_checks() -> None:
     assert (
         TrainConfig.model_validate({**base, "algorithm": "grpo", "learning_rate": 0.5}).learning_rate == 0.5
     )
+
+
+def test_one_reward_function_for_rollouts_and_trl(tiny_model_dir: Path) -> None:
+    """The demo's verifier, registered with @reward, scores the same answers the same way in
+    learnloop's rollouts and as a TRL reward function (scenario and prompt reach both views)."""
+    from learnloop.demo.task import cases
+    from learnloop.scoring import as_trl_reward
+
+    case = cases(3, 1)[0]
+    answers = [case.teacher_answer(), '{"name": "x"}', "sure, here it is"]
+    obj, _ = objective_for(
+        tiny_model_dir,
+        "grpo",
+        rollout={"rewards": ["order_json"], "scoring": {"reward_modules": ["learnloop.demo.rewards"]}},
+        max_length=256,
+    )
+    prompt = obj.prepare({"prompt": case.messages, "scenario": "orders"}, 1).data["prompt"]
+    ours = obj.scorer.score(prompt, [_asst(a) for a in answers]).rewards
+    trl = as_trl_reward("order_json")(
+        prompts=[case.messages] * 3,
+        completions=[[{"role": "assistant", "content": a}] for a in answers],
+        scenario=["orders"] * 3,
+    )
+    assert ours == trl == [1.0, 0.0, 0.0]
