@@ -468,3 +468,18 @@ def test_one_reward_function_for_rollouts_and_trl(tiny_model_dir: Path) -> None:
         scenario=["orders"] * 3,
     )
     assert ours == trl == [1.0, 0.0, 0.0]
+
+
+def test_the_readme_rollout_config_is_valid() -> None:
+    """The README's rollout example is a real training config."""
+    import re
+    import tomllib
+
+    from learnloop.training.config import TrainConfig
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Rollouts: learning without a teacher") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    cfg = TrainConfig.model_validate(tomllib.loads(block))
+    assert cfg.online and cfg.rollout.rewards == ["order_json"] and cfg.rollout.num_generations == 8
+    assert cfg.rollout.scoring["judge_model"] == "learnloop"
