@@ -1,8 +1,8 @@
 """Group Relative Policy Optimization (GRPO): policy gradient with group-relative advantages.
 
-Two modes, chosen by ``config.grpo.reward_fn``:
+Two modes, chosen by whether the config names rewards for rollouts (``TrainConfig.online``):
 
-* Offline (no reward_fn): records are stored groups, exactly what ``learnloop datasets build grpo``
+* Offline (no rollout rewards): records are stored groups, exactly what ``learnloop datasets build grpo``
   exports: ``{"prompt": [messages], "completions": [[assistant messages], ...], "rewards": [floats]}``.
   Each completion's advantage is its reward minus the group mean (divided by the group std when
   ``scale_rewards``). Groups whose rewards are all equal teach nothing and are skipped at load time
