@@ -17,8 +17,9 @@ Arms (LoRA r=16/alpha=32 on all linear layers, constant learning rate: the algor
 the one an arm names as ``ARM@LR``, e.g. ``grpo@1e-3``; an arm may run at several rates):
 
 - sft         teacher SFT, the reference: the teacher's answer to every train prompt
-- grpo        on-policy GRPO, rewards from the verifier as an app registers it (rollout.rewards)
-- rft         rejection-sampling fine-tuning, the same verifier, bar --rft-bar
+- grpo        on-policy GRPO, rewards from the verifier as an app registers it (rollout.rewards);
+              ``--reward lenient``: a verifier with partial credit for the format instead
+- rft         rejection-sampling fine-tuning, the same reward, bar --rft-bar
 - kto         KTO from feedback alone: the base model's served answers (--served-n per prompt, T=0.9),
               thumbs up when the verifier says exact, down otherwise
 - dpo         DPO from served groups: per prompt, best vs worst served answer while the gap is >= 0.1
@@ -54,7 +55,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ARMS = ("sft", "grpo", "rft", "kto", "dpo", "grpo-judge", "trl-grpo", "trl-kto")
-VERIFIER = {"rewards": ["order_json"], "scoring": {"reward_modules": ["learnloop.demo.rewards"]}}
+# The demo's verifier as the demo registers it, or (--reward lenient) one with partial credit for the
+# format: benchmarks/no_teacher_rewards.py.
+REWARDS = {
+    "verifier": {"rewards": ["order_json"], "scoring": {"reward_modules": ["learnloop.demo.rewards"]}},
+    "lenient": {
+        "rewards": ["order_json_lenient"],
+        "scoring": {"reward_modules": [str(Path(__file__).with_name("no_teacher_rewards.py"))]},
+    },
+}
 
 
 def load() -> str:
@@ -219,9 +228,13 @@ def arm_config(name: str, args: argparse.Namespace, data: Path, out: Path) -> di
     }
     if lr is not None:
         cfg["learning_rate"] = lr
-    rollout = {"num_generations": args.generations, "max_new_tokens": args.max_new, "temperature": 1.0}
+    rollout = {
+        "num_generations": args.generations,
+        "max_new_tokens": args.rollout_max_new or args.max_new,
+        "temperature": args.temperature,
+    }
     if arm in ("grpo", "rft"):
-        cfg["rollout"] = {**VERIFIER, **rollout}
+        cfg["rollout"] = {**REWARDS[args.reward], **rollout}
     if arm == "rft":
         cfg["rft"] = {"min_reward": args.rft_bar}
     if arm == "grpo-judge":
@@ -349,13 +362,14 @@ def run_trl(
 
         from learnloop.scoring import as_trl_reward, load_modules
 
-        load_modules(["learnloop.demo.rewards"])
+        reward = REWARDS[args.reward]
+        load_modules(reward["scoring"]["reward_modules"])
         config = GRPOConfig(
             **common,
             per_device_train_batch_size=args.prompts_per_step * args.generations,
             num_generations=args.generations,
-            max_completion_length=args.max_new,
-            temperature=1.0,
+            max_completion_length=args.rollout_max_new or args.max_new,
+            temperature=args.temperature,
             top_k=0,
             top_p=1.0,
             beta=0.0,
@@ -363,7 +377,7 @@ def run_trl(
         )
         trainer = GRPOTrainer(
             model=str(args.model_path),
-            reward_funcs=as_trl_reward("order_json"),
+            reward_funcs=as_trl_reward(reward["rewards"][0]),
             args=config,
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
@@ -427,6 +441,19 @@ def main() -> None:
     parser.add_argument("--served-n", type=int, default=4, help="Served answers per prompt (KTO, DPO).")
     parser.add_argument("--max-new", type=int, default=48, help="Tokens per answer (the demo's).")
     parser.add_argument("--rft-bar", type=float, default=1.0, help="RFT's rft.min_reward.")
+    parser.add_argument(
+        "--reward",
+        choices=sorted(REWARDS),
+        default="verifier",
+        help="What scores rollouts (GRPO, RFT, TRL GRPO): the demo's verifier, or one with partial "
+        "credit for the format (benchmarks/no_teacher_rewards.py).",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="Rollout sampling temperature.")
+    parser.add_argument(
+        "--rollout-max-new",
+        type=int,
+        help="Tokens per sampled answer in rollouts (default --max-new): room for a preamble and the JSON.",
+    )
     parser.add_argument("--judge-url", help="OpenAI-compatible base URL of the group judge (grpo-judge).")
     parser.add_argument("--judge-model", default="learnloop", help="Model name the judge requests.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every arm.")
