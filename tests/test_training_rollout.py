@@ -132,12 +132,31 @@ def test_online_grpo_learns_from_a_registered_reward(tiny_model_dir: Path, tmp_p
         checkpoint_every=40,
         rollout={"rewards": ["rt_lower"], "scoring": SCORING, "num_generations": 8, "max_new_tokens": 8},
     )
-    metrics = _metrics(train(cfg).metrics_path)
+    result = train(cfg)
+    metrics = _metrics(result.metrics_path)
     rewards = [m["reward_mean"] for m in metrics]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert first < 0.7  # a random model writes about half lowercase letters
     assert last > first + 0.2, rewards
     assert all(m["aspect/rt_lower"] == pytest.approx(m["reward_mean"]) for m in metrics)  # one aspect
+    # The checkpoint remembers how many prompts gave a signal: a resumed run does not start over.
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    counted = state["objective"]
+    assert counted["signal_prompts"] + counted["flat_prompts"] == 40 * 4 and counted["signal_prompts"] > 100
+
+
+def test_a_run_that_learned_before_is_not_stopped_for_flat_prompts_after_a_resume() -> None:
+    from learnloop.training.rollout import SignalWatch
+
+    fresh, resumed = SignalWatch(2, "x", "y"), SignalWatch(2, "x", "y")
+    resumed.load_state_dict({"flat_prompts": 0, "signal_prompts": 3})
+    for watch in (fresh, resumed):
+        watch.prompts = 10
+        watch.observe(False, [1.0, 1.0])
+        watch.observe(False, [1.0, 1.0])
+    resumed.check("f")  # it found signal before the checkpoint: ties now mean it has learned
+    with pytest.raises(NoLearningSignal, match="first 2 prompts x"):
+        fresh.check("f")
 
 
 # ------------------------------------------------------------------------------ no learning signal
