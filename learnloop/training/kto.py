@@ -104,18 +104,21 @@ class KTOObjective:
         ]
         batch: dict[str, Any] = collate_ids(rows, self.pad_id)
         batch.update({f"kl_{k}": v for k, v in collate_ids(kl_rows, self.pad_id).items()})
+        # The reference scores both sets in one forward pass (it needs no gradient either way).
+        batch.update({f"ref_{k}": v for k, v in collate_ids(rows + kl_rows, self.pad_id).items()})
         batch["label"] = torch.tensor([e.data["label"] for e in examples], dtype=torch.bool)
         return batch
 
     def compute(self, model: Any, batch: dict[str, Any]) -> StepOutput:
-        main = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
-        kl = {k: batch[f"kl_{k}"] for k in ("input_ids", "attention_mask", "labels")}
+        keys = ("input_ids", "attention_mask", "labels")
+        main = {k: batch[k] for k in keys}
+        n = main["input_ids"].shape[0]
         policy = sequence_logprobs(model, main)
         with torch.no_grad():
-            policy_kl = sequence_logprobs(model, kl)
+            policy_kl = sequence_logprobs(model, {k: batch[f"kl_{k}"] for k in keys})
             with model.disable_adapter():
-                reference = sequence_logprobs(model, main)
-                reference_kl = sequence_logprobs(model, kl)
+                both = sequence_logprobs(model, {k: batch[f"ref_{k}"] for k in keys})
+        reference, reference_kl = both[:n], both[n:]
         z = (policy_kl - reference_kl).mean().clamp(min=0)
         logratio = policy - reference
         good = batch["label"].to(logratio.device)
