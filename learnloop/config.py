@@ -68,6 +68,12 @@ class ServerSettings(_Section):
         description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: "
         "Bearer <token>' with this token or the write token; /healthz stays open but says only what is up.",
     )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins besides the server's own (e.g. 'https://learnloop.example.com' of a "
+        "proxy in front) whose pages may write, and whose host names the server answers to; other "
+        "cross-site writes get 403.",
+    )
 
 
 class CaptureSettings(_Section):
