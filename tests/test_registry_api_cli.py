@@ -172,7 +172,8 @@ def test_http_evaluation_and_export(
         assert r.status_code == 422 and "format" in r.text
         r = httpx.post(
             f"{url}/v1/versions/{v1}/export",
-            json={"format": "gguf", "quant": "f16", "out": str(tmp_path / "g")},
+            json={"format": "gguf", "quant": "f16", "out": "g"},
             timeout=300,
         )
         assert r.status_code == 200 and r.json()["files"] == [f"{v1}-f16.gguf"]
+        assert r.json()["path"] == str(s.data_dir / "exports" / "g")  # a name under exports/, not a path
