@@ -36,9 +36,7 @@ class BodyLimitMiddleware:
             return
         length = _content_length(scope)
         if length is not None and length > self.limit:
-            await send_error(
-                send, scope, 413, too_large_message(self.limit), "request_too_large", close=True
-            )
+            await send_error(send, scope, 413, too_large_message(self.limit), "request_too_large", close=True)
             return
         received = 0
 

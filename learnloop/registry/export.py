@@ -70,7 +70,9 @@ def named_export_dir(settings: Settings, name: str) -> Path:
     root = data_dir(settings.data_dir).exports
     target = root / name
     if not target.resolve().is_relative_to(root.resolve()):
-        raise Conflict(f"exports/{name} is a link out of the exports folder; remove it or choose another name.")
+        raise Conflict(
+            f"exports/{name} is a link out of the exports folder; remove it or choose another name."
+        )
     return target
 
 
