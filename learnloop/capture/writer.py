@@ -35,7 +35,11 @@ import orjson
 
 from learnloop.capture.spool import Spool
 from learnloop.capture.transports import Refused, RetryLater, Transport
-from learnloop.jsonio import dumps  # re-exported: tests and tools build spool bodies with writer.dumps
+from learnloop.jsonio import (  # dumps re-exported: tests and tools build spool bodies with writer.dumps
+    MAX_DEPTH,
+    TooDeep,
+    dumps,
+)
 
 log = logging.getLogger("learnloop.capture")
 
@@ -119,9 +123,16 @@ class BackgroundWriter:
         The record is encoded here, on the caller's thread: what is stored is the record as it
         was when recorded (later changes by the app do not leak in), a record that cannot be
         encoded fails at the line that recorded it, and the queue holds bytes, which Python's
-        garbage collector never has to traverse.
+        garbage collector never has to traverse. A record nested too deep for any store (past
+        ``MAX_DEPTH``, seen while encoding, off the fast path) is set aside in ``spool/rejected``
+        with the reason at once.
         """
-        self._queue.append((kind, dumps(record)))
+        try:
+            raw = dumps(record, max_depth=MAX_DEPTH)
+        except TooDeep as exc:  # no store takes it: set aside now, not sent to be refused
+            self._reject(kind, record, str(exc))
+            return
+        self._queue.append((kind, raw))
         n = len(self._queue)
         if self._closed or n > self.queue_size:
             # Closed, or the writer cannot keep up: this thread moves the queue to the spool

@@ -18,17 +18,31 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
 
     Each file is validated whole first and stored in one transaction: an invalid file stores
     nothing and every bad line is reported. Re-importing a file is a no-op (lines without an
-    id get one derived from their content and line number). Exits non-zero if any file failed.
+    id get one derived from their content and line number). A folder's other entries are
+    listed with the reason each is passed over; links out of the folder are never followed, and
+    a *.jsonl entry that is no regular file inside it (a link out, a dangling link, a folder, a
+    pipe) is refused. Exits non-zero if any file failed or was refused.
     """
 
     from learnloop.errors import LearnloopError
     from learnloop.store import open_database
-    from learnloop.store.jsonl import failure_report, import_jsonl, jsonl_files
+    from learnloop.store.jsonl import FileRules, failure_report, import_jsonl, scan_jsonl
 
     s = settings()
-    files = [f for p in paths for f in jsonl_files(p)]  # every path checked before any import
-    db = open_database(s)
+    scans = [scan_jsonl(p) for p in paths]  # every path checked before any import
+    files = [f for scan in scans for f in scan.files]
     failures: list[tuple[Path, str]] = []
+    for entry in (e for scan in scans for e in scan.passed):
+        if entry.refused:
+            failures.append((entry.path, f"{entry.path} was not imported: it is {entry.reason}."))
+        if as_json:
+            click.echo(
+                json.dumps({"path": str(entry.path), "skipped": entry.reason, "refused": entry.refused})
+            )
+        else:
+            click.echo(f"{'refused' if entry.refused else 'skipped'} {entry.path}: {entry.reason}", err=True)
+    refused = len(failures)
+    db = open_database(s)
     totals = {"records": 0, "inserted": 0, "duplicates": 0, "feedback_inserted": 0, "scores_inserted": 0}
     try:
         for f in files:
@@ -39,6 +53,8 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
                     project=s.project,
                     holdout_fraction=s.datasets.holdout_fraction,
                     window=s.capture.window,
+                    # Read as what it was when scanned: a regular file, never a link swapped in since.
+                    rules=FileRules(regular_only=True),
                 )
             except LearnloopError as exc:
                 failures.append((f, failure_report(exc)))
@@ -58,12 +74,13 @@ def import_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
         db.dispose()
     if not as_json and len(files) > 1:
         click.echo(
-            f"total: {len(files) - len(failures)} of {len(files)} files imported, "
+            f"total: {len(files) + refused - len(failures)} of {len(files) + refused} files imported, "
             f"{totals['inserted']} inserted, {totals['duplicates']} duplicates"
         )
     if failures:
         for _file, message in failures:
             click.echo(f"Error: {message}", err=True)
         raise click.ClickException(
-            f"{len(failures)} of {len(files)} file(s) not imported (nothing from them was stored); see above."
+            f"{len(failures)} of {len(files) + refused} file(s) not imported (nothing from them was "
+            "stored); see above."
         )

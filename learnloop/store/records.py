@@ -33,7 +33,16 @@ from learnloop.errors import (
     problems_text,
     validation_problems,
 )
-from learnloop.jsonio import dumps, dumps_str, loads  # noqa: F401  (importable from here, as before)
+from learnloop.jsonio import (  # noqa: F401  (dumps, dumps_str, loads: importable from here, as before)
+    MAX_DEPTH,
+    NestedTooDeep,
+    depth_problem,
+    dumps,
+    dumps_str,
+    loads,
+    short_path,
+    too_deep,
+)
 from learnloop.store.models import ScoreSource, Source
 
 # The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
@@ -151,6 +160,18 @@ def _storable_text(record: Any) -> Any:
     return record
 
 
+def _within_depth(record: Any) -> Any:
+    """Refuse a record nested deeper than ``MAX_DEPTH`` (a rule for input: rows stored before it
+    stay readable). The walk visits containers only (measured cheaper than any check of the
+    record's JSON, which costs with its text: benchmarks/bench_validation.py)."""
+    path = too_deep(record)
+    if path is not None:
+        raise PydanticCustomError(
+            "too_deep", "{reason}", {"reason": depth_problem(), "path": short_path(path)}
+        )
+    return record
+
+
 class ToolCallFunction(TypedDict):
     __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
     name: Annotated[str, Field(min_length=1)]
@@ -220,7 +241,7 @@ def _check_messages(messages: list[Message]) -> list[Message]:
     return messages
 
 
-CheckedMessage = Annotated[Message, AfterValidator(_check_message)]
+CheckedMessage = Annotated[Message, AfterValidator(_check_message), AfterValidator(_within_depth)]
 
 
 def _thumbs(v: Any) -> Any:
@@ -284,7 +305,9 @@ def _some_signal(f: FeedbackIn) -> FeedbackIn:
     return f
 
 
-CheckedFeedback = Annotated[FeedbackIn, AfterValidator(_some_signal), AfterValidator(_storable_text)]
+CheckedFeedback = Annotated[
+    FeedbackIn, AfterValidator(_some_signal), AfterValidator(_within_depth), AfterValidator(_storable_text)
+]
 
 
 class ScoreIn(TypedDict):
@@ -336,7 +359,7 @@ class TrajectoryIn(TypedDict):
     created_at: NotRequired[StoredDateTime]
 
 
-CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_storable_text)]
+CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_within_depth), AfterValidator(_storable_text)]
 
 
 class IngestBatch(TypedDict, total=False):
@@ -438,6 +461,12 @@ def batch_from_json(body: bytes | str) -> IngestBatch:
     return BATCH.validate_json(body)
 
 
+# Any JSON body a route reads nests at most this deep: pydantic's parser stops there, and what is
+# read the slower way (see parse_json_body) is held to the same. Records inside have their own,
+# smaller limit (MAX_DEPTH).
+BODY_MAX_DEPTH = 200
+
+
 def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request body") -> Any:
     """Validate a JSON body with ``adapter``: Unparsable (400) when it is not JSON at all,
     ValidationFailed (422) naming each bad field otherwise."""
@@ -448,12 +477,25 @@ def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request
             problems = format_validation_error(exc)
             raise ValidationFailed(_summary(problems), problems) from None
         reason = exc.errors()[0]["msg"]
-    # pydantic's parser refuses some JSON the standard one reads (the escape of a lone surrogate);
-    # read it that way, so that what is wrong with it is named like any other bad value.
+    # pydantic's parser refuses some JSON the others read (the escape of a lone surrogate, nesting
+    # past its 200 levels); read it that way, so that what is wrong with it is named like any other
+    # bad value (too deep: the field, by the depth rule).
     try:
-        data = json.loads(body)
+        data = loads(body)
+    except NestedTooDeep as exc:
+        loc = short_path(exc.path) or "(root)"
+        raise ValidationFailed(
+            f"Invalid input — {loc}: {exc.msg}. Nothing was stored.", [(loc, exc.msg)]
+        ) from None
+    except json.JSONDecodeError:
+        raise Unparsable(f"The {what} is not valid JSON ({reason}). Nothing was stored.") from None
     except (ValueError, UnicodeDecodeError):
         raise Unparsable(f"The {what} is not valid JSON ({reason}). Nothing was stored.") from None
+    path = too_deep(data, BODY_MAX_DEPTH)
+    if path is not None:  # what the fast path's parser refuses, refused alike, naming the field
+        loc = short_path(path)
+        problem = depth_problem(BODY_MAX_DEPTH, "a request body")
+        raise ValidationFailed(f"Invalid input — {loc}: {problem}. Nothing was stored.", [(loc, problem)])
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
