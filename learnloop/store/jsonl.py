@@ -349,7 +349,9 @@ def scan_jsonl(path: Path | str) -> Scan:
         named = entry.name.endswith(".jsonl") and not entry.name.startswith(".")
         target, reason = _folder_entry(entry, folder)
         if target is not None and named:
-            files.setdefault(target.resolve(), target)
+            first = files.setdefault(target.resolve(), target)
+            if entry.is_symlink() or first.resolve() != target.resolve():
+                passed.append(Passed(entry_path, f"the same file as {first.name} (read once, as that file)"))
         elif reason is None:
             hidden = entry.name.startswith(".")
             why = "hidden (its name starts with '.')" if hidden else "not named *.jsonl"
