@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import threading
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Secret, SecretStr
@@ -84,6 +84,36 @@ SecretEnvName = Annotated[str, SECRET_ENV]
 def plain(value: Any) -> Any:
     """A secret's value (anything else as it is): for code that must use it."""
     return value.get_secret_value() if isinstance(value, Secret | SecretStr) else value
+
+
+def secret_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The dotted paths of every secret setting of ``model`` (``alerts[].url``), from the types: what
+    a test sets to make sure each one is masked everywhere."""
+    found = []
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        if SECRET_ENV in info.metadata or _holds_secret(info.annotation):
+            found.append(path)
+            continue
+        for sub in _models_in(info.annotation):
+            found += secret_fields(sub, f"{path}[]." if _is_list(info.annotation) else f"{path}.")
+    return found
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, (Secret, SecretStr)):
+        return True
+    return any(_holds_secret(a) for a in get_args(annotation))
+
+
+def _is_list(annotation: Any) -> bool:
+    return get_origin(annotation) is list or any(_is_list(a) for a in get_args(annotation))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
 
 
 # -- what to scrub from text ------------------------------------------------------------------

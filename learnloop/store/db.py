@@ -57,7 +57,7 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise ConfigError(
             f"Database URL {mask_database_url(url)!r} is not valid ({redact(str(exc))}). "
             "Use e.g. sqlite:///path/learnloop.db "
