@@ -16,7 +16,7 @@ from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
 from learnloop.api.cross_site import CrossSiteGuard
 from learnloop.api.deps import IngestGate
-from learnloop.api.methods import OptionsMiddleware, allow_header
+from learnloop.api.methods import MethodsMiddleware
 from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
 from learnloop.errors import (
@@ -111,7 +111,7 @@ def create_app(
     _install_error_handlers(app)
     install_openapi(app, settings)
     # Added last, so it runs first: a refused request costs no body reading, no timing, no route.
-    app.add_middleware(OptionsMiddleware)
+    app.add_middleware(MethodsMiddleware)
     app.add_middleware(CrossSiteGuard, allowed_origins=settings.server.allowed_origins)
     return app
 
@@ -156,11 +156,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, f"Invalid request — {shown}{more}. Nothing was stored.", problems=problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 405:  # Starlette names the methods of one route; the path may have more
-            headers = {**(headers or {}), "Allow": allow_header(request.app, request.scope)}
-        return _error(exc.status_code, str(exc.detail), headers=headers)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(LearnloopError)
     async def _domain(request: Request, exc: LearnloopError) -> JSONResponse:

@@ -54,7 +54,15 @@ class BodyLimitMiddleware:
 
 
 async def send_error(
-    send: Send, scope: Scope, status: int, message: str, code: str | None = None, *, close: bool = False
+    send: Send,
+    scope: Scope,
+    status: int,
+    message: str,
+    code: str | None = None,
+    *,
+    close: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    problems: list[dict[str, str]] | None = None,
 ) -> None:
     """Answer with learnloop's JSON error (OpenAI's shape on the OpenAI routes, which OpenAI's
     clients read) from a middleware, before the app runs."""
@@ -64,11 +72,13 @@ async def send_error(
         }
     else:
         answer = {"error": message, "detail": message}
+        if problems:
+            answer["problems"] = problems
     body = json.dumps(answer).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    sent = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:  # the body was not read: the connection cannot carry another request
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        sent.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": sent + (headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -22,6 +23,7 @@ from pydantic import (
     FiniteFloat,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
@@ -84,7 +86,38 @@ def _storable_datetime(v: dt.datetime | None) -> dt.datetime | None:
     return v
 
 
-StoredDateTime = Annotated[dt.datetime | None, AfterValidator(_storable_datetime)]
+# Text for a time: RFC 3339 (what the document promises), with the offset optional (UTC then) and
+# a space allowed for the T. pydantic alone also took "0" and "2026-12-01" (a number, a day).
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?")
+
+
+def _date_time_text(v: Any) -> Any:
+    if isinstance(v, str) and not _DATE_TIME.fullmatch(v):
+        raise ValueError(
+            f"{v[:40]!r} is not a date-time: write it as 2026-12-01T14:03:00Z (RFC 3339), "
+            "or give Unix time as a number"
+        )
+    return v
+
+
+_TIME_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {
+            "type": "number",
+            "description": "Unix time: seconds, or milliseconds beyond ±2e10 (years 1 to 9999).",
+            "minimum": -62135596800000,
+            "maximum": 253402300799999,
+        },
+        {"type": "null"},
+    ]
+}
+StoredDateTime = Annotated[
+    dt.datetime | None,
+    BeforeValidator(_date_time_text),
+    AfterValidator(_storable_datetime),
+    WithJsonSchema(_TIME_SCHEMA),
+]
 
 # NaN and the infinities break every statistic made of them (a mean of anything with NaN is NaN)
 # and JSON has no spelling for them; a number too large for a float (1e999) reads as infinity.
@@ -185,10 +218,36 @@ class ToolCall(TypedDict):
     function: ToolCallFunction
 
 
-class Message(TypedDict):
-    """One OpenAI chat message. Unknown keys are kept (providers add their own)."""
+def _message_rules_schema(schema: dict[str, Any]) -> None:
+    # The rules _message_problem enforces, said in the JSON schema too.
+    content = {"not": {"type": "null"}}
+    schema["anyOf"] = [
+        {
+            "required": ["role", "content"],
+            "properties": {"role": {"enum": ["system", "developer", "user", "function"]}, "content": content},
+        },
+        {
+            "required": ["role", "content", "tool_call_id"],
+            "properties": {
+                "role": {"const": "tool"},
+                "content": content,
+                "tool_call_id": {"type": "string", "minLength": 1},
+            },
+        },
+        {"required": ["role", "content"], "properties": {"role": {"const": "assistant"}, "content": content}},
+        {
+            "required": ["role", "tool_calls"],
+            "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
+        },
+    ]
 
-    __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
+
+class Message(TypedDict):
+    """One OpenAI chat message. Unknown keys are kept (providers add their own). A 'tool' message
+    names the call it answers (tool_call_id); every message but an assistant's calling tools has
+    content."""
+
+    __pydantic_config__ = ConfigDict(extra="allow", json_schema_extra=_message_rules_schema)  # type: ignore[misc]
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: NotRequired[str | list[dict[str, Any]] | None]
     name: NotRequired[str | None]
@@ -362,10 +421,23 @@ class TrajectoryIn(TypedDict):
 CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_within_depth), AfterValidator(_storable_text)]
 
 
-class IngestBatch(TypedDict, total=False):
-    """One all-or-nothing batch: trajectories, late feedback and scores."""
+def _late_items_schema(schema: dict[str, Any]) -> None:
+    # The rule _late_items_name_a_trajectory enforces, said in the JSON schema too.
+    named = {
+        "required": ["trajectory_id"],
+        "properties": {"trajectory_id": {"type": "string", "minLength": 1}},
+    }
+    for kind in ("feedback", "scores"):
+        part = schema.get("properties", {}).get(kind)
+        if part and "items" in part:
+            part["items"] = {"allOf": [part["items"], named]}
 
-    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+class IngestBatch(TypedDict, total=False):
+    """One all-or-nothing batch: trajectories, late feedback and scores (feedback and scores sent on
+    their own name the trajectory they are about)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=_late_items_schema)  # type: ignore[misc]
     trajectories: list[CheckedTrajectory]
     feedback: list[CheckedFeedback]
     scores: list[CheckedScore]
@@ -469,14 +541,19 @@ BODY_MAX_DEPTH = 200
 
 def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request body") -> Any:
     """Validate a JSON body with ``adapter``: Unparsable (400) when it is not JSON at all,
-    ValidationFailed (422) naming each bad field otherwise."""
+    ValidationFailed (422) naming each bad field otherwise, and for any text that cannot be stored
+    (NUL, a lone surrogate) or nesting past ``BODY_MAX_DEPTH``."""
     try:
-        return adapter.validate_json(body)
+        result = adapter.validate_json(body)
     except ValidationError as exc:
         if not any(e["type"] == "json_invalid" for e in exc.errors()):
             problems = format_validation_error(exc)
             raise ValidationFailed(_summary(problems), problems) from None
         reason = exc.errors()[0]["msg"]
+    else:
+        if b"\\u0000" in body:  # JSON can only spell a NUL as this escape: a rare body, read again
+            _refuse_unstorable_text(loads(body))
+        return result
     # pydantic's parser refuses some JSON the others read (the escape of a lone surrogate, nesting
     # past its 200 levels); read it that way, so that what is wrong with it is named like any other
     # bad value (too deep: the field, by the depth rule).
@@ -497,10 +574,21 @@ def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request
         problem = depth_problem(BODY_MAX_DEPTH, "a request body")
         raise ValidationFailed(f"Invalid input — {loc}: {problem}. Nothing was stored.", [(loc, problem)])
     try:
-        return adapter.validate_python(data)
+        result = adapter.validate_python(data)
     except ValidationError as exc:
         problems = format_validation_error(exc)
         raise ValidationFailed(_summary(problems), problems) from None
+    _refuse_unstorable_text(data)
+    return result
+
+
+def _refuse_unstorable_text(data: Any) -> None:
+    """The text rule for any body (records check it themselves, naming the record's field): a
+    NUL or a lone surrogate anywhere in a job's payload or a version's note cannot be stored either."""
+    found = _walk_text(data, ())
+    if found:
+        problems = [(found[0] or "(root)", found[1])]
+        raise ValidationFailed(_summary(problems), problems)
 
 
 def storable_id(value: str, max_length: int = 64) -> str | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from learnloop.api.deps import DbDep, ReadAuth, WriteAuth
 from learnloop.api.openapi import error_responses, request_body
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1/aliases", tags=["serving"])
 
 
 class AliasMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a mistake to report, not to drop
     version: str = Field(min_length=1, description="A version id, or 'base'.")
     reason: str | None = None
     actor: str | None = Field(None, description="Who moved it (kept in the alias log).")
@@ -25,14 +26,20 @@ class AliasMove(BaseModel):
 
 
 class AliasSplit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     candidate: str | None = Field(
         None, description="Version answering a share of the traffic; null ends the split."
     )
+    # strict: a number, as the schema says (true is not a share).
     split: float = Field(
-        0.0, ge=0, le=1, description="Share of requests answered by the candidate (sticky per user)."
+        0.0,
+        ge=0,
+        le=1,
+        strict=True,
+        description="Share of requests answered by the candidate (sticky per user).",
     )
     shadow: float = Field(
-        0.0, ge=0, le=1, description="Share of requests the candidate also answers, unseen."
+        0.0, ge=0, le=1, strict=True, description="Share of requests the candidate also answers, unseen."
     )
     reason: str | None = None
     actor: str | None = None

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
 from learnloop.api.openapi import error_responses, request_body
@@ -28,12 +28,17 @@ def _actor(request: Request, given: str | None) -> str:
     return f"{who}:{given}" if given else who
 
 
+class _Body(BaseModel):
+    # A misspelt field is a mistake to report, not to drop (and the document says no others are taken).
+    model_config = ConfigDict(extra="forbid")
+
+
 # A path the server reads, as a request gives it: absolute, taken as it is (never expanded with '~',
 # which names the server's users' homes), no NUL (no file system takes it).
 ServerPath = Annotated[str, Field(pattern=r"^/[^\x00]*$", max_length=4096)]
 
 
-class RegisterIn(BaseModel):
+class RegisterIn(_Body):
     adapter_dir: ServerPath = Field(
         description="Absolute path of a training run folder or LoRA adapter folder on the server's disk."
     )
@@ -51,7 +56,7 @@ class RegisterIn(BaseModel):
     actor: str | None = None
 
 
-class MoveIn(BaseModel):
+class MoveIn(_Body):
     alias: str = "learnloop"
     reason: str | None = None
     evaluation_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
@@ -59,13 +64,13 @@ class MoveIn(BaseModel):
     actor: str | None = None
 
 
-class RollbackIn(BaseModel):
+class RollbackIn(_Body):
     alias: str = "learnloop"
     reason: str | None = None
     actor: str | None = None
 
 
-class RestoreIn(BaseModel):
+class RestoreIn(_Body):
     loop: str | None = None
     serve: bool = False
     force: bool = False
@@ -73,7 +78,7 @@ class RestoreIn(BaseModel):
     actor: str | None = None
 
 
-class EvaluateIn(BaseModel):
+class EvaluateIn(_Body):
     candidate: str
     baseline: str = Field("serving", description="serving, base, a version id, or teacher.")
     scenario: str | None = None
@@ -81,7 +86,7 @@ class EvaluateIn(BaseModel):
     judge: bool | None = None
 
 
-class ExportIn(BaseModel):
+class ExportIn(_Body):
     format: Literal["merged", "gguf", "ollama"] = "merged"
     quant: Literal["f32", "f16", "q8_0"] = "q8_0"
     out: str | None = Field(
@@ -207,6 +212,8 @@ def _adapter_exists(adapter_dir: str) -> None:
         find_adapter(Path(adapter_dir))
     except ValidationFailed as exc:
         raise NotFound(str(exc)) from None
+    except OSError as exc:  # a name too long for the file system, a folder it may not read
+        raise NotFound(f"No adapter can be read at {adapter_dir[:200]!r}: {exc.strerror or exc}.") from None
 
 
 @router.post(
