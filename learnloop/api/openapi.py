@@ -177,6 +177,8 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
 # cannot count depth).
 NO_NUL = "^[^\\x00]*$"
 JSON_VALUE = "JsonValue"
+# pydantic names the bounds of a type behind a validator by their Python names; JSON Schema's own:
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
 # Formats whose own grammar has no NUL (a pattern beside them would only slow generation down).
 _FORMATS_WITHOUT_NUL = ("date-time", "date", "time", "binary", "byte", "uuid")
 _JSON_VALUE_SCHEMA: dict[str, Any] = {
@@ -217,6 +219,9 @@ def state_text_rules(doc: dict[str, Any]) -> None:
                 seen.add(name)
                 visit(schemas[name])
             return
+        for short, keyword in _BOUNDS.items():
+            if short in node:
+                node[keyword] = node.pop(short)
         kind = node.get("type")
         if (
             kind == "string"

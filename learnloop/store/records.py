@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    Strict,
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
@@ -92,7 +93,10 @@ _DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz
 
 
 def _date_time_text(v: Any) -> Any:
-    """A time given as text, read as the datetime it spells (so that strict validation takes it)."""
+    """A time given as text, read as the datetime it spells; a number is refused (pydantic took it
+    as Unix time: 0 was 1970)."""
+    if isinstance(v, (int, float)):
+        raise ValueError(f"{v!r} is a number; write the time as 2026-12-01T14:03:00Z (RFC 3339)")
     if not isinstance(v, str):
         return v
     problem = "not a date-time"
@@ -112,9 +116,23 @@ StoredDateTime = Annotated[
     WithJsonSchema(_TIME_SCHEMA),
 ]
 
+# JSON's types as the document states them: pydantic alone also took 0 and 1 for false and true,
+# true for a number and "5" for a number or an integer (an integer such as 5.0 stays one).
+JsonBool = Annotated[bool, Strict()]
+JsonNumber = Annotated[float, Strict()]  # an integer is a number
+
+
+def _integer_not_bool_or_text(v: Any) -> Any:
+    if isinstance(v, (bool, str)):
+        raise ValueError(f"must be an integer, not {type(v).__name__}")
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_integer_not_bool_or_text)]
+
 # NaN and the infinities break every statistic made of them (a mean of anything with NaN is NaN)
 # and JSON has no spelling for them; a number too large for a float (1e999) reads as infinity.
-Finite = FiniteFloat
+Finite = Annotated[FiniteFloat, Strict()]
 
 TEXT_RULE = (
     "Text must be storable the same way on every database: a NUL character (\\u0000) or a lone UTF-16 "
@@ -335,10 +353,20 @@ class FeedbackIn(TypedDict):
         Annotated[
             Literal[-1, 1] | None,
             BeforeValidator(_thumbs),
-            Field(description="+1 thumbs up, -1 thumbs down."),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"enum": [-1, 1]},
+                        {"type": "boolean"},
+                        {"enum": ["up", "down"]},
+                        {"type": "null"},
+                    ]
+                }
+            ),
+            Field(description="+1 thumbs up, -1 thumbs down (true/false and 'up'/'down' are taken too)."),
         ]
     ]
-    success: NotRequired[Annotated[bool | None, Field(description="Whether the task succeeded.")]]
+    success: NotRequired[Annotated[JsonBool | None, Field(description="Whether the task succeeded.")]]
     correction: NotRequired[
         Annotated[
             str | dict[str, Any] | None,
@@ -521,10 +549,9 @@ def batch_from_json(body: bytes | str) -> IngestBatch:
     """Validate an ``IngestBatch`` JSON body (raises pydantic's ``ValidationError``).
 
     pydantic parses the JSON itself, straight into the validated dicts (measured faster than
-    ``orjson.loads`` + ``validate_python``). Strict, as ``parse_json_body``: JSON's types are taken
-    as the schema states them (``0`` is no ``false``, ``true`` no number, ``"5"`` no number).
+    ``orjson.loads`` + ``validate_python``).
     """
-    return BATCH.validate_json(body, strict=True)
+    return BATCH.validate_json(body)
 
 
 # Any JSON body a route reads nests at most this deep: pydantic's parser stops there, and what is
@@ -534,12 +561,11 @@ BODY_MAX_DEPTH = 200
 
 
 def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request body") -> Any:
-    """Validate a JSON body with ``adapter``, strictly (a JSON type is taken only where the schema
-    states it: ``0`` is no ``false``, ``"5"`` no number): Unparsable (400) when it is not JSON at all,
+    """Validate a JSON body with ``adapter``: Unparsable (400) when it is not JSON at all,
     ValidationFailed (422) naming each bad field otherwise, and for any text that cannot be stored
     (NUL, a lone surrogate) or nesting past ``BODY_MAX_DEPTH``."""
     try:
-        result = adapter.validate_json(body, strict=True)
+        result = adapter.validate_json(body)
     except ValidationError as exc:
         if not any(e["type"] == "json_invalid" for e in exc.errors()):
             problems = format_validation_error(exc)

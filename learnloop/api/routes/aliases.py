@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from learnloop.api.deps import DbDep, ReadAuth, WriteAuth
 from learnloop.api.openapi import error_responses, request_body
-from learnloop.store.records import parse_json_body
+from learnloop.store.records import JsonBool, parse_json_body
 
 router = APIRouter(prefix="/v1/aliases", tags=["serving"])
 
@@ -20,7 +20,7 @@ class AliasMove(BaseModel):
     version: str = Field(min_length=1, description="A version id, or 'base'.")
     reason: str | None = None
     actor: str | None = Field(None, description="Who moved it (kept in the alias log).")
-    force: bool = Field(
+    force: JsonBool = Field(
         False, description="Serve a version the gate rejected or never evaluated (logged as forced)."
     )
 

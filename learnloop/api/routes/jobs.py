@@ -17,7 +17,7 @@ from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.store.db import Database
 from learnloop.store.models import JobState
-from learnloop.store.records import parse_json_body
+from learnloop.store.records import JsonInt, parse_json_body
 from learnloop.training.config import TrainConfig
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -51,7 +51,7 @@ class JobSubmit(BaseModel):
         default_factory=dict, description="Payload of other kinds (evaluate: candidate ...)."
     )
     priority: Literal["high", "normal", "low"] = "normal"
-    max_attempts: int = Field(3, ge=1, le=20)
+    max_attempts: JsonInt = Field(3, ge=1, le=20)
     idempotency_key: str | None = Field(None, max_length=128)
 
 

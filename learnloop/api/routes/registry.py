@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.registry.export import EXPORT_NAME, OLLAMA_NAME
-from learnloop.store.records import parse_json_body
+from learnloop.store.records import JsonBool, JsonInt, parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
@@ -48,8 +48,8 @@ class RegisterIn(_Body):
         description="A prepared model name or an absolute path on the server (default: the adapter's).",
     )
     parent_id: str | None = None
-    dataset_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
-    job_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
+    dataset_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
+    job_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
     loop: str | None = None
     name: str | None = None
     note: str | None = None
@@ -59,8 +59,8 @@ class RegisterIn(_Body):
 class MoveIn(_Body):
     alias: str = "learnloop"
     reason: str | None = None
-    evaluation_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
-    force: bool = False
+    evaluation_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
+    force: JsonBool = False
     actor: str | None = None
 
 
@@ -72,8 +72,8 @@ class RollbackIn(_Body):
 
 class RestoreIn(_Body):
     loop: str | None = None
-    serve: bool = False
-    force: bool = False
+    serve: JsonBool = False
+    force: JsonBool = False
     reason: str | None = None
     actor: str | None = None
 
@@ -82,8 +82,8 @@ class EvaluateIn(_Body):
     candidate: str
     baseline: str = Field("serving", description="serving, base, a version id, or teacher.")
     scenario: str | None = None
-    limit: int | None = Field(None, ge=1, le=ROW_ID_MAX)
-    judge: bool | None = None
+    limit: JsonInt | None = Field(None, ge=1, le=ROW_ID_MAX)
+    judge: JsonBool | None = None
 
 
 class ExportIn(_Body):
