@@ -65,17 +65,19 @@ _CONTAINERS = (dict, list, tuple)
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    # The walk every large record gets: depths only, no paths (built again only for a refusal).
-    stack = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
-        if depth > limit:
-            return True
-        for child in node.values() if isinstance(node, dict) else node:
-            if isinstance(child, _CONTAINERS):
-                push((child, depth + 1))
-    return False
+    # The walk every record gets, a level at a time: depths only, no paths (built again only for a
+    # refusal), one comprehension per level (measured: benchmarks/bench_validation.py).
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, _CONTAINERS)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def _default(value: Any) -> Any:
