@@ -27,7 +27,7 @@ def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp
         r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(adapter)})
         assert r.status_code == 401
         r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(tmp_path / "missing")}, headers=auth)
-        assert r.status_code == 422 and "does not exist" in r.json()["error"]
+        assert r.status_code == 404 and "does not exist" in r.json()["error"]  # a path holding nothing
         r = httpx.post(
             f"{url}/v1/versions", json={"adapter_dir": str(adapter), "note": "via api"}, headers=auth
         )
