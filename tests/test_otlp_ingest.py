@@ -27,7 +27,7 @@ from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
 from learnloop.store.db import Database
-from learnloop.store.models import Score, Trajectory
+from learnloop.store.models import Trajectory
 
 TOOLS = [
     {
@@ -211,7 +211,6 @@ def _post(
 def test_partial_success_names_the_refused_spans_and_keeps_the_rest(client: TestClient, db: Database) -> None:
     spans, trace_id, _ = _spans()
     # A second trace whose only LLM call was recorded without its content (capture turned off).
-    tracer = TracerProvider().get_tracer("x")
     sent = InMemorySpanExporter()
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(sent))
@@ -219,7 +218,6 @@ def test_partial_success_names_the_refused_spans_and_keeps_the_rest(client: Test
         "chat", attributes={"gen_ai.operation.name": "chat"}
     ) as bare:
         pass
-    del tracer
     request = encode_spans([*spans, *sent.get_finished_spans()])
     r = _post(client, request.SerializeToString())
     assert r.status_code == 200, r.text
