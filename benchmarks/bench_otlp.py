@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
-from learnloop.capture.otlp import decode_protobuf, map_spans  # noqa: E402
+from learnloop.capture.otlp import decode_protobuf, map_spans, trajectories  # noqa: E402
 from learnloop.jsonio import dumps  # noqa: E402
 from learnloop.store import Database  # noqa: E402
 
@@ -108,16 +108,16 @@ def make_exports(n_exports: int, traces: int) -> list[list]:
 def bodies(mode: str, exports: list[list]) -> tuple[str, list[tuple[bytes, dict[str, str]]], int]:
     """The request path, bodies and headers for ``mode``, and how many trajectories they hold."""
     out = []
-    trajectories = 0
+    stored = 0
     for spans in exports:
         request = encode_spans(spans)
         pb = request.SerializeToString()
         if mode == "/v1/ingest":
-            mapped = map_spans(decode_protobuf(pb))  # what OTLP ingest would store, as SDK batches
-            trajectories += len(mapped.trajectories)
-            out.append((dumps({"trajectories": mapped.trajectories}), {"Content-Type": "application/json"}))
+            records = trajectories(map_spans(decode_protobuf(pb)))  # what OTLP ingest stores, as SDK batches
+            stored += len(records)
+            out.append((dumps({"trajectories": records}), {"Content-Type": "application/json"}))
             continue
-        trajectories += len({s.context.trace_id for s in spans})
+        stored += len({s.context.trace_id for s in spans})
         if mode == "otlp protobuf":
             out.append((pb, {"Content-Type": "application/x-protobuf"}))
         elif mode == "otlp protobuf+gzip":
@@ -134,7 +134,7 @@ def bodies(mode: str, exports: list[list]) -> tuple[str, list[tuple[bytes, dict[
                                 sp[key] = base64.b64decode(sp[key]).hex()  # OTLP/JSON ids are hex
             out.append((json.dumps(doc).encode(), {"Content-Type": "application/json"}))
     path = "/v1/ingest" if mode == "/v1/ingest" else "/otlp/v1/traces"
-    return path, out, trajectories
+    return path, out, stored
 
 
 def serve_and_send(
@@ -205,7 +205,7 @@ def main() -> None:
         for name in targets:
             baseline = None
             for i, mode in enumerate(modes):
-                path, requests, trajectories = bodies(mode, make_exports(args.exports + 1, args.traces))
+                path, requests, expected = bodies(mode, make_exports(args.exports + 1, args.traces))
                 schema = None
                 if name == "sqlite":
                     url = f"sqlite:///{Path(tmp) / f'{i}.db'}"
@@ -218,7 +218,7 @@ def main() -> None:
                 db.upgrade()
                 try:
                     seconds = serve_and_send(url, path, requests, Path(tmp) / f"data-{name}-{i}")
-                    _check(db, trajectories)
+                    _check(db, expected)
                 finally:
                     db.dispose()
                     if schema is not None:

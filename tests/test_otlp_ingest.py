@@ -301,3 +301,60 @@ def test_bad_exports_are_refused_whole_with_the_reason(client: TestClient, db: D
     bomb = gzip.compress(b"\x00" * (settings.server.max_request_bytes + 10))
     refused(_post(client, bomb, **{"Content-Encoding": "gzip"}), 413, "once decompressed")
     assert _rows(db) == []
+
+
+def test_a_run_split_over_exports_is_stored_whole_when_its_root_span_arrives(
+    otlp_server: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SimpleSpanProcessor: every span is its own export, sent as it ends (the root last), as a batch
+    # processor does with a run longer than its schedule delay.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"Authorization=Bearer%20{TOKEN}")
+    span_exporter = exporter(otlp_server, "protobuf")
+    sent = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(span_exporter))
+    tp.add_span_processor(SimpleSpanProcessor(sent))
+    tracer = tp.get_tracer("support.agent")
+    with tracer.start_as_current_span("support agent", attributes={"learnloop.scenario": "orders"}) as root:
+        q = [text("user", "Where is order 7?")]
+        with tracer.start_as_current_span(
+            "chat", attributes=semconv_call(q, [text("assistant", "Checking.")])
+        ) as first:
+            assert _rows(db) == []
+        with tracer.start_as_current_span(
+            "chat",
+            attributes=semconv_call(
+                [*q, text("assistant", "Checking."), text("user", "Thanks")],
+                [text("assistant", "It shipped.")],
+            ),
+        ):
+            pass
+        assert _rows(db) == []  # both calls wait for the run's root span
+    [row] = _rows(db)
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    assert row.id == f"otlp-{trace_id}-{first.get_span_context().span_id:016x}" and row.scenario == "orders"
+    assert [m["content"] for m in row.messages] == ["Where is order 7?", "Checking.", "Thanks", "It shipped."]
+    assert len(row.meta["llm_calls"]) == 2
+    # Every export sent again, one by one and all at once: nothing is stored twice, no part of the run
+    # becomes a trajectory of its own.
+    spans = sent.get_finished_spans()
+    for sp in spans:
+        assert span_exporter.export([sp]) == SpanExportResult.SUCCESS
+    assert span_exporter.export(spans) == SpanExportResult.SUCCESS
+    assert [r.id for r in _rows(db)] == [row.id]
+    tp.shutdown()
+
+
+def test_calls_whose_root_never_comes_are_stored_after_the_run_timeout(
+    client: TestClient, db: Database
+) -> None:
+    spans, trace_id, first = _spans()
+    orphans = [sp for sp in spans if sp.parent is not None]  # the root span is never exported
+    r = _post(client, encode_spans(orphans).SerializeToString())
+    assert r.status_code == 200, r.text
+    assert _rows(db) == []
+    client.app.state.settings.server.otlp_run_timeout_seconds = 1e-6
+    assert _post(client, b"").status_code == 200  # any later export stores what waited too long
+    [row] = _rows(db)
+    assert row.id == f"otlp-{trace_id}-{first}" and len(row.meta["llm_calls"]) == 2
+    assert row.scenario is None and row.agent is None  # the root's attributes never came

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from learnloop.capture.otlp import decode_json, map_spans
+from learnloop.capture.otlp import decode_json, map_spans, trajectories
 
 TRACE, OTHER_TRACE = "5b8efff798038103d269b633813fc60c", "aa8efff798038103d269b633813fc6ff"
 T0 = 1_700_000_000_000_000_000
@@ -72,7 +72,10 @@ def export(*spans: dict[str, Any], resource: dict[str, Any] | None = None) -> by
 
 
 def mapped(*spans: dict[str, Any], resource: dict[str, Any] | None = None):  # noqa: ANN201
-    return map_spans(decode_json(export(*spans, resource=resource)))
+    """The mapping, and the trajectories it makes when no root span is awaited (as from a file)."""
+    out = map_spans(decode_json(export(*spans, resource=resource)))
+    out.trajectories = trajectories(out)
+    return out
 
 
 def test_openllmetry_attribute_style_with_tools_and_a_single_call_shape() -> None:

@@ -33,7 +33,7 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,7 +48,10 @@ from learnloop.capture.calls import (
     usage,
 )
 from learnloop.errors import LearnloopError, Unparsable, ValidationFailed, problems_text
+from learnloop.store.db import Database
 from learnloop.store.records import TRAJECTORY, format_validation_error
+from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
+from learnloop.windows import fill_windows
 
 # The documented attributes (on the resource, a call's span or the trace's root span).
 ATTRIBUTES = {
@@ -301,16 +304,82 @@ def any_value(v: Any) -> Any:
 
 # -- mapping --------------------------------------------------------------------------------
 
+# The attributes a run's fields are read from (see run_fields): all a held call needs to keep.
+_RUN_KEYS = frozenset({"gen_ai.agent.name", "tag.tags", "gen_ai.conversation.id", "session.id", "user.id"})
+
+
+def _run_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if k.startswith("learnloop.") or k in _RUN_KEYS}
+
+
+@dataclass
+class CallSpan:
+    """One LLM call span, reduced to what its trajectory needs: the call, the attributes the run's
+    fields come from (its resource's and its own), where it came from. Held as JSON while its run
+    is incomplete (``row``/``from_row``)."""
+
+    trace_id: str
+    span_id: str
+    start_ns: int
+    call: LlmCall
+    resource: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    service: str | None = None
+    scope: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        c = self.call
+        held = {
+            "start_ns": self.start_ns,
+            "request": c.request,
+            "answer": c.answer,
+            "model": c.model,
+            "tools": c.tools,
+            "meta": c.meta,
+            "error": c.error,
+            "started": c.started.isoformat() if c.started else None,
+            "resource": self.resource,
+            "attrs": self.attrs,
+            "service": self.service,
+            "scope": self.scope,
+        }
+        return {"trace_id": self.trace_id, "span_id": self.span_id, "call": held}
+
+    @classmethod
+    def from_row(cls, trace_id: str, span_id: str, held: dict[str, Any]) -> CallSpan:
+        started = held.get("started")
+        call = LlmCall(
+            request=held.get("request") or [],
+            answer=held.get("answer"),
+            model=held.get("model"),
+            tools=held.get("tools"),
+            meta=held.get("meta") or {},
+            error=held.get("error"),
+            started=dt.datetime.fromisoformat(started) if started else None,
+        )
+        return cls(
+            trace_id,
+            span_id,
+            int(held.get("start_ns") or 0),
+            call,
+            held.get("resource") or {},
+            held.get("attrs") or {},
+            held.get("service"),
+            held.get("scope"),
+        )
+
 
 @dataclass
 class Mapped:
-    """What an export maps to: the trajectory records, and the count of every span's fate."""
+    """What an export holds: its LLM calls by trace, the traces whose root span it holds (with the
+    root's attributes), and the count of every span's fate."""
 
-    trajectories: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, list[CallSpan]] = field(default_factory=dict)
+    roots: dict[str, dict[str, Any]] = field(default_factory=dict)
     spans: int = 0
     llm_spans: int = 0
     ignored: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (span, reason)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (span id, reason)
 
     def rejection_message(self, limit: int = 10) -> str:
         """OTLP partial success's ``error_message``: which spans were refused and why."""
@@ -320,19 +389,17 @@ class Mapped:
         more = f" (and {len(self.rejected) - limit} more)" if len(self.rejected) > limit else ""
         return (
             f"{len(self.rejected)} LLM call span(s) not stored: {shown}{more}. "
-            f"{len(self.trajectories)} trajectories stored; "
             f"{self.ignored} span(s) that are not LLM calls ignored."
         )
 
 
 def map_spans(spans: list[Span]) -> Mapped:
-    """Map decoded spans to trajectory records (validated, in the wire format). See the module doc."""
+    """Find the LLM calls among decoded spans and map each (see the module doc); a call that cannot
+    be stored on its own is rejected here, with the reason."""
     out = Mapped(spans=len(spans))
-    roots: dict[str, Span] = {}
-    by_trace: dict[str, list[tuple[Span, LlmCall]]] = {}
     for span in spans:
         if span.local_root:
-            roots.setdefault(span.trace_id, span)
+            out.roots.setdefault(span.trace_id, _run_attributes(span.attributes))
         if not is_llm_call(span):
             out.ignored += 1
             continue
@@ -345,66 +412,170 @@ def map_spans(spans: list[Span]) -> Mapped:
         if not call.has_content:
             out.rejected.append((span.span_id, NO_CONTENT))
             continue
-        by_trace.setdefault(span.trace_id, []).append((span, call))
-    for trace_id, calls in by_trace.items():
-        calls.sort(key=lambda sc: (sc[0].start_ns, sc[0].span_id))
-        _add_run(out, trace_id, calls, roots.get(trace_id))
+        item = CallSpan(
+            span.trace_id,
+            span.span_id,
+            span.start_ns,
+            call,
+            _run_attributes(span.resource),
+            _run_attributes(span.attributes),
+            span.resource.get("service.name"),
+            span.scope,
+        )
+        try:
+            run_record(span.trace_id, [item], None)  # what the store would refuse, said now
+        except LearnloopError as exc:
+            out.rejected.append((span.span_id, str(exc)))
+            continue
+        out.calls.setdefault(span.trace_id, []).append(item)
     return out
 
 
-def _add_run(out: Mapped, trace_id: str, calls: list[tuple[Span, LlmCall]], root: Span | None) -> None:
+def trajectories(mapped: Mapped) -> list[dict[str, Any]]:
+    """Every trace's calls as one trajectory: for a finished record (a file), where no root is awaited."""
+    records = []
+    for trace_id, calls in mapped.calls.items():
+        records.extend(build_run(trace_id, calls, mapped.roots.get(trace_id), mapped.rejected))
+    return records
+
+
+def build_run(
+    trace_id: str,
+    calls: list[CallSpan],
+    root: dict[str, Any] | None,
+    rejected: list[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """The trajectory of one trace's calls (none or one); calls that cannot join it go to ``rejected``."""
+    calls = sorted({c.span_id: c for c in calls}.values(), key=lambda c: (c.start_ns, c.span_id))
+    if not calls:
+        return []
     try:
-        out.trajectories.append(run_record(trace_id, calls, root))
-        return
-    except LearnloopError as exc:
-        if len(calls) == 1:
-            out.rejected.append((calls[0][0].span_id, str(exc)))
-            return
-    # Find the calls the store refuses, reject those alone and keep the rest of the run.
-    kept = []
-    for span, call in calls:
-        try:
-            run_record(trace_id, [(span, call)], root)
-        except LearnloopError as exc:
-            out.rejected.append((span.span_id, str(exc)))
-        else:
-            kept.append((span, call))
-    if kept:
-        try:
-            out.trajectories.append(run_record(trace_id, kept, root))
-        except LearnloopError as exc:  # the run's own fields (e.g. learnloop.source) are refused
-            out.rejected.extend((span.span_id, str(exc)) for span, _ in kept)
+        return [run_record(trace_id, calls, root)]
+    except LearnloopError as exc:  # the run's own fields are refused (each call passed alone)
+        rejected.extend((c.span_id, str(exc)) for c in calls)
+        return []
 
 
-def run_record(trace_id: str, calls: list[tuple[Span, LlmCall]], root: Span | None) -> dict[str, Any]:
-    """One trajectory for the LLM calls of one trace, validated; ValidationFailed says why not."""
-    first = calls[0][0]
-    layers = [first.resource, *(span.attributes for span, _ in calls)]
-    if root is not None and root.span_id not in {span.span_id for span, _ in calls}:
-        layers.append(root.attributes)
-    fields, tags, metadata = run_fields(layers)
+def run_record(trace_id: str, calls: list[CallSpan], root: dict[str, Any] | None) -> dict[str, Any]:
+    """One trajectory for the LLM calls of one trace (in order), validated; ValidationFailed says why not."""
+    first = calls[0]
+    fields, tags, metadata = run_fields([first.resource, *(c.attrs for c in calls), root or {}])
     otlp: dict[str, Any] = {"trace_id": trace_id, "span_id": first.span_id}
-    service = first.resource.get("service.name")
-    if service:
-        otlp["service"] = service
+    if first.service:
+        otlp["service"] = first.service
     if first.scope:
         otlp["scope"] = first.scope
     metadata["otlp"] = otlp
+    llm_calls = [c.call for c in calls]
     if len(calls) > 1:
-        for span, call in calls:
-            call.meta["span_id"] = span.span_id
+        llm_calls = [replace(c.call, meta={**c.call.meta, "span_id": c.span_id}) for c in calls]
     record = trajectory_record(
-        [call for _, call in calls],
-        id=f"otlp-{trace_id}-{first.span_id}",
-        fields=fields,
-        tags=tags,
-        metadata=metadata,
+        llm_calls, id=f"otlp-{trace_id}-{first.span_id}", fields=fields, tags=tags, metadata=metadata
     )
     try:
         return TRAJECTORY.validate_python(record)
     except ValidationError as exc:
         problems = format_validation_error(exc)
         raise ValidationFailed(problems_text(problems), problems) from None
+
+
+# -- storing: runs assembled when their root span arrives -------------------------------------
+
+
+@dataclass
+class Stored:
+    """What storing an export did."""
+
+    trajectories: int = 0
+    duplicates: int = 0
+    held: int = 0  # calls now waiting for their trace's root span
+
+
+def store_export(
+    db: Database,
+    mapped: Mapped,
+    *,
+    project: str = "default",
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    window: str = "1h",
+) -> Stored:
+    """Store an export's calls in one transaction: every call is held by its (trace, span) ids,
+    and each trace whose root span the export holds becomes one trajectory of all its calls so far
+    (from earlier exports too). A span held or stored before is not taken again, so a resent
+    export stores nothing twice. Calls of a trace whose root has not come wait (``flush_overdue``)."""
+    from learnloop.store import otlp_calls
+
+    out = Stored()
+    with db.session() as session:
+        keys = [(c.trace_id, c.span_id) for calls in mapped.calls.values() for c in calls]
+        known = otlp_calls.known_spans(session, keys)
+        fresh = {
+            k: c
+            for calls in mapped.calls.values()
+            for c in calls
+            if (k := (c.trace_id, c.span_id)) not in known
+        }
+        otlp_calls.hold(session, [c.row() for c in fresh.values()])
+        complete = set(mapped.roots)
+        waiting = otlp_calls.waiting(session, complete)
+        out.held = sum(1 for trace_id, _ in fresh if trace_id not in complete)
+        records = []
+        for trace_id, rows in waiting.items():
+            calls = [
+                fresh.get((trace_id, r["span_id"])) or CallSpan.from_row(trace_id, r["span_id"], r)
+                for r in rows
+            ]
+            run = build_run(trace_id, calls, mapped.roots.get(trace_id), mapped.rejected)
+            otlp_calls.assembled(session, trace_id, [c.span_id for c in calls], run[0]["id"] if run else "")
+            records.extend(run)
+        _ingest(session, records, out, project, holdout_fraction, window)
+    return out
+
+
+def flush_overdue(
+    db: Database,
+    timeout: dt.timedelta,
+    *,
+    project: str = "default",
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
+    window: str = "1h",
+    now: dt.datetime | None = None,
+) -> Stored:
+    """Store the calls that have waited longer than ``timeout`` for their trace's root span (it
+    is in another service, or never ended), one trajectory per trace; forget old assembled calls."""
+    from learnloop.store import otlp_calls
+    from learnloop.store.models import utcnow
+
+    out = Stored()
+    now = now or utcnow()
+    with db.session() as session:
+        traces = otlp_calls.overdue_traces(session, now - timeout)
+        records: list[dict[str, Any]] = []
+        rejected: list[tuple[str, str]] = []
+        for trace_id, rows in otlp_calls.waiting(session, traces).items():
+            calls = [CallSpan.from_row(trace_id, r["span_id"], r) for r in rows]
+            run = build_run(trace_id, calls, None, rejected)
+            otlp_calls.assembled(session, trace_id, [c.span_id for c in calls], run[0]["id"] if run else "")
+            records.extend(run)
+        _ingest(session, records, out, project, holdout_fraction, window)
+        otlp_calls.forget_assembled(session, now)
+    return out
+
+
+def _ingest(
+    session: Any,
+    records: list[dict[str, Any]],
+    out: Stored,
+    project: str,
+    holdout_fraction: float,
+    window: str,
+) -> None:
+    if not records:
+        return
+    fill_windows(records, window)
+    result = ingest(session, {"trajectories": records}, project=project, holdout_fraction=holdout_fraction)  # type: ignore[typeddict-item]
+    out.trajectories += len(result.inserted)
+    out.duplicates += len(result.duplicates)
 
 
 def run_fields(layers: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:

@@ -10,6 +10,8 @@ the request's encoding (the JSON one also carries learnloop's ``error``/``detail
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -22,12 +24,19 @@ from starlette.exceptions import HTTPException
 
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
 from learnloop.api.metrics import REGISTRY, count_ingested
-from learnloop.capture.otlp import Mapped, decode_json, decode_protobuf, map_spans
+from learnloop.capture.otlp import (
+    Mapped,
+    decode_json,
+    decode_protobuf,
+    flush_overdue,
+    map_spans,
+    store_export,
+)
 from learnloop.config import Settings
 from learnloop.errors import LearnloopError, Overloaded, StoreUnavailable, Unparsable, ValidationFailed
 from learnloop.store.db import Database
-from learnloop.store.trajectories import ingest
-from learnloop.windows import fill_windows
+
+log = logging.getLogger("learnloop.api")
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 STORE_RETRY_AFTER = 5
@@ -140,21 +149,23 @@ def _map(body: bytes, encoding: str, settings: Settings) -> Mapped:
             f"{settings.server.max_batch_size} (server.max_batch_size). Lower the exporter's batch size "
             "(OTEL_BSP_MAX_EXPORT_BATCH_SIZE); nothing was stored.",
         )
-    mapped = map_spans(spans)
-    fill_windows(mapped.trajectories, settings.capture.window)
-    return mapped
+    return map_spans(spans)
 
 
 def _store(db: Database, settings: Settings, mapped: Mapped) -> None:
-    if mapped.trajectories:
-        with db.session() as session:
-            result = ingest(
-                session,
-                {"trajectories": mapped.trajectories},  # type: ignore[typeddict-item]
-                project=settings.project,
-                holdout_fraction=settings.datasets.holdout_fraction,
-            )
-        count_ingested(result.as_dict())
+    where = {
+        "project": settings.project,
+        "holdout_fraction": settings.datasets.holdout_fraction,
+        "window": settings.capture.window,
+    }
+    stored = store_export(db, mapped, **where)
+    count_ingested({"inserted": stored.trajectories, "duplicates": stored.duplicates})
+    try:  # runs whose root span never came; a failure here must not fail the export just stored
+        timeout = dt.timedelta(seconds=settings.server.otlp_run_timeout_seconds)
+        late = flush_overdue(db, timeout, **where)
+        count_ingested({"inserted": late.trajectories, "duplicates": late.duplicates})
+    except Exception:
+        log.exception("could not store the OTLP calls whose trace's root span never came")
 
 
 @router.post("/traces", dependencies=[WriteAuth], include_in_schema=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.capture.formats import file_problems, json_documents
-from learnloop.capture.otlp import map_spans, request_from_json, spans_of
+from learnloop.capture.otlp import map_spans, request_from_json, spans_of, trajectories
 from learnloop.errors import ValidationFailed
 
 
@@ -23,6 +23,7 @@ def read_otlp_json(path: Path) -> list[dict[str, Any]]:
     if problems:
         raise file_problems(path, problems, "OTLP/JSON")
     mapped = map_spans(spans)
+    records = trajectories(mapped)
     if mapped.rejected:
         raise file_problems(path, [(f"span {sid}", why) for sid, why in mapped.rejected], "OTLP/JSON")
-    return mapped.trajectories
+    return records
