@@ -16,10 +16,13 @@ without a valid trace or span id refuses the whole export. Mapping then:
   ``gen_ai.prompt.N.*`` / ``gen_ai.completion.N.*``, or OpenInference's
   ``llm.input_messages.N.message.*`` / ``llm.output_messages.N.message.*``; with the tools, the
   model, usage, sampling parameters, latency (the span's duration) and the error (status ERROR).
-* groups the LLM calls of one trace into one trajectory (one call: the trajectory of a single
-  wrapped call; several: one ``llm_calls`` entry per call, as inside ``learnloop.trajectory()``).
-  The trajectory's id is ``otlp-<trace id>-<span id of its first call>``: a resent export stores
-  nothing twice.
+* makes the LLM calls of one trace one trajectory (one call: the trajectory of a single wrapped
+  call; several: one ``llm_calls`` entry per call, as inside ``learnloop.trajectory()``). An
+  exporter sends spans as they end, so a run's calls often arrive exports before its root span:
+  ``store_export`` holds every call (``store.otlp_calls``) and stores a trace's run when the export
+  holding its root span (no parent, or a remote one) arrives; ``flush_overdue`` stores the runs
+  whose root never comes. The trajectory's id is ``otlp-<trace id>-<span id of its first call>``,
+  and a span taken once is never taken again: a resent export stores nothing twice.
 * takes scenario, agent, group, source, tags and metadata from the documented ``learnloop.*``
   attributes (ATTRIBUTES), resource first, then the calls' spans, then the trace's root span.
 
