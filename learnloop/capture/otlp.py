@@ -502,35 +502,45 @@ def store_export(
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     window: str = "1h",
 ) -> Stored:
-    """Store an export's calls in one transaction: every call is held by its (trace, span) ids,
-    and each trace whose root span the export holds becomes one trajectory of all its calls so far
-    (from earlier exports too). A span held or stored before is not taken again, so a resent
-    export stores nothing twice. Calls of a trace whose root has not come wait (``flush_overdue``)."""
+    """Store an export's calls in one transaction. Each trace whose root span the export holds
+    becomes one trajectory of all its calls so far (from earlier exports too); the calls of other
+    traces wait for theirs (``flush_overdue`` stores those whose root never comes). A span taken
+    before is not taken again, so a resent export, whole or in parts, stores nothing twice."""
     from learnloop.store import otlp_calls
 
     out = Stored()
     with db.session() as session:
-        keys = [(c.trace_id, c.span_id) for calls in mapped.calls.values() for c in calls]
-        known = otlp_calls.known_spans(session, keys)
-        fresh = {
-            k: c
-            for calls in mapped.calls.values()
-            for c in calls
-            if (k := (c.trace_id, c.span_id)) not in known
-        }
-        otlp_calls.hold(session, [c.row() for c in fresh.values()])
-        complete = set(mapped.roots)
-        waiting = otlp_calls.waiting(session, complete)
-        out.held = sum(1 for trace_id, _ in fresh if trace_id not in complete)
-        records = []
-        for trace_id, rows in waiting.items():
-            calls = [
-                fresh.get((trace_id, r["span_id"])) or CallSpan.from_row(trace_id, r["span_id"], r)
-                for r in rows
-            ]
+        known = otlp_calls.spans_of(session, {*mapped.calls, *mapped.roots})
+        waiting = [k for k, tid in known.items() if tid is None and k[0] in mapped.roots]
+        earlier = otlp_calls.held_calls(session, waiting) if waiting else {}
+        runs: dict[str, list[CallSpan]] = {}
+        for (trace_id, span_id), held in earlier.items():
+            runs.setdefault(trace_id, []).append(CallSpan.from_row(trace_id, span_id, held))
+        fresh = [c for calls in mapped.calls.values() for c in calls if (c.trace_id, c.span_id) not in known]
+        for c in fresh:
+            if c.trace_id in mapped.roots:
+                runs.setdefault(c.trace_id, []).append(c)
+        records, taken_by = [], {}
+        for trace_id, calls in runs.items():
             run = build_run(trace_id, calls, mapped.roots.get(trace_id), mapped.rejected)
-            otlp_calls.assembled(session, trace_id, [c.span_id for c in calls], run[0]["id"] if run else "")
+            taken_by[trace_id] = run[0]["id"] if run else ""  # "": refused, not to be tried again
             records.extend(run)
+        otlp_calls.add(
+            session,
+            [
+                {
+                    "trace_id": c.trace_id,
+                    "span_id": c.span_id,
+                    "call": {},
+                    "trajectory_id": taken_by[c.trace_id],
+                }
+                if c.trace_id in taken_by
+                else c.row()
+                for c in fresh
+            ],
+        )
+        otlp_calls.assembled(session, [(t, s, taken_by[t]) for t, s in earlier])
+        out.held = sum(1 for c in fresh if c.trace_id not in taken_by)
         _ingest(session, records, out, project, holdout_fraction, window)
     return out
 
@@ -545,7 +555,7 @@ def flush_overdue(
     now: dt.datetime | None = None,
 ) -> Stored:
     """Store the calls that have waited longer than ``timeout`` for their trace's root span (it
-    is in another service, or never ended), one trajectory per trace; forget old assembled calls."""
+    is in another service, or never ended), one trajectory per trace; forget old taken calls."""
     from learnloop.store import otlp_calls
     from learnloop.store.models import utcnow
 
@@ -553,15 +563,19 @@ def flush_overdue(
     now = now or utcnow()
     with db.session() as session:
         traces = otlp_calls.overdue_traces(session, now - timeout)
+        waiting = [k for k, tid in otlp_calls.spans_of(session, traces).items() if tid is None]
+        runs: dict[str, list[CallSpan]] = {}
+        for (trace_id, span_id), held in otlp_calls.held_calls(session, waiting).items():
+            runs.setdefault(trace_id, []).append(CallSpan.from_row(trace_id, span_id, held))
         records: list[dict[str, Any]] = []
-        rejected: list[tuple[str, str]] = []
-        for trace_id, rows in otlp_calls.waiting(session, traces).items():
-            calls = [CallSpan.from_row(trace_id, r["span_id"], r) for r in rows]
-            run = build_run(trace_id, calls, None, rejected)
-            otlp_calls.assembled(session, trace_id, [c.span_id for c in calls], run[0]["id"] if run else "")
+        taken = []
+        for trace_id, calls in runs.items():
+            run = build_run(trace_id, calls, None, [])
+            taken.extend((trace_id, c.span_id, run[0]["id"] if run else "") for c in calls)
             records.extend(run)
+        otlp_calls.assembled(session, taken)
         _ingest(session, records, out, project, holdout_fraction, window)
-        otlp_calls.forget_assembled(session, now)
+        otlp_calls.forget_taken(session, now)
     return out
 
 
