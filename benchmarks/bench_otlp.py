@@ -17,7 +17,7 @@ server and database, and the rates are spans per second (and trajectories per se
 Every mode stores the same number of trajectories (checked); each rate is printed with its ratio
 to the baseline measured in the same run.
 """
-# run.sh --quick: --exports 3 --traces 10
+# run.sh --quick: --exports 3 --traces 10 --rounds 1
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,47 +188,67 @@ def serve_and_send(
             proc.kill()
 
 
+def measure(name: str, mode: str, args: argparse.Namespace, tmp: Path, n: int) -> float | None:
+    """Seconds to send ``args.exports`` exports in ``mode`` to a fresh server and database (None:
+    PostgreSQL is not reachable)."""
+    path, requests, expected = bodies(mode, make_exports(args.exports + 1, args.traces))
+    schema = None
+    if name == "sqlite":
+        url = f"sqlite:///{tmp / f'{n}.db'}"
+    else:
+        pg = pg_schema_url()
+        if pg is None:
+            return None
+        schema, url = pg
+    db = Database(url)
+    db.upgrade()
+    try:
+        seconds = serve_and_send(url, path, requests, tmp / f"data-{n}")
+        _check(db, expected)
+    finally:
+        db.dispose()
+        if schema is not None:
+            drop_schema(schema)
+    return seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exports", type=int, default=40, help="exports (requests) per mode, plus one warm-up")
     ap.add_argument("--traces", type=int, default=50, help="agent runs (4 spans, 2 LLM calls) per export")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every mode, in turn; medians are shown")
     ap.add_argument("--no-postgres", action="store_true")
     args = ap.parse_args()
     spans = args.exports * args.traces * SPANS_PER_TRACE
     print(
         f"{args.exports} exports x {args.traces} traces x {SPANS_PER_TRACE} spans = {spans} spans "
-        f"({args.exports * args.traces} trajectories) per measurement, after one warm-up export\n"
+        f"({args.exports * args.traces} trajectories) per measurement, after one warm-up export; "
+        f"median of {args.rounds} rounds (each mode in turn)\n"
     )
-    print(f"{'database':<11} {'mode':<20} {'seconds':>8} {'spans/s':>9} {'traj/s':>8} {'vs ingest':>10}")
+    print(
+        f"{'database':<11} {'mode':<20} {'seconds':>8} {'spans/s':>9} {'traj/s':>8} {'vs ingest':>10}  rounds"
+    )
     modes = ("/v1/ingest", "otlp protobuf", "otlp protobuf+gzip", "otlp json")
+    n = 0
     with tempfile.TemporaryDirectory(prefix="ll-bench-otlp-") as tmp:
-        targets = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
-        for name in targets:
-            baseline = None
-            for i, mode in enumerate(modes):
-                path, requests, expected = bodies(mode, make_exports(args.exports + 1, args.traces))
-                schema = None
-                if name == "sqlite":
-                    url = f"sqlite:///{Path(tmp) / f'{i}.db'}"
-                else:
-                    pg = pg_schema_url()
-                    if pg is None:
-                        break
-                    schema, url = pg
-                db = Database(url)
-                db.upgrade()
-                try:
-                    seconds = serve_and_send(url, path, requests, Path(tmp) / f"data-{name}-{i}")
-                    _check(db, expected)
-                finally:
-                    db.dispose()
-                    if schema is not None:
-                        drop_schema(schema)
+        for name in ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]:
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(args.rounds):
+                for mode in modes:
+                    n += 1
+                    seconds = measure(name, mode, args, Path(tmp), n)
+                    if seconds is not None:
+                        times[mode].append(seconds)
+            if not times[modes[0]]:
+                continue
+            baseline = spans / statistics.median(times[modes[0]])
+            for mode in modes:
+                seconds = statistics.median(times[mode])
                 rate = spans / seconds
-                baseline = baseline or rate
+                each = " ".join(f"{spans / t:.0f}" for t in times[mode])
                 print(
                     f"{name:<11} {mode:<20} {seconds:>8.2f} {rate:>9.0f} "
-                    f"{args.exports * args.traces / seconds:>8.0f} {rate / baseline:>9.2f}x"
+                    f"{args.exports * args.traces / seconds:>8.0f} {rate / baseline:>9.2f}x  {each}"
                 )
 
 
