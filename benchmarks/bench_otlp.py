@@ -8,7 +8,8 @@ GenAI conventions (system + user + assistant, usage, model) and a tool span; mad
 OpenTelemetry SDK and encoded by its OTLP encoder, as its exporter sends it (one export per batch
 of ``--traces`` traces, sent one after another as the batch span processor does). For SQLite (a
 fresh file) and PostgreSQL (a fresh schema, when the server answers), each mode gets its own
-server and database, and the rates are spans per second (and trajectories per second):
+server and database, and the rates are spans per second of wall time and per CPU second of the
+server process (the steadier figure on a shared machine), medians over ``--rounds`` rounds:
 
 * /v1/ingest: the trajectories the OTLP mapping makes of the same spans, POSTed as JSON batches
   (one batch per export): the baseline;
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -173,13 +175,15 @@ def serve_and_send(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.1)
+        server = psutil.Process(proc.pid)
         with httpx.Client(base_url=base, timeout=120) as client:
             client.post(path, content=requests[0][0], headers=requests[0][1]).raise_for_status()  # warm-up
+            cpu = sum(server.cpu_times()[:2])
             start = time.perf_counter()
             for body, headers in requests[1:]:
                 r = client.post(path, content=body, headers=headers)
                 r.raise_for_status()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, sum(server.cpu_times()[:2]) - cpu
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -188,9 +192,9 @@ def serve_and_send(
             proc.kill()
 
 
-def measure(name: str, mode: str, args: argparse.Namespace, tmp: Path, n: int) -> float | None:
-    """Seconds to send ``args.exports`` exports in ``mode`` to a fresh server and database (None:
-    PostgreSQL is not reachable)."""
+def measure(name: str, mode: str, args: argparse.Namespace, tmp: Path, n: int) -> tuple[float, float] | None:
+    """Wall and server CPU seconds to send ``args.exports`` exports in ``mode`` to a fresh server
+    and database (None: PostgreSQL is not reachable)."""
     path, requests, expected = bodies(mode, make_exports(args.exports + 1, args.traces))
     schema = None
     if name == "sqlite":
@@ -226,29 +230,31 @@ def main() -> None:
         f"median of {args.rounds} rounds (each mode in turn)\n"
     )
     print(
-        f"{'database':<11} {'mode':<20} {'seconds':>8} {'spans/s':>9} {'traj/s':>8} {'vs ingest':>10}  rounds"
+        f"{'database':<11} {'mode':<20} {'spans/s':>8} {'vs ingest':>9} {'spans/CPU-s':>12} {'vs ingest':>9}"
+        "  spans/s of each round"
     )
     modes = ("/v1/ingest", "otlp protobuf", "otlp protobuf+gzip", "otlp json")
     n = 0
     with tempfile.TemporaryDirectory(prefix="ll-bench-otlp-") as tmp:
         for name in ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]:
-            times: dict[str, list[float]] = {m: [] for m in modes}
+            runs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
             for _ in range(args.rounds):
                 for mode in modes:
                     n += 1
-                    seconds = measure(name, mode, args, Path(tmp), n)
-                    if seconds is not None:
-                        times[mode].append(seconds)
-            if not times[modes[0]]:
+                    measured = measure(name, mode, args, Path(tmp), n)
+                    if measured is not None:
+                        runs[mode].append(measured)
+            if not runs[modes[0]]:
                 continue
-            baseline = spans / statistics.median(times[modes[0]])
+            base_wall = spans / statistics.median(w for w, _ in runs[modes[0]])
+            base_cpu = spans / statistics.median(c for _, c in runs[modes[0]])
             for mode in modes:
-                seconds = statistics.median(times[mode])
-                rate = spans / seconds
-                each = " ".join(f"{spans / t:.0f}" for t in times[mode])
+                wall = spans / statistics.median(w for w, _ in runs[mode])
+                cpu = spans / statistics.median(c for _, c in runs[mode])
+                each = " ".join(f"{spans / w:.0f}" for w, _ in runs[mode])
                 print(
-                    f"{name:<11} {mode:<20} {seconds:>8.2f} {rate:>9.0f} "
-                    f"{args.exports * args.traces / seconds:>8.0f} {rate / baseline:>9.2f}x  {each}"
+                    f"{name:<11} {mode:<20} {wall:>8.0f} {wall / base_wall:>8.2f}x "
+                    f"{cpu:>12.0f} {cpu / base_cpu:>8.2f}x  {each}"
                 )
 
 
