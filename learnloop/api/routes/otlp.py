@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -40,13 +41,14 @@ log = logging.getLogger("learnloop.api")
 
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 STORE_RETRY_AFTER = 5
+FLUSH_EVERY = 30.0
 # google.rpc.Code for each HTTP status this route answers with.
 _RPC_CODES = {400: 3, 401: 16, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 
 OTLP_SPANS = Counter(
     "learnloop_otlp_spans",
-    "Spans received on /otlp/v1/traces, by outcome: stored (an LLM call in a stored trajectory), "
-    "ignored (not an LLM call), rejected (an LLM call that could not be stored).",
+    "Spans received on /otlp/v1/traces, by outcome: accepted (an LLM call, stored or waiting for its "
+    "trace's root span), ignored (not an LLM call), rejected (an LLM call that could not be stored).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -152,7 +154,7 @@ def _map(body: bytes, encoding: str, settings: Settings) -> Mapped:
     return map_spans(spans)
 
 
-def _store(db: Database, settings: Settings, mapped: Mapped) -> None:
+def _store(db: Database, settings: Settings, mapped: Mapped, flush: bool) -> None:
     where = {
         "project": settings.project,
         "holdout_fraction": settings.datasets.holdout_fraction,
@@ -160,6 +162,8 @@ def _store(db: Database, settings: Settings, mapped: Mapped) -> None:
     }
     stored = store_export(db, mapped, **where)
     count_ingested({"inserted": stored.trajectories, "duplicates": stored.duplicates})
+    if not flush:
+        return
     try:  # runs whose root span never came; a failure here must not fail the export just stored
         timeout = dt.timedelta(seconds=settings.server.otlp_run_timeout_seconds)
         late = flush_overdue(db, timeout, **where)
@@ -181,10 +185,20 @@ async def export_traces(request: Request, db: DbDep, settings: SettingsDep) -> R
     limit = settings.server.max_request_bytes
     body = _body(await request.body(), request.headers.get("content-encoding"), limit)
     mapped = await run_in_threadpool(_map, body, kind, settings)
+    # Overdue runs are looked for at most every FLUSH_EVERY seconds (or the run timeout, if shorter).
+    now = time.monotonic()
+    last = getattr(request.app.state, "otlp_flushed_at", None)
+    flush = last is None or now - last >= min(FLUSH_EVERY, settings.server.otlp_run_timeout_seconds)
+    if flush:
+        request.app.state.otlp_flushed_at = now
     with ingest_slot(request):
-        await run_in_threadpool(_store, db, settings, mapped)
-    stored = mapped.llm_spans - len(mapped.rejected)
-    for outcome, n in (("stored", stored), ("ignored", mapped.ignored), ("rejected", len(mapped.rejected))):
+        await run_in_threadpool(_store, db, settings, mapped, flush)
+    accepted = mapped.llm_spans - len(mapped.rejected)
+    for outcome, n in (
+        ("accepted", accepted),
+        ("ignored", mapped.ignored),
+        ("rejected", len(mapped.rejected)),
+    ):
         if n:
             OTLP_SPANS.labels(outcome=outcome).inc(n)
     return _export_response(kind, mapped)
