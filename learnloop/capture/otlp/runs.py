@@ -127,8 +127,8 @@ class Mapped:
 
 
 def map_spans(spans: list[Span]) -> Mapped:
-    """Find the LLM calls among decoded spans and map each (see the module doc); a call that cannot
-    be stored on its own is rejected here, with the reason."""
+    """Find the LLM calls among decoded spans and map each (see the module doc); a call without
+    content is rejected here, one the store refuses when its run is built (``build_run``)."""
     out = Mapped(spans=len(spans))
     for span in spans:
         if span.local_root:
@@ -155,11 +155,6 @@ def map_spans(spans: list[Span]) -> Mapped:
             span.resource.get("service.name"),
             span.scope,
         )
-        try:
-            run_record(span.trace_id, [item], None)  # what the store would refuse, said now
-        except LearnloopError as exc:
-            out.rejected.append((span.span_id, str(exc)))
-            continue
         out.calls.setdefault(span.trace_id, []).append(item)
     return out
 
@@ -178,14 +173,31 @@ def build_run(
     root: dict[str, Any] | None,
     rejected: list[tuple[str, str]],
 ) -> list[dict[str, Any]]:
-    """The trajectory of one trace's calls (none or one); calls that cannot join it go to ``rejected``."""
+    """The trajectory of one trace's calls (none or one). A call the store refuses is left out and
+    added to ``rejected`` with the reason; the run is made of the others."""
     calls = sorted({c.span_id: c for c in calls}.values(), key=lambda c: (c.start_ns, c.span_id))
     if not calls:
         return []
     try:
         return [run_record(trace_id, calls, root)]
-    except LearnloopError as exc:  # the run's own fields are refused (each call passed alone)
-        rejected.extend((c.span_id, str(exc)) for c in calls)
+    except LearnloopError as exc:
+        if len(calls) == 1:
+            rejected.append((calls[0].span_id, str(exc)))
+            return []
+    kept = []  # which calls the store refuses: each alone
+    for c in calls:
+        try:
+            run_record(trace_id, [c], root)
+        except LearnloopError as exc:
+            rejected.append((c.span_id, str(exc)))
+        else:
+            kept.append(c)
+    if not kept:
+        return []
+    try:
+        return [run_record(trace_id, kept, root)]
+    except LearnloopError as exc:  # each call passes alone, not together: refuse the run
+        rejected.extend((c.span_id, str(exc)) for c in kept)
         return []
 
 

@@ -221,11 +221,9 @@ def _parts_content(parts: list[Any]) -> Any:
             content.append({"type": "text", "text": str(p.get("content") or "")})
         elif kind == "uri" and p.get("modality") == "image" and p.get("uri"):
             content.append({"type": "image_url", "image_url": {"url": p["uri"]}})
-    if not content:
-        return None
-    if all(c["type"] == "text" for c in content):
-        return "".join(c["text"] for c in content) if len(content) == 1 else content
-    return content
+    if len(content) == 1 and content[0]["type"] == "text":
+        return content[0]["text"]
+    return content or None
 
 
 def _parts_message(m: dict[str, Any]) -> list[dict[str, Any]]:
