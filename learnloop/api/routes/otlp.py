@@ -193,7 +193,7 @@ async def export_traces(request: Request, db: DbDep, settings: SettingsDep) -> R
         request.app.state.otlp_flushed_at = now
     with ingest_slot(request):
         await run_in_threadpool(_store, db, settings, mapped, flush)
-    accepted = mapped.llm_spans - len(mapped.rejected)
+    accepted = max(0, mapped.llm_spans - len(mapped.rejected))  # a refused run may hold earlier calls
     for outcome, n in (
         ("accepted", accepted),
         ("ignored", mapped.ignored),

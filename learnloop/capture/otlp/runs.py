@@ -9,10 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from learnloop.capture.calls import (
-    LlmCall,
-    trajectory_record,
-)
+from learnloop.capture.calls import LlmCall, trajectory_record
 from learnloop.capture.otlp.decode import Span
 from learnloop.capture.otlp.spans import NO_CONTENT, is_llm_call, llm_call
 from learnloop.errors import LearnloopError, ValidationFailed, problems_text
@@ -30,8 +27,12 @@ ATTRIBUTES = {
     "learnloop.tags": "tags (a list of strings, or one string of comma-separated tags)",
     "learnloop.metadata.<key>": "metadata[<key>]",
 }
-_FIELD_KEYS = {"learnloop.scenario": "scenario", "learnloop.agent": "agent", "learnloop.group": "group"}
-_FIELD_KEYS["learnloop.source"] = "source"
+_FIELD_KEYS = {
+    "learnloop.scenario": "scenario",
+    "learnloop.agent": "agent",
+    "learnloop.group": "group",
+    "learnloop.source": "source",
+}
 _METADATA_PREFIX = "learnloop.metadata."
 
 
