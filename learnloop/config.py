@@ -407,9 +407,13 @@ class GatePolicy(_Section):
     min_examples: int = Field(
         30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive)."
     )
-    metric: Literal["reward", "judge_win_rate"] = Field(
+    metric: str = Field(
         "reward",
-        description="What must improve: the paired reward difference, or the judge's win rate over 0.5.",
+        min_length=1,
+        max_length=128,
+        description="What must improve: 'reward' (the paired difference of the combined reward, "
+        "scoring's explicit-first rule), 'judge_win_rate' (the judge's win rate over 0.5), or the name "
+        "of one aspect (a reward function, e.g. your verifier 'order_json'): its paired difference.",
     )
     margin: float = Field(
         0.0, description="The lower bound of the 95% interval of the improvement must exceed this."

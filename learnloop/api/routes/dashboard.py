@@ -363,7 +363,7 @@ def serving_ctx(db: Database, settings: Settings) -> dict[str, Any]:
 def quality_ctx(db: Database, settings: Settings) -> dict[str, Any]:
     since = utcnow() - dt.timedelta(days=60)
     with db.read_session() as s:
-        live = queries.live_reward_by_day(s, since)
+        live = queries.live_reward_by_day(s, since, settings.scoring)
         evaluations = queries.list_evaluations(s, limit=200)
         moves = queries.alias_events(s, limit=200, since=since)
     versions = sorted({r["version"] for r in live})

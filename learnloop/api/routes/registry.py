@@ -343,11 +343,15 @@ def list_evaluations_route(
     responses=error_responses(404, _404="Neither an evaluation id nor a version id with an evaluation."),
 )
 def compare_route(
-    db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)
+    db: DbDep,
+    settings: SettingsDep,
+    a: str = Query(...),
+    b: str = Query(...),
+    top: int = Query(5, ge=1, le=100),
 ) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
-    return compare_evaluations(db, a, b, top=top)
+    return compare_evaluations(db, a, b, top=top, settings=settings)
 
 
 @router.get(
