@@ -29,13 +29,14 @@ from learnloop.evaluation import stats
 from learnloop.evaluation.gate import REJECT, GateVerdict, gate, policy_for
 from learnloop.evaluation.judge import JudgeClient, judge_pair, judge_summary
 from learnloop.registry import files as fs
+from learnloop.registry.aliases import serving_ids, state_of
 from learnloop.scoring.combine import HEURISTIC, CombineRule, combine
 from learnloop.scoring.view import TrajectoryView, message_text
 from learnloop.serving.backend import BASE, ChatRequest, ServingBackend
 from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory, VersionState
+from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory
 
 TEACHER = "teacher"
 SERVING = "serving"
@@ -548,10 +549,9 @@ def _store(
         row = session.get(ModelVersion, cand_row.id, with_for_update=True)
         if row is not None:
             row.gate = {**gate_record, "evaluation_id": ev.id, "baseline": side.name}
-            if verdict.verdict == REJECT and row.state == VersionState.candidate:
-                row.state = VersionState.rejected
-            elif verdict.passed and row.state == VersionState.rejected:
-                row.state = VersionState.candidate  # a later evaluation with more evidence can clear it
+            # The registry's one rule for states: a verdict moves only a version that never served
+            # between candidate and rejected (a later evaluation with more evidence can clear it).
+            row.state = state_of(row, row.id in serving_ids(session))
         o = metrics["overall"]
         record_event(
             session,

@@ -19,51 +19,11 @@ from typing import Any
 
 from learnloop.errors import Conflict, LearnloopError, NotFound, ValidationFailed
 from learnloop.serving.backend import BASE, ServingBackend
-from learnloop.store.aliases import DEFAULT_ALIAS, AliasView, list_aliases, move_alias
+from learnloop.store.aliases import DEFAULT_ALIAS, AliasView, list_aliases
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion
 
 log = logging.getLogger("learnloop.serving")
-
-
-def set_alias(
-    db: Database,
-    alias: str,
-    version_id: str | None,
-    *,
-    actor: str | None = None,
-    reason: str | None = None,
-    action: str = "set",
-    force: bool = False,
-    override: str = "Set it with --force (API: force=true)",
-) -> None:
-    """Point ``alias`` at ``version_id`` (``None`` or ``"base"``: the base model) and log the move.
-
-    The registry's gate applies as it does to ``versions promote``: a version the gate rejected, or
-    one never evaluated, is refused (Conflict naming the reason and ``override``) unless ``force``;
-    a forced move is logged as ``force``. Every serving process watching the database loads the
-    version, then switches to it.
-    """
-    from learnloop.registry.promotion import check_servable
-
-    if version_id == BASE:
-        version_id = None
-    with db.session() as session:
-        if version_id is not None:
-            ensure_version(session, version_id)
-            passed, evidence = check_servable(session, version_id, force=force, override=override)
-            if not passed:
-                action, reason = "force", reason or evidence
-        move_alias(session, alias, version_id, action=action, actor=actor, reason=reason)
-
-
-def ensure_version(session: Any, version_id: str) -> None:
-    """NotFound for an unknown version id, Conflict for one without adapter files."""
-    row = session.get(ModelVersion, version_id)
-    if row is None:
-        raise NotFound(f"No model version {version_id!r}.")
-    if not row.artifact_path:
-        raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from learnloop.store.models import (
     Alias,
-    AliasEvent,
     Control,
     Evaluation,
     Event,
@@ -327,22 +326,10 @@ def serving(session: Session) -> list[dict[str, Any]]:
 def alias_events(
     session: Session, limit: int = 200, since: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
-    q = select(AliasEvent).order_by(AliasEvent.id.desc()).limit(limit)
-    if since is not None:
-        q = q.where(AliasEvent.created_at >= since)
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "created_at": _iso(e.created_at),
-        }
-        for e in session.scalars(q)
-    ]
+    """The alias log, newest first, as the registry shows every entry (``registry.log_entry``)."""
+    from learnloop.registry.aliases import alias_log
+
+    return alias_log(session, since=since, limit=limit)
 
 
 def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:

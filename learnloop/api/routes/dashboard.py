@@ -390,7 +390,7 @@ def quality_ctx(db: Database, settings: Settings) -> dict[str, Any]:
         for k in metric_keys[:3]
     ]
     markers = [
-        {"x": m["created_at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
+        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
         for m in moves
         if m["action"] != "split"
     ]
