@@ -190,3 +190,41 @@ def test_unknown_or_badly_named_aliases_are_refused(db: Database, s: Settings, v
 def _states(db: Database) -> dict[str, str]:
     with db.read_session() as session:
         return {v.id: v.state.value for v in session.scalars(select(ModelVersion))}
+
+
+def test_migration_0004_repairs_states_left_by_moves_that_skipped_the_registry(db: Database) -> None:
+    from learnloop.store import downgrade
+
+    downgrade(db.engine, "0003")
+    with db.session() as session:
+        session.add_all(
+            [
+                # `alias set` moved learnloop v1 -> v2 without touching states: v1 stayed serving.
+                ModelVersion(id="v0001", base_model="b", state="serving", ever_served=True, gate={}),
+                ModelVersion(id="v0002", base_model="b", state="candidate", ever_served=False, gate={}),
+                # Retention pruned v3's files and called it archived, though it never served.
+                ModelVersion(id="v0003", base_model="b", state="archived", ever_served=False, gate={}),
+                ModelVersion(
+                    id="v0004", base_model="b", state="archived", gate={"passed": False, "verdict": "reject"}
+                ),
+                # A split's candidate with a share serves.
+                ModelVersion(id="v0005", base_model="b", state="candidate", ever_served=False, gate={}),
+                Alias(name="learnloop", version_id="v0002", candidate_id="v0005", split=0.2, shadow=0.0),
+                AliasEvent(alias="learnloop", action="promote", from_version=None, to_version="v0001"),
+                AliasEvent(alias="learnloop", action="set", from_version="v0001", to_version="v0002"),
+            ]
+        )
+    db.upgrade()
+    assert _states(db) == {
+        "v0001": "archived",
+        "v0002": "serving",
+        "v0003": "candidate",
+        "v0004": "rejected",
+        "v0005": "serving",
+    }
+    with db.read_session() as session:
+        assert {v.id for v in session.scalars(select(ModelVersion)) if v.ever_served} == {
+            "v0001",
+            "v0002",
+            "v0005",
+        }
