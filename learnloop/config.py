@@ -68,6 +68,12 @@ class ServerSettings(_Section):
         description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: "
         "Bearer <token>' with this token or the write token; /healthz stays open but says only what is up.",
     )
+    feedback_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long feedback or scores naming an answer this server just served wait for "
+        "its trajectory when its write was delayed (it is written before the answer ends otherwise).",
+    )
 
 
 class CaptureSettings(_Section):
@@ -83,6 +89,12 @@ class CaptureSettings(_Section):
     )
     shutdown_timeout: float = Field(
         5.0, ge=0, description="Seconds allowed at interpreter exit to flush pending records."
+    )
+    unknown_trajectory_wait: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the writer keeps retrying feedback or scores that name a trajectory the "
+        "store does not have yet (one just served, still being written) before setting them aside.",
     )
     server_url: str | None = Field(
         None,
