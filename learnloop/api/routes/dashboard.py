@@ -363,7 +363,7 @@ def serving_ctx(db: Database, settings: Settings) -> dict[str, Any]:
 def quality_ctx(db: Database, settings: Settings) -> dict[str, Any]:
     since = utcnow() - dt.timedelta(days=60)
     with db.read_session() as s:
-        live = queries.live_reward_by_day(s, since)
+        live = queries.live_reward_by_day(s, since, settings.scoring)
         evaluations = queries.list_evaluations(s, limit=200)
         moves = queries.alias_events(s, limit=200, since=since)
     versions = sorted({r["version"] for r in live})
@@ -390,7 +390,7 @@ def quality_ctx(db: Database, settings: Settings) -> dict[str, Any]:
         for k in metric_keys[:3]
     ]
     markers = [
-        {"x": m["created_at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
+        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
         for m in moves
         if m["action"] != "split"
     ]
