@@ -68,6 +68,7 @@ def trajectory_record(
             model=call.model,
             tools=call.tools,
             metadata={**base_meta, **call.meta},
+            escape_unstorable=True,  # as wrap_openai records a call: model output is data
             **fields,
         )
         rec.messages.extend(call.request)

@@ -1,7 +1,7 @@
 """otlp calls: LLM call spans waiting for their trace's root span
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-07 18:45:00
 """
 
@@ -15,8 +15,8 @@ from sqlalchemy.dialects import postgresql
 
 import learnloop.store.models
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
