@@ -57,7 +57,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from learnloop.api.inbox import InboxWatcher
+        from learnloop.store.inbox import InboxWatcher
 
         app.state.inbox = None
         alerts = _start_alerts(db, settings)

@@ -37,7 +37,7 @@ from learnloop.watch import actions, pages, queries
 from learnloop.watch.status import build_status
 
 router = APIRouter(include_in_schema=False)
-HERE = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parents[2] / "watch"
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 TOKEN_COOKIE = "learnloop_token"
 # A custom header a cross-site form cannot send: cookie-authenticated writes need it (CSRF guard).
@@ -329,7 +329,7 @@ def versions_ctx(db: Database, settings: Settings) -> dict[str, Any]:
 
 
 def serving_ctx(db: Database, settings: Settings) -> dict[str, Any]:
-    from learnloop.api.metrics import serving_snapshot
+    from learnloop.watch.metrics import serving_snapshot
 
     since = utcnow() - dt.timedelta(days=14)
     with db.read_session() as s:

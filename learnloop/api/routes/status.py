@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from learnloop.api import metrics
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep
+from learnloop.watch import metrics
 from learnloop.watch.host import readiness
 from learnloop.watch.status import build_status
 
