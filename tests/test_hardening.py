@@ -527,7 +527,7 @@ def test_dashboard_auth_compares_bytes_too(settings: Settings, sqlite_db: Databa
     assert r.status_code == 401, r.text
     r = c.post(
         "/ui/aliases/learnloop/rollback",
-        headers={"Cookie": b"learnloop_token=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"},
+        headers={"Cookie": b"learnloop_session=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"},
     )
     assert r.status_code == 401, r.text
     r = c.post(

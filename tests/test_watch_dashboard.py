@@ -270,7 +270,7 @@ def test_job_stream_resumes_after_last_event_id(settings: Settings, db: Database
 
 
 def test_trajectory_pages_walk_the_whole_list_in_time_order(db: Database, seeded: dict) -> None:
-    from learnloop.watch.pages import TrajectoryFilter, search_trajectories
+    from learnloop.watch.trajectories import TrajectoryFilter, search_trajectories
 
     seen, cursor = [], None
     while True:

@@ -115,19 +115,20 @@ def _install_watch(app: FastAPI) -> None:
     """Status, /readyz, /metrics, the dashboard and its static files (the `watch` stage)."""
     from fastapi.staticfiles import StaticFiles
 
+    from learnloop import watch
     from learnloop.api.routes import dashboard, status
     from learnloop.api.timing import IngestTimingMiddleware
 
     app.add_middleware(IngestTimingMiddleware)
     app.include_router(status.router)
     app.include_router(dashboard.router)
-    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(watch.STATIC_DIR)), name="static")
 
 
 def _start_alerts(db: Database, settings: Settings) -> Any:
     if not settings.alerts:
         return None
-    from learnloop.watch.alerts import AlertService
+    from learnloop.watch import AlertService
 
     service = AlertService(db, settings)
     service.start()

@@ -20,7 +20,7 @@ from learnloop.errors import NotFound, ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
-from learnloop.watch.metrics import count_ingested
+from learnloop.watch import count_ingested
 from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])

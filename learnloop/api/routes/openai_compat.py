@@ -421,7 +421,7 @@ class _Call:
         if self.captured:
             return
         self.captured = True
-        from learnloop.watch.metrics import observe_serving
+        from learnloop.watch import observe_serving
 
         cut = any(f in (None, "cancelled") for f in self.finish)
         observe_serving(
