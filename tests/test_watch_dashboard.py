@@ -282,3 +282,42 @@ def test_trajectory_pages_walk_the_whole_list_in_time_order(db: Database, seeded
             break
     assert len(seen) == len(set(seen)) == 26
     assert seen == sorted(seen, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"rating": [1]}', b'{"thumbs": 1}', b'{"comment": {"a": 1}}', b'"text"', b""],
+)
+def test_feedback_form_refuses_bad_bodies_with_4xx(
+    settings: Settings, db: Database, seeded: dict, body: bytes
+) -> None:
+    c = client(settings, db)
+    r = c.post("/ui/trajectories/t-tool/feedback", content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and "feedback form" in r.json()["error"], (body, r.text)
+    with db.read_session() as s:
+        assert s.scalars(select(Feedback).where(Feedback.author == "dashboard")).first() is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/ui/live/job-" + "9" * 20,
+        "/ui/live/job-" + "1" * 11,
+        "/ui/live/job--1",
+        "/ui/live/job-x",
+        "/jobs/" + "9" * 20,
+        "/datasets/" + "9" * 20,
+        "/jobs?offset=" + "9" * 20,
+        "/rewards?days=0",
+    ],
+)
+def test_out_of_range_ids_are_422_on_both_databases(settings: Settings, db: Database, url: str) -> None:
+    r = client(settings, db).get(url)
+    assert r.status_code == 422, (url, r.status_code, r.text[:200])
+
+
+def test_unknown_ids_are_404(settings: Settings, db: Database, seeded: dict) -> None:
+    c = client(settings, db)
+    unknown = ("/ui/live/job-999999", "/jobs/999999", "/datasets/999999", "/versions/v9999", "/ui/live/nope")
+    for url in unknown:
+        assert c.get(url).status_code == 404, url

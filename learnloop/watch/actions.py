@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from learnloop.config import Settings
-from learnloop.errors import Conflict
+from learnloop.errors import Conflict, ValidationFailed, problems_text
 from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
 
@@ -103,7 +103,11 @@ def add_feedback(db: Database, settings: Settings, trajectory_id: str, body: byt
     from learnloop.store.records import parse_batch, parse_json_body
     from learnloop.store.trajectories import ingest
 
-    form = parse_json_body(_FEEDBACK_FORM, body, "feedback form")
+    try:
+        form = parse_json_body(_FEEDBACK_FORM, body, "feedback form")
+    except ValidationFailed as exc:
+        what = f"Invalid feedback form — {problems_text(exc.problems)}. Nothing was stored."
+        raise ValidationFailed(what, exc.problems) from None
     fb: dict[str, Any] = {"trajectory_id": trajectory_id, "author": "dashboard"}
     if form.thumbs:
         fb["thumbs"] = form.thumbs
