@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
-from watch_support import seed_loop, seed_trajectories
+from watch_support import chat, seed_loop, seed_trajectories
 
 from api_support import live_server
 from learnloop.api.app import create_app
@@ -321,3 +322,53 @@ def test_unknown_ids_are_404(settings: Settings, db: Database, seeded: dict) -> 
     unknown = ("/ui/live/job-999999", "/jobs/999999", "/datasets/999999", "/versions/v9999", "/ui/live/nope")
     for url in unknown:
         assert c.get(url).status_code == 404, url
+
+
+def test_a_page_per_version(settings: Settings, db: Database, seeded: dict) -> None:
+    c = client(settings, db)
+    for page in ("/versions", "/serving", "/quality", "/"):
+        assert 'href="/versions/v0002"' in c.get(page).text, page  # version ids link to their page
+    assert 'href="/versions/v0001"' in c.get(f"/jobs/{seeded['done']}").text  # the job made v0001
+    assert 'href="/versions/v0001"' in c.get(f"/datasets/{seeded['dataset']}").text  # trained on it
+
+    v2 = c.get("/versions/v0002").text
+    lineage = _section(v2, 'id="lineage"')
+    assert 'href="/versions/v0001"' in lineage and f'href="/datasets/{seeded["dataset"]}"' in lineage
+    assert 'href="/versions/v0003"' in lineage  # continued by
+    assert "reward +0.11 over v0001" in _section(v2, 'id="evaluations"')
+    history = _section(v2, 'id="alias-history"')
+    # A header, then the two moves that involved it: promoted to it, then split from it to v0003.
+    assert history.count("<tr>") == 3 and "gate passed" in history and ">split<" in history
+    files = _section(v2, 'id="files"')
+    assert "adapter_config.json" in files and "missing" not in files
+
+    v1 = c.get("/versions/v0001").text
+    assert "loss" in _section(v1, 'id="metrics"') and "0.9" in _section(v1, 'id="metrics"')
+    with db.read_session() as s:
+        folder = Path(s.get(ModelVersion, "v0001").artifact_path)
+    (folder / "adapter_config.json").unlink()
+    assert "missing" in _section(c.get("/versions/v0001").text, 'id="files"')
+
+
+def _section(html: str, marker: str) -> str:
+    """The card that starts at ``marker``, up to the next card."""
+    start = html.index(marker)
+    end = html.find('<div class="card"', start + 1)
+    return html[start : end if end != -1 else len(html)]
+
+
+def test_odd_trajectory_ids_link_to_their_page(settings: Settings, db: Database) -> None:
+    from learnloop.store.records import parse_batch
+    from learnloop.store.trajectories import ingest
+
+    odd = "imports/2024 #7?x=ü"
+    with db.session() as s:
+        ingest(s, parse_batch({"trajectories": [{"id": odd, "messages": chat("hi", "hello")}]}))
+    c = client(settings, db)
+    listing = c.get("/trajectories").text
+    href = listing.split('href="/trajectories/')[1].split('"')[0]
+    assert href == "imports%2F2024%20%237%3Fx%3D%C3%BC"
+    page = c.get("/trajectories/" + href)
+    assert page.status_code == 200 and "hello" in page.text
+    r = c.post(f"/ui/trajectories/{href}/feedback", json={"comment": "odd but fine"})
+    assert r.status_code == 200 and r.json()["feedback_inserted"] == 1
