@@ -42,17 +42,27 @@ def client(settings: Settings, db: Database) -> TestClient:
     return TestClient(create_app(settings, db, watch_inbox=False))
 
 
-def test_every_page_renders_empty(settings: Settings, db: Database) -> None:
+def template_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the dashboard's templates logged: a name used that the context lacks."""
+    return [r.getMessage() for r in caplog.records if r.name == "learnloop.dashboard"]
+
+
+def test_every_page_renders_empty(settings: Settings, db: Database, caplog: pytest.LogCaptureFixture) -> None:
     c = client(settings, db)
     for page in PAGES:
         r = c.get(page)
         assert r.status_code == 200, page
         assert "<nav>" in r.text and "/static/app.js" in r.text
+        live = c.get(f"/ui/live/{page.strip('/') or 'overview'}") if page != "/trajectories" else r
+        assert live.status_code == 200, page
+    assert template_warnings(caplog) == []
     assert "Nothing is training right now." in c.get("/").text
     assert "No model versions registered yet." in c.get("/versions").text
 
 
-def test_every_page_shows_the_rows(settings: Settings, db: Database, seeded: dict) -> None:
+def test_every_page_shows_the_rows(
+    settings: Settings, db: Database, seeded: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     c = client(settings, db)
     home = c.get("/").text
     for stage in ("capture", "score", "datasets", "train", "registry", "evaluate", "serve"):
@@ -80,6 +90,10 @@ def test_every_page_shows_the_rows(settings: Settings, db: Database, seeded: dic
     ds = c.get(f"/datasets/{seeded['dataset']}").text
     assert "no assistant answer" in ds and "suggested max length" in ds
     assert "sft-nightly" in c.get("/datasets").text
+    for page in (f"/versions/{v}" for v in ("v0001", "v0002", "v0003")):
+        assert c.get(page).status_code == 200
+    assert c.get(f"/ui/live/job-{seeded['running']}").status_code == 200
+    assert template_warnings(caplog) == []
 
 
 def _attr(html: str, start: str) -> str:

@@ -19,6 +19,16 @@ from learnloop.watch import queries, rewards, trajectories
 from learnloop.watch.status import build_status
 from learnloop.watch.views import Params, page
 
+_STATUS_PARTS = (
+    "loops",
+    "control",
+    "queue",
+    "running",
+    "running_job",
+    "serving",
+    "last_evaluation",
+    "trajectories",
+)
 STAGES = ("capture", "score", "datasets", "train", "registry", "evaluate", "serve")
 
 
@@ -30,7 +40,8 @@ def overview(db: Database, settings: Settings, params: Params) -> dict[str, Any]
     from learnloop.datasets import list_datasets
     from learnloop.registry import list_versions
 
-    status = build_status(db, settings, self_role="server")
+    # Without the database the status holds only the host's health: the other parts read as empty.
+    status = {**dict.fromkeys(_STATUS_PARTS), **build_status(db, settings, self_role="server")}
     extra: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
     if status["host"]["database"]["reachable"]:
