@@ -234,18 +234,16 @@ def alerts_check() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def alerts_list(limit: int) -> None:
     """The newest alert deliveries and their state."""
-    from sqlalchemy import select
+    import datetime as dt
 
     from learnloop.store.db import open_database
-    from learnloop.store.models import AlertDelivery
+    from learnloop.watch import recent_deliveries
 
-    db = open_database(settings())
-    with db.read_session() as s:
-        rows = list(s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit)))
-        for r in rows:
-            click.echo(
-                f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} "
-                f"(attempts {r.attempts})" + (f" — {r.error}" if r.error else "")
-            )
+    rows = recent_deliveries(open_database(settings()), limit)
+    for r in rows:
+        click.echo(
+            f"{dt.datetime.fromisoformat(r['created_at']):%Y-%m-%d %H:%M} {r['state']:8} {r['rule']}: "
+            f"{r['title']} (attempts {r['attempts']})" + (f" — {r['error']}" if r["error"] else "")
+        )
     if not rows:
         click.echo("no alerts yet")

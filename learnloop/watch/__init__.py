@@ -6,7 +6,7 @@ Public surface::
     build_status(db, settings)                    # GET /v1/status, `learnloop status`, the overview page
     readiness(db, settings)                       # GET /readyz
     render_metrics(db) / observe_ingest(...) / count_ingested(...) / observe_serving(...)   # /metrics
-    AlertService(db, settings), send_test(...), run_once(...)                               # alerts
+    AlertService(db, settings), send_test(...), run_once(...), recent_deliveries(db)       # alerts
     PAGES, Params, navigation(), live_page(name)  # the dashboard's pages (a registry of views)
     control_job / promote_version / rollback_alias / add_feedback             # its buttons
     JobFeed, EventFeed, resume_point, metric_points  # its live streams and charts
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from learnloop.watch import pages  # noqa: F401 - registers the dashboard's pages
 from learnloop.watch.actions import add_feedback, control_job, promote_version, rollback_alias
-from learnloop.watch.alerts import AlertService, run_once, send_test
+from learnloop.watch.alerts import AlertService, recent_deliveries, run_once, send_test
 from learnloop.watch.format import FILTERS, human_bytes
 from learnloop.watch.host import readiness
 from learnloop.watch.metrics import count_ingested, observe_ingest, observe_serving
@@ -51,6 +51,7 @@ __all__ = [
     "observe_serving",
     "promote_version",
     "readiness",
+    "recent_deliveries",
     "render_metrics",
     "resume_point",
     "rollback_alias",
