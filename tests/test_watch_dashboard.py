@@ -386,3 +386,34 @@ def test_odd_trajectory_ids_link_to_their_page(settings: Settings, db: Database)
     assert page.status_code == 200 and "hello" in page.text
     r = c.post(f"/ui/trajectories/{href}/feedback", json={"comment": "odd but fine"})
     assert r.status_code == 200 and r.json()["feedback_inserted"] == 1
+
+
+def test_a_page_is_one_template_and_one_registered_view(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jinja2
+
+    from learnloop import watch
+    from learnloop.api.routes import dashboard
+
+    monkeypatch.setattr(watch.views, "PAGES", dict(watch.PAGES))  # the registry as it was, afterwards
+    monkeypatch.setattr(watch, "PAGES", watch.views.PAGES)
+    env = dashboard.templates.env
+    templates = {
+        "probe.html": '{% extends "base.html" %}{% block content %}<h1>Probe</h1>'
+        '<div data-live="/ui/live/probe">{% include "_probe.html" %}</div>{% endblock %}',
+        "_probe.html": "<p>{{ answer }} from {{ days }}</p>",
+    }
+    monkeypatch.setattr(env, "loader", jinja2.ChoiceLoader([jinja2.DictLoader(templates), env.loader]))
+
+    @watch.views.page("probe", "/probe", title="Probe", live=True)
+    def probe(db: Database, settings: Settings, params: watch.Params) -> dict:
+        return {"answer": 42, "days": params.integer("days", 7, lo=1, hi=9)}
+
+    c = client(settings, db)
+    page = c.get("/probe?days=3")
+    assert page.status_code == 200 and "<p>42 from 3</p>" in page.text
+    assert '<a href="/probe" class="on">Probe</a>' in page.text  # in the navigation, current
+    assert '<a href="/probe" class="">Probe</a>' in c.get("/jobs").text
+    assert c.get("/ui/live/probe").text == "<p>42 from 7</p>"
+    assert c.get("/probe?days=10").status_code == 422

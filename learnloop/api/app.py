@@ -122,6 +122,7 @@ def _install_watch(app: FastAPI) -> None:
     app.add_middleware(IngestTimingMiddleware)
     app.include_router(status.router)
     app.include_router(dashboard.router)
+    app.include_router(dashboard.page_routes())
     app.mount("/static", StaticFiles(directory=str(watch.STATIC_DIR)), name="static")
 
 

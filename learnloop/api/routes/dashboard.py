@@ -94,10 +94,15 @@ def _page_route(p: watch.Page) -> Callable[..., Any]:
     return show
 
 
-for _p in watch.PAGES.values():
-    router.add_api_route(
-        _p.path, _page_route(_p), methods=["GET"], response_class=HTMLResponse, dependencies=[DashboardPage]
-    )
+def page_routes() -> APIRouter:
+    """One GET route per page registered in ``learnloop.watch``, built with each app, so every page
+    registered by then is mounted."""
+    pages = APIRouter(include_in_schema=False)
+    for p in watch.PAGES.values():
+        pages.add_api_route(
+            p.path, _page_route(p), methods=["GET"], response_class=HTMLResponse, dependencies=[DashboardPage]
+        )
+    return pages
 
 
 @router.get("/ui/live/{name}", response_class=HTMLResponse, dependencies=[DashboardRead])
