@@ -417,3 +417,12 @@ def test_a_page_is_one_template_and_one_registered_view(
     assert '<a href="/probe" class="">Probe</a>' in c.get("/jobs").text
     assert c.get("/ui/live/probe").text == "<p>42 from 7</p>"
     assert c.get("/probe?days=10").status_code == 422
+
+
+def test_the_overview_says_the_database_is_down(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    down = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    c = TestClient(create_app(settings, down, watch_inbox=False))
+    for url in ("/", "/ui/live/overview"):
+        r = c.get(url)
+        assert r.status_code == 200 and "unreachable" in r.text, url
+    assert template_warnings(caplog) == []
