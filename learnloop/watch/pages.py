@@ -38,16 +38,15 @@ STAGES = ("capture", "score", "datasets", "train", "registry", "evaluate", "serv
 @page("overview", "/", title="Overview", live=True)
 def overview(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
     from learnloop.datasets import list_datasets
-    from learnloop.registry import list_versions
 
     # Without the database the status holds only the host's health: the other parts read as empty.
     status = {**dict.fromkeys(_STATUS_PARTS), **build_status(db, settings, self_role="server")}
     extra: dict[str, Any] = {}
     events: list[dict[str, Any]] = []
     if status["host"]["database"]["reachable"]:
-        versions = list_versions(db)
-        extra["latest_version"] = versions[0].as_dict() if versions else None
         with db.read_session() as s:
+            latest = queries.versions(s, limit=1)
+            extra["latest_version"] = latest[0] if latest else None
             ds = list_datasets(s, limit=1)
             extra["latest_dataset"] = (
                 {"id": ds[0].id, "kind": ds[0].kind, "count": ds[0].count} if ds else None
@@ -203,8 +202,10 @@ def dataset(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
 
     dataset_id = params.row_id("dataset_id")
     with db.read_session() as s:
-        ds = _dataset(get_dataset(s, dataset_id).as_dict())
-    return {"ds": ds, "versions": [v for v in _versions(db) if v["dataset_id"] == dataset_id]}
+        return {
+            "ds": _dataset(get_dataset(s, dataset_id).as_dict()),
+            "versions": queries.versions(s, dataset_id=dataset_id),
+        }
 
 
 def _dataset(ds: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +254,7 @@ def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
             raise NotFound(f"No job {job_id}.")
         series = queries.metric_series(s, job_id)
         events = queries.job_events(s, job_id, limit=20)
-    versions = [v for v in _versions(db) if v["job_id"] == job_id]
+        versions = queries.versions(s, job_id=job_id)
     pts = series["points"]
     return {
         "job": found,
@@ -278,17 +279,10 @@ def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
 # -- versions, serving, quality ------------------------------------------------------------------
 
 
-def _versions(db: Database, limit: int = 200) -> list[dict[str, Any]]:
-    """Versions as the registry shows them, newest first."""
-    from learnloop.registry import list_versions
-
-    return [v.as_dict() for v in list_versions(db)[:limit]]
-
-
 @page("versions", "/versions", title="Versions", live=True)
 def versions(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
-    rows = _versions(db)
     with db.read_session() as s:
+        rows = queries.versions(s, limit=200)
         evaluations = queries.list_evaluations(s, limit=200)
         serving = queries.serving(s)
         history = queries.alias_events(s, limit=30)

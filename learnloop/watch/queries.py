@@ -217,6 +217,21 @@ def recent_losses(session: Session, job_id: int, window: int) -> list[tuple[int,
 # -- versions, evaluations, serving -----------------------------------------------------------
 
 
+def versions(
+    session: Session, *, limit: int = 200, job_id: int | None = None, dataset_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Versions as the registry shows them (``VersionInfo.as_dict``), newest first; those a job made
+    or a dataset trained when given."""
+    from learnloop.registry.versions import version_dicts
+
+    q = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit)
+    if job_id is not None:
+        q = q.where(ModelVersion.job_id == job_id)
+    if dataset_id is not None:
+        q = q.where(ModelVersion.dataset_id == dataset_id)
+    return version_dicts(session, session.scalars(q))
+
+
 def child_versions(session: Session, version_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The versions trained on from ``version_id`` (id and state), oldest first."""
     rows = session.execute(
