@@ -12,6 +12,8 @@ import math
 from typing import Any
 from urllib.parse import quote
 
+from markupsafe import Markup, escape
+
 from learnloop.store.models import utcnow
 
 
@@ -70,12 +72,21 @@ def path_segment(value: Any) -> str:
     return quote(str(value), safe="")
 
 
+def version_link(version_id: str | None, bold: bool = False) -> Markup:
+    """A version id as a link to its page; the base model (None or "base") as plain text."""
+    if not version_id or version_id == "base":
+        return Markup("base")
+    text = Markup("<b>%s</b>") % version_id if bold else escape(version_id)
+    return Markup('<a href="/versions/%s" class="version-link">%s</a>') % (path_segment(version_id), text)
+
+
 FILTERS = {
     "bytes": human_bytes,
     "num": number,
     "secs": duration,
     "when": when,
     "segment": path_segment,
+    "vlink": version_link,
     # For data attributes: JSON with whatever is not JSON (times) as text.
     "tojson_attr": lambda v: json.dumps(v, default=str),
 }
