@@ -426,3 +426,22 @@ def test_the_overview_says_the_database_is_down(settings: Settings, caplog: pyte
         r = c.get(url)
         assert r.status_code == 200 and "unreachable" in r.text, url
     assert template_warnings(caplog) == []
+
+
+def test_a_version_that_is_gone_is_named_not_linked(settings: Settings, db: Database, seeded: dict) -> None:
+    """Served traffic and this process's counters outlive a deleted version: no link to a 404 then."""
+    from learnloop.store.records import parse_batch
+    from learnloop.store.trajectories import ingest
+    from learnloop.watch import observe_serving
+
+    served = {"messages": chat("hi", "hello"), "source": "served", "model_version": "v0099"}
+    with db.session() as s:
+        ingest(s, parse_batch({"trajectories": [{**served, "id": "t-gone"}]}))
+    observe_serving("v0098", 3, 0.1)
+    c = client(settings, db)
+    serving = c.get("/serving").text
+    assert "v0099" in serving and "v0098" in serving
+    assert "/versions/v0099" not in serving and "/versions/v0098" not in serving
+    assert 'href="/versions/v0002"' in serving  # a version that exists is still linked
+    page = c.get("/trajectories/t-gone").text
+    assert "v0099" in page and "/versions/v0099" not in page

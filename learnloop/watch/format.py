@@ -12,6 +12,8 @@ import math
 from typing import Any
 from urllib.parse import quote
 
+from jinja2 import pass_context
+from jinja2.runtime import Context
 from markupsafe import Markup, escape
 
 from learnloop.store.models import utcnow
@@ -72,11 +74,16 @@ def path_segment(value: Any) -> str:
     return quote(str(value), safe="")
 
 
-def version_link(version_id: str | None, bold: bool = False) -> Markup:
-    """A version id as a link to its page; the base model (None or "base") as plain text."""
+@pass_context
+def version_link(context: Context, version_id: str | None, bold: bool = False) -> Markup:
+    """A version id as a link to its page; the base model (None or "base") as plain text, and so is a
+    version the page's ``known_versions`` lacks (deleted: traffic and counters outlive it)."""
     if not version_id or version_id == "base":
         return Markup("base")
     text = Markup("<b>%s</b>") % version_id if bold else escape(version_id)
+    known = context.get("known_versions")
+    if known is not None and version_id not in known:
+        return text
     return Markup('<a href="/versions/%s" class="version-link">%s</a>') % (path_segment(version_id), text)
 
 

@@ -54,9 +54,11 @@ def overview(db: Database, settings: Settings, params: Params) -> dict[str, Any]
             extra["scored_share"] = rewards.scored_share(s, utcnow() - dt.timedelta(days=7))
             events = queries.events_after(s, None, limit=12)
             events.reverse()
+            extra["known_versions"] = queries.version_ids(s)
     loops = status.get("loops") or []
     countdowns = [lp["next_check_in_s"] for lp in loops if lp.get("next_check_in_s") is not None]
     return {
+        "known_versions": extra.get("known_versions", set()),
         "status": status,
         "stages": _stage_states(status, extra),
         "events": events,
@@ -73,6 +75,7 @@ def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[st
     serving = status.get("serving") or []
     latest = extra.get("latest_version")
     dataset = extra.get("latest_dataset")
+    known = extra.get("known_versions", set())
     out = []
 
     def add(name: str, state: str, detail: str, href: str) -> None:
@@ -122,7 +125,7 @@ def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[st
             "evaluate",
             "ok" if ev["verdict"] == "promote" else ("error" if ev["verdict"] == "reject" else "warn"),
             f"{ev['candidate_id']}: {ev['verdict']}",
-            f"/versions/{ev['candidate_id']}",
+            f"/versions/{ev['candidate_id']}" if ev["candidate_id"] in known else "/versions",
         )
     else:
         add("evaluate", "idle", "no evaluations", "/versions")
@@ -157,9 +160,10 @@ def trajectory_list(db: Database, settings: Settings, params: Params) -> dict[st
 def trajectory(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
     with db.read_session() as s:
         t = trajectories.trajectory_detail(s, params.key or "")
+        known = queries.version_ids(s)
     if t is None:
         raise NotFound(f"No trajectory {params.key!r}.")
-    return {"t": t}
+    return {"t": t, "known_versions": known}
 
 
 @page("rewards", "/rewards", title="Rewards", live=True)
@@ -255,12 +259,14 @@ def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         series = queries.metric_series(s, job_id)
         events = queries.job_events(s, job_id, limit=20)
         versions = queries.versions(s, job_id=job_id)
+        known = queries.version_ids(s)
     pts = series["points"]
     return {
         "job": found,
         "series": series,
         "job_events": events,
         "versions": versions,
+        "known_versions": known,
         "loss_chart": {
             "type": "line",
             "empty": "No steps recorded yet.",
@@ -286,6 +292,7 @@ def versions(db: Database, settings: Settings, params: Params) -> dict[str, Any]
         evaluations = queries.list_evaluations(s, limit=200)
         serving = queries.serving(s)
         history = queries.alias_events(s, limit=30)
+        known = queries.version_ids(s)
     by_id = {v["id"]: v for v in rows}
     # Lineage: each version under its parent, depth-first, newest branches first.
     children: dict[str | None, list[dict[str, Any]]] = {}
@@ -309,6 +316,7 @@ def versions(db: Database, settings: Settings, params: Params) -> dict[str, Any]
         "serving": serving,
         "serving_ids": {a["version_id"] for a in serving},
         "history": history,
+        "known_versions": known,
     }
 
 
@@ -335,7 +343,9 @@ def version(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         evaluations = queries.list_evaluations(s, limit=100, candidate_ids=[v["id"]])
         serving = [a for a in queries.serving(s) if v["id"] in (a["version_id"], a["candidate"])]
         children = queries.child_versions(s, v["id"])
+        known = queries.version_ids(s)
     return {
+        "known_versions": known,
         "v": v,
         "chain": chain,
         "parents": parents,
@@ -367,6 +377,7 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
     with db.read_session() as s:
         traffic = queries.served_traffic(s, since)
         aliases = queries.serving(s)
+        known = queries.version_ids(s)
     days = sorted({r["day"] for r in traffic["per_day"]})
     counts = {(r["day"], r["version"]): r["requests"] for r in traffic["per_day"]}
     series = [
@@ -378,6 +389,7 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         "traffic": traffic,
         "chart": {"type": "bars", "x": days, "series": series},
         "process": serving_snapshot(),
+        "known_versions": known,
     }
 
 
@@ -388,6 +400,7 @@ def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         live = queries.live_reward_by_day(s, since)
         evaluations = queries.list_evaluations(s, limit=200)
         moves = [m for m in queries.alias_events(s, limit=200, since=since) if m["action"] != "split"]
+        known = queries.version_ids(s)
     series = [
         {
             "name": f"live reward · {v}",
@@ -416,4 +429,5 @@ def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         "live": live,
         "moves": moves,
         "evaluations": evaluations[:20],
+        "known_versions": known,
     }

@@ -232,6 +232,11 @@ def versions(
     return version_dicts(session, session.scalars(q))
 
 
+def version_ids(session: Session) -> set[str]:
+    """Every registered version's id (what a page may link to)."""
+    return set(session.scalars(select(ModelVersion.id)))
+
+
 def child_versions(session: Session, version_id: str, limit: int = 50) -> list[dict[str, Any]]:
     """The versions trained on from ``version_id`` (id and state), oldest first."""
     rows = session.execute(
