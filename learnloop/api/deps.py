@@ -245,6 +245,13 @@ def ingest_slot(request: Request) -> Iterator[None]:
         gate.release()
 
 
+def request_actor(request: Request, given: str | None) -> str:
+    """Who a write came from, for the alias log and events: ``api-token`` when a token guards
+    writes (else ``api``), with the name the client gave after a colon."""
+    who = "api-token" if request.app.state.settings.api_token is not None else "api"
+    return f"{who}:{given}" if given else who
+
+
 def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
     """Marks a route as protected by serving.api_key (the route checks the key itself)."""
 

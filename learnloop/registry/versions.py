@@ -413,7 +413,8 @@ def apply_retention(db: Database, settings: Settings) -> list[str]:
     """Prune the files of versions beyond the newest ``registry.keep_versions``.
 
     Every version that ever served, alias targets and loop heads keep theirs. A pruned version
-    keeps its record (lineage, metrics, hashes), state ``archived``, with ``artifact_path`` cleared.
+    keeps its record (lineage, metrics, hashes) and its state (``candidate`` or ``rejected``: it never
+    served), with ``artifact_path`` cleared: it can no longer be served or restored.
     Files whose hashes no longer match are left alone and reported as an event.
     """
     keep = settings.registry.keep_versions
@@ -446,8 +447,6 @@ def apply_retention(db: Database, settings: Settings) -> list[str]:
                 continue
             fs.remove_tree(folder)
             row.artifact_path = None
-            if row.state != VersionState.rejected:
-                row.state = VersionState.archived
             record_event(
                 session,
                 "version.deleted",

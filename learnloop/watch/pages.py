@@ -397,7 +397,7 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
 def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
     since = utcnow() - dt.timedelta(days=60)
     with db.read_session() as s:
-        live = queries.live_reward_by_day(s, since)
+        live = queries.live_reward_by_day(s, since, settings.scoring)
         evaluations = queries.list_evaluations(s, limit=200)
         moves = [m for m in queries.alias_events(s, limit=200, since=since) if m["action"] != "split"]
         known = queries.version_ids(s)
@@ -421,7 +421,7 @@ def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         for k in _metric_keys(evaluations)[:3]
     ]
     markers = [
-        {"x": m["created_at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
+        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
         for m in moves
     ]
     return {

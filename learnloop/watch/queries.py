@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from learnloop.store.models import (
     Alias,
-    AliasEvent,
     Control,
     Evaluation,
     Event,
@@ -298,22 +297,10 @@ def serving(session: Session) -> list[dict[str, Any]]:
 def alias_events(
     session: Session, limit: int = 200, since: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
-    q = select(AliasEvent).order_by(AliasEvent.id.desc()).limit(limit)
-    if since is not None:
-        q = q.where(AliasEvent.created_at >= since)
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "created_at": _iso(e.created_at),
-        }
-        for e in session.scalars(q)
-    ]
+    """The alias log, newest first, as the registry shows every entry (``registry.log_entry``)."""
+    from learnloop.registry.aliases import alias_log
+
+    return alias_log(session, since=since, limit=limit)
 
 
 def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
@@ -343,20 +330,36 @@ def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
     return {"per_version": per_version, "per_day": per_day}
 
 
-def live_reward_by_day(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    """Mean score on served traffic per day and version (every score aspect averaged together)."""
+def live_reward_by_day(session: Session, since: dt.datetime, scoring: Any = None) -> list[dict[str, Any]]:
+    """Mean reward of served traffic per day and version: each trajectory's reward under scoring's one
+    rule (``combine_scores``, explicit-first; ``scoring``: the ``[scoring]`` settings), then averaged,
+    so the line compares with the evaluated reward the gate saw."""
+    from learnloop.scoring.combine import CombineRule, combine_scores
+
+    rule = CombineRule.of(scoring)
     day = _day(session, Trajectory.created_at)
     version = func.coalesce(Trajectory.model_version, "base")
     q = (
-        select(day, version, func.avg(Score.value), func.count(func.distinct(Trajectory.id)))
+        select(Trajectory.id, day, version, Score.name, Score.value, Score.source)
         .join(Score, Score.trajectory_id == Trajectory.id)
         .where(Trajectory.source == Source.served, Trajectory.created_at >= since)
-        .group_by(day, version)
-        .order_by(day)
+        .order_by(Score.created_at, Score.id)
     )
+    scores: dict[str, dict[str, tuple[float, str]]] = {}
+    place: dict[str, tuple[str, str]] = {}
+    for tid, d, v, name, value, source in session.execute(q):
+        scores.setdefault(tid, {})[name] = (value, _val(source))  # newer rows overwrite older
+        place[tid] = (str(d), v)
+    sums: dict[tuple[str, str], list[float]] = {}
+    for tid, aspects in scores.items():
+        reward = combine_scores(aspects, rule)
+        if reward is not None:
+            acc = sums.setdefault(place[tid], [0.0, 0])
+            acc[0] += reward
+            acc[1] += 1
     return [
-        {"day": str(d), "version": v, "reward_mean": _num(m), "trajectories": n}
-        for d, v, m, n in session.execute(q)
+        {"day": d, "version": v, "reward_mean": _num(total / n), "trajectories": int(n)}
+        for (d, v), (total, n) in sorted(sums.items())
     ]
 
 
