@@ -421,8 +421,7 @@ def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         for k in _metric_keys(evaluations)[:3]
     ]
     markers = [
-        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]}
-        for m in moves
+        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]} for m in moves
     ]
     return {
         "chart": {"type": "line", "x_is_date": True, "series": series + eval_series, "markers": markers},
