@@ -24,7 +24,6 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
-from learnloop.api.metrics import REGISTRY, count_ingested
 from learnloop.capture.otlp import (
     Mapped,
     decode_json,
@@ -36,6 +35,7 @@ from learnloop.capture.otlp import (
 from learnloop.config import Settings
 from learnloop.errors import LearnloopError, Overloaded, StoreUnavailable, Unparsable, ValidationFailed
 from learnloop.store.db import Database
+from learnloop.watch.metrics import REGISTRY, count_ingested
 
 log = logging.getLogger("learnloop.api")
 
