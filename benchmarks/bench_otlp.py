@@ -247,15 +247,20 @@ def main() -> None:
             if not runs[modes[0]]:
                 continue
             base_wall = spans / statistics.median(w for w, _ in runs[modes[0]])
-            base_cpu = spans / statistics.median(c for _, c in runs[modes[0]])
+            # CPU times tick every 10 ms: a run shorter than a tick (a --quick run) has no CPU figure.
+            base_cpu = _rate(spans, statistics.median(c for _, c in runs[modes[0]]))
             for mode in modes:
                 wall = spans / statistics.median(w for w, _ in runs[mode])
-                cpu = spans / statistics.median(c for _, c in runs[mode])
+                cpu = _rate(spans, statistics.median(c for _, c in runs[mode]))
                 each = " ".join(f"{spans / w:.0f}" for w, _ in runs[mode])
-                print(
-                    f"{name:<11} {mode:<20} {wall:>8.0f} {wall / base_wall:>8.2f}x "
-                    f"{cpu:>12.0f} {cpu / base_cpu:>8.2f}x  {each}"
+                cpu_text = (
+                    f"{cpu:>12.0f} {cpu / base_cpu:>8.2f}x" if cpu and base_cpu else f"{'-':>12} {'-':>9}"
                 )
+                print(f"{name:<11} {mode:<20} {wall:>8.0f} {wall / base_wall:>8.2f}x {cpu_text}  {each}")
+
+
+def _rate(spans: int, seconds: float) -> float | None:
+    return spans / seconds if seconds > 0 else None
 
 
 if __name__ == "__main__":
