@@ -105,6 +105,9 @@ def create_app(
     app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
     app.include_router(openai_compat.router)
     app.include_router(aliases.router)
+    from learnloop.api.routes import otlp
+
+    app.include_router(otlp.router)
     _install_watch(app)
     _install_error_handlers(app)
     install_openapi(app, settings)
