@@ -136,8 +136,8 @@ def test_parse_trajectory_names_the_field(levels: int) -> None:
 
 
 def test_import_and_the_inbox_report_deep_lines(settings: Settings, db: Database, tmp_path: Path) -> None:
-    from learnloop.api.inbox import InboxWatcher
     from learnloop.cli.main import cli
+    from learnloop.store.inbox import InboxWatcher
 
     lines = [line("ok", 1)] + [line(f"d{n}", n) for n in (100, 300, 995, 5000)]
     src = tmp_path / "deep.jsonl"

@@ -320,20 +320,24 @@ class Scan:
     passed: list[Passed]
 
 
-def scan_jsonl(path: Path | str) -> Scan:
-    """The files an import of ``path`` reads: the file itself, or a folder's ``*.jsonl`` files in
-    name order, with every other entry of the folder and the reason it is not read.
+def scan_files(
+    path: Path | str,
+    suffixes: tuple[str, ...] = (".jsonl",),
+    what: str = "*.jsonl files (one trajectory per line)",
+) -> Scan:
+    """The files an import of ``path`` reads: the file itself, or a folder's files named with one of
+    ``suffixes``, in name order, with every other entry of the folder and the reason it is not read.
 
     As the inbox does, a folder's entries are never followed out of it: a symbolic link is read
     only when it points at a regular file inside the folder (as that file); a link out of the
-    folder, a dangling link, a sub-folder, a pipe, a socket or a device named ``*.jsonl`` is refused.
+    folder, a dangling link, a sub-folder, a pipe, a socket or a device so named is refused.
     A file named on the command line is the user's choice: a link to it is followed, but it must
     be a regular file (a pipe cannot be read twice, as validation then import need).
     """
     path = Path(path)
     if not path.is_dir():
         if not path.exists():
-            raise NotFound(f"{path} does not exist. Pass a .jsonl file or a folder of them.")
+            raise NotFound(f"{path} does not exist. Pass a file or a folder of them.")
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
             raise ValidationFailed(
@@ -342,11 +346,12 @@ def scan_jsonl(path: Path | str) -> Scan:
             )
         return Scan([path.resolve() if path.is_symlink() else path], [])
     folder = path.resolve()
+    names = " or ".join(f"*{s}" for s in suffixes)
     files: dict[Path, Path] = {}  # by real path: a link and its target in the folder are one file
     passed: list[Passed] = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         entry_path = Path(entry.path)
-        named = entry.name.endswith(".jsonl") and not entry.name.startswith(".")
+        named = entry.name.endswith(suffixes) and not entry.name.startswith(".")
         target, reason = _folder_entry(entry, folder)
         if target is not None and named:
             first = files.setdefault(target.resolve(), target)
@@ -354,13 +359,18 @@ def scan_jsonl(path: Path | str) -> Scan:
                 passed.append(Passed(entry_path, f"the same file as {first.name} (read once, as that file)"))
         elif reason is None:
             hidden = entry.name.startswith(".")
-            why = "hidden (its name starts with '.')" if hidden else "not named *.jsonl"
+            why = "hidden (its name starts with '.')" if hidden else f"not named {names}"
             passed.append(Passed(entry_path, why))
         else:
             passed.append(Passed(entry_path, reason, refused=named))
     if not files and not any(p.refused for p in passed):
-        raise NotFound(f"{path} holds no *.jsonl files (one trajectory per line).")
+        raise NotFound(f"{path} holds no {what}.")
     return Scan(list(files.values()), passed)
+
+
+def scan_jsonl(path: Path | str) -> Scan:
+    """``scan_files`` for JSONL: a file, or a folder's ``*.jsonl`` files."""
+    return scan_files(path)
 
 
 def _folder_entry(entry: os.DirEntry[str], folder: Path) -> tuple[Path | None, str | None]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from learnloop.api.deps import ReadAuth, RowIdPath, WriteAuth, get_db, get_settings
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
+from learnloop.daemon.queue import JobAction
 from learnloop.store.db import Database
 from learnloop.store.models import JobState
 from learnloop.store.records import JsonInt, parse_json_body
@@ -134,9 +135,7 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
         _409="The job's state does not allow the action (e.g. already finished).",
     ),
 )
-def control_job(
-    job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db
-) -> dict[str, Any]:
+def control_job(job_id: RowIdPath, action: JobAction, db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.control(db, job_id, action, actor="api").as_dict(brief=True)

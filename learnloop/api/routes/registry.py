@@ -15,17 +15,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
+from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth, request_actor
 from learnloop.api.openapi import error_responses, request_body
-from learnloop.registry.export import EXPORT_NAME, OLLAMA_NAME
+from learnloop.registry import EXPORT_NAME, OLLAMA_NAME
 from learnloop.store.records import JsonBool, JsonInt, parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["registry"])
-
-
-def _actor(request: Request, given: str | None) -> str:
-    who = "api-token" if request.app.state.settings.api_token is not None else "api"
-    return f"{who}:{given}" if given else who
 
 
 class _Body(BaseModel):
@@ -64,12 +59,6 @@ class MoveIn(_Body):
     actor: str | None = None
 
 
-class RollbackIn(_Body):
-    alias: str = "learnloop"
-    reason: str | None = None
-    actor: str | None = None
-
-
 class RestoreIn(_Body):
     loop: str | None = None
     serve: JsonBool = False
@@ -105,7 +94,6 @@ def _body(model: type[BaseModel]) -> tuple[TypeAdapter[Any], dict[str, Any]]:
 
 _REGISTER, _REGISTER_DOC = _body(RegisterIn)
 _MOVE, _MOVE_DOC = _body(MoveIn)
-_ROLLBACK, _ROLLBACK_DOC = _body(RollbackIn)
 _RESTORE, _RESTORE_DOC = _body(RestoreIn)
 _EVALUATE, _EVALUATE_DOC = _body(EvaluateIn)
 _EXPORT, _EXPORT_DOC = _body(ExportIn)
@@ -196,7 +184,7 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
             loop=body.loop,
             name=body.name,
             note=body.note,
-            actor=_actor(request, body.actor),
+            actor=request_actor(request, body.actor),
         )
         return get_version(db, vid).as_dict()
 
@@ -206,7 +194,7 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
 def _adapter_exists(adapter_dir: str) -> None:
     """404 when the request names a folder holding no adapter (a path is a resource the request names)."""
     from learnloop.errors import NotFound, ValidationFailed
-    from learnloop.registry.versions import find_adapter
+    from learnloop.registry import find_adapter
 
     try:
         find_adapter(Path(adapter_dir))
@@ -240,28 +228,11 @@ async def promote_route(
         settings,
         version_id,
         alias=body.alias,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
         reason=body.reason,
         evaluation_id=body.evaluation_id,
         force=body.force,
     )
-
-
-@router.post(
-    "/aliases/rollback",
-    **_WRITE,
-    openapi_extra=_ROLLBACK_DOC,
-    responses=error_responses(409, _409="Nothing earlier to roll back to, or that version is gone."),
-)
-async def rollback_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
-    """Serve what the alias served before (repeated: v3 -> v2 -> v1 -> base)."""
-    from learnloop.registry import rollback
-
-    body: RollbackIn = await _read(request, _ROLLBACK)
-    target = await run_in_threadpool(
-        rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason
-    )
-    return {"alias": body.alias, "version_id": target}
 
 
 @router.post(
@@ -290,7 +261,7 @@ async def restore_route(
         serve=body.serve,
         force=body.force,
         reason=body.reason,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
     )
     return restored.as_dict()
 
@@ -310,7 +281,7 @@ def delete_route(
 ) -> dict[str, Any]:
     from learnloop.registry import delete_version
 
-    delete_version(db, settings, version_id, force=force, actor=_actor(request, None))
+    delete_version(db, settings, version_id, force=force, actor=request_actor(request, None))
     return {"deleted": version_id}
 
 
@@ -327,8 +298,7 @@ async def export_route(version_id: str, db: DbDep, settings: SettingsDep, reques
     (blocks until done); ``out`` names the folder there.
 
     400 names what cannot be exported (an unsupported architecture, an unknown chat format)."""
-    from learnloop.registry import export_version
-    from learnloop.registry.export import named_export_dir
+    from learnloop.registry import export_version, named_export_dir
 
     body: ExportIn = await _read(request, _EXPORT)
     result = await run_in_threadpool(
@@ -342,29 +312,6 @@ async def export_route(version_id: str, db: DbDep, settings: SettingsDep, reques
         ollama_name=body.ollama_name,
     )
     return result.as_dict()
-
-
-@router.get("/aliases/history", **_READ)
-def alias_history_route(
-    db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)
-) -> list[dict[str, Any]]:
-    """The append-only alias log, newest first."""
-    from learnloop.store.aliases import alias_history
-
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "evaluation_id": e.evaluation_id,
-            "at": e.created_at.isoformat(),
-        }
-        for e in alias_history(db, alias, limit)
-    ]
 
 
 @router.get("/evaluations", **_READ)
@@ -382,11 +329,15 @@ def list_evaluations_route(
     responses=error_responses(404, _404="Neither an evaluation id nor a version id with an evaluation."),
 )
 def compare_route(
-    db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)
+    db: DbDep,
+    settings: SettingsDep,
+    a: str = Query(...),
+    b: str = Query(...),
+    top: int = Query(5, ge=1, le=100),
 ) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
-    return compare_evaluations(db, a, b, top=top)
+    return compare_evaluations(db, a, b, top=top, settings=settings)
 
 
 @router.get(
