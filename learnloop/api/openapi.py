@@ -234,16 +234,16 @@ def state_text_rules(doc: dict[str, Any]) -> None:
             node.setdefault("propertyNames", {"pattern": NO_NUL})
             if node["additionalProperties"] in (True, {}):
                 node["additionalProperties"] = {"$ref": _REF.format(model=JSON_VALUE)}
-        for key in ("items", "additionalProperties", "not"):
+        for key in ("items", "additionalProperties"):  # never into "not": a rule there would flip
             if isinstance(node.get(key), dict):
                 if node[key] == {}:
                     node[key] = {"$ref": _REF.format(model=JSON_VALUE)}
                 visit(node[key])
-        for key in ("properties",):
-            for name, sub in list((node.get(key) or {}).items()):
-                if sub == {} or set(sub) <= {"title", "description", "default"}:  # Any
-                    node[key][name] = {**sub, "$ref": _REF.format(model=JSON_VALUE)}
-                visit(node[key][name])
+        properties = node.get("properties") or {}
+        for name, sub in list(properties.items()):
+            if sub == {} or set(sub) <= {"title", "description", "default"}:  # Any
+                properties[name] = {**sub, "$ref": _REF.format(model=JSON_VALUE)}
+            visit(properties[name])
         for key in ("anyOf", "allOf", "oneOf"):
             visit(node.get(key))
 
