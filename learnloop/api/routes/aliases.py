@@ -3,9 +3,9 @@ log. Every write is one call of the registry's ``move`` (servers converge within
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -14,6 +14,11 @@ from learnloop.api.openapi import error_responses, request_body
 from learnloop.store.records import JsonBool, parse_json_body
 
 router = APIRouter(prefix="/v1/aliases", tags=["serving"])
+
+# The alias name rule (registry.aliases.check_alias_name, which enforces it), said in the document.
+ALIAS_NAME_RULE = {"pattern": r"^(?!base$)(?!v[0-9]+$)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+AliasName = Annotated[str, Field(json_schema_extra=ALIAS_NAME_RULE)]
+AliasPath = Annotated[str, Path(json_schema_extra=ALIAS_NAME_RULE)]
 
 
 class AliasMove(BaseModel):
@@ -52,7 +57,7 @@ class AliasSplit(BaseModel):
 
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    alias: str = "learnloop"
+    alias: AliasName = "learnloop"
     reason: str | None = None
     actor: str | None = None
 
@@ -119,7 +124,7 @@ async def rollback(db: DbDep, settings: SettingsDep, request: Request) -> dict[s
         404, 409, 422, _404="No model version by that id, or no alias by that name.", _409=_REFUSED
     ),
 )
-async def move(name: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def move(name: AliasPath, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Point the alias at a version; every server loads it, then switches. The gate applies as for promote."""
     from learnloop.registry import move
     from learnloop.store.aliases import get_alias
@@ -151,7 +156,7 @@ async def move(name: str, request: Request, db: DbDep, settings: SettingsDep) ->
         404, 409, 422, _404="No model version by that id, or no alias by that name.", _409=_REFUSED
     ),
 )
-async def split(name: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def split(name: AliasPath, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Let a candidate answer a share of the alias's traffic (sticky per user), or shadow it unseen.
     A share for a version the gate has not passed needs force, as promote does."""
     from learnloop.registry import move

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth, request_actor
 from learnloop.api.openapi import error_responses, request_body
+from learnloop.api.routes.aliases import AliasName
 from learnloop.registry import EXPORT_NAME, OLLAMA_NAME
 from learnloop.store.records import JsonBool, JsonInt, parse_json_body
 
@@ -52,7 +53,7 @@ class RegisterIn(_Body):
 
 
 class MoveIn(_Body):
-    alias: str = "learnloop"
+    alias: AliasName = "learnloop"
     reason: str | None = None
     evaluation_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
     force: JsonBool = False
