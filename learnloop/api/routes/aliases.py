@@ -17,7 +17,9 @@ router = APIRouter(prefix="/v1/aliases", tags=["serving"])
 
 
 class AliasMove(BaseModel):
-    version: str = Field(min_length=1, description="A version id, or 'base'.")
+    version: str = Field(
+        min_length=1, description="A version id, 'base', or 'upstream:<name>' (an [[upstreams]] provider)."
+    )
     reason: str | None = None
     actor: str | None = Field(None, description="Who moved it (kept in the alias log).")
     force: bool = Field(
