@@ -98,3 +98,60 @@ def first_minute(session: Session, *, alias: str, targets_like: str) -> dt.datet
     """The first minute any target matching ``targets_like`` (SQL LIKE) answered on ``alias``."""
     c = TrafficCount
     return session.scalar(select(func.min(c.minute)).where(c.alias == alias, c.target.like(targets_like)))
+
+
+def summary(session: Session, now: dt.datetime, *, window_hours: float = 1.0) -> list[dict[str, Any]]:
+    """Per alias: each target's share of the requests in the last ``window_hours`` and of all time, and
+    the cost saved so far (``cost_saved``)."""
+    recent = totals(session, since=now - dt.timedelta(hours=window_hours))
+    ever = totals(session)
+    out = []
+    for alias in sorted({t.alias for t in ever}):
+        mine = [t for t in ever if t.alias == alias]
+        near = {t.target: t for t in recent if t.alias == alias}
+        n_all = sum(t.requests for t in mine) or 1
+        n_near = sum(t.requests for t in near.values()) or 1
+        out.append(
+            {
+                "alias": alias or None,
+                "window_hours": window_hours,
+                "targets": [
+                    {
+                        "target": t.target,
+                        "requests": near[t.target].requests if t.target in near else 0,
+                        "share": (near[t.target].requests / n_near) if t.target in near else 0.0,
+                        "requests_all_time": t.requests,
+                        "share_all_time": t.requests / n_all,
+                        "cost_all_time": round(t.cost, 6),
+                    }
+                    for t in mine
+                ],
+                **cost_saved(session, alias),
+            }
+        )
+    return out
+
+
+def cost_saved(session: Session, alias: str) -> dict[str, Any]:
+    """What the alias's own models saved against its upstreams so far.
+
+    The upstreams' mean cost per request on this alias, times the requests its own models (versions
+    and ``base``) answered since the first upstream answer, less what those cost (``serving``'s own
+    price). None while no priced upstream has answered here.
+    """
+    since = first_minute(session, alias=alias, targets_like="upstream:%")
+    if since is None:
+        return {"cost_saved": None, "teacher_cost_per_1k_requests": None, "own_requests": 0}
+    rows = totals(session, since=since, alias=alias)
+    up = [t for t in rows if t.target.startswith("upstream:")]
+    own = [t for t in rows if not t.target.startswith("upstream:")]
+    up_requests = sum(t.requests for t in up)
+    per_request = sum(t.cost for t in up) / up_requests if up_requests else None
+    own_requests = sum(t.requests for t in own)
+    if not per_request:
+        return {"cost_saved": None, "teacher_cost_per_1k_requests": None, "own_requests": own_requests}
+    return {
+        "cost_saved": round(own_requests * per_request - sum(t.cost for t in own), 6),
+        "teacher_cost_per_1k_requests": round(1000 * per_request, 6),
+        "own_requests": own_requests,
+    }
