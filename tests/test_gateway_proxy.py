@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from upstream_support import KEY, KEY_ENV, gateway, gateway_settings, teacher_server, wait_for
 
 from api_support import free_port
 from learnloop.config import Settings
@@ -21,7 +22,6 @@ from learnloop.demo.task import SYSTEM, cases
 from learnloop.demo.teacher import MODEL, TOOL, confidence_of, count_tokens
 from learnloop.registry import move
 from learnloop.store.db import Database
-from upstream_support import KEY, KEY_ENV, gateway, gateway_settings, teacher_server, wait_for
 
 VERSION_HEADER = "x-learnloop-version"
 
@@ -164,9 +164,10 @@ def test_upstream_errors_keep_openai_shape(settings: Settings, db: Database) -> 
         body = {"model": "learnloop", "messages": _messages()}
         with gateway(s, db) as (url, runtime):
             wait_for(lambda: "learnloop" in runtime.aliases, "the alias to be read")
-            post = lambda **extra: httpx.post(
-                f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60
-            )  # noqa: E731
+
+            def post(**extra: object) -> httpx.Response:
+                return httpx.post(f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60)
+
             for stream in (False, True):
                 up.faults["kind"] = "429"
                 r = post(stream=stream)
@@ -292,10 +293,11 @@ def test_alias_moves_to_an_upstream_through_cli_and_api(
 ) -> None:
     import subprocess
 
+    from fastapi.testclient import TestClient
+
     from api_support import LEARNLOOP, cli_env
     from learnloop.api import create_app
     from learnloop.registry import alias_history
-    from fastapi.testclient import TestClient
 
     config = tmp_path / "learnloop.toml"
     config.write_text(

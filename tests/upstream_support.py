@@ -3,8 +3,8 @@
 ``teacher_server`` runs ``learnloop.demo.teacher`` under uvicorn; ``faults`` (a dict on the app) makes
 its chat route answer 429 with Retry-After, 500, a 400 that echoes the caller's Authorization header,
 or hold the answer until the test releases it (``hold``), or stream one piece and hold the rest
-(``hold_stream``), or keep a stream busy with comments until released (``trickle``). ``gateway`` is a learnloop app (real routes, runtime, capture and database) in
-front of it, behind uvicorn.
+(``hold_stream``), or keep a stream busy with comments until released (``trickle``). ``gateway`` is a
+learnloop app (real routes, runtime, capture and database) in front of it, behind uvicorn.
 """
 
 from __future__ import annotations
