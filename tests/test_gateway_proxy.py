@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from upstream_support import KEY, KEY_ENV, gateway, gateway_settings, teacher_server, wait_for
 
 from api_support import free_port
 from learnloop.config import Settings
@@ -22,6 +21,7 @@ from learnloop.demo.task import SYSTEM, cases
 from learnloop.demo.teacher import MODEL, TOOL, confidence_of, count_tokens
 from learnloop.registry import move
 from learnloop.store.db import Database
+from upstream_support import KEY, KEY_ENV, gateway, gateway_settings, teacher_server, wait_for
 
 VERSION_HEADER = "x-learnloop-version"
 
@@ -247,6 +247,7 @@ def test_split_between_an_upstream_and_a_version_is_sticky_and_counted(
     settings: Settings, db: Database, tmp_path: Path
 ) -> None:
     from serving_support import version_row
+
     from upstream_support import adapter_folder
 
     with db.session() as session:
