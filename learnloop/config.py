@@ -57,6 +57,12 @@ class ServerSettings(_Section):
     watch_inbox: bool = Field(
         True, description="Whether `learnloop serve` imports files dropped into the inbox folder."
     )
+    otlp_run_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long LLM call spans received on /otlp/v1/traces wait for their trace's root span "
+        "before they are stored without it (the root is in another service, or never ended).",
+    )
     max_inbox_file_bytes: int | None = Field(
         None,
         ge=1,

@@ -177,9 +177,14 @@ def seed_loop(
                     "longest": [{"item": "t-prod-1", "tokens": 91}],
                 },
                 "rewards": {"of": "trajectory reward", "mean": 0.8},
-                "rejected_count": 1,
-                "rejected_by_reason": {"no assistant answer": 1},
-                "rejected": [{"id": "t-prod-0", "reason": "no assistant answer"}],
+                # The shape the datasets stage's BuildReport writes.
+                "funnel": {"matched": 3, "kept": 2},
+                "rejected": {
+                    "count": 1,
+                    "by_reason": {"no assistant answer": 1},
+                    "items": [{"id": "t-prod-0", "reason": "no assistant answer"}],
+                    "listed": 1,
+                },
             },
             created_at=now - dt.timedelta(hours=3),
         )

@@ -14,13 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, ingest_slot
-from learnloop.api.metrics import count_ingested
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
+from learnloop.watch import count_ingested
 from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])

@@ -522,7 +522,7 @@ class _Call:
         if self.captured:
             return []
         self.captured = True
-        from learnloop.api.metrics import observe_serving
+        from learnloop.watch import observe_serving
 
         cut = any(f in (None, "cancelled") for f in self.finish)
         elapsed = time.perf_counter() - self.started
