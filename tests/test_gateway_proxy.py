@@ -356,3 +356,43 @@ def test_confidence_from_logprobs_is_kept_but_not_shown_unasked(settings: Settin
             got = httpx.get(f"{url}/v1/trajectories/{reply.id}").json()
             assert got["metadata"]["confidence"] == pytest.approx(confidence_of(case.message), abs=1e-3)
     assert SYSTEM  # the demo's prompt carries its instruction
+
+
+def test_dashboard_moves_the_alias_to_an_upstream_and_shows_the_shares(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    from serving_support import version_row
+
+    from upstream_support import adapter_folder
+
+    with db.session() as session:
+        session.add(version_row("v0001", "base-model", adapter_folder(tmp_path, "v0001")))
+    with teacher_server() as up:
+        s = gateway_settings(settings, up.url, serving={"price_per_1k_tokens": {"input": 0.0, "output": 0.5}})
+        with gateway(s, db) as (url, runtime):
+            page = httpx.get(f"{url}/serving", timeout=60).text
+            assert "/ui/aliases/learnloop/target?target=upstream%3Ateacher" in page and MODEL in page
+            r = httpx.post(
+                f"{url}/ui/aliases/learnloop/target", params={"target": "upstream:teacher"}, timeout=60
+            )
+            assert r.status_code == 200 and r.json()["changed"] is True, r.text
+            bad = httpx.post(
+                f"{url}/ui/aliases/learnloop/target", params={"target": "upstream:nope"}, timeout=60
+            )
+            assert bad.status_code == 404
+            wait_for(
+                lambda: getattr(runtime.aliases.get("learnloop"), "version_id", None) == "upstream:teacher",
+                "",
+            )
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+            for i in range(6):
+                client.chat.completions.create(model="learnloop", messages=_messages(i))
+            move(db, s, "learnloop", "set", "v0001", actor="test")
+            wait_for(lambda: runtime.aliases["learnloop"].version_id == "v0001", "the move")
+            for i in range(2):
+                client.chat.completions.create(model="learnloop", messages=_messages(i))
+            runtime.flush_traffic()
+            page = httpx.get(f"{url}/serving", timeout=60).text
+    assert "75.0%" in page and "25.0%" in page  # 6 of 8 by the teacher, 2 by v0001
+    assert "saved" in page and "on 2 requests its own models answered" in page
+    assert KEY not in page

@@ -31,9 +31,10 @@ from learnloop.api.deps import ServingKey, bearer_matches
 from learnloop.api.openapi import OPENAI_SHAPE, openai_error_responses, request_body
 from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, UpstreamFailed, ValidationFailed
 from learnloop.ids import new_id
+from learnloop.serving import confidence
 from learnloop.serving.backend import ChatRequest, Chunk
 from learnloop.serving.chat_format import ROLES, normalize_messages, validate_tools
-from learnloop.serving.upstream import confidence, is_upstream
+from learnloop.store.aliases import is_upstream
 
 log = logging.getLogger("learnloop.serving")
 
