@@ -80,8 +80,11 @@ def test_plain_and_streamed_answers_pass_through(settings: Settings, db: Databas
             for chunk in stream:
                 pieces += [c.delta.content for c in chunk.choices if c.delta.content]
                 usage = chunk.usage or usage
-            assert "".join(pieces) == case.teacher_answer() and len(pieces) > 3
-            assert usage is not None and usage.completion_tokens == len(pieces)
+            # (pieces that arrive in one network read are sent on as one)
+            assert "".join(pieces) == case.teacher_answer()
+            assert usage is not None and usage.completion_tokens == len(
+                range(0, len(case.teacher_answer()), 4)
+            )
 
             # Sent on as they arrive: the first piece is here while the upstream still holds the rest.
             up.faults["kind"] = "hold_stream"

@@ -96,6 +96,11 @@ class ServingRuntime:
         if self.capture is not None:
             self.capture.close()
 
+    async def aclose(self) -> None:
+        """Close the upstreams' connections of the running event loop (before ``stop``, at shutdown)."""
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+
     def backend_for(self, target: str) -> Any:
         """The backend that answers ``target``: its upstream's, or the local one."""
         return self.upstreams[target] if is_upstream(target) else self.backend

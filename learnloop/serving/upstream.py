@@ -20,6 +20,12 @@ What the backend adds to a plain HTTP client:
 * the API key is read from the environment variable ``api_key_env`` names, sent only in the
   Authorization header, and replaced by ``***`` in any text the backend hands on (an upstream that
   echoes a key in its error message does not leak it to clients or logs).
+
+The server's requests go through aiohttp: streaming a 20-chunk answer through httpx cost 1.25 ms of
+CPU per request against aiohttp's 0.40 ms (measured on loopback against the demo's teacher), and
+every request the alias serves pays it. Events that arrive in one network read are handed on as one
+piece per choice, so a proxy that falls behind catches up in fewer, larger writes. Evaluation's
+blocking calls (``chat``, ``stream``) use httpx like the rest of learnloop.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -69,12 +76,15 @@ class UpstreamBackend:
         self._key = api_key or None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeouts = httpx.Timeout(self.timeout)
-        # Clients and slots belong to the event loop they were made in (uvicorn has one; tests
+        # Sessions and slots belong to the event loop they were made in (uvicorn has one; tests
         # and benchmarks may run several, one after another).
-        self._per_loop: weakref.WeakKeyDictionary[Any, tuple[httpx.AsyncClient, asyncio.Semaphore]] = (
+        self._per_loop: weakref.WeakKeyDictionary[Any, tuple[aiohttp.ClientSession, asyncio.Semaphore]] = (
             weakref.WeakKeyDictionary()
         )
         self._sync: httpx.Client | None = None
+        # HTTP(S)_PROXY / NO_PROXY, read once: aiohttp's trust_env looks them up in a worker thread on
+        # every request, which cost more than the rest of the request.
+        self._proxy = _env_proxy(self.url)
 
     @classmethod
     def from_settings(cls, settings: Any) -> UpstreamBackend:
@@ -142,65 +152,63 @@ class UpstreamBackend:
     async def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
         """Chunks as the upstream sends them; each choice's end (finish reason, tool calls, tokens)
         once its usage is known."""
-        http, slots = self._loop_client()
+        session, slots = self._loop_session()
         await self._acquire(slots)
         try:
             try:
-                async with http.stream(
-                    "POST", "/chat/completions", json=self.body(request, stream=True)
+                async with session.post(
+                    f"{self.url}/chat/completions",
+                    data=orjson.dumps(self.body(request, stream=True)),
+                    proxy=self._proxy,
                 ) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        self._raise_for(resp)
+                    if resp.status >= 400:
+                        self._raise_for(resp.status, resp.headers, await resp.read())
                     finished: list[Chunk] = []
                     tools: dict[int, dict[int, dict[str, Any]]] = {}
-                    async for line in resp.aiter_lines():
-                        data = _event(line)
-                        if data is None:
-                            continue
-                        if isinstance(data.get("error"), dict):  # an error event mid-stream
-                            raise self._failed(502, data["error"], None)
-                        for choice in data.get("choices") or ():
-                            i = choice.get("index", 0)
-                            delta = choice.get("delta") or {}
-                            for tc in delta.get("tool_calls") or ():
-                                _add_tool_delta(tools.setdefault(i, {}), tc)
-                            text = delta.get("content")
-                            lp = (choice.get("logprobs") or {}).get("content")
-                            if text or lp:
-                                yield Chunk(index=i, text=text or "", logprobs=lp or None)
-                            if choice.get("finish_reason"):
-                                calls = [tools[i][k] for k in sorted(tools.get(i, {}))] or None
-                                finished.append(
-                                    Chunk(index=i, finish_reason=choice["finish_reason"], tool_calls=calls)
-                                )
-                        usage = data.get("usage")
-                        if usage and finished:  # the last event: every choice's tokens
-                            for c in _with_usage(finished, usage):
-                                yield c
-                            finished = []
+                    rest = b""
+                    async for data in resp.content.iter_any():
+                        lines = (rest + data).split(b"\n")
+                        rest = lines.pop()  # an event cut by the network: completed by the next read
+                        pieces: list[Chunk] = []
+                        for line in lines:
+                            event = _event(line)
+                            if event is None:
+                                continue
+                            if isinstance(event.get("error"), dict):  # an error event mid-stream
+                                raise self._failed(502, event["error"], None)
+                            usage = _read_event(event, pieces, finished, tools)
+                            if usage and finished:  # the last event: every choice's tokens
+                                pieces += _with_usage(finished, usage)
+                                finished = []
+                        for c in _merged(pieces):
+                            yield c
                     for c in finished:  # an upstream that sent no usage
                         yield c
-            except httpx.TimeoutException:
+            except TimeoutError:
                 raise self._timeout_error() from None
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 raise self._unreachable(exc) from None
         finally:
             slots.release()
 
     async def achat(self, model: str, request: ChatRequest) -> list[ChatResult]:
-        http, slots = self._loop_client()
+        session, slots = self._loop_session()
         await self._acquire(slots)
         try:
-            resp = await http.post("/chat/completions", json=self.body(request, stream=False))
-        except httpx.TimeoutException:
+            async with session.post(
+                f"{self.url}/chat/completions",
+                data=orjson.dumps(self.body(request, stream=False)),
+                proxy=self._proxy,
+            ) as resp:
+                raw = await resp.read()
+                self._raise_for(resp.status, resp.headers, raw)
+        except TimeoutError:
             raise self._timeout_error() from None
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise self._unreachable(exc) from None
         finally:
             slots.release()
-        self._raise_for(resp)
-        return _results(resp.json())
+        return _results(orjson.loads(raw))
 
     def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
         """Blocking (evaluation asks the teacher this way)."""
@@ -210,7 +218,7 @@ class UpstreamBackend:
             raise self._timeout_error() from None
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
-        self._raise_for(resp)
+        self._raise_for(resp.status_code, resp.headers, resp.content)
         return _results(resp.json())
 
     def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
@@ -220,10 +228,9 @@ class UpstreamBackend:
                 "POST", "/chat/completions", json=self.body(single, stream=True)
             ) as resp:
                 if resp.status_code >= 400:
-                    resp.read()
-                    self._raise_for(resp)
+                    self._raise_for(resp.status_code, resp.headers, resp.read())
                 for line in resp.iter_lines():
-                    data = _event(line)
+                    data = _event(line.encode())
                     for choice in (data or {}).get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
                         if text:
@@ -239,28 +246,28 @@ class UpstreamBackend:
             self._sync = None
 
     async def aclose(self) -> None:
-        """Close this event loop's client (the server's shutdown)."""
+        """Close this event loop's session (the server's shutdown)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         pair = self._per_loop.pop(loop, None)
         if pair is not None:
-            await pair[0].aclose()
+            await pair[0].close()
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _loop_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _loop_session(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         pair = self._per_loop.get(loop)
         if pair is None:
-            limits = httpx.Limits(
-                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_concurrency),
+                # The timeout bounds connecting and each wait for data (a stream: between two chunks).
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
+                headers={"Content-Type": "application/json", **self._headers},
             )
-            http = httpx.AsyncClient(
-                base_url=self.url, headers=self._headers, timeout=self._timeouts, limits=limits
-            )
-            pair = (http, asyncio.Semaphore(self.max_concurrency))
+            pair = (session, asyncio.Semaphore(self.max_concurrency))
             self._per_loop[loop] = pair
         return pair
 
@@ -311,18 +318,19 @@ class UpstreamBackend:
             None,
         )
 
-    def _raise_for(self, resp: httpx.Response) -> None:
-        if resp.status_code < 400:
+    def _raise_for(self, status: int, headers: Any, raw: bytes) -> None:
+        """An error answer (status >= 400) as ``UpstreamFailed`` with the status a client should get."""
+        if status < 400:
             return
+        text = raw.decode("utf-8", "replace")
         try:
-            data = resp.json()
+            data = orjson.loads(raw)
             error = data.get("error") if isinstance(data, dict) else None
             if not isinstance(error, dict):
-                error = {"message": error if isinstance(error, str) else resp.text[:1000]}
-        except ValueError:
-            error = {"message": resp.text[:1000] or resp.reason_phrase}
-        status = resp.status_code
-        retry = _retry_after(resp.headers.get("Retry-After"))
+                error = {"message": error if isinstance(error, str) else text[:1000]}
+        except orjson.JSONDecodeError:
+            error = {"message": text[:1000] or f"HTTP {status}"}
+        retry = _retry_after(headers.get("Retry-After"))
         if status in (401, 403):
             key = f"the key in {self.settings.api_key_env}" if self.settings.api_key_env else "no API key"
             error = {
@@ -359,14 +367,56 @@ def _wire_message(m: dict[str, Any]) -> dict[str, Any]:
     return {**m, "tool_calls": fixed}
 
 
-def _event(line: str) -> dict[str, Any] | None:
-    if not line.startswith("data:"):
+def _event(line: bytes) -> dict[str, Any] | None:
+    """The JSON of one server-sent ``data:`` line (None for comments, blank lines and ``[DONE]``)."""
+    if not line.startswith(b"data:"):
         return None
     payload = line[5:].strip()
-    if not payload or payload == "[DONE]":
+    if not payload or payload == b"[DONE]":
         return None
     data = orjson.loads(payload)
     return data if isinstance(data, dict) else None
+
+
+def _read_event(
+    event: dict[str, Any],
+    pieces: list[Chunk],
+    finished: list[Chunk],
+    tools: dict[int, dict[int, dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """Add one event's text to ``pieces`` and its choices' ends to ``finished``; its usage, if any."""
+    for choice in event.get("choices") or ():
+        i = choice.get("index", 0)
+        delta = choice.get("delta") or {}
+        for tc in delta.get("tool_calls") or ():
+            _add_tool_delta(tools.setdefault(i, {}), tc)
+        text = delta.get("content")
+        lp = (choice.get("logprobs") or {}).get("content")
+        if text or lp:
+            pieces.append(Chunk(index=i, text=text or "", logprobs=lp or None))
+        if choice.get("finish_reason"):
+            calls = [tools[i][k] for k in sorted(tools.get(i, {}))] or None
+            finished.append(Chunk(index=i, finish_reason=choice["finish_reason"], tool_calls=calls))
+    return event.get("usage")
+
+
+def _merged(pieces: list[Chunk]) -> list[Chunk]:
+    """Text pieces of one read, consecutive ones of a choice joined (ends stay as they are)."""
+    out: list[Chunk] = []
+    for c in pieces:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and c.finish_reason is None
+            and last.finish_reason is None
+            and last.index == c.index
+        ):
+            last.text += c.text
+            if c.logprobs:
+                last.logprobs = (last.logprobs or []) + c.logprobs
+        else:
+            out.append(c)
+    return out
 
 
 def _add_tool_delta(slots: dict[int, dict[str, Any]], tc: dict[str, Any]) -> None:
@@ -410,6 +460,17 @@ def _results(data: dict[str, Any]) -> list[ChatResult]:
             )
         )
     return out
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (None: connect directly)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(urlsplit(url).scheme)
 
 
 def _retry_after(value: str | None) -> float | None:
