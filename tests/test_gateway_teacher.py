@@ -253,6 +253,20 @@ def test_canary_steps_up_sticky_then_promotes(settings: Settings, db: Database, 
     )
     saved = traffic["own_requests"] * per_request - targets["v0001"]["cost_all_time"]
     assert traffic["cost_saved"] == pytest.approx(saved, rel=1e-6) and saved > 0
+    # `learnloop status` renders the same figures.
+    from rich.console import Console
+
+    from learnloop.cli.watch import render_status
+
+    console = Console(width=200, record=True)
+    console.print(render_status(st))
+    text = console.export_text()
+    assert "upstream:teacher" in text and f"saved {traffic['cost_saved']:.4g}" in text
+    # A person can still take the alias back to the teacher: a rollback walks back to it.
+    from learnloop.registry import rollback
+
+    assert rollback(db, s, alias="learnloop", actor="test") == "upstream:teacher"
+    assert get_alias(db).version_id == "upstream:teacher" and get_version(db, "v0001").state == "archived"
 
 
 def test_canary_falls_back_to_the_teacher_on_a_live_drop(
