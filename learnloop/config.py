@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from learnloop.daemon.config import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError, problems_text
-from learnloop.masking import DatabaseUrl, SecretUrl, mask_database_url, plain, remember
+from learnloop.masking import DatabaseUrl, SecretEnvName, SecretUrl, mask_database_url, plain, remember
 from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
@@ -366,6 +366,7 @@ class AlertRule(_Section):
         "gate_rejected",
         "promotion",
         "rollback",
+        "canary_fallback",
     ] = Field(description="The condition the rule watches.")
     url: SecretUrl = Field(description="Webhook the alert is POSTed to (secret: shown as its host only).")
     format: Literal["json", "slack"] = Field(
@@ -424,6 +425,12 @@ class EvaluationSettings(_Section):
         description="Held-out examples answered at once (the local backend batches "
         "them); 1 keeps latencies unloaded.",
     )
+    upstream_budget: int = Field(
+        0,
+        ge=0,
+        description="Against an upstream teacher: most fresh requests an evaluation may send it for "
+        "held-out prompts that have no stored teacher answer (0: the stored teacher answers only).",
+    )
 
 
 class GatePolicy(_Section):
@@ -442,6 +449,13 @@ class GatePolicy(_Section):
     )
     margin: float = Field(
         0.0, description="The lower bound of the 95% interval of the improvement must exceed this."
+    )
+    teacher_margin: float = Field(
+        0.05,
+        ge=0,
+        description="Against a teacher (an upstream the alias serves, or --baseline teacher) the gate asks "
+        "for non-inferiority: the lower bound of the candidate's difference must clear -teacher_margin "
+        "(margin is for beating a model of your own). The canary's live check uses it too.",
     )
     max_json_validity_drop: float = Field(
         0.02, ge=0, description="Largest drop in the share of valid JSON answers allowed."
@@ -464,6 +478,105 @@ class GatePolicy(_Section):
     min_scenario_examples: int = Field(
         10, ge=1, description="Scenarios with fewer examples are not checked for regression."
     )
+
+
+class Price(_Section):
+    """What 1,000 tokens cost (in any one currency, used for every figure)."""
+
+    input: float = Field(0.0, ge=0, description="Price of 1,000 prompt tokens.")
+    output: float = Field(0.0, ge=0, description="Price of 1,000 completion tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1000.0
+
+
+UPSTREAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,54}$"
+
+
+class UpstreamSettings(_Section):
+    """One `[[upstreams]]` entry: an OpenAI-compatible endpoint an alias can serve (`upstream:<name>`)."""
+
+    name: str = Field(
+        pattern=UPSTREAM_NAME,
+        description="Unique name; an alias serves it as the target 'upstream:<name>'.",
+    )
+    base_url: str = Field(
+        description="The endpoint up to /v1, as OpenAI clients take it: https://api.openai.com/v1, a vLLM, "
+        "Ollama or llama.cpp server's http://host:port/v1, or another learnloop's /v1."
+    )
+    model: str = Field(min_length=1, description="Model name sent upstream (e.g. gpt-4o-mini).")
+    api_key_env: SecretEnvName | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the API key (sent as a Bearer token). "
+        "The key itself never appears in config, status, the dashboard, logs, errors or metrics.",
+    )
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds an upstream answer may take (a stream: between two chunks); 504 after.",
+    )
+    max_concurrency: int = Field(
+        32,
+        ge=1,
+        description="Requests in flight to this upstream at once; more wait for a slot up to `timeout`, "
+        "then get 429.",
+    )
+    price_per_1k_tokens: Price | None = Field(
+        None, description="{input = ..., output = ...}: its price, for cost figures (unset: not priced)."
+    )
+    confidence_from_logprobs: bool = Field(
+        False,
+        description="Ask it for logprobs and store exp(mean token logprob) as each answer's confidence "
+        "(what capture.keep_confident keeps); a client that did not ask gets no logprobs.",
+    )
+
+    @model_validator(mode="after")
+    def _url(self) -> UpstreamSettings:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        self.base_url = self.base_url.rstrip("/")
+        return self
+
+
+class CanarySettings(_Section):
+    """How a version that passed the gate against a teacher (an upstream its alias serves) takes the
+    traffic: in steps, its live reward checked against the teacher's at each."""
+
+    enabled: bool = Field(
+        True,
+        description="Move traffic in steps, watching live rewards (off: a pass serves the version at once).",
+    )
+    steps: list[float] = Field(
+        default_factory=lambda: [0.1, 0.5, 1.0],
+        description="The version's share of users at each step, rising, ending at 1.0 (users stay on "
+        "their side as the share grows).",
+    )
+    min_step_seconds: float = Field(300.0, ge=0, description="Least time at each step before it may move on.")
+    min_answers: int = Field(
+        30,
+        ge=2,
+        description="Least scored answers of the version at a step (and of the teacher) before the step "
+        "is judged.",
+    )
+    teacher_window: int = Field(
+        500,
+        ge=2,
+        description="The teacher's live reward is the mean of its latest this many scored answers.",
+    )
+    margin: float | None = Field(
+        None,
+        ge=0,
+        description="A live reward this far below the teacher's returns the traffic to the teacher "
+        "(unset: the loop's gate teacher_margin).",
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> CanarySettings:
+        s = self.steps
+        if not s or any(not 0 < x <= 1 for x in s) or any(b <= a for a, b in zip(s, s[1:])) or s[-1] != 1.0:
+            raise ValueError(f"steps must rise within (0, 1] and end at 1.0, got {s}")
+        return self
 
 
 class ServingSettings(_Section):
@@ -511,6 +624,11 @@ class ServingSettings(_Section):
         description="When set, the OpenAI routes need 'Authorization: Bearer "
         "<key>' (else api_token, when set).",
     )
+    price_per_1k_tokens: Price | None = Field(
+        None,
+        description="{input = ..., output = ...}: what your own model's tokens cost you (hardware), "
+        "set against an upstream's price in the cost saved (unset: 0).",
+    )
 
 
 class Settings(BaseSettings):
@@ -550,6 +668,12 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     gate: GatePolicy = Field(default_factory=GatePolicy)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    upstreams: list[UpstreamSettings] = Field(
+        default_factory=list,
+        description="[[upstreams]]: OpenAI-compatible providers an alias can serve (`upstream:<name>`), "
+        "their answers captured as teacher data.",
+    )
+    canary: CanarySettings = Field(default_factory=CanarySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     alerts: list[AlertRule] = Field(
         default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify."
@@ -567,7 +691,27 @@ class Settings(BaseSettings):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"loops: the name {dup[0]!r} is used twice; each [[loops]] needs its own name")
+        ups = [u.name for u in self.upstreams]
+        dup = sorted({n for n in ups if ups.count(n) > 1})
+        if dup:
+            raise ValueError(
+                f"upstreams: the name {dup[0]!r} is used twice; each [[upstreams]] needs its own"
+            )
+        for loop in self.loops:
+            if loop.canary:
+                CanarySettings(**{**self.canary.model_dump(), **loop.canary})
         return self
+
+    def upstream(self, name: str) -> UpstreamSettings | None:
+        """The ``[[upstreams]]`` entry called ``name`` (None when there is none)."""
+        return next((u for u in self.upstreams if u.name == name), None)
+
+    def canary_for(self, loop: str | None) -> CanarySettings:
+        """``[canary]``, overridden by that loop's ``canary = {...}``."""
+        for entry in self.loops:
+            if entry.name == loop and entry.canary:
+                return CanarySettings(**{**self.canary.model_dump(), **entry.canary})
+        return self.canary
 
     @classmethod
     def settings_customise_sources(

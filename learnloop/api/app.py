@@ -74,6 +74,8 @@ def create_app(
             yield
         finally:
             if serving is not None:
+                if hasattr(serving, "aclose"):
+                    await serving.aclose()  # the upstreams' connections live in this event loop
                 serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()

@@ -252,8 +252,9 @@ def request_actor(request: Request, given: str | None) -> str:
     return f"{who}:{given}" if given else who
 
 
-def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
-    """Marks a route as protected by serving.api_key (the route checks the key itself)."""
+async def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
+    """Marks a route as protected by serving.api_key (the route checks the key itself). Async, so
+    FastAPI does not hop to a worker thread for it on every chat completion."""
 
 
 RowIdPath = Annotated[int, Path(ge=0, le=ROW_ID_MAX)]

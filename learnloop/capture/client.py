@@ -226,6 +226,10 @@ class CaptureClient:
         with self._dropped_lock:
             return trajectory_id in self._dropped
 
+    def sampled_out(self, trajectory_id: str) -> bool:
+        """Whether this client's sampling rules dropped that trajectory (recently: the last 50,000)."""
+        return self._was_dropped(trajectory_id)
+
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -26,6 +26,7 @@ def _print_side_by_side(m: dict[str, Any], left: str, right: str) -> None:
         ("answer chars", m.get("length_chars_candidate"), m.get("length_chars_baseline")),
         ("latency p50 ms", m.get("latency_p50_candidate_ms"), m.get("latency_p50_baseline_ms")),
         ("latency p95 ms", m.get("latency_p95_candidate_ms"), m.get("latency_p95_baseline_ms")),
+        ("cost/1k requests", m.get("cost_per_1k_requests_candidate"), m.get("cost_per_1k_requests_baseline")),
     ]
     click.echo(f"  {'':16} {left:>12} {right:>12}")
     for label, a, b in rows:

@@ -87,8 +87,8 @@ def serve_cmd(
         try:
             runtime = build_runtime(s, db)
         except ConfigError as exc:
-            if base_model or s.serving.base_model:
-                raise  # a model was named and cannot be loaded: say so and stop
+            if base_model or s.serving.base_model or s.upstreams:
+                raise  # a model or an upstream was named and cannot be served: say so and stop
             off_reason = str(exc)
             click.echo(f"OpenAI routes off: {exc}", err=True)
     app = create_app(s, db, watch_inbox=watch_inbox, serving=runtime, serving_off_reason=off_reason)
@@ -246,7 +246,8 @@ def alias_list(as_json: bool) -> None:
     "--force", is_flag=True, help="Serve a version the gate rejected or never evaluated (logged as forced)."
 )
 def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None:
-    """Point ALIAS at VERSION (a version id, or `base`); the gate applies as for `versions promote`."""
+    """Point ALIAS at VERSION: a version id, `base`, or `upstream:<name>` (an [[upstreams]] provider,
+    whose answers are captured as teacher data). The gate applies to a version as for `versions promote`."""
     from learnloop.registry import local_actor, move
     from learnloop.store import open_database
 
@@ -291,8 +292,8 @@ def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None
 def alias_split(
     alias: str, candidate: str, share: float, shadow: float, reason: str | None, force: bool
 ) -> None:
-    """Send a share of ALIAS's traffic to CANDIDATE (`none` ends the split); a share for a version the
-    gate has not passed needs --force, as `versions promote` does."""
+    """Send a share of ALIAS's traffic to CANDIDATE, a version or `upstream:<name>` (`none` ends the
+    split); a share for a version the gate has not passed needs --force, as `versions promote` does."""
     from learnloop.registry import local_actor, move
     from learnloop.store import open_database
 

@@ -120,6 +120,8 @@ def render_status(status: dict[str, Any]) -> Any:
         else "no evaluation yet"
     )
     parts.append(srv)
+    if status.get("traffic"):
+        parts.append(_traffic_table(status["traffic"], status.get("canaries") or []))
 
     t = status["trajectories"]
     tr = Table(title="trajectories", title_justify="left")
@@ -131,6 +133,34 @@ def render_status(status: dict[str, Any]) -> Any:
     parts.append(tr)
     parts.append(h)
     return Group(*parts)
+
+
+def _traffic_table(traffic: list[dict[str, Any]], canaries: list[dict[str, Any]]) -> Any:
+    """Each alias's share of requests per target (last hour, all time) and the cost saved so far."""
+    from rich.table import Table
+
+    tb = Table(title="traffic", title_justify="left")
+    for col in ("alias", "target", "last hour", "all time", "cost so far"):
+        tb.add_column(col)
+    captions = []
+    for a in traffic:
+        for t in a["targets"]:
+            tb.add_row(
+                a["alias"] or "(named directly)",
+                t["target"],
+                f"{t['share']:.0%} of {sum(x['requests'] for x in a['targets'])}",
+                f"{t['share_all_time']:.0%} ({t['requests_all_time']})",
+                f"{t['cost_all_time']:.4g}",
+            )
+        if a.get("cost_saved") is not None:
+            captions.append(
+                f"{a['alias']}: saved {a['cost_saved']:.4g} on {a['own_requests']} requests answered by "
+                f"its own models (upstream: {a['teacher_cost_per_1k_requests']:.4g} per 1,000 requests)"
+            )
+    for c in canaries:
+        captions.append(f"canary {c['alias']}: {c['candidate']} at {c['share']:.0%} - {c['reason']}")
+    tb.caption = "\n".join(captions) or None
+    return tb
 
 
 @click.command("status")

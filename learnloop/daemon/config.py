@@ -126,6 +126,11 @@ class LoopConfig(_Section):
     gate: dict[str, Any] = Field(
         default_factory=dict, description="Promotion gate policy (the evaluation stage's GatePolicy fields)."
     )
+    canary: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How this loop's versions take traffic from a teacher upstream ([canary] fields to "
+        "override).",
+    )
     eval_limit: int | None = Field(
         None, ge=1, description="Most held-out examples an evaluation generates for."
     )

@@ -457,6 +457,14 @@ def _promote(
             version_id=version_id,
         )
         return False
+    from learnloop.daemon import canary
+
+    if canary.wanted(ctx.db, ctx.settings, loop.alias, loop.name):
+        # The alias serves a teacher upstream: the version takes its traffic in canary steps.
+        return (
+            canary.start(ctx.db, ctx.settings, loop.alias, version_id, loop=loop.name, evaluation_id=eval_id)
+            != "held"
+        )
     registry.promote(
         ctx.db,
         ctx.settings,

@@ -9,6 +9,13 @@ aspect is summarised per side too, so a loop's gate can compare one of them inst
 (``gate.metric``). Answers are optionally judged pairwise in both orders. The result, its gate
 verdict and every example are stored in ``evaluations``; the verdict is also written on the
 candidate version (a rejected one is marked ``rejected``).
+
+Against a teacher (``--baseline teacher``, ``upstream:<name>``, or ``serving`` while the alias serves
+an upstream) the baseline's answers are the stored teacher answers of the held-out prompts (with their
+latency and usage when the proxy captured them), topped up with fresh ones from the upstream within
+``evaluation.upstream_budget``; the gate then asks for non-inferiority (``gate.teacher_margin``).
+Each side's latency p50/p95 and cost per 1,000 requests (the upstream's price, ``serving``'s own
+price for the candidate) are reported beside its quality.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from learnloop.registry.aliases import serving_ids, state_of
 from learnloop.scoring.combine import HEURISTIC, CombineRule, combine
 from learnloop.scoring.view import TrajectoryView, message_text
 from learnloop.serving.backend import BASE, ChatRequest, ServingBackend
-from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
+from learnloop.store.aliases import DEFAULT_ALIAS, get_alias, is_upstream, upstream_name
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory
@@ -50,12 +57,18 @@ class Item:
     prompt: list[dict[str, Any]]
     reference: list[dict[str, Any]]  # the stored answer (the teacher's, for a teacher baseline)
     view_fields: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False  # a teacher baseline with no stored answer here: the upstream answers it now
 
 
 @dataclass
 class Side:
-    name: str  # a version id, "base" or "teacher"
+    name: str  # a version id, "base", "teacher" or "upstream:<name>"
     model: str | None  # backend model name; None: the stored answers
+    upstream: str | None = None  # the [[upstreams]] name a teacher side stands for
+
+    @property
+    def teacher(self) -> bool:
+        return self.name == TEACHER or self.upstream is not None
 
 
 def _sort_key(item_id: str) -> str:
@@ -108,6 +121,56 @@ def holdout_items(
     return info.id, items
 
 
+def _items_for(
+    db: Database, settings: Settings, side: Side, *, scenario: str | None, limit: int | None
+) -> tuple[int, list[Item], ServingBackend | None]:
+    """(dataset id, items, the upstream that answers fresh items) for a baseline side.
+
+    A teacher side uses the stored teacher answers of the held-out split; against an upstream, up to
+    ``evaluation.upstream_budget`` further held-out prompts (with no stored teacher answer) are sent
+    to it fresh, when the stored answers are fewer than ``limit``.
+    """
+    budget = settings.evaluation.upstream_budget if side.upstream is not None else 0
+    try:
+        dataset_id, items = holdout_items(db, settings, scenario=scenario, teacher=side.teacher, limit=limit)
+    except ValidationFailed:
+        if not budget:
+            raise
+        dataset_id, items = 0, []
+    want = budget if limit is None else min(budget, max(0, limit - len(items)))
+    if not want:
+        return dataset_id, items, None
+    cfg = settings.upstream(side.upstream or "")
+    if cfg is None:
+        raise ValidationFailed(
+            f"The baseline is upstream {side.upstream!r}, which is not in [[upstreams]]; "
+            "add it, or set evaluation.upstream_budget = 0 to use the stored teacher answers only.",
+            [("baseline", "unknown upstream")],
+        )
+    from learnloop.serving.upstream import UpstreamBackend
+
+    all_id, every = holdout_items(db, settings, scenario=scenario, teacher=False, limit=None)
+    have = {i.id for i in items}
+    prompts = {orjson_key(i.prompt) for i in items}
+    fresh = []
+    for item in every:
+        key = orjson_key(item.prompt)
+        if item.id in have or key in prompts:
+            continue
+        prompts.add(key)
+        item.fresh = True
+        fresh.append(item)
+        if len(fresh) >= want:
+            break
+    return (dataset_id or all_id), items + fresh, UpstreamBackend.from_settings(cfg)
+
+
+def orjson_key(prompt: list[dict[str, Any]]) -> str:
+    import orjson
+
+    return hashlib.sha256(orjson.dumps(prompt, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def serving_alias(settings: Settings, loop: str | None) -> str:
     """The alias a version of ``loop`` would replace: that loop's ``alias`` in
     ``[[loops]]``, else ``learnloop``."""
@@ -123,6 +186,8 @@ def _resolve_side(db: Database, spec: str, candidate: str, alias_name: str = DEF
     if spec == SERVING:
         alias = get_alias(db, alias_name)
         spec = alias.version_id if alias is not None and alias.version_id else BASE
+    if is_upstream(spec):  # the teacher the alias serves: its stored answers (and fresh ones in budget)
+        return Side(spec, None, upstream=upstream_name(spec))
     if spec == candidate:
         raise ValidationFailed(
             f"The baseline is the candidate itself ({candidate}); choose --baseline "
@@ -274,6 +339,8 @@ def summarize(
         lat = [e[key]["latency_ms"] for e in examples if e[key].get("latency_ms") is not None]
         out[f"latency_p50_{label}_ms"] = stats.percentile(lat, 50)
         out[f"latency_p95_{label}_ms"] = stats.percentile(lat, 95)
+        costs = [e[key]["cost"] for e in examples if e[key].get("cost") is not None]
+        out[f"cost_per_1k_requests_{label}"] = 1000 * float(np.mean(costs)) if costs else None
     judged = [e["judge"] for e in examples if e.get("judge")]
     if judged:
         j = judge_summary(judged)
@@ -336,8 +403,40 @@ def _generate(backend: ServingBackend, model: str, item: Item, settings: Setting
         "text": result.text,
         "latency_ms": latency,
         "tokens": result.completion_tokens,
+        "prompt_tokens": result.prompt_tokens,
         "finish": result.finish_reason,
     }
+
+
+def _stored(item: Item) -> dict[str, Any]:
+    """The stored teacher answer of an item, with the latency and usage the proxy captured with it."""
+    meta = item.view_fields.get("metadata") or {}
+    usage = meta.get("usage") if isinstance(meta.get("usage"), dict) else {}
+    latency = meta.get("latency_ms")
+    return {
+        "text": "".join(message_text(m) for m in item.reference[-1:]),
+        "latency_ms": float(latency) if isinstance(latency, (int, float)) else None,
+        "tokens": usage.get("completion_tokens"),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "finish": "stored",
+    }
+
+
+def _side_cost(settings: Settings, answer: dict[str, Any], side: str | Side) -> float | None:
+    """What one answer cost: an upstream's at its price (None when it has none), a model of our own
+    at ``serving.price_per_1k_tokens`` (0 when unset); None when its tokens are unknown."""
+    if answer.get("tokens") is None or answer.get("prompt_tokens") is None:
+        return None
+    if isinstance(side, Side) and side.teacher:
+        cfg = settings.upstream(side.upstream) if side.upstream else None
+        price = cfg.price_per_1k_tokens if cfg is not None else None
+        if price is None:
+            return None
+    else:
+        price = settings.serving.price_per_1k_tokens
+        if price is None:
+            return 0.0
+    return price.cost(int(answer["prompt_tokens"]), int(answer["tokens"]))
 
 
 def evaluate(
@@ -369,12 +468,8 @@ def evaluate(
             "compare each with --baseline base.",
             [("baseline", "different base model")],
         )
-    dataset_id, items = holdout_items(
-        db,
-        settings,
-        scenario=scenario,
-        teacher=side.name == TEACHER,
-        limit=limit or settings.evaluation.limit,
+    dataset_id, items, teacher_backend = _items_for(
+        db, settings, side, scenario=scenario, limit=limit or settings.evaluation.limit
     )
 
     from learnloop.scoring.registry import load_modules
@@ -411,8 +506,10 @@ def evaluate(
         backend.load_adapter(candidate, Path(cand_row.artifact_path))
         if base_row is not None:
             backend.load_adapter(base_row.id, Path(base_row.artifact_path))
-        examples = _answer_all(backend, settings, items, candidate, side, client, progress)
+        examples = _answer_all(backend, settings, items, candidate, side, client, progress, teacher_backend)
     finally:
+        if teacher_backend is not None:
+            teacher_backend.close()
         if own_client and hasattr(client, "close"):
             client.close()
         # One made here is closed. A shared (server's) backend keeps the adapters: names never change
@@ -426,6 +523,14 @@ def evaluate(
         seed=settings.evaluation.seed,
         rule=CombineRule.of(settings.scoring),
     )
+    if side.teacher:
+        # The gate asks a student to be no worse than its teacher by more than gate.teacher_margin.
+        metrics["against"] = TEACHER
+        metrics["teacher"] = {
+            "upstream": side.upstream,
+            "stored_answers": sum(1 for i in items if not i.fresh),
+            "fresh_answers": sum(1 for i in items if i.fresh),
+        }
     policy = policy or policy_for(settings, cand_row.loop)
     verdict = gate(metrics, policy)
     return _store(db, cand_row, side, dataset_id, scenario, metrics, examples, verdict, policy)
@@ -439,15 +544,14 @@ def _answer_one(
     side: Side,
     client: JudgeClient | None,
     index: int = 0,
+    teacher_backend: ServingBackend | None = None,
 ) -> dict[str, Any]:
     answers: dict[str, dict[str, Any]] = {}
     if side.model is None:
-        answers["baseline"] = {
-            "text": "".join(message_text(m) for m in item.reference[-1:]),
-            "latency_ms": None,
-            "tokens": None,
-            "finish": "stored",
-        }
+        fresh = item.fresh and teacher_backend is not None
+        answers["baseline"] = (
+            _generate(teacher_backend, side.name, item, settings) if fresh else _stored(item)
+        )
     # Alternate which side answers first, so neither always meets a warm (or cold) cache.
     order = [("candidate", candidate), ("baseline", side.model)]
     for key, model in order if index % 2 == 0 else order[::-1]:
@@ -466,6 +570,7 @@ def _answer_one(
             "chars": len(ans["text"]),
             "reward": reward,
             "aspects": aspects,
+            "cost": _side_cost(settings, ans, candidate if key == "candidate" else side),
         }
     example["diff"] = example["candidate"]["reward"] - example["baseline"]["reward"]
     if client is not None:
@@ -487,6 +592,7 @@ def _answer_all(
     side: Side,
     client: JudgeClient | None,
     progress: Callable[[int, int], None] | None,
+    teacher_backend: ServingBackend | None = None,
 ) -> list[dict[str, Any]]:
     """Both sides' answers for every item, in item order.
 
@@ -502,14 +608,14 @@ def _answer_all(
     if workers == 1:
         examples = []
         for i, item in enumerate(items):
-            examples.append(_answer_one(backend, settings, item, candidate, side, client, i))
+            examples.append(_answer_one(backend, settings, item, candidate, side, client, i, teacher_backend))
             if progress is not None:
                 progress(i + 1, len(items))
         return examples
     done = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learnloop-eval") as pool:
         futures = [
-            pool.submit(_answer_one, backend, settings, item, candidate, side, client, i)
+            pool.submit(_answer_one, backend, settings, item, candidate, side, client, i, teacher_backend)
             for i, item in enumerate(items)
         ]
         results = []

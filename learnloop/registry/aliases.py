@@ -15,9 +15,10 @@ caller's one transaction it
 
 A move is a kind and a target. Kinds: ``promote``, ``rollback``, ``restore``, ``set`` (the main version
 changes) and ``split`` (an A/B candidate gets ``share`` of the traffic and/or runs in ``shadow``; no
-candidate ends the split). A target is a version id or ``base``; the string form leaves room for more
-targets (an upstream provider) and kinds (a canary step is a split whose share grows) without a new
-path around these checks.
+candidate ends the split). A target is a version id, ``base``, or an upstream provider
+``upstream:<name>`` (an ``[[upstreams]]`` entry: it needs no gate and has no version state; the
+move checks it is configured). A canary step is a split whose share grows, its fall-back a split
+ended (``registry/canary.py``), so neither has a path around these checks.
 
 Version states, decided by ``state_of`` alone:
 
@@ -46,7 +47,7 @@ from sqlalchemy.orm import Session
 from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.registry import files as fs
-from learnloop.store.aliases import DEFAULT_ALIAS
+from learnloop.store.aliases import DEFAULT_ALIAS, is_upstream, upstream_name
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import Alias, AliasEvent, Evaluation, ModelVersion, VersionState, utcnow
@@ -182,13 +183,36 @@ def gate_evidence(session: Session, row: ModelVersion, evaluation_id: int | None
     return bool(gate.get("passed")), f"gate said {gate.get('verdict')}" + (f": {reasons}" if reasons else "")
 
 
+_UPSTREAM = re.compile(r"^upstream:[A-Za-z0-9][A-Za-z0-9_.-]{0,54}$")
+
+
 def _version(target: str | None) -> str | None:
-    """The version id a target names (None: the base model)."""
+    """The version id or upstream target a target names (None: the base model)."""
     if target is None or target == BASE:
         return None
+    if is_upstream(target):
+        if not _UPSTREAM.match(target):
+            raise ValidationFailed(
+                f"{target!r} is not an upstream target: 'upstream:' and an [[upstreams]] name.",
+                [("target", "upstream name")],
+            )
+        return target
     if not isinstance(target, str) or not target or len(target) > 64:
-        raise ValidationFailed(f"{target!r} is not a version id or 'base'.", [("target", "version id")])
+        raise ValidationFailed(
+            f"{target!r} is not a version id, 'base' or 'upstream:<name>'.", [("target", "version id")]
+        )
     return target
+
+
+def check_upstream(settings: Settings | None, target: str) -> str:
+    """NotFound unless ``target``'s upstream is in ``[[upstreams]]``; the evidence a move logs."""
+    name = upstream_name(target)
+    if settings is not None and settings.upstream(name) is None:
+        known = ", ".join(u.name for u in settings.upstreams) or "none configured"
+        raise NotFound(
+            f"No upstream {name!r} in [[upstreams]] (known: {known}); add it to learnloop.toml first."
+        )
+    return f"serving upstream {name}"
 
 
 def _servable(
@@ -265,10 +289,12 @@ def move_in(
         )
     check_alias_name(session, settings, alias)
     if kind == "split":
-        return _split(session, alias, target, share, shadow, force, actor, reason, override)
+        return _split(session, settings, alias, target, share, shadow, force, actor, reason, override)
     version_id = _version(target)
     row, passed, evidence = None, True, "serving the base model"  # the fallback needs no gate
-    if version_id is not None:
+    if is_upstream(version_id):
+        evidence = check_upstream(settings, version_id)  # a provider chosen by a person: no gate
+    elif version_id is not None:
         row, passed, evidence, evaluation_id = _servable(
             session,
             kind,
@@ -317,6 +343,7 @@ def move_in(
 
 def _split(
     session: Session,
+    settings: Settings | None,
     alias: str,
     target: str | None,
     share: float,
@@ -345,7 +372,10 @@ def _split(
     if candidate is not None and candidate == main:
         raise ValidationFailed(f"{candidate} is what {alias!r} serves already; split to another version.")
     forced = False
-    if candidate is not None:
+    evidence = ""
+    if is_upstream(candidate):
+        evidence = check_upstream(settings, candidate)
+    elif candidate is not None:
         # Users see the candidate's answers only through its share: the gate applies there, as for promote.
         _, passed, evidence, _ = _servable(
             session, "split", candidate, force=force, evaluation_id=None, gated=share > 0, override=override

@@ -20,7 +20,7 @@ from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound
 from learnloop.registry.aliases import MOVES, move_in, usable_folder
 from learnloop.registry.versions import HEAD_KEY
-from learnloop.store.aliases import DEFAULT_ALIAS
+from learnloop.store.aliases import DEFAULT_ALIAS, is_upstream
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import Alias, AliasEvent, Control, LoopState, ModelVersion, utcnow
@@ -105,7 +105,7 @@ def rollback(
         if current is None or len(stack) < 2:
             raise Conflict(f"Alias {alias!r} has no earlier version to roll back to.")
         target = stack[-2]
-        if target is not None and session.get(ModelVersion, target) is None:
+        if target is not None and not is_upstream(target) and session.get(ModelVersion, target) is None:
             raise Conflict(
                 f"{alias!r} served {target} before, but that version was deleted; promote one explicitly."
             )

@@ -1,9 +1,9 @@
 """Reading served names. The database is the one source of truth for what is serving.
 
 An alias (``learnloop``, or one per loop) points at an immutable version id (``None``: the base
-model). Only the registry writes alias rows (``learnloop.registry.move``: the row, its append-only
-``alias_events`` entry, the version states and an event in one transaction); serving processes
-read them here and converge on them.
+model) or an upstream provider (``upstream:<name>``, an ``[[upstreams]]`` entry). Only the registry
+writes alias rows (``learnloop.registry.move``: the row, its append-only ``alias_events`` entry, the
+version states and an event in one transaction); serving processes read them here and converge on them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,22 @@ from learnloop.store.db import Database
 from learnloop.store.models import Alias
 
 DEFAULT_ALIAS = "learnloop"
+# An alias target is a version id, None (the base model) or an upstream provider: "upstream:<name>".
+UPSTREAM_PREFIX = "upstream:"
+
+
+def is_upstream(target: str | None) -> bool:
+    """Whether an alias target names an upstream provider (``upstream:<name>``)."""
+    return isinstance(target, str) and target.startswith(UPSTREAM_PREFIX)
+
+
+def upstream_name(target: str) -> str:
+    return target[len(UPSTREAM_PREFIX) :]
+
+
+def target_of(name: str) -> str:
+    """The alias target of the ``[[upstreams]]`` entry called ``name``."""
+    return f"{UPSTREAM_PREFIX}{name}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -369,6 +370,28 @@ class AliasEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     evaluation_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TrafficCount(Base):
+    """Requests each target answered, per minute and alias: every answer counted, whether or not its
+    trajectory was kept (an upstream's answers are sampled), for traffic shares and costs."""
+
+    __tablename__ = "traffic_counts"
+
+    minute: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    alias: Mapped[str] = mapped_column(
+        String(128), primary_key=True, doc="The alias the request named ('' for a target named directly)."
+    )
+    target: Mapped[str] = mapped_column(
+        String(64), primary_key=True, doc="base, a version id or upstream:<name>."
+    )
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    cut: Mapped[int] = mapped_column(Integer, default=0, doc="Answers cut short (client gone, failure).")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[float] = mapped_column(
+        Float, default=0.0, doc="Priced when counted (upstream or own price)."
+    )
 
 
 class Event(Base):

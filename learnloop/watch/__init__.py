@@ -8,7 +8,7 @@ Public surface::
     render_metrics(db) / observe_ingest(...) / count_ingested(...) / observe_serving(...)   # /metrics
     AlertService(db, settings), send_test(...), run_once(...), recent_deliveries(db)       # alerts
     PAGES, Params, navigation(), live_page(name)  # the dashboard's pages (a registry of views)
-    control_job / promote_version / rollback_alias / add_feedback             # its buttons
+    control_job / promote_version / rollback_alias / set_alias_target / add_feedback   # its buttons
     JobFeed, EventFeed, resume_point, metric_points  # its live streams and charts
     FILTERS, human_bytes                          # how numbers read; TEMPLATES_DIR, STATIC_DIR
 """
@@ -16,7 +16,13 @@ Public surface::
 from pathlib import Path
 
 from learnloop.watch import pages  # noqa: F401 - registers the dashboard's pages
-from learnloop.watch.actions import add_feedback, control_job, promote_version, rollback_alias
+from learnloop.watch.actions import (
+    add_feedback,
+    control_job,
+    promote_version,
+    rollback_alias,
+    set_alias_target,
+)
 from learnloop.watch.alerts import AlertService, recent_deliveries, run_once, send_test
 from learnloop.watch.format import FILTERS, human_bytes
 from learnloop.watch.host import readiness
@@ -56,6 +62,7 @@ __all__ = [
     "render_metrics",
     "resume_point",
     "rollback_alias",
+    "set_alias_target",
     "run_once",
     "send_test",
 ]

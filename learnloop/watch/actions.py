@@ -82,6 +82,17 @@ def rollback_alias(
     }
 
 
+def set_alias_target(
+    db: Database, settings: Settings, alias: str, target: str, *, actor: str = "dashboard"
+) -> dict[str, Any]:
+    """Point ``alias`` at ``target`` (``upstream:<name>``, ``base`` or a version) through the registry's
+    one move, which checks it (an unknown upstream is NotFound; a version's gate holds)."""
+    from learnloop.registry import move
+
+    moved = move(db, settings, alias, "set", target, actor=actor, reason="set from the dashboard")
+    return {"alias": alias, "target": target, "previous": moved.previous, "changed": moved.changed}
+
+
 class FeedbackForm(BaseModel):
     """The trajectory page's feedback form, as its script sends it (form fields: empty ones are "")."""
 

@@ -183,6 +183,28 @@ def _alias_moves(actions: tuple[str, ...], verb: str, level: str):  # noqa: ANN2
     return rule_fn
 
 
+def _canary_fallback(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
+    rows = s.scalars(
+        select(Event)
+        .where(Event.kind == "canary.fell_back", Event.created_at >= since)
+        .order_by(Event.id)
+        .limit(100)
+    )
+    return [
+        Firing(
+            rule,
+            f"canary:{e.id}",
+            f"canary of {e.version_id} fell back to the teacher",
+            e.message,
+            "error",
+            {"version_id": e.version_id, **(e.data or {})},
+        )
+        for e in rows
+    ]
+
+
 def _recent_jobs(s: Any, since: dt.datetime) -> list[Job]:
     return list(
         s.scalars(
@@ -308,6 +330,7 @@ RULES = {
     "gate_rejected": _gate_rejected,
     "promotion": _alias_moves(PROMOTE_ACTIONS, "promoted", "info"),
     "rollback": _alias_moves(("rollback",), "rolled back", "warning"),
+    "canary_fallback": _canary_fallback,
     "loss_nan": _loss_nan,
     "loss_spike": _loss_spike,
     "disk_low": _disk_low,

@@ -384,12 +384,23 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         {"name": v, "points": [[d, counts.get((d, v), 0)] for d in days]}
         for v in sorted({r["version"] for r in traffic["per_day"]})
     ]
+    from learnloop.daemon.canary import status as canary_status
+    from learnloop.store.traffic import summary as traffic_summary
+
+    with db.read_session() as s:
+        targets = traffic_summary(s, utcnow())
     return {
         "aliases": aliases,
         "traffic": traffic,
         "chart": {"type": "bars", "x": days, "series": series},
         "process": serving_snapshot(),
         "known_versions": known,
+        # Every target's share (an upstream's answers included, kept or sampled out) and the cost saved.
+        "targets": targets,
+        "canaries": canary_status(db, settings),
+        "upstreams": [
+            {"name": u.name, "model": u.model, "target": f"upstream:{u.name}"} for u in settings.upstreams
+        ],
     }
 
 

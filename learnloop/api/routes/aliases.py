@@ -23,7 +23,9 @@ AliasPath = Annotated[str, Path(json_schema_extra=ALIAS_NAME_RULE)]
 
 class AliasMove(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a mistake to report, not to drop
-    version: str = Field(min_length=1, description="A version id, or 'base'.")
+    version: str = Field(
+        min_length=1, description="A version id, 'base', or 'upstream:<name>' (an [[upstreams]] provider)."
+    )
     reason: str | None = None
     actor: str | None = Field(None, description="Who moved it (kept in the alias log).")
     force: JsonBool = Field(

@@ -191,6 +191,12 @@ async def rollback(alias: str, db: DbDep, settings: SettingsDep) -> JSONResponse
     return JSONResponse(await run_in_threadpool(lambda: watch.rollback_alias(db, settings, alias=alias)))
 
 
+@router.post("/ui/aliases/{alias}/target", dependencies=[DashboardWrite])
+async def set_target(alias: str, target: str, db: DbDep, settings: SettingsDep) -> JSONResponse:
+    """Serve ``alias`` from ``target`` (e.g. ``upstream:teacher``) through the registry."""
+    return JSONResponse(await run_in_threadpool(lambda: watch.set_alias_target(db, settings, alias, target)))
+
+
 @router.post("/ui/trajectories/{trajectory_id:path}/feedback", dependencies=[DashboardWrite])
 async def add_feedback(
     request: Request, trajectory_id: str, db: DbDep, settings: SettingsDep

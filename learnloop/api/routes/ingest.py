@@ -43,11 +43,28 @@ def _store(db: Database, settings: Settings, batch: IngestBatch, serving: Any = 
     try:
         return _ingest(db, settings, batch)
     except NotFound:
-        # Feedback on an answer this server just served, whose write was delayed (the database was
-        # busy when the answer ended): wait for it a bounded time, then try once more.
         named = {i.get("trajectory_id") for kind in ("feedback", "scores") for i in batch.get(kind) or ()}
         capture = getattr(serving, "capture", None)
-        if capture is None or not capture.await_stored(named, settings.server.feedback_wait_seconds):
+        if capture is None:
+            raise
+        # Feedback on an upstream's answer the capture sampling did not keep: nothing to attach it
+        # to, so it is dropped (as the SDK drops feedback on what it sampled out), not refused.
+        dropped = capture.not_kept(named)
+        if dropped:
+            batch = {
+                k: [i for i in v if i.get("trajectory_id") not in dropped]
+                if k in ("feedback", "scores")
+                else v
+                for k, v in batch.items()
+            }
+            try:
+                return _ingest(db, settings, batch)
+            except NotFound:
+                pass
+        # Feedback on an answer this server just served, whose write was delayed (the database was
+        # busy when the answer ended, or it was an upstream's answer, queued): wait for it a bounded
+        # time, then try once more.
+        if not capture.await_stored(named - dropped, settings.server.feedback_wait_seconds):
             raise
         return _ingest(db, settings, batch)
 
