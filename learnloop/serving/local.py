@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import Conflict, NotFound, ValidationFailed
+from learnloop.errors import NotFound, ValidationFailed
 from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk
 from learnloop.serving.chat_format import (
     normalize_messages,
@@ -69,35 +69,13 @@ class LocalBackend:
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
             raise NotFound(f"No LoRA adapter at {path} (adapter_config.json is missing).")
-
-        def load() -> None:
-            from peft import PeftModel
-
-            model = self.engine.model
-            if hasattr(model, "peft_config"):
-                model.load_adapter(str(path), adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-            model.eval()
-            self.engine.model = model
-
-        self.engine.call(load)
+        self.engine.load_adapter(name, path)
         self._adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
             raise NotFound(f"Adapter {name!r} is not loaded.")
-
-        def unload() -> None:
-            engine = self.engine
-            if any(s.adapter == name for s in list(engine._active) + list(engine._pending)):
-                raise Conflict(f"Adapter {name!r} is answering requests; unload it once they finish.")
-            if len(self._adapters) == 1:
-                engine.model = engine.model.unload()  # the last one: back to the plain base model
-            else:
-                engine.model.delete_adapter(name)
-
-        self.engine.call(unload)
+        self.engine.unload_adapter(name)
         del self._adapters[name]
 
     def list(self) -> list[str]:
