@@ -57,20 +57,26 @@ class PackedLinear:
     """``x @ W.T`` for W the model's weights ``parts`` stacked, reordered once into oneDNN's layout.
 
     Only the reordered copy is new memory: the plain W is rebuilt from the parts when a merge needs it.
+    ``reorder=False`` keeps W plain and multiplies with ``F.linear`` (for measuring what reordering buys).
     """
 
-    def __init__(self, parts: list[torch.Tensor], rows_hint: int) -> None:
+    def __init__(self, parts: list[torch.Tensor], rows_hint: int, *, reorder: bool = True) -> None:
         self.parts = [p.detach() for p in parts]
         self.rows_hint = rows_hint
+        self.reorder = reorder
         self.packed = self._pack(self.plain())
 
     def plain(self) -> torch.Tensor:
         return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.reorder:
+            return weight.contiguous()
         return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.rows_hint)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.reorder:
+            return F.linear(x, self.packed)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def serve(self, delta: torch.Tensor | None) -> None:
@@ -195,13 +201,13 @@ class SlotCache:
 class LlamaDecoder:
     """Prefill and decode steps over slots of a ``SlotCache``, with LoRA adapters per row."""
 
-    def __init__(self, model: Any, *, slots: int) -> None:
+    def __init__(self, model: Any, *, slots: int, reorder: bool = True) -> None:
         self.model = model
         cfg = model.config
         self.dtype = next(model.parameters()).dtype
         inner = model.model
         self.embed = inner.embed_tokens
-        self.norm = inner.norm
+        self.norm = _rms_norm(inner.norm)
         self.rotary = inner.rotary_emb
         self.n_heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -214,16 +220,20 @@ class LlamaDecoder:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(
                 {
-                    "norm1": layer.input_layernorm,
-                    "norm2": layer.post_attention_layernorm,
+                    "norm1": _rms_norm(layer.input_layernorm),
+                    "norm2": _rms_norm(layer.post_attention_layernorm),
                     "act": mlp.act_fn,
-                    "qkv": PackedLinear([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], hint),
-                    "o": PackedLinear([attn.o_proj.weight], hint),
-                    "gate_up": PackedLinear([mlp.gate_proj.weight, mlp.up_proj.weight], hint),
-                    "down": PackedLinear([mlp.down_proj.weight], hint),
+                    "qkv": PackedLinear(
+                        [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight], hint, reorder=reorder
+                    ),
+                    "o": PackedLinear([attn.o_proj.weight], hint, reorder=reorder),
+                    "gate_up": PackedLinear(
+                        [mlp.gate_proj.weight, mlp.up_proj.weight], hint, reorder=reorder
+                    ),
+                    "down": PackedLinear([mlp.down_proj.weight], hint, reorder=reorder),
                 }
             )
-        self.lm_head = PackedLinear([model.lm_head.weight], hint)
+        self.lm_head = PackedLinear([model.lm_head.weight], hint, reorder=reorder)
         self.q_size = self.n_heads * self.head_dim
         self.kv_size = self.kv_heads * self.head_dim
         self.inter = inner.layers[0].mlp.gate_proj.out_features if inner.layers else 0
@@ -285,11 +295,11 @@ class LlamaDecoder:
         for li, layer in enumerate(self.layers):
             h = layer["norm1"](x)
             qkv = self._project(li, "qkv", h, groups)
-            q = qkv[:, : self.q_size].view(n, self.n_heads, self.head_dim)
-            k = qkv[:, self.q_size : self.q_size + self.kv_size].view(n, self.kv_heads, self.head_dim)
+            # queries and keys rotated together: one set of elementwise ops instead of two
+            qk = qkv[:, : self.q_size + self.kv_size].view(n, self.n_heads + self.kv_heads, self.head_dim)
+            qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads :]
             v = qkv[:, self.q_size + self.kv_size :].view(n, self.kv_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
             out = attend(li, q, k, v).reshape(n, self.q_size)
             x = x + self._project(li, "o", out, groups)
             h = layer["norm2"](x)
@@ -381,6 +391,15 @@ def _groups(
     if len(by_name) == 1:
         return [(next(iter(by_name)), None)]
     return list(by_name.items())
+
+
+def _rms_norm(module: Any) -> Any:
+    """The model's RMSNorm as torch's fused ``rms_norm`` (the same formula in one kernel, not seven)."""
+    weight, eps = getattr(module, "weight", None), getattr(module, "variance_epsilon", None)
+    if weight is None or eps is None:
+        return module
+    shape = tuple(weight.shape)
+    return lambda x: F.rms_norm(x, shape, weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -618,10 +618,13 @@ def _check_against_transformers(runner: _DecoderRunner, model: Any) -> None:
         want = model(input_ids=torch.tensor([ids])).logits[0, -2:]
         got_prefill = runner.decoder.prefill([0], [ids[:-1]], [None])[0]
         got_decode = runner.decoder.decode(torch.tensor(ids[-1:]), torch.tensor([len(ids) - 1]), [None])[0]
+    exact = want.dtype == torch.float32
     for got, ref in ((got_prefill, want[0]), (got_decode, want[1])):
-        tol = 1e-3 * float(ref.abs().max()) + 1e-4
-        if int(got.argmax()) != int(ref.argmax()) or float((got - ref).abs().max()) > tol:
-            raise RuntimeError(f"logits differ from transformers' by {float((got - ref).abs().max()):.2e}")
+        # fp32: the same arithmetic in another order; lower precision: its rounding, in another order
+        tol = (1e-3 if exact else 5e-2) * float(ref.abs().max()) + 1e-4
+        diff = float((got.float() - ref.float()).abs().max())
+        if diff > tol or (exact and int(got.argmax()) != int(ref.argmax())):
+            raise RuntimeError(f"logits differ from transformers' by {diff:.2e} (allowed {tol:.2e})")
 
 
 def _ignore(_: Event) -> None:
