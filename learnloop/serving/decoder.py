@@ -240,6 +240,7 @@ class LlamaDecoder:
         self.cache = SlotCache(len(self.layers), slots, self.kv_heads, self.head_dim, self.dtype)
         self.adapters: dict[str, list[dict[str, LoraPair]]] = {}
         self.merged: str | None = None  # the adapter folded into the packed weights, if any
+        self.merges = 0  # how many times an adapter was folded in (and so taken out again after)
 
     # -- adapters -----------------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class LlamaDecoder:
                 elif self.merged is not None and self.adapters[self.merged][li].get(fused) is not None:
                     lin.serve(None)
         self.merged = name
+        self.merges += name is not None
 
     # -- steps ----------------------------------------------------------------------------------
 
