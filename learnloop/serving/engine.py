@@ -231,6 +231,10 @@ class BatchEngine:
         take = min(self.max_batch_size - busy, len(self._pending))
         admitted = [self._pending.popleft() for _ in range(take)]
         take = min(self.background_slots - (len(self._active) - busy), len(self._background))
+        if busy or admitted:
+            # a prefill stalls every row's next token: with requests decoding, background rows join
+            # one per step, so a batch of them never holds the requests' tokens for one long prefill
+            take = min(take, 1)
         admitted += [self._background.popleft() for _ in range(take)]
         return admitted
 
