@@ -12,23 +12,21 @@ on a CPU three things made it cost 2-4x the weights' read time (measured in
 - peft's LoRA adds three modules per linear layer; here the adapters of a layer's fused
   projections are two small matmuls per adapter in the batch.
 
-The modules that decide the numbers (embedding, RMSNorm, rotary embedding, activation) are the
-model's own, called as they are; only the projections are fused (q|k|v, gate|up) and reordered.
-Models this does not cover are served by transformers' forward (``BatchEngine`` checks
-``supports``), and so is everything off the CPU.
+The model's own embedding, rotary embedding and activation are called as they are; its RMSNorm
+weights go through torch's fused ``rms_norm`` (the same formula); the projections are fused
+(q|k|v, gate|up) and reordered. ``BatchEngine`` checks the decoder against transformers' forward
+before serving with it. Models this does not cover (``supports``) are served by transformers'
+forward, and so is everything off the CPU: a GPU gets transformers' forward, as before.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger("learnloop.serving")
 
 _LLAMA_TYPES = {"llama"}  # same module layout as LlamaForCausalLM: checked in supports()
 
@@ -175,7 +173,7 @@ class SlotCache:
         self.length = 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        self.reserve(256)
+        self.reserve(128)
 
     def reserve(self, length: int) -> None:
         if length <= self.length:
@@ -213,7 +211,6 @@ class LlamaDecoder:
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.max_length = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         hint = max(1, slots)
         self.layers = []
         for layer in inner.layers:
