@@ -265,6 +265,13 @@ def step_levers(
                             step()
                     times[name][batch].append((c.wall / steps, c.cpu / steps))
     out: dict[str, Any] = {}
+    dec = decoders["reordered"]
+    dec.merge(None)
+    with Clock() as merge:
+        dec.merge("v1")
+    with Clock() as unmerge:
+        dec.merge(None)
+    out["merge_ms"] = {"fold in": round(merge.wall * 1e3), "take out": round(unmerge.wall * 1e3)}
     for name, by_batch in times.items():
         row: dict[str, Any] = {}
         for batch, samples in by_batch.items():
@@ -687,6 +694,9 @@ def main() -> None:
     print("levers (decode steps, 100 tokens of context, variants taking turns):", flush=True)
     results["levers"] = step_levers(base, adapters[0], args.threads, args.rounds, limit)
     for name, row in results["levers"].items():
+        if name == "merge_ms":
+            print(f"  folding the adapter into the weights / taking it out: {row} ms", flush=True)
+            continue
         print(
             f"  {name:52} b1 {row['b1_ms']:6.1f} ms ({row['b1_of_limit']:.0%} of limit)  "
             f"b8 {row['b8_ms']:6.1f} ms ({row['b8_of_limit']:.0%}; per CPU s {row['b8_of_limit_cpu']:.0%})",
