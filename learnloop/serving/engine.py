@@ -105,7 +105,7 @@ class BatchEngine:
         max_queued: int = 64,
         background_slots: int | None = None,
         decoder: bool = True,
-        merge_after: int = 16,
+        merge_after: int = 64,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -48,7 +48,7 @@ class LocalBackend:
         threads: int | None = None,
         background_slots: int | None = None,
         decoder: bool = True,
-        merge_after: int = 16,
+        merge_after: int = 64,
     ) -> None:
         if threads is not None:  # process-wide: torch has one intra-op pool
             import torch
