@@ -327,7 +327,7 @@ def reward_drop(db: Database, settings: Settings, loop: LoopConfig, now: dt.date
                 )
             )
         )
-        rewards = list(combined_rewards(s, ids, settings.scoring.weights).values())
+        rewards = list(combined_rewards(s, ids, settings.scoring).values())
     if len(rewards) < t.reward_min_samples:
         return None
     mean = sum(rewards) / len(rewards)
