@@ -22,7 +22,7 @@ from learnloop.serving.engine import BatchEngine, Event, Sequence
 
 # Backends alive in this process, so an evaluation run by the in-process daemon answers through the
 # server's batcher (``running_backend``) instead of loading the model a second time beside it.
-_RUNNING: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
+_RUNNING: list[weakref.ref[LocalBackend]] = []  # in the order they were made
 _RUNNING_LOCK = threading.Lock()
 
 
@@ -80,7 +80,7 @@ class LocalBackend:
         self._adapters: dict[str, Path] = {}
         self.device = str(dev)
         with _RUNNING_LOCK:
-            _RUNNING.add(self)
+            _RUNNING.append(weakref.ref(self))
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class LocalBackend:
 
     def close(self) -> None:
         with _RUNNING_LOCK:
-            _RUNNING.discard(self)
+            _RUNNING[:] = [r for r in _RUNNING if r() not in (None, self)]
         self.engine.close()
 
     def background(self) -> BackgroundBackend:
@@ -312,8 +312,8 @@ def running_backend(base_model: str | Path, data_dir: Path | None = None, device
     except LearnloopError:
         return None  # the caller's own load says what is wrong with the name
     with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for backend in running:
+        running = [b for b in (r() for r in _RUNNING) if b is not None]
+    for backend in reversed(running):  # the newest first: a server's, made after any leftover
         if Path(backend.base_path).resolve() == path and device in ("auto", backend.device):
             return backend
     return None
