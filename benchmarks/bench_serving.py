@@ -229,7 +229,7 @@ def step_levers(
     def dec_step(dec: Any, batch: int, adapter_name: str | None, merged: bool) -> Callable[[], Any]:
         prompts = [list(range(10, 10 + context))] * batch
         dec.merge(None)
-        dec.prefill(list(range(batch)), prompts, [adapter_name] * batch)
+        dec.prefill(prompts, [adapter_name] * batch)
         tokens = torch.full((batch,), 11)
         positions = torch.full((batch,), context)
 

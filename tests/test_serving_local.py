@@ -233,15 +233,15 @@ def test_a_failing_decoder_step_falls_back_to_transformers_with_a_warning(
         b.load_adapter("v1", adapters["v1"])
         want = _generate(_peft(tiny_model_dir, adapters["v1"]), b, PROMPTS[1])
         dec = b.engine.runner.decoder
-        real, calls = dec.decode, []
+        real, calls = dec.step, []
 
         def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             calls.append(1)
-            if len(calls) == 3:  # mid-answer: two tokens already out
+            if len(calls) == 3:  # mid-answer: the prompt and one decode step done, two tokens out
                 raise RuntimeError("injected decoder failure")
             return real(*args, **kwargs)
 
-        dec.decode = failing
+        dec.step = failing
         with caplog.at_level("WARNING", logger="learnloop.serving"):
             assert _greedy(b, "v1", PROMPTS[1]) == want  # carried on from the tokens it had
         assert b.engine.runner_name == "transformers"

@@ -21,6 +21,7 @@ forward, and so is everything off the CPU: a GPU gets transformers' forward, as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,29 +312,57 @@ class LlamaDecoder:
         cos, sin = self.rotary(x, positions[None])
         return cos[0, :, None, :], sin[0, :, None, :]  # (tokens, 1, head_dim): broadcast over heads
 
-    def prefill(self, slots: list[int], prompts: list[list[int]], adapters: list[str | None]) -> torch.Tensor:
-        """Run the prompts into their slots; return each one's next-token logits (rows, vocab)."""
+    def step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        adapters: list[str | None],
+        prompts: Sequence[list[int]] = (),
+        prompt_adapters: Sequence[str | None] = (),
+    ) -> torch.Tensor:
+        """One forward pass for the rows in slots 0..n-1 (one token each, at ``positions``: their lengths
+        so far) and, in the same pass, the ``prompts`` of new rows, into slots n, n+1, ...: the weights
+        are read once for both. Returns the next-token logits of every row (decode rows first)."""
+        n = len(tokens)
         lengths = [len(p) for p in prompts]
-        self.cache.reserve(max(lengths) + 1)
-        ids = torch.tensor([t for p in prompts for t in p])
-        positions = torch.cat([torch.arange(n) for n in lengths])
-        starts = [0]
-        for n in lengths:
-            starts.append(starts[-1] + n)
-        token_groups: dict[str | None, list[torch.Tensor]] = {}
+        starts = [n]
+        for length in lengths:
+            starts.append(starts[-1] + length)
+        width = int(positions.max()) + 1 if n else 0
+        self.cache.reserve(max([width, *(length + 1 for length in lengths)]))
+        ids = torch.cat([tokens, torch.tensor([t for p in prompts for t in p], dtype=torch.long)])
+        all_positions = torch.cat([positions, *(torch.arange(length) for length in lengths)])
+        by_name: dict[str | None, list[torch.Tensor]] = {}
         for i, name in enumerate(adapters):
-            token_groups.setdefault(name, []).append(torch.arange(starts[i], starts[i + 1]))
-        groups = _groups({k: torch.cat(v) for k, v in token_groups.items()}, len(ids))
+            by_name.setdefault(name, []).append(torch.tensor([i]))
+        for name, a, b in zip(prompt_adapters, starts, starts[1:]):
+            by_name.setdefault(name, []).append(torch.arange(a, b))
+        groups = _groups({k: torch.cat(v) for k, v in by_name.items()}, len(ids))
         x = self.embed(ids)
-        cos, sin = self._rope(x, positions)
+        cos, sin = self._rope(x, all_positions)
         rep = self.n_heads // self.kv_heads
+        rows = torch.arange(n)
+        # a decode row sees its own columns only: the rest of its slot is another length's leftovers
+        mask = (torch.arange(width)[None, :] <= positions[:, None])[:, None, None, :]
 
         def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = self.cache.k[li], self.cache.v[li]
             out = torch.empty_like(q)
-            for slot, a, b in zip(slots, starts, starts[1:]):
-                n = b - a
-                self.cache.k[li][slot, :, :n] = k[a:b].transpose(0, 1)
-                self.cache.v[li][slot, :, :n] = v[a:b].transpose(0, 1)
+            if n:
+                keys[rows, :, positions] = k[:n]
+                values[rows, :, positions] = v[:n]
+                # grouped-query attention as one call: a key head's query heads stand in as its query rows
+                o = F.scaled_dot_product_attention(
+                    q[:n].reshape(n, self.kv_heads, rep, self.head_dim),
+                    keys[:n, :, :width],
+                    values[:n, :, :width],
+                    attn_mask=mask,
+                    scale=self.scale,
+                )
+                out[:n] = o.reshape(n, self.n_heads, self.head_dim)
+            for slot, a, b in zip(range(n, n + len(lengths)), starts, starts[1:]):
+                keys[slot, :, : b - a] = k[a:b].transpose(0, 1)
+                values[slot, :, : b - a] = v[a:b].transpose(0, 1)
                 kk = k[a:b].transpose(0, 1).repeat_interleave(rep, 0)
                 vv = v[a:b].transpose(0, 1).repeat_interleave(rep, 0)
                 o = F.scaled_dot_product_attention(
@@ -343,44 +372,19 @@ class LlamaDecoder:
             return out
 
         x = self._layers(x, cos, sin, groups, attend)
-        last = x[torch.tensor(starts[1:]) - 1]
-        return self.lm_head(self.norm(last))
+        last = torch.cat([rows, torch.tensor(starts[1:], dtype=torch.long) - 1])
+        return self.lm_head(self.norm(x[last]))
+
+    def prefill(self, prompts: list[list[int]], adapters: list[str | None]) -> torch.Tensor:
+        """New rows alone, into slots 0, 1, ...: their next-token logits."""
+        empty = torch.zeros(0, dtype=torch.long)
+        return self.step(empty, empty, [], prompts, adapters)
 
     def decode(
         self, tokens: torch.Tensor, positions: torch.Tensor, adapters: list[str | None]
     ) -> torch.Tensor:
-        """One token for each of the rows in slots 0..len(tokens)-1, at ``positions`` (their lengths so
-        far); returns the next-token logits (rows, vocab)."""
-        n = len(tokens)
-        width = int(positions.max()) + 1
-        self.cache.reserve(width)
-        by_name: dict[str | None, list[int]] = {}
-        for i, name in enumerate(adapters):
-            by_name.setdefault(name, []).append(i)
-        groups = _groups({k: torch.tensor(v) for k, v in by_name.items()}, n)
-        x = self.embed(tokens)
-        cos, sin = self._rope(x, positions)
-        rows = torch.arange(n)
-        # each row sees its own columns only: the rest of its slot is another length's leftovers
-        mask = (torch.arange(width)[None, :] <= positions[:, None])[:, None, None, :]
-        rep = self.n_heads // self.kv_heads
-
-        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = self.cache.k[li], self.cache.v[li]
-            keys[rows, :, positions] = k
-            values[rows, :, positions] = v
-            # grouped-query attention as one call: a key head's query heads stand in as its query rows
-            o = F.scaled_dot_product_attention(
-                q.view(n, self.kv_heads, rep, self.head_dim),
-                keys[:n, :, :width],
-                values[:n, :, :width],
-                attn_mask=mask,
-                scale=self.scale,
-            )
-            return o.reshape(n, self.n_heads, self.head_dim)
-
-        x = self._layers(x, cos, sin, groups, attend)
-        return self.lm_head(self.norm(x))
+        """One token for each of the rows in slots 0..len(tokens)-1: their next-token logits."""
+        return self.step(tokens, positions, adapters)
 
 
 def _groups(

@@ -6,8 +6,9 @@ weights to all of it, so a request cannot name its adapter. So this engine keeps
 
 - one worker thread owns the model: every forward pass, adapter load and unload happens there,
   between decode steps, so loading a new version never races a running batch;
-- new requests join the running batch at the next step (their prompts are prefilled together),
-  finished or cancelled rows leave it at once;
+- new requests join the running batch at the next step (on the decoder their prompts go through
+  the same pass over the weights as the running rows' next tokens), finished or cancelled rows
+  leave it at once;
 - each row carries its own adapter name, sampling settings and seeded generator, so the result of
   a request does not depend on what it was batched with (greedy output equals ``generate``);
 - rows marked ``background`` (evaluation) take slots of their own: a request never waits for an
@@ -232,8 +233,8 @@ class BatchEngine:
         admitted = [self._pending.popleft() for _ in range(take)]
         take = min(self.background_slots - (len(self._active) - busy), len(self._background))
         if busy or admitted:
-            # a prefill stalls every row's next token: with requests decoding, background rows join
-            # one per step, so a batch of them never holds the requests' tokens for one long prefill
+            # a prompt makes its step longer for every row in it: with requests decoding, background
+            # rows join one per step, so a batch of them never holds the requests' next token for long
             take = min(take, 1)
         admitted += [self._background.popleft() for _ in range(take)]
         return admitted
@@ -262,7 +263,7 @@ class BatchEngine:
                     # the rows are kept: they start again on transformers' forward from what they have
                     self._fall_back(f"a step failed: {exc!r}", log_exc=True)
                     with self._wake:
-                        for s in reversed(admitted + self._active):
+                        for s in reversed(list(dict.fromkeys(self._active + admitted))):
                             (self._background if s.background else self._pending).appendleft(s)
                     self._active, self._last = [], None
                     continue
@@ -284,16 +285,11 @@ class BatchEngine:
             )
 
     def _step(self, admitted: list[Sequence]) -> None:
-        if admitted:
+        if admitted or self._active:
             self.runner.prepare({s.adapter for s in self._active + admitted})
-            logits = self.runner.prefill(admitted, len(self._active))
-            self._active.extend(admitted)
-            self._accept(admitted, logits)
-        elif self._active:
-            self.runner.prepare({s.adapter for s in self._active})
-            assert self._last is not None
-            logits = self.runner.decode(self._active, self._last)
-            self._accept(self._active, logits)
+            rows, logits = self.runner.step(self._active, self._last, admitted)
+            self._active = self._active + admitted
+            self._accept(rows, logits)
         self._retire()
 
     def _fall_back(self, why: str, *, log_exc: bool = False) -> None:
@@ -329,8 +325,8 @@ class BatchEngine:
 
     def _accept(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         tokens = self._sample(seqs, logits)
-        # the sampled tokens are these rows' next input; prefilled rows were appended at the end
-        if seqs is self._active or self._last is None:
+        # the sampled tokens are these rows' next input: every row's, or (a prefill alone) the new rows'
+        if len(seqs) == len(self._active) or self._last is None:
             self._last = tokens
         else:
             self._last = torch.cat([self._last, tokens])
@@ -493,7 +489,16 @@ class _TransformersRunner:
         )
         return out.logits[:, -1, :]
 
-    def prefill(self, seqs: list[Sequence], start: int) -> torch.Tensor:
+    def step(
+        self, active: list[Sequence], last: torch.Tensor | None, admitted: list[Sequence]
+    ) -> tuple[list[Sequence], torch.Tensor]:
+        """New rows are prefilled in a step of their own (the running rows wait one step)."""
+        if admitted:
+            return admitted, self.prefill(admitted)
+        assert last is not None
+        return active, self.decode(active, last)
+
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         from transformers import DynamicCache
 
         contexts = [s.context() for s in seqs]
@@ -599,14 +604,23 @@ class _DecoderRunner:
         if steps >= self.merge_after:
             dec.merge(alone)
 
-    def prefill(self, seqs: list[Sequence], start: int) -> torch.Tensor:
-        return self.decoder.prefill(
-            list(range(start, start + len(seqs))), [s.context() for s in seqs], [s.adapter for s in seqs]
+    def step(
+        self, active: list[Sequence], last: torch.Tensor | None, admitted: list[Sequence]
+    ) -> tuple[list[Sequence], torch.Tensor]:
+        """The running rows' next token and the new rows' prompts in one pass over the weights."""
+        if active:
+            assert last is not None
+            positions = torch.tensor([len(s.prompt_ids) + len(s.generated) - 1 for s in active])
+        else:
+            last = positions = torch.zeros(0, dtype=torch.long)
+        logits = self.decoder.step(
+            last,
+            positions,
+            [s.adapter for s in active],
+            [s.context() for s in admitted],
+            [s.adapter for s in admitted],
         )
-
-    def decode(self, seqs: list[Sequence], tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.tensor([len(s.prompt_ids) + len(s.generated) - 1 for s in seqs])
-        return self.decoder.decode(tokens, positions, [s.adapter for s in seqs])
+        return active + admitted, logits
 
     def keep(self, order: list[int], seqs: list[Sequence]) -> None:
         for dst, (src, s) in enumerate(zip(order, seqs)):
@@ -620,7 +634,7 @@ def _check_against_transformers(runner: _DecoderRunner, model: Any) -> None:
     ids = [1 + (i * 37) % max(2, model.config.vocab_size - 1) for i in range(12)]
     with torch.inference_mode():
         want = model(input_ids=torch.tensor([ids])).logits[0, -2:]
-        got_prefill = runner.decoder.prefill([0], [ids[:-1]], [None])[0]
+        got_prefill = runner.decoder.prefill([ids[:-1]], [None])[0]
         got_decode = runner.decoder.decode(torch.tensor(ids[-1:]), torch.tensor([len(ids) - 1]), [None])[0]
     exact = want.dtype == torch.float32
     for got, ref in ((got_prefill, want[0]), (got_decode, want[1])):
