@@ -274,7 +274,8 @@ class LocalBackend:
 
 
 class BackgroundBackend:
-    """A running LocalBackend seen by background work: the same adapters and batcher, background rows."""
+    """A running LocalBackend seen by background work: the same adapters and batcher; ``chat`` (what
+    an evaluation calls) runs as background rows, streams as requests."""
 
     def __init__(self, backend: LocalBackend) -> None:
         self._backend = backend
