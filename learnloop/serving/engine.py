@@ -259,9 +259,8 @@ class BatchEngine:
                     admitted = [s for s in admitted if not self._drop_if_cancelled(s)]
                     self._step(admitted)
             except Exception as exc:
-                if self.runner.name == "decoder":
+                if self.runner.name == "decoder" and self._fell_back(exc):
                     # the rows are kept: they start again on transformers' forward from what they have
-                    self._fall_back(f"a step failed: {exc!r}", log_exc=True)
                     with self._wake:
                         for s in reversed(list(dict.fromkeys(self._active + admitted))):
                             (self._background if s.background else self._pending).appendleft(s)
@@ -291,6 +290,15 @@ class BatchEngine:
             self._active = self._active + admitted
             self._accept(rows, logits)
         self._retire()
+
+    def _fell_back(self, exc: Exception) -> bool:
+        """After a failed decoder step: move to transformers' forward; False if that failed too."""
+        try:
+            self._fall_back(f"a step failed: {exc!r}", log_exc=True)
+        except Exception:
+            log.exception("transformers' forward could not take over")
+            return False
+        return True
 
     def _fall_back(self, why: str, *, log_exc: bool = False) -> None:
         log.warning(
