@@ -419,11 +419,11 @@ class EvaluationSettings(_Section):
         "auto", description="Device of the evaluation's local backend: 'auto', 'cpu', 'cuda'."
     )
     concurrency: int = Field(
-        1,
+        8,
         ge=1,
         le=64,
-        description="Held-out examples answered at once (the local backend batches "
-        "them); 1 keeps latencies unloaded.",
+        description="Held-out examples answered at once: the local backend decodes them as one batch "
+        "(in a server's process, in its background slots beside live requests); 1 keeps latencies unloaded.",
     )
     upstream_budget: int = Field(
         0,

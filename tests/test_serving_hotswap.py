@@ -37,8 +37,11 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
+# The decoder folds an adapter into its weights after a single step alone (merge_after=1), so the
+# flips between versions merge and unmerge under load; transformers' forward is the fallback runner.
+@pytest.mark.parametrize("runner", ["decoder", "transformers"])
 def test_hot_swap_under_streaming_load(
-    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path, runner: str
 ) -> None:
     adapters = {
         vid: make_adapter(tiny_model_dir, tmp_path / vid, seed=i) for i, vid in ((1, "v0001"), (2, "v0002"))
@@ -46,7 +49,15 @@ def test_hot_swap_under_streaming_load(
     with db.session() as s:
         for vid, path in adapters.items():
             s.add(version_row(vid, tiny_model_dir, path))
-    backend = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=64)
+    backend = LocalBackend(
+        tiny_model_dir,
+        device="cpu",
+        max_batch_size=8,
+        max_queued=64,
+        decoder=runner == "decoder",
+        merge_after=1,
+    )
+    assert backend.engine.runner_name == runner
     move(db, None, "learnloop", "set", "v0001", actor="test")
     runtime = ServingRuntime(backend, db, poll_seconds=0.25, capture=ServedCapture(settings, db))
     prompt = PROMPTS[0]
@@ -109,6 +120,8 @@ def test_hot_swap_under_streaming_load(
             for v in adapters
         }
         assert expected["v0001"] != expected["v0002"]
+        if runner == "decoder":  # the versions were folded into the weights and taken out again
+            assert backend.engine.runner.decoder.merges > 1
     finally:
         runtime.stop()
         backend.close()
