@@ -227,14 +227,18 @@ def stream_rows(
         result.close()
 
 
-def latest_corrections(session: Session, f: DatasetFilters, split: Split) -> dict[str, tuple[int, Any]]:
-    """For each matching trajectory with a correction in its feedback: (feedback id, newest correction)."""
+def latest_corrections(
+    session: Session, f: DatasetFilters, split: Split, restrict: Sequence[Any] = ()
+) -> dict[str, tuple[int, Any]]:
+    """For each matching trajectory with a correction in its feedback: (feedback id, newest correction).
+
+    ``restrict``: further conditions on the trajectories (see the builders)."""
     # JSON null and SQL NULL both mean "no correction"; the cast compares the same way on both databases.
     has_correction = and_(Feedback.correction.is_not(None), cast(Feedback.correction, String) != "null")
     stmt = (
         select(Feedback.trajectory_id, Feedback.id, Feedback.correction, Trajectory.tags)
         .join(Trajectory, Trajectory.id == Feedback.trajectory_id)
-        .where(*where_clauses(f, split), has_correction)
+        .where(*where_clauses(f, split), has_correction, *restrict)
         .order_by(Feedback.trajectory_id, Feedback.created_at, Feedback.id)
     )
     out: dict[str, tuple[int, Any]] = {}

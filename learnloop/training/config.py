@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from learnloop.config import DEFAULT_MAX_LENGTH
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from learnloop.config_base import DEFAULT_MAX_LENGTH, ConfigModel
 
 
-class LoraConfig(_Strict):
+class LoraConfig(ConfigModel):
     r: int = Field(16, ge=1, description="LoRA rank: the inner size of each adapter matrix pair.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
@@ -24,13 +20,13 @@ class LoraConfig(_Strict):
     )
 
 
-class DPOConfig(_Strict):
+class DPOConfig(ConfigModel):
     beta: float = Field(
         0.1, gt=0.0, description="DPO temperature: how far the policy may move from the reference."
     )
 
 
-class GRPOConfig(_Strict):
+class GRPOConfig(ConfigModel):
     # Offline: groups of stored completions with rewards. Online: when reward_fn is set, the
     # policy samples num_generations completions per prompt and reward_fn scores them.
     reward_fn: str | None = Field(
@@ -47,7 +43,7 @@ class GRPOConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(ConfigModel):
     algorithm: Literal["sft", "dpo", "grpo"] = Field(description="Training algorithm.")
     base_model: str = Field(
         description="An HF model folder, a GGUF file, or a prepared model name (`learnloop models list`)."
