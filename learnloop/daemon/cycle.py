@@ -320,7 +320,7 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
     s = ctx.settings
     s = s.model_copy(update={"datasets": s.datasets.model_copy(update={"max_length": loop.max_length})})
     # The base model's own tokenizer counts the tokens training will see.
-    tokenizer = str(resolve_base_model(base))
+    tokenizer = str(resolve_base_model(base, s.data_dir))
     return build_dataset(
         ctx.db,
         loop.algorithm,
