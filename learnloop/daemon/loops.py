@@ -43,6 +43,7 @@ __all__ = [
     "check_lock",
     "check_locks",
     "check_loop",
+    "check_registered",
     "dataset_filters",
     "due",
     "ensure_row",
@@ -85,6 +86,13 @@ def get_loop(settings: Settings, name: str) -> LoopConfig:
             return loop
     names = ", ".join(lp.name for lp in settings.loops) or "none configured"
     raise NotFound(f"No loop named {name!r} in learnloop.toml ([[loops]]: {names}).")
+
+
+def check_registered(settings: Settings) -> None:
+    """Refuse a loop that names a custom trigger or readiness check no module registers."""
+    for loop in settings.loops:
+        READINESS.for_loop(settings, loop.triggers.custom_checks)
+        TRIGGERS.for_loop(settings, loop.triggers.custom)
 
 
 def check_loop(
