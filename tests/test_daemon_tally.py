@@ -75,8 +75,8 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[bool, int]]]:
 
     def spy(*args: Any, **kw: Any) -> Iterator[Any]:
         items = list(real(*args, **kw))
-        restrict = args[4] if len(args) > 4 else kw.get("restrict", ())
-        seen.append((bool(list(restrict)), len(items)))
+        prompts = args[4] if len(args) > 4 else kw.get("prompts")
+        seen.append((prompts is not None, len(items)))
         yield from items
 
     monkeypatch.setattr(tally, "_build", spy)
@@ -297,3 +297,17 @@ def test_a_loop_never_checked_by_the_daemon_keeps_no_tally(db: Database, setting
     assert loops.status(db, s)[0]["state"] == "new"
     with db.read_session() as sess:
         assert sess.scalar(select(func.count()).select_from(LoopTally)) == 0
+
+
+def test_the_count_is_taken_before_duplicates_are_removed(db: Database, settings: Settings) -> None:
+    from learnloop.datasets import build_dataset
+
+    s = loop_settings(settings, sources=["production"])
+    loop = s.loops[0]
+    loops.ensure_row(db, loop.name)
+    rows = _rows(1, [0.5, 0.6])
+    add(db, rows + [{**r, "id": r["id"] + "-again"} for r in rows])  # the same answers twice
+    now = utcnow()
+    assert loops.check_loop(db, s, loop, now=now).new_examples == 4
+    built = build_dataset(db, "sft", tally.dataset_filters(loop, None, now), settings=s)
+    assert built.count == 2 and built.stats["duplicates"]["exact"] == 2

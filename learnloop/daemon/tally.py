@@ -30,13 +30,13 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from learnloop.config import Settings
 from learnloop.daemon.config import LoopConfig
@@ -116,10 +116,10 @@ def _dry(db: Database, settings: Settings, kind: str, f: DatasetFilters) -> Coun
 
 
 def _build(
-    s: Session, settings: Settings, kind: str, f: DatasetFilters, restrict: Iterable[Any] = ()
+    s: Session, settings: Settings, kind: str, f: DatasetFilters, prompts: list[str] | None = None
 ) -> Iterator[Item]:
     yield from BUILDERS[kind](
-        s, f, reward_rule(settings), BuildReport(), settings.datasets.chunk_size, list(restrict)
+        s, f, reward_rule(settings), BuildReport(), settings.datasets.chunk_size, prompts
     )
 
 
@@ -205,18 +205,17 @@ class _Tally:
         """The totals after re-counting the prompts that changed since ``state`` was stored."""
         marks = state.get("marks") or {}
         since = dt.datetime.fromisoformat(state["checked_at"]) - LAG
-        keys = set(
-            s.scalars(select(Trajectory.prompt_hash).distinct().where(Trajectory.ingested_at >= since))
-        )
+        # No DISTINCT in these queries: SQLite would walk the whole prompt-hash index to produce it.
+        keys = set(s.scalars(select(Trajectory.prompt_hash).where(Trajectory.ingested_at >= since)))
         before = dt.datetime.fromisoformat(state["until"]) if state.get("until") else None
         if self.until is not None and before is not None and before != self.until:
             # Rows whose created_at the window's end moved past (either way) enter or leave it.
             lo, hi = sorted((before, self.until))
             keys.update(
                 s.scalars(
-                    select(Trajectory.prompt_hash)
-                    .distinct()
-                    .where(Trajectory.created_at >= lo, Trajectory.created_at < hi)
+                    select(Trajectory.prompt_hash).where(
+                        Trajectory.created_at >= lo, Trajectory.created_at < hi
+                    )
                 )
             )
         if self.needs_scores:
@@ -242,11 +241,7 @@ class _Tally:
             ).one()
             examples, varied = examples - was_examples, varied - was_varied
             now_counts = {key: Counts(0, 0) for key in chunk}
-            # Rows by prompt through the prompt-hash index: a plain `prompt_hash IN (...)` beside the
-            # selection's own conditions lets SQLite's planner scan a whole source or scenario instead.
-            by_prompt = aliased(Trajectory)
-            rows = select(by_prompt.id).where(by_prompt.prompt_hash.in_(chunk))
-            for item in _build(s, self.settings, self.kind, self.f, [Trajectory.id.in_(rows)]):
+            for item in _build(s, self.settings, self.kind, self.f, chunk):
                 _add(now_counts.setdefault(_prompt_of(item), Counts(0, 0)), self.kind, item)
             for key, c in now_counts.items():
                 changed[key] = (c.examples, c.varied)
@@ -256,7 +251,7 @@ class _Tally:
     def _touched(self, s: Session, table: Any, after_id: int, *where: Any) -> set[str]:
         """Prompts of the trajectories named by rows of ``table`` (scores, feedback) above ``after_id``."""
         named = select(table.trajectory_id).where(table.id > after_id, *where)
-        return set(s.scalars(select(Trajectory.prompt_hash).distinct().where(Trajectory.id.in_(named))))
+        return set(s.scalars(select(Trajectory.prompt_hash).where(Trajectory.id.in_(named))))
 
     # -- marks: which score and feedback ids a check has seen ------------------------------------------
 

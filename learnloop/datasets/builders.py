@@ -13,9 +13,9 @@ notes in a :class:`BuildReport` why every row it passes over was left out.
   scored trajectories sharing a prompt; group-normalised advantages go into the stats.
 - holdout ``{"id", "prompt", "completion", "reward", "scenario"}``: the held-out split, for evaluation.
 
-Every builder also takes ``restrict``: further SQL conditions on the trajectories it reads, so that
-a caller can rebuild the examples of a few prompts (the daemon's checks re-count only the prompts
-that changed). SFT's ``top_fraction`` still ranks the whole selection.
+Every builder also takes ``prompts``: build only from the rows with these prompt hashes, so that a
+caller can rebuild the examples of a few prompts (the daemon's checks re-count only the prompts
+that changed; no example spans two prompts). SFT's ``top_fraction`` still ranks the whole selection.
 """
 
 from __future__ import annotations
@@ -125,12 +125,12 @@ def build_sft(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
-    restrict: Sequence[Any] = (),
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     threshold = _top_fraction_threshold(session, f, weights, chunk_size) if f.top_fraction else None
-    corrections = latest_corrections(session, f, Split.train, restrict) if f.include_corrections else {}
+    corrections = latest_corrections(session, f, Split.train, prompts) if f.include_corrections else {}
     reward_bar = f.min_reward is not None or f.top_fraction is not None
-    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size, extra_where=restrict):
+    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size, prompts=prompts):
         report.funnel["scanned"] += 1
         if row.id in corrections:
             fid, correction = corrections[row.id]
@@ -185,18 +185,18 @@ def _groups(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
-    restrict: Sequence[Any],
+    prompts: Sequence[str] | None,
 ) -> Iterator[tuple[tuple[Any, ...], list[_Member]]]:
     """Scored, well-formed rows grouped by ``f.group_by`` (rows arrive sorted,
     so one group is in memory at a time)."""
     assert f.group_by is not None
     cols = group_columns(f.group_by)
-    extra = [c.is_not(None) for c in cols] + list(restrict)
+    extra = [c.is_not(None) for c in cols]
     key_names = [c.key for c in cols]
     current: tuple[Any, ...] | None = None
     members: list[_Member] = []
     for row, reward in _rows_with_rewards(
-        session, f, Split.train, weights, chunk_size, order_by=cols, extra_where=extra
+        session, f, Split.train, weights, chunk_size, order_by=cols, extra_where=extra, prompts=prompts
     ):
         report.funnel["scanned"] += 1
         key = tuple(getattr(row, k) for k in key_names)
@@ -223,11 +223,11 @@ def build_dpo(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
-    restrict: Sequence[Any] = (),
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     min_size = f.min_group_size or 2
     margin = f.min_margin or 0.0
-    for _key, members in _groups(session, f, weights, report, chunk_size, restrict):
+    for _key, members in _groups(session, f, weights, report, chunk_size, prompts):
         if len(members) < min_size:
             report.funnel["in_small_groups"] += len(members)
             continue
@@ -250,7 +250,7 @@ def build_dpo(
             i, j, pairs = i + 1, j - 1, pairs + 1
         report.funnel["pairs"] += pairs
     if f.include_corrections:
-        yield from _correction_pairs(session, f, report, restrict)
+        yield from _correction_pairs(session, f, report, prompts)
 
 
 def _pair(
@@ -266,9 +266,9 @@ def _pair(
 
 
 def _correction_pairs(
-    session: Session, f: DatasetFilters, report: BuildReport, restrict: Sequence[Any]
+    session: Session, f: DatasetFilters, report: BuildReport, prompts: Sequence[str] | None
 ) -> Iterator[Item]:
-    corrections = latest_corrections(session, f, Split.train, restrict)
+    corrections = latest_corrections(session, f, Split.train, prompts)
     ids = sorted(corrections)
     for chunk in chunks(ids):
         rows = session.execute(select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(chunk)))
@@ -294,10 +294,10 @@ def build_grpo(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
-    restrict: Sequence[Any] = (),
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     k = f.min_group_size or 2
-    for key, members in _groups(session, f, weights, report, chunk_size, restrict):
+    for key, members in _groups(session, f, weights, report, chunk_size, prompts):
         if len(members) < k:
             report.funnel["in_small_groups"] += len(members)
             continue
@@ -338,11 +338,9 @@ def build_holdout(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
-    restrict: Sequence[Any] = (),
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
-    for row, reward in _rows_with_rewards(
-        session, f, Split.holdout, weights, chunk_size, extra_where=restrict
-    ):
+    for row, reward in _rows_with_rewards(session, f, Split.holdout, weights, chunk_size, prompts=prompts):
         report.funnel["scanned"] += 1
         if f.min_reward is not None and (reward is None or reward < f.min_reward):
             report.funnel["below_min_reward"] += 1
