@@ -63,7 +63,8 @@ class LoopCheck:
 
     @property
     def unit(self) -> str:
-        return UNIT[self.loop.algorithm]
+        """What one example is, in reasons: traces, pairs, groups."""
+        return UNIT.get(self.loop.algorithm, "examples")
 
     @cached_property
     def holdout(self) -> int:

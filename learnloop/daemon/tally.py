@@ -17,7 +17,7 @@ The counts are therefore the builder's own: what a dry build of the whole select
 the build's duplicate removal, as before). A selection where one prompt's examples depend on other
 prompts' rows is counted dry at every check instead: SFT ``top_fraction`` (a rank over all
 rewards), ``min_agents`` (a count over windows or groups) and ``lookback_hours`` (its start moves
-at every check).
+at every check). A new builder keeps this working as long as none of its examples spans two prompts.
 
 Every look reaches ``LAG`` further back than the last one: a writer stamps its rows before it
 commits them, so a check can miss rows a transaction still held open. A transaction open longer
@@ -160,8 +160,8 @@ class _Tally:
         ).hexdigest()
         # Which later writes can change a count: rewards only matter with a reward bar or pairs and
         # groups; corrections only where the builder uses them.
-        self.needs_scores = kind in ("dpo", "grpo") or (kind == "sft" and f.min_reward is not None)
-        self.needs_feedback = kind in ("sft", "dpo") and f.include_corrections
+        self.needs_scores = kind != "holdout" and not (kind == "sft" and f.min_reward is None)
+        self.needs_feedback = kind not in ("holdout", "grpo") and f.include_corrections
 
     def count(self) -> Counts:
         now = utcnow()  # before the first read: everything committed before it is seen
