@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from learnloop.config import Settings
@@ -250,8 +250,14 @@ class _Tally:
 
     def _touched(self, s: Session, table: Any, after_id: int, *where: Any) -> set[str]:
         """Prompts of the trajectories named by rows of ``table`` (scores, feedback) above ``after_id``."""
-        named = select(table.trajectory_id).where(table.id > after_id, *where)
-        return set(s.scalars(select(Trajectory.prompt_hash).where(Trajectory.id.in_(named))))
+        # Two look-ups, each by its own index: as one (IN a subquery) PostgreSQL may hash-join
+        # against a scan of every trajectory when it misjudges how many ids the subquery gives.
+        named = sorted(set(s.scalars(select(table.trajectory_id).where(table.id > after_id, *where))))
+        keys: set[str] = set()
+        for start in range(0, len(named), _CHUNK):
+            chunk = named[start : start + _CHUNK]
+            keys.update(s.scalars(select(Trajectory.prompt_hash).where(Trajectory.id.in_(chunk))))
+        return keys
 
     # -- marks: which score and feedback ids a check has seen ------------------------------------------
 
@@ -312,6 +318,10 @@ class _Tally:
             ]
             for start in range(0, len(rows), 5000):
                 s.execute(insert(LoopTally), rows[start : start + 5000])
+            if reset and self.db.dialect == "postgresql":
+                # Fresh statistics for the rows just written: without them PostgreSQL reads the whole
+                # table to find a few hundred prompts, until autovacuum gets round to it.
+                s.execute(text("ANALYZE loop_tallies"))
             row.tally = {**(row.tally or {}), self.part: state, "version": version + 1}
 
 

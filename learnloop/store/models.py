@@ -420,9 +420,11 @@ class LoopTally(Base):
 
     __tablename__ = "loop_tallies"
 
+    # The prompt hash first: a check looks up a few hundred prompts of one loop at a time, and a
+    # fresh table has no statistics that would steer PostgreSQL past a (loop, part) prefix scan.
+    prompt_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     loop: Mapped[str] = mapped_column(String(128), primary_key=True)
     part: Mapped[str] = mapped_column(String(16), primary_key=True, doc="'train' or 'holdout'.")
-    prompt_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     examples: Mapped[int] = mapped_column(Integer)
     varied: Mapped[int] = mapped_column(Integer, doc="GRPO groups among them whose rewards differ.")
 

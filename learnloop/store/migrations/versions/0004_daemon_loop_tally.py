@@ -22,12 +22,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "loop_tallies",
+        sa.Column("prompt_hash", sa.String(length=64), nullable=False),
         sa.Column("loop", sa.String(length=128), nullable=False),
         sa.Column("part", sa.String(length=16), nullable=False),
-        sa.Column("prompt_hash", sa.String(length=64), nullable=False),
         sa.Column("examples", sa.Integer(), nullable=False),
         sa.Column("varied", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("loop", "part", "prompt_hash", name=op.f("pk_loop_tallies")),
+        sa.PrimaryKeyConstraint("prompt_hash", "loop", "part", name=op.f("pk_loop_tallies")),
     )
     with op.batch_alter_table("loops", schema=None) as batch_op:
         batch_op.add_column(
