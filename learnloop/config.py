@@ -50,6 +50,12 @@ class ServerSettings(ConfigModel):
     watch_inbox: bool = Field(
         True, description="Whether `learnloop serve` imports files dropped into the inbox folder."
     )
+    otlp_run_timeout_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long LLM call spans received on /otlp/v1/traces wait for their trace's root span "
+        "before they are stored without it (the root is in another service, or never ended).",
+    )
     max_inbox_file_bytes: int | None = Field(
         None,
         ge=1,
@@ -60,6 +66,12 @@ class ServerSettings(ConfigModel):
         None,
         description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: "
         "Bearer <token>' with this token or the write token; /healthz stays open but says only what is up.",
+    )
+    feedback_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long feedback or scores naming an answer this server just served wait for "
+        "its trajectory when its write was delayed (it is written before the answer ends otherwise).",
     )
 
 
@@ -76,6 +88,12 @@ class CaptureSettings(ConfigModel):
     )
     shutdown_timeout: float = Field(
         5.0, ge=0, description="Seconds allowed at interpreter exit to flush pending records."
+    )
+    unknown_trajectory_wait: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds the writer keeps retrying feedback or scores that name a trajectory the "
+        "store does not have yet (one just served, still being written) before setting them aside.",
     )
     server_url: str | None = Field(
         None,
@@ -400,9 +418,13 @@ class GatePolicy(ConfigModel):
     min_examples: int = Field(
         30, ge=1, description="Fewest held-out examples a verdict may rest on (fewer: inconclusive)."
     )
-    metric: Literal["reward", "judge_win_rate"] = Field(
+    metric: str = Field(
         "reward",
-        description="What must improve: the paired reward difference, or the judge's win rate over 0.5.",
+        min_length=1,
+        max_length=128,
+        description="What must improve: 'reward' (the paired difference of the combined reward, "
+        "scoring's explicit-first rule), 'judge_win_rate' (the judge's win rate over 0.5), or the name "
+        "of one aspect (a reward function, e.g. your verifier 'order_json'): its paired difference.",
     )
     margin: float = Field(
         0.0, description="The lower bound of the 95% interval of the improvement must exceed this."

@@ -20,9 +20,10 @@ from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
+from learnloop.registry import move
 from learnloop.serving.backend import ChatRequest
 from learnloop.serving.local import LocalBackend
-from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
+from learnloop.serving.runtime import ServedCapture, ServingRuntime
 from learnloop.store.db import Database
 
 CLIENTS = 16
@@ -46,7 +47,7 @@ def test_hot_swap_under_streaming_load(
         for vid, path in adapters.items():
             s.add(version_row(vid, tiny_model_dir, path))
     backend = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=64)
-    set_alias(db, "learnloop", "v0001", actor="test")
+    move(db, None, "learnloop", "set", "v0001", actor="test")
     runtime = ServingRuntime(backend, db, poll_seconds=0.25, capture=ServedCapture(settings, db))
     prompt = PROMPTS[0]
     results: list[dict] = []
@@ -95,8 +96,8 @@ def test_hot_swap_under_streaming_load(
             moves: list[tuple[float, str]] = []
             time.sleep(0.5)
             for _ in range(CYCLES):
-                for target, action in (("v0002", "promote"), ("v0001", "rollback")):
-                    set_alias(db, "learnloop", target, actor="test", action=action)
+                for target, kind in (("v0002", "promote"), ("v0001", "rollback")):
+                    move(db, None, "learnloop", kind, target, actor="test")
                     moves.append((time.monotonic(), target))
                     time.sleep(0.7)
             stop.set()

@@ -57,7 +57,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from learnloop.api.inbox import InboxWatcher
+        from learnloop.store.inbox import InboxWatcher
 
         app.state.inbox = None
         alerts = _start_alerts(db, settings)
@@ -105,6 +105,9 @@ def create_app(
     app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
     app.include_router(openai_compat.router)
     app.include_router(aliases.router)
+    from learnloop.api.routes import otlp
+
+    app.include_router(otlp.router)
     _install_watch(app)
     _install_error_handlers(app)
     install_openapi(app, settings)
@@ -115,19 +118,21 @@ def _install_watch(app: FastAPI) -> None:
     """Status, /readyz, /metrics, the dashboard and its static files (the `watch` stage)."""
     from fastapi.staticfiles import StaticFiles
 
+    from learnloop import watch
     from learnloop.api.routes import dashboard, status
     from learnloop.api.timing import IngestTimingMiddleware
 
     app.add_middleware(IngestTimingMiddleware)
     app.include_router(status.router)
     app.include_router(dashboard.router)
-    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+    app.include_router(dashboard.page_routes())
+    app.mount("/static", StaticFiles(directory=str(watch.STATIC_DIR)), name="static")
 
 
 def _start_alerts(db: Database, settings: Settings) -> Any:
     if not settings.alerts:
         return None
-    from learnloop.watch.alerts import AlertService
+    from learnloop.watch import AlertService
 
     service = AlertService(db, settings)
     service.start()

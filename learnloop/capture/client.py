@@ -88,6 +88,7 @@ class CaptureClient:
             flush_interval=flush_interval or cap.flush_interval,
             queue_size=queue_size or cap.queue_size,
             max_backoff=max_backoff,
+            unknown_wait=cap.unknown_trajectory_wait,
         )
         self._dropped: OrderedDict[str, None] = OrderedDict()
         self._dropped_lock = threading.Lock()
@@ -146,6 +147,32 @@ class CaptureClient:
         submit(TRAJECTORY, record)
         for fb in extra_feedback:
             submit(FEEDBACK, {**fb, "trajectory_id": record["id"], "idempotency_key": new_id()})
+        return True
+
+    def write_now(self, records: list[dict[str, Any]]) -> bool:
+        """Store these trajectories before returning: one batch straight through the transport, past the
+        queue (so nothing queued earlier is overtaken that they could depend on: they are new ids).
+
+        For a caller that must know a record is stored before it answers, such as a server handing out
+        the id of an answer that feedback may name the next instant. When the store cannot take them
+        now they go through the queue and spool as usual (nothing is lost) and this returns False.
+        """
+        from learnloop.jsonio import dumps
+
+        for record in records:
+            if self.project is not None and "project" not in record:
+                record["project"] = self.project
+            if "source" not in record and self.source is not None:
+                record["source"] = self.source
+        try:
+            self.transport.send(dumps({TRAJECTORY: records}))
+        except Exception as exc:  # down, busy or refused: the writer retries, spools, or sets aside
+            log.warning(
+                "learnloop capture: could not store %d record(s) at once (%s); queued", len(records), exc
+            )
+            for record in records:
+                self.writer.submit(TRAJECTORY, record)
+            return False
         return True
 
     def feedback(self, trajectory_id: str, **signals: Any) -> str | None:

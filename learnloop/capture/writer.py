@@ -13,6 +13,9 @@ What the deliverer does with a batch depends on how the transport answered:
 * ``RetryLater`` (the store is down, busy or says wait): keep the batch and retry it after a
   backoff (exponential, or the server's Retry-After) while the spooler keeps moving records to
   disk; an outage never costs a record;
+* ``UnknownTrajectory`` (feedback or scores name a trajectory the store does not have yet, such as an
+  answer a server has just served and is still writing): retry the batch every fraction of a second
+  for up to ``unknown_wait`` seconds, then treat it as refused;
 * ``Refused``, or any other error ``MAX_ATTEMPTS`` times in a row: split the batch in halves and
   send each, down to single records; a record that fails on its own is set aside in
   ``spool/rejected/`` with the reason, and every other record is delivered. A batch that fails
@@ -34,7 +37,7 @@ from typing import Any
 import orjson
 
 from learnloop.capture.spool import Spool
-from learnloop.capture.transports import Refused, RetryLater, Transport
+from learnloop.capture.transports import Refused, RetryLater, Transport, UnknownTrajectory
 from learnloop.jsonio import dumps  # re-exported: tests and tools build spool bodies with writer.dumps
 
 log = logging.getLogger("learnloop.capture")
@@ -45,6 +48,12 @@ KINDS = (TRAJECTORY, FEEDBACK, SCORE)
 
 # Failures of one batch, other than outages, before it is split to find the records that fail.
 MAX_ATTEMPTS = 3
+# How often a batch naming a trajectory the store does not have yet is retried while it waits for it.
+UNKNOWN_RETRY_SECONDS = 0.1
+
+
+class _WaitForTrajectory(RetryLater):
+    """The batch names a trajectory not stored yet: retried shortly, not an outage."""
 
 
 @dataclass(eq=False)
@@ -57,6 +66,7 @@ class _Pending:
     failures: int = 0
     parts: list[list[tuple[str, Any]]] | None = None  # what is left to send of a batch being split
     delivered_in_parts: int = 0
+    unknown_since: float | None = None  # when the store first said it names an unknown trajectory
 
 
 class BackgroundWriter:
@@ -71,8 +81,10 @@ class BackgroundWriter:
         flush_interval: float = 0.5,
         queue_size: int = 100_000,
         max_backoff: float = 30.0,
+        unknown_wait: float = 5.0,
     ) -> None:
         self.transport = transport
+        self.unknown_wait = unknown_wait
         self.spool = spool
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -187,6 +199,9 @@ class BackgroundWriter:
                     return
             try:
                 delivered = self._deliver(batch)
+            except _WaitForTrajectory as exc:
+                self._outage(exc, count_outage=False)
+                continue
             except RetryLater as exc:
                 self._outage(exc)
                 continue
@@ -241,6 +256,12 @@ class BackgroundWriter:
             return self._split(batch, body, f"failed {batch.failures} times: {self.last_error}")
         try:
             self.transport.send(body)
+        except UnknownTrajectory as exc:
+            now = time.monotonic()
+            batch.unknown_since = batch.unknown_since or now
+            if now - batch.unknown_since < self.unknown_wait:
+                raise _WaitForTrajectory(str(exc), retry_after=UNKNOWN_RETRY_SECONDS) from None
+            return self._split(batch, body, f"{exc} (waited {self.unknown_wait:g} s for it)")
         except Refused as exc:
             return self._split(batch, body, str(exc))
         return batch.count or _count(body)

@@ -29,6 +29,7 @@ from learnloop.daemon.supervisor import Supervisor
 from learnloop.errors import ConfigError, LearnloopError, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database
+from learnloop.training.config import validate_config
 
 log = logging.getLogger("learnloop.daemon")
 
@@ -466,19 +467,6 @@ def _promote(
         evaluation_id=eval_id,
     )
     return True
-
-
-def validate_config(data: dict[str, Any], where: str) -> Any:
-    """A TrainConfig (pydantic only: the daemon needs no torch to check it)."""
-    from pydantic import ValidationError
-
-    from learnloop.training.config import TrainConfig
-
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"Invalid training config ({where}): {problems}") from None
 
 
 # -- other kinds ------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def served_rewards(session: Session, settings: Settings, ids: Sequence[str]) -> 
     """The live rewards of the served answers ``ids`` (the unscored have none)."""
     from learnloop.scoring.combine import combined_rewards
 
-    return list(combined_rewards(session, ids, settings.scoring.weights).values())
+    return list(combined_rewards(session, ids, settings.scoring).values())
 
 
 def evaluated_reward(metrics: dict[str, Any]) -> float | None:

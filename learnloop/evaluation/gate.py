@@ -1,9 +1,13 @@
 """The promotion gate: a pure function of an evaluation's metrics and the ``[gate]`` policy.
 
 It passes a candidate only when the lower bound of the paired 95% interval of its improvement
-(mean reward difference, or judge win rate above one half) clears the margin, no guardrail
-regresses past its allowance (JSON validity, refusal rate, p95 latency, any one scenario's
-reward), and enough held-out examples back the numbers. Every check adds a reason, passed or not.
+clears the margin, no guardrail regresses past its allowance (JSON validity, refusal rate, p95
+latency, any one scenario's score on the gated metric), and enough held-out examples back the
+numbers. Every check adds a reason, passed or not.
+
+The improvement is that of ``policy.metric``: ``reward`` (the combined reward under scoring's one
+explicit-first rule: the app's verifier decides, generic heuristics only refine), ``judge_win_rate``
+(above one half), or the name of one aspect (a reward function such as a user's ``order_json``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from learnloop.config import GatePolicy
 
 PROMOTE, REJECT, INCONCLUSIVE = "promote", "reject", "inconclusive"
+REWARD, JUDGE_WIN_RATE = "reward", "judge_win_rate"
 
 
 @dataclass
@@ -54,10 +59,29 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
 
     failures: list[str] = []
     notes: list[str] = []
-    if policy.metric == "reward":
+    if policy.metric == REWARD:
         ci = overall.get("reward_diff_ci") or [None, None]
         low = ci[0]
         what = f"mean reward difference {_f(overall.get('reward_diff'))} (95% CI {_f(ci[0])} .. {_f(ci[1])})"
+        threshold = policy.margin
+    elif policy.metric != JUDGE_WIN_RATE:
+        aspect = (overall.get("aspects") or {}).get(policy.metric) or {}
+        if not aspect.get("n"):
+            known = ", ".join(sorted(overall.get("aspects") or {})) or "none"
+            return GateVerdict(
+                False,
+                INCONCLUSIVE,
+                [
+                    f"the policy gates on the aspect {policy.metric!r}, but no example has it on both "
+                    f"sides (aspects scored: {known}); is its reward module in [scoring] reward_modules?"
+                ],
+            )
+        ci = aspect.get("diff_ci") or [None, None]
+        low = ci[0]
+        what = (
+            f"{policy.metric} difference {_f(aspect.get('diff'))} (95% CI {_f(ci[0])} .. {_f(ci[1])}, "
+            f"{aspect['n']} paired examples)"
+        )
         threshold = policy.margin
     else:
         judge = overall.get("judge") or {}
@@ -95,13 +119,23 @@ def gate(metrics: Mapping[str, Any], policy: GatePolicy) -> GateVerdict:
             else notes
         ).append(f"p95 latency {lc:.0f} ms vs {lb:.0f} ms (allowed ratio {policy.max_p95_latency_ratio})")
     for name, sc in sorted((metrics.get("scenarios") or {}).items()):
-        if int(sc.get("n") or 0) < policy.min_scenario_examples or sc.get("reward_diff") is None:
+        label, diff, n = _scenario_diff(sc, policy.metric)
+        if n < policy.min_scenario_examples or diff is None:
             continue
-        if sc["reward_diff"] < -policy.max_scenario_regression:
+        if diff < -policy.max_scenario_regression:
             failures.append(
-                f"scenario {name!r} regresses: mean reward {sc['reward_diff']:+.4f} over {sc['n']} examples "
+                f"scenario {name!r} regresses: mean {label} {diff:+.4f} over {n} examples "
                 f"(allowed {-policy.max_scenario_regression:+.4f})"
             )
     if failures:
         return GateVerdict(False, REJECT, failures + notes)
     return GateVerdict(True, PROMOTE, notes)
+
+
+def _scenario_diff(sc: Mapping[str, Any], metric: str) -> tuple[str, float | None, int]:
+    """(label, paired difference, examples) of one scenario on the metric the gate compares
+    (the reward for ``reward`` and ``judge_win_rate``, whose scenarios carry no judge interval)."""
+    if metric in (REWARD, JUDGE_WIN_RATE):
+        return "reward", sc.get("reward_diff"), int(sc.get("n") or 0)
+    aspect = (sc.get("aspects") or {}).get(metric) or {}
+    return metric, aspect.get("diff"), int(aspect.get("n") or 0)

@@ -2,10 +2,13 @@
 
 Answers come from the same ``ServingBackend`` serving uses, greedy, so a candidate is measured as
 it would be served. Each answer is scored by the heuristic reward functions the scoring stage
-applies (built-ins and the user's registered verifiers, combined with ``[scoring] weights``;
-feedback cannot exist for a fresh answer), optionally judged pairwise in both orders. The result,
-its gate verdict and every example are stored in ``evaluations``; the verdict is also written on
-the candidate version (a rejected one is marked ``rejected``).
+applies (built-ins and the user's registered verifiers; feedback cannot exist for a fresh answer),
+and its reward is the scoring stage's one rule (``scoring.combine``, explicit-first, with the
+``[scoring]`` settings): a registered verifier decides, the generic built-ins only refine. Every
+aspect is summarised per side too, so a loop's gate can compare one of them instead
+(``gate.metric``). Answers are optionally judged pairwise in both orders. The result, its gate
+verdict and every example are stored in ``evaluations``; the verdict is also written on the
+candidate version (a rejected one is marked ``rejected``).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from learnloop.evaluation import stats
 from learnloop.evaluation.gate import REJECT, GateVerdict, gate, policy_for
 from learnloop.evaluation.judge import JudgeClient, judge_pair, judge_summary
 from learnloop.registry import files as fs
-from learnloop.scoring.combine import combine
+from learnloop.registry.aliases import serving_ids, state_of
+from learnloop.scoring.combine import HEURISTIC, CombineRule, combine
 from learnloop.scoring.view import TrajectoryView, message_text
 from learnloop.serving.backend import BASE, ChatRequest, ServingBackend
 from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory, VersionState
+from learnloop.store.models import Evaluation, ModelVersion, Source, Trajectory
 
 TEACHER = "teacher"
 SERVING = "serving"
@@ -158,9 +162,25 @@ def _score(settings: Settings, item: Item, answer: str) -> tuple[float, dict[str
     )
     rows, _, _ = score_views(registered(), [view])
     aspects = {r["name"]: r["value"] for r in rows}
-    value = combine(aspects, settings.scoring.weights)
+    # Every aspect here comes from a registered function: the rule classes each by that source
+    # (a user's verifier explicit, the built-ins by their class), exactly as for stored scores.
+    value = combine(aspects, settings.scoring, dict.fromkeys(aspects, HEURISTIC))
     # No reward function applied: the answer was empty, which serves the user worst.
     return (0.0 if value is None else value), aspects
+
+
+def rescore(example: Mapping[str, Any], rule: CombineRule) -> dict[str, Any]:
+    """``example`` with each side's reward (and the difference) recomputed from its stored aspects
+    under ``rule``: how evaluations stored under another rule are compared with today's."""
+    out = dict(example)
+    for key in ("candidate", "baseline"):
+        side = dict(example[key])
+        aspects = side.get("aspects") or {}
+        value = combine(aspects, rule, dict.fromkeys(aspects, HEURISTIC))
+        side["reward"] = 0.0 if value is None else value
+        out[key] = side
+    out["diff"] = out["candidate"]["reward"] - out["baseline"]["reward"]
+    return out
 
 
 def _refused(aspects: Mapping[str, float]) -> float | None:
@@ -171,14 +191,58 @@ def _json_ok(aspects: Mapping[str, float]) -> float | None:
     return None if "json_valid" not in aspects else float(aspects["json_valid"] >= 1.0)
 
 
+def aspect_summary(
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    intervals: bool = True,
+    confidence: float = stats.CONFIDENCE,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Every aspect (reward function) seen on either side: its mean per side, and the paired
+    difference over the examples where both answers have it (with its interval when ``intervals``).
+
+    A function that does not apply to an answer (None) leaves it out of that aspect's numbers.
+    """
+    names = sorted({n for e in examples for key in ("candidate", "baseline") for n in e[key]["aspects"]})
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        cand = [e["candidate"]["aspects"].get(name) for e in examples]
+        base = [e["baseline"]["aspects"].get(name) for e in examples]
+        diffs = np.array([c - b for c, b in zip(cand, base, strict=True) if c is not None and b is not None])
+        entry: dict[str, Any] = {
+            "candidate": stats.mean_or_none(cand),
+            "baseline": stats.mean_or_none(base),
+            "n_candidate": sum(v is not None for v in cand),
+            "n_baseline": sum(v is not None for v in base),
+            "n": len(diffs),
+            "diff": float(diffs.mean()) if len(diffs) else None,
+        }
+        if intervals:
+            low, high = (
+                stats.paired_ci(diffs, confidence=confidence, n_resamples=n_resamples, seed=seed)
+                if len(diffs)
+                else (np.nan, np.nan)
+            )
+            entry["diff_ci"] = [
+                None if np.isnan(low) else float(low),
+                None if np.isnan(high) else float(high),
+            ]
+        out[name] = entry
+    return out
+
+
 def summarize(
     examples: Sequence[Mapping[str, Any]],
     *,
     confidence: float = stats.CONFIDENCE,
     n_resamples: int = 9999,
     seed: int = 0,
+    intervals: bool = True,
 ) -> dict[str, Any]:
-    """The per-side numbers of a set of scored example pairs (all examples, or one scenario's)."""
+    """The per-side numbers of a set of scored example pairs (all examples, or one scenario's);
+    ``intervals``: also each aspect's paired interval (the overall summary's, which a gate on an
+    aspect reads)."""
     cand = np.array([e["candidate"]["reward"] for e in examples], dtype=float)
     base = np.array([e["baseline"]["reward"] for e in examples], dtype=float)
     diffs = cand - base
@@ -218,12 +282,21 @@ def summarize(
             jl, jh = stats.paired_ci(outcomes, confidence=confidence, n_resamples=n_resamples, seed=seed)
             j["win_rate_ci"] = [float(jl), float(jh)]
         out["judge"] = j
+    out["aspects"] = aspect_summary(
+        examples, intervals=intervals, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
     return out
 
 
 def build_metrics(
-    examples: Sequence[Mapping[str, Any]], *, n_resamples: int = 9999, seed: int = 0
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    rule: CombineRule | None = None,
 ) -> dict[str, Any]:
+    """Overall and per-scenario summaries; ``rule`` (the one the rewards were computed with) is
+    recorded beside them."""
     by_scenario: dict[str, list[Mapping[str, Any]]] = {}
     for e in examples:
         by_scenario.setdefault(e.get("scenario") or "(none)", []).append(e)
@@ -241,8 +314,10 @@ def build_metrics(
         **({"judge_win_rate": judge["win_rate"]} if judge.get("win_rate") is not None else {}),
         "overall": {**overall, "confidence": stats.CONFIDENCE},
         "scenarios": {
-            k: summarize(v, n_resamples=n_resamples, seed=seed) for k, v in sorted(by_scenario.items())
+            k: summarize(v, n_resamples=n_resamples, seed=seed, intervals=False)
+            for k, v in sorted(by_scenario.items())
         },
+        **({"reward_rule": rule.describe()} if rule is not None else {}),
     }
 
 
@@ -346,7 +421,10 @@ def evaluate(
             backend.close()
 
     metrics = build_metrics(
-        examples, n_resamples=settings.evaluation.bootstrap_resamples, seed=settings.evaluation.seed
+        examples,
+        n_resamples=settings.evaluation.bootstrap_resamples,
+        seed=settings.evaluation.seed,
+        rule=CombineRule.of(settings.scoring),
     )
     policy = policy or policy_for(settings, cand_row.loop)
     verdict = gate(metrics, policy)
@@ -471,10 +549,9 @@ def _store(
         row = session.get(ModelVersion, cand_row.id, with_for_update=True)
         if row is not None:
             row.gate = {**gate_record, "evaluation_id": ev.id, "baseline": side.name}
-            if verdict.verdict == REJECT and row.state == VersionState.candidate:
-                row.state = VersionState.rejected
-            elif verdict.passed and row.state == VersionState.rejected:
-                row.state = VersionState.candidate  # a later evaluation with more evidence can clear it
+            # The registry's one rule for states: a verdict moves only a version that never served
+            # between candidate and rejected (a later evaluation with more evidence can clear it).
+            row.state = state_of(row, row.id in serving_ids(session))
         o = metrics["overall"]
         record_event(
             session,

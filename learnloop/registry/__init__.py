@@ -3,19 +3,30 @@
 Public surface::
 
     register_version(db, settings, adapter_dir=..., base_model=...) -> "v0003"
+    move(db, settings, "learnloop", "set", "v0003", force=False, actor=..., reason=...)  # every alias move
+    move(db, settings, "learnloop", "split", "v0004", share=0.1, shadow=0.0)        # A/B (None ends it)
     promote(db, settings, "v0003", actor=..., reason=..., evaluation_id=...)   # gate verdict or force
-    check_servable(session, "v0003", force=False)                              # the gate, for any alias move
     rollback(db, settings) -> "v0002" | None                                   # None: the base model
     restore(db, settings, "v0001", loop=None, serve=False)                     # head for the next training
+    alias_history(db, alias=None) -> [log entry dicts]                          # the alias log, newest first
     get_version(db, id) / list_versions(db) / delete_version(db, settings, id, force=False)
     lineage(db, id) / trace_trajectory(db, trajectory_id) / diff_versions(db, a, b)
     export_version(db, settings, id, fmt="merged"|"gguf"|"ollama", out=None)
 """
 
+from learnloop.registry.aliases import (
+    MOVE_KINDS,
+    Moved,
+    alias_history,
+    alias_log,
+    log_entry,
+    move,
+    move_in,
+    state_of,
+)
 from learnloop.registry.lineage import diff_versions, lineage, trace_trajectory
 from learnloop.registry.promotion import (
     Restored,
-    check_servable,
     head_version,
     local_actor,
     promote,
@@ -40,10 +51,13 @@ def export_version(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - re-export
 
 
 __all__ = [
+    "MOVE_KINDS",
+    "Moved",
     "Restored",
     "VersionInfo",
+    "alias_history",
+    "alias_log",
     "apply_retention",
-    "check_servable",
     "delete_version",
     "diff_versions",
     "export_version",
@@ -52,10 +66,14 @@ __all__ = [
     "lineage",
     "list_versions",
     "local_actor",
+    "log_entry",
+    "move",
+    "move_in",
     "promote",
     "register_version",
     "restore",
     "rollback",
     "serving_stack",
+    "state_of",
     "trace_trajectory",
 ]

@@ -2,7 +2,7 @@
 
 ``LocalBackend`` (transformers + peft in-process) and ``VllmBackend`` (a vLLM server) implement the
 ``ServingBackend`` interface in backend.py; ``ServingRuntime`` keeps a process's aliases in step with
-the database; ``set_alias`` moves an alias (every server converges on it).
+the database (the registry's ``move`` changes them; every server converges on it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk, Serv
 
 if TYPE_CHECKING:
     from learnloop.serving.local import LocalBackend
-    from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
+    from learnloop.serving.runtime import ServedCapture, ServingRuntime
     from learnloop.serving.vllm import VllmBackend
 
 _LAZY = {
@@ -21,7 +21,6 @@ _LAZY = {
     "VllmBackend": "learnloop.serving.vllm",
     "ServingRuntime": "learnloop.serving.runtime",
     "ServedCapture": "learnloop.serving.runtime",
-    "set_alias": "learnloop.serving.runtime",
     "build_runtime": "learnloop.serving.setup",
     "default_base_model": "learnloop.serving.setup",
 }
@@ -47,5 +46,4 @@ __all__ = [
     "VllmBackend",
     "build_runtime",
     "default_base_model",
-    "set_alias",
 ]

@@ -14,56 +14,17 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from learnloop.errors import Conflict, LearnloopError, NotFound, ValidationFailed
 from learnloop.serving.backend import BASE, ServingBackend
-from learnloop.store.aliases import DEFAULT_ALIAS, AliasView, list_aliases, move_alias
+from learnloop.store.aliases import DEFAULT_ALIAS, AliasView, list_aliases
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion
 
 log = logging.getLogger("learnloop.serving")
-
-
-def set_alias(
-    db: Database,
-    alias: str,
-    version_id: str | None,
-    *,
-    actor: str | None = None,
-    reason: str | None = None,
-    action: str = "set",
-    force: bool = False,
-    override: str = "Set it with --force (API: force=true)",
-) -> None:
-    """Point ``alias`` at ``version_id`` (``None`` or ``"base"``: the base model) and log the move.
-
-    The registry's gate applies as it does to ``versions promote``: a version the gate rejected, or
-    one never evaluated, is refused (Conflict naming the reason and ``override``) unless ``force``;
-    a forced move is logged as ``force``. Every serving process watching the database loads the
-    version, then switches to it.
-    """
-    from learnloop.registry.promotion import check_servable
-
-    if version_id == BASE:
-        version_id = None
-    with db.session() as session:
-        if version_id is not None:
-            ensure_version(session, version_id)
-            passed, evidence = check_servable(session, version_id, force=force, override=override)
-            if not passed:
-                action, reason = "force", reason or evidence
-        move_alias(session, alias, version_id, action=action, actor=actor, reason=reason)
-
-
-def ensure_version(session: Any, version_id: str) -> None:
-    """NotFound for an unknown version id, Conflict for one without adapter files."""
-    row = session.get(ModelVersion, version_id)
-    if row is None:
-        raise NotFound(f"No model version {version_id!r}.")
-    if not row.artifact_path:
-        raise Conflict(f"Model version {version_id!r} has no adapter files (artifact_path is empty).")
 
 
 @dataclass(frozen=True)
@@ -243,16 +204,26 @@ class ServingRuntime:
 
 
 class ServedCapture:
-    """Served requests and answers as trajectories (source = served), recorded off the response path."""
+    """Served requests and answers as trajectories (source = served).
+
+    An answer a client gets is stored before its last bytes leave the server (``store``: one
+    transaction, off the event loop), so feedback sent the instant the answer arrives finds it. When the
+    database cannot take it right then it goes through the background writer (spooled, retried) and its
+    id is remembered as unconfirmed: feedback naming it waits for it a bounded time (``await_stored``).
+    Shadow answers, which no client sees, go through the writer (``record``). Text a database cannot
+    hold (NUL, lone surrogates, bytes that were not UTF-8) is escaped reversibly, never refused.
+    """
+
+    _UNCONFIRMED_MEMORY = 10_000
 
     def __init__(self, settings: Any, db: Database) -> None:
         from learnloop.capture.client import CaptureClient
 
-        # A short flush interval: apps send feedback on the completion id right after the answer, and
-        # feedback naming a trajectory not stored yet is refused.
         self.client = CaptureClient(settings, database=db, source="served", flush_interval=0.05)
+        self._unconfirmed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def record(
+    def build(
         self,
         trajectory_id: str,
         *,
@@ -264,30 +235,64 @@ class ServedCapture:
         tools: list[dict[str, Any]] | None,
         metadata: dict[str, Any],
         group: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """The trajectory record of one served answer (its unstorable text escaped and marked)."""
+        t = self.client.trajectory(
+            id=trajectory_id,
+            scenario=scenario or "served",
+            source="served",
+            model=model,
+            tools=tools,
+            metadata=metadata,
+            group=group,
+            escape_unstorable=True,
+        )
+        for m in messages:
+            t.messages.append(m)  # already checked by the request's own validation
+        if answer or tool_calls:
+            t.assistant(answer or None, tool_calls=tool_calls)
+        else:
+            t.assistant("")
+        record = t.to_record()
+        if model != BASE:
+            record["model_version"] = model
+        return record
+
+    def store(self, records: list[dict[str, Any]]) -> bool:
+        """Write these served answers now (True), or queue them and remember their ids (False)."""
         try:
-            t = self.client.trajectory(
-                id=trajectory_id,
-                scenario=scenario or "served",
-                source="served",
-                model=model,
-                tools=tools,
-                metadata=metadata,
-                group=group,
-            )
-            for m in messages:
-                t.messages.append(m)  # already checked by the request's own validation
-            if answer or tool_calls:
-                t.assistant(answer or None, tool_calls=tool_calls)
-            else:
-                t.assistant("")
-            record = t.to_record()
-            if model != BASE:
-                record["model_version"] = model
+            if self.client.write_now(records):
+                return True
+        except Exception:  # capture must never break serving
+            log.exception("could not capture served trajectories %s", [r.get("id") for r in records])
+            return False
+        with self._lock:
+            for r in records:
+                self._unconfirmed[r["id"]] = None
+            while len(self._unconfirmed) > self._UNCONFIRMED_MEMORY:
+                self._unconfirmed.popitem(last=False)
+        return False
+
+    def record(self, trajectory_id: str, **fields: Any) -> None:
+        """Queue one served answer through the background writer (``build``'s fields)."""
+        try:
             # served traffic is the loop's own data: never sampled away
-            self.client.submit_trajectory(record, force=True)
+            self.client.submit_trajectory(self.build(trajectory_id, **fields), force=True)
         except Exception:  # capture must never break serving
             log.exception("could not capture served trajectory %s", trajectory_id)
+
+    def await_stored(self, ids: Any, timeout: float) -> bool:
+        """When any of ``ids`` is an answer this server served but could not store at once, wait up to
+        ``timeout`` seconds for the writer to deliver it; True if there was something to wait for."""
+        with self._lock:
+            waiting = [i for i in ids if i in self._unconfirmed]
+        if not waiting:
+            return False
+        if self.client.flush(timeout):
+            with self._lock:
+                for i in waiting:
+                    self._unconfirmed.pop(i, None)
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         return self.client.flush(timeout)

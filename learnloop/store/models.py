@@ -454,3 +454,16 @@ class AlertDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class OtlpCall(Base):
+    """An LLM call span received over OTLP whose trace's root span has not arrived yet (``trajectory_id``
+    null), or that is part of a trajectory already (kept a while so a resent export stores it once)."""
+
+    __tablename__ = "otlp_calls"
+
+    trace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    span_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    call: Mapped[dict[str, Any]] = mapped_column(JSONType, doc="The mapped call and its span's attributes.")
+    trajectory_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

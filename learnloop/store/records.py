@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -149,6 +150,99 @@ def _storable_text(record: Any) -> Any:
         path, reason = found
         raise PydanticCustomError("unstorable_text", "{reason}", {"reason": reason, "path": path})
     return record
+
+
+# -- model output, stored losslessly --------------------------------------------------------------
+# What a client sends is refused above when a database cannot hold it: the client can fix it. A model's
+# own answer (served, or captured from a wrapped client) is data whatever it holds, and refusing it
+# would lose the answer and every piece of feedback on it. So the capture of model output escapes
+# such text instead, reversibly, and marks the record; the rules above still apply to the result.
+#
+# The escape (scheme ``learnloop-escape/1``), applied only to the strings (values or keys) that need
+# it: a backslash becomes two, a NUL becomes ``\u0000``, and each lone UTF-16 surrogate (half of a
+# character; also how Python holds bytes that were not valid UTF-8, with errors="surrogateescape")
+# becomes ``\uXXXX`` (lowercase hex). The record's ``metadata.learnloop_escaped`` lists where:
+# ``{"scheme": ..., "values": [path, ...], "keys": [path, ...]}``, a path being the list of keys and
+# indexes that leads to the string (through keys as stored). ``unescape_record`` gives the original.
+
+ESCAPE_SCHEME = "learnloop-escape/1"
+ESCAPED_MARK = "learnloop_escaped"
+_UNSTORABLE = re.compile(r"[\\\x00\ud800-\udfff]")
+_ESCAPED = re.compile(r"\\(\\|u[0-9a-f]{4})")
+
+
+def escape_text(text: str) -> str:
+    """``text`` in the reversible escape (see above)."""
+    return _UNSTORABLE.sub(lambda m: "\\\\" if m.group() == "\\" else f"\\u{ord(m.group()):04x}", text)
+
+
+def unescape_text(text: str) -> str:
+    """The original of an ``escape_text`` result."""
+    return _ESCAPED.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), text)
+
+
+def escape_unstorable(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` itself when every string in it can be stored; otherwise a copy with each string (or
+    key) holding a NUL or a lone surrogate escaped, and the mark in ``metadata.learnloop_escaped``.
+
+    For model output only (served answers, a wrapped client's calls): client input is refused instead.
+    """
+    try:
+        if b"\\u0000" not in orjson.dumps(record, default=str):
+            return record
+    except TypeError:  # a lone surrogate (or a value orjson does not take): walk it
+        pass
+    values: list[list[str | int]] = []
+    keys: list[list[str | int]] = []
+    out = _escape_walk(record, [], values, keys)
+    if not values and not keys:
+        return record
+    meta = dict(out.get("metadata") or {})
+    meta[ESCAPED_MARK] = {"scheme": ESCAPE_SCHEME, "values": values, "keys": keys}
+    out["metadata"] = meta
+    return out
+
+
+def _escape_walk(value: Any, path: list[str | int], values: list, keys: list) -> Any:
+    if isinstance(value, str):
+        if _string_problem(value) is None:
+            return value
+        values.append(list(path))
+        return escape_text(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, str) and _string_problem(k) is not None:
+                k = escape_text(k)
+                keys.append([*path, k])
+            out[k] = _escape_walk(v, [*path, k], values, keys)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_escape_walk(v, [*path, i], values, keys) for i, v in enumerate(value)]
+    return value
+
+
+def unescape_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as it was before ``escape_unstorable`` (a stored trajectory's dict: its ``metadata``
+    holds the mark); a record without the mark is returned as it is."""
+    mark = (record.get("metadata") or {}).get(ESCAPED_MARK)
+    if not isinstance(mark, dict) or mark.get("scheme") != ESCAPE_SCHEME:
+        return record
+    out = json.loads(json.dumps(record, default=str))  # a deep copy in plain JSON types
+    del out["metadata"][ESCAPED_MARK]
+    for path in mark.get("values") or []:
+        parent = _at(out, path[:-1])
+        parent[path[-1]] = unescape_text(parent[path[-1]])
+    for path in sorted(mark.get("keys") or [], key=len, reverse=True):  # deepest first: paths stay valid
+        parent = _at(out, path[:-1])
+        parent[unescape_text(path[-1])] = parent.pop(path[-1])
+    return out
+
+
+def _at(value: Any, path: list[str | int]) -> Any:
+    for step in path:
+        value = value[step]
+    return value
 
 
 class ToolCallFunction(TypedDict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -99,3 +99,18 @@ class TrainConfig(ConfigModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, else fp32."
     )
+
+
+def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """``data`` as a TrainConfig, or a ConfigError naming ``where`` and every bad field.
+
+    Pydantic only: the daemon and the API check a config without importing torch.
+    """
+    from pydantic import ValidationError
+
+    from learnloop.errors import ConfigError, problems_text
+
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"Invalid training config ({where}): {problems_text(exc, limit=50)}") from None

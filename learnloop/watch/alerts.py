@@ -521,3 +521,21 @@ class AlertService:
             except Exception:  # noqa: BLE001 - the database may be down for a while; try again next interval
                 log.exception("alert pass failed")
             self._stop.wait(self.settings.watch.alert_interval_s)
+
+
+def recent_deliveries(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest alert deliveries, newest first: when, rule, state, title, attempts, error."""
+    with db.read_session() as s:
+        rows = s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit))
+        return [
+            {
+                "id": r.id,
+                "created_at": r.created_at.isoformat(),
+                "rule": r.rule,
+                "state": r.state,
+                "title": (r.payload or {}).get("title", ""),
+                "attempts": r.attempts,
+                "error": r.error,
+            }
+            for r in rows
+        ]

@@ -14,13 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, ingest_slot
-from learnloop.api.metrics import count_ingested
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.errors import NotFound, ValidationFailed
 from learnloop.store.db import Database
 from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
+from learnloop.watch import count_ingested
 from learnloop.windows import fill_windows
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
@@ -38,7 +38,20 @@ class IngestResponse(BaseModel):
 WRITE_RESPONSES = error_responses(400, 404, 413, 422, 429, 503)
 
 
-def _store(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, Any]:
+def _store(db: Database, settings: Settings, batch: IngestBatch, serving: Any = None) -> dict[str, Any]:
+    try:
+        return _ingest(db, settings, batch)
+    except NotFound:
+        # Feedback on an answer this server just served, whose write was delayed (the database was
+        # busy when the answer ended): wait for it a bounded time, then try once more.
+        named = {i.get("trajectory_id") for kind in ("feedback", "scores") for i in batch.get(kind) or ()}
+        capture = getattr(serving, "capture", None)
+        if capture is None or not capture.await_stored(named, settings.server.feedback_wait_seconds):
+            raise
+        return _ingest(db, settings, batch)
+
+
+def _ingest(db: Database, settings: Settings, batch: IngestBatch) -> dict[str, Any]:
     with db.session() as session:
         result = ingest(
             session, batch, project=settings.project, holdout_fraction=settings.datasets.holdout_fraction
@@ -67,7 +80,7 @@ async def ingest_batch(request: Request, db: DbDep, settings: SettingsDep) -> di
         )
     fill_windows(batch.get("trajectories"), settings.capture.window)  # as the SDK assigns them
     with ingest_slot(request):
-        return await run_in_threadpool(_store, db, settings, batch)
+        return await run_in_threadpool(_store, db, settings, batch, _serving(request))
 
 
 @router.post(
@@ -90,7 +103,12 @@ async def post_feedback(
     feedback = parse_json_body(FEEDBACK, await request.body())
     feedback["trajectory_id"] = trajectory_id
     with ingest_slot(request):
-        return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]})
+        return await run_in_threadpool(_store, db, settings, {"feedback": [feedback]}, _serving(request))
+
+
+def _serving(request: Request) -> Any:
+    """This server's serving runtime, when it serves answers (feedback may name one just served)."""
+    return getattr(request.app.state, "serving", None)
 
 
 @router.get("/trajectories/{trajectory_id}", dependencies=[ReadAuth], responses=error_responses(404, 503))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from learnloop.api.deps import ReadAuth, RowIdPath, WriteAuth, get_db, get_settings
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
+from learnloop.daemon.queue import JobAction
 from learnloop.store.db import Database
 from learnloop.store.records import parse_json_body
 
@@ -100,7 +101,7 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
             raise ValidationFailed(
                 "A train job needs 'loop' or 'config'.", [("config", "required for kind train without loop")]
             )
-        from learnloop.daemon.cycle import validate_config
+        from learnloop.training.config import validate_config
 
         validate_config(body.config, "config")
         payload["config"] = body.config
@@ -125,9 +126,7 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
         _409="The job's state does not allow the action (e.g. already finished).",
     ),
 )
-def control_job(
-    job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db
-) -> dict[str, Any]:
+def control_job(job_id: RowIdPath, action: JobAction, db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.control(db, job_id, action, actor="api").as_dict(brief=True)

@@ -4,12 +4,18 @@ Errors use OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``);
 and answer their own errors so the ingest API's error shape stays as it is.
 Every answer names the version that gave it (header ``x-learnloop-version`` and the ``model``
 field), and its ``id`` is the id of the trajectory it is captured as, so feedback can be sent
-on it to ``POST /v1/feedback`` of the ingest API.
+on it to ``POST /v1/trajectories/{id}/feedback`` of the ingest API. The trajectory is stored before
+the answer's end reaches the client (the whole body, or a stream's final chunk), so that feedback
+sent the instant the answer arrives always finds it.
+
+A model's answer is sent whatever text it holds: JSON escapes what UTF-8 cannot carry (a lone
+surrogate, such as bytes that were not valid UTF-8), and the capture stores it losslessly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -263,11 +269,21 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
         )
     try:
         await call.consume(first, stream)
+        await call.store()  # before the client can see the id (and send feedback on it)
     except LearnloopError as exc:
         return domain_error(exc)
     finally:
-        call.capture()
-    return JSONResponse(call.completion(), headers=headers)
+        call.capture()  # a failed or cut answer is still recorded (a no-op once stored)
+    return Response(_json(call.completion()), media_type="application/json", headers=headers)
+
+
+def _json(data: Any) -> bytes:
+    """orjson's bytes; the standard encoder's ASCII escapes when the data holds text UTF-8 cannot
+    carry (a lone surrogate: a model's bytes that were not valid UTF-8), which clients decode back."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class _Call:
@@ -344,7 +360,7 @@ class _Call:
             "choices": choices,
             **extra,
         }
-        return b"data: " + orjson.dumps(data) + b"\n\n"
+        return b"data: " + _json(data) + b"\n\n"
 
     async def sse(self, first: Chunk | None, stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         try:
@@ -362,6 +378,8 @@ class _Call:
                     except StopAsyncIteration:
                         break
                 self.add(c)
+                if c.finish_reason is not None and all(f is not None for f in self.finish):
+                    await self.store()  # the last choice ended: stored before its end is sent
                 delta: dict[str, Any] = {}
                 if c.text:
                     delta["content"] = c.text
@@ -371,6 +389,7 @@ class _Call:
                     yield self._chunk([{"index": c.index, "delta": delta, "finish_reason": None}])
                 if c.finish_reason is not None:
                     yield self._chunk([{"index": c.index, "delta": {}, "finish_reason": c.finish_reason}])
+            await self.store()  # a no-op unless the stream ended without a finish reason
             opts = self.body.stream_options
             if opts is not None and opts.include_usage:
                 yield self._chunk([], usage=self.usage())
@@ -378,7 +397,7 @@ class _Call:
         except Exception as exc:  # after the headers went out an error can only be an event
             if not isinstance(exc, LearnloopError):
                 log.exception("generation failed mid-stream (%s)", self.id)
-            yield b"data: " + orjson.dumps({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
+            yield b"data: " + _json({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
         finally:
             await stream.aclose()  # on a disconnect: stops decoding and frees the slot
             self.capture()
@@ -416,12 +435,25 @@ class _Call:
         _background.add(task)
         task.add_done_callback(_background.discard)
 
+    async def store(self) -> None:
+        """Once per completion: the serving metrics, then the trajectories written before the answer
+        ends (off the event loop; queued instead when the database cannot take them now)."""
+        records = self._records()
+        if records:
+            await asyncio.to_thread(self.runtime.capture.store, records)
+
     def capture(self) -> None:
-        """Once per completion: the serving metrics, then the trajectories (queued, never awaited)."""
+        """Once per completion, when ``store`` did not run (an error, a client gone): the serving
+        metrics, then the trajectories, queued through the background writer."""
+        for record in self._records():
+            self.runtime.capture.client.submit_trajectory(record, force=True)
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The first call only: observe the serving metrics, then build one trajectory per choice."""
         if self.captured:
-            return
+            return []
         self.captured = True
-        from learnloop.api.metrics import observe_serving
+        from learnloop.watch import observe_serving
 
         cut = any(f in (None, "cancelled") for f in self.finish)
         observe_serving(
@@ -432,7 +464,8 @@ class _Call:
         )
         cap = self.runtime.capture
         if cap is None:
-            return
+            return []
+        records = []
         for i in range(self.chat.n):
             cut = self.finish[i] in (None, "cancelled")
             meta: dict[str, Any] = {
@@ -460,18 +493,23 @@ class _Call:
                 meta["request_metadata"] = self.body.metadata
             if self.first_token_s is not None:
                 meta["ttft_s"] = round(self.first_token_s, 4)
-            tid = self.id if i == 0 else new_id()
-            cap.record(
-                tid,
-                messages=self.body.messages,
-                answer=self.texts[i],
-                tool_calls=self.tool_calls[i],
-                model=self.route.served,
-                scenario=self.scenario,
-                tools=self.chat.tools,
-                metadata=meta,
-                group=self.id if self.chat.n > 1 else None,
-            )
+            try:
+                records.append(
+                    cap.build(
+                        self.id if i == 0 else new_id(),
+                        messages=self.body.messages,
+                        answer=self.texts[i],
+                        tool_calls=self.tool_calls[i],
+                        model=self.route.served,
+                        scenario=self.scenario,
+                        tools=self.chat.tools,
+                        metadata=meta,
+                        group=self.id if self.chat.n > 1 else None,
+                    )
+                )
+            except Exception:  # capture must never break serving
+                log.exception("could not capture served answer %s (choice %d)", self.id, i)
+        return records
 
 
 _background: set[asyncio.Task] = set()  # shadow runs, referenced until done

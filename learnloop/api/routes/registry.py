@@ -14,16 +14,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, TypeAdapter
 
-from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
+from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth, request_actor
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.store.records import parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["registry"])
-
-
-def _actor(request: Request, given: str | None) -> str:
-    who = "api-token" if request.app.state.settings.api_token is not None else "api"
-    return f"{who}:{given}" if given else who
 
 
 class RegisterIn(BaseModel):
@@ -43,12 +38,6 @@ class MoveIn(BaseModel):
     reason: str | None = None
     evaluation_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
     force: bool = False
-    actor: str | None = None
-
-
-class RollbackIn(BaseModel):
-    alias: str = "learnloop"
-    reason: str | None = None
     actor: str | None = None
 
 
@@ -82,7 +71,6 @@ def _body(model: type[BaseModel]) -> tuple[TypeAdapter[Any], dict[str, Any]]:
 
 _REGISTER, _REGISTER_DOC = _body(RegisterIn)
 _MOVE, _MOVE_DOC = _body(MoveIn)
-_ROLLBACK, _ROLLBACK_DOC = _body(RollbackIn)
 _RESTORE, _RESTORE_DOC = _body(RestoreIn)
 _EVALUATE, _EVALUATE_DOC = _body(EvaluateIn)
 _EXPORT, _EXPORT_DOC = _body(ExportIn)
@@ -172,7 +160,7 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
             loop=body.loop,
             name=body.name,
             note=body.note,
-            actor=_actor(request, body.actor),
+            actor=request_actor(request, body.actor),
         )
         return get_version(db, vid).as_dict()
 
@@ -203,28 +191,11 @@ async def promote_route(
         settings,
         version_id,
         alias=body.alias,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
         reason=body.reason,
         evaluation_id=body.evaluation_id,
         force=body.force,
     )
-
-
-@router.post(
-    "/aliases/rollback",
-    **_WRITE,
-    openapi_extra=_ROLLBACK_DOC,
-    responses=error_responses(409, _409="Nothing earlier to roll back to, or that version is gone."),
-)
-async def rollback_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
-    """Serve what the alias served before (repeated: v3 -> v2 -> v1 -> base)."""
-    from learnloop.registry import rollback
-
-    body: RollbackIn = await _read(request, _ROLLBACK)
-    target = await run_in_threadpool(
-        rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason
-    )
-    return {"alias": body.alias, "version_id": target}
 
 
 @router.post(
@@ -253,7 +224,7 @@ async def restore_route(
         serve=body.serve,
         force=body.force,
         reason=body.reason,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
     )
     return restored.as_dict()
 
@@ -273,7 +244,7 @@ def delete_route(
 ) -> dict[str, Any]:
     from learnloop.registry import delete_version
 
-    delete_version(db, settings, version_id, force=force, actor=_actor(request, None))
+    delete_version(db, settings, version_id, force=force, actor=request_actor(request, None))
     return {"deleted": version_id}
 
 
@@ -305,29 +276,6 @@ async def export_route(version_id: str, db: DbDep, settings: SettingsDep, reques
     return result.as_dict()
 
 
-@router.get("/aliases/history", **_READ)
-def alias_history_route(
-    db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)
-) -> list[dict[str, Any]]:
-    """The append-only alias log, newest first."""
-    from learnloop.store.aliases import alias_history
-
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "evaluation_id": e.evaluation_id,
-            "at": e.created_at.isoformat(),
-        }
-        for e in alias_history(db, alias, limit)
-    ]
-
-
 @router.get("/evaluations", **_READ)
 def list_evaluations_route(
     db: DbDep, candidate: str | None = None, limit: int = Query(50, ge=1, le=1000)
@@ -343,11 +291,15 @@ def list_evaluations_route(
     responses=error_responses(404, _404="Neither an evaluation id nor a version id with an evaluation."),
 )
 def compare_route(
-    db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)
+    db: DbDep,
+    settings: SettingsDep,
+    a: str = Query(...),
+    b: str = Query(...),
+    top: int = Query(5, ge=1, le=100),
 ) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
-    return compare_evaluations(db, a, b, top=top)
+    return compare_evaluations(db, a, b, top=top, settings=settings)
 
 
 @router.get(
