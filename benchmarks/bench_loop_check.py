@@ -22,6 +22,7 @@ Target: a steady check at 1,000,000 trajectories <= 0.5 s.
 
 from __future__ import annotations
 
+# run.sh --quick: --sizes 20000 --checks 3
 import argparse
 import contextlib
 import datetime as dt
