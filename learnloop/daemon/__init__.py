@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from learnloop.daemon.config import DaemonSettings, LoopConfig, TriggerConfig
+from learnloop.config.loops import DaemonSettings, LoopConfig, TriggerConfig
 
 __all__ = [
     "Daemon",

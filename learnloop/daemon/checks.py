@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig
 from learnloop.daemon import history, tally
-from learnloop.daemon.config import LoopConfig
 from learnloop.errors import ConfigError
 from learnloop.importing import import_module
 from learnloop.store.db import Database

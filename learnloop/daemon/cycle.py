@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import select
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig
 from learnloop.daemon import loops as loops_mod
 from learnloop.daemon import queue
-from learnloop.daemon.config import LoopConfig
 from learnloop.daemon.log import emit
 from learnloop.daemon.supervisor import Supervisor
 from learnloop.errors import ConfigError, LearnloopError, ValidationFailed

@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from learnloop.config.loops import LoopConfig
 from learnloop.daemon import queue
-from learnloop.daemon.config import LoopConfig
 from learnloop.store.db import Database
 from learnloop.store.models import Job, JobKind, JobState
 

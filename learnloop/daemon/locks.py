@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.config import Settings
-from learnloop.daemon.config import LoopConfig, base_model_of
+from learnloop.config.loops import LoopConfig, base_model_of
 from learnloop.errors import ConfigError, LearnloopError
 from learnloop.store.db import Database
 from learnloop.store.models import LoopState

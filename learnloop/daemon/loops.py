@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig, base_model_of
 from learnloop.daemon import queue
 from learnloop.daemon.checks import LoopCheck
-from learnloop.daemon.config import LoopConfig, base_model_of
 from learnloop.daemon.history import active_job, failed_cycles, last_cycle, since_of
 from learnloop.daemon.locks import chat_template_hash, check_lock, check_locks, lock_values
 from learnloop.daemon.log import emit

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from learnloop.config.loops import base_model_of
 from learnloop.daemon.checks import LoopCheck, Registry
-from learnloop.daemon.config import base_model_of
 from learnloop.errors import LearnloopError
 
 ReadinessFn = Callable[[LoopCheck], "tuple[bool, str] | None"]

@@ -39,7 +39,7 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from learnloop.config import Settings
-from learnloop.daemon.config import LoopConfig
+from learnloop.config.loops import LoopConfig
 from learnloop.datasets.builders import BUILDERS, BuildReport, Item
 from learnloop.datasets.filters import DatasetFilters, parse_filters
 from learnloop.store.db import Database

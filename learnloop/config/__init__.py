@@ -1,4 +1,6 @@
-"""The one typed place for configuration.
+"""The one typed place for configuration: ``Settings`` here, the ``[[loops]]`` and ``[daemon]``
+sections in ``loops``, a training run's config in ``training``, the strict base all of them share in
+``base``. It imports no stage.
 
 Precedence (lowest to highest): the defaults below < ``learnloop.toml`` (in the
 working directory, or the file named by ``LEARNLOOP_CONFIG``) < ``LEARNLOOP_*``
@@ -23,8 +25,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from learnloop.config_base import DEFAULT_MAX_LENGTH, ConfigModel
-from learnloop.daemon.config import DaemonSettings, LoopConfig
+from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
+from learnloop.config.loops import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError, problems_text
 from learnloop.paths import data_dir
 

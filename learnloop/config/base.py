@@ -1,8 +1,6 @@
-"""What every settings model shares, in a module that imports nothing of learnloop's.
-
-``learnloop.config`` (all of learnloop.toml), ``learnloop.daemon.config`` (``[[loops]]``,
-``[daemon]``) and ``learnloop.training.config`` (one run's ``TrainConfig``) all build on it, so
-none of them needs another to be imported first.
+"""What every settings model shares: one strict base, and the one default both datasets and
+training take. It imports nothing: the other config modules (``learnloop.config`` itself, ``loops``,
+``training``) all build on it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""The typed ``[[loops]]`` and ``[daemon]`` sections of learnloop.toml.
-
-Kept free of heavy imports: ``learnloop.config`` imports this module to type ``Settings.loops``.
-"""
+"""The typed ``[[loops]]`` and ``[daemon]`` sections of learnloop.toml (the daemon acts on them)."""
 
 from __future__ import annotations
 
@@ -10,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from learnloop.config_base import ConfigModel
-from learnloop.training.config import TrainConfig
+from learnloop.config.base import ConfigModel
+from learnloop.config.training import TrainConfig
 
 if TYPE_CHECKING:
     from learnloop.config import Settings
