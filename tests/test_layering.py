@@ -49,7 +49,7 @@ MUST_NOT: dict[str, set[str]] = {
 # Modules of a stage that api and cli may import besides the package itself: its public surface.
 PUBLIC: dict[str, set[str]] = {
     "store": {"db", "models", "records", "trajectories", "aliases", "jsonl", "inbox"},
-    "capture": {"client", "spool"},
+    "capture": {"client", "spool", "otlp", "formats"},  # otlp, formats: the mappings api/cli decode into
     "scoring": {"judge"},
     "datasets": {"catalog", "filters", "guardrails", "windows"},
     "models": {"loading", "prepared"},

@@ -20,7 +20,7 @@ from learnloop.watch.actions import add_feedback, control_job, promote_version, 
 from learnloop.watch.alerts import AlertService, recent_deliveries, run_once, send_test
 from learnloop.watch.format import FILTERS, human_bytes
 from learnloop.watch.host import readiness
-from learnloop.watch.metrics import count_ingested, observe_ingest, observe_serving
+from learnloop.watch.metrics import count_ingested, count_otlp_spans, observe_ingest, observe_serving
 from learnloop.watch.metrics import render as render_metrics
 from learnloop.watch.status import build_status
 from learnloop.watch.streams import EventFeed, JobFeed, metric_points, resume_point
@@ -43,6 +43,7 @@ __all__ = [
     "control_job",
     "build_status",
     "count_ingested",
+    "count_otlp_spans",
     "human_bytes",
     "live_page",
     "metric_points",

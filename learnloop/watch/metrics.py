@@ -70,6 +70,13 @@ SERVING_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+OTLP_SPANS = Counter(
+    "learnloop_otlp_spans",
+    "Spans received on /otlp/v1/traces, by outcome: accepted (an LLM call, stored or waiting for its "
+    "trace's root span), ignored (not an LLM call), rejected (an LLM call that could not be stored).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 
 def observe_ingest(route: str, status: int, seconds: float) -> None:
@@ -89,6 +96,12 @@ def count_ingested(result: dict[str, Any]) -> dict[str, Any]:
         if result.get(key):
             INGEST_RECORDS.labels(kind=kind).inc(result[key])
     return result
+
+
+def count_otlp_spans(outcome: str, n: int) -> None:
+    """Count ``n`` spans of one OTLP export by outcome (accepted, ignored, rejected)."""
+    if n:
+        OTLP_SPANS.labels(outcome=outcome).inc(n)
 
 
 def observe_serving(version: str | None, tokens: int, seconds: float, *, status: str = "ok") -> None:

@@ -20,7 +20,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
-from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 
 from learnloop.api.deps import DbDep, SettingsDep, WriteAuth, ingest_slot
@@ -35,7 +34,7 @@ from learnloop.capture.otlp import (
 from learnloop.config import Settings
 from learnloop.errors import LearnloopError, Overloaded, StoreUnavailable, Unparsable, ValidationFailed
 from learnloop.store.db import Database
-from learnloop.watch.metrics import REGISTRY, count_ingested
+from learnloop.watch import count_ingested, count_otlp_spans
 
 log = logging.getLogger("learnloop.api")
 
@@ -44,14 +43,6 @@ STORE_RETRY_AFTER = 5
 FLUSH_EVERY = 30.0
 # google.rpc.Code for each HTTP status this route answers with.
 _RPC_CODES = {400: 3, 401: 16, 404: 5, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
-
-OTLP_SPANS = Counter(
-    "learnloop_otlp_spans",
-    "Spans received on /otlp/v1/traces, by outcome: accepted (an LLM call, stored or waiting for its "
-    "trace's root span), ignored (not an LLM call), rejected (an LLM call that could not be stored).",
-    ["outcome"],
-    registry=REGISTRY,
-)
 
 
 class OtlpError(Exception):
@@ -199,8 +190,7 @@ async def export_traces(request: Request, db: DbDep, settings: SettingsDep) -> R
         ("ignored", mapped.ignored),
         ("rejected", len(mapped.rejected)),
     ):
-        if n:
-            OTLP_SPANS.labels(outcome=outcome).inc(n)
+        count_otlp_spans(outcome, n)
     return _export_response(kind, mapped)
 
 
