@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
+from learnloop.api.cross_site import CrossSiteGuard
 from learnloop.api.deps import IngestGate
+from learnloop.api.methods import MethodsMiddleware
 from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
 from learnloop.errors import (
@@ -111,6 +113,9 @@ def create_app(
     _install_watch(app)
     _install_error_handlers(app)
     install_openapi(app, settings)
+    # Added last, so it runs first: a refused request costs no body reading, no timing, no route.
+    app.add_middleware(MethodsMiddleware)
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.server.allowed_origins)
     return app
 
 

@@ -21,7 +21,7 @@ from learnloop.capture.recorder import SOURCES, TrajectoryRecorder, new_id, vali
 from learnloop.capture.sampling import KeepRule, Sampler
 from learnloop.capture.spool import Spool
 from learnloop.capture.transports import DatabaseTransport, HttpTransport, Transport
-from learnloop.capture.writer import FEEDBACK, SCORE, TRAJECTORY, BackgroundWriter
+from learnloop.capture.writer import FEEDBACK, FLUSH_TIMEOUT, SCORE, TRAJECTORY, BackgroundWriter
 from learnloop.errors import ConfigError, ValidationFailed
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class CaptureClient:
         queue_size: int | None = None,
         shutdown_timeout: float | None = None,
         max_backoff: float = 30.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
     ) -> None:
         if settings is None:
             from learnloop.config import get_settings
@@ -88,6 +89,7 @@ class CaptureClient:
             flush_interval=flush_interval or cap.flush_interval,
             queue_size=queue_size or cap.queue_size,
             max_backoff=max_backoff,
+            flush_timeout=flush_timeout,
             unknown_wait=cap.unknown_trajectory_wait,
         )
         self._dropped: OrderedDict[str, None] = OrderedDict()
@@ -227,7 +229,9 @@ class CaptureClient:
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything recorded so far is in the store; False if ``timeout`` ran out first."""
+        """Block until everything recorded so far is in the store, for at most ``timeout`` seconds
+        (default ``flush_timeout``, 30 s). False, with the reason logged, when the time ran out or
+        the server refused the token; the records stay spooled and are retried."""
         return self.writer.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:

@@ -31,6 +31,11 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class TokenRefused(RetryLater):
+    """The server refused the token (401/403): the batch stays spooled, but only a person can fix it,
+    so a ``flush()`` waiting on it gives up at once."""
+
+
 class Refused(Exception):
     """The store refused the batch for good (an invalid record, an unknown trajectory id, too large)."""
 
@@ -137,7 +142,7 @@ class HttpTransport:
                 self.url,
                 message,
             )
-            raise RetryLater(message)
+            raise TokenRefused(f"{self.url} refused the token ({r.status_code}: {message})")
         if r.status_code in (408, 502, 504):  # timed out, or a proxy in front of a server that is down
             raise RetryLater(f"{self.url} answered {r.status_code}: {message}")
         if r.status_code == 404:  # the ingest route's 404: a late item naming an unknown trajectory

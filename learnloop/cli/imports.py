@@ -29,18 +29,31 @@ def import_cmd(paths: tuple[Path, ...], fmt: str, as_json: bool) -> None:
 
     Each file is validated whole first and stored in one transaction: an invalid file stores
     nothing and every problem is reported. Re-importing a file is a no-op (ids come from the
-    file's own ids, or from a line's content and number). Exits non-zero if any file failed.
+    file's own ids, or from a line's content and number). A folder's other entries are listed
+    with the reason each is passed over; links out of the folder are never followed, and an
+    entry named as the format's files that is no regular file inside it (a link out, a dangling
+    link, a folder, a pipe) is refused. Exits non-zero if any file failed or was refused.
     """
 
-    from learnloop.capture.formats import format_files, import_file
+    from learnloop.capture.formats import import_file, scan_format
     from learnloop.errors import LearnloopError
     from learnloop.store import open_database
-    from learnloop.store.jsonl import failure_report
+    from learnloop.store.jsonl import FileRules, failure_report
 
     s = settings()
-    files = [f for p in paths for f in format_files(p, fmt)]  # every path checked before any import
-    db = open_database(s)
+    scans = [scan_format(p, fmt) for p in paths]  # every path checked before any import
+    files = [f for scan in scans for f in scan.files]
     failures: list[tuple[Path, str]] = []
+    for entry in (e for scan in scans for e in scan.passed):
+        if entry.refused:
+            failures.append((entry.path, f"{entry.path} was not imported: it is {entry.reason}."))
+        if as_json:
+            line = {"path": str(entry.path), "skipped": entry.reason, "refused": entry.refused}
+            click.echo(json.dumps(line))
+        else:
+            click.echo(f"{'refused' if entry.refused else 'skipped'} {entry.path}: {entry.reason}", err=True)
+    refused = len(failures)
+    db = open_database(s)
     totals = {"records": 0, "inserted": 0, "duplicates": 0, "feedback_inserted": 0, "scores_inserted": 0}
     try:
         for f in files:
@@ -52,6 +65,8 @@ def import_cmd(paths: tuple[Path, ...], fmt: str, as_json: bool) -> None:
                     project=s.project,
                     holdout_fraction=s.datasets.holdout_fraction,
                     window=s.capture.window,
+                    # Read as what it was when scanned: a regular file, never a link swapped in since.
+                    rules=FileRules(regular_only=True),
                 )
             except LearnloopError as exc:
                 failures.append((f, failure_report(exc)))
@@ -71,12 +86,13 @@ def import_cmd(paths: tuple[Path, ...], fmt: str, as_json: bool) -> None:
         db.dispose()
     if not as_json and len(files) > 1:
         click.echo(
-            f"total: {len(files) - len(failures)} of {len(files)} files imported, "
+            f"total: {len(files) + refused - len(failures)} of {len(files) + refused} files imported, "
             f"{totals['inserted']} inserted, {totals['duplicates']} duplicates"
         )
     if failures:
         for _file, message in failures:
             click.echo(f"Error: {message}", err=True)
         raise click.ClickException(
-            f"{len(failures)} of {len(files)} file(s) not imported (nothing from them was stored); see above."
+            f"{len(failures)} of {len(files) + refused} file(s) not imported (nothing from them was "
+            "stored); see above."
         )

@@ -73,6 +73,9 @@ def serve_cmd(
     host = host or s.server.host
     port = port or s.server.port
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    from learnloop.masking import redact_logs
+
+    redact_logs()  # no configured secret in the log, whatever a message carries
     data_dir(s.data_dir).ensure()
     db = open_database(
         s

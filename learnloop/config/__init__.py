@@ -28,6 +28,7 @@ from pydantic_settings import (
 from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
 from learnloop.config.loops import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError, problems_text
+from learnloop.masking import DatabaseUrl, SecretUrl, mask_database_url, plain, remember
 from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
@@ -68,6 +69,12 @@ class ServerSettings(ConfigModel):
         None,
         description="When set, read routes (/v1/trajectories, /v1/stats, /v1/status) need 'Authorization: "
         "Bearer <token>' with this token or the write token; /healthz stays open but says only what is up.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins besides the server's own (e.g. 'https://learnloop.example.com' of a "
+        "proxy in front) whose pages may write, and whose host names the server answers to; other "
+        "cross-site writes get 403.",
     )
     feedback_wait_seconds: float = Field(
         5.0,
@@ -355,12 +362,12 @@ class AlertRule(ConfigModel):
         "promotion",
         "rollback",
     ] = Field(description="The condition the rule watches.")
-    url: str = Field(description="Webhook the alert is POSTed to.")
+    url: SecretUrl = Field(description="Webhook the alert is POSTed to (secret: shown as its host only).")
     format: Literal["json", "slack"] = Field(
         "json", description="'json': the full alert; 'slack': only {'text': ...}."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="Extra HTTP headers (e.g. an Authorization)."
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra HTTP headers (e.g. an Authorization); values are secret."
     )
     spike_factor: float = Field(
         3.0, gt=1, description="loss_spike: the newest loss exceeds this many times the median of the window."
@@ -515,9 +522,10 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.home() / ".learnloop",
         description="Where the SQLite database, adapters, checkpoints, datasets, spool and inbox live.",
     )
-    database_url: str | None = Field(
+    database_url: DatabaseUrl | None = Field(
         None,
-        description="SQLAlchemy URL; default is a SQLite file in the data dir. PostgreSQL in production.",
+        description="SQLAlchemy URL; default is a SQLite file in the data dir. PostgreSQL in production "
+        "(its password is secret: shown hidden).",
     )
     api_token: SecretStr | None = Field(
         None, description="When set, write requests must carry 'Authorization: Bearer <token>'."
@@ -541,6 +549,12 @@ class Settings(BaseSettings):
     alerts: list[AlertRule] = Field(
         default_factory=list, description="[[alerts]] rules: conditions and the webhooks they notify."
     )
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Settings:
+        # Declared secret by their types (learnloop.masking): scrubbed from logs and errors from now on.
+        remember(self)
+        return self
 
     @model_validator(mode="after")
     def _unique_loop_names(self) -> Settings:
@@ -584,23 +598,15 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return plain(self.database_url)
         return f"sqlite:///{data_dir(self.data_dir).database}"
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings as plain data with secrets masked (for `learnloop config` and the API)."""
+        """Settings as plain data with every secret masked (for `learnloop config` and the API): the
+        secret types mask themselves in a JSON dump (see learnloop.masking)."""
         data = self.model_dump(mode="json")
-        data["database_url"] = _mask_url(self.resolved_database_url)
+        data["database_url"] = mask_database_url(self.resolved_database_url)
         return data
-
-
-def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is reported when the engine is built
-        return url
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -12,6 +12,8 @@ Public surface::
     get_version(db, id) / list_versions(db) / delete_version(db, settings, id, force=False)
     lineage(db, id) / trace_trajectory(db, trajectory_id) / diff_versions(db, a, b)
     export_version(db, settings, id, fmt="merged"|"gguf"|"ollama", out=None)
+    named_export_dir(settings, "name") -> <data dir>/exports/name   # where an export over HTTP goes
+    find_adapter(path) -> (adapter folder, run folder | None)
 """
 
 from learnloop.registry.aliases import (
@@ -24,6 +26,7 @@ from learnloop.registry.aliases import (
     move_in,
     state_of,
 )
+from learnloop.registry.export import EXPORT_NAME, OLLAMA_NAME, named_export_dir  # light: no torch here
 from learnloop.registry.lineage import diff_versions, lineage, trace_trajectory
 from learnloop.registry.promotion import (
     Restored,
@@ -38,6 +41,7 @@ from learnloop.registry.versions import (
     VersionInfo,
     apply_retention,
     delete_version,
+    find_adapter,
     get_version,
     list_versions,
     register_version,
@@ -51,7 +55,9 @@ def export_version(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201 - re-export
 
 
 __all__ = [
+    "EXPORT_NAME",
     "MOVE_KINDS",
+    "OLLAMA_NAME",
     "Moved",
     "Restored",
     "VersionInfo",
@@ -61,6 +67,7 @@ __all__ = [
     "delete_version",
     "diff_versions",
     "export_version",
+    "find_adapter",
     "get_version",
     "head_version",
     "lineage",
@@ -69,6 +76,7 @@ __all__ = [
     "log_entry",
     "move",
     "move_in",
+    "named_export_dir",
     "promote",
     "register_version",
     "restore",

@@ -30,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from learnloop.config import AlertRule, Settings
 from learnloop.errors import ConfigError
+from learnloop.masking import redact
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import (
@@ -358,13 +359,15 @@ def evaluate(db: Database, settings: Settings, now: dt.datetime | None = None) -
 
 def post(rule: AlertRule, body: dict[str, Any], timeout: float) -> str | None:
     """POST one alert; None on a 2xx answer, else what went wrong."""
+    headers = {name: value.get_secret_value() for name, value in rule.headers.items()}
     try:
-        r = httpx.post(rule.url, json=body, headers=rule.headers, timeout=timeout)
+        r = httpx.post(rule.url.get_secret_value(), json=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        # The webhook URL and headers are secrets; the error is stored, logged and shown.
+        return redact(f"{type(exc).__name__}: {exc}", rule)
     if 200 <= r.status_code < 300:
         return None
-    return f"HTTP {r.status_code}: {r.text[:200]}"
+    return redact(f"HTTP {r.status_code}: {r.text[:200]}", rule)
 
 
 def deliver(db: Database, settings: Settings, now: dt.datetime | None = None) -> dict[str, int]:
@@ -485,7 +488,7 @@ def send_test(
             if error is None:
                 break
             threading.Event().wait(min(settings.watch.alert_backoff_s * 2**i, 5))
-        results.append({"rule": rule.name, "url": rule.url, "ok": error is None, "error": error})
+        results.append({"rule": rule.name, "url": str(rule.url), "ok": error is None, "error": error})
         if db is not None:
             record_event(
                 db,

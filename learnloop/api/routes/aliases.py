@@ -3,37 +3,49 @@ log. Every write is one call of the registry's ``move`` (servers converge within
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, request_actor
 from learnloop.api.openapi import error_responses, request_body
-from learnloop.store.records import parse_json_body
+from learnloop.store.records import JsonBool, parse_json_body
 
 router = APIRouter(prefix="/v1/aliases", tags=["serving"])
 
+# The alias name rule (registry.aliases.check_alias_name, which enforces it), said in the document.
+ALIAS_NAME_RULE = {"pattern": r"^(?!base$)(?!v[0-9]+$)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+AliasName = Annotated[str, Field(json_schema_extra=ALIAS_NAME_RULE)]
+AliasPath = Annotated[str, Path(json_schema_extra=ALIAS_NAME_RULE)]
+
 
 class AliasMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a mistake to report, not to drop
     version: str = Field(min_length=1, description="A version id, or 'base'.")
     reason: str | None = None
     actor: str | None = Field(None, description="Who moved it (kept in the alias log).")
-    force: bool = Field(
+    force: JsonBool = Field(
         False, description="Serve a version the gate rejected or never evaluated (logged as forced)."
     )
 
 
 class AliasSplit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     candidate: str | None = Field(
         None, description="Version answering a share of the traffic; null ends the split."
     )
+    # strict: a number, as the schema says (true is not a share).
     split: float = Field(
-        0.0, ge=0, le=1, description="Share of requests answered by the candidate (sticky per user)."
+        0.0,
+        ge=0,
+        le=1,
+        strict=True,
+        description="Share of requests answered by the candidate (sticky per user).",
     )
     shadow: float = Field(
-        0.0, ge=0, le=1, description="Share of requests the candidate also answers, unseen."
+        0.0, ge=0, le=1, strict=True, description="Share of requests the candidate also answers, unseen."
     )
     force: bool = Field(
         False,
@@ -44,7 +56,8 @@ class AliasSplit(BaseModel):
 
 
 class RollbackIn(BaseModel):
-    alias: str = "learnloop"
+    model_config = ConfigDict(extra="forbid")
+    alias: AliasName = "learnloop"
     reason: str | None = None
     actor: str | None = None
 
@@ -111,7 +124,7 @@ async def rollback(db: DbDep, settings: SettingsDep, request: Request) -> dict[s
         404, 409, 422, _404="No model version by that id, or no alias by that name.", _409=_REFUSED
     ),
 )
-async def move(name: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def move(name: AliasPath, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Point the alias at a version; every server loads it, then switches. The gate applies as for promote."""
     from learnloop.registry import move
     from learnloop.store.aliases import get_alias
@@ -143,7 +156,7 @@ async def move(name: str, request: Request, db: DbDep, settings: SettingsDep) ->
         404, 409, 422, _404="No model version by that id, or no alias by that name.", _409=_REFUSED
     ),
 )
-async def split(name: str, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
+async def split(name: AliasPath, request: Request, db: DbDep, settings: SettingsDep) -> dict[str, Any]:
     """Let a candidate answer a share of the alias's traffic (sticky per user), or shadow it unseen.
     A share for a version the gate has not passed needs force, as promote does."""
     from learnloop.registry import move

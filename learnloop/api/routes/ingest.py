@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
@@ -17,6 +17,7 @@ from learnloop.api.deps import DbDep, ReadAuth, SettingsDep, WriteAuth, ingest_s
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
 from learnloop.errors import NotFound, ValidationFailed
+from learnloop.jsonio import dumps
 from learnloop.store.db import Database
 from learnloop.store.records import BATCH, FEEDBACK, IngestBatch, parse_json_body, storable_id
 from learnloop.store.trajectories import get_trajectory, ingest
@@ -111,27 +112,40 @@ def _serving(request: Request) -> Any:
     return getattr(request.app.state, "serving", None)
 
 
-@router.get("/trajectories/{trajectory_id}", dependencies=[ReadAuth], responses=error_responses(404, 503))
-def read_trajectory(trajectory_id: str, db: DbDep) -> dict[str, Any]:
+@router.get(
+    "/trajectories/{trajectory_id}",
+    dependencies=[ReadAuth],
+    responses=error_responses(404, 503),
+    response_model=dict[str, Any],
+)
+def read_trajectory(trajectory_id: str, db: DbDep) -> Response:
     """One stored trajectory."""
     if storable_id(trajectory_id):  # no stored id holds NUL or is that long: no need to ask the database
         raise NotFound(f"No trajectory with id {trajectory_id[:80]!r}.")
     with db.read_session() as session:
         t = get_trajectory(session, trajectory_id)
-        return {
-            "id": t.id,
-            "project": t.project,
-            "scenario": t.scenario,
-            "group": t.group_id,
-            "window": t.window_id,
-            "agent": t.agent,
-            "source": t.source.value,
-            "model": t.model,
-            "model_version": t.model_version,
-            "messages": t.messages,
-            "tools": t.tools,
-            "metadata": t.meta,
-            "tags": t.tags,
-            "split": t.split.value,
-            "created_at": t.created_at.isoformat(),
-        }
+        # Encoded here, not by FastAPI: a row stored before the nesting limit may nest deeper than
+        # its encoder goes, and must stay readable.
+        return _json(
+            {
+                "id": t.id,
+                "project": t.project,
+                "scenario": t.scenario,
+                "group": t.group_id,
+                "window": t.window_id,
+                "agent": t.agent,
+                "source": t.source.value,
+                "model": t.model,
+                "model_version": t.model_version,
+                "messages": t.messages,
+                "tools": t.tools,
+                "metadata": t.meta,
+                "tags": t.tags,
+                "split": t.split.value,
+                "created_at": t.created_at.isoformat(),
+            }
+        )
+
+
+def _json(data: dict[str, Any]) -> Response:
+    return Response(dumps(data), media_type="application/json")

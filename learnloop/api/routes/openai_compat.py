@@ -31,7 +31,7 @@ from learnloop.api.openapi import OPENAI_SHAPE, openai_error_responses, request_
 from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, ValidationFailed
 from learnloop.ids import new_id
 from learnloop.serving.backend import ChatRequest, Chunk
-from learnloop.serving.chat_format import normalize_messages, validate_tools
+from learnloop.serving.chat_format import ROLES, normalize_messages, validate_tools
 
 log = logging.getLogger("learnloop.serving")
 
@@ -49,7 +49,21 @@ class ChatCompletionBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[Any]
+    messages: list[Any] = Field(
+        json_schema_extra={
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"enum": list(ROLES)},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
+                },
+            },
+        },
+        description="OpenAI chat messages; system, developer and user messages need non-empty text "
+        "content, tool calls are an assistant's, their arguments JSON text.",
+    )
     tools: list[Any] | None = None
     tool_choice: Any = None
     temperature: float | None = Field(None, ge=0, le=2)

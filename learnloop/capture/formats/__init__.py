@@ -12,9 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import NotFound, ValidationFailed
+from learnloop.errors import ValidationFailed
 from learnloop.store.db import Database
-from learnloop.store.jsonl import CHUNK_SIZE, ImportResult, import_jsonl, jsonl_files
+from learnloop.store.jsonl import (
+    CHUNK_SIZE,
+    NO_RULES,
+    FileRules,
+    ImportResult,
+    Scan,
+    import_jsonl,
+    scan_files,
+)
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
 from learnloop.windows import fill_windows
 
@@ -32,29 +40,20 @@ def _readers() -> dict[str, Callable[[Path], list[dict[str, Any]]]]:
     return {"otlp-json": read_otlp_json, "openai-chat": read_openai_chat, "langfuse": read_langfuse}
 
 
-def format_files(path: Path | str, fmt: str) -> list[Path]:
-    """The files an import of ``path`` in format ``fmt`` covers: the file, or a folder's files of
-    that format (by suffix) in name order."""
+def scan_format(path: Path | str, fmt: str) -> Scan:
+    """The files an import of ``path`` in format ``fmt`` covers — the file, or a folder's files of
+    that format (by suffix) in name order — and every other entry of the folder with the reason it
+    is passed over (``store.jsonl.scan_files``: links out of the folder are never followed)."""
     if fmt not in FORMATS:
         raise ValidationFailed(f"Unknown import format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if fmt == "jsonl":
-        return jsonl_files(path)  # the JSONL import's own rules
-    path = Path(path)
-    suffixes = _SUFFIXES[fmt]
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.name.endswith(suffixes) and not p.name.startswith(".")
-        )
-        if not files:
-            raise NotFound(
-                f"{path} holds no {' or '.join('*' + s for s in suffixes)} files to import as {fmt}."
-            )
-        return files
-    if not path.exists():
-        raise NotFound(f"{path} does not exist. Pass a file or a folder of them.")
-    return [path]
+        return scan_files(path)  # the JSONL import's own rules
+    return scan_files(path, _SUFFIXES[fmt], what=f"files to import as {fmt}")
+
+
+def format_files(path: Path | str, fmt: str) -> list[Path]:
+    """The files an import of ``path`` in format ``fmt`` reads (see ``scan_format``)."""
+    return scan_format(path, fmt).files
 
 
 def read_file(path: Path | str, fmt: str) -> list[dict[str, Any]]:
@@ -77,10 +76,14 @@ def import_file(
     project: str = "default",
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     window: str = "1h",
+    rules: FileRules = NO_RULES,
 ) -> ImportResult:
-    """Import one file in ``fmt``, all-or-nothing: an invalid file (or record) stores nothing."""
+    """Import one file in ``fmt``, all-or-nothing: an invalid file (or record) stores nothing.
+    ``rules`` apply to JSONL files (``store.jsonl.FileRules``)."""
     if fmt == "jsonl":
-        return import_jsonl(db, path, project=project, holdout_fraction=holdout_fraction, window=window)
+        return import_jsonl(
+            db, path, project=project, holdout_fraction=holdout_fraction, window=window, rules=rules
+        )
     records = read_file(path, fmt)
     fill_windows(records, window)
     result = ImportResult(path=str(path), records=len(records))
