@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import select
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig
 from learnloop.daemon import loops as loops_mod
 from learnloop.daemon import queue
-from learnloop.daemon.config import LoopConfig
 from learnloop.daemon.log import emit
 from learnloop.daemon.supervisor import Supervisor
 from learnloop.errors import ConfigError, LearnloopError, ValidationFailed
@@ -321,7 +321,7 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
     s = ctx.settings
     s = s.model_copy(update={"datasets": s.datasets.model_copy(update={"max_length": loop.max_length})})
     # The base model's own tokenizer counts the tokens training will see.
-    tokenizer = str(resolve_base_model(base))
+    tokenizer = str(resolve_base_model(base, s.data_dir))
     return build_dataset(
         ctx.db,
         loop.algorithm,

@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from learnloop.daemon.config import PRIORITIES
+from learnloop.config.loops import PRIORITIES
 from learnloop.daemon.log import emit
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.store.db import Database

@@ -50,9 +50,11 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Checks before any work: the config locks of every loop (a changed locked key refuses the start)."""
+        """Checks before any work: the config locks of every loop (a changed locked key refuses the start)
+        and the custom triggers and readiness checks the loops name."""
         configure_log(data_dir(self.settings.data_dir).logs, self.cfg.log_retention_days)
         loops_mod.check_locks(self.db, self.settings)
+        loops_mod.check_registered(self.settings)
 
     def run(self, *, install_signals: bool = True) -> None:
         """Run in the foreground until ``stop()`` or SIGTERM/SIGINT (a running training checkpoints first)."""

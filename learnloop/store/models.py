@@ -148,7 +148,11 @@ class Trajectory(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ingested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    __table_args__ = (Index("ix_trajectories_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_trajectories_created_at", "created_at"),
+        # The daemon's loop checks look up what arrived since their last look.
+        Index("ix_trajectories_ingested_at", "ingested_at"),
+    )
 
 
 class Score(Base):
@@ -429,6 +433,23 @@ class LoopState(Base):
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_cycle_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    tally: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONType, doc="What the checks counted so far and when they last looked (daemon/tally.py)."
+    )
+
+
+class LoopTally(Base):
+    """How many examples one prompt gives a loop's next cycle (or its held-out split), as last counted."""
+
+    __tablename__ = "loop_tallies"
+
+    # The prompt hash first: a check looks up a few hundred prompts of one loop at a time, and a
+    # fresh table has no statistics that would steer PostgreSQL past a (loop, part) prefix scan.
+    prompt_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part: Mapped[str] = mapped_column(String(16), primary_key=True, doc="'train' or 'holdout'.")
+    examples: Mapped[int] = mapped_column(Integer)
+    varied: Mapped[int] = mapped_column(Integer, doc="GRPO groups among them whose rewards differ.")
 
 
 class Control(Base):

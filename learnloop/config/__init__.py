@@ -1,4 +1,6 @@
-"""The one typed place for configuration.
+"""The one typed place for configuration: ``Settings`` here, the ``[[loops]]`` and ``[daemon]``
+sections in ``loops``, a training run's config in ``training``, the strict base all of them share in
+``base``. It imports no stage.
 
 Precedence (lowest to highest): the defaults below < ``learnloop.toml`` (in the
 working directory, or the file named by ``LEARNLOOP_CONFIG``) < ``LEARNLOOP_*``
@@ -15,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,23 +25,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from learnloop.daemon.config import DaemonSettings, LoopConfig
+from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
+from learnloop.config.loops import DaemonSettings, LoopConfig
 from learnloop.errors import ConfigError, problems_text
 from learnloop.masking import DatabaseUrl, SecretEnvName, SecretUrl, mask_database_url, plain, remember
 from learnloop.paths import data_dir
 
 DEFAULT_CONFIG_FILE = "learnloop.toml"
-# One default token length for datasets (what their length report checks) and training (what it
-# truncates to), so a dataset that passes its report is not truncated by a run with default settings.
-DEFAULT_MAX_LENGTH = 1024
 
 
-class _Section(BaseModel):
-    # A misspelt key in learnloop.toml must fail loudly, not be ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ServerSettings(_Section):
+class ServerSettings(ConfigModel):
     host: str = Field("127.0.0.1", description="Interface the server binds to.")
     port: int = Field(8377, ge=1, le=65535, description="TCP port of the server.")
     ingest_queue_size: int = Field(
@@ -89,7 +84,7 @@ class ServerSettings(_Section):
     )
 
 
-class CaptureSettings(_Section):
+class CaptureSettings(ConfigModel):
     sample_rate: float = Field(
         1.0, ge=0.0, le=1.0, description="Share of trajectories kept (always-keep rules override)."
     )
@@ -136,7 +131,7 @@ class CaptureSettings(_Section):
     )
 
 
-class FeedbackWeights(_Section):
+class FeedbackWeights(ConfigModel):
     rating: float = Field(1.0, ge=0, description="Weight of the (normalised) rating in the feedback reward.")
     thumbs: float = Field(1.0, ge=0, description="Weight of thumbs up/down.")
     success: float = Field(1.0, ge=0, description="Weight of task success/failure.")
@@ -147,7 +142,7 @@ class FeedbackWeights(_Section):
     )
 
 
-class CombineSettings(_Section):
+class CombineSettings(ConfigModel):
     """How many scores become one reward. See learnloop/scoring/combine.py for the rule."""
 
     mode: Literal["explicit_first", "mean"] = Field(
@@ -177,7 +172,7 @@ class CombineSettings(_Section):
     )
 
 
-class ScoringSettings(_Section):
+class ScoringSettings(ConfigModel):
     weights: dict[str, float] = Field(
         default_factory=dict,
         description="Weight per score aspect in the combined reward (missing aspects weigh 1.0).",
@@ -266,7 +261,7 @@ class ScoringSettings(_Section):
         return self
 
 
-class DatasetSettings(_Section):
+class DatasetSettings(ConfigModel):
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of prompts frozen into the held-out split at capture time."
     )
@@ -316,7 +311,7 @@ class DatasetSettings(_Section):
     )
 
 
-class TrainingSettings(_Section):
+class TrainingSettings(ConfigModel):
     base_model: str = Field(
         "smollm2", description="Base model: a prepared model name, an HF folder or a GGUF file."
     )
@@ -330,7 +325,7 @@ class TrainingSettings(_Section):
     )
 
 
-class WatchSettings(_Section):
+class WatchSettings(ConfigModel):
     disk_floor_gb: float = Field(
         1.0,
         ge=0,
@@ -353,7 +348,7 @@ class WatchSettings(_Section):
     )
 
 
-class AlertRule(_Section):
+class AlertRule(ConfigModel):
     """One `[[alerts]]` entry: when it fires and the webhook it goes to."""
 
     name: str = Field(description="Unique name of the rule (part of each alert's dedup key).")
@@ -392,7 +387,7 @@ class AlertRule(_Section):
     )
 
 
-class RegistrySettings(_Section):
+class RegistrySettings(ConfigModel):
     keep_versions: int = Field(
         20,
         ge=0,
@@ -402,7 +397,7 @@ class RegistrySettings(_Section):
     )
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(ConfigModel):
     max_new_tokens: int = Field(256, ge=1, description="Most tokens generated per held-out answer.")
     limit: int | None = Field(
         None, ge=1, description="Most held-out examples an evaluation uses (unset: all)."
@@ -433,7 +428,7 @@ class EvaluationSettings(_Section):
     )
 
 
-class GatePolicy(_Section):
+class GatePolicy(ConfigModel):
     """When a candidate may replace the baseline. The gate is a pure function of an evaluation and this."""
 
     min_examples: int = Field(
@@ -480,7 +475,7 @@ class GatePolicy(_Section):
     )
 
 
-class Price(_Section):
+class Price(ConfigModel):
     """What 1,000 tokens cost (in any one currency, used for every figure)."""
 
     input: float = Field(0.0, ge=0, description="Price of 1,000 prompt tokens.")
@@ -493,7 +488,7 @@ class Price(_Section):
 UPSTREAM_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,54}$"
 
 
-class UpstreamSettings(_Section):
+class UpstreamSettings(ConfigModel):
     """One `[[upstreams]]` entry: an OpenAI-compatible endpoint an alias can serve (`upstream:<name>`)."""
 
     name: str = Field(
@@ -539,7 +534,7 @@ class UpstreamSettings(_Section):
         return self
 
 
-class CanarySettings(_Section):
+class CanarySettings(ConfigModel):
     """How a version that passed the gate against a teacher (an upstream its alias serves) takes the
     traffic: in steps, its live reward checked against the teacher's at each."""
 
@@ -579,7 +574,7 @@ class CanarySettings(_Section):
         return self
 
 
-class ServingSettings(_Section):
+class ServingSettings(ConfigModel):
     base_model: str | None = Field(
         None,
         description="Base model `learnloop serve` answers with: a prepared name, an HF folder or a GGUF file "
@@ -700,6 +695,21 @@ class Settings(BaseSettings):
         for loop in self.loops:
             if loop.canary:
                 CanarySettings(**{**self.canary.model_dump(), **loop.canary})
+        return self
+
+    @model_validator(mode="after")
+    def _loop_gates(self) -> Settings:
+        # A loop's gate overrides [gate] key by key: check the result now, not when the loop's
+        # first candidate reaches the gate after hours of training.
+        for i, loop in enumerate(self.loops):
+            if loop.gate:
+                try:
+                    GatePolicy.model_validate({**self.gate.model_dump(), **loop.gate})
+                except ValidationError as exc:
+                    raise ValueError(
+                        f"loops[{i}] ({loop.name}): gate: {problems_text(exc)} "
+                        f"(the keys of [gate]: {', '.join(GatePolicy.model_fields)})"
+                    ) from None
         return self
 
     def upstream(self, name: str) -> UpstreamSettings | None:

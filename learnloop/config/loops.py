@@ -1,14 +1,17 @@
-"""The typed ``[[loops]]`` and ``[daemon]`` sections of learnloop.toml.
-
-Kept free of heavy imports: ``learnloop.config`` imports this module to type ``Settings.loops``.
-"""
+"""The typed ``[[loops]]`` and ``[daemon]`` sections of learnloop.toml (the daemon acts on them)."""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from learnloop.config.base import ConfigModel
+from learnloop.config.training import TrainConfig
+
+if TYPE_CHECKING:
+    from learnloop.config import Settings
 
 PRIORITIES: dict[str, int] = {"high": 10, "normal": 100, "low": 1000}
 Priority = Literal["high", "normal", "low"]
@@ -29,11 +32,7 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"{value!r} is not a duration; use seconds or a string like '30m', '6h', '1d'")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TriggerConfig(_Section):
+class TriggerConfig(ConfigModel):
     min_new_examples: int = Field(
         100,
         ge=1,
@@ -68,6 +67,16 @@ class TriggerConfig(_Section):
         None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's)."
     )
     min_free_disk_mb: int = Field(1024, ge=0, description="Least free space in the data dir, in MiB.")
+    custom: list[str] = Field(
+        default_factory=list,
+        description="Names of triggers registered with @learnloop.daemon.trigger (in [daemon] "
+        "trigger_modules) that may also start this loop's cycles.",
+    )
+    custom_checks: list[str] = Field(
+        default_factory=list,
+        description="Names of readiness checks registered with @learnloop.daemon.readiness_check "
+        "(in [daemon] trigger_modules) that must also pass before a cycle.",
+    )
 
     @field_validator("check_interval", "max_interval", mode="before")
     @classmethod
@@ -82,7 +91,7 @@ class TriggerConfig(_Section):
         return v
 
 
-class LoopConfig(_Section):
+class LoopConfig(ConfigModel):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Unique name (jobs, versions and events carry it).",
@@ -152,8 +161,6 @@ class LoopConfig(_Section):
                 f"train.{bad[0]} is set by the loop itself (use the loop's own keys: "
                 "algorithm, base_model, dataset)"
             )
-        from learnloop.training.config import TrainConfig
-
         TrainConfig.model_validate(
             {"algorithm": self.algorithm, "base_model": "x", "dataset": "x", "output_dir": "x", **self.train}
         )
@@ -164,12 +171,15 @@ class LoopConfig(_Section):
 
     @property
     def max_length(self) -> int:
-        from learnloop.training.config import TrainConfig
-
         return int(self.train.get("max_length", TrainConfig.model_fields["max_length"].default))
 
 
-class DaemonSettings(_Section):
+def base_model_of(settings: Settings, loop: LoopConfig) -> str:
+    """The base model a loop trains: its own, else ``[training] base_model``."""
+    return loop.base_model or settings.training.base_model
+
+
+class DaemonSettings(ConfigModel):
     poll_interval: float = Field(
         2.0, gt=0, description="Seconds between looks for new jobs when idle (the daemon never busy-polls)."
     )
@@ -208,6 +218,12 @@ class DaemonSettings(_Section):
         60, ge=1, description="Lines of a failed training's output kept on the job."
     )
     log_retention_days: int = Field(30, ge=1, description="Daily log files older than this are deleted.")
+    trigger_modules: list[str] = Field(
+        default_factory=list,
+        description="Modules (dotted names or .py paths) imported before loops are checked, so their "
+        "@trigger and @readiness_check functions register; loops name them in triggers.custom and "
+        "triggers.custom_checks.",
+    )
 
     @field_validator(
         "poll_interval",
