@@ -24,7 +24,7 @@ HEADER = """\
 # learnloop.example.toml: every setting with its default. Copy what you change into learnloop.toml
 # (in the working directory, or the file LEARNLOOP_CONFIG names). Environment variables win over the
 # file: LEARNLOOP_<SECTION>__<KEY>, e.g. LEARNLOOP_CAPTURE__SAMPLE_RATE=0.5.
-# Generated from learnloop/config.py: `learnloop config --example > learnloop.example.toml`.
+# Generated from learnloop/config/: `learnloop config --example > learnloop.example.toml`.
 """
 
 

@@ -60,6 +60,28 @@ class NoLearningSignal(LearnloopError):
         self.stats = stats or {}
 
 
+class UpstreamFailed(LearnloopError):
+    """An upstream provider answered with an error, timed out, or could not be reached.
+
+    ``status`` is what a client should get (the upstream's own 4xx/429/5xx, 504 for a timeout, 502 when
+    unreachable), ``error`` its OpenAI-shaped error object (the upstream's, when it sent one),
+    ``retry_after`` its Retry-After in seconds when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        error: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error or {"message": message, "type": "upstream_error", "param": None, "code": None}
+        self.retry_after = retry_after
+
+
 class TruncationRefused(ValidationFailed):
     """Too many training examples are longer than max_length; ``check`` holds the length report."""
 

@@ -26,3 +26,8 @@ def new_id() -> str:
     rand = getrandbits(128)
     value = (time.time_ns() // 1_000_000) << 80 | _VERSION_AND_VARIANT | (rand & _RAND_A) | (rand & _RAND_B)
     return f"{value:032x}"
+
+
+# Row ids (jobs, evaluations, datasets) fit PostgreSQL's integer: a larger one is refused naming the
+# parameter, never sent to a driver (SQLite raised OverflowError past 2**63, PostgreSQL a 22003).
+ROW_ID_MAX = 2**31 - 1

@@ -4,10 +4,12 @@ without training, held-out data."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from learnloop.config import Settings
+from learnloop.serving.backend import ChatRequest, ChatResult
 from learnloop.store import Database, ingest
 
 
@@ -111,3 +113,31 @@ def add_holdout(
     with db.session() as session:
         ingest(session, {"trajectories": rows}, holdout_fraction=1.0)
     return [r["id"] for r in rows]
+
+
+class ScriptedBackend:
+    """A ServingBackend whose answers per model are given: the gate's logic on known rewards."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.loaded: dict[str, Path] = {}
+        self.requests: list[tuple[str, ChatRequest]] = []
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self.loaded[name] = path
+
+    def unload_adapter(self, name: str) -> None:
+        self.loaded.pop(name, None)
+
+    def list(self) -> list[str]:
+        return ["base", *self.loaded]
+
+    def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
+        self.requests.append((model, request))
+        text = self.answers[model if model in self.answers else "base"]
+        return [
+            ChatResult(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=len(text.split()))
+        ]
+
+    def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
+        yield from (r.text for r in self.chat(model, request))

@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from api_support import free_port
 from helpers import chat
 from learnloop.api import create_app
-from learnloop.api.inbox import InboxWatcher
 from learnloop.config import Settings
 from learnloop.paths import data_dir
 from learnloop.store import Database
+from learnloop.store.inbox import InboxWatcher
 from learnloop.store.models import Trajectory
 
 
@@ -189,7 +189,7 @@ def test_entry_swapped_for_a_link_after_the_scan_is_not_read(
 def test_unmovable_entry_is_logged_once(
     settings: Settings, sqlite_db: Database, tmp_path: Path, monkeypatch, caplog
 ) -> None:
-    import learnloop.api.inbox as inbox_mod
+    import learnloop.store.inbox as inbox_mod
 
     watcher = InboxWatcher(sqlite_db, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox

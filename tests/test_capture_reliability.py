@@ -273,7 +273,7 @@ def test_bearer_token_is_sent(sqlite_db: Database, settings: Settings, tmp_path:
         )
         with wrong.trajectory() as t1:
             t1.user("q")
-        assert wrong.flush(1.0) is False  # refused token: kept spooled, not dropped
+        assert wrong.flush() is False  # refused token: flush says so at once; kept spooled, not dropped
         assert "token" in (wrong.stats()["last_error"] or "").lower()
         wrong.close(0.2)
         right = CaptureClient(

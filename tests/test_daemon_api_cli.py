@@ -36,7 +36,7 @@ def test_api_routes(db: Database, settings: Settings, tiny_model_dir: Path) -> N
         again = http.post("/v1/jobs", json={"kind": "score", "idempotency_key": "k1"}, headers=auth).json()
         assert again["id"] == r.json()["id"] and not again["created"]
         bad = http.post("/v1/jobs", json={"kind": "train", "config": {"algorithm": "sft"}}, headers=auth)
-        assert bad.status_code == 400 and "base_model" in bad.json()["error"]
+        assert bad.status_code == 422 and "config.base_model" in bad.json()["error"]  # the schema says so
         assert http.post("/v1/jobs", json={"kind": "train"}, headers=auth).status_code == 422
         job_id = r.json()["id"]
         assert http.post(f"/v1/jobs/{job_id}/pause", headers=auth).json()["state"] == "paused"

@@ -27,6 +27,9 @@ def test_task_verifier_recovers_every_case_and_grades_answers() -> None:
 
 
 def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
+    """The app talks to `learnloop` only: the teacher upstream answers first (captured as teacher data),
+    the loop trains on it, the gate checks the student against the teacher, the canary moves the users
+    over in its steps and the student ends up answering everyone."""
     data = tmp_path / "demo"
     out = subprocess.run(
         [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--data-dir", str(data)],
@@ -41,6 +44,16 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
     promoted = report["promoted"]
     assert promoted and report["after"]["n"] == 8 and report["before"]["n"] == 4
     assert Path(report["plot"]).stat().st_size > 10_000
+    # The app's requests moved from the teacher to the student; the report says what that saved.
+    shares = report["share_over_time"]
+    assert shares[0]["teacher_share"] == 1.0 and shares[-1]["by_target"].get(promoted, 0) >= 8
+    assert (
+        report["gate"]["baseline"] == "upstream:teacher"
+        and report["gate"]["cost_per_1k_requests_baseline"] > 0
+    )
+    assert report["cost"]["cost_saved"] > 0 and report["cost"]["own_requests"] >= 8
+    whats = [row["what"] for row in report["timeline"]]
+    assert any(w.startswith(f"canary: {promoted} answers 50%") for w in whats)
 
     db = Database(f"sqlite:///{data / 'learnloop.db'}")
     with db.read_session() as s:
@@ -51,15 +64,24 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
                 .group_by(Trajectory.source)
             ).all()
         )
-        assert by_source[Source.teacher] >= 60  # the backfill, plus the sampled live teacher answers
-        assert by_source[Source.served] >= 4 + 8
+        assert by_source[Source.teacher] >= 60  # the backfill, plus the sampled answers the proxy kept
+        proxied = s.scalar(select(func.count()).where(Trajectory.model_version == "upstream:teacher"))
+        assert proxied >= 1
         served_by_promoted = s.scalar(select(func.count()).where(Trajectory.model_version == promoted))
         assert served_by_promoted >= 8  # every fresh case after the swap was answered by it
         jobs = s.scalars(select(Job)).all()
         assert any(j.state == JobState.succeeded for j in jobs)
         version = s.get(ModelVersion, promoted)
         assert version is not None and version.ever_served and version.loop == "orders"
-        assert s.scalar(select(func.count()).where(Evaluation.candidate_id == promoted)) >= 1
-        moves = s.scalars(select(AliasEvent).where(AliasEvent.to_version == promoted)).all()
-        assert len(moves) == 1 and moves[0].action == "promote"
+        ev = s.scalars(select(Evaluation).where(Evaluation.candidate_id == promoted)).first()
+        assert ev is not None and ev.baseline_id == "upstream:teacher" and ev.metrics["against"] == "teacher"
+        moves = s.scalars(
+            select(AliasEvent).where(AliasEvent.alias == "learnloop").order_by(AliasEvent.id)
+        ).all()
+        assert [(m.action, m.to_version, m.actor) for m in moves] == [
+            ("set", "upstream:teacher", moves[0].actor),
+            ("split", promoted, "canary"),
+            ("split", promoted, "canary"),
+            ("promote", promoted, "canary"),
+        ]
     db.dispose()

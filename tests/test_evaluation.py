@@ -3,47 +3,17 @@ stage's rewards, gated, stored."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_support import add_holdout, make_adapter, settings_for
+from registry_support import ScriptedBackend, add_holdout, make_adapter, settings_for
 
 from learnloop.config import GatePolicy, Settings
 from learnloop.errors import Conflict, ValidationFailed
 from learnloop.evaluation import compare_evaluations, evaluate, gate, get_evaluation, list_evaluations
 from learnloop.registry import get_version, promote, register_version
-from learnloop.serving.backend import ChatRequest, ChatResult
 from learnloop.store import Database
 from learnloop.store.events import recent_events
-
-
-class ScriptedBackend:
-    """A ServingBackend whose answers per model are given: the gate's logic on known rewards."""
-
-    def __init__(self, answers: dict[str, str]) -> None:
-        self.answers = answers
-        self.loaded: dict[str, Path] = {}
-        self.requests: list[tuple[str, ChatRequest]] = []
-
-    def load_adapter(self, name: str, path: Path) -> None:
-        self.loaded[name] = path
-
-    def unload_adapter(self, name: str) -> None:
-        self.loaded.pop(name, None)
-
-    def list(self) -> list[str]:
-        return ["base", *self.loaded]
-
-    def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
-        self.requests.append((model, request))
-        text = self.answers[model if model in self.answers else "base"]
-        return [
-            ChatResult(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=len(text.split()))
-        ]
-
-    def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
-        yield from (r.text for r in self.chat(model, request))
 
 
 class FakeJudge:

@@ -498,8 +498,8 @@ def test_sdk_refuses_non_finite_rewards_and_ratings_at_the_call(
 
 @pytest.mark.parametrize("when", OVERFLOWING)
 def test_inbox_error_file_names_the_line(settings: Settings, db: Database, when: str) -> None:
-    from learnloop.api.inbox import InboxWatcher
     from learnloop.paths import data_dir
+    from learnloop.store.inbox import InboxWatcher
 
     watcher = InboxWatcher(db, settings)
     inbox = data_dir(settings.data_dir).ensure().inbox
@@ -527,7 +527,7 @@ def test_dashboard_auth_compares_bytes_too(settings: Settings, sqlite_db: Databa
     assert r.status_code == 401, r.text
     r = c.post(
         "/ui/aliases/learnloop/rollback",
-        headers={"Cookie": b"learnloop_token=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"},
+        headers={"Cookie": b"learnloop_session=s3cr\xc3\xa9t", "X-Learnloop-Action": "1"},
     )
     assert r.status_code == 401, r.text
     r = c.post(

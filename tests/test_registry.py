@@ -14,6 +14,7 @@ from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.registry import (
+    alias_history,
     delete_version,
     diff_versions,
     get_version,
@@ -27,7 +28,7 @@ from learnloop.registry import (
     trace_trajectory,
 )
 from learnloop.store import Database, ingest
-from learnloop.store.aliases import alias_history, get_alias
+from learnloop.store.aliases import get_alias
 from learnloop.store.models import LoopState, ModelVersion
 
 
@@ -129,7 +130,7 @@ def test_promote_needs_gate_or_force_and_rollback_walks_back(
         rollback(db, s)
     assert get_alias(db).version_id is None
     history = alias_history(db)[::-1]
-    assert [(e.action, e.from_version, e.to_version, e.actor) for e in history] == [
+    assert [(e["action"], e["from"], e["to"], e["actor"]) for e in history] == [
         ("promote", None, v1, "alice"),
         ("force", v1, v2, "bob"),
         ("promote", v2, v3, "carol"),
@@ -137,7 +138,7 @@ def test_promote_needs_gate_or_force_and_rollback_walks_back(
         ("rollback", v2, v1, "dave"),
         ("rollback", v1, None, "dave"),
     ]
-    assert history[1].reason == "hotfix" and history[3].reason == "bad answers"
+    assert history[1]["reason"] == "hotfix" and history[3]["reason"] == "bad answers"
     assert all(get_version(db, v).ever_served for v in ids)
     with pytest.raises(NotFound):
         promote(db, s, "v9999", force=True)
@@ -158,7 +159,7 @@ def test_restore_is_byte_identical_and_sets_the_head(
     with pytest.raises(Conflict, match="no gate verdict"):
         restore(db, s, v1, serve=True)
     restore(db, s, v1, serve=True, force=True, actor="alice")
-    assert get_alias(db).version_id == v1 and alias_history(db)[0].action == "restore"
+    assert get_alias(db).version_id == v1 and alias_history(db)[0]["action"] == "restore"
 
     # A changed byte is caught before anything is restored or served.
     weights = restored.adapter_path / "adapter_model.safetensors"
@@ -198,7 +199,8 @@ def test_delete_refusals_force_and_retention(
     states = {v.id: (v.state, v.artifact_path is not None) for v in list_versions(db)}
     assert states[v2] == ("serving", True)
     assert states[ids[-1]][1] and states[ids[-2]][1]
-    assert states[ids[0]] == ("archived", False) and states[ids[1]] == ("archived", False)
+    # Pruned files do not make a version archived (that means "served before"): they never served.
+    assert states[ids[0]] == ("candidate", False) and states[ids[1]] == ("candidate", False)
     assert not data_dir(s.data_dir).adapter(ids[0]).exists()
     with pytest.raises(Conflict, match="pruned"):
         promote(db, s, ids[0], force=True)
@@ -242,8 +244,7 @@ def test_served_answer_traces_to_its_data(
 def test_moves_by_alias_set_count_for_rollback_and_retention(
     db: Database, s: Settings, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from learnloop.registry import apply_retention
-    from learnloop.serving.runtime import set_alias
+    from learnloop.registry import apply_retention, move
 
     v1, v2, v3 = (
         register_version(db, s, adapter_dir=make_adapter(tiny_model_dir, tmp_path / f"a{i}", seed=i))
@@ -251,10 +252,10 @@ def test_moves_by_alias_set_count_for_rollback_and_retention(
     )
     # Serving's own command applies the registry's gate: never evaluated means refused, unless forced.
     with pytest.raises(Conflict, match=rf"{v1} has no gate verdict.*--force"):
-        set_alias(db, "learnloop", v1, actor="cli")
-    set_alias(db, "learnloop", v1, actor="cli", force=True)
-    set_alias(db, "learnloop", v2, actor="cli", force=True)
-    assert [e.action for e in alias_history(db, "learnloop", 10)] == ["force", "force"]
+        move(db, s, "learnloop", "set", v1, actor="cli", override="Set it with --force")
+    move(db, s, "learnloop", "set", v1, actor="cli", force=True)
+    move(db, s, "learnloop", "set", v2, actor="cli", force=True)
+    assert [e["action"] for e in alias_history(db, "learnloop", 10)] == ["force", "force"]
     assert rollback(db, s) == v1
     kept = settings_for(s, tiny_model_dir, registry={"keep_versions": 1})
     assert apply_retention(db, kept) == []  # v1 and v2 served (the log says so); v3 is the newest

@@ -27,7 +27,7 @@ def test_http_routes(db: Database, settings: Settings, tiny_model_dir: Path, tmp
         r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(adapter)})
         assert r.status_code == 401
         r = httpx.post(f"{url}/v1/versions", json={"adapter_dir": str(tmp_path / "missing")}, headers=auth)
-        assert r.status_code == 422 and "does not exist" in r.json()["error"]
+        assert r.status_code == 404 and "does not exist" in r.json()["error"]  # a path holding nothing
         r = httpx.post(
             f"{url}/v1/versions", json={"adapter_dir": str(adapter), "note": "via api"}, headers=auth
         )
@@ -172,7 +172,8 @@ def test_http_evaluation_and_export(
         assert r.status_code == 422 and "format" in r.text
         r = httpx.post(
             f"{url}/v1/versions/{v1}/export",
-            json={"format": "gguf", "quant": "f16", "out": str(tmp_path / "g")},
+            json={"format": "gguf", "quant": "f16", "out": "g"},
             timeout=300,
         )
         assert r.status_code == 200 and r.json()["files"] == [f"{v1}-f16.gguf"]
+        assert r.json()["path"] == str(s.data_dir / "exports" / "g")  # a name under exports/, not a path

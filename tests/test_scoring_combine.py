@@ -90,7 +90,14 @@ def test_refinement_penalty_weight_is_configurable() -> None:
     ) == pytest.approx(1.0)
 
 
-def test_without_sources_combine_is_the_weighted_mean() -> None:
+def test_without_sources_the_names_decide_and_the_mean_is_only_a_mode() -> None:
+    """No caller gets the plain mean by leaving out sources: that was how the evaluation let
+    ``length`` and ``no_refusal`` outvote the app's verifier."""
     assert combine({"a": 1.0, "b": 0.0}) == pytest.approx(0.5)
     assert combine({"a": 1.0, "b": 0.0}, {"a": 3.0}) == pytest.approx(0.75)
     assert combine({}) is None
+    issue = {"order_json": 0.0, "length": 1.0, "no_refusal": 1.0}
+    assert combine(issue) == pytest.approx(0.1)
+    assert combine(issue, ScoringSettings(), dict.fromkeys(issue, H)) == pytest.approx(0.1)
+    mean = ScoringSettings(combine=CombineSettings(mode="mean"))
+    assert combine(issue, mean) == pytest.approx(2 / 3)

@@ -16,9 +16,9 @@ from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
+from learnloop.registry import alias_history, move
 from learnloop.serving.local import LocalBackend
-from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
-from learnloop.store.aliases import alias_history, set_split
+from learnloop.serving.runtime import ServedCapture, ServingRuntime
 from learnloop.store.db import Database
 from learnloop.store.models import ModelVersion, Trajectory
 
@@ -243,15 +243,14 @@ def test_alias_moves_are_followed_and_split_is_sticky(server) -> None:  # noqa: 
         return raw.headers["x-learnloop-version"]
 
     assert served() == "base"
-    set_alias(db, "learnloop", "v0001", actor="test", reason="promote")
+    move(db, None, "learnloop", "set", "v0001", actor="test", reason="promote")
     deadline = time.monotonic() + 3
     while served() != "v0001":
         assert time.monotonic() < deadline, "the server did not follow the alias"
         time.sleep(0.05)
     with pytest.raises(Exception, match="v0404"):
-        set_alias(db, "learnloop", "v0404", actor="test")
-    with db.session() as s:
-        set_split(s, "learnloop", "v0002", split=0.5)
+        move(db, None, "learnloop", "set", "v0404", actor="test")
+    move(db, None, "learnloop", "split", "v0002", share=0.5)
     _converged(runtime, "v0001", "v0002")
     sides = {u: served(u) for u in (f"user{i}" for i in range(16))}
     assert set(sides.values()) == {"v0001", "v0002"}  # both sides get traffic
@@ -260,9 +259,8 @@ def test_alias_moves_are_followed_and_split_is_sticky(server) -> None:  # noqa: 
 
 def test_shadow_runs_the_candidate_unseen_and_captures_both(server) -> None:  # noqa: ANN001
     url, runtime, db = server
-    set_alias(db, "learnloop", "v0001", actor="test")
-    with db.session() as s:
-        set_split(s, "learnloop", "v0002", split=0.0, shadow=1.0)
+    move(db, None, "learnloop", "set", "v0001", actor="test")
+    move(db, None, "learnloop", "split", "v0002", shadow=1.0)
     _converged(runtime, "v0001", "v0002")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     raw = client.chat.completions.with_raw_response.create(
@@ -358,7 +356,7 @@ def test_alias_routes_move_and_split(
             headers=auth,
         )
         assert r.status_code == 200 and r.json()["version"] == "v0009"
-        assert alias_history(db, "learnloop", 1)[0].action == "force"
+        assert alias_history(db, "learnloop", 1)[0]["action"] == "force"
 
 
 def test_versions_past_max_adapters_are_unloaded_and_a_broken_one_is_a_409(

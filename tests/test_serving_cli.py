@@ -116,7 +116,9 @@ def test_serve_chat_and_alias_commands(tmp_path: Path, sqlite_db: Database, tiny
             text=True,
             timeout=60,
         )
-        assert bad.returncode == 1 and bad.stderr.strip() == "Error: No model version 'v0404'."
+        assert bad.returncode == 1 and bad.stderr.strip() == (
+            "Error: No model version 'v0404'; `learnloop versions list` shows them."
+        )
         # The gate holds here as for `versions promote`: a rejected version needs --force, and says so.
         refused = subprocess.run(
             [*LEARNLOOP, "alias", "set", "learnloop", "v0002"],

@@ -20,9 +20,10 @@ from serving_support import PROMPTS, make_adapter, one_torch_thread, version_row
 from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
+from learnloop.registry import move
 from learnloop.serving.backend import ChatRequest
 from learnloop.serving.local import LocalBackend
-from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
+from learnloop.serving.runtime import ServedCapture, ServingRuntime
 from learnloop.store.db import Database
 
 CLIENTS = 16
@@ -36,8 +37,11 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
+# The decoder folds an adapter into its weights after a single step alone (merge_after=1), so the
+# flips between versions merge and unmerge under load; transformers' forward is the fallback runner.
+@pytest.mark.parametrize("runner", ["decoder", "transformers"])
 def test_hot_swap_under_streaming_load(
-    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+    db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path, runner: str
 ) -> None:
     adapters = {
         vid: make_adapter(tiny_model_dir, tmp_path / vid, seed=i) for i, vid in ((1, "v0001"), (2, "v0002"))
@@ -45,8 +49,16 @@ def test_hot_swap_under_streaming_load(
     with db.session() as s:
         for vid, path in adapters.items():
             s.add(version_row(vid, tiny_model_dir, path))
-    backend = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8, max_queued=64)
-    set_alias(db, "learnloop", "v0001", actor="test")
+    backend = LocalBackend(
+        tiny_model_dir,
+        device="cpu",
+        max_batch_size=8,
+        max_queued=64,
+        decoder=runner == "decoder",
+        merge_after=1,
+    )
+    assert backend.engine.runner_name == runner
+    move(db, None, "learnloop", "set", "v0001", actor="test")
     runtime = ServingRuntime(backend, db, poll_seconds=0.25, capture=ServedCapture(settings, db))
     prompt = PROMPTS[0]
     results: list[dict] = []
@@ -95,8 +107,8 @@ def test_hot_swap_under_streaming_load(
             moves: list[tuple[float, str]] = []
             time.sleep(0.5)
             for _ in range(CYCLES):
-                for target, action in (("v0002", "promote"), ("v0001", "rollback")):
-                    set_alias(db, "learnloop", target, actor="test", action=action)
+                for target, kind in (("v0002", "promote"), ("v0001", "rollback")):
+                    move(db, None, "learnloop", kind, target, actor="test")
                     moves.append((time.monotonic(), target))
                     time.sleep(0.7)
             stop.set()
@@ -108,6 +120,8 @@ def test_hot_swap_under_streaming_load(
             for v in adapters
         }
         assert expected["v0001"] != expected["v0002"]
+        if runner == "decoder":  # the versions were folded into the weights and taken out again
+            assert backend.engine.runner.decoder.merges > 1
     finally:
         runtime.stop()
         backend.close()

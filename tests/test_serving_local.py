@@ -23,10 +23,15 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return {f"v{i}": make_adapter(tiny_model_dir, root / f"v{i}", seed=i) for i in (1, 2)}
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path, adapters: dict[str, Path]) -> LocalBackend:
+# Every test on the backend runs on both runners: the CPU decoder (folding an adapter into the weights
+# after a single step alone, so merging and unmerging happen all the time) and transformers' forward.
+@pytest.fixture(scope="module", params=["decoder", "transformers"])
+def backend(request: pytest.FixtureRequest, tiny_model_dir: Path, adapters: dict[str, Path]) -> LocalBackend:
     with one_torch_thread():
-        b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=8)
+        b = LocalBackend(
+            tiny_model_dir, device="cpu", max_batch_size=8, decoder=request.param == "decoder", merge_after=1
+        )
+        assert b.engine.runner_name == request.param
         for name, path in adapters.items():
             b.load_adapter(name, path)
         yield b
@@ -188,5 +193,129 @@ def test_adapters_load_by_name_and_unload(
         assert b.list() == ["base"] and _greedy(b, "base", PROMPTS[0]) == base
         with pytest.raises(NotFound, match="adapter_config.json"):
             b.load_adapter("c", tmp_path)
+    finally:
+        b.close()
+
+
+def _peft(tiny_model_dir: Path, adapter: Path | None):  # noqa: ANN202
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    return model if adapter is None else PeftModel.from_pretrained(model, adapter).eval()
+
+
+def test_decoder_merges_the_adapter_alone_and_unmerges_for_others(
+    tiny_model_dir: Path, adapters: dict[str, Path]
+) -> None:
+    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=4, merge_after=2)
+    try:
+        b.load_adapter("v1", adapters["v1"])
+        dec = b.engine.runner.decoder
+        want_v1 = _generate(_peft(tiny_model_dir, adapters["v1"]), b, PROMPTS[0])
+        want_base = _generate(_peft(tiny_model_dir, None), b, PROMPTS[0])
+        assert _greedy(b, "v1", PROMPTS[0]) == want_v1
+        assert dec.merged == "v1"  # alone for more than two steps: folded into the weights
+        assert _greedy(b, "base", PROMPTS[0]) == want_base  # the base's rows run on the exact weights
+        assert dec.merged is None
+        with cf.ThreadPoolExecutor(4) as pool:  # mixed rows: never merged while they share steps
+            got = list(pool.map(lambda m: _greedy(b, m, PROMPTS[0]), ["v1", "base", "v1", "base"]))
+        assert got == [want_v1, want_base, want_v1, want_base]
+    finally:
+        b.close()
+
+
+def test_a_failing_decoder_step_falls_back_to_transformers_with_a_warning(
+    tiny_model_dir: Path, adapters: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=4)
+    try:
+        b.load_adapter("v1", adapters["v1"])
+        want = _generate(_peft(tiny_model_dir, adapters["v1"]), b, PROMPTS[1])
+        dec = b.engine.runner.decoder
+        real, calls = dec.step, []
+
+        def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append(1)
+            if len(calls) == 3:  # mid-answer: the prompt and one decode step done, two tokens out
+                raise RuntimeError("injected decoder failure")
+            return real(*args, **kwargs)
+
+        dec.step = failing
+        with caplog.at_level("WARNING", logger="learnloop.serving"):
+            assert _greedy(b, "v1", PROMPTS[1]) == want  # carried on from the tokens it had
+        assert b.engine.runner_name == "transformers"
+        assert any("injected decoder failure" in r.getMessage() for r in caplog.records)
+        assert _greedy(b, "v1", PROMPTS[1]) == want
+    finally:
+        b.close()
+
+
+def test_an_adapter_the_decoder_cannot_apply_moves_serving_to_transformers(
+    tiny_model_dir: Path, adapters: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    dora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, use_dora=True),
+    )
+    dora.save_pretrained(tmp_path / "dora")
+    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=4)
+    try:
+        b.load_adapter("v1", adapters["v1"])
+        assert b.engine.runner_name == "decoder"
+        with caplog.at_level("WARNING", logger="learnloop.serving"):
+            b.load_adapter("dora", tmp_path / "dora")
+        assert b.engine.runner_name == "transformers"
+        assert any("use_dora" in r.getMessage() for r in caplog.records)
+        assert _greedy(b, "dora", PROMPTS[0]) == _generate(
+            _peft(tiny_model_dir, tmp_path / "dora"), b, PROMPTS[0]
+        )
+        assert _greedy(b, "v1", PROMPTS[0]) == _generate(_peft(tiny_model_dir, adapters["v1"]), b, PROMPTS[0])
+    finally:
+        b.close()
+
+
+def test_background_rows_never_hold_a_request_back(tiny_model_dir: Path) -> None:
+    import queue
+
+    from learnloop.evaluation.backend import default_backend
+
+    b = LocalBackend(tiny_model_dir, device="cpu", max_batch_size=1, background_slots=1)
+    try:
+        shared = default_backend(str(tiny_model_dir))  # what an evaluation in this process gets
+        assert shared.base_path == b.base_path and shared.list() == b.list()
+        events: queue.SimpleQueue = queue.SimpleQueue()
+
+        def rows(name: str, max_tokens: int, background: bool) -> list:  # noqa: ANN202
+            req = ChatRequest(messages=PROMPTS[0], max_tokens=max_tokens, temperature=0)
+            return b._sequences(
+                "base", req, lambda i: lambda ev: events.put((name, ev)), background=background
+            )
+
+        # hold the worker between two steps while two background rows and one request arrive
+        inside, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=b.engine.call, args=(lambda: (inside.set(), release.wait(60)),))
+        holder.start()
+        assert inside.wait(60)
+        b.engine.submit(rows("eval-1", 50, True) + rows("eval-2", 50, True))
+        b.engine.submit(rows("request", 2, False))
+        release.set()
+        holder.join(60)
+        seen = []
+        while not seen or seen[-1] != "request":
+            name, ev = events.get(timeout=60)
+            if ev.finish is not None:
+                seen.append(name)
+        # the request was answered beside the first background row, before the second one started:
+        # background rows queue for their own slot, never for the request's (the first one needs at
+        # least five steps: base greedy on this prompt runs to a length of 5, test above)
+        assert "eval-2" not in seen
+        shared.close()  # the view closes; the server's backend keeps answering
+        assert _greedy(b, "base", PROMPTS[2], 3)
     finally:
         b.close()

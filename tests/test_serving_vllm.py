@@ -16,8 +16,9 @@ from api_support import live_server
 from learnloop.api import create_app
 from learnloop.config import Settings
 from learnloop.errors import NotFound
+from learnloop.registry import move
 from learnloop.serving.backend import ChatRequest
-from learnloop.serving.runtime import ServedCapture, ServingRuntime, set_alias
+from learnloop.serving.runtime import ServedCapture, ServingRuntime
 from learnloop.serving.vllm import VllmBackend
 from learnloop.store.db import Database
 from learnloop.store.models import Trajectory
@@ -73,7 +74,7 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
             r = client.chat.completions.create(model="learnloop", messages=ASK)
             assert r.choices[0].message.content == f"{BASE_NAME} says: hello there" and r.model == "base"
-            set_alias(db, "learnloop", "v0001", actor="test")
+            move(db, None, "learnloop", "set", "v0001", actor="test")
             deadline = time.monotonic() + 3
             while "v0001" not in fake.state.loras:
                 assert time.monotonic() < deadline

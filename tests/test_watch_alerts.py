@@ -138,6 +138,13 @@ def test_rules_fire_once_per_fault_and_deliver(settings: Settings, db: Database)
         assert "v0003" in hook.bodies[-1]["body"]["text"]
     sent = recent_events(db, kinds=["alert.sent"])
     assert len(sent) == 6
+    listed = alerts.recent_deliveries(db, limit=10)  # what `learnloop alerts list` prints
+    assert len(listed) == 6 and {d["state"] for d in listed} == {"sent"}
+    assert {d["rule"] for d in listed} == {"failures", "gate", "promotions", "rollbacks"}
+    assert [d["id"] for d in listed] == sorted((d["id"] for d in listed), reverse=True)
+    env = cli_env(settings.data_dir, LEARNLOOP_DATABASE_URL=db.url)
+    r = subprocess.run([*LEARNLOOP, "alerts", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.count(" sent ") == 6 and "gate: " in r.stdout, r.stderr
 
 
 def test_history_before_alerting_started_is_not_sent(settings: Settings, db: Database) -> None:

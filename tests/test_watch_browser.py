@@ -1,23 +1,30 @@
 """The dashboard in a real browser: the distribution's headless Chromium driven by Selenium.
 
-Opens every page (screenshots under tests/artifacts/), follows a trajectory into its detail and
-adds feedback, logs in with the token, and presses pause on a running tiny-model training job
-and sees it paused; no page may log a console error.
+After a quick demo on a real data dir, logs in and crawls: every page the navigation reaches, and
+every link on those pages, in the browser; the links on those over HTTP; each page's live fragments
+too. Any 4xx/5xx, console error or template warning fails it. Then, on seeded rows: follows a
+trajectory into its detail and adds feedback, and presses pause on a running tiny-model training
+job and sees it paused (screenshots under tests/artifacts/).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from watch_support import seed_loop, seed_trajectories
 from watch_worker import TrainingWorker
 
-from api_support import live_server
+from api_support import cli_env, live_server
 from learnloop.api.app import create_app
 from learnloop.config import Settings
 from learnloop.store.db import Database
@@ -51,7 +58,8 @@ def browser() -> Iterator[object]:
         "--hide-scrollbars",
     ):
         opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # "performance": the network events, so the crawl sees the status of every request a page makes.
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
     try:
@@ -102,6 +110,150 @@ def shoot(driver: object, name: str) -> Path:
     driver.save_screenshot(str(path))
     driver.set_window_size(1440, 1100)
     return path
+
+
+def failed_requests(driver: object, origin: str) -> list[str]:
+    """Every request to this server the browser made since the last call that got a 4xx or 5xx
+    (pages, live fragments, streams, scripts), from Chromium's network log."""
+    bad = []
+    for entry in driver.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") != "Network.responseReceived":
+            continue
+        response = msg["params"]["response"]
+        if response["url"].startswith(origin) and response["status"] >= 400:
+            bad.append(f"{response['status']} {response['url']}")
+    return bad
+
+
+WRITE_TOKEN, READ_TOKEN = "crawl-write", "crawl-read"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real data dir after `learnloop demo --quick`: captured, scored, trained, evaluated, promoted,
+    served. The budget is generous: how fast this machine is must not decide the test."""
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "demo"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learnloop",
+            "demo",
+            "--quick",
+            "--json",
+            "--budget",
+            "15",
+            "--data-dir",
+            str(data),
+        ],
+        env=cli_env(root / "unused"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout)["promoted"]
+    return data
+
+
+def test_crawl_every_page_after_a_quick_demo(
+    browser: object, demo_dir: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    s = settings.model_copy(
+        update={
+            "data_dir": demo_dir,
+            "api_token": SecretStr(WRITE_TOKEN),
+            "server": settings.server.model_copy(update={"read_token": SecretStr(READ_TOKEN)}),
+        }
+    )
+    db = Database(f"sqlite:///{demo_dir / 'learnloop.db'}")
+    d = browser
+    problems: list[str] = []
+    with live_server(create_app(s, db, watch_inbox=False)) as url:
+        # The read token is set: the dashboard asks for a login first, and comes back after it.
+        d.get(url + "/versions")
+        wait_for("the login page", lambda: "/login" in d.current_url)
+        d.find_element(By.NAME, "token").send_keys(WRITE_TOKEN)
+        d.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+        wait_for("the page asked for", lambda: urlsplit(d.current_url).path == "/versions")
+        http = httpx.Client(
+            base_url=url, cookies={"learnloop_session": d.get_cookie("learnloop_session")["value"]}
+        )
+        nav = [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "header nav a")]
+        assert [urlsplit(h).path for h in nav] == [
+            "/",
+            "/trajectories",
+            "/rewards",
+            "/datasets",
+            "/jobs",
+            "/versions",
+            "/serving",
+            "/quality",
+        ]
+        failed_requests(d, url)  # what the login took is not the crawl's
+
+        checked: set[str] = set()
+
+        def check_http(link: str) -> str:
+            """GET over HTTP (as the logged-in browser): the page and each live fragment it refreshes."""
+            if link in checked:
+                return ""
+            checked.add(link)
+            r = http.get(link)
+            if r.status_code != 200:
+                problems.append(f"{r.status_code} {link}")
+                return ""
+            for live in _attrs(r.text, "data-live"):
+                check_http(live)
+            return r.text
+
+        def visit(link: str) -> list[str]:
+            """Open ``link`` in Chromium: the page, its charts, its scripts; the links it holds."""
+            check_http(link)
+            d.get(urljoin(url, link))
+            wait_for(
+                f"{link} to render", lambda: d.execute_script("return document.readyState") == "complete"
+            )
+            if not d.find_elements(By.TAG_NAME, "h1"):
+                problems.append(f"no heading on {link}")
+            for chart in d.find_elements(By.CSS_SELECTOR, "[data-chart]"):
+                if not chart.find_elements(By.CSS_SELECTOR, "svg, .empty"):
+                    problems.append(f"a chart not drawn on {link}")
+            if "chart error" in d.page_source:
+                problems.append(f"chart error on {link}")
+            problems.extend(f"{link}: {e}" for e in console_errors(d) + failed_requests(d, url))
+            links = []
+            for a in d.find_elements(By.CSS_SELECTOR, "a[href]"):
+                href = a.get_attribute("href") or ""
+                parts = urlsplit(href)
+                if href.startswith(url) and not parts.path.startswith("/static/"):
+                    links.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+            return links
+
+        pages = [urlsplit(h).path for h in nav]
+        found = [link for page in pages for link in visit(page)]
+        details = [link for link in dict.fromkeys(found) if link not in pages]
+        deeper = [link for detail in details for link in visit(detail)]
+        for link in dict.fromkeys(deeper):
+            check_http(link)
+        # The crawl saw every kind of page the demo made.
+        for kind in ("/trajectories/", "/datasets/", "/jobs/", "/versions/v", "/ui/live/"):
+            assert any(link.startswith(kind) for link in checked), kind
+        http.close()
+    db.dispose()
+    template_warnings = [r.getMessage() for r in caplog.records if r.name == "learnloop.dashboard"]
+    assert problems + template_warnings == [], f"{len(checked)} pages and fragments checked"
+
+
+def _attrs(html: str, name: str) -> list[str]:
+    import html as h
+
+    return [h.unescape(part.split('"', 1)[0]) for part in html.split(f'{name}="')[1:]]
 
 
 def test_dashboard_in_chromium(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
-from watch_support import seed_loop, seed_trajectories
+from watch_support import chat, seed_loop, seed_trajectories
 
 from api_support import live_server
 from learnloop.api.app import create_app
@@ -41,17 +42,27 @@ def client(settings: Settings, db: Database) -> TestClient:
     return TestClient(create_app(settings, db, watch_inbox=False))
 
 
-def test_every_page_renders_empty(settings: Settings, db: Database) -> None:
+def template_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the dashboard's templates logged: a name used that the context lacks."""
+    return [r.getMessage() for r in caplog.records if r.name == "learnloop.dashboard"]
+
+
+def test_every_page_renders_empty(settings: Settings, db: Database, caplog: pytest.LogCaptureFixture) -> None:
     c = client(settings, db)
     for page in PAGES:
         r = c.get(page)
         assert r.status_code == 200, page
         assert "<nav>" in r.text and "/static/app.js" in r.text
+        live = c.get(f"/ui/live/{page.strip('/') or 'overview'}") if page != "/trajectories" else r
+        assert live.status_code == 200, page
+    assert template_warnings(caplog) == []
     assert "Nothing is training right now." in c.get("/").text
     assert "No model versions registered yet." in c.get("/versions").text
 
 
-def test_every_page_shows_the_rows(settings: Settings, db: Database, seeded: dict) -> None:
+def test_every_page_shows_the_rows(
+    settings: Settings, db: Database, seeded: dict, caplog: pytest.LogCaptureFixture
+) -> None:
     c = client(settings, db)
     home = c.get("/").text
     for stage in ("capture", "score", "datasets", "train", "registry", "evaluate", "serve"):
@@ -79,6 +90,10 @@ def test_every_page_shows_the_rows(settings: Settings, db: Database, seeded: dic
     ds = c.get(f"/datasets/{seeded['dataset']}").text
     assert "no assistant answer" in ds and "suggested max length" in ds
     assert "sft-nightly" in c.get("/datasets").text
+    for page in (f"/versions/{v}" for v in ("v0001", "v0002", "v0003")):
+        assert c.get(page).status_code == 200
+    assert c.get(f"/ui/live/job-{seeded['running']}").status_code == 200
+    assert template_warnings(caplog) == []
 
 
 def _attr(html: str, start: str) -> str:
@@ -270,7 +285,7 @@ def test_job_stream_resumes_after_last_event_id(settings: Settings, db: Database
 
 
 def test_trajectory_pages_walk_the_whole_list_in_time_order(db: Database, seeded: dict) -> None:
-    from learnloop.watch.pages import TrajectoryFilter, search_trajectories
+    from learnloop.watch.trajectories import TrajectoryFilter, search_trajectories
 
     seen, cursor = [], None
     while True:
@@ -282,3 +297,151 @@ def test_trajectory_pages_walk_the_whole_list_in_time_order(db: Database, seeded
             break
     assert len(seen) == len(set(seen)) == 26
     assert seen == sorted(seen, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'{"rating": [1]}', b'{"thumbs": 1}', b'{"comment": {"a": 1}}', b'"text"', b""],
+)
+def test_feedback_form_refuses_bad_bodies_with_4xx(
+    settings: Settings, db: Database, seeded: dict, body: bytes
+) -> None:
+    c = client(settings, db)
+    r = c.post("/ui/trajectories/t-tool/feedback", content=body, headers={"Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500 and "feedback form" in r.json()["error"], (body, r.text)
+    with db.read_session() as s:
+        assert s.scalars(select(Feedback).where(Feedback.author == "dashboard")).first() is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/ui/live/job-" + "9" * 20,
+        "/ui/live/job-" + "1" * 11,
+        "/ui/live/job--1",
+        "/ui/live/job-x",
+        "/jobs/" + "9" * 20,
+        "/datasets/" + "9" * 20,
+        "/jobs?offset=" + "9" * 20,
+        "/rewards?days=0",
+    ],
+)
+def test_out_of_range_ids_are_422_on_both_databases(settings: Settings, db: Database, url: str) -> None:
+    r = client(settings, db).get(url)
+    assert r.status_code == 422, (url, r.status_code, r.text[:200])
+
+
+def test_unknown_ids_are_404(settings: Settings, db: Database, seeded: dict) -> None:
+    c = client(settings, db)
+    unknown = ("/ui/live/job-999999", "/jobs/999999", "/datasets/999999", "/versions/v9999", "/ui/live/nope")
+    for url in unknown:
+        assert c.get(url).status_code == 404, url
+
+
+def test_a_page_per_version(settings: Settings, db: Database, seeded: dict) -> None:
+    c = client(settings, db)
+    for page in ("/versions", "/serving", "/quality", "/"):
+        assert 'href="/versions/v0002"' in c.get(page).text, page  # version ids link to their page
+    assert 'href="/versions/v0001"' in c.get(f"/jobs/{seeded['done']}").text  # the job made v0001
+    assert 'href="/versions/v0001"' in c.get(f"/datasets/{seeded['dataset']}").text  # trained on it
+
+    v2 = c.get("/versions/v0002").text
+    lineage = _section(v2, 'id="lineage"')
+    assert 'href="/versions/v0001"' in lineage and f'href="/datasets/{seeded["dataset"]}"' in lineage
+    assert 'href="/versions/v0003"' in lineage  # continued by
+    assert "reward +0.11 over v0001" in _section(v2, 'id="evaluations"')
+    history = _section(v2, 'id="alias-history"')
+    # A header, then the two moves that involved it: promoted to it, then split from it to v0003.
+    assert history.count("<tr>") == 3 and "gate passed" in history and ">split<" in history
+    files = _section(v2, 'id="files"')
+    assert "adapter_config.json" in files and "missing" not in files
+
+    v1 = c.get("/versions/v0001").text
+    assert "loss" in _section(v1, 'id="metrics"') and "0.9" in _section(v1, 'id="metrics"')
+    with db.read_session() as s:
+        folder = Path(s.get(ModelVersion, "v0001").artifact_path)
+    (folder / "adapter_config.json").unlink()
+    assert "missing" in _section(c.get("/versions/v0001").text, 'id="files"')
+
+
+def _section(html: str, marker: str) -> str:
+    """The card that starts at ``marker``, up to the next card."""
+    start = html.index(marker)
+    end = html.find('<div class="card"', start + 1)
+    return html[start : end if end != -1 else len(html)]
+
+
+def test_odd_trajectory_ids_link_to_their_page(settings: Settings, db: Database) -> None:
+    from learnloop.store.records import parse_batch
+    from learnloop.store.trajectories import ingest
+
+    odd = "imports/2024 #7?x=ü"
+    with db.session() as s:
+        ingest(s, parse_batch({"trajectories": [{"id": odd, "messages": chat("hi", "hello")}]}))
+    c = client(settings, db)
+    listing = c.get("/trajectories").text
+    href = listing.split('href="/trajectories/')[1].split('"')[0]
+    assert href == "imports%2F2024%20%237%3Fx%3D%C3%BC"
+    page = c.get("/trajectories/" + href)
+    assert page.status_code == 200 and "hello" in page.text
+    r = c.post(f"/ui/trajectories/{href}/feedback", json={"comment": "odd but fine"})
+    assert r.status_code == 200 and r.json()["feedback_inserted"] == 1
+
+
+def test_a_page_is_one_template_and_one_registered_view(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jinja2
+
+    from learnloop import watch
+    from learnloop.api.routes import dashboard
+
+    monkeypatch.setattr(watch.views, "PAGES", dict(watch.PAGES))  # the registry as it was, afterwards
+    monkeypatch.setattr(watch, "PAGES", watch.views.PAGES)
+    env = dashboard.templates.env
+    templates = {
+        "probe.html": '{% extends "base.html" %}{% block content %}<h1>Probe</h1>'
+        '<div data-live="/ui/live/probe">{% include "_probe.html" %}</div>{% endblock %}',
+        "_probe.html": "<p>{{ answer }} from {{ days }}</p>",
+    }
+    monkeypatch.setattr(env, "loader", jinja2.ChoiceLoader([jinja2.DictLoader(templates), env.loader]))
+
+    @watch.views.page("probe", "/probe", title="Probe", live=True)
+    def probe(db: Database, settings: Settings, params: watch.Params) -> dict:
+        return {"answer": 42, "days": params.integer("days", 7, lo=1, hi=9)}
+
+    c = client(settings, db)
+    page = c.get("/probe?days=3")
+    assert page.status_code == 200 and "<p>42 from 3</p>" in page.text
+    assert '<a href="/probe" class="on">Probe</a>' in page.text  # in the navigation, current
+    assert '<a href="/probe" class="">Probe</a>' in c.get("/jobs").text
+    assert c.get("/ui/live/probe").text == "<p>42 from 7</p>"
+    assert c.get("/probe?days=10").status_code == 422
+
+
+def test_the_overview_says_the_database_is_down(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    down = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    c = TestClient(create_app(settings, down, watch_inbox=False))
+    for url in ("/", "/ui/live/overview"):
+        r = c.get(url)
+        assert r.status_code == 200 and "unreachable" in r.text, url
+    assert template_warnings(caplog) == []
+
+
+def test_a_version_that_is_gone_is_named_not_linked(settings: Settings, db: Database, seeded: dict) -> None:
+    """Served traffic and this process's counters outlive a deleted version: no link to a 404 then."""
+    from learnloop.store.records import parse_batch
+    from learnloop.store.trajectories import ingest
+    from learnloop.watch import observe_serving
+
+    served = {"messages": chat("hi", "hello"), "source": "served", "model_version": "v0099"}
+    with db.session() as s:
+        ingest(s, parse_batch({"trajectories": [{**served, "id": "t-gone"}]}))
+    observe_serving("v0098", 3, 0.1)
+    c = client(settings, db)
+    serving = c.get("/serving").text
+    assert "v0099" in serving and "v0098" in serving
+    assert "/versions/v0099" not in serving and "/versions/v0098" not in serving
+    assert 'href="/versions/v0002"' in serving  # a version that exists is still linked
+    page = c.get("/trajectories/t-gone").text
+    assert "v0099" in page and "/versions/v0099" not in page

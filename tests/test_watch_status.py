@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from watch_support import chat, seed_loop, seed_trajectories
 
-from learnloop.api import metrics as metrics_mod
 from learnloop.api.app import create_app
 from learnloop.config import Settings
 from learnloop.store.db import Database, downgrade
+from learnloop.watch import metrics as metrics_mod
 from learnloop.watch.host import process_role
 
 

@@ -1,7 +1,7 @@
 """Rows for the watch tests: what the daemon, registry, evaluation and serving stages would have written.
 
 The watch stage reads tables, so its tests write the rows directly (through the store's own
-functions where there is one: ingest, move_alias, record_event).
+functions where there is one: ingest, the registry's alias move, record_event).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from learnloop.store.aliases import move_alias, set_split
+from learnloop.registry import move
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import (
@@ -177,9 +177,14 @@ def seed_loop(
                     "longest": [{"item": "t-prod-1", "tokens": 91}],
                 },
                 "rewards": {"of": "trajectory reward", "mean": 0.8},
-                "rejected_count": 1,
-                "rejected_by_reason": {"no assistant answer": 1},
-                "rejected": [{"id": "t-prod-0", "reason": "no assistant answer"}],
+                # The shape the datasets stage's BuildReport writes.
+                "funnel": {"matched": 3, "kept": 2},
+                "rejected": {
+                    "count": 1,
+                    "by_reason": {"no assistant answer": 1},
+                    "items": [{"id": "t-prod-0", "reason": "no assistant answer"}],
+                    "listed": 1,
+                },
             },
             created_at=now - dt.timedelta(hours=3),
         )
@@ -332,12 +337,10 @@ def seed_loop(
             "queued": [q.id for q in queued],
             "dataset": ds.id,
         }
-    with db.session() as s:
-        move_alias(s, "learnloop", "v0001", action="promote", actor="daemon", reason="gate passed")
-    with db.session() as s:
-        move_alias(s, "learnloop", "v0002", action="promote", actor="daemon", reason="gate passed")
-    with db.session() as s:
-        set_split(s, "learnloop", "v0003", split=0.1, actor="tester")
+    move(db, None, "learnloop", "promote", "v0001", actor="daemon", reason="gate passed")
+    move(db, None, "learnloop", "promote", "v0002", actor="daemon", reason="gate passed")
+    # Someone tries the rejected v0003 on a tenth of the traffic anyway.
+    move(db, None, "learnloop", "split", "v0003", share=0.1, force=True, actor="tester")
     if with_running:
         record_event(db, "job.started", f"job {ids['running']} started", job_id=ids["running"], loop="main")
     record_event(

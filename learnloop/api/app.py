@@ -14,7 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from learnloop import __version__
 from learnloop.api.body_limit import BodyLimitMiddleware
+from learnloop.api.cross_site import CrossSiteGuard
 from learnloop.api.deps import IngestGate
+from learnloop.api.methods import MethodsMiddleware
 from learnloop.api.openapi import install_openapi
 from learnloop.config import Settings, load_settings
 from learnloop.errors import (
@@ -57,7 +59,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from learnloop.api.inbox import InboxWatcher
+        from learnloop.store.inbox import InboxWatcher
 
         app.state.inbox = None
         alerts = _start_alerts(db, settings)
@@ -72,6 +74,8 @@ def create_app(
             yield
         finally:
             if serving is not None:
+                if hasattr(serving, "aclose"):
+                    await serving.aclose()  # the upstreams' connections live in this event loop
                 serving.stop()
             if app.state.inbox is not None:
                 app.state.inbox.stop()
@@ -105,9 +109,15 @@ def create_app(
     app.state.serving, app.state.serving_off_reason = serving, serving_off_reason
     app.include_router(openai_compat.router)
     app.include_router(aliases.router)
+    from learnloop.api.routes import otlp
+
+    app.include_router(otlp.router)
     _install_watch(app)
     _install_error_handlers(app)
     install_openapi(app, settings)
+    # Added last, so it runs first: a refused request costs no body reading, no timing, no route.
+    app.add_middleware(MethodsMiddleware)
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.server.allowed_origins)
     return app
 
 
@@ -115,19 +125,21 @@ def _install_watch(app: FastAPI) -> None:
     """Status, /readyz, /metrics, the dashboard and its static files (the `watch` stage)."""
     from fastapi.staticfiles import StaticFiles
 
+    from learnloop import watch
     from learnloop.api.routes import dashboard, status
     from learnloop.api.timing import IngestTimingMiddleware
 
     app.add_middleware(IngestTimingMiddleware)
     app.include_router(status.router)
     app.include_router(dashboard.router)
-    app.mount("/static", StaticFiles(directory=str(dashboard.HERE / "static")), name="static")
+    app.include_router(dashboard.page_routes())
+    app.mount("/static", StaticFiles(directory=str(watch.STATIC_DIR)), name="static")
 
 
 def _start_alerts(db: Database, settings: Settings) -> Any:
     if not settings.alerts:
         return None
-    from learnloop.watch.alerts import AlertService
+    from learnloop.watch import AlertService
 
     service = AlertService(db, settings)
     service.start()

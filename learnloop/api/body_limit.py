@@ -36,31 +36,7 @@ class BodyLimitMiddleware:
             return
         length = _content_length(scope)
         if length is not None and length > self.limit:
-            message = too_large_message(self.limit)
-            if scope.get("path") in OPENAI_PATHS:  # OpenAI's clients read OpenAI's error shape
-                answer: dict = {
-                    "error": {
-                        "message": message,
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "request_too_large",
-                    }
-                }
-            else:
-                answer = {"error": message, "detail": message}
-            body = json.dumps(answer).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, scope, 413, too_large_message(self.limit), "request_too_large", close=True)
             return
         received = 0
 
@@ -75,6 +51,35 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def send_error(
+    send: Send,
+    scope: Scope,
+    status: int,
+    message: str,
+    code: str | None = None,
+    *,
+    close: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    problems: list[dict[str, str]] | None = None,
+) -> None:
+    """Answer with learnloop's JSON error (OpenAI's shape on the OpenAI routes, which OpenAI's
+    clients read) from a middleware, before the app runs."""
+    if scope.get("path") in OPENAI_PATHS:
+        answer: dict = {
+            "error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        }
+    else:
+        answer = {"error": message, "detail": message}
+        if problems:
+            answer["problems"] = problems
+    body = json.dumps(answer).encode()
+    sent = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the body was not read: the connection cannot carry another request
+        sent.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": sent + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(scope: Scope) -> int | None:

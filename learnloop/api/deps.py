@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import threading
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import SecretStr
 
 from learnloop.config import Settings
+from learnloop.ids import ROW_ID_MAX
 from learnloop.store.db import Database
 
 # Seconds a client is told to wait when the ingest gate is full.
@@ -101,6 +104,101 @@ def require_read_token(request: Request, _: Annotated[Any, Security(READ_SCHEME)
         )
 
 
+# -- the dashboard's login ----------------------------------------------------------------------
+
+SESSION_COOKIE = "learnloop_session"
+# Before, the login cookie held the token itself (and a token outside latin-1 could not be sent):
+# login and logout drop it.
+LEGACY_COOKIE = "learnloop_token"
+# A custom header a cross-site form cannot send: writes authenticated by the cookie need it.
+ACTION_HEADER = "x-learnloop-action"
+Role = Literal["write", "read"]
+
+
+def session_value(token: SecretStr) -> str:
+    """What the login cookie holds for ``token``: an HMAC-SHA256 keyed by the token, in hex.
+
+    ASCII whatever characters the token has, and not the token: a leaked cookie opens the
+    dashboard, never the API's bearer auth, and changing the token logs every browser out.
+    """
+    key = token.get_secret_value().encode("utf-8", "surrogatepass")
+    return hmac.new(key, b"learnloop dashboard session", hashlib.sha256).hexdigest()
+
+
+def _session_is(request: Request, token: SecretStr) -> bool:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return bool(cookie) and token_matches(cookie, SecretStr(session_value(token)))
+
+
+def dashboard_role(request: Request, settings: Settings) -> Role | None:
+    """Whose request this is, by its bearer token or its login cookie: ``write`` (the write token),
+    ``read`` (the read token) or None."""
+    write, read = settings.api_token, settings.server.read_token
+    if write is not None and (bearer_matches(request, write) or _session_is(request, write)):
+        return "write"
+    if read is not None and (bearer_matches(request, read) or _session_is(request, read)):
+        return "read"
+    return None
+
+
+def login_role(given: str, settings: Settings) -> Role | None:
+    """Which token the login form was given (None: neither)."""
+    if settings.api_token is not None and token_matches(given, settings.api_token):
+        return "write"
+    read = settings.server.read_token
+    if read is not None and token_matches(given, read):
+        return "read"
+    return None
+
+
+def can_read_dashboard(request: Request, settings: Settings) -> bool:
+    """Without ``server.read_token`` the dashboard is open to read; with it, it needs a login."""
+    return settings.server.read_token is None or dashboard_role(request, settings) is not None
+
+
+def can_steer_dashboard(request: Request, settings: Settings) -> bool:
+    """The dashboard's buttons: with a write token set, that token (as a bearer token, or the login
+    cookie with the action header); without one, whoever may read."""
+    if settings.api_token is None:
+        return can_read_dashboard(request, settings)
+    if bearer_matches(request, settings.api_token):
+        return True
+    return _session_is(request, settings.api_token) and request.headers.get(ACTION_HEADER) == "1"
+
+
+def login_url(request: Request) -> str:
+    """The login page, with the page asked for to come back to."""
+    back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/login?" + urlencode({"next": back})
+
+
+def require_dashboard_page(request: Request) -> None:
+    """A dashboard page: a browser without the login the read token asks for goes to the login page."""
+    if not can_read_dashboard(request, request.app.state.settings):
+        raise HTTPException(
+            303, "Log in first: the dashboard needs server.read_token.", {"Location": login_url(request)}
+        )
+
+
+def require_dashboard_read(request: Request) -> None:
+    """The dashboard's fragments, streams and data: 401 without the login the read token asks for."""
+    if not can_read_dashboard(request, request.app.state.settings):
+        raise HTTPException(
+            401,
+            "The dashboard needs a login (server.read_token is set): log in at /login, "
+            "or send Authorization: Bearer <token>.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_dashboard_write(request: Request) -> None:
+    """The dashboard's buttons: 401 unless ``can_steer_dashboard``."""
+    if not can_steer_dashboard(request, request.app.state.settings):
+        raise HTTPException(
+            401, "This action needs the API token: log in at /login (or send Authorization: Bearer <token>)."
+        )
+
+
 class IngestGate:
     """Bounds the ingest requests in flight; past the bound the API sheds load with 429."""
 
@@ -147,13 +245,18 @@ def ingest_slot(request: Request) -> Iterator[None]:
         gate.release()
 
 
-def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
-    """Marks a route as protected by serving.api_key (the route checks the key itself)."""
+def request_actor(request: Request, given: str | None) -> str:
+    """Who a write came from, for the alias log and events: ``api-token`` when a token guards
+    writes (else ``api``), with the name the client gave after a colon."""
+    who = "api-token" if request.app.state.settings.api_token is not None else "api"
+    return f"{who}:{given}" if given else who
 
 
-# Row ids (jobs, evaluations, datasets) fit PostgreSQL's integer; a larger one is a 422 naming the
-# parameter, not a driver overflow (SQLite raised OverflowError past 2**63: a 500).
-ROW_ID_MAX = 2**31 - 1
+async def mark_serving_key(_: Annotated[Any, Security(SERVING_SCHEME)] = None) -> None:
+    """Marks a route as protected by serving.api_key (the route checks the key itself). Async, so
+    FastAPI does not hop to a worker thread for it on every chat completion."""
+
+
 RowIdPath = Annotated[int, Path(ge=0, le=ROW_ID_MAX)]
 RowIdQuery = Annotated[int | None, Query(ge=0, le=ROW_ID_MAX)]
 
@@ -162,3 +265,6 @@ DbDep = Annotated[Database, Depends(get_db)]
 WriteAuth = Depends(require_write_token)
 ReadAuth = Depends(require_read_token)
 ServingKey = Depends(mark_serving_key)
+DashboardPage = Depends(require_dashboard_page)
+DashboardRead = Depends(require_dashboard_read)
+DashboardWrite = Depends(require_dashboard_write)

@@ -166,7 +166,95 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
                         answer["headers"] = _RETRY_AFTER
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    state_text_rules(doc)
     return doc
+
+
+# The rules every request body follows (see ``learnloop.store.records`` and ``parse_json_body``),
+# stated in the document so that what it calls valid is accepted: no NUL character in any string
+# or key (PostgreSQL cannot store one), and values of free-form fields (metadata, tool arguments)
+# made of JSON that follows the same rule. Nesting limits are in the descriptions (JSON Schema
+# cannot count depth).
+NO_NUL = "^[^\\x00]*$"
+JSON_VALUE = "JsonValue"
+# pydantic names the bounds of a type behind a validator by their Python names; JSON Schema's own:
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+# Formats whose own grammar has no NUL (a pattern beside them would only slow generation down).
+_FORMATS_WITHOUT_NUL = ("date-time", "date", "time", "binary", "byte", "uuid")
+_JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value without a NUL character in its strings or keys; a record nests at "
+    "most 64 levels of objects and arrays, any request body at most 200.",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": {"$ref": _REF.format(model=JSON_VALUE)}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": _REF.format(model=JSON_VALUE)},
+        },
+    ],
+}
+
+
+def state_text_rules(doc: dict[str, Any]) -> None:
+    """Put the text rules into every schema a request sends: request bodies (and the components
+    they use) and parameters."""
+    schemas = doc["components"]["schemas"]
+    seen: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(item)
+            return
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            if name not in seen and name in schemas:
+                seen.add(name)
+                visit(schemas[name])
+            return
+        for short, keyword in _BOUNDS.items():
+            if short in node:
+                node[keyword] = node.pop(short)
+        kind = node.get("type")
+        if (
+            kind == "string"
+            and "pattern" not in node
+            and "enum" not in node
+            and node.get("format") not in _FORMATS_WITHOUT_NUL
+        ):
+            node["pattern"] = NO_NUL
+        if kind == "object" and node.get("additionalProperties") not in (False, None):  # a free-form map
+            node.setdefault("propertyNames", {"pattern": NO_NUL})
+            if node["additionalProperties"] in (True, {}):
+                node["additionalProperties"] = {"$ref": _REF.format(model=JSON_VALUE)}
+        for key in ("items", "additionalProperties"):  # never into "not": a rule there would flip
+            if isinstance(node.get(key), dict):
+                if node[key] == {}:
+                    node[key] = {"$ref": _REF.format(model=JSON_VALUE)}
+                visit(node[key])
+        properties = node.get("properties") or {}
+        for name, sub in list(properties.items()):
+            if sub == {} or set(sub) <= {"title", "description", "default"}:  # Any
+                properties[name] = {**sub, "$ref": _REF.format(model=JSON_VALUE)}
+            visit(properties[name])
+        for key in ("anyOf", "allOf", "oneOf"):
+            visit(node.get(key))
+
+    schemas[JSON_VALUE] = _JSON_VALUE_SCHEMA
+    seen.add(JSON_VALUE)
+    for methods in doc["paths"].values():
+        for op in methods.values():
+            for content in ((op.get("requestBody") or {}).get("content") or {}).values():
+                visit(content.get("schema"))
+            for parameter in op.get("parameters", ()):
+                visit(parameter.get("schema"))
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:

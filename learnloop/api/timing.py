@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from learnloop.api.metrics import observe_ingest
+from learnloop.watch import observe_ingest
 
 Scope = dict[str, Any]
 

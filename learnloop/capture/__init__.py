@@ -48,7 +48,8 @@ def reward(trajectory_id: str, name: str, value: float, **options: Any) -> None:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until everything recorded so far is stored; False if ``timeout`` seconds ran out first."""
+    """Block until everything recorded so far is stored, for at most ``timeout`` seconds (default 30);
+    False, with the reason logged, when the time ran out or the server refused the token."""
     return get_client().flush(timeout)
 
 

@@ -21,7 +21,7 @@ from learnloop.capture.recorder import SOURCES, TrajectoryRecorder, new_id, vali
 from learnloop.capture.sampling import KeepRule, Sampler
 from learnloop.capture.spool import Spool
 from learnloop.capture.transports import DatabaseTransport, HttpTransport, Transport
-from learnloop.capture.writer import FEEDBACK, SCORE, TRAJECTORY, BackgroundWriter
+from learnloop.capture.writer import FEEDBACK, FLUSH_TIMEOUT, SCORE, TRAJECTORY, BackgroundWriter
 from learnloop.errors import ConfigError, ValidationFailed
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ class CaptureClient:
         queue_size: int | None = None,
         shutdown_timeout: float | None = None,
         max_backoff: float = 30.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
     ) -> None:
         if settings is None:
             from learnloop.config import get_settings
@@ -88,6 +89,8 @@ class CaptureClient:
             flush_interval=flush_interval or cap.flush_interval,
             queue_size=queue_size or cap.queue_size,
             max_backoff=max_backoff,
+            flush_timeout=flush_timeout,
+            unknown_wait=cap.unknown_trajectory_wait,
         )
         self._dropped: OrderedDict[str, None] = OrderedDict()
         self._dropped_lock = threading.Lock()
@@ -148,6 +151,32 @@ class CaptureClient:
             submit(FEEDBACK, {**fb, "trajectory_id": record["id"], "idempotency_key": new_id()})
         return True
 
+    def write_now(self, records: list[dict[str, Any]]) -> bool:
+        """Store these trajectories before returning: one batch straight through the transport, past the
+        queue (so nothing queued earlier is overtaken that they could depend on: they are new ids).
+
+        For a caller that must know a record is stored before it answers, such as a server handing out
+        the id of an answer that feedback may name the next instant. When the store cannot take them
+        now they go through the queue and spool as usual (nothing is lost) and this returns False.
+        """
+        from learnloop.jsonio import dumps
+
+        for record in records:
+            if self.project is not None and "project" not in record:
+                record["project"] = self.project
+            if "source" not in record and self.source is not None:
+                record["source"] = self.source
+        try:
+            self.transport.send(dumps({TRAJECTORY: records}))
+        except Exception as exc:  # down, busy or refused: the writer retries, spools, or sets aside
+            log.warning(
+                "learnloop capture: could not store %d record(s) at once (%s); queued", len(records), exc
+            )
+            for record in records:
+                self.writer.submit(TRAJECTORY, record)
+            return False
+        return True
+
     def feedback(self, trajectory_id: str, **signals: Any) -> str | None:
         """Late feedback on a recorded trajectory, queued behind it. Returns the feedback's idempotency key
         (None when the trajectory was sampled out, so there is nothing to attach it to)."""
@@ -197,10 +226,16 @@ class CaptureClient:
         with self._dropped_lock:
             return trajectory_id in self._dropped
 
+    def sampled_out(self, trajectory_id: str) -> bool:
+        """Whether this client's sampling rules dropped that trajectory (recently: the last 50,000)."""
+        return self._was_dropped(trajectory_id)
+
     # -- control --------------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything recorded so far is in the store; False if ``timeout`` ran out first."""
+        """Block until everything recorded so far is in the store, for at most ``timeout`` seconds
+        (default ``flush_timeout``, 30 s). False, with the reason logged, when the time ran out or
+        the server refused the token; the records stay spooled and are retried."""
         return self.writer.flush(timeout)
 
     def close(self, timeout: float | None = None) -> bool:

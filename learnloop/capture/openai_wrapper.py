@@ -305,7 +305,9 @@ def _record(
     metadata.update(call_meta)
     # A model= given to wrap_openai names the model on purpose (e.g. a teacher's label): it wins.
     chosen_model = fields.pop("model", None) or model
-    rec = client.trajectory(model=chosen_model, tools=tools, metadata=metadata, **fields)
+    rec = client.trajectory(
+        model=chosen_model, tools=tools, metadata=metadata, escape_unstorable=True, **fields
+    )
     rec.messages.extend(request_messages)
     if answer is not None:
         rec.messages.append(answer)
@@ -323,6 +325,8 @@ def _add_to_trajectory(
     call_meta: dict[str, Any],
     error: BaseException | None,
 ) -> None:
+    # The model's answer is data whatever it holds: stored escaped rather than refused (see recorder).
+    t.escape_unstorable = True
     # The request normally repeats the conversation so far: add only what the trajectory lacks.
     have = t.messages
     n = len(have)

@@ -99,6 +99,7 @@ class TrajectoryRecorder:
         "_keep",
         "_discard",
         "_done",
+        "escape_unstorable",
     )
 
     def __init__(
@@ -116,6 +117,7 @@ class TrajectoryRecorder:
         messages: Iterable[Any] | None = None,
         id: str | None = None,
         window: str | None = None,
+        escape_unstorable: bool = False,
     ) -> None:
         if source is not None and source not in SOURCES:
             raise ValidationFailed(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
@@ -137,6 +139,10 @@ class TrajectoryRecorder:
         self._keep = False
         self._discard = False
         self._done = False
+        # Model output is data whatever it holds: text a database cannot store (NUL, lone surrogates)
+        # is escaped reversibly and the record marked, instead of the whole trajectory being refused
+        # (store.records.escape_unstorable). Set for served answers and a wrapped client's calls.
+        self.escape_unstorable = escape_unstorable
         if messages:
             self.add_messages(messages)
 
@@ -241,6 +247,10 @@ class TrajectoryRecorder:
             rec["scores"] = self.scores
         if self._feedback:
             rec["feedback"] = self._feedback[0]
+        if self.escape_unstorable:
+            from learnloop.store.records import escape_unstorable
+
+            rec = escape_unstorable(rec)
         return rec
 
     def record(self) -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.durable import fsync_file
+from learnloop.jsonio import dumps
 
 log = logging.getLogger("learnloop.capture")
 
@@ -91,12 +92,13 @@ class Spool:
     def reject(self, kind: str, record: Any, reason: str) -> None:
         """Keep a record the store refused for good, with the reason, instead of dropping it."""
         self.rejected_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"kind": kind, "reason": reason, "record": record}, default=str, ensure_ascii=False)
+        # jsonio's encoder: it writes any record whole, however deeply nested (the reason it may be here).
+        line = dumps({"kind": kind, "reason": reason, "record": record}).decode()
         with open(self.rejected_dir / f"{self.owner}.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
             fsync_file(f)
         log.error(
-            "learnloop capture: the store refused a %s record (%s); kept in %s",
+            "learnloop capture: a %s record cannot be stored (%s); set aside in %s",
             kind,
             reason,
             self.rejected_dir,

@@ -31,8 +31,18 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class TokenRefused(RetryLater):
+    """The server refused the token (401/403): the batch stays spooled, but only a person can fix it,
+    so a ``flush()`` waiting on it gives up at once."""
+
+
 class Refused(Exception):
     """The store refused the batch for good (an invalid record, an unknown trajectory id, too large)."""
+
+
+class UnknownTrajectory(Refused):
+    """Feedback or scores name a trajectory the store does not have (yet: one just served may still be
+    on its way), so the writer retries for ``capture.unknown_trajectory_wait`` before setting it aside."""
 
 
 class Transport(Protocol):
@@ -80,7 +90,9 @@ class DatabaseTransport:
                 ingest(conn, batch, project=self.project, holdout_fraction=self.holdout_fraction)
         except StoreUnavailable as exc:
             raise RetryLater(str(exc)) from exc
-        except (ValidationFailed, NotFound, Conflict) as exc:
+        except NotFound as exc:  # the only NotFound of ingest: a late item naming an unknown trajectory
+            raise UnknownTrajectory(str(exc)) from exc
+        except (ValidationFailed, Conflict) as exc:
             raise Refused(str(exc)) from exc
 
     def close(self) -> None:
@@ -130,9 +142,11 @@ class HttpTransport:
                 self.url,
                 message,
             )
-            raise RetryLater(message)
+            raise TokenRefused(f"{self.url} refused the token ({r.status_code}: {message})")
         if r.status_code in (408, 502, 504):  # timed out, or a proxy in front of a server that is down
             raise RetryLater(f"{self.url} answered {r.status_code}: {message}")
+        if r.status_code == 404:  # the ingest route's 404: a late item naming an unknown trajectory
+            raise UnknownTrajectory(f"404: {message}")
         if 400 <= r.status_code < 500:
             raise Refused(f"{r.status_code}: {message}")
         # A 500: the server failed on this batch. Not an outage, so the writer retries it a few

@@ -13,6 +13,9 @@ What the deliverer does with a batch depends on how the transport answered:
 * ``RetryLater`` (the store is down, busy or says wait): keep the batch and retry it after a
   backoff (exponential, or the server's Retry-After) while the spooler keeps moving records to
   disk; an outage never costs a record;
+* ``UnknownTrajectory`` (feedback or scores name a trajectory the store does not have yet, such as an
+  answer a server has just served and is still writing): retry the batch every fraction of a second
+  for up to ``unknown_wait`` seconds, then treat it as refused;
 * ``Refused``, or any other error ``MAX_ATTEMPTS`` times in a row: split the batch in halves and
   send each, down to single records; a record that fails on its own is set aside in
   ``spool/rejected/`` with the reason, and every other record is delivered. A batch that fails
@@ -34,8 +37,12 @@ from typing import Any
 import orjson
 
 from learnloop.capture.spool import Spool
-from learnloop.capture.transports import Refused, RetryLater, Transport
-from learnloop.jsonio import dumps  # re-exported: tests and tools build spool bodies with writer.dumps
+from learnloop.capture.transports import Refused, RetryLater, TokenRefused, Transport, UnknownTrajectory
+from learnloop.jsonio import (  # dumps re-exported: tests and tools build spool bodies with writer.dumps
+    MAX_DEPTH,
+    TooDeep,
+    dumps,
+)
 
 log = logging.getLogger("learnloop.capture")
 
@@ -45,6 +52,15 @@ KINDS = (TRAJECTORY, FEEDBACK, SCORE)
 
 # Failures of one batch, other than outages, before it is split to find the records that fail.
 MAX_ATTEMPTS = 3
+# Seconds flush() waits when it is given no timeout: it must never hang an app on a server that is
+# down or refuses the token. Records not delivered by then stay spooled and keep being retried.
+FLUSH_TIMEOUT = 30.0
+# How often a batch naming a trajectory the store does not have yet is retried while it waits for it.
+UNKNOWN_RETRY_SECONDS = 0.1
+
+
+class _WaitForTrajectory(RetryLater):
+    """The batch names a trajectory not stored yet: retried shortly, not an outage."""
 
 
 @dataclass(eq=False)
@@ -57,6 +73,7 @@ class _Pending:
     failures: int = 0
     parts: list[list[tuple[str, Any]]] | None = None  # what is left to send of a batch being split
     delivered_in_parts: int = 0
+    unknown_since: float | None = None  # when the store first said it names an unknown trajectory
 
 
 class BackgroundWriter:
@@ -71,13 +88,17 @@ class BackgroundWriter:
         flush_interval: float = 0.5,
         queue_size: int = 100_000,
         max_backoff: float = 30.0,
+        flush_timeout: float = FLUSH_TIMEOUT,
+        unknown_wait: float = 5.0,
     ) -> None:
         self.transport = transport
+        self.unknown_wait = unknown_wait
         self.spool = spool
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.queue_size = queue_size
         self.max_backoff = max_backoff
+        self.flush_timeout = flush_timeout
         self.counters = {"delivered": 0, "rejected": 0, "retries": 0, "overflowed": 0}
         self.last_error: str | None = None
 
@@ -91,6 +112,7 @@ class BackgroundWriter:
         self._retry_at = 0.0
         self._server_said_wait = False  # a Retry-After from the server is honoured even by flush()
         self._outages = 0  # RetryLater answers in a row, for the backoff
+        self._token_refusals = 0  # TokenRefused answers ever: a flush waiting on one gives up
         self._kick = False  # set by flush(): retry the head batch now rather than after the backoff
         self._closing = False
         self._closed = False
@@ -119,9 +141,16 @@ class BackgroundWriter:
         The record is encoded here, on the caller's thread: what is stored is the record as it
         was when recorded (later changes by the app do not leak in), a record that cannot be
         encoded fails at the line that recorded it, and the queue holds bytes, which Python's
-        garbage collector never has to traverse.
+        garbage collector never has to traverse. A record nested too deep for any store (past
+        ``MAX_DEPTH``, seen while encoding, off the fast path) is set aside in ``spool/rejected``
+        with the reason at once.
         """
-        self._queue.append((kind, dumps(record)))
+        try:
+            raw = dumps(record, max_depth=MAX_DEPTH)
+        except TooDeep as exc:  # no store takes it: set aside now, not sent to be refused
+            self._reject(kind, record, str(exc))
+            return
+        self._queue.append((kind, raw))
         n = len(self._queue)
         if self._closed or n > self.queue_size:
             # Closed, or the writer cannot keep up: this thread moves the queue to the spool
@@ -187,6 +216,9 @@ class BackgroundWriter:
                     return
             try:
                 delivered = self._deliver(batch)
+            except _WaitForTrajectory as exc:
+                self._outage(exc, count_outage=False)
+                continue
             except RetryLater as exc:
                 self._outage(exc)
                 continue
@@ -241,6 +273,12 @@ class BackgroundWriter:
             return self._split(batch, body, f"failed {batch.failures} times: {self.last_error}")
         try:
             self.transport.send(body)
+        except UnknownTrajectory as exc:
+            now = time.monotonic()
+            batch.unknown_since = batch.unknown_since or now
+            if now - batch.unknown_since < self.unknown_wait:
+                raise _WaitForTrajectory(str(exc), retry_after=UNKNOWN_RETRY_SECONDS) from None
+            return self._split(batch, body, f"{exc} (waited {self.unknown_wait:g} s for it)")
         except Refused as exc:
             return self._split(batch, body, str(exc))
         return batch.count or _count(body)
@@ -313,6 +351,8 @@ class BackgroundWriter:
         with self._cond:
             if count_outage:
                 self._outages += 1
+            if isinstance(exc, TokenRefused):
+                self._token_refusals += 1
             self.counters["retries"] += 1
             self.last_error = str(exc)
             delay = exc.retry_after
@@ -338,20 +378,48 @@ class BackgroundWriter:
         return not self._queue and not self._spooling and not self._pending
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver everything recorded so far; True when it all reached the store within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Deliver everything recorded so far; True when it all reached the store within ``timeout``
+        seconds (None: ``flush_timeout``, 30 s; ``math.inf`` waits for as long as it takes).
+
+        False as soon as the server refuses the token (waiting cannot help), or when the time runs
+        out (the store unreachable, or slower than that); the reason is logged and kept in
+        ``stats()["last_error"]``. What was not delivered stays spooled and is retried."""
+        limit = self.flush_timeout if timeout is None else timeout
+        delivered, why = self._wait_delivered(limit)
+        if not delivered:
+            with self._cond:
+                pending = len(self._pending)
+            log.warning(
+                "learnloop capture: flush gave up after %.1fs (%s); %d batch(es) not delivered yet stay "
+                "spooled in %s and are retried",
+                limit,
+                why,
+                pending,
+                self.spool.root,
+            )
+        return delivered
+
+    def _wait_delivered(self, timeout: float) -> tuple[bool, str]:
+        """(True, "") once everything recorded so far is stored, else (False, why) after ``timeout``
+        seconds or at the first refusal of the token."""
+        deadline = time.monotonic() + timeout
         self._wake_spooler.set()
         with self._cond:
             self._kick = True
+            refusals = self._token_refusals
             self._cond.notify_all()
             while not self._idle():
+                if self._token_refusals > refusals:
+                    return False, f"the server refused the token: {self.last_error}"
                 if self._queue and not self._spooling:
                     self._wake_spooler.set()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
-        return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if self._outages:
+                        return False, f"the {self.transport.name} store cannot be reached: {self.last_error}"
+                    return False, f"not all delivered in time (last error: {self.last_error or 'none'})"
+                self._cond.wait(min(0.05, remaining))
+        return True, ""
 
     def close(self, timeout: float = 5.0) -> bool:
         """Stop: spool what is queued, try to deliver for up to ``timeout`` seconds, leave the rest spooled.
@@ -369,7 +437,7 @@ class BackgroundWriter:
         self._spooler.join(max(timeout, 30.0))
         self._closed = True
         self._drain()  # anything appended while the spooler was finishing
-        delivered = self.flush(max(0.0, deadline - time.monotonic()))
+        delivered, why = self._wait_delivered(max(0.0, deadline - time.monotonic()))
         with self._cond:
             self._stopped = True
             left = len(self._pending)
@@ -377,10 +445,11 @@ class BackgroundWriter:
         self._deliverer.join(max(0.0, min(1.0, deadline - time.monotonic())))
         if not delivered:
             log.warning(
-                "learnloop capture: %d batch(es) not delivered within %.1fs; they stay in %s "
+                "learnloop capture: %d batch(es) not delivered within %.1fs (%s); they stay in %s "
                 "for the next start",
                 left,
                 timeout,
+                why,
                 self.spool.root,
             )
         if not self._deliverer.is_alive():

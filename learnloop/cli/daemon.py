@@ -43,6 +43,9 @@ def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
     from learnloop.daemon.service import Daemon
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from learnloop.masking import redact_logs
+
+    redact_logs()  # no configured secret in the log, whatever a message carries
     s, db = _db()
     daemon = Daemon(s, db, scoring=not no_scoring)
     click.echo(

@@ -35,11 +35,12 @@ def _free_port() -> int:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None, as_json: bool) -> None:
-    """Start a server and daemon on a fresh SQLite data dir, run a simulated app against the `learnloop`
-    alias, and let the daemon train, evaluate, promote and hot-swap a better model while it runs.
+    """Start a teacher, a server and a daemon on a fresh SQLite data dir, and run a simulated app against
+    the `learnloop` alias, which starts on the teacher (an upstream) and ends on a model trained here.
 
-    The task: turn a customer's order message into JSON. The base model gets it wrong; a rule-based
-    teacher's answers (15% of traffic plus the confident ones, and a backfill in the inbox) teach it.
+    The task: turn a customer's order message into JSON. The base model gets it wrong; the teacher's
+    answers, served through learnloop (15% of them plus the confident ones are kept, and a backfill in
+    the inbox), teach it; the gate checks it against the teacher and a canary moves the users over.
     """
     import dataclasses
     import json
@@ -70,15 +71,53 @@ def _print_report(console: object, report: dict) -> None:
         lo, hi = r["ci95"]
         return f"{r['successes']}/{r['n']} = {r['rate']:.0%} (95% CI {lo:.0%} .. {hi:.0%})"
 
+    def num(x: object, fmt: str = ".4g") -> str:
+        return "-" if x is None else format(x, fmt)
+
     table = Table(title="learnloop demo: the report", show_header=False)
     table.add_column(style="bold cyan")
     table.add_column()
     table.add_row("model prepared in", f"{report['prepare_s']} s (not counted below)")
     table.add_row("demo took", f"{report['demo_s']} s")
-    table.add_row("success before (base)", fmt(report["before"]))
-    table.add_row(f"success after ({report['promoted']})", fmt(report["after"]))
+    table.add_row("success before (base, asked by name)", fmt(report["before"]))
+    table.add_row(f"success after ({report['promoted']}, through `learnloop`)", fmt(report["after"]))
+    gate = report.get("gate")
+    if gate:
+        ci = gate.get("reward_diff_ci") or [None, None]
+        table.add_row(
+            f"gate vs {gate['baseline']}",
+            f"reward diff {num(gate['reward_diff'], '+.3f')} (95% CI {num(ci[0], '+.3f')} .. "
+            f"{num(ci[1], '+.3f')}) over {gate['n']} held-out cases",
+        )
+        table.add_row(
+            "latency p50 / p95 (student | teacher)",
+            f"{num(gate['latency_p50_candidate'], '.0f')} / {num(gate['latency_p95_candidate'], '.0f')} ms | "
+            f"{num(gate['latency_p50_baseline'], '.0f')} / {num(gate['latency_p95_baseline'], '.0f')} ms",
+        )
+        table.add_row(
+            "cost per 1,000 requests (student | teacher)",
+            f"${num(gate['cost_per_1k_requests_candidate'])} | ${num(gate['cost_per_1k_requests_baseline'])}",
+        )
+    cost = report.get("cost") or {}
+    if cost.get("cost_saved") is not None:
+        table.add_row(
+            "cost saved so far",
+            f"${cost['cost_saved']:.4f} on {cost['own_requests']} requests the student answered "
+            f"(the teacher: ${num(cost['teacher_cost_per_1k_requests'])} per 1,000; {cost['note']})",
+        )
     table.add_row("plot", report["plot"])
     console.print(table)  # type: ignore[attr-defined]
+    shares = Table(title="the app's requests per target over time")
+    for col in ("t", "requests", "teacher", "student"):
+        shares.add_column(col)
+    for row in report.get("share_over_time") or []:
+        shares.add_row(
+            f"{row['t_s']:.0f} s",
+            str(row["requests"]),
+            f"{row['teacher_share']:.0%}",
+            f"{row['student_share']:.0%}",
+        )
+    console.print(shares)  # type: ignore[attr-defined]
     timeline = Table(title="timeline")
     timeline.add_column("t")
     timeline.add_column("what happened")

@@ -26,6 +26,7 @@ def _print_side_by_side(m: dict[str, Any], left: str, right: str) -> None:
         ("answer chars", m.get("length_chars_candidate"), m.get("length_chars_baseline")),
         ("latency p50 ms", m.get("latency_p50_candidate_ms"), m.get("latency_p50_baseline_ms")),
         ("latency p95 ms", m.get("latency_p95_candidate_ms"), m.get("latency_p95_baseline_ms")),
+        ("cost/1k requests", m.get("cost_per_1k_requests_candidate"), m.get("cost_per_1k_requests_baseline")),
     ]
     click.echo(f"  {'':16} {left:>12} {right:>12}")
     for label, a, b in rows:
@@ -36,6 +37,16 @@ def _print_side_by_side(m: dict[str, Any], left: str, right: str) -> None:
         f"{_num(ci[1], '+.4f')}]  win/tie/loss {m.get('wins')}/{m.get('ties')}/{m.get('losses')}  "
         f"n={m.get('n')}"
     )
+    aspects = m.get("aspects") or {}
+    if aspects:
+        click.echo(f"  {'aspect':16} {left:>12} {right:>12} {'paired diff':>12} {'95% CI':>17}")
+    for name, a in aspects.items():
+        aci = a.get("diff_ci") or [None, None]
+        ci_text = f"[{_num(aci[0], '+.3f')}, {_num(aci[1], '+.3f')}]" if "diff_ci" in a else ""
+        click.echo(
+            f"  {name[:16]:16} {_num(a.get('candidate')):>12} {_num(a.get('baseline')):>12} "
+            f"{_num(a.get('diff'), '+.4f'):>12} {ci_text:>17}  n={a.get('n')}"
+        )
     j = m.get("judge")
     if j:
         jci = j.get("win_rate_ci") or [None, None]
@@ -179,7 +190,8 @@ def compare_cmd(a: str, b: str, top: int, as_json: bool) -> None:
     from learnloop.evaluation import compare_evaluations
     from learnloop.store import open_database
 
-    c = compare_evaluations(open_database(settings()), a, b, top=top)
+    s = settings()
+    c = compare_evaluations(open_database(s), a, b, top=top, settings=s)
     if as_json:
         echo_json(c)
         return
@@ -190,6 +202,8 @@ def compare_cmd(a: str, b: str, top: int, as_json: bool) -> None:
         fx = _num(x) if isinstance(x, float) else str(x)
         fy = _num(y) if isinstance(y, float) else str(y)
         click.echo(f"{key:24} {fx:>20} {fy:>20}")
+    for name, (x, y) in c["aspects"].items():
+        click.echo(f"{'aspect ' + name:24} {_num(x):>20} {_num(y):>20}")
     for name, (x, y) in c["scenarios"].items():
         click.echo(f"{'[' + name + '] reward':24} {_num(x):>20} {_num(y):>20}")
     click.echo(f"examples that differ most ({c['shared_examples']} shared):")

@@ -73,6 +73,9 @@ def serve_cmd(
     host = host or s.server.host
     port = port or s.server.port
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    from learnloop.masking import redact_logs
+
+    redact_logs()  # no configured secret in the log, whatever a message carries
     data_dir(s.data_dir).ensure()
     db = open_database(
         s
@@ -84,8 +87,8 @@ def serve_cmd(
         try:
             runtime = build_runtime(s, db)
         except ConfigError as exc:
-            if base_model or s.serving.base_model:
-                raise  # a model was named and cannot be loaded: say so and stop
+            if base_model or s.serving.base_model or s.upstreams:
+                raise  # a model or an upstream was named and cannot be served: say so and stop
             off_reason = str(exc)
             click.echo(f"OpenAI routes off: {exc}", err=True)
     app = create_app(s, db, watch_inbox=watch_inbox, serving=runtime, serving_off_reason=off_reason)
@@ -243,20 +246,24 @@ def alias_list(as_json: bool) -> None:
     "--force", is_flag=True, help="Serve a version the gate rejected or never evaluated (logged as forced)."
 )
 def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None:
-    """Point ALIAS at VERSION (a version id, or `base`); the gate applies as for `versions promote`."""
-    from learnloop.serving.runtime import set_alias
+    """Point ALIAS at VERSION: a version id, `base`, or `upstream:<name>` (an [[upstreams]] provider,
+    whose answers are captured as teacher data). The gate applies to a version as for `versions promote`."""
+    from learnloop.registry import local_actor, move
     from learnloop.store import open_database
 
-    set_alias(
-        open_database(settings()),
+    s = settings()
+    moved = move(
+        open_database(s),
+        s,
         alias,
+        "set",
         version,
-        actor="cli",
+        actor=local_actor(),
         reason=reason,
         force=force,
         override="Set it with --force",
     )
-    click.echo(f"{alias} -> {version}")
+    click.echo(f"{alias} -> {version}" + ("" if moved.changed else " (already)"))
 
 
 @alias_group.command("split")
@@ -277,23 +284,31 @@ def alias_set(alias: str, version: str, reason: str | None, force: bool) -> None
     help="Share of requests CANDIDATE also answers unseen (both answers captured).",
 )
 @click.option("--reason", default=None)
-def alias_split(alias: str, candidate: str, share: float, shadow: float, reason: str | None) -> None:
-    """Send a share of ALIAS's traffic to CANDIDATE (`none` ends the split)."""
-    from learnloop.serving.runtime import ensure_version
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Give a share to a version the gate rejected or never evaluated (logged as forced).",
+)
+def alias_split(
+    alias: str, candidate: str, share: float, shadow: float, reason: str | None, force: bool
+) -> None:
+    """Send a share of ALIAS's traffic to CANDIDATE, a version or `upstream:<name>` (`none` ends the
+    split); a share for a version the gate has not passed needs --force, as `versions promote` does."""
+    from learnloop.registry import local_actor, move
     from learnloop.store import open_database
-    from learnloop.store.aliases import set_split
 
-    db = open_database(settings())
-    with db.session() as session:
-        if candidate != "none":
-            ensure_version(session, candidate)
-        set_split(
-            session,
-            alias,
-            None if candidate == "none" else candidate,
-            split=share,
-            shadow=shadow,
-            actor="cli",
-            reason=reason,
-        )
+    s = settings()
+    move(
+        open_database(s),
+        s,
+        alias,
+        "split",
+        None if candidate == "none" else candidate,
+        share=share,
+        shadow=shadow,
+        force=force,
+        actor=local_actor(),
+        reason=reason,
+        override="Split with --force",
+    )
     click.echo(f"{alias}: candidate {candidate}, split {share}, shadow {shadow}")

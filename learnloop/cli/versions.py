@@ -334,23 +334,10 @@ def _short(value: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def history_cmd(alias: str | None, as_json: bool) -> None:
     """The alias log: every promote, rollback, forced move and restore, newest first."""
-    from learnloop.store.aliases import alias_history
+    from learnloop.registry import alias_history
 
     _, db = _db()
-    rows = [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "evaluation_id": e.evaluation_id,
-            "at": e.created_at.isoformat(),
-        }
-        for e in alias_history(db, alias)
-    ]
+    rows = alias_history(db, alias)
     if as_json:
         echo_json(rows)
         return

@@ -10,16 +10,6 @@ import click
 from learnloop.cli.main import echo_json, settings
 
 
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _secs(s: float | None) -> str:
     if s is None:
         return "–"
@@ -39,6 +29,8 @@ def render_status(status: dict[str, Any]) -> Any:
     from rich.console import Group
     from rich.table import Table
 
+    from learnloop.watch import human_bytes
+
     parts: list[Any] = []
     host = status["host"]
     db = host["database"]
@@ -55,17 +47,18 @@ def render_status(status: dict[str, Any]) -> Any:
     disk = host["disk"]
     h.add_row(
         "disk",
-        f"{'[green]' if disk['ok'] else '[red]'}{_bytes(disk['free_bytes'])} free[/] of "
-        f"{_bytes(disk['total_bytes'])} ({disk['path']})",
+        f"{'[green]' if disk['ok'] else '[red]'}{human_bytes(disk['free_bytes'])} free[/] of "
+        f"{human_bytes(disk['total_bytes'])} ({disk['path']})",
     )
     mem = host["memory"]
-    h.add_row("memory", f"{_bytes(mem['used_bytes'])} used, {_bytes(mem['available_bytes'])} available")
+    used, available = human_bytes(mem["used_bytes"]), human_bytes(mem["available_bytes"])
+    h.add_row("memory", f"{used} used, {available} available")
     for p in host["processes"]:
-        h.add_row(f"{p['role']} pid {p['pid']}", f"{_bytes(p['rss_bytes'])} RSS")
+        h.add_row(f"{p['role']} pid {p['pid']}", f"{human_bytes(p['rss_bytes'])} RSS")
     for g in host["gpus"]:
         h.add_row(
             f"gpu {g['index']}",
-            f"{g['name']}: {_bytes(g['memory_used_bytes'])}/{_bytes(g['memory_total_bytes'])}, "
+            f"{g['name']}: {human_bytes(g['memory_used_bytes'])}/{human_bytes(g['memory_total_bytes'])}, "
             f"{g['utilization_pct']}%",
         )
     if not db["reachable"]:
@@ -127,6 +120,8 @@ def render_status(status: dict[str, Any]) -> Any:
         else "no evaluation yet"
     )
     parts.append(srv)
+    if status.get("traffic"):
+        parts.append(_traffic_table(status["traffic"], status.get("canaries") or []))
 
     t = status["trajectories"]
     tr = Table(title="trajectories", title_justify="left")
@@ -138,6 +133,34 @@ def render_status(status: dict[str, Any]) -> Any:
     parts.append(tr)
     parts.append(h)
     return Group(*parts)
+
+
+def _traffic_table(traffic: list[dict[str, Any]], canaries: list[dict[str, Any]]) -> Any:
+    """Each alias's share of requests per target (last hour, all time) and the cost saved so far."""
+    from rich.table import Table
+
+    tb = Table(title="traffic", title_justify="left")
+    for col in ("alias", "target", "last hour", "all time", "cost so far"):
+        tb.add_column(col)
+    captions = []
+    for a in traffic:
+        for t in a["targets"]:
+            tb.add_row(
+                a["alias"] or "(named directly)",
+                t["target"],
+                f"{t['share']:.0%} of {sum(x['requests'] for x in a['targets'])}",
+                f"{t['share_all_time']:.0%} ({t['requests_all_time']})",
+                f"{t['cost_all_time']:.4g}",
+            )
+        if a.get("cost_saved") is not None:
+            captions.append(
+                f"{a['alias']}: saved {a['cost_saved']:.4g} on {a['own_requests']} requests answered by "
+                f"its own models (upstream: {a['teacher_cost_per_1k_requests']:.4g} per 1,000 requests)"
+            )
+    for c in canaries:
+        captions.append(f"canary {c['alias']}: {c['candidate']} at {c['share']:.0%} - {c['reason']}")
+    tb.caption = "\n".join(captions) or None
+    return tb
 
 
 @click.command("status")
@@ -154,7 +177,7 @@ def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
     """The whole loop at a glance: loops, queue, running job, serving version, last evaluation,
     trajectories, host health."""
     from learnloop.store.db import Database
-    from learnloop.watch.status import build_status
+    from learnloop.watch import build_status
 
     s = settings()
     # No migration here: status must also work (and say so) when the database is down or behind.
@@ -202,7 +225,7 @@ def alerts_group() -> None:
 def alerts_test(rule_name: str | None, url: str | None, as_json: bool) -> None:
     """Send a test alert; exits 1 if any webhook did not accept it."""
     from learnloop.store.db import Database
-    from learnloop.watch.alerts import send_test
+    from learnloop.watch import send_test
 
     s = settings()
     try:
@@ -227,7 +250,7 @@ def alerts_test(rule_name: str | None, url: str | None, as_json: bool) -> None:
 def alerts_check() -> None:
     """Evaluate the rules once and send what is due (what the server does every watch.alert_interval_s)."""
     from learnloop.store.db import open_database
-    from learnloop.watch.alerts import run_once
+    from learnloop.watch import run_once
 
     s = settings()
     result = run_once(open_database(s), s)
@@ -241,18 +264,16 @@ def alerts_check() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def alerts_list(limit: int) -> None:
     """The newest alert deliveries and their state."""
-    from sqlalchemy import select
+    import datetime as dt
 
     from learnloop.store.db import open_database
-    from learnloop.store.models import AlertDelivery
+    from learnloop.watch import recent_deliveries
 
-    db = open_database(settings())
-    with db.read_session() as s:
-        rows = list(s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit)))
-        for r in rows:
-            click.echo(
-                f"{r.created_at:%Y-%m-%d %H:%M} {r.state:8} {r.rule}: {r.payload.get('title', '')} "
-                f"(attempts {r.attempts})" + (f" — {r.error}" if r.error else "")
-            )
+    rows = recent_deliveries(open_database(settings()), limit)
+    for r in rows:
+        click.echo(
+            f"{dt.datetime.fromisoformat(r['created_at']):%Y-%m-%d %H:%M} {r['state']:8} {r['rule']}: "
+            f"{r['title']} (attempts {r['attempts']})" + (f" — {r['error']}" if r["error"] else "")
+        )
     if not rows:
         click.echo("no alerts yet")

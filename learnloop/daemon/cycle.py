@@ -21,14 +21,15 @@ from typing import Any
 from sqlalchemy import select
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig
 from learnloop.daemon import loops as loops_mod
 from learnloop.daemon import queue
-from learnloop.daemon.config import LoopConfig
 from learnloop.daemon.log import emit
 from learnloop.daemon.supervisor import Supervisor
 from learnloop.errors import ConfigError, LearnloopError, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.store.db import Database
+from learnloop.training.config import validate_config
 
 log = logging.getLogger("learnloop.daemon")
 
@@ -320,7 +321,7 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
     s = ctx.settings
     s = s.model_copy(update={"datasets": s.datasets.model_copy(update={"max_length": loop.max_length})})
     # The base model's own tokenizer counts the tokens training will see.
-    tokenizer = str(resolve_base_model(base))
+    tokenizer = str(resolve_base_model(base, s.data_dir))
     return build_dataset(
         ctx.db,
         loop.algorithm,
@@ -456,6 +457,14 @@ def _promote(
             version_id=version_id,
         )
         return False
+    from learnloop.daemon import canary
+
+    if canary.wanted(ctx.db, ctx.settings, loop.alias, loop.name):
+        # The alias serves a teacher upstream: the version takes its traffic in canary steps.
+        return (
+            canary.start(ctx.db, ctx.settings, loop.alias, version_id, loop=loop.name, evaluation_id=eval_id)
+            != "held"
+        )
     registry.promote(
         ctx.db,
         ctx.settings,
@@ -466,19 +475,6 @@ def _promote(
         evaluation_id=eval_id,
     )
     return True
-
-
-def validate_config(data: dict[str, Any], where: str) -> Any:
-    """A TrainConfig (pydantic only: the daemon needs no torch to check it)."""
-    from pydantic import ValidationError
-
-    from learnloop.training.config import TrainConfig
-
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"Invalid training config ({where}): {problems}") from None
 
 
 # -- other kinds ------------------------------------------------------------------------------------

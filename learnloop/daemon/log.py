@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from learnloop.masking import redact
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 
@@ -56,7 +57,7 @@ def write_line(kind: str, message: str, level: str = "info", **fields: Any) -> N
     extra = " ".join(
         f"{k}={json.dumps(v, default=str)}" for k, v in fields.items() if v not in (None, {}, [])
     )
-    line = (
+    line = redact(  # the log files are read by people: no configured secret goes in
         f"{now.isoformat(timespec='milliseconds')} {level.upper():7} {kind:18} "
         f"{message}{' ' + extra if extra else ''}\n"
     )

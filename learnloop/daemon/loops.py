@@ -1,19 +1,16 @@
-"""Loop triggers: readiness checks with reasons, when a cycle is due, config locks and ``loops status``.
+"""A loop's checks and cycles: whether one is due, what it would do now, queueing it, recording it.
 
-A check counts the examples a cycle would train on now (the dataset builder run without writing),
-then decides: the count threshold, ``max_interval``, ``daily_at`` and a reward drop of served
-traffic can each fire a cycle; the readiness checks (held-out examples, group sizes, reward
-variance, free disk, the base model) must all pass first. The cycle job's idempotency key is
-``loop:<name>:cycle:<n>``, so two daemons checking at once queue it once.
+``check_loop`` composes the registered readiness checks (``readiness.py``) and triggers
+(``triggers.py``) over one :class:`~learnloop.daemon.checks.LoopCheck`; what they count comes from
+``tally.py``, the loop's past cycles from ``history.py``. Config locks live in ``locks.py`` and
+``learnloop loops status`` in ``status.py``; this module also names them, as the one surface the
+CLI, the API and the daemon use. The cycle job's idempotency key is ``loop:<name>:cycle:<n>``, so
+two daemons checking at once queue it once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-import shutil
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,34 +18,46 @@ from typing import Any
 from sqlalchemy import func, select
 
 from learnloop.config import Settings
+from learnloop.config.loops import LoopConfig, base_model_of
 from learnloop.daemon import queue
-from learnloop.daemon.config import LoopConfig
+from learnloop.daemon.checks import LoopCheck
+from learnloop.daemon.history import active_job, failed_cycles, last_cycle, since_of
+from learnloop.daemon.locks import chat_template_hash, check_lock, check_locks, lock_values
 from learnloop.daemon.log import emit
-from learnloop.errors import ConfigError, Conflict, LearnloopError, NotFound
+from learnloop.daemon.readiness import READINESS, Check
+from learnloop.daemon.status import status
+from learnloop.daemon.tally import dataset_filters
+from learnloop.daemon.triggers import TRIGGERS
+from learnloop.errors import Conflict, NotFound
 from learnloop.paths import data_dir
 from learnloop.store.db import Database
-from learnloop.store.models import (
-    Alias,
-    Evaluation,
-    Job,
-    JobKind,
-    JobState,
-    LoopState,
-    Source,
-    Trajectory,
-    utcnow,
-)
+from learnloop.store.models import Job, JobKind, LoopState, utcnow
 
-UNIT = {"sft": "traces", "dpo": "pairs", "grpo": "groups"}
-
-
-@dataclass
-class Check:
-    """One readiness check's result: it passed or not, and the sentence a person reads."""
-
-    name: str
-    ok: bool
-    reason: str
+__all__ = [
+    "Check",
+    "Decision",
+    "active_job",
+    "base_model_of",
+    "chat_template_hash",
+    "check_and_submit",
+    "check_lock",
+    "check_locks",
+    "check_loop",
+    "check_registered",
+    "dataset_filters",
+    "due",
+    "ensure_row",
+    "failed_cycles",
+    "get_loop",
+    "head_adapter",
+    "last_cycle",
+    "lock_values",
+    "next_due_in",
+    "record_cycle",
+    "set_state",
+    "status",
+    "submit_cycle",
+]
 
 
 @dataclass
@@ -79,106 +88,11 @@ def get_loop(settings: Settings, name: str) -> LoopConfig:
     raise NotFound(f"No loop named {name!r} in learnloop.toml ([[loops]]: {names}).")
 
 
-def base_model_of(settings: Settings, loop: LoopConfig) -> str:
-    return loop.base_model or settings.training.base_model
-
-
-def _eligible(
-    db: Database, settings: Settings, loop: LoopConfig, since: dt.datetime | None, until: dt.datetime
-) -> tuple[int, list[float], int]:
-    """(examples a cycle would get, their rewards, groups with reward variance) — the builder run dry."""
-    from learnloop.datasets.builders import BUILDERS, BuildReport
-    from learnloop.datasets.filters import parse_filters
-
-    f = parse_filters(dataset_filters(loop, since, until)).resolved(loop.algorithm, settings.datasets)
-    if f.replay_fraction:
-        f = f.model_copy(update={"replay_fraction": 0.0})
-    count, rewards, varied = 0, [], 0
-    with db.read_session() as s:
-        for item in BUILDERS[loop.algorithm](
-            s, f, settings.scoring.weights, BuildReport(), settings.datasets.chunk_size
-        ):
-            count += 1
-            if item.reward is not None:
-                rewards.append(item.reward)
-            r = item.record.get("rewards") if loop.algorithm == "grpo" else None
-            if r and len(set(r)) > 1:
-                varied += 1
-    return count, rewards, varied
-
-
-def dataset_filters(loop: LoopConfig, since: dt.datetime | None, until: dt.datetime | None) -> dict[str, Any]:
-    f: dict[str, Any] = {
-        **loop.dataset,
-        "scenario": loop.scenario,
-        "sources": list(loop.sources),
-        "tags": list(loop.tags),
-    }
-    if since is not None:
-        f["since"] = since
-    if until is not None:
-        f["until"] = until
-    if loop.algorithm in ("dpo", "grpo") and loop.triggers.min_group_size and "min_group_size" not in f:
-        f["min_group_size"] = loop.triggers.min_group_size
-    return f
-
-
-def _holdout_count(db: Database, settings: Settings, loop: LoopConfig) -> int:
-    from learnloop.datasets.builders import BUILDERS, BuildReport
-    from learnloop.datasets.filters import parse_filters
-
-    f = parse_filters({"scenario": loop.scenario, "sources": list(loop.sources), "tags": list(loop.tags)})
-    f = f.resolved("holdout", settings.datasets)
-    with db.read_session() as s:
-        return sum(
-            1
-            for _ in BUILDERS["holdout"](
-                s, f, settings.scoring.weights, BuildReport(), settings.datasets.chunk_size
-            )
-        )
-
-
-def last_cycle(db: Database, loop: str) -> Job | None:
-    """The loop's newest succeeded cycle job (its payload's ``until`` is the next one's ``since``)."""
-    with db.read_session() as s:
-        return s.scalars(
-            select(Job)
-            .where(Job.loop == loop, Job.kind == JobKind.train, Job.state == JobState.succeeded)
-            .order_by(Job.finished_at.desc(), Job.id.desc())
-            .limit(1)
-        ).first()
-
-
-def active_job(db: Database, loop: str) -> Job | None:
-    with db.read_session() as s:
-        return s.scalars(
-            select(Job).where(Job.loop == loop, Job.state.in_(queue.ACTIVE)).order_by(Job.id).limit(1)
-        ).first()
-
-
-def failed_cycles(db: Database, loop: str) -> tuple[int, dt.datetime | None]:
-    """How many of the loop's newest finished cycles failed in a row, and when the last one ended."""
-    with db.read_session() as s:
-        rows = s.execute(
-            select(Job.state, Job.finished_at)
-            .where(Job.loop == loop, Job.kind == JobKind.train, Job.finished_at.is_not(None))
-            .order_by(Job.finished_at.desc(), Job.id.desc())
-            .limit(20)
-        ).all()
-    n = 0
-    for state, _ in rows:
-        if state != JobState.failed:
-            break
-        n += 1
-    return n, (rows[0][1] if n else None)
-
-
-def _since(db: Database, loop: LoopConfig) -> dt.datetime | None:
-    if not loop.incremental:
-        return None
-    prev = last_cycle(db, loop.name)
-    until = (prev.payload or {}).get("until") if prev else None
-    return dt.datetime.fromisoformat(until) if until else None
+def check_registered(settings: Settings) -> None:
+    """Refuse a loop that names a custom trigger or readiness check no module registers."""
+    for loop in settings.loops:
+        READINESS.for_loop(settings, loop.triggers.custom_checks)
+        TRIGGERS.for_loop(settings, loop.triggers.custom)
 
 
 def check_loop(
@@ -189,171 +103,29 @@ def check_loop(
     now: dt.datetime | None = None,
     last_cycle_at: dt.datetime | None = None,
 ) -> Decision:
-    """What the loop would do now, with every reason."""
+    """What the loop would do now, with every reason: every readiness check, then every trigger."""
     now = now or utcnow()
-    t = loop.triggers
-    since = _since(db, loop)
-    count, rewards, varied = _eligible(db, settings, loop, since, now)
-    unit = UNIT[loop.algorithm]
-    src = "/".join(loop.sources) + " " if loop.sources else ""
-    what = f"{count}/{t.min_new_examples} new {src}{unit}" + (
-        f" (scenario {loop.scenario})" if loop.scenario else ""
-    )
+    since = since_of(db, loop)
+    check = LoopCheck(db, settings, loop, now, last_cycle_at, since)
     d = Decision(
-        loop=loop.name, fire=False, ready=True, new_examples=count, since=since.isoformat() if since else None
+        loop=loop.name,
+        fire=False,
+        ready=True,
+        new_examples=check.new_examples,
+        since=since.isoformat() if since else None,
     )
-
-    d.checks.append(
-        Check("new_examples", count > 0, what if count > 0 else f"no new {src}{unit} since the last cycle")
-    )
-    if t.min_holdout:
-        held = _holdout_count(db, settings, loop)
-        d.checks.append(Check("holdout", held >= t.min_holdout, f"{held}/{t.min_holdout} held-out examples"))
-    if loop.algorithm in ("dpo", "grpo"):
-        k = (
-            loop.dataset.get("min_group_size")
-            or t.min_group_size
-            or (settings.datasets.grpo_min_group_size if loop.algorithm == "grpo" else 2)
-        )
-        d.checks.append(
-            Check(
-                "groups",
-                count > 0,
-                f"{count} {'pairs from groups' if loop.algorithm == 'dpo' else 'groups'} "
-                f"with at least {k} members",
-            )
-        )
-    if loop.algorithm == "grpo":
-        d.checks.append(
-            Check(
-                "reward_variance",
-                varied > 0,
-                f"{varied}/{count} groups have rewards that differ (GRPO learns nothing from equal ones)",
-            )
-        )
-    elif loop.algorithm == "sft" and len(rewards) >= 2:
-        var = statistics.pvariance(rewards)
-        # Only meaningful when the selection ranks by reward; teacher traces may all be unscored.
-        if loop.dataset.get("top_fraction") is not None:
-            d.checks.append(Check("reward_variance", var > 0, f"reward variance {var:.4f}"))
-    free_mb = shutil.disk_usage(_existing(Path(settings.data_dir))).free // (1 << 20)
-    d.checks.append(
-        Check(
-            "disk",
-            free_mb >= t.min_free_disk_mb,
-            f"{free_mb} MiB free in the data dir (floor {t.min_free_disk_mb})",
-        )
-    )
-    base = base_model_of(settings, loop)
-    try:
-        from learnloop.models import resolve_base_model
-
-        resolve_base_model(base)
-        d.checks.append(Check("base_model", True, f"base model {base} present"))
-    except LearnloopError as exc:
-        d.checks.append(Check("base_model", False, str(exc)))
-    failures, failed_at = failed_cycles(db, loop.name)
-    if failures:
-        # A cycle that failed on the same data (a guardrail, a bad config) would fail again at once:
-        # wait as a retried job would, longer after each failure in a row, and say until when.
-        wait = min(settings.daemon.retry_backoff * 2 ** (failures - 1), settings.daemon.retry_backoff_max)
-        until = failed_at + dt.timedelta(seconds=wait)
-        d.checks.append(
-            Check(
-                "after_failure",
-                now >= until,
-                f"{failures} cycle(s) failed in a row; the next may start at {until:%H:%M:%S} UTC"
-                if now < until
-                else f"{failures} cycle(s) failed in a row; backoff of {wait:.0f} s over",
-            )
-        )
-    d.ready = all(c.ok for c in d.checks if c.name != "new_examples") and count > 0
-
-    if count >= t.min_new_examples:
-        d.triggers.append(f"threshold: {count} >= {t.min_new_examples} new {unit}")
-    if (
-        count > 0
-        and t.max_interval
-        and (last_cycle_at is None or (now - last_cycle_at).total_seconds() >= t.max_interval)
-    ):
-        ago = (
-            "never trained"
-            if last_cycle_at is None
-            else f"last cycle {(now - last_cycle_at).total_seconds() / 3600:.1f} h ago"
-        )
-        d.triggers.append(f"max_interval: {ago} (max {t.max_interval / 3600:.1f} h)")
-    if count > 0 and t.daily_at:
-        hh, mm = map(int, t.daily_at.split(":"))
-        slot = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
-        if now >= slot and (last_cycle_at is None or last_cycle_at < slot):
-            d.triggers.append(f"daily at {t.daily_at} UTC")
-    if count > 0 and t.reward_drop:
-        drop = reward_drop(db, settings, loop, now)
-        if drop:
-            d.triggers.append(drop)
+    for entry in READINESS.for_loop(settings, loop.triggers.custom_checks):
+        result = entry.fn(check)
+        if result is not None:
+            ok, reason = result
+            d.checks.append(Check(entry.name, bool(ok), str(reason)))
+    d.ready = all(c.ok for c in d.checks)
+    for entry in TRIGGERS.for_loop(settings, loop.triggers.custom):
+        reason = entry.fn(check)
+        if reason:
+            d.triggers.append(str(reason))
     d.fire = d.ready and bool(d.triggers)
     return d
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def reward_drop(db: Database, settings: Settings, loop: LoopConfig, now: dt.datetime) -> str | None:
-    """The reason when the served version's recent mean reward fell below its evaluated
-    level by the margin."""
-    from learnloop.scoring.combine import combined_rewards
-
-    t = loop.triggers
-    with db.read_session() as s:
-        alias = s.get(Alias, loop.alias)
-        if alias is None or alias.version_id is None:
-            return None
-        vid = alias.version_id
-        ev = s.scalars(
-            select(Evaluation).where(Evaluation.candidate_id == vid).order_by(Evaluation.id.desc()).limit(1)
-        ).first()
-        level = _reward_of(ev.metrics if ev else {})
-        if level is None:
-            return None
-        ids = list(
-            s.scalars(
-                select(Trajectory.id).where(
-                    Trajectory.source == Source.served,
-                    Trajectory.model_version == vid,
-                    Trajectory.created_at >= now - dt.timedelta(hours=t.reward_window_hours),
-                )
-            )
-        )
-        rewards = list(combined_rewards(s, ids, settings.scoring.weights).values())
-    if len(rewards) < t.reward_min_samples:
-        return None
-    mean = sum(rewards) / len(rewards)
-    if level - mean >= (t.reward_drop or 0):
-        return (
-            f"reward drop: served {vid} averages {mean:.3f} over {len(rewards)} trajectories "
-            f"({t.reward_window_hours:g} h), evaluated at {level:.3f} (margin {t.reward_drop})"
-        )
-    return None
-
-
-def _reward_of(metrics: dict[str, Any]) -> float | None:
-    """The evaluated mean reward of the candidate (the evaluation stage's ``overall.reward_candidate``)."""
-    overall = metrics.get("overall")
-    if isinstance(overall, dict) and isinstance(overall.get("reward_candidate"), (int, float)):
-        return float(overall["reward_candidate"])
-    for key in ("reward", "reward_mean", "mean_reward", "candidate_reward"):
-        v = metrics.get(key)
-        if isinstance(v, dict):
-            v = v.get("mean", v.get("candidate"))
-        if isinstance(v, (int, float)):
-            return float(v)
-    return None
-
-
-# -- loop rows ---------------------------------------------------------------------------------
 
 
 def ensure_row(db: Database, name: str) -> None:
@@ -476,7 +248,7 @@ def check_and_submit(
 def submit_cycle(
     db: Database, settings: Settings, loop: LoopConfig, *, now: dt.datetime, reason: str
 ) -> queue.JobInfo:
-    since = _since(db, loop)
+    since = since_of(db, loop)
     with db.read_session() as s:
         n = 1 + (
             s.scalar(
@@ -510,71 +282,6 @@ def submit_cycle(
             data={"reason": reason, "cycle": n},
         )
     return job
-
-
-# -- config locks ------------------------------------------------------------------------------
-
-
-def lock_values(settings: Settings, loop: LoopConfig) -> dict[str, Any]:
-    """The settings an adapter cannot survive, as this config has them."""
-    from learnloop.training.config import LoraConfig
-
-    lora = LoraConfig.model_validate(loop.train.get("lora", {}))
-    return {
-        "base_model": base_model_of(settings, loop),
-        "max_length": loop.max_length,
-        "lora.r": lora.r,
-        "lora.alpha": lora.alpha,
-        "lora.target_modules": lora.target_modules,
-        "chat_template": chat_template_hash(base_model_of(settings, loop)),
-    }
-
-
-def chat_template_hash(base_model: str) -> str | None:
-    """sha256 of the base model's chat template (None when the model is not on disk yet)."""
-    try:
-        from learnloop.models import resolve_base_model
-
-        folder = resolve_base_model(base_model)
-    except LearnloopError:
-        return None
-    template = None
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        template = jinja.read_text()
-    else:
-        try:
-            template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
-        except (OSError, json.JSONDecodeError):
-            template = None
-    if template is None:
-        return None
-    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_lock(db: Database, settings: Settings, loop: LoopConfig) -> None:
-    """Refuse a changed locked setting, naming the key, the locked value and what to do instead."""
-    with db.read_session() as s:
-        row = s.get(LoopState, loop.name)
-        locked = dict(row.locked or {}) if row else {}
-    if not locked:
-        return
-    now = lock_values(settings, loop)
-    for key, value in locked.items():
-        if key == "chat_template" and (value is None or now.get(key) is None):
-            continue
-        if key in now and now[key] != value:
-            raise ConfigError(
-                f"Loop {loop.name!r}: {key} is locked to {value!r} because the loop has trained versions on "
-                f"it (configured now: {now[key]!r}); its adapters cannot carry over. "
-                f"Put {key} back to {value!r}, or add a new [[loops]] entry with another name for the new "
-                "setting (it starts from the base model)."
-            )
-
-
-def check_locks(db: Database, settings: Settings) -> None:
-    for loop in settings.loops:
-        check_lock(db, settings, loop)
 
 
 def record_cycle(
@@ -615,61 +322,6 @@ def set_state(db: Database, name: str, state: str, outcome: dict[str, Any] | Non
         if outcome is not None:
             row.last_outcome = {**outcome, "at": utcnow().isoformat()}
         row.updated_at = utcnow()
-
-
-# -- status ------------------------------------------------------------------------------------
-
-
-def status(db: Database, settings: Settings, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Per configured loop: state, last check, next check in s, readiness reasons,
-    running job, last outcome."""
-    now = now or utcnow()
-    with db.read_session() as s:
-        rows = {r.name: r for r in s.scalars(select(LoopState))}
-        jobs = {
-            j.loop: j
-            for j in s.scalars(
-                select(Job).where(Job.state.in_(queue.ACTIVE), Job.loop.is_not(None)).order_by(Job.id.desc())
-            )
-        }
-        out = []
-        for loop in settings.loops:
-            row = rows.get(loop.name)
-            job = jobs.get(loop.name)
-            state = (
-                "disabled"
-                if not loop.enabled
-                else (job.state.value if job is not None else (row.state if row else "new"))
-            )
-            if state == "queued" and job is None:
-                state = "idle"
-            lock_error = None
-            try:
-                check_lock(db, settings, loop)
-            except ConfigError as exc:
-                lock_error, state = str(exc), "refused"
-            out.append(
-                {
-                    "name": loop.name,
-                    "algorithm": loop.algorithm,
-                    "state": state,
-                    "last_check_at": row.last_check_at.isoformat() if row and row.last_check_at else None,
-                    "next_check_in_s": max(0, round((row.next_check_at - now).total_seconds()))
-                    if row and row.next_check_at
-                    else 0,
-                    "ready": (row.readiness or {}).get("ready") if row else None,
-                    "reasons": (row.readiness or {}).get("reasons", []) if row else [],
-                    "head_version": row.head_version_id if row else None,
-                    "job": None
-                    if job is None
-                    else {"id": job.id, "state": job.state.value, "progress": job.progress or {}},
-                    "last_outcome": (row.last_outcome or None) if row else None,
-                    "last_cycle_at": row.last_cycle_at.isoformat() if row and row.last_cycle_at else None,
-                    "locked": (row.locked or {}) if row else {},
-                    "lock_error": lock_error,
-                }
-            )
-    return out
 
 
 def head_adapter(db: Database, settings: Settings, loop: LoopConfig) -> tuple[Path | None, str | None]:

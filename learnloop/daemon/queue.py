@@ -17,13 +17,14 @@ Times come from the daemon's clock: hosts sharing a database need synchronised c
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from learnloop.daemon.config import PRIORITIES
+from learnloop.config.loops import PRIORITIES
 from learnloop.daemon.log import emit
 from learnloop.errors import Conflict, NotFound, ValidationFailed
 from learnloop.store.db import Database
@@ -31,7 +32,9 @@ from learnloop.store.models import DesiredState, Job, JobKind, JobState, utcnow
 
 ACTIVE = (JobState.queued, JobState.running, JobState.paused)
 FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
-ACTIONS = ("pause", "resume", "stop", "skip", "cancel", "retry")
+# What a person may ask of a job: the one list the CLI, the API and the dashboard offer.
+JobAction = Literal["pause", "resume", "stop", "skip", "cancel", "retry"]
+ACTIONS: tuple[str, ...] = get_args(JobAction)
 
 
 def priority_value(priority: str | int) -> int:
@@ -106,12 +109,45 @@ class JobInfo:
             finished_at=row.finished_at,
         )
 
-    def as_dict(self, *, brief: bool = False) -> dict[str, Any]:
+    def as_dict(self, *, brief: bool = False, now: dt.datetime | None = None) -> dict[str, Any]:
+        """The job as every caller shows it (CLI, API, status, dashboard): its fields, and read from its
+        progress the step, total steps, loss, tokens/s, an ETA and how long it has run. ``brief``
+        leaves out the payload, the result and the output."""
         data = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in vars(self).items()}
         if brief:
             for k in ("payload", "result", "output_tail"):
                 data.pop(k)
+        data.update(self._progress_view(now or utcnow()))
         return data
+
+    def _progress_view(self, now: dt.datetime) -> dict[str, Any]:
+        p = self.progress
+        step, total = p.get("step"), p.get("total_steps")
+        eta = _finite(p.get("eta_s"))
+        if eta is None and self.state == "running" and self.started_at and step and total and step > 0:
+            # No ETA reported: extrapolate from the pace so far.
+            elapsed = (now - self.started_at).total_seconds()
+            eta = round(elapsed / step * max(0, total - step), 1)
+        duration = None
+        if self.started_at:
+            duration = round(((self.finished_at or now) - self.started_at).total_seconds(), 1)
+        return {
+            "step": step,
+            "total_steps": total,
+            "loss": _finite(p.get("loss")),
+            "tokens_per_s": _finite(p.get("tokens_per_s")),
+            "eta_s": eta,
+            "duration_s": duration,
+        }
+
+
+def _finite(v: Any) -> float | None:
+    """A JSON-safe float: NaN, infinities and non-numbers become None (JSON has no NaN)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _v(x: Any) -> Any:

@@ -50,9 +50,11 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Checks before any work: the config locks of every loop (a changed locked key refuses the start)."""
+        """Checks before any work: the config locks of every loop (a changed locked key refuses the start)
+        and the custom triggers and readiness checks the loops name."""
         configure_log(data_dir(self.settings.data_dir).logs, self.cfg.log_retention_days)
         loops_mod.check_locks(self.db, self.settings)
+        loops_mod.check_registered(self.settings)
 
     def run(self, *, install_signals: bool = True) -> None:
         """Run in the foreground until ``stop()`` or SIGTERM/SIGINT (a running training checkpoints first)."""
@@ -98,13 +100,16 @@ class Daemon:
 
     # -- the main loop ------------------------------------------------------------------------
     def _main(self) -> None:
-        next_reap = 0.0
+        next_reap = next_canary = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             try:
                 if now >= next_reap:
                     self._reap()
                     next_reap = now + max(1.0, min(self.cfg.lease_seconds / 2, self.cfg.poll_interval * 5))
+                if now >= next_canary:
+                    next_canary = now + max(1.0, self.cfg.poll_interval)
+                    self._canaries()
                 # Take work first: a loop check may be slow (it runs the dataset builder dry).
                 if (
                     not self.busy
@@ -138,6 +143,16 @@ class Daemon:
                 log.exception("daemon tick failed; retrying in %s s", self.cfg.poll_interval)
             self._wake.wait(self._sleep_for())
             self._wake.clear()
+
+    def _canaries(self) -> None:
+        """Move each running canary a step on, back to its teacher, or to the end (daemon/canary.py)."""
+        from learnloop.daemon import canary
+
+        try:
+            canary.tick(self.db, self.settings)
+        except Exception as exc:  # noqa: BLE001 - a failed check is retried next tick; say why now
+            emit(self.db, "canary.error", f"canary check failed: {exc}", level="error")
+            log.exception("canary check failed")
 
     def _sleep_for(self) -> float:
         wait = self.cfg.poll_interval

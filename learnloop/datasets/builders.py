@@ -19,6 +19,10 @@ notes in a :class:`BuildReport` why every row it passes over was left out.
   one record per distinct prompt, for rollouts (online GRPO, RFT): the policy answers it itself; the
   best-rewarded stored answer comes along as ``completion`` (RFT may train it if it passes its bar).
 - holdout ``{"id", "prompt", "completion", "reward", "scenario"}``: the held-out split, for evaluation.
+
+Every builder also takes ``prompts``: build only from the rows with these prompt hashes, so that a
+caller can rebuild the examples of a few prompts (the daemon's checks re-count only the prompts
+that changed; no example spans two prompts). SFT's ``top_fraction`` still ranks the whole selection.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,12 +134,17 @@ def _top_fraction_threshold(
 
 
 def build_sft(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     threshold = _top_fraction_threshold(session, f, weights, chunk_size) if f.top_fraction else None
-    corrections = latest_corrections(session, f, Split.train) if f.include_corrections else {}
+    corrections = latest_corrections(session, f, Split.train, prompts) if f.include_corrections else {}
     reward_bar = f.min_reward is not None or f.top_fraction is not None
-    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size):
+    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size, prompts=prompts):
         report.funnel["scanned"] += 1
         if row.id in corrections:
             fid, correction = corrections[row.id]
@@ -190,6 +199,7 @@ def _groups(
     weights: RewardRule,
     report: BuildReport,
     chunk_size: int,
+    prompts: Sequence[str] | None,
 ) -> Iterator[tuple[tuple[Any, ...], list[_Member]]]:
     """Scored, well-formed rows grouped by ``f.group_by`` (rows arrive sorted,
     so one group is in memory at a time)."""
@@ -200,7 +210,7 @@ def _groups(
     current: tuple[Any, ...] | None = None
     members: list[_Member] = []
     for row, reward in _rows_with_rewards(
-        session, f, Split.train, weights, chunk_size, order_by=cols, extra_where=extra
+        session, f, Split.train, weights, chunk_size, order_by=cols, extra_where=extra, prompts=prompts
     ):
         report.funnel["scanned"] += 1
         key = tuple(getattr(row, k) for k in key_names)
@@ -222,11 +232,16 @@ def _groups(
 
 
 def build_dpo(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     min_size = f.min_group_size or 2
     margin = f.min_margin or 0.0
-    for _key, members in _groups(session, f, weights, report, chunk_size):
+    for _key, members in _groups(session, f, weights, report, chunk_size, prompts):
         if len(members) < min_size:
             report.funnel["in_small_groups"] += len(members)
             continue
@@ -249,7 +264,7 @@ def build_dpo(
             i, j, pairs = i + 1, j - 1, pairs + 1
         report.funnel["pairs"] += pairs
     if f.include_corrections:
-        yield from _correction_pairs(session, f, report)
+        yield from _correction_pairs(session, f, report, prompts)
 
 
 def _pair(
@@ -264,8 +279,10 @@ def _pair(
     )
 
 
-def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) -> Iterator[Item]:
-    corrections = latest_corrections(session, f, Split.train)
+def _correction_pairs(
+    session: Session, f: DatasetFilters, report: BuildReport, prompts: Sequence[str] | None
+) -> Iterator[Item]:
+    corrections = latest_corrections(session, f, Split.train, prompts)
     ids = sorted(corrections)
     for chunk in chunks(ids):
         rows = session.execute(select(Trajectory.id, Trajectory.messages).where(Trajectory.id.in_(chunk)))
@@ -286,10 +303,15 @@ def _correction_pairs(session: Session, f: DatasetFilters, report: BuildReport) 
 
 
 def build_grpo(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     k = f.min_group_size or 2
-    for key, members in _groups(session, f, weights, report, chunk_size):
+    for key, members in _groups(session, f, weights, report, chunk_size, prompts):
         if len(members) < k:
             report.funnel["in_small_groups"] += len(members)
             continue
@@ -438,9 +460,14 @@ def _prompt_item(row: Any, reward: float | None, answers: int, report: BuildRepo
 
 
 def build_holdout(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
-    for row, reward in _rows_with_rewards(session, f, Split.holdout, weights, chunk_size):
+    for row, reward in _rows_with_rewards(session, f, Split.holdout, weights, chunk_size, prompts=prompts):
         report.funnel["scanned"] += 1
         if f.min_reward is not None and (reward is None or reward < f.min_reward):
             report.funnel["below_min_reward"] += 1

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import Select, String, and_, cast, distinct, func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.util import ClauseAdapter
 
 from learnloop.config import DatasetSettings
 from learnloop.errors import ValidationFailed, invalid, problems_text
@@ -222,14 +223,18 @@ def stream_rows(
     order_by: Sequence[Any] = (),
     extra_where: Sequence[Any] = (),
     columns: Sequence[Any] = ROW_COLUMNS,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[list[Row[Any]]]:
-    """Matching rows in chunks of ``chunk_size`` (a server-side cursor on PostgreSQL), tags applied."""
+    """Matching rows in chunks of ``chunk_size`` (a server-side cursor on PostgreSQL), tags applied;
+    with ``prompts``, only the rows with those prompt hashes."""
     stmt: Select[Any] = (
         select(*columns)
         .where(*where_clauses(f, split), *extra_where)
         .order_by(*order_by, Trajectory.created_at, Trajectory.id)
         .execution_options(yield_per=chunk_size)
     )
+    if prompts is not None:
+        stmt = only_prompts(stmt, prompts)
     result = session.execute(stmt)
     try:
         for part in result.partitions():
@@ -240,8 +245,25 @@ def stream_rows(
         result.close()
 
 
-def latest_corrections(session: Session, f: DatasetFilters, split: Split) -> dict[str, tuple[int, Any]]:
-    """For each matching trajectory with a correction in its feedback: (feedback id, newest correction)."""
+def only_prompts(stmt: Select[Any], prompts: Sequence[str]) -> Select[Any]:
+    """``stmt`` over only the trajectories with these prompt hashes. It finds them through the
+    prompt-hash index first (a CTE both databases materialise), then applies its own conditions:
+    left to choose, SQLite's planner (it keeps no statistics here) scans a whole source or scenario."""
+    of_prompts = (
+        select(Trajectory)
+        .where(Trajectory.prompt_hash.in_(list(prompts)))
+        .cte("of_prompts")
+        .prefix_with("MATERIALIZED")
+    )
+    return ClauseAdapter(of_prompts).traverse(stmt)
+
+
+def latest_corrections(
+    session: Session, f: DatasetFilters, split: Split, prompts: Sequence[str] | None = None
+) -> dict[str, tuple[int, Any]]:
+    """For each matching trajectory with a correction in its feedback: (feedback id, newest correction).
+
+    ``prompts``: only trajectories with these prompt hashes (see ``only_prompts``)."""
     # JSON null and SQL NULL both mean "no correction"; the cast compares the same way on both databases.
     has_correction = and_(Feedback.correction.is_not(None), cast(Feedback.correction, String) != "null")
     stmt = (
@@ -250,6 +272,8 @@ def latest_corrections(session: Session, f: DatasetFilters, split: Split) -> dic
         .where(*where_clauses(f, split), has_correction)
         .order_by(Feedback.trajectory_id, Feedback.created_at, Feedback.id)
     )
+    if prompts is not None:
+        stmt = only_prompts(stmt, prompts)
     out: dict[str, tuple[int, Any]] = {}
     for tid, fid, correction, tags in session.execute(stmt):
         if has_tags(tags, f.tags):

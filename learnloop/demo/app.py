@@ -1,14 +1,13 @@
 """The simulated application: what a real app does to put its model in the loop, and nothing more.
 
-It asks learnloop's ``learnloop`` alias through the official ``openai`` client, checks each answer
-with the verifier, sends the verdict back as feedback with the SDK, and records a rule-based
-teacher's answer through the SDK's sampling rules (``source = teacher``): the traces a real app
-would distil from a large model.
+It asks learnloop's ``learnloop`` alias through the official ``openai`` client (and nothing else:
+which model answers is the alias's business: the teacher upstream first, the trained student in the
+end), checks each answer with the verifier, and sends the verdict back as feedback with the SDK.
+Each user is one of 50, named in every request, so an A/B split keeps a user on one side.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import learnloop
-from learnloop.demo.task import SCENARIO, SYSTEM, Case, check
+from learnloop.demo.task import SCENARIO, Case, check
 
 VERSION_HEADER = "x-learnloop-version"
 SCENARIO_HEADER = "x-learnloop-scenario"
@@ -40,7 +39,13 @@ class Answer:
 
 class DemoApp:
     def __init__(
-        self, base_url: str, *, token: str | None, concurrency: int, max_tokens: int, seed: int
+        self,
+        base_url: str,
+        *,
+        token: str | None,
+        concurrency: int,
+        max_tokens: int,
+        model: str = "learnloop",
     ) -> None:
         import openai
 
@@ -49,15 +54,15 @@ class DemoApp:
         )
         self.concurrency = concurrency
         self.max_tokens = max_tokens
-        self.rng = random.Random(seed)
+        self.model = model  # the app's is the alias; the demo measures the base model by name apart
         self.answers: list[Answer] = []
-        self.teacher_recorded = 0
+        self.requests = 0
         self._lock = threading.Lock()
 
     def ask(self, case: Case, *, user: str, phase: str) -> Answer:
         started = time.monotonic()
         raw = self.client.chat.completions.with_raw_response.create(
-            model="learnloop",
+            model=self.model,
             messages=case.messages,
             max_tokens=self.max_tokens,
             temperature=0,
@@ -80,30 +85,21 @@ class DemoApp:
             self.answers.append(answer)
         return answer
 
-    def round(self, cases: list[Case], *, phase: str, teacher: bool = True) -> list[Answer]:
-        """Ask a batch of requests at once (serving batches them), then send verdicts and teacher traces."""
+    def round(self, cases: list[Case], *, phase: str) -> list[Answer]:
+        """Ask a batch of requests at once (serving batches them), then send each verdict as feedback."""
+        with self._lock:
+            first = self.requests
+            self.requests += len(cases)
         with ThreadPoolExecutor(self.concurrency) as pool:
             answers = list(
-                pool.map(lambda ic: self.ask(ic[1], user=f"user-{ic[0] % 50}", phase=phase), enumerate(cases))
+                pool.map(
+                    lambda ic: self.ask(ic[1], user=f"user-{(first + ic[0]) % 50}", phase=phase),
+                    enumerate(cases),
+                )
             )
-        # The server stores what it served a moment after answering; feedback must not overtake it.
-        time.sleep(0.3)
         for a in answers:
             learnloop.feedback(a.trajectory_id, success=a.success, comment=f"verifier score {a.score:.2f}")
-            if teacher:
-                self.record_teacher(a.case)
         return answers
-
-    def record_teacher(self, case: Case) -> None:
-        """The teacher answers every request; the SDK's sampling keeps a share plus the confident ones."""
-        confidence = round(self.rng.uniform(0.5, 1.0), 2)
-        with learnloop.trajectory(
-            scenario=SCENARIO, source="teacher", metadata={"confidence": confidence}
-        ) as t:
-            t.system(SYSTEM)
-            t.user(case.message)
-            t.assistant(case.teacher_answer())
-        self.teacher_recorded += 1
 
     def success_rate(self, predicate: Callable[[Answer], bool]) -> tuple[int, int]:
         with self._lock:

@@ -1,7 +1,10 @@
 """The demo's two sizes: ``full`` on SmolLM2-135M-Instruct, ``quick`` on the tiny offline test model.
 
 A profile decides the model, how much traffic there is, and the loop's config. The config is a
-plain ``learnloop.toml`` written into the demo's data dir, the same file a user would write.
+plain ``learnloop.toml`` written into the demo's data dir, the same file a user would write: the
+teacher as an ``[[upstreams]]`` entry the ``learnloop`` alias starts on, its answers captured as
+teacher data (15% plus the confident ones), a loop learning from them, a gate against the teacher
+and a canary that moves the users over.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class Profile:
     # Serving and training share the CPU while the app runs: one torch thread each keeps their thread
     # pools from oversubscribing the cores (on two cores, 2 + 2 threads made a training step 7x slower).
     threads: int | None = None
+    canary: dict[str, Any] | None = None
+    # The teacher answers like a hosted model: its latency simulated, its price a large model's list
+    # price (per 1,000 tokens), so the latency and cost figures have something real to compare.
+    teacher_first_token_ms: float = 300.0
+    teacher_token_ms: float = 10.0
+    teacher_price: tuple[float, float] = (0.0025, 0.01)
 
     def prepare(self, run: DemoRun) -> str:
         """Make the base model available and return the name or path the config should use."""
@@ -46,10 +55,11 @@ class Profile:
         run.cli("models", "prepare", "smollm2")
         return "smollm2"
 
-    def config_toml(self, *, base_model: str, data_dir: Path, port: int) -> str:
+    def config_toml(self, *, base_model: str, data_dir: Path, port: int, teacher_url: str) -> str:
         q = json.dumps  # TOML basic strings and JSON strings agree for these values
         train = ", ".join(f"{k} = {_toml(v)}" for k, v in self.train.items())
         gate = ", ".join(f"{k} = {_toml(v)}" for k, v in self.gate.items())
+        canary = "\n".join(f"{k} = {_toml(v)}" for k, v in (self.canary or {}).items())
         threads = f"threads = {self.threads}\n" if self.threads else ""
         training_threads = f"training_threads = {self.threads}\n" if self.threads else ""
         return f"""# Written by `learnloop demo --profile {self.name}`: \
@@ -64,10 +74,23 @@ inbox_poll_seconds = 1.0
 base_model = {q(base_model)}
 max_batch_size = {max(self.batch, 8)}
 {threads}
+[[upstreams]]
+# The app's big model, served through learnloop: the `learnloop` alias starts on upstream:teacher.
+name = "teacher"
+base_url = {q(teacher_url + "/v1")}
+model = "rules-teacher"
+api_key_env = {q(TEACHER_KEY_ENV)}
+timeout = 30
+price_per_1k_tokens = {{ input = {self.teacher_price[0]}, output = {self.teacher_price[1]} }}
+confidence_from_logprobs = true
+
 [capture]
 # Distillation as the seed systems did it: 15% of the teacher's answers plus every confident one.
 source_sample_rates = {{ teacher = 0.15 }}
 keep_confident = 0.8
+
+[canary]
+{canary}
 
 [scoring]
 reward_modules = ["learnloop.demo.rewards"]
@@ -107,6 +130,9 @@ min_free_disk_mb = 200
 """
 
 
+TEACHER_KEY_ENV = "DEMO_TEACHER_API_KEY"
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -132,15 +158,18 @@ FULL = Profile(
         "checkpoint_every": 8,
         "lora": {"r": 16, "alpha": 32},
     },
-    gate={"min_examples": 16, "margin": 0.05},
+    # Against the teacher: no worse by more than 0.1 of reward (and no more than 10% fewer valid JSON
+    # answers: the teacher's are all valid, so the default 2% would ask for perfection).
+    gate={"min_examples": 16, "teacher_margin": 0.1, "max_json_validity_drop": 0.1},
     eval_limit=32,
     budget_s=15 * 60,
     threads=1,
+    canary={"steps": [0.1, 0.5, 1.0], "min_step_seconds": 20, "min_answers": 8, "teacher_window": 200},
 )
 
 # The tiny random model cannot learn the task in seconds: the quick profile checks that every
-# stage happens (capture, trigger, training, registration, evaluation, gate, promotion, hot swap),
-# so its gate only asks that the candidate be no worse than the base by more than the noise.
+# stage happens (proxying, capture, trigger, training, registration, evaluation against the teacher,
+# gate, canary steps, promotion, hot swap), so its gate and canary let any candidate through.
 QUICK = Profile(
     name="quick",
     seed=7,
@@ -153,13 +182,17 @@ QUICK = Profile(
     train={"max_steps": 3, "batch_size": 4, "learning_rate": 1e-3, "max_length": 256, "checkpoint_every": 2},
     gate={
         "min_examples": 4,
-        "margin": -1.0,
+        "teacher_margin": 3.0,
         "max_p95_latency_ratio": 100.0,
         "max_json_validity_drop": 1.0,
+        "max_refusal_increase": 1.0,
         "max_scenario_regression": 1.0,
     },
     eval_limit=8,
-    budget_s=60,
+    budget_s=120,
+    canary={"steps": [0.5, 1.0], "min_step_seconds": 0, "min_answers": 2, "teacher_window": 50},
+    teacher_first_token_ms=0.0,
+    teacher_token_ms=0.0,
 )
 
 PROFILES = {"full": FULL, "quick": QUICK}

@@ -1,18 +1,25 @@
 """`learnloop demo`: the whole loop, unattended, on a fresh data dir, through public interfaces only.
 
-It starts ``learnloop serve`` (server + daemon) as a subprocess, drops a backfill of earlier
-teacher answers in the inbox, and runs the simulated app against the ``learnloop`` alias while
-the daemon triggers training, evaluates the candidate on held-out cases, promotes it through the
-gate and the server hot-swaps it in. Then it measures the app's success rate on fresh cases
-again, and writes a report and a plot under the data dir.
+It starts the rule-based teacher (``learnloop.demo.teacher``: a small real OpenAI-compatible server,
+standing in for a hosted big model) and ``learnloop serve`` (server + daemon) as subprocesses,
+points the ``learnloop`` alias at the teacher (``learnloop alias set learnloop upstream:teacher``),
+drops a backfill of earlier teacher answers in the inbox, and measures the base model by name. Then
+the simulated app talks to the ``learnloop`` alias only: the teacher answers it through learnloop,
+which keeps 15% of those answers plus the confident ones as teacher data; the daemon trains on them,
+gates the candidate against the teacher, and moves the app's users to it in canary steps, watching
+its live reward against the teacher's. Once the student serves every user the demo measures it on
+fresh cases, and writes a report (success before and after, each target's share over time, the
+cost saved) and a plot (success, loss, the student's share, the canary steps) under the data dir.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +30,7 @@ from typing import Any
 import httpx
 
 from learnloop.demo.app import DemoApp
-from learnloop.demo.profiles import Profile
+from learnloop.demo.profiles import TEACHER_KEY_ENV, Profile
 from learnloop.demo.task import SCENARIO, cases
 from learnloop.errors import LearnloopError
 
@@ -67,6 +74,10 @@ class DemoRun:
         self.timeline = Timeline()
         self.samples: list[StatusSample] = []
         self.server: subprocess.Popen[bytes] | None = None
+        self.teacher: subprocess.Popen[bytes] | None = None
+        self.teacher_port = _free_port()
+        self.teacher_url = f"http://127.0.0.1:{self.teacher_port}"
+        self.teacher_key = f"sk-demo-{secrets.token_hex(16)}"  # the server reads it from the environment
         self.http = httpx.Client(base_url=self.base_url, timeout=30)
         self.prepare_seconds = 0.0
 
@@ -85,6 +96,7 @@ class DemoRun:
         if self.config_path.exists():  # not yet while the model is prepared
             env["LEARNLOOP_CONFIG"] = str(self.config_path)
         env["LEARNLOOP_DATA_DIR"] = str(self.data_dir)
+        env[TEACHER_KEY_ENV] = self.teacher_key
         return env
 
     @property
@@ -113,8 +125,45 @@ class DemoRun:
 
     def write_config(self, base_model: str) -> None:
         self.config_path.write_text(
-            self.profile.config_toml(base_model=base_model, data_dir=self.data_dir, port=self.port)
+            self.profile.config_toml(
+                base_model=base_model, data_dir=self.data_dir, port=self.port, teacher_url=self.teacher_url
+            )
         )
+
+    def start_teacher(self) -> None:
+        """The teacher as its own process, asking for its API key, with a hosted model's latency."""
+        log = (self.data_dir / "teacher.log").open("wb")
+        self.teacher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "learnloop.demo.teacher",
+                "--port",
+                str(self.teacher_port),
+                "--api-key-env",
+                TEACHER_KEY_ENV,
+                "--first-token-ms",
+                str(self.profile.teacher_first_token_ms),
+                "--token-ms",
+                str(self.profile.teacher_token_ms),
+            ],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        headers = {"Authorization": f"Bearer {self.teacher_key}"}
+        while time.monotonic() < deadline:
+            if self.teacher.poll() is not None:
+                raise DemoFailed(f"the teacher exited; see {self.data_dir / 'teacher.log'}")
+            try:
+                if httpx.get(f"{self.teacher_url}/v1/models", headers=headers, timeout=5).status_code == 200:
+                    self.timeline.mark(f"teacher up at {self.teacher_url} (rule-based, OpenAI-compatible)")
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise DemoFailed(f"the teacher did not come up within 120 s; see {self.data_dir / 'teacher.log'}")
 
     def backfill_inbox(self) -> int:
         """Earlier teacher answers as a JSONL file, dropped the safe way (write .tmp, then rename)."""
@@ -156,7 +205,7 @@ class DemoRun:
             try:
                 models = self.http.get("/v1/models")
                 if models.status_code == 200 and any(m["id"] == "learnloop" for m in models.json()["data"]):
-                    self.timeline.mark("server up, serving the base model as `learnloop`")
+                    self.timeline.mark("server up: `learnloop` serves upstream:teacher")
                     return
             except httpx.HTTPError:
                 pass
@@ -164,13 +213,14 @@ class DemoRun:
         raise DemoFailed(f"the server did not come up within 600 s; see {self.data_dir / 'serve.log'}")
 
     def stop_server(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(60)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        for proc in (self.server, self.teacher):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
     # -- watching ---------------------------------------------------------------------------------
 
@@ -207,13 +257,31 @@ class DemoRun:
         serving = self.serving_version(st)
         if serving:
             self.timeline.mark(f"alias `learnloop` now points at {serving}", once=f"alias:{serving}")
+        alias = self.alias(st)
+        if alias.get("candidate") and alias.get("split"):
+            self.timeline.mark(
+                f"canary: {alias['candidate']} answers {alias['split']:.0%} of users",
+                once=f"canary:{alias['candidate']}:{alias['split']}",
+            )
+        for c in st.get("canaries") or []:
+            if c.get("decision") == "fall_back":
+                self.timeline.mark(
+                    f"canary of {c['candidate']} falling back: {c['reason']}", once=f"fb:{c['candidate']}"
+                )
 
     @staticmethod
-    def serving_version(st: dict[str, Any]) -> str | None:
-        for alias in st.get("serving") or []:
-            if alias.get("alias") == "learnloop":
-                return alias.get("version_id")
-        return None
+    def alias(st: dict[str, Any]) -> dict[str, Any]:
+        return next((a for a in st.get("serving") or [] if a.get("alias") == "learnloop"), {})
+
+    @classmethod
+    def serving_version(cls, st: dict[str, Any]) -> str | None:
+        return cls.alias(st).get("version_id")
+
+    @classmethod
+    def student_serves_all(cls, st: dict[str, Any]) -> str | None:
+        """The trained version the alias serves to every user (None while the teacher still answers)."""
+        version = cls.serving_version(st)
+        return version if version and not version.startswith("upstream:") else None
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -226,59 +294,67 @@ class DemoRun:
         base = self.prepare_model()
         self.timeline = Timeline()  # the demo's clock starts once the model is ready
         self.write_config(base)
+        self.start_teacher()
         backfilled = self.backfill_inbox()
         self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
+        self.cli("alias", "set", "learnloop", "upstream:teacher", "--reason", "start on the big model")
         self.start_server()
         # The app reads the same learnloop.toml (its sampling rules) and spools under the demo's data dir.
         os.environ.update(LEARNLOOP_CONFIG=str(self.config_path), LEARNLOOP_DATA_DIR=str(self.data_dir))
         learnloop.configure(server_url=self.base_url)
         app = DemoApp(
+            self.base_url, token=None, concurrency=self.profile.batch, max_tokens=self.profile.max_tokens
+        )
+        # The base model, measured by its name beside the app (which only ever asks `learnloop`).
+        probe = DemoApp(
             self.base_url,
             token=None,
             concurrency=self.profile.batch,
             max_tokens=self.profile.max_tokens,
-            seed=self.profile.seed,
+            model="base",
         )
         fresh = iter(cases(self.profile.seed + 2, 100_000))
         promoted: str | None = None
         deadline = self.timeline.started + self.profile.budget_s
         try:
             with Live(
-                self.view(app, "measuring the base model"),
+                self.view(app, probe, "measuring the base model"),
                 console=self.console,
                 refresh_per_second=2,
                 transient=False,
             ) as live:
                 for _ in range(self.profile.before_rounds):
-                    app.round([next(fresh) for _ in range(self.profile.batch)], phase="before")
+                    probe.round([next(fresh) for _ in range(self.profile.batch)], phase="before")
                     self.sample()
-                    live.update(self.view(app, "measuring the base model"))
-                self.timeline.mark("base model measured; the app keeps running while the loop learns")
+                    live.update(self.view(app, probe, "measuring the base model"))
+                self.timeline.mark("base model measured; the app runs on the teacher while the loop learns")
                 while promoted is None:
                     if time.time() > deadline:
                         raise DemoFailed(
-                            f"no version was promoted within the {self.profile.budget_s:.0f} s budget; "
-                            f"see {self.data_dir / 'serve.log'} and `learnloop loops status`"
+                            "the student did not take over every user within the "
+                            f"{self.profile.budget_s:.0f} s budget; see {self.data_dir / 'serve.log'} "
+                            "and `learnloop status`"
                         )
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
-                    serving = self.serving_version(self.sample().state)
-                    if serving and any(a.version == serving for a in answers):
-                        promoted = serving
-                        self.timeline.mark(f"first answer served by {promoted}")
-                    live.update(self.view(app, "the app runs; the daemon learns"))
+                    student = self.student_serves_all(self.sample().state)
+                    if student and any(a.version == student for a in answers):
+                        promoted = student
+                        self.timeline.mark(f"{promoted} serves every user")
+                    live.update(self.view(app, probe, "the app runs; the daemon learns"))
                     if promoted is None:
                         time.sleep(self.profile_pause())
                 self.timeline.mark(f"measuring {self.profile.after_cases} fresh cases on {promoted}")
                 after_cases = [next(fresh) for _ in range(self.profile.after_cases)]
                 for i in range(0, len(after_cases), self.profile.batch):
-                    app.round(after_cases[i : i + self.profile.batch], phase="after", teacher=False)
+                    app.round(after_cases[i : i + self.profile.batch], phase="after")
                     self.sample()
-                    live.update(self.view(app, f"measuring {promoted} on fresh cases"))
+                    live.update(self.view(app, probe, f"measuring {promoted} on fresh cases"))
                 self.timeline.mark("done")
             learnloop.flush(timeout=30)
+            final = self.status()
         finally:
             self.stop_server()
-        return self.report(app, promoted)
+        return self.report(app, probe, promoted, final)
 
     def profile_pause(self) -> float:
         # While the daemon trains on the same two cores, a slower trickle of traffic leaves it the CPU.
@@ -287,7 +363,7 @@ class DemoRun:
 
     # -- what the person sees -------------------------------------------------------------------
 
-    def view(self, app: DemoApp, phase: str) -> Any:
+    def view(self, app: DemoApp, probe: DemoApp, phase: str) -> Any:
         from rich.table import Table
 
         st = self.samples[-1].state if self.samples else {}
@@ -299,20 +375,35 @@ class DemoRun:
         elapsed = time.time() - self.timeline.started
         table.add_row("elapsed", f"{elapsed:.0f} s of a {self.profile.budget_s:.0f} s budget")
         table.add_row("dashboard", f"{self.base_url}/")
-        for label, phase_name in (
-            ("success, base model", "before"),
-            ("success, while learning", "learning"),
-            ("success, promoted model", "after"),
-        ):
-            ok, n = app.success_rate(lambda a, p=phase_name: a.phase == p)
-            if n:
-                table.add_row(label, f"{ok}/{n} = {ok / n:.0%}")
-        table.add_row("requests served", str(len(app.answers)))
-        counts = (st.get("trajectories") or {}).get("total_by_source") or {}
-        table.add_row("traces captured", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-")
+        ok, n = probe.success_rate(lambda a: a.phase == "before")
+        if n:
+            table.add_row("success, base model", f"{ok}/{n} = {ok / n:.0%} (asked by name)")
+        for target in sorted({a.version for a in app.answers if a.phase == "learning"}):
+            ok, n = app.success_rate(lambda a, t=target: a.phase == "learning" and a.version == t)
+            table.add_row(f"success, {target}", f"{ok}/{n} = {ok / n:.0%} (the app's traffic)")
+        ok, n = app.success_rate(lambda a: a.phase == "after")
+        if n:
+            table.add_row("success, student on fresh cases", f"{ok}/{n} = {ok / n:.0%}")
+        table.add_row("requests the app sent", str(len(app.answers)))
+        counts = (st.get("trajectories") or {}).get("by_source") or {}
         table.add_row(
-            "teacher answers offered", f"{app.teacher_recorded} (the SDK keeps 15% + the confident ones)"
+            "traces captured",
+            ", ".join(f"{k} {v['total']}" for k, v in sorted(counts.items()) if v.get("total")) or "-",
         )
+        alias = self.alias(st)
+        if alias:
+            who = alias.get("version") or "base"
+            if alias.get("candidate"):
+                who += f", {alias['candidate']} for {alias['split']:.0%} of users (canary)"
+            table.add_row("`learnloop` serves", who)
+        for c in st.get("canaries") or []:
+            table.add_row("canary", str(c.get("reason", ""))[:140])
+        traffic = next((t for t in st.get("traffic") or [] if t.get("alias") == "learnloop"), None)
+        if traffic:
+            shares = ", ".join(f"{t['target']} {t['share']:.0%}" for t in traffic["targets"] if t["requests"])
+            table.add_row("share, last hour", shares or "-")
+            if traffic.get("cost_saved") is not None:
+                table.add_row("cost saved so far", f"${traffic['cost_saved']:.4f}")
         loop = next(iter(st.get("loops") or []), None)
         if loop:
             nxt = loop.get("next_check_in_s")
@@ -337,26 +428,32 @@ class DemoRun:
             table.add_row(
                 "gate", f"{ev.get('candidate_id')} vs {ev.get('baseline_id') or 'base'}: {ev.get('verdict')}"
             )
-        table.add_row("serving `learnloop`", self.serving_version(st) or "base")
         return table
 
-    def report(self, app: DemoApp, promoted: str | None) -> dict[str, Any]:
+    def report(
+        self, app: DemoApp, probe: DemoApp, promoted: str | None, final: dict[str, Any]
+    ) -> dict[str, Any]:
         from scipy.stats import binomtest
 
-        def rate(phase: str) -> dict[str, Any]:
-            ok, n = app.success_rate(lambda a: a.phase == phase)
+        def rate(who: DemoApp, phase: str) -> dict[str, Any]:
+            ok, n = who.success_rate(lambda a: a.phase == phase)
             if not n:
                 return {"n": 0}
             ci = binomtest(ok, n).proportion_ci(method="wilson")
             return {"successes": ok, "n": n, "rate": ok / n, "ci95": [ci.low, ci.high]}
 
         lineage: Any = None
+        gate: Any = None
         if promoted:
             try:
                 lineage = json.loads(self.cli("versions", "show", promoted, "--json").stdout)
+                evaluations = json.loads(self.cli("eval", "list", "--candidate", promoted, "--json").stdout)
+                passed = next((e for e in evaluations if e.get("verdict") == "promote"), None)
+                gate = _gate_summary(passed) if passed else None
             except (DemoFailed, ValueError) as exc:
                 lineage = {"error": str(exc)}
-        plot = self.plot(app, promoted)
+        traffic = next((t for t in final.get("traffic") or [] if t.get("alias") == "learnloop"), {})
+        plot = self.plot(app, probe, promoted)
         report = {
             "profile": self.profile.name,
             "prepare_s": round(self.prepare_seconds, 1),
@@ -364,10 +461,22 @@ class DemoRun:
                 (self.timeline.marks[-1][0] if self.timeline.marks else time.time()) - self.timeline.started,
                 1,
             ),
-            "before": rate("before"),
-            "after": rate("after"),
+            "before": rate(probe, "before"),
+            "after": rate(app, "after"),
             "promoted": promoted,
             "requests": len(app.answers),
+            "share_over_time": self.shares(app),
+            "gate": gate,
+            "cost": {
+                "teacher_cost_per_1k_requests": traffic.get("teacher_cost_per_1k_requests"),
+                "own_requests": traffic.get("own_requests"),
+                "cost_saved": traffic.get("cost_saved"),
+                "teacher_price_per_1k_tokens": {
+                    "input": self.profile.teacher_price[0],
+                    "output": self.profile.teacher_price[1],
+                },
+                "note": "the teacher's price is a large hosted model's list price; its latency is simulated",
+            },
             "timeline": [
                 {"t_s": round(t - self.timeline.started, 1), "what": w} for t, w in self.timeline.marks
             ],
@@ -377,25 +486,66 @@ class DemoRun:
         (self.data_dir / "demo-report.json").write_text(json.dumps(report, indent=2, default=str))
         return report
 
-    def plot(self, app: DemoApp, promoted: str | None) -> Path:
+    def shares(self, app: DemoApp, bucket_s: float = 30.0) -> list[dict[str, Any]]:
+        """The app's requests per target in each ``bucket_s`` seconds: the teacher's share falling."""
+        t0 = self.timeline.started
+        buckets: dict[int, dict[str, int]] = {}
+        for a in app.answers:
+            counts = buckets.setdefault(int((a.at - t0) // bucket_s), {})
+            counts[a.version] = counts.get(a.version, 0) + 1
+        out = []
+        for b in sorted(buckets):
+            counts = buckets[b]
+            total = sum(counts.values())
+            teacher = sum(n for v, n in counts.items() if v.startswith("upstream:"))
+            out.append(
+                {
+                    "t_s": b * bucket_s,
+                    "requests": total,
+                    "by_target": counts,
+                    "teacher_share": teacher / total,
+                    "student_share": 1 - teacher / total,
+                }
+            )
+        return out
+
+    def plot(self, app: DemoApp, probe: DemoApp, promoted: str | None) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         t0 = self.timeline.started
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        answers = sorted(app.answers, key=lambda a: a.at)
+        fig, ax = plt.subplots(figsize=(10, 5))
         window = max(4, self.profile.batch)
-        xs, ys = [], []
-        for i in range(len(answers)):
-            chunk = answers[max(0, i - window + 1) : i + 1]
-            xs.append((answers[i].at - t0) / 60)
-            ys.append(sum(a.success for a in chunk) / len(chunk))
-        ax.plot(xs, ys, color="tab:blue", label=f"success rate (last {window} requests)")
+
+        def rolling(answers: list[Any]) -> tuple[list[float], list[float]]:
+            xs, ys = [], []
+            for i in range(len(answers)):
+                chunk = answers[max(0, i - window + 1) : i + 1]
+                xs.append((answers[i].at - t0) / 60)
+                ys.append(sum(a.success for a in chunk) / len(chunk))
+            return xs, ys
+
+        xs, ys = rolling(sorted(probe.answers, key=lambda a: a.at))
+        ax.plot(xs, ys, color="tab:gray", label="base model (asked by name)")
+        answers = sorted(app.answers, key=lambda a: a.at)
+        xs, ys = rolling(answers)
+        ax.plot(xs, ys, color="tab:blue", label=f"the app's success (last {window} requests)")
+        shares = self.shares(app, bucket_s=15.0)
+        if shares:
+            end = (answers[-1].at - t0) / 60
+            ax.fill_between(
+                [s["t_s"] / 60 for s in shares] + [end],
+                [s["student_share"] for s in shares] + [shares[-1]["student_share"]],
+                step="post",
+                color="tab:green",
+                alpha=0.15,
+                label="student's share of the app's requests (15 s)",
+            )
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("minutes since the demo started")
-        ax.set_ylabel("success rate", color="tab:blue")
+        ax.set_ylabel("success rate · share", color="tab:blue")
         losses = [((s.at - t0) / 60, s.loss) for s in self.samples if s.loss is not None]
         if losses:
             ax2 = ax.twinx()
@@ -408,12 +558,43 @@ class DemoRun:
             )
             ax2.set_ylabel("training loss", color="tab:orange")
         for t, what in self.timeline.marks:
-            if what.startswith("alias `learnloop` now points at"):
-                ax.axvline((t - t0) / 60, color="tab:green", linestyle="--")
-                ax.annotate(f"promoted {promoted}", ((t - t0) / 60, 0.05), color="tab:green", rotation=90)
-        ax.set_title("learnloop demo: the app's success rate as the loop learns")
+            x = (t - t0) / 60
+            if what.startswith("canary:"):
+                ax.axvline(x, color="tab:green", linestyle=":")
+                ax.annotate(what.split(": ", 1)[1], (x, 0.35), color="tab:green", rotation=90, fontsize=7)
+            elif what.endswith("serves every user"):
+                ax.axvline(x, color="tab:green", linestyle="--")
+                ax.annotate(what, (x, 0.05), color="tab:green", rotation=90, fontsize=7)
+            elif "falling back" in what:
+                ax.axvline(x, color="tab:red", linestyle="--")
+        ax.legend(loc="center left", fontsize=8)
+        ax.set_title("learnloop demo: from the teacher to the student, the app's success as the loop learns")
         fig.tight_layout()
         out = self.data_dir / "demo-success.png"
         fig.savefig(out, dpi=110)
         plt.close(fig)
         return out
+
+
+def _gate_summary(ev: dict[str, Any]) -> dict[str, Any]:
+    """The passing evaluation's quality, latency and cost, both sides."""
+    o = (ev.get("metrics") or {}).get("overall") or {}
+    keys = ("reward", "latency_p50", "latency_p95", "cost_per_1k_requests")
+    return {
+        "evaluation_id": ev.get("id"),
+        "baseline": ev.get("baseline"),
+        "n": o.get("n"),
+        "reward_diff": o.get("reward_diff"),
+        "reward_diff_ci": o.get("reward_diff_ci"),
+        **{
+            f"{k}_{side}": o.get(f"{k}_{side}_ms" if k.startswith("latency") else f"{k}_{side}")
+            for k in keys
+            for side in ("candidate", "baseline")
+        },
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from learnloop.config import Settings
 from learnloop.errors import NotFound
+from learnloop.scoring.combine import CombineRule
 from learnloop.store.db import Database
 from learnloop.store.models import Evaluation
 
@@ -80,15 +82,42 @@ _KEYS = (
 )
 
 
-def compare_evaluations(db: Database, a: str | int, b: str | int, *, top: int = 5) -> dict[str, Any]:
+def _rescored(ev: dict[str, Any], rule: CombineRule, settings: Settings | None) -> dict[str, Any]:
+    """The evaluation's overall numbers and examples with every reward recomputed from the stored
+    aspects under ``rule``: two evaluations are compared under one rule, today's, even when one
+    was stored under another (or before the explicit-first rule)."""
+    from learnloop.evaluation.run import build_metrics, rescore
+
+    ev["examples"] = [rescore(x, rule) for x in ev["examples"]]
+    if ev["examples"]:
+        ev["metrics"] = build_metrics(
+            ev["examples"],
+            n_resamples=settings.evaluation.bootstrap_resamples if settings is not None else 9999,
+            seed=settings.evaluation.seed if settings is not None else 0,
+            rule=rule,
+        )
+    return ev
+
+
+def compare_evaluations(
+    db: Database, a: str | int, b: str | int, *, top: int = 5, settings: Settings | None = None
+) -> dict[str, Any]:
     """Two evaluations side by side; with shared held-out examples, those whose candidate reward differs most.
 
+    Rewards are recomputed from each example's stored aspects with scoring's one rule (the
+    ``[scoring]`` settings of ``settings``; defaults without), so both sides are judged alike.
     Without shared examples (different held-out sets) the examples listed are, for each, those
     where its candidate and baseline differ most.
     """
-    ea, eb = get_evaluation(db, resolve_evaluation(db, a)), get_evaluation(db, resolve_evaluation(db, b))
+    rule = CombineRule.of(settings.scoring if settings is not None else None)
+    ea = _rescored(get_evaluation(db, resolve_evaluation(db, a)), rule, settings)
+    eb = _rescored(get_evaluation(db, resolve_evaluation(db, b)), rule, settings)
     oa, ob = ea["metrics"].get("overall", {}), eb["metrics"].get("overall", {})
     table = {k: [oa.get(k), ob.get(k)] for k in _KEYS}
+    aspect_names = sorted(set(oa.get("aspects") or {}) | set(ob.get("aspects") or {}))
+    aspects = {
+        n: [((o.get("aspects") or {}).get(n) or {}).get("candidate") for o in (oa, ob)] for n in aspect_names
+    }
     scenarios = sorted(set(ea["metrics"].get("scenarios", {})) | set(eb["metrics"].get("scenarios", {})))
     per_scenario = {
         s: [
@@ -147,6 +176,8 @@ def compare_evaluations(db: Database, a: str | int, b: str | int, *, top: int = 
         "a": {k: ea[k] for k in ("id", "candidate", "baseline", "scenario", "verdict", "created_at")},
         "b": {k: eb[k] for k in ("id", "candidate", "baseline", "scenario", "verdict", "created_at")},
         "overall": table,
+        "aspects": aspects,
+        "reward_rule": rule.describe(),
         "scenarios": per_scenario,
         "shared_examples": len(shared),
         "differ_most": differ,

@@ -388,6 +388,9 @@ def resolve_base_model(spec: str | Path, data_dir: Path | None = None) -> Path:
     - a name → ``<data_dir>/models/<name>`` when prepared; a known but unprepared name (smollm2)
       raises a ConfigError telling the user to run ``learnloop models prepare <name>`` (preparing
       writes ~0.5 GB and takes a while, so it is not done behind the user's back for a name).
+
+    ``data_dir`` is where prepared models live: a caller holding settings passes their data dir;
+    None reads the global settings (for callers holding none: a training process, `train merge`).
     """
     text = str(spec)
     path = Path(text).expanduser()

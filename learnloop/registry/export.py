@@ -9,6 +9,7 @@ transformers and comparing greedy answers with the merged model.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from learnloop.config import Settings
-from learnloop.errors import ConfigError, Conflict
+from learnloop.errors import ConfigError, Conflict, ValidationFailed
 from learnloop.paths import data_dir
 from learnloop.registry import files as fs
 from learnloop.store.db import Database
@@ -48,6 +49,31 @@ class ExportResult:
             "ollama_command": self.ollama_command,
             "ollama_created": self.ollama_created,
         }
+
+
+# A name of a folder under <data dir>/exports/, as an export over HTTP gives it (never a path).
+EXPORT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# What `ollama create` takes as a model name; never starting with '-', which it would read as an option.
+OLLAMA_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"
+
+
+def named_export_dir(settings: Settings, name: str) -> Path:
+    """``<data dir>/exports/<name>``: where an export requested over HTTP goes. ``name`` is one
+    folder name (no separators, no ``..``); a link there pointing out of the folder is refused."""
+    if not re.fullmatch(EXPORT_NAME, name):
+        raise ValidationFailed(
+            f"Invalid export name {name[:80]!r}: over HTTP an export goes to a folder under the data "
+            "dir's exports/ named by letters, digits, '.', '_' and '-' (not a path); "
+            "`learnloop versions export --out` writes anywhere.",
+            [("out", "must be a folder name, not a path")],
+        )
+    root = data_dir(settings.data_dir).exports
+    target = root / name
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise Conflict(
+            f"exports/{name} is a link out of the exports folder; remove it or choose another name."
+        )
+    return target
 
 
 def export_version(

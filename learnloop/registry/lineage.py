@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import select
 
 from learnloop.errors import NotFound
+from learnloop.registry.aliases import alias_log
 from learnloop.registry.versions import version_info
 from learnloop.store.db import Database
-from learnloop.store.models import AliasEvent, Dataset, Evaluation, Job, ModelVersion, Trajectory
+from learnloop.store.models import Dataset, Evaluation, Job, ModelVersion, Trajectory
 
 
 def _evaluation_summary(ev: Evaluation) -> dict[str, Any]:
@@ -48,13 +49,7 @@ def lineage(db: Database, version_id: str, *, depth: int = 20) -> dict[str, Any]
                 select(Evaluation).where(Evaluation.candidate_id == version_id).order_by(Evaluation.id)
             )
         )
-        moves = list(
-            session.scalars(
-                select(AliasEvent)
-                .where((AliasEvent.to_version == version_id) | (AliasEvent.from_version == version_id))
-                .order_by(AliasEvent.id)
-            )
-        )
+        moves = alias_log(session, version=version_id, limit=10_000, oldest_first=True)
         config = row.config or {}
         chain: dict[str, Any] = {
             "version": {
@@ -86,19 +81,7 @@ def lineage(db: Database, version_id: str, *, depth: int = 20) -> dict[str, Any]
             "adapter": {"sha256": row.adapter_sha256, "files": row.files or {}, "path": row.artifact_path},
             "evaluations": [_evaluation_summary(e) for e in evaluations],
             "gate": row.gate or {},
-            "promotions": [
-                {
-                    "alias": m.alias,
-                    "action": m.action,
-                    "from": m.from_version,
-                    "to": m.to_version,
-                    "actor": m.actor,
-                    "reason": m.reason,
-                    "evaluation_id": m.evaluation_id,
-                    "at": m.created_at.isoformat(),
-                }
-                for m in moves
-            ],
+            "promotions": moves,
             "parent": None,
         }
         parent_id = row.parent_id

@@ -1,9 +1,9 @@
 """Promote, roll back, restore: moving what serves and what the next training continues from.
 
-Every alias move goes through ``store.aliases.move_alias`` in the same transaction as the
-version's state change, so the append-only alias log says who moved it, when, why and on which
-evaluation. Servers watch the alias rows and converge on them (serving's part); nothing here
-needs a server to be running.
+Each is one kind of alias move through ``registry.aliases.move_in``, the one function that writes the
+alias row, its log entry, the version states and an event in one transaction (restore also sets the
+head in the same transaction). Servers watch the alias rows and converge on them (serving's part);
+nothing here needs a server to be running.
 """
 
 from __future__ import annotations
@@ -18,24 +18,12 @@ from sqlalchemy.orm import Session
 
 from learnloop.config import Settings
 from learnloop.errors import Conflict, NotFound
-from learnloop.registry import files as fs
+from learnloop.registry.aliases import MOVES, move_in, usable_folder
 from learnloop.registry.versions import HEAD_KEY
-from learnloop.store.aliases import DEFAULT_ALIAS, move_alias
+from learnloop.store.aliases import DEFAULT_ALIAS, is_upstream
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
-from learnloop.store.models import (
-    Alias,
-    AliasEvent,
-    Control,
-    Evaluation,
-    LoopState,
-    ModelVersion,
-    VersionState,
-    utcnow,
-)
-
-# Alias-log actions that change what serves ("set": serving's `learnloop alias set`; "split" does not).
-MOVES = ("promote", "force", "rollback", "restore", "set")
+from learnloop.store.models import Alias, AliasEvent, Control, LoopState, ModelVersion, utcnow
 
 
 def local_actor() -> str:
@@ -44,99 +32,6 @@ def local_actor() -> str:
         return f"local:{getpass.getuser()}"
     except Exception:  # noqa: BLE001 - no user name (containers): still say where it came from
         return "local"
-
-
-def _usable(row: ModelVersion) -> Path:
-    """The version's folder, checked byte for byte against its recorded hashes."""
-    if not row.artifact_path:
-        raise Conflict(
-            f"{row.id}'s adapter files were pruned by retention or removed; it cannot be served or restored."
-        )
-    folder = Path(row.artifact_path)
-    problems = fs.verify(folder, row.files or {})
-    if problems:
-        raise Conflict(
-            f"{row.id}'s files do not match the hashes recorded at registration: {'; '.join(problems[:3])}."
-        )
-    return folder
-
-
-def _gate_evidence(session: Session, row: ModelVersion, evaluation_id: int | None) -> tuple[bool, str]:
-    """(passed, description) of the gate verdict a promotion would rest on."""
-    if evaluation_id is not None:
-        ev = session.get(Evaluation, evaluation_id)
-        if ev is None:
-            raise NotFound(f"No evaluation {evaluation_id}.")
-        if ev.candidate_id != row.id:
-            raise Conflict(f"Evaluation {evaluation_id} measured {ev.candidate_id}, not {row.id}.")
-        gate = ev.gate or {}
-    else:
-        gate = row.gate or {}
-    if not gate:
-        return False, f"{row.id} has no gate verdict (run `learnloop eval run --candidate {row.id}`)"
-    reasons = "; ".join(gate.get("reasons") or [])
-    return bool(gate.get("passed")), f"gate said {gate.get('verdict')}" + (f": {reasons}" if reasons else "")
-
-
-def check_servable(
-    session: Session, version_id: str, *, force: bool = False, override: str = "Promote with --force"
-) -> tuple[bool, str]:
-    """(passed, evidence) of serving ``version_id``, for every way an alias is moved (promote, serving's
-    `alias set` and PUT /v1/aliases/{name}, the dashboard): NotFound for an unknown id; Conflict when its
-    files are gone or changed, or when the gate did not pass it (rejected, or never evaluated) and
-    ``force`` is off, naming the reason and ``override``, the way to serve it anyway."""
-    row = session.get(ModelVersion, version_id)
-    if row is None:
-        raise NotFound(f"No model version {version_id!r}; `learnloop versions list` shows them.")
-    _usable(row)
-    passed, evidence = _gate_evidence(session, row, None)
-    if not passed and not force:
-        raise Conflict(f"Not serving {version_id}: {evidence}. {override} to override the gate.")
-    return passed, evidence
-
-
-def _alias_row(session: Session, alias: str) -> Alias | None:
-    return session.get(Alias, alias)
-
-
-def _retire(session: Session, version_id: str | None, alias: str) -> None:
-    """The version that stopped serving on ``alias`` is archived unless another alias still serves it."""
-    if version_id is None:
-        return
-    others = session.scalars(select(Alias).where(Alias.version_id == version_id, Alias.name != alias)).first()
-    row = session.get(ModelVersion, version_id)
-    if row is not None and others is None and row.state == VersionState.serving:
-        row.state = VersionState.archived
-
-
-def _serve(
-    session: Session,
-    row: ModelVersion | None,
-    alias: str,
-    *,
-    action: str,
-    actor: str | None,
-    reason: str | None,
-    evaluation_id: int | None,
-) -> AliasEvent:
-    current = _alias_row(session, alias)
-    previous = current.version_id if current is not None else None
-    event = move_alias(
-        session,
-        alias,
-        row.id if row else None,
-        action=action,
-        actor=actor,
-        reason=reason,
-        evaluation_id=evaluation_id,
-    )
-    if previous != (row.id if row else None):
-        _retire(session, previous, alias)
-    if row is not None:
-        row.state = VersionState.serving
-        row.ever_served = True
-        row.promoted_at = utcnow()
-    return event
 
 
 def promote(
@@ -154,46 +49,23 @@ def promote(
 
     Needs a passing gate verdict (the version's latest, or that of ``evaluation_id``); a version
     the gate rejected, or one never evaluated, is promoted only with ``force`` (logged as such).
-    ``version_id`` "base" serves the base model (always a forced move: there is nothing to gate).
+    ``version_id`` "base" serves the base model (there is nothing to gate).
     """
     with db.session() as session:
-        if version_id == "base":
-            row, passed, evidence = None, True, "serving the base model"  # the fallback needs no gate
-        else:
-            row = session.get(ModelVersion, version_id)
-            if row is None:
-                raise NotFound(f"No model version {version_id!r}; `learnloop versions list` shows them.")
-            _usable(row)
-            passed, evidence = _gate_evidence(session, row, evaluation_id)
-            if not passed and not force:
-                raise Conflict(
-                    f"Not promoting {version_id}: {evidence}. Promote with --force to override the gate."
-                )
-            if evaluation_id is None and passed:
-                evaluation_id = (row.gate or {}).get("evaluation_id")
-        current = _alias_row(session, alias)
-        previous = current.version_id if current is not None else None
-        if current is not None and previous == (row.id if row else None):
-            return {"alias": alias, "version_id": version_id, "previous": previous, "changed": False}
-        action = "promote" if passed else "force"
-        text = reason or evidence
-        _serve(session, row, alias, action=action, actor=actor, reason=text, evaluation_id=evaluation_id)
-        record_event(
+        moved = move_in(
             session,
-            "version.promoted",
-            f"{alias} -> {version_id} ({action}) by {actor or 'unknown'}: {text}",
-            level="info" if passed else "warning",
-            version_id=row.id if row else None,
-            loop=row.loop if row else None,
-            data={
-                "alias": alias,
-                "from": previous,
-                "action": action,
-                "actor": actor,
-                "evaluation_id": evaluation_id,
-            },
+            settings,
+            alias,
+            "promote",
+            version_id,
+            force=force,
+            actor=actor,
+            reason=reason,
+            evaluation_id=evaluation_id,
+            override="Promote with --force",
         )
-    return {"alias": alias, "version_id": version_id, "previous": previous, "changed": True, "action": action}
+    out = {"alias": alias, "version_id": version_id, "previous": moved.previous, "changed": moved.changed}
+    return {**out, "action": moved.action} if moved.changed else out
 
 
 def serving_stack(session: Session, alias: str) -> list[str | None]:
@@ -228,29 +100,23 @@ def rollback(
     Repeated rollbacks walk further back (v3 -> v2 -> v1 -> base), not back and forth.
     """
     with db.session() as session:
-        current = _alias_row(session, alias)
+        current = session.get(Alias, alias)
         stack = serving_stack(session, alias)
         if current is None or len(stack) < 2:
             raise Conflict(f"Alias {alias!r} has no earlier version to roll back to.")
         target = stack[-2]
-        row = None
-        if target is not None:
-            row = session.get(ModelVersion, target)
-            if row is None:
-                raise Conflict(
-                    f"{alias!r} served {target} before, but that version was deleted; promote one explicitly."
-                )
-            _usable(row)
-        previous = current.version_id
-        text = reason or f"rollback from {previous or 'base'}"
-        _serve(session, row, alias, action="rollback", actor=actor, reason=text, evaluation_id=None)
-        record_event(
+        if target is not None and not is_upstream(target) and session.get(ModelVersion, target) is None:
+            raise Conflict(
+                f"{alias!r} served {target} before, but that version was deleted; promote one explicitly."
+            )
+        move_in(
             session,
-            "version.rolled_back",
-            f"{alias}: {previous or 'base'} -> {target or 'base'} by {actor or 'unknown'}: {text}",
-            level="warning",
-            version_id=previous,
-            data={"alias": alias, "to": target, "actor": actor},
+            settings,
+            alias,
+            "rollback",
+            target or "base",
+            actor=actor,
+            reason=reason or f"rollback from {current.version_id or 'base'}",
         )
     return target
 
@@ -292,7 +158,7 @@ def restore(
         row = session.get(ModelVersion, version_id)
         if row is None:
             raise NotFound(f"No model version {version_id!r}.")
-        folder = _usable(row)
+        folder = usable_folder(row)
         loop = loop or row.loop
         if loop is not None:
             state = session.get(LoopState, loop, with_for_update=True)
@@ -309,31 +175,30 @@ def restore(
             head.value = {"version_id": version_id, "actor": actor, "at": utcnow().isoformat()}
             head.updated_at = utcnow()
         text = reason or f"restore {version_id}"
+        moved = None
         if serve:
-            passed, evidence = _gate_evidence(session, row, None)
-            if not passed and not force and not row.ever_served:
-                raise Conflict(
-                    f"Not serving {version_id}: {evidence}. Restore with --force to override the gate."
-                )
-            target = alias or (loop if loop and _alias_row(session, loop) is not None else DEFAULT_ALIAS)
-            _serve(
+            # A move writes the one event of this restore (kind version.restored).
+            target = alias or (loop if loop and session.get(Alias, loop) is not None else DEFAULT_ALIAS)
+            moved = move_in(
                 session,
-                row,
+                settings,
                 target,
-                action="restore",
+                "restore",
+                version_id,
+                force=force,
                 actor=actor,
                 reason=text,
-                evaluation_id=(row.gate or {}).get("evaluation_id"),
+                override="Restore with --force",
             )
-        record_event(
-            session,
-            "version.restored",
-            f"{version_id} restored as head{' of ' + loop if loop else ''}"
-            f"{' and served' if serve else ''} by {actor or 'unknown'}",
-            version_id=version_id,
-            loop=loop,
-            data={"actor": actor, "serve": serve},
-        )
+        if moved is None or not moved.changed:
+            record_event(
+                session,
+                "version.restored",
+                f"{version_id} restored as head{' of ' + loop if loop else ''} by {actor or 'unknown'}",
+                version_id=version_id,
+                loop=loop,
+                data={"actor": actor, "serve": serve},
+            )
     return Restored(version_id, folder, loop, serve)
 
 

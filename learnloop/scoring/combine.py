@@ -1,4 +1,10 @@
-"""One reward per trajectory from its many scores.
+"""One reward per answer from its many scores: the one rule every stage uses.
+
+``combine`` is the only function that turns an answer's aspects into its reward. Datasets,
+evaluation (and so the gate and ``eval compare``), the dashboard's quality view, the daemon's
+reward-drop trigger and the reward statistics all call it (or ``combine_scores`` /
+``combined_rewards``, which call it), always with the ``[scoring]`` settings, so an answer's
+reward is the same number wherever it is shown or compared.
 
 The rule (``[scoring.combine] mode = "explicit_first"``, the default) keeps the app's own signal in
 charge. Every aspect (the newest score of each name) falls in one class:
@@ -22,7 +28,12 @@ Then:
 4. Penalties are subtracted: ``refinement = -1`` with weight 0.5 takes 0.5 off.
 
 ``[scoring] weights`` apply inside each class (weight 0 drops an aspect). ``mode = "mean"`` restores
-the plain weighted mean of every aspect.
+the plain weighted mean of every aspect (the only way to get it: a caller that knows no sources still
+gets the explicit-first rule, with each aspect classed by its name).
+
+Where each aspect came from decides its class, not the caller: stored scores carry their source; an
+evaluation's fresh answers are scored by the registered reward functions alone, so every aspect there
+has source ``heuristic`` (a user's verifier is then explicit, the built-ins fall in their class).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 PENALTIES = ("refinement",)
+HEURISTIC = "heuristic"  # the score source of every registered reward function (built-in or the user's)
 
 
 @dataclass(frozen=True)
@@ -63,14 +75,26 @@ class CombineRule:
         if name in self.penalties:
             return "penalty"
         if source is None:  # no source known: the name alone decides
-            source = "heuristic" if name in self.policy.generic or name in self.policy.checks else "env"
-        if source == "heuristic":
+            source = HEURISTIC if name in self.policy.generic or name in self.policy.checks else "env"
+        if source == HEURISTIC:
             if name in self.policy.checks:
                 return "check"
             if name in self.policy.generic:
                 return "generic"
             return "explicit"  # a verifier the user registered
         return "explicit" if source in self.policy.explicit_sources else "generic"
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as plain data, stored beside the numbers it made (an evaluation's ``reward_rule``)."""
+        return {
+            "mode": self.policy.mode,
+            "weights": dict(self.weights),
+            "explicit_sources": list(self.policy.explicit_sources),
+            "generic": list(self.policy.generic),
+            "checks": list(self.policy.checks),
+            "generic_share": self.policy.generic_share,
+            "penalties": dict(self.penalties),
+        }
 
 
 def _mean(pairs: list[tuple[float, float]]) -> float | None:
@@ -83,19 +107,23 @@ def combine(
     weights: Mapping[str, float] | ScoringSettings | CombineRule | None = None,
     sources: Mapping[str, str | None] | None = None,
 ) -> float | None:
-    """One reward from ``aspects`` (name -> value); ``sources`` names each aspect's score source.
+    """The reward of one answer from its ``aspects`` (name -> value); ``sources`` names each aspect's
+    score source (``heuristic``, ``human``, ``judge``, ``env``).
 
-    Without ``sources`` (or with ``mode = "mean"``) it is the weighted mean of the aspects: an aspect
-    missing from the weights weighs 1.0, weight 0 ignores it. With them, the explicit-first rule of
-    the module docstring applies. None when nothing counts.
+    The explicit-first rule of the module docstring. An aspect without a known source is classed by
+    its name alone (a generic or check name is a built-in heuristic, any other name explicit).
+    ``weights``: the ``[scoring]`` settings (pass them: weights, rule and refinement weight), or a
+    weights mapping with the default rule. With ``mode = "mean"`` it is the weighted mean of all
+    aspects (missing from the weights: 1.0; weight 0: ignored). None when nothing counts.
     """
     # NaN/inf stored before the ingest refused them are not rewards: they would poison every mean.
     if not all(map(math.isfinite, aspects.values())):
         aspects = {n: v for n, v in aspects.items() if math.isfinite(v)}
     rule = CombineRule.of(weights)
     w = rule.weights
-    if sources is None or rule.policy.mode == "mean":
+    if rule.policy.mode == "mean":
         return _mean([(w.get(n, 1.0), v) for n, v in aspects.items()])
+    sources = sources or {}
     classes: dict[str, list[tuple[float, float]]] = {
         "explicit": [],
         "generic": [],

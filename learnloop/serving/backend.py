@@ -25,6 +25,9 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     n: int = 1
+    # Further OpenAI fields (tool_choice, response_format, logprobs ...): local backends ignore them,
+    # an upstream passes them on.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content of this piece, when given
 
 
 class ServingBackend(Protocol):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import Conflict, NotFound, ValidationFailed
+from learnloop.errors import NotFound, ValidationFailed
 from learnloop.serving.backend import BASE, ChatRequest, ChatResult, Chunk
 from learnloop.serving.chat_format import (
     normalize_messages,
@@ -18,11 +20,19 @@ from learnloop.serving.chat_format import (
 )
 from learnloop.serving.engine import BatchEngine, Event, Sequence
 
+# Backends alive in this process, so an evaluation run by the in-process daemon answers through the
+# server's batcher (``running_backend``) instead of loading the model a second time beside it.
+_RUNNING: list[weakref.ref[LocalBackend]] = []  # in the order they were made
+_RUNNING_LOCK = threading.Lock()
+
 
 class LocalBackend:
     """Answers chat requests with the base model or any loaded adapter; concurrent requests share batches.
 
-    ``base_model`` is a prepared name (``smollm2``), an HF folder or a GGUF file.
+    ``base_model`` is a prepared name (``smollm2``), an HF folder or a GGUF file. ``background_slots``:
+    rows kept for background work (evaluation) beside ``max_batch_size`` rows of requests (default: as
+    many). ``decoder``: use the CPU decoder where it applies (False: transformers' forward always);
+    ``merge_after``: decode steps with one adapter alone before it is folded into the weights (0: never).
     """
 
     def __init__(
@@ -36,6 +46,9 @@ class LocalBackend:
         default_max_tokens: int = 512,
         data_dir: Path | None = None,
         threads: int | None = None,
+        background_slots: int | None = None,
+        decoder: bool = True,
+        merge_after: int = 64,
     ) -> None:
         if threads is not None:  # process-wide: torch has one intra-op pool
             import torch
@@ -55,8 +68,19 @@ class LocalBackend:
             )
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         self.default_max_tokens = default_max_tokens
-        self.engine = BatchEngine(model, self.tokenizer, max_batch_size=max_batch_size, max_queued=max_queued)
+        self.engine = BatchEngine(
+            model,
+            self.tokenizer,
+            max_batch_size=max_batch_size,
+            max_queued=max_queued,
+            background_slots=background_slots,
+            decoder=decoder,
+            merge_after=merge_after,
+        )
         self._adapters: dict[str, Path] = {}
+        self.device = str(dev)
+        with _RUNNING_LOCK:
+            _RUNNING.append(weakref.ref(self))
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -69,42 +93,27 @@ class LocalBackend:
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
             raise NotFound(f"No LoRA adapter at {path} (adapter_config.json is missing).")
-
-        def load() -> None:
-            from peft import PeftModel
-
-            model = self.engine.model
-            if hasattr(model, "peft_config"):
-                model.load_adapter(str(path), adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-            model.eval()
-            self.engine.model = model
-
-        self.engine.call(load)
+        self.engine.load_adapter(name, path)
         self._adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
         if name not in self._adapters:
             raise NotFound(f"Adapter {name!r} is not loaded.")
-
-        def unload() -> None:
-            engine = self.engine
-            if any(s.adapter == name for s in list(engine._active) + list(engine._pending)):
-                raise Conflict(f"Adapter {name!r} is answering requests; unload it once they finish.")
-            if len(self._adapters) == 1:
-                engine.model = engine.model.unload()  # the last one: back to the plain base model
-            else:
-                engine.model.delete_adapter(name)
-
-        self.engine.call(unload)
+        self.engine.unload_adapter(name)
         del self._adapters[name]
 
     def list(self) -> list[str]:
         return [BASE, *self._adapters]
 
     def close(self) -> None:
+        with _RUNNING_LOCK:
+            _RUNNING[:] = [r for r in _RUNNING if r() not in (None, self)]
         self.engine.close()
+
+    def background(self) -> BackgroundBackend:
+        """This backend for background work (evaluation): its rows take the engine's background slots,
+        so requests never wait for them; closing the view leaves the backend running."""
+        return BackgroundBackend(self)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -120,7 +129,15 @@ class LocalBackend:
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _sequences(self, model: str, request: ChatRequest, emit_for: Any) -> list[Sequence]:
+    def _sequences(
+        self,
+        model: str,
+        request: ChatRequest,
+        emit_for: Any,
+        *,
+        stream: bool = True,
+        background: bool = False,
+    ) -> list[Sequence]:
         if model != BASE and model not in self._adapters:
             raise NotFound(f"Model {model!r} is not loaded here; loaded: {', '.join(self.list())}.")
         if request.n < 1:
@@ -152,15 +169,20 @@ class LocalBackend:
                 stop=list(request.stop or []),
                 emit=emit_for(i),
                 seed=None if request.seed is None else request.seed + i,
+                stream=stream,
+                background=background,
             )
             for i in range(request.n)
         ]
 
-    def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
+    def chat(self, model: str, request: ChatRequest, *, background: bool = False) -> list[ChatResult]:
         results: list[ChatResult | None] = [None] * max(1, request.n)
         texts = [""] * max(1, request.n)
         done: queue.SimpleQueue[tuple[int, Event]] = queue.SimpleQueue()
-        seqs = self._sequences(model, request, lambda i: lambda ev: done.put((i, ev)))
+        # the text arrives whole at the end: no per-token detokenizing or events for a blocking call
+        seqs = self._sequences(
+            model, request, lambda i: lambda ev: done.put((i, ev)), stream=False, background=background
+        )
         self.engine.submit(seqs)
         remaining = len(seqs)
         try:
@@ -249,6 +271,53 @@ class LocalBackend:
                     texts[c.index], c.finish_reason, c.prompt_tokens, c.completion_tokens, c.tool_calls
                 )
         return [results[i] for i in sorted(results)]
+
+
+class BackgroundBackend:
+    """A running LocalBackend seen by background work: the same adapters and batcher; ``chat`` (what
+    an evaluation calls) runs as background rows, streams as requests."""
+
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+        self.base_path = backend.base_path
+
+    def load_adapter(self, name: str, path: Path | str) -> None:
+        self._backend.load_adapter(name, path)
+
+    def unload_adapter(self, name: str) -> None:
+        self._backend.unload_adapter(name)
+
+    def list(self) -> list[str]:
+        return self._backend.list()
+
+    def chat(self, model: str, request: ChatRequest) -> list[ChatResult]:
+        return self._backend.chat(model, request, background=True)
+
+    def stream(self, model: str, request: ChatRequest) -> Iterator[str]:
+        return self._backend.stream(model, request)
+
+    def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
+        return self._backend.astream(model, request)
+
+    def close(self) -> None:
+        """Nothing to release: the backend belongs to the server."""
+
+
+def running_backend(base_model: str | Path, data_dir: Path | None = None, device: str = "auto") -> Any:
+    """A LocalBackend serving ``base_model`` in this process (on ``device`` unless 'auto'), or None."""
+    from learnloop.errors import LearnloopError
+    from learnloop.models import resolve_base_model
+
+    try:
+        path = Path(resolve_base_model(base_model, data_dir)).resolve()
+    except LearnloopError:
+        return None  # the caller's own load says what is wrong with the name
+    with _RUNNING_LOCK:
+        running = [b for b in (r() for r in _RUNNING) if b is not None]
+    for backend in reversed(running):  # the newest first: a server's, made after any leftover
+        if Path(backend.base_path).resolve() == path and device in ("auto", backend.device):
+            return backend
+    return None
 
 
 def _result(text: str, ev: Event, tools: bool) -> ChatResult:

@@ -25,8 +25,10 @@ def default_base_model(settings: Any) -> str:
 def build_runtime(settings: Any, db: Database, *, backend: Any = None) -> Any:
     """A ServingRuntime on the configured backend (loads the base model: takes seconds)."""
     from learnloop.serving.runtime import ServedCapture, ServingRuntime
+    from learnloop.serving.upstream import build_upstreams
 
     s = settings.serving
+    upstreams = build_upstreams(settings)  # first: a missing API key stops the start before a model loads
     if backend is None:
         if s.backend == "vllm":
             from learnloop.serving.vllm import VllmBackend
@@ -47,5 +49,11 @@ def build_runtime(settings: Any, db: Database, *, backend: Any = None) -> Any:
             )
     capture = ServedCapture(settings, db) if s.capture else None
     return ServingRuntime(
-        backend, db, poll_seconds=s.alias_poll_seconds, capture=capture, max_adapters=s.max_adapters
+        backend,
+        db,
+        poll_seconds=s.alias_poll_seconds,
+        capture=capture,
+        max_adapters=s.max_adapters,
+        upstreams=upstreams,
+        own_price=s.price_per_1k_tokens,
     )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from learnloop.errors import ConfigError, Conflict, StoreError, StoreUnavailable, ValidationFailed
 from learnloop.jsonio import dumps_column, loads
+from learnloop.masking import mask_database_url, redact
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -56,9 +57,10 @@ def make_engine(url: str, *, synchronous: str = "NORMAL", **kwargs: Any) -> Engi
     """
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise ConfigError(
-            f"Database URL {url!r} is not valid ({exc}). Use e.g. sqlite:///path/learnloop.db "
+            f"Database URL {mask_database_url(url)!r} is not valid ({redact(str(exc))}). "
+            "Use e.g. sqlite:///path/learnloop.db "
             "or postgresql+psycopg://user@host:5432/db."
         ) from None
     # JSON columns store what JSON has no type for (a datetime in metadata, say) the way the SDK

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from learnloop.masking import redact
 from learnloop.store.db import Database
 from learnloop.store.models import Event
 
@@ -25,14 +26,15 @@ def record_event(
 ) -> None:
     """Append one event. Given a session, it joins that transaction,
     so the event commits with the change it describes."""
+    # Events are shown to anyone who may read the dashboard: no configured secret goes in.
     row = Event(
         kind=kind,
-        message=message,
+        message=redact(message),
         level=level,
         loop=loop,
         job_id=job_id,
         version_id=version_id,
-        data=data or {},
+        data={k: redact(v) if isinstance(v, str) else v for k, v in (data or {}).items()},
     )
     if isinstance(target, Session):
         target.add(row)

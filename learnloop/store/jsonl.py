@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from learnloop.errors import LearnloopError, NotFound, ValidationFailed
+from learnloop.jsonio import NestedTooDeep, loads, short_path
 from learnloop.store.db import Database
 from learnloop.store.records import TRAJECTORY, TrajectoryIn, error_location, orjson
 from learnloop.store.trajectories import DEFAULT_HOLDOUT_FRACTION, ingest
@@ -80,7 +81,9 @@ def parse_line(raw: bytes | str, line_no: int) -> tuple[TrajectoryIn | None, lis
     if not text.strip():
         return None, []
     try:
-        data = json.loads(text)
+        data = loads(text)
+    except NestedTooDeep as exc:
+        return None, [(f"{where}: {short_path(exc.path) or '(record)'}", exc.msg)]
     except json.JSONDecodeError as exc:
         return None, [(where, f"invalid JSON: {exc.msg} (at character {exc.pos + 1})")]
     if not isinstance(data, dict):
@@ -169,7 +172,8 @@ def _lines(path: Path, rules: FileRules = NO_RULES) -> Iterator[tuple[int, bytes
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ValidationFailed(
-                f"{path.name} is a symbolic link; the inbox never follows links. It was not read."
+                f"{path.name} is a symbolic link, which is never followed here (it was swapped in after "
+                "the folder was read). It was not read."
             ) from None
         raise ValidationFailed(
             f"Cannot read {path}: {exc.strerror or exc}. Check the path and its permissions."
@@ -297,22 +301,106 @@ def import_jsonl(
     return result
 
 
-def jsonl_files(path: Path | str) -> list[Path]:
-    """The files an import of ``path`` covers: the file itself,
-    or a folder's ``*.jsonl`` files in name order."""
+@dataclass(frozen=True)
+class Passed:
+    """A folder entry an import does not read, and why. ``refused``: it is named ``*.jsonl`` (so it
+    was meant to be imported) but is no regular file inside the folder; otherwise it is only not a
+    JSONL file."""
+
+    path: Path
+    reason: str
+    refused: bool = False
+
+
+@dataclass
+class Scan:
+    """What importing a path covers: the files to read, and each entry passed over with its reason."""
+
+    files: list[Path]
+    passed: list[Passed]
+
+
+def scan_files(
+    path: Path | str,
+    suffixes: tuple[str, ...] = (".jsonl",),
+    what: str = "*.jsonl files (one trajectory per line)",
+) -> Scan:
+    """The files an import of ``path`` reads: the file itself, or a folder's files named with one of
+    ``suffixes``, in name order, with every other entry of the folder and the reason it is not read.
+
+    As the inbox does, a folder's entries are never followed out of it: a symbolic link is read
+    only when it points at a regular file inside the folder (as that file); a link out of the
+    folder, a dangling link, a sub-folder, a pipe, a socket or a device so named is refused.
+    A file named on the command line is the user's choice: a link to it is followed, but it must
+    be a regular file (a pipe cannot be read twice, as validation then import need).
+    """
     path = Path(path)
-    if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file() and p.name.endswith(".jsonl") and not p.name.startswith(".")
-        )
-        if not files:
-            raise NotFound(f"{path} holds no *.jsonl files (one trajectory per line).")
-        return files
-    if not path.exists():
-        raise NotFound(f"{path} does not exist. Pass a .jsonl file or a folder of them.")
-    return [path]
+    if not path.is_dir():
+        if not path.exists():
+            raise NotFound(f"{path} does not exist. Pass a file or a folder of them.")
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ValidationFailed(
+                f"{path} is {file_kind(st.st_mode)}, not a regular file; an import reads each file twice "
+                "(validation, then storing), so write it to a file first."
+            )
+        return Scan([path.resolve() if path.is_symlink() else path], [])
+    folder = path.resolve()
+    names = " or ".join(f"*{s}" for s in suffixes)
+    files: dict[Path, Path] = {}  # by real path: a link and its target in the folder are one file
+    passed: list[Passed] = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        entry_path = Path(entry.path)
+        named = entry.name.endswith(suffixes) and not entry.name.startswith(".")
+        target, reason = _folder_entry(entry, folder)
+        if target is not None and named:
+            first = files.setdefault(target.resolve(), target)
+            if entry.is_symlink() or first.resolve() != target.resolve():
+                passed.append(Passed(entry_path, f"the same file as {first.name} (read once, as that file)"))
+        elif reason is None:
+            hidden = entry.name.startswith(".")
+            why = "hidden (its name starts with '.')" if hidden else f"not named {names}"
+            passed.append(Passed(entry_path, why))
+        else:
+            passed.append(Passed(entry_path, reason, refused=named))
+    if not files and not any(p.refused for p in passed):
+        raise NotFound(f"{path} holds no {what}.")
+    return Scan(list(files.values()), passed)
+
+
+def scan_jsonl(path: Path | str) -> Scan:
+    """``scan_files`` for JSONL: a file, or a folder's ``*.jsonl`` files."""
+    return scan_files(path)
+
+
+def _folder_entry(entry: os.DirEntry[str], folder: Path) -> tuple[Path | None, str | None]:
+    """(the regular file inside ``folder`` the entry is, None) or (None, why it is not one); a link
+    inside the folder gives its target."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None, "removed while the folder was read"
+    if stat.S_ISREG(st.st_mode):
+        return Path(entry.path), None
+    if not stat.S_ISLNK(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            return None, "a folder (an import reads the folder it is given, not the folders inside)"
+        return None, f"{file_kind(st.st_mode)}, not a regular file"
+    link = os.readlink(entry.path)
+    target = Path(entry.path).resolve()
+    if not target.exists():
+        return None, f"a dangling symbolic link (to {link})"
+    if not target.is_relative_to(folder):
+        return None, f"a symbolic link out of the folder (to {target}); links out are never followed"
+    st = target.stat()
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"a symbolic link to {file_kind(st.st_mode)} ({link}), not a regular file"
+    return target, None
+
+
+def jsonl_files(path: Path | str) -> list[Path]:
+    """The files an import of ``path`` reads (see ``scan_jsonl`` for what it passes over)."""
+    return scan_jsonl(path).files
 
 
 def failure_report(exc: BaseException) -> str:

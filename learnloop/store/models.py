@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -147,7 +148,11 @@ class Trajectory(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ingested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    __table_args__ = (Index("ix_trajectories_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_trajectories_created_at", "created_at"),
+        # The daemon's loop checks look up what arrived since their last look.
+        Index("ix_trajectories_ingested_at", "ingested_at"),
+    )
 
 
 class Score(Base):
@@ -371,6 +376,28 @@ class AliasEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class TrafficCount(Base):
+    """Requests each target answered, per minute and alias: every answer counted, whether or not its
+    trajectory was kept (an upstream's answers are sampled), for traffic shares and costs."""
+
+    __tablename__ = "traffic_counts"
+
+    minute: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    alias: Mapped[str] = mapped_column(
+        String(128), primary_key=True, doc="The alias the request named ('' for a target named directly)."
+    )
+    target: Mapped[str] = mapped_column(
+        String(64), primary_key=True, doc="base, a version id or upstream:<name>."
+    )
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    cut: Mapped[int] = mapped_column(Integer, default=0, doc="Answers cut short (client gone, failure).")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost: Mapped[float] = mapped_column(
+        Float, default=0.0, doc="Priced when counted (upstream or own price)."
+    )
+
+
 class Event(Base):
     """What happened, for people and alerts: job transitions, trigger decisions, failures, promotions."""
 
@@ -406,6 +433,23 @@ class LoopState(Base):
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_cycle_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    tally: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONType, doc="What the checks counted so far and when they last looked (daemon/tally.py)."
+    )
+
+
+class LoopTally(Base):
+    """How many examples one prompt gives a loop's next cycle (or its held-out split), as last counted."""
+
+    __tablename__ = "loop_tallies"
+
+    # The prompt hash first: a check looks up a few hundred prompts of one loop at a time, and a
+    # fresh table has no statistics that would steer PostgreSQL past a (loop, part) prefix scan.
+    prompt_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loop: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part: Mapped[str] = mapped_column(String(16), primary_key=True, doc="'train' or 'holdout'.")
+    examples: Mapped[int] = mapped_column(Integer)
+    varied: Mapped[int] = mapped_column(Integer, doc="GRPO groups among them whose rewards differ.")
 
 
 class Control(Base):
@@ -433,3 +477,16 @@ class AlertDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class OtlpCall(Base):
+    """An LLM call span received over OTLP whose trace's root span has not arrived yet (``trajectory_id``
+    null), or that is part of a trajectory already (kept a while so a resent export stores it once)."""
+
+    __tablename__ = "otlp_calls"
+
+    trace_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    span_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    call: Mapped[dict[str, Any]] = mapped_column(JSONType, doc="The mapped call and its span's attributes.")
+    trajectory_id: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Annotated, Any, Literal, NotRequired
 
 import orjson
@@ -20,8 +21,10 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
+    Strict,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
@@ -33,7 +36,16 @@ from learnloop.errors import (
     problems_text,
     validation_problems,
 )
-from learnloop.jsonio import dumps, dumps_str, loads  # noqa: F401  (importable from here, as before)
+from learnloop.jsonio import (  # noqa: F401  (dumps, dumps_str, loads: importable from here, as before)
+    MAX_DEPTH,
+    NestedTooDeep,
+    depth_problem,
+    dumps,
+    dumps_str,
+    loads,
+    short_path,
+    too_deep,
+)
 from learnloop.store.models import ScoreSource, Source
 
 # The records are TypedDicts, not pydantic models: pydantic validates them into plain dicts,
@@ -75,11 +87,52 @@ def _storable_datetime(v: dt.datetime | None) -> dt.datetime | None:
     return v
 
 
-StoredDateTime = Annotated[dt.datetime | None, AfterValidator(_storable_datetime)]
+# Text for a time: RFC 3339 (what the document promises), with the offset optional (UTC then) and
+# a space allowed for the T. pydantic alone also took "0" and "2026-12-01" (a number, a day).
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?")
+
+
+def _date_time_text(v: Any) -> Any:
+    """A time given as text, read as the datetime it spells; a number is refused (pydantic took it
+    as Unix time: 0 was 1970)."""
+    if isinstance(v, (int, float)):
+        raise ValueError(f"{v!r} is a number; write the time as 2026-12-01T14:03:00Z (RFC 3339)")
+    if not isinstance(v, str):
+        return v
+    problem = "not a date-time"
+    if _DATE_TIME.fullmatch(v):
+        try:
+            return dt.datetime.fromisoformat(v)
+        except ValueError as exc:
+            problem = str(exc)
+    raise ValueError(f"{v[:40]!r}: {problem}; write it as 2026-12-01T14:03:00Z (RFC 3339)")
+
+
+_TIME_SCHEMA = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+StoredDateTime = Annotated[
+    dt.datetime | None,
+    BeforeValidator(_date_time_text),
+    AfterValidator(_storable_datetime),
+    WithJsonSchema(_TIME_SCHEMA),
+]
+
+# JSON's types as the document states them: pydantic alone also took 0 and 1 for false and true,
+# true for a number and "5" for a number or an integer (an integer such as 5.0 stays one).
+JsonBool = Annotated[bool, Strict()]
+JsonNumber = Annotated[float, Strict()]  # an integer is a number
+
+
+def _integer_not_bool_or_text(v: Any) -> Any:
+    if isinstance(v, (bool, str)):
+        raise ValueError(f"must be an integer, not {type(v).__name__}")
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_integer_not_bool_or_text)]
 
 # NaN and the infinities break every statistic made of them (a mean of anything with NaN is NaN)
 # and JSON has no spelling for them; a number too large for a float (1e999) reads as infinity.
-Finite = FiniteFloat
+Finite = Annotated[FiniteFloat, Strict()]
 
 TEXT_RULE = (
     "Text must be storable the same way on every database: a NUL character (\\u0000) or a lone UTF-16 "
@@ -151,6 +204,111 @@ def _storable_text(record: Any) -> Any:
     return record
 
 
+def _within_depth(record: Any) -> Any:
+    """Refuse a record nested deeper than ``MAX_DEPTH`` (a rule for input: rows stored before it
+    stay readable). The walk visits containers only (measured cheaper than any check of the
+    record's JSON, which costs with its text: benchmarks/bench_validation.py)."""
+    path = too_deep(record)
+    if path is not None:
+        raise PydanticCustomError(
+            "too_deep", "{reason}", {"reason": depth_problem(), "path": short_path(path)}
+        )
+    return record
+
+
+# -- model output, stored losslessly --------------------------------------------------------------
+# What a client sends is refused above when a database cannot hold it: the client can fix it. A model's
+# own answer (served, or captured from a wrapped client) is data whatever it holds, and refusing it
+# would lose the answer and every piece of feedback on it. So the capture of model output escapes
+# such text instead, reversibly, and marks the record; the rules above still apply to the result.
+#
+# The escape (scheme ``learnloop-escape/1``), applied only to the strings (values or keys) that need
+# it: a backslash becomes two, a NUL becomes ``\u0000``, and each lone UTF-16 surrogate (half of a
+# character; also how Python holds bytes that were not valid UTF-8, with errors="surrogateescape")
+# becomes ``\uXXXX`` (lowercase hex). The record's ``metadata.learnloop_escaped`` lists where:
+# ``{"scheme": ..., "values": [path, ...], "keys": [path, ...]}``, a path being the list of keys and
+# indexes that leads to the string (through keys as stored). ``unescape_record`` gives the original.
+
+ESCAPE_SCHEME = "learnloop-escape/1"
+ESCAPED_MARK = "learnloop_escaped"
+_UNSTORABLE = re.compile(r"[\\\x00\ud800-\udfff]")
+_ESCAPED = re.compile(r"\\(\\|u[0-9a-f]{4})")
+
+
+def escape_text(text: str) -> str:
+    """``text`` in the reversible escape (see above)."""
+    return _UNSTORABLE.sub(lambda m: "\\\\" if m.group() == "\\" else f"\\u{ord(m.group()):04x}", text)
+
+
+def unescape_text(text: str) -> str:
+    """The original of an ``escape_text`` result."""
+    return _ESCAPED.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), text)
+
+
+def escape_unstorable(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` itself when every string in it can be stored; otherwise a copy with each string (or
+    key) holding a NUL or a lone surrogate escaped, and the mark in ``metadata.learnloop_escaped``.
+
+    For model output only (served answers, a wrapped client's calls): client input is refused instead.
+    """
+    try:
+        if b"\\u0000" not in orjson.dumps(record, default=str):
+            return record
+    except TypeError:  # a lone surrogate (or a value orjson does not take): walk it
+        pass
+    values: list[list[str | int]] = []
+    keys: list[list[str | int]] = []
+    out = _escape_walk(record, [], values, keys)
+    if not values and not keys:
+        return record
+    meta = dict(out.get("metadata") or {})
+    meta[ESCAPED_MARK] = {"scheme": ESCAPE_SCHEME, "values": values, "keys": keys}
+    out["metadata"] = meta
+    return out
+
+
+def _escape_walk(value: Any, path: list[str | int], values: list, keys: list) -> Any:
+    if isinstance(value, str):
+        if _string_problem(value) is None:
+            return value
+        values.append(list(path))
+        return escape_text(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, str) and _string_problem(k) is not None:
+                k = escape_text(k)
+                keys.append([*path, k])
+            out[k] = _escape_walk(v, [*path, k], values, keys)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_escape_walk(v, [*path, i], values, keys) for i, v in enumerate(value)]
+    return value
+
+
+def unescape_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as it was before ``escape_unstorable`` (a stored trajectory's dict: its ``metadata``
+    holds the mark); a record without the mark is returned as it is."""
+    mark = (record.get("metadata") or {}).get(ESCAPED_MARK)
+    if not isinstance(mark, dict) or mark.get("scheme") != ESCAPE_SCHEME:
+        return record
+    out = json.loads(json.dumps(record, default=str))  # a deep copy in plain JSON types
+    del out["metadata"][ESCAPED_MARK]
+    for path in mark.get("values") or []:
+        parent = _at(out, path[:-1])
+        parent[path[-1]] = unescape_text(parent[path[-1]])
+    for path in sorted(mark.get("keys") or [], key=len, reverse=True):  # deepest first: paths stay valid
+        parent = _at(out, path[:-1])
+        parent[unescape_text(path[-1])] = parent.pop(path[-1])
+    return out
+
+
+def _at(value: Any, path: list[str | int]) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
 class ToolCallFunction(TypedDict):
     __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
     name: Annotated[str, Field(min_length=1)]
@@ -164,10 +322,36 @@ class ToolCall(TypedDict):
     function: ToolCallFunction
 
 
-class Message(TypedDict):
-    """One OpenAI chat message. Unknown keys are kept (providers add their own)."""
+def _message_rules_schema(schema: dict[str, Any]) -> None:
+    # The rules _message_problem enforces, said in the JSON schema too.
+    content = {"not": {"type": "null"}}
+    schema["anyOf"] = [
+        {
+            "required": ["role", "content"],
+            "properties": {"role": {"enum": ["system", "developer", "user", "function"]}, "content": content},
+        },
+        {
+            "required": ["role", "content", "tool_call_id"],
+            "properties": {
+                "role": {"const": "tool"},
+                "content": content,
+                "tool_call_id": {"type": "string", "minLength": 1},
+            },
+        },
+        {"required": ["role", "content"], "properties": {"role": {"const": "assistant"}, "content": content}},
+        {
+            "required": ["role", "tool_calls"],
+            "properties": {"role": {"const": "assistant"}, "tool_calls": {"type": "array", "minItems": 1}},
+        },
+    ]
 
-    __pydantic_config__ = _KEEP_EXTRA  # type: ignore[misc]
+
+class Message(TypedDict):
+    """One OpenAI chat message. Unknown keys are kept (providers add their own). A 'tool' message
+    names the call it answers (tool_call_id); every message but an assistant's calling tools has
+    content."""
+
+    __pydantic_config__ = ConfigDict(extra="allow", json_schema_extra=_message_rules_schema)  # type: ignore[misc]
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: NotRequired[str | list[dict[str, Any]] | None]
     name: NotRequired[str | None]
@@ -220,7 +404,7 @@ def _check_messages(messages: list[Message]) -> list[Message]:
     return messages
 
 
-CheckedMessage = Annotated[Message, AfterValidator(_check_message)]
+CheckedMessage = Annotated[Message, AfterValidator(_check_message), AfterValidator(_within_depth)]
 
 
 def _thumbs(v: Any) -> Any:
@@ -262,10 +446,20 @@ class FeedbackIn(TypedDict):
         Annotated[
             Literal[-1, 1] | None,
             BeforeValidator(_thumbs),
-            Field(description="+1 thumbs up, -1 thumbs down."),
+            WithJsonSchema(
+                {
+                    "anyOf": [
+                        {"enum": [-1, 1]},
+                        {"type": "boolean"},
+                        {"enum": ["up", "down"]},
+                        {"type": "null"},
+                    ]
+                }
+            ),
+            Field(description="+1 thumbs up, -1 thumbs down (true/false and 'up'/'down' are taken too)."),
         ]
     ]
-    success: NotRequired[Annotated[bool | None, Field(description="Whether the task succeeded.")]]
+    success: NotRequired[Annotated[JsonBool | None, Field(description="Whether the task succeeded.")]]
     correction: NotRequired[
         Annotated[
             str | dict[str, Any] | None,
@@ -284,7 +478,9 @@ def _some_signal(f: FeedbackIn) -> FeedbackIn:
     return f
 
 
-CheckedFeedback = Annotated[FeedbackIn, AfterValidator(_some_signal), AfterValidator(_storable_text)]
+CheckedFeedback = Annotated[
+    FeedbackIn, AfterValidator(_some_signal), AfterValidator(_within_depth), AfterValidator(_storable_text)
+]
 
 
 class ScoreIn(TypedDict):
@@ -336,13 +532,26 @@ class TrajectoryIn(TypedDict):
     created_at: NotRequired[StoredDateTime]
 
 
-CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_storable_text)]
+CheckedTrajectory = Annotated[TrajectoryIn, AfterValidator(_within_depth), AfterValidator(_storable_text)]
+
+
+def _late_items_schema(schema: dict[str, Any]) -> None:
+    # The rule _late_items_name_a_trajectory enforces, said in the JSON schema too.
+    named = {
+        "required": ["trajectory_id"],
+        "properties": {"trajectory_id": {"type": "string", "minLength": 1}},
+    }
+    for kind in ("feedback", "scores"):
+        part = schema.get("properties", {}).get(kind)
+        if part and "items" in part:
+            part["items"] = {"allOf": [part["items"], named]}
 
 
 class IngestBatch(TypedDict, total=False):
-    """One all-or-nothing batch: trajectories, late feedback and scores."""
+    """One all-or-nothing batch: trajectories, late feedback and scores (feedback and scores sent on
+    their own name the trajectory they are about)."""
 
-    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    __pydantic_config__ = ConfigDict(extra="forbid", json_schema_extra=_late_items_schema)  # type: ignore[misc]
     trajectories: list[CheckedTrajectory]
     feedback: list[CheckedFeedback]
     scores: list[CheckedScore]
@@ -438,27 +647,62 @@ def batch_from_json(body: bytes | str) -> IngestBatch:
     return BATCH.validate_json(body)
 
 
+# Any JSON body a route reads nests at most this deep: pydantic's parser stops there, and what is
+# read the slower way (see parse_json_body) is held to the same. Records inside have their own,
+# smaller limit (MAX_DEPTH).
+BODY_MAX_DEPTH = 200
+
+
 def parse_json_body(adapter: TypeAdapter[Any], body: bytes, what: str = "request body") -> Any:
     """Validate a JSON body with ``adapter``: Unparsable (400) when it is not JSON at all,
-    ValidationFailed (422) naming each bad field otherwise."""
+    ValidationFailed (422) naming each bad field otherwise, and for any text that cannot be stored
+    (NUL, a lone surrogate) or nesting past ``BODY_MAX_DEPTH``."""
     try:
-        return adapter.validate_json(body)
+        result = adapter.validate_json(body)
     except ValidationError as exc:
         if not any(e["type"] == "json_invalid" for e in exc.errors()):
             problems = format_validation_error(exc)
             raise ValidationFailed(_summary(problems), problems) from None
         reason = exc.errors()[0]["msg"]
-    # pydantic's parser refuses some JSON the standard one reads (the escape of a lone surrogate);
-    # read it that way, so that what is wrong with it is named like any other bad value.
+    else:
+        if b"\\u0000" in body:  # JSON can only spell a NUL as this escape: a rare body, read again
+            _refuse_unstorable_text(loads(body))
+        return result
+    # pydantic's parser refuses some JSON the others read (the escape of a lone surrogate, nesting
+    # past its 200 levels); read it that way, so that what is wrong with it is named like any other
+    # bad value (too deep: the field, by the depth rule).
     try:
-        data = json.loads(body)
+        data = loads(body)
+    except NestedTooDeep as exc:
+        loc = short_path(exc.path) or "(root)"
+        raise ValidationFailed(
+            f"Invalid input — {loc}: {exc.msg}. Nothing was stored.", [(loc, exc.msg)]
+        ) from None
+    except json.JSONDecodeError:
+        raise Unparsable(f"The {what} is not valid JSON ({reason}). Nothing was stored.") from None
     except (ValueError, UnicodeDecodeError):
         raise Unparsable(f"The {what} is not valid JSON ({reason}). Nothing was stored.") from None
+    path = too_deep(data, BODY_MAX_DEPTH)
+    if path is not None:  # what the fast path's parser refuses, refused alike, naming the field
+        loc = short_path(path)
+        problem = depth_problem(BODY_MAX_DEPTH, "a request body")
+        raise ValidationFailed(f"Invalid input — {loc}: {problem}. Nothing was stored.", [(loc, problem)])
     try:
-        return adapter.validate_python(data)
+        result = adapter.validate_python(data)
     except ValidationError as exc:
         problems = format_validation_error(exc)
         raise ValidationFailed(_summary(problems), problems) from None
+    _refuse_unstorable_text(data)
+    return result
+
+
+def _refuse_unstorable_text(data: Any) -> None:
+    """The text rule for any body (records check it themselves, naming the record's field): a
+    NUL or a lone surrogate anywhere in a job's payload or a version's note cannot be stored either."""
+    found = _walk_text(data, ())
+    if found:
+        problems = [(found[0] or "(root)", found[1])]
+        raise ValidationFailed(_summary(problems), problems)
 
 
 def storable_id(value: str, max_length: int = 64) -> str | None:

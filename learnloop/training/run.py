@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import ConfigError, LearnloopError, NoLearningSignal, problems_text
-from learnloop.training.config import TrainConfig
+from learnloop.errors import ConfigError, LearnloopError, NoLearningSignal
+from learnloop.training.config import TrainConfig, validate_config
 from learnloop.training.control import Control, FileControl
 from learnloop.training.loop import ProgressEvent, TrainResult, train_loop
 
@@ -40,6 +40,7 @@ __all__ = [
     "load_config",
     "main",
     "train",
+    "validate_config",
 ]
 
 
@@ -83,15 +84,6 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Tr
         elif value is not None:
             data[key] = value
     return validate_config(data, str(path))
-
-
-def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
-    from pydantic import ValidationError
-
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"Invalid training config ({where}): {problems_text(exc, limit=50)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

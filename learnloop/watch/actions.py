@@ -10,32 +10,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
 from learnloop.config import Settings
-from learnloop.errors import Conflict, ValidationFailed
+from learnloop.errors import Conflict, ValidationFailed, problems_text
 from learnloop.store.aliases import DEFAULT_ALIAS, get_alias
 from learnloop.store.db import Database
 
-JobAction = Literal["pause", "resume", "stop", "skip", "cancel"]
-JOB_ACTIONS: tuple[str, ...] = ("pause", "resume", "stop", "skip", "cancel")
-
 
 def control_job(db: Database, job_id: int, action: str, *, actor: str = "dashboard") -> dict[str, Any]:
-    """Ask job ``job_id`` to pause, resume, stop, skip or cancel.
+    """Ask job ``job_id`` to pause, resume, stop, skip, cancel or retry (``learnloop.daemon.queue.ACTIONS``).
 
-    A job a worker holds (running, or paused mid-run: it has a lease) gets ``desired_state``; the
-    worker obeys at its next step and writes the new ``state``. A job no worker holds (queued, or
-    paused without a lease) changes ``state`` here at once. It is
-    ``learnloop.daemon.queue.control``: ``stop`` checkpoints a running job and leaves it paused
-    (``resume`` continues it); ``skip`` stops it and requeues it behind the waiting jobs; ``cancel``
-    ends it for good.
+    It is ``learnloop.daemon.queue.control``, the daemon's own meaning of each action: a job a
+    worker holds gets ``desired_state`` and the worker obeys at its next step; a job no worker holds
+    changes ``state`` at once. An unknown action is refused there, naming the ones there are.
     """
-    if action not in JOB_ACTIONS:
-        raise ValidationFailed(
-            f"Unknown job action {action!r}; use one of {', '.join(JOB_ACTIONS)}.", [("action", "unknown")]
-        )
     from learnloop.daemon import queue
 
-    job = queue.control(db, job_id, action, actor=actor)  # the daemon's own meaning of each action
+    job = queue.control(db, job_id, action, actor=actor)
     return {"id": job.id, "state": job.state, "desired_state": job.desired_state}
 
 
@@ -88,3 +80,54 @@ def rollback_alias(
         "version": target,
         "previous": current.version_id if current is not None else None,
     }
+
+
+def set_alias_target(
+    db: Database, settings: Settings, alias: str, target: str, *, actor: str = "dashboard"
+) -> dict[str, Any]:
+    """Point ``alias`` at ``target`` (``upstream:<name>``, ``base`` or a version) through the registry's
+    one move, which checks it (an unknown upstream is NotFound; a version's gate holds)."""
+    from learnloop.registry import move
+
+    moved = move(db, settings, alias, "set", target, actor=actor, reason="set from the dashboard")
+    return {"alias": alias, "target": target, "previous": moved.previous, "changed": moved.changed}
+
+
+class FeedbackForm(BaseModel):
+    """The trajectory page's feedback form, as its script sends it (form fields: empty ones are "")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    thumbs: Literal["up", "down", ""] | None = None
+    rating: float | Literal[""] | None = None
+    comment: str | None = None
+    correction: str | None = None
+
+
+_FEEDBACK_FORM = TypeAdapter(FeedbackForm)
+
+
+def add_feedback(db: Database, settings: Settings, trajectory_id: str, body: bytes) -> dict[str, Any]:
+    """Store the feedback the trajectory page's form sent (a JSON object), through the same ingest and
+    validation as ``POST /v1/ingest``. A body that is not a JSON object of that shape is refused
+    naming what is wrong (Unparsable, ValidationFailed); nothing is stored then."""
+    from learnloop.store.records import parse_batch, parse_json_body
+    from learnloop.store.trajectories import ingest
+
+    try:
+        form = parse_json_body(_FEEDBACK_FORM, body, "feedback form")
+    except ValidationFailed as exc:
+        what = f"Invalid feedback form — {problems_text(exc.problems)}. Nothing was stored."
+        raise ValidationFailed(what, exc.problems) from None
+    fb: dict[str, Any] = {"trajectory_id": trajectory_id, "author": "dashboard"}
+    if form.thumbs:
+        fb["thumbs"] = form.thumbs
+    if form.rating not in (None, ""):
+        fb["rating"] = form.rating
+    for key in ("comment", "correction"):
+        text = (getattr(form, key) or "").strip()
+        if text:
+            fb[key] = text
+    batch = parse_batch({"feedback": [fb]})  # the ingest's own checks (a 422 names the field)
+    with db.session() as s:
+        return ingest(s, batch, project=settings.project).as_dict()

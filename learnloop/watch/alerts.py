@@ -30,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from learnloop.config import AlertRule, Settings
 from learnloop.errors import ConfigError
+from learnloop.masking import redact
 from learnloop.store.db import Database
 from learnloop.store.events import record_event
 from learnloop.store.models import (
@@ -182,6 +183,28 @@ def _alias_moves(actions: tuple[str, ...], verb: str, level: str):  # noqa: ANN2
     return rule_fn
 
 
+def _canary_fallback(
+    s: Any, rule: AlertRule, since: dt.datetime, now: dt.datetime, settings: Settings
+) -> list[Firing]:
+    rows = s.scalars(
+        select(Event)
+        .where(Event.kind == "canary.fell_back", Event.created_at >= since)
+        .order_by(Event.id)
+        .limit(100)
+    )
+    return [
+        Firing(
+            rule,
+            f"canary:{e.id}",
+            f"canary of {e.version_id} fell back to the teacher",
+            e.message,
+            "error",
+            {"version_id": e.version_id, **(e.data or {})},
+        )
+        for e in rows
+    ]
+
+
 def _recent_jobs(s: Any, since: dt.datetime) -> list[Job]:
     return list(
         s.scalars(
@@ -307,6 +330,7 @@ RULES = {
     "gate_rejected": _gate_rejected,
     "promotion": _alias_moves(PROMOTE_ACTIONS, "promoted", "info"),
     "rollback": _alias_moves(("rollback",), "rolled back", "warning"),
+    "canary_fallback": _canary_fallback,
     "loss_nan": _loss_nan,
     "loss_spike": _loss_spike,
     "disk_low": _disk_low,
@@ -358,13 +382,15 @@ def evaluate(db: Database, settings: Settings, now: dt.datetime | None = None) -
 
 def post(rule: AlertRule, body: dict[str, Any], timeout: float) -> str | None:
     """POST one alert; None on a 2xx answer, else what went wrong."""
+    headers = {name: value.get_secret_value() for name, value in rule.headers.items()}
     try:
-        r = httpx.post(rule.url, json=body, headers=rule.headers, timeout=timeout)
+        r = httpx.post(rule.url.get_secret_value(), json=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        # The webhook URL and headers are secrets; the error is stored, logged and shown.
+        return redact(f"{type(exc).__name__}: {exc}", rule)
     if 200 <= r.status_code < 300:
         return None
-    return f"HTTP {r.status_code}: {r.text[:200]}"
+    return redact(f"HTTP {r.status_code}: {r.text[:200]}", rule)
 
 
 def deliver(db: Database, settings: Settings, now: dt.datetime | None = None) -> dict[str, int]:
@@ -485,7 +511,7 @@ def send_test(
             if error is None:
                 break
             threading.Event().wait(min(settings.watch.alert_backoff_s * 2**i, 5))
-        results.append({"rule": rule.name, "url": rule.url, "ok": error is None, "error": error})
+        results.append({"rule": rule.name, "url": str(rule.url), "ok": error is None, "error": error})
         if db is not None:
             record_event(
                 db,
@@ -521,3 +547,21 @@ class AlertService:
             except Exception:  # noqa: BLE001 - the database may be down for a while; try again next interval
                 log.exception("alert pass failed")
             self._stop.wait(self.settings.watch.alert_interval_s)
+
+
+def recent_deliveries(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest alert deliveries, newest first: when, rule, state, title, attempts, error."""
+    with db.read_session() as s:
+        rows = s.scalars(select(AlertDelivery).order_by(AlertDelivery.id.desc()).limit(limit))
+        return [
+            {
+                "id": r.id,
+                "created_at": r.created_at.isoformat(),
+                "rule": r.rule,
+                "state": r.state,
+                "title": (r.payload or {}).get("title", ""),
+                "attempts": r.attempts,
+                "error": r.error,
+            }
+            for r in rows
+        ]

@@ -1,345 +1,443 @@
-"""Queries behind the dashboard pages that are not part of the status: trajectory search, reward
-distributions, datasets. Bounded like the others (a page never reads a whole table row by row)."""
+"""The dashboard's pages: one registered view each (see ``learnloop.watch.views``).
+
+Registration order is the navigation's order. A view reads through the stages' own views of their
+objects (a job as the daemon shows it, a version as the registry does) and the watch queries, and
+returns what its template needs; it never renders and never knows about HTTP.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, String, case, cast, exists, func, select, text
-from sqlalchemy.orm import Session
+from learnloop.config import Settings
+from learnloop.errors import NotFound
+from learnloop.store.db import Database
+from learnloop.store.models import utcnow
+from learnloop.watch import queries, rewards, trajectories
+from learnloop.watch.status import build_status
+from learnloop.watch.views import Params, page
 
-from learnloop.scoring.combine import combined_rewards
-from learnloop.store.models import Score, ScoreSource, Source, Trajectory
-from learnloop.watch.queries import _day, _iso, _num, _val
-
-PAGE_SIZE = 50
-
-
-@dataclass
-class TrajectoryFilter:
-    scenario: str | None = None
-    source: str | None = None
-    tag: str | None = None
-    reward_min: float | None = None
-    reward_max: float | None = None
-    date_from: dt.date | None = None
-    date_to: dt.date | None = None
-    q: str | None = None
-    before: str | None = None  # keyset: the id of the last row of the previous page
-    problems: list[str] = field(default_factory=list)
-
-    @classmethod
-    def parse(cls, params: dict[str, str]) -> TrajectoryFilter:
-        """From query parameters; a bad value is dropped and named in ``problems`` (shown on the page)."""
-        f = cls()
-        for key in ("scenario", "tag", "q", "before"):
-            setattr(f, key, (params.get(key) or "").strip() or None)
-        source = (params.get("source") or "").strip()
-        if source:
-            if source in {s.value for s in Source}:
-                f.source = source
-            else:
-                f.problems.append(f"source: {source!r} is not one of {', '.join(s.value for s in Source)}")
-        for key in ("reward_min", "reward_max"):
-            raw = (params.get(key) or "").strip()
-            if raw:
-                try:
-                    setattr(f, key, float(raw))
-                except ValueError:
-                    f.problems.append(f"{key}: {raw!r} is not a number")
-        for key in ("date_from", "date_to"):
-            raw = (params.get(key) or "").strip()
-            if raw:
-                try:
-                    setattr(f, key, dt.date.fromisoformat(raw))
-                except ValueError:
-                    f.problems.append(f"{key}: {raw!r} is not a date (YYYY-MM-DD)")
-        return f
-
-    def query_args(self) -> dict[str, str]:
-        out = {}
-        for key in ("scenario", "source", "tag", "reward_min", "reward_max", "date_from", "date_to", "q"):
-            v = getattr(self, key)
-            if v is not None:
-                out[key] = str(v)
-        return out
+_STATUS_PARTS = (
+    "loops",
+    "control",
+    "queue",
+    "running",
+    "running_job",
+    "serving",
+    "last_evaluation",
+    "trajectories",
+)
+STAGES = ("capture", "score", "datasets", "train", "registry", "evaluate", "serve")
 
 
-def _tag_condition(session: Session, tag: str) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
-        return Trajectory.tags.op("@>")(func.jsonb_build_array(tag))
-    return exists(
-        select(1)
-        .select_from(func.json_each(Trajectory.tags).table_valued("value").alias("t"))
-        .where(text("t.value = :tag"))
-        .params(tag=tag)
-    )
+# -- overview ------------------------------------------------------------------------------------
 
 
-def search_trajectories(session: Session, f: TrajectoryFilter, limit: int = PAGE_SIZE) -> dict[str, Any]:
-    """Newest first, ``limit`` a page (keyset on created_at, id). The reward filter uses the
-    mean of the trajectory's scores."""
-    reward = (
-        select(func.avg(Score.value))
-        .where(Score.trajectory_id == Trajectory.id)
-        .correlate(Trajectory)
-        .scalar_subquery()
-    )
-    cond = []
-    if f.scenario:
-        cond.append(Trajectory.scenario == f.scenario)
-    if f.source:
-        cond.append(Trajectory.source == Source(f.source))
-    if f.tag:
-        cond.append(_tag_condition(session, f.tag))
-    if f.reward_min is not None:
-        cond.append(reward >= f.reward_min)
-    if f.reward_max is not None:
-        cond.append(reward <= f.reward_max)
-    if f.date_from:
-        cond.append(Trajectory.created_at >= dt.datetime.combine(f.date_from, dt.time(), dt.UTC))
-    if f.date_to:
-        cond.append(
-            Trajectory.created_at < dt.datetime.combine(f.date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
-        )
-    if f.q:
-        like = f"%{f.q}%"
-        cond.append((Trajectory.id.like(f"{f.q}%")) | cast(Trajectory.messages, String).ilike(like))
-    if f.before:
-        # Keyset "created_at|id" of the last row shown: ids derived from content (JSONL imports) are not
-        # time-ordered, so the page is ordered by time and the id only breaks ties.
-        at, _, last_id = f.before.partition("|")
-        try:
-            when = dt.datetime.fromisoformat(at)
-        except ValueError:
-            f.problems.append("before: not a page cursor")
-        else:
-            cond.append(
-                (Trajectory.created_at < when) | ((Trajectory.created_at == when) & (Trajectory.id < last_id))
+@page("overview", "/", title="Overview", live=True)
+def overview(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    from learnloop.datasets import list_datasets
+
+    # Without the database the status holds only the host's health: the other parts read as empty.
+    status = {**dict.fromkeys(_STATUS_PARTS), **build_status(db, settings, self_role="server")}
+    extra: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+    if status["host"]["database"]["reachable"]:
+        with db.read_session() as s:
+            latest = queries.versions(s, limit=1)
+            extra["latest_version"] = latest[0] if latest else None
+            ds = list_datasets(s, limit=1)
+            extra["latest_dataset"] = (
+                {"id": ds[0].id, "kind": ds[0].kind, "count": ds[0].count} if ds else None
             )
-    q = (
-        select(
-            Trajectory.id,
-            Trajectory.scenario,
-            Trajectory.source,
-            Trajectory.agent,
-            Trajectory.model,
-            Trajectory.model_version,
-            Trajectory.tags,
-            Trajectory.created_at,
-            Trajectory.messages,
-        )
-        .where(*cond)
-        .order_by(Trajectory.created_at.desc(), Trajectory.id.desc())
-        .limit(limit + 1)
+            extra["scored_share"] = rewards.scored_share(s, utcnow() - dt.timedelta(days=7))
+            events = queries.events_after(s, None, limit=12)
+            events.reverse()
+            extra["known_versions"] = queries.version_ids(s)
+    loops = status.get("loops") or []
+    countdowns = [lp["next_check_in_s"] for lp in loops if lp.get("next_check_in_s") is not None]
+    return {
+        "known_versions": extra.get("known_versions", set()),
+        "status": status,
+        "stages": _stage_states(status, extra),
+        "events": events,
+        "next_check_in_s": min(countdowns) if countdowns else None,
+    }
+
+
+def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """One box per stage of the loop: its state (ok, busy, warn, error, idle), a line, a link."""
+    t = status.get("trajectories") or {}
+    running = status.get("running_job")
+    queue = (status.get("queue") or {}).get("by_state", {})
+    ev = status.get("last_evaluation")
+    serving = status.get("serving") or []
+    latest = extra.get("latest_version")
+    dataset = extra.get("latest_dataset")
+    known = extra.get("known_versions", set())
+    out = []
+
+    def add(name: str, state: str, detail: str, href: str) -> None:
+        out.append({"name": name, "state": state, "detail": detail, "href": href})
+
+    add(
+        "capture",
+        "ok" if t.get("today") else "idle",
+        f"{t.get('today', 0):,} today · {t.get('total', 0):,} total",
+        "/trajectories",
     )
-    rows = list(session.execute(q))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    rewards = combined_rewards(session, [r.id for r in rows])
-    items = []
-    for r in rows:
-        first_user = next((m for m in r.messages or [] if m.get("role") == "user"), None)
-        items.append(
-            {
-                "id": r.id,
-                "scenario": r.scenario,
-                "source": _val(r.source),
-                "agent": r.agent,
-                "model": r.model_version or r.model,
-                "tags": r.tags or [],
-                "created_at": _iso(r.created_at),
-                "reward": rewards.get(r.id),
-                "turns": len(r.messages or []),
-                "preview": _text(first_user)[:140] if first_user else "",
-            }
+    add(
+        "score",
+        "ok" if extra.get("scored_share") else "idle",
+        f"{(extra.get('scored_share') or 0) * 100:.0f}% of recent scored",
+        "/rewards",
+    )
+    add(
+        "datasets",
+        "ok" if dataset else "idle",
+        f"#{dataset['id']} {dataset['kind']} · {dataset['count']:,} rows" if dataset else "none yet",
+        f"/datasets/{dataset['id']}" if dataset else "/datasets",
+    )
+    if running:
+        step = f"step {running['step'] or 0}/{running['total_steps'] or '?'}"
+        add(
+            "train",
+            "busy" if running["state"] == "running" else "warn",
+            f"job {running['id']} {running['state']} · {step}",
+            f"/jobs/{running['id']}",
         )
-    cursor = f"{rows[-1].created_at.isoformat()}|{rows[-1].id}" if more and rows else None
-    return {"items": items, "next_before": cursor}
+    else:
+        add(
+            "train",
+            "error" if queue.get("failed") and not queue.get("succeeded") else "idle",
+            f"{queue.get('queued', 0)} queued · {queue.get('failed', 0)} failed",
+            "/jobs",
+        )
+    add(
+        "registry",
+        "ok" if latest else "idle",
+        f"{latest['id']} {latest['state']}" if latest else "no versions",
+        f"/versions/{latest['id']}" if latest else "/versions",
+    )
+    if ev:
+        add(
+            "evaluate",
+            "ok" if ev["verdict"] == "promote" else ("error" if ev["verdict"] == "reject" else "warn"),
+            f"{ev['candidate_id']}: {ev['verdict']}",
+            f"/versions/{ev['candidate_id']}" if ev["candidate_id"] in known else "/versions",
+        )
+    else:
+        add("evaluate", "idle", "no evaluations", "/versions")
+    main = next((a for a in serving if a["alias"] == "learnloop"), serving[0] if serving else None)
+    if main:
+        split = (
+            f" · {main['split'] * 100:.0f}% → {main['candidate']}"
+            if main["candidate"] and main["split"]
+            else ""
+        )
+        add("serve", "ok", f"{main['alias']} → {main['version']}{split}", "/serving")
+    else:
+        add("serve", "idle", "base model", "/serving")
+    return out
 
 
-def _text(message: dict[str, Any] | None) -> str:
-    from learnloop.scoring.view import message_text
-
-    return message_text(message or {})
+# -- trajectories, rewards, datasets -------------------------------------------------------------
 
 
-def trajectory_detail(session: Session, trajectory_id: str) -> dict[str, Any] | None:
-    t = session.get(Trajectory, trajectory_id)
+@page("trajectories", "/trajectories", title="Trajectories")
+def trajectory_list(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    f = trajectories.TrajectoryFilter.parse(dict(params.query))
+    with db.read_session() as s:
+        return {
+            "f": f,
+            "result": trajectories.search_trajectories(s, f),
+            "options": trajectories.filter_options(s),
+        }
+
+
+@page("trajectory", "/trajectories/{key:path}", section="trajectories")
+def trajectory(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    with db.read_session() as s:
+        t = trajectories.trajectory_detail(s, params.key or "")
+        known = queries.version_ids(s)
     if t is None:
-        return None
-    scores = session.execute(
-        select(Score).where(Score.trajectory_id == trajectory_id).order_by(Score.created_at, Score.id)
-    ).scalars()
-    from learnloop.store.models import Feedback
+        raise NotFound(f"No trajectory {params.key!r}.")
+    return {"t": t, "known_versions": known}
 
-    feedback = session.execute(
-        select(Feedback).where(Feedback.trajectory_id == trajectory_id).order_by(Feedback.id)
-    ).scalars()
-    reward = combined_rewards(session, [trajectory_id]).get(trajectory_id)
-    return {
-        "id": t.id,
-        "scenario": t.scenario,
-        "group": t.group_id,
-        "agent": t.agent,
-        "source": _val(t.source),
-        "model": t.model,
-        "model_version": t.model_version,
-        "tags": t.tags or [],
-        "split": _val(t.split),
-        "metadata": t.meta or {},
-        "tools": t.tools or [],
-        "created_at": _iso(t.created_at),
-        "reward": reward,
-        "messages": [_message_view(m) for m in t.messages or []],
-        "scores": [
-            {
-                "name": s.name,
-                "value": s.value,
-                "source": _val(s.source),
-                "author": s.author,
-                "judge_model": s.judge_model,
-                "rationale": s.rationale,
-                "created_at": _iso(s.created_at),
-            }
-            for s in scores
-        ],
-        "feedback": [
-            {
-                "rating": f.rating,
-                "thumbs": f.thumbs,
-                "success": f.success,
-                "comment": f.comment,
-                "correction": f.correction,
-                "author": f.author,
-                "created_at": _iso(f.created_at),
-            }
-            for f in feedback
+
+@page("rewards", "/rewards", title="Rewards", live=True)
+def reward_page(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    days = params.integer("days", 30, lo=1, hi=36500)
+    with db.read_session() as s:
+        data = rewards.reward_overview(s, utcnow() - dt.timedelta(days=days))
+    edges = data["edges"]
+    labels = [f"{(edges[i] + edges[i + 1]) / 2:.2g}" for i in range(len(edges) - 1)] if edges else []
+    hist = {
+        "type": "bars",
+        "x": labels,
+        "stacked": True,
+        "series": [
+            {"name": sc, "points": list(zip(labels, counts))}
+            for sc, counts in sorted(data["histograms"].items())
         ],
     }
-
-
-def _message_view(m: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    calls = []
-    for c in m.get("tool_calls") or []:
-        fn = c.get("function") or {}
-        args = fn.get("arguments")
-        try:
-            args = (
-                json.dumps(json.loads(args), indent=2)
-                if isinstance(args, str)
-                else json.dumps(args, indent=2)
-            )
-        except (TypeError, ValueError):
-            pass
-        calls.append({"id": c.get("id"), "name": fn.get("name"), "arguments": args})
-    return {
-        "role": m.get("role"),
-        "content": _text(m),
-        "name": m.get("name"),
-        "tool_call_id": m.get("tool_call_id"),
-        "tool_calls": calls,
+    by_day = {
+        "type": "line",
+        "x_is_date": True,
+        "series": [{"name": "mean score", "points": [[r["key"], r["mean"]] for r in data["by_day"]]}],
     }
+    n = sum(r["count"] for r in data["by_scenario"])
+    share = sum(r["count"] * (r["share_negative"] or 0) for r in data["by_scenario"]) / n if n else None
+    return {"data": data, "hist": hist, "by_day_chart": by_day, "days": days, "share_negative": share}
 
 
-def filter_options(session: Session) -> dict[str, list[str]]:
-    scenarios = [
-        s
-        for (s,) in session.execute(
-            select(Trajectory.scenario)
-            .where(Trajectory.scenario.is_not(None))
-            .group_by(Trajectory.scenario)
-            .order_by(Trajectory.scenario)
-            .limit(200)
-        )
-    ]
-    return {"scenarios": scenarios, "sources": [s.value for s in Source]}
+@page("datasets", "/datasets", title="Datasets", live=True)
+def dataset_list(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    from learnloop.datasets import list_datasets
+
+    with db.read_session() as s:
+        return {"datasets": [_dataset(d.as_dict()) for d in list_datasets(s, limit=100)]}
 
 
-# -- rewards ---------------------------------------------------------------------------------
+@page("dataset", "/datasets/{key}", section="datasets")
+def dataset(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    from learnloop.datasets import get_dataset
+
+    dataset_id = params.row_id("dataset_id")
+    with db.read_session() as s:
+        return {
+            "ds": _dataset(get_dataset(s, dataset_id).as_dict()),
+            "versions": queries.versions(s, dataset_id=dataset_id),
+        }
 
 
-def scored_share(session: Session, since: dt.datetime) -> float | None:
-    """Share of the trajectories created since ``since`` that have at least one score."""
-    scored = exists(select(1).where(Score.trajectory_id == Trajectory.id))
-    total, n = session.execute(
-        select(func.count(), func.sum(case((scored, 1), else_=0))).where(Trajectory.created_at >= since)
-    ).one()
-    return (int(n or 0) / total) if total else None
+def _dataset(ds: dict[str, Any]) -> dict[str, Any]:
+    """A dataset with its build report's parts as the templates read them, whatever the report holds
+    (the stats are free JSON: a part a builder did not write reads as empty)."""
+    stats = ds.get("stats") or {}
+    rejected = stats.get("rejected") if isinstance(stats.get("rejected"), dict) else {}
+    ds["report"] = {
+        "length": _mapping(stats.get("length")),
+        "rewards": _mapping(stats.get("rewards")),
+        "funnel": _mapping(stats.get("funnel")),
+        "duplicates": _mapping(stats.get("duplicates")),
+        "rejected_count": rejected.get("count", 0),
+        "rejected_by_reason": _mapping(rejected.get("by_reason")),
+        "rejected": [r for r in rejected.get("items") or [] if isinstance(r, dict)],
+    }
+    return ds
 
 
-def reward_overview(session: Session, since: dt.datetime, bins: int = 20) -> dict[str, Any]:
-    """Histograms of score values per scenario, means per source and day, share negative, judged vs unjudged.
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
-    Computed with SQL aggregates (bucket counts), so it costs the same for a thousand scores as for millions.
-    """
-    scenario = func.coalesce(Trajectory.scenario, "(none)")
-    pg = session.get_bind().dialect.name == "postgresql"
-    lo, hi = session.execute(
-        select(func.min(Score.value), func.max(Score.value)).where(Score.created_at >= since)
-    ).one()
-    hist: dict[str, list[int]] = {}
-    edges: list[float] = []
-    if lo is not None:
-        lo, hi = float(lo), float(hi)
-        if hi == lo:
-            hi = lo + 1.0
-        width = (hi - lo) / bins
-        edges = [lo + i * width for i in range(bins + 1)]
-        scaled = (Score.value - lo) / width
-        bucket = cast(func.floor(scaled), Integer) if pg else cast(scaled, Integer)
-        for sc, b, n in session.execute(
-            select(scenario, bucket, func.count())
-            .join(Trajectory, Trajectory.id == Score.trajectory_id)
-            .where(Score.created_at >= since)
-            .group_by(scenario, bucket)
-        ):
-            hist.setdefault(sc, [0] * bins)[min(bins - 1, max(0, int(b)))] += (
-                n  # the maximum lands in the last bin
-            )
-    neg = func.sum(case((Score.value < 0, 1), else_=0))
 
-    def per(col: Any) -> list[dict[str, Any]]:
-        return [
-            {
-                "key": str(_val(k)),
-                "mean": _num(m),
-                "count": n,
-                "share_negative": (int(ng or 0) / n) if n else None,
-            }
-            for k, m, n, ng in session.execute(
-                select(col, func.avg(Score.value), func.count(), neg)
-                .join(Trajectory, Trajectory.id == Score.trajectory_id)
-                .where(Score.created_at >= since)
-                .group_by(col)
-                .order_by(col)
-            )
-        ]
+# -- jobs ----------------------------------------------------------------------------------------
 
-    judged = exists(select(1).where(Score.trajectory_id == Trajectory.id, Score.source == ScoreSource.judge))
-    scored = exists(select(1).where(Score.trajectory_id == Trajectory.id))
-    counts = session.execute(
-        select(
-            func.count(), func.sum(case((judged, 1), else_=0)), func.sum(case((scored, 1), else_=0))
-        ).where(Trajectory.created_at >= since)
-    ).one()
-    total, n_judged, n_scored = counts[0] or 0, int(counts[1] or 0), int(counts[2] or 0)
+
+@page("jobs", "/jobs", title="Jobs", live=True)
+def jobs(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    offset = params.integer("offset", 0)
+    with db.read_session() as s:
+        return {
+            "queue": queries.queue_summary(s),
+            "active": queries.active_jobs(s),
+            "queued": queries.queued_jobs(s, 50),
+            "recent": queries.list_jobs(s, limit=50, offset=offset),
+            "offset": offset,
+        }
+
+
+@page("job", "/jobs/{key}", section="jobs", live=True)
+def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    job_id = params.row_id("job_id")
+    with db.read_session() as s:
+        found = queries.get_job(s, job_id)
+        if found is None:
+            raise NotFound(f"No job {job_id}.")
+        series = queries.metric_series(s, job_id)
+        events = queries.job_events(s, job_id, limit=20)
+        versions = queries.versions(s, job_id=job_id)
+        known = queries.version_ids(s)
+    pts = series["points"]
     return {
-        "edges": edges,
-        "histograms": hist,
-        "by_scenario": per(scenario),
-        "by_source": per(Trajectory.source),
-        "by_score_source": per(Score.source),
-        "by_day": per(_day(session, Score.created_at)),
-        "trajectories": {
-            "total": total,
-            "judged": n_judged,
-            "unjudged": total - n_judged,
-            "scored": n_scored,
-            "unscored": total - n_scored,
+        "job": found,
+        "series": series,
+        "job_events": events,
+        "versions": versions,
+        "known_versions": known,
+        "loss_chart": {
+            "type": "line",
+            "empty": "No steps recorded yet.",
+            "series": [{"name": "loss", "points": [[p["step"], p["loss"]] for p in pts]}],
         },
+        "lr_chart": {
+            "type": "line",
+            "empty": "No steps recorded yet.",
+            "series": [
+                {"name": "learning rate", "color": "#d97706", "points": [[p["step"], p["lr"]] for p in pts]}
+            ],
+        },
+    }
+
+
+# -- versions, serving, quality ------------------------------------------------------------------
+
+
+@page("versions", "/versions", title="Versions", live=True)
+def versions(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    with db.read_session() as s:
+        rows = queries.versions(s, limit=200)
+        evaluations = queries.list_evaluations(s, limit=200)
+        serving = queries.serving(s)
+        history = queries.alias_events(s, limit=30)
+        known = queries.version_ids(s)
+    by_id = {v["id"]: v for v in rows}
+    # Lineage: each version under its parent, depth-first, newest branches first.
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for v in rows:
+        parent = v["parent_id"] if v["parent_id"] in by_id else None
+        children.setdefault(parent, []).append(v)
+    ordered: list[dict[str, Any]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        # A straight chain (one child each) stays at one indent: only branches indent further.
+        kids = children.get(parent, [])
+        for v in kids:
+            ordered.append({**v, "depth": min(depth, 6)})
+            walk(v["id"], depth + 1 if len(kids) > 1 or depth == 0 else depth)
+
+    walk(None, 0)
+    return {
+        "versions": ordered,
+        "evaluations": evaluations[:50],
+        "metric_keys": _metric_keys(evaluations)[:8],
+        "serving": serving,
+        "serving_ids": {a["version_id"] for a in serving},
+        "history": history,
+        "known_versions": known,
+    }
+
+
+def _metric_keys(evaluations: list[dict[str, Any]]) -> list[str]:
+    return sorted(
+        {k for e in evaluations for k, val in e["metrics"].items() if isinstance(val, (int, float))}
+    )
+
+
+@page("version", "/versions/{key}", section="versions")
+def version(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    """One version: what it is, where it came from (lineage up its parents), how it was judged, its
+    files on disk, and every alias move that involved it."""
+    from learnloop.registry import get_version, lineage
+
+    v = get_version(db, params.key or "").as_dict()
+    chain = lineage(db, v["id"])
+    parents = []
+    node = chain.get("parent")
+    while node:
+        parents.append(node["version"])
+        node = node.get("parent")
+    with db.read_session() as s:
+        evaluations = queries.list_evaluations(s, limit=100, candidate_ids=[v["id"]])
+        serving = [a for a in queries.serving(s) if v["id"] in (a["version_id"], a["candidate"])]
+        children = queries.child_versions(s, v["id"])
+        known = queries.version_ids(s)
+    return {
+        "known_versions": known,
+        "v": v,
+        "chain": chain,
+        "parents": parents,
+        "children": children,
+        "evaluations": evaluations,
+        "metric_keys": _metric_keys(evaluations),
+        "serving": serving,
+        "files": _files(v),
+        "moves": chain["promotions"],
+    }
+
+
+def _files(v: dict[str, Any]) -> list[dict[str, Any]]:
+    """The version's recorded files with their size on disk (None: the file is gone)."""
+    folder = Path(v["artifact_path"]) if v.get("artifact_path") else None
+    out = []
+    for name, digest in sorted((v.get("files") or {}).items()):
+        path = folder / name if folder is not None else None
+        size = path.stat().st_size if path is not None and path.is_file() else None
+        out.append({"name": name, "sha256": digest, "size": size})
+    return out
+
+
+@page("serving", "/serving", title="Serving", live=True)
+def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    from learnloop.watch.metrics import serving_snapshot
+
+    since = utcnow() - dt.timedelta(days=14)
+    with db.read_session() as s:
+        traffic = queries.served_traffic(s, since)
+        aliases = queries.serving(s)
+        known = queries.version_ids(s)
+    days = sorted({r["day"] for r in traffic["per_day"]})
+    counts = {(r["day"], r["version"]): r["requests"] for r in traffic["per_day"]}
+    series = [
+        {"name": v, "points": [[d, counts.get((d, v), 0)] for d in days]}
+        for v in sorted({r["version"] for r in traffic["per_day"]})
+    ]
+    from learnloop.daemon.canary import status as canary_status
+    from learnloop.store.traffic import summary as traffic_summary
+
+    with db.read_session() as s:
+        targets = traffic_summary(s, utcnow())
+    return {
+        "aliases": aliases,
+        "traffic": traffic,
+        "chart": {"type": "bars", "x": days, "series": series},
+        "process": serving_snapshot(),
+        "known_versions": known,
+        # Every target's share (an upstream's answers included, kept or sampled out) and the cost saved.
+        "targets": targets,
+        "canaries": canary_status(db, settings),
+        "upstreams": [
+            {"name": u.name, "model": u.model, "target": f"upstream:{u.name}"} for u in settings.upstreams
+        ],
+    }
+
+
+@page("quality", "/quality", title="Quality", live=True)
+def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
+    since = utcnow() - dt.timedelta(days=60)
+    with db.read_session() as s:
+        live = queries.live_reward_by_day(s, since, settings.scoring)
+        evaluations = queries.list_evaluations(s, limit=200)
+        moves = [m for m in queries.alias_events(s, limit=200, since=since) if m["action"] != "split"]
+        known = queries.version_ids(s)
+    series = [
+        {
+            "name": f"live reward · {v}",
+            "points": [[r["day"], r["reward_mean"]] for r in live if r["version"] == v],
+        }
+        for v in sorted({r["version"] for r in live})
+    ]
+    eval_series = [
+        {
+            "name": f"eval {k}",
+            "dashed": True,
+            "points": [
+                [e["created_at"][:10], e["metrics"][k]]
+                for e in reversed(evaluations)
+                if isinstance(e["metrics"].get(k), (int, float))
+            ],
+        }
+        for k in _metric_keys(evaluations)[:3]
+    ]
+    markers = [
+        {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]} for m in moves
+    ]
+    return {
+        "chart": {"type": "line", "x_is_date": True, "series": series + eval_series, "markers": markers},
+        "live": live,
+        "moves": moves,
+        "evaluations": evaluations[:20],
+        "known_versions": known,
     }

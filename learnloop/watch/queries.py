@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from learnloop.store.models import (
     Alias,
-    AliasEvent,
     Control,
     Evaluation,
     Event,
@@ -114,81 +113,48 @@ def queue_summary(session: Session) -> dict[str, Any]:
     }
 
 
-def job_view(job: Job, now: dt.datetime | None = None) -> dict[str, Any]:
-    now = now or utcnow()
-    p = job.progress or {}
-    step, total = p.get("step"), p.get("total_steps")
-    eta = _num(p.get("eta_s"))
-    if eta is None and job.state == JobState.running and job.started_at and step and total and step > 0:
-        # No ETA reported: extrapolate from the pace so far.
-        elapsed = (now - job.started_at).total_seconds()
-        eta = round(elapsed / step * max(0, total - step), 1)
-    duration = None
-    if job.started_at:
-        duration = round(((job.finished_at or now) - job.started_at).total_seconds(), 1)
-    return {
-        "id": job.id,
-        "kind": _val(job.kind),
-        "state": _val(job.state),
-        "desired_state": _val(job.desired_state),
-        "priority": job.priority,
-        "loop": job.loop,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "step": step,
-        "total_steps": total,
-        "loss": _num(p.get("loss")),
-        "tokens_per_s": _num(p.get("tokens_per_s")),
-        "eta_s": eta,
-        "error": job.error,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
-        "duration_s": duration,
-        "lease_owner": job.lease_owner,
-    }
+def _jobs(rows: Any, *, brief: bool = True) -> list[dict[str, Any]]:
+    """Jobs as the daemon shows them (``JobInfo.as_dict``): the one view of a job."""
+    from learnloop.daemon.queue import JobInfo
+
+    now = utcnow()
+    return [JobInfo.of(j).as_dict(brief=brief, now=now) for j in rows]
 
 
 def active_jobs(session: Session) -> list[dict[str, Any]]:
-    now = utcnow()
     rows = session.scalars(
         select(Job)
         .where(Job.state.in_(ACTIVE_STATES))
         .order_by(Job.started_at.desc(), Job.id.desc())
         .limit(20)
     )
-    return [job_view(j, now) for j in rows]
+    return _jobs(rows)
 
 
 def list_jobs(
     session: Session, *, state: str | None = None, limit: int = 50, offset: int = 0
 ) -> list[dict[str, Any]]:
-    now = utcnow()
     q = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if state:
         q = q.where(Job.state == JobState(state))
-    return [job_view(j, now) for j in session.scalars(q)]
+    return _jobs(session.scalars(q))
 
 
 def queued_jobs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
     q = select(Job).where(Job.state == JobState.queued).order_by(Job.priority, Job.id).limit(limit)
-    return [job_view(j) for j in session.scalars(q)]
+    return _jobs(session.scalars(q))
 
 
 def get_job(session: Session, job_id: int) -> dict[str, Any] | None:
+    """One job in full (payload, result, output), or None."""
     job = session.get(Job, job_id)
-    if job is None:
-        return None
-    view = job_view(job)
-    view.update(
-        payload=job.payload or {},
-        result=job.result or {},
-        output_tail=job.output_tail,
-        checkpoint_path=job.checkpoint_path,
-        progress=job.progress or {},
-    )
-    return view
+    return _jobs([job], brief=False)[0] if job is not None else None
+
+
+def job_events(session: Session, job_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    """The job's newest events, newest first."""
+    rows = session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id.desc()).limit(limit))
+    return [event_view(e) for e in rows]
 
 
 def metric_series(
@@ -250,31 +216,35 @@ def recent_losses(session: Session, job_id: int, window: int) -> list[tuple[int,
 # -- versions, evaluations, serving -----------------------------------------------------------
 
 
-def version_view(v: ModelVersion) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "name": v.name,
-        "state": _val(v.state),
-        "parent_id": v.parent_id,
-        "loop": v.loop,
-        "algorithm": v.algorithm,
-        "base_model": v.base_model,
-        "dataset_id": v.dataset_id,
-        "job_id": v.job_id,
-        "metrics": v.metrics or {},
-        "gate": v.gate or {},
-        "created_at": _iso(v.created_at),
-        "promoted_at": _iso(v.promoted_at),
-        "ever_served": v.ever_served,
-        "note": v.note,
-    }
+def versions(
+    session: Session, *, limit: int = 200, job_id: int | None = None, dataset_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Versions as the registry shows them (``VersionInfo.as_dict``), newest first; those a job made
+    or a dataset trained when given."""
+    from learnloop.registry.versions import version_dicts
+
+    q = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit)
+    if job_id is not None:
+        q = q.where(ModelVersion.job_id == job_id)
+    if dataset_id is not None:
+        q = q.where(ModelVersion.dataset_id == dataset_id)
+    return version_dicts(session, session.scalars(q))
 
 
-def list_versions(session: Session, limit: int = 100) -> list[dict[str, Any]]:
-    rows = session.scalars(
-        select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc()).limit(limit)
+def version_ids(session: Session) -> set[str]:
+    """Every registered version's id (what a page may link to)."""
+    return set(session.scalars(select(ModelVersion.id)))
+
+
+def child_versions(session: Session, version_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The versions trained on from ``version_id`` (id and state), oldest first."""
+    rows = session.execute(
+        select(ModelVersion.id, ModelVersion.state)
+        .where(ModelVersion.parent_id == version_id)
+        .order_by(ModelVersion.created_at, ModelVersion.id)
+        .limit(limit)
     )
-    return [version_view(v) for v in rows]
+    return [{"id": vid, "state": _val(state)} for vid, state in rows]
 
 
 def evaluation_view(e: Evaluation) -> dict[str, Any]:
@@ -327,22 +297,10 @@ def serving(session: Session) -> list[dict[str, Any]]:
 def alias_events(
     session: Session, limit: int = 200, since: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
-    q = select(AliasEvent).order_by(AliasEvent.id.desc()).limit(limit)
-    if since is not None:
-        q = q.where(AliasEvent.created_at >= since)
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "created_at": _iso(e.created_at),
-        }
-        for e in session.scalars(q)
-    ]
+    """The alias log, newest first, as the registry shows every entry (``registry.log_entry``)."""
+    from learnloop.registry.aliases import alias_log
+
+    return alias_log(session, since=since, limit=limit)
 
 
 def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
@@ -372,20 +330,36 @@ def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
     return {"per_version": per_version, "per_day": per_day}
 
 
-def live_reward_by_day(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    """Mean score on served traffic per day and version (every score aspect averaged together)."""
+def live_reward_by_day(session: Session, since: dt.datetime, scoring: Any = None) -> list[dict[str, Any]]:
+    """Mean reward of served traffic per day and version: each trajectory's reward under scoring's one
+    rule (``combine_scores``, explicit-first; ``scoring``: the ``[scoring]`` settings), then averaged,
+    so the line compares with the evaluated reward the gate saw."""
+    from learnloop.scoring.combine import CombineRule, combine_scores
+
+    rule = CombineRule.of(scoring)
     day = _day(session, Trajectory.created_at)
     version = func.coalesce(Trajectory.model_version, "base")
     q = (
-        select(day, version, func.avg(Score.value), func.count(func.distinct(Trajectory.id)))
+        select(Trajectory.id, day, version, Score.name, Score.value, Score.source)
         .join(Score, Score.trajectory_id == Trajectory.id)
         .where(Trajectory.source == Source.served, Trajectory.created_at >= since)
-        .group_by(day, version)
-        .order_by(day)
+        .order_by(Score.created_at, Score.id)
     )
+    scores: dict[str, dict[str, tuple[float, str]]] = {}
+    place: dict[str, tuple[str, str]] = {}
+    for tid, d, v, name, value, source in session.execute(q):
+        scores.setdefault(tid, {})[name] = (value, _val(source))  # newer rows overwrite older
+        place[tid] = (str(d), v)
+    sums: dict[tuple[str, str], list[float]] = {}
+    for tid, aspects in scores.items():
+        reward = combine_scores(aspects, rule)
+        if reward is not None:
+            acc = sums.setdefault(place[tid], [0.0, 0])
+            acc[0] += reward
+            acc[1] += 1
     return [
-        {"day": str(d), "version": v, "reward_mean": _num(m), "trajectories": n}
-        for d, v, m, n in session.execute(q)
+        {"day": d, "version": v, "reward_mean": _num(total / n), "trajectories": int(n)}
+        for (d, v), (total, n) in sorted(sums.items())
     ]
 
 

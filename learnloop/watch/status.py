@@ -6,14 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from learnloop.config import Settings
+from learnloop.daemon.canary import status as canary_status
 from learnloop.store.db import Database
 from learnloop.store.models import utcnow
+from learnloop.store.traffic import summary as traffic_summary
 from learnloop.watch import queries
 from learnloop.watch.host import host_health
 
 
 def build_status(db: Database, settings: Settings, *, self_role: str | None = None) -> dict[str, Any]:
-    """Loops, queue, running jobs, serving, last evaluation, trajectory counts and host health.
+    """Loops, queue, running jobs, serving, last evaluation, trajectory counts, host health, each
+    alias's traffic share per target with the cost saved against its upstreams, and running canaries.
 
     Host health is measured even when the database is down (then ``database.reachable`` is false
     and the database sections are absent), so the status itself says what is wrong.
@@ -34,5 +37,7 @@ def build_status(db: Database, settings: Settings, *, self_role: str | None = No
             serving=queries.serving(s),
             last_evaluation=queries.last_evaluation(s),
             trajectories=queries.trajectory_counts(s, now),
+            traffic=traffic_summary(s, now),
         )
+    status["canaries"] = canary_status(db, settings)
     return status

@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from learnloop.api.deps import ReadAuth, RowIdPath, WriteAuth, get_db, get_settings
 from learnloop.api.openapi import error_responses, request_body
 from learnloop.config import Settings
+from learnloop.daemon.queue import JobAction
 from learnloop.store.db import Database
-from learnloop.store.records import parse_json_body
+from learnloop.store.models import JobState
+from learnloop.store.records import JsonInt, parse_json_body
+from learnloop.training.config import TrainConfig
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 Db = Annotated[Database, Depends(get_db)]
@@ -28,19 +31,28 @@ _NO_LOOP = "No loop by that name in [[loops]]."
 _BUSY = "The loop already has a cycle queued or running."
 
 
+def _train_needs_loop_or_config(schema: dict[str, Any]) -> None:
+    # The rule _submit enforces, said in the schema: kind train (the default) names a loop or a config.
+    schema["anyOf"] = [
+        {"required": ["kind"], "properties": {"kind": {"enum": ["score", "evaluate", "export"]}}},
+        {"required": ["loop"], "properties": {"loop": {"type": "string", "minLength": 1}}},
+        {"required": ["config"], "properties": {"config": {"type": "object"}}},
+    ]
+
+
 class JobSubmit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_train_needs_loop_or_config)
 
     kind: Literal["train", "score", "evaluate", "export"] = "train"
     loop: str | None = Field(None, description="Queue a cycle of this [[loops]] entry (kind train).")
-    config: dict[str, Any] | None = Field(
-        None, description="A TrainConfig for a plain training run (kind train)."
+    config: TrainConfig | None = Field(
+        None, description="A TrainConfig for a plain training run (kind train; without a loop)."
     )
     payload: dict[str, Any] = Field(
         default_factory=dict, description="Payload of other kinds (evaluate: candidate ...)."
     )
     priority: Literal["high", "normal", "low"] = "normal"
-    max_attempts: int = Field(3, ge=1, le=20)
+    max_attempts: JsonInt = Field(3, ge=1, le=20)
     idempotency_key: str | None = Field(None, max_length=128)
 
 
@@ -50,13 +62,14 @@ _SUBMIT = TypeAdapter(JobSubmit)
 @router.get("/jobs", dependencies=Read)
 def list_jobs(
     db: Db,
-    state: str | None = None,
+    state: JobState | None = None,
     loop: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[dict[str, Any]]:
     from learnloop.daemon import queue
 
-    return [j.as_dict(brief=True) for j in queue.list_jobs(db, state=state, loop=loop, limit=limit)]
+    jobs = queue.list_jobs(db, state=state.value if state else None, loop=loop, limit=limit)
+    return [j.as_dict(brief=True) for j in jobs]
 
 
 @router.get("/jobs/{job_id}", dependencies=Read, responses=_NO_JOB)
@@ -100,10 +113,7 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
             raise ValidationFailed(
                 "A train job needs 'loop' or 'config'.", [("config", "required for kind train without loop")]
             )
-        from learnloop.daemon.cycle import validate_config
-
-        validate_config(body.config, "config")
-        payload["config"] = body.config
+        payload["config"] = body.config.model_dump(mode="json", exclude_unset=True)
     job, created = queue.submit(
         db,
         body.kind,
@@ -125,9 +135,7 @@ def _submit(body: JobSubmit, db: Database, settings: Settings) -> dict[str, Any]
         _409="The job's state does not allow the action (e.g. already finished).",
     ),
 )
-def control_job(
-    job_id: RowIdPath, action: Literal["pause", "resume", "stop", "skip", "cancel", "retry"], db: Db
-) -> dict[str, Any]:
+def control_job(job_id: RowIdPath, action: JobAction, db: Db) -> dict[str, Any]:
     from learnloop.daemon import queue
 
     return queue.control(db, job_id, action, actor="api").as_dict(brief=True)

@@ -4,13 +4,20 @@ Errors use OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``);
 and answer their own errors so the ingest API's error shape stays as it is.
 Every answer names the version that gave it (header ``x-learnloop-version`` and the ``model``
 field), and its ``id`` is the id of the trajectory it is captured as, so feedback can be sent
-on it to ``POST /v1/feedback`` of the ingest API.
+on it to ``POST /v1/trajectories/{id}/feedback`` of the ingest API. The trajectory is stored before
+the answer's end reaches the client (the whole body, or a stream's final chunk), so that feedback
+sent the instant the answer arrives always finds it.
+
+A model's answer is sent whatever text it holds: JSON escapes what UTF-8 cannot carry (a lone
+surrogate, such as bytes that were not valid UTF-8), and the capture stores it losslessly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,10 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from learnloop.api.deps import ServingKey, bearer_matches
 from learnloop.api.openapi import OPENAI_SHAPE, openai_error_responses, request_body
-from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, ValidationFailed
+from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, UpstreamFailed, ValidationFailed
 from learnloop.ids import new_id
+from learnloop.serving import confidence
 from learnloop.serving.backend import ChatRequest, Chunk
-from learnloop.serving.chat_format import normalize_messages, validate_tools
+from learnloop.serving.chat_format import ROLES, normalize_messages, validate_tools
+from learnloop.store.aliases import is_upstream
 
 log = logging.getLogger("learnloop.serving")
 
@@ -43,7 +52,21 @@ class ChatCompletionBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
-    messages: list[Any]
+    messages: list[Any] = Field(
+        json_schema_extra={
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role"],
+                "properties": {
+                    "role": {"enum": list(ROLES)},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
+                },
+            },
+        },
+        description="OpenAI chat messages; system, developer and user messages need non-empty text "
+        "content, tool calls are an assistant's, their arguments JSON text.",
+    )
     tools: list[Any] | None = None
     tool_choice: Any = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -76,7 +99,12 @@ def openai_error(
 
 
 def domain_error(exc: LearnloopError) -> JSONResponse:
-    """Our domain errors in OpenAI's shape and status."""
+    """Our domain errors in OpenAI's shape and status (an upstream's error keeps its own)."""
+    if isinstance(exc, UpstreamFailed):
+        headers = (
+            None if exc.retry_after is None else {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        )
+        return JSONResponse({"error": exc.error}, status_code=exc.status, headers=headers)
     if isinstance(exc, ValidationFailed):
         param = exc.problems[0][0] if exc.problems else None
         code = "context_length_exceeded" if "context" in str(exc) else None
@@ -204,9 +232,22 @@ def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "learnloop"}
 
 
-def _chat_request(body: ChatCompletionBody) -> ChatRequest:
-    messages = normalize_messages(body.messages)
-    tools = validate_tools(body.tools) if body.tool_choice != "none" else None
+# Fields the proxy sets itself, or that are learnloop's own (metadata carries the scenario).
+_NOT_FORWARDED = {"model", "messages", "stream", "stream_options", "metadata"}
+
+
+def _chat_request(body: ChatCompletionBody, *, upstream: bool = False) -> ChatRequest:
+    """The request a backend answers. For an upstream the messages go on as the client sent them
+    (image parts and all: the upstream decides what it takes) and so does every other field the
+    client set (``extra``); a local model gets them normalised for its chat template."""
+    if upstream:
+        messages = _checked_messages(body.messages)
+        extra = {k: v for k, v in body.model_dump(exclude_unset=True).items() if k not in _NOT_FORWARDED}
+        tools = validate_tools(body.tools)
+    else:
+        messages = normalize_messages(body.messages)
+        extra = {}
+        tools = validate_tools(body.tools) if body.tool_choice != "none" else None
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4 or any(not s for s in stop):
         raise ValidationFailed("stop takes up to 4 non-empty strings.", [("stop", "up to 4 strings")])
@@ -227,17 +268,31 @@ def _chat_request(body: ChatCompletionBody) -> ChatRequest:
         stop=stop,
         seed=body.seed,
         n=body.n,
+        extra=extra,
     )
+
+
+def _checked_messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages as sent, checked only for what every chat endpoint needs: objects with a known role."""
+    if not isinstance(messages, list) or not messages:
+        raise ValidationFailed("messages must be a non-empty array.", [("messages", "non-empty array")])
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ValidationFailed(
+                f"messages[{i}] must be an object whose role is one of {', '.join(ROLES)}.",
+                [(f"messages[{i}]", "role")],
+            )
+    return messages
 
 
 async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) -> Response:
     try:
-        chat = _chat_request(body)
         user = request.headers.get(USER_HEADER) or body.user
-        if body.model in runtime.aliases or body.model in ("base", "learnloop"):
+        if body.model in runtime.aliases or body.model in ("base", "learnloop") or is_upstream(body.model):
             route = runtime.route(body.model, user)
         else:  # a version named directly may need loading first: off the event loop
             route = await asyncio.to_thread(runtime.route, body.model, user)
+        chat = _chat_request(body, upstream=is_upstream(route.served))
     except LearnloopError as exc:
         return domain_error(exc)
     scenario = request.headers.get(SCENARIO_HEADER) or (body.metadata or {}).get("scenario")
@@ -246,7 +301,7 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
     headers = {VERSION_HEADER: route.served}
     if route.alias:
         headers["x-learnloop-alias"] = route.alias
-    stream = runtime.backend.astream(route.served, chat)
+    stream = runtime.backend_for(route.served).astream(route.served, chat)
     try:
         first = await stream.__anext__()  # errors (context, capacity) surface as a status, not mid-stream
     except StopAsyncIteration:
@@ -263,11 +318,21 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
         )
     try:
         await call.consume(first, stream)
+        await call.store()  # before the client can see the id (and send feedback on it)
     except LearnloopError as exc:
         return domain_error(exc)
     finally:
-        call.capture()
-    return JSONResponse(call.completion(), headers=headers)
+        call.capture()  # a failed or cut answer is still recorded (a no-op once stored)
+    return Response(_json(call.completion()), media_type="application/json", headers=headers)
+
+
+def _json(data: Any) -> bytes:
+    """orjson's bytes; the standard encoder's ASCII escapes when the data holds text UTF-8 cannot
+    carry (a lone surrogate: a model's bytes that were not valid UTF-8), which clients decode back."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class _Call:
@@ -287,10 +352,16 @@ class _Call:
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
         self.captured = False
+        self.upstream = runtime.upstreams.get(route.served) if is_upstream(route.served) else None
+        self.logprobs: list[list[dict[str, Any]]] = [[] for _ in range(chat.n)]
+        # An upstream may have been asked for logprobs for the capture's confidence alone.
+        self.show_logprobs = bool(chat.extra.get("logprobs"))
 
     def add(self, c: Chunk) -> None:
         if c.text and self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.started
+        if c.logprobs:
+            self.logprobs[c.index].extend(c.logprobs)
         self.texts[c.index] += c.text
         if c.finish_reason is not None:
             self.finish[c.index] = c.finish_reason
@@ -321,8 +392,14 @@ class _Call:
             }
             if self.tool_calls[i]:
                 message["tool_calls"] = self.tool_calls[i]
+            logprobs = {"content": self.logprobs[i]} if self.show_logprobs and self.logprobs[i] else None
             choices.append(
-                {"index": i, "message": message, "finish_reason": self.finish[i] or "stop", "logprobs": None}
+                {
+                    "index": i,
+                    "message": message,
+                    "finish_reason": self.finish[i] or "stop",
+                    "logprobs": logprobs,
+                }
             )
         return {
             "id": self.id,
@@ -344,7 +421,7 @@ class _Call:
             "choices": choices,
             **extra,
         }
-        return b"data: " + orjson.dumps(data) + b"\n\n"
+        return b"data: " + _json(data) + b"\n\n"
 
     async def sse(self, first: Chunk | None, stream: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         try:
@@ -362,15 +439,21 @@ class _Call:
                     except StopAsyncIteration:
                         break
                 self.add(c)
+                if c.finish_reason is not None and all(f is not None for f in self.finish):
+                    await self.store()  # the last choice ended: stored before its end is sent
                 delta: dict[str, Any] = {}
                 if c.text:
                     delta["content"] = c.text
                 if c.tool_calls:
                     delta["tool_calls"] = [{"index": k, **tc} for k, tc in enumerate(c.tool_calls)]
-                if delta:
-                    yield self._chunk([{"index": c.index, "delta": delta, "finish_reason": None}])
+                if delta or (c.logprobs and self.show_logprobs):
+                    choice: dict[str, Any] = {"index": c.index, "delta": delta, "finish_reason": None}
+                    if c.logprobs and self.show_logprobs:
+                        choice["logprobs"] = {"content": c.logprobs}
+                    yield self._chunk([choice])
                 if c.finish_reason is not None:
                     yield self._chunk([{"index": c.index, "delta": {}, "finish_reason": c.finish_reason}])
+            await self.store()  # a no-op unless the stream ended without a finish reason
             opts = self.body.stream_options
             if opts is not None and opts.include_usage:
                 yield self._chunk([], usage=self.usage())
@@ -378,7 +461,7 @@ class _Call:
         except Exception as exc:  # after the headers went out an error can only be an event
             if not isinstance(exc, LearnloopError):
                 log.exception("generation failed mid-stream (%s)", self.id)
-            yield b"data: " + orjson.dumps({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
+            yield b"data: " + _json({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
         finally:
             await stream.aclose()  # on a disconnect: stops decoding and frees the slot
             self.capture()
@@ -387,52 +470,89 @@ class _Call:
         """Run the candidate on the same request in the background; only its capture is kept."""
 
         async def shadow() -> None:
+            target = self.route.shadow
+            chat = self.chat
+            if is_upstream(target) != is_upstream(self.route.served):  # the other kind of backend
+                chat = _chat_request(self.body, upstream=is_upstream(target))
             try:
-                results = await self.runtime.backend.achat(self.route.shadow, self.chat)
+                results = await self.runtime.backend_for(target).achat(target, chat)
             except Exception as exc:  # a busy or failing candidate never affects the answer
-                log.info("shadow run on %s skipped: %s", self.route.shadow, exc)
+                log.info("shadow run on %s skipped: %s", target, exc)
                 return
             cap = self.runtime.capture
-            if cap is not None and results:
-                r = results[0]
-                cap.record(
-                    new_id(),
-                    messages=self.body.messages,
-                    answer=r.text,
-                    tool_calls=r.tool_calls,
-                    model=self.route.shadow,
-                    scenario=self.scenario,
-                    tools=self.chat.tools,
-                    group=self.id,
-                    metadata={
-                        "shadow": True,
-                        "shadow_of": self.id,
-                        "alias": self.route.alias,
-                        "finish_reason": r.finish_reason,
-                    },
-                )
+            if cap is None or not results:
+                return
+            r = results[0]
+            fields: dict[str, Any] = dict(
+                messages=self.body.messages,
+                answer=r.text,
+                tool_calls=r.tool_calls,
+                model=target,
+                scenario=self.scenario,
+                tools=self.chat.tools,
+                group=self.id,
+                metadata={
+                    "shadow": True,
+                    "shadow_of": self.id,
+                    "alias": self.route.alias,
+                    "finish_reason": r.finish_reason,
+                    "usage": {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens},
+                },
+            )
+            if is_upstream(target):  # teacher data, sampled like any upstream answer
+                up = self.runtime.upstreams[target]
+                fields.update(model=up.model, model_version=target, source="teacher")
+                cap.queue([cap.build(new_id(), **fields)])
+            else:
+                cap.record(new_id(), **fields)
 
         task = asyncio.get_running_loop().create_task(shadow())
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    def capture(self) -> None:
-        """Once per completion: the serving metrics, then the trajectories (queued, never awaited)."""
-        if self.captured:
+    async def store(self) -> None:
+        """Once per completion: the serving metrics, then the trajectories written before the answer
+        ends (off the event loop; queued instead when the database cannot take them now)."""
+        records = self._records()
+        if not records:
             return
+        if self.upstream is not None:
+            # An upstream's answer is teacher data: sampled, and queued so it never delays the answer.
+            self.runtime.capture.queue(records)
+        else:
+            await asyncio.to_thread(self.runtime.capture.store, records)
+
+    def capture(self) -> None:
+        """Once per completion, when ``store`` did not run (an error, a client gone): the serving
+        metrics, then the trajectories, queued through the background writer."""
+        records = self._records()
+        if records and self.upstream is not None:
+            self.runtime.capture.queue(records)
+            return
+        for record in records:
+            self.runtime.capture.client.submit_trajectory(record, force=True)
+
+    def _records(self) -> list[dict[str, Any]]:
+        """The first call only: observe the serving metrics, then build one trajectory per choice."""
+        if self.captured:
+            return []
         self.captured = True
-        from learnloop.api.metrics import observe_serving
+        from learnloop.watch import observe_serving
 
         cut = any(f in (None, "cancelled") for f in self.finish)
+        elapsed = time.perf_counter() - self.started
+        latency_ms = round(elapsed * 1000, 2)
         observe_serving(
             None if self.route.served == "base" else self.route.served,
             sum(self.completion_tokens),
-            time.perf_counter() - self.started,
+            elapsed,
             status="cut" if cut else "ok",
         )
+        self.runtime.count(self.route, self.prompt_tokens, sum(self.completion_tokens), ok=not cut)
         cap = self.runtime.capture
         if cap is None:
-            return
+            return []
+        records = []
         for i in range(self.chat.n):
             cut = self.finish[i] in (None, "cancelled")
             meta: dict[str, Any] = {
@@ -460,18 +580,31 @@ class _Call:
                 meta["request_metadata"] = self.body.metadata
             if self.first_token_s is not None:
                 meta["ttft_s"] = round(self.first_token_s, 4)
-            tid = self.id if i == 0 else new_id()
-            cap.record(
-                tid,
-                messages=self.body.messages,
-                answer=self.texts[i],
-                tool_calls=self.tool_calls[i],
-                model=self.route.served,
-                scenario=self.scenario,
-                tools=self.chat.tools,
-                metadata=meta,
-                group=self.id if self.chat.n > 1 else None,
-            )
+            meta["latency_ms"] = latency_ms
+            who: dict[str, Any] = {"model": self.route.served}
+            if self.upstream is not None:
+                meta["upstream"] = self.upstream.name
+                conf = confidence(self.logprobs[i])
+                if conf is not None:
+                    meta["confidence"] = conf  # what capture.keep_confident keeps
+                who = {"model": self.upstream.model, "model_version": self.route.served, "source": "teacher"}
+            try:
+                records.append(
+                    cap.build(
+                        self.id if i == 0 else new_id(),
+                        messages=self.body.messages,
+                        answer=self.texts[i],
+                        tool_calls=self.tool_calls[i],
+                        scenario=self.scenario,
+                        tools=self.chat.tools,
+                        metadata=meta,
+                        group=self.id if self.chat.n > 1 else None,
+                        **who,
+                    )
+                )
+            except Exception:  # capture must never break serving
+                log.exception("could not capture served answer %s (choice %d)", self.id, i)
+        return records
 
 
 _background: set[asyncio.Task] = set()  # shadow runs, referenced until done

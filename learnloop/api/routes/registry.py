@@ -8,71 +8,84 @@ client without the token gets 401 whatever it sends), and run the registry off t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth
+from learnloop.api.deps import ROW_ID_MAX, DbDep, ReadAuth, RowIdPath, SettingsDep, WriteAuth, request_actor
 from learnloop.api.openapi import error_responses, request_body
-from learnloop.store.records import parse_json_body
+from learnloop.api.routes.aliases import AliasName
+from learnloop.registry import EXPORT_NAME, OLLAMA_NAME
+from learnloop.store.records import JsonBool, JsonInt, parse_json_body
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 
 
-def _actor(request: Request, given: str | None) -> str:
-    who = "api-token" if request.app.state.settings.api_token is not None else "api"
-    return f"{who}:{given}" if given else who
+class _Body(BaseModel):
+    # A misspelt field is a mistake to report, not to drop (and the document says no others are taken).
+    model_config = ConfigDict(extra="forbid")
 
 
-class RegisterIn(BaseModel):
-    adapter_dir: str = Field(description="A training run folder or LoRA adapter folder on the server's disk.")
-    base_model: str | None = None
+# A path the server reads, as a request gives it: absolute, taken as it is (never expanded with '~',
+# which names the server's users' homes), no NUL (no file system takes it).
+ServerPath = Annotated[str, Field(pattern=r"^/[^\x00]*$", max_length=4096)]
+
+
+class RegisterIn(_Body):
+    adapter_dir: ServerPath = Field(
+        description="Absolute path of a training run folder or LoRA adapter folder on the server's disk."
+    )
+    base_model: str | None = Field(
+        None,
+        pattern=r"^[^~\x00][^\x00]*$",
+        description="A prepared model name or an absolute path on the server (default: the adapter's).",
+    )
     parent_id: str | None = None
-    dataset_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
-    job_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
+    dataset_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
+    job_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
     loop: str | None = None
     name: str | None = None
     note: str | None = None
     actor: str | None = None
 
 
-class MoveIn(BaseModel):
-    alias: str = "learnloop"
+class MoveIn(_Body):
+    alias: AliasName = "learnloop"
     reason: str | None = None
-    evaluation_id: int | None = Field(None, ge=0, le=ROW_ID_MAX)
-    force: bool = False
+    evaluation_id: JsonInt | None = Field(None, ge=0, le=ROW_ID_MAX)
+    force: JsonBool = False
     actor: str | None = None
 
 
-class RollbackIn(BaseModel):
-    alias: str = "learnloop"
-    reason: str | None = None
-    actor: str | None = None
-
-
-class RestoreIn(BaseModel):
+class RestoreIn(_Body):
     loop: str | None = None
-    serve: bool = False
-    force: bool = False
+    serve: JsonBool = False
+    force: JsonBool = False
     reason: str | None = None
     actor: str | None = None
 
 
-class EvaluateIn(BaseModel):
+class EvaluateIn(_Body):
     candidate: str
     baseline: str = Field("serving", description="serving, base, a version id, or teacher.")
     scenario: str | None = None
-    limit: int | None = Field(None, ge=1, le=ROW_ID_MAX)
-    judge: bool | None = None
+    limit: JsonInt | None = Field(None, ge=1, le=ROW_ID_MAX)
+    judge: JsonBool | None = None
 
 
-class ExportIn(BaseModel):
+class ExportIn(_Body):
     format: Literal["merged", "gguf", "ollama"] = "merged"
     quant: Literal["f32", "f16", "q8_0"] = "q8_0"
-    out: str | None = None
-    ollama_name: str | None = None
+    out: str | None = Field(
+        None,
+        pattern=EXPORT_NAME,
+        description="Name of the folder under the data dir's exports/ to write (default <id>-<format>): "
+        "a name, not a path; `learnloop versions export --out` writes anywhere.",
+    )
+    ollama_name: str | None = Field(None, pattern=OLLAMA_NAME)
 
 
 def _body(model: type[BaseModel]) -> tuple[TypeAdapter[Any], dict[str, Any]]:
@@ -82,7 +95,6 @@ def _body(model: type[BaseModel]) -> tuple[TypeAdapter[Any], dict[str, Any]]:
 
 _REGISTER, _REGISTER_DOC = _body(RegisterIn)
 _MOVE, _MOVE_DOC = _body(MoveIn)
-_ROLLBACK, _ROLLBACK_DOC = _body(RollbackIn)
 _RESTORE, _RESTORE_DOC = _body(RestoreIn)
 _EVALUATE, _EVALUATE_DOC = _body(EvaluateIn)
 _EXPORT, _EXPORT_DOC = _body(ExportIn)
@@ -150,7 +162,7 @@ def trajectory_lineage_route(trajectory_id: str, db: DbDep) -> dict[str, Any]:
     responses=error_responses(
         404,
         409,
-        _404="The parent version or the dataset does not exist.",
+        _404="No adapter at adapter_dir, or the parent version or the dataset does not exist.",
         _409="The adapter folder cannot be placed in the registry.",
     ),
 )
@@ -161,6 +173,7 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
     body: RegisterIn = await _read(request, _REGISTER)
 
     def run() -> dict[str, Any]:
+        _adapter_exists(body.adapter_dir)
         vid = register_version(
             db,
             settings,
@@ -172,11 +185,24 @@ async def register_route(db: DbDep, settings: SettingsDep, request: Request) -> 
             loop=body.loop,
             name=body.name,
             note=body.note,
-            actor=_actor(request, body.actor),
+            actor=request_actor(request, body.actor),
         )
         return get_version(db, vid).as_dict()
 
     return await run_in_threadpool(run)
+
+
+def _adapter_exists(adapter_dir: str) -> None:
+    """404 when the request names a folder holding no adapter (a path is a resource the request names)."""
+    from learnloop.errors import NotFound, ValidationFailed
+    from learnloop.registry import find_adapter
+
+    try:
+        find_adapter(Path(adapter_dir))
+    except ValidationFailed as exc:
+        raise NotFound(str(exc)) from None
+    except OSError as exc:  # a name too long for the file system, a folder it may not read
+        raise NotFound(f"No adapter can be read at {adapter_dir[:200]!r}: {exc.strerror or exc}.") from None
 
 
 @router.post(
@@ -203,28 +229,11 @@ async def promote_route(
         settings,
         version_id,
         alias=body.alias,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
         reason=body.reason,
         evaluation_id=body.evaluation_id,
         force=body.force,
     )
-
-
-@router.post(
-    "/aliases/rollback",
-    **_WRITE,
-    openapi_extra=_ROLLBACK_DOC,
-    responses=error_responses(409, _409="Nothing earlier to roll back to, or that version is gone."),
-)
-async def rollback_route(db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
-    """Serve what the alias served before (repeated: v3 -> v2 -> v1 -> base)."""
-    from learnloop.registry import rollback
-
-    body: RollbackIn = await _read(request, _ROLLBACK)
-    target = await run_in_threadpool(
-        rollback, db, settings, alias=body.alias, actor=_actor(request, body.actor), reason=body.reason
-    )
-    return {"alias": body.alias, "version_id": target}
 
 
 @router.post(
@@ -253,7 +262,7 @@ async def restore_route(
         serve=body.serve,
         force=body.force,
         reason=body.reason,
-        actor=_actor(request, body.actor),
+        actor=request_actor(request, body.actor),
     )
     return restored.as_dict()
 
@@ -273,7 +282,7 @@ def delete_route(
 ) -> dict[str, Any]:
     from learnloop.registry import delete_version
 
-    delete_version(db, settings, version_id, force=force, actor=_actor(request, None))
+    delete_version(db, settings, version_id, force=force, actor=request_actor(request, None))
     return {"deleted": version_id}
 
 
@@ -286,10 +295,11 @@ def delete_route(
     ),
 )
 async def export_route(version_id: str, db: DbDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
-    """Write merged weights, a GGUF file or an Ollama Modelfile on the server's disk (blocks until done).
+    """Write merged weights, a GGUF file or an Ollama Modelfile under the data dir's exports/ folder
+    (blocks until done); ``out`` names the folder there.
 
     400 names what cannot be exported (an unsupported architecture, an unknown chat format)."""
-    from learnloop.registry import export_version
+    from learnloop.registry import export_version, named_export_dir
 
     body: ExportIn = await _read(request, _EXPORT)
     result = await run_in_threadpool(
@@ -299,33 +309,10 @@ async def export_route(version_id: str, db: DbDep, settings: SettingsDep, reques
         version_id,
         fmt=body.format,
         quant=body.quant,
-        out=body.out,
+        out=named_export_dir(settings, body.out) if body.out else None,
         ollama_name=body.ollama_name,
     )
     return result.as_dict()
-
-
-@router.get("/aliases/history", **_READ)
-def alias_history_route(
-    db: DbDep, alias: str | None = None, limit: int = Query(200, ge=1, le=5000)
-) -> list[dict[str, Any]]:
-    """The append-only alias log, newest first."""
-    from learnloop.store.aliases import alias_history
-
-    return [
-        {
-            "id": e.id,
-            "alias": e.alias,
-            "action": e.action,
-            "from": e.from_version,
-            "to": e.to_version,
-            "actor": e.actor,
-            "reason": e.reason,
-            "evaluation_id": e.evaluation_id,
-            "at": e.created_at.isoformat(),
-        }
-        for e in alias_history(db, alias, limit)
-    ]
 
 
 @router.get("/evaluations", **_READ)
@@ -343,11 +330,15 @@ def list_evaluations_route(
     responses=error_responses(404, _404="Neither an evaluation id nor a version id with an evaluation."),
 )
 def compare_route(
-    db: DbDep, a: str = Query(...), b: str = Query(...), top: int = Query(5, ge=1, le=100)
+    db: DbDep,
+    settings: SettingsDep,
+    a: str = Query(...),
+    b: str = Query(...),
+    top: int = Query(5, ge=1, le=100),
 ) -> dict[str, Any]:
     from learnloop.evaluation import compare_evaluations
 
-    return compare_evaluations(db, a, b, top=top)
+    return compare_evaluations(db, a, b, top=top, settings=settings)
 
 
 @router.get(

@@ -11,10 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from learnloop.api import metrics
 from learnloop.api.deps import DbDep, ReadAuth, SettingsDep
-from learnloop.watch.host import readiness
-from learnloop.watch.status import build_status
+from learnloop.watch import build_status, readiness, render_metrics
 
 log = logging.getLogger("learnloop.api")
 router = APIRouter(tags=["status"])
@@ -63,5 +61,5 @@ def readyz(db: DbDep, settings: SettingsDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 async def prometheus_metrics(db: DbDep, settings: SettingsDep) -> Response:
     """Prometheus text exposition: process counters plus gauges read from the database."""
-    body = await run_in_threadpool(metrics.render, db, settings.watch.metrics_window_hours)
+    body = await run_in_threadpool(render_metrics, db, settings.watch.metrics_window_hours)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
