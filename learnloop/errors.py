@@ -51,6 +51,15 @@ class Overloaded(LearnloopError):
         self.retry_after = retry_after
 
 
+class NoLearningSignal(LearnloopError):
+    """A training run found nothing to learn from (every sample of its prompts scored alike, or none
+    reached the bar) and stopped before training on nothing. ``stats`` says what it saw."""
+
+    def __init__(self, message: str, stats: dict[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats or {}
+
+
 class UpstreamFailed(LearnloopError):
     """An upstream provider answered with an error, timed out, or could not be reached.
 

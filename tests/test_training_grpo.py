@@ -1,5 +1,8 @@
 """GRPO objective: advantages, the clipped surrogate, record validation, and that offline and online
-training move the policy towards higher reward (end to end through ``learnloop.training.run.train``)."""
+training move the policy towards higher reward (end to end through ``learnloop.training.run.train``).
+
+The online tests here use the deprecated ``grpo.reward_fn`` (plain ``(prompt, completion)`` functions),
+which must keep working; tests/test_training_rollout.py covers registered rewards and the judge."""
 
 from __future__ import annotations
 
@@ -11,9 +14,16 @@ from typing import Any
 import pytest
 import torch
 
-from learnloop.errors import ConfigError, ValidationFailed
+from learnloop.errors import ConfigError, NoLearningSignal, ValidationFailed
 from learnloop.training.grpo import clipped_surrogate, group_advantages, token_logprobs
-from training_support import adapter_weights, make_config, objective_for, write_jsonl
+from training_support import make_config, objective_for, write_jsonl
+
+# The deprecated reward_fn (and grpo sampling keys) warn each time a config or objective is built; those
+# warnings are tested once (below, and in test_training_rollout.py).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:grpo.reward_fn:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:grpo.*moved to the rollout section:FutureWarning"),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -267,11 +277,20 @@ def test_reward_fn_from_a_python_file(tiny_model_dir: Path, tmp_path: Path) -> N
         "def score(prompt, completion, answer):\n    return float(completion == answer)\n"
     )
     obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": f"{tmp_path / 'verifier.py'}:score"})
-    assert (
-        obj.reward_fn is not None
-        and obj.reward_fn([], "4", answer="4") == 1.0
-        and obj.reward_fn([], "5", answer="4") == 0.0
-    )
+    fn = obj.scorer.legacy
+    assert fn is not None and fn([], "4", answer="4") == 1.0 and fn([], "5", answer="4") == 0.0
+
+
+def test_reward_fn_is_deprecated_but_scores_through_the_reward_rule(tiny_model_dir: Path) -> None:
+    """The old signature still trains; it warns once per run, naming what replaces it."""
+    from learnloop.training.rollout import Candidate
+
+    with pytest.warns(FutureWarning, match=r"grpo.reward_fn .*deprecated.*rollout.rewards"):
+        obj, _ = objective_for(tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:wants_answer"})
+    prompt = obj.prepare({"prompt": _user("q"), "answer": "x"}, 1).data["prompt"]
+    got = obj.scorer.score(prompt, [Candidate(_asst("x y"), "x y"), Candidate(_asst("z"), "z")])
+    assert got.rewards == pytest.approx([1.03, 0.01])  # the function's own values: one aspect is itself
+    assert got.aspects[0] == {"reward_fn": pytest.approx(1.03)}
 
 
 def _tiny_peft(tiny_model_dir: Path) -> Any:
@@ -310,7 +329,7 @@ def test_online_compute_samples_groups_and_passes_record_extras(tiny_model_dir: 
         obj.prepare({"prompt": _user("what is two plus two?"), "answer": "four"}, 1),
         obj.prepare({"prompt": "count", "answer": "0 1 2", "level": 2}, 2),
     ]
-    assert exs[0].length == len(exs[0].data["prompt_ids"]) + 5
+    assert exs[0].length == len(exs[0].data["prompt"].ids) + 5
     batch = obj.collate(exs)
     # Left padding, so that generation continues every prompt at the right edge.
     assert batch["prompt_mask"][1, 0] == 0 and batch["prompt_mask"][:, -1].tolist() == [1, 1]
@@ -377,7 +396,7 @@ def test_reward_fn_without_kwargs_gets_only_the_extras_it_names(tiny_model_dir: 
         tiny_model_dir, "grpo", grpo={"reward_fn": "grpo_rewards:wants_answer", "max_new_tokens": 3}
     )
     ex = obj.prepare({"prompt": _user("q"), "answer": "x", "source": "gsm8k"}, 1)
-    assert ex.data["extras"] == {"answer": "x"}
+    assert ex.data["prompt"].legacy_extras == {"answer": "x"}
     out = obj.compute(
         _tiny_peft(tiny_model_dir), obj.collate([ex])
     )  # would raise TypeError -> ConfigError on 'source'
@@ -468,7 +487,7 @@ def test_online_grpo_raises_a_verifiable_reward(tiny_model_dir: Path, tmp_path: 
     assert all(m["completion_length"] > 0 for m in metrics)
 
 
-def test_online_ties_everywhere_train_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_online_ties_everywhere_say_so_instead_of_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     from learnloop.training.run import train
 
     prompts = [{"prompt": _user(t)} for t in ["hello", "count"]]
@@ -480,15 +499,17 @@ def test_online_ties_everywhere_train_nothing(tiny_model_dir: Path, tmp_path: Pa
         batch_size=2,
         max_steps=3,
         checkpoint_every=3,
-        grpo={"reward_fn": "grpo_rewards:constant", "num_generations": 2, "max_new_tokens": 3},
+        grpo={"reward_fn": "grpo_rewards:constant"},
+        rollout={"num_generations": 2, "max_new_tokens": 3},
     )
-    result = train(cfg)
-    metrics = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
-    assert [m["skipped_groups"] for m in metrics] == [2.0, 2.0, 2.0]
-    assert [m["loss"] for m in metrics] == [0.0, 0.0, 0.0]
-    # Zero gradients from step one: AdamW never moves, so LoRA's B stays at its zero init.
-    weights = adapter_weights(result.adapter_dir)
-    assert all(float(w.abs().max()) == 0.0 for k, w in weights.items() if "lora_B" in k)
+    events = []
+    flat = r"first 2 prompts every sampled answer .* scored the same"
+    with pytest.raises(NoLearningSignal, match=flat) as exc:
+        train(cfg, progress=events.append)
+    assert "rewards seen: 1" in str(exc.value) and exc.value.stats["best_reward"] == 1.0
+    assert [e.kind for e in events] == ["start", "no_signal"]  # no step was taken, none was logged
+    assert events[-1].message == str(exc.value)
+    assert not (tmp_path / "run" / "adapter").exists() and not list((tmp_path / "run").glob("checkpoint-*"))
 
 
 def test_training_script_runs_online_grpo_with_a_reward_file(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from learnloop.cli.main import echo_json, settings
 
 @click.group("datasets")
 def datasets_group() -> None:
-    """Build SFT / DPO / GRPO / holdout datasets from scored trajectories, and inspect them."""
+    """Build SFT / DPO / GRPO / KTO / prompts / holdout datasets from scored trajectories; inspect them."""
 
 
 @datasets_group.command("build")
-@click.argument("kind", type=click.Choice(["sft", "dpo", "grpo", "holdout"]))
+@click.argument("kind", type=click.Choice(["sft", "dpo", "grpo", "kto", "prompts", "holdout"]))
 @click.option("--lookback-hours", type=float, help="Only trajectories created in the last N hours.")
 @click.option("--window", "window_id", help="Only trajectories of this capture window id.")
 @click.option("--scenario", help="Only trajectories of this scenario.")
@@ -45,7 +45,14 @@ def datasets_group() -> None:
 @click.option(
     "--tag", "tags", multiple=True, help="Only trajectories carrying this tag (repeatable: all required)."
 )
-@click.option("--min-reward", type=float, help="SFT/holdout: least combined reward.")
+@click.option(
+    "--min-reward", type=float, help="SFT/holdout: least combined reward; KTO: the desirable bar (0.5)."
+)
+@click.option(
+    "--max-undesirable-reward",
+    type=float,
+    help="KTO: most reward of an undesirable answer (default: anything below the desirable bar).",
+)
 @click.option(
     "--top-fraction", type=click.FloatRange(0, 1, min_open=True), help="SFT: keep this share of the best."
 )
@@ -103,6 +110,7 @@ def build_cmd(kind: str, **opts: Any) -> None:
         "sources": list(opts["sources"]),
         "tags": list(opts["tags"]),
         "min_reward": opts["min_reward"],
+        "max_undesirable_reward": opts["max_undesirable_reward"],
         "top_fraction": opts["top_fraction"],
         "teacher_bypass_reward": not opts["teacher_needs_reward"],
         "min_group_size": opts["min_group_size"],
@@ -209,7 +217,7 @@ def windows_cmd(
 
 
 @datasets_group.command("list")
-@click.option("--kind", type=click.Choice(["sft", "dpo", "grpo", "holdout"]))
+@click.option("--kind", type=click.Choice(["sft", "dpo", "grpo", "kto", "prompts", "holdout"]))
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_cmd(kind: str | None, limit: int, as_json: bool) -> None:

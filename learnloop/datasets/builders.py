@@ -11,6 +11,13 @@ notes in a :class:`BuildReport` why every row it passes over was left out.
   gap is at least the margin; plus (correction, original answer) pairs from feedback.
 - GRPO ``{"prompt": [...], "completions": [[...], ...], "rewards": [...]}``: groups of at least k
   scored trajectories sharing a prompt; group-normalised advantages go into the stats.
+- KTO ``{"prompt": [...], "completion": [...], "label": bool}``: unpaired good and bad answers, from the
+  combined reward (feedback included): desirable at or above ``min_reward`` (default 0.5), undesirable
+  below it (or at most ``max_undesirable_reward`` when set: the answers in between are left out); a
+  feedback correction gives the corrected answer as desirable and the original one as undesirable.
+- prompts ``{"prompt": [...], "completion"?, "reward"?, "scenario", "tags", "metadata", "tools"?, "id"}``:
+  one record per distinct prompt, for rollouts (online GRPO, RFT): the policy answers it itself; the
+  best-rewarded stored answer comes along as ``completion`` (RFT may train it if it passes its bar).
 - holdout ``{"id", "prompt", "completion", "reward", "scenario"}``: the held-out split, for evaluation.
 
 Every builder also takes ``prompts``: build only from the rows with these prompt hashes, so that a
@@ -31,7 +38,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from learnloop.config import ScoringSettings
-from learnloop.datasets.filters import DatasetFilters, group_columns, latest_corrections, stream_rows
+from learnloop.datasets.filters import (
+    ROW_COLUMNS,
+    DatasetFilters,
+    group_columns,
+    latest_corrections,
+    stream_rows,
+)
 from learnloop.datasets.guardrails import (
     Conversation,
     check_messages,
@@ -47,6 +60,7 @@ _MESSAGE_INDEX = re.compile(r"message \d+")
 # The [scoring] settings (weights + combine rule), or just weights: how scores become one reward.
 RewardRule = ScoringSettings | CombineRule | Mapping[str, float]
 MAX_LISTED = 1000  # rejected rows and GRPO groups listed one by one in the stats; the rest are counted
+KTO_DEFAULT_MIN_REWARD = 0.5  # the desirable bar: a thumbs up, success, 4-5 stars, a passed verifier
 
 
 @dataclass
@@ -332,6 +346,119 @@ def build_grpo(
         )
 
 
+def build_kto(
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+) -> Iterator[Item]:
+    good_min = KTO_DEFAULT_MIN_REWARD if f.min_reward is None else f.min_reward
+    bad_max = f.max_undesirable_reward
+    corrections = latest_corrections(session, f, Split.train) if f.include_corrections else {}
+    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size):
+        report.funnel["scanned"] += 1
+        if row.id in corrections:
+            yield from _kto_correction(row, *corrections[row.id], report)
+            continue
+        if reward is None:
+            report.funnel["unscored"] += 1
+            continue
+        if reward >= good_min:
+            label = True
+        elif bad_max is None or reward <= bad_max:
+            label = False
+        else:
+            report.funnel["between_bars"] += 1
+            continue
+        reason = check_messages(row.messages)
+        if reason:
+            report.reject(row.id, reason)
+            continue
+        report.funnel["desirable" if label else "undesirable"] += 1
+        yield _kto_item(row.id, row.messages, label, reward)
+
+
+def _kto_item(item_id: str, messages: Conversation, label: bool, reward: float | None) -> Item:
+    prompt, completion = split_prompt(messages)
+    record = {"prompt": prompt, "completion": completion, "label": label}
+    return Item(item_id, record, [messages], conversation_text(messages), reward)
+
+
+def _kto_correction(row: Any, fid: int, correction: Any, report: BuildReport) -> Iterator[Item]:
+    """The corrected answer is desirable; the answer it corrected is undesirable."""
+    msg, why = correction_message(correction)
+    reason = check_messages(row.messages)
+    if reason or msg is None:
+        report.reject(f"fb:{fid}", reason or why or "unusable correction")
+        return
+    prompt, _ = split_prompt(row.messages)
+    report.funnel["corrections"] += 1
+    report.funnel["desirable"] += 1
+    report.funnel["undesirable"] += 1
+    yield _kto_item(f"fb:{fid}", prompt + [msg], True, None)
+    yield _kto_item(row.id, row.messages, False, None)
+
+
+PROMPT_COLUMNS = (*ROW_COLUMNS, Trajectory.meta, Trajectory.tools)
+
+
+def build_prompts(
+    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+) -> Iterator[Item]:
+    """One record per distinct prompt; rows arrive sorted by prompt hash, so one prompt is in memory."""
+    best: tuple[Any, float | None] | None = None
+    current = None
+    answers = 0
+    order = group_columns("prompt")
+    for row, reward in _rows_with_rewards(
+        session,
+        f,
+        Split.train,
+        weights,
+        chunk_size,
+        order_by=order,
+        extra_where=[c.is_not(None) for c in order],
+        columns=PROMPT_COLUMNS,
+    ):
+        report.funnel["scanned"] += 1
+        if row.prompt_hash != current:
+            if best is not None:
+                yield _prompt_item(*best, answers, report)
+            current, best, answers = row.prompt_hash, None, 0
+        reason = check_messages(row.messages, need_completion=False)
+        if reason:
+            report.reject(row.id, reason)
+            continue
+        answers += 1
+        # The best-rewarded answer comes along: rows arrive oldest first, so among equals (or when
+        # none is scored) the newest wins.
+        if best is None or _rank(reward) >= _rank(best[1]):
+            best = (row, reward)
+    if best is not None:
+        yield _prompt_item(*best, answers, report)
+
+
+def _rank(reward: float | None) -> tuple[bool, float]:
+    return (reward is not None, reward if reward is not None else 0.0)
+
+
+def _prompt_item(row: Any, reward: float | None, answers: int, report: BuildReport) -> Item:
+    prompt, completion = split_prompt(row.messages)
+    record: dict[str, Any] = {
+        "id": row.id,
+        "prompt": prompt,
+        "scenario": row.scenario,
+        "tags": list(row.tags or []),
+        "metadata": dict(row.meta or {}),
+    }
+    if row.tools:
+        record["tools"] = row.tools
+    if completion:
+        record["completion"] = completion
+        if reward is not None:
+            record["reward"] = reward
+    report.funnel["prompts"] += 1
+    report.funnel["answers"] += answers
+    return Item(row.id, record, [prompt + completion], conversation_text(prompt), reward)
+
+
 def build_holdout(
     session: Session,
     f: DatasetFilters,
@@ -360,4 +487,11 @@ def build_holdout(
         yield Item(row.id, record, [row.messages], conversation_text(row.messages), reward)
 
 
-BUILDERS = {"sft": build_sft, "dpo": build_dpo, "grpo": build_grpo, "holdout": build_holdout}
+BUILDERS = {
+    "sft": build_sft,
+    "dpo": build_dpo,
+    "grpo": build_grpo,
+    "kto": build_kto,
+    "prompts": build_prompts,
+    "holdout": build_holdout,
+}

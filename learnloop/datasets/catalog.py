@@ -38,7 +38,7 @@ from learnloop.paths import data_dir
 from learnloop.store.db import Database
 from learnloop.store.models import Dataset, Split
 
-TRAINING_KINDS = ("sft", "dpo", "grpo")
+TRAINING_KINDS = ("sft", "dpo", "grpo", "kto")
 _FLUSH_EVERY = 256
 
 
@@ -289,9 +289,12 @@ def _stats(
     seconds: float,
 ) -> dict[str, Any]:
     rewards = sorted(w.rewards)
-    of = {"sft": "trajectory reward", "dpo": "chosen - rejected reward", "grpo": "group mean reward"}.get(
-        kind, "trajectory reward"
-    )
+    of = {
+        "sft": "trajectory reward",
+        "dpo": "chosen - rejected reward",
+        "grpo": "group mean reward",
+        "prompts": "best stored answer's reward",
+    }.get(kind, "trajectory reward")
     stats: dict[str, Any] = {
         "count": len(w.ids),
         "length": length_report(w.lengths, max_length, w.ids, counter=counter.name),
@@ -328,6 +331,8 @@ def _item_from_record(kind: str, item_id: str, record: dict[str, Any]) -> Item:
         convs = [record["messages"]]
     elif kind == "dpo":
         convs = [record["prompt"] + record["chosen"], record["prompt"] + record["rejected"]]
+    elif kind == "kto":
+        convs = [record["prompt"] + record["completion"]]
     else:
         convs = [record["prompt"] + c for c in record["completions"]]
     return Item(item_id, record, convs, "\n---\n".join(conversation_text(c) for c in convs))

@@ -16,8 +16,8 @@ from learnloop.config import DatasetSettings
 from learnloop.errors import ValidationFailed, invalid, problems_text
 from learnloop.store.models import Feedback, Source, Split, Trajectory, utcnow
 
-Kind = Literal["sft", "dpo", "grpo", "holdout"]
-KINDS: tuple[str, ...] = ("sft", "dpo", "grpo", "holdout")
+Kind = Literal["sft", "dpo", "grpo", "kto", "prompts", "holdout"]
+KINDS: tuple[str, ...] = ("sft", "dpo", "grpo", "kto", "prompts", "holdout")
 GroupBy = Literal["prompt", "group", "scenario"]
 
 # Columns the builders read; the ORM entity is not loaded (rows are plain tuples, cheaper to stream).
@@ -64,7 +64,16 @@ class DatasetFilters(BaseModel):
     tags: list[str] = Field(
         default_factory=list, description="Only trajectories carrying every one of these tags."
     )
-    min_reward: float | None = Field(None, description="SFT/holdout: least combined reward.")
+    min_reward: float | None = Field(
+        None,
+        description="SFT/holdout: least combined reward. "
+        "KTO: least reward of a desirable answer (default 0.5).",
+    )
+    max_undesirable_reward: float | None = Field(
+        None,
+        description="KTO: most reward of an undesirable answer "
+        "(unset: every scored answer below min_reward).",
+    )
     top_fraction: float | None = Field(
         None, gt=0, le=1, description="SFT: keep this share of the best-rewarded."
     )
@@ -80,7 +89,7 @@ class DatasetFilters(BaseModel):
         None, description="DPO/GRPO: group by prompt (same prompt hash), group (group id) or scenario."
     )
     include_corrections: bool = Field(
-        True, description="DPO/SFT: use feedback corrections as chosen answers."
+        True, description="DPO/SFT/KTO: use feedback corrections as chosen (desirable) answers."
     )
     dedup: bool | None = Field(None, description="Drop exact and near-duplicate examples.")
     replay_fraction: float | None = Field(
@@ -91,6 +100,9 @@ class DatasetFilters(BaseModel):
     def _consistent(self) -> DatasetFilters:
         if self.since and self.until and self.since >= self.until:
             raise ValueError("'since' must be before 'until'")
+        bar = self.min_reward
+        if self.max_undesirable_reward is not None and bar is not None and self.max_undesirable_reward >= bar:
+            raise ValueError("'max_undesirable_reward' must be below 'min_reward' (the desirable bar)")
         return self
 
     def check_kind(self, kind: str) -> None:
@@ -128,7 +140,7 @@ class DatasetFilters(BaseModel):
         if kind == "grpo":
             update["group_by"] = self.group_by or "group"
             update["min_group_size"] = self.min_group_size or config.grpo_min_group_size
-        if kind in ("sft", "dpo", "grpo"):
+        if kind in ("sft", "dpo", "grpo", "kto"):
             update["replay_fraction"] = (
                 config.replay_fraction if self.replay_fraction is None else self.replay_fraction
             )
@@ -139,13 +151,14 @@ class DatasetFilters(BaseModel):
 
 
 _ONLY_FOR: dict[str, tuple[str, ...]] = {
-    "min_reward": ("sft", "holdout"),
+    "min_reward": ("sft", "kto", "holdout"),
+    "max_undesirable_reward": ("kto",),
     "top_fraction": ("sft",),
     "min_margin": ("dpo",),
     "max_pairs_per_group": ("dpo",),
     "min_group_size": ("dpo", "grpo"),
     "group_by": ("dpo", "grpo"),
-    "replay_fraction": ("sft", "dpo", "grpo"),
+    "replay_fraction": ("sft", "dpo", "grpo", "kto"),
 }
 
 

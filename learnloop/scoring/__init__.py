@@ -7,9 +7,18 @@ Extend the heuristics with a plain function::
     @scoring.reward("polite", version="1")
     def polite(t: scoring.TrajectoryView) -> float | None:
         return 1.0 if "please" in t.completion.lower() else 0.0
+
+Names are loaded on first use: a training process imports the user's reward modules (which import
+``learnloop.scoring``) and must not pull in the store with them.
 """
 
-from learnloop.scoring.apply import ApplyReport, HeuristicReport, apply_heuristics, apply_rewards, score_views
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported now, not on first use: the function ``combine`` shares its name with its module, and a
+# submodule imported later would otherwise be what ``learnloop.scoring.combine`` names.
 from learnloop.scoring.combine import (
     CombineRule,
     combine,
@@ -18,20 +27,38 @@ from learnloop.scoring.combine import (
     latest_aspects,
     latest_scores,
 )
-from learnloop.scoring.feedback import FeedbackReport, apply_feedback, feedback_reward
-from learnloop.scoring.heuristics import register_schema, tool_result_ok
-from learnloop.scoring.judge import (
-    JudgeClient,
-    JudgeError,
-    JudgeReport,
-    OpenAICompatibleClient,
-    judge_group,
-    judge_scenario,
-)
-from learnloop.scoring.registry import RewardFunction, load_modules, register, registered, reward, unregister
-from learnloop.scoring.stats import reward_stats, summarize
-from learnloop.scoring.trl_adapter import as_trl_reward
-from learnloop.scoring.view import TrajectoryView
+
+_WHERE = {
+    "learnloop.scoring.apply": (
+        "ApplyReport",
+        "HeuristicReport",
+        "apply_heuristics",
+        "apply_rewards",
+        "score_views",
+    ),
+    "learnloop.scoring.feedback": ("FeedbackReport", "apply_feedback", "feedback_reward"),
+    "learnloop.scoring.heuristics": ("register_schema", "tool_result_ok"),
+    "learnloop.scoring.judge": (
+        "JudgeClient",
+        "JudgeError",
+        "JudgeReport",
+        "OpenAICompatibleClient",
+        "judge_group",
+        "judge_scenario",
+    ),
+    "learnloop.scoring.registry": (
+        "RewardFunction",
+        "load_modules",
+        "register",
+        "registered",
+        "reward",
+        "unregister",
+    ),
+    "learnloop.scoring.stats": ("reward_stats", "summarize"),
+    "learnloop.scoring.trl_adapter": ("as_trl_reward",),
+    "learnloop.scoring.view": ("TrajectoryView",),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = [
     "ApplyReport",
@@ -67,3 +94,16 @@ __all__ = [
     "tool_result_ok",
     "unregister",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'learnloop.scoring' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -41,14 +41,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from learnloop.config import CombineSettings, ScoringSettings
-from learnloop.store.models import Score
-from learnloop.store.query import chunks
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 PENALTIES = ("refinement",)
 HEURISTIC = "heuristic"  # the score source of every registered reward function (built-in or the user's)
@@ -156,6 +154,12 @@ def combine(
 
 def latest_scores(session: Session, trajectory_ids: Iterable[str]) -> dict[str, dict[str, tuple[float, str]]]:
     """For each trajectory, the newest (value, source) of each score name (aspect)."""
+    # Imported here: the rule above is also used by training processes, which never load the store.
+    from sqlalchemy import select
+
+    from learnloop.store.models import Score
+    from learnloop.store.query import chunks
+
     ids = list(trajectory_ids)
     out: dict[str, dict[str, tuple[float, str]]] = {}
     for chunk in chunks(ids):

@@ -9,6 +9,9 @@ Every group outcome is recorded in the `judgments` table under a cache key (judg
 prompt version + the group's trajectory ids and contents): a successful key is never sent
 again, a failed one is retried on the next run. A group's scores are stored together with
 its judgment in one transaction, or not at all.
+
+The store is imported only by the functions that store: a training process asks the judge about
+the samples of one prompt (``judge_group``) and never loads the store.
 """
 
 from __future__ import annotations
@@ -20,17 +23,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
-from sqlalchemy import and_, exists, not_, select
 
 from learnloop.config import ScoringSettings
 from learnloop.errors import ConfigError, LearnloopError, NotFound
 from learnloop.scoring.view import TrajectoryView, message_text
-from learnloop.store.db import Database
-from learnloop.store.models import Judgment, Score, ScoreSource, Trajectory, utcnow
-from learnloop.store.query import insert_ignoring_duplicates
+
+if TYPE_CHECKING:
+    from learnloop.store.db import Database
 
 JUDGE_SCORE_NAME = "judge"
 PROMPT_VERSION = "1"
@@ -340,6 +342,8 @@ def plan_groups(
 def _score_rows(
     key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
+    from learnloop.store.models import ScoreSource, utcnow
+
     now = utcnow()
     return [
         {
@@ -371,6 +375,10 @@ def judge_scenario(
     A trajectory counts as judged once it has a `judge` score from this judge model and
     prompt version. No database transaction is held while the judge is asked.
     """
+    from sqlalchemy import and_, exists, not_, select
+
+    from learnloop.store.models import Score, ScoreSource, Trajectory
+
     own_client = client is None
     if client is None:
         client = OpenAICompatibleClient.from_settings(config)
@@ -428,6 +436,10 @@ def _judge_one(
     sleep: Callable[[float], None],
 ) -> tuple[str, int, GroupFailure | None]:
     """Judge one group: ('judged' | 'cached' | 'failed', scores stored, failure)."""
+    from sqlalchemy import select
+
+    from learnloop.store.models import Judgment
+
     key = cache_key(model, version, group)
     ids = [v.id for v in group]
     with db.read_session() as s:
@@ -464,6 +476,11 @@ def _save_judgment(
 ) -> dict[str, Any]:
     """Insert or update the judgment for ``key``; an ok one is never overwritten.
     Returns the stored result."""
+    from sqlalchemy import select
+
+    from learnloop.store.models import Judgment, utcnow
+    from learnloop.store.query import insert_ignoring_duplicates
+
     s.execute(
         insert_ignoring_duplicates(s, Judgment),
         [
@@ -487,5 +504,8 @@ def _save_judgment(
 def _store_scores(
     s: Any, key: str, model: str, version: str, ids: Sequence[str], result: Mapping[str, Any]
 ) -> int:
+    from learnloop.store.models import Score
+    from learnloop.store.query import insert_ignoring_duplicates
+
     rows = _score_rows(key, model, version, ids, result)
     return len(s.scalars(insert_ignoring_duplicates(s, Score).returning(Score.id), rows).all())

@@ -2,6 +2,9 @@
 
 TRL calls ``reward_func(prompts=..., completions=..., completion_ids=..., **dataset_columns)``
 and accepts None for "not applicable" (it becomes NaN and is left out of the mean).
+
+These are the same registered ``@reward`` functions learnloop's own rollouts score samples with
+(``learnloop.training.rollout``): one notion of reward function, whichever trainer runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ def as_trl_reward(
     """Wrap a reward function (or a registered name) in TRL's batch signature.
 
     Prompts and completions may be plain strings or conversational message lists. Dataset
-    columns named ``metadata`` and ``tags`` (one entry per sample) reach the view.
+    columns named ``scenario``, ``metadata`` and ``tags`` (one entry per sample) reach the view.
     """
     if isinstance(fn, str):
         fn = get([fn])[0]
@@ -30,12 +33,18 @@ def as_trl_reward(
     def reward_func(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         metadata = kwargs.get("metadata") or [None] * len(completions)
         tags = kwargs.get("tags") or [None] * len(completions)
+        scenarios = kwargs.get("scenario") or [None] * len(completions)
         out: list[float | None] = []
         for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
             messages = [*_as_messages(prompt, "user"), *_as_messages(completion, "assistant")]
             meta = metadata[i] if isinstance(metadata[i], Mapping) else {}
             view = TrajectoryView(
-                id=str(i), messages=messages, metadata=meta, tags=tags[i] or (), config=config
+                id=str(i),
+                messages=messages,
+                scenario=scenarios[i],
+                metadata=meta,
+                tags=tags[i] or (),
+                config=config,
             )
             value = fn(view)
             out.append(None if value is None else float(value))

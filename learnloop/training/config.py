@@ -5,9 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from learnloop.config.training import DPOConfig, GRPOConfig, LoraConfig, TrainConfig
+from learnloop.config.training import (
+    ALGORITHM_DEFAULTS,
+    ROLLOUT_ALGORITHMS,
+    AlgorithmDefaults,
+    DPOConfig,
+    GRPOConfig,
+    KTOConfig,
+    LoraConfig,
+    RFTConfig,
+    RolloutConfig,
+    TrainConfig,
+)
 
-__all__ = ["DPOConfig", "GRPOConfig", "LoraConfig", "TrainConfig", "validate_config"]
+__all__ = [
+    "ALGORITHM_DEFAULTS",
+    "ROLLOUT_ALGORITHMS",
+    "AlgorithmDefaults",
+    "DPOConfig",
+    "GRPOConfig",
+    "KTOConfig",
+    "LoraConfig",
+    "RFTConfig",
+    "RolloutConfig",
+    "TrainConfig",
+    "validate_config",
+]
 
 
 def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:

@@ -1,17 +1,17 @@
 """Group Relative Policy Optimization (GRPO): policy gradient with group-relative advantages.
 
-Two modes, chosen by ``config.grpo.reward_fn``:
+Two modes, chosen by whether the config names rewards for rollouts (``TrainConfig.online``):
 
-* Offline (no reward_fn): records are stored groups, exactly what ``learnloop datasets build grpo``
+* Offline (no rollout rewards): records are stored groups, exactly what ``learnloop datasets build grpo``
   exports: ``{"prompt": [messages], "completions": [[assistant messages], ...], "rewards": [floats]}``.
   Each completion's advantage is its reward minus the group mean (divided by the group std when
   ``scale_rewards``). Groups whose rewards are all equal teach nothing and are skipped at load time
   (``prepare`` returns None; counted in ``skipped_groups`` and in the loop's ``skipped``).
-* Online (reward_fn = ``'package.module:function'``): records are ``{"prompt": [messages], ...}``;
-  every micro-batch samples ``num_generations`` completions per prompt from the current policy,
-  scores them with ``reward_fn(prompt_messages, completion_text, **extras)`` (extras = the record's
-  other keys, e.g. ``answer``), and trains on them. Sampling uses torch's global RNG, which the loop
-  seeds and checkpoints, so a seeded run is reproducible.
+* Online (rollouts; ``rollout.rewards`` and/or ``rollout.judge`` set, or the deprecated
+  ``grpo.reward_fn``): records are ``{"prompt": [messages], ...}`` (see ``learnloop.training.rollout``);
+  every micro-batch samples ``rollout.num_generations`` completions per prompt from the current
+  policy, scores them with the project's reward functions / the group judge and its reward rule, and
+  trains on them. A run whose first prompts all tie stops with ``NoLearningSignal``.
 
 The loss is the PPO/GRPO clipped surrogate, averaged over every completion token of the micro-batch.
 ``old_logp`` is the current policy's log-prob detached: with one optimisation pass per batch the
@@ -26,25 +26,31 @@ A micro-batch of ``batch_size`` examples holds ``batch_size`` *groups*, i.e. up 
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from learnloop.errors import ConfigError
 from learnloop.training.config import TrainConfig
 from learnloop.training.lm import IGNORE, as_messages, causal_lm, collate_ids, record_error, tokenize_chat
 from learnloop.training.objective import Example, StepOutput, register_objective
+from learnloop.training.rollout import (
+    Candidate,
+    RolloutScorer,
+    SignalWatch,
+    collate_prompts,
+    load_reward_fn,
+    no_update,
+    prepare_prompt,
+    sample,
+)
 
 # Same epsilon as the dataset builder's advantage report, so exported and trained advantages agree.
 STD_EPS = 1e-4
 # Rewards closer than this count as equal: float noise must not turn a tie into a +-1/eps advantage.
 TIE_TOL = 1e-9
-
-RewardFn = Callable[..., float]
 
 
 # --------------------------------------------------------------------------------------- maths
@@ -116,48 +122,6 @@ def _reward(value: Any, line: int, field: str) -> float:
     return float(value)
 
 
-def load_reward_fn(spec: str) -> RewardFn:
-    """Import ``'package.module:function'`` (or ``'path/to/file.py:function'``);
-    ConfigError naming what went wrong."""
-    from learnloop.importing import import_object
-
-    try:
-        fn = import_object(spec)
-    except ValueError:
-        raise ConfigError(f"grpo.reward_fn {spec!r} must look like 'package.module:function'.") from None
-    except AttributeError as exc:
-        raise ConfigError(f"grpo.reward_fn {spec!r}: {exc}.") from None
-    except Exception as exc:  # ImportError, or the module itself failing on import
-        module = spec.rpartition(":")[0]
-        raise ConfigError(
-            f"grpo.reward_fn {spec!r}: cannot import module {module!r} ({type(exc).__name__}: {exc})."
-        ) from exc
-    if not callable(fn):
-        raise ConfigError(f"grpo.reward_fn {spec!r} is not callable.")
-    return fn
-
-
-def _reward_params(fn: RewardFn) -> tuple[set[str] | None, set[str]]:
-    """(keyword names ``fn`` accepts beyond (prompt, completion), None = anything via **kwargs;
-    the names it requires). Lets a plain ``f(prompt, completion)`` ignore extra record keys instead of
-    crashing on them, and a record missing a required key fail at load time, naming its line."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return None, set()
-    positional = [
-        p
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    extra = [p for p in positional[2:] if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-    extra += [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    required = {p.name for p in extra if p.default is inspect.Parameter.empty}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None, required
-    return {p.name for p in extra}, required
-
-
 # --------------------------------------------------------------------------------------- objective
 
 
@@ -165,42 +129,48 @@ class GRPOObjective:
     name = "grpo"
 
     def __init__(self, config: TrainConfig, tokenizer: Any) -> None:
-        g = config.grpo
         self.tokenizer = tokenizer
         self.max_length = config.max_length
-        self.num_generations = g.num_generations
-        self.max_new_tokens = g.max_new_tokens
-        self.temperature = g.temperature
-        self.clip_eps = g.clip_eps
-        self.scale_rewards = g.scale_rewards
+        r = config.rollout
+        self.num_generations = r.num_generations
+        self.max_new_tokens = r.max_new_tokens
+        self.temperature = r.temperature
+        self.clip_eps = config.grpo.clip_eps
+        self.scale_rewards = config.grpo.scale_rewards
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.reward_spec = g.reward_fn
-        self.reward_fn: RewardFn | None = load_reward_fn(g.reward_fn) if g.reward_fn else None
-        self._reward_kwargs, self._reward_required = (
-            _reward_params(self.reward_fn) if self.reward_fn else (None, set())
+        self.online = config.online
+        self.scorer = RolloutScorer(r, config.grpo.reward_fn) if self.online else None
+        self.watch = SignalWatch(
+            r.max_flat_groups,
+            what="every sampled answer of each prompt scored the same",
+            advice="GRPO learns only from differences between answers: the model may already get every "
+            "prompt right (nothing left to learn), or never partly right (try a reward with partial credit, "
+            "more samples (rollout.num_generations), a higher rollout.temperature, or SFT/RFT first).",
         )
         # Counted by prepare (offline) so a caller can report how much of the dataset carried no signal.
         self.skipped_groups = 0
         self.skipped_too_long = 0
 
-    @property
-    def online(self) -> bool:
-        return self.reward_fn is not None
+    # ------------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.watch.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.watch.load_state_dict(state)
 
     # ------------------------------------------------------------------ prepare
 
     def prepare(self, record: dict[str, Any], line: int) -> Example | None:
+        if self.online:
+            return self._prepare_online(record, line)
         if "prompt" not in record:
             raise record_error(line, "prompt", "is missing (GRPO records need 'prompt')")
         prompt = as_messages(record["prompt"], line, "prompt", "user")
         tools = record.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise record_error(line, "tools", "must be a list of tool definitions")
-        return (
-            self._prepare_online(record, prompt, tools, line)
-            if self.online
-            else self._prepare_offline(record, prompt, tools, line)
-        )
+        return self._prepare_offline(record, prompt, tools, line)
 
     def _prepare_offline(
         self, record: dict[str, Any], prompt: list[dict[str, Any]], tools: list[Any] | None, line: int
@@ -253,48 +223,23 @@ class GRPOObjective:
             data={"rows": rows, "advantages": kept_adv, "rewards": kept_rewards, "group_std": std},
         )
 
-    def _prepare_online(
-        self, record: dict[str, Any], prompt: list[dict[str, Any]], tools: list[Any] | None, line: int
-    ) -> Example | None:
-        text = self.tokenizer.apply_chat_template(
-            prompt, tools=tools, tokenize=False, add_generation_prompt=True
-        )
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if len(ids) + 1 > self.max_length:
-            self.skipped_too_long += 1  # no room to generate even one token
+    def _prepare_online(self, record: dict[str, Any], line: int) -> Example | None:
+        assert self.scorer is not None
+        prompt = prepare_prompt(record, line, self.tokenizer, max_length=self.max_length)
+        if prompt is None:
+            self.skipped_too_long += 1
             return None
-        extras = {k: v for k, v in record.items() if k not in ("prompt", "tools")}
-        missing = sorted(self._reward_required - extras.keys())
-        if missing:
-            raise record_error(
-                line, missing[0], f"is missing (grpo.reward_fn {self.reward_spec!r} requires it)"
-            )
-        if self._reward_kwargs is not None:
-            extras = {k: v for k, v in extras.items() if k in self._reward_kwargs}
+        self.scorer.check_record(prompt, line)
+        self.watch.prompts += 1
         return Example(
-            length=min(len(ids) + self.max_new_tokens, self.max_length),
-            data={"prompt_ids": ids, "prompt": prompt, "extras": extras},
+            length=min(len(prompt.ids) + self.max_new_tokens, self.max_length), data={"prompt": prompt}
         )
 
     # ------------------------------------------------------------------ collate
 
     def collate(self, examples: list[Example]) -> dict[str, Any]:
         if self.online:
-            prompts = [e.data["prompt_ids"] for e in examples]
-            width = max(len(p) for p in prompts)
-            # Left padding: generation appends at the right end of every row.
-            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for i, p in enumerate(prompts):
-                ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                mask[i, width - len(p) :] = 1
-            return {
-                "prompt_ids": ids,
-                "prompt_mask": mask,
-                "prompt_lengths": [len(p) for p in prompts],
-                "prompts": [e.data["prompt"] for e in examples],
-                "extras": [e.data["extras"] for e in examples],
-            }
+            return collate_prompts([e.data["prompt"] for e in examples], self.pad_id)
         rows = [row for e in examples for row in e.data["rows"]]
         batch: dict[str, Any] = collate_ids(rows, self.pad_id)
         batch["advantages"] = torch.tensor(
@@ -343,101 +288,61 @@ class GRPOObjective:
         )
         return StepOutput(loss=loss, tokens=int(batch["attention_mask"].sum()), metrics=metrics)
 
-    def _stop_ids(self, model: Any) -> set[int]:
-        stop: set[int] = set()
-        for src in (
-            getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-            self.tokenizer.eos_token_id,
-        ):
-            if isinstance(src, int):
-                stop.add(src)
-            elif isinstance(src, (list, tuple)):
-                stop.update(int(s) for s in src)
-        return stop
-
-    @torch.no_grad()
-    def _sample(self, model: Any, batch: dict[str, Any]) -> list[list[int]]:
-        """``num_generations`` completions (token ids, through the first stop token) per prompt."""
-        g = self.num_generations
-        ids = batch["prompt_ids"].repeat_interleave(g, dim=0)
-        mask = batch["prompt_mask"].repeat_interleave(g, dim=0)
-        room = self.max_length - max(batch["prompt_lengths"])
-        stop = self._stop_ids(model)
-        was_training = model.training
-        model.eval()  # no LoRA dropout while sampling: sample from the policy itself
-        try:
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=self.temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max(1, min(self.max_new_tokens, room)),
-                pad_token_id=self.pad_id,
-                eos_token_id=sorted(stop) or None,
-            )
-        finally:
-            model.train(was_training)
-        completions = []
-        for row in out[:, ids.shape[1] :].tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
-            completions.append(row[:cut])  # the stop token is trained too, so the policy learns to stop
-        return completions
-
-    def _score(self, prompt: list[dict[str, Any]], text: str, extras: dict[str, Any]) -> float:
-        assert self.reward_fn is not None
-        try:
-            value = self.reward_fn(prompt, text, **extras)
-        except Exception as exc:
-            raise ConfigError(
-                f"grpo.reward_fn {self.reward_spec!r} failed on a completion ({type(exc).__name__}: {exc})."
-            ) from exc
-        if isinstance(value, bool):
-            value = float(value)  # verifiers often answer True/False; that is a 0/1 reward
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(
-                f"grpo.reward_fn {self.reward_spec!r} returned {value!r}; it must return a finite number."
-            )
-        return float(value)
-
     def _compute_online(self, model: Any, batch: dict[str, Any]) -> StepOutput:
+        assert self.scorer is not None
         g = self.num_generations
-        completions = self._sample(model, batch)
-        rows, advantages, rewards_all, group_stds, lengths = [], [], [], [], []
-        skipped = 0
-        for p, (prompt_len, prompt, extras) in enumerate(
-            zip(batch["prompt_lengths"], batch["prompts"], batch["extras"], strict=True)
-        ):
-            group = completions[p * g : (p + 1) * g]
-            texts = self.tokenizer.batch_decode(group, skip_special_tokens=True)
-            rewards = [self._score(prompt, t, extras) for t in texts]
+        prompts = batch["prompts"]
+        completions = sample(
+            model,
+            self.tokenizer,
+            batch,
+            n=g,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            max_length=self.max_length,
+            pad_id=self.pad_id,
+        )
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        groups = [
+            (p, [Candidate([{"role": "assistant", "content": t}], t) for t in texts[i * g : (i + 1) * g]])
+            for i, p in enumerate(prompts)
+        ]
+        scores = self.scorer.score_groups(groups)
+        rows, advantages, rewards_all, group_stds, aspects = [], [], [], [], {}
+        skipped = unscored = 0
+        for i, (prompt, group) in enumerate(zip(prompts, scores, strict=True)):
+            kept = [j for j, r in enumerate(group.rewards) if r is not None]
+            unscored += g - len(kept)
+            rewards = [group.rewards[j] for j in kept]
             rewards_all.extend(rewards)
-            lengths.extend(len(c) for c in group)
-            mean = sum(rewards) / g
-            group_stds.append(math.sqrt(sum((r - mean) ** 2 for r in rewards) / g))
-            adv = group_advantages(rewards, scale=self.scale_rewards)
+            for a in group.aspects:
+                for name, value in a.items():
+                    aspects.setdefault(name, []).append(value)
+            if len(rewards) > 1:
+                mean = sum(rewards) / len(rewards)
+                group_stds.append(math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards)))
+            adv = group_advantages(rewards, scale=self.scale_rewards) if len(rewards) > 1 else None
+            self.watch.observe(adv is not None, rewards)
             if adv is None:
                 skipped += 1
                 continue
-            prompt_ids = batch["prompt_ids"][p, -prompt_len:].tolist()  # strip the left padding
-            for c, a in zip(group, adv, strict=True):
-                if not c:
-                    continue
-                # Right-padded training rows: positions start at 0 as they did in generation.
-                rows.append((prompt_ids + c, [IGNORE] * prompt_len + c))
-                advantages.append(a)
+            for j, a in zip(kept, adv, strict=True):
+                c = completions[i * g + j]
+                if c:
+                    # Right-padded training rows: positions start at 0 as they did in generation.
+                    rows.append((prompt.ids + c, [IGNORE] * len(prompt.ids) + c))
+                    advantages.append(a)
+        self.watch.check(self.scorer.describe())
+        lengths = [len(c) for c in completions]
         metrics = {
-            "reward_mean": sum(rewards_all) / len(rewards_all),
-            "reward_std": sum(group_stds) / len(group_stds),
+            "reward_mean": sum(rewards_all) / len(rewards_all) if rewards_all else math.nan,
+            "reward_std": sum(group_stds) / len(group_stds) if group_stds else 0.0,
             "completion_length": sum(lengths) / len(lengths),
             "skipped_groups": float(skipped),
+            "unscored_samples": float(unscored),
+            **{f"aspect/{k}": sum(v) / len(v) for k, v in aspects.items()},
         }
         if not rows:
-            # Every group tied: nothing to learn. A zero loss over every trainable parameter keeps
-            # loss.backward() valid and gives every rank the same (zero) gradients to all-reduce.
-            params = [p for p in model.parameters() if p.requires_grad]
-            loss = sum((p.sum() for p in params), torch.zeros((), device=batch["prompt_ids"].device)) * 0.0
             metrics.update(
                 {
                     "advantage_mean": 0.0,
@@ -447,7 +352,7 @@ class GRPOObjective:
                     "completion_tokens": 0.0,
                 }
             )
-            return StepOutput(loss=loss, tokens=0, metrics=metrics)
+            return no_update(model, batch["prompt_ids"].device, metrics)
         device = batch["prompt_ids"].device
         train_batch = {k: v.to(device) for k, v in collate_ids(rows, self.pad_id).items()}
         train_batch["advantages"] = torch.tensor(advantages, dtype=torch.float32, device=device)

@@ -27,7 +27,7 @@ import torch
 
 from learnloop import paths
 from learnloop.durable import fsync_dir, fsync_tree
-from learnloop.errors import ConfigError, Conflict
+from learnloop.errors import ConfigError, Conflict, NoLearningSignal
 from learnloop.models import pick_device
 from learnloop.training import checkpoint as ckpt_mod
 from learnloop.training.config import TrainConfig
@@ -44,7 +44,8 @@ ADAPTER_DIR = paths.ADAPTER_DIR
 
 @dataclass
 class ProgressEvent:
-    """What the loop reports. kind: start | step | checkpoint | paused | resumed | stopped | done."""
+    """What the loop reports. kind: start | step | checkpoint | paused | resumed | stopped | done |
+    no_signal (a rollout run found nothing to learn; the run then raises NoLearningSignal)."""
 
     kind: str
     step: int
@@ -287,7 +288,12 @@ def _train(
             control.acknowledge_stop()
             run.event("stopped", path=run.last_checkpoint)
             return _result(run, adapter_dir=None)
-        _step(run)
+        try:
+            _step(run)
+        except NoLearningSignal as exc:
+            # A supervisor reads this event (and the script's exit status 3) as "do not retry as is".
+            run.event("no_signal", message=str(exc), metrics=dict(exc.stats))
+            raise
         if run.step % config.checkpoint_every == 0 or run.step == run.total:
             _checkpoint(run)
     return _finish(run)
@@ -363,6 +369,8 @@ def _setup(
                 f"(or use a new output_dir)."
             )
         ckpt_mod.load_training_state(resume, model, optimizer, scheduler)
+        if "objective" in state and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state["objective"])
         run.step = resume.step
         run.last_checkpoint = resume.path
         stream.position = Position(**state["position"])
@@ -463,6 +471,8 @@ def _checkpoint(run: _Run) -> None:
             "algorithm": run.config.algorithm,
             "metrics": run.last,
         }
+        if hasattr(run.objective, "state_dict"):  # what an objective counts across steps (rollouts)
+            state["objective"] = run.objective.state_dict()
         run.last_checkpoint = ckpt_mod.save_checkpoint(
             run.output_dir, run.step, run.model, run.optimizer, run.scheduler, state
         )

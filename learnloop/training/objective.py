@@ -1,4 +1,4 @@
-"""The contract between the training loop and a training algorithm (SFT, DPO, GRPO).
+"""The contract between the training loop and a training algorithm (SFT, DPO, GRPO, RFT, KTO).
 
 The loop owns everything an algorithm should not care about: model loading, LoRA, the
 optimizer and scheduler, length-grouped batching, gradient accumulation, checkpoints, the
@@ -55,6 +55,11 @@ class Objective(Protocol):
         ...
 
 
+# Optional: an objective that keeps counts across steps (rollouts count prompts without a learning
+# signal) has ``state_dict() -> dict`` (JSON) and ``load_state_dict(dict)``; the loop saves the state in
+# every checkpoint and restores it on resume.
+
+
 ObjectiveFactory = Callable[["TrainConfig", Any], Objective]  # (config, tokenizer) -> Objective
 
 _REGISTRY: dict[str, ObjectiveFactory] = {}
@@ -63,6 +68,8 @@ _BUILTIN_MODULES = {
     "sft": "learnloop.training.sft",
     "dpo": "learnloop.training.dpo",
     "grpo": "learnloop.training.grpo",
+    "rft": "learnloop.training.rft",
+    "kto": "learnloop.training.kto",
 }
 
 

@@ -12,6 +12,8 @@ As a process (what the daemon supervises, and what ``accelerate launch`` runs on
 
 The script prints one JSON line per progress event on stdout (rank 0) and turns SIGTERM/SIGINT
 into a clean stop (checkpoint, then exit 0), so a supervisor can stop it and later resume it.
+Exit status: 0 done or stopped, 1 failed, 2 bad config, 3 nothing to learn (a rollout run whose
+rewards never varied: its last event is ``no_signal``; retrying the same run would not help).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learnloop.errors import ConfigError, LearnloopError
+from learnloop.errors import ConfigError, LearnloopError, NoLearningSignal
 from learnloop.training.config import TrainConfig, validate_config
 from learnloop.training.control import Control, FileControl
 from learnloop.training.loop import ProgressEvent, TrainResult, train_loop
 
+EXIT_NO_SIGNAL = 3
+
 __all__ = [
+    "EXIT_NO_SIGNAL",
     "ProgressEvent",
     "TrainResult",
     "load_config",
@@ -105,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(config, control=control, progress=progress)
+    except NoLearningSignal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_SIGNAL
     except LearnloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
