@@ -24,7 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("config_example",),  # the example file, written from config's fields
     ("store", "models"),
-    ("capture", "scoring", "training", "registry"),
+    ("capture", "scoring"),
+    ("training", "registry"),  # training's rollouts score with scoring's rewards, rule and judge
     ("datasets", "serving"),
     ("evaluation",),
     ("daemon",),
