@@ -31,7 +31,7 @@ def _free_port() -> int:
     type=float,
     default=None,
     help="Minutes the loop may take to promote a better model before the demo gives up "
-    "(default: 15, or 1 with --quick).",
+    "(default: 15, or 2 with --quick).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None, as_json: bool) -> None:
