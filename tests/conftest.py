@@ -19,6 +19,44 @@ from learnloop.store.db import Database
 
 PG_ADMIN_URL = os.environ.get("LEARNLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
+# Under pytest-xdist each worker is a process of its own: torch's default pool (one thread per core)
+# in every worker would oversubscribe the cores. Set before any test imports torch, which reads it
+# then; training and serving processes the tests start inherit it too. An explicit setting wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
+DURATIONS_KEY = "learnloop/durations"
+# Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front.
+_GUESS_SLOW, _GUESS = 60.0, 0.5
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (by the last run's durations in .pytest_cache, slow marks where untimed),
+    so the parallel workers do not end on one long test; a module's tests stay together and in order,
+    so module-scoped fixtures are built once per worker."""
+    cache = getattr(config, "cache", None)
+    known: dict[str, float] = (cache.get(DURATIONS_KEY, {}) if cache is not None else {}) or {}
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def cost(group: list[pytest.Item]) -> float:
+        return sum(
+            known.get(i.nodeid, _GUESS_SLOW if i.get_closest_marker("slow") else _GUESS) for i in group
+        )
+
+    items[:] = [i for group in sorted(modules.values(), key=cost, reverse=True) for i in group]
+
+
+_timed: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Setup + call + teardown of each test; under xdist the controller sees every worker's reports.
+    _timed[report.nodeid] = _timed.get(report.nodeid, 0.0) + report.duration
+
 
 def _pg_available() -> bool:
     try:
@@ -160,10 +198,15 @@ def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # The controller (or a run without xdist) ends last: drop the 0.5 GB SmolLM2 folder so pytest's
-    # kept temp dirs of the last runs do not pile it up.
+    # The controller (or a run without xdist) ends last: it keeps this run's durations for the next
+    # run's ordering, and drops the 0.5 GB SmolLM2 folder so pytest's kept temp dirs do not pile it up.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    cache = getattr(session.config, "cache", None)
+    if cache is not None and _timed:
+        known = cache.get(DURATIONS_KEY, {}) or {}
+        known.update({k: round(v, 3) for k, v in _timed.items()})
+        cache.set(DURATIONS_KEY, known)
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None:
         return
