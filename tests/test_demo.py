@@ -107,10 +107,11 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
     # (The first 30 s are the teacher's alone only on a slow machine: a fast one swaps within them.)
     assert shares[0]["by_target"].get("upstream:teacher", 0) > 0
     assert shares[-1]["by_target"].get(promoted, 0) >= 8
-    assert (
-        report["gate"]["baseline"] == "upstream:teacher"
-        and report["gate"]["cost_per_1k_requests_baseline"] > 0
-    )
+    # The gate's teacher cost comes from the held-out cases' stored answers: none has usage when all of
+    # them are backfill (a fast machine trains before the proxy kept one), so it may be unknown there.
+    gate_cost = report["gate"]["cost_per_1k_requests_baseline"]
+    assert report["gate"]["baseline"] == "upstream:teacher" and (gate_cost is None or gate_cost > 0)
+    assert report["cost"]["teacher_cost_per_1k_requests"] > 0
     assert report["cost"]["cost_saved"] > 0 and report["cost"]["own_requests"] >= 8
     whats = [row["what"] for row in report["timeline"]]
     assert any(w.startswith(f"canary: {promoted} answers 50%") for w in whats)

@@ -16,7 +16,7 @@ def _free_port() -> int:
 
 @click.command("demo")
 @click.option(
-    "--quick", is_flag=True, help="The same flow on the tiny offline test model, in about a minute."
+    "--quick", is_flag=True, help="The same flow on the tiny offline test model, in under a minute."
 )
 @click.option(
     "--data-dir",
