@@ -93,7 +93,9 @@ def _walk(tokens: list[str], start: click.Command, where: str) -> tuple[list[str
             params = _option_names(command)
             if name not in params:
                 path = command.name if command is not cli else "learnloop"
-                problems.append(f"{where}: `{path}` has no option {name} (it has: {', '.join(sorted(params))})")
+                problems.append(
+                    f"{where}: `{path}` has no option {name} (it has: {', '.join(sorted(params))})"
+                )
                 continue
             param = params[name]
             skip_value = "=" not in token and not (isinstance(param, click.Option) and param.is_flag)
@@ -175,7 +177,9 @@ def setting_problems(snippet: Snippet) -> list[str]:
             for part in [*m.group("section").split("."), m.group("key")]:
                 found = _field(model, part) if model else None
                 if found is False:
-                    problems.append(f"{where}: `{snippet.text}`: no setting {m.group('section')}.{m.group('key')}")
+                    problems.append(
+                        f"{where}: `{snippet.text}`: no setting {m.group('section')}.{m.group('key')}"
+                    )
                     break
                 model = found or None
     if snippet.lang == "toml":
@@ -184,7 +188,8 @@ def setting_problems(snippet: Snippet) -> list[str]:
         try:
             (TrainConfig if is_run else Settings).model_validate(data)
         except ValidationError as exc:
-            problems.append(f"{where}: this toml block is not a valid {'TrainConfig' if is_run else 'learnloop.toml'}: {exc}")
+            what = "TrainConfig" if is_run else "learnloop.toml"
+            problems.append(f"{where}: this toml block is not a valid {what}: {exc}")
     return problems
 
 
@@ -204,7 +209,10 @@ def test_every_command_option_and_setting_the_readme_names_exists() -> None:
         ("`learnloop lops status`\n", "`learnloop` has no subcommand lops"),
         ("    LEARNLOOP_SERVING__BAKEND=vllm learnloop serve\n", "Settings has no setting serving.bakend"),
         ("`[daemon] lancher = []`\n", "no setting daemon.lancher"),
-        ("```toml\n[[loops]]\nname = \"a\"\n[loops.triggers]\nmin_new = 3\n```\n", "not a valid learnloop.toml"),
+        (
+            '```toml\n[[loops]]\nname = "a"\n[loops.triggers]\nmin_new = 3\n```\n',
+            "not a valid learnloop.toml",
+        ),
     ],
 )
 def test_the_checker_catches_what_does_not_exist(text: str, expected: str) -> None:
