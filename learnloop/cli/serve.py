@@ -72,6 +72,12 @@ def serve_cmd(
         s.serving.base_model = base_model
     host = host or s.server.host
     port = port or s.server.port
+    # Before any effect (migrations, a model, a daemon): a busy port or a data dir another server
+    # serves stops the start here, saying which.
+    from learnloop.cli.preflight import check_port, claim_data_dir, release
+
+    check_port(host, port)
+    server_lock = claim_data_dir(data_dir(s.data_dir).root, f"http://{host}:{port}")
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     from learnloop.masking import redact_logs
 
@@ -109,6 +115,7 @@ def serve_cmd(
         if daemon is not None:
             daemon.stop()  # a running training checkpoints and is requeued
         db.dispose()
+        release(server_lock)
 
 
 def _start_daemon(s: Any, db: Any) -> Any:

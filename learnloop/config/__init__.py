@@ -27,11 +27,10 @@ from pydantic_settings import (
 
 from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
 from learnloop.config.loops import DaemonSettings, LoopConfig
+from learnloop.config.origin import DEFAULT_CONFIG_FILE, ConfigOrigin, config_origin  # noqa: F401 (re-exported)
 from learnloop.errors import ConfigError, problems_text
 from learnloop.masking import DatabaseUrl, SecretEnvName, SecretUrl, mask_database_url, plain, remember
 from learnloop.paths import data_dir
-
-DEFAULT_CONFIG_FILE = "learnloop.toml"
 
 
 class ServerSettings(ConfigModel):

@@ -241,6 +241,7 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         if not queue.update_result(db, job.id, ctx.owner, **step):
             raise _Stop
         done.update(step)
+        _warn_epochs(ctx, job, loop, info.count)
         share = float(length.get("truncated_share") or 0.0)
         if share > loop.max_truncated_share:
             raise Refused(
@@ -311,6 +312,25 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         {"head": advanced},
         message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on "
         f"{done.get('examples')} examples{verdict}",
+    )
+
+
+def _warn_epochs(ctx: Context, job: queue.JobInfo, loop: LoopConfig, examples: int) -> None:
+    """Readiness counted the examples before duplicates were removed: say so when the dataset the
+    cycle trains on is small enough for more passes than ``triggers.max_epochs`` (it trains anyway)."""
+    cap = loop.triggers.max_epochs
+    planned = loop.planned_epochs(examples)
+    if cap is None or planned is None or planned <= cap:
+        return
+    emit(
+        ctx.db,
+        "cycle.many_epochs",
+        f"loop {loop.name}: {loop.train['max_steps']} training steps over {examples} examples (after "
+        f"duplicates were removed) make {planned:.1f} epochs, more than triggers.max_epochs = {cap:g}; "
+        "lower train.max_steps if the versions memorise their data",
+        level="warning",
+        loop=loop.name,
+        job_id=job.id,
     )
 
 
