@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -142,6 +144,15 @@ def _server_class() -> Any:
                 )
             SHUTTING_DOWN.set()
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn raises the signal again once it has stopped: SIGTERM's default action would end the
+            # process before the daemon stops (and Ctrl-C would print "Aborted!"). A signal-asked stop is a
+            # normal exit here.
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
 
     return Server
 

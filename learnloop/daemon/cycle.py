@@ -431,9 +431,9 @@ def _evaluate(ctx: Context, job: queue.JobInfo, loop: LoopConfig, version_id: st
     def progress(k: int, n: int) -> None:
         if ctx.shutdown.is_set():
             raise _ShuttingDown  # evaluation keeps no checkpoint: the next daemon evaluates again
-        tenth = k * 10 // n if n else 0
-        if tenth > told[0]:  # the database and the log hear of every tenth, not every answer
-            told[0] = tenth
+        quarter = k * 4 // n if n else 0
+        if quarter > told[0]:  # the database and the log hear of every quarter, not every answer
+            told[0] = quarter
             _stage(ctx, job, "evaluating", done=k, total=n)
             if k:
                 write_line(
