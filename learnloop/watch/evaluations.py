@@ -43,10 +43,12 @@ def cells(metrics: dict[str, Any]) -> list[str]:
     lat = (o.get("latency_p95_candidate_ms"), o.get("latency_p95_baseline_ms"))
     return [
         f"{o['n']:,}" if isinstance(o.get("n"), int) else "–",
-        _f(o.get("reward_candidate")),
+        _f(o.get("reward_candidate", o.get("reward"))),
         _f(o.get("reward_baseline")),
         diff,
-        " / ".join(str(x) for x in wtl) if all(isinstance(x, int) for x in wtl) else "–",
+        " / ".join(str(x) for x in wtl)
+        if all(isinstance(x, int) for x in wtl)
+        else (f"{o['win_rate']:.0%} won" if isinstance(o.get("win_rate"), (int, float)) else "–"),
         f"{_ms(lat[0])} / {_ms(lat[1])} ms" if any(isinstance(x, (int, float)) for x in lat) else "–",
     ]
 

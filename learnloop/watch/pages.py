@@ -297,14 +297,14 @@ def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
             "type": "line",
             "x_label": "training step",
             "y_label": "loss",
-            "empty": "No steps recorded yet.",
+            "empty": "No training steps recorded yet: they appear as the run reports them.",
             "series": [{"name": "loss", "points": [[p["step"], p["loss"]] for p in pts]}],
         },
         "lr_chart": {
             "type": "line",
             "x_label": "training step",
             "y_label": "learning rate",
-            "empty": "No steps recorded yet.",
+            "empty": "No training steps recorded yet: they appear as the run reports them.",
             "series": [
                 {"name": "learning rate", "color": "#d97706", "points": [[p["step"], p["lr"]] for p in pts]}
             ],
