@@ -56,7 +56,7 @@ def test_every_page_renders_empty(settings: Settings, db: Database, caplog: pyte
         live = c.get(f"/ui/live/{page.strip('/') or 'overview'}") if page != "/trajectories" else r
         assert live.status_code == 200, page
     assert template_warnings(caplog) == []
-    assert "Nothing is training right now." in c.get("/").text
+    assert "Nothing is training right now:" in c.get("/").text
     assert "No model versions registered yet: a loop's cycle registers one" in c.get("/versions").text
 
 
