@@ -110,12 +110,22 @@ def process_role(cmdline: list[str]) -> str | None:
 
 
 def _own_processes() -> list[psutil.Process]:
-    """This process and every process under it (the training runs it supervises, their workers)."""
+    """This process and the learnloop processes under it: the training runs it supervises (with their
+    launchers' workers), not whatever else it happens to have started."""
     me = psutil.Process(os.getpid())
+    out = [me]
     try:
-        return [me, *me.children(recursive=True)]
+        for child in me.children(recursive=True):
+            try:
+                if process_role(child.cmdline()) is not None or any(
+                    TRAINING_MODULE in " ".join(p.cmdline()) for p in child.parents() if p.pid != me.pid
+                ):
+                    out.append(child)
+            except psutil.Error:
+                continue  # it ended while we looked
     except psutil.Error:
-        return [me]
+        pass
+    return out
 
 
 def learnloop_processes(self_role: str | None = None, *, own: bool = False) -> list[dict[str, Any]]:
@@ -130,7 +140,7 @@ def learnloop_processes(self_role: str | None = None, *, own: bool = False) -> l
             info = proc.info if not own else proc.as_dict(attrs)
             role = self_role if info["pid"] == me and self_role else process_role(info["cmdline"] or [])
             if own and role is None:
-                role = "helper"  # a worker it started that is not learnloop itself (a launcher's child)
+                role = "training"  # a worker under a training run (a launcher's child)
         except Exception:  # noqa: BLE001 - a process that vanished mid-read is simply not listed
             continue
         if role is None or info["memory_info"] is None:

@@ -78,7 +78,7 @@
     xt.forEach(function (t, i) {
       if (i % every) return;
       var x = X(t); if (x < m.l - 1 || x > W - m.r + 1) return;
-      var tx = el("text", {x: x, y: H - 8, "text-anchor": "middle"}, g); tx.textContent = categorical ? String(t).slice(5) || t : fmt(t);
+      var tx = el("text", {x: x, y: m.t + ih + 16, "text-anchor": "middle"}, g); tx.textContent = categorical ? String(t).slice(5) || t : fmt(t);
       if (categorical && String(t).length < 6) tx.textContent = t;
     });
     el("line", {x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih, stroke: "#cbd5e1"}, svg);
