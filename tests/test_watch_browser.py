@@ -119,16 +119,17 @@ def console_errors(driver: object) -> list[str]:
 
 
 def shoot(driver: object, name: str, folder: Path = ARTIFACTS) -> Path:
+    """The whole page (not just the window) as a PNG, through Chromium's own full-page capture."""
+    import base64
+
     folder.mkdir(parents=True, exist_ok=True)
-    # The whole page, not just the window: grow the window to the document's height first.
-    height = driver.execute_script(
-        "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight, 900)"
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
     )
-    driver.set_window_size(1440, min(int(height) + 40, 4000))
-    time.sleep(0.3)
     path = folder / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1440, 1100)
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 

@@ -127,6 +127,11 @@ def _progress(p: dict[str, Any]) -> str:
     if not p or "step" not in p:
         return ""
     parts = [f"step {p.get('step')}/{p.get('total_steps')}"]
+    if p.get("stage") and p["stage"] != "training":  # training is over: the cycle is in a later stage
+        from learnloop.daemon.queue import STAGES
+
+        done = f" {p['stage_done']}/{p['stage_total']}" if p.get("stage_total") else ""
+        return f"{STAGES.get(p['stage'], p['stage'])}{done} (trained {parts[0]})"
     if p.get("loss") is not None:
         parts.append(f"loss {p['loss']:.4f}")
     if p.get("tokens_per_s"):
