@@ -57,8 +57,8 @@ class _ShuttingDown(Exception):
 def _stage(ctx: Context, job: queue.JobInfo, stage: str, message: str | None = None, **kw: Any) -> None:
     """Mark the job's stage (the dashboard's job page shows it) and say so in the log."""
     queue.set_stage(ctx.db, job.id, ctx.owner, stage, **kw)
-    if message:
-        write_line(f"cycle.{stage}", message, loop=job.loop, job=job.id)
+    if message:  # a stage's start or outcome: an event (the job's page lists it) and a log line
+        emit(ctx.db, f"cycle.{stage}", message, loop=job.loop, job_id=job.id)
 
 
 @dataclass
@@ -254,7 +254,8 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         if not queue.update_result(db, job.id, ctx.owner, **step):
             raise _Stop
         done.update(step)
-        write_line(
+        emit(
+            db,
             "dataset.built",
             f"{cycle}: dataset {info.id} built, {info.count} examples"
             + (
@@ -263,7 +264,7 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
                 else ""
             ),
             loop=loop.name,
-            job=job.id,
+            job_id=job.id,
         )
         share = float(length.get("truncated_share") or 0.0)
         if share > loop.max_truncated_share:
