@@ -3,17 +3,24 @@ chatter, the dashboard's polls and assets), its JSON form, and Ctrl-C with an an
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from api_support import LEARNLOOP, cli_env, free_port
+from learnloop.api.shutdown import SHUTTING_DOWN
+from learnloop.config import Settings
 from learnloop.demo.teacher import MODEL
-from upstream_support import KEY, KEY_ENV, teacher_server
+from learnloop.serving.backend import Chunk
+from learnloop.store.db import Database
+from upstream_support import KEY, KEY_ENV, StudentBackend, gateway, teacher_server
 
 POLLS = ["/v1/status", "/healthz", "/static/app.css", "/ui/live/overview", "/metrics"]
 
@@ -142,3 +149,37 @@ def test_ctrl_c_cuts_an_answer_still_streaming_with_a_clear_error(
     assert "shutting down" in errors[0]["message"] and "Retry" in errors[0]["message"]
     assert cut_after < 50, f"the stream ended {cut_after:.0f} s after Ctrl-C: it waited for the answer"
     assert "shutting down" in log
+
+
+class _SlowStudent(StudentBackend):
+    """Answers one piece, then takes a minute for the rest (a long generation); records that it was cut."""
+
+    cut = False
+
+    async def astream(self, model: str, request: Any) -> Any:
+        yield Chunk(text="the first words")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            type(self).cut = True
+            raise
+        yield Chunk(finish_reason="stop", prompt_tokens=5, completion_tokens=3)
+
+
+def test_a_whole_answer_in_flight_gets_503_when_the_server_shuts_down(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    with gateway(settings, sqlite_db, backend=_SlowStudent()) as (url, _):
+        body = {"model": "base", "messages": [{"role": "user", "content": "tell me everything"}]}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=120)
+            time.sleep(1.0)  # the request is in flight, waiting on the slow generation
+            assert not pending.done()
+            SHUTTING_DOWN.set()
+            try:
+                r = pending.result(timeout=30)
+            finally:
+                SHUTTING_DOWN.clear()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "server_shutting_down" and "Retry" in r.json()["error"]["message"]
+    assert _SlowStudent.cut  # the generation behind it was stopped, not left running
