@@ -96,6 +96,13 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:] + (data / "serve.log").read_text()[-3000:]
     report = json.loads(out.stdout)
+    # The server's log says what changed, once: no repeated trigger lines, the cycle's progress, no chatter.
+    log = (data / "serve.log").read_text().splitlines()
+    skipped = [ln.split(" trigger.skipped ", 1)[1] for ln in log if " trigger.skipped " in ln]
+    assert all(a != b for a, b in zip(skipped, skipped[1:], strict=False)), skipped
+    for marker in ("dataset.built", "job.progress", "cycle.evaluating", "cycle.gate"):
+        assert any(marker in ln for ln in log), (marker, log)
+    assert not [ln for ln in log if "alembic" in ln or "it/s]" in ln or "GET /static/" in ln]
     promoted = report["promoted"]
     budget = report["budget"]
     assert budget["budget_s"] == 0 and not budget["met"] and not budget["strict"]
