@@ -34,9 +34,9 @@ from training_support import make_config
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 REPO = Path(__file__).resolve().parent.parent
-# `LEARNLOOP_SCREENSHOTS=docs/screenshots pytest tests/test_watch_browser.py -k crawl` writes the README's
+# `DASHBOARD_SCREENSHOTS=docs/screenshots pytest tests/test_watch_browser.py -k crawl` writes the README's
 # screenshots of every page from the crawl (a path relative to the repository root, or absolute).
-SCREENSHOTS = os.environ.get("LEARNLOOP_SCREENSHOTS")
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
 SHOT_NAMES = {
     "/": "overview",
     "/trajectories": "trajectories",
