@@ -132,4 +132,4 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         r = run(tmp_path, "serve", "--port", str(port), "--no-watch-inbox")
-    assert r.returncode != 0 and "address already in use" in r.stderr.lower()
+    assert r.returncode != 0 and f"Port {port} on 127.0.0.1 is already in use" in r.stderr

@@ -44,9 +44,19 @@ def test_cycles_from_trajectories_to_a_trained_adapter(
     add(db, [{**t, "holdout": True} for t in traces("h", 2)])
     add(db, traces("a", 12))
     with running(s, db):
-        wait_for(lambda: loops.status(db, s)[0]["last_check_at"], 60, 0.1, "a first check")
+        first_check = wait_for(lambda: loops.status(db, s)[0]["last_check_at"], 60, 0.1, "a first check")
         assert queue.list_jobs(db) == []  # 12/20: not yet
         assert "12/20 new teacher traces (scenario qa)" in loops.status(db, s)[0]["reasons"]
+        # Checked again and again with nothing new: the log says why it waits once, not every check.
+        later = wait_for(
+            lambda: (c := loops.status(db, s)[0]["last_check_at"]) != first_check and c, 60, 0.1, "a check"
+        )
+        wait_for(
+            lambda: loops.status(db, s)[0]["last_check_at"] not in (first_check, later), 60, 0.1, "a check"
+        )
+        with db.read_session() as sess:
+            skipped = list(sess.scalars(select(Event.message).where(Event.kind == "trigger.skipped")))
+        assert skipped == ["loop qa: 12/20 new teacher traces (scenario qa)"], skipped
         add(db, traces("b", 10))
         first = wait_for(lambda: queue.list_jobs(db), 60, 0.1, "the trigger")[0]
         done = wait_for(lambda: _finished(db, first.id), 180, 0.2, "the first cycle")
@@ -73,6 +83,15 @@ def test_cycles_from_trajectories_to_a_trained_adapter(
     assert row.last_outcome["outcome"] == "succeeded" and row.last_outcome["job_id"] == second.id
     assert row.locked["lora.r"] == 4 and row.locked["base_model"] == str(tiny_model_dir)
     assert kinds.count("trigger.fired") == 2 and kinds.count("job.succeeded") == 2
+    # The daily log tells the story of each cycle: its dataset, training progress, evaluation and verdict.
+    log = "".join(f.read_text() for f in sorted((s.data_dir / "logs").glob("learnloop-*.log")))
+    assert log.count("dataset.built") == 2 and "dataset 1 built, 22 examples" in log
+    progress = [ln for ln in log.splitlines() if "job.progress" in ln]
+    assert any(f"job {first.id}: step 4/4 (100%), loss " in ln for ln in progress), progress
+    assert all("tokens/s" in ln for ln in progress) and len(progress) <= 2 * 4
+    if registry_available():
+        assert "evaluating v0001: 2/2 examples answered" in log, log
+        assert f"cycle 1 (job {first.id}): gate " in log and "(passed)" in log
     if registry_available():
         assert len(versions) == 2 and done2.result["version_id"] in versions
         assert done.result["gate"]["passed"] and done.result["promoted"] is True, done.result.get("gate")

@@ -95,8 +95,11 @@ def contract(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         scenario: Any = None,
         backend: Any = None,
         limit: Any = None,
+        progress: Any = None,
     ) -> int:
         state["calls"].append(("evaluate", candidate))
+        if progress is not None:  # the real stage reports each answered example
+            progress(1, 1)
         with db.session() as s:
             ev = Evaluation(
                 candidate_id=candidate,

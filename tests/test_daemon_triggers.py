@@ -57,7 +57,16 @@ def _with_plugin(settings: Settings, tiny: Path, plugin: Path, name: str, **trig
 def test_built_ins_are_registered_in_the_order_reasons_are_shown() -> None:
     builtin = [n for n in TRIGGERS.names() if n in ("threshold", "max_interval", "daily", "reward_drop")]
     assert builtin == ["threshold", "max_interval", "daily", "reward_drop"]
-    checks = ["new_examples", "holdout", "groups", "reward_variance", "disk", "base_model", "after_failure"]
+    checks = [
+        "new_examples",
+        "holdout",
+        "groups",
+        "reward_variance",
+        "epochs",
+        "disk",
+        "base_model",
+        "after_failure",
+    ]
     assert [n for n in READINESS.names() if n in checks] == checks
 
 
@@ -126,3 +135,55 @@ def test_the_daemon_refuses_to_start_with_an_unknown_name(db: Database, settings
     s = loop_settings(settings, triggers={"custom_checks": ["nowhere"]})
     with pytest.raises(ConfigError, match=r"Unknown readiness check\(s\) in triggers.custom_checks: nowhere"):
         Daemon(s, db).prepare()
+
+
+def test_a_cycle_waits_rather_than_pass_many_epochs_over_a_handful_of_examples(
+    db: Database, settings: Settings, tiny_model_dir: Path
+) -> None:
+    """The user's case: 80 steps of 4 over 7 examples is 40 passes. The rule (triggers.max_epochs,
+    10 by default): steps x grad_accum / ceil(examples / batch_size) passes at most."""
+    s = loop_settings(
+        settings,
+        base_model=str(tiny_model_dir),
+        train={"max_steps": 80, "batch_size": 4},
+        triggers={"min_new_examples": 5},
+    )
+    add(db, traces("few", 7))
+    d = loops.check_loop(db, s, s.loops[0])
+    epochs = next(c for c in d.checks if c.name == "epochs")
+    assert not epochs.ok and not d.ready and not d.fire and d.triggers  # the threshold fired; it waits
+    assert epochs.reason == (
+        "80 training steps over 7 traces would be 40.0 epochs (more than triggers.max_epochs = 10): "
+        "waiting for 29 traces, or lower train.max_steps"
+    )
+    add(db, traces("more", 22))  # 29: ceil(29 / 4) = 8 micro-batches a pass, 80 / 8 = 10 passes
+    d = loops.check_loop(db, s, s.loops[0])
+    epochs = next(c for c in d.checks if c.name == "epochs")
+    assert epochs.ok and d.ready and d.fire
+    assert epochs.reason == "80 training steps over 29 traces: 10.0 epochs (at most 10)"
+
+    # Unset, or a run sized in epochs rather than steps: no such check.
+    off = loop_settings(
+        settings, base_model=str(tiny_model_dir), train={"max_steps": 80}, triggers={"max_epochs": None}
+    )
+    by_epochs = loop_settings(settings, base_model=str(tiny_model_dir), train={"epochs": 3})
+    for cfg in (off, by_epochs):
+        assert "epochs" not in [c.name for c in loops.check_loop(db, cfg, cfg.loops[0]).checks]
+
+
+def test_a_cycle_whose_deduplicated_dataset_is_too_small_warns(db: Database, settings: Settings) -> None:
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from learnloop.daemon.cycle import _warn_epochs
+    from learnloop.store.models import Event
+
+    s = loop_settings(settings, train={"max_steps": 40, "batch_size": 2})
+    ctx, job = SimpleNamespace(db=db), SimpleNamespace(id=7)
+    _warn_epochs(ctx, job, s.loops[0], 20)  # 40 / 10 = 4 passes: fine
+    _warn_epochs(ctx, job, s.loops[0], 3)  # 40 / 2 = 20 passes
+    with db.read_session() as session:
+        events = session.scalars(select(Event).where(Event.kind == "cycle.many_epochs")).all()
+        assert len(events) == 1 and events[0].level == "warning"
+        assert "40 training steps over 3 examples" in events[0].message and "20.0 epochs" in events[0].message

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from api_support import cli_env
+from learnloop.demo.profiles import PROFILES
+from learnloop.demo.runner import Budget, DemoFailed
 from learnloop.demo.task import SCENARIO, cases, check, expected_from_message
 from learnloop.store.db import Database
 from learnloop.store.models import AliasEvent, Evaluation, Job, JobState, ModelVersion, Source, Trajectory
@@ -27,36 +30,95 @@ def test_task_verifier_recovers_every_case_and_grades_answers() -> None:
     assert check(case.message, "Sure! Here is the order.") == 0.0
 
 
-@pytest.mark.timeout(1200)
-def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
-    """The app talks to `learnloop` only: the teacher upstream answers first (captured as teacher data),
-    the loop trains on it, the gate checks the student against the teacher, the canary moves the users
-    over in its steps and the student ends up answering everyone."""
+def test_the_budget_is_a_line_in_the_report_and_fails_only_when_strict() -> None:
+    """Elapsed times are given, not measured: how fast this machine is decides nothing here."""
+    relaxed, strict = Budget(120), Budget(120, strict=True)
+    relaxed.check(119, "serve.log")
+    relaxed.check(1900, "serve.log")  # a slow machine: the demo goes on
+    strict.check(119, "serve.log")
+    with pytest.raises(DemoFailed, match=r"within the 120 s budget \(--strict\)"):
+        strict.check(121, "serve.log")
+    with pytest.raises(DemoFailed, match="looks stuck"):  # ten budgets (at least 30 min more): stuck
+        relaxed.check(relaxed.give_up_s + 1, "serve.log")
+    assert Budget(0).give_up_s == 1800 and Budget(600).give_up_s == 6000
+
+    met = relaxed.verdict(95.04)
+    assert met["met"] and met["missed_by_s"] is None and "within the 120 s budget" in met["line"]
+    missed = relaxed.verdict(180.0)
+    assert not missed["met"] and missed["missed_by_s"] == 60.0
+    assert "missed the 120 s budget by 60 s" in missed["line"] and "--strict" in missed["line"]
+    assert relaxed.verdict(None)["met"] is False
+
+
+def test_the_demo_config_names_the_command_that_wrote_it(tmp_path: Path) -> None:
+    for name, command in (("quick", "learnloop demo --quick`"), ("full", "learnloop demo`")):
+        text = PROFILES[name].config_toml(
+            base_model="smollm2", data_dir=tmp_path, port=8377, teacher_url="http://127.0.0.1:1"
+        )
+        first = text.splitlines()[0]
+        assert first == f"# Written by `{command}: the config a user would write for this loop."
+        assert "--profile" not in text
+        tomllib.loads(text)
+
+
+def test_a_strict_demo_fails_once_its_budget_is_passed(tmp_path: Path) -> None:
+    """--strict with a budget of 0 minutes: missed whatever the machine's speed, so the demo stops
+    after measuring the base model, naming the budget, with no report."""
     data = tmp_path / "demo"
-    # The quick profile's 2-minute budget is the demo's promise on an idle machine; beside a parallel test
-    # run it can take longer, and this test checks the stages, not the speed: 15 minutes, inside the
-    # test's own timeout, only so that a hung demo ends.
     out = subprocess.run(
-        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--data-dir", str(data)]
-        + ["--budget", "15"],
+        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--strict", "--budget", "0"]
+        + ["--data-dir", str(data)],
         env=cli_env(tmp_path / "unused"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=1100,
+        timeout=600,
+    )
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "within the 0 s budget (--strict)" in out.stderr and out.stdout == ""
+    assert not (data / "demo-report.json").exists()
+
+
+def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
+    """The app talks to `learnloop` only: the teacher upstream answers first (captured as teacher data),
+    the loop trains on it, the gate checks the student against the teacher, the canary moves the users
+    over in its steps and the student ends up answering everyone. Its budget is 0 minutes, so it is
+    missed on any machine: the demo still completes and the report says by how much."""
+    data = tmp_path / "demo"
+    out = subprocess.run(
+        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--budget", "0"]
+        + ["--data-dir", str(data)],
+        env=cli_env(tmp_path / "unused"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:] + (data / "serve.log").read_text()[-3000:]
     report = json.loads(out.stdout)
+    # The server's log says what changed, once: no repeated trigger lines, the cycle's progress, no chatter.
+    log = (data / "serve.log").read_text().splitlines()
+    skipped = [ln.split(" trigger.skipped ", 1)[1] for ln in log if " trigger.skipped " in ln]
+    assert all(a != b for a, b in zip(skipped, skipped[1:], strict=False)), skipped
+    for marker in ("dataset.built", "job.progress", "cycle.evaluating", "cycle.gate"):
+        assert any(marker in ln for ln in log), (marker, log)
+    assert not [ln for ln in log if "alembic" in ln or "it/s]" in ln or "GET /static/" in ln]
     promoted = report["promoted"]
+    budget = report["budget"]
+    assert budget["budget_s"] == 0 and not budget["met"] and not budget["strict"]
+    assert budget["missed_by_s"] == budget["took_s"] > 0 and "missed the 0 s budget" in budget["line"]
     assert promoted and report["after"]["n"] == 8 and report["before"]["n"] == 4
     assert Path(report["plot"]).stat().st_size > 10_000
     # The app's requests moved from the teacher to the student; the report says what that saved.
     shares = report["share_over_time"]
-    assert shares[0]["teacher_share"] == 1.0 and shares[-1]["by_target"].get(promoted, 0) >= 8
-    assert (
-        report["gate"]["baseline"] == "upstream:teacher"
-        and report["gate"]["cost_per_1k_requests_baseline"] > 0
-    )
+    # (The first 30 s are the teacher's alone only on a slow machine: a fast one swaps within them.)
+    assert shares[0]["by_target"].get("upstream:teacher", 0) > 0
+    assert shares[-1]["by_target"].get(promoted, 0) >= 8
+    # The gate's teacher cost comes from the held-out cases' stored answers: none has usage when all of
+    # them are backfill (a fast machine trains before the proxy kept one), so it may be unknown there.
+    gate_cost = report["gate"]["cost_per_1k_requests_baseline"]
+    assert report["gate"]["baseline"] == "upstream:teacher" and (gate_cost is None or gate_cost > 0)
+    assert report["cost"]["teacher_cost_per_1k_requests"] > 0
     assert report["cost"]["cost_saved"] > 0 and report["cost"]["own_requests"] >= 8
     whats = [row["what"] for row in report["timeline"]]
     assert any(w.startswith(f"canary: {promoted} answers 50%") for w in whats)

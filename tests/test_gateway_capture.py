@@ -159,7 +159,7 @@ def test_capture_never_delays_the_answer(settings: Settings, db: Database) -> No
 
 def test_a_teacher_loop_learns_from_proxied_answers(settings: Settings, db: Database) -> None:
     """`sources = ["teacher"]` is all a loop needs: its dataset holds the proxied answers."""
-    from learnloop.daemon.config import LoopConfig
+    from learnloop.config.loops import LoopConfig
     from learnloop.daemon.loops import dataset_filters
     from learnloop.datasets import build_dataset, read_records
 

@@ -61,6 +61,16 @@ def test_resolve_hf_folder_and_prepared_name(tiny_model_dir: Path, tmp_path: Pat
     )
 
 
+def test_a_hub_id_is_not_downloaded_and_the_error_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+    assert "does not exist" in str(err.value) and "never downloads a model" in str(err.value)
+    assert "huggingface-cli download HuggingFaceTB/SmolLM2-135M-Instruct --local-dir DIR" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve_base_model(str(tmp_path / "no" / "such" / "folder"), tmp_path)
+    assert "never downloads" not in str(err.value)  # a path, not a hub id
+
+
 def test_resolve_default_data_dir_comes_from_settings(
     settings: Settings, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

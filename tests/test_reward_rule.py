@@ -18,7 +18,7 @@ from learnloop.daemon import loops
 from learnloop.evaluation import compare_evaluations, evaluate, get_evaluation
 from learnloop.registry import register_version
 from learnloop.scoring import combined_rewards, reward_stats
-from learnloop.scoring.registry import register, unregister
+from learnloop.scoring.registry import register, registered, unregister
 from learnloop.scoring.view import TrajectoryView
 from learnloop.store import Database, ingest, parse_batch
 from learnloop.store.models import Alias, Evaluation, ModelVersion, utcnow
@@ -42,11 +42,16 @@ def order_json(t: TrajectoryView) -> float | None:
 
 @pytest.fixture
 def verifier() -> Iterator[None]:
+    # The demo's own order_json may be registered already (its module imported by another test):
+    # put it back afterwards, since a module imported once never registers its rewards again.
+    before = {f.name: f for f in registered()}.get("order_json")
     register(order_json, name="order_json", replace=True)
     try:
         yield
     finally:
         unregister("order_json")
+        if before is not None:
+            register(before.fn, name=before.name, version=before.version, replace=True)
 
 
 @pytest.fixture

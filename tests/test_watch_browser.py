@@ -33,6 +33,24 @@ from training_support import make_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
+REPO = Path(__file__).resolve().parent.parent
+# `DASHBOARD_SCREENSHOTS=docs/screenshots pytest tests/test_watch_browser.py -k crawl` writes the README's
+# screenshots of every page from the crawl (a path relative to the repository root, or absolute).
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
+SHOT_NAMES = {
+    "/": "overview",
+    "/trajectories": "trajectories",
+    "/rewards": "rewards",
+    "/datasets": "datasets",
+    "/jobs": "jobs",
+    "/versions": "versions",
+    "/serving": "serving",
+    "/quality": "quality",
+    "/trajectories/": "trajectory",
+    "/datasets/": "dataset",
+    "/jobs/": "job",
+    "/versions/": "version",
+}
 
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     if os.environ.get("CI"):
@@ -100,15 +118,18 @@ def console_errors(driver: object) -> list[str]:
     return [f"{e['level']}: {e['message']}" for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def shoot(driver: object, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    # The whole page, not just the window: grow the window to the document's height first.
-    height = driver.execute_script("return Math.max(document.body.scrollHeight, 900)")
-    driver.set_window_size(1440, min(int(height) + 40, 4000))
-    time.sleep(0.3)
-    path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1440, 1100)
+def shoot(driver: object, name: str, folder: Path = ARTIFACTS) -> Path:
+    """The whole page (not just the window) as a PNG, through Chromium's own full-page capture."""
+    import base64
+
+    folder.mkdir(parents=True, exist_ok=True)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path = folder / f"{name}.png"
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 
@@ -174,7 +195,16 @@ def test_crawl_every_page_after_a_quick_demo(
     db = Database(f"sqlite:///{demo_dir / 'learnloop.db'}")
     d = browser
     problems: list[str] = []
-    with live_server(create_app(s, db, watch_inbox=False)) as url:
+    from learnloop.serving.setup import build_runtime
+
+    # The demo's tiny model loaded, as `learnloop serve` would: the pages show a server that answers.
+    served = s.model_copy(
+        update={"serving": s.serving.model_copy(update={"base_model": str(demo_dir / "models" / "tiny")})}
+    )
+    runtime = build_runtime(served, db)
+    shots = (REPO / SCREENSHOTS) if SCREENSHOTS else None
+    shot_kinds: set[str] = set()
+    with live_server(create_app(s, db, watch_inbox=False, serving=runtime)) as url:
         # The read token is set: the dashboard asks for a login first, and comes back after it.
         d.get(url + "/versions")
         wait_for("the login page", lambda: "/login" in d.current_url)
@@ -226,6 +256,27 @@ def test_crawl_every_page_after_a_quick_demo(
                     problems.append(f"a chart not drawn on {link}")
             if "chart error" in d.page_source:
                 problems.append(f"chart error on {link}")
+            # Every drawn chart titles both axes, and every point and bar has a tooltip.
+            for chart in d.find_elements(By.CSS_SELECTOR, "[data-chart] svg"):
+                if len(chart.find_elements(By.CSS_SELECTOR, ".axis-title")) != 2:
+                    problems.append(f"a chart without its two axis titles on {link}")
+            untitled = d.execute_script(
+                "return [...document.querySelectorAll('[data-chart] svg circle, [data-chart] svg rect')]"
+                ".filter(e => !e.querySelector('title')).length"
+            )
+            if untitled:
+                problems.append(f"{untitled} chart points without a tooltip on {link}")
+            kind = next(
+                (
+                    k
+                    for k in SHOT_NAMES
+                    if link == k or (len(k) > 1 and k.endswith("/") and link.startswith(k))
+                ),
+                None,
+            )
+            if shots is not None and kind is not None and kind not in shot_kinds:
+                shot_kinds.add(kind)
+                shoot(d, SHOT_NAMES[kind], shots)
             problems.extend(f"{link}: {e}" for e in console_errors(d) + failed_requests(d, url))
             links = []
             for a in d.find_elements(By.CSS_SELECTOR, "a[href]"):
@@ -246,6 +297,8 @@ def test_crawl_every_page_after_a_quick_demo(
             assert any(link.startswith(kind) for link in checked), kind
         http.close()
     db.dispose()
+    if shots is not None:
+        assert shot_kinds == set(SHOT_NAMES), set(SHOT_NAMES) - shot_kinds
     template_warnings = [r.getMessage() for r in caplog.records if r.name == "learnloop.dashboard"]
     assert problems + template_warnings == [], f"{len(checked)} pages and fragments checked"
 

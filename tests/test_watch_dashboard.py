@@ -56,8 +56,8 @@ def test_every_page_renders_empty(settings: Settings, db: Database, caplog: pyte
         live = c.get(f"/ui/live/{page.strip('/') or 'overview'}") if page != "/trajectories" else r
         assert live.status_code == 200, page
     assert template_warnings(caplog) == []
-    assert "Nothing is training right now." in c.get("/").text
-    assert "No model versions registered yet." in c.get("/versions").text
+    assert "Nothing is training right now:" in c.get("/").text
+    assert "No model versions registered yet: a loop's cycle registers one" in c.get("/versions").text
 
 
 def test_every_page_shows_the_rows(
@@ -68,7 +68,8 @@ def test_every_page_shows_the_rows(
     for stage in ("capture", "score", "datasets", "train", "registry", "evaluate", "serve"):
         assert f'data-stage="{stage}"' in home
     assert (
-        "learnloop → v0002 · 10% → v0003" in home and f"job {seeded['running']} running · step 60/200" in home
+        "learnloop → v0002 · 10% → v0003" in home
+        and f"job {seeded['running']} running · training step 60/200" in home
     )
     assert 'data-countdown="2' in home and "12 new trajectories, 50 needed" in home
     assert "CUDA out of memory" in home  # the recent events

@@ -49,9 +49,9 @@ def test_status_reports_every_field_from_the_rows(settings: Settings, db: Databa
     assert q["by_state"]["queued"] == 3 and q["by_state"]["running"] == 1 and q["by_state"]["failed"] == 1
     assert q["depth"] == 3
     assert q["by_priority"] == [
-        {"priority": 10, "queued": 1},
-        {"priority": 50, "running": 1},
-        {"priority": 100, "queued": 2},
+        {"priority": 10, "priority_name": "high", "queued": 1},
+        {"priority": 50, "priority_name": "50", "running": 1},
+        {"priority": 100, "priority_name": "normal", "queued": 2},
     ]
 
     job = body["running_job"]

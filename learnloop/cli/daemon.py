@@ -28,8 +28,14 @@ def _db() -> Any:
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="'json': one JSON object a line. [default: server.log_format, text]",
+)
 @click.pass_context
-def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
+def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str, log_format: str | None) -> None:
     """Run the daemon in the foreground (no subcommand), or pause/resume/freeze/unfreeze every daemon.
 
     It scores new trajectories, checks each [[loops]] entry's triggers, runs the queued jobs (training as a
@@ -38,14 +44,10 @@ def daemon_group(ctx: click.Context, no_scoring: bool, log_level: str) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    import logging
-
+    from learnloop.cli.logs import configure_logging
     from learnloop.daemon.service import Daemon
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from learnloop.masking import redact_logs
-
-    redact_logs()  # no configured secret in the log, whatever a message carries
+    configure_logging(log_level, log_format or settings().server.log_format)
     s, db = _db()
     daemon = Daemon(s, db, scoring=not no_scoring)
     click.echo(
@@ -125,6 +127,11 @@ def _progress(p: dict[str, Any]) -> str:
     if not p or "step" not in p:
         return ""
     parts = [f"step {p.get('step')}/{p.get('total_steps')}"]
+    if p.get("stage") and p["stage"] != "training":  # training is over: the cycle is in a later stage
+        from learnloop.daemon.queue import STAGES
+
+        done = f" {p['stage_done']}/{p['stage_total']}" if p.get("stage_total") else ""
+        return f"{STAGES.get(p['stage'], p['stage'])}{done} (trained {parts[0]})"
     if p.get("loss") is not None:
         parts.append(f"loss {p['loss']:.4f}")
     if p.get("tokens_per_s"):

@@ -64,10 +64,24 @@ def cli() -> None:
     evaluate, promote and serve."""
 
 
-def settings():  # noqa: ANN201 - small indirection so tests can point at their own settings
-    from learnloop.config import load_settings
+_fallback_noted = False
 
-    return load_settings()
+
+def settings():  # noqa: ANN201 - small indirection so tests can point at their own settings
+    from learnloop.config import config_origin, load_settings
+
+    s = load_settings()
+    note_fallback(config_origin(), s.data_dir)
+    return s
+
+
+def note_fallback(origin: Any, data_dir: Any) -> None:
+    """Say once per command that no config file was found and the defaults (~/.learnloop) are used:
+    run from the wrong folder, a command would otherwise read another database without a word."""
+    global _fallback_noted
+    if origin.fell_back and not _fallback_noted:
+        _fallback_noted = True
+        click.echo(origin.fallback_note(data_dir), err=True)
 
 
 def echo_json(data: Any) -> None:
@@ -93,13 +107,21 @@ def _finite(data: Any) -> Any:
     help="Print every setting with its default and a comment (learnloop.example.toml).",
 )
 def config_cmd(as_json: bool, example: bool) -> None:
-    """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars)."""
+    """Print the effective configuration (defaults < learnloop.toml < LEARNLOOP_* env vars), after the
+    config file, environment variables and data dir it came from (on stderr with --json)."""
     if example:
         from learnloop.config_example import example_toml
 
         click.echo(example_toml(), nl=False)
         return
-    data = settings().public_dict()
+    from learnloop.config import config_origin, load_settings
+
+    global _fallback_noted
+    _fallback_noted = True  # the header below says it
+    s = load_settings()
+    data = s.public_dict()
+    for line in config_origin().lines(s.data_dir):
+        click.echo(f"# {line}", err=as_json)
     if as_json:
         echo_json(data)
         return

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -42,6 +44,13 @@ from learnloop.cli.main import settings
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    help="Least important lines shown; debug also shows the libraries' own INFO lines.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="'json': one JSON object a line, for a log collector. [default: server.log_format, text]",
 )
 def serve_cmd(
     host: str | None,
@@ -51,6 +60,7 @@ def serve_cmd(
     base_model: str | None,
     no_openai: bool,
     log_level: str,
+    log_format: str | None,
 ) -> None:
     """Run the learnloop server (and, unless --no-daemon, the daemon).
     Applies database migrations first; API docs at /docs.
@@ -72,10 +82,15 @@ def serve_cmd(
         s.serving.base_model = base_model
     host = host or s.server.host
     port = port or s.server.port
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    from learnloop.masking import redact_logs
+    # Before any effect (migrations, a model, a daemon): a busy port or a data dir another server
+    # serves stops the start here, saying which.
+    from learnloop.cli.preflight import check_port, claim_data_dir, release
 
-    redact_logs()  # no configured secret in the log, whatever a message carries
+    check_port(host, port)
+    server_lock = claim_data_dir(data_dir(s.data_dir).root, f"http://{host}:{port}")
+    from learnloop.cli.logs import configure_logging
+
+    configure_logging(log_level, log_format or s.server.log_format, access_polls=s.server.access_log_polls)
     data_dir(s.data_dir).ensure()
     db = open_database(
         s
@@ -104,11 +119,49 @@ def serve_cmd(
     )
     daemon = _start_daemon(s, db) if with_daemon else None
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        _server_class()(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level=log_level,
+                log_config=None,  # ours (configure_logging), not uvicorn's
+                timeout_graceful_shutdown=s.server.shutdown_grace_seconds,
+            )
+        ).run()
     finally:
         if daemon is not None:
             daemon.stop()  # a running training checkpoints and is requeued
         db.dispose()
+        release(server_lock)
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    from learnloop.api.shutdown import SHUTTING_DOWN
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also tells answers in flight to stop when a signal asks it to exit."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not SHUTTING_DOWN.is_set():
+                logging.getLogger("learnloop.serve").info(
+                    "shutting down: answers in flight are cut, a running training checkpoints"
+                )
+            SHUTTING_DOWN.set()
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn raises the signal again once it has stopped: SIGTERM's default action would end the
+            # process before the daemon stops (and Ctrl-C would print "Aborted!"). A signal-asked stop is a
+            # normal exit here.
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return Server
 
 
 def _start_daemon(s: Any, db: Any) -> Any:

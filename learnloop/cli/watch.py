@@ -82,14 +82,16 @@ def render_status(status: dict[str, Any]) -> Any:
     parts.append(loops)
 
     jobs = Table(title="jobs", title_justify="left")
-    for col in ("job", "kind", "state", "step", "loss", "tok/s", "ETA"):
+    from learnloop.watch.format import job_stage
+
+    for col in ("job", "kind", "state", "stage", "loss", "tok/s", "ETA"):
         jobs.add_column(col)
     for j in status["running"]:
         jobs.add_row(
             str(j["id"]),
             j["kind"],
             j["state"] + ("" if j["desired_state"] == "run" else f" → {j['desired_state']}"),
-            f"{j['step'] or 0}/{j['total_steps'] or '?'}",
+            job_stage(j),
             f"{j['loss']:.4g}" if j["loss"] is not None else "–",
             f"{j['tokens_per_s']:.0f}" if j["tokens_per_s"] is not None else "–",
             _secs(j["eta_s"]),

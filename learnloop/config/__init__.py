@@ -27,11 +27,10 @@ from pydantic_settings import (
 
 from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
 from learnloop.config.loops import DaemonSettings, LoopConfig
+from learnloop.config.origin import DEFAULT_CONFIG_FILE, ConfigOrigin, config_origin  # noqa: F401 (re-exported)
 from learnloop.errors import ConfigError, problems_text
 from learnloop.masking import DatabaseUrl, SecretEnvName, SecretUrl, mask_database_url, plain, remember
 from learnloop.paths import data_dir
-
-DEFAULT_CONFIG_FILE = "learnloop.toml"
 
 
 class ServerSettings(ConfigModel):
@@ -81,6 +80,23 @@ class ServerSettings(ConfigModel):
         ge=0,
         description="How long feedback or scores naming an answer this server just served wait for "
         "its trajectory when its write was delayed (it is written before the answer ends otherwise).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="The server's log on stderr: 'text' (one line a person reads) or 'json' (one JSON "
+        "object a line, for a log collector). `learnloop serve --log-format` overrides it.",
+    )
+    access_log_polls: bool = Field(
+        False,
+        description="Also log every request of the dashboard's polls and streams, /v1/status, /healthz, "
+        "/metrics and the static assets (off: only other requests are access-logged).",
+    )
+    shutdown_grace_seconds: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="On Ctrl-C or SIGTERM, how long requests in flight may finish before they are cut "
+        "(a streamed answer ends with an error event saying the server is shutting down).",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -67,6 +68,13 @@ class TriggerConfig(ConfigModel):
         None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's)."
     )
     min_free_disk_mb: int = Field(1024, ge=0, description="Least free space in the data dir, in MiB.")
+    max_epochs: float | None = Field(
+        10.0,
+        gt=0,
+        description="Readiness: when train.max_steps fixes a cycle's length, wait until its new examples "
+        "are enough for at most this many passes over them (80 steps of 4 over 7 examples would be 40 "
+        "passes: memorising, not learning). Unset: no such check.",
+    )
     custom: list[str] = Field(
         default_factory=list,
         description="Names of triggers registered with @learnloop.daemon.trigger (in [daemon] "
@@ -172,6 +180,27 @@ class LoopConfig(ConfigModel):
     @property
     def max_length(self) -> int:
         return int(self.train.get("max_length", TrainConfig.model_fields["max_length"].default))
+
+    def _train_value(self, key: str) -> int:
+        return int(self.train.get(key, TrainConfig.model_fields[key].default))
+
+    def planned_epochs(self, examples: int) -> float | None:
+        """Passes over ``examples`` a cycle would make, counted as training counts them (optimizer steps
+        x ``grad_accum`` micro-batches of ``batch_size``, ceil(examples / batch_size) micro-batches a
+        pass). None when ``train.max_steps`` is unset: the run is then sized in ``train.epochs``."""
+        steps = self.train.get("max_steps")
+        if not steps or examples <= 0:
+            return None
+        per_pass = math.ceil(examples / self._train_value("batch_size"))
+        return int(steps) * self._train_value("grad_accum") / per_pass
+
+    def examples_for(self, epochs: float) -> int | None:
+        """The fewest examples a cycle needs to make at most ``epochs`` passes (None: not step-sized)."""
+        steps = self.train.get("max_steps")
+        if not steps:
+            return None
+        batches = math.ceil(int(steps) * self._train_value("grad_accum") / epochs)
+        return self._train_value("batch_size") * (batches - 1) + 1
 
 
 def base_model_of(settings: Settings, loop: LoopConfig) -> str:

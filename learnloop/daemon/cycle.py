@@ -24,7 +24,7 @@ from learnloop.config import Settings
 from learnloop.config.loops import LoopConfig
 from learnloop.daemon import loops as loops_mod
 from learnloop.daemon import queue
-from learnloop.daemon.log import emit
+from learnloop.daemon.log import emit, write_line
 from learnloop.daemon.supervisor import Supervisor
 from learnloop.errors import ConfigError, LearnloopError, ValidationFailed
 from learnloop.paths import data_dir
@@ -48,6 +48,17 @@ class Refused(LearnloopError):
 
 class _Stop(Exception):
     """The run was stopped, skipped, cancelled, lost or interrupted: the job was released, not failed."""
+
+
+class _ShuttingDown(Exception):
+    """The daemon is stopping in the middle of a stage that has no checkpoint (evaluation)."""
+
+
+def _stage(ctx: Context, job: queue.JobInfo, stage: str, message: str | None = None, **kw: Any) -> None:
+    """Mark the job's stage (the dashboard's job page shows it) and say so in the log."""
+    queue.set_stage(ctx.db, job.id, ctx.owner, stage, **kw)
+    if message:  # a stage's start or outcome: an event (the job's page lists it) and a log line
+        emit(ctx.db, f"cycle.{stage}", message, loop=job.loop, job_id=job.id)
 
 
 @dataclass
@@ -208,7 +219,9 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
     done = dict(job.result)
     base = loops_mod.base_model_of(settings, loop)
 
+    cycle = f"loop {loop.name}: cycle {job.payload.get('cycle')} (job {job.id})"
     if "dataset_id" not in done:
+        _stage(ctx, job, "dataset")
         since = job.payload.get("since")
         until = job.payload.get("until")
         info = _build(
@@ -241,6 +254,19 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         if not queue.update_result(db, job.id, ctx.owner, **step):
             raise _Stop
         done.update(step)
+        _warn_epochs(ctx, job, loop, info.count)
+        emit(
+            db,
+            "dataset.built",
+            f"{cycle}: dataset {info.id} built, {info.count} examples"
+            + (
+                f" (p95 {length.get('p95')} tokens, {length.get('truncated') or 0} truncated)"
+                if length
+                else ""
+            ),
+            loop=loop.name,
+            job_id=job.id,
+        )
         share = float(length.get("truncated_share") or 0.0)
         if share > loop.max_truncated_share:
             raise Refused(
@@ -262,12 +288,16 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
     version_id = done.get("version_id")
     gate: dict[str, Any] | None = done.get("gate")
     if registry_available() and version_id is None:
+        _stage(ctx, job, "registering")
         version_id = _register(ctx, job, loop, base, done)
         queue.update_result(db, job.id, ctx.owner, version_id=version_id)
         done["version_id"] = version_id
     if version_id and evaluation_available() and gate is None:
         try:
-            eval_id = done.get("evaluation_id") or _evaluate(ctx, loop, version_id)
+            eval_id = done.get("evaluation_id") or _evaluate(ctx, job, loop, version_id)
+        except _ShuttingDown:
+            queue.release(db, job.id, ctx.owner, reason="daemon shutting down during evaluation")
+            raise _Stop from None
         except (ValidationFailed, LearnloopError) as exc:
             # Nothing to evaluate on (no held-out examples): the version stays registered, unpromoted.
             eval_id = None
@@ -284,10 +314,20 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         else:
             queue.update_result(db, job.id, ctx.owner, evaluation_id=eval_id)
             gate = _gate(ctx, loop, eval_id)
+            reasons = "; ".join(gate.get("reasons") or [])
+            _stage(
+                ctx,
+                job,
+                "gate",
+                f"{cycle}: gate {gate.get('verdict')} for {version_id}"
+                + (" (passed)" if gate.get("passed") else " (not promoted)")
+                + (f": {reasons}" if reasons else ""),
+            )
         queue.update_result(db, job.id, ctx.owner, gate=gate)
         done.update(evaluation_id=eval_id, gate=gate)
     promoted = done.get("promoted")
     if version_id and gate and gate.get("passed") and promoted is None:
+        _stage(ctx, job, "promoting")
         promoted = _promote(ctx, job, loop, version_id, done.get("evaluation_id"), gate)
         queue.update_result(db, job.id, ctx.owner, promoted=promoted)
 
@@ -311,6 +351,25 @@ def _cycle(ctx: Context, job: queue.JobInfo) -> None:
         {"head": advanced},
         message=f"loop {loop.name}: cycle {job.payload.get('cycle')} trained {what} on "
         f"{done.get('examples')} examples{verdict}",
+    )
+
+
+def _warn_epochs(ctx: Context, job: queue.JobInfo, loop: LoopConfig, examples: int) -> None:
+    """Readiness counted the examples before duplicates were removed: say so when the dataset the
+    cycle trains on is small enough for more passes than ``triggers.max_epochs`` (it trains anyway)."""
+    cap = loop.triggers.max_epochs
+    planned = loop.planned_epochs(examples)
+    if cap is None or planned is None or planned <= cap:
+        return
+    emit(
+        ctx.db,
+        "cycle.many_epochs",
+        f"loop {loop.name}: {loop.train['max_steps']} training steps over {examples} examples (after "
+        f"duplicates were removed) make {planned:.1f} epochs, more than triggers.max_epochs = {cap:g}; "
+        "lower train.max_steps if the versions memorise their data",
+        level="warning",
+        loop=loop.name,
+        job_id=job.id,
     )
 
 
@@ -374,7 +433,7 @@ def _register(ctx: Context, job: queue.JobInfo, loop: LoopConfig, base: str, don
     )
 
 
-def _evaluate(ctx: Context, loop: LoopConfig, version_id: str) -> int:
+def _evaluate(ctx: Context, job: queue.JobInfo, loop: LoopConfig, version_id: str) -> int:
     from learnloop import evaluation
     from learnloop.store.models import Evaluation
 
@@ -387,6 +446,24 @@ def _evaluate(ctx: Context, loop: LoopConfig, version_id: str) -> int:
         ).first()
     if existing:
         return int(existing)
+    told = [-1]
+    _stage(ctx, job, "evaluating", f"loop {loop.name}: evaluating {version_id} (job {job.id})")
+
+    def progress(k: int, n: int) -> None:
+        if ctx.shutdown.is_set():
+            raise _ShuttingDown  # evaluation keeps no checkpoint: the next daemon evaluates again
+        quarter = k * 4 // n if n else 0
+        if quarter > told[0]:  # the database and the log hear of every quarter, not every answer
+            told[0] = quarter
+            _stage(ctx, job, "evaluating", done=k, total=n)
+            if k:
+                write_line(
+                    "cycle.evaluating",
+                    f"loop {loop.name}: evaluating {version_id}: {k}/{n} examples answered",
+                    loop=loop.name,
+                    job=job.id,
+                )
+
     return int(
         evaluation.evaluate(
             ctx.db,
@@ -395,6 +472,7 @@ def _evaluate(ctx: Context, loop: LoopConfig, version_id: str) -> int:
             baseline="serving",
             scenario=loop.scenario,
             limit=loop.eval_limit,
+            progress=progress,
         )
     )
 
@@ -473,6 +551,13 @@ def _promote(
         actor="daemon",
         reason=f"loop {loop.name} cycle {job.payload.get('cycle')}: gate {gate.get('verdict')}",
         evaluation_id=eval_id,
+    )
+    write_line(
+        "version.promoted",
+        f"loop {loop.name}: {loop.alias} now serves {version_id}",
+        loop=loop.name,
+        job=job.id,
+        version=version_id,
     )
     return True
 

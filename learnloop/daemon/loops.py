@@ -178,7 +178,8 @@ def check_and_submit(
     with db.read_session() as s:
         row = s.get(LoopState, loop.name)
         last_at = row.last_cycle_at if row else None
-        was_busy = (row.readiness or {}).get("busy_job") if row else None
+        was = dict(row.readiness or {}) if row else {}
+        was_busy = was.get("busy_job")
     busy = active_job(db, loop.name)
     if busy is not None:
         if manual:
@@ -216,7 +217,7 @@ def check_and_submit(
             now=now,
             reason=f"manual ({actor})" if manual else "; ".join(decision.triggers),
         )
-    elif decision is not None:
+    elif decision is not None and _waits_anew(decision, was):
         emit(
             db,
             "trigger.skipped",
@@ -243,6 +244,26 @@ def check_and_submit(
             row.state = "queued"
         row.updated_at = now
     return decision, job
+
+
+def _holding(checks: list[Any], triggers: list[str], new_examples: int) -> tuple[Any, ...]:
+    """What holds the loop back, without the numbers (a count or a countdown that moves is not news):
+    the failed checks by name, whether a trigger would fire, whether anything new came in."""
+    failed = sorted(
+        str(c.get("name"))
+        for c in (c if isinstance(c, dict) else asdict(c) for c in checks)
+        if not c.get("ok")
+    )
+    return (failed, bool(triggers), new_examples > 0)
+
+
+def _waits_anew(decision: Decision, was: dict[str, Any]) -> bool:
+    """Whether a decision not to fire is news for the log: the first check, the first after a cycle,
+    or a change in what holds the loop back (not every check's repeat, every few seconds)."""
+    if "checks" not in was or was.get("busy_job") is not None or was.get("fire"):
+        return True
+    now = _holding(decision.checks, decision.triggers, decision.new_examples)
+    return now != _holding(was["checks"], was.get("triggers") or [], int(was.get("new_examples") or 0))
 
 
 def submit_cycle(

@@ -123,8 +123,18 @@ class JobInfo:
     def _progress_view(self, now: dt.datetime) -> dict[str, Any]:
         p = self.progress
         step, total = p.get("step"), p.get("total_steps")
-        eta = _finite(p.get("eta_s"))
-        if eta is None and self.state == "running" and self.started_at and step and total and step > 0:
+        stage = p.get("stage") or ("training" if step is not None else None)
+        training = stage == "training"
+        eta = _finite(p.get("eta_s")) if training else None
+        if (
+            training
+            and eta is None
+            and self.state == "running"
+            and self.started_at
+            and step
+            and total
+            and step > 0
+        ):
             # No ETA reported: extrapolate from the pace so far.
             elapsed = (now - self.started_at).total_seconds()
             eta = round(elapsed / step * max(0, total - step), 1)
@@ -132,6 +142,10 @@ class JobInfo:
         if self.started_at:
             duration = round(((self.finished_at or now) - self.started_at).total_seconds(), 1)
         return {
+            "stage": stage if self.state in ("running", "paused") else None,
+            "stage_label": STAGES.get(stage or "", stage) if self.state in ("running", "paused") else None,
+            "stage_done": p.get("stage_done"),
+            "stage_total": p.get("stage_total"),
             "step": step,
             "total_steps": total,
             "loss": _finite(p.get("loss")),
@@ -330,6 +344,29 @@ def heartbeat(
         if checkpoint_path is not None:
             row.checkpoint_path = checkpoint_path
         return JobInfo.of(row)
+
+
+# A cycle's stages in order, with the words the CLI and the dashboard show while it is in one.
+STAGES = {
+    "dataset": "building the dataset",
+    "training": "training",
+    "registering": "registering the version",
+    "evaluating": "evaluating",
+    "gate": "gate verdict",
+    "promoting": "promoting",
+}
+
+
+def set_stage(
+    db: Database, job_id: int, owner: str, stage: str, *, done: int | None = None, total: int | None = None
+) -> bool:
+    """Record which stage the running job is in (and how far through it: ``done`` of ``total``)."""
+    with db.session() as s:
+        row = _owned(s, job_id, owner)
+        if row is None:
+            return False
+        row.progress = {**(row.progress or {}), "stage": stage, "stage_done": done, "stage_total": total}
+        return True
 
 
 def update_result(db: Database, job_id: int, owner: str, **fields: Any) -> bool:

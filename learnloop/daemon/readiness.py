@@ -94,6 +94,24 @@ def reward_variance(check: LoopCheck) -> tuple[bool, str] | None:
     return None
 
 
+@_builtin("epochs")
+def epochs(check: LoopCheck) -> tuple[bool, str] | None:
+    """A cycle of ``train.max_steps`` steps must not pass over its new examples more than
+    ``triggers.max_epochs`` times: it waits for enough of them (or for a smaller ``max_steps``)."""
+    loop, cap, n = check.loop, check.loop.triggers.max_epochs, check.new_examples
+    planned = loop.planned_epochs(n) if cap else None
+    if planned is None or cap is None:
+        return None
+    steps = loop.train["max_steps"]
+    if planned <= cap:
+        return True, f"{steps} training steps over {n} {check.unit}: {planned:.1f} epochs (at most {cap:g})"
+    needed = loop.examples_for(cap)
+    return False, (
+        f"{steps} training steps over {n} {check.unit} would be {planned:.1f} epochs (more than "
+        f"triggers.max_epochs = {cap:g}): waiting for {needed} {check.unit}, or lower train.max_steps"
+    )
+
+
 @_builtin("disk")
 def disk(check: LoopCheck) -> tuple[bool, str]:
     """Free space in the data dir (``min_free_disk_mb``)."""

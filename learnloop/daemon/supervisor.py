@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import delete
 
 from learnloop.daemon import queue
-from learnloop.daemon.log import emit
+from learnloop.daemon.log import emit, write_line
 from learnloop.store.db import Database
 from learnloop.store.models import DesiredState, JobState, TrainingMetric
 from learnloop.training.control import write_control
@@ -83,6 +83,30 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def progress_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+    """``step 8/80 (10%), loss 1.234, 1520 tokens/s, ETA 1m12s``: what a person watching a run wants."""
+    parts = [f"step {step}/{total} ({step * 100 // max(total, 1)}%)"]
+    loss = metrics.get("loss")
+    if isinstance(loss, (int, float)):
+        parts.append(f"loss {loss:.4g}")
+    tps = metrics.get("tokens_per_s")
+    if isinstance(tps, (int, float)):
+        parts.append(f"{tps:,.0f} tokens/s")
+    eta = metrics.get("eta_s")
+    if isinstance(eta, (int, float)) and step < total:
+        parts.append(f"ETA {duration(eta)}")
+    return ", ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def training_command(config_path: Path, launcher: list[str]) -> list[str]:
     return [*(launcher or [sys.executable]), "-m", "learnloop.training.run", "--config", str(config_path)]
 
@@ -105,6 +129,7 @@ class Supervisor:
         self.shutdown = shutdown
         self.tail: collections.deque[str] = collections.deque(maxlen=self.cfg.output_tail_lines)
         self.progress: dict[str, Any] = {}
+        self._told = -1
         self._pending: list[dict[str, Any]] = []
 
     def run(self, config: Any) -> Outcome:
@@ -122,6 +147,8 @@ class Supervisor:
         self.progress = {
             k: v for k, v in (info.progress or {}).items() if k in ("step", "total_steps", "checkpoint")
         }
+        self.progress["stage"] = "training"
+        self._told = -1  # the last tenth of the run the log reported
         # A command left by an earlier attempt (a stop it obeyed, a pause) must not steer this one.
         sent = "pause" if desired == DesiredState.pause else "resume"
         write_control(out, sent)
@@ -289,6 +316,8 @@ class Supervisor:
 
     def _on_start(self, ev: dict[str, Any]) -> None:
         step = int(ev.get("step", 0))
+        total = int(ev.get("total_steps", 0))
+        self._told = step * 10 // total if total else -1  # a resumed run reports from where it resumed
         self.progress.update(step=step, total_steps=int(ev.get("total_steps", 0)))
         self.tail.append(ev.get("message", ""))
         # Steps past the checkpoint it resumed from are redone: their earlier rows describe nothing kept.
@@ -304,6 +333,12 @@ class Supervisor:
                     {"step": line["step"], "total_steps": ev.get("total_steps", 0), "metrics": line}
                 )
         self.progress.update(step=step)
+        write_line(
+            "job.training",
+            f"job {self.job_id}: training {total} steps" + (f", resuming at step {step}" if step else ""),
+            loop=self.loop,
+            job=self.job_id,
+        )
 
     def _on_step(self, ev: dict[str, Any]) -> None:
         m = ev.get("metrics") or {}
@@ -315,6 +350,16 @@ class Supervisor:
             tokens_per_s=m.get("tokens_per_s"),
             eta_s=m.get("eta_s"),
         )
+        total = int(ev.get("total_steps", 0))
+        tenth = step * 10 // total if total else -1
+        if tenth > self._told and tenth > 0:
+            self._told = tenth
+            write_line(
+                "job.progress",
+                f"job {self.job_id}: {progress_line(step, total, m)}",
+                loop=self.loop,
+                job=self.job_id,
+            )
         known = {"step", "loss", "lr", "grad_norm", "tokens_per_s"}
         self._pending.append(
             {

@@ -62,8 +62,8 @@ class Profile:
         canary = "\n".join(f"{k} = {_toml(v)}" for k, v in (self.canary or {}).items())
         threads = f"threads = {self.threads}\n" if self.threads else ""
         training_threads = f"training_threads = {self.threads}\n" if self.threads else ""
-        return f"""# Written by `learnloop demo --profile {self.name}`: \
-the config a user would write for this loop.
+        command = "learnloop demo --quick" if self.name == "quick" else "learnloop demo"
+        return f"""# Written by `{command}`: the config a user would write for this loop.
 data_dir = {q(str(data_dir))}
 
 [server]

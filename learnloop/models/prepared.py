@@ -418,7 +418,13 @@ def resolve_base_model(spec: str | Path, data_dir: Path | None = None) -> Path:
             f"Base model {text!r} is neither an HF model folder, a .gguf file, nor a prepared model "
             f"(`learnloop models list`); known names to prepare: {', '.join(sorted(KNOWN_MODELS))}."
         )
+    hub = (
+        " learnloop never downloads a model: for a Hugging Face hub id, fetch it first "
+        f"(`huggingface-cli download {text} --local-dir DIR`) and name DIR."
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith(".")
+        else ""
+    )
     raise ConfigError(
         f"Base model {text!r} does not exist (expected an HF model folder, "
-        "a .gguf file or a prepared model name)."
+        f"a .gguf file or a prepared model name).{hub}"
     )

@@ -87,6 +87,19 @@ def version_link(context: Context, version_id: str | None, bold: bool = False) -
     return Markup('<a href="/versions/%s" class="version-link">%s</a>') % (path_segment(version_id), text)
 
 
+def job_stage(job: dict[str, Any]) -> str:
+    """Where a running job is, in words: its cycle stage (building the dataset, evaluating 3/8, ...) or
+    its training step."""
+    stage = job.get("stage")
+    done, total = job.get("stage_done"), job.get("stage_total")
+    if stage and stage != "training":
+        label = job.get("stage_label") or stage
+        return f"{label} {done}/{total}" if total else label
+    if job.get("total_steps"):
+        return f"training step {job.get('step') or 0}/{job['total_steps']}"
+    return "training" if stage == "training" else "starting"
+
+
 FILTERS = {
     "bytes": human_bytes,
     "num": number,
@@ -94,6 +107,7 @@ FILTERS = {
     "when": when,
     "segment": path_segment,
     "vlink": version_link,
+    "stage": job_stage,
     # For data attributes: JSON with whatever is not JSON (times) as text.
     "tojson_attr": lambda v: json.dumps(v, default=str),
 }

@@ -109,14 +109,38 @@ def process_role(cmdline: list[str]) -> str | None:
     return None
 
 
-def learnloop_processes(self_role: str | None = None) -> list[dict[str, Any]]:
-    """Every learnloop process on this host with its RSS; this process is included as ``self_role``."""
+def _own_processes() -> list[psutil.Process]:
+    """This process and the learnloop processes under it: the training runs it supervises (with their
+    launchers' workers), not whatever else it happens to have started."""
+    me = psutil.Process(os.getpid())
+    out = [me]
+    try:
+        for child in me.children(recursive=True):
+            try:
+                if process_role(child.cmdline()) is not None or any(
+                    TRAINING_MODULE in " ".join(p.cmdline()) for p in child.parents() if p.pid != me.pid
+                ):
+                    out.append(child)
+            except psutil.Error:
+                continue  # it ended while we looked
+    except psutil.Error:
+        pass
+    return out
+
+
+def learnloop_processes(self_role: str | None = None, *, own: bool = False) -> list[dict[str, Any]]:
+    """The learnloop processes with their RSS; this process is included as ``self_role``. ``own``: only
+    this process and those it started (what a server answers for), not every learnloop on the host."""
     me = os.getpid()
     found: list[dict[str, Any]] = []
-    for proc in psutil.process_iter(["pid", "cmdline", "memory_info", "create_time"]):
-        info = proc.info
+    attrs = ["pid", "cmdline", "memory_info", "create_time"]
+    procs = _own_processes() if own else psutil.process_iter(attrs)
+    for proc in procs:
         try:
+            info = proc.info if not own else proc.as_dict(attrs)
             role = self_role if info["pid"] == me and self_role else process_role(info["cmdline"] or [])
+            if own and role is None:
+                role = "training"  # a worker under a training run (a launcher's child)
         except Exception:  # noqa: BLE001 - a process that vanished mid-read is simply not listed
             continue
         if role is None or info["memory_info"] is None:
@@ -223,7 +247,8 @@ def host_health(
         "database": database_health(db),
         "disk": disk_health(data_root, disk_floor_gb),
         "memory": memory_health(),
-        "processes": learnloop_processes(self_role),
+        # A server lists itself and what it supervises; the CLI looks at the whole host.
+        "processes": learnloop_processes(self_role, own=self_role == "server"),
         "gpus": gpu_health(),
     }
 

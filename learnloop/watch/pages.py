@@ -15,7 +15,9 @@ from learnloop.config import Settings
 from learnloop.errors import NotFound
 from learnloop.store.db import Database
 from learnloop.store.models import utcnow
+from learnloop.watch import evaluations as eval_table
 from learnloop.watch import queries, rewards, trajectories
+from learnloop.watch.format import job_stage
 from learnloop.watch.status import build_status
 from learnloop.watch.views import Params, page
 
@@ -29,6 +31,13 @@ _STATUS_PARTS = (
     "last_evaluation",
     "trajectories",
 )
+# What each version state means (the README's words; the registry's state_of decides them).
+VERSION_STATES = {
+    "serving": "an alias serves it now (its version, or its A/B candidate with a share of the traffic)",
+    "archived": "it served before and no alias serves it now; rollback or restore can bring it back",
+    "rejected": "it never served and its latest gate verdict is reject",
+    "candidate": "it never served and the gate has not rejected it",
+}
 STAGES = ("capture", "score", "datasets", "train", "registry", "evaluate", "serve")
 
 
@@ -60,14 +69,17 @@ def overview(db: Database, settings: Settings, params: Params) -> dict[str, Any]
     return {
         "known_versions": extra.get("known_versions", set()),
         "status": status,
-        "stages": _stage_states(status, extra),
+        "stages": _stage_states(status, extra, params.server),
+        "loops_configured": len(settings.loops),
+        "serving_off": params.server.get("serving_off") if params.server.get("serving") is False else None,
         "events": events,
         "next_check_in_s": min(countdowns) if countdowns else None,
     }
 
 
-def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, Any]]:
+def _stage_states(status: dict[str, Any], extra: dict[str, Any], server: Any = None) -> list[dict[str, Any]]:
     """One box per stage of the loop: its state (ok, busy, warn, error, idle), a line, a link."""
+    server = server or {}
     t = status.get("trajectories") or {}
     running = status.get("running_job")
     queue = (status.get("queue") or {}).get("by_state", {})
@@ -100,11 +112,10 @@ def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[st
         f"/datasets/{dataset['id']}" if dataset else "/datasets",
     )
     if running:
-        step = f"step {running['step'] or 0}/{running['total_steps'] or '?'}"
         add(
             "train",
             "busy" if running["state"] == "running" else "warn",
-            f"job {running['id']} {running['state']} · {step}",
+            f"job {running['id']} {running['state']} · {job_stage(running)}",
             f"/jobs/{running['id']}",
         )
     else:
@@ -130,15 +141,26 @@ def _stage_states(status: dict[str, Any], extra: dict[str, Any]) -> list[dict[st
     else:
         add("evaluate", "idle", "no evaluations", "/versions")
     main = next((a for a in serving if a["alias"] == "learnloop"), serving[0] if serving else None)
+    # This server's OpenAI routes answer only with a model loaded: say so rather than name one.
+    off = server.get("serving") is False
     if main:
         split = (
             f" · {main['split'] * 100:.0f}% → {main['candidate']}"
             if main["candidate"] and main["split"]
             else ""
         )
-        add("serve", "ok", f"{main['alias']} → {main['version']}{split}", "/serving")
+        here = " · not served here: no model loaded" if off else ""
+        add("serve", "warn" if off else "ok", f"{main['alias']} → {main['version']}{split}{here}", "/serving")
+    elif off:
+        add(
+            "serve",
+            "warn",
+            "no model prepared: /v1 answers 503 (`learnloop models prepare smollm2`)",
+            "/serving",
+        )
     else:
-        add("serve", "idle", "base model", "/serving")
+        model = server.get("serving_model")
+        add("serve", "idle", f"base model {Path(model).name}" if model else "base model", "/serving")
     return out
 
 
@@ -177,6 +199,8 @@ def reward_page(db: Database, settings: Settings, params: Params) -> dict[str, A
         "type": "bars",
         "x": labels,
         "stacked": True,
+        "x_label": "score (bucket middle)",
+        "y_label": "scores",
         "series": [
             {"name": sc, "points": list(zip(labels, counts))}
             for sc, counts in sorted(data["histograms"].items())
@@ -185,6 +209,8 @@ def reward_page(db: Database, settings: Settings, params: Params) -> dict[str, A
     by_day = {
         "type": "line",
         "x_is_date": True,
+        "x_label": "day (UTC)",
+        "y_label": "mean score",
         "series": [{"name": "mean score", "points": [[r["key"], r["mean"]] for r in data["by_day"]]}],
     }
     n = sum(r["count"] for r in data["by_scenario"])
@@ -269,12 +295,16 @@ def job(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         "known_versions": known,
         "loss_chart": {
             "type": "line",
-            "empty": "No steps recorded yet.",
+            "x_label": "training step",
+            "y_label": "loss",
+            "empty": "No training steps recorded yet: they appear as the run reports them.",
             "series": [{"name": "loss", "points": [[p["step"], p["loss"]] for p in pts]}],
         },
         "lr_chart": {
             "type": "line",
-            "empty": "No steps recorded yet.",
+            "x_label": "training step",
+            "y_label": "learning rate",
+            "empty": "No training steps recorded yet: they appear as the run reports them.",
             "series": [
                 {"name": "learning rate", "color": "#d97706", "points": [[p["step"], p["lr"]] for p in pts]}
             ],
@@ -311,19 +341,19 @@ def versions(db: Database, settings: Settings, params: Params) -> dict[str, Any]
     walk(None, 0)
     return {
         "versions": ordered,
-        "evaluations": evaluations[:50],
-        "metric_keys": _metric_keys(evaluations)[:8],
+        "evaluations": eval_table.rows(evaluations[:50]),
+        "eval_columns": eval_table.COLUMNS,
         "serving": serving,
         "serving_ids": {a["version_id"] for a in serving},
+        "state_help": VERSION_STATES,
         "history": history,
         "known_versions": known,
     }
 
 
-def _metric_keys(evaluations: list[dict[str, Any]]) -> list[str]:
-    return sorted(
-        {k for e in evaluations for k, val in e["metrics"].items() if isinstance(val, (int, float))}
-    )
+def _overall(metrics: dict[str, Any]) -> dict[str, Any]:
+    overall = metrics.get("overall")
+    return overall if isinstance(overall, dict) else metrics
 
 
 @page("version", "/versions/{key}", section="versions")
@@ -350,8 +380,8 @@ def version(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         "chain": chain,
         "parents": parents,
         "children": children,
-        "evaluations": evaluations,
-        "metric_keys": _metric_keys(evaluations),
+        "evaluations": eval_table.rows(evaluations),
+        "eval_columns": eval_table.COLUMNS,
         "serving": serving,
         "files": _files(v),
         "moves": chain["promotions"],
@@ -389,11 +419,25 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
 
     with db.read_session() as s:
         targets = traffic_summary(s, utcnow())
+    captured = {r["version"]: r["latency_ms_mean"] for r in traffic["per_version"]}
+    process = serving_snapshot()
+    for row in process:
+        # Counters of a process that has not timed an answer yet: the captured answers' mean instead.
+        if row.get("latency_mean_s") is None and captured.get(row["version"]) is not None:
+            row["latency_mean_s"] = captured[row["version"]] / 1000
     return {
         "aliases": aliases,
         "traffic": traffic,
-        "chart": {"type": "bars", "x": days, "series": series},
-        "process": serving_snapshot(),
+        "chart": {
+            "type": "bars",
+            "x": days,
+            "series": series,
+            "x_label": "day (UTC)",
+            "y_label": "requests",
+            "empty": "No served requests in the last 14 days: point your app's OpenAI client at this "
+            "server's /v1 (model 'learnloop') and its answers are counted here.",
+        },
+        "process": process,
         "known_versions": known,
         # Every target's share (an upstream's answers included, kept or sampled out) and the cost saved.
         "targets": targets,
@@ -401,6 +445,7 @@ def serving(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         "upstreams": [
             {"name": u.name, "model": u.model, "target": f"upstream:{u.name}"} for u in settings.upstreams
         ],
+        "serving_off": params.server.get("serving_off") if params.server.get("serving") is False else None,
     }
 
 
@@ -419,23 +464,33 @@ def quality(db: Database, settings: Settings, params: Params) -> dict[str, Any]:
         }
         for v in sorted({r["version"] for r in live})
     ]
+    # One scale: rewards only (an evaluation's example count is not a reward, so it is not drawn here).
     eval_series = [
         {
-            "name": f"eval {k}",
+            "name": f"evaluated reward · {side}",
             "dashed": True,
             "points": [
-                [e["created_at"][:10], e["metrics"][k]]
+                [e["created_at"][:10], _overall(e["metrics"]).get(f"reward_{side}")]
                 for e in reversed(evaluations)
-                if isinstance(e["metrics"].get(k), (int, float))
+                if isinstance(_overall(e["metrics"]).get(f"reward_{side}"), (int, float))
             ],
         }
-        for k in _metric_keys(evaluations)[:3]
+        for side in ("candidate", "baseline")
     ]
     markers = [
         {"x": m["at"][:10], "label": f"{m['action']} {m['to'] or 'base'}", "kind": m["action"]} for m in moves
     ]
     return {
-        "chart": {"type": "line", "x_is_date": True, "series": series + eval_series, "markers": markers},
+        "chart": {
+            "type": "line",
+            "x_is_date": True,
+            "series": series + eval_series,
+            "markers": markers,
+            "x_label": "day (UTC)",
+            "y_label": "mean reward",
+            "empty": "No scored served traffic or evaluations yet: once your app's answers are scored "
+            "(feedback, heuristics, rewards) their daily mean appears here.",
+        },
         "live": live,
         "moves": moves,
         "evaluations": evaluations[:20],

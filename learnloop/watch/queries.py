@@ -12,7 +12,7 @@ import datetime as dt
 import math
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from learnloop.store.models import (
@@ -96,6 +96,8 @@ def control_switches(session: Session) -> dict[str, Any]:
 
 def queue_summary(session: Session) -> dict[str, Any]:
     """Job counts by state, and by priority for the ones still to run or running."""
+    from learnloop.daemon.queue import priority_name
+
     by_state = {_val(s): n for s, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
     rows = session.execute(
         select(Job.priority, Job.state, func.count())
@@ -108,7 +110,10 @@ def queue_summary(session: Session) -> dict[str, Any]:
         by_priority.setdefault(priority, {})[_val(state)] = n
     return {
         "by_state": {s.value: by_state.get(s.value, 0) for s in JobState},
-        "by_priority": [{"priority": p, **counts} for p, counts in sorted(by_priority.items())],
+        "by_priority": [
+            {"priority": p, "priority_name": priority_name(p), **counts}
+            for p, counts in sorted(by_priority.items())
+        ],
         "depth": by_state.get("queued", 0),
     }
 
@@ -307,7 +312,8 @@ def served_traffic(session: Session, since: dt.datetime) -> dict[str, Any]:
     """Served trajectories per version: count, mean latency (metadata latency_ms) and per day."""
     latency = Trajectory.meta["latency_ms"].as_float()
     version = func.coalesce(Trajectory.model_version, "base")
-    served = Trajectory.source == Source.served
+    # What this server answered: its own models' answers, and an upstream's (captured as teacher data).
+    served = or_(Trajectory.source == Source.served, Trajectory.model_version.like("upstream:%"))
     per_version = [
         {"version": v, "requests": n, "latency_ms_mean": _num(lat), "latency_ms_max": _num(lmax)}
         for v, n, lat, lmax in session.execute(

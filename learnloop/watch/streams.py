@@ -12,6 +12,7 @@ from typing import Any
 from learnloop.ids import ROW_ID_MAX
 from learnloop.store.db import Database
 from learnloop.watch import queries
+from learnloop.watch.format import job_stage
 
 Frame = tuple[str, Any, int | None]
 
@@ -54,7 +55,14 @@ class JobFeed:
         if new["points"]:
             self.last = new["points"][-1]["step"]
             frames.append(("metrics", {"points": new["points"], "bucket": new["bucket"]}, self.last))
-        frames.append(("job", {k: job[k] for k in JOB_FIELDS}, None))
+        # The stage in words, as the page shows it ("evaluating 3/8"), not the key.
+        frames.append(
+            (
+                "job",
+                {**{k: job[k] for k in JOB_FIELDS}, "stage": job_stage(job) if job.get("stage") else None},
+                None,
+            )
+        )
         return frames
 
 

@@ -31,6 +31,9 @@ class Params:
 
     query: Mapping[str, str] = field(default_factory=dict)
     key: str | None = None
+    # What the server answering runs (not in the database): ``serving`` (its OpenAI routes answer),
+    # ``serving_model`` (the base model they load), ``serving_off`` (why they answer 503).
+    server: Mapping[str, Any] = field(default_factory=dict)
 
     def integer(self, name: str, default: int, *, lo: int = 0, hi: int = ROW_ID_MAX) -> int:
         """Query parameter ``name`` as an int in [lo, hi]; a bad one is refused naming it."""

@@ -84,9 +84,20 @@ def _render(
 # -- pages: one route per registered page --------------------------------------------------------
 
 
+def _server(request: Request) -> dict[str, Any]:
+    """What this server runs, for the views (the database cannot say): whether its OpenAI routes answer."""
+    runtime = getattr(request.app.state, "serving", None)
+    backend = getattr(runtime, "backend", None)
+    return {
+        "serving": runtime is not None,
+        "serving_model": str(getattr(backend, "base_model", "") or "") or None,
+        "serving_off": getattr(request.app.state, "serving_off_reason", None),
+    }
+
+
 def _page_route(p: watch.Page) -> Callable[..., Any]:
     async def show(request: Request, db: DbDep, settings: SettingsDep) -> Response:
-        params = watch.Params(dict(request.query_params), request.path_params.get("key"))
+        params = watch.Params(dict(request.query_params), request.path_params.get("key"), _server(request))
         ctx = await run_in_threadpool(p.view, db, settings, params)
         return _render(request, settings, f"{p.name}.html", p.section, ctx)
 
@@ -109,7 +120,8 @@ def page_routes() -> APIRouter:
 async def live_fragment(request: Request, name: str, db: DbDep, settings: SettingsDep) -> Response:
     """The body of page ``name`` alone (``job-12``: job 12's), for the page's periodic refresh."""
     p, key = watch.live_page(name)
-    ctx = await run_in_threadpool(p.view, db, settings, watch.Params(dict(request.query_params), key))
+    params = watch.Params(dict(request.query_params), key, _server(request))
+    ctx = await run_in_threadpool(p.view, db, settings, params)
     return _render(request, settings, f"_{p.name}.html", p.section, ctx)
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from learnloop.api.deps import ServingKey, bearer_matches
 from learnloop.api.openapi import OPENAI_SHAPE, openai_error_responses, request_body
+from learnloop.api.shutdown import ShuttingDown, next_chunk
 from learnloop.errors import Conflict, LearnloopError, NotFound, Overloaded, UpstreamFailed, ValidationFailed
 from learnloop.ids import new_id
 from learnloop.serving import confidence
@@ -105,6 +106,8 @@ def domain_error(exc: LearnloopError) -> JSONResponse:
             None if exc.retry_after is None else {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
         )
         return JSONResponse({"error": exc.error}, status_code=exc.status, headers=headers)
+    if isinstance(exc, ShuttingDown):
+        return openai_error(503, str(exc), type="server_error", code="server_shutting_down")
     if isinstance(exc, ValidationFailed):
         param = exc.problems[0][0] if exc.problems else None
         code = "context_length_exceeded" if "context" in str(exc) else None
@@ -303,10 +306,11 @@ async def _complete(runtime: Any, request: Request, body: ChatCompletionBody) ->
         headers["x-learnloop-alias"] = route.alias
     stream = runtime.backend_for(route.served).astream(route.served, chat)
     try:
-        first = await stream.__anext__()  # errors (context, capacity) surface as a status, not mid-stream
+        first = await next_chunk(stream)  # errors (context, capacity) surface as a status, not mid-stream
     except StopAsyncIteration:
         first = None
     except LearnloopError as exc:
+        await stream.aclose()
         return domain_error(exc)
     if route.shadow is not None:
         call.start_shadow()
@@ -372,7 +376,11 @@ class _Call:
     async def consume(self, first: Chunk | None, stream: AsyncIterator[Chunk]) -> None:
         if first is not None:
             self.add(first)
-        async for c in stream:
+        while True:
+            try:
+                c = await next_chunk(stream)
+            except StopAsyncIteration:
+                return
             self.add(c)
 
     def usage(self) -> dict[str, int]:
@@ -435,7 +443,7 @@ class _Call:
                     c = pending.pop()
                 else:
                     try:
-                        c = await stream.__anext__()
+                        c = await next_chunk(stream)
                     except StopAsyncIteration:
                         break
                 self.add(c)
@@ -461,7 +469,10 @@ class _Call:
         except Exception as exc:  # after the headers went out an error can only be an event
             if not isinstance(exc, LearnloopError):
                 log.exception("generation failed mid-stream (%s)", self.id)
-            yield b"data: " + _json({"error": {"message": str(exc), "type": "server_error"}}) + b"\n\n"
+            error = {"message": str(exc), "type": "server_error"}
+            if isinstance(exc, ShuttingDown):
+                error["code"] = "server_shutting_down"
+            yield b"data: " + _json({"error": error}) + b"\n\n"
         finally:
             await stream.aclose()  # on a disconnect: stops decoding and frees the slot
             self.capture()

@@ -1,6 +1,7 @@
 /* learnloop's small SVG chart: lines (numeric or date/category x), bars (grouped or stacked), markers.
    drawChart(element, spec) with spec = {type: "line"|"bars", series: [{name, points: [[x, y], ...], dashed}],
-   x: [category labels] (bars), markers: [{x, label, kind}], height, y_label}. */
+   x: [category labels] (bars), markers: [{x, label, kind}], height, x_label, y_label (axis titles, with units)}.
+   Every point and bar has a tooltip (its series, x and value); one y scale per chart. */
 (function () {
   "use strict";
   var NS = "http://www.w3.org/2000/svg";
@@ -36,7 +37,7 @@
       host.appendChild(p); return;
     }
     var W = Math.max(host.clientWidth || 600, 260), H = spec.height || 220;
-    var m = {l: 52, r: 14, t: 10, b: 28};
+    var m = {l: spec.y_label ? 66 : 52, r: 14, t: 10, b: spec.x_label ? 42 : 28};
     var svg = el("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img"}, host);
     var iw = W - m.l - m.r, ih = H - m.t - m.b;
     var categorical = spec.type === "bars" || series.some(function (s) { return typeof s.points[0][0] === "string"; });
@@ -77,10 +78,20 @@
     xt.forEach(function (t, i) {
       if (i % every) return;
       var x = X(t); if (x < m.l - 1 || x > W - m.r + 1) return;
-      var tx = el("text", {x: x, y: H - 8, "text-anchor": "middle"}, g); tx.textContent = categorical ? String(t).slice(5) || t : fmt(t);
+      var tx = el("text", {x: x, y: m.t + ih + 16, "text-anchor": "middle"}, g); tx.textContent = categorical ? String(t).slice(5) || t : fmt(t);
       if (categorical && String(t).length < 6) tx.textContent = t;
     });
     el("line", {x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih, stroke: "#cbd5e1"}, svg);
+    if (spec.y_label) {
+      var yt = el("text", {"class": "axis-title", x: 0, y: 0, "text-anchor": "middle",
+        transform: "translate(12," + (m.t + ih / 2) + ") rotate(-90)"}, svg);
+      yt.textContent = spec.y_label;
+    }
+    if (spec.x_label) {
+      var xl = el("text", {"class": "axis-title", x: m.l + iw / 2, y: H - 4, "text-anchor": "middle"}, svg);
+      xl.textContent = spec.x_label;
+    }
+    var yname = spec.y_label ? spec.y_label + " " : "";
     if (spec.type === "bars") {
       var base = cats.map(function () { return 0; });
       var bw = Math.min(stacked ? band * 0.7 : band * 0.8 / series.length, 44);
@@ -92,7 +103,7 @@
           var x = m.l + band * ci + (band - groupW) / 2 + (stacked ? 0 : bw * si);
           var y0 = stacked ? base[ci] : 0, y1 = y0 + p[1];
           var r = el("rect", {x: x, y: Y(y1), width: Math.max(1, bw - 1), height: Math.max(0.5, Y(y0) - Y(y1)), fill: color, rx: 2}, svg);
-          el("title", {}, r).textContent = s.name + " · " + p[0] + ": " + fmt(p[1]);
+          el("title", {}, r).textContent = s.name + " · " + p[0] + ": " + yname + fmt(p[1]);
           if (stacked) base[ci] = y1;
         });
       });
@@ -104,10 +115,12 @@
           d += (pen ? "L" : "M") + X(p[0]).toFixed(1) + "," + Y(p[1]).toFixed(1); pen = true;
         });
         el("path", {d: d, fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": s.dashed ? "5 4" : "none", "stroke-linejoin": "round"}, svg);
-        if (s.points.length <= 60) s.points.forEach(function (p) {
-          if (p[1] === null) return;
-          var c = el("circle", {cx: X(p[0]), cy: Y(p[1]), r: 3, fill: color}, svg);
-          el("title", {}, c).textContent = s.name + " · " + p[0] + ": " + fmt(p[1]);
+        // Every point has a tooltip; past 60 points the dots are invisible hover targets on the line.
+        var many = s.points.length > 60;
+        s.points.forEach(function (p) {
+          if (p[1] === null || p[1] === undefined) return;
+          var c = el("circle", {cx: X(p[0]), cy: Y(p[1]), r: many ? 4 : 3, fill: color, "fill-opacity": many ? 0 : 1, "class": "pt"}, svg);
+          el("title", {}, c).textContent = s.name + " · " + (spec.x_label ? spec.x_label + " " : "") + p[0] + ": " + yname + fmt(p[1]);
         });
       });
     }
@@ -118,6 +131,7 @@
       var color = mk.kind === "rollback" ? "#dc2626" : "#059669";
       el("line", {x1: x, x2: x, y1: m.t, y2: m.t + ih, stroke: color, "stroke-dasharray": "3 3", "stroke-width": 1.5}, svg);
       var t = el("text", {x: x + 4, y: m.t + 10 + 13 * (row - 1), fill: color, "font-size": "11"}, svg); t.textContent = mk.label;
+      el("title", {}, t).textContent = mk.x + ": " + mk.label;
       if (x > W - m.r - 90) { t.setAttribute("x", x - 4); t.setAttribute("text-anchor", "end"); }
     });
     if (series.length > 1 || spec.legend) {
