@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,25 @@ def _pg_available() -> bool:
         return True
     except Exception:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _reward_registry_as_before() -> Iterator[None]:
+    """The reward functions a test registers, itself or by importing a module its config names
+    (scoring.reward_modules), are gone after it, and so are the modules imported for them: the next
+    test naming such a module imports it afresh. What a test finds registered then never depends on
+    which tests ran before it in this worker (an order xdist and the duration sort change)."""
+    from learnloop.scoring import registry
+
+    registry.registered()  # the built-ins, registered on first use: part of every test's registry
+    saved = dict(registry._REGISTRY)
+    modules_before = set(sys.modules)
+    yield
+    added = {e.fn.__module__ for name, e in registry._REGISTRY.items() if saved.get(name) is not e}
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+    for name in added - modules_before:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="session")
