@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,13 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
+
+# A suite started as a background job of a non-interactive shell (`scripts/test.sh &`, some CI runners)
+# inherits SIGINT as ignored, and so would every process the tests start: a test interrupting one, as a
+# user's Ctrl-C does, would wait on it forever. Give SIGINT its default back for the run (the test of
+# `status --watch` starts its child with SIGINT ignored on purpose, to check the command copes).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DURATIONS_KEY = "learnloop/durations"
 # Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front.
