@@ -67,8 +67,12 @@ class TriggerConfig(ConfigModel):
     reward_min_samples: int = Field(
         20, ge=1, description="Least scored served trajectories before a reward drop counts."
     )
-    min_holdout: int = Field(
-        0, ge=0, description="Least held-out trajectories of this loop's selection before it may train."
+    min_holdout: int | None = Field(
+        None,
+        ge=0,
+        description="Least held-out trajectories of this loop's selection before it may train (unset: the "
+        "gate's min_examples, so no cycle starts whose gate cannot decide; a number below that is raised to "
+        "it; 0: train without waiting for held-out examples, the version then stays unevaluated).",
     )
     min_group_size: int | None = Field(
         None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's)."

@@ -95,9 +95,14 @@ def gate_policy(settings: Settings, loop: LoopConfig) -> GatePolicy:
     return GatePolicy(**{**settings.gate.model_dump(), **loop.gate})
 
 
-def holdout_needed(settings: Settings, loop: LoopConfig) -> int:
-    """Held-out examples a cycle needs first: the loop's ``min_holdout``, and the gate's minimum."""
-    return max(loop.triggers.min_holdout, gate_policy(settings, loop).min_examples)
+def holdout_needed(settings: Settings, loop: LoopConfig, gated: bool = True) -> tuple[int, int]:
+    """(held-out examples a cycle needs first, the gate's share of that): the gate's minimum, or the
+    loop's ``min_holdout`` when higher; an explicit ``min_holdout = 0`` waits for none."""
+    wanted = loop.triggers.min_holdout
+    if wanted == 0:
+        return 0, 0
+    gate_min = gate_policy(settings, loop).min_examples if gated else 0
+    return max(wanted or 0, gate_min), gate_min
 
 
 def rollout_scoring(settings: Settings) -> dict[str, Any]:

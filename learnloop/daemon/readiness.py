@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from learnloop.config.loops import base_model_of
 from learnloop.daemon.checks import LoopCheck, Registry
-from learnloop.daemon.plan import describe, gate_policy, plan
+from learnloop.daemon.plan import describe, holdout_needed, plan
 from learnloop.daemon.triggers import evaluated_reward, reward_drop, served_rewards
 from learnloop.errors import LearnloopError
 from learnloop.store.models import Alias, Evaluation, Source, Trajectory
@@ -74,9 +74,7 @@ def steps(check: LoopCheck) -> tuple[bool, str] | None:
 def holdout(check: LoopCheck) -> tuple[bool, str] | None:
     """Enough held-out examples to evaluate a candidate on: ``min_holdout``, and the gate's own minimum
     when the cycle is gated (a cycle whose gate cannot decide is not started)."""
-    wanted = check.loop.triggers.min_holdout
-    gate_min = gate_policy(check.settings, check.loop).min_examples if _gated() else 0
-    need = max(wanted, gate_min)
+    need, gate_min = holdout_needed(check.settings, check.loop, _gated())
     if not need:
         return None
     limit = check.loop.eval_limit or check.settings.evaluation.limit
@@ -86,7 +84,7 @@ def holdout(check: LoopCheck) -> tuple[bool, str] | None:
             "decide; raise eval_limit or lower gate.min_examples"
         )
     reason = f"{check.holdout}/{need} held-out examples"
-    if gate_min > wanted:
+    if gate_min >= need and gate_min > (check.loop.triggers.min_holdout or 0):
         reason += f" (the gate decides on at least {gate_min})"
     return check.holdout >= need, reason
 
