@@ -187,9 +187,7 @@ def test_a_new_cycle_counts_from_its_start(db: Database, settings: Settings) -> 
 def test_held_out_examples_are_counted_as_they_arrive(
     db: Database, settings: Settings, builds: list[tuple[bool, int]]
 ) -> None:
-    s = loop_settings(
-        settings, sources=["production"], triggers={"min_holdout": 5}, gate={"min_examples": 5}
-    )
+    s = loop_settings(settings, sources=["production"], triggers={"min_holdout": 5}, gate={"min_examples": 5})
     loop = s.loops[0]
     loops.ensure_row(db, loop.name)
     add(db, [{**r, "holdout": True} for r in _rows(1, [0.5, None, 0.2])] + _rows(2, [0.5]))

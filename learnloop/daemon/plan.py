@@ -25,6 +25,7 @@ class CyclePlan:
     trains: str  # the training algorithm it runs
     dataset_kind: str
     examples: int
+    unit: str  # what one example is: traces, pairs, groups, prompts, labelled answers
     steps: int
     min_steps: int  # 0: no floor
     steps_from: str  # "max_steps" (the loop fixed them) or "data"
@@ -49,7 +50,7 @@ def _train_value(loop: LoopConfig, key: str) -> Any:
     return loop.train.get(key, TrainConfig.model_fields[key].default)
 
 
-def plan(loop: LoopConfig, examples: int) -> CyclePlan:
+def plan(loop: LoopConfig, examples: int, unit: str = "examples") -> CyclePlan:
     """What a cycle of ``loop`` over ``examples`` examples would train."""
     trains = loop.train_algorithm
     defaults = ALGORITHM_DEFAULTS[trains]
@@ -68,6 +69,7 @@ def plan(loop: LoopConfig, examples: int) -> CyclePlan:
         trains=trains,
         dataset_kind=loop.dataset_kind,
         examples=examples,
+        unit=unit,
         steps=steps,
         min_steps=floor,
         steps_from=source,
@@ -82,7 +84,7 @@ def describe(p: CyclePlan) -> str:
     trains = p.algorithm if p.trains == p.algorithm else f"{p.algorithm} ({p.trains} over rollouts)"
     floor = f", floor {p.min_steps}" if p.min_steps and p.steps_from == "data" else ""
     return (
-        f"{trains} on {p.examples} {p.dataset_kind} examples: {p.steps} optimizer steps "
+        f"{trains} on {p.examples} {p.unit}: {p.steps} optimizer steps "
         f"({how}{floor}), learning rate {p.learning_rate:g}"
     )
 

@@ -57,7 +57,7 @@ def new_examples(check: LoopCheck) -> tuple[bool, str]:
 @_builtin("steps")
 def steps(check: LoopCheck) -> tuple[bool, str] | None:
     """Enough examples for the algorithm's floor of optimizer steps (a smaller cycle waits)."""
-    p = plan(check.loop, check.new_examples)
+    p = plan(check.loop, check.new_examples, check.unit)
     check.notes["plan"] = {**p.as_dict(), "summary": describe(p)}
     if check.new_examples == 0:
         return None  # new_examples says so

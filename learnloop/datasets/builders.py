@@ -401,7 +401,9 @@ def _kto_correction(row: Any, fid: int, correction: Any, report: BuildReport) ->
     yield _kto_item(row.id, row.messages, False, None)
 
 
-PROMPT_COLUMNS = (*ROW_COLUMNS, Trajectory.meta, Trajectory.tools)
+# Labelled: the attribute is `meta` but the column `metadata`, and a per-prompt count (only_prompts)
+# reads the rows through a CTE whose columns carry the column names.
+PROMPT_COLUMNS = (*ROW_COLUMNS, Trajectory.meta.label("meta"), Trajectory.tools)
 
 
 def build_prompts(
