@@ -115,7 +115,7 @@ def test_a_loop_learns_without_a_teacher_end_to_end(
     add(db, rows)
     loops.ensure_row(db, loop.name)
     d = loops.check_loop(db, s, loop)
-    assert not d.ready and "0/2 held-out examples" in d.reasons  # the gate could not decide yet
+    assert not d.ready and "0/2 held-out examples (the gate decides on at least 2)" in d.reasons
     add(db, [{**r, "holdout": True} for r in _served("h", 2)])
     d = loops.check_loop(db, s, loop)
     unit = "labelled answers" if algorithm == "kto" else "prompts"
