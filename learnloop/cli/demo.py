@@ -33,8 +33,17 @@ def _free_port() -> int:
     help="Minutes the loop may take to promote a better model before the demo gives up "
     "(default: 15, or 1 with --quick).",
 )
+@click.option(
+    "--no-teacher",
+    is_flag=True,
+    help="No teacher and no backfill: the app's traffic on the base model and its verifier (@reward) only; "
+    "the loop trains by rejection sampling over the served prompts (default budget 30 minutes, or 3 with "
+    "--quick).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
-def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None, as_json: bool) -> None:
+def demo_cmd(
+    quick: bool, data_dir: Path, port: int | None, budget: float | None, no_teacher: bool, as_json: bool
+) -> None:
     """Start a teacher, a server and a daemon on a fresh SQLite data dir, and run a simulated app against
     the `learnloop` alias, which starts on the teacher (an upstream) and ends on a model trained here.
 
@@ -51,7 +60,7 @@ def demo_cmd(quick: bool, data_dir: Path, port: int | None, budget: float | None
     from learnloop.demo.runner import DemoRun
 
     console = Console(stderr=as_json)
-    profile = PROFILES["quick" if quick else "full"]
+    profile = PROFILES[("quick" if quick else "full") + ("-no-teacher" if no_teacher else "")]
     if budget is not None:
         profile = dataclasses.replace(profile, budget_s=budget * 60)
     run = DemoRun(profile, data_dir.resolve(), port=port or _free_port(), console=console)
@@ -79,6 +88,20 @@ def _print_report(console: object, report: dict) -> None:
     table.add_column()
     table.add_row("model prepared in", f"{report['prepare_s']} s (not counted below)")
     table.add_row("demo took", f"{report['demo_s']} s")
+    if not report.get("teacher", True):
+        table.add_row("teacher", "none: only the verifier `order_json` (registered with @reward)")
+    table.add_row("algorithm", str(report.get("algorithm")))
+    for c in report.get("cycles") or []:
+        if "error" in c and "job_id" not in c:
+            table.add_row("cycles", f"not read: {c['error']}")
+            continue
+        table.add_row(
+            f"cycle {c.get('cycle')} (job {c.get('job_id')})",
+            f"{c.get('state')}: {c.get('examples')} examples, {c.get('steps')} steps, {c.get('seconds')} s; "
+            f"gate {c.get('gate') or '-'}"
+            + ("; promoted" if c.get("promoted") else "")
+            + (f"; {str(c['error'])[:120]}" if c.get("error") else ""),
+        )
     table.add_row("success before (base, asked by name)", fmt(report["before"]))
     table.add_row(f"success after ({report['promoted']}, through `learnloop`)", fmt(report["after"]))
     gate = report.get("gate")
