@@ -436,3 +436,21 @@ def test_a_kill_or_stop_mid_rollout_resumes_the_cycle_at_the_step_boundary(
     lines = [json.loads(x)["step"] for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     # Each step trained once (a redone step's rows are trimmed): the resume started at the checkpoint.
     assert lines == [1, 2, 3, 4]
+
+
+def test_the_readme_loops_without_a_teacher_are_valid() -> None:
+    """The README's loop examples (seed 004's "DPO after 80 pairs" among them) are real config."""
+    import re
+    import tomllib
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Loops without a teacher") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    s = Settings.model_validate(tomllib.loads(block))
+    by_name = {lp.name: lp for lp in s.loops}
+    assert (
+        by_name["orders-grpo"].dataset_kind == "prompts" and by_name["orders-grpo"].train_algorithm == "grpo"
+    )
+    assert by_name["orders-rft"].rewards == ["order_json"]
+    assert by_name["orders-kto"].dataset_kind == "kto"
+    assert by_name["orders-dpo"].triggers.min_new_examples == 80
