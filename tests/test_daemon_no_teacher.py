@@ -11,6 +11,8 @@ import datetime as dt
 import json
 import os
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,23 @@ GATE = {
     "max_refusal_increase": 1.0,
 }
 ROLLOUT = {"num_generations": 2, "max_new_tokens": 6, "temperature": 1.0}
+
+
+@pytest.fixture(autouse=True)
+def _own_reward_registry() -> Iterator[None]:
+    """The in-process daemon's evaluations import the test rewards into this process's registry, where
+    every later evaluation would apply them too: each test leaves the registry as it found it."""
+    from learnloop.scoring.registry import registered, unregister
+
+    names = {f.name for f in registered()}
+    modules = set(sys.modules)
+    yield
+    for f in registered():
+        if f.name not in names:
+            unregister(f.name)
+    for name in set(sys.modules) - modules:
+        if name.startswith("learnloop_user_"):
+            del sys.modules[name]
 
 
 def _settings(settings: Settings, tiny: Path, **loop: Any) -> Settings:
