@@ -31,14 +31,13 @@ def _free_port() -> int:
     type=float,
     default=None,
     help="Minutes the loop may take to promote a better model before the demo gives up "
-    "(default: 15, or 1 with --quick).",
+    "(default: 15, or 2 with --quick; without a teacher 30, or 5 with --quick).",
 )
 @click.option(
     "--no-teacher",
     is_flag=True,
     help="No teacher and no backfill: the app's traffic on the base model and its verifier (@reward) only; "
-    "the loop trains by rejection sampling over the served prompts (default budget 30 minutes, or 3 with "
-    "--quick).",
+    "the loop trains by rejection sampling over the served prompts.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def demo_cmd(

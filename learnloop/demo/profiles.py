@@ -320,7 +320,7 @@ QUICK_NO_TEACHER = Profile(
         "max_scenario_regression": 1.0,
     },
     eval_limit=4,
-    budget_s=180,
+    budget_s=300,
     no_teacher=True,
     algorithm="rft",
     backoff="5s",
