@@ -473,3 +473,29 @@ def test_the_readme_loops_without_a_teacher_are_valid() -> None:
     assert by_name["orders-rft"].rewards == ["order_json"]
     assert by_name["orders-kto"].dataset_kind == "kto"
     assert by_name["orders-dpo"].triggers.min_new_examples == 80
+
+
+def test_the_job_schema_states_what_rollout_scoring_accepts(settings: Settings) -> None:
+    """POST /v1/jobs takes a TrainConfig: its rollout.scoring is [scoring] less the key, and the
+    OpenAPI schema says so (a free-form object there let Schemathesis send {"": {}} and get 422)."""
+    from pydantic import ValidationError
+
+    from learnloop.api.app import create_app
+    from learnloop.config.training import TrainConfig
+
+    schemas = create_app(settings).openapi()["components"]["schemas"]
+    scoring = schemas["RolloutScoring"]
+    assert schemas["RolloutConfig"]["properties"]["scoring"]["$ref"].endswith("/RolloutScoring")
+    assert (
+        scoring["additionalProperties"] is False and scoring["properties"]["judge_api_key"]["type"] == "null"
+    )
+    assert "reward_modules" in scoring["properties"] and "combine" in scoring["properties"]
+    base = {"algorithm": "grpo", "base_model": "m", "dataset": "d.jsonl", "output_dir": "o"}
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        TrainConfig.model_validate({**base, "rollout": {"scoring": {"": {"": {}}}}})
+    with pytest.raises(ValidationError, match="LEARNLOOP_SCORING__JUDGE_API_KEY"):
+        TrainConfig.model_validate({**base, "rollout": {"scoring": {"judge_api_key": "sk-1"}}})
+    ok = TrainConfig.model_validate(
+        {**base, "rollout": {"rewards": ["x"], "scoring": {"reward_modules": ["m"]}}}
+    )
+    assert TrainConfig.model_validate_json(ok.model_dump_json()).rollout.scoring.reward_modules == ["m"]
