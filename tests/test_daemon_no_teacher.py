@@ -499,3 +499,45 @@ def test_the_job_schema_states_what_rollout_scoring_accepts(settings: Settings) 
         {**base, "rollout": {"rewards": ["x"], "scoring": {"reward_modules": ["m"]}}}
     )
     assert TrainConfig.model_validate_json(ok.model_dump_json()).rollout.scoring.reward_modules == ["m"]
+
+
+def test_a_loop_at_its_ceiling_waits_until_the_live_reward_drops(
+    db: Database, settings: Settings, tiny_model_dir: Path
+) -> None:
+    """The issue's case: v0001 served 48/48 exact and the loop started cycle 2 at once. At the ceiling
+    it waits; when the served version's live reward falls off it (the reward_drop trigger), it learns."""
+    from learnloop.store.models import Alias, Evaluation
+
+    s = _settings(
+        settings,
+        tiny_model_dir,
+        sources=["teacher"],
+        triggers={"min_new_examples": 3, "reward_drop": 0.2, "reward_min_samples": 5, "backoff": "1h"},
+    )
+    with db.session() as sess:
+        sess.add(ModelVersion(id="v0001", base_model=str(tiny_model_dir), loop="qa"))
+        sess.flush()
+        sess.add(
+            Evaluation(
+                candidate_id="v0001",
+                metrics={"overall": {"n": 48, "reward_candidate": 1.0}},
+                verdict="promote",
+            )
+        )
+        sess.add(Alias(name="learnloop", version_id="v0001"))
+    loops.ensure_row(db, "qa")
+    add(db, [{**r, "source": "teacher", "reward": 1.0} for r in _served("t", 4)])
+    served = [
+        {**r, "model_version": "v0001", "reward": 1.0, "scenario": "qa"}
+        for r in _served("s", 6, scenario="qa")
+    ]
+    add(db, served)
+    d = loops.check_loop(db, s, s.loops[0])
+    assert d.triggers and not d.ready
+    why = next(r for r in d.reasons if r.startswith("backing off"))
+    assert "served v0001 sits at its evaluated ceiling (1.000 >= 0.99; live 1.000 over 6)" in why
+    assert d.backoff["ceiling"] and d.backoff["until"] is None  # no cycle yet: it waits while at the top
+    add(db, [{**r, "id": r["id"] + "b", "reward": 0.2} for r in served])
+    d = loops.check_loop(db, s, s.loops[0])
+    assert d.fire and d.backoff is None, d.reasons  # 0.6 live: off the ceiling, and a reward drop fires
+    assert any(t.startswith("reward drop: served v0001 averages 0.600") for t in d.triggers)
