@@ -261,7 +261,8 @@ QUICK = Profile(
 # Without a teacher: the app asks the base model (through `learnloop`) and its verifier scores.
 # Rejection sampling first: the cheapest path when the model sometimes gets it right (on this task
 # SmolLM2-135M does for some cases; ALGORITHM_DEFAULTS' measurements). Each cycle samples 4 answers
-# per new served prompt, keeps the exact ones and trains on them; the gate compares against the base.
+# per new served prompt (64 prompts: 8 steps, RFT's floor), keeps the exact ones and trains on them;
+# the gate compares against the base; later cycles continue the adapter on the prompts new since.
 FULL_NO_TEACHER = Profile(
     name="full-no-teacher",
     seed=2026,
@@ -275,7 +276,6 @@ FULL_NO_TEACHER = Profile(
         "batch_size": 8,
         "learning_rate": 1e-3,
         "max_length": 192,
-        "epochs": 2,
         "checkpoint_every": 4,
         "lora": {"r": 16, "alpha": 32},
         "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.9},
