@@ -319,14 +319,16 @@ def test_quiet_cycles_back_off_until_a_new_scenario_or_a_person_wakes_the_loop(
     def rows(prefix: str, at: dt.timedelta, scenario: str = "qa") -> list[dict[str, Any]]:
         return _served(prefix, 3, scenario=scenario, reward=1.0, created_at=(t0 + at).isoformat())
 
-    no = {"passed": False, "verdict": "no_improvement", "reasons": ["no better"]}
+    no = {"passed": False, "verdict": "reject", "reasons": ["the lower bound does not clear +0.0000"]}
     add(db, rows("old", -dt.timedelta(hours=1)))
     _cycle(db, s, t0, no)
     add(db, rows("a", dt.timedelta(minutes=10)))
     d = loops.check_loop(db, s, loop, now=t0 + dt.timedelta(minutes=30))
     assert not d.ready and d.triggers, d.reasons
     why = next(r for r in d.reasons if r.startswith("backing off"))
-    assert "1 cycle(s) in a row improved nothing (gate no_improvement)" in why and "wait 3600 s" in why
+    assert (
+        "1 cycle(s) in a row improved nothing (gate rejected the candidate)" in why and "wait 3600 s" in why
+    )
     assert d.backoff["wait_s"] == 3600
     assert loops.check_loop(db, s, loop, now=t0 + dt.timedelta(minutes=61)).fire
     # Two quiet cycles in a row: the wait doubles; three: capped at backoff_max.
@@ -340,8 +342,12 @@ def test_quiet_cycles_back_off_until_a_new_scenario_or_a_person_wakes_the_loop(
     add(db, rows("c", dt.timedelta(hours=2, minutes=20), scenario="refunds"))
     d = loops.check_loop(db, s, loop, now=later)
     assert d.ready and d.backoff["woken_by"] == "new scenario(s) in the traffic: refunds", d.reasons
-    # A cycle that improved resets the count.
-    _cycle(db, s, t0 + dt.timedelta(hours=3), {"passed": True, "verdict": "pass", "reasons": []})
+    # An inconclusive gate (nothing to decide on) is not a quiet cycle; a promotion resets the count.
+    _cycle(db, s, t0 + dt.timedelta(hours=2, minutes=40), {"passed": False, "verdict": "inconclusive"})
+    add(db, rows("c2", dt.timedelta(hours=2, minutes=42)))
+    d = loops.check_loop(db, s, loop, now=t0 + dt.timedelta(hours=2, minutes=45))
+    assert d.new_examples == 3 and d.backoff is None and d.fire, d.reasons
+    _cycle(db, s, t0 + dt.timedelta(hours=3), {"passed": True, "verdict": "promote", "reasons": []})
     add(db, rows("d", dt.timedelta(hours=3, seconds=30)))
     d = loops.check_loop(db, s, loop, now=t0 + dt.timedelta(hours=3, minutes=1))
     assert d.backoff is None and d.fire, d.reasons

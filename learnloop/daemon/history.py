@@ -60,7 +60,8 @@ def since_of(db: Database, loop: LoopConfig) -> dt.datetime | None:
 
 def quiet_cycles(db: Database, loop: str) -> tuple[int, dt.datetime | None, list[str]]:
     """How many of the loop's newest finished cycles improved nothing, in a row, when the last of them
-    ended, and why each was quiet: a gate that found no improvement, or no learning signal at all."""
+    ended, and why each was quiet: a gate that rejected the candidate (no improvement, or a
+    regression), or no learning signal at all."""
     with db.read_session() as s:
         rows = s.execute(
             select(Job.state, Job.finished_at, Job.result)
@@ -76,10 +77,10 @@ def quiet_cycles(db: Database, loop: str) -> tuple[int, dt.datetime | None, list
             continue
         if state == JobState.failed and result.get("no_signal"):
             why.append("no learning signal")
-        elif state == JobState.succeeded and isinstance(result.get("gate"), dict):
-            if result["gate"].get("passed"):
-                break
-            why.append(f"gate {result['gate'].get('verdict') or 'failed'}")
+        elif state == JobState.succeeded and (result.get("gate") or {}).get("verdict") == "reject":
+            # The gate decided: no improvement (an inconclusive gate, e.g. nothing to evaluate on,
+            # says nothing about whether training helps, and a promotion ends the run).
+            why.append("gate rejected the candidate")
         else:
             break
         last = last or finished
