@@ -279,7 +279,10 @@ FULL_NO_TEACHER = Profile(
         "checkpoint_every": 4,
         "lora": {"r": 16, "alpha": 32},
         "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.9},
-        "rft": {"min_reward": 1.0, "max_per_prompt": 2},
+        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order: with a
+        # bar of 1.0 the base model's first 64 samples had none to keep (measured: "Nothing to learn",
+        # rewards seen up to 0.375), so the bar keeps answers with 3 of 4 fields right too.
+        "rft": {"min_reward": 0.375, "max_per_prompt": 2},
     },
     gate={"min_examples": 16, "max_json_validity_drop": 0.1},
     eval_limit=32,
