@@ -269,7 +269,8 @@ class DemoRun:
             try:
                 models = self.http.get("/v1/models")
                 if models.status_code == 200 and any(m["id"] == "learnloop" for m in models.json()["data"]):
-                    self.timeline.mark("server up: `learnloop` serves upstream:teacher")
+                    target = "base" if self.profile.no_teacher else "upstream:teacher"
+                    self.timeline.mark(f"server up: `learnloop` serves {target}")
                     return
             except httpx.HTTPError:
                 pass
@@ -345,7 +346,7 @@ class DemoRun:
     def student_serves_all(cls, st: dict[str, Any]) -> str | None:
         """The trained version the alias serves to every user (None while the teacher still answers)."""
         version = cls.serving_version(st)
-        return version if version and not version.startswith("upstream:") else None
+        return version if version and version != "base" and not version.startswith("upstream:") else None
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -358,10 +359,14 @@ class DemoRun:
         base = self.prepare_model()
         self.timeline = Timeline()  # the demo's clock starts once the model is ready
         self.write_config(base)
-        self.start_teacher()
-        backfilled = self.backfill_inbox()
-        self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
-        self.cli("alias", "set", "learnloop", "upstream:teacher", "--reason", "start on the big model")
+        if self.profile.no_teacher:
+            # No teacher, no backfill: the app's users are answered by the base model from the start.
+            self.cli("alias", "set", "learnloop", "base", "--reason", "no teacher: start on the base model")
+        else:
+            self.start_teacher()
+            backfilled = self.backfill_inbox()
+            self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
+            self.cli("alias", "set", "learnloop", "upstream:teacher", "--reason", "start on the big model")
         self.start_server()
         # The app reads the same learnloop.toml (its sampling rules) and spools under the demo's data dir.
         os.environ.update(LEARNLOOP_CONFIG=str(self.config_path), LEARNLOOP_DATA_DIR=str(self.data_dir))
@@ -390,7 +395,11 @@ class DemoRun:
                     probe.round([next(fresh) for _ in range(self.profile.batch)], phase="before")
                     self.sample()
                     live.update(self.view(app, probe, "measuring the base model"))
-                self.timeline.mark("base model measured; the app runs on the teacher while the loop learns")
+                self.timeline.mark(
+                    "base model measured; the app runs on "
+                    + ("the base model" if self.profile.no_teacher else "the teacher")
+                    + " while the loop learns"
+                )
                 while promoted is None:
                     self.budget.check(time.time() - self.timeline.started, str(self.data_dir / "serve.log"))
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
@@ -529,6 +538,9 @@ class DemoRun:
             "after": rate(app, "after"),
             "promoted": promoted,
             "budget": self.budget.verdict(self.promoted_at),
+            "teacher": not self.profile.no_teacher,
+            "algorithm": self.profile.algorithm,
+            "cycles": self.cycles(),
             "requests": len(app.answers),
             "share_over_time": self.shares(app),
             "gate": gate,
@@ -550,6 +562,31 @@ class DemoRun:
         }
         (self.data_dir / "demo-report.json").write_text(json.dumps(report, indent=2, default=str))
         return report
+
+    def cycles(self) -> list[dict[str, Any]]:
+        """The loop's cycles as its jobs recorded them: what each trained on, its gate, its outcome."""
+        try:
+            jobs = json.loads(self.cli("jobs", "list", "--loop", "orders", "--json").stdout)
+            out = []
+            for j in sorted(jobs, key=lambda j: j["id"]):
+                full = json.loads(self.cli("jobs", "show", str(j["id"]), "--json").stdout)
+                result = full.get("result") or {}
+                out.append(
+                    {
+                        "job_id": j["id"],
+                        "cycle": (full.get("payload") or {}).get("cycle"),
+                        "state": j["state"],
+                        "examples": result.get("examples"),
+                        "steps": result.get("step"),
+                        "seconds": j.get("duration_s"),
+                        "gate": (result.get("gate") or {}).get("verdict"),
+                        "promoted": result.get("promoted"),
+                        "error": full.get("error"),
+                    }
+                )
+            return out
+        except (DemoFailed, ValueError, KeyError) as exc:
+            return [{"error": str(exc)}]
 
     def shares(self, app: DemoApp, bucket_s: float = 30.0) -> list[dict[str, Any]]:
         """The app's requests per target in each ``bucket_s`` seconds: the teacher's share falling."""
