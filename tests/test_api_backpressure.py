@@ -36,7 +36,7 @@ def test_full_queue_answers_429_with_retry_after(settings: Settings, db: Databas
                 target=lambda: first.update(r=http.post("/v1/ingest", json=_batch("held", "other")))
             )
             t.start()
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while gate.in_flight < 1:
                 assert time.monotonic() < deadline, "first request never got in flight"
                 time.sleep(0.01)

@@ -112,7 +112,7 @@ def test_app_lifespan_runs_and_stops_the_watcher(settings: Settings, db: Databas
         assert watcher is not None and watcher.running
         assert client.get("/healthz").json()["inbox"] == {"watching": True}  # no paths to anonymous callers
         (inbox / "drop.jsonl").write_text(_jsonl(4))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not (inbox / "processed" / "drop.jsonl").exists():
             assert time.monotonic() < deadline, "inbox file was not imported"
             time.sleep(0.05)

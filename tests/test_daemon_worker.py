@@ -286,10 +286,18 @@ def test_a_launcher_runs_training_on_two_processes_that_stop_and_resume_together
 
 
 def test_training_threads_reach_the_training_process(
-    sqlite_db: Database, settings: Settings, tiny_model_dir: Path, tmp_path: Path
+    sqlite_db: Database,
+    settings: Settings,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Stands in for the training module: reports the intra-op pool torch built at import, then fails.
     probe = [sys.executable, "-c", "import torch; print('torch threads', torch.get_num_threads()); exit(3)"]
+    # Without the setting torch would size its pool by the cores (2 here); parallel test workers set
+    # OMP_NUM_THREADS=1 for themselves and their children, which would make this pass for nothing.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
     s = _with_daemon(settings, launcher=probe, training_threads=1)
     job, _ = queue.submit(
         sqlite_db, "train", {"config": _job_config(tiny_model_dir, tmp_path)}, max_attempts=1

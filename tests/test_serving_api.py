@@ -54,7 +54,7 @@ def server(
         yield url, runtime, db
 
 
-def _converged(runtime: ServingRuntime, version: str, candidate: str | None, timeout: float = 15) -> None:
+def _converged(runtime: ServingRuntime, version: str, candidate: str | None, timeout: float = 60) -> None:
     """Wait until the server applied the alias row (loading a version takes a while on a busy CPU)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -67,7 +67,7 @@ def _converged(runtime: ServingRuntime, version: str, candidate: str | None, tim
 
 def _stored(db: Database, runtime: ServingRuntime, tid: str) -> Trajectory:
     # An answer is captured once its response has ended, which the client can see first.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         assert runtime.capture.flush(10)
         with db.read_session() as s:
@@ -222,7 +222,7 @@ def test_client_disconnect_mid_stream_stops_generation_and_captures_the_cut(
         lines = resp.iter_lines()
         got = [next(lines) for _ in range(6)]
     tid = next(line for line in got if line.startswith("data:")).split('"id":"')[1].split('"')[0]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while backend.engine.load != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert backend.engine.load == (0, 0)  # the slot is free again
@@ -244,7 +244,7 @@ def test_alias_moves_are_followed_and_split_is_sticky(server) -> None:  # noqa: 
 
     assert served() == "base"
     move(db, None, "learnloop", "set", "v0001", actor="test", reason="promote")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60
     while served() != "v0001":
         assert time.monotonic() < deadline, "the server did not follow the alias"
         time.sleep(0.05)
@@ -268,7 +268,7 @@ def test_shadow_runs_the_candidate_unseen_and_captures_both(server) -> None:  # 
     )
     assert raw.headers["x-learnloop-version"] == "v0001"
     tid = raw.parse().id
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         runtime.capture.flush(5)
         with db.read_session() as s:

@@ -105,12 +105,24 @@ def test_hot_swap_under_streaming_load(
             for t in threads:
                 t.start()
             moves: list[tuple[float, str]] = []
-            time.sleep(0.5)
+
+            def answered(version: str, since: float, n: int) -> None:
+                # Until n requests started after ``since`` were answered by ``version``: the move took
+                # effect and streams ran on it, however fast or busy the machine is.
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    with lock:
+                        done = sum(r.get("version") == version and r["started"] >= since for r in results)
+                    if done >= n:
+                        return
+                    time.sleep(0.02)
+
+            answered("v0001", 0.0, CLIENTS)
             for _ in range(CYCLES):
                 for target, kind in (("v0002", "promote"), ("v0001", "rollback")):
                     move(db, None, "learnloop", kind, target, actor="test")
                     moves.append((time.monotonic(), target))
-                    time.sleep(0.7)
+                    answered(target, moves[-1][0], 5)
             stop.set()
             for t in threads:
                 t.join(60)

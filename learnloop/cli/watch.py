@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any
 
@@ -193,6 +195,11 @@ def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
         if not status["host"]["database"]["reachable"]:
             raise SystemExit(1)
         return
+    # Ctrl-C is the only way out of --watch, so SIGINT must raise KeyboardInterrupt here even when
+    # this process started with it ignored: a background job of a non-interactive shell (`cmd &` in a
+    # script, a CI runner) inherits SIGINT as ignored, and Python then leaves it ignored for good.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if main_thread else None
     try:
         if as_json or not console.is_terminal:
             # Not a terminal (a log, a pipe): one full status per interval, one after another.
@@ -211,6 +218,9 @@ def status_cmd(as_json: bool, watch: bool, interval: float) -> None:
                 live.update(render_status(build_status(db, s, self_role="cli")))
     except KeyboardInterrupt:
         pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 @click.group("alerts")
