@@ -152,8 +152,7 @@ def main() -> None:
         print(
             f"  cycle {c.get('cycle')} (job {c.get('job_id')}): {c.get('state')}, "
             f"{c.get('examples')} examples, {c.get('steps')} steps, {c.get('seconds')} s, "
-            f"gate {c.get('gate') or '-'}"
-            + (", promoted" if c.get("promoted") else "")
+            f"gate {c.get('gate') or '-'}" + (", promoted" if c.get("promoted") else "")
         )
     if report.get("promoted"):
         parts = cycle_parts(data_dir, report["promoted"], report)
