@@ -337,8 +337,10 @@ class DemoRun:
                     + ("the base model" if self.profile.no_teacher else "the teacher")
                     + " while the loop learns"
                 )
-                while promoted is None:
+                while True:
                     if time.time() > deadline:
+                        if promoted is not None:
+                            break  # learning until the target: the budget is over, measure what serves
                         raise DemoFailed(
                             "the student did not take over every user within the "
                             f"{self.profile.budget_s:.0f} s budget; see {self.data_dir / 'serve.log'} "
@@ -346,12 +348,13 @@ class DemoRun:
                         )
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
                     student = self.student_serves_all(self.sample().state)
-                    if student and any(a.version == student for a in answers):
+                    if student and student != promoted and any(a.version == student for a in answers):
                         promoted = student
                         self.timeline.mark(f"{promoted} serves every user")
                     live.update(self.view(app, probe, "the app runs; the daemon learns"))
-                    if promoted is None:
-                        time.sleep(self.profile_pause())
+                    if promoted is not None and self.good_enough(app, promoted):
+                        break
+                    time.sleep(self.profile_pause())
                 self.timeline.mark(f"measuring {self.profile.after_cases} fresh cases on {promoted}")
                 after_cases = [next(fresh) for _ in range(self.profile.after_cases)]
                 for i in range(0, len(after_cases), self.profile.batch):
@@ -364,6 +367,17 @@ class DemoRun:
         finally:
             self.stop_server()
         return self.report(app, probe, promoted, final)
+
+    def good_enough(self, app: DemoApp, version: str) -> bool:
+        """Whether the demo may stop learning: at once for a profile without ``learn_until``, else
+        once the version's last ``2 x batch`` answers to the app succeed at that rate (the loop keeps
+        training and promoting until then, or until the budget runs out)."""
+        bar = self.profile.learn_until
+        if bar is None:
+            return True
+        recent = [a for a in app.answers if a.phase == "learning" and a.version == version]
+        recent = recent[-2 * self.profile.batch :]
+        return len(recent) >= 2 * self.profile.batch and sum(a.success for a in recent) / len(recent) >= bar
 
     def profile_pause(self) -> float:
         # While the daemon trains on the same two cores, a slower trickle of traffic leaves it the CPU.
