@@ -46,6 +46,9 @@ class Profile:
     no_teacher: bool = False
     algorithm: str = "sft"
     backoff: str = "1h"
+    # Keep the app running (the loop training and promoting) after the first promotion until the
+    # served version's recent answers succeed at this rate or the budget ends (None: stop at once).
+    learn_until: float | None = None
 
     def prepare(self, run: DemoRun) -> str:
         """Make the base model available and return the name or path the config should use."""
@@ -291,6 +294,7 @@ FULL_NO_TEACHER = Profile(
     no_teacher=True,
     algorithm="rft",
     backoff="30s",
+    learn_until=0.8,
 )
 
 # The tiny random model never answers exactly: the bar is 0 so its own samples pass and every stage

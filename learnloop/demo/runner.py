@@ -400,17 +400,23 @@ class DemoRun:
                     + ("the base model" if self.profile.no_teacher else "the teacher")
                     + " while the loop learns"
                 )
-                while promoted is None:
-                    self.budget.check(time.time() - self.timeline.started, str(self.data_dir / "serve.log"))
+                while True:
+                    elapsed = time.time() - self.timeline.started
+                    if promoted is not None and elapsed > self.budget.seconds:
+                        break  # learning until the target: the budget is over, measure what serves
+                    if promoted is None:
+                        self.budget.check(elapsed, str(self.data_dir / "serve.log"))
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
                     student = self.student_serves_all(self.sample().state)
-                    if student and any(a.version == student for a in answers):
+                    if student and student != promoted and any(a.version == student for a in answers):
                         promoted = student
-                        self.promoted_at = time.time() - self.timeline.started
+                        if self.promoted_at is None:  # the budget counts the first take-over
+                            self.promoted_at = time.time() - self.timeline.started
                         self.timeline.mark(f"{promoted} serves every user")
                     live.update(self.view(app, probe, "the app runs; the daemon learns"))
-                    if promoted is None:
-                        time.sleep(self.profile_pause())
+                    if promoted is not None and self.good_enough(app, promoted):
+                        break
+                    time.sleep(self.profile_pause())
                 self.timeline.mark(f"measuring {self.profile.after_cases} fresh cases on {promoted}")
                 after_cases = [next(fresh) for _ in range(self.profile.after_cases)]
                 for i in range(0, len(after_cases), self.profile.batch):
@@ -423,6 +429,17 @@ class DemoRun:
         finally:
             self.stop_server()
         return self.report(app, probe, promoted, final)
+
+    def good_enough(self, app: DemoApp, version: str) -> bool:
+        """Whether the demo may stop learning: at once for a profile without ``learn_until``, else
+        once the version's last ``2 x batch`` answers to the app succeed at that rate (the loop keeps
+        training and promoting until then, or until the budget runs out)."""
+        bar = self.profile.learn_until
+        if bar is None:
+            return True
+        recent = [a for a in app.answers if a.phase == "learning" and a.version == version]
+        recent = recent[-2 * self.profile.batch :]
+        return len(recent) >= 2 * self.profile.batch and sum(a.success for a in recent) / len(recent) >= bar
 
     def profile_pause(self) -> float:
         # While the daemon trains on the same two cores, a slower trickle of traffic leaves it the CPU.
