@@ -59,3 +59,9 @@ def lower_gated(t: TrajectoryView) -> float | None:
 @reward("rt_broken", version="1")
 def broken(t: TrajectoryView) -> float | None:
     raise RuntimeError("verifier crashed")
+
+
+@reward("rt_constant", version="1")
+def constant(t: TrajectoryView) -> float | None:
+    """The same for every answer: GRPO has nothing to compare (the loop must say so)."""
+    return 0.5

@@ -19,6 +19,7 @@ from daemon_support import add, loop_settings, tiny_train, traces, wait_for
 from sqlalchemy import func, select
 from test_daemon_worker import running
 
+import learnloop.daemon.canary  # noqa: F401 - loaded with the real evaluation before the stand-ins replace it
 from learnloop.config import Settings
 from learnloop.daemon import loops, queue
 from learnloop.store.db import Database

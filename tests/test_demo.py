@@ -153,3 +153,67 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
             ("promote", promoted, "canary"),
         ]
     db.dispose()
+
+
+@pytest.mark.slow
+def test_quick_demo_without_a_teacher_learns_from_the_verifier_alone(tmp_path: Path) -> None:
+    """`demo --quick --no-teacher`: no teacher and no backfill; the app's requests go to the base model
+    through `learnloop`, are captured as served traffic (one answer each), and an RFT loop samples its
+    own answers to those prompts, scores them with the app's `@reward` verifier, trains, gates the
+    candidate against the base and promotes it. The budget is generous: this checks what happens, not
+    how fast on a shared machine."""
+    data = tmp_path / "demo"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learnloop",
+            "demo",
+            "--quick",
+            "--no-teacher",
+            "--json",
+            "--budget",
+            "20",
+            "--data-dir",
+            str(data),
+        ],  # fmt: skip
+        env=cli_env(tmp_path / "unused"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert out.returncode == 0, out.stderr[-3000:] + (data / "serve.log").read_text()[-3000:]
+    report = json.loads(out.stdout)
+    promoted = report["promoted"]
+    assert report["teacher"] is False and report["algorithm"] == "rft"
+    assert promoted and report["before"]["n"] == 4 and report["after"]["n"] == 8
+    assert "ci95" in report["before"] and "ci95" in report["after"]
+    first = report["cycles"][0]
+    assert first["state"] == "succeeded" and first["gate"] == "promote" and first["promoted"] is True
+    assert first["examples"] >= 8 and first["steps"] == 2
+    assert report["gate"] is not None and report["gate"]["baseline"] == "base"
+    whats = [row["what"] for row in report["timeline"]]
+    assert "server up: `learnloop` serves base" in whats and f"{promoted} serves every user" in whats
+
+    db = Database(f"sqlite:///{data / 'learnloop.db'}")
+    with db.read_session() as s:
+        by_source = dict(
+            s.execute(
+                select(Trajectory.source, func.count())
+                .where(Trajectory.scenario == SCENARIO)
+                .group_by(Trajectory.source)
+            ).all()
+        )
+        assert Source.teacher not in by_source and by_source[Source.served] >= 8  # no teacher, no backfill
+        job = s.get(Job, first["job_id"])
+        assert job.payload["loop"] == "orders"
+        config = json.loads((Path(job.result["adapter_dir"]).parent / "job-config.json").read_text())
+        assert config["algorithm"] == "rft" and config["rollout"]["rewards"] == ["order_json"]
+        assert s.get(ModelVersion, promoted).algorithm == "rft"
+        moves = s.scalars(
+            select(AliasEvent).where(AliasEvent.alias == "learnloop").order_by(AliasEvent.id)
+        ).all()
+        # `alias set learnloop base` records no version (the base model), then the promotion.
+        assert [(m.action, m.to_version) for m in moves][:2] == [("set", None), ("promote", promoted)]
+    db.dispose()

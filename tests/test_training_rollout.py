@@ -501,4 +501,4 @@ def test_the_readme_rollout_config_is_valid() -> None:
     block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
     cfg = TrainConfig.model_validate(tomllib.loads(block))
     assert cfg.online and cfg.rollout.rewards == ["order_json"] and cfg.rollout.num_generations == 8
-    assert cfg.rollout.scoring["judge_model"] == "learnloop"
+    assert cfg.rollout.scoring.judge_model == "learnloop"

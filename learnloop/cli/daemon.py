@@ -315,7 +315,9 @@ def loops_status(check: bool, as_json: bool) -> None:
         fresh = {lp.name: loops.check_loop(db, s, lp) for lp in s.loops}
         for r in rows:
             d = fresh[r["name"]]
-            r.update(ready=d.ready, reasons=d.reasons, would_fire=d.fire)
+            r.update(
+                ready=d.ready, reasons=d.reasons, would_fire=d.fire, next_cycle=d.plan, backoff=d.backoff
+            )
     if as_json:
         echo_json(rows)
         return
@@ -329,6 +331,13 @@ def loops_status(check: bool, as_json: bool) -> None:
         )
         for reason in r["reasons"]:
             click.echo(f"  - {reason}")
+        if r.get("next_cycle"):
+            click.echo(f"  next cycle: {r['next_cycle']['summary']}")
+        b = r.get("backoff")
+        if b and not b.get("woken_by") and b.get("until"):
+            click.echo(
+                f"  backing off until {b['until']} (wait {b['wait_s']:.0f} s of at most {b['max_s']:.0f} s)"
+            )
         if r["job"]:
             click.echo(f"  job {r['job']['id']} {r['job']['state']} {_progress(r['job']['progress'])}")
         if r["last_outcome"]:

@@ -32,7 +32,7 @@ def _free_port() -> int:
     default=None,
     help="Minutes the loop should take, once the model is prepared, until the trained model serves "
     "every user; the report says whether it was met or by how much it was missed "
-    "(default: 15, or 2 with --quick).",
+    "(default: 15, or 2 with --quick; without a teacher 30, or 5 with --quick).",
 )
 @click.option(
     "--strict",
@@ -40,9 +40,21 @@ def _free_port() -> int:
     help="Fail the demo as soon as the budget is passed (without it a slow machine only makes the "
     "report say the budget was missed).",
 )
+@click.option(
+    "--no-teacher",
+    is_flag=True,
+    help="No teacher and no backfill: the app's traffic on the base model and its verifier (@reward) only; "
+    "the loop trains by rejection sampling over the served prompts.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
 def demo_cmd(
-    quick: bool, data_dir: Path, port: int | None, budget: float | None, strict: bool, as_json: bool
+    quick: bool,
+    data_dir: Path,
+    port: int | None,
+    budget: float | None,
+    strict: bool,
+    no_teacher: bool,
+    as_json: bool,
 ) -> None:
     """Start a teacher, a server and a daemon on a fresh SQLite data dir, and run a simulated app against
     the `learnloop` alias, which starts on the teacher (an upstream) and ends on a model trained here.
@@ -60,7 +72,7 @@ def demo_cmd(
     from learnloop.demo.runner import DemoRun
 
     console = Console(stderr=as_json)
-    profile = PROFILES["quick" if quick else "full"]
+    profile = PROFILES[("quick" if quick else "full") + ("-no-teacher" if no_teacher else "")]
     if budget is not None:
         profile = dataclasses.replace(profile, budget_s=budget * 60)
     run = DemoRun(profile, data_dir.resolve(), port=port or _free_port(), console=console, strict=strict)
@@ -93,6 +105,20 @@ def _print_report(console: object, report: dict) -> None:
         "time budget",
         ("met: " if budget.get("met") else "missed: ") + str(budget.get("line", "-")),
     )
+    if not report.get("teacher", True):
+        table.add_row("teacher", "none: only the verifier `order_json` (registered with @reward)")
+    table.add_row("algorithm", str(report.get("algorithm")))
+    for c in report.get("cycles") or []:
+        if "error" in c and "job_id" not in c:
+            table.add_row("cycles", f"not read: {c['error']}")
+            continue
+        table.add_row(
+            f"cycle {c.get('cycle')} (job {c.get('job_id')})",
+            f"{c.get('state')}: {c.get('examples')} examples, {c.get('steps')} steps, {c.get('seconds')} s; "
+            f"gate {c.get('gate') or '-'}"
+            + ("; promoted" if c.get("promoted") else "")
+            + (f"; {str(c['error'])[:120]}" if c.get("error") else ""),
+        )
     table.add_row("success before (base, asked by name)", fmt(report["before"]))
     table.add_row(f"success after ({report['promoted']}, through `learnloop`)", fmt(report["after"]))
     gate = report.get("gate")

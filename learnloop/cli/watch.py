@@ -82,7 +82,7 @@ def render_status(status: dict[str, Any]) -> Any:
     parts.append(loops)
 
     jobs = Table(title="jobs", title_justify="left")
-    from learnloop.watch.format import job_stage
+    from learnloop.watch import job_stage
 
     for col in ("job", "kind", "state", "stage", "loss", "tok/s", "ETA"):
         jobs.add_column(col)

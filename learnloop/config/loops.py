@@ -14,6 +14,13 @@ from learnloop.config.training import TrainConfig
 if TYPE_CHECKING:
     from learnloop.config import Settings
 
+LoopAlgorithm = Literal["sft", "dpo", "grpo", "grpo-on-policy", "rft", "kto"]
+# What each loop algorithm trains with, and the dataset kind its cycles build from the selection.
+TRAIN_ALGORITHM: dict[str, str] = {"grpo-on-policy": "grpo"}
+DATASET_KIND: dict[str, str] = {"grpo-on-policy": "prompts", "rft": "prompts"}
+# Loop algorithms whose policy answers the prompts itself, scored by the loop's rewards.
+ROLLOUT_LOOPS = ("grpo-on-policy", "rft")
+
 PRIORITIES: dict[str, int] = {"high": 10, "normal": 100, "low": 1000}
 Priority = Literal["high", "normal", "low"]
 # TrainConfig fields a loop fills in itself, per cycle.
@@ -61,11 +68,29 @@ class TriggerConfig(ConfigModel):
     reward_min_samples: int = Field(
         20, ge=1, description="Least scored served trajectories before a reward drop counts."
     )
-    min_holdout: int = Field(
-        0, ge=0, description="Least held-out trajectories of this loop's selection before it may train."
+    min_holdout: int | None = Field(
+        None,
+        ge=0,
+        description="Least held-out trajectories of this loop's selection before it may train (unset: the "
+        "gate's min_examples, so no cycle starts whose gate cannot decide; a number below that is raised to "
+        "it; 0: train without waiting for held-out examples, the version then stays unevaluated).",
     )
     min_group_size: int | None = Field(
         None, ge=2, description="DPO/GRPO: least members of a group (defaults to the dataset's)."
+    )
+    backoff: float | None = Field(
+        3600.0,
+        gt=0,
+        description="After a cycle that improved nothing (the gate found no improvement, or the rewards "
+        "never varied), or while the served version sits at its evaluated ceiling, wait this long (or '1h') "
+        "before the next cycle, doubling after each such cycle in a row; a reward drop, a new scenario in "
+        "the traffic or `learnloop loops run` wakes the loop (unset: no backoff).",
+    )
+    backoff_max: float = Field(86400.0, gt=0, description="Longest backoff wait, in seconds (or '1d').")
+    ceiling: float | None = Field(
+        0.99,
+        description="An evaluated mean reward at or above this is the ceiling: while the served version's "
+        "live reward stays there too, the loop backs off (unset: never).",
     )
     min_free_disk_mb: int = Field(1024, ge=0, description="Least free space in the data dir, in MiB.")
     max_epochs: float | None = Field(
@@ -86,7 +111,7 @@ class TriggerConfig(ConfigModel):
         "(in [daemon] trigger_modules) that must also pass before a cycle.",
     )
 
-    @field_validator("check_interval", "max_interval", mode="before")
+    @field_validator("check_interval", "max_interval", "backoff", "backoff_max", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
@@ -104,8 +129,29 @@ class LoopConfig(ConfigModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Unique name (jobs, versions and events carry it).",
     )
-    algorithm: Literal["sft", "dpo", "grpo"] = Field(
-        "sft", description="What the loop trains: sft, dpo or grpo."
+    algorithm: LoopAlgorithm = Field(
+        "sft",
+        description="What the loop trains: sft (traces), dpo (pairs from groups or corrections), grpo "
+        "(stored groups with rewards), grpo-on-policy (the policy answers served prompts several times, "
+        "scored by `rewards` and/or the group judge), rft (keep the samples that pass `rewards`, train "
+        "SFT on them) or kto (unpaired good/bad answers from feedback and scores).",
+    )
+    rewards: list[str] = Field(
+        default_factory=list,
+        description="grpo-on-policy, rft: names of @reward functions (registered by [scoring] "
+        "reward_modules) that score the policy's samples.",
+    )
+    judge: bool = Field(
+        False,
+        description="grpo-on-policy, rft: also rank each prompt's samples with the group judge "
+        "([scoring] judge_*; its API key comes from the daemon's environment).",
+    )
+    min_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Fewest optimizer steps worth a cycle; fewer and the loop waits for more data "
+        "(unset: the algorithm's floor, ALGORITHM_DEFAULTS; 0: no floor). Not applied when train.max_steps "
+        "is set.",
     )
     scenario: str | None = Field(None, description="Learn only from trajectories of this scenario.")
     sources: list[Literal["production", "teacher", "synthetic", "served"]] = Field(
@@ -169,13 +215,57 @@ class LoopConfig(ConfigModel):
                 f"train.{bad[0]} is set by the loop itself (use the loop's own keys: "
                 "algorithm, base_model, dataset)"
             )
+        if self.algorithm in ROLLOUT_LOOPS and not (self.rewards or self.judge):
+            raise ValueError(
+                f"algorithm {self.algorithm} scores the policy's own answers: name rewards = [...] "
+                "(@reward functions of [scoring] reward_modules) or set judge = true"
+            )
+        if self.algorithm not in ROLLOUT_LOOPS and (self.rewards or self.judge):
+            raise ValueError(
+                f"rewards and judge score rollouts (algorithm grpo-on-policy or rft), not {self.algorithm}; "
+                "stored trajectories are scored by `learnloop rewards apply` and the daemon's scoring"
+            )
+        if "rollout" in self.train and {"rewards", "judge", "scoring"} & set(self.train["rollout"] or {}):
+            raise ValueError(
+                "train.rollout.rewards / judge / scoring are set by the loop: use its rewards and judge keys "
+                "and [scoring]"
+            )
         TrainConfig.model_validate(
-            {"algorithm": self.algorithm, "base_model": "x", "dataset": "x", "output_dir": "x", **self.train}
+            {
+                **self.train,
+                "algorithm": self.train_algorithm,
+                "base_model": "x",
+                "dataset": "x",
+                "output_dir": "x",
+                "rollout": self.rollout_settings({}),
+            }
         )
         clash = {"scenario", "sources", "tags"} & set(self.dataset)
         if clash:
             raise ValueError(f"dataset.{sorted(clash)[0]} belongs at the loop's top level")
         return self
+
+    @property
+    def train_algorithm(self) -> str:
+        """The training algorithm a cycle runs (grpo-on-policy is GRPO over rollouts)."""
+        return TRAIN_ALGORITHM.get(self.algorithm, self.algorithm)
+
+    @property
+    def dataset_kind(self) -> str:
+        """The dataset kind a cycle builds from the selection (rollout loops: prompts)."""
+        return DATASET_KIND.get(self.algorithm, self.algorithm)
+
+    @property
+    def rollouts(self) -> bool:
+        return self.algorithm in ROLLOUT_LOOPS
+
+    def rollout_settings(self, scoring: dict[str, Any]) -> dict[str, Any]:
+        """The training config's rollout section: the loop's rewards, judge flag and ``train.rollout``
+        options, under ``scoring`` (the [scoring] settings, never with an API key)."""
+        own = dict(self.train.get("rollout") or {})
+        if not self.rollouts:
+            return own
+        return {**own, "rewards": list(self.rewards), "judge": self.judge, "scoring": scoring}
 
     @property
     def max_length(self) -> int:

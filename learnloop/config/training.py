@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from learnloop.config.base import DEFAULT_MAX_LENGTH, ConfigModel
+from learnloop.config.scoring import ScoringSettings
 
 Algorithm = Literal["sft", "dpo", "grpo", "rft", "kto"]
 # Algorithms whose records are prompts the policy answers itself (GRPO only when it has a reward).
@@ -84,6 +85,16 @@ class GRPOConfig(ConfigModel):
     temperature: float | None = Field(None, gt=0.0, description="Deprecated: use rollout.temperature.")
 
 
+class RolloutScoring(ScoringSettings):
+    """[scoring] as a training config carries it: everything but the judge's API key."""
+
+    judge_api_key: None = Field(  # type: ignore[assignment]
+        None,
+        description="Never written into a training config: the training process reads "
+        "LEARNLOOP_SCORING__JUDGE_API_KEY from its environment.",
+    )
+
+
 class RolloutConfig(ConfigModel):
     """How the policy answers prompts itself and how its answers are scored (online GRPO, RFT).
 
@@ -103,8 +114,8 @@ class RolloutConfig(ConfigModel):
         description="Also rank the samples of each prompt against each other with the group judge "
         "(the endpoint of scoring.judge_base_url / judge_model; its score is the aspect 'judge').",
     )
-    scoring: dict[str, Any] = Field(
-        default_factory=dict,
+    scoring: RolloutScoring = Field(
+        default_factory=RolloutScoring,
         description="The [scoring] settings rewards run under (reward_modules, weights, combine, judge_*). "
         "The judge's API key is never written here: the process reads LEARNLOOP_SCORING__JUDGE_API_KEY.",
     )
@@ -119,17 +130,20 @@ class RolloutConfig(ConfigModel):
         "saying so, instead of training on nothing.",
     )
 
-    @field_validator("scoring")
+    @field_validator("scoring", mode="before")
     @classmethod
-    def _scoring(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from learnloop.config import ScoringSettings  # here: learnloop.config imports this package
-
-        if "judge_api_key" in value:
+    def _scoring(cls, value: Any) -> Any:
+        # A dumped config carries judge_api_key: null; any value at all is refused.
+        key = value.judge_api_key if isinstance(value, ScoringSettings) else None
+        if isinstance(value, dict):
+            key = value.get("judge_api_key")
+        if key is not None:
             raise ValueError(
                 "judge_api_key must not be written into a training config; "
                 "set LEARNLOOP_SCORING__JUDGE_API_KEY in the training process's environment"
             )
-        ScoringSettings.model_validate(value)
+        if isinstance(value, ScoringSettings):
+            return value.model_dump(exclude={"judge_api_key"})
         return value
 
     @property

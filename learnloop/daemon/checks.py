@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,7 +36,14 @@ from learnloop.errors import ConfigError
 from learnloop.importing import import_module
 from learnloop.store.db import Database
 
-UNIT = {"sft": "traces", "dpo": "pairs", "grpo": "groups"}
+UNIT = {
+    "sft": "traces",
+    "dpo": "pairs",
+    "grpo": "groups",
+    "grpo-on-policy": "prompts",
+    "rft": "prompts",
+    "kto": "labelled answers",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,6 +58,8 @@ class LoopCheck:
     now: dt.datetime
     last_cycle_at: dt.datetime | None
     since: dt.datetime | None  # where the next cycle's data starts (None: all of it)
+    # What checks found beyond their reason (the next cycle's plan, the backoff), for `loops status`.
+    notes: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def counts(self) -> tally.Counts:
@@ -70,6 +79,11 @@ class LoopCheck:
     def holdout(self) -> int:
         """Held-out examples of the loop's selection."""
         return tally.count_holdout(self.db, self.settings, self.loop)
+
+    @cached_property
+    def quiet(self) -> tuple[int, dt.datetime | None, list[str]]:
+        """Cycles in a row that improved nothing, when the last ended, and why each was quiet."""
+        return history.quiet_cycles(self.db, self.loop.name)
 
     @cached_property
     def failures(self) -> tuple[int, dt.datetime | None]:

@@ -171,6 +171,32 @@ def _train(ctx: Context, job: queue.JobInfo, config: Any) -> dict[str, Any]:
         raise _Stop
     if outcome.kind == "lost":
         raise _Stop
+    if outcome.kind == "no_signal":
+        # The same prompts would tie again: not retried; the loop backs off (readiness "backoff").
+        queue.update_result(ctx.db, job.id, ctx.owner, no_signal=True, no_signal_stats=outcome.metrics)
+        queue.fail(ctx.db, job.id, ctx.owner, outcome.error, output_tail=outcome.output_tail, retry=False)
+        if job.loop:
+            loops_mod.set_state(
+                ctx.db,
+                job.loop,
+                "idle",
+                {
+                    "outcome": "no_signal",
+                    "job_id": job.id,
+                    "reason": outcome.error,
+                    "stats": outcome.metrics,
+                },
+            )
+            emit(
+                ctx.db,
+                "cycle.no_signal",
+                f"loop {job.loop}: {outcome.error}",
+                level="warning",
+                loop=job.loop,
+                job_id=job.id,
+                data={"stats": outcome.metrics},
+            )
+        raise _Stop
     # failed or stalled: retried from the newest committed checkpoint (a stall at once:
     # it had no fault of data).
     backoff = 0.0 if outcome.kind == "stalled" else cfg.retry_backoff
@@ -383,7 +409,7 @@ def _build(ctx: Context, loop: LoopConfig, base: str, since: Any, until: Any) ->
     tokenizer = str(resolve_base_model(base, s.data_dir))
     return build_dataset(
         ctx.db,
-        loop.algorithm,
+        loop.dataset_kind,
         loops_mod.dataset_filters(loop, since, until),
         settings=s,
         tokenizer=tokenizer,
@@ -397,10 +423,11 @@ def _train_config(
     data: dict[str, Any] = {
         "device": ctx.settings.training.device,
         **loop.train,
-        "algorithm": loop.algorithm,
+        "algorithm": loop.train_algorithm,
         "base_model": base,
         "dataset": str(dataset),
         "output_dir": str(data_dir(ctx.settings.data_dir).job_checkpoints(job.id)),
+        "rollout": loop.rollout_settings(loops_mod.rollout_scoring(ctx.settings)),
     }
     if init is not None:
         data["init_adapter"] = str(init)

@@ -24,6 +24,7 @@ from learnloop.daemon.checks import LoopCheck
 from learnloop.daemon.history import active_job, failed_cycles, last_cycle, since_of
 from learnloop.daemon.locks import chat_template_hash, check_lock, check_locks, lock_values
 from learnloop.daemon.log import emit
+from learnloop.daemon.plan import plan, rollout_scoring
 from learnloop.daemon.readiness import READINESS, Check
 from learnloop.daemon.status import status
 from learnloop.daemon.tally import dataset_filters
@@ -53,7 +54,9 @@ __all__ = [
     "last_cycle",
     "lock_values",
     "next_due_in",
+    "plan",
     "record_cycle",
+    "rollout_scoring",
     "set_state",
     "status",
     "submit_cycle",
@@ -69,6 +72,8 @@ class Decision:
     triggers: list[str] = field(default_factory=list)  # what would fire it
     checks: list[Check] = field(default_factory=list)
     since: str | None = None
+    plan: dict[str, Any] | None = None  # what the next cycle would train (algorithm, examples, steps)
+    backoff: dict[str, Any] | None = None  # why and how long the loop waits after quiet cycles
 
     @property
     def reasons(self) -> list[str]:
@@ -120,6 +125,7 @@ def check_loop(
             ok, reason = result
             d.checks.append(Check(entry.name, bool(ok), str(reason)))
     d.ready = all(c.ok for c in d.checks)
+    d.plan, d.backoff = check.notes.get("plan"), check.notes.get("backoff")
     for entry in TRIGGERS.for_loop(settings, loop.triggers.custom):
         reason = entry.fn(check)
         if reason:
@@ -238,6 +244,8 @@ def check_and_submit(
                 "reasons": decision.reasons,
                 "checks": [asdict(c) for c in decision.checks],
                 "triggers": decision.triggers,
+                "plan": decision.plan,
+                "backoff": decision.backoff,
                 "checked_at": now.isoformat(),
             }
         if job is not None:

@@ -9,15 +9,21 @@ The built-ins below run for every loop, in this order; register your own with
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
 from learnloop.config.loops import base_model_of
 from learnloop.daemon.checks import LoopCheck, Registry
+from learnloop.daemon.plan import describe, holdout_needed, plan
+from learnloop.daemon.triggers import evaluated_reward, reward_drop, served_rewards
 from learnloop.errors import LearnloopError
+from learnloop.store.models import Alias, Evaluation, Source, Trajectory
 
 ReadinessFn = Callable[[LoopCheck], "tuple[bool, str] | None"]
 READINESS: Registry[ReadinessFn] = Registry("readiness check", "triggers.custom_checks")
@@ -48,13 +54,39 @@ def new_examples(check: LoopCheck) -> tuple[bool, str]:
     return True, f"{n}/{loop.triggers.min_new_examples} new {src}{check.unit}{scenario}"
 
 
+@_builtin("steps")
+def steps(check: LoopCheck) -> tuple[bool, str] | None:
+    """Enough examples for the algorithm's floor of optimizer steps (a smaller cycle waits)."""
+    p = plan(check.loop, check.new_examples, check.unit)
+    check.notes["plan"] = {**p.as_dict(), "summary": describe(p)}
+    if check.new_examples == 0:
+        return None  # new_examples says so
+    if p.too_small:
+        return False, (
+            f"{p.examples} {check.unit} make {p.steps} optimizer step(s); {p.trains} needs at least "
+            f"{p.min_steps} (about {p.examples_needed()} {check.unit} at {p.batch} per step): waiting for "
+            "more (the loop's min_steps sets the floor)"
+        )
+    return True, "next cycle: " + describe(p)
+
+
 @_builtin("holdout")
 def holdout(check: LoopCheck) -> tuple[bool, str] | None:
-    """Enough held-out examples to evaluate a candidate on (``min_holdout``)."""
-    wanted = check.loop.triggers.min_holdout
-    if not wanted:
+    """Enough held-out examples to evaluate a candidate on: ``min_holdout``, and the gate's own minimum
+    when the cycle is gated (a cycle whose gate cannot decide is not started)."""
+    need, gate_min = holdout_needed(check.settings, check.loop, _gated())
+    if not need:
         return None
-    return check.holdout >= wanted, f"{check.holdout}/{wanted} held-out examples"
+    limit = check.loop.eval_limit or check.settings.evaluation.limit
+    if limit is not None and limit < gate_min:
+        return False, (
+            f"eval_limit {limit} is below the gate's min_examples {gate_min}: the gate could never "
+            "decide; raise eval_limit or lower gate.min_examples"
+        )
+    reason = f"{check.holdout}/{need} held-out examples"
+    if gate_min >= need and gate_min > (check.loop.triggers.min_holdout or 0):
+        reason += f" (the gate decides on at least {gate_min})"
+    return check.holdout >= need, reason
 
 
 @_builtin("groups")
@@ -146,6 +178,123 @@ def after_failure(check: LoopCheck) -> tuple[bool, str] | None:
     if check.now < until:
         return False, f"{failures} cycle(s) failed in a row; the next may start at {until:%H:%M:%S} UTC"
     return True, f"{failures} cycle(s) failed in a row; backoff of {wait:.0f} s over"
+
+
+@_builtin("backoff")
+def backoff(check: LoopCheck) -> tuple[bool, str] | None:
+    """After cycles that improved nothing, or while the served version sits at its evaluated ceiling,
+    wait longer each time (``backoff`` doubling up to ``backoff_max``); a reward drop or a new scenario
+    wakes the loop (``learnloop loops run`` always does: it skips the checks)."""
+    t = check.loop.triggers
+    if t.backoff is None or check.new_examples == 0:
+        return None
+    quiet, last_end, why = check.quiet
+    ceiling = at_ceiling(check)
+    if not quiet and ceiling is None:
+        return None
+    rounds = quiet + (1 if ceiling else 0)
+    wait = min(t.backoff * 2 ** (rounds - 1), t.backoff_max)
+    start = last_end or check.last_cycle_at
+    until = start + dt.timedelta(seconds=wait) if start else None
+    what = []
+    if quiet:
+        what.append(f"{quiet} cycle(s) in a row improved nothing ({', '.join(why[:3])})")
+    if ceiling:
+        what.append(ceiling)
+    wake = _wake(check)
+    check.notes["backoff"] = {
+        "quiet_cycles": quiet,
+        "why": why,
+        "ceiling": ceiling,
+        "wait_s": wait,
+        "max_s": t.backoff_max,
+        "until": until.isoformat() if until else None,
+        "woken_by": wake,
+    }
+    if wake:
+        return True, f"backoff ({'; '.join(what)}) woken by {wake}"
+    if until is not None and check.now >= until:
+        return True, f"backoff of {wait:.0f} s over ({'; '.join(what)})"
+    when = f"may start at {until:%Y-%m-%d %H:%M:%S} UTC" if until else "waits"
+    return False, (
+        f"backing off: {'; '.join(what)}; the next cycle {when} (wait {wait:.0f} s, doubling up to "
+        f"{t.backoff_max:.0f} s); a reward drop, a new scenario or `learnloop loops run "
+        f"{check.loop.name}` wakes it"
+    )
+
+
+def at_ceiling(check: LoopCheck) -> str | None:
+    """Why the served version counts as at its ceiling (evaluated at or above ``ceiling`` and its live
+    reward not below it by more than the drop margin), or None."""
+    t = check.loop.triggers
+    if t.ceiling is None:
+        return None
+    with check.db.read_session() as s:
+        alias = s.get(Alias, check.loop.alias)
+        if alias is None or alias.version_id is None:
+            return None
+        vid = alias.version_id
+        ev = s.scalars(
+            select(Evaluation).where(Evaluation.candidate_id == vid).order_by(Evaluation.id.desc()).limit(1)
+        ).first()
+        level = evaluated_reward(ev.metrics if ev else {})
+        if level is None or level < t.ceiling:
+            return None
+        ids = list(
+            s.scalars(
+                select(Trajectory.id).where(
+                    Trajectory.source == Source.served,
+                    Trajectory.model_version == vid,
+                    Trajectory.created_at >= check.now - dt.timedelta(hours=t.reward_window_hours),
+                )
+            )
+        )
+        rewards = served_rewards(s, check.settings, ids)
+    live = ""
+    if len(rewards) >= t.reward_min_samples:
+        mean = sum(rewards) / len(rewards)
+        if mean < t.ceiling - (t.reward_drop or 0.05):
+            return None  # the live reward fell off the ceiling: learning may help again
+        live = f"; live {mean:.3f} over {len(rewards)}"
+    return f"served {vid} sits at its evaluated ceiling ({level:.3f} >= {t.ceiling:g}{live})"
+
+
+def _wake(check: LoopCheck) -> str | None:
+    """What ends a backoff early: a reward drop, or a scenario the loop's selection never had before."""
+    drop = reward_drop(check)
+    if drop:
+        return drop
+    if check.loop.scenario is not None or check.since is None:
+        return None
+    where = []
+    if check.loop.sources:
+        where.append(Trajectory.source.in_([Source(x) for x in check.loop.sources]))
+    with check.db.read_session() as s:
+        new = set(
+            s.scalars(
+                select(Trajectory.scenario)
+                .where(*where, Trajectory.created_at >= check.since, Trajectory.scenario.is_not(None))
+                .distinct()
+            )
+        )
+        if not new:
+            return None
+        old = set(
+            s.scalars(
+                select(Trajectory.scenario)
+                .where(*where, Trajectory.created_at < check.since, Trajectory.scenario.in_(sorted(new)))
+                .distinct()
+            )
+        )
+    fresh = sorted(new - old)
+    return f"new scenario(s) in the traffic: {', '.join(fresh[:5])}" if fresh else None
+
+
+def _gated() -> bool:
+    """Whether cycles are evaluated and gated (the registry and evaluation stages are installed)."""
+    return all(
+        importlib.util.find_spec(m) is not None for m in ("learnloop.registry", "learnloop.evaluation")
+    )
 
 
 def _existing(path: Path) -> Path:

@@ -54,6 +54,9 @@ def status(db: Database, settings: Settings, now: dt.datetime | None = None) -> 
                     else 0,
                     "ready": (row.readiness or {}).get("ready") if row else None,
                     "reasons": (row.readiness or {}).get("reasons", []) if row else [],
+                    # What the next cycle would train, and the backoff, as the last check found them.
+                    "next_cycle": (row.readiness or {}).get("plan") if row else None,
+                    "backoff": (row.readiness or {}).get("backoff") if row else None,
                     "head_version": row.head_version_id if row else None,
                     "job": None
                     if job is None

@@ -49,7 +49,8 @@ _COMMAND_OF = {
 
 @dataclass
 class Outcome:
-    """How a supervised run ended: done | stopped | failed | stalled | lost (our lease was taken)."""
+    """How a supervised run ended: done | stopped | failed | stalled | lost (our lease was taken) |
+    no_signal (a rollout run found nothing to learn from: retrying the same data would find nothing)."""
 
     kind: str
     step: int = 0
@@ -218,7 +219,7 @@ class Supervisor:
                                 loop=self.loop,
                                 job_id=self.job_id,
                             )
-                        elif kind in ("done", "stopped"):
+                        elif kind in ("done", "stopped", "no_signal"):
                             final = ev
                     if not lines.empty():
                         continue  # drain bursts of fast steps before touching the database
@@ -291,6 +292,15 @@ class Supervisor:
             )
         if rc == 0 and final is not None:
             return Outcome("stopped", step, total, checkpoint=final.get("path"))
+        if final is not None and final.get("kind") == "no_signal":
+            return Outcome(
+                "no_signal",
+                step,
+                total,
+                metrics=final.get("metrics") or {},
+                error=str(final.get("message") or "no learning signal"),
+                output_tail=self._tail(),
+            )
         why = (
             f"killed by signal {-rc}" + (" (SIGKILL: out of memory?)" if rc == -signal.SIGKILL else "")
             if rc < 0

@@ -87,12 +87,13 @@ def count_examples(
     db: Database, settings: Settings, loop: LoopConfig, since: dt.datetime | None, until: dt.datetime
 ) -> Counts:
     """The examples (traces, pairs or groups) a cycle starting at ``until`` would train on."""
-    f = parse_filters(dataset_filters(loop, since, until)).resolved(loop.algorithm, settings.datasets)
+    kind = loop.dataset_kind  # rollout loops count prompts
+    f = parse_filters(dataset_filters(loop, since, until)).resolved(kind, settings.datasets)
     if f.replay_fraction:
         f = f.model_copy(update={"replay_fraction": 0.0})
     if not _per_prompt(loop.dataset, f):
-        return _dry(db, settings, loop.algorithm, f)
-    return _Tally(db, settings, loop.name, "train", loop.algorithm, f).count()
+        return _dry(db, settings, kind, f)
+    return _Tally(db, settings, loop.name, "train", kind, f).count()
 
 
 def count_holdout(db: Database, settings: Settings, loop: LoopConfig) -> int:
@@ -160,8 +161,10 @@ class _Tally:
         ).hexdigest()
         # Which later writes can change a count: rewards only matter with a reward bar or pairs and
         # groups; corrections only where the builder uses them.
-        self.needs_scores = kind != "holdout" and not (kind == "sft" and f.min_reward is None)
-        self.needs_feedback = kind not in ("holdout", "grpo") and f.include_corrections
+        self.needs_scores = kind not in ("holdout", "prompts") and not (
+            kind == "sft" and f.min_reward is None
+        )
+        self.needs_feedback = kind not in ("holdout", "grpo", "prompts") and f.include_corrections
 
     def count(self) -> Counts:
         now = utcnow()  # before the first read: everything committed before it is seen

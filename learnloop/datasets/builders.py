@@ -347,12 +347,17 @@ def build_grpo(
 
 
 def build_kto(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     good_min = KTO_DEFAULT_MIN_REWARD if f.min_reward is None else f.min_reward
     bad_max = f.max_undesirable_reward
-    corrections = latest_corrections(session, f, Split.train) if f.include_corrections else {}
-    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size):
+    corrections = latest_corrections(session, f, Split.train, prompts) if f.include_corrections else {}
+    for row, reward in _rows_with_rewards(session, f, Split.train, weights, chunk_size, prompts=prompts):
         report.funnel["scanned"] += 1
         if row.id in corrections:
             yield from _kto_correction(row, *corrections[row.id], report)
@@ -396,11 +401,18 @@ def _kto_correction(row: Any, fid: int, correction: Any, report: BuildReport) ->
     yield _kto_item(row.id, row.messages, False, None)
 
 
-PROMPT_COLUMNS = (*ROW_COLUMNS, Trajectory.meta, Trajectory.tools)
+# Labelled: the attribute is `meta` but the column `metadata`, and a per-prompt count (only_prompts)
+# reads the rows through a CTE whose columns carry the column names.
+PROMPT_COLUMNS = (*ROW_COLUMNS, Trajectory.meta.label("meta"), Trajectory.tools)
 
 
 def build_prompts(
-    session: Session, f: DatasetFilters, weights: RewardRule, report: BuildReport, chunk_size: int
+    session: Session,
+    f: DatasetFilters,
+    weights: RewardRule,
+    report: BuildReport,
+    chunk_size: int,
+    prompts: Sequence[str] | None = None,
 ) -> Iterator[Item]:
     """One record per distinct prompt; rows arrive sorted by prompt hash, so one prompt is in memory."""
     best: tuple[Any, float | None] | None = None
@@ -416,6 +428,7 @@ def build_prompts(
         order_by=order,
         extra_where=[c.is_not(None) for c in order],
         columns=PROMPT_COLUMNS,
+        prompts=prompts,
     ):
         report.funnel["scanned"] += 1
         if row.prompt_hash != current:

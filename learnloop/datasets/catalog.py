@@ -148,7 +148,7 @@ def build_dataset(
     name: str | None = None,
     out: str | Path | None = None,
 ) -> DatasetInfo:
-    """Build, check, record and write a dataset of ``kind`` (sft, dpo, grpo or holdout).
+    """Build, check, record and write a dataset of ``kind`` (sft, dpo, grpo, kto, prompts or holdout).
 
     Returns the recorded dataset; when the same content was recorded before, that record
     (``reused=True``). ``out`` also writes the JSONL there. Raises ValidationFailed when the kind

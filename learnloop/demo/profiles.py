@@ -42,6 +42,13 @@ class Profile:
     teacher_first_token_ms: float = 300.0
     teacher_token_ms: float = 10.0
     teacher_price: tuple[float, float] = (0.0025, 0.01)
+    # No teacher: the app's own traffic on the base model, and only its verifier (`@reward order_json`).
+    no_teacher: bool = False
+    algorithm: str = "sft"
+    backoff: str = "1h"
+    # Keep the app running (the loop training and promoting) after the first promotion until the
+    # served version's recent answers succeed at this rate or the budget ends (None: stop at once).
+    learn_until: float | None = None
 
     def prepare(self, run: DemoRun) -> str:
         """Make the base model available and return the name or path the config should use."""
@@ -56,6 +63,8 @@ class Profile:
         return "smollm2"
 
     def config_toml(self, *, base_model: str, data_dir: Path, port: int, teacher_url: str) -> str:
+        if self.no_teacher:
+            return self.no_teacher_toml(base_model=base_model, data_dir=data_dir, port=port)
         q = json.dumps  # TOML basic strings and JSON strings agree for these values
         train = ", ".join(f"{k} = {_toml(v)}" for k, v in self.train.items())
         gate = ", ".join(f"{k} = {_toml(v)}" for k, v in self.gate.items())
@@ -129,6 +138,63 @@ min_holdout = {min(16, self.eval_limit)}
 min_free_disk_mb = 200
 """
 
+    def no_teacher_toml(self, *, base_model: str, data_dir: Path, port: int) -> str:
+        """The loop a user without a teacher writes: served traffic (one answer per request) as the
+        prompts, the app's verifier as the reward, the policy answering them itself."""
+        q = json.dumps
+        train = ", ".join(f"{k} = {_toml(v)}" for k, v in self.train.items())
+        gate = ", ".join(f"{k} = {_toml(v)}" for k, v in self.gate.items())
+        threads = f"threads = {self.threads}\n" if self.threads else ""
+        training_threads = f"training_threads = {self.threads}\n" if self.threads else ""
+        return f"""# Written by `learnloop demo --no-teacher` ({self.name}): the config a user without a \
+teacher would write.
+data_dir = {q(str(data_dir))}
+
+[server]
+port = {port}
+inbox_poll_seconds = 1.0
+
+[serving]
+base_model = {q(base_model)}
+max_batch_size = {max(self.batch, 8)}
+{threads}
+[scoring]
+# The app's verifier, registered with @reward: the only signal there is.
+reward_modules = ["learnloop.demo.rewards"]
+
+[datasets]
+holdout_fraction = {self.holdout_fraction}
+
+[training]
+base_model = {q(base_model)}
+
+[evaluation]
+max_new_tokens = {self.max_tokens}
+concurrency = {self.batch}
+
+[daemon]
+poll_interval = 1.0
+score_interval = 3.0
+heartbeat_seconds = 2.0
+{training_threads}
+[[loops]]
+name = "orders"
+algorithm = {q(self.algorithm)}
+scenario = "orders"
+sources = ["served"]
+rewards = ["order_json"]
+train = {{ {train} }}
+gate = {{ {gate} }}
+eval_limit = {self.eval_limit}
+auto_promote = true
+
+[loops.triggers]
+min_new_examples = {self.min_new_examples}
+check_interval = "3s"
+backoff = {q(self.backoff)}
+min_free_disk_mb = 200
+"""
+
 
 TEACHER_KEY_ENV = "DEMO_TEACHER_API_KEY"
 
@@ -195,4 +261,81 @@ QUICK = Profile(
     teacher_token_ms=0.0,
 )
 
-PROFILES = {"full": FULL, "quick": QUICK}
+# Without a teacher: the app asks the base model (through `learnloop`) and its verifier scores.
+# Rejection sampling first: the cheapest path when the model sometimes gets it right (on this task
+# SmolLM2-135M does for some cases; ALGORITHM_DEFAULTS' measurements). Each cycle samples 4 answers
+# per new served prompt (64 prompts: 8 steps, RFT's floor), keeps the exact ones and trains on them;
+# the gate compares against the base; later cycles continue the adapter on the prompts new since.
+FULL_NO_TEACHER = Profile(
+    name="full-no-teacher",
+    seed=2026,
+    backfill=0,
+    batch=8,
+    before_rounds=4,
+    after_cases=64,
+    max_tokens=48,
+    min_new_examples=64,
+    train={
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "max_length": 192,
+        "checkpoint_every": 4,
+        "lora": {"r": 16, "alpha": 32},
+        "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.9},
+        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order: with a
+        # bar of 1.0 the base model's first 64 samples had none to keep (measured: "Nothing to learn",
+        # rewards seen up to 0.375), so the bar keeps answers with 3 of 4 fields right too.
+        "rft": {"min_reward": 0.375, "max_per_prompt": 2},
+    },
+    gate={"min_examples": 16, "max_json_validity_drop": 0.1},
+    eval_limit=32,
+    budget_s=30 * 60,
+    threads=1,
+    no_teacher=True,
+    algorithm="rft",
+    backoff="30s",
+    learn_until=0.8,
+)
+
+# The tiny random model never answers exactly: the bar is 0 so its own samples pass and every stage
+# runs (served capture, prompt count, rollouts scored by the verifier, training, registration,
+# evaluation against the base, gate, promotion, hot swap); its gate lets any candidate through.
+QUICK_NO_TEACHER = Profile(
+    name="quick-no-teacher",
+    seed=7,
+    backfill=0,
+    batch=4,
+    before_rounds=1,
+    after_cases=8,
+    max_tokens=8,
+    min_new_examples=8,
+    train={
+        "max_steps": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_length": 256,
+        "checkpoint_every": 2,
+        "rollout": {"num_generations": 2, "max_new_tokens": 8},
+        "rft": {"min_reward": 0.0},
+    },
+    gate={
+        "min_examples": 2,
+        "margin": -10.0,
+        "max_p95_latency_ratio": 100.0,
+        "max_json_validity_drop": 1.0,
+        "max_refusal_increase": 1.0,
+        "max_scenario_regression": 1.0,
+    },
+    eval_limit=4,
+    budget_s=300,
+    no_teacher=True,
+    algorithm="rft",
+    backoff="5s",
+)
+
+PROFILES = {
+    "full": FULL,
+    "quick": QUICK,
+    "full-no-teacher": FULL_NO_TEACHER,
+    "quick-no-teacher": QUICK_NO_TEACHER,
+}

@@ -269,7 +269,8 @@ class DemoRun:
             try:
                 models = self.http.get("/v1/models")
                 if models.status_code == 200 and any(m["id"] == "learnloop" for m in models.json()["data"]):
-                    self.timeline.mark("server up: `learnloop` serves upstream:teacher")
+                    target = "base" if self.profile.no_teacher else "upstream:teacher"
+                    self.timeline.mark(f"server up: `learnloop` serves {target}")
                     return
             except httpx.HTTPError:
                 pass
@@ -345,7 +346,7 @@ class DemoRun:
     def student_serves_all(cls, st: dict[str, Any]) -> str | None:
         """The trained version the alias serves to every user (None while the teacher still answers)."""
         version = cls.serving_version(st)
-        return version if version and not version.startswith("upstream:") else None
+        return version if version and version != "base" and not version.startswith("upstream:") else None
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -358,10 +359,14 @@ class DemoRun:
         base = self.prepare_model()
         self.timeline = Timeline()  # the demo's clock starts once the model is ready
         self.write_config(base)
-        self.start_teacher()
-        backfilled = self.backfill_inbox()
-        self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
-        self.cli("alias", "set", "learnloop", "upstream:teacher", "--reason", "start on the big model")
+        if self.profile.no_teacher:
+            # No teacher, no backfill: the app's users are answered by the base model from the start.
+            self.cli("alias", "set", "learnloop", "base", "--reason", "no teacher: start on the base model")
+        else:
+            self.start_teacher()
+            backfilled = self.backfill_inbox()
+            self.timeline.mark(f"{backfilled} earlier teacher answers dropped in the inbox")
+            self.cli("alias", "set", "learnloop", "upstream:teacher", "--reason", "start on the big model")
         self.start_server()
         # The app reads the same learnloop.toml (its sampling rules) and spools under the demo's data dir.
         os.environ.update(LEARNLOOP_CONFIG=str(self.config_path), LEARNLOOP_DATA_DIR=str(self.data_dir))
@@ -390,18 +395,28 @@ class DemoRun:
                     probe.round([next(fresh) for _ in range(self.profile.batch)], phase="before")
                     self.sample()
                     live.update(self.view(app, probe, "measuring the base model"))
-                self.timeline.mark("base model measured; the app runs on the teacher while the loop learns")
-                while promoted is None:
-                    self.budget.check(time.time() - self.timeline.started, str(self.data_dir / "serve.log"))
+                self.timeline.mark(
+                    "base model measured; the app runs on "
+                    + ("the base model" if self.profile.no_teacher else "the teacher")
+                    + " while the loop learns"
+                )
+                while True:
+                    elapsed = time.time() - self.timeline.started
+                    if promoted is not None and elapsed > self.budget.seconds:
+                        break  # learning until the target: the budget is over, measure what serves
+                    if promoted is None:
+                        self.budget.check(elapsed, str(self.data_dir / "serve.log"))
                     answers = app.round([next(fresh) for _ in range(self.profile.batch)], phase="learning")
                     student = self.student_serves_all(self.sample().state)
-                    if student and any(a.version == student for a in answers):
+                    if student and student != promoted and any(a.version == student for a in answers):
                         promoted = student
-                        self.promoted_at = time.time() - self.timeline.started
+                        if self.promoted_at is None:  # the budget counts the first take-over
+                            self.promoted_at = time.time() - self.timeline.started
                         self.timeline.mark(f"{promoted} serves every user")
                     live.update(self.view(app, probe, "the app runs; the daemon learns"))
-                    if promoted is None:
-                        time.sleep(self.profile_pause())
+                    if promoted is not None and self.good_enough(app, promoted):
+                        break
+                    time.sleep(self.profile_pause())
                 self.timeline.mark(f"measuring {self.profile.after_cases} fresh cases on {promoted}")
                 after_cases = [next(fresh) for _ in range(self.profile.after_cases)]
                 for i in range(0, len(after_cases), self.profile.batch):
@@ -414,6 +429,17 @@ class DemoRun:
         finally:
             self.stop_server()
         return self.report(app, probe, promoted, final)
+
+    def good_enough(self, app: DemoApp, version: str) -> bool:
+        """Whether the demo may stop learning: at once for a profile without ``learn_until``, else
+        once the version's last ``2 x batch`` answers to the app succeed at that rate (the loop keeps
+        training and promoting until then, or until the budget runs out)."""
+        bar = self.profile.learn_until
+        if bar is None:
+            return True
+        recent = [a for a in app.answers if a.phase == "learning" and a.version == version]
+        recent = recent[-2 * self.profile.batch :]
+        return len(recent) >= 2 * self.profile.batch and sum(a.success for a in recent) / len(recent) >= bar
 
     def profile_pause(self) -> float:
         # While the daemon trains on the same two cores, a slower trickle of traffic leaves it the CPU.
@@ -529,6 +555,9 @@ class DemoRun:
             "after": rate(app, "after"),
             "promoted": promoted,
             "budget": self.budget.verdict(self.promoted_at),
+            "teacher": not self.profile.no_teacher,
+            "algorithm": self.profile.algorithm,
+            "cycles": self.cycles(),
             "requests": len(app.answers),
             "share_over_time": self.shares(app),
             "gate": gate,
@@ -550,6 +579,31 @@ class DemoRun:
         }
         (self.data_dir / "demo-report.json").write_text(json.dumps(report, indent=2, default=str))
         return report
+
+    def cycles(self) -> list[dict[str, Any]]:
+        """The loop's cycles as its jobs recorded them: what each trained on, its gate, its outcome."""
+        try:
+            jobs = json.loads(self.cli("jobs", "list", "--loop", "orders", "--json").stdout)
+            out = []
+            for j in sorted(jobs, key=lambda j: j["id"]):
+                full = json.loads(self.cli("jobs", "show", str(j["id"]), "--json").stdout)
+                result = full.get("result") or {}
+                out.append(
+                    {
+                        "job_id": j["id"],
+                        "cycle": (full.get("payload") or {}).get("cycle"),
+                        "state": j["state"],
+                        "examples": result.get("examples"),
+                        "steps": result.get("step"),
+                        "seconds": j.get("duration_s"),
+                        "gate": (result.get("gate") or {}).get("verdict"),
+                        "promoted": result.get("promoted"),
+                        "error": full.get("error"),
+                    }
+                )
+            return out
+        except (DemoFailed, ValueError, KeyError) as exc:
+            return [{"error": str(exc)}]
 
     def shares(self, app: DemoApp, bucket_s: float = 30.0) -> list[dict[str, Any]]:
         """The app's requests per target in each ``bucket_s`` seconds: the teacher's share falling."""

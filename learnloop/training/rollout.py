@@ -281,11 +281,7 @@ class RolloutScorer:
     """Scores the answers of one prompt with the configured rewards; see the module docstring."""
 
     def __init__(self, rollout: RolloutConfig, legacy_spec: str | None = None) -> None:
-        from learnloop.config import ScoringSettings
-
-        self.settings = ScoringSettings.model_validate(
-            {**rollout.scoring, **_judge_key_from_env(rollout.judge)}
-        )
+        self.settings = rollout.scoring.model_copy(update=_judge_key_from_env(rollout.judge))
         self.functions: list[Any] = []
         if rollout.rewards:
             from learnloop.scoring.registry import get, load_modules
@@ -444,7 +440,9 @@ class RolloutScorer:
 
 def _judge_key_from_env(judge: bool) -> dict[str, Any]:
     key = os.environ.get(JUDGE_KEY_ENV) if judge else None
-    return {"judge_api_key": key} if key else {}
+    from pydantic import SecretStr
+
+    return {"judge_api_key": SecretStr(key)} if key else {}
 
 
 # --------------------------------------------------------------------------------------- signal

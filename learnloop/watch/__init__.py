@@ -24,7 +24,7 @@ from learnloop.watch.actions import (
     set_alias_target,
 )
 from learnloop.watch.alerts import AlertService, recent_deliveries, run_once, send_test
-from learnloop.watch.format import FILTERS, human_bytes
+from learnloop.watch.format import FILTERS, human_bytes, job_stage
 from learnloop.watch.host import readiness
 from learnloop.watch.metrics import count_ingested, count_otlp_spans, observe_ingest, observe_serving
 from learnloop.watch.metrics import render as render_metrics
@@ -51,6 +51,7 @@ __all__ = [
     "count_ingested",
     "count_otlp_spans",
     "human_bytes",
+    "job_stage",
     "live_page",
     "metric_points",
     "navigation",
