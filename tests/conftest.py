@@ -226,20 +226,21 @@ def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # The controller (or a run without xdist) ends last: it keeps this run's durations for the next
-    # run's ordering, and drops the 0.5 GB SmolLM2 folder so pytest's kept temp dirs do not pile it up.
+    # The controller (or a run without xdist) ends last: it drops the 0.5 GB SmolLM2 folder so pytest's
+    # kept temp dirs do not pile it up, and keeps this run's durations for the next run's ordering.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        try:
+            shared = factory.getbasetemp() / "shared"
+        except Exception:  # noqa: BLE001 - no temp dir was ever made
+            shared = None
+        if shared is not None:
+            shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)
+            (shared / f"{SMOLLM2_DIR}.built").unlink(missing_ok=True)
     cache = getattr(session.config, "cache", None)
     if cache is not None and _timed:
         known = cache.get(DURATIONS_KEY, {}) or {}
         known.update({k: round(v, 3) for k, v in _timed.items()})
         cache.set(DURATIONS_KEY, known)
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None:
-        return
-    try:
-        shared = factory.getbasetemp() / "shared"
-    except Exception:  # noqa: BLE001 - no temp dir was ever made
-        return
-    shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)
