@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,13 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
+
+# A suite started as a background job of a non-interactive shell (`scripts/test.sh &`, some CI runners)
+# inherits SIGINT as ignored, and so would every process the tests start: a test interrupting one, as a
+# user's Ctrl-C does, would wait on it forever. Give SIGINT its default back for the run (the test of
+# `status --watch` starts its child with SIGINT ignored on purpose, to check the command copes).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DURATIONS_KEY = "learnloop/durations"
 # Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front.
@@ -67,6 +76,25 @@ def _pg_available() -> bool:
         return True
     except Exception:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _reward_registry_as_before() -> Iterator[None]:
+    """The reward functions a test registers, itself or by importing a module its config names
+    (scoring.reward_modules), are gone after it, and so are the modules imported for them: the next
+    test naming such a module imports it afresh. What a test finds registered then never depends on
+    which tests ran before it in this worker (an order xdist and the duration sort change)."""
+    from learnloop.scoring import registry
+
+    registry.registered()  # the built-ins, registered on first use: part of every test's registry
+    saved = dict(registry._REGISTRY)
+    modules_before = set(sys.modules)
+    yield
+    added = {e.fn.__module__ for name, e in registry._REGISTRY.items() if saved.get(name) is not e}
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+    for name in added - modules_before:
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="session")
@@ -198,20 +226,21 @@ def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # The controller (or a run without xdist) ends last: it keeps this run's durations for the next
-    # run's ordering, and drops the 0.5 GB SmolLM2 folder so pytest's kept temp dirs do not pile it up.
+    # The controller (or a run without xdist) ends last: it drops the 0.5 GB SmolLM2 folder so pytest's
+    # kept temp dirs do not pile it up, and keeps this run's durations for the next run's ordering.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        try:
+            shared = factory.getbasetemp() / "shared"
+        except Exception:  # noqa: BLE001 - no temp dir was ever made
+            shared = None
+        if shared is not None:
+            shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)
+            (shared / f"{SMOLLM2_DIR}.built").unlink(missing_ok=True)
     cache = getattr(session.config, "cache", None)
     if cache is not None and _timed:
         known = cache.get(DURATIONS_KEY, {}) or {}
         known.update({k: round(v, 3) for k, v in _timed.items()})
         cache.set(DURATIONS_KEY, known)
-    factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None:
-        return
-    try:
-        shared = factory.getbasetemp() / "shared"
-    except Exception:  # noqa: BLE001 - no temp dir was ever made
-        return
-    shutil.rmtree(shared / SMOLLM2_DIR, ignore_errors=True)
