@@ -37,7 +37,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DURATIONS_KEY = "learnloop/durations"
-# Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front.
+# Seconds assumed for a test the cache has not timed yet: slow-marked ones go to the front, those
+# marked slow(seconds=N) by what they took in a serial run.
 _GUESS_SLOW, _GUESS = 60.0, 0.5
 
 
@@ -51,10 +52,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
 
+    def guess(item: pytest.Item) -> float:
+        # A clean checkout (CI) has no timings: the longest tests say how long with slow(seconds=N).
+        slow = item.get_closest_marker("slow")
+        return float(slow.kwargs.get("seconds", _GUESS_SLOW)) if slow else _GUESS
+
     def cost(group: list[pytest.Item]) -> float:
-        return sum(
-            known.get(i.nodeid, _GUESS_SLOW if i.get_closest_marker("slow") else _GUESS) for i in group
-        )
+        return sum(known.get(i.nodeid, guess(i)) for i in group)
 
     items[:] = [i for group in sorted(modules.values(), key=cost, reverse=True) for i in group]
 

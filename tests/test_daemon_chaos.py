@@ -57,7 +57,7 @@ def _soft_wait(pred: object, timeout: float) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=160)
 @pytest.mark.timeout(1800)  # 20 daemon restarts, each importing torch: minutes on a busy 2-core machine
 def test_sigkill_at_random_points_of_cycles(
     sqlite_db: Database, tiny_model_dir: Path, tmp_path: Path

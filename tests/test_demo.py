@@ -155,7 +155,7 @@ def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
     db.dispose()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=300)
 def test_quick_demo_without_a_teacher_learns_from_the_verifier_alone(tmp_path: Path) -> None:
     """`demo --quick --no-teacher`: no teacher and no backfill; the app's requests go to the base model
     through `learnloop`, are captured as served traffic (one answer each), and an RFT loop samples its

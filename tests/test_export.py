@@ -95,7 +95,7 @@ def test_ollama_modelfile_and_unsupported_architecture(
         export_version(db, s, v1, fmt="onnx")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=230)
 def test_gguf_q8_0_round_trip_on_smollm2(
     db: Database, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

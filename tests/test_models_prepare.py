@@ -217,7 +217,7 @@ def test_models_cli(
     assert bad.exit_code != 0 and "known model name" in bad.output
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_real_smollm2_conversion_matches_gguf(smollm2_prepared: dict[str, Any]) -> None:
     """The SmolLM2 GGUF converted for real (once per run, by the fixture every SmolLM2 test shares):
     the folder must load as a plain model and decode like the GGUF."""
