@@ -19,6 +19,12 @@ RULES_BEYOND_JSON_SCHEMA = re.compile(
         (
             r"repeats the (id|idempotency_key) .* with different content",  # unique within a batch
             r"outside the range of a UTC timestamp",  # a time whose UTC conversion leaves years 1-9999
+            # a training config's rules across fields (TrainConfig's description names them)
+            r"\(deprecated\) and rollout\.\w+ disagree",
+            r"both name rewards; keep rollout's",
+            r"online GRPO compares samples",
+            r"rft samples answers and keeps those a reward passes",
+            r"kto estimates its KL term",
         )
     )
 )

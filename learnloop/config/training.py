@@ -180,6 +180,11 @@ class KTOConfig(ConfigModel):
 
 
 class TrainConfig(ConfigModel):
+    """One training run. Rules across fields (refused with a 422 naming them): rft needs rollout.rewards
+    or rollout.judge; online GRPO needs rollout.num_generations >= 2; kto needs batch_size >= 2;
+    grpo.reward_fn and rollout's rewards are not both set; a deprecated grpo.num_generations,
+    max_new_tokens or temperature agrees with the rollout key of the same name when both are set."""
+
     algorithm: Algorithm = Field(description="Training algorithm: sft, dpo, grpo, rft or kto.")
     base_model: str = Field(
         description="An HF model folder, a GGUF file, or a prepared model name (`learnloop models list`)."
