@@ -21,9 +21,9 @@ from sqlalchemy import select
 from learnloop.config.loops import base_model_of
 from learnloop.daemon.checks import LoopCheck, Registry
 from learnloop.daemon.plan import describe, holdout_needed, plan
-from learnloop.daemon.triggers import evaluated_reward, reward_drop, served_rewards
+from learnloop.daemon.triggers import reward_drop, served_level
 from learnloop.errors import LearnloopError
-from learnloop.store.models import Alias, Evaluation, Source, Trajectory
+from learnloop.store.models import Source, Trajectory
 
 ReadinessFn = Callable[[LoopCheck], "tuple[bool, str] | None"]
 READINESS: Registry[ReadinessFn] = Registry("readiness check", "triggers.custom_checks")
@@ -229,27 +229,9 @@ def at_ceiling(check: LoopCheck) -> str | None:
     t = check.loop.triggers
     if t.ceiling is None:
         return None
-    with check.db.read_session() as s:
-        alias = s.get(Alias, check.loop.alias)
-        if alias is None or alias.version_id is None:
-            return None
-        vid = alias.version_id
-        ev = s.scalars(
-            select(Evaluation).where(Evaluation.candidate_id == vid).order_by(Evaluation.id.desc()).limit(1)
-        ).first()
-        level = evaluated_reward(ev.metrics if ev else {})
-        if level is None or level < t.ceiling:
-            return None
-        ids = list(
-            s.scalars(
-                select(Trajectory.id).where(
-                    Trajectory.source == Source.served,
-                    Trajectory.model_version == vid,
-                    Trajectory.created_at >= check.now - dt.timedelta(hours=t.reward_window_hours),
-                )
-            )
-        )
-        rewards = served_rewards(s, check.settings, ids)
+    vid, level, rewards = served_level(check)
+    if level is None or level < t.ceiling:
+        return None
     live = ""
     if len(rewards) >= t.reward_min_samples:
         mean = sum(rewards) / len(rewards)

@@ -73,27 +73,9 @@ def reward_drop(check: LoopCheck) -> str | None:
     t = check.loop.triggers
     if not (check.new_examples > 0 and t.reward_drop):
         return None
-    with check.db.read_session() as s:
-        alias = s.get(Alias, check.loop.alias)
-        if alias is None or alias.version_id is None:
-            return None
-        vid = alias.version_id
-        ev = s.scalars(
-            select(Evaluation).where(Evaluation.candidate_id == vid).order_by(Evaluation.id.desc()).limit(1)
-        ).first()
-        level = evaluated_reward(ev.metrics if ev else {})
-        if level is None:
-            return None
-        ids = list(
-            s.scalars(
-                select(Trajectory.id).where(
-                    Trajectory.source == Source.served,
-                    Trajectory.model_version == vid,
-                    Trajectory.created_at >= check.now - dt.timedelta(hours=t.reward_window_hours),
-                )
-            )
-        )
-        rewards = served_rewards(s, check.settings, ids)
+    vid, level, rewards = served_level(check)
+    if level is None:
+        return None
     if len(rewards) < t.reward_min_samples:
         return None
     mean = sum(rewards) / len(rewards)
@@ -124,3 +106,30 @@ def evaluated_reward(metrics: dict[str, Any]) -> float | None:
         if isinstance(v, (int, float)):
             return float(v)
     return None
+
+
+def served_level(check: LoopCheck) -> tuple[str | None, float | None, list[float]]:
+    """The loop's served version, the reward it was evaluated at (None when nothing serves or it has no
+    evaluation) and the rewards of its answers served within ``reward_window_hours``."""
+    t = check.loop.triggers
+    with check.db.read_session() as s:
+        alias = s.get(Alias, check.loop.alias)
+        if alias is None or alias.version_id is None:
+            return None, None, []
+        vid = alias.version_id
+        ev = s.scalars(
+            select(Evaluation).where(Evaluation.candidate_id == vid).order_by(Evaluation.id.desc()).limit(1)
+        ).first()
+        level = evaluated_reward(ev.metrics if ev else {})
+        if level is None:
+            return None, None, []
+        ids = list(
+            s.scalars(
+                select(Trajectory.id).where(
+                    Trajectory.source == Source.served,
+                    Trajectory.model_version == vid,
+                    Trajectory.created_at >= check.now - dt.timedelta(hours=t.reward_window_hours),
+                )
+            )
+        )
+        return vid, level, served_rewards(s, check.settings, ids)
