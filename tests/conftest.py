@@ -229,6 +229,36 @@ def smollm2_prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"data_dir": out / "data", "path": Path(info["path"]), "info": info}
 
 
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`learnloop demo --quick --json --budget 0` run once per test run for every worker (the test of
+    the demo and the browser's crawl of the pages it leaves): ``{"data", "returncode", "stdout",
+    "stderr"}``. Its budget of 0 is missed on any machine: the demo goes on and says by how much.
+
+    Read-only: a test that changes the data dir works on a copy.
+    """
+    import subprocess
+
+    from api_support import cli_env
+
+    def build(out: Path) -> None:
+        out.mkdir(parents=True)
+        run = subprocess.run(
+            [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--budget", "0"]
+            + ["--data-dir", str(out / "demo")],
+            env=cli_env(out / "unused"),
+            cwd=out,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        result = {"returncode": run.returncode, "stdout": run.stdout, "stderr": run.stderr}
+        (out / "result.json").write_text(json.dumps(result))
+
+    out = build_once(tmp_path_factory, "quick-demo", build)
+    return {"data": out / "demo", **json.loads((out / "result.json").read_text())}
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # The controller (or a run without xdist) ends last: it drops the 0.5 GB SmolLM2 folder so pytest's
     # kept temp dirs do not pile it up, and keeps this run's durations for the next run's ordering.

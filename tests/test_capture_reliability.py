@@ -339,7 +339,7 @@ def test_normal_exit_delivers_pending_records(db: Database, tmp_path: Path) -> N
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert stored_ids(db) == set(json.loads(out.stdout.splitlines()[-1])["ids"])

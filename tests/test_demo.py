@@ -79,23 +79,17 @@ def test_a_strict_demo_fails_once_its_budget_is_passed(tmp_path: Path) -> None:
     assert not (data / "demo-report.json").exists()
 
 
-def test_quick_demo_runs_every_stage_of_the_loop(tmp_path: Path) -> None:
+def test_quick_demo_runs_every_stage_of_the_loop(quick_demo: dict) -> None:
     """The app talks to `learnloop` only: the teacher upstream answers first (captured as teacher data),
     the loop trains on it, the gate checks the student against the teacher, the canary moves the users
     over in its steps and the student ends up answering everyone. Its budget is 0 minutes, so it is
     missed on any machine: the demo still completes and the report says by how much."""
-    data = tmp_path / "demo"
-    out = subprocess.run(
-        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--budget", "0"]
-        + ["--data-dir", str(data)],
-        env=cli_env(tmp_path / "unused"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    data = quick_demo["data"]
+    serve_log = data / "serve.log"
+    assert quick_demo["returncode"] == 0, quick_demo["stderr"][-3000:] + (
+        serve_log.read_text()[-3000:] if serve_log.exists() else ""
     )
-    assert out.returncode == 0, out.stderr[-3000:] + (data / "serve.log").read_text()[-3000:]
-    report = json.loads(out.stdout)
+    report = json.loads(quick_demo["stdout"])
     # The server's log says what changed, once: no repeated trigger lines, the cycle's progress, no chatter.
     log = (data / "serve.log").read_text().splitlines()
     skipped = [ln.split(" trigger.skipped ", 1)[1] for ln in log if " trigger.skipped " in ln]

@@ -464,6 +464,10 @@ def test_import_cli_prints_one_line_with_the_line_number(
         + "\n"
     )
     monkeypatch.setenv("LEARNLOOP_DATABASE_URL", db.url)
+    # A config file of its own: without one the CLI's first line (once per process) says it fell back
+    # to the defaults, and whether this test's process said so already depends on the tests before it.
+    (tmp_path / "learnloop.toml").write_text("")
+    monkeypatch.setenv("LEARNLOOP_CONFIG", str(tmp_path / "learnloop.toml"))
     out = CliRunner().invoke(cli, ["import", str(f)])
     assert out.exit_code == 1
     assert "Traceback" not in out.output and out.exception is None or isinstance(out.exception, SystemExit)

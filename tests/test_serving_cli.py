@@ -26,7 +26,7 @@ def _start(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     )
 
 
-def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:

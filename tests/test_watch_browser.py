@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from pydantic import SecretStr
 from watch_support import seed_loop, seed_trajectories
 from watch_worker import TrainingWorker
 
-from api_support import cli_env, live_server
+from api_support import live_server
 from learnloop.api.app import create_app
 from learnloop.config import Settings
 from learnloop.store.db import Database
@@ -151,32 +150,14 @@ WRITE_TOKEN, READ_TOKEN = "crawl-write", "crawl-read"
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def demo_dir(quick_demo: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real data dir after `learnloop demo --quick`: captured, scored, trained, evaluated, promoted,
-    served. The budget is generous: how fast this machine is must not decide the test."""
-    root = tmp_path_factory.mktemp("demo")
-    data = root / "demo"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "learnloop",
-            "demo",
-            "--quick",
-            "--json",
-            "--budget",
-            "15",
-            "--data-dir",
-            str(data),
-        ],
-        env=cli_env(root / "unused"),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout)["promoted"]
+    served. The run's one quick demo (``quick_demo``), copied: the crawl's clicks write to it."""
+    assert quick_demo["returncode"] == 0, quick_demo["stderr"][-3000:]
+    assert json.loads(quick_demo["stdout"])["promoted"]
+    # Paths the demo stored (adapters, the tiny model) still name the shared dir, which stays unchanged.
+    data = tmp_path_factory.mktemp("demo") / "demo"
+    shutil.copytree(quick_demo["data"], data)
     return data
 
 
