@@ -438,6 +438,9 @@ class _Call:
                     [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
                 )
             pending = [first] if first is not None else []
+            # Choices whose tool calls went out piece by piece (an upstream's deltas): their end's
+            # assembled calls are for the capture only, or a client would get each call twice.
+            streamed_tools = [False] * self.chat.n
             while True:
                 if pending:
                     c = pending.pop()
@@ -452,7 +455,10 @@ class _Call:
                 delta: dict[str, Any] = {}
                 if c.text:
                     delta["content"] = c.text
-                if c.tool_calls:
+                if c.tool_deltas:
+                    delta["tool_calls"] = c.tool_deltas
+                    streamed_tools[c.index] = True
+                elif c.tool_calls and not streamed_tools[c.index]:
                     delta["tool_calls"] = [{"index": k, **tc} for k, tc in enumerate(c.tool_calls)]
                 if delta or (c.logprobs and self.show_logprobs):
                     choice: dict[str, Any] = {"index": c.index, "delta": delta, "finish_reason": None}
