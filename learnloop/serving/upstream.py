@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
+import yarl
 
 from learnloop.errors import ConfigError, Conflict, Overloaded, UpstreamFailed
 from learnloop.serving.backend import ChatRequest, ChatResult, Chunk
@@ -71,6 +72,7 @@ class UpstreamBackend:
         self.target = target_of(settings.name)
         self.model: str = settings.model
         self.url: str = settings.base_url.rstrip("/")
+        self._endpoint = yarl.URL(f"{self.url}/chat/completions")  # parsed once, not per request
         self.timeout = float(settings.timeout)
         self.max_concurrency = int(settings.max_concurrency)
         self._key = api_key or None
@@ -157,7 +159,7 @@ class UpstreamBackend:
         try:
             try:
                 async with session.post(
-                    f"{self.url}/chat/completions",
+                    self._endpoint,
                     data=orjson.dumps(self.body(request, stream=True)),
                     proxy=self._proxy,
                 ) as resp:
@@ -196,7 +198,7 @@ class UpstreamBackend:
         await self._acquire(slots)
         try:
             async with session.post(
-                f"{self.url}/chat/completions",
+                self._endpoint,
                 data=orjson.dumps(self.body(request, stream=False)),
                 proxy=self._proxy,
             ) as resp:
@@ -277,6 +279,9 @@ class UpstreamBackend:
         return self._sync
 
     async def _acquire(self, slots: asyncio.Semaphore) -> None:
+        if not slots.locked():  # a free slot: taken at once (wait_for would start a task for it)
+            await slots.acquire()
+            return
         try:
             await asyncio.wait_for(slots.acquire(), timeout=self.timeout)
         except TimeoutError:
