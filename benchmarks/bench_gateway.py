@@ -144,14 +144,19 @@ def serve_proxy(
 
 async def _one(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> float:
     started = time.perf_counter()
+    done = None
     async with http.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
             await resp.aread()
             raise RuntimeError(f"{url}: HTTP {resp.status_code} {resp.text[:200]}")
         async for line in resp.aiter_lines():
             if line == "data: [DONE]":
-                break
-    return time.perf_counter() - started
+                done = time.perf_counter()
+        # Read to the body's end (as the openai client does), so the connection is kept for the
+        # next request: leaving at [DONE] closed it, and every request paid a new TCP connection.
+    if done is None:
+        raise RuntimeError(f"{url}: the stream ended without [DONE]")
+    return done - started
 
 
 async def _run(
