@@ -9,14 +9,21 @@ same run and interleaved round by round:
 * ``proxy+capture``: the same with every answer captured as teacher data (SQLite, sampling 1.0), the
   default a user runs.
 
+The client reads every stream to its end, so its connections are reused (as the openai client's are).
+
 Each request's latency is measured from sending it to the stream's ``[DONE]``; the latency a proxy
 adds is its percentile minus the direct one (p50, p99), and its throughput is requests per second at
 50 streams. At 1 stream the arms take turns request by request, at 50 round by round, so a machine
 whose load drifts (a shared one) weighs on every arm alike. Each process's CPU time per request (from
-/proc) is printed too: unlike latency it hardly moves with the machine's load. When uvloop and
-httptools are installed (``pip install "learnloop[fast]"``) a fourth arm runs the capturing proxy on
-them. Three processes (upstream, proxy, this client) share the machine's cores, as they would on one
-host; the proxy is learnloop's real app (routes, runtime, upstream backend, capture) under uvicorn,
+/proc) is printed too: it moves less than latency with the machine's load, but a busier machine
+inflates it as well (the upstream's own doubled between a load-4 and a load-7 run), so compare arms
+of one run, not runs. When uvloop and
+httptools are installed (``pip install "learnloop[fast]"``) an arm runs the capturing proxy on them;
+``--workers N`` (default 2) adds one running it as N uvicorn worker processes on one port, and
+``--compare-src DIR`` one importing learnloop from DIR (another commit's tree: a before/after measured
+in the same run, on the same machine at the same time). Three processes (upstream, proxy, this
+client) share the machine's cores, as they would on one host; the proxy is learnloop's real app
+(routes, runtime, upstream backend, capture) under uvicorn,
 with a stub local model that no request reaches (no torch loaded).
 """
 
