@@ -9,14 +9,21 @@ same run and interleaved round by round:
 * ``proxy+capture``: the same with every answer captured as teacher data (SQLite, sampling 1.0), the
   default a user runs.
 
+The client reads every stream to its end, so its connections are reused (as the openai client's are).
+
 Each request's latency is measured from sending it to the stream's ``[DONE]``; the latency a proxy
 adds is its percentile minus the direct one (p50, p99), and its throughput is requests per second at
 50 streams. At 1 stream the arms take turns request by request, at 50 round by round, so a machine
 whose load drifts (a shared one) weighs on every arm alike. Each process's CPU time per request (from
-/proc) is printed too: unlike latency it hardly moves with the machine's load. When uvloop and
-httptools are installed (``pip install "learnloop[fast]"``) a fourth arm runs the capturing proxy on
-them. Three processes (upstream, proxy, this client) share the machine's cores, as they would on one
-host; the proxy is learnloop's real app (routes, runtime, upstream backend, capture) under uvicorn,
+/proc) is printed too: it moves less than latency with the machine's load, but a busier machine
+inflates it as well (the upstream's own doubled between a load-4 and a load-7 run), so compare arms
+of one run, not runs. When uvloop and
+httptools are installed (``pip install "learnloop[fast]"``) an arm runs the capturing proxy on them;
+``--workers N`` (default 2) adds one running it as N uvicorn worker processes on one port, and
+``--compare-src DIR`` one importing learnloop from DIR (another commit's tree: a before/after measured
+in the same run, on the same machine at the same time). Three processes (upstream, proxy, this
+client) share the machine's cores, as they would on one host; the proxy is learnloop's real app
+(routes, runtime, upstream backend, capture) under uvicorn,
 with a stub local model that no request reaches (no torch loaded).
 """
 
@@ -61,22 +68,15 @@ def _wait_up(url: str, headers: dict[str, str] | None = None, timeout: float = 1
     raise SystemExit(f"{url} did not come up")
 
 
-def serve_proxy(port: int, upstream: str, data_dir: Path, capture: bool, fast: bool = False) -> None:
-    """The proxy process: learnloop's app, the alias on the upstream, uvicorn."""
-    import uvicorn
+class NoModel:  # the local backend: no request in this benchmark reaches it
+    def list(self) -> list[str]:
+        return ["base"]
 
-    from learnloop.api import create_app
+
+def _proxy_settings(upstream: str, data_dir: Path, capture: bool) -> Any:
     from learnloop.config import Settings
-    from learnloop.registry import move
-    from learnloop.serving.runtime import ServedCapture, ServingRuntime
-    from learnloop.serving.upstream import build_upstreams
-    from learnloop.store.db import Database
 
-    class NoModel:  # the local backend: no request in this benchmark reaches it
-        def list(self) -> list[str]:
-            return ["base"]
-
-    settings = Settings(
+    return Settings(
         data_dir=data_dir,
         upstreams=[
             {
@@ -90,30 +90,80 @@ def serve_proxy(port: int, upstream: str, data_dir: Path, capture: bool, fast: b
         ],
         serving={"capture": capture},
     )
-    db = Database(f"sqlite:///{data_dir / 'learnloop.db'}")
-    db.upgrade()
-    move(db, settings, "learnloop", "set", "upstream:teacher", actor="bench")
+
+
+def proxy_app() -> Any:
+    """The proxy's app in one uvicorn worker process (``--workers``: each worker builds its own)."""
+    from learnloop.api import create_app
+    from learnloop.serving.runtime import ServedCapture, ServingRuntime
+    from learnloop.serving.upstream import build_upstreams
+    from learnloop.store.db import Database
+
+    upstream, data_dir, capture = os.environ["BENCH_PROXY"].split("|")
+    settings = _proxy_settings(upstream, Path(data_dir), capture == "on")
+    db = Database(f"sqlite:///{Path(data_dir) / 'learnloop.db'}")
     runtime = ServingRuntime(
         NoModel(),
         db,
-        capture=ServedCapture(settings, db) if capture else None,
+        capture=ServedCapture(settings, db) if settings.serving.capture else None,
         upstreams=build_upstreams(settings),
     )
-    app = create_app(settings, db, watch_inbox=False, serving=runtime)
+    return create_app(settings, db, watch_inbox=False, serving=runtime)
+
+
+def serve_proxy(
+    port: int, upstream: str, data_dir: Path, capture: bool, fast: bool = False, workers: int = 1
+) -> None:
+    """The proxy process: learnloop's app, the alias on the upstream, uvicorn (``workers`` processes
+    sharing the port when more than one)."""
+    import uvicorn
+
+    from learnloop.registry import move
+    from learnloop.store.db import Database
+
+    db = Database(f"sqlite:///{data_dir / 'learnloop.db'}")
+    db.upgrade()
+    move(
+        db,
+        _proxy_settings(upstream, data_dir, capture),
+        "learnloop",
+        "set",
+        "upstream:teacher",
+        actor="bench",
+    )
+    db.dispose()
+    os.environ["BENCH_PROXY"] = f"{upstream}|{data_dir}|{'on' if capture else 'off'}"
     server = {"loop": "uvloop", "http": "httptools"} if fast else {"loop": "asyncio", "http": "h11"}
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", **server)
+    if workers > 1:
+        sys.path.insert(0, str(Path(__file__).parent))  # the workers import this module by name
+        uvicorn.run(
+            "bench_gateway:proxy_app",
+            factory=True,
+            workers=workers,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            **server,
+        )
+    else:
+        uvicorn.run(proxy_app(), host="127.0.0.1", port=port, log_level="warning", **server)
 
 
 async def _one(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]) -> float:
     started = time.perf_counter()
+    done = None
     async with http.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
             await resp.aread()
             raise RuntimeError(f"{url}: HTTP {resp.status_code} {resp.text[:200]}")
         async for line in resp.aiter_lines():
             if line == "data: [DONE]":
-                break
-    return time.perf_counter() - started
+                done = time.perf_counter()
+        # Read to the body's end (as the openai client does), so the connection is kept for the
+        # next request: leaving at [DONE] closed it, and every request paid a new TCP connection.
+    if done is None:
+        raise RuntimeError(f"{url}: the stream ended without [DONE]")
+    return done - started
 
 
 async def _run(
@@ -171,8 +221,38 @@ async def _run(
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and every process under it (uvicorn's workers)."""
+    total, parents = 0.0, {pid}
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+    grew = True
+    while grew:  # descendants, whatever order /proc lists them in
+        grew = False
+        for p, fields in stats.items():
+            if p not in parents and int(fields[1]) in parents:
+                parents.add(p)
+                grew = True
+    for p in parents:
+        if p in stats:
+            total += int(stats[p][11]) + int(stats[p][12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _settle(pids: list[int], timeout: float = 60) -> None:
+    """Wait until these processes (and theirs) stop using CPU: every one imported and listening."""
+    deadline = time.monotonic() + timeout
+    last = sum(_cpu_seconds(p) for p in pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(_cpu_seconds(p) for p in pids)
+        if now - last < 0.05:
+            return
+        last = now
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -194,10 +274,26 @@ def main() -> None:
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--capture", choices=["on", "off"], default="off", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="Also run the capturing proxy as this many uvicorn worker processes (an arm; 1: no such arm).",
+    )
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="Also run the capturing proxy from this learnloop source tree (a checkout of another "
+        "commit), as an arm of the same run: a before/after on the same machine at the same time.",
+    )
     parser.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--proxy-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_proxy:
-        serve_proxy(args.port, args.upstream, args.data_dir, args.capture == "on", args.fast)
+        serve_proxy(
+            args.port, args.upstream, args.data_dir, args.capture == "on", args.fast, args.proxy_workers
+        )
         return
 
     per_arm = args.requests or (60 if args.quick else 400)
@@ -225,12 +321,23 @@ def main() -> None:
         )
         _wait_up(f"{upstream}/v1/models", {"Authorization": f"Bearer {key}"})
         proxies, pids = {}, {}
-        kinds = [("proxy", "off", False), ("proxy+capture", "on", False)]
+        # (arm, capture, uvloop+httptools, workers, source tree: None for this one)
+        kinds: list[tuple[str, str, bool, int, Path | None]] = [
+            ("proxy", "off", False, 1, None),
+            ("proxy+capture", "on", False, 1, None),
+        ]
         if _fast_available():
-            kinds.append(("proxy+capture fast", "on", True))
-        for name, capture, fast in kinds:
+            kinds.append(("proxy+capture fast", "on", True, 1, None))
+        if args.workers > 1:
+            kinds.append((f"proxy+capture x{args.workers}", "on", False, args.workers, None))
+        if args.compare_src is not None:
+            kinds.append(("proxy+capture before", "on", False, 1, args.compare_src.resolve()))
+        for name, capture, fast, workers, src in kinds:
             port = _free_port()
             (work / name).mkdir()
+            proc_env = {k: v for k, v in env.items() if not k.startswith("LEARNLOOP_")}
+            if src is not None:  # that tree's learnloop is imported first
+                proc_env["PYTHONPATH"] = os.pathsep.join([str(src), proc_env.get("PYTHONPATH", "")])
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -244,15 +351,18 @@ def main() -> None:
                     str(work / name),
                     "--capture",
                     capture,
+                    "--proxy-workers",
+                    str(workers),
                     *(["--fast"] if fast else []),
                 ],
-                env={k: v for k, v in env.items() if not k.startswith("LEARNLOOP_")},
+                env=proc_env,
             )
             procs.append(proc)
             proxies[name] = f"http://127.0.0.1:{port}"
             pids[name] = proc.pid
         for url in proxies.values():
             _wait_up(f"{url}/v1/models")
+        _settle(list(pids.values()))  # a second worker may still be starting when the first answers
         arms = {
             "direct": (f"{upstream}/v1/chat/completions", "rules-teacher", key),
             **{name: (f"{url}/v1/chat/completions", "learnloop", None) for name, url in proxies.items()},
@@ -333,7 +443,7 @@ def report(
             f"{cpu[(concurrency, 'upstream')]:.2f} ms"
         )
         print(
-            f"  {'arm':20} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8} "
+            f"  {'arm':22} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10} {'req/s':>8} "
             f"{'vs direct':>10} {'CPU ms/req':>11}"
         )
         for name in arms:
@@ -342,7 +452,7 @@ def report(
             rps = statistics.median(r["rps"])
             added = " " * 21 if name == "direct" else f"{p50 - d50:+10.2f} {p99 - d99:+10.2f}"
             own = "" if name == "direct" else f"{cpu[(concurrency, name)]:11.2f}"
-            print(f"  {name:20} {p50:8.2f} {p99:8.2f} {added} {rps:8.1f} {rps / drps:9.2f}x {own}")
+            print(f"  {name:22} {p50:8.2f} {p99:8.2f} {added} {rps:8.1f} {rps / drps:9.2f}x {own}")
             rows.append(
                 {
                     "concurrency": concurrency,

@@ -21,7 +21,16 @@ from learnloop.demo.task import SYSTEM, cases
 from learnloop.demo.teacher import MODEL, TOOL, confidence_of, count_tokens
 from learnloop.registry import move
 from learnloop.store.db import Database
-from upstream_support import KEY, KEY_ENV, gateway, gateway_settings, teacher_server, wait_for
+from learnloop.store.models import Source, Trajectory
+from upstream_support import (
+    KEY,
+    KEY_ENV,
+    TOOL_PIECES,
+    gateway,
+    gateway_settings,
+    teacher_server,
+    wait_for,
+)
 
 VERSION_HEADER = "x-learnloop-version"
 
@@ -158,6 +167,59 @@ def test_tool_calls_pass_through_plain_and_streamed(settings: Settings, db: Data
             client.chat.completions.create(model="learnloop", messages=follow, tools=tools)
             assert up.requests[-1]["body"]["messages"][-1] == follow[-1]
             assert up.requests[-1]["body"]["messages"][-2]["tool_calls"][0]["id"] == call.id
+
+
+def test_streamed_tool_call_deltas_go_on_as_they_arrive_and_are_captured_whole(
+    settings: Settings, db: Database
+) -> None:
+    """The upstream sends a tool call in three pieces and holds the stream after each until the test
+    has read that piece from learnloop: each reaches the client as its own chunk, in order, before
+    the upstream sends its final chunk; the client's assembled call is the whole call (not doubled by
+    the end), and the capture stores the whole call as teacher data."""
+    gates = [threading.Event() for _ in TOOL_PIECES]
+    tools = [{"type": "function", "function": {"name": "place_order", "parameters": {"type": "object"}}}]
+    with teacher_server() as up:
+        s = gateway_settings(settings, up.url, capture={"source_sample_rates": {"teacher": 1.0}})
+        move(db, s, "learnloop", "set", "upstream:teacher", actor="test")
+        up.faults.update(kind="tool_stream", gates=gates)
+        with gateway(s, db) as (url, runtime):
+            wait_for(lambda: "learnloop" in runtime.aliases, "the alias to be read")
+            received, finish, rid = [], None, None
+            with httpx.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                json={"model": "learnloop", "messages": _messages(), "tools": tools, "stream": True},
+                timeout=60,
+            ) as resp:
+                assert resp.status_code == 200
+                for line in resp.iter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    rid = chunk["id"]
+                    for choice in chunk["choices"]:
+                        deltas = (choice.get("delta") or {}).get("tool_calls")
+                        if deltas:
+                            assert finish is None
+                            k = len(received)
+                            # Still held upstream: this piece came on before the next one was sent.
+                            assert not gates[k].is_set() and not up.faults.get("final_sent")
+                            received.append(deltas)
+                            gates[k].set()
+                        finish = choice.get("finish_reason") or finish
+            assert received == [[p] for p in TOOL_PIECES]  # one chunk per piece, in order, as sent
+            assert finish == "tool_calls"
+            args = "".join(p["function"]["arguments"] for p in TOOL_PIECES)
+            assert runtime.capture.flush(60)
+    with db.read_session() as session:
+        t = session.get(Trajectory, rid)
+        assert t is not None and (t.source, t.model_version) == (Source.teacher, "upstream:teacher")
+        (call,) = t.messages[-1]["tool_calls"]
+        assert call["id"] == "call_7" and call["function"]["name"] == "place_order"
+        stored = call["function"]["arguments"]
+        assert (json.loads(stored) if isinstance(stored, str) else stored) == json.loads(args)
+        assert t.meta["finish_reason"] == "tool_calls"
+        assert t.meta["usage"] == {"prompt_tokens": 9, "completion_tokens": 6}
 
 
 def test_upstream_errors_keep_openai_shape(settings: Settings, db: Database) -> None:

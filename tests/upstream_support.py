@@ -3,7 +3,8 @@
 ``teacher_server`` runs ``learnloop.demo.teacher`` under uvicorn; ``faults`` (a dict on the app) makes
 its chat route answer 429 with Retry-After, 500, a 400 that echoes the caller's Authorization header,
 or hold the answer until the test releases it (``hold``), or stream one piece and hold the rest
-(``hold_stream``), or keep a stream busy with comments until released (``trickle``). ``gateway`` is a
+(``hold_stream``), or keep a stream busy with comments until released (``trickle``), or stream a tool
+call in pieces, holding after each until the test sets its gate (``tool_stream``). ``gateway`` is a
 learnloop app (real routes, runtime, capture and database) in front of it, behind uvicorn.
 """
 
@@ -43,9 +44,9 @@ class Upstream:
 
 
 def _with_faults(app: FastAPI, faults: dict[str, Any], release: threading.Event) -> None:
-    async def wait_release() -> None:
+    async def wait_release(gate: threading.Event = release) -> None:
         for _ in range(6000):  # at most 60 s, so a broken test ends
-            if release.is_set():
+            if gate.is_set():
                 return
             await asyncio.sleep(0.01)
 
@@ -139,7 +140,36 @@ def _with_faults(app: FastAPI, faults: dict[str, Any], release: threading.Event)
                 yield b"data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
+        if kind == "tool_stream":  # one tool call in TOOL_PIECES, held on faults["gates"][k] after piece k
+
+            async def tool_events() -> Any:
+                gates: list[threading.Event] = faults["gates"]
+
+                def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+                    data = {"id": "x", "object": "chat.completion.chunk", "model": MODEL, "choices": choices}
+                    return b"data: " + json.dumps({**data, **extra}).encode() + b"\n\n"
+
+                yield event(
+                    [{"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}]
+                )
+                for k, piece in enumerate(TOOL_PIECES):
+                    yield event([{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}])
+                    await wait_release(gates[k])
+                faults["final_sent"] = True
+                yield event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
+                yield event([], usage={"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15})
+                yield b"data: [DONE]\n\n"
+
+            return StreamingResponse(tool_events(), media_type="text/event-stream")
         raise AssertionError(f"unknown fault {kind}")
+
+
+# A tool call as a provider streams it: id and name first, then the arguments in pieces.
+TOOL_PIECES: list[dict[str, Any]] = [
+    {"index": 0, "id": "call_7", "type": "function", "function": {"name": "place_order", "arguments": ""}},
+    {"index": 0, "function": {"arguments": '{"item": "tea", '}},
+    {"index": 0, "function": {"arguments": '"qty": 2}'}},
+]
 
 
 @contextlib.contextmanager

@@ -160,10 +160,14 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 def _arrived_on_loopback(scope: Scope) -> bool:
     server = scope.get("server")
-    if not server:
-        return False
+    return bool(server) and _is_loopback(server[0])
+
+
+@lru_cache(maxsize=64)
+def _is_loopback(address: str) -> bool:
+    """Parsed once per address a server listens on (every request asks, the chat route included)."""
     try:
-        return ipaddress.ip_address(server[0]).is_loopback
+        return ipaddress.ip_address(address).is_loopback
     except ValueError:  # a Unix socket path, or a test client's made-up name
         return False
 

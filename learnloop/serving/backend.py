@@ -50,6 +50,9 @@ class Chunk:
     completion_tokens: int = 0
     tool_calls: list[dict[str, Any]] | None = None
     logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content of this piece, when given
+    # Tool-call pieces as a provider streamed them (OpenAI's delta.tool_calls, each with its index),
+    # sent on at once; the choice's end still carries the assembled calls in ``tool_calls``.
+    tool_deltas: list[dict[str, Any]] | None = None
 
 
 class ServingBackend(Protocol):

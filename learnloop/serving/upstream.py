@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
+import yarl
 
 from learnloop.errors import ConfigError, Conflict, Overloaded, UpstreamFailed
 from learnloop.serving.backend import ChatRequest, ChatResult, Chunk
@@ -71,6 +72,7 @@ class UpstreamBackend:
         self.target = target_of(settings.name)
         self.model: str = settings.model
         self.url: str = settings.base_url.rstrip("/")
+        self._endpoint = yarl.URL(f"{self.url}/chat/completions")  # parsed once, not per request
         self.timeout = float(settings.timeout)
         self.max_concurrency = int(settings.max_concurrency)
         self._key = api_key or None
@@ -150,14 +152,14 @@ class UpstreamBackend:
         return body
 
     async def astream(self, model: str, request: ChatRequest) -> AsyncIterator[Chunk]:
-        """Chunks as the upstream sends them; each choice's end (finish reason, tool calls, tokens)
-        once its usage is known."""
+        """Chunks as the upstream sends them (text, logprobs and tool-call deltas alike); each
+        choice's end (finish reason, the assembled tool calls, tokens) once its usage is known."""
         session, slots = self._loop_session()
         await self._acquire(slots)
         try:
             try:
                 async with session.post(
-                    f"{self.url}/chat/completions",
+                    self._endpoint,
                     data=orjson.dumps(self.body(request, stream=True)),
                     proxy=self._proxy,
                 ) as resp:
@@ -196,7 +198,7 @@ class UpstreamBackend:
         await self._acquire(slots)
         try:
             async with session.post(
-                f"{self.url}/chat/completions",
+                self._endpoint,
                 data=orjson.dumps(self.body(request, stream=False)),
                 proxy=self._proxy,
             ) as resp:
@@ -277,6 +279,9 @@ class UpstreamBackend:
         return self._sync
 
     async def _acquire(self, slots: asyncio.Semaphore) -> None:
+        if not slots.locked():  # a free slot: taken at once (wait_for would start a task for it)
+            await slots.acquire()
+            return
         try:
             await asyncio.wait_for(slots.acquire(), timeout=self.timeout)
         except TimeoutError:
@@ -384,16 +389,21 @@ def _read_event(
     finished: list[Chunk],
     tools: dict[int, dict[int, dict[str, Any]]],
 ) -> dict[str, Any] | None:
-    """Add one event's text to ``pieces`` and its choices' ends to ``finished``; its usage, if any."""
+    """Add one event's pieces (text, logprobs, tool-call deltas) to ``pieces`` and its choices' ends to
+    ``finished``; its usage, if any. Tool-call deltas go on as they came and are also assembled into
+    ``tools``, so the choice's end carries the whole calls for the capture."""
     for choice in event.get("choices") or ():
         i = choice.get("index", 0)
         delta = choice.get("delta") or {}
-        for tc in delta.get("tool_calls") or ():
-            _add_tool_delta(tools.setdefault(i, {}), tc)
+        calls = delta.get("tool_calls") or None
+        if calls:
+            slots = tools.setdefault(i, {})
+            for tc in calls:
+                _add_tool_delta(slots, tc)
         text = delta.get("content")
         lp = (choice.get("logprobs") or {}).get("content")
-        if text or lp:
-            pieces.append(Chunk(index=i, text=text or "", logprobs=lp or None))
+        if text or lp or calls:
+            pieces.append(Chunk(index=i, text=text or "", logprobs=lp or None, tool_deltas=calls))
         if choice.get("finish_reason"):
             calls = [tools[i][k] for k in sorted(tools.get(i, {}))] or None
             finished.append(Chunk(index=i, finish_reason=choice["finish_reason"], tool_calls=calls))
@@ -414,8 +424,33 @@ def _merged(pieces: list[Chunk]) -> list[Chunk]:
             last.text += c.text
             if c.logprobs:
                 last.logprobs = (last.logprobs or []) + c.logprobs
+            if c.tool_deltas:
+                last.tool_deltas = _joined_tool_deltas(last.tool_deltas or [], c.tool_deltas)
         else:
             out.append(c)
+    return out
+
+
+def _joined_tool_deltas(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool-call deltas of one read as few as they can be: a delta that only continues the previous
+    one's call (same index, no new id or name) has its argument text appended to it."""
+    out = list(before)
+    for d in after:
+        prev = out[-1] if out else None
+        fn = d.get("function") or {}
+        if (
+            prev is not None
+            and prev.get("index", 0) == d.get("index", 0)
+            and not d.get("id")
+            and not fn.get("name")
+            and set(d) <= {"index", "function", "type"}
+            and set(fn) <= {"arguments", "name"}
+        ):
+            pfn = prev.get("function") or {}
+            args = (pfn.get("arguments") or "") + (fn.get("arguments") or "")
+            out[-1] = {**prev, "function": {**pfn, "arguments": args}}
+        else:
+            out.append(d)
     return out
 
 
