@@ -88,10 +88,6 @@ def create_app(
         description="Continuous learning for LLM applications.",
         lifespan=lifespan,
     )
-    from learnloop.api.routes.openai_compat import ChatCompletionsFastPath
-
-    # Inside the body limit (added first: the innermost), so it applies to the chat route too.
-    app.add_middleware(ChatCompletionsFastPath)
     app.add_middleware(BodyLimitMiddleware, limit=settings.server.max_request_bytes)
     app.state.settings = settings
     app.state.db = db

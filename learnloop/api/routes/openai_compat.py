@@ -224,35 +224,6 @@ async def chat_completions(request: Request) -> Response:
     return await _complete(runtime, request, body, raw)
 
 
-CHAT_PATH = "/v1/chat/completions"
-
-
-class ChatCompletionsFastPath:
-    """ASGI middleware answering ``POST /v1/chat/completions`` without FastAPI's router: matching the
-    path against every route and solving the route's (documentation-only) dependency took about a
-    fifth of the CPU a proxied request costs. The route stays registered, for the OpenAPI document
-    and for the rare request this does not take (a ``root_path`` set). Installed inside the body
-    limit, so every outer middleware (methods, cross-site, body limit) still applies."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != CHAT_PATH
-            or scope["method"] != "POST"
-            or scope.get("root_path")
-        ):
-            await self.app(scope, receive, send)
-            return
-        try:
-            response = await chat_completions(Request(scope, receive, send))
-        except LearnloopError as exc:  # the route answers its own; this keeps any other in OpenAI's shape
-            response = domain_error(exc)
-        await response(scope, receive, send)
-
-
 def _pydantic_error(errors: list[Any]) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = ".".join(str(p) for p in first["loc"] if p != "body") or None
