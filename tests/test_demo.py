@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
+from daemon_support import wait_for
 from sqlalchemy import func, select
 
-from api_support import cli_env
+from api_support import cli_env, free_port
 from learnloop.demo.profiles import PROFILES
 from learnloop.demo.runner import Budget, DemoFailed
 from learnloop.demo.task import SCENARIO, cases, check, expected_from_message
@@ -77,6 +82,63 @@ def test_a_strict_demo_fails_once_its_budget_is_passed(tmp_path: Path) -> None:
     assert out.returncode == 1, out.stderr[-3000:]
     assert "within the 0 s budget (--strict)" in out.stderr and out.stdout == ""
     assert not (data / "demo-report.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == pid]
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (dead, not yet reaped by its new parent) is dead for this purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:  # the command may hold spaces and parentheses: the fields after its closing ')' are fixed
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_a_demo_stopped_by_sigterm_leaves_no_server_or_teacher_behind(tmp_path: Path) -> None:
+    """SIGTERM (`kill`, a CI runner's timeout) ends the demo as Ctrl-C does: its clean-up stops the
+    server and the teacher it started. (SIGKILL allows no clean-up: the kernel tells them instead,
+    tests/test_children.py.)"""
+    sig = signal.SIGTERM
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "learnloop", "demo", "--quick", "--json", "--port", str(port)]
+        + ["--data-dir", str(tmp_path / "demo")],
+        env=cli_env(tmp_path / "unused"),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started: list[int] = []
+    try:
+
+        def serving() -> bool:
+            started[:] = _children(demo.pid)
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(serving, 600, 0.5, "the demo's server to answer")
+        assert len(started) >= 2  # the teacher and the server (and a CLI call of the demo, maybe)
+        demo.send_signal(sig)
+        assert demo.wait(120) == 128 + sig
+        wait_for(lambda: not [p for p in started if _alive(p)], 120, 0.5, "the server and teacher to stop")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_quick_demo_runs_every_stage_of_the_loop(quick_demo: dict) -> None:

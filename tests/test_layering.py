@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "learnloop"
 
 # Lowest first. The first two layers are no stage: what every stage shares.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "ids", "jsonio", "paths", "durable", "windows", "importing", "masking"),
+    ("errors", "ids", "jsonio", "paths", "durable", "windows", "importing", "masking", "children"),
     ("config",),
     ("config_example",),  # the example file, written from config's fields
     ("store", "models"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -76,11 +78,18 @@ def demo_cmd(
     if budget is not None:
         profile = dataclasses.replace(profile, budget_s=budget * 60)
     run = DemoRun(profile, data_dir.resolve(), port=port or _free_port(), console=console, strict=strict)
+    # SIGTERM (`kill`, a supervisor, a CI runner's timeout) ends the demo as Ctrl-C does: on the way
+    # out it stops its server and teacher, which would otherwise serve on with nobody to stop them.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = run.run()
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
     _print_report(console, report)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _print_report(console: object, report: dict) -> None:

@@ -15,7 +15,6 @@ with ``kill -9`` leaves no training process behind.
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
 import os
 import queue as queue_mod
@@ -30,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import delete
 
+from learnloop.children import signalled_when_parent_dies
 from learnloop.daemon import queue
 from learnloop.daemon.log import emit, write_line
 from learnloop.store.db import Database
@@ -60,14 +60,6 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     output_tail: str = ""
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the lease expiry still hands the job on, but the child may outlive us
-        pass
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
@@ -165,7 +157,7 @@ class Supervisor:
             bufsize=1,
             env=env,
             start_new_session=True,
-            preexec_fn=_set_pdeathsig,
+            preexec_fn=signalled_when_parent_dies(signal.SIGKILL),
         )
         lines: queue_mod.Queue[str | None] = queue_mod.Queue()
 

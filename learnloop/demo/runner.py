@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from learnloop.children import signalled_when_parent_dies
 from learnloop.demo.app import DemoApp
 from learnloop.demo.profiles import TEACHER_KEY_ENV, Profile
 from learnloop.demo.task import SCENARIO, cases
@@ -211,6 +212,7 @@ class DemoRun:
                 "--token-ms",
                 str(self.profile.teacher_token_ms),
             ],
+            preexec_fn=_STOP_WITH_DEMO,
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -255,6 +257,7 @@ class DemoRun:
         log = (self.data_dir / "serve.log").open("wb")
         self.server = subprocess.Popen(
             [sys.executable, "-m", "learnloop", "serve", "--port", str(self.port)],
+            preexec_fn=_STOP_WITH_DEMO,
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -711,6 +714,11 @@ def _gate_summary(ev: dict[str, Any]) -> dict[str, Any]:
             for side in ("candidate", "baseline")
         },
     }
+
+
+# The server and the teacher get SIGTERM from the kernel when the demo dies, even by SIGKILL: they
+# shut down as they do when the demo stops them (the server's daemon checkpoints and stops training).
+_STOP_WITH_DEMO = signalled_when_parent_dies(signal.SIGTERM)
 
 
 def _free_port() -> int:
