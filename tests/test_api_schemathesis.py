@@ -159,7 +159,7 @@ def _run(settings: Settings, db: Database, token: str, tmp_path: Path, phases: s
     assert tested and int(tested.group(1)) == len(operations), output[-3000:]
 
 
-@pytest.mark.slow(seconds=210)
+@pytest.mark.slow(seconds=50)
 def test_api_answers_as_documented_without_a_token(
     settings: Settings, sqlite_db: Database, tmp_path: Path
 ) -> None:
