@@ -281,11 +281,17 @@ FULL_NO_TEACHER = Profile(
         "max_length": 192,
         "checkpoint_every": 4,
         "lora": {"r": 16, "alpha": 32},
-        "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.9},
-        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order: with a
-        # bar of 1.0 the base model's first 64 samples had none to keep (measured: "Nothing to learn",
-        # rewards seen up to 0.375), so the bar keeps answers with 3 of 4 fields right too.
-        "rft": {"min_reward": 0.375, "max_per_prompt": 2},
+        # T=0.6, not 0.9: the base's answers at 0.9 are mostly prose or broken JSON (5 of 32 prompts had
+        # any sample scoring above 0 in 8 tries); at 0.6, 8 of 16 prompts did (one JSON object and
+        # nothing else is what the verifier scores at all).
+        "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.6},
+        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order. The base
+        # never answers exactly at first, and a fixed partial bar (0.375, measured) trained its plateau:
+        # answers without the "city" key (the base leaves it out of 51 of 53 objects) scored 0.375 and
+        # were kept, the mean reward rose 0.118 -> 0.406 and the promoted version was 0/64 exact. So the
+        # bar is exact (1.0) plus a relative one: a prompt's best answer when it beats the prompt's mean
+        # (at least one field right), which rises with the model and lets city-bearing answers win.
+        "rft": {"min_reward": 1.0, "best_above_mean": 0.125, "max_per_prompt": 2},
     },
     gate={"min_examples": 16, "max_json_validity_drop": 0.1},
     eval_limit=32,
