@@ -151,6 +151,13 @@ def test_best_above_mean_keeps_a_prompts_best_answer_below_the_bar(
     assert kept([[up, c, end]] * 4) == 0.0
     # An exact answer passes the bar; "ABc" is then no longer the best and is not kept beside it.
     assert kept([[ab, c, end], [up, c, end], [up, c, end], [up, end]]) == 1.0
+    # A served answer that scored 0 does not count in the mean: the samples' plateau is not kept...
+    plateau = obj.collate([obj.prepare({"prompt": "hello", "completion": "AB", "reward": 0.0}, 1)])
+    _fixed_samples(model, monkeypatch, [[up, c, end]] * 4)
+    assert obj.compute(model, plateau).metrics["trained_answers"] == 0.0
+    # ...while a served answer better than every sample is (it is the best, above the samples' mean).
+    better = obj.collate([obj.prepare({"prompt": "hello", "completion": "Abc", "reward": 0.6}, 1)])
+    assert obj.compute(model, better).metrics["given_trained"] == 1.0
     # Under the floor the best answer is not kept.
     obj.best_above_mean = 0.5
     assert kept([[up, c, end], [up, c, end], [up, end], [up, end]]) == 0.0
