@@ -147,6 +147,8 @@ def test_best_above_mean_keeps_a_prompts_best_answer_below_the_bar(
 
     # "ABc" (1/3) beats the mean (1/6) and the floor: kept once (the two copies are one text).
     assert kept([[up, c, end], [up, c, end], [up, end], [up, end]]) == 1.0
+    # Two distinct answers tie for the best below the bar: one of them is kept, not max_per_prompt.
+    assert kept([[up, c, end], [c, up, end], [up, end], [up, end]]) == 1.0  # "ABc", "cAB": 1/3 each
     # Every answer alike: nothing beats the mean, nothing is kept.
     assert kept([[up, c, end]] * 4) == 0.0
     # An exact answer passes the bar; "ABc" is then no longer the best and is not kept beside it.

@@ -69,7 +69,8 @@ class RFTObjective:
         self.skipped_too_long = 0
 
     def passes(self, reward: float, group: list[float | None]) -> bool:
-        """At or above the bar; or, with ``rft.best_above_mean``, the group's best and above the mean of
+        """At or above the bar; or, with ``rft.best_above_mean``, the group's best (one answer of the
+        group below the bar is trained, see ``compute``) and above the mean of
         the policy's own samples (the first ``num_generations`` of ``group``). The record's given answer
         is a candidate but not part of that mean: an old served answer scoring 0 would pull the mean
         down and let the samples' plateau pass (measured: three fields of four, kept step after step)."""
@@ -142,11 +143,18 @@ class RFTObjective:
                 key=lambda j: -(group.rewards[j] or 0.0),  # sorted() is stable: samples before the given
             )
             seen: set[str] = set()
+            below_bar = 0
             for j in passing:
                 if len(seen) >= self.max_per_prompt:
                     break
                 if candidates[j].text in seen:
                     continue
+                if (group.rewards[j] or 0.0) < self.bar:
+                    # One answer below the bar per prompt: more samples per prompt then tilt what is
+                    # trained towards the answers at the bar instead of multiplying the partial ones.
+                    if below_bar:
+                        continue
+                    below_bar += 1
                 seen.add(candidates[j].text)
                 if j < n:
                     c = completions[i * n + j]
