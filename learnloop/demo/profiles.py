@@ -285,6 +285,10 @@ FULL_NO_TEACHER = Profile(
         # 96 samples at T=1.0 had a "city" key, so no later cycle could find an exact one. 4 x 8 went
         # the same way (reward 0.36, 31-token answers by step 4).
         "batch_size": 2,
+        # A fixed length: the app keeps sending while a cycle trains, and sized by its prompts the
+        # second cycle of the measured run had 404 of them (201 steps, far past the budget). The first
+        # cycle had 48 (24 steps), so it is unchanged.
+        "max_steps": 24,
         "learning_rate": 1e-3,
         "max_length": 192,
         "checkpoint_every": 4,
@@ -325,7 +329,7 @@ QUICK_NO_TEACHER = Profile(
     min_new_examples=8,
     train={
         "max_steps": 2,
-        "batch_size": 2,
+        "batch_size": 4,
         "learning_rate": 1e-3,
         "max_length": 256,
         "checkpoint_every": 2,
