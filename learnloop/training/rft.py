@@ -13,7 +13,8 @@ stop and resume of the step loop apply unchanged. Of one prompt's passing answer
 otherwise outweigh a hard one answered right once.
 
 With ``rft.best_above_mean`` the bar is also relative: a prompt's best answer below ``min_reward`` is
-kept when it scores above that prompt's mean reward (and at least ``best_above_mean``). With a verifier
+kept (one per prompt) when it scores above the mean of that prompt's samples (and at least
+``best_above_mean``). With a verifier
 that gives partial credit this is a bar that rises as the model improves: it trains the best of the
 model's own answers, never what it already answers on average, and answers at ``min_reward`` (the
 exact ones) are kept as soon as they appear. A fixed partial bar instead keeps training the plateau it
