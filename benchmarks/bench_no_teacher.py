@@ -236,7 +236,7 @@ def arm_config(name: str, args: argparse.Namespace, data: Path, out: Path) -> di
     if arm in ("grpo", "rft"):
         cfg["rollout"] = {**REWARDS[args.reward], **rollout}
     if arm == "rft":
-        cfg["rft"] = {"min_reward": args.rft_bar}
+        cfg["rft"] = {"min_reward": args.rft_bar, "best_above_mean": args.rft_best_above_mean}
     if arm == "grpo-judge":
         scoring = {
             "judge_base_url": args.judge_url,
@@ -441,6 +441,13 @@ def main() -> None:
     parser.add_argument("--served-n", type=int, default=4, help="Served answers per prompt (KTO, DPO).")
     parser.add_argument("--max-new", type=int, default=48, help="Tokens per answer (the demo's).")
     parser.add_argument("--rft-bar", type=float, default=1.0, help="RFT's rft.min_reward.")
+    parser.add_argument(
+        "--rft-best-above-mean",
+        type=float,
+        default=None,
+        help="RFT's rft.best_above_mean: also keep a prompt's best answer below the bar when it beats "
+        "the prompt's mean and reaches this.",
+    )
     parser.add_argument(
         "--reward",
         choices=sorted(REWARDS),

@@ -123,3 +123,46 @@ def test_rft_raises_the_reward_by_training_on_what_passed(tiny_model_dir: Path, 
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.2, rewards
     assert sum(passing[-5:]) / 5 > sum(passing[:5]) / 5 + 0.3, passing
     assert all(m["trained_answers"] <= 4 * 2 for m in metrics)  # at most max_per_prompt per prompt
+
+
+def test_best_above_mean_keeps_a_prompts_best_answer_below_the_bar(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relative bar: below ``min_reward`` only the prompt's best answer is kept, and only when it beats
+    the prompt's mean and the floor; answers at the bar are kept as before."""
+    obj, tok = objective_for(
+        tiny_model_dir,
+        "rft",
+        rollout={**ROLLOUT, "num_generations": 4, "max_new_tokens": 4},
+        rft={"min_reward": 1.0, "best_above_mean": 0.2, "max_per_prompt": 2},
+    )
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ab, c, up = 304, 69, 291  # rt_lower: "abc" 1.0, "ABc" 1/3, "AB" 0
+    model = _tiny_peft(tiny_model_dir)
+    batch = obj.collate([obj.prepare({"prompt": "hello"}, 1)])
+
+    def kept(tails: list[list[int]]) -> float:
+        _fixed_samples(model, monkeypatch, tails)
+        return obj.compute(model, batch).metrics["trained_answers"]
+
+    # "ABc" (1/3) beats the mean (1/6) and the floor: kept once (the two copies are one text).
+    assert kept([[up, c, end], [up, c, end], [up, end], [up, end]]) == 1.0
+    # Two distinct answers tie for the best below the bar: one of them is kept, not max_per_prompt.
+    assert kept([[up, c, end], [c, up, end], [up, end], [up, end]]) == 1.0  # "ABc", "cAB": 1/3 each
+    # Every answer alike: nothing beats the mean, nothing is kept.
+    assert kept([[up, c, end]] * 4) == 0.0
+    # An exact answer passes the bar; "ABc" is then no longer the best and is not kept beside it.
+    assert kept([[ab, c, end], [up, c, end], [up, c, end], [up, end]]) == 1.0
+    # A served answer that scored 0 does not count in the mean: the samples' plateau is not kept...
+    plateau = obj.collate([obj.prepare({"prompt": "hello", "completion": "AB", "reward": 0.0}, 1)])
+    _fixed_samples(model, monkeypatch, [[up, c, end]] * 4)
+    assert obj.compute(model, plateau).metrics["trained_answers"] == 0.0
+    # ...while a served answer better than every sample is (it is the best, above the samples' mean).
+    better = obj.collate([obj.prepare({"prompt": "hello", "completion": "Abc", "reward": 0.6}, 1)])
+    assert obj.compute(model, better).metrics["given_trained"] == 1.0
+    # Under the floor the best answer is not kept.
+    obj.best_above_mean = 0.5
+    assert kept([[up, c, end], [up, c, end], [up, end], [up, end]]) == 0.0
+    # Off (the default): the bar alone decides, as before.
+    obj.best_above_mean = None
+    assert kept([[up, c, end], [up, end], [up, end], [up, end]]) == 0.0

@@ -156,6 +156,12 @@ class RFTConfig(ConfigModel):
     min_reward: float = Field(
         1.0, description="The bar: samples (and given answers) whose reward is at least this are trained."
     )
+    best_above_mean: float | None = Field(
+        None,
+        description="Also keep a prompt's best answer below the bar (one per prompt) when it scores above "
+        "the mean of that prompt's samples and at least this much (None: off). With partial credit this "
+        "bar rises as the model improves: the best of its own answers, never what it gives on average.",
+    )
     max_per_prompt: int = Field(
         2, ge=1, description="Most distinct passing answers of one prompt trained per step (best first)."
     )

@@ -263,8 +263,9 @@ QUICK = Profile(
 
 # Without a teacher: the app asks the base model (through `learnloop`) and its verifier scores.
 # Rejection sampling first: the cheapest path when the model sometimes gets it right (on this task
-# SmolLM2-135M does for some cases; ALGORITHM_DEFAULTS' measurements). Each cycle samples 4 answers
-# per new served prompt (64 prompts: 8 steps, RFT's floor), keeps the exact ones and trains on them;
+# SmolLM2-135M does for some cases; ALGORITHM_DEFAULTS' measurements). Each cycle samples 16 answers
+# per new served prompt (16 prompts: 8 steps, RFT's floor), keeps the exact ones and the best partial
+# one of each prompt that beats its samples' mean, and trains on them;
 # the gate compares against the base; later cycles continue the adapter on the prompts new since.
 FULL_NO_TEACHER = Profile(
     name="full-no-teacher",
@@ -274,18 +275,37 @@ FULL_NO_TEACHER = Profile(
     before_rounds=4,
     after_cases=64,
     max_tokens=48,
-    min_new_examples=64,
+    min_new_examples=16,
     train={
-        "batch_size": 8,
+        # 2 prompts x 16 samples a step (the same 32 samples as 8 x 4): of one prompt's samples the exact
+        # ones beat every partial one, and at most one partial answer per prompt is trained however many
+        # samples there are, so more samples per prompt tilt what is trained towards the exact answers.
+        # With 8 x 4 (and up to two partial answers a prompt) the first cycle locked into a three-field
+        # answer that never names the city (see "rft" below): 0/112 exact once promoted, and none of
+        # 96 samples at T=1.0 had a "city" key, so no later cycle could find an exact one. 4 x 8 went
+        # the same way (reward 0.36, 31-token answers by step 4).
+        "batch_size": 2,
+        # A fixed length: the app keeps sending while a cycle trains, and sized by its prompts the
+        # second cycle of the measured run had 404 of them (201 steps, far past the budget). The first
+        # cycle had 48 (24 steps), so it is unchanged.
+        "max_steps": 24,
         "learning_rate": 1e-3,
         "max_length": 192,
         "checkpoint_every": 4,
         "lora": {"r": 16, "alpha": 32},
-        "rollout": {"num_generations": 4, "max_new_tokens": 48, "temperature": 0.9},
-        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order: with a
-        # bar of 1.0 the base model's first 64 samples had none to keep (measured: "Nothing to learn",
-        # rewards seen up to 0.375), so the bar keeps answers with 3 of 4 fields right too.
-        "rft": {"min_reward": 0.375, "max_per_prompt": 2},
+        # T=0.6, not 0.9: the base's answers at 0.9 are mostly prose or broken JSON (5 of 32 prompts had
+        # any sample scoring above 0 in 8 tries); at 0.6, 8 of 16 prompts did (one JSON object and
+        # nothing else is what the verifier scores at all).
+        "rollout": {"num_generations": 16, "max_new_tokens": 48, "temperature": 0.6},
+        # The verifier gives 0.125 per field right (at most 0.5) and 1.0 for the exact order. The base
+        # never answers exactly at first, and a fixed partial bar (0.375, measured) trained its plateau:
+        # answers without the "city" key (the base leaves it out of 51 of 53 objects) scored 0.375 and
+        # were kept, the mean reward rose 0.118 -> 0.406 and the promoted version was 0/64 exact. So the
+        # bar is exact (1.0) plus a relative one: a prompt's best answer when it beats the prompt's mean
+        # (at least one field right), which rises with the model and lets city-bearing answers win.
+        # Measured (README): cycle 1 found the key again at step 8 and v0001 answered 41/64 exact; that
+        # escape is shown for this seed only (three runs with 4 or 8 samples a prompt did not escape).
+        "rft": {"min_reward": 1.0, "best_above_mean": 0.125, "max_per_prompt": 2},
     },
     gate={"min_examples": 16, "max_json_validity_drop": 0.1},
     eval_limit=32,

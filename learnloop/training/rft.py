@@ -12,6 +12,14 @@ stop and resume of the step loop apply unchanged. Of one prompt's passing answer
 ``rft.max_per_prompt`` distinct texts are trained: an easy prompt answered right eight times would
 otherwise outweigh a hard one answered right once.
 
+With ``rft.best_above_mean`` the bar is also relative: a prompt's best answer below ``min_reward`` is
+kept (one per prompt) when it scores above the mean of that prompt's samples (and at least
+``best_above_mean``). With a verifier
+that gives partial credit this is a bar that rises as the model improves: it trains the best of the
+model's own answers, never what it already answers on average, and answers at ``min_reward`` (the
+exact ones) are kept as soon as they appear. A fixed partial bar instead keeps training the plateau it
+reached (answers with three fields of four right, say) alongside the exact ones.
+
 The cheapest way to learn when the model sometimes gets it right: it needs no reference forward pass
 (GRPO needs none either, DPO and KTO do) and trains only on answers that passed.
 """
@@ -46,18 +54,34 @@ class RFTObjective:
         self.max_new_tokens = r.max_new_tokens
         self.temperature = r.temperature
         self.bar = config.rft.min_reward
+        self.best_above_mean = config.rft.best_above_mean
         self.max_per_prompt = config.rft.max_per_prompt
         self.include_given = config.rft.include_given
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.scorer = RolloutScorer(r)
         self.watch = SignalWatch(
             r.max_flat_groups,
-            what=f"no answer reached the bar (rft.min_reward = {self.bar:g})",
+            what=f"no answer reached the bar (rft.min_reward = {self.bar:g})"
+            + ("" if self.best_above_mean is None else " or beat its prompt's mean (rft.best_above_mean)"),
             advice="RFT learns only from answers that pass: lower rft.min_reward, sample more "
             "(rollout.num_generations) or hotter (rollout.temperature), or use GRPO, which learns from "
             "partial credit.",
         )
         self.skipped_too_long = 0
+
+    def passes(self, reward: float, group: list[float | None]) -> bool:
+        """At or above the bar; or, with ``rft.best_above_mean``, the group's best (one answer of the
+        group below the bar is trained, see ``compute``) and above the mean of
+        the policy's own samples (the first ``num_generations`` of ``group``). The record's given answer
+        is a candidate but not part of that mean: an old served answer scoring 0 would pull the mean
+        down and let the samples' plateau pass (measured: three fields of four, kept step after step)."""
+        if reward >= self.bar:
+            return True
+        if self.best_above_mean is None or reward < self.best_above_mean:
+            return False
+        scored = [r for r in group if r is not None]
+        sampled = [r for r in group[: self.num_generations] if r is not None]
+        return bool(sampled) and reward >= max(scored) and reward > sum(sampled) / len(sampled)
 
     def state_dict(self) -> dict[str, Any]:
         return self.watch.state_dict()
@@ -114,17 +138,24 @@ class RFTObjective:
             sampled = group.rewards[:n]
             unscored += sum(r is None for r in sampled)
             sampled_rewards.extend(r for r in sampled if r is not None)
-            passed += sum(r is not None and r >= self.bar for r in sampled)
+            passed += sum(r is not None and self.passes(r, group.rewards) for r in sampled)
             passing = sorted(
-                (j for j, r in enumerate(group.rewards) if r is not None and r >= self.bar),
+                (j for j, r in enumerate(group.rewards) if r is not None and self.passes(r, group.rewards)),
                 key=lambda j: -(group.rewards[j] or 0.0),  # sorted() is stable: samples before the given
             )
             seen: set[str] = set()
+            below_bar = 0
             for j in passing:
                 if len(seen) >= self.max_per_prompt:
                     break
                 if candidates[j].text in seen:
                     continue
+                if (group.rewards[j] or 0.0) < self.bar:
+                    # One answer below the bar per prompt: more samples per prompt then tilt what is
+                    # trained towards the answers at the bar instead of multiplying the partial ones.
+                    if below_bar:
+                        continue
+                    below_bar += 1
                 seen.add(candidates[j].text)
                 if j < n:
                     c = completions[i * n + j]
