@@ -17,8 +17,9 @@ from daemon_support import wait_for
 from sqlalchemy import func, select
 
 from api_support import cli_env, free_port
+from learnloop.demo.app import Answer, DemoApp
 from learnloop.demo.profiles import PROFILES
-from learnloop.demo.runner import Budget, DemoFailed
+from learnloop.demo.runner import Budget, DemoFailed, DemoRun
 from learnloop.demo.task import SCENARIO, cases, check, expected_from_message
 from learnloop.store.db import Database
 from learnloop.store.models import AliasEvent, Evaluation, Job, JobState, ModelVersion, Source, Trajectory
@@ -53,6 +54,30 @@ def test_the_budget_is_a_line_in_the_report_and_fails_only_when_strict() -> None
     assert not missed["met"] and missed["missed_by_s"] == 60.0
     assert "missed the 120 s budget by 60 s" in missed["line"] and "--strict" in missed["line"]
     assert relaxed.verdict(None)["met"] is False
+
+
+def test_learning_goes_on_until_the_interval_clears_the_bar(tmp_path: Path) -> None:
+    """The no-teacher demo stops learning when the lower end of the served version's 95% interval
+    reaches learn_until (0.8), not on a lucky run of answers: 26 of the last 32 (a 64% version's
+    window passed so) is not enough, 32 of 32 is. Only v2's answers count for v2."""
+    profile = PROFILES["full-no-teacher"]
+    assert profile.learn_until == 0.8
+    run = DemoRun(profile, tmp_path, port=free_port(), console=None)
+    app = DemoApp("http://127.0.0.1:9", token=None, concurrency=1, max_tokens=8)
+    case = cases(1, 1)[0]
+
+    def answer(version: str, ok: bool, phase: str = "learning") -> Answer:
+        return Answer(0.0, case, "", 1.0 if ok else 0.5, version, "t", 0.0, phase)
+
+    app.answers = [answer("v1", False) for _ in range(50)] + [answer("v2", i % 5 != 0) for i in range(32)]
+    assert not run.good_enough(app, "v2")  # 25/32 = 78%: the interval reaches down to 0.61
+    app.answers = [answer("v1", True) for _ in range(6)] + [answer("v2", False) for _ in range(6)]
+    app.answers += [answer("v2", True) for _ in range(26)]  # 26 of v2's last 32 right
+    assert not run.good_enough(app, "v2")
+    app.answers += [answer("v2", True, phase="after") for _ in range(64)]  # not the learning phase
+    assert not run.good_enough(app, "v2")
+    app.answers = [answer("v2", True) for _ in range(32)]
+    assert run.good_enough(app, "v2") and not run.good_enough(app, "v3")
 
 
 def test_the_demo_config_names_the_command_that_wrote_it(tmp_path: Path) -> None:
