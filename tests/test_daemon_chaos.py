@@ -1,4 +1,4 @@
-"""Chaos: the daemon SIGKILLed at 20 random points of its loop's cycles, restarted each time.
+"""Chaos: the daemon SIGKILLed at up to 20 random points of its loop's two cycles, restarted each time.
 
 It must end with every job finished (retried cleanly where it was cut), no job run to completion
 twice, no duplicate versions or promotions, and no training process left behind by a killed daemon.
@@ -72,7 +72,16 @@ def test_sigkill_at_random_points_of_cycles(
     second_batch = False
     started = time.monotonic()
     kill_points = []
+
+    def settled() -> bool:
+        jobs = queue.list_jobs(db)
+        return len(jobs) >= 2 and all(j.state in ("succeeded", "failed", "cancelled") for j in jobs)
+
     for i in range(KILLS):
+        if second_batch and settled():
+            # Both cycles are over: a kill point now would land on an idle daemon, and each waited
+            # up to 150 s for a job that never comes.
+            break
         proc = start_daemon(env, log, scoring=True)
         t0 = time.monotonic()
         # Points drawn across the cycle whatever the machine's speed: during start-up, soon after a
@@ -124,11 +133,6 @@ def test_sigkill_at_random_points_of_cycles(
 
     final = start_daemon(env, log, scoring=True)
     try:
-
-        def settled() -> bool:
-            jobs = queue.list_jobs(db)
-            return len(jobs) >= 2 and all(j.state in ("succeeded", "failed", "cancelled") for j in jobs)
-
         wait_for(settled, 600, 0.5, "both cycles to finish")
 
         # The cycles may finish before this daemon gets going: SIGTERM is its to handle once it runs.
@@ -176,4 +180,4 @@ def test_sigkill_at_random_points_of_cycles(
     assert sorted(keys) == ["loop:qa:cycle:1", "loop:qa:cycle:2"]
     assert len(promoted) == len(set(promoted))
     assert jobs[0].payload["since"] == jobs[1].payload["until"] and loop.last_outcome["job_id"] == jobs[0].id
-    print(f"chaos: {KILLS} kills, {took:.0f} s; {detail}")
+    print(f"chaos: {len(kill_points)} kills, {took:.0f} s; {detail}")
