@@ -303,8 +303,9 @@ FULL_NO_TEACHER = Profile(
         # were kept, the mean reward rose 0.118 -> 0.406 and the promoted version was 0/64 exact. So the
         # bar is exact (1.0) plus a relative one: a prompt's best answer when it beats the prompt's mean
         # (at least one field right), which rises with the model and lets city-bearing answers win.
-        # Measured (README): cycle 1 found the key again at step 8 and v0001 answered 41/64 exact; that
-        # escape is shown for this seed only (three runs with 4 or 8 samples a prompt did not escape).
+        # Measured (README): cycle 1 found the key again at step 8 (v0001: 41/64 exact), cycle 2 promoted
+        # v0002 at 16 min (60/64 exact); that escape is shown for this seed only (three runs with 4 or 8
+        # samples a prompt did not escape).
         "rft": {"min_reward": 1.0, "best_above_mean": 0.125, "max_per_prompt": 2},
     },
     gate={"min_examples": 16, "max_json_validity_drop": 0.1},
