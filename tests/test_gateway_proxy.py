@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -42,6 +44,17 @@ def _teacher_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _messages(i: int = 0) -> list[dict[str, str]]:
     return cases(100 + i, 1)[0].messages
+
+
+def _streamed_chunks(url: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The chunks of a streamed chat completion from learnloop, each as it arrives."""
+    with httpx.stream(
+        "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60
+    ) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                yield json.loads(line[6:])
 
 
 def test_plain_and_streamed_answers_pass_through(settings: Settings, db: Database) -> None:
@@ -98,23 +111,14 @@ def test_plain_and_streamed_answers_pass_through(settings: Settings, db: Databas
             # Sent on as they arrive: the first piece is here while the upstream still holds the rest.
             up.faults["kind"] = "hold_stream"
             got = []
-            with httpx.stream(
-                "POST",
-                f"{url}/v1/chat/completions",
-                json={"model": "learnloop", "messages": case.messages, "stream": True},
-                timeout=60,
-            ) as resp:
-                assert resp.status_code == 200
-                for line in resp.iter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    for choice in json.loads(line[6:])["choices"]:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            got.append(text)
-                            if len(got) == 1:
-                                assert text == "first piece;" and not up.release.is_set()
-                                up.release.set()
+            for chunk in _streamed_chunks(url, {"model": "learnloop", "messages": case.messages}):
+                for choice in chunk["choices"]:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        got.append(text)
+                        if len(got) == 1:
+                            assert text == "first piece;" and not up.release.is_set()
+                            up.release.set()
             assert got == ["first piece;", " second piece"]
             assert up.faults["released_after_first"] is True
 
@@ -185,28 +189,19 @@ def test_streamed_tool_call_deltas_go_on_as_they_arrive_and_are_captured_whole(
         with gateway(s, db) as (url, runtime):
             wait_for(lambda: "learnloop" in runtime.aliases, "the alias to be read")
             received, finish, rid = [], None, None
-            with httpx.stream(
-                "POST",
-                f"{url}/v1/chat/completions",
-                json={"model": "learnloop", "messages": _messages(), "tools": tools, "stream": True},
-                timeout=60,
-            ) as resp:
-                assert resp.status_code == 200
-                for line in resp.iter_lines():
-                    if not line.startswith("data: {"):
-                        continue
-                    chunk = json.loads(line[6:])
-                    rid = chunk["id"]
-                    for choice in chunk["choices"]:
-                        deltas = (choice.get("delta") or {}).get("tool_calls")
-                        if deltas:
-                            assert finish is None
-                            k = len(received)
-                            # Still held upstream: this piece came on before the next one was sent.
-                            assert not gates[k].is_set() and not up.faults.get("final_sent")
-                            received.append(deltas)
-                            gates[k].set()
-                        finish = choice.get("finish_reason") or finish
+            body = {"model": "learnloop", "messages": _messages(), "tools": tools}
+            for chunk in _streamed_chunks(url, body):
+                rid = chunk["id"]
+                for choice in chunk["choices"]:
+                    deltas = (choice.get("delta") or {}).get("tool_calls")
+                    if deltas:
+                        assert finish is None
+                        k = len(received)
+                        # Still held upstream: this piece came on before the next one was sent.
+                        assert not gates[k].is_set() and not up.faults.get("final_sent")
+                        received.append(deltas)
+                        gates[k].set()
+                    finish = choice.get("finish_reason") or finish
             assert received == [[p] for p in TOOL_PIECES]  # one chunk per piece, in order, as sent
             assert finish == "tool_calls"
             args = "".join(p["function"]["arguments"] for p in TOOL_PIECES)
